@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Runs every test on a fresh machine: installs what is missing, starts nothing by hand
+# (the tests create their own throwaway PostgreSQL cluster), cleans up afterwards.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup.sh
+
+export PGTELEPORT_TEST_CLUSTER="${TMPDIR:-/tmp}/pgteleport-test-cluster-$$"
+cleanup() {
+    if [ -f "$PGTELEPORT_TEST_CLUSTER/data/postmaster.pid" ]; then
+        as_postgres "$PG_BINDIR/pg_ctl" -D "$PGTELEPORT_TEST_CLUSTER/data" -m immediate stop >/dev/null 2>&1 || true
+    fi
+    rm -rf "$PGTELEPORT_TEST_CLUSTER" "$PGTELEPORT_TEST_CLUSTER.lock"
+}
+trap cleanup EXIT
+cargo nextest run --workspace --no-fail-fast "$@"

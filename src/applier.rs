@@ -1,0 +1,503 @@
+//! The applier: applies a batch on the target in one transaction together with the
+//! (source, target) position, so a batch is applied exactly once whatever crashes.
+//!
+//! Consecutive events of one table and one kind are applied with one set-based statement
+//! (`INSERT … SELECT … FROM jsonb_populate_recordset`, `UPDATE … FROM`, `DELETE … USING`);
+//! an UPDATE that changes the primary key is applied on its own. UPDATE and DELETE check
+//! that they matched every row they name: a row missing on the target is an error, never a
+//! silent no-op.
+
+use ddlwatcher::{qualified, quote_ident};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::{NoTls, Transaction};
+
+use crate::config::Config;
+use crate::db::{self, ErrorClass};
+use crate::wire::{Batch, Event, Op, TableMeta};
+
+/// Versioned SQL of the target side.
+pub const TARGET_SQL: &[(i32, &str)] = &[(1, include_str!("../sql/target_001_position.sql"))];
+
+/// Largest JSON text handed to one statement; longer runs are split.
+const MAX_STATEMENT_BYTES: usize = 32 << 20;
+
+/// A successful apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Applied now; the position is `applied_seq`.
+    Applied { applied_seq: i64 },
+    /// Applied before; nothing changed.
+    Duplicate { applied_seq: i64 },
+}
+
+/// Why a batch was not applied. Nothing of it is visible on the target.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("batch {seq} does not follow the applied position {applied_seq}; send batch {} next", .applied_seq + 1)]
+    Gap { seq: i64, applied_seq: i64 },
+    #[error("the target schema is behind the batch: {message}")]
+    SchemaBehind { message: String },
+    #[error("target database unavailable: {message}")]
+    Unavailable { message: String },
+    #[error("{message}")]
+    Failed { message: String },
+}
+
+fn pg(context: &str) -> impl Fn(tokio_postgres::Error) -> ApplyError + '_ {
+    move |e| {
+        let message = format!("{context}: {}", db::describe(&e));
+        match db::classify(&e) {
+            ErrorClass::SchemaBehind => ApplyError::SchemaBehind { message },
+            ErrorClass::Retryable => ApplyError::Unavailable { message },
+            ErrorClass::Permanent => ApplyError::Failed { message },
+        }
+    }
+}
+
+/// Applies batches into this instance's database.
+pub struct Applier {
+    pool: Pool,
+    schema: String,
+    batch_size: usize,
+    /// `session_replication_role = replica` is allowed: target triggers and foreign-key
+    /// actions do not fire while applying (the source already ran them).
+    replica_role: bool,
+    /// Origin mode only: tables with a foreign key ON DELETE CASCADE, whose rows the target
+    /// itself may already have deleted when the source's cascaded delete arrives.
+    cascade_children: std::sync::Mutex<std::collections::HashMap<String, bool>>,
+}
+
+/// A run of consecutive events applied by one statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Insert,
+    Update,
+    /// An UPDATE that changed the primary key: one row per statement.
+    UpdateKey,
+    Delete,
+}
+
+impl Applier {
+    /// Connects, installs the position table, and returns the applier.
+    pub async fn connect(config: &Config) -> Result<Self, ApplyError> {
+        let client = db::connect(&config.database, "applier setup")
+            .await
+            .map_err(|e| ApplyError::Unavailable {
+                message: e.to_string(),
+            })?;
+        let mut client = client;
+        db::migrate(&mut client, &config.internal_schema, "target", TARGET_SQL)
+            .await
+            .map_err(|e| ApplyError::Failed {
+                message: format!(
+                    "installing schema `{}` on the target: {} — the role needs CREATE on the database",
+                    config.internal_schema,
+                    db::describe(&e)
+                ),
+            })?;
+        let replica_role = {
+            let tx = client.transaction().await.map_err(pg("begin"))?;
+            let ok = tx
+                .batch_execute("set local session_replication_role = replica")
+                .await
+                .is_ok();
+            let _ = tx.rollback().await;
+            ok
+        };
+        if replica_role {
+            tracing::info!("applying with session_replication_role = replica: target triggers and foreign-key actions stay quiet");
+        } else {
+            tracing::warn!(
+                role = %config.database.username,
+                "the role may not set session_replication_role: target triggers and ON DELETE/UPDATE actions fire while applying. \
+                 Grant it (GRANT SET ON PARAMETER session_replication_role TO …) for exact replicas of tables with triggers"
+            );
+        }
+        let pg_config = db::pg_config(&config.database, "applier");
+        let manager = Manager::from_config(
+            pg_config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(8)
+            .build()
+            .map_err(|e| ApplyError::Failed {
+                message: e.to_string(),
+            })?;
+        Ok(Self {
+            pool,
+            schema: quote_ident(&config.internal_schema),
+            batch_size: config.batch_size,
+            replica_role,
+            cascade_children: Default::default(),
+        })
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, ApplyError> {
+        self.pool.get().await.map_err(|e| ApplyError::Unavailable {
+            message: format!("no connection to the target database: {e}"),
+        })
+    }
+
+    /// The last batch applied from `source` for `target` (0 when none).
+    pub async fn position(&self, source: &str, target: &str) -> Result<i64, ApplyError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                &format!(
+                    "select seq from {}.applied where source = $1 and target = $2",
+                    self.schema
+                ),
+                &[&source, &target],
+            )
+            .await
+            .map_err(pg("reading the applied position"))?;
+        Ok(row.map_or(0, |r| r.get(0)))
+    }
+
+    /// Applies `batch` atomically with its position.
+    pub async fn apply(&self, batch: &Batch) -> Result<Outcome, ApplyError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg("begin"))?;
+        if self.replica_role {
+            tx.batch_execute("set local session_replication_role = replica")
+                .await
+                .map_err(pg("setting session_replication_role"))?;
+        }
+        let s = &self.schema;
+        tx.execute(
+            &format!("insert into {s}.applied (source, target, seq) values ($1, $2, 0) on conflict do nothing"),
+            &[&batch.source, &batch.target],
+        )
+        .await
+        .map_err(pg("registering the source"))?;
+        let applied: i64 = tx
+            .query_one(
+                &format!(
+                    "select seq from {s}.applied where source = $1 and target = $2 for update"
+                ),
+                &[&batch.source, &batch.target],
+            )
+            .await
+            .map_err(pg("locking the applied position"))?
+            .get(0);
+        if batch.seq <= applied {
+            return Ok(Outcome::Duplicate {
+                applied_seq: applied,
+            });
+        }
+        if batch.seq != applied + 1 {
+            return Err(ApplyError::Gap {
+                seq: batch.seq,
+                applied_seq: applied,
+            });
+        }
+        self.apply_events(&tx, batch).await?;
+        tx.execute(
+            &format!(
+                "update {s}.applied set seq = $3, events = events + $4, applied_at = clock_timestamp()
+                  where source = $1 and target = $2"
+            ),
+            &[&batch.source, &batch.target, &batch.seq, &(batch.events.len() as i64)],
+        )
+        .await
+        .map_err(pg("recording the applied position"))?;
+        tx.commit().await.map_err(pg("commit"))?;
+        Ok(Outcome::Applied {
+            applied_seq: batch.seq,
+        })
+    }
+
+    async fn apply_events(&self, tx: &Transaction<'_>, batch: &Batch) -> Result<(), ApplyError> {
+        let mut start = 0;
+        while start < batch.events.len() {
+            let first = &batch.events[start];
+            let kind = kind_of(first);
+            let mut end = start + 1;
+            let mut bytes = payload_len(first);
+            if kind != Kind::UpdateKey {
+                while end < batch.events.len()
+                    && end - start < self.batch_size
+                    && bytes < MAX_STATEMENT_BYTES
+                    && batch.events[end].table == first.table
+                    && kind_of(&batch.events[end]) == kind
+                {
+                    bytes += payload_len(&batch.events[end]);
+                    end += 1;
+                }
+            }
+            let meta = &batch.tables[first.table as usize];
+            let schema = batch.apply_schema.as_deref().unwrap_or(&meta.schema);
+            let table = qualified(schema, &meta.name);
+            let tolerate_missing = kind == Kind::Delete
+                && !self.replica_role
+                && self.is_cascade_child(tx, &table).await?;
+            apply_run(
+                tx,
+                kind,
+                meta,
+                &table,
+                &batch.events[start..end],
+                tolerate_missing,
+            )
+            .await?;
+            start = end;
+        }
+        Ok(())
+    }
+}
+
+impl Applier {
+    async fn is_cascade_child(
+        &self,
+        tx: &Transaction<'_>,
+        table: &str,
+    ) -> Result<bool, ApplyError> {
+        if let Some(v) = self
+            .cascade_children
+            .lock()
+            .expect("not poisoned")
+            .get(table)
+        {
+            return Ok(*v);
+        }
+        let v: bool = tx
+            .query_one(
+                "select exists (select 1 from pg_catalog.pg_constraint
+                                 where contype = 'f' and conrelid = $1::text::regclass and confdeltype = 'c')",
+                &[&table],
+            )
+            .await
+            .map_err(pg("reading foreign keys"))?
+            .get(0);
+        self.cascade_children
+            .lock()
+            .expect("not poisoned")
+            .insert(table.to_string(), v);
+        Ok(v)
+    }
+}
+
+fn kind_of(e: &Event) -> Kind {
+    match e.op {
+        Op::Insert => Kind::Insert,
+        Op::Update if e.key.is_some() => Kind::UpdateKey,
+        Op::Update => Kind::Update,
+        Op::Delete => Kind::Delete,
+    }
+}
+
+fn payload_len(e: &Event) -> usize {
+    e.data.as_ref().map_or(0, |d| d.get().len()) + e.key.as_ref().map_or(0, |k| k.get().len())
+}
+
+/// `[a,b,c]` from raw JSON objects, without re-parsing them.
+fn json_array<'a>(items: impl Iterator<Item = &'a str>) -> String {
+    let mut out = String::from("[");
+    for (i, item) in items.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(item);
+    }
+    out.push(']');
+    out
+}
+
+async fn apply_run(
+    tx: &Transaction<'_>,
+    kind: Kind,
+    meta: &TableMeta,
+    table: &str,
+    events: &[Event],
+    tolerate_missing: bool,
+) -> Result<(), ApplyError> {
+    let context = format!("applying {} {:?} event(s) to {table}", events.len(), kind);
+    let data = || {
+        json_array(
+            events
+                .iter()
+                .filter_map(|e| e.data.as_deref().map(|d| d.get())),
+        )
+    };
+    match kind {
+        Kind::Insert => {
+            tx.execute(&insert_sql(meta, table), &[&data()])
+                .await
+                .map_err(pg(&context))?;
+        }
+        Kind::Update => {
+            let Some(sql) = update_sql(meta, table) else {
+                return Ok(()); // only key columns: an update without key change changes nothing
+            };
+            let row = tx.query_one(&sql, &[&data()]).await.map_err(pg(&context))?;
+            check_matched(&context, row.get(0), row.get(1))?;
+        }
+        Kind::UpdateKey => {
+            let e = &events[0];
+            let key = e.key.as_deref().map(|k| k.get()).unwrap_or("{}");
+            let d = e.data.as_deref().map(|d| d.get()).unwrap_or("{}");
+            let n = tx
+                .execute(&update_key_sql(meta, table), &[&d, &key])
+                .await
+                .map_err(pg(&context))?;
+            check_matched(&context, 1, n as i64)?;
+        }
+        Kind::Delete => {
+            let keys = json_array(
+                events
+                    .iter()
+                    .filter_map(|e| e.key.as_deref().map(|k| k.get())),
+            );
+            let row = tx
+                .query_one(&delete_sql(meta, table), &[&keys])
+                .await
+                .map_err(pg(&context))?;
+            // Without replica mode the target's own ON DELETE CASCADE may have removed the
+            // rows already; the end state is the same.
+            if !tolerate_missing {
+                check_matched(&context, row.get(0), row.get(1))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_matched(context: &str, wanted: i64, matched: i64) -> Result<(), ApplyError> {
+    if wanted == matched {
+        Ok(())
+    } else {
+        Err(ApplyError::Failed {
+            message: format!(
+                "{context}: {wanted} row(s) named by the source but {matched} found on the target — \
+                 the target has diverged (rows changed or removed outside replication); \
+                 compare the table and re-run the initial load for it"
+            ),
+        })
+    }
+}
+
+fn column_list(cols: &[String], prefix: &str) -> String {
+    cols.iter()
+        .map(|c| format!("{prefix}{}", quote_ident(c)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn key_match(key: &[String], left: &str, right: &str) -> String {
+    key.iter()
+        .map(|k| format!("{left}.{q} = {right}.{q}", q = quote_ident(k)))
+        .collect::<Vec<_>>()
+        .join(" and ")
+}
+
+fn insert_sql(meta: &TableMeta, table: &str) -> String {
+    let cols = column_list(&meta.columns, "");
+    format!("insert into {table} ({cols}) select {cols} from jsonb_populate_recordset(null::{table}, $1::text::jsonb)")
+}
+
+/// Returns (rows named, rows matched). The last image of each key wins (row images are
+/// complete, so the last one is the row's state after the run).
+fn update_sql(meta: &TableMeta, table: &str) -> Option<String> {
+    let set: Vec<String> = meta
+        .columns
+        .iter()
+        .filter(|c| !meta.key.contains(c))
+        .map(|c| format!("{q} = r.{q}", q = quote_ident(c)))
+        .collect();
+    if set.is_empty() {
+        return None;
+    }
+    let rkey = column_list(&meta.key, "r.");
+    Some(format!(
+        "with r as (select distinct on ({rkey}) r.*
+                      from jsonb_array_elements($1::text::jsonb) with ordinality as e(j, n),
+                           jsonb_populate_record(null::{table}, e.j) as r
+                     order by {rkey}, e.n desc),
+              u as (update {table} as t set {set} from r where {cond} returning 1)
+         select (select count(*) from r), (select count(*) from u)",
+        set = set.join(", "),
+        cond = key_match(&meta.key, "t", "r"),
+    ))
+}
+
+fn update_key_sql(meta: &TableMeta, table: &str) -> String {
+    let set: Vec<String> = meta
+        .columns
+        .iter()
+        .map(|c| format!("{q} = r.{q}", q = quote_ident(c)))
+        .collect();
+    format!(
+        "update {table} as t set {set}
+           from jsonb_populate_record(null::{table}, $1::text::jsonb) as r,
+                jsonb_populate_record(null::{table}, $2::text::jsonb) as k
+          where {cond}",
+        set = set.join(", "),
+        cond = key_match(&meta.key, "t", "k"),
+    )
+}
+
+fn delete_sql(meta: &TableMeta, table: &str) -> String {
+    format!(
+        "with k as (select * from jsonb_populate_recordset(null::{table}, $1::text::jsonb)),
+              d as (delete from {table} as t using k where {cond} returning 1)
+         select (select count(*) from k), (select count(*) from d)",
+        cond = key_match(&meta.key, "t", "k"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> TableMeta {
+        TableMeta {
+            schema: "public".into(),
+            name: "Order Lines".into(),
+            key: vec!["order".into(), "line".into()],
+            columns: vec!["order".into(), "line".into(), "qty".into()],
+        }
+    }
+
+    #[test]
+    fn statements_quote_every_identifier() {
+        let t = qualified("copy", "Order Lines");
+        let ins = insert_sql(&meta(), &t);
+        assert!(
+            ins.starts_with("insert into \"copy\".\"Order Lines\" (\"order\", \"line\", \"qty\")"),
+            "{ins}"
+        );
+        let upd = update_sql(&meta(), &t).unwrap();
+        assert!(upd.contains("\"qty\" = r.\"qty\""), "{upd}");
+        assert!(
+            !upd.contains("\"order\" = r.\"order\","),
+            "key columns are not set: {upd}"
+        );
+        assert!(
+            upd.contains("t.\"order\" = r.\"order\" and t.\"line\" = r.\"line\""),
+            "{upd}"
+        );
+        let del = delete_sql(&meta(), &t);
+        assert!(del.contains("t.\"order\" = k.\"order\""), "{del}");
+    }
+
+    #[test]
+    fn key_only_table_has_no_plain_update() {
+        let mut m = meta();
+        m.columns.truncate(2);
+        assert!(update_sql(&m, "x").is_none());
+        assert!(update_key_sql(&m, "x").contains("\"line\" = r.\"line\""));
+    }
+
+    #[test]
+    fn json_array_joins_raw_objects() {
+        assert_eq!(
+            json_array(["{\"a\":1}", "{}"].into_iter()),
+            "[{\"a\":1},{}]"
+        );
+        assert_eq!(json_array(std::iter::empty()), "[]");
+    }
+}

@@ -1,0 +1,145 @@
+//! The batcher: cuts the queue into batches of whole transactions (PgQ's tick rule).
+//!
+//! Each step takes a snapshot `now` and, per target, makes batches of the events whose
+//! transaction is visible in `now` but not in the target's last snapshot. A transaction that
+//! began before one tick and commits after it is therefore in exactly one batch, whole. When
+//! the interval holds more than `max_events_per_batch` events, it is split between
+//! transactions (never inside one), ordered by each transaction's last event id: a
+//! transaction that waited on another's row lock has its later events after all of the
+//! other's, so this order respects every row conflict.
+
+use ddlwatcher::{quote_ident, TargetExpression};
+use tokio_postgres::Client;
+
+use crate::config::Config;
+use crate::stage::{Progress, Step, StepError};
+
+/// SQL condition selecting the events of a batch row `b` from the queue `e`.
+pub const BATCH_EVENTS_CONDITION: &str = "e.ev_txid >= pg_snapshot_xmin(b.snap_from)
+    and e.ev_txid < pg_snapshot_xmax(b.snap_to)
+    and pg_visible_in_snapshot(e.ev_txid, b.snap_to)
+    and not pg_visible_in_snapshot(e.ev_txid, b.snap_from)
+    and (e.ev_schema::text || '.' || e.ev_table::text) ~ b.filter
+    and (b.txids is null or e.ev_txid = any(b.txids))";
+
+/// Cuts batches for every target of the instance.
+pub struct Batcher {
+    schema: String,
+    targets: Vec<(String, String)>,
+    max_events: i64,
+}
+
+impl Batcher {
+    pub fn new(config: &Config) -> Self {
+        let targets = config
+            .targets
+            .iter()
+            .map(|(name, t)| {
+                let expr = TargetExpression::parse(&t.target_expression).expect("validated config");
+                (name.clone(), expr.to_regex())
+            })
+            .collect();
+        Self {
+            schema: quote_ident(&config.internal_schema),
+            targets,
+            max_events: config.max_events_per_batch as i64,
+        }
+    }
+
+    /// Makes the batches of one target up to a fresh snapshot; returns how many it made.
+    pub async fn cut(
+        &self,
+        client: &mut Client,
+        target: &str,
+        filter: &str,
+    ) -> Result<u64, StepError> {
+        let s = &self.schema;
+        let tx = client.transaction().await.map_err(StepError::db("begin"))?;
+        let row = tx
+            .query_opt(
+                &format!("select next_seq, last_snapshot::text from {s}.target_state where target = $1 for update"),
+                &[&target],
+            )
+            .await
+            .map_err(StepError::db("reading target state"))?
+            .ok_or_else(|| StepError::Fatal(format!("target `{target}` is not registered in {s}.target_state")))?;
+        let mut next_seq: i64 = row.get(0);
+        let from: String = row.get(1);
+        let now: String = tx
+            .query_one("select pg_current_snapshot()::text", &[])
+            .await
+            .map_err(StepError::db("taking a snapshot"))?
+            .get(0);
+        let txns = tx
+            .query(
+                &format!(
+                    "select e.ev_txid::text, count(*), max(e.ev_id)
+                       from {s}.event e,
+                            (select $1::text::pg_snapshot as snap_from, $2::text::pg_snapshot as snap_to,
+                                    $3::text as filter, null::xid8[] as txids) b
+                      where {BATCH_EVENTS_CONDITION}
+                      group by e.ev_txid
+                      order by 3"
+                ),
+                &[&from, &now, &filter],
+            )
+            .await
+            .map_err(StepError::db("counting new events"))?;
+        let total: i64 = txns.iter().map(|r| r.get::<_, i64>(1)).sum();
+        let mut made = 0;
+        if total > 0 {
+            // Group whole transactions into batches of at most max_events (one transaction
+            // larger than that makes a batch of its own).
+            let mut groups: Vec<(Vec<String>, i64)> = vec![(Vec::new(), 0)];
+            for r in &txns {
+                let n: i64 = r.get(1);
+                let last = groups.last_mut().expect("non-empty");
+                if last.1 > 0 && last.1 + n > self.max_events {
+                    groups.push((Vec::new(), 0));
+                }
+                let last = groups.last_mut().expect("non-empty");
+                last.0.push(r.get(0));
+                last.1 += n;
+            }
+            let split = groups.len() > 1;
+            for (txids, events) in groups {
+                let txids: Option<Vec<String>> = split.then_some(txids);
+                tx.execute(
+                    &format!(
+                        "insert into {s}.batch (target, seq, snap_from, snap_to, txids, filter, events)
+                         values ($1, $2, $3::text::pg_snapshot, $4::text::pg_snapshot, $5::text[]::xid8[], $6, $7)"
+                    ),
+                    &[&target, &next_seq, &from, &now, &txids, &filter, &events],
+                )
+                .await
+                .map_err(StepError::db("recording a batch"))?;
+                tracing::debug!(target, batch_seq = next_seq, events, "batch cut");
+                next_seq += 1;
+                made += 1;
+            }
+        }
+        tx.execute(
+            &format!(
+                "update {s}.target_state set next_seq = $2, last_snapshot = $3::text::pg_snapshot where target = $1"
+            ),
+            &[&target, &next_seq, &now],
+        )
+        .await
+        .map_err(StepError::db("advancing the target cursor"))?;
+        tx.commit().await.map_err(StepError::db("commit"))?;
+        Ok(made)
+    }
+}
+
+impl Step for Batcher {
+    fn name(&self) -> String {
+        "batcher".into()
+    }
+
+    async fn step(&mut self, client: &mut Client) -> Result<Progress, StepError> {
+        for (target, filter) in &self.targets {
+            self.cut(client, target, filter).await?;
+        }
+        Ok(Progress::Idle)
+    }
+}

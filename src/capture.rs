@@ -1,0 +1,189 @@
+//! Source-side installation: the queue schema and the row triggers.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ddlwatcher::{
+    introspect_tables, qualified, quote_ident, quote_literal, Table, TargetExpression,
+};
+use tokio_postgres::Client;
+
+use crate::config::Config;
+use crate::db;
+
+/// Versioned SQL of the source side, in order.
+pub const SOURCE_SQL: &[(i32, &str)] = &[(1, include_str!("../sql/source_001_queue.sql"))];
+
+/// The trigger's name on every replicated table.
+pub const TRIGGER_NAME: &str = "pgteleport_capture";
+
+/// Why installation failed. Each names the object and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error("installing schema `{schema}` failed: {} — the role needs CREATE on the database (GRANT CREATE ON DATABASE … TO …)", db::describe(.source))]
+    Schema {
+        schema: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("reading the catalog for target `{target}` failed: {}", db::describe(.source))]
+    Catalog {
+        target: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("table {table} (target `{target}`) has no primary key; add one (ALTER TABLE … ADD PRIMARY KEY …) or exclude the table from target_expression — tables without a primary key are not replicated yet")]
+    NoPrimaryKey { table: String, target: String },
+    #[error("cannot install the capture trigger on {table}: {} — the role must own the table or have the TRIGGER privilege on it (GRANT TRIGGER ON {table} TO …)", db::describe(.source))]
+    Trigger {
+        table: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("recording target `{target}` failed: {}", db::describe(.source))]
+    TargetState {
+        target: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("target `{target}`: target_expression `{expression}` is invalid: {message}")]
+    Expression {
+        target: String,
+        expression: String,
+        message: String,
+    },
+}
+
+/// What installation found: the replicated tables of each target.
+#[derive(Debug, Clone, Default)]
+pub struct Installed {
+    pub tables: BTreeMap<String, Vec<Table>>,
+}
+
+/// Installs (or upgrades) the internal schema, then a capture trigger on every table matching
+/// a target's `target_expression`, and registers each target. Idempotent.
+pub async fn install(client: &mut Client, config: &Config) -> Result<Installed, InstallError> {
+    let schema = &config.internal_schema;
+    db::migrate(client, schema, "source", SOURCE_SQL)
+        .await
+        .map_err(|source| InstallError::Schema {
+            schema: schema.clone(),
+            source,
+        })?;
+    let mut installed = Installed::default();
+    let mut all: BTreeMap<u32, Table> = BTreeMap::new();
+    for (name, target) in &config.targets {
+        let expr = TargetExpression::parse(&target.target_expression).map_err(|e| {
+            InstallError::Expression {
+                target: name.clone(),
+                expression: target.target_expression.clone(),
+                message: e.to_string(),
+            }
+        })?;
+        let tables = introspect_tables(&*client, &expr, schema)
+            .await
+            .map_err(|source| InstallError::Catalog {
+                target: name.clone(),
+                source,
+            })?;
+        if tables.is_empty() {
+            tracing::warn!(target = %name, expression = %expr.as_str(), "target_expression matches no table yet");
+        }
+        for t in &tables {
+            if t.primary_key.is_none() {
+                return Err(InstallError::NoPrimaryKey {
+                    table: t.qualified(),
+                    target: name.clone(),
+                });
+            }
+            all.insert(t.oid, t.clone());
+        }
+        installed.tables.insert(name.clone(), tables);
+    }
+    let function = format!("{}.capture_row", quote_ident(schema));
+    for t in all.values() {
+        install_trigger(client, t, &function).await?;
+    }
+    for name in config.targets.keys() {
+        client
+            .execute(
+                &format!(
+                    "insert into {}.target_state (target, last_snapshot) values ($1, pg_current_snapshot())
+                     on conflict (target) do nothing",
+                    quote_ident(schema)
+                ),
+                &[name],
+            )
+            .await
+            .map_err(|source| InstallError::TargetState {
+                target: name.clone(),
+                source,
+            })?;
+    }
+    tracing::info!(
+        tables = all.len(),
+        targets = config.targets.len(),
+        "capture installed"
+    );
+    Ok(installed)
+}
+
+async fn install_trigger(
+    client: &Client,
+    table: &Table,
+    function: &str,
+) -> Result<(), InstallError> {
+    let key = table.primary_key.as_deref().unwrap_or_default();
+    let args: Vec<String> = key.iter().map(|k| quote_literal(k)).collect();
+    let sql = format!(
+        "create or replace trigger {} after insert or update or delete on {} for each row execute function {}({})",
+        quote_ident(TRIGGER_NAME),
+        table.qualified(),
+        function,
+        args.join(", ")
+    );
+    client
+        .batch_execute(&sql)
+        .await
+        .map_err(|source| InstallError::Trigger {
+            table: table.qualified(),
+            source,
+        })
+}
+
+/// Removes every capture trigger and the internal schema. Returns the tables it touched.
+pub async fn uninstall(
+    client: &mut Client,
+    schema: &str,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    let rows = tx
+        .query(
+            "select n.nspname::text, c.relname::text
+               from pg_catalog.pg_trigger t
+               join pg_catalog.pg_class c on c.oid = t.tgrelid
+               join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+               join pg_catalog.pg_proc p on p.oid = t.tgfoid
+               join pg_catalog.pg_namespace pn on pn.oid = p.pronamespace
+              where t.tgname = $1 and pn.nspname = $2 and p.proname = 'capture_row'",
+            &[&TRIGGER_NAME, &schema],
+        )
+        .await?;
+    let mut touched = BTreeSet::new();
+    for r in rows {
+        let (s, t): (String, String) = (r.get(0), r.get(1));
+        tx.batch_execute(&format!(
+            "drop trigger if exists {} on {}",
+            quote_ident(TRIGGER_NAME),
+            qualified(&s, &t)
+        ))
+        .await?;
+        touched.insert(qualified(&s, &t));
+    }
+    tx.batch_execute(&format!(
+        "drop schema if exists {} cascade",
+        quote_ident(schema)
+    ))
+    .await?;
+    tx.commit().await?;
+    Ok(touched.into_iter().collect())
+}

@@ -1,0 +1,130 @@
+//! Command line: teleport's single-dash flags and the modern forms side by side.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// pgteleport — PostgreSQL to PostgreSQL replication with triggers: no superuser, no
+/// replication slot, no wal_level=logical.
+#[derive(Debug, Parser)]
+#[command(version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// Configuration file (YAML). Teleport's `-config FILE` works too.
+    #[arg(long, short = 'c', global = false)]
+    pub config: Option<PathBuf>,
+    /// `replication` (default) or `initial-load`.
+    #[arg(long, value_enum, default_value_t = Mode::Replication)]
+    pub mode: Mode,
+    /// Target to load with `-mode initial-load`.
+    #[arg(long)]
+    pub load_target: Option<String>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    Replication,
+    InitialLoad,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run an instance (source, target or both, as the config says).
+    Run {
+        #[arg(long, short = 'c')]
+        config: PathBuf,
+    },
+    /// Validate a config and test its connections, with a readable report.
+    Check {
+        #[arg(long, short = 'c')]
+        config: PathBuf,
+    },
+    /// Install the queue schema and triggers on the source, then exit.
+    Install {
+        #[arg(long, short = 'c')]
+        config: PathBuf,
+    },
+    /// Remove every trigger and the internal schema from this instance's database.
+    Uninstall {
+        #[arg(long, short = 'c')]
+        config: PathBuf,
+    },
+    /// Demo: two throwaway clusters, a live workload, replicated; Ctrl-C to stop.
+    Demo {
+        /// Stop after this many seconds (default: run until Ctrl-C).
+        #[arg(long)]
+        duration: Option<u64>,
+        /// Workload transactions per second.
+        #[arg(long, default_value_t = 200)]
+        rate: u32,
+    },
+}
+
+/// Rewrites teleport's single-dash long flags (`-config x`, `-mode=y`) to `--config x`.
+pub fn normalize_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
+    const LONG: &[&str] = &["config", "mode", "load-target", "duration", "rate"];
+    args.into_iter()
+        .enumerate()
+        .map(|(i, a)| {
+            if i > 0 && a.starts_with('-') && !a.starts_with("--") {
+                let name = a[1..].split('=').next().unwrap_or("");
+                if LONG.contains(&name) {
+                    return format!("-{a}");
+                }
+            }
+            a
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(normalize_args(args.iter().map(|s| s.to_string()))).unwrap()
+    }
+
+    #[test]
+    fn teleport_flags_work() {
+        let c = parse(&[
+            "pgteleport",
+            "-config",
+            "s.yml",
+            "-mode",
+            "initial-load",
+            "-load-target",
+            "a",
+        ]);
+        assert_eq!(c.config, Some(PathBuf::from("s.yml")));
+        assert_eq!(c.mode, Mode::InitialLoad);
+        assert_eq!(c.load_target.as_deref(), Some("a"));
+        let c = parse(&["pgteleport", "-config=s.yml"]);
+        assert_eq!(c.config, Some(PathBuf::from("s.yml")));
+        let c = parse(&["pgteleport", "--config", "s.yml"]);
+        assert_eq!(c.config, Some(PathBuf::from("s.yml")));
+        assert_eq!(c.mode, Mode::Replication);
+        let c = parse(&["pgteleport", "-c", "s.yml"]);
+        assert_eq!(c.config, Some(PathBuf::from("s.yml")));
+    }
+
+    #[test]
+    fn subcommands_parse() {
+        assert!(matches!(
+            parse(&["pgteleport", "check", "--config", "x"]).command,
+            Some(Command::Check { .. })
+        ));
+        assert!(matches!(
+            parse(&["pgteleport", "check", "-config", "x"]).command,
+            Some(Command::Check { .. })
+        ));
+        assert!(matches!(
+            parse(&["pgteleport", "demo", "--duration", "5"]).command,
+            Some(Command::Demo {
+                duration: Some(5),
+                ..
+            })
+        ));
+    }
+}

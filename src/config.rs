@@ -1,0 +1,652 @@
+//! Configuration: teleport's YAML format, plus what production needs.
+//!
+//! Every struct denies unknown keys, so a typo is an error naming the key. Secrets are
+//! [`Secret`]s: `Debug` prints `***` and they are never serialised. Environment overrides
+//! (applied after the file is read):
+//!
+//! | variable | key |
+//! |---|---|
+//! | `PGTELEPORT_DATABASE__PASSWORD` | `database.password` |
+//! | `PGTELEPORT_SERVER__AUTH_TOKEN` | `server.auth_token` |
+//! | `PGTELEPORT_TARGETS__<NAME>__AUTH_TOKEN` | `targets.<name>.auth_token` (name upper-cased, `-` and `.` as `_`) |
+//! | `PGTELEPORT_AUTH_TOKEN` | any auth token not set otherwise |
+//! | `PGTELEPORT_SENTRY_ENDPOINT` | `sentry_endpoint` |
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ddlwatcher::TargetExpression;
+use serde::Deserialize;
+
+/// A value that must never reach a log.
+#[derive(Clone, Deserialize, PartialEq, Eq, Default)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Errors while loading a configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path}: `{key}` {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+/// One instance's configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Rows per set-based apply statement (teleport's key; runs longer than this are chunked).
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Upper bound of events per batch; one transaction is never split, so a larger
+    /// transaction makes one larger batch.
+    #[serde(default = "default_max_events")]
+    pub max_events_per_batch: usize,
+    /// Capture DDL with event triggers (needs a role that may create them).
+    #[serde(default)]
+    pub use_event_triggers: bool,
+    #[serde(default)]
+    pub processing_intervals: Intervals,
+    pub database: Database,
+    #[serde(default)]
+    pub server: Option<Server>,
+    #[serde(default)]
+    pub targets: BTreeMap<String, Target>,
+    #[serde(default)]
+    pub sentry_endpoint: Option<Secret>,
+    /// Schema for pgteleport's own objects in this instance's database.
+    #[serde(default = "default_internal_schema")]
+    pub internal_schema: String,
+    /// `text` (default) or `json` log lines.
+    #[serde(default)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Loop intervals in milliseconds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Intervals {
+    #[serde(default = "default_100")]
+    pub batcher: u64,
+    #[serde(default = "default_100")]
+    pub transmitter: u64,
+    #[serde(default = "default_100")]
+    pub applier: u64,
+    #[serde(default = "default_500")]
+    pub vacuum: u64,
+    #[serde(default = "default_5000")]
+    pub ddlwatcher: u64,
+    /// How often the queue moves on to its next event table (then the old one is emptied
+    /// with TRUNCATE once acknowledged).
+    #[serde(default = "default_rotation")]
+    pub rotation: u64,
+}
+
+impl Default for Intervals {
+    fn default() -> Self {
+        Self {
+            batcher: 100,
+            transmitter: 100,
+            applier: 100,
+            vacuum: 500,
+            ddlwatcher: 5000,
+            rotation: default_rotation(),
+        }
+    }
+}
+
+impl Intervals {
+    pub fn batcher(&self) -> Duration {
+        Duration::from_millis(self.batcher)
+    }
+    pub fn transmitter(&self) -> Duration {
+        Duration::from_millis(self.transmitter)
+    }
+    pub fn vacuum(&self) -> Duration {
+        Duration::from_millis(self.vacuum)
+    }
+    pub fn rotation(&self) -> Duration {
+        Duration::from_millis(self.rotation)
+    }
+}
+
+/// Connection to this instance's database.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Database {
+    /// This instance's name: identifies the source to its targets.
+    pub name: String,
+    pub database: String,
+    #[serde(default = "default_host")]
+    pub hostname: String,
+    pub username: String,
+    #[serde(default)]
+    pub password: Secret,
+    #[serde(default = "default_pg_port")]
+    pub port: u16,
+    /// `disable` (default), `prefer`, `require`, `verify-ca` or `verify-full`.
+    #[serde(default)]
+    pub sslmode: Option<String>,
+    /// Root certificate(s) (PEM) to verify the server with; default: the system's roots.
+    #[serde(default)]
+    pub sslrootcert: Option<PathBuf>,
+    /// Other libpq-style connection options: `connect_timeout` (seconds),
+    /// `application_name`, `options`, `keepalives`, `keepalives_idle` (seconds),
+    /// `target_session_attrs`, `sslmode`, `sslrootcert`.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+/// The HTTP server of this instance.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    #[serde(default = "default_listen")]
+    pub hostname: String,
+    #[serde(default = "default_server_port")]
+    pub port: u16,
+    /// Bearer token a source must present to send batches here.
+    #[serde(default)]
+    pub auth_token: Option<Secret>,
+    /// Accept batches without a token (only on a trusted network).
+    #[serde(default)]
+    pub allow_unauthenticated: bool,
+    /// Largest accepted request body, compressed, in bytes.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Largest batch after decompression, in bytes.
+    #[serde(default = "default_max_batch")]
+    pub max_batch_bytes: usize,
+}
+
+/// A destination of this source instance.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    pub target_expression: String,
+    pub endpoint: Endpoint,
+    /// Schema on the target that every replicated table is written to; default: the same
+    /// schema as on the source.
+    #[serde(default)]
+    pub apply_schema: Option<String>,
+    #[serde(default)]
+    pub auth_token: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    pub hostname: String,
+    pub port: u16,
+    /// Seconds to wait for one batch request (including its apply on the target).
+    #[serde(default = "default_request_timeout")]
+    pub timeout_seconds: u64,
+}
+
+fn default_batch_size() -> usize {
+    10_000
+}
+fn default_max_events() -> usize {
+    10_000
+}
+fn default_100() -> u64 {
+    100
+}
+fn default_500() -> u64 {
+    500
+}
+fn default_5000() -> u64 {
+    5000
+}
+fn default_rotation() -> u64 {
+    60_000
+}
+fn default_host() -> String {
+    "localhost".into()
+}
+fn default_pg_port() -> u16 {
+    5432
+}
+fn default_listen() -> String {
+    "127.0.0.1".into()
+}
+fn default_server_port() -> u16 {
+    3000
+}
+fn default_max_body() -> usize {
+    256 << 20
+}
+fn default_max_batch() -> usize {
+    1 << 30
+}
+fn default_request_timeout() -> u64 {
+    600
+}
+fn default_internal_schema() -> String {
+    "teleport".into()
+}
+
+/// What the config makes of this instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    pub source: bool,
+    pub target: bool,
+}
+
+impl Config {
+    /// Reads, applies environment overrides, and validates.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_yaml(&text, path, |k| std::env::var(k).ok())
+    }
+
+    /// Parses YAML text; `env` looks up override variables (injected for tests).
+    pub fn from_yaml(
+        text: &str,
+        path: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let mut config: Config = serde_norway::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        config.apply_env(env);
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) {
+        if let Some(v) = env("PGTELEPORT_DATABASE__PASSWORD") {
+            self.database.password = Secret(v);
+        }
+        if let Some(v) = env("PGTELEPORT_SENTRY_ENDPOINT") {
+            self.sentry_endpoint = Some(Secret(v));
+        }
+        let shared = env("PGTELEPORT_AUTH_TOKEN").map(Secret);
+        if let Some(server) = self.server.as_mut() {
+            if let Some(v) = env("PGTELEPORT_SERVER__AUTH_TOKEN") {
+                server.auth_token = Some(Secret(v));
+            }
+            if server.auth_token.is_none() {
+                server.auth_token = shared.clone();
+            }
+        }
+        for (name, target) in self.targets.iter_mut() {
+            let var = format!("PGTELEPORT_TARGETS__{}__AUTH_TOKEN", env_name(name));
+            if let Some(v) = env(&var) {
+                target.auth_token = Some(Secret(v));
+            }
+            if target.auth_token.is_none() {
+                target.auth_token = shared.clone();
+            }
+        }
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            message,
+        };
+        check_name(&self.database.name).map_err(|m| invalid("database.name", m))?;
+        if self.database.database.is_empty() {
+            return Err(invalid("database.database", "must not be empty".into()));
+        }
+        if self.database.username.is_empty() {
+            return Err(invalid("database.username", "must not be empty".into()));
+        }
+        if self.database.port == 0 {
+            return Err(invalid(
+                "database.port",
+                "must be between 1 and 65535".into(),
+            ));
+        }
+        let sslmode = self.database.sslmode.as_deref().or(self
+            .database
+            .options
+            .get("sslmode")
+            .map(String::as_str));
+        if let Some(mode) = sslmode {
+            if !["disable", "prefer", "require", "verify-ca", "verify-full"].contains(&mode) {
+                return Err(invalid(
+                    "database.sslmode",
+                    format!("is `{mode}`; use disable, prefer, require, verify-ca or verify-full"),
+                ));
+            }
+        }
+        for key in self.database.options.keys() {
+            if !KNOWN_OPTIONS.contains(&key.as_str()) {
+                return Err(invalid(
+                    &format!("database.options.{key}"),
+                    format!(
+                        "is not a known connection option; known: {}",
+                        KNOWN_OPTIONS.join(", ")
+                    ),
+                ));
+            }
+        }
+        if self.batch_size == 0 {
+            return Err(invalid("batch_size", "must be at least 1".into()));
+        }
+        if self.max_events_per_batch == 0 {
+            return Err(invalid("max_events_per_batch", "must be at least 1".into()));
+        }
+        let iv = &self.processing_intervals;
+        for (key, v) in [
+            ("batcher", iv.batcher),
+            ("transmitter", iv.transmitter),
+            ("applier", iv.applier),
+            ("vacuum", iv.vacuum),
+            ("ddlwatcher", iv.ddlwatcher),
+            ("rotation", iv.rotation),
+        ] {
+            if v == 0 || v > 86_400_000 {
+                return Err(invalid(
+                    &format!("processing_intervals.{key}"),
+                    format!("is {v}; give milliseconds between 1 and 86400000"),
+                ));
+            }
+        }
+        check_ident(&self.internal_schema).map_err(|m| invalid("internal_schema", m))?;
+        for (name, t) in &self.targets {
+            let key = |k: &str| format!("targets.{name}.{k}");
+            check_name(name).map_err(|m| invalid(&format!("targets.{name}"), m))?;
+            TargetExpression::parse(&t.target_expression)
+                .map_err(|e| invalid(&key("target_expression"), e.to_string()))?;
+            if t.endpoint.hostname.is_empty() {
+                return Err(invalid(
+                    &key("endpoint.hostname"),
+                    "must not be empty".into(),
+                ));
+            }
+            if t.endpoint.port == 0 {
+                return Err(invalid(
+                    &key("endpoint.port"),
+                    "must be between 1 and 65535".into(),
+                ));
+            }
+            if let Some(s) = &t.apply_schema {
+                check_ident(s).map_err(|m| invalid(&key("apply_schema"), m))?;
+            }
+            if t.auth_token.as_ref().is_some_and(Secret::is_empty) {
+                return Err(invalid(&key("auth_token"), "must not be empty".into()));
+            }
+        }
+        if let Some(server) = &self.server {
+            if server.auth_token.as_ref().is_some_and(Secret::is_empty) {
+                return Err(invalid("server.auth_token", "must not be empty".into()));
+            }
+            if self.targets.is_empty()
+                && server.auth_token.is_none()
+                && !server.allow_unauthenticated
+            {
+                return Err(invalid(
+                    "server.auth_token",
+                    "is missing: a target instance refuses unauthenticated batches. Set it (or \
+                     PGTELEPORT_SERVER__AUTH_TOKEN / PGTELEPORT_AUTH_TOKEN), or set \
+                     server.allow_unauthenticated: true on a trusted network"
+                        .into(),
+                ));
+            }
+            if server.max_body_bytes == 0 || server.max_batch_bytes == 0 {
+                return Err(invalid(
+                    "server.max_body_bytes",
+                    "must be at least 1".into(),
+                ));
+            }
+        } else if self.targets.is_empty() {
+            return Err(invalid(
+                "targets",
+                "and `server` are both missing: a source needs `targets`, a target needs `server`"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether this instance captures (has targets) and/or applies (accepts batches).
+    pub fn roles(&self) -> Roles {
+        let target = self
+            .server
+            .as_ref()
+            .is_some_and(|s| s.auth_token.is_some() || s.allow_unauthenticated);
+        Roles {
+            source: !self.targets.is_empty(),
+            target,
+        }
+    }
+}
+
+const KNOWN_OPTIONS: &[&str] = &[
+    "sslmode",
+    "sslrootcert",
+    "connect_timeout",
+    "application_name",
+    "options",
+    "keepalives",
+    "keepalives_idle",
+    "target_session_attrs",
+];
+
+fn env_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Instance and target names travel in URLs and logs: keep them plain.
+fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "is `{name}`; use 1 to 63 letters, digits, `_`, `-` or `.`, starting with a letter or digit"
+        ))
+    }
+}
+
+fn check_ident(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 63 || name.contains('\0') {
+        Err(format!(
+            "is `{name}`; a PostgreSQL identifier has 1 to 63 bytes"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TELEPORT: &str = r#"
+batch_size: 10000
+max_events_per_batch: 10000
+use_event_triggers: false
+processing_intervals:
+  batcher: 100
+  transmitter: 100
+  applier: 100
+  vacuum: 500
+  ddlwatcher: 5000
+database:
+  name: "orders-db"
+  database: "orders"
+  hostname: "db.internal"
+  username: "replicator"
+  password: "secret"
+  port: 5432
+server:
+  hostname: "0.0.0.0"
+  port: 3000
+targets:
+  analytics:
+    target_expression: "public.*"
+    endpoint:
+      hostname: "replica.internal"
+      port: 3001
+    apply_schema: "orders_copy"
+sentry_endpoint: "https://key@sentry.example.com/8"
+"#;
+
+    fn parse(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        Config::from_yaml(text, Path::new("x.yml"), |k| {
+            env.iter().find(|(a, _)| a == k).map(|(_, b)| b.clone())
+        })
+    }
+
+    #[test]
+    fn teleport_format_loads_as_is() {
+        let c = parse(TELEPORT, &[]).unwrap();
+        assert_eq!(c.database.name, "orders-db");
+        assert_eq!(
+            c.targets["analytics"].apply_schema.as_deref(),
+            Some("orders_copy")
+        );
+        assert_eq!(
+            c.roles(),
+            Roles {
+                source: true,
+                target: false
+            }
+        );
+        assert_eq!(c.processing_intervals.rotation, 60_000);
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let c = parse(TELEPORT, &[]).unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("secret"), "{dbg}");
+        assert!(!dbg.contains("key@sentry"), "{dbg}");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let text = TELEPORT.replace("batch_size:", "batch_sise:");
+        let e = parse(&text, &[]).unwrap_err().to_string();
+        assert!(e.contains("batch_sise") && e.contains("x.yml"), "{e}");
+        let text = TELEPORT.replace("apply_schema:", "apply_shema:");
+        let e = parse(&text, &[]).unwrap_err().to_string();
+        assert!(e.contains("apply_shema"), "{e}");
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        let e = parse(&TELEPORT.replace("\"public.*\"", "\"public\""), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("targets.analytics.target_expression"), "{e}");
+        let e = parse(&TELEPORT.replace("batcher: 100", "batcher: 0"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("processing_intervals.batcher"), "{e}");
+        let e = parse(&TELEPORT.replace("port: 5432", "port: 70000"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("port"), "{e}");
+        let e = parse(&TELEPORT.replace("\"orders-db\"", "\"orders db\""), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("database.name"), "{e}");
+    }
+
+    #[test]
+    fn env_overrides_secrets() {
+        let c = parse(
+            TELEPORT,
+            &[
+                ("PGTELEPORT_DATABASE__PASSWORD", "fromenv"),
+                ("PGTELEPORT_TARGETS__ANALYTICS__AUTH_TOKEN", "tok"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.database.password.expose(), "fromenv");
+        assert_eq!(
+            c.targets["analytics"].auth_token.as_ref().unwrap().expose(),
+            "tok"
+        );
+    }
+
+    #[test]
+    fn target_without_token_refuses() {
+        let target = "database: {name: t, database: d, username: u}\nserver: {port: 3001}\n";
+        let e = parse(target, &[]).unwrap_err().to_string();
+        assert!(e.contains("server.auth_token"), "{e}");
+        let c = parse(target, &[("PGTELEPORT_AUTH_TOKEN", "x")]).unwrap();
+        assert_eq!(
+            c.roles(),
+            Roles {
+                source: false,
+                target: true
+            }
+        );
+        let c = parse(
+            &target.replace("port: 3001", "port: 3001, allow_unauthenticated: true"),
+            &[],
+        )
+        .unwrap();
+        assert!(c.roles().target);
+    }
+}

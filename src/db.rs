@@ -1,0 +1,247 @@
+//! Connections to PostgreSQL and classification of its errors.
+
+use std::time::Duration;
+
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, NoTls};
+
+use crate::config::Database;
+
+/// A connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("database `{database}` on {host}:{port} as `{user}`: {reason} — {hint}")]
+    Failed {
+        database: String,
+        host: String,
+        port: u16,
+        user: String,
+        reason: String,
+        hint: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("database `{database}`: sslmode `{mode}` is not supported by this build yet; use sslmode `disable` or `prefer` (plain connection)")]
+    Tls { database: String, mode: String },
+}
+
+/// Opens a connection as `purpose` (shown in `pg_stat_activity.application_name`) and spawns
+/// its driver task, which logs how the connection ended.
+pub async fn connect(db: &Database, purpose: &str) -> Result<Client, ConnectError> {
+    let mode = db
+        .sslmode
+        .clone()
+        .or_else(|| db.options.get("sslmode").cloned())
+        .unwrap_or_else(|| "disable".into());
+    if !matches!(mode.as_str(), "disable" | "prefer") {
+        return Err(ConnectError::Tls {
+            database: db.database.clone(),
+            mode,
+        });
+    }
+    let cfg = pg_config(db, purpose);
+    match cfg.connect(NoTls).await {
+        Ok((client, connection)) => {
+            let label = format!("{purpose} {}@{}:{}", db.database, db.hostname, db.port);
+            tokio::spawn(async move {
+                match connection.await {
+                    Ok(()) => tracing::debug!(connection = %label, "database connection closed"),
+                    Err(e) => {
+                        tracing::warn!(connection = %label, error = %e, "database connection ended")
+                    }
+                }
+            });
+            Ok(client)
+        }
+        Err(source) => {
+            let (reason, hint) = describe_connect_error(&source);
+            Err(ConnectError::Failed {
+                database: db.database.clone(),
+                host: db.hostname.clone(),
+                port: db.port,
+                user: db.username.clone(),
+                reason,
+                hint,
+                source,
+            })
+        }
+    }
+}
+
+/// The driver configuration for `db`, with `purpose` in the application name.
+pub fn pg_config(db: &Database, purpose: &str) -> tokio_postgres::Config {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host(&db.hostname)
+        .port(db.port)
+        .dbname(&db.database)
+        .user(&db.username)
+        .connect_timeout(Duration::from_secs(10));
+    if !db.password.is_empty() {
+        cfg.password(db.password.expose());
+    }
+    let mut app = format!("pgteleport {purpose}");
+    for (k, v) in &db.options {
+        match k.as_str() {
+            "connect_timeout" => {
+                if let Ok(s) = v.parse::<u64>() {
+                    cfg.connect_timeout(Duration::from_secs(s));
+                }
+            }
+            "application_name" => app = format!("{v} ({purpose})"),
+            "options" => {
+                cfg.options(v);
+            }
+            "keepalives" => {
+                cfg.keepalives(v != "0");
+            }
+            "keepalives_idle" => {
+                if let Ok(s) = v.parse::<u64>() {
+                    cfg.keepalives_idle(Duration::from_secs(s));
+                }
+            }
+            "target_session_attrs" if v == "read-write" => {
+                cfg.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
+            }
+            _ => {}
+        }
+    }
+    cfg.application_name(&app);
+    cfg
+}
+
+fn describe_connect_error(e: &tokio_postgres::Error) -> (String, &'static str) {
+    if let Some(db) = e.as_db_error() {
+        let hint = match *db.code() {
+            SqlState::INVALID_PASSWORD | SqlState::INVALID_AUTHORIZATION_SPECIFICATION => {
+                "check database.username and database.password (or PGTELEPORT_DATABASE__PASSWORD)"
+            }
+            SqlState::INVALID_CATALOG_NAME => {
+                "check database.database: the database does not exist"
+            }
+            SqlState::TOO_MANY_CONNECTIONS => "the server has no free connection slots",
+            _ => "see the server's message",
+        };
+        return (db.message().to_string(), hint);
+    }
+    let mut reason = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        reason = format!("{reason}: {s}");
+        src = s.source();
+    }
+    (
+        reason,
+        "is the server running and reachable from this host?",
+    )
+}
+
+/// How to react to a database error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Connection lost, serialization failure, deadlock, shutdown: try again.
+    Retryable,
+    /// The target schema lacks a table, column or type the batch needs: hold the batch.
+    SchemaBehind,
+    /// Anything else: retrying the same thing gives the same error.
+    Permanent,
+}
+
+/// Classifies by SQLSTATE, never by message text.
+pub fn classify(e: &tokio_postgres::Error) -> ErrorClass {
+    let Some(code) = e.code() else {
+        return ErrorClass::Retryable; // no SQLSTATE: I/O or protocol level
+    };
+    let c = code.code();
+    if *code == SqlState::UNDEFINED_TABLE
+        || *code == SqlState::UNDEFINED_COLUMN
+        || *code == SqlState::UNDEFINED_OBJECT
+        || *code == SqlState::INVALID_SCHEMA_NAME
+        || *code == SqlState::UNDEFINED_FUNCTION
+    {
+        ErrorClass::SchemaBehind
+    } else if c.starts_with("08") // connection exception
+        || c.starts_with("57P") // operator intervention (shutdown)
+        || c.starts_with("53") // insufficient resources
+        || *code == SqlState::T_R_SERIALIZATION_FAILURE
+        || *code == SqlState::T_R_DEADLOCK_DETECTED
+        || *code == SqlState::LOCK_NOT_AVAILABLE
+        || *code == SqlState::QUERY_CANCELED
+    {
+        ErrorClass::Retryable
+    } else {
+        ErrorClass::Permanent
+    }
+}
+
+/// The server's message with its SQLSTATE, or the client error, for reports.
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+            // The detail is left out on purpose: it can quote row values.
+            if let Some(h) = db.hint() {
+                s.push_str(&format!("; hint: {h}"));
+            }
+            s
+        }
+        None => {
+            let mut reason = e.to_string();
+            let mut src = std::error::Error::source(e);
+            while let Some(s) = src {
+                reason = format!("{reason}: {s}");
+                src = s.source();
+            }
+            reason
+        }
+    }
+}
+
+/// Runs the versioned SQL files of `component` that are not yet recorded in
+/// `<schema>.schema_version`, each in its own transaction, under an advisory lock so that
+/// two instances starting at once do not race.
+pub async fn migrate(
+    client: &mut Client,
+    schema: &str,
+    component: &str,
+    files: &[(i32, &str)],
+) -> Result<(), tokio_postgres::Error> {
+    let q = ddlwatcher::quote_ident(schema);
+    let tx = client.transaction().await?;
+    tx.execute(
+        "select pg_advisory_xact_lock(7419, hashtext($1))",
+        &[&schema],
+    )
+    .await?;
+    tx.batch_execute(&format!(
+        "create schema if not exists {q};
+         create table if not exists {q}.schema_version (
+             component text not null, version int not null,
+             applied_at timestamptz not null default now(),
+             primary key (component, version))"
+    ))
+    .await?;
+    let done: Vec<i32> = tx
+        .query(
+            &format!("select version from {q}.schema_version where component = $1"),
+            &[&component],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    tx.batch_execute(&format!("set local search_path = {q}, pg_temp"))
+        .await?;
+    for (version, sql) in files {
+        if done.contains(version) {
+            continue;
+        }
+        tx.batch_execute(sql).await?;
+        tx.execute(
+            "insert into schema_version (component, version) values ($1, $2)",
+            &[&component, version],
+        )
+        .await?;
+        tracing::info!(schema, component, version, "installed sql migration");
+    }
+    tx.commit().await
+}

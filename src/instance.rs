@@ -1,0 +1,226 @@
+//! One running instance: source stages, target server, or both, as the config says.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use crate::applier::Applier;
+use crate::batcher::Batcher;
+use crate::capture;
+use crate::config::Config;
+use crate::db;
+use crate::server::Server;
+use crate::stage;
+use crate::transmitter::Transmitter;
+use crate::vacuum::Vacuum;
+
+/// Why an instance could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum InstanceError {
+    #[error(transparent)]
+    Connect(#[from] db::ConnectError),
+    #[error("another pgteleport instance named `{name}` is already running against database `{database}`; stop it first (two instances would ship the same batches)")]
+    AlreadyRunning { name: String, database: String },
+    #[error("taking the instance lock failed: {}", db::describe(.0))]
+    Lock(#[source] tokio_postgres::Error),
+    #[error(transparent)]
+    Install(#[from] capture::InstallError),
+    #[error("target setup failed: {0}")]
+    Target(#[from] crate::applier::ApplyError),
+    #[error("cannot listen on {address}: {source} — is another process using the port?")]
+    Listen {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{stage}: {message}")]
+    Stage { stage: String, message: String },
+    #[error("the instance lock connection to the source database was lost; stopping so that a restarted instance can take over cleanly")]
+    LockLost,
+}
+
+/// A started instance.
+pub struct Running {
+    /// Address the HTTP server listens on, if it has one.
+    pub local_addr: Option<SocketAddr>,
+    shutdown: CancellationToken,
+    tasks: JoinSet<(String, Result<(), InstanceError>)>,
+}
+
+/// Advisory lock class for "one instance per name".
+const LOCK_CLASS: i32 = 7418;
+
+impl Running {
+    /// Stops every stage and waits for them (up to 10 s), naming any that did not stop.
+    pub async fn shutdown(mut self) -> Result<(), InstanceError> {
+        self.shutdown.cancel();
+        self.join(Duration::from_secs(10)).await
+    }
+
+    /// Simulates a crash: aborts every task at whatever point it is, without cleanup.
+    pub fn kill(mut self) {
+        self.tasks.abort_all();
+        self.shutdown.cancel();
+    }
+
+    /// Runs until `stop` is cancelled or a stage fails; then shuts down.
+    pub async fn wait(mut self, stop: CancellationToken) -> Result<(), InstanceError> {
+        let first = tokio::select! {
+            _ = stop.cancelled() => Ok(()),
+            r = self.tasks.join_next() => match r {
+                Some(Ok((_, r))) => r,
+                Some(Err(e)) => Err(InstanceError::Stage { stage: "task".into(), message: e.to_string() }),
+                None => Ok(()),
+            },
+        };
+        self.shutdown.cancel();
+        let rest = self.join(Duration::from_secs(10)).await;
+        first.and(rest)
+    }
+
+    async fn join(&mut self, limit: Duration) -> Result<(), InstanceError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut result = Ok(());
+        loop {
+            match tokio::time::timeout_at(deadline, self.tasks.join_next()).await {
+                Ok(None) => return result,
+                Ok(Some(Ok((_, Err(e))))) => {
+                    if result.is_ok() {
+                        result = Err(e)
+                    }
+                }
+                Ok(Some(_)) => {}
+                Err(_) => {
+                    tracing::error!(
+                        tasks = self.tasks.len(),
+                        "tasks did not stop within {limit:?}; aborting them"
+                    );
+                    self.tasks.abort_all();
+                    return result;
+                }
+            }
+        }
+    }
+}
+
+/// Connects, installs, binds, and spawns every stage of the instance.
+pub async fn start(config: Config) -> Result<Running, InstanceError> {
+    let roles = config.roles();
+    let shutdown = CancellationToken::new();
+    let mut tasks: JoinSet<(String, Result<(), InstanceError>)> = JoinSet::new();
+    let mut lock_client: Option<Client> = None;
+
+    if roles.source {
+        let mut client = db::connect(&config.database, "instance lock").await?;
+        let got: bool = client
+            .query_one(
+                "select pg_try_advisory_lock($1, hashtext($2))",
+                &[&LOCK_CLASS, &config.database.name],
+            )
+            .await
+            .map_err(InstanceError::Lock)?
+            .get(0);
+        if !got {
+            return Err(InstanceError::AlreadyRunning {
+                name: config.database.name.clone(),
+                database: config.database.database.clone(),
+            });
+        }
+        capture::install(&mut client, &config).await?;
+        lock_client = Some(client);
+    }
+    if let Some(client) = lock_client.take() {
+        // Holds the session (and so the advisory lock) for the life of the instance.
+        let token = shutdown.clone();
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => return ("instance lock".to_string(), Ok(())),
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+                if client.is_closed() {
+                    return ("instance lock".to_string(), Err(InstanceError::LockLost));
+                }
+            }
+        });
+    }
+
+    let applier = if roles.target {
+        Some(Arc::new(Applier::connect(&config).await?))
+    } else {
+        None
+    };
+
+    let mut local_addr = None;
+    if let Some(server) = &config.server {
+        let address = format!("{}:{}", server.hostname, server.port);
+        let listener =
+            TcpListener::bind(&address)
+                .await
+                .map_err(|source| InstanceError::Listen {
+                    address: address.clone(),
+                    source,
+                })?;
+        local_addr = listener.local_addr().ok();
+        tracing::info!(address = ?local_addr, accepts_batches = roles.target, "http server listening");
+        let srv = Arc::new(Server::new(server, applier.clone()));
+        let token = shutdown.clone();
+        tasks.spawn(async move {
+            srv.run(listener, token).await;
+            ("server".to_string(), Ok(()))
+        });
+    }
+
+    if roles.source {
+        let iv = config.processing_intervals.clone();
+        let db = config.database.clone();
+        spawn_stage(
+            &mut tasks,
+            Batcher::new(&config),
+            db.clone(),
+            iv.batcher(),
+            &shutdown,
+        );
+        spawn_stage(
+            &mut tasks,
+            Vacuum::new(&config),
+            db.clone(),
+            iv.vacuum(),
+            &shutdown,
+        );
+        for (name, target) in &config.targets {
+            let t = Transmitter::new(&config, name, target);
+            spawn_stage(&mut tasks, t, db.clone(), iv.transmitter(), &shutdown);
+        }
+    }
+    Ok(Running {
+        local_addr,
+        shutdown,
+        tasks,
+    })
+}
+
+fn spawn_stage<S: stage::Step + Send + 'static>(
+    tasks: &mut JoinSet<(String, Result<(), InstanceError>)>,
+    s: S,
+    db: crate::config::Database,
+    interval: Duration,
+    shutdown: &CancellationToken,
+) {
+    let name = s.name();
+    let token = shutdown.clone();
+    tasks.spawn(async move {
+        let r = stage::run(s, db, interval, token)
+            .await
+            .map_err(|e| InstanceError::Stage {
+                stage: name.clone(),
+                message: e.to_string(),
+            });
+        (name, r)
+    });
+}

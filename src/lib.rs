@@ -1,0 +1,22 @@
+//! pgteleport: trigger-based PostgreSQL → PostgreSQL replication without superuser,
+//! replication slots or `wal_level=logical`.
+//!
+//! Source side: [`capture`] installs the queue and row triggers, [`batcher`] cuts ordered
+//! batches of whole transactions, [`transmitter`] ships them, [`vacuum`] keeps the queue
+//! small. Target side: [`server`] receives, [`applier`] applies exactly once.
+
+pub mod applier;
+pub mod batcher;
+pub mod capture;
+pub mod check;
+pub mod cli;
+pub mod cluster;
+pub mod config;
+pub mod db;
+pub mod demo;
+pub mod instance;
+pub mod server;
+pub mod stage;
+pub mod transmitter;
+pub mod vacuum;
+pub mod wire;

@@ -1,0 +1,125 @@
+//! The pgteleport binary: parse, configure logging, run, report.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use pgteleport::cli::{normalize_args, Cli, Command, Mode};
+use pgteleport::config::{Config, LogFormat};
+use pgteleport::{capture, check, db, demo, instance};
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse_from(normalize_args(std::env::args()));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PGTELEPORT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+fn load(path: &std::path::Path) -> anyhow::Result<Config> {
+    let config = Config::load(path)?;
+    init_logging(config.log_format);
+    Ok(config)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let command = match (cli.command, cli.config) {
+        (Some(c), _) => c,
+        (None, Some(config)) => {
+            if cli.mode == Mode::InitialLoad {
+                anyhow::bail!(
+                    "-mode initial-load is not available in this version yet{}; \
+                     create the target tables and copy existing rows yourself, then run replication",
+                    cli.load_target.map(|t| format!(" (target `{t}`)")).unwrap_or_default()
+                );
+            }
+            Command::Run { config }
+        }
+        (None, None) => {
+            anyhow::bail!("nothing to do: give `-config FILE` (or a subcommand; see --help)")
+        }
+    };
+    match command {
+        Command::Run { config } => {
+            let config = load(&config)?;
+            let running = instance::start(config).await?;
+            let stop = CancellationToken::new();
+            let s = stop.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                tracing::info!("shutdown requested");
+                s.cancel();
+            });
+            running.wait(stop).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { config } => {
+            let config = load(&config)?;
+            let report = check::check(&config).await;
+            print!("{}", report.text);
+            Ok(if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
+        }
+        Command::Install { config } => {
+            let config = load(&config)?;
+            let mut client = db::connect(&config.database, "install").await?;
+            let installed = capture::install(&mut client, &config).await?;
+            for (target, tables) in installed.tables {
+                println!("target `{target}`: {} table(s) captured", tables.len());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Uninstall { config } => {
+            let config = load(&config)?;
+            let mut client = db::connect(&config.database, "uninstall").await?;
+            let tables = capture::uninstall(&mut client, &config.internal_schema).await?;
+            println!(
+                "removed schema `{}` and the capture trigger of {} table(s)",
+                config.internal_schema,
+                tables.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { duration, rate } => {
+            if std::env::var_os("PGTELEPORT_LOG").is_none() {
+                // keep the demo's own output readable
+                std::env::set_var("PGTELEPORT_LOG", "warn");
+            }
+            init_logging(LogFormat::Text);
+            demo::run(duration.map(Duration::from_secs), rate).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,279 @@
+//! The instance's HTTP server: health, and on a target the batch endpoint.
+//!
+//! | request | answer |
+//! |---|---|
+//! | `GET /healthz` | 200 `{"status":"ok"}` |
+//! | `POST /v1/batches` | 200 applied or duplicate (`applied_seq`); 400 malformed; 401 token; 409 out of sequence (`applied_seq`); 413 too large; 422 target schema behind; 503 database unavailable; 500 other apply failure |
+//! | `GET /v1/position/{source}/{target}` | 200 `{"applied_seq": n}` |
+//!
+//! Every error body is JSON `{"error": "…"}`; nothing is ever an error behind 200.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::applier::{Applier, ApplyError, Outcome};
+use crate::config::{Secret, Server as ServerConfig};
+use crate::wire;
+
+/// Shared state of the HTTP handlers.
+pub struct Server {
+    applier: Option<Arc<Applier>>,
+    token: Option<Secret>,
+    max_body: usize,
+    max_batch: usize,
+}
+
+type Body = Full<Bytes>;
+
+impl Server {
+    pub fn new(config: &ServerConfig, applier: Option<Arc<Applier>>) -> Self {
+        Self {
+            applier,
+            token: config.auth_token.clone(),
+            max_body: config.max_body_bytes,
+            max_batch: config.max_batch_bytes,
+        }
+    }
+
+    /// Serves connections from `listener` until `shutdown`; in-flight requests finish.
+    pub async fn run(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+        let tracker = TaskTracker::new();
+        loop {
+            let (stream, peer) = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let this = self.clone();
+            let shutdown = shutdown.clone();
+            tracker.spawn(async move {
+                let service = service_fn(move |req| {
+                    let this = this.clone();
+                    async move { Ok::<_, std::convert::Infallible>(this.handle(req, peer).await) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(30))
+                    .serve_connection(TokioIo::new(stream), service);
+                let mut conn = std::pin::pin!(conn);
+                tokio::select! {
+                    r = conn.as_mut() => if let Err(e) = r { tracing::debug!(%peer, error = %e, "http connection ended") },
+                    _ = shutdown.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
+                    }
+                }
+            });
+        }
+        tracker.close();
+        tracker.wait().await;
+    }
+
+    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let path = req.uri().path().to_string();
+        match (req.method(), path.as_str()) {
+            (&Method::GET, "/healthz") => reply(StatusCode::OK, json!({"status": "ok"})),
+            (&Method::POST, "/v1/batches") => self.batches(req, peer).await,
+            (&Method::GET, p) if p.starts_with("/v1/position/") => self.position(&req, p).await,
+            (_, "/v1/batches") => error(StatusCode::METHOD_NOT_ALLOWED, "use POST /v1/batches"),
+            _ => error(
+                StatusCode::NOT_FOUND,
+                &format!("no such endpoint: {} {path}", req.method()),
+            ),
+        }
+    }
+
+    /// Checks the bearer token in constant time. Logs never show the token.
+    fn authorize<B>(&self, req: &Request<B>) -> Result<&Applier, Box<Response<Body>>> {
+        let Some(applier) = self.applier.as_deref() else {
+            return Err(Box::new(error(
+                StatusCode::FORBIDDEN,
+                "this instance does not accept batches: it has no server.auth_token (or allow_unauthenticated)",
+            )));
+        };
+        let Some(token) = &self.token else {
+            return Ok(applier); // allow_unauthenticated
+        };
+        let presented = req
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match presented {
+            Some(p) if bool::from(p.as_bytes().ct_eq(token.expose().as_bytes())) => Ok(applier),
+            Some(_) => Err(Box::new(error(
+                StatusCode::UNAUTHORIZED,
+                "wrong bearer token",
+            ))),
+            None => Err(Box::new(error(
+                StatusCode::UNAUTHORIZED,
+                "missing `Authorization: Bearer <token>` header",
+            ))),
+        }
+    }
+
+    async fn position(&self, req: &Request<Incoming>, path: &str) -> Response<Body> {
+        let applier = match self.authorize(req) {
+            Ok(a) => a,
+            Err(r) => return *r,
+        };
+        let parts: Vec<&str> = path
+            .trim_start_matches("/v1/position/")
+            .split('/')
+            .collect();
+        let [source, target] = parts.as_slice() else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "use GET /v1/position/{source}/{target}",
+            );
+        };
+        match applier.position(source, target).await {
+            Ok(seq) => reply(
+                StatusCode::OK,
+                json!({"source": source, "target": target, "applied_seq": seq}),
+            ),
+            Err(e) => apply_error(&e),
+        }
+    }
+
+    async fn batches(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let applier = match self.authorize(&req) {
+            Ok(a) => a,
+            Err(r) => {
+                tracing::warn!(%peer, status = r.status().as_u16(), "batch refused: not authorized");
+                return *r;
+            }
+        };
+        let zstd = match req
+            .headers()
+            .get(CONTENT_ENCODING)
+            .map(HeaderValue::as_bytes)
+        {
+            None | Some(b"identity") => false,
+            Some(b"zstd") => true,
+            Some(other) => {
+                return error(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    &format!(
+                        "content-encoding `{}` is not supported; use zstd or none",
+                        String::from_utf8_lossy(other)
+                    ),
+                )
+            }
+        };
+        let body = match Limited::new(req.into_body(), self.max_body).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+                {
+                    return error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        &format!(
+                            "body larger than server.max_body_bytes ({} bytes)",
+                            self.max_body
+                        ),
+                    );
+                }
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("reading the body failed: {e}"),
+                );
+            }
+        };
+        let max_batch = self.max_batch;
+        let decoded =
+            tokio::task::spawn_blocking(move || wire::decode(&body, zstd, max_batch)).await;
+        let batch = match decoded {
+            Ok(Ok(b)) => b,
+            Ok(Err(wire::DecodeError::TooLarge { limit })) => {
+                return error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!(
+                    "batch larger than server.max_batch_bytes ({limit} bytes) once decompressed"
+                ),
+                )
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(%peer, error = %e, "malformed batch refused");
+                return error(StatusCode::BAD_REQUEST, &e.to_string());
+            }
+            Err(e) => {
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &format!("decoder failed: {e}"),
+                )
+            }
+        };
+        let span = tracing::info_span!("apply", source = %batch.source, target = %batch.target, batch_seq = batch.seq, events = batch.events.len());
+        let started = std::time::Instant::now();
+        let result = tracing::Instrument::instrument(applier.apply(&batch), span.clone()).await;
+        let _e = span.enter();
+        match result {
+            Ok(Outcome::Applied { applied_seq }) => {
+                tracing::info!(ms = started.elapsed().as_millis() as u64, "batch applied");
+                reply(
+                    StatusCode::OK,
+                    json!({"status": "applied", "applied_seq": applied_seq}),
+                )
+            }
+            Ok(Outcome::Duplicate { applied_seq }) => {
+                tracing::info!(applied_seq, "batch already applied; acknowledged again");
+                reply(
+                    StatusCode::OK,
+                    json!({"status": "duplicate", "applied_seq": applied_seq}),
+                )
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "batch not applied");
+                apply_error(&e)
+            }
+        }
+    }
+}
+
+fn apply_error(e: &ApplyError) -> Response<Body> {
+    match e {
+        ApplyError::Gap { applied_seq, .. } => reply(
+            StatusCode::CONFLICT,
+            json!({"error": e.to_string(), "applied_seq": applied_seq, "expected_seq": applied_seq + 1}),
+        ),
+        ApplyError::SchemaBehind { .. } => error(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()),
+        ApplyError::Unavailable { .. } => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        ApplyError::Failed { .. } => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+fn reply(status: StatusCode, body: serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Body> {
+    reply(status, json!({"error": message}))
+}

@@ -1,0 +1,131 @@
+//! The loop every pipeline stage runs: one step per interval, shutdown first, reconnect on a
+//! lost connection, back off on errors, never skip work.
+
+use std::time::Duration;
+
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Database;
+use crate::db;
+
+/// What a stage step reports.
+pub enum Progress {
+    /// Did work; run again at once.
+    Busy,
+    /// Nothing to do; wait for the interval.
+    Idle,
+}
+
+/// An error from one step.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error("{context}: {}", db::describe(.source))]
+    Db {
+        context: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("{0}")]
+    Other(String),
+    /// Stops the instance: continuing would be wrong.
+    #[error("{0}")]
+    Fatal(String),
+}
+
+impl StepError {
+    pub fn db(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> StepError {
+        let context = context.into();
+        move |source| StepError::Db { context, source }
+    }
+}
+
+/// One pipeline stage.
+pub trait Step {
+    /// Name for logs and the shutdown report.
+    fn name(&self) -> String;
+    /// One unit of work on `client`.
+    fn step(
+        &mut self,
+        client: &mut Client,
+    ) -> impl std::future::Future<Output = Result<Progress, StepError>> + Send;
+}
+
+/// Runs `stage` until `shutdown`, stepping every `interval`. Returns an error only for
+/// [`StepError::Fatal`]; everything else is logged and retried with capped backoff.
+pub async fn run<S: Step + Send>(
+    mut stage: S,
+    database: Database,
+    interval: Duration,
+    shutdown: CancellationToken,
+) -> Result<(), StepError> {
+    let name = stage.name();
+    let mut client: Option<Client> = None;
+    let mut failures: u32 = 0;
+    loop {
+        if client.as_ref().is_none_or(|c| c.is_closed()) {
+            let connected = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Ok(()),
+                c = db::connect(&database, &name) => c,
+            };
+            match connected {
+                Ok(c) => client = Some(c),
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(stage = %name, error = %e, "cannot connect; retrying");
+                    if sleep_or_shutdown(backoff(interval, failures), &shutdown).await {
+                        return Ok(());
+                    }
+                    continue;
+                }
+            }
+        }
+        let c = client.as_mut().expect("connected above");
+        let outcome = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return Ok(()),
+            r = stage.step(c) => r,
+        };
+        let wait = match outcome {
+            Ok(Progress::Busy) => {
+                failures = 0;
+                continue;
+            }
+            Ok(Progress::Idle) => {
+                failures = 0;
+                interval
+            }
+            Err(StepError::Fatal(m)) => {
+                tracing::error!(stage = %name, error = %m, "stage stopped");
+                return Err(StepError::Fatal(m));
+            }
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(stage = %name, error = %e, failures, "step failed; retrying");
+                backoff(interval, failures)
+            }
+        };
+        if sleep_or_shutdown(wait, &shutdown).await {
+            return Ok(());
+        }
+    }
+}
+
+/// Capped exponential backoff with ±25 % jitter.
+pub fn backoff(base: Duration, failures: u32) -> Duration {
+    let base = base.max(Duration::from_millis(50));
+    let exp = base.saturating_mul(1u32 << failures.min(10));
+    let capped = exp.min(Duration::from_secs(30));
+    let jitter = 0.75 + fastrand::f64() * 0.5;
+    capped.mul_f64(jitter)
+}
+
+/// Sleeps; returns true when shutdown came first.
+pub async fn sleep_or_shutdown(d: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        biased;
+        _ = shutdown.cancelled() => true,
+        _ = tokio::time::sleep(d) => false,
+    }
+}

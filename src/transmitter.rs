@@ -1,0 +1,401 @@
+//! The transmitter: ships a target's batches in sequence over HTTP and records the
+//! acknowledged position, which lets the vacuum rotate the queue.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ddlwatcher::quote_ident;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::{connect::HttpConnector, Client as HttpClient};
+use hyper_util::rt::TokioExecutor;
+use serde_json::value::RawValue;
+use tokio_postgres::Client;
+
+use crate::batcher::BATCH_EVENTS_CONDITION;
+use crate::config::{Config, Secret, Target};
+use crate::stage::{Progress, Step, StepError};
+use crate::wire::{self, Batch, Event, Op, TableMeta};
+
+/// Ships the batches of one target.
+pub struct Transmitter {
+    schema: String,
+    source: String,
+    target: String,
+    apply_schema: Option<String>,
+    base_url: String,
+    token: Option<Secret>,
+    timeout: Duration,
+    http: HttpClient<HttpConnector, Full<Bytes>>,
+    /// Whether the target's position was read since (re)start.
+    reconciled: bool,
+}
+
+/// A target's answer that is not success.
+#[derive(Debug)]
+enum Refusal {
+    /// The target applied up to `applied`.
+    Position { applied: i64 },
+    /// Try again later (held, unavailable, network).
+    Retry(String),
+}
+
+impl Transmitter {
+    pub fn new(config: &Config, name: &str, target: &Target) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(10)));
+        connector.set_nodelay(true);
+        let http = HttpClient::builder(TokioExecutor::new()).build(connector);
+        Self {
+            schema: quote_ident(&config.internal_schema),
+            source: config.database.name.clone(),
+            target: name.to_string(),
+            apply_schema: target.apply_schema.clone(),
+            base_url: format!(
+                "http://{}:{}",
+                target.endpoint.hostname, target.endpoint.port
+            ),
+            token: target.auth_token.clone(),
+            timeout: Duration::from_secs(target.endpoint.timeout_seconds),
+            http,
+            reconciled: false,
+        }
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+        zstd: bool,
+    ) -> Result<(StatusCode, Bytes), String> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base_url))
+            .header("content-type", "application/json");
+        if zstd {
+            req = req.header("content-encoding", "zstd");
+        }
+        if let Some(t) = &self.token {
+            req = req.header("authorization", format!("Bearer {}", t.expose()));
+        }
+        let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
+        let fut = async {
+            let resp = self
+                .http
+                .request(req)
+                .await
+                .map_err(|e| describe_http(&e))?;
+            let status = resp.status();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            Ok((status, body))
+        };
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("no answer within {} s", self.timeout.as_secs())),
+        }
+    }
+
+    /// Asks the target how far it applied.
+    async fn position(&self) -> Result<i64, String> {
+        let path = format!("/v1/position/{}/{}", self.source, self.target);
+        let (status, body) = self.send(Method::GET, &path, Bytes::new(), false).await?;
+        if status != StatusCode::OK {
+            return Err(format!(
+                "position request answered {status}: {}",
+                error_message(&body)
+            ));
+        }
+        let v: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| format!("position answer: {e}"))?;
+        v.get("applied_seq")
+            .and_then(|s| s.as_i64())
+            .ok_or_else(|| "position answer lacks applied_seq".to_string())
+    }
+
+    /// Marks every batch up to `applied` acknowledged. Refuses when the target claims
+    /// batches this source never made (it was restored, or the source reinstalled).
+    async fn acknowledge(&self, client: &Client, applied: i64) -> Result<(), StepError> {
+        let s = &self.schema;
+        let next: i64 = client
+            .query_one(
+                &format!("select next_seq from {s}.target_state where target = $1"),
+                &[&self.target],
+            )
+            .await
+            .map_err(StepError::db("reading target state"))?
+            .get(0);
+        if applied >= next {
+            return Err(StepError::Fatal(format!(
+                "target `{}` says it applied batch {applied} from source `{}`, but this source has only made batches up to {}; \
+                 the source's queue was reinstalled or the target belongs to another source with the same name — \
+                 reset the target's position (delete its row in teleport.applied) after checking the data",
+                self.target,
+                self.source,
+                next - 1
+            )));
+        }
+        client
+            .execute(
+                &format!(
+                    "with a as (update {s}.batch set acked_at = clock_timestamp()
+                                 where target = $1 and seq <= $2 and acked_at is null)
+                     update {s}.target_state set acked_seq = greatest(acked_seq, $2), acked_at = clock_timestamp()
+                      where target = $1"
+                ),
+                &[&self.target, &applied],
+            )
+            .await
+            .map_err(StepError::db("recording the acknowledged position"))?;
+        Ok(())
+    }
+
+    /// Reads the batch `seq` from the queue.
+    async fn load(&self, client: &Client, seq: i64) -> Result<Batch, StepError> {
+        let s = &self.schema;
+        let rows = client
+            .query(
+                &format!(
+                    "select e.ev_id, e.ev_op, e.ev_schema::text, e.ev_table::text, e.ev_key::text, e.ev_data::text,
+                            (extract(epoch from e.ev_time) * 1000000)::int8
+                       from {s}.batch b, {s}.event e
+                      where b.target = $1 and b.seq = $2 and {BATCH_EVENTS_CONDITION}
+                      order by e.ev_id"
+                ),
+                &[&self.target, &seq],
+            )
+            .await
+            .map_err(StepError::db(format!("reading batch {seq}")))?;
+        let mut index: HashMap<(String, String), u32> = HashMap::new();
+        let mut names: Vec<(String, String)> = Vec::new();
+        let mut events = Vec::with_capacity(rows.len());
+        let mut captured_at: Option<i64> = None;
+        for r in &rows {
+            let key = (r.get::<_, String>(2), r.get::<_, String>(3));
+            let table = *index.entry(key.clone()).or_insert_with(|| {
+                names.push(key);
+                (names.len() - 1) as u32
+            });
+            let op_code: i8 = r.get(1);
+            let op = Op::from_code(op_code).ok_or_else(|| {
+                StepError::Fatal(format!(
+                    "event {} has unknown op {}",
+                    r.get::<_, i64>(0),
+                    op_code
+                ))
+            })?;
+            let raw = |v: Option<String>| -> Result<Option<Box<RawValue>>, StepError> {
+                v.map(|s| {
+                    RawValue::from_string(s)
+                        .map_err(|e| StepError::Other(format!("event json: {e}")))
+                })
+                .transpose()
+            };
+            let ts: i64 = r.get(6);
+            captured_at = Some(captured_at.map_or(ts, |c| c.min(ts)));
+            events.push(Event {
+                id: r.get(0),
+                op,
+                table,
+                key: raw(r.get(4))?,
+                data: raw(r.get(5))?,
+            });
+        }
+        let tables = self.describe(client, &names).await?;
+        Ok(Batch {
+            version: wire::FORMAT_VERSION,
+            source: self.source.clone(),
+            target: self.target.clone(),
+            seq,
+            apply_schema: self.apply_schema.clone(),
+            captured_at_us: captured_at,
+            tables,
+            events,
+        })
+    }
+
+    /// Key and columns of the batch's tables, from the source catalog.
+    async fn describe(
+        &self,
+        client: &Client,
+        names: &[(String, String)],
+    ) -> Result<Vec<TableMeta>, StepError> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let schemas: Vec<&str> = names.iter().map(|n| n.0.as_str()).collect();
+        let tables: Vec<&str> = names.iter().map(|n| n.1.as_str()).collect();
+        let rows = client
+            .query(
+                "select n.nspname::text, c.relname::text,
+                        array(select a.attname::text from pg_catalog.pg_attribute a
+                               where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
+                                 and a.attgenerated = '' order by a.attnum),
+                        array(select a.attname::text
+                                from pg_catalog.pg_index i
+                                cross join lateral unnest(i.indkey) with ordinality as k(attnum, ord)
+                                join pg_catalog.pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum
+                               where i.indrelid = c.oid and i.indisprimary order by k.ord)
+                   from unnest($1::text[], $2::text[]) as w(s, t)
+                   join pg_catalog.pg_namespace n on n.nspname = w.s
+                   join pg_catalog.pg_class c on c.relnamespace = n.oid and c.relname = w.t",
+                &[&schemas, &tables],
+            )
+            .await
+            .map_err(StepError::db("describing the batch's tables"))?;
+        let mut found: HashMap<(String, String), TableMeta> = HashMap::new();
+        for r in rows {
+            let (schema, name): (String, String) = (r.get(0), r.get(1));
+            found.insert(
+                (schema.clone(), name.clone()),
+                TableMeta {
+                    schema,
+                    name,
+                    columns: r.get(2),
+                    key: r.get(3),
+                },
+            );
+        }
+        names
+            .iter()
+            .map(|n| {
+                let meta = found.remove(n).ok_or_else(|| {
+                    StepError::Other(format!(
+                        "table {}.{} has queued events but no longer exists on the source",
+                        n.0, n.1
+                    ))
+                })?;
+                if meta.key.is_empty() {
+                    return Err(StepError::Other(format!(
+                        "table {}.{} has queued events but no primary key any more; add it back",
+                        n.0, n.1
+                    )));
+                }
+                Ok(meta)
+            })
+            .collect()
+    }
+
+    /// Sends one batch; Ok(applied position) on success.
+    async fn transmit(&self, batch: &Batch) -> Result<i64, Refusal> {
+        let body =
+            wire::encode(batch, true).map_err(|e| Refusal::Retry(format!("encoding: {e}")))?;
+        let bytes = body.len();
+        let started = std::time::Instant::now();
+        let (status, answer) = self
+            .send(Method::POST, "/v1/batches", Bytes::from(body), true)
+            .await
+            .map_err(|e| {
+                Refusal::Retry(format!(
+                    "target `{}` at {}: {e}",
+                    self.target, self.base_url
+                ))
+            })?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&answer).unwrap_or(serde_json::Value::Null);
+        let applied = v.get("applied_seq").and_then(|s| s.as_i64());
+        match (status, applied) {
+            (StatusCode::OK, Some(a)) => {
+                tracing::info!(
+                    target = %self.target,
+                    batch_seq = batch.seq,
+                    events = batch.events.len(),
+                    bytes,
+                    ms = started.elapsed().as_millis() as u64,
+                    status = v.get("status").and_then(|s| s.as_str()).unwrap_or(""),
+                    "batch acknowledged"
+                );
+                Ok(a)
+            }
+            (StatusCode::CONFLICT, Some(a)) => Err(Refusal::Position { applied: a }),
+            _ => Err(Refusal::Retry(format!(
+                "target `{}` answered {status} to batch {}: {}",
+                self.target,
+                batch.seq,
+                error_message(&answer)
+            ))),
+        }
+    }
+}
+
+impl Step for Transmitter {
+    fn name(&self) -> String {
+        format!("transmitter {}", self.target)
+    }
+
+    async fn step(&mut self, client: &mut Client) -> Result<Progress, StepError> {
+        if !self.reconciled {
+            let applied = self.position().await.map_err(|e| {
+                StepError::Other(format!(
+                    "target `{}` at {}: {e}",
+                    self.target, self.base_url
+                ))
+            })?;
+            self.acknowledge(client, applied).await?;
+            self.reconciled = true;
+        }
+        let s = &self.schema;
+        let next = client
+            .query_opt(
+                &format!("select seq from {s}.batch where target = $1 and acked_at is null order by seq limit 1"),
+                &[&self.target],
+            )
+            .await
+            .map_err(StepError::db("finding the next batch"))?;
+        let Some(row) = next else {
+            return Ok(Progress::Idle);
+        };
+        let seq: i64 = row.get(0);
+        let batch = self.load(client, seq).await?;
+        match self.transmit(&batch).await {
+            Ok(applied) => {
+                self.acknowledge(client, applied).await?;
+                Ok(Progress::Busy)
+            }
+            Err(Refusal::Position { applied }) => {
+                tracing::info!(target = %self.target, batch_seq = seq, applied, "target is at another position; resynchronising");
+                self.acknowledge(client, applied).await?;
+                if applied < seq - 1 {
+                    return Err(StepError::Fatal(format!(
+                        "target `{}` has applied only up to batch {applied}, but this source already saw batch {} acknowledged; \
+                         the target database was restored from an older state — re-run the initial load for it",
+                        self.target,
+                        seq - 1
+                    )));
+                }
+                Ok(Progress::Busy)
+            }
+            Err(Refusal::Retry(m)) => {
+                self.reconciled = false;
+                Err(StepError::Other(m))
+            }
+        }
+    }
+}
+
+fn error_message(body: &[u8]) -> String {
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(v) => v
+            .get("error")
+            .and_then(|e| e.as_str())
+            .map(str::to_string)
+            .unwrap_or_else(|| v.to_string()),
+        Err(_) => String::from_utf8_lossy(&body[..body.len().min(500)]).into_owned(),
+    }
+}
+
+fn describe_http(e: &hyper_util::client::legacy::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(x) = src {
+        s = format!("{s}: {x}");
+        src = x.source();
+    }
+    s
+}

@@ -1,0 +1,273 @@
+//! The batch format shipped from a source instance to a target instance.
+//!
+//! JSON (optionally zstd-compressed, `Content-Encoding: zstd`). Row images travel as the
+//! source's own `jsonb` text, untouched (`RawValue`), so numeric precision and every other
+//! value survive exactly; the target rebuilds rows with `jsonb_populate_record(set)`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// Version of this format; a target refuses others with 400.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// One batch: the events of whole source transactions, in capture order.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Batch {
+    pub version: u32,
+    /// Source instance name (`database.name` of the source).
+    pub source: String,
+    /// Target name in the source's config.
+    pub target: String,
+    /// 1, 2, 3, … per (source, target), without gaps.
+    pub seq: i64,
+    /// Write every table into this schema instead of its source schema.
+    #[serde(default)]
+    pub apply_schema: Option<String>,
+    /// When the oldest event of the batch was captured, microseconds since the Unix epoch.
+    #[serde(default)]
+    pub captured_at_us: Option<i64>,
+    pub tables: Vec<TableMeta>,
+    pub events: Vec<Event>,
+}
+
+/// A table the batch's events refer to (by index).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TableMeta {
+    pub schema: String,
+    pub name: String,
+    /// Primary key columns.
+    pub key: Vec<String>,
+    /// Columns the applier writes (generated columns excluded).
+    pub columns: Vec<String>,
+}
+
+/// Kind of change.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+pub enum Op {
+    #[serde(rename = "I")]
+    Insert,
+    #[serde(rename = "U")]
+    Update,
+    #[serde(rename = "D")]
+    Delete,
+}
+
+impl Op {
+    pub fn from_code(c: i8) -> Option<Self> {
+        match c as u8 {
+            b'I' => Some(Op::Insert),
+            b'U' => Some(Op::Update),
+            b'D' => Some(Op::Delete),
+            _ => None,
+        }
+    }
+}
+
+/// One captured row change.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Event {
+    /// Source event id (capture order).
+    pub id: i64,
+    pub op: Op,
+    /// Index into [`Batch::tables`].
+    pub table: u32,
+    /// Old primary key: DELETE, and an UPDATE that changed the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<Box<RawValue>>,
+    /// New row image: INSERT and UPDATE.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Box<RawValue>>,
+}
+
+/// Why a body is not a valid batch. Always answered with 400.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("body is not valid zstd: {0}")]
+    Compression(String),
+    #[error("batch is larger than {limit} bytes after decompression")]
+    TooLarge { limit: usize },
+    #[error("body is not a valid batch: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("invalid batch: {0}")]
+    Invalid(String),
+}
+
+/// Serialises and compresses a batch.
+pub fn encode(batch: &Batch, compress: bool) -> Result<Vec<u8>, std::io::Error> {
+    let json = serde_json::to_vec(batch).map_err(std::io::Error::other)?;
+    if compress {
+        zstd::bulk::compress(&json, 1)
+    } else {
+        Ok(json)
+    }
+}
+
+/// Decompresses (when `zstd`) with a size limit, parses and validates a batch.
+pub fn decode(body: &[u8], zstd_encoded: bool, limit: usize) -> Result<Batch, DecodeError> {
+    let batch: Batch = if zstd_encoded {
+        use std::io::Read;
+        let decoder = zstd::stream::read::Decoder::new(body)
+            .map_err(|e| DecodeError::Compression(e.to_string()))?;
+        let mut json = Vec::new();
+        decoder
+            .take(limit as u64 + 1)
+            .read_to_end(&mut json)
+            .map_err(|e| DecodeError::Compression(e.to_string()))?;
+        if json.len() > limit {
+            return Err(DecodeError::TooLarge { limit });
+        }
+        serde_json::from_slice(&json)?
+    } else {
+        if body.len() > limit {
+            return Err(DecodeError::TooLarge { limit });
+        }
+        serde_json::from_slice(body)?
+    };
+    batch.validate()?;
+    Ok(batch)
+}
+
+impl Batch {
+    /// Checks what serde cannot: references, required parts, names.
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        let bad = |m: String| Err(DecodeError::Invalid(m));
+        if self.version != FORMAT_VERSION {
+            return bad(format!(
+                "format version {} is not supported (this target speaks {FORMAT_VERSION}); upgrade the older instance",
+                self.version
+            ));
+        }
+        if self.seq < 1 {
+            return bad(format!("seq must be at least 1, got {}", self.seq));
+        }
+        for (what, name) in [("source", &self.source), ("target", &self.target)] {
+            if name.is_empty() || name.len() > 63 || name.contains('\0') {
+                return bad(format!("{what} name must have 1 to 63 bytes and no NUL"));
+            }
+        }
+        if let Some(s) = &self.apply_schema {
+            check_ident("apply_schema", s)?;
+        }
+        for (i, t) in self.tables.iter().enumerate() {
+            check_ident(&format!("tables[{i}].schema"), &t.schema)?;
+            check_ident(&format!("tables[{i}].name"), &t.name)?;
+            if t.key.is_empty() {
+                return bad(format!(
+                    "tables[{i}] ({}.{}) has no key columns",
+                    t.schema, t.name
+                ));
+            }
+            for c in t.key.iter().chain(&t.columns) {
+                check_ident(&format!("tables[{i}] column"), c)?;
+            }
+        }
+        for (i, e) in self.events.iter().enumerate() {
+            if e.table as usize >= self.tables.len() {
+                return bad(format!(
+                    "events[{i}] refers to table {} of {}",
+                    e.table,
+                    self.tables.len()
+                ));
+            }
+            let object =
+                |v: &Option<Box<RawValue>>| v.as_ref().is_some_and(|r| r.get().starts_with('{'));
+            match e.op {
+                Op::Insert | Op::Update if !object(&e.data) => {
+                    return bad(format!(
+                        "events[{i}] ({:?}) needs `data`, a JSON object",
+                        e.op
+                    ))
+                }
+                Op::Delete if !object(&e.key) => {
+                    return bad(format!("events[{i}] (Delete) needs `key`, a JSON object"))
+                }
+                _ => {}
+            }
+            if e.key.as_ref().is_some_and(|k| !k.get().starts_with('{')) {
+                return bad(format!("events[{i}]: `key` must be a JSON object"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_ident(what: &str, s: &str) -> Result<(), DecodeError> {
+    if s.is_empty() || s.len() > 63 || s.contains('\0') {
+        Err(DecodeError::Invalid(format!(
+            "{what} must be an identifier of 1 to 63 bytes without NUL"
+        )))
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Batch {
+        Batch {
+            version: FORMAT_VERSION,
+            source: "src".into(),
+            target: "t".into(),
+            seq: 3,
+            apply_schema: None,
+            captured_at_us: Some(1),
+            tables: vec![TableMeta {
+                schema: "public".into(),
+                name: "a".into(),
+                key: vec!["id".into()],
+                columns: vec!["id".into(), "v".into()],
+            }],
+            events: vec![Event {
+                id: 9,
+                op: Op::Insert,
+                table: 0,
+                key: None,
+                data: Some(
+                    RawValue::from_string(r#"{"id": 1, "v": 1.00000000000000000001}"#.into())
+                        .unwrap(),
+                ),
+            }],
+        }
+    }
+
+    #[test]
+    fn round_trip_keeps_values_exact() {
+        for compress in [false, true] {
+            let body = encode(&sample(), compress).unwrap();
+            let b = decode(&body, compress, 1 << 20).unwrap();
+            assert_eq!(
+                b.events[0].data.as_ref().unwrap().get(),
+                r#"{"id": 1, "v": 1.00000000000000000001}"#
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_bad_references_and_sizes() {
+        let mut b = sample();
+        b.events[0].table = 5;
+        assert!(matches!(
+            decode(&encode(&b, false).unwrap(), false, 1 << 20),
+            Err(DecodeError::Invalid(_))
+        ));
+        let b = sample();
+        let body = encode(&b, true).unwrap();
+        assert!(matches!(
+            decode(&body, true, 10),
+            Err(DecodeError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            decode(&body[..body.len() / 2], true, 1 << 20),
+            Err(DecodeError::Compression(_) | DecodeError::Json(_))
+        ));
+        assert!(matches!(
+            decode(b"{\"version\":1}", false, 100),
+            Err(DecodeError::Json(_))
+        ));
+    }
+}

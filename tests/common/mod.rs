@@ -1,0 +1,198 @@
+//! Test harness: a shared throwaway cluster, fresh databases and non-superuser roles per
+//! test, both instances in-process, and waits with deadlines.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use pgteleport::cluster::Cluster;
+use pgteleport::config::Config;
+use pgteleport::instance::{self, Running};
+use tokio_postgres::Client;
+
+pub const PASSWORD: &str = "test-password";
+pub const TOKEN: &str = "test-token-0123456789";
+
+pub fn cluster() -> &'static Cluster {
+    static C: OnceLock<Cluster> = OnceLock::new();
+    C.get_or_init(|| Cluster::shared().expect("shared test cluster"))
+}
+
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PGTELEPORT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// One test's world: a source database and role, a target database and role.
+pub struct Pair {
+    pub cluster: &'static Cluster,
+    pub id: String,
+    pub src_db: String,
+    pub src_role: String,
+    pub dst_db: String,
+    pub dst_role: String,
+}
+
+impl Pair {
+    /// Creates both databases and roles (no SUPERUSER, REPLICATION or CREATEROLE), and runs
+    /// `schema` in both as their owners.
+    pub async fn new(schema: &str) -> Result<Self> {
+        init_logging();
+        let cluster = cluster();
+        let id = format!("{:08x}", fastrand::u32(..));
+        let p = Pair {
+            cluster,
+            src_db: format!("src_{id}"),
+            src_role: format!("src_{id}"),
+            dst_db: format!("dst_{id}"),
+            dst_role: format!("dst_{id}"),
+            id,
+        };
+        for (db, role) in [(&p.src_db, &p.src_role), (&p.dst_db, &p.dst_role)] {
+            cluster.create_role(role, PASSWORD).await?;
+            cluster.create_database(db, role).await?;
+            cluster
+                .connect(db, role, PASSWORD)
+                .await?
+                .batch_execute(schema)
+                .await?;
+        }
+        Ok(p)
+    }
+
+    pub async fn src(&self) -> Result<Client> {
+        self.cluster
+            .connect(&self.src_db, &self.src_role, PASSWORD)
+            .await
+    }
+
+    pub async fn dst(&self) -> Result<Client> {
+        self.cluster
+            .connect(&self.dst_db, &self.dst_role, PASSWORD)
+            .await
+    }
+
+    pub fn target_yaml(&self, port: u16) -> String {
+        format!(
+            "database: {{name: tgt-{id}, database: {db}, hostname: 127.0.0.1, port: {pgport}, username: {role}, password: {PASSWORD}}}\n\
+             server: {{hostname: 127.0.0.1, port: {port}, auth_token: {TOKEN}}}\n",
+            id = self.id,
+            db = self.dst_db,
+            role = self.dst_role,
+            pgport = self.cluster.port,
+        )
+    }
+
+    pub fn source_yaml(&self, target_port: u16, expression: &str, extra: &str) -> String {
+        format!(
+            "processing_intervals: {{batcher: 50, transmitter: 20, vacuum: 100, rotation: 300}}\n\
+             database: {{name: src-{id}, database: {db}, hostname: 127.0.0.1, port: {pgport}, username: {role}, password: {PASSWORD}}}\n\
+             targets:\n  t1:\n    target_expression: \"{expression}\"\n    endpoint: {{hostname: 127.0.0.1, port: {target_port}}}\n    auth_token: {TOKEN}\n{extra}",
+            id = self.id,
+            db = self.src_db,
+            role = self.src_role,
+            pgport = self.cluster.port,
+        )
+    }
+
+    pub async fn start_target(&self, port: u16) -> Result<Running> {
+        let cfg = Config::from_yaml(&self.target_yaml(port), Path::new("<test target>"), |_| {
+            None
+        })?;
+        Ok(instance::start(cfg).await?)
+    }
+
+    pub async fn start_source(
+        &self,
+        target_port: u16,
+        expression: &str,
+        extra: &str,
+    ) -> Result<Running> {
+        let cfg = Config::from_yaml(
+            &self.source_yaml(target_port, expression, extra),
+            Path::new("<test source>"),
+            |_| None,
+        )?;
+        Ok(instance::start(cfg).await?)
+    }
+
+    /// Starts a target on a free port and a source replicating `expression` to it.
+    pub async fn start_both(&self, expression: &str) -> Result<(Running, Running)> {
+        let target = self.start_target(0).await?;
+        let port = target.local_addr.expect("target listens").port();
+        let source = self.start_source(port, expression, "").await?;
+        Ok((source, target))
+    }
+}
+
+/// Rows of `table` as text, ordered, for comparing source and target exactly.
+pub async fn rows(c: &Client, table: &str) -> Result<Vec<String>> {
+    Ok(c.query(
+        &format!("select x::text from {table} x order by x::text"),
+        &[],
+    )
+    .await?
+    .iter()
+    .map(|r| r.get(0))
+    .collect())
+}
+
+/// Waits until `table` holds the same rows on both sides.
+pub async fn wait_equal(
+    src: &Client,
+    dst: &Client,
+    tables: &[&str],
+    within: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        let mut diff = None;
+        for t in tables {
+            let (a, b) = (rows(src, t).await?, rows(dst, t).await?);
+            if a != b {
+                diff = Some(format!(
+                    "{t}: source {} rows, target {} rows",
+                    a.len(),
+                    b.len()
+                ));
+                break;
+            }
+        }
+        match diff {
+            None => return Ok(()),
+            Some(d) if Instant::now() > deadline => {
+                bail!("tables equal within {within:?}: still differ ({d})")
+            }
+            Some(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Waits for `cond` with a deadline naming what was awaited.
+pub async fn wait_for<F, Fut>(what: &str, within: Duration, mut cond: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if cond().await? {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{what} within {within:?}: not reached");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub async fn scalar_i64(c: &Client, sql: &str) -> Result<i64> {
+    Ok(c.query_one(sql, &[]).await?.get(0))
+}
