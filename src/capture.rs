@@ -33,9 +33,10 @@ pub enum InstallError {
     },
     #[error("table {table} (target `{target}`) has no primary key; add one (ALTER TABLE … ADD PRIMARY KEY …) or exclude the table from target_expression — tables without a primary key are not replicated yet")]
     NoPrimaryKey { table: String, target: String },
-    #[error("cannot install the capture trigger on {table}: {} — the role must own the table or have the TRIGGER privilege on it (GRANT TRIGGER ON {table} TO …)", db::describe(.source))]
+    #[error("cannot install the capture trigger on {table}: {}{hint}", db::describe(.source))]
     Trigger {
         table: String,
+        hint: String,
         #[source]
         source: tokio_postgres::Error,
     },
@@ -99,25 +100,21 @@ pub async fn install(client: &mut Client, config: &Config) -> Result<Installed, 
         }
         installed.tables.insert(name.clone(), tables);
     }
-    let function = format!("{}.capture_row", quote_ident(schema));
-    for t in all.values() {
-        install_trigger(client, t, &function).await?;
-    }
-    for name in config.targets.keys() {
-        client
-            .execute(
-                &format!(
-                    "insert into {}.target_state (target, last_snapshot) values ($1, pg_current_snapshot())
-                     on conflict (target) do nothing",
-                    quote_ident(schema)
-                ),
-                &[name],
-            )
-            .await
-            .map_err(|source| InstallError::TargetState {
-                target: name.clone(),
-                source,
-            })?;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match install_triggers(client, config, &all).await {
+            Err(
+                InstallError::Trigger { source, .. } | InstallError::TargetState { source, .. },
+            ) if attempt < 5 && db::classify(&source) == db::ErrorClass::Retryable => {
+                tracing::info!(attempt, error = %db::describe(&source), "installing triggers: retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(200 * attempt)).await;
+            }
+            r => {
+                r?;
+                break;
+            }
+        }
     }
     tracing::info!(
         tables = all.len(),
@@ -127,10 +124,52 @@ pub async fn install(client: &mut Client, config: &Config) -> Result<Installed, 
     Ok(installed)
 }
 
+async fn install_triggers(
+    client: &mut Client,
+    config: &Config,
+    all: &BTreeMap<u32, Table>,
+) -> Result<(), InstallError> {
+    let schema = &config.internal_schema;
+    // Triggers and cursors in one transaction: the cursor's snapshot is taken while the new
+    // triggers' locks keep writers out, so no change can fall between capture and cursor.
+    let function = format!("{}.capture_row", quote_ident(schema));
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|source| InstallError::Schema {
+            schema: schema.clone(),
+            source,
+        })?;
+    for t in all.values() {
+        install_trigger(&tx, t, &function, schema).await?;
+    }
+    for name in config.targets.keys() {
+        tx.execute(
+            &format!(
+                "insert into {}.target_state (target, last_snapshot) values ($1, pg_current_snapshot())
+                 on conflict (target) do nothing",
+                quote_ident(schema)
+            ),
+            &[name],
+        )
+        .await
+        .map_err(|source| InstallError::TargetState {
+            target: name.clone(),
+            source,
+        })?;
+    }
+    tx.commit().await.map_err(|source| InstallError::Schema {
+        schema: schema.clone(),
+        source,
+    })?;
+    Ok(())
+}
+
 async fn install_trigger(
-    client: &Client,
+    client: &tokio_postgres::Transaction<'_>,
     table: &Table,
     function: &str,
+    schema: &str,
 ) -> Result<(), InstallError> {
     let key = table.primary_key.as_deref().unwrap_or_default();
     let args: Vec<String> = key.iter().map(|k| quote_literal(k)).collect();
@@ -141,13 +180,40 @@ async fn install_trigger(
         function,
         args.join(", ")
     );
+    let wanted: Vec<u8> = key.iter().flat_map(|k| k.bytes().chain([0])).collect();
+    let existing = client
+        .query_opt(
+            "select t.tgargs from pg_catalog.pg_trigger t
+               join pg_catalog.pg_proc p on p.oid = t.tgfoid
+               join pg_catalog.pg_namespace n on n.oid = p.pronamespace
+              where t.tgrelid = $1 and t.tgname = $2 and n.nspname = $3 and p.proname = 'capture_row'",
+            &[&table.oid, &TRIGGER_NAME, &schema],
+        )
+        .await
+        .map_err(|source| trigger_error(table, source))?;
+    if existing.is_some_and(|r| r.get::<_, Vec<u8>>(0) == wanted) {
+        return Ok(()); // already right: no lock taken on the application's table
+    }
     client
         .batch_execute(&sql)
         .await
-        .map_err(|source| InstallError::Trigger {
-            table: table.qualified(),
-            source,
-        })
+        .map_err(|source| trigger_error(table, source))
+}
+
+fn trigger_error(table: &Table, source: tokio_postgres::Error) -> InstallError {
+    let hint = if source.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
+        format!(
+            " — the role must own the table or have the TRIGGER privilege on it (GRANT TRIGGER ON {} TO …)",
+            table.qualified()
+        )
+    } else {
+        String::new()
+    };
+    InstallError::Trigger {
+        table: table.qualified(),
+        hint,
+        source,
+    }
 }
 
 /// Removes every capture trigger and the internal schema. Returns the tables it touched.

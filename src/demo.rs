@@ -40,6 +40,11 @@ pub async fn run(duration: Option<Duration>, rate: u32) -> Result<()> {
         let client = c.connect("shop", role, "demo-password").await?;
         client.batch_execute(SCHEMA).await?;
     }
+    // Lets the applier keep target triggers and foreign-key actions quiet (PostgreSQL 15+).
+    dst.admin("shop")
+        .await?
+        .batch_execute("grant set on parameter session_replication_role to shop_applier")
+        .await?;
     println!("  roles `shop_replicator` (source) and `shop_applier` (target): no superuser, no replication");
 
     let token = format!("demo-{:016x}", fastrand::u64(..));

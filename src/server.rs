@@ -22,8 +22,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::applier::{Applier, ApplyError, Outcome};
 use crate::config::{Secret, Server as ServerConfig};
@@ -51,8 +51,11 @@ impl Server {
 
     /// Serves connections from `listener` until `shutdown`; in-flight requests finish.
     pub async fn run(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
-        let tracker = TaskTracker::new();
+        // Connection tasks live in a JoinSet: if this task is aborted (a simulated crash),
+        // dropping the set aborts every request in flight, as a killed process would.
+        let mut connections = JoinSet::new();
         loop {
+            while connections.try_join_next().is_some() {}
             let (stream, peer) = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
@@ -68,7 +71,7 @@ impl Server {
             let _ = stream.set_nodelay(true);
             let this = self.clone();
             let shutdown = shutdown.clone();
-            tracker.spawn(async move {
+            connections.spawn(async move {
                 let service = service_fn(move |req| {
                     let this = this.clone();
                     async move { Ok::<_, std::convert::Infallible>(this.handle(req, peer).await) }
@@ -87,8 +90,7 @@ impl Server {
                 }
             });
         }
-        tracker.close();
-        tracker.wait().await;
+        while connections.join_next().await.is_some() {}
     }
 
     async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {

@@ -85,3 +85,139 @@ async fn cascading_foreign_keys_apply_once() -> anyhow::Result<()> {
     target.shutdown().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn roles_are_ordinary_and_application_roles_need_no_queue_grant() -> anyhow::Result<()> {
+    let p = Pair::new(SCHEMA).await?;
+    let admin = p.cluster.admin("postgres").await?;
+    for role in [&p.src_role, &p.dst_role] {
+        let row = admin
+            .query_one(
+                "select rolsuper, rolreplication, rolcreaterole, rolbypassrls from pg_roles where rolname = $1",
+                &[role],
+            )
+            .await?;
+        let attrs: (bool, bool, bool, bool) = (row.get(0), row.get(1), row.get(2), row.get(3));
+        assert_eq!(
+            attrs,
+            (false, false, false, false),
+            "role {role} must be ordinary"
+        );
+    }
+    // An application role with rights on the tables only.
+    let app = format!("app_{}", p.id);
+    p.cluster.create_role(&app, PASSWORD).await?;
+    let (source, target) = p.start_both("app.*").await?;
+    let src = p.src().await?;
+    src.batch_execute(&format!(
+        "grant usage on schema app to {app}; grant select, insert, update, delete on all tables in schema app to {app}"
+    ))
+    .await?;
+    let app_client = p.cluster.connect(&p.src_db, &app, PASSWORD).await?;
+    app_client
+        .batch_execute(
+            "insert into app.customer values (1, 'a', 1), (2, 'b', 2);
+             update app.customer set name = 'z' where id = 2;
+             delete from app.customer where id = 1;",
+        )
+        .await?;
+    let denied = app_client.query("select * from teleport.event", &[]).await;
+    assert!(
+        denied.is_err(),
+        "the application role must not read the queue"
+    );
+    let dst = p.dst().await?;
+    wait_equal(&src, &dst, &["app.customer"], Duration::from_secs(20)).await?;
+    assert_eq!(rows(&dst, "app.customer").await?, vec!["(2,z,2.0000)"]);
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn replica_role_keeps_target_triggers_and_cascades_quiet() -> anyhow::Result<()> {
+    let p = Pair::new(SCHEMA).await?;
+    let dst = p.dst().await?;
+    dst.batch_execute(
+        "create table app.audit (n serial primary key, what text);
+         create function app.audit_fn() returns trigger language plpgsql as
+           $$ begin insert into app.audit (what) values (tg_op); return null; end $$;
+         create trigger audit after insert or update or delete on app.customer for each row execute function app.audit_fn();",
+    )
+    .await?;
+    p.cluster
+        .admin(&p.dst_db)
+        .await?
+        .batch_execute(&format!(
+            "grant set on parameter session_replication_role to {}",
+            p.dst_role
+        ))
+        .await?;
+    let (source, target) = p.start_both("app.*").await?;
+    let src = p.src().await?;
+    src.batch_execute(
+        "insert into app.customer values (1, 'a', 1);
+         insert into app.parent select generate_series(1, 5);
+         insert into app.child select g, g % 5 + 1 from generate_series(1, 50) g;
+         delete from app.parent where id = 1;",
+    )
+    .await?;
+    wait_equal(
+        &src,
+        &dst,
+        &["app.customer", "app.parent", "app.child"],
+        Duration::from_secs(20),
+    )
+    .await?;
+    assert_eq!(
+        scalar_i64(&dst, "select count(*) from app.audit").await?,
+        0,
+        "target trigger fired during apply"
+    );
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn table_without_primary_key_is_refused_with_a_clear_message() -> anyhow::Result<()> {
+    let p = Pair::new("create schema app; create table app.nokey (a int, b text);").await?;
+    let target = p.start_target(0).await?;
+    let port = target.local_addr.unwrap().port();
+    let err = match p.start_source(port, "app.*", "").await {
+        Ok(_) => panic!("a table without primary key must be refused"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("\"app\".\"nokey\"") && err.contains("primary key"),
+        "{err}"
+    );
+    // Nothing was installed half-way: no trigger on the table.
+    let src = p.src().await?;
+    let triggers = scalar_i64(
+        &src,
+        "select count(*) from pg_trigger where tgrelid = 'app.nokey'::regclass",
+    )
+    .await?;
+    assert_eq!(triggers, 0);
+    target.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn second_instance_with_the_same_name_refuses_to_run() -> anyhow::Result<()> {
+    let p = Pair::new(SCHEMA).await?;
+    let (source, target) = p.start_both("app.*").await?;
+    let port = target.local_addr.unwrap().port();
+    let err = match p.start_source(port, "app.*", "").await {
+        Ok(_) => panic!("a second instance must refuse"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("already running"), "{err}");
+    // When the first stops, a new one takes over.
+    source.shutdown().await?;
+    let again = p.start_source(port, "app.*", "").await?;
+    again.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}

@@ -1,0 +1,339 @@
+//! Pipeline guarantees: atomic transactions, long transactions, concurrency, restarts,
+//! an unreachable target, and a bounded queue.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const SCHEMA: &str = "
+create schema app;
+create table app.a (id bigint primary key, txn int not null, v text);
+create table app.b (id bigint primary key, txn int not null, v text);
+create table app.hot (id int primary key, n bigint not null, writer int not null);
+";
+
+/// A transaction larger than max_events_per_batch, across two tables, is never visible in
+/// part on the target: every consistent read of the target sees count(a) = count(b).
+#[tokio::test]
+async fn transactions_are_applied_atomically() -> anyhow::Result<()> {
+    let p = Pair::new(SCHEMA).await?;
+    let target = p.start_target(0).await?;
+    let port = target.local_addr.unwrap().port();
+    let source = p
+        .start_source(port, "app.*", "max_events_per_batch: 500\n")
+        .await?;
+    let src = p.src().await?;
+    let dst = p.dst().await?;
+    let done = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let done = done.clone();
+        let dst = p.dst().await?;
+        tokio::spawn(async move {
+            let mut polls = 0u64;
+            let mut partial = Vec::new();
+            while !done.load(Ordering::SeqCst) {
+                let r = dst
+                    .query_one(
+                        "select (select count(*) from app.a), (select count(*) from app.b)",
+                        &[],
+                    )
+                    .await
+                    .unwrap();
+                let (a, b): (i64, i64) = (r.get(0), r.get(1));
+                if a != b || a % 3000 != 0 {
+                    partial.push((a, b));
+                }
+                polls += 1;
+            }
+            (polls, partial)
+        })
+    };
+    for txn in 0..6 {
+        // Many statements, two tables, 6000 events: more than ten batches' worth.
+        let mut sql = String::from("begin;");
+        for k in 0..30 {
+            let base = txn * 3000 + k * 100;
+            sql.push_str(&format!(
+                "insert into app.a select g, {txn}, 'x' from generate_series({}, {}) g;
+                 insert into app.b select g, {txn}, 'y' from generate_series({}, {}) g;",
+                base + 1,
+                base + 100,
+                base + 1,
+                base + 100
+            ));
+        }
+        sql.push_str("commit;");
+        src.batch_execute(&sql).await?;
+    }
+    wait_equal(&src, &dst, &["app.a", "app.b"], Duration::from_secs(60)).await?;
+    done.store(true, Ordering::SeqCst);
+    let (polls, partial) = watcher.await?;
+    assert!(polls > 10, "the watcher polled only {polls} times");
+    assert!(
+        partial.is_empty(),
+        "target showed part of a transaction: {partial:?}"
+    );
+    // Batches respected the bound except where one transaction exceeded it alone.
+    let max_batch = scalar_i64(&src, "select max(events) from teleport.batch").await?;
+    assert_eq!(
+        max_batch, 6000,
+        "one 6000-event transaction makes one batch of its own"
+    );
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}
+
+/// A transaction that begins first, writes early, and commits after several ticks: all its
+/// rows arrive, and none before it commits.
+#[tokio::test]
+async fn long_transaction_spanning_ticks_is_not_lost() -> anyhow::Result<()> {
+    let p = Pair::new(SCHEMA).await?;
+    let (source, target) = p.start_both("app.*").await?;
+    let src = p.src().await?;
+    let dst = p.dst().await?;
+    let mut long = p.src().await?;
+    let long_tx = long.transaction().await?;
+    long_tx
+        .batch_execute(
+            "insert into app.a select g, 99, 'early' from generate_series(1000001, 1000100) g",
+        )
+        .await?;
+    // Other transactions commit across several ticks and arrive meanwhile.
+    for i in 0..5 {
+        src.batch_execute(&format!("insert into app.b values ({i}, {i}, 'other')"))
+            .await?;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    wait_equal(&src, &dst, &["app.b"], Duration::from_secs(20)).await?;
+    let early = scalar_i64(&dst, "select count(*) from app.a").await?;
+    assert_eq!(early, 0, "rows of an open transaction reached the target");
+    long_tx
+        .batch_execute(
+            "insert into app.a select g, 99, 'late' from generate_series(1000101, 1000200) g",
+        )
+        .await?;
+    long_tx.commit().await?;
+    wait_equal(&src, &dst, &["app.a", "app.b"], Duration::from_secs(20)).await?;
+    assert_eq!(scalar_i64(&dst, "select count(*) from app.a").await?, 200);
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}
+
+async fn writer(p: &Pair, w: i32, until: Instant) -> anyhow::Result<u64> {
+    let mut c = p.src().await?;
+    let mut n = 0u64;
+    while Instant::now() < until {
+        let tx = c.transaction().await?;
+        let id = fastrand::i32(1..=20);
+        let r = async {
+            tx.execute(
+                "insert into app.hot values ($1, 0, $2) on conflict (id) do update set n = app.hot.n + 1, writer = $2",
+                &[&id, &w],
+            )
+            .await?;
+            let other = fastrand::i32(1..=20);
+            tx.execute("update app.hot set n = n + 10, writer = $2 where id = $1", &[&other, &w])
+                .await?;
+            if fastrand::u8(..10) == 0 {
+                tx.execute("delete from app.hot where id = $1", &[&fastrand::i32(1..=20)]).await?;
+            }
+            let k = fastrand::i64(1..=500);
+            tx.execute(
+                "insert into app.a values ($1, $2, 'w') on conflict (id) do update set v = excluded.v || app.a.txn",
+                &[&k, &w],
+            )
+            .await?;
+            Ok::<_, tokio_postgres::Error>(())
+        }
+        .await;
+        match r {
+            Ok(()) => {
+                tx.commit().await?;
+                n += 1;
+            }
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED) => {
+                tx.rollback().await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(n)
+}
+
+/// Four writers for 10 s with conflicting updates on the same rows; then equal.
+#[tokio::test]
+async fn concurrent_conflicting_writers_end_equal() -> anyhow::Result<()> {
+    let p = Arc::new(Pair::new(SCHEMA).await?);
+    let (source, target) = p.start_both("app.*").await?;
+    let until = Instant::now() + Duration::from_secs(10);
+    let mut handles = Vec::new();
+    for w in 0..4 {
+        let p = p.clone();
+        handles.push(tokio::spawn(async move { writer(&p, w, until).await }));
+    }
+    let mut total = 0;
+    for h in handles {
+        total += h.await??;
+    }
+    assert!(total > 100, "writers committed only {total} transactions");
+    let src = p.src().await?;
+    let dst = p.dst().await?;
+    wait_equal(&src, &dst, &["app.hot", "app.a"], Duration::from_secs(60)).await?;
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}
+
+/// Kills the source instance and then the target instance mid-stream; after restarts the
+/// end state is equal and every batch was applied exactly once.
+#[tokio::test]
+async fn killed_instances_resume_without_loss_or_duplicates() -> anyhow::Result<()> {
+    let p = Arc::new(Pair::new(SCHEMA).await?);
+    let target = p.start_target(0).await?;
+    let port = target.local_addr.unwrap().port();
+    let source = p.start_source(port, "app.*", "").await?;
+    let until = Instant::now() + Duration::from_secs(8);
+    let writers: Vec<_> = (0..2)
+        .map(|w| {
+            let p = p.clone();
+            tokio::spawn(async move { writer(&p, w, until).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    source.kill();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let source = p.start_source(port, "app.*", "").await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    target.kill();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let target = p.start_target(port).await?;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    source.kill();
+    target.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let target = p.start_target(port).await?;
+    let source = p.start_source(port, "app.*", "").await?;
+    for w in writers {
+        w.await??;
+    }
+    let src = p.src().await?;
+    let dst = p.dst().await?;
+    wait_equal(&src, &dst, &["app.hot", "app.a"], Duration::from_secs(60)).await?;
+    // Exactly once: the target's position and event count match what the source made.
+    wait_for(
+        "source acknowledged every batch",
+        Duration::from_secs(20),
+        || async {
+            Ok(scalar_i64(
+                &src,
+                "select count(*) from teleport.batch where acked_at is null",
+            )
+            .await?
+                == 0)
+        },
+    )
+    .await?;
+    let made = scalar_i64(&src, "select next_seq - 1 from teleport.target_state").await?;
+    let events_made = scalar_i64(&src, "select sum(events)::int8 from teleport.batch").await?;
+    let applied = scalar_i64(&dst, "select seq from teleport.applied").await?;
+    let events_applied = scalar_i64(&dst, "select events from teleport.applied").await?;
+    assert_eq!(applied, made, "target position vs batches made");
+    assert_eq!(
+        events_applied, events_made,
+        "events applied vs events batched"
+    );
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}
+
+/// The target is down for a while: the transmitter retries, then catches up.
+#[tokio::test]
+async fn unreachable_target_is_retried_then_caught_up() -> anyhow::Result<()> {
+    let p = Pair::new(SCHEMA).await?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let source = p.start_source(port, "app.*", "").await?;
+    let src = p.src().await?;
+    for i in 0..20 {
+        src.batch_execute(&format!(
+            "insert into app.a select g, {i}, 'v' from generate_series({}, {}) g",
+            i * 100,
+            i * 100 + 99
+        ))
+        .await?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pending = scalar_i64(
+        &src,
+        "select count(*) from teleport.batch where acked_at is null",
+    )
+    .await?;
+    assert!(pending > 0, "batches wait while the target is down");
+    let target = p.start_target(port).await?;
+    let dst = p.dst().await?;
+    wait_equal(&src, &dst, &["app.a"], Duration::from_secs(60)).await?;
+    assert_eq!(scalar_i64(&dst, "select count(*) from app.a").await?, 2000);
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}
+
+/// After thousands of acknowledged events the queue tables are emptied by rotation
+/// (TRUNCATE), not by per-row deletes.
+#[tokio::test]
+async fn queue_is_emptied_by_rotation() -> anyhow::Result<()> {
+    let p = Pair::new(SCHEMA).await?;
+    let (source, target) = p.start_both("app.*").await?;
+    let src = p.src().await?;
+    let dst = p.dst().await?;
+    for round in 0..5 {
+        src.batch_execute(&format!(
+            "insert into app.a select g, {round}, 'v' from generate_series({}, {}) g;
+             update app.a set v = 'u' where txn = {round};",
+            round * 2000,
+            round * 2000 + 1999
+        ))
+        .await?;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    wait_equal(&src, &dst, &["app.a"], Duration::from_secs(60)).await?;
+    let captured = scalar_i64(&src, "select last_value from teleport.event_id_seq").await?;
+    assert!(captured >= 20_000, "captured {captured} events");
+    wait_for("all queue tables empty", Duration::from_secs(30), || async {
+        let n = scalar_i64(
+            &src,
+            "select (select count(*) from teleport.event_0) + (select count(*) from teleport.event_1) + (select count(*) from teleport.event_2)",
+        )
+        .await?;
+        Ok(n == 0)
+    })
+    .await?;
+    let rotations = scalar_i64(&src, "select last_value from teleport.queue_rotation").await?;
+    assert!(rotations >= 2, "queue rotated {rotations} times");
+    // Emptied by TRUNCATE: no dead tuples were ever made in the event tables.
+    let dead = scalar_i64(
+        &src,
+        "select coalesce(sum(n_tup_del + n_tup_upd), 0)::int8 from pg_stat_user_tables where schemaname = 'teleport' and relname like 'event_%'",
+    )
+    .await?;
+    assert_eq!(dead, 0, "no per-row delete or update on the queue");
+    let size = scalar_i64(
+        &src,
+        "select sum(pg_relation_size(c.oid))::int8 from pg_class c join pg_namespace n on n.oid = c.relnamespace
+          where n.nspname = 'teleport' and c.relname in ('event_0', 'event_1', 'event_2')",
+    )
+    .await?;
+    assert_eq!(size, 0, "the event tables' heap is empty after truncation");
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}
