@@ -1,0 +1,246 @@
+//! The target's HTTP API: authentication, malformed input, sequence rules. Every refused
+//! request changes nothing.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::rt::TokioExecutor;
+use pgteleport::wire::{self, Batch, Event, Op, TableMeta, FORMAT_VERSION};
+use serde_json::value::RawValue;
+
+const SCHEMA: &str = "create schema app; create table app.t (id int primary key, v text);";
+
+async fn post(
+    port: u16,
+    token: Option<&str>,
+    encoding: Option<&str>,
+    body: Vec<u8>,
+) -> anyhow::Result<(u16, serde_json::Value)> {
+    let http = HttpClient::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut req = hyper::Request::post(format!("http://127.0.0.1:{port}/v1/batches"));
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    if let Some(e) = encoding {
+        req = req.header("content-encoding", e);
+    }
+    let resp = http
+        .request(req.body(Full::new(Bytes::from(body)))?)
+        .await?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await?.to_bytes();
+    let json = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| serde_json::json!({"raw": String::from_utf8_lossy(&body)}));
+    Ok((status, json))
+}
+
+fn batch(seq: i64, id: i32) -> Batch {
+    Batch {
+        version: FORMAT_VERSION,
+        source: "api-test".into(),
+        target: "t1".into(),
+        seq,
+        apply_schema: None,
+        captured_at_us: None,
+        tables: vec![TableMeta {
+            schema: "app".into(),
+            name: "t".into(),
+            key: vec!["id".into()],
+            columns: vec!["id".into(), "v".into()],
+        }],
+        events: vec![Event {
+            id: seq,
+            op: Op::Insert,
+            table: 0,
+            key: None,
+            data: Some(
+                RawValue::from_string(format!(r#"{{"id": {id}, "v": "row {id}"}}"#)).unwrap(),
+            ),
+        }],
+    }
+}
+
+async fn state(p: &Pair) -> anyhow::Result<(Vec<String>, i64)> {
+    let dst = p.dst().await?;
+    let rows = rows(&dst, "app.t").await?;
+    let seq = dst
+        .query_opt(
+            "select seq from teleport.applied where source = 'api-test'",
+            &[],
+        )
+        .await?
+        .map_or(0, |r| r.get(0));
+    Ok((rows, seq))
+}
+
+#[tokio::test]
+async fn refused_requests_get_honest_codes_and_change_nothing() -> anyhow::Result<()> {
+    let p = Pair::new(SCHEMA).await?;
+    let target = p.start_target(0).await?;
+    let port = target.local_addr.unwrap().port();
+    let good = wire::encode(&batch(1, 1), true)?;
+
+    let (s, j) = post(port, None, Some("zstd"), good.clone()).await?;
+    assert_eq!(s, 401, "{j}");
+    assert!(
+        j["error"].as_str().unwrap().contains("Authorization"),
+        "{j}"
+    );
+    let (s, j) = post(port, Some("wrong-token"), Some("zstd"), good.clone()).await?;
+    assert_eq!(s, 401, "{j}");
+    assert!(
+        !j.to_string().contains(TOKEN),
+        "the token never appears in answers"
+    );
+    assert_eq!(
+        state(&p).await?,
+        (vec![], 0),
+        "unauthorized requests change nothing"
+    );
+
+    for (body, enc, what) in [
+        (b"not json".to_vec(), None, "garbage"),
+        (b"{\"version\": 1}".to_vec(), None, "missing fields"),
+        (
+            good[..good.len() / 2].to_vec(),
+            Some("zstd"),
+            "truncated zstd",
+        ),
+        (
+            b"\x28\xb5\x2f\xfd garbage".to_vec(),
+            Some("zstd"),
+            "corrupt zstd",
+        ),
+    ] {
+        let (s, j) = post(port, Some(TOKEN), enc, body).await?;
+        assert_eq!(s, 400, "{what}: {j}");
+        assert!(j["error"].is_string(), "{what}: error message in JSON: {j}");
+    }
+    let mut bad_ref = batch(1, 1);
+    bad_ref.events[0].table = 3;
+    let (s, j) = post(port, Some(TOKEN), None, wire::encode(&bad_ref, false)?).await?;
+    assert_eq!(s, 400, "{j}");
+    assert!(
+        j["error"].as_str().unwrap().contains("refers to table 3"),
+        "{j}"
+    );
+    let (s, j) = post(port, Some(TOKEN), Some("br"), good.clone()).await?;
+    assert_eq!(s, 415, "{j}");
+    assert_eq!(
+        state(&p).await?,
+        (vec![], 0),
+        "malformed requests change nothing"
+    );
+
+    // A gap is refused with the expected sequence.
+    let (s, j) = post(
+        port,
+        Some(TOKEN),
+        Some("zstd"),
+        wire::encode(&batch(3, 3), true)?,
+    )
+    .await?;
+    assert_eq!(s, 409, "{j}");
+    assert_eq!(j["expected_seq"], 1);
+    // In order: applied; again: acknowledged as a duplicate, not applied twice.
+    let (s, j) = post(port, Some(TOKEN), Some("zstd"), good.clone()).await?;
+    assert_eq!((s, j["status"].as_str()), (200, Some("applied")), "{j}");
+    let (s, j) = post(port, Some(TOKEN), Some("zstd"), good.clone()).await?;
+    assert_eq!((s, j["status"].as_str()), (200, Some("duplicate")), "{j}");
+    assert_eq!(state(&p).await?, (vec!["(1,\"row 1\")".to_string()], 1));
+
+    // A batch that cannot apply (the key exists) is a 500 with the reason, and rolls back.
+    let (s, j) = post(
+        port,
+        Some(TOKEN),
+        Some("zstd"),
+        wire::encode(&batch(2, 1), true)?,
+    )
+    .await?;
+    assert_eq!(s, 500, "{j}");
+    assert!(j["error"].as_str().unwrap().contains("23505"), "{j}");
+    assert_eq!(state(&p).await?.1, 1, "the position did not move");
+    // A table the target lacks: 422, the batch is held.
+    let mut missing = batch(2, 2);
+    missing.tables[0].name = "absent".into();
+    let (s, j) = post(
+        port,
+        Some(TOKEN),
+        Some("zstd"),
+        wire::encode(&missing, true)?,
+    )
+    .await?;
+    assert_eq!(s, 422, "{j}");
+    assert_eq!(state(&p).await?.1, 1);
+    target.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn body_size_limit_gives_413() -> anyhow::Result<()> {
+    let p = Pair::new(SCHEMA).await?;
+    let yaml = p
+        .target_yaml(0)
+        .replace("auth_token:", "max_body_bytes: 1000, auth_token:");
+    let cfg =
+        pgteleport::config::Config::from_yaml(&yaml, std::path::Path::new("t.yml"), |_| None)?;
+    let target = pgteleport::instance::start(cfg).await?;
+    let port = target.local_addr.unwrap().port();
+    let (s, j) = post(port, Some(TOKEN), None, vec![b' '; 5000]).await?;
+    assert_eq!(s, 413, "{j}");
+    let (s, _) = post(port, Some(TOKEN), None, wire::encode(&batch(1, 1), false)?).await?;
+    assert_eq!(s, 200);
+    target.shutdown().await?;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn check_reports_connections_and_privileges() -> anyhow::Result<()> {
+    let p = Pair::new(SCHEMA).await?;
+    let target = p.start_target(0).await?;
+    let port = target.local_addr.unwrap().port();
+    let cfg = pgteleport::config::Config::from_yaml(
+        &p.source_yaml(port, "app.*", ""),
+        std::path::Path::new("s.yml"),
+        |_| None,
+    )?;
+    let report = pgteleport::check::check(&cfg).await;
+    assert!(report.ok, "{}", report.text);
+    assert!(
+        report.text.contains("1 table(s) can be captured"),
+        "{}",
+        report.text
+    );
+    let bad = p.source_yaml(port, "app.*", "").replace(PASSWORD, "wrong");
+    let cfg = pgteleport::config::Config::from_yaml(&bad, std::path::Path::new("s.yml"), |_| None)?;
+    let report = pgteleport::check::check(&cfg).await;
+    assert!(!report.ok);
+    assert!(
+        report.text.contains("password") && !report.text.contains("wrong"),
+        "{}",
+        report.text
+    );
+    let bad = p.source_yaml(port, "app.*", "").replace(TOKEN, "bad-token");
+    let cfg = pgteleport::config::Config::from_yaml(&bad, std::path::Path::new("s.yml"), |_| None)?;
+    let report = pgteleport::check::check(&cfg).await;
+    assert!(!report.ok && report.text.contains("401"), "{}", report.text);
+    target.shutdown().await?;
+    Ok(())
+}
+
+#[test]
+fn example_configs_load() {
+    for f in ["config/source.yml", "config/target.yml"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(f);
+        let env = |k: &str| (k == "PGTELEPORT_AUTH_TOKEN").then(|| "x".to_string());
+        let text = std::fs::read_to_string(&path).unwrap();
+        pgteleport::config::Config::from_yaml(&text, &path, env)
+            .unwrap_or_else(|e| panic!("{f}: {e}"));
+    }
+}
