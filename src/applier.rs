@@ -113,14 +113,20 @@ impl Applier {
                  Grant it (GRANT SET ON PARAMETER session_replication_role TO …) for exact replicas of tables with triggers"
             );
         }
-        let pg_config = db::pg_config(&config.database, "applier");
-        let manager = Manager::from_config(
-            pg_config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let mut pg_config = db::pg_config(&config.database, "applier");
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let tls = db::tls_for(&config.database).map_err(|e| ApplyError::Failed {
+            message: e.to_string(),
+        })?;
+        let manager = match tls {
+            crate::tls::Tls::Plain => Manager::from_config(pg_config, NoTls, manager_config),
+            crate::tls::Tls::Rustls(mode, connector) => {
+                pg_config.ssl_mode(mode);
+                Manager::from_config(pg_config, connector, manager_config)
+            }
+        };
         let pool = Pool::builder(manager)
             .max_size(8)
             .build()

@@ -6,6 +6,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 
 use crate::config::Database;
+use crate::tls::Tls;
 
 /// A connection could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -21,51 +22,74 @@ pub enum ConnectError {
         #[source]
         source: tokio_postgres::Error,
     },
-    #[error("database `{database}`: sslmode `{mode}` is not supported by this build yet; use sslmode `disable` or `prefer` (plain connection)")]
-    Tls { database: String, mode: String },
+    #[error("database `{database}`: {message}")]
+    Tls { database: String, message: String },
 }
 
 /// Opens a connection as `purpose` (shown in `pg_stat_activity.application_name`) and spawns
 /// its driver task, which logs how the connection ended.
 pub async fn connect(db: &Database, purpose: &str) -> Result<Client, ConnectError> {
-    let mode = db
-        .sslmode
-        .clone()
-        .or_else(|| db.options.get("sslmode").cloned())
-        .unwrap_or_else(|| "disable".into());
-    if !matches!(mode.as_str(), "disable" | "prefer") {
-        return Err(ConnectError::Tls {
-            database: db.database.clone(),
-            mode,
-        });
-    }
-    let cfg = pg_config(db, purpose);
-    match cfg.connect(NoTls).await {
-        Ok((client, connection)) => {
-            let label = format!("{purpose} {}@{}:{}", db.database, db.hostname, db.port);
-            tokio::spawn(async move {
-                match connection.await {
-                    Ok(()) => tracing::debug!(connection = %label, "database connection closed"),
-                    Err(e) => {
-                        tracing::warn!(connection = %label, error = %e, "database connection ended")
-                    }
-                }
-            });
-            Ok(client)
-        }
-        Err(source) => {
-            let (reason, hint) = describe_connect_error(&source);
-            Err(ConnectError::Failed {
-                database: db.database.clone(),
-                host: db.hostname.clone(),
-                port: db.port,
-                user: db.username.clone(),
-                reason,
-                hint,
-                source,
+    let mut cfg = pg_config(db, purpose);
+    let label = format!("{purpose} {}@{}:{}", db.database, db.hostname, db.port);
+    let result = match tls_for(db)? {
+        Tls::Plain => cfg.connect(NoTls).await.map(|(client, conn)| {
+            spawn_connection(conn, label);
+            client
+        }),
+        Tls::Rustls(mode, tls) => {
+            cfg.ssl_mode(mode);
+            cfg.connect(tls).await.map(|(client, conn)| {
+                spawn_connection(conn, label);
+                client
             })
         }
-    }
+    };
+    result.map_err(|source| {
+        let (reason, hint) = describe_connect_error(&source);
+        ConnectError::Failed {
+            database: db.database.clone(),
+            host: db.hostname.clone(),
+            port: db.port,
+            user: db.username.clone(),
+            reason,
+            hint,
+            source,
+        }
+    })
+}
+
+/// The effective `sslmode` (key or `options.sslmode`; default `disable`).
+pub fn sslmode(db: &Database) -> String {
+    db.sslmode
+        .clone()
+        .or_else(|| db.options.get("sslmode").cloned())
+        .unwrap_or_else(|| "disable".into())
+}
+
+/// The TLS connector for `db`'s sslmode.
+pub fn tls_for(db: &Database) -> Result<Tls, ConnectError> {
+    let rootcert = db
+        .sslrootcert
+        .clone()
+        .or_else(|| db.options.get("sslrootcert").map(std::path::PathBuf::from));
+    crate::tls::for_mode(&sslmode(db), rootcert.as_deref()).map_err(|e| ConnectError::Tls {
+        database: db.database.clone(),
+        message: e.to_string(),
+    })
+}
+
+/// Drives a connection, logging how it ended (the one place connections are spawned).
+pub fn spawn_connection<S, T>(conn: tokio_postgres::Connection<S, T>, label: String)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        match conn.await {
+            Ok(()) => tracing::debug!(connection = %label, "database connection closed"),
+            Err(e) => tracing::warn!(connection = %label, error = %e, "database connection ended"),
+        }
+    });
 }
 
 /// The driver configuration for `db`, with `purpose` in the application name.

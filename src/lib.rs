@@ -17,6 +17,7 @@ pub mod demo;
 pub mod instance;
 pub mod server;
 pub mod stage;
+pub mod tls;
 pub mod transmitter;
 pub mod vacuum;
 pub mod wire;

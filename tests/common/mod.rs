@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::path::Path;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
@@ -15,9 +15,10 @@ use tokio_postgres::Client;
 pub const PASSWORD: &str = "test-password";
 pub const TOKEN: &str = "test-token-0123456789";
 
-pub fn cluster() -> &'static Cluster {
-    static C: OnceLock<Cluster> = OnceLock::new();
-    C.get_or_init(|| Cluster::shared().expect("shared test cluster"))
+pub fn cluster() -> Arc<Cluster> {
+    static C: OnceLock<Arc<Cluster>> = OnceLock::new();
+    C.get_or_init(|| Arc::new(Cluster::shared().expect("shared test cluster")))
+        .clone()
 }
 
 pub fn init_logging() {
@@ -32,7 +33,7 @@ pub fn init_logging() {
 
 /// One test's world: a source database and role, a target database and role.
 pub struct Pair {
-    pub cluster: &'static Cluster,
+    pub cluster: Arc<Cluster>,
     pub id: String,
     pub src_db: String,
     pub src_role: String,
@@ -44,11 +45,15 @@ impl Pair {
     /// Creates both databases and roles (no SUPERUSER, REPLICATION or CREATEROLE), and runs
     /// `schema` in both as their owners.
     pub async fn new(schema: &str) -> Result<Self> {
+        Self::new_on(cluster(), schema).await
+    }
+
+    /// As [`Pair::new`], on a given cluster.
+    pub async fn new_on(cluster: Arc<Cluster>, schema: &str) -> Result<Self> {
         init_logging();
-        let cluster = cluster();
         let id = format!("{:08x}", fastrand::u32(..));
         let p = Pair {
-            cluster,
+            cluster: cluster.clone(),
             src_db: format!("src_{id}"),
             src_role: format!("src_{id}"),
             dst_db: format!("dst_{id}"),
