@@ -13,10 +13,14 @@ use tokio_postgres::{NoTls, Transaction};
 
 use crate::config::Config;
 use crate::db::{self, ErrorClass};
-use crate::wire::{Batch, Event, Op, TableMeta};
+use crate::wire::{Batch, Event, Op, Snapshot, TableMeta};
+use std::collections::HashMap;
 
 /// Versioned SQL of the target side.
-pub const TARGET_SQL: &[(i32, &str)] = &[(1, include_str!("../sql/target_001_position.sql"))];
+pub const TARGET_SQL: &[(i32, &str)] = &[
+    (1, include_str!("../sql/target_001_position.sql")),
+    (2, include_str!("../sql/target_002_load.sql")),
+];
 
 /// Largest JSON text handed to one statement; longer runs are split.
 const MAX_STATEMENT_BYTES: usize = 32 << 20;
@@ -41,9 +45,15 @@ pub enum ApplyError {
     Unavailable { message: String },
     #[error("{message}")]
     Failed { message: String },
+    #[error("an initial load of {tables} table(s) from this source is in progress on the target; batches wait until it is done")]
+    LoadInProgress { tables: i64 },
+    #[error("{message}")]
+    Conflict { message: String },
+    #[error("{message}")]
+    BadRequest { message: String },
 }
 
-fn pg(context: &str) -> impl Fn(tokio_postgres::Error) -> ApplyError + '_ {
+pub(crate) fn pg(context: &str) -> impl Fn(tokio_postgres::Error) -> ApplyError + '_ {
     move |e| {
         let message = format!("{context}: {}", db::describe(&e));
         match db::classify(&e) {
@@ -56,12 +66,12 @@ fn pg(context: &str) -> impl Fn(tokio_postgres::Error) -> ApplyError + '_ {
 
 /// Applies batches into this instance's database.
 pub struct Applier {
-    pool: Pool,
-    schema: String,
+    pub(crate) pool: Pool,
+    pub(crate) schema: String,
     batch_size: usize,
     /// `session_replication_role = replica` is allowed: target triggers and foreign-key
     /// actions do not fire while applying (the source already ran them).
-    replica_role: bool,
+    pub(crate) replica_role: bool,
     /// Origin mode only: tables with a foreign key ON DELETE CASCADE, whose rows the target
     /// itself may already have deleted when the source's cascaded delete arrives.
     cascade_children: std::sync::Mutex<std::collections::HashMap<String, bool>>,
@@ -142,7 +152,7 @@ impl Applier {
         })
     }
 
-    async fn client(&self) -> Result<deadpool_postgres::Object, ApplyError> {
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, ApplyError> {
         self.pool.get().await.map_err(|e| ApplyError::Unavailable {
             message: format!("no connection to the target database: {e}"),
         })
@@ -201,7 +211,29 @@ impl Applier {
                 applied_seq: applied,
             });
         }
-        self.apply_events(&tx, batch).await?;
+        // Initial loads: wait while one runs; then skip what the copies already hold.
+        let loads = tx
+            .query(
+                &format!("select schema_name, table_name, state, snapshot from {s}.load_table where source = $1 and target = $2"),
+                &[&batch.source, &batch.target],
+            )
+            .await
+            .map_err(pg("reading initial load state"))?;
+        let unfinished = loads
+            .iter()
+            .filter(|r| r.get::<_, &str>(2) != "done")
+            .count() as i64;
+        if unfinished > 0 {
+            return Err(ApplyError::LoadInProgress { tables: unfinished });
+        }
+        let mut loaded: HashMap<(String, String), Snapshot> = HashMap::new();
+        for r in &loads {
+            let snap: Option<String> = r.get(3);
+            if let Some(snap) = snap.as_deref().and_then(Snapshot::parse) {
+                loaded.insert((r.get(0), r.get(1)), snap);
+            }
+        }
+        self.apply_events(&tx, batch, &loaded).await?;
         tx.execute(
             &format!(
                 "update {s}.applied set seq = $3, events = events + $4, applied_at = clock_timestamp()
@@ -217,21 +249,53 @@ impl Applier {
         })
     }
 
-    async fn apply_events(&self, tx: &Transaction<'_>, batch: &Batch) -> Result<(), ApplyError> {
+    async fn apply_events(
+        &self,
+        tx: &Transaction<'_>,
+        batch: &Batch,
+        loaded: &HashMap<(String, String), Snapshot>,
+    ) -> Result<(), ApplyError> {
+        let target_name = |meta: &TableMeta| {
+            (
+                batch
+                    .apply_schema
+                    .clone()
+                    .unwrap_or_else(|| meta.schema.clone()),
+                meta.name.clone(),
+            )
+        };
+        // Events of transactions visible in a table's load snapshot are in its copy already.
+        let mut events: Vec<&Event> = Vec::with_capacity(batch.events.len());
+        for e in &batch.events {
+            let meta = &batch.tables[e.table as usize];
+            if let Some(snap) = loaded.get(&target_name(meta)) {
+                let txid = e.txid.ok_or_else(|| ApplyError::BadRequest {
+                    message: format!(
+                        "event {} lacks txid, needed for the initial load rule",
+                        e.id
+                    ),
+                })?;
+                if snap.visible(txid) {
+                    continue;
+                }
+            }
+            events.push(e);
+        }
+        let events = events;
         let mut start = 0;
-        while start < batch.events.len() {
-            let first = &batch.events[start];
+        while start < events.len() {
+            let first = events[start];
             let kind = kind_of(first);
             let mut end = start + 1;
             let mut bytes = payload_len(first);
             if kind != Kind::UpdateKey {
-                while end < batch.events.len()
+                while end < events.len()
                     && end - start < self.batch_size
                     && bytes < MAX_STATEMENT_BYTES
-                    && batch.events[end].table == first.table
-                    && kind_of(&batch.events[end]) == kind
+                    && events[end].table == first.table
+                    && kind_of(events[end]) == kind
                 {
-                    bytes += payload_len(&batch.events[end]);
+                    bytes += payload_len(events[end]);
                     end += 1;
                 }
             }
@@ -246,7 +310,7 @@ impl Applier {
                 kind,
                 meta,
                 &table,
-                &batch.events[start..end],
+                &events[start..end],
                 tolerate_missing,
             )
             .await?;
@@ -318,7 +382,7 @@ async fn apply_run(
     kind: Kind,
     meta: &TableMeta,
     table: &str,
-    events: &[Event],
+    events: &[&Event],
     tolerate_missing: bool,
 ) -> Result<(), ApplyError> {
     let context = format!("applying {} {:?} event(s) to {table}", events.len(), kind);
@@ -343,7 +407,7 @@ async fn apply_run(
             check_matched(&context, row.get(0), row.get(1))?;
         }
         Kind::UpdateKey => {
-            let e = &events[0];
+            let e = events[0];
             let key = e.key.as_deref().map(|k| k.get()).unwrap_or("{}");
             let d = e.data.as_deref().map(|d| d.get()).unwrap_or("{}");
             let n = tx

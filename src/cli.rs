@@ -18,8 +18,27 @@ pub struct Cli {
     /// Target to load with `-mode initial-load`.
     #[arg(long)]
     pub load_target: Option<String>,
+    #[command(flatten)]
+    pub load: LoadArgs,
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+/// Options of the initial load.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadArgs {
+    /// Replace the rows of target tables that are not empty (otherwise they are refused).
+    #[arg(long)]
+    pub truncate: bool,
+    /// Parallel COPY streams.
+    #[arg(long, default_value_t = 4)]
+    pub workers: usize,
+    /// Heap megabytes per ctid range of a large table.
+    #[arg(long, default_value_t = 64)]
+    pub range_mb: u64,
+    /// Plain log lines instead of a progress bar, even on a terminal.
+    #[arg(long)]
+    pub no_progress: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -34,6 +53,16 @@ pub enum Command {
     Run {
         #[arg(long, short = 'c')]
         config: PathBuf,
+    },
+    /// Initial load of one target (same as `-mode initial-load -load-target NAME`).
+    Load {
+        #[arg(long, short = 'c')]
+        config: PathBuf,
+        /// The target (a key of `targets`) to load.
+        #[arg(long)]
+        target: String,
+        #[command(flatten)]
+        load: LoadArgs,
     },
     /// Validate a config and test its connections, with a readable report.
     Check {
@@ -63,7 +92,18 @@ pub enum Command {
 
 /// Rewrites teleport's single-dash long flags (`-config x`, `-mode=y`) to `--config x`.
 pub fn normalize_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
-    const LONG: &[&str] = &["config", "mode", "load-target", "duration", "rate"];
+    const LONG: &[&str] = &[
+        "config",
+        "mode",
+        "load-target",
+        "duration",
+        "rate",
+        "truncate",
+        "workers",
+        "range-mb",
+        "target",
+        "no-progress",
+    ];
     args.into_iter()
         .enumerate()
         .map(|(i, a)| {

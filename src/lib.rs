@@ -15,6 +15,7 @@ pub mod config;
 pub mod db;
 pub mod demo;
 pub mod instance;
+pub mod load;
 pub mod server;
 pub mod stage;
 pub mod tls;

@@ -36,7 +36,7 @@ fn init_logging(format: LogFormat) {
     };
 }
 
-fn load(path: &std::path::Path) -> anyhow::Result<Config> {
+fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
     let config = Config::load(path)?;
     init_logging(config.log_format);
     Ok(config)
@@ -45,23 +45,25 @@ fn load(path: &std::path::Path) -> anyhow::Result<Config> {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let command = match (cli.command, cli.config) {
         (Some(c), _) => c,
-        (None, Some(config)) => {
-            if cli.mode == Mode::InitialLoad {
-                anyhow::bail!(
-                    "-mode initial-load is not available in this version yet{}; \
-                     create the target tables and copy existing rows yourself, then run replication",
-                    cli.load_target.map(|t| format!(" (target `{t}`)")).unwrap_or_default()
-                );
-            }
-            Command::Run { config }
-        }
+        (None, Some(config)) => match cli.mode {
+            Mode::InitialLoad => Command::Load {
+                config,
+                target: cli.load_target.ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "-mode initial-load needs -load-target NAME (a key of `targets`)"
+                    )
+                })?,
+                load: cli.load,
+            },
+            Mode::Replication => Command::Run { config },
+        },
         (None, None) => {
             anyhow::bail!("nothing to do: give `-config FILE` (or a subcommand; see --help)")
         }
     };
     match command {
         Command::Run { config } => {
-            let config = load(&config)?;
+            let config = load_config(&config)?;
             let running = instance::start(config).await?;
             let stop = CancellationToken::new();
             let s = stop.clone();
@@ -73,8 +75,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             running.wait(stop).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Load {
+            config,
+            target,
+            load,
+        } => {
+            let config = load_config(&config)?;
+            let opts = pgteleport::load::LoadOptions {
+                target,
+                truncate: load.truncate,
+                workers: load.workers,
+                range_bytes: load.range_mb.max(1) << 20,
+                progress: load.no_progress.then_some(false),
+            };
+            let summary = pgteleport::load::run(&config, opts).await?;
+            println!("{summary}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Check { config } => {
-            let config = load(&config)?;
+            let config = load_config(&config)?;
             let report = check::check(&config).await;
             print!("{}", report.text);
             Ok(if report.ok {
@@ -84,7 +103,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Install { config } => {
-            let config = load(&config)?;
+            let config = load_config(&config)?;
             let mut client = db::connect(&config.database, "install").await?;
             let installed = capture::install(&mut client, &config).await?;
             for (target, tables) in installed.tables {
@@ -93,7 +112,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Uninstall { config } => {
-            let config = load(&config)?;
+            let config = load_config(&config)?;
             let mut client = db::connect(&config.database, "uninstall").await?;
             let tables = capture::uninstall(&mut client, &config.internal_schema).await?;
             println!(

@@ -99,6 +99,7 @@ impl Server {
             (&Method::GET, "/healthz") => reply(StatusCode::OK, json!({"status": "ok"})),
             (&Method::POST, "/v1/batches") => self.batches(req, peer).await,
             (&Method::GET, p) if p.starts_with("/v1/position/") => self.position(&req, p).await,
+            (&Method::POST, p) if p.starts_with("/v1/load/") => self.load(req, peer).await,
             (_, "/v1/batches") => error(StatusCode::METHOD_NOT_ALLOWED, "use POST /v1/batches"),
             _ => error(
                 StatusCode::NOT_FOUND,
@@ -256,6 +257,99 @@ impl Server {
     }
 }
 
+impl Server {
+    /// The initial load's endpoints: prepare, start, copy (streamed), finish.
+    async fn load(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let applier = match self.authorize(&req) {
+            Ok(a) => a,
+            Err(r) => {
+                tracing::warn!(%peer, status = r.status().as_u16(), "load request refused: not authorized");
+                return *r;
+            }
+        };
+        let path = req.uri().path().to_string();
+        if path == "/v1/load/copy" {
+            let header = req
+                .headers()
+                .get("x-pgteleport-copy")
+                .and_then(|h| h.to_str().ok())
+                .map(serde_json::from_str::<wire::CopyHeader>);
+            let header = match header {
+                Some(Ok(h)) => h,
+                Some(Err(e)) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        &format!("x-pgteleport-copy header: {e}"),
+                    )
+                }
+                None => return error(StatusCode::BAD_REQUEST, "missing x-pgteleport-copy header"),
+            };
+            let started = std::time::Instant::now();
+            return match applier.load_copy(&header, req.into_body()).await {
+                Ok(Some(rows)) => {
+                    tracing::info!(table = %format!("{}.{}", header.schema, header.table), range = header.range, rows, ms = started.elapsed().as_millis() as u64, "range copied");
+                    reply(StatusCode::OK, json!({"status": "copied", "rows": rows}))
+                }
+                Ok(None) => reply(StatusCode::OK, json!({"status": "duplicate", "rows": 0})),
+                Err(e) => {
+                    tracing::warn!(error = %e, "range not copied");
+                    apply_error(&e)
+                }
+            };
+        }
+        let body = match Limited::new(req.into_body(), self.max_body).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("reading the body failed: {e}"),
+                )
+            }
+        };
+        fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Box<Response<Body>>> {
+            serde_json::from_slice(body).map_err(|e| {
+                Box::new(error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("invalid request: {e}"),
+                ))
+            })
+        }
+        let result = match path.as_str() {
+            "/v1/load/prepare" => match parse::<wire::LoadPrepare>(&body) {
+                Ok(m) => applier.load_prepare(&m).await.map(|t| json!({"tables": t})),
+                Err(r) => return *r,
+            },
+            "/v1/load/start" => match parse::<wire::LoadStart>(&body) {
+                Ok(m) => applier
+                    .load_start(&m)
+                    .await
+                    .map(|()| json!({"status": "started"})),
+                Err(r) => return *r,
+            },
+            "/v1/load/finish" => match parse::<wire::LoadFinish>(&body) {
+                Ok(m) => applier
+                    .load_finish(&m)
+                    .await
+                    .map(|rows| json!({"status": "done", "rows": rows})),
+                Err(r) => return *r,
+            },
+            _ => {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    &format!("no such endpoint: POST {path}"),
+                )
+            }
+        };
+        match result {
+            Ok(v) => reply(StatusCode::OK, v),
+            Err(e) => {
+                tracing::warn!(error = %e, path, "load request failed");
+                apply_error(&e)
+            }
+        }
+    }
+}
+
 fn apply_error(e: &ApplyError) -> Response<Body> {
     match e {
         ApplyError::Gap { applied_seq, .. } => reply(
@@ -265,6 +359,9 @@ fn apply_error(e: &ApplyError) -> Response<Body> {
         ApplyError::SchemaBehind { .. } => error(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()),
         ApplyError::Unavailable { .. } => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
         ApplyError::Failed { .. } => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        ApplyError::LoadInProgress { .. } => error(StatusCode::LOCKED, &e.to_string()),
+        ApplyError::Conflict { .. } => error(StatusCode::CONFLICT, &e.to_string()),
+        ApplyError::BadRequest { .. } => error(StatusCode::BAD_REQUEST, &e.to_string()),
     }
 }
 

@@ -31,6 +31,9 @@ pub enum StepError {
     /// Stops the instance: continuing would be wrong.
     #[error("{0}")]
     Fatal(String),
+    /// Not an error: the other side asks to come back after this long.
+    #[error("{1}")]
+    Wait(Duration, String),
 }
 
 impl StepError {
@@ -95,6 +98,10 @@ pub async fn run<S: Step + Send>(
             Ok(Progress::Idle) => {
                 failures = 0;
                 interval
+            }
+            Err(StepError::Wait(d, m)) => {
+                tracing::debug!(stage = %name, reason = %m, "waiting");
+                d
             }
             Err(StepError::Fatal(m)) => {
                 tracing::error!(stage = %name, error = %m, "stage stopped");

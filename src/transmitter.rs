@@ -30,6 +30,8 @@ pub struct Transmitter {
     http: HttpClient<HttpConnector, Full<Bytes>>,
     /// Whether the target's position was read since (re)start.
     reconciled: bool,
+    /// The target asked to wait (logged once).
+    waiting: bool,
 }
 
 /// A target's answer that is not success.
@@ -39,6 +41,8 @@ enum Refusal {
     Position { applied: i64 },
     /// Try again later (held, unavailable, network).
     Retry(String),
+    /// The target asks to wait (an initial load is running there).
+    Wait(String),
 }
 
 impl Transmitter {
@@ -60,6 +64,7 @@ impl Transmitter {
             timeout: Duration::from_secs(target.endpoint.timeout_seconds),
             http,
             reconciled: false,
+            waiting: false,
         }
     }
 
@@ -163,7 +168,7 @@ impl Transmitter {
             .query(
                 &format!(
                     "select e.ev_id, e.ev_op, e.ev_schema::text, e.ev_table::text, e.ev_key::text, e.ev_data::text,
-                            (extract(epoch from e.ev_time) * 1000000)::int8
+                            (extract(epoch from e.ev_time) * 1000000)::int8, e.ev_txid::text
                        from {s}.batch b, {s}.event e
                       where b.target = $1 and b.seq = $2 and {BATCH_EVENTS_CONDITION}
                       order by e.ev_id"
@@ -199,10 +204,14 @@ impl Transmitter {
             };
             let ts: i64 = r.get(6);
             captured_at = Some(captured_at.map_or(ts, |c| c.min(ts)));
+            let txid: String = r.get(7);
             events.push(Event {
                 id: r.get(0),
                 op,
                 table,
+                txid: Some(txid.parse().map_err(|_| {
+                    StepError::Fatal(format!("event txid `{txid}` is not a number"))
+                })?),
                 key: raw(r.get(4))?,
                 data: raw(r.get(5))?,
             });
@@ -314,6 +323,7 @@ impl Transmitter {
                 Ok(a)
             }
             (StatusCode::CONFLICT, Some(a)) => Err(Refusal::Position { applied: a }),
+            (StatusCode::LOCKED, _) => Err(Refusal::Wait(error_message(&answer))),
             _ => Err(Refusal::Retry(format!(
                 "target `{}` answered {status} to batch {}: {}",
                 self.target,
@@ -355,6 +365,7 @@ impl Step for Transmitter {
         let batch = self.load(client, seq).await?;
         match self.transmit(&batch).await {
             Ok(applied) => {
+                self.waiting = false;
                 self.acknowledge(client, applied).await?;
                 Ok(Progress::Busy)
             }
@@ -370,6 +381,13 @@ impl Step for Transmitter {
                     )));
                 }
                 Ok(Progress::Busy)
+            }
+            Err(Refusal::Wait(m)) => {
+                if !self.waiting {
+                    tracing::info!(target = %self.target, batch_seq = seq, reason = %m, "target asks to wait; batches resume after it");
+                    self.waiting = true;
+                }
+                Err(StepError::Wait(Duration::from_secs(1), m))
             }
             Err(Refusal::Retry(m)) => {
                 self.reconciled = false;

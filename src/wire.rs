@@ -74,6 +74,9 @@ pub struct Event {
     pub op: Op,
     /// Index into [`Batch::tables`].
     pub table: u32,
+    /// Source transaction id (for the initial load's snapshot rule).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub txid: Option<u64>,
     /// Old primary key: DELETE, and an UPDATE that changed the key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<Box<RawValue>>,
@@ -226,6 +229,7 @@ mod tests {
                 id: 9,
                 op: Op::Insert,
                 table: 0,
+                txid: Some(7),
                 key: None,
                 data: Some(
                     RawValue::from_string(r#"{"id": 1, "v": 1.00000000000000000001}"#.into())
@@ -269,5 +273,124 @@ mod tests {
             decode(b"{\"version\":1}", false, 100),
             Err(DecodeError::Json(_))
         ));
+    }
+}
+
+/// Initial load, step 1: create what is missing on the target and report each table's state.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadPrepare {
+    pub source: String,
+    pub target: String,
+    #[serde(default)]
+    pub apply_schema: Option<String>,
+    pub tables: Vec<ddlwatcher::Table>,
+    pub types: Vec<ddlwatcher::TypeDef>,
+    /// Empty target tables that already hold rows (otherwise they are refused).
+    #[serde(default)]
+    pub truncate: bool,
+}
+
+/// A table's load state on the target.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadTableState {
+    /// Source schema and name.
+    pub schema: String,
+    pub name: String,
+    /// `pending`, `copying` or `done`.
+    pub state: String,
+}
+
+/// Initial load, step 2: these tables are copied under `snapshot` (a `pg_snapshot`).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadStart {
+    pub source: String,
+    pub target: String,
+    #[serde(default)]
+    pub apply_schema: Option<String>,
+    pub snapshot: String,
+    /// Source schema and name of each table.
+    pub tables: Vec<(String, String)>,
+}
+
+/// Initial load, step 3: one range of one table, as a COPY stream in the request body.
+/// Travels as JSON in the `x-pgteleport-copy` header.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CopyHeader {
+    pub source: String,
+    pub target: String,
+    #[serde(default)]
+    pub apply_schema: Option<String>,
+    pub schema: String,
+    pub table: String,
+    pub range: i32,
+    pub snapshot: String,
+    /// COPY format of the body: `binary` or `text`.
+    pub format: String,
+    pub columns: Vec<String>,
+}
+
+/// Initial load, step 4: every range of the table is sent; build keys and indexes.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadFinish {
+    pub source: String,
+    pub target: String,
+    #[serde(default)]
+    pub apply_schema: Option<String>,
+    pub table: ddlwatcher::Table,
+    pub ranges: i32,
+    pub snapshot: String,
+}
+
+/// A `pg_snapshot` in text form (`xmin:xmax:xip,…`), for the visibility rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub xmin: u64,
+    pub xmax: u64,
+    pub xip: Vec<u64>,
+}
+
+impl Snapshot {
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut parts = text.trim().splitn(3, ':');
+        let xmin = parts.next()?.parse().ok()?;
+        let xmax = parts.next()?.parse().ok()?;
+        let xip = match parts.next()? {
+            "" => Vec::new(),
+            list => list
+                .split(',')
+                .map(|x| x.parse().ok())
+                .collect::<Option<Vec<u64>>>()?,
+        };
+        (xmin <= xmax).then_some(Self { xmin, xmax, xip })
+    }
+
+    /// Whether transaction `txid` had committed when the snapshot was taken (as
+    /// `pg_visible_in_snapshot`, for a committed transaction).
+    pub fn visible(&self, txid: u64) -> bool {
+        txid < self.xmin || (txid < self.xmax && !self.xip.contains(&txid))
+    }
+}
+
+#[cfg(test)]
+mod snapshot_tests {
+    use super::Snapshot;
+
+    #[test]
+    fn visibility_follows_pg_visible_in_snapshot() {
+        let s = Snapshot::parse("100:105:100,103").unwrap();
+        assert!(s.visible(99));
+        assert!(!s.visible(100));
+        assert!(s.visible(101));
+        assert!(!s.visible(103));
+        assert!(s.visible(104));
+        assert!(!s.visible(105));
+        assert!(Snapshot::parse("5:5:").unwrap().visible(4));
+        assert!(Snapshot::parse("nonsense").is_none());
+        assert!(Snapshot::parse("9:5:").is_none());
     }
 }

@@ -57,6 +57,7 @@ fn batch(seq: i64, id: i32) -> Batch {
             id: seq,
             op: Op::Insert,
             table: 0,
+            txid: None,
             key: None,
             data: Some(
                 RawValue::from_string(format!(r#"{{"id": {id}, "v": "row {id}"}}"#)).unwrap(),

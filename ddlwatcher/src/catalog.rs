@@ -1,22 +1,66 @@
-//! The catalog model: replicated tables with their columns and primary keys.
+//! The catalog model: replicated tables with their columns, keys, indexes and the user types
+//! they use, read from `pg_catalog` (never `information_schema`, which hides objects the role
+//! has no rights on).
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use tokio_postgres::GenericClient;
 
 use crate::TargetExpression;
 
+/// OIDs below this are built into PostgreSQL (`FirstNormalObjectId`).
+pub const FIRST_USER_OID: u32 = 16384;
+
+/// A column's type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TypeRef {
+    /// A built-in type, as `format_type` prints it with typmods (`numeric(12,2)`, `text[]`).
+    Builtin(String),
+    /// A user-defined type (enum, composite, domain, or an extension's type), possibly an
+    /// array of it (`dims` > 0).
+    User {
+        oid: u32,
+        schema: String,
+        name: String,
+        dims: u8,
+    },
+}
+
 /// One column of a table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Column {
     pub name: String,
-    /// The type as `format_type` prints it, typmods included (`numeric(12,2)`).
+    /// The type as `format_type` prints it on the source (for messages).
     pub type_name: String,
+    pub type_ref: TypeRef,
     pub not_null: bool,
     /// Stored generated column: computed on the target, never written by the applier.
     pub generated: bool,
+    /// Generation expression of a generated column, or the default expression.
+    #[serde(default)]
+    pub expression: Option<String>,
+    /// `a` (always) or `d` (by default) for identity columns.
+    #[serde(default)]
+    pub identity: Option<char>,
+    /// The sequence a `serial`-style default draws from (`nextval`), if any.
+    #[serde(default)]
+    pub sequence: Option<(String, String)>,
 }
 
-/// One table, as the capture and the applier see it.
+/// A secondary index (the primary key is kept in [`Table::primary_key`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Index {
+    pub name: String,
+    pub unique: bool,
+    pub method: String,
+    /// Plain column index: its columns. `None` for expression or partial indexes.
+    pub columns: Option<Vec<String>>,
+    /// `pg_get_indexdef` text on the source (valid verbatim when the schema is unchanged).
+    pub definition: String,
+}
+
+/// One table, as capture, load and apply see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Table {
     pub oid: u32,
@@ -25,12 +69,49 @@ pub struct Table {
     pub columns: Vec<Column>,
     /// Primary key columns in key order; `None` when the table has no primary key.
     pub primary_key: Option<Vec<String>>,
+    #[serde(default)]
+    pub indexes: Vec<Index>,
+}
+
+/// A user-defined type a table depends on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TypeDef {
+    pub oid: u32,
+    pub schema: String,
+    pub name: String,
+    pub kind: TypeKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TypeKind {
+    /// Labels in their sort order.
+    Enum(Vec<String>),
+    /// Attributes in order.
+    Composite(Vec<(String, TypeRef)>),
+    Domain {
+        base: TypeRef,
+        not_null: bool,
+        default: Option<String>,
+        /// `CHECK (…)` constraint texts.
+        checks: Vec<String>,
+    },
+    /// Another kind (base type of an extension, range, …): must already exist on the target.
+    External,
 }
 
 impl Table {
     /// `"schema"."name"`, quoted.
     pub fn qualified(&self) -> String {
         qualified(&self.schema, &self.name)
+    }
+
+    /// Columns the applier and the loader write (generated ones excluded).
+    pub fn writable_columns(&self) -> Vec<String> {
+        self.columns
+            .iter()
+            .filter(|c| !c.generated)
+            .map(|c| c.name.clone())
+            .collect()
     }
 }
 
@@ -51,6 +132,12 @@ pub fn quote_ident(name: &str) -> String {
 /// `"schema"."name"`.
 pub fn qualified(schema: &str, name: &str) -> String {
     format!("{}.{}", quote_ident(schema), quote_ident(name))
+}
+
+/// Quotes a string literal for SQL text (standard_conforming_strings on, PostgreSQL's default
+/// since 9.1). Prefer bind parameters; this is for DDL, which takes none.
+pub fn quote_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
 }
 
 /// Reads the ordinary and partitioned tables matching `expr` from `pg_catalog`, ordered by
@@ -87,32 +174,87 @@ pub async fn introspect_tables<C: GenericClient>(
     Ok(tables)
 }
 
-/// Reads columns and primary key of one table by OID.
+const TYPE_REF_COLUMNS: &str = "
+    pg_catalog.format_type(t.oid, $TYPMOD),
+    t.oid, tn.nspname::text, t.typname::text,
+    coalesce(e.oid, 0::oid), coalesce(en.nspname::text, ''), coalesce(e.typname::text, ''), t.typndims";
+
+fn type_ref(row: &tokio_postgres::Row, at: usize) -> TypeRef {
+    let formatted: String = row.get(at);
+    let oid: u32 = row.get(at + 1);
+    let elem: u32 = row.get(at + 4);
+    if elem != 0 {
+        // An array: its element decides.
+        if elem < FIRST_USER_OID {
+            return TypeRef::Builtin(formatted);
+        }
+        return TypeRef::User {
+            oid: elem,
+            schema: row.get(at + 5),
+            name: row.get(at + 6),
+            dims: 1,
+        };
+    }
+    if oid < FIRST_USER_OID {
+        TypeRef::Builtin(formatted)
+    } else {
+        TypeRef::User {
+            oid,
+            schema: row.get(at + 2),
+            name: row.get(at + 3),
+            dims: 0,
+        }
+    }
+}
+
+/// Reads columns, primary key and indexes of one table by OID.
 pub async fn describe_table<C: GenericClient>(
     client: &C,
     oid: u32,
     schema: String,
     name: String,
 ) -> Result<Table, tokio_postgres::Error> {
-    let cols = client
-        .query(
-            "select a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod),
-                    a.attnotnull, a.attgenerated <> ''
-               from pg_catalog.pg_attribute a
-              where a.attrelid = $1 and a.attnum > 0 and not a.attisdropped
-              order by a.attnum",
-            &[&oid],
-        )
-        .await?;
-    let columns = cols
-        .iter()
-        .map(|r| Column {
-            name: r.get(0),
+    let sql = format!(
+        "select a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod),
+                a.attnotnull, a.attgenerated <> '', pg_catalog.pg_get_expr(d.adbin, d.adrelid),
+                nullif(a.attidentity, '')::text,
+                sn.nspname::text, s.relname::text,
+                {}
+           from pg_catalog.pg_attribute a
+           join pg_catalog.pg_type t on t.oid = a.atttypid
+           join pg_catalog.pg_namespace tn on tn.oid = t.typnamespace
+           left join pg_catalog.pg_type e on e.oid = t.typelem and t.typcategory = 'A'
+           left join pg_catalog.pg_namespace en on en.oid = e.typnamespace
+           left join pg_catalog.pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
+           left join pg_catalog.pg_depend dep on dep.refobjid = a.attrelid and dep.refobjsubid = a.attnum
+                and dep.classid = 'pg_catalog.pg_class'::regclass and dep.deptype in ('a', 'i')
+           left join pg_catalog.pg_class s on s.oid = dep.objid and s.relkind = 'S'
+           left join pg_catalog.pg_namespace sn on sn.oid = s.relnamespace
+          where a.attrelid = $1 and a.attnum > 0 and not a.attisdropped
+          order by a.attnum",
+        TYPE_REF_COLUMNS.replace("$TYPMOD", "a.atttypmod")
+    );
+    let cols = client.query(&sql, &[&oid]).await?;
+    let mut columns: Vec<Column> = Vec::new();
+    for r in &cols {
+        let name: String = r.get(0);
+        if columns.last().is_some_and(|c| c.name == name) {
+            continue; // a second dependency row for the same column
+        }
+        let identity: Option<String> = r.get(5);
+        let seq_schema: Option<String> = r.get(6);
+        let seq_name: Option<String> = r.get(7);
+        columns.push(Column {
+            name,
             type_name: r.get(1),
             not_null: r.get(2),
             generated: r.get(3),
-        })
-        .collect();
+            expression: r.get(4),
+            identity: identity.and_then(|s| s.chars().next()),
+            sequence: seq_schema.zip(seq_name),
+            type_ref: type_ref(r, 8),
+        });
+    }
     let pk = client
         .query(
             "select a.attname::text
@@ -129,19 +271,177 @@ pub async fn describe_table<C: GenericClient>(
     } else {
         Some(pk.iter().map(|r| r.get(0)).collect())
     };
+    let idx = client
+        .query(
+            "select c.relname::text, i.indisunique, am.amname::text,
+                    case when i.indexprs is null and i.indpred is null then
+                         array(select a.attname::text from unnest(i.indkey) with ordinality k(attnum, ord)
+                                 join pg_catalog.pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum
+                                order by k.ord) end,
+                    pg_catalog.pg_get_indexdef(i.indexrelid)
+               from pg_catalog.pg_index i
+               join pg_catalog.pg_class c on c.oid = i.indexrelid
+               join pg_catalog.pg_am am on am.oid = c.relam
+              where i.indrelid = $1 and not i.indisprimary
+              order by 1",
+            &[&oid],
+        )
+        .await?;
+    let indexes = idx
+        .iter()
+        .map(|r| Index {
+            name: r.get(0),
+            unique: r.get(1),
+            method: r.get(2),
+            columns: r.get(3),
+            definition: r.get(4),
+        })
+        .collect();
     Ok(Table {
         oid,
         schema,
         name,
         columns,
         primary_key,
+        indexes,
     })
 }
 
-/// Quotes a string literal for SQL text (standard_conforming_strings on, PostgreSQL's default
-/// since 9.1). Prefer bind parameters; this is for DDL, which takes none.
-pub fn quote_literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
+/// Reads the user-defined types the tables use, and the types those use, ordered so that
+/// each comes after the types it depends on.
+pub async fn introspect_types<C: GenericClient>(
+    client: &C,
+    tables: &[Table],
+) -> Result<Vec<TypeDef>, tokio_postgres::Error> {
+    let mut pending: Vec<u32> = Vec::new();
+    for t in tables {
+        for c in &t.columns {
+            if let TypeRef::User { oid, .. } = c.type_ref {
+                pending.push(oid);
+            }
+        }
+    }
+    let mut found: BTreeMap<u32, TypeDef> = BTreeMap::new();
+    let mut deps: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    while let Some(oid) = pending.pop() {
+        if found.contains_key(&oid) {
+            continue;
+        }
+        let row = client
+            .query_one(
+                "select n.nspname::text, t.typname::text, t.typtype::text, t.typrelid, t.typbasetype,
+                        t.typnotnull, t.typdefault,
+                        exists (select 1 from pg_catalog.pg_depend d
+                                 where d.classid = 'pg_catalog.pg_type'::regclass and d.objid = t.oid and d.deptype = 'e')
+                   from pg_catalog.pg_type t join pg_catalog.pg_namespace n on n.oid = t.typnamespace
+                  where t.oid = $1",
+                &[&oid],
+            )
+            .await?;
+        let (schema, name, typtype): (String, String, String) =
+            (row.get(0), row.get(1), row.get(2));
+        let relid: u32 = row.get(3);
+        let base: u32 = row.get(4);
+        let from_extension: bool = row.get(7);
+        let mut my_deps = Vec::new();
+        let kind = if from_extension {
+            TypeKind::External
+        } else {
+            match typtype.as_str() {
+                "e" => {
+                    let labels = client
+                        .query(
+                            "select enumlabel::text from pg_catalog.pg_enum where enumtypid = $1 order by enumsortorder",
+                            &[&oid],
+                        )
+                        .await?;
+                    TypeKind::Enum(labels.iter().map(|r| r.get(0)).collect())
+                }
+                "c" => {
+                    let sql = format!(
+                        "select a.attname::text, {}
+                           from pg_catalog.pg_attribute a
+                           join pg_catalog.pg_type t on t.oid = a.atttypid
+                           join pg_catalog.pg_namespace tn on tn.oid = t.typnamespace
+                           left join pg_catalog.pg_type e on e.oid = t.typelem and t.typcategory = 'A'
+                           left join pg_catalog.pg_namespace en on en.oid = e.typnamespace
+                          where a.attrelid = $1 and a.attnum > 0 and not a.attisdropped order by a.attnum",
+                        TYPE_REF_COLUMNS.replace("$TYPMOD", "a.atttypmod")
+                    );
+                    let attrs = client.query(&sql, &[&relid]).await?;
+                    let attrs: Vec<(String, TypeRef)> =
+                        attrs.iter().map(|r| (r.get(0), type_ref(r, 1))).collect();
+                    for (_, t) in &attrs {
+                        if let TypeRef::User { oid, .. } = t {
+                            my_deps.push(*oid);
+                        }
+                    }
+                    TypeKind::Composite(attrs)
+                }
+                "d" => {
+                    let sql = format!(
+                        "select {}, (select coalesce(array_agg(pg_catalog.pg_get_constraintdef(c.oid) order by c.conname), '{{}}')
+                                       from pg_catalog.pg_constraint c where c.contypid = d.oid and c.contype = 'c')
+                           from pg_catalog.pg_type d
+                           join pg_catalog.pg_type t on t.oid = d.typbasetype
+                           join pg_catalog.pg_namespace tn on tn.oid = t.typnamespace
+                           left join pg_catalog.pg_type e on e.oid = t.typelem and t.typcategory = 'A'
+                           left join pg_catalog.pg_namespace en on en.oid = e.typnamespace
+                          where d.oid = $1",
+                        TYPE_REF_COLUMNS.replace("$TYPMOD", "d.typtypmod")
+                    );
+                    let r = client.query_one(&sql, &[&oid]).await?;
+                    let base_ref = type_ref(&r, 0);
+                    if let TypeRef::User { oid, .. } = base_ref {
+                        my_deps.push(oid);
+                    }
+                    let _ = base;
+                    TypeKind::Domain {
+                        base: base_ref,
+                        not_null: row.get(5),
+                        default: row.get(6),
+                        checks: r.get(8),
+                    }
+                }
+                _ => TypeKind::External,
+            }
+        };
+        pending.extend(my_deps.iter().copied());
+        deps.insert(oid, my_deps);
+        found.insert(
+            oid,
+            TypeDef {
+                oid,
+                schema,
+                name,
+                kind,
+            },
+        );
+    }
+    // Dependencies first.
+    let mut ordered = Vec::new();
+    let mut done: BTreeSet<u32> = BTreeSet::new();
+    fn visit(
+        oid: u32,
+        deps: &BTreeMap<u32, Vec<u32>>,
+        done: &mut BTreeSet<u32>,
+        out: &mut Vec<u32>,
+    ) {
+        if !done.insert(oid) {
+            return;
+        }
+        for d in deps.get(&oid).into_iter().flatten() {
+            visit(*d, deps, done, out);
+        }
+        out.push(oid);
+    }
+    for oid in found.keys() {
+        visit(*oid, &deps, &mut done, &mut ordered);
+    }
+    Ok(ordered
+        .into_iter()
+        .filter_map(|o| found.remove(&o))
+        .collect())
 }
 
 #[cfg(test)]
@@ -154,5 +454,6 @@ mod tests {
         assert_eq!(quote_ident("Mixed Case"), "\"Mixed Case\"");
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
         assert_eq!(qualified("s", "t"), "\"s\".\"t\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
     }
 }

@@ -1,15 +1,18 @@
-//! Catalog model and introspection for pgteleport.
+//! Catalog model, introspection and DDL generation for pgteleport.
 //!
-//! This crate holds what both the capture side and (later) the DDL diff need to know about
-//! the replicated tables: their columns, types and primary keys, read from `pg_catalog`
-//! (never `information_schema`, which hides objects the role has no rights on), plus the
-//! `target_expression` matcher. The model is plain data so the diff can be tested without a
-//! database.
+//! This crate holds what capture, initial load and (later) the DDL diff need to know about
+//! the replicated tables: columns, types, keys, indexes and the user types they use, read
+//! from `pg_catalog`, plus the `target_expression` matcher and the DDL that recreates the
+//! model on a target. The model is plain serialisable data, so the DDL generation is tested
+//! without a database.
 
 pub mod catalog;
+pub mod ddl;
 pub mod expression;
 
 pub use catalog::{
-    describe_table, introspect_tables, qualified, quote_ident, quote_literal, Column, Table,
+    describe_table, introspect_tables, introspect_types, qualified, quote_ident, quote_literal,
+    Column, Index, Table, TypeDef, TypeKind, TypeRef, FIRST_USER_OID,
 };
+pub use ddl::SchemaMap;
 pub use expression::{ExpressionError, TargetExpression};

@@ -48,6 +48,14 @@ impl Pair {
         Self::new_on(cluster(), schema).await
     }
 
+    /// As [`Pair::new`], with a different schema script on each side.
+    pub async fn new2(src_schema: &str, dst_schema: &str) -> Result<Self> {
+        let p = Self::new_on(cluster(), "").await?;
+        p.src().await?.batch_execute(src_schema).await?;
+        p.dst().await?.batch_execute(dst_schema).await?;
+        Ok(p)
+    }
+
     /// As [`Pair::new`], on a given cluster.
     pub async fn new_on(cluster: Arc<Cluster>, schema: &str) -> Result<Self> {
         init_logging();
@@ -200,4 +208,47 @@ where
 
 pub async fn scalar_i64(c: &Client, sql: &str) -> Result<i64> {
     Ok(c.query_one(sql, &[]).await?.get(0))
+}
+
+/// Row count and an order-independent checksum of the rows' text.
+pub async fn checksum(c: &Client, table: &str) -> Result<(i64, i64)> {
+    let r = c
+        .query_one(
+            &format!(
+                "select count(*), coalesce(sum(hashtext(x::text)::int8), 0)::int8 from {table} x"
+            ),
+            &[],
+        )
+        .await?;
+    Ok((r.get(0), r.get(1)))
+}
+
+/// Waits until `tables` have equal checksums on both sides (for large tables).
+pub async fn wait_equal_checksum(
+    src: &Client,
+    dst: &Client,
+    tables: &[&str],
+    within: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        let mut diff = None;
+        for t in tables {
+            let (a, b) = (
+                checksum(src, t).await?,
+                checksum(dst, t).await.unwrap_or((-1, -1)),
+            );
+            if a != b {
+                diff = Some(format!("{t}: source {a:?}, target {b:?}"));
+                break;
+            }
+        }
+        match diff {
+            None => return Ok(()),
+            Some(d) if Instant::now() > deadline => {
+                bail!("tables equal within {within:?}: still differ ({d})")
+            }
+            Some(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+        }
+    }
 }

@@ -1,0 +1,362 @@
+//! Target side of the initial load: create missing objects, take COPY streams, build keys
+//! and indexes after the data, and record each table's load snapshot.
+
+use bytes::Bytes;
+use ddlwatcher::ddl::{self, SchemaMap};
+use ddlwatcher::{qualified, quote_ident, Table};
+use futures_util::SinkExt;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::applier::{pg, Applier, ApplyError};
+use crate::wire::{CopyHeader, LoadFinish, LoadPrepare, LoadStart, LoadTableState};
+
+fn map_for(apply_schema: &Option<String>, tables: &[Table]) -> SchemaMap {
+    SchemaMap::new(apply_schema.clone(), tables)
+}
+
+fn target_of(apply_schema: &Option<String>, schema: &str) -> String {
+    apply_schema.clone().unwrap_or_else(|| schema.to_string())
+}
+
+impl Applier {
+    /// Creates missing schemas, types and tables; registers the tables to load; refuses
+    /// tables that hold rows unless `truncate` (nothing is changed then).
+    pub async fn load_prepare(&self, msg: &LoadPrepare) -> Result<Vec<LoadTableState>, ApplyError> {
+        let map = map_for(&msg.apply_schema, &msg.tables);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg("begin"))?;
+        for schema in map.target_schemas() {
+            tx.batch_execute(&format!(
+                "create schema if not exists {}",
+                quote_ident(&schema)
+            ))
+            .await
+            .map_err(pg(&format!(
+                "creating schema {schema} (the target role needs CREATE on the database)"
+            )))?;
+        }
+        for t in &msg.types {
+            let name = qualified(map.map(&t.schema), &t.name);
+            let exists: bool = tx
+                .query_one("select to_regtype($1) is not null", &[&name])
+                .await
+                .map_err(pg("looking up a type"))?
+                .get(0);
+            if exists {
+                continue;
+            }
+            match ddl::create_type(t, &map) {
+                Some(sql) => tx.batch_execute(&sql).await.map_err(pg(&format!("creating type {name}")))?,
+                None => {
+                    return Err(ApplyError::Failed {
+                        message: format!(
+                            "type {name} is missing on the target and cannot be created by pgteleport \
+                             (it belongs to an extension or is a base type): create it (CREATE EXTENSION …) first"
+                        ),
+                    })
+                }
+            }
+        }
+        let s = &self.schema;
+        let mut states = Vec::new();
+        let mut refused = Vec::new();
+        for t in &msg.tables {
+            let target_schema = map.map(&t.schema).to_string();
+            let name = qualified(&target_schema, &t.name);
+            let exists: bool = tx
+                .query_one("select to_regclass($1) is not null", &[&name])
+                .await
+                .map_err(pg("looking up a table"))?
+                .get(0);
+            let mut created = false;
+            if !exists {
+                for seq in ddl::create_sequences(t, &map) {
+                    tx.batch_execute(&seq)
+                        .await
+                        .map_err(pg(&format!("creating a sequence for {name}")))?;
+                }
+                tx.batch_execute(&ddl::create_table(t, &map))
+                    .await
+                    .map_err(pg(&format!("creating table {name}")))?;
+                created = true;
+            }
+            let row = tx
+                .query_opt(
+                    &format!(
+                        "select state from {s}.load_table where source = $1 and target = $2 and schema_name = $3 and table_name = $4"
+                    ),
+                    &[&msg.source, &msg.target, &target_schema, &t.name],
+                )
+                .await
+                .map_err(pg("reading load state"))?;
+            let state = match row {
+                Some(r) => r.get::<_, String>(0),
+                None => {
+                    let has_rows: bool = tx
+                        .query_one(&format!("select exists (select 1 from {name})"), &[])
+                        .await
+                        .map_err(pg(&format!("reading {name}")))?
+                        .get(0);
+                    if has_rows && !msg.truncate {
+                        refused.push(name.clone());
+                    }
+                    tx.execute(
+                        &format!(
+                            "insert into {s}.load_table (source, target, schema_name, table_name, state, created_by_load)
+                             values ($1, $2, $3, $4, 'pending', $5)"
+                        ),
+                        &[&msg.source, &msg.target, &target_schema, &t.name, &created],
+                    )
+                    .await
+                    .map_err(pg("registering a table to load"))?;
+                    "pending".to_string()
+                }
+            };
+            states.push(LoadTableState {
+                schema: t.schema.clone(),
+                name: t.name.clone(),
+                state,
+            });
+        }
+        if !refused.is_empty() {
+            return Err(ApplyError::Conflict {
+                message: format!(
+                    "target table(s) {} already hold rows; the initial load never doubles rows: \
+                     re-run with --truncate to replace them, or empty them yourself",
+                    refused.join(", ")
+                ),
+            });
+        }
+        tx.commit().await.map_err(pg("commit"))?;
+        Ok(states)
+    }
+
+    /// Marks the tables as being copied under `snapshot` and empties them.
+    pub async fn load_start(&self, msg: &LoadStart) -> Result<(), ApplyError> {
+        let s = &self.schema;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg("begin"))?;
+        for (schema, table) in &msg.tables {
+            let target_schema = target_of(&msg.apply_schema, schema);
+            let n = tx
+                .execute(
+                    &format!(
+                        "update {s}.load_table set state = 'copying', snapshot = $5, rows = 0, started_at = clock_timestamp(), finished_at = null
+                          where source = $1 and target = $2 and schema_name = $3 and table_name = $4 and state <> 'done'"
+                    ),
+                    &[&msg.source, &msg.target, &target_schema, table, &msg.snapshot],
+                )
+                .await
+                .map_err(pg("starting a table's load"))?;
+            if n != 1 {
+                return Err(ApplyError::Conflict {
+                    message: format!(
+                        "table {} is not prepared for loading (or already done)",
+                        qualified(&target_schema, table)
+                    ),
+                });
+            }
+            tx.execute(
+                &format!(
+                    "delete from {s}.load_range where source = $1 and target = $2 and schema_name = $3 and table_name = $4"
+                ),
+                &[&msg.source, &msg.target, &target_schema, table],
+            )
+            .await
+            .map_err(pg("forgetting earlier ranges"))?;
+            let name = qualified(&target_schema, table);
+            tx.batch_execute(&format!("truncate {name}"))
+                .await
+                .map_err(pg(&format!(
+                    "emptying {name} (the target role needs TRUNCATE on it, or to own it)"
+                )))?;
+        }
+        tx.commit().await.map_err(pg("commit"))?;
+        Ok(())
+    }
+
+    /// Copies one range from the request body, exactly once (rows and range mark commit
+    /// together). Returns the rows copied, or `None` when the range was done before.
+    pub async fn load_copy(
+        &self,
+        header: &CopyHeader,
+        body: Incoming,
+    ) -> Result<Option<u64>, ApplyError> {
+        let s = &self.schema;
+        let target_schema = target_of(&header.apply_schema, &header.schema);
+        let name = qualified(&target_schema, &header.table);
+        let format = match header.format.as_str() {
+            "binary" => "binary",
+            "text" => "text",
+            other => {
+                return Err(ApplyError::BadRequest {
+                    message: format!("copy format `{other}` is not binary or text"),
+                })
+            }
+        };
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg("begin"))?;
+        if self.replica_role {
+            tx.batch_execute("set local session_replication_role = replica")
+                .await
+                .map_err(pg("setting session_replication_role"))?;
+        }
+        let row = tx
+            .query_opt(
+                &format!(
+                    "select t.state, t.snapshot,
+                            exists (select 1 from {s}.load_range r
+                                     where (r.source, r.target, r.schema_name, r.table_name) = (t.source, t.target, t.schema_name, t.table_name)
+                                       and r.range_no = $5 and r.snapshot = t.snapshot)
+                       from {s}.load_table t
+                      where t.source = $1 and t.target = $2 and t.schema_name = $3 and t.table_name = $4"
+                ),
+                &[&header.source, &header.target, &target_schema, &header.table, &header.range],
+            )
+            .await
+            .map_err(pg("reading load state"))?;
+        let Some(row) = row else {
+            return Err(ApplyError::Conflict {
+                message: format!("table {name} is not being loaded"),
+            });
+        };
+        let (state, snapshot, done): (String, Option<String>, bool) =
+            (row.get(0), row.get(1), row.get(2));
+        if state != "copying" || snapshot.as_deref() != Some(header.snapshot.as_str()) {
+            return Err(ApplyError::Conflict {
+                message: format!("table {name} is not being loaded under this snapshot (state {state}); restart the load"),
+            });
+        }
+        if done {
+            return Ok(None);
+        }
+        let cols = header
+            .columns
+            .iter()
+            .map(|c| quote_ident(c))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sink = tx
+            .copy_in::<_, Bytes>(&format!(
+                "copy {name} ({cols}) from stdin (format {format})"
+            ))
+            .await
+            .map_err(pg(&format!("starting COPY into {name}")))?;
+        let mut sink = std::pin::pin!(sink);
+        let mut body = body;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ApplyError::Unavailable {
+                message: format!("the COPY stream for {name} broke off: {e}"),
+            })?;
+            if let Ok(data) = frame.into_data() {
+                sink.send(data)
+                    .await
+                    .map_err(pg(&format!("COPY into {name}")))?;
+            }
+        }
+        let rows = sink
+            .as_mut()
+            .finish()
+            .await
+            .map_err(pg(&format!("COPY into {name}")))?;
+        tx.execute(
+            &format!(
+                "insert into {s}.load_range (source, target, schema_name, table_name, range_no, snapshot, rows)
+                 values ($1, $2, $3, $4, $5, $6, $7)"
+            ),
+            &[&header.source, &header.target, &target_schema, &header.table, &header.range, &header.snapshot, &(rows as i64)],
+        )
+        .await
+        .map_err(pg("recording a copied range"))?;
+        tx.commit().await.map_err(pg("commit"))?;
+        Ok(Some(rows))
+    }
+
+    /// Checks every range arrived, builds the primary key and indexes of a table the load
+    /// created, and marks the table done. Returns its rows.
+    pub async fn load_finish(&self, msg: &LoadFinish) -> Result<i64, ApplyError> {
+        let s = &self.schema;
+        let map = map_for(&msg.apply_schema, std::slice::from_ref(&msg.table));
+        let target_schema = map.map(&msg.table.schema).to_string();
+        let name = qualified(&target_schema, &msg.table.name);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg("begin"))?;
+        let row = tx
+            .query_one(
+                &format!(
+                    "select count(*), coalesce(sum(rows), 0)::int8,
+                            (select created_by_load from {s}.load_table
+                              where source = $1 and target = $2 and schema_name = $3 and table_name = $4)
+                       from {s}.load_range
+                      where source = $1 and target = $2 and schema_name = $3 and table_name = $4 and snapshot = $5"
+                ),
+                &[&msg.source, &msg.target, &target_schema, &msg.table.name, &msg.snapshot],
+            )
+            .await
+            .map_err(pg("counting copied ranges"))?;
+        let (ranges, rows, created): (i64, i64, Option<bool>) =
+            (row.get(0), row.get(1), row.get(2));
+        if ranges != msg.ranges as i64 {
+            return Err(ApplyError::Conflict {
+                message: format!(
+                    "table {name}: {ranges} of {} ranges arrived; re-run the load",
+                    msg.ranges
+                ),
+            });
+        }
+        if created == Some(true) {
+            let has_pk: bool = tx
+                .query_one(
+                    "select exists (select 1 from pg_catalog.pg_index where indrelid = $1::text::regclass and indisprimary)",
+                    &[&name],
+                )
+                .await
+                .map_err(pg("reading indexes"))?
+                .get(0);
+            if !has_pk {
+                if let Some(sql) = ddl::primary_key(&msg.table, &map) {
+                    tx.batch_execute(&sql)
+                        .await
+                        .map_err(pg(&format!("adding the primary key of {name}")))?;
+                }
+            }
+            for index in &msg.table.indexes {
+                let exists: bool = tx
+                    .query_one(
+                        "select to_regclass($1) is not null",
+                        &[&qualified(&target_schema, &index.name)],
+                    )
+                    .await
+                    .map_err(pg("reading indexes"))?
+                    .get(0);
+                if exists {
+                    continue;
+                }
+                match ddl::create_index(&msg.table, index, &map) {
+                    Some(sql) => tx
+                        .batch_execute(&sql)
+                        .await
+                        .map_err(pg(&format!("creating index {} on {name}", index.name)))?,
+                    None => {
+                        tracing::warn!(table = %name, index = %index.name, "expression or partial index not created under apply_schema; create it by hand")
+                    }
+                }
+            }
+        }
+        tx.execute(
+            &format!(
+                "update {s}.load_table set state = 'done', rows = $5, finished_at = clock_timestamp()
+                  where source = $1 and target = $2 and schema_name = $3 and table_name = $4"
+            ),
+            &[&msg.source, &msg.target, &target_schema, &msg.table.name, &rows],
+        )
+        .await
+        .map_err(pg("marking the table loaded"))?;
+        tx.batch_execute(&format!("analyze {name}"))
+            .await
+            .map_err(pg(&format!("analyzing {name}")))?;
+        tx.commit().await.map_err(pg("commit"))?;
+        Ok(rows)
+    }
+}

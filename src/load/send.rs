@@ -1,0 +1,629 @@
+//! Source side of the initial load: snapshot, plan, parallel COPY streams, progress.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ddlwatcher::{introspect_types, quote_ident, Table, TypeRef};
+use futures_util::TryStreamExt;
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper::{Request, StatusCode};
+use hyper_util::client::legacy::{connect::HttpConnector, Client as HttpClient};
+use hyper_util::rt::TokioExecutor;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::capture;
+use crate::config::{Config, Target};
+use crate::db;
+use crate::wire::{CopyHeader, LoadFinish, LoadPrepare, LoadStart, LoadTableState};
+
+type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// What to load and how.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub target: String,
+    /// Replace rows of non-empty target tables (otherwise they are refused).
+    pub truncate: bool,
+    /// Parallel COPY streams.
+    pub workers: usize,
+    /// Heap bytes per ctid range of a large table.
+    pub range_bytes: u64,
+    /// Progress bars (default: when stderr is a terminal).
+    pub progress: Option<bool>,
+}
+
+/// The final report.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    pub tables: usize,
+    pub skipped: usize,
+    pub ranges: usize,
+    pub rows: u64,
+    pub bytes: u64,
+    pub elapsed: Duration,
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        write!(
+            f,
+            "loaded {} table(s) ({} already done) in {} range(s): {} rows, {:.1} MB in {:.1} s, {:.1} MB/s",
+            self.tables,
+            self.skipped,
+            self.ranges,
+            self.rows,
+            self.bytes as f64 / 1e6,
+            secs,
+            self.bytes as f64 / 1e6 / secs
+        )
+    }
+}
+
+/// Why the load stopped. Re-running resumes it.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("target `{0}` is not in the config's targets")]
+    UnknownTarget(String),
+    #[error(transparent)]
+    Connect(Box<db::ConnectError>),
+    #[error(transparent)]
+    Install(Box<capture::InstallError>),
+    #[error("source database: {context}: {}", db::describe(.source))]
+    Source {
+        context: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("target `{target}` at {url}: {message}")]
+    Target {
+        target: String,
+        url: String,
+        message: String,
+    },
+}
+
+impl From<db::ConnectError> for LoadError {
+    fn from(e: db::ConnectError) -> Self {
+        LoadError::Connect(Box::new(e))
+    }
+}
+
+impl From<capture::InstallError> for LoadError {
+    fn from(e: capture::InstallError) -> Self {
+        LoadError::Install(Box::new(e))
+    }
+}
+
+fn src_err(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> LoadError {
+    let context = context.into();
+    move |source| LoadError::Source { context, source }
+}
+
+struct Remote {
+    name: String,
+    base: String,
+    token: Option<String>,
+    http: HttpClient<HttpConnector, Body>,
+}
+
+impl Remote {
+    fn new(name: &str, t: &Target) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(10)));
+        Self {
+            name: name.to_string(),
+            base: format!("http://{}:{}", t.endpoint.hostname, t.endpoint.port),
+            token: t.auth_token.as_ref().map(|s| s.expose().to_string()),
+            http: HttpClient::builder(TokioExecutor::new()).build(connector),
+        }
+    }
+
+    fn err(&self, message: String) -> LoadError {
+        LoadError::Target {
+            target: self.name.clone(),
+            url: self.base.clone(),
+            message,
+        }
+    }
+
+    async fn send(
+        &self,
+        path: &str,
+        body: Body,
+        copy: Option<String>,
+    ) -> Result<serde_json::Value, LoadError> {
+        let mut req = Request::post(format!("{}{path}", self.base))
+            .header("content-type", "application/json");
+        if let Some(t) = &self.token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        if let Some(h) = copy {
+            req = req.header("x-pgteleport-copy", h);
+        }
+        let req = req.body(body).map_err(|e| self.err(e.to_string()))?;
+        let resp = self.http.request(req).await.map_err(|e| {
+            let mut m = e.to_string();
+            let mut s = std::error::Error::source(&e);
+            while let Some(x) = s {
+                m = format!("{m}: {x}");
+                s = x.source();
+            }
+            self.err(m)
+        })?;
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| self.err(e.to_string()))?
+            .to_bytes();
+        let v: serde_json::Value =
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        if status == StatusCode::OK {
+            Ok(v)
+        } else {
+            let msg = v
+                .get("error")
+                .and_then(|e| e.as_str())
+                .map(str::to_string)
+                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+            Err(self.err(format!("{status}: {msg}")))
+        }
+    }
+
+    async fn post_json<T: serde::Serialize>(
+        &self,
+        path: &str,
+        msg: &T,
+    ) -> Result<serde_json::Value, LoadError> {
+        let body = serde_json::to_vec(msg).map_err(|e| self.err(e.to_string()))?;
+        let body = Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        self.send(path, body, None).await
+    }
+}
+
+/// One ctid range of one table.
+#[derive(Debug, Clone)]
+struct Job {
+    table: usize,
+    range: i32,
+    /// Block bounds; `None` for "the whole table" (one range).
+    blocks: Option<(u64, Option<u64>)>,
+    /// `FROM ONLY`: an ordinary table (its inheritance children are tables of their own);
+    /// false for a partitioned table, whose rows live in its partitions.
+    only: bool,
+}
+
+/// Runs the initial load of `opts.target`; resumable by running it again.
+pub async fn run(config: &Config, opts: LoadOptions) -> Result<Summary, LoadError> {
+    let started = Instant::now();
+    let target = config
+        .targets
+        .get(&opts.target)
+        .ok_or_else(|| LoadError::UnknownTarget(opts.target.clone()))?;
+    let remote = Arc::new(Remote::new(&opts.target, target));
+    let mut client = db::connect(&config.database, "initial load").await?;
+    // Triggers first: every change not in the snapshot below is captured.
+    let installed = capture::install(&mut client, config).await?;
+    let tables = installed
+        .tables
+        .get(&opts.target)
+        .cloned()
+        .unwrap_or_default();
+    let types = introspect_types(&client, &tables)
+        .await
+        .map_err(src_err("reading the tables' types"))?;
+    let prepared = remote
+        .post_json(
+            "/v1/load/prepare",
+            &LoadPrepare {
+                source: config.database.name.clone(),
+                target: opts.target.clone(),
+                apply_schema: target.apply_schema.clone(),
+                tables: tables.clone(),
+                types,
+                truncate: opts.truncate,
+            },
+        )
+        .await?;
+    let states: Vec<LoadTableState> =
+        serde_json::from_value(prepared.get("tables").cloned().unwrap_or_default())
+            .map_err(|e| remote.err(e.to_string()))?;
+    let done: Vec<(String, String)> = states
+        .iter()
+        .filter(|s| s.state == "done")
+        .map(|s| (s.schema.clone(), s.name.clone()))
+        .collect();
+    let todo: Vec<Table> = tables
+        .into_iter()
+        .filter(|t| !done.contains(&(t.schema.clone(), t.name.clone())))
+        .collect();
+    let mut summary = Summary {
+        skipped: done.len(),
+        ..Default::default()
+    };
+    if todo.is_empty() {
+        summary.elapsed = started.elapsed();
+        return Ok(summary);
+    }
+
+    // One snapshot for every table, held open by this transaction until the copies end.
+    let tx = client.transaction().await.map_err(src_err("begin"))?;
+    tx.batch_execute("set transaction isolation level repeatable read, read only")
+        .await
+        .map_err(src_err("starting the snapshot transaction"))?;
+    let row = tx
+        .query_one(
+            "select pg_export_snapshot(), pg_current_snapshot()::text, current_setting('block_size')::int8",
+            &[],
+        )
+        .await
+        .map_err(src_err("exporting a snapshot"))?;
+    let (snapshot_id, snapshot, block_size): (String, String, i64) =
+        (row.get(0), row.get(1), row.get(2));
+    remote
+        .post_json(
+            "/v1/load/start",
+            &LoadStart {
+                source: config.database.name.clone(),
+                target: opts.target.clone(),
+                apply_schema: target.apply_schema.clone(),
+                snapshot: snapshot.clone(),
+                tables: todo
+                    .iter()
+                    .map(|t| (t.schema.clone(), t.name.clone()))
+                    .collect(),
+            },
+        )
+        .await?;
+
+    // Plan: ctid ranges of about range_bytes of heap each, largest tables first.
+    let mut jobs: Vec<Job> = Vec::new();
+    let mut estimate_bytes: u64 = 0;
+    let mut sized: Vec<(usize, u64, bool)> = Vec::new();
+    for (i, t) in todo.iter().enumerate() {
+        let r = tx
+            .query_one(
+                "select pg_relation_size($1::oid)::int8, (select relkind::text from pg_catalog.pg_class where oid = $1::oid)",
+                &[&t.oid],
+            )
+            .await
+            .map_err(src_err(format!("sizing {}", t.qualified())))?;
+        let (bytes, kind): (i64, String) = (r.get(0), r.get(1));
+        sized.push((i, if kind == "r" { bytes as u64 } else { 0 }, kind == "r"));
+        estimate_bytes += bytes as u64;
+    }
+    sized.sort_by_key(|(_, b, _)| std::cmp::Reverse(*b));
+    let range_blocks = (opts.range_bytes / block_size as u64).max(1);
+    let mut ranges_of: HashMap<usize, i32> = HashMap::new();
+    for (i, bytes, only) in &sized {
+        let only = *only;
+        let blocks = bytes / block_size as u64;
+        let n = blocks.div_ceil(range_blocks).max(1);
+        if n == 1 {
+            jobs.push(Job {
+                table: *i,
+                range: 0,
+                blocks: None,
+                only,
+            });
+        } else {
+            for k in 0..n {
+                let lo = k * range_blocks;
+                let hi = (k + 1 < n).then_some((k + 1) * range_blocks);
+                jobs.push(Job {
+                    table: *i,
+                    range: k as i32,
+                    blocks: Some((lo, hi)),
+                    only,
+                });
+            }
+        }
+        ranges_of.insert(*i, n as i32);
+    }
+    summary.tables = todo.len();
+    summary.ranges = jobs.len();
+
+    let progress = Progress::new(
+        opts.progress
+            .unwrap_or_else(|| std::io::stderr().is_terminal()),
+        estimate_bytes,
+    );
+    let shared = Arc::new(Shared {
+        jobs: Mutex::new(jobs.into_iter().collect()),
+        remaining: Mutex::new(ranges_of.clone()),
+        bytes: AtomicU64::new(0),
+        rows: AtomicU64::new(0),
+    });
+    let todo = Arc::new(todo);
+    let mut workers = tokio::task::JoinSet::new();
+    for w in 0..opts.workers.max(1) {
+        let ctx = WorkerCtx {
+            config: config.clone(),
+            target: opts.target.clone(),
+            apply_schema: target.apply_schema.clone(),
+            snapshot_id: snapshot_id.clone(),
+            snapshot: snapshot.clone(),
+            tables: todo.clone(),
+            ranges_of: ranges_of.clone(),
+            remote: remote.clone(),
+            shared: shared.clone(),
+            progress: progress.clone(),
+        };
+        workers.spawn(async move { ctx.run(w).await });
+    }
+    let mut first_error = None;
+    while let Some(r) = workers.join_next().await {
+        let r = r.unwrap_or_else(|e| Err(remote.err(format!("worker failed: {e}"))));
+        if let Err(e) = r {
+            if first_error.is_none() {
+                first_error = Some(e);
+                shared.jobs.lock().expect("not poisoned").clear();
+            }
+        }
+    }
+    tx.commit()
+        .await
+        .map_err(src_err("ending the snapshot transaction"))?;
+    progress.finish();
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    summary.rows = shared.rows.load(Ordering::Relaxed);
+    summary.bytes = shared.bytes.load(Ordering::Relaxed);
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}
+
+struct Shared {
+    jobs: Mutex<VecDeque<Job>>,
+    remaining: Mutex<HashMap<usize, i32>>,
+    bytes: AtomicU64,
+    rows: AtomicU64,
+}
+
+struct WorkerCtx {
+    config: Config,
+    target: String,
+    apply_schema: Option<String>,
+    snapshot_id: String,
+    snapshot: String,
+    tables: Arc<Vec<Table>>,
+    ranges_of: HashMap<usize, i32>,
+    remote: Arc<Remote>,
+    shared: Arc<Shared>,
+    progress: Progress,
+}
+
+impl WorkerCtx {
+    async fn run(self, worker: usize) -> Result<(), LoadError> {
+        let mut client = db::connect(
+            &self.config.database,
+            &format!("initial load worker {worker}"),
+        )
+        .await?;
+        let tx = client.transaction().await.map_err(src_err("begin"))?;
+        tx.batch_execute(&format!(
+            "set transaction isolation level repeatable read, read only; set transaction snapshot {}",
+            ddlwatcher::quote_literal(&self.snapshot_id)
+        ))
+        .await
+        .map_err(src_err("importing the load snapshot"))?;
+        loop {
+            let Some(job) = self.shared.jobs.lock().expect("not poisoned").pop_front() else {
+                break;
+            };
+            let table = &self.tables[job.table];
+            let mut attempt = 0;
+            let rows = loop {
+                attempt += 1;
+                match self.copy(&tx, table, &job).await {
+                    Ok(r) => break r,
+                    // The snapshot is still held: a failed range is simply sent again.
+                    Err(e @ LoadError::Target { .. }) if attempt < 4 => {
+                        tracing::warn!(table = %table.qualified(), range = job.range, attempt, error = %e, "range failed; sending it again");
+                        tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
+            self.shared.rows.fetch_add(rows, Ordering::Relaxed);
+            let last = {
+                let mut rem = self.shared.remaining.lock().expect("not poisoned");
+                let left = rem.get_mut(&job.table).expect("planned");
+                *left -= 1;
+                *left == 0
+            };
+            if last {
+                let loaded = self
+                    .remote
+                    .post_json(
+                        "/v1/load/finish",
+                        &LoadFinish {
+                            source: self.config.database.name.clone(),
+                            target: self.target.clone(),
+                            apply_schema: self.apply_schema.clone(),
+                            table: table.clone(),
+                            ranges: self.ranges_of[&job.table],
+                            snapshot: self.snapshot.clone(),
+                        },
+                    )
+                    .await?;
+                self.progress.table_done(
+                    &table.qualified(),
+                    loaded.get("rows").and_then(|r| r.as_i64()).unwrap_or(0),
+                );
+            }
+        }
+        tx.commit().await.map_err(src_err("commit"))?;
+        Ok(())
+    }
+
+    /// Streams one range; returns the rows the target took.
+    async fn copy(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        table: &Table,
+        job: &Job,
+    ) -> Result<u64, LoadError> {
+        let columns = table.writable_columns();
+        let binary = table
+            .columns
+            .iter()
+            .filter(|c| !c.generated)
+            .all(|c| matches!(c.type_ref, TypeRef::Builtin(_)));
+        let format = if binary { "binary" } else { "text" };
+        let cols = columns
+            .iter()
+            .map(|c| quote_ident(c))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let filter = match job.blocks {
+            None => String::new(),
+            Some((lo, None)) => format!(" where ctid >= '({lo},0)'::tid"),
+            Some((lo, Some(hi))) => {
+                format!(" where ctid >= '({lo},0)'::tid and ctid < '({hi},0)'::tid")
+            }
+        };
+        let sql = format!(
+            "copy (select {cols} from {}{}{filter}) to stdout (format {format})",
+            if job.only { "only " } else { "" },
+            table.qualified()
+        );
+        let stream = tx
+            .copy_out(&sql)
+            .await
+            .map_err(src_err(format!("COPY from {}", table.qualified())))?;
+        let counter = self.shared.clone();
+        let progress = self.progress.clone();
+        // COPY sends one message per row; ship them in chunks of about CHUNK bytes.
+        let frames = coalesce(Box::pin(stream))
+            .map_ok(move |chunk: Bytes| {
+                counter
+                    .bytes
+                    .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                progress.add_bytes(chunk.len() as u64);
+                Frame::data(chunk)
+            })
+            .map_err(std::io::Error::other);
+        let body: Body = BodyExt::boxed_unsync(StreamBody::new(frames));
+        let header = CopyHeader {
+            source: self.config.database.name.clone(),
+            target: self.target.clone(),
+            apply_schema: self.apply_schema.clone(),
+            schema: table.schema.clone(),
+            table: table.name.clone(),
+            range: job.range,
+            snapshot: self.snapshot.clone(),
+            format: format.to_string(),
+            columns,
+        };
+        let header = serde_json::to_string(&header).map_err(|e| self.remote.err(e.to_string()))?;
+        let v = self
+            .remote
+            .send("/v1/load/copy", body, Some(header))
+            .await?;
+        Ok(v.get("rows").and_then(|r| r.as_u64()).unwrap_or(0))
+    }
+}
+
+/// Bytes per HTTP chunk of a COPY stream.
+const CHUNK: usize = 256 << 10;
+
+/// Joins the many small messages of a COPY stream into chunks of about [`CHUNK`] bytes.
+fn coalesce<S>(inner: S) -> impl futures_util::Stream<Item = Result<Bytes, tokio_postgres::Error>>
+where
+    S: futures_util::Stream<Item = Result<Bytes, tokio_postgres::Error>> + Unpin,
+{
+    futures_util::stream::try_unfold((inner, false), |(mut inner, ended)| async move {
+        if ended {
+            return Ok(None);
+        }
+        let mut buf = bytes::BytesMut::with_capacity(CHUNK + 8192);
+        loop {
+            match inner.try_next().await? {
+                Some(b) => {
+                    buf.extend_from_slice(&b);
+                    if buf.len() >= CHUNK {
+                        return Ok(Some((buf.freeze(), (inner, false))));
+                    }
+                }
+                None if buf.is_empty() => return Ok(None),
+                None => return Ok(Some((buf.freeze(), (inner, true)))),
+            }
+        }
+    })
+}
+
+/// A progress display on a terminal, plain log lines otherwise.
+#[derive(Clone)]
+struct Progress {
+    bar: Option<ProgressBar>,
+    started: Instant,
+    last_log: Arc<Mutex<Instant>>,
+    bytes: Arc<AtomicU64>,
+    estimate: u64,
+}
+
+impl Progress {
+    fn new(terminal: bool, estimate: u64) -> Self {
+        let bar = terminal.then(|| {
+            let b = ProgressBar::new(estimate.max(1));
+            b.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta}) {msg}",
+                )
+                .expect("valid template"),
+            );
+            b
+        });
+        Self {
+            bar,
+            started: Instant::now(),
+            last_log: Arc::new(Mutex::new(Instant::now())),
+            bytes: Arc::new(AtomicU64::new(0)),
+            estimate,
+        }
+    }
+
+    fn add_bytes(&self, n: u64) {
+        let total = self.bytes.fetch_add(n, Ordering::Relaxed) + n;
+        if let Some(b) = &self.bar {
+            b.set_position(total.min(b.length().unwrap_or(u64::MAX)));
+            return;
+        }
+        let mut last = self.last_log.lock().expect("not poisoned");
+        if last.elapsed() >= Duration::from_secs(5) {
+            *last = Instant::now();
+            let secs = self.started.elapsed().as_secs_f64();
+            tracing::info!(
+                mb = total as f64 / 1e6,
+                of_mb_heap = self.estimate as f64 / 1e6,
+                mb_per_s = total as f64 / 1e6 / secs,
+                "initial load progress"
+            );
+        }
+    }
+
+    fn table_done(&self, table: &str, rows: i64) {
+        match &self.bar {
+            Some(b) => b.println(format!("  done  {table}: {rows} rows")),
+            None => tracing::info!(table, rows, "table loaded"),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}

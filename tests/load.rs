@@ -1,0 +1,247 @@
+//! Initial load: consistent with the live stream, parallel, resumable, never doubling rows.
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use pgteleport::config::Config;
+use pgteleport::load::{self, LoadOptions};
+
+const SOURCE: &str = "
+create schema app;
+create type app.mood as enum ('sad', 'ok', 'happy');
+create type app.pair as (a int, b text);
+create table app.big (id bigint primary key, a int not null, b text, c timestamptz default now());
+create index big_a on app.big (a);
+create table app.empty (id int primary key, v text);
+create table app.wide (id int primary key, doc text, blob bytea);
+create table app.typed (id int primary key, m app.mood not null, p app.pair, ms app.mood[], n numeric(30,10));
+";
+
+const TABLES: &[&str] = &["app.big", "app.empty", "app.wide", "app.typed"];
+
+fn source_config(p: &Pair, port: u16) -> anyhow::Result<Config> {
+    Ok(Config::from_yaml(
+        &p.source_yaml(port, "app.*", ""),
+        Path::new("s.yml"),
+        |_| None,
+    )?)
+}
+
+fn opts(truncate: bool) -> LoadOptions {
+    LoadOptions {
+        target: "t1".into(),
+        truncate,
+        workers: 3,
+        range_bytes: 16 << 20,
+        progress: Some(false),
+    }
+}
+
+async fn populate(p: &Pair, big_rows: i64) -> anyhow::Result<()> {
+    let src = p.src().await?;
+    src.batch_execute(&format!(
+        "insert into app.big select g, g % 1000, md5(g::text) from generate_series(1, {big_rows}) g;
+         insert into app.wide select g, repeat(md5(g::text), 8000), decode(repeat('00ff', 50000), 'hex') from generate_series(1, 40) g;
+         insert into app.typed select g, (array['sad','ok','happy'])[g % 3 + 1]::app.mood, row(g, 'p' || g)::app.pair,
+                array['ok', 'sad']::app.mood[], g * 1.0000000001 from generate_series(1, 2000) g;
+         analyze app.big, app.wide, app.typed;"
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Writers that insert, update and delete in every loaded table until `stop`.
+async fn writer(p: Arc<Pair>, w: i64, stop: Arc<AtomicBool>) -> anyhow::Result<u64> {
+    let mut c = p.src().await?;
+    let mut n: i64 = 0;
+    while !stop.load(Ordering::SeqCst) {
+        n += 1;
+        let fresh = 10_000_000 + w * 1_000_000 + n;
+        let tx = c.transaction().await?;
+        let r = async {
+            tx.execute("insert into app.big values ($1, 1, 'new')", &[&fresh])
+                .await?;
+            tx.execute(
+                "update app.big set a = a + 1, b = 'upd' where id = $1",
+                &[&fastrand::i64(1..100_000)],
+            )
+            .await?;
+            tx.execute(
+                "delete from app.big where id = $1",
+                &[&fastrand::i64(1..100_000)],
+            )
+            .await?;
+            tx.execute("insert into app.empty values ($1, 'e')", &[&(fresh as i32)])
+                .await?;
+            tx.execute(
+                "update app.wide set doc = doc || 'x' where id = $1",
+                &[&fastrand::i32(1..=40)],
+            )
+            .await?;
+            tx.execute(
+                "update app.typed set m = 'happy', p = row(-1, 'changed')::app.pair where id = $1",
+                &[&fastrand::i32(1..=2000)],
+            )
+            .await?;
+            tx.execute(
+                "delete from app.typed where id = $1",
+                &[&fastrand::i32(1..=2000)],
+            )
+            .await?;
+            Ok::<_, tokio_postgres::Error>(())
+        }
+        .await;
+        match r {
+            Ok(()) => tx.commit().await?,
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED) => {
+                tx.rollback().await?
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(n as u64)
+}
+
+#[tokio::test]
+async fn load_under_write_load_then_live_replication_is_exact() -> anyhow::Result<()> {
+    let p = Arc::new(Pair::new2(SOURCE, "").await?);
+    populate(&p, 1_100_000).await?;
+    let target = p.start_target(0).await?;
+    let port = target.local_addr.unwrap().port();
+    // Live replication already running: its batches wait for the load.
+    let source = p.start_source(port, "app.*", "").await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..4)
+        .map(|w| tokio::spawn(writer(p.clone(), w, stop.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let summary = load::run(&source_config(&p, port)?, opts(false)).await?;
+    assert_eq!(summary.tables, 4, "{summary}");
+    assert!(
+        summary.ranges >= 4,
+        "the big table is split into ranges: {summary}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut written = 0;
+    for w in writers {
+        written += w.await??;
+    }
+    assert!(written > 20, "writers made {written} transactions");
+    let src = p.src().await?;
+    let dst = p.dst().await?;
+    wait_equal_checksum(&src, &dst, TABLES, Duration::from_secs(120)).await?;
+    wait_equal(
+        &src,
+        &dst,
+        &["app.typed", "app.wide", "app.empty"],
+        Duration::from_secs(10),
+    )
+    .await?;
+    // The load created the target tables with their key, index and types.
+    let idx = scalar_i64(
+        &dst,
+        "select count(*) from pg_indexes where schemaname = 'app' and indexname = 'big_a'",
+    )
+    .await?;
+    assert_eq!(idx, 1, "secondary index built after the data");
+    let ranges = scalar_i64(
+        &dst,
+        "select count(*) from teleport.load_range where table_name = 'big'",
+    )
+    .await?;
+    assert!(ranges > 1, "big was copied in {ranges} range(s)");
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn killed_load_resumes_without_duplicates() -> anyhow::Result<()> {
+    let p = Arc::new(Pair::new2(SOURCE, "").await?);
+    populate(&p, 400_000).await?;
+    let target = p.start_target(0).await?;
+    let port = target.local_addr.unwrap().port();
+    let cfg = source_config(&p, port)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..2)
+        .map(|w| tokio::spawn(writer(p.clone(), w, stop.clone())))
+        .collect();
+    // Kill the load once some ranges are in.
+    let mut small = opts(false);
+    small.range_bytes = 4 << 20;
+    small.workers = 1;
+    let first = tokio::spawn({
+        let cfg = cfg.clone();
+        let small = small.clone();
+        async move { load::run(&cfg, small).await }
+    });
+    let dst = p.dst().await?;
+    wait_for("a first range copied", Duration::from_secs(60), || async {
+        Ok(dst
+            .query_one("select count(*) from teleport.load_range", &[])
+            .await
+            .map(|r| r.get::<_, i64>(0) > 0)
+            .unwrap_or(false))
+    })
+    .await?;
+    first.abort();
+    let _ = first.await;
+    // Re-run: completes; finished tables are not copied again.
+    let summary = load::run(&cfg, small).await?;
+    assert!(summary.tables >= 1, "{summary}");
+    let again = load::run(&cfg, opts(false)).await?;
+    assert_eq!(
+        (again.tables, again.skipped),
+        (0, 4),
+        "a finished load copies nothing: {again}"
+    );
+    let source = p.start_source(port, "app.*", "").await?;
+    stop.store(true, Ordering::SeqCst);
+    for w in writers {
+        w.await??;
+    }
+    let src = p.src().await?;
+    wait_equal_checksum(&src, &dst, TABLES, Duration::from_secs(120)).await?;
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn non_empty_target_table_is_refused_unless_truncate() -> anyhow::Result<()> {
+    let p = Arc::new(
+        Pair::new2(
+            "create schema app; create table app.t (id int primary key, v text);
+         insert into app.t select g, 'src' from generate_series(1, 1000) g;",
+            "create schema app; create table app.t (id int primary key, v text);
+         insert into app.t values (1, 'stale'), (5000, 'extra');",
+        )
+        .await?,
+    );
+    let target = p.start_target(0).await?;
+    let port = target.local_addr.unwrap().port();
+    let cfg = source_config(&p, port)?;
+    let err = load::run(&cfg, opts(false)).await.unwrap_err().to_string();
+    assert!(
+        err.contains("\"app\".\"t\"") && err.contains("--truncate"),
+        "{err}"
+    );
+    let dst = p.dst().await?;
+    assert_eq!(
+        rows(&dst, "app.t").await?,
+        vec!["(1,stale)", "(5000,extra)"],
+        "refused: nothing changed"
+    );
+    let summary = load::run(&cfg, opts(true)).await?;
+    assert_eq!(summary.rows, 1000, "{summary}");
+    let src = p.src().await?;
+    wait_equal(&src, &dst, &["app.t"], Duration::from_secs(5)).await?;
+    target.shutdown().await?;
+    Ok(())
+}
