@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Initial-load benchmark (issue #3): one data set, three ways of copying it, in one run.
+#   (a) raw pipe: psql COPY ... TO STDOUT (binary) | psql COPY ... FROM STDIN, table by table
+#   (b) pg_dump -Fd -j 2 | pg_restore -j 2 (or pgcopydb clone when installed)
+#   (c) pgteleport -mode initial-load (parallel ctid ranges, streamed through HTTP)
+# Usage: bench/initial_load.sh [SCALE]   (SCALE 100 ≈ 1.3 GB of pgbench_accounts + ~0.7 GB wide table)
+# Prints MB/s of each and the ratios of (c) to (a) and (b); writes bench/results/initial_load.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup.sh
+SCALE="${1:-100}"
+WIDE_ROWS=$((SCALE * 3500))
+WORK="${TMPDIR:-/tmp}/pgteleport-bench-$$"
+mkdir -p "$WORK" bench/results
+[ "$(id -u)" = 0 ] && chown postgres "$WORK"
+cargo build --release --quiet
+BIN="$PWD/target/release/pgteleport"
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+start_cluster() { # dir port
+    as_postgres "$PG_BINDIR/initdb" -D "$1" -U postgres --auth=trust --no-sync -E UTF8 --locale=C >/dev/null
+    as_postgres "$PG_BINDIR/pg_ctl" -D "$1" -l "$1/log" -w -o "-p $2 -c listen_addresses=127.0.0.1 -c unix_socket_directories=$WORK -c shared_buffers=512MB -c max_wal_size=8GB -c checkpoint_timeout=30min -c synchronous_commit=off -c fsync=off -c full_page_writes=off -c wal_level=minimal -c max_wal_senders=0" start >/dev/null
+}
+cleanup() {
+    for d in "$WORK/src" "$WORK/dst"; do
+        [ -f "$d/postmaster.pid" ] && as_postgres "$PG_BINDIR/pg_ctl" -D "$d" -m immediate stop >/dev/null 2>&1 || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+SP=$(port); DP=$(port)
+start_cluster "$WORK/src" "$SP"; start_cluster "$WORK/dst" "$DP"
+psql_s() { "$PG_BINDIR/psql" -h 127.0.0.1 -p "$SP" -U postgres -X -q -v ON_ERROR_STOP=1 "$@"; }
+psql_d() { "$PG_BINDIR/psql" -h 127.0.0.1 -p "$DP" -U postgres -X -q -v ON_ERROR_STOP=1 "$@"; }
+
+echo "building the data set (scale $SCALE) …"
+psql_s -c "create role bench login password 'bench'" -c "create database bench owner bench"
+"$PG_BINDIR/pgbench" -h 127.0.0.1 -p "$SP" -U bench -i -s "$SCALE" -q --unlogged-tables bench >/dev/null 2>&1 || \
+    "$PG_BINDIR/pgbench" -h 127.0.0.1 -p "$SP" -U bench -i -s "$SCALE" -q bench >/dev/null
+psql_s -U bench -d bench -c "alter table pgbench_accounts set logged; alter table pgbench_branches set logged; alter table pgbench_tellers set logged; alter table pgbench_history set logged" 2>/dev/null || true
+psql_s -U bench -d bench -c "alter table pgbench_history add column id bigserial primary key" \
+    -c "create table wide (id bigint primary key, created timestamptz not null, payload text not null, score numeric(12,4), tags text[])" \
+    -c "insert into wide select g, now() - g * interval '1 s', repeat(md5(g::text), 56), g / 7.0, array['a','b'] from generate_series(1, $WIDE_ROWS) g" \
+    -c "vacuum analyze"
+TABLES="pgbench_accounts pgbench_branches pgbench_tellers pgbench_history wide"
+MB=$(psql_s -U bench -d bench -Atc "select round(sum(pg_relation_size(c.oid)) / 1e6) from pg_class c where relname in ('pgbench_accounts','pgbench_branches','pgbench_tellers','pgbench_history','wide')")
+echo "data set: $MB MB of heap in 5 tables"
+for db in dst_a dst_b dst_c; do psql_d -c "create database $db"; done
+psql_d -c "create role bench login password 'bench'" -c "grant create on database dst_c to bench" -c "alter database dst_c owner to bench"
+
+now() { date +%s.%N; }
+# (a) raw pipe, table by table, into tables without indexes
+psql_s -U bench -d bench -Atc "select 'create table ' || relname || ' (' || string_agg(attname || ' ' || format_type(atttypid, atttypmod), ', ' order by attnum) || ');' from pg_attribute a join pg_class c on c.oid = a.attrelid where relname in ('pgbench_accounts','pgbench_branches','pgbench_tellers','pgbench_history','wide') and attnum > 0 and not attisdropped group by relname" | psql_d -d dst_a
+t0=$(now)
+for t in $TABLES; do
+    psql_s -U bench -d bench -c "copy $t to stdout (format binary)" | psql_d -d dst_a -c "copy $t from stdin (format binary)"
+done
+t1=$(now); A=$(python3 -c "print($t1 - $t0)")
+
+# (b) pgcopydb clone if installed, else pg_dump -Fd -j 2 | pg_restore -j 2
+if command -v pgcopydb >/dev/null 2>&1; then
+    BNAME="pgcopydb clone (2 jobs)"
+    t0=$(now)
+    PGCOPYDB_DIR="$WORK/pgcopydb" pgcopydb clone --source "host=127.0.0.1 port=$SP user=bench dbname=bench" --target "host=127.0.0.1 port=$DP user=postgres dbname=dst_b" --table-jobs 2 --index-jobs 2 --no-owner >/dev/null 2>&1
+    t1=$(now)
+else
+    BNAME="pg_dump -Fd -j 2 + pg_restore -j 2"
+    t0=$(now)
+    "$PG_BINDIR/pg_dump" -h 127.0.0.1 -p "$SP" -U bench -Fd -j 2 -Z 0 -f "$WORK/dump" bench
+    "$PG_BINDIR/pg_restore" -h 127.0.0.1 -p "$DP" -U postgres -d dst_b -j 2 --no-owner "$WORK/dump"
+    t1=$(now)
+fi
+B=$(python3 -c "print($t1 - $t0)")
+
+# (c) pgteleport
+cat > "$WORK/target.yml" <<YML
+database: {name: bench-target, database: dst_c, hostname: 127.0.0.1, port: $DP, username: bench, password: bench}
+server: {hostname: 127.0.0.1, port: 0, allow_unauthenticated: true}
+YML
+TP=$(port)
+sed -i "s/port: 0,/port: $TP,/" "$WORK/target.yml"
+cat > "$WORK/source.yml" <<YML
+database: {name: bench-source, database: bench, hostname: 127.0.0.1, port: $SP, username: bench, password: bench}
+targets:
+  copy:
+    target_expression: "public.*"
+    endpoint: {hostname: 127.0.0.1, port: $TP}
+YML
+PGTELEPORT_LOG=warn "$BIN" -config "$WORK/target.yml" & TPID=$!
+sleep 1
+t0=$(now)
+PGTELEPORT_LOG=warn "$BIN" -config "$WORK/source.yml" -mode initial-load -load-target copy -workers 4 -no-progress
+t1=$(now)
+C=$(python3 -c "print($t1 - $t0)")
+kill $TPID; wait $TPID 2>/dev/null || true
+ROWS_OK=$(psql_d -d dst_c -Atc "select count(*) from pgbench_accounts")
+python3 - "$MB" "$A" "$B" "$C" "$BNAME" "$ROWS_OK" <<'PY'
+import json, sys
+mb, a, b, c = float(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+name, rows = sys.argv[5], sys.argv[6]
+res = {"heap_mb": mb, "raw_pipe_s": a, "baseline_b": name, "baseline_b_s": b, "pgteleport_s": c,
+       "raw_pipe_mb_s": mb / a, "baseline_b_mb_s": mb / b, "pgteleport_mb_s": mb / c,
+       "ratio_vs_raw_pipe": a / c, "ratio_vs_baseline_b": b / c, "pgbench_accounts_rows_on_target": int(rows)}
+print(f"{'method':42} {'seconds':>8} {'MB/s':>8}")
+print(f"{'(a) raw COPY binary pipe, sequential':42} {a:8.1f} {mb/a:8.1f}")
+print(f"{'(b) ' + name:42} {b:8.1f} {mb/b:8.1f}")
+print(f"{'(c) pgteleport initial load (4 workers)':42} {c:8.1f} {mb/c:8.1f}")
+print(f"ratio (c)/(a) = {a/c:.2f}   ratio (c)/(b) = {b/c:.2f}   (higher is faster)")
+json.dump(res, open("bench/results/initial_load.json", "w"), indent=2)
+PY
