@@ -9,6 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 SCALE="${1:-100}"
+WORKERS="${WORKERS:-4}"
 WIDE_ROWS=$((SCALE * 3500))
 WORK="${TMPDIR:-/tmp}/pgteleport-bench-$$"
 mkdir -p "$WORK" bench/results
@@ -41,7 +42,7 @@ psql_s -U bench -d bench -c "alter table pgbench_accounts set logged; alter tabl
 psql_s -U bench -d bench -c "alter table pgbench_history add column id bigserial primary key" \
     -c "create table wide (id bigint primary key, created timestamptz not null, payload text not null, score numeric(12,4), tags text[])" \
     -c "insert into wide select g, now() - g * interval '1 s', repeat(md5(g::text), 56), g / 7.0, array['a','b'] from generate_series(1, $WIDE_ROWS) g" \
-    -c "vacuum analyze"
+    -c "vacuum analyze pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history, wide"
 TABLES="pgbench_accounts pgbench_branches pgbench_tellers pgbench_history wide"
 MB=$(psql_s -U bench -d bench -Atc "select round(sum(pg_relation_size(c.oid)) / 1e6) from pg_class c where relname in ('pgbench_accounts','pgbench_branches','pgbench_tellers','pgbench_history','wide')")
 echo "data set: $MB MB of heap in 5 tables"
@@ -56,6 +57,10 @@ for t in $TABLES; do
     psql_s -U bench -d bench -c "copy $t to stdout (format binary)" | psql_d -d dst_a -c "copy $t from stdin (format binary)"
 done
 t1=$(now); A=$(python3 -c "print($t1 - $t0)")
+# (a+) the same, plus the primary keys every other method builds
+t0=$(now)
+psql_d -d dst_a -c "alter table pgbench_accounts add primary key (aid); alter table pgbench_branches add primary key (bid); alter table pgbench_tellers add primary key (tid); alter table pgbench_history add primary key (id); alter table wide add primary key (id)"
+t1=$(now); AP=$(python3 -c "print($A + $t1 - $t0)")
 
 # (b) pgcopydb clone if installed, else pg_dump -Fd -j 2 | pg_restore -j 2
 if command -v pgcopydb >/dev/null 2>&1; then
@@ -89,22 +94,25 @@ YML
 PGTELEPORT_LOG=warn "$BIN" -config "$WORK/target.yml" & TPID=$!
 sleep 1
 t0=$(now)
-PGTELEPORT_LOG=warn "$BIN" -config "$WORK/source.yml" -mode initial-load -load-target copy -workers 4 -no-progress
+PGTELEPORT_LOG=warn "$BIN" -config "$WORK/source.yml" -mode initial-load -load-target copy -workers "$WORKERS" -no-progress
 t1=$(now)
 C=$(python3 -c "print($t1 - $t0)")
 kill $TPID; wait $TPID 2>/dev/null || true
 ROWS_OK=$(psql_d -d dst_c -Atc "select count(*) from pgbench_accounts")
-python3 - "$MB" "$A" "$B" "$C" "$BNAME" "$ROWS_OK" <<'PY'
+python3 - "$MB" "$A" "$B" "$C" "$BNAME" "$ROWS_OK" "$AP" "$WORKERS" <<'PY'
 import json, sys
 mb, a, b, c = float(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
-name, rows = sys.argv[5], sys.argv[6]
-res = {"heap_mb": mb, "raw_pipe_s": a, "baseline_b": name, "baseline_b_s": b, "pgteleport_s": c,
+name, rows, ap, workers = sys.argv[5], sys.argv[6], float(sys.argv[7]), int(sys.argv[8])
+res = {"heap_mb": mb, "raw_pipe_s": a, "raw_pipe_plus_pk_s": ap, "baseline_b": name, "baseline_b_s": b,
+       "pgteleport_s": c, "pgteleport_workers": workers,
        "raw_pipe_mb_s": mb / a, "baseline_b_mb_s": mb / b, "pgteleport_mb_s": mb / c,
-       "ratio_vs_raw_pipe": a / c, "ratio_vs_baseline_b": b / c, "pgbench_accounts_rows_on_target": int(rows)}
+       "ratio_vs_raw_pipe": a / c, "ratio_vs_raw_pipe_plus_pk": ap / c, "ratio_vs_baseline_b": b / c,
+       "pgbench_accounts_rows_on_target": int(rows)}
 print(f"{'method':42} {'seconds':>8} {'MB/s':>8}")
 print(f"{'(a) raw COPY binary pipe, sequential':42} {a:8.1f} {mb/a:8.1f}")
+print(f"{'(a+) the same, then primary keys':42} {ap:8.1f} {mb/ap:8.1f}")
 print(f"{'(b) ' + name:42} {b:8.1f} {mb/b:8.1f}")
-print(f"{'(c) pgteleport initial load (4 workers)':42} {c:8.1f} {mb/c:8.1f}")
-print(f"ratio (c)/(a) = {a/c:.2f}   ratio (c)/(b) = {b/c:.2f}   (higher is faster)")
+print(f"{f'(c) pgteleport initial load ({workers} workers)':42} {c:8.1f} {mb/c:8.1f}")
+print(f"ratio (c)/(a) = {a/c:.2f}   (c)/(a+) = {ap/c:.2f}   (c)/(b) = {b/c:.2f}   (higher is faster)")
 json.dump(res, open("bench/results/initial_load.json", "w"), indent=2)
 PY

@@ -13,13 +13,14 @@ use tokio_postgres::{NoTls, Transaction};
 
 use crate::config::Config;
 use crate::db::{self, ErrorClass};
-use crate::wire::{Batch, Event, Op, Snapshot, TableMeta};
+use crate::wire::{Batch, DdlVersion, Event, Op, Snapshot, TableMeta};
 use std::collections::HashMap;
 
 /// Versioned SQL of the target side.
 pub const TARGET_SQL: &[(i32, &str)] = &[
     (1, include_str!("../sql/target_001_position.sql")),
     (2, include_str!("../sql/target_002_load.sql")),
+    (3, include_str!("../sql/target_003_ddl.sql")),
 ];
 
 /// Largest JSON text handed to one statement; longer runs are split.
@@ -28,8 +29,8 @@ const MAX_STATEMENT_BYTES: usize = 32 << 20;
 /// A successful apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// Applied now; the position is `applied_seq`.
-    Applied { applied_seq: i64 },
+    /// Applied now; the position is `applied_seq`, the schema version `ddl_version`.
+    Applied { applied_seq: i64, ddl_version: i64 },
     /// Applied before; nothing changed.
     Duplicate { applied_seq: i64 },
 }
@@ -177,6 +178,27 @@ impl Applier {
     /// Applies `batch` atomically with its position.
     pub async fn apply(&self, batch: &Batch) -> Result<Outcome, ApplyError> {
         let mut client = self.client().await?;
+        // Statements that cannot share the batch's transaction (ALTER TYPE … ADD VALUE) are
+        // additive and repeatable: run them first, each on its own.
+        let done_ddl: i64 = client
+            .query_opt(
+                &format!(
+                    "select version from {}.ddl_applied where source = $1 and target = $2",
+                    self.schema
+                ),
+                &[&batch.source, &batch.target],
+            )
+            .await
+            .map_err(pg("reading the applied schema version"))?
+            .map_or(0, |r| r.get(0));
+        for v in batch.ddl.iter().filter(|v| v.version > done_ddl) {
+            for st in v.statements.iter().filter(|s| !s.transactional) {
+                client
+                    .batch_execute(&st.sql)
+                    .await
+                    .map_err(pg(&format!("schema version {}: `{}`", v.version, st.sql)))?;
+            }
+        }
         let tx = client.transaction().await.map_err(pg("begin"))?;
         if self.replica_role {
             tx.batch_execute("set local session_replication_role = replica")
@@ -226,6 +248,28 @@ impl Applier {
         if unfinished > 0 {
             return Err(ApplyError::LoadInProgress { tables: unfinished });
         }
+        tx.execute(
+            &format!("insert into {s}.ddl_applied (source, target, version) values ($1, $2, 0) on conflict do nothing"),
+            &[&batch.source, &batch.target],
+        )
+        .await
+        .map_err(pg("registering the schema version"))?;
+        let applied_ddl: i64 = tx
+            .query_one(
+                &format!("select version from {s}.ddl_applied where source = $1 and target = $2 for update"),
+                &[&batch.source, &batch.target],
+            )
+            .await
+            .map_err(pg("locking the schema version"))?
+            .get(0);
+        let mut ddl = DdlState {
+            pending: batch
+                .ddl
+                .iter()
+                .filter(|v| v.version > applied_ddl)
+                .collect(),
+            applied: applied_ddl,
+        };
         let mut loaded: HashMap<(String, String), Snapshot> = HashMap::new();
         for r in &loads {
             let snap: Option<String> = r.get(3);
@@ -233,7 +277,17 @@ impl Applier {
                 loaded.insert((r.get(0), r.get(1)), snap);
             }
         }
-        self.apply_events(&tx, batch, &loaded).await?;
+        self.apply_events(&tx, batch, &loaded, &mut ddl).await?;
+        if ddl.applied != applied_ddl {
+            tx.execute(
+                &format!(
+                    "update {s}.ddl_applied set version = $3, applied_at = clock_timestamp() where source = $1 and target = $2"
+                ),
+                &[&batch.source, &batch.target, &ddl.applied],
+            )
+            .await
+            .map_err(pg("recording the schema version"))?;
+        }
         tx.execute(
             &format!(
                 "update {s}.applied set seq = $3, events = events + $4, applied_at = clock_timestamp()
@@ -246,6 +300,7 @@ impl Applier {
         tx.commit().await.map_err(pg("commit"))?;
         Ok(Outcome::Applied {
             applied_seq: batch.seq,
+            ddl_version: ddl.applied,
         })
     }
 
@@ -254,6 +309,7 @@ impl Applier {
         tx: &Transaction<'_>,
         batch: &Batch,
         loaded: &HashMap<(String, String), Snapshot>,
+        ddl: &mut DdlState<'_>,
     ) -> Result<(), ApplyError> {
         let target_name = |meta: &TableMeta| {
             (
@@ -267,6 +323,10 @@ impl Applier {
         // Events of transactions visible in a table's load snapshot are in its copy already.
         let mut events: Vec<&Event> = Vec::with_capacity(batch.events.len());
         for e in &batch.events {
+            if e.op == Op::Schema {
+                events.push(e);
+                continue;
+            }
             let meta = &batch.tables[e.table as usize];
             if let Some(snap) = loaded.get(&target_name(meta)) {
                 let txid = e.txid.ok_or_else(|| ApplyError::BadRequest {
@@ -281,10 +341,56 @@ impl Applier {
             }
             events.push(e);
         }
-        let events = events;
+        // Column lists come from each row image itself: after a rename or an added column,
+        // older and newer events of one table carry different columns.
+        let generated: Vec<&[String]> = batch
+            .tables
+            .iter()
+            .map(|t| t.generated.as_slice())
+            .collect();
+        let mut columns: Vec<Vec<String>> = Vec::with_capacity(events.len());
+        for e in &events {
+            let cols = match (e.op, &e.data) {
+                (Op::Insert | Op::Update, Some(d)) => {
+                    let g = generated[e.table as usize];
+                    crate::wire::object_keys(d)
+                        .map_err(|err| ApplyError::BadRequest {
+                            message: format!(
+                                "event {}: row image is not a JSON object: {err}",
+                                e.id
+                            ),
+                        })?
+                        .into_iter()
+                        .filter(|c| !g.contains(c))
+                        .collect()
+                }
+                _ => Vec::new(),
+            };
+            columns.push(cols);
+        }
         let mut start = 0;
         while start < events.len() {
             let first = events[start];
+            if first.op == Op::Schema {
+                let version = first
+                    .data
+                    .as_deref()
+                    .and_then(|d| serde_json::from_str::<serde_json::Value>(d.get()).ok())
+                    .and_then(|v| v.get("version").and_then(|v| v.as_i64()))
+                    .ok_or_else(|| ApplyError::BadRequest {
+                        message: format!("schema event {} lacks a version", first.id),
+                    })?;
+                while ddl.pending.first().is_some_and(|v| v.version <= version) {
+                    ddl.apply_next(tx).await?;
+                }
+                if ddl.applied < version {
+                    return Err(ApplyError::BadRequest {
+                        message: format!("schema event {} names version {version}, which the batch does not carry", first.id),
+                    });
+                }
+                start += 1;
+                continue;
+            }
             let kind = kind_of(first);
             let mut end = start + 1;
             let mut bytes = payload_len(first);
@@ -294,6 +400,7 @@ impl Applier {
                     && bytes < MAX_STATEMENT_BYTES
                     && events[end].table == first.table
                     && kind_of(events[end]) == kind
+                    && columns[end] == columns[start]
                 {
                     bytes += payload_len(events[end]);
                     end += 1;
@@ -302,20 +409,70 @@ impl Applier {
             let meta = &batch.tables[first.table as usize];
             let schema = batch.apply_schema.as_deref().unwrap_or(&meta.schema);
             let table = qualified(schema, &meta.name);
-            let tolerate_missing = kind == Kind::Delete
-                && !self.replica_role
-                && self.is_cascade_child(tx, &table).await?;
-            apply_run(
-                tx,
-                kind,
-                meta,
-                &table,
-                &events[start..end],
-                tolerate_missing,
-            )
-            .await?;
+            let run = &events[start..end];
+            let cols = &columns[start];
+            loop {
+                if ddl.pending.is_empty() {
+                    let tolerate = kind == Kind::Delete
+                        && !self.replica_role
+                        && self.is_cascade_child(tx, &table).await?;
+                    apply_run(tx, kind, meta, cols, &table, run, tolerate).await?;
+                    break;
+                }
+                // A schema version may be due before its own event: try, and on "schema
+                // behind" roll this statement back, apply the next version, try again.
+                tx.batch_execute("savepoint pgteleport_run")
+                    .await
+                    .map_err(pg("savepoint"))?;
+                let tolerate = kind == Kind::Delete
+                    && !self.replica_role
+                    && self.is_cascade_child(tx, &table).await?;
+                match apply_run(tx, kind, meta, cols, &table, run, tolerate).await {
+                    Ok(()) => {
+                        tx.batch_execute("release savepoint pgteleport_run")
+                            .await
+                            .map_err(pg("savepoint"))?;
+                        break;
+                    }
+                    Err(ApplyError::SchemaBehind { message }) => {
+                        tx.batch_execute("rollback to savepoint pgteleport_run")
+                            .await
+                            .map_err(pg("savepoint"))?;
+                        tracing::debug!(%message, version = ddl.pending[0].version, "applying a schema version early");
+                        ddl.apply_next(tx).await?;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
             start = end;
         }
+        Ok(())
+    }
+}
+
+/// Schema versions of a batch not applied yet, and the version applied.
+struct DdlState<'a> {
+    pending: Vec<&'a DdlVersion>,
+    applied: i64,
+}
+
+impl DdlState<'_> {
+    async fn apply_next(&mut self, tx: &Transaction<'_>) -> Result<(), ApplyError> {
+        let v = self.pending.remove(0);
+        for st in v.statements.iter().filter(|s| s.transactional) {
+            tx.batch_execute(&st.sql).await.map_err(|e| {
+                let m = db::describe(&e);
+                ApplyError::Failed {
+                    message: format!("schema version {}: `{}` failed: {m}", v.version, st.sql),
+                }
+            })?;
+        }
+        tracing::info!(
+            version = v.version,
+            statements = v.statements.len(),
+            "schema version applied"
+        );
+        self.applied = v.version;
         Ok(())
     }
 }
@@ -334,15 +491,19 @@ impl Applier {
         {
             return Ok(*v);
         }
-        let v: bool = tx
+        let row = tx
             .query_one(
-                "select exists (select 1 from pg_catalog.pg_constraint
-                                 where contype = 'f' and conrelid = $1::text::regclass and confdeltype = 'c')",
+                "select to_regclass($1) is not null,
+                        exists (select 1 from pg_catalog.pg_constraint
+                                 where contype = 'f' and conrelid = to_regclass($1) and confdeltype = 'c')",
                 &[&table],
             )
             .await
-            .map_err(pg("reading foreign keys"))?
-            .get(0);
+            .map_err(pg("reading foreign keys"))?;
+        let (exists, v): (bool, bool) = (row.get(0), row.get(1));
+        if !exists {
+            return Ok(false); // not created yet: ask again later
+        }
         self.cascade_children
             .lock()
             .expect("not poisoned")
@@ -356,7 +517,8 @@ fn kind_of(e: &Event) -> Kind {
         Op::Insert => Kind::Insert,
         Op::Update if e.key.is_some() => Kind::UpdateKey,
         Op::Update => Kind::Update,
-        Op::Delete => Kind::Delete,
+        // Schema events never form runs (handled before); Delete is a harmless stand-in.
+        Op::Delete | Op::Schema => Kind::Delete,
     }
 }
 
@@ -381,6 +543,7 @@ async fn apply_run(
     tx: &Transaction<'_>,
     kind: Kind,
     meta: &TableMeta,
+    cols: &[String],
     table: &str,
     events: &[&Event],
     tolerate_missing: bool,
@@ -395,12 +558,12 @@ async fn apply_run(
     };
     match kind {
         Kind::Insert => {
-            tx.execute(&insert_sql(meta, table), &[&data()])
+            tx.execute(&insert_sql(cols, table), &[&data()])
                 .await
                 .map_err(pg(&context))?;
         }
         Kind::Update => {
-            let Some(sql) = update_sql(meta, table) else {
+            let Some(sql) = update_sql(meta, cols, table) else {
                 return Ok(()); // only key columns: an update without key change changes nothing
             };
             let row = tx.query_one(&sql, &[&data()]).await.map_err(pg(&context))?;
@@ -411,7 +574,7 @@ async fn apply_run(
             let key = e.key.as_deref().map(|k| k.get()).unwrap_or("{}");
             let d = e.data.as_deref().map(|d| d.get()).unwrap_or("{}");
             let n = tx
-                .execute(&update_key_sql(meta, table), &[&d, &key])
+                .execute(&update_key_sql(meta, cols, table), &[&d, &key])
                 .await
                 .map_err(pg(&context))?;
             check_matched(&context, 1, n as i64)?;
@@ -464,16 +627,15 @@ fn key_match(key: &[String], left: &str, right: &str) -> String {
         .join(" and ")
 }
 
-fn insert_sql(meta: &TableMeta, table: &str) -> String {
-    let cols = column_list(&meta.columns, "");
+fn insert_sql(columns: &[String], table: &str) -> String {
+    let cols = column_list(columns, "");
     format!("insert into {table} ({cols}) select {cols} from jsonb_populate_recordset(null::{table}, $1::text::jsonb)")
 }
 
 /// Returns (rows named, rows matched). The last image of each key wins (row images are
 /// complete, so the last one is the row's state after the run).
-fn update_sql(meta: &TableMeta, table: &str) -> Option<String> {
-    let set: Vec<String> = meta
-        .columns
+fn update_sql(meta: &TableMeta, columns: &[String], table: &str) -> Option<String> {
+    let set: Vec<String> = columns
         .iter()
         .filter(|c| !meta.key.contains(c))
         .map(|c| format!("{q} = r.{q}", q = quote_ident(c)))
@@ -494,9 +656,8 @@ fn update_sql(meta: &TableMeta, table: &str) -> Option<String> {
     ))
 }
 
-fn update_key_sql(meta: &TableMeta, table: &str) -> String {
-    let set: Vec<String> = meta
-        .columns
+fn update_key_sql(meta: &TableMeta, columns: &[String], table: &str) -> String {
+    let set: Vec<String> = columns
         .iter()
         .map(|c| format!("{q} = r.{q}", q = quote_ident(c)))
         .collect();
@@ -529,18 +690,19 @@ mod tests {
             name: "Order Lines".into(),
             key: vec!["order".into(), "line".into()],
             columns: vec!["order".into(), "line".into(), "qty".into()],
+            generated: vec![],
         }
     }
 
     #[test]
     fn statements_quote_every_identifier() {
         let t = qualified("copy", "Order Lines");
-        let ins = insert_sql(&meta(), &t);
+        let ins = insert_sql(&meta().columns, &t);
         assert!(
             ins.starts_with("insert into \"copy\".\"Order Lines\" (\"order\", \"line\", \"qty\")"),
             "{ins}"
         );
-        let upd = update_sql(&meta(), &t).unwrap();
+        let upd = update_sql(&meta(), &meta().columns, &t).unwrap();
         assert!(upd.contains("\"qty\" = r.\"qty\""), "{upd}");
         assert!(
             !upd.contains("\"order\" = r.\"order\","),
@@ -558,8 +720,8 @@ mod tests {
     fn key_only_table_has_no_plain_update() {
         let mut m = meta();
         m.columns.truncate(2);
-        assert!(update_sql(&m, "x").is_none());
-        assert!(update_key_sql(&m, "x").contains("\"line\" = r.\"line\""));
+        assert!(update_sql(&m, &m.columns, "x").is_none());
+        assert!(update_key_sql(&m, &m.columns, "x").contains("\"line\" = r.\"line\""));
     }
 
     #[test]

@@ -19,7 +19,8 @@ pub const BATCH_EVENTS_CONDITION: &str = "e.ev_txid >= pg_snapshot_xmin(b.snap_f
     and e.ev_txid < pg_snapshot_xmax(b.snap_to)
     and pg_visible_in_snapshot(e.ev_txid, b.snap_to)
     and not pg_visible_in_snapshot(e.ev_txid, b.snap_from)
-    and (e.ev_schema::text || '.' || e.ev_table::text) ~ b.filter
+    and case when e.ev_op = 'S' then e.ev_table::text = b.target
+             else (e.ev_schema::text || '.' || e.ev_table::text) ~ b.filter end
     and (b.txids is null or e.ev_txid = any(b.txids))";
 
 /// Cuts batches for every target of the instance.
@@ -76,12 +77,12 @@ impl Batcher {
                     "select e.ev_txid::text, count(*), max(e.ev_id)
                        from {s}.event e,
                             (select $1::text::pg_snapshot as snap_from, $2::text::pg_snapshot as snap_to,
-                                    $3::text as filter, null::xid8[] as txids) b
+                                    $3::text as filter, null::xid8[] as txids, $4::text as target) b
                       where {BATCH_EVENTS_CONDITION}
                       group by e.ev_txid
                       order by 3"
                 ),
-                &[&from, &now, &filter],
+                &[&from, &now, &filter, &target],
             )
             .await
             .map_err(StepError::db("counting new events"))?;

@@ -11,7 +11,10 @@ use crate::config::Config;
 use crate::db;
 
 /// Versioned SQL of the source side, in order.
-pub const SOURCE_SQL: &[(i32, &str)] = &[(1, include_str!("../sql/source_001_queue.sql"))];
+pub const SOURCE_SQL: &[(i32, &str)] = &[
+    (1, include_str!("../sql/source_001_queue.sql")),
+    (2, include_str!("../sql/source_002_schema.sql")),
+];
 
 /// The trigger's name on every replicated table.
 pub const TRIGGER_NAME: &str = "pgteleport_capture";

@@ -235,11 +235,14 @@ impl Server {
         let result = tracing::Instrument::instrument(applier.apply(&batch), span.clone()).await;
         let _e = span.enter();
         match result {
-            Ok(Outcome::Applied { applied_seq }) => {
+            Ok(Outcome::Applied {
+                applied_seq,
+                ddl_version,
+            }) => {
                 tracing::info!(ms = started.elapsed().as_millis() as u64, "batch applied");
                 reply(
                     StatusCode::OK,
-                    json!({"status": "applied", "applied_seq": applied_seq}),
+                    json!({"status": "applied", "applied_seq": applied_seq, "ddl_version": ddl_version}),
                 )
             }
             Ok(Outcome::Duplicate { applied_seq }) => {

@@ -16,7 +16,7 @@ use tokio_postgres::Client;
 use crate::batcher::BATCH_EVENTS_CONDITION;
 use crate::config::{Config, Secret, Target};
 use crate::stage::{Progress, Step, StepError};
-use crate::wire::{self, Batch, Event, Op, TableMeta};
+use crate::wire::{self, Batch, DdlVersion, Event, Op, TableMeta};
 
 /// Ships the batches of one target.
 pub struct Transmitter {
@@ -32,6 +32,8 @@ pub struct Transmitter {
     reconciled: bool,
     /// The target asked to wait (logged once).
     waiting: bool,
+    /// The schema version the target reported applied in its last answer.
+    acked_ddl: std::sync::atomic::AtomicI64,
 }
 
 /// A target's answer that is not success.
@@ -65,6 +67,7 @@ impl Transmitter {
             http,
             reconciled: false,
             waiting: false,
+            acked_ddl: std::sync::atomic::AtomicI64::new(-1),
         }
     }
 
@@ -168,7 +171,8 @@ impl Transmitter {
             .query(
                 &format!(
                     "select e.ev_id, e.ev_op, e.ev_schema::text, e.ev_table::text, e.ev_key::text, e.ev_data::text,
-                            (extract(epoch from e.ev_time) * 1000000)::int8, e.ev_txid::text
+                            (extract(epoch from e.ev_time) * 1000000)::int8, e.ev_txid::text,
+                            coalesce(e.ev_relid, to_regclass(quote_ident(e.ev_schema) || '.' || quote_ident(e.ev_table))::oid, 0::oid)
                        from {s}.batch b, {s}.event e
                       where b.target = $1 and b.seq = $2 and {BATCH_EVENTS_CONDITION}
                       order by e.ev_id"
@@ -177,16 +181,13 @@ impl Transmitter {
             )
             .await
             .map_err(StepError::db(format!("reading batch {seq}")))?;
-        let mut index: HashMap<(String, String), u32> = HashMap::new();
-        let mut names: Vec<(String, String)> = Vec::new();
+        // Tables by (captured schema, captured name, oid): the names are what the target
+        // has at this point of the stream; key and columns come from the catalog by oid.
+        let mut index: HashMap<(String, String, u32), u32> = HashMap::new();
+        let mut names: Vec<(String, String, u32)> = Vec::new();
         let mut events = Vec::with_capacity(rows.len());
         let mut captured_at: Option<i64> = None;
         for r in &rows {
-            let key = (r.get::<_, String>(2), r.get::<_, String>(3));
-            let table = *index.entry(key.clone()).or_insert_with(|| {
-                names.push(key);
-                (names.len() - 1) as u32
-            });
             let op_code: i8 = r.get(1);
             let op = Op::from_code(op_code).ok_or_else(|| {
                 StepError::Fatal(format!(
@@ -195,6 +196,19 @@ impl Transmitter {
                     op_code
                 ))
             })?;
+            let table = if op == Op::Schema {
+                0
+            } else {
+                let key = (
+                    r.get::<_, String>(2),
+                    r.get::<_, String>(3),
+                    r.get::<_, u32>(8),
+                );
+                *index.entry(key.clone()).or_insert_with(|| {
+                    names.push(key);
+                    (names.len() - 1) as u32
+                })
+            };
             let raw = |v: Option<String>| -> Result<Option<Box<RawValue>>, StepError> {
                 v.map(|s| {
                     RawValue::from_string(s)
@@ -216,7 +230,34 @@ impl Transmitter {
                 data: raw(r.get(5))?,
             });
         }
-        let tables = self.describe(client, &names).await?;
+        let described = self.describe(client, &names).await?;
+        // Tables dropped on the source since: their events are skipped, the drop itself
+        // reaches the target as a schema change.
+        let mut renumber: Vec<Option<u32>> = Vec::with_capacity(described.len());
+        let mut tables = Vec::new();
+        for (n, meta) in names.iter().zip(described) {
+            match meta {
+                Some(m) => {
+                    renumber.push(Some(tables.len() as u32));
+                    tables.push(m);
+                }
+                None => {
+                    tracing::debug!(table = %format!("{}.{}", n.0, n.1), "skipping events of a table dropped on the source");
+                    renumber.push(None);
+                }
+            }
+        }
+        let events: Vec<Event> = events
+            .into_iter()
+            .filter_map(|mut e| {
+                if e.op == Op::Schema {
+                    return Some(e);
+                }
+                e.table = renumber[e.table as usize]?;
+                Some(e)
+            })
+            .collect();
+        let ddl = self.pending_ddl(client).await?;
         Ok(Batch {
             version: wire::FORMAT_VERSION,
             source: self.source.clone(),
@@ -226,23 +267,51 @@ impl Transmitter {
             captured_at_us: captured_at,
             tables,
             events,
+            ddl,
         })
     }
 
-    /// Key and columns of the batch's tables, from the source catalog.
+    /// Schema versions the target has not acknowledged yet.
+    async fn pending_ddl(&self, client: &Client) -> Result<Vec<DdlVersion>, StepError> {
+        let s = &self.schema;
+        let rows = client
+            .query(
+                &format!(
+                    "select d.version, d.statements::text from {s}.ddl d
+                      where d.target = $1 and d.version > (select acked_ddl from {s}.target_state where target = $1)
+                      order by d.version"
+                ),
+                &[&self.target],
+            )
+            .await
+            .map_err(StepError::db("reading pending schema changes"))?;
+        rows.iter()
+            .map(|r| {
+                let text: String = r.get(1);
+                Ok(DdlVersion {
+                    version: r.get(0),
+                    statements: serde_json::from_str(&text).map_err(|e| {
+                        StepError::Fatal(format!("stored DDL version is unreadable: {e}"))
+                    })?,
+                })
+            })
+            .collect()
+    }
+
+    /// Key and writable columns of the batch's tables, from the source catalog by oid;
+    /// `None` for a table that no longer exists.
     async fn describe(
         &self,
         client: &Client,
-        names: &[(String, String)],
-    ) -> Result<Vec<TableMeta>, StepError> {
+        names: &[(String, String, u32)],
+    ) -> Result<Vec<Option<TableMeta>>, StepError> {
         if names.is_empty() {
             return Ok(Vec::new());
         }
-        let schemas: Vec<&str> = names.iter().map(|n| n.0.as_str()).collect();
-        let tables: Vec<&str> = names.iter().map(|n| n.1.as_str()).collect();
+        let oids: Vec<u32> = names.iter().map(|n| n.2).collect();
         let rows = client
             .query(
-                "select n.nspname::text, c.relname::text,
+                "select c.oid,
                         array(select a.attname::text from pg_catalog.pg_attribute a
                                where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
                                  and a.attgenerated = '' order by a.attnum),
@@ -250,43 +319,37 @@ impl Transmitter {
                                 from pg_catalog.pg_index i
                                 cross join lateral unnest(i.indkey) with ordinality as k(attnum, ord)
                                 join pg_catalog.pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum
-                               where i.indrelid = c.oid and i.indisprimary order by k.ord)
-                   from unnest($1::text[], $2::text[]) as w(s, t)
-                   join pg_catalog.pg_namespace n on n.nspname = w.s
-                   join pg_catalog.pg_class c on c.relnamespace = n.oid and c.relname = w.t",
-                &[&schemas, &tables],
+                               where i.indrelid = c.oid and i.indisprimary order by k.ord),
+                        array(select a.attname::text from pg_catalog.pg_attribute a
+                               where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
+                                 and a.attgenerated <> '' order by a.attnum)
+                   from pg_catalog.pg_class c where c.oid = any($1)",
+                &[&oids],
             )
             .await
             .map_err(StepError::db("describing the batch's tables"))?;
-        let mut found: HashMap<(String, String), TableMeta> = HashMap::new();
+        let mut found: HashMap<u32, (Vec<String>, Vec<String>, Vec<String>)> = HashMap::new();
         for r in rows {
-            let (schema, name): (String, String) = (r.get(0), r.get(1));
-            found.insert(
-                (schema.clone(), name.clone()),
-                TableMeta {
-                    schema,
-                    name,
-                    columns: r.get(2),
-                    key: r.get(3),
-                },
-            );
+            found.insert(r.get(0), (r.get(1), r.get(2), r.get(3)));
         }
         names
             .iter()
-            .map(|n| {
-                let meta = found.remove(n).ok_or_else(|| {
-                    StepError::Other(format!(
-                        "table {}.{} has queued events but no longer exists on the source",
-                        n.0, n.1
-                    ))
-                })?;
-                if meta.key.is_empty() {
+            .map(|(schema, name, oid)| {
+                let Some((columns, key, generated)) = found.remove(oid) else {
+                    return Ok(None);
+                };
+                if key.is_empty() {
                     return Err(StepError::Other(format!(
-                        "table {}.{} has queued events but no primary key any more; add it back",
-                        n.0, n.1
+                        "table {schema}.{name} has queued events but no primary key any more; add it back"
                     )));
                 }
-                Ok(meta)
+                Ok(Some(TableMeta {
+                    schema: schema.clone(),
+                    name: name.clone(),
+                    columns,
+                    key,
+                    generated,
+                }))
             })
             .collect()
     }
@@ -311,6 +374,10 @@ impl Transmitter {
         let applied = v.get("applied_seq").and_then(|s| s.as_i64());
         match (status, applied) {
             (StatusCode::OK, Some(a)) => {
+                if let Some(d) = v.get("ddl_version").and_then(|d| d.as_i64()) {
+                    self.acked_ddl
+                        .store(d, std::sync::atomic::Ordering::Relaxed);
+                }
                 tracing::info!(
                     target = %self.target,
                     batch_seq = batch.seq,
@@ -367,6 +434,16 @@ impl Step for Transmitter {
             Ok(applied) => {
                 self.waiting = false;
                 self.acknowledge(client, applied).await?;
+                let ddl = self.acked_ddl.load(std::sync::atomic::Ordering::Relaxed);
+                if ddl >= 0 {
+                    client
+                        .execute(
+                            &format!("update {s}.target_state set acked_ddl = greatest(acked_ddl, $2) where target = $1"),
+                            &[&self.target, &ddl],
+                        )
+                        .await
+                        .map_err(StepError::db("recording the applied schema version"))?;
+                }
                 Ok(Progress::Busy)
             }
             Err(Refusal::Position { applied }) => {

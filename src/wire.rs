@@ -29,6 +29,43 @@ pub struct Batch {
     pub captured_at_us: Option<i64>,
     pub tables: Vec<TableMeta>,
     pub events: Vec<Event>,
+    /// Schema versions the target may not have applied yet, in order. Each is applied at
+    /// its schema event, or earlier when an event needs it (a column added and written in
+    /// one transaction reaches the target before the watcher's event).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ddl: Vec<DdlVersion>,
+}
+
+/// One schema version: the DDL that turns the target's previous version into this one.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DdlVersion {
+    pub version: i64,
+    pub statements: Vec<ddlwatcher::Statement>,
+}
+
+/// The column names of a row image (a JSON object's keys), without parsing its values.
+pub fn object_keys(raw: &RawValue) -> Result<Vec<String>, serde_json::Error> {
+    struct Keys;
+    impl<'de> serde::de::Visitor<'de> for Keys {
+        type Value = Vec<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut keys = Vec::new();
+            while let Some(k) = map.next_key::<String>()? {
+                map.next_value::<serde::de::IgnoredAny>()?;
+                keys.push(k);
+            }
+            Ok(keys)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(raw.get());
+    serde::Deserializer::deserialize_map(&mut de, Keys)
 }
 
 /// A table the batch's events refer to (by index).
@@ -41,6 +78,9 @@ pub struct TableMeta {
     pub key: Vec<String>,
     /// Columns the applier writes (generated columns excluded).
     pub columns: Vec<String>,
+    /// Generated columns: present in row images, never written.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub generated: Vec<String>,
 }
 
 /// Kind of change.
@@ -52,6 +92,9 @@ pub enum Op {
     Update,
     #[serde(rename = "D")]
     Delete,
+    /// A schema change: `data` is `{"version": n}`, one of [`Batch::ddl`].
+    #[serde(rename = "S")]
+    Schema,
 }
 
 impl Op {
@@ -60,6 +103,7 @@ impl Op {
             b'I' => Some(Op::Insert),
             b'U' => Some(Op::Update),
             b'D' => Some(Op::Delete),
+            b'S' => Some(Op::Schema),
             _ => None,
         }
     }
@@ -168,7 +212,7 @@ impl Batch {
             }
         }
         for (i, e) in self.events.iter().enumerate() {
-            if e.table as usize >= self.tables.len() {
+            if e.op != Op::Schema && e.table as usize >= self.tables.len() {
                 return bad(format!(
                     "events[{i}] refers to table {} of {}",
                     e.table,
@@ -178,7 +222,7 @@ impl Batch {
             let object =
                 |v: &Option<Box<RawValue>>| v.as_ref().is_some_and(|r| r.get().starts_with('{'));
             match e.op {
-                Op::Insert | Op::Update if !object(&e.data) => {
+                Op::Insert | Op::Update | Op::Schema if !object(&e.data) => {
                     return bad(format!(
                         "events[{i}] ({:?}) needs `data`, a JSON object",
                         e.op
@@ -224,7 +268,9 @@ mod tests {
                 name: "a".into(),
                 key: vec!["id".into()],
                 columns: vec!["id".into(), "v".into()],
+                generated: vec![],
             }],
+            ddl: vec![],
             events: vec![Event {
                 id: 9,
                 op: Op::Insert,

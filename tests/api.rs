@@ -52,7 +52,9 @@ fn batch(seq: i64, id: i32) -> Batch {
             name: "t".into(),
             key: vec!["id".into()],
             columns: vec!["id".into(), "v".into()],
+            generated: vec![],
         }],
+        ddl: vec![],
         events: vec![Event {
             id: seq,
             op: Op::Insert,

@@ -30,6 +30,9 @@ pub enum TypeRef {
 /// One column of a table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Column {
+    /// Attribute number: stable across renames, so a rename diffs as a rename.
+    #[serde(default)]
+    pub attnum: i16,
     pub name: String,
     /// The type as `format_type` prints it on the source (for messages).
     pub type_name: String,
@@ -218,7 +221,7 @@ pub async fn describe_table<C: GenericClient>(
         "select a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod),
                 a.attnotnull, a.attgenerated <> '', pg_catalog.pg_get_expr(d.adbin, d.adrelid),
                 nullif(a.attidentity, '')::text,
-                sn.nspname::text, s.relname::text,
+                sn.nspname::text, s.relname::text, a.attnum,
                 {}
            from pg_catalog.pg_attribute a
            join pg_catalog.pg_type t on t.oid = a.atttypid
@@ -252,7 +255,8 @@ pub async fn describe_table<C: GenericClient>(
             expression: r.get(4),
             identity: identity.and_then(|s| s.chars().next()),
             sequence: seq_schema.zip(seq_name),
-            type_ref: type_ref(r, 8),
+            attnum: r.get(8),
+            type_ref: type_ref(r, 9),
         });
     }
     let pk = client

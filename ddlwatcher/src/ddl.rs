@@ -192,6 +192,7 @@ mod tests {
 
     fn col(name: &str, t: TypeRef) -> Column {
         Column {
+            attnum: 0,
             name: name.into(),
             type_name: String::new(),
             type_ref: t,

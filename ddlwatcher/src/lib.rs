@@ -8,6 +8,7 @@
 
 pub mod catalog;
 pub mod ddl;
+pub mod diff;
 pub mod expression;
 
 pub use catalog::{
@@ -15,4 +16,5 @@ pub use catalog::{
     Column, Index, Table, TypeDef, TypeKind, TypeRef, FIRST_USER_OID,
 };
 pub use ddl::SchemaMap;
+pub use diff::{diff, Catalog, Statement};
 pub use expression::{ExpressionError, TargetExpression};
