@@ -328,7 +328,9 @@ impl Transmitter {
             )
             .await
             .map_err(StepError::db("describing the batch's tables"))?;
-        let mut found: HashMap<u32, (Vec<String>, Vec<String>, Vec<String>)> = HashMap::new();
+        /// Writable columns, key, generated columns.
+        type Described = (Vec<String>, Vec<String>, Vec<String>);
+        let mut found: HashMap<u32, Described> = HashMap::new();
         for r in rows {
             found.insert(r.get(0), (r.get(1), r.get(2), r.get(3)));
         }
