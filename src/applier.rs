@@ -434,7 +434,9 @@ impl Applier {
                             .map_err(pg("savepoint"))?;
                         break;
                     }
-                    Err(ApplyError::SchemaBehind { message }) => {
+                    // Any failure but a lost connection may mean the change is due (a value
+                    // out of range for the old type, a label the enum lacks): try with it.
+                    Err(ApplyError::SchemaBehind { message } | ApplyError::Failed { message }) => {
                         tx.batch_execute("rollback to savepoint pgteleport_run")
                             .await
                             .map_err(pg("savepoint"))?;

@@ -106,7 +106,7 @@ pub async fn install(client: &mut Client, config: &Config) -> Result<Installed, 
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match install_triggers(client, config, &all).await {
+        match install_triggers(client, config, &all, &installed).await {
             Err(
                 InstallError::Trigger { source, .. } | InstallError::TargetState { source, .. },
             ) if attempt < 5 && db::classify(&source) == db::ErrorClass::Retryable => {
@@ -131,6 +131,7 @@ async fn install_triggers(
     client: &mut Client,
     config: &Config,
     all: &BTreeMap<u32, Table>,
+    installed: &Installed,
 ) -> Result<(), InstallError> {
     let schema = &config.internal_schema;
     // Triggers and cursors in one transaction: the cursor's snapshot is taken while the new
@@ -143,8 +144,39 @@ async fn install_triggers(
             schema: schema.clone(),
             source,
         })?;
+    // After the first install (a catalog snapshot exists), a table that gets its trigger
+    // now is new to replication: the rows it holds are queued as inserts in this same
+    // transaction, while the trigger's lock keeps writers out, so none is lost or doubled.
+    let copy_existing: bool = tx
+        .query_one(
+            &format!(
+                "select exists (select 1 from {}.schema_snapshot)",
+                quote_ident(schema)
+            ),
+            &[],
+        )
+        .await
+        .map_err(|source| InstallError::Schema {
+            schema: schema.clone(),
+            source,
+        })?
+        .get(0);
     for t in all.values() {
-        install_trigger(&tx, t, &function, schema).await?;
+        let created = install_trigger(&tx, t, &function, schema).await?;
+        if created && copy_existing {
+            let n = tx
+                .execute(
+                    &format!(
+                        "select {}.enqueue('I', $1, $2, $3, null, to_jsonb(t)) from {} t",
+                        quote_ident(schema),
+                        t.qualified()
+                    ),
+                    &[&t.schema, &t.name, &t.oid],
+                )
+                .await
+                .map_err(|source| trigger_error(t, source))?;
+            tracing::info!(table = %t.qualified(), rows = n, "new table captured with the rows it already held");
+        }
     }
     for name in config.targets.keys() {
         tx.execute(
@@ -154,6 +186,28 @@ async fn install_triggers(
                 quote_ident(schema)
             ),
             &[name],
+        )
+        .await
+        .map_err(|source| InstallError::TargetState {
+            target: name.clone(),
+            source,
+        })?;
+        // The ddlwatcher's baseline: schema changes from here on are replicated.
+        let tables = installed.tables.get(name).cloned().unwrap_or_default();
+        let types = ddlwatcher::introspect_types(&tx, &tables)
+            .await
+            .map_err(|source| InstallError::Catalog {
+                target: name.clone(),
+                source,
+            })?;
+        let catalog =
+            serde_json::to_string(&ddlwatcher::Catalog { tables, types }).expect("serialisable");
+        tx.execute(
+            &format!(
+                "insert into {}.schema_snapshot (target, catalog) values ($1, $2::text::jsonb) on conflict (target) do nothing",
+                quote_ident(schema)
+            ),
+            &[name, &catalog],
         )
         .await
         .map_err(|source| InstallError::TargetState {
@@ -173,7 +227,7 @@ async fn install_trigger(
     table: &Table,
     function: &str,
     schema: &str,
-) -> Result<(), InstallError> {
+) -> Result<bool, InstallError> {
     let key = table.primary_key.as_deref().unwrap_or_default();
     let args: Vec<String> = key.iter().map(|k| quote_literal(k)).collect();
     let sql = format!(
@@ -194,13 +248,16 @@ async fn install_trigger(
         )
         .await
         .map_err(|source| trigger_error(table, source))?;
-    if existing.is_some_and(|r| r.get::<_, Vec<u8>>(0) == wanted) {
-        return Ok(()); // already right: no lock taken on the application's table
-    }
+    let created = match existing {
+        Some(r) if r.get::<_, Vec<u8>>(0) == wanted => return Ok(false), // already right: no lock taken
+        Some(_) => false,
+        None => true,
+    };
     client
         .batch_execute(&sql)
         .await
-        .map_err(|source| trigger_error(table, source))
+        .map_err(|source| trigger_error(table, source))?;
+    Ok(created)
 }
 
 fn trigger_error(table: &Table, source: tokio_postgres::Error) -> InstallError {

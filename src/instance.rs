@@ -42,6 +42,8 @@ pub enum InstanceError {
     Stage { stage: String, message: String },
     #[error("the instance lock connection to the source database was lost; stopping so that a restarted instance can take over cleanly")]
     LockLost,
+    #[error("use_event_triggers: true is not supported by this version yet; set it to false — the ddlwatcher then replicates schema changes by diffing the catalog, without superuser")]
+    EventTriggers,
 }
 
 /// A started instance.
@@ -115,6 +117,9 @@ pub async fn start(config: Config) -> Result<Running, InstanceError> {
     let mut tasks: JoinSet<(String, Result<(), InstanceError>)> = JoinSet::new();
     let mut lock_client: Option<Client> = None;
 
+    if roles.source && config.use_event_triggers {
+        return Err(InstanceError::EventTriggers);
+    }
     if roles.source {
         let mut client = db::connect(&config.database, "instance lock").await?;
         let got: bool = client
@@ -191,6 +196,13 @@ pub async fn start(config: Config) -> Result<Running, InstanceError> {
             Vacuum::new(&config),
             db.clone(),
             iv.vacuum(),
+            &shutdown,
+        );
+        spawn_stage(
+            &mut tasks,
+            crate::watcher::Watcher::new(&config),
+            db.clone(),
+            Duration::from_millis(iv.ddlwatcher),
             &shutdown,
         );
         for (name, target) in &config.targets {

@@ -21,4 +21,5 @@ pub mod stage;
 pub mod tls;
 pub mod transmitter;
 pub mod vacuum;
+pub mod watcher;
 pub mod wire;

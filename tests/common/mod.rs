@@ -105,7 +105,7 @@ impl Pair {
 
     pub fn source_yaml(&self, target_port: u16, expression: &str, extra: &str) -> String {
         format!(
-            "processing_intervals: {{batcher: 50, transmitter: 20, vacuum: 100, rotation: 300}}\n\
+            "processing_intervals: {{batcher: 50, transmitter: 20, vacuum: 100, rotation: 300, ddlwatcher: 200}}\n\
              database: {{name: src-{id}, database: {db}, hostname: 127.0.0.1, port: {pgport}, username: {role}, password: {PASSWORD}}}\n\
              targets:\n  t1:\n    target_expression: \"{expression}\"\n    endpoint: {{hostname: 127.0.0.1, port: {target_port}}}\n    auth_token: {TOKEN}\n{extra}",
             id = self.id,

@@ -1,0 +1,199 @@
+//! The ddlwatcher loop (diffing mode, no superuser): notices schema changes by diffing the
+//! catalog, records the DDL that replays them on each target as a new schema version, and
+//! puts a schema event into the queue where the change belongs in the stream. New tables get
+//! their capture trigger (and the rows they already hold) at once.
+//!
+//! A cheap fingerprint of the catalog rows (OIDs and xmins of relations, attributes, types,
+//! enum labels, constraints) is compared first; the full model is read only when it moved.
+
+use std::collections::BTreeSet;
+
+use ddlwatcher::{
+    diff, introspect_tables, introspect_types, quote_ident, Catalog, SchemaMap, TargetExpression,
+};
+use tokio_postgres::Client;
+
+use crate::capture;
+use crate::config::Config;
+use crate::stage::{Progress, Step, StepError};
+
+pub struct Watcher {
+    config: Config,
+    schema: String,
+    targets: Vec<(String, TargetExpression, Option<String>)>,
+    fingerprint: Option<String>,
+}
+
+impl Watcher {
+    pub fn new(config: &Config) -> Self {
+        let targets = config
+            .targets
+            .iter()
+            .map(|(n, t)| {
+                (
+                    n.clone(),
+                    TargetExpression::parse(&t.target_expression).expect("validated config"),
+                    t.apply_schema.clone(),
+                )
+            })
+            .collect();
+        Self {
+            config: config.clone(),
+            schema: quote_ident(&config.internal_schema),
+            targets,
+            fingerprint: None,
+        }
+    }
+
+    async fn fingerprint(&self, client: &Client) -> Result<String, StepError> {
+        let row = client
+            .query_one(
+                "with user_ns as (
+                     select oid, xmin from pg_catalog.pg_namespace
+                      where nspname not in ('pg_catalog', 'information_schema', 'pg_toast', $1)
+                        and nspname not like 'pg_temp_%' and nspname not like 'pg_toast_temp_%'),
+                 rels as (select oid, xmin from pg_catalog.pg_class where relnamespace in (select oid from user_ns))
+                 select md5(concat_ws('|',
+                     (select string_agg(oid::text || ':' || xmin::text, ',' order by oid) from rels),
+                     (select string_agg(a.attrelid::text || '.' || a.attnum::text || ':' || a.xmin::text, ',' order by a.attrelid, a.attnum)
+                        from pg_catalog.pg_attribute a where a.attrelid in (select oid from rels) and a.attnum > 0),
+                     (select string_agg(oid::text || ':' || xmin::text, ',' order by oid) from pg_catalog.pg_type
+                       where typnamespace in (select oid from user_ns)),
+                     (select string_agg(oid::text || ':' || xmin::text, ',' order by oid) from pg_catalog.pg_enum),
+                     (select string_agg(oid::text || ':' || xmin::text, ',' order by oid) from pg_catalog.pg_constraint
+                       where connamespace in (select oid from user_ns)),
+                     (select string_agg(oid::text || ':' || xmin::text, ',' order by oid) from user_ns)))",
+                &[&self.config.internal_schema],
+            )
+            .await
+            .map_err(StepError::db("fingerprinting the catalog"))?;
+        Ok(row.get(0))
+    }
+
+    /// Diffs one target's catalog against its last snapshot and records a new schema
+    /// version when the DDL is not empty. Returns whether it recorded one.
+    async fn diff_target(
+        &self,
+        client: &mut Client,
+        target: &str,
+        expr: &TargetExpression,
+        apply_schema: &Option<String>,
+    ) -> Result<bool, StepError> {
+        let s = &self.schema;
+        let tables = introspect_tables(&*client, expr, &self.config.internal_schema)
+            .await
+            .map_err(StepError::db("reading the catalog"))?;
+        let types = introspect_types(&*client, &tables)
+            .await
+            .map_err(StepError::db("reading the catalog's types"))?;
+        let new = Catalog { tables, types };
+        let new_json = serde_json::to_string(&new).map_err(|e| StepError::Fatal(e.to_string()))?;
+        let tx = client.transaction().await.map_err(StepError::db("begin"))?;
+        let old = tx
+            .query_opt(
+                &format!(
+                    "select catalog::text from {s}.schema_snapshot where target = $1 for update"
+                ),
+                &[&target],
+            )
+            .await
+            .map_err(StepError::db("reading the last catalog snapshot"))?;
+        let old: Option<Catalog> = match old {
+            Some(r) => Some(serde_json::from_str(&r.get::<_, String>(0)).map_err(|e| {
+                StepError::Fatal(format!("stored catalog snapshot is unreadable: {e}"))
+            })?),
+            None => None,
+        };
+        let mut recorded = false;
+        if let Some(old) = &old {
+            if *old == new {
+                return Ok(false);
+            }
+            let mut all = old.tables.clone();
+            all.extend(new.tables.iter().cloned());
+            let map = SchemaMap::new(apply_schema.clone(), &all);
+            let statements = diff(old, &new, &map);
+            if !statements.is_empty() {
+                let version: i64 = tx
+                    .query_one(
+                        &format!(
+                            "select coalesce(max(version), 0) + 1 from {s}.ddl where target = $1"
+                        ),
+                        &[&target],
+                    )
+                    .await
+                    .map_err(StepError::db("numbering a schema version"))?
+                    .get(0);
+                let json = serde_json::to_string(&statements)
+                    .map_err(|e| StepError::Fatal(e.to_string()))?;
+                tx.execute(
+                    &format!("insert into {s}.ddl (target, version, statements) values ($1, $2, $3::text::jsonb)"),
+                    &[&target, &version, &json],
+                )
+                .await
+                .map_err(StepError::db("recording a schema version"))?;
+                tx.execute(
+                    &format!("select {s}.enqueue('S', '', $1, 0, null, jsonb_build_object('version', $2::int8))"),
+                    &[&target, &version],
+                )
+                .await
+                .map_err(StepError::db("queueing a schema event"))?;
+                tracing::info!(
+                    target,
+                    version,
+                    statements = statements.len(),
+                    "schema change recorded"
+                );
+                for st in &statements {
+                    tracing::debug!(target, version, sql = %st.sql, "schema statement");
+                }
+                recorded = true;
+            }
+        }
+        tx.execute(
+            &format!(
+                "insert into {s}.schema_snapshot (target, catalog) values ($1, $2::text::jsonb)
+                 on conflict (target) do update set catalog = excluded.catalog, taken_at = clock_timestamp()"
+            ),
+            &[&target, &new_json],
+        )
+        .await
+        .map_err(StepError::db("storing the catalog snapshot"))?;
+        tx.commit().await.map_err(StepError::db("commit"))?;
+        Ok(recorded)
+    }
+}
+
+impl Step for Watcher {
+    fn name(&self) -> String {
+        "ddlwatcher".into()
+    }
+
+    async fn step(&mut self, client: &mut Client) -> Result<Progress, StepError> {
+        let fp = self.fingerprint(client).await?;
+        tracing::trace!(fingerprint = %fp, "catalog fingerprint");
+        if self.fingerprint.as_deref() == Some(fp.as_str()) {
+            return Ok(Progress::Idle);
+        }
+        let mut seen = BTreeSet::new();
+        for (target, expr, apply_schema) in self.targets.clone() {
+            if self
+                .diff_target(client, &target, &expr, &apply_schema)
+                .await?
+            {
+                seen.insert(target);
+            }
+        }
+        // Triggers for new tables (their rows come along); a table without a primary key
+        // is reported and retried, the other changes are recorded all the same.
+        capture::install(client, &self.config)
+            .await
+            .map_err(|e| StepError::Other(format!("installing capture on changed tables: {e}")))?;
+        self.fingerprint = Some(fp);
+        Ok(if seen.is_empty() {
+            Progress::Idle
+        } else {
+            Progress::Busy
+        })
+    }
+}

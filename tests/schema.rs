@@ -1,0 +1,166 @@
+//! Schema changes in diffing mode (no superuser): the ddlwatcher's DDL reaches the target in
+//! order with the DML around it, renamed to `apply_schema`.
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use pgteleport::config::Config;
+use tokio_postgres::Client;
+
+/// Columns (name and type) of every table in `schema`, as the catalog says.
+async fn shape(c: &Client, schema: &str) -> anyhow::Result<Vec<String>> {
+    Ok(c.query(
+        "select c.relname || '.' || a.attname || ':' || format_type(a.atttypid, a.atttypmod) || case when a.attnotnull then ' not null' else '' end
+           from pg_class c join pg_namespace n on n.oid = c.relnamespace
+           join pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
+          where n.nspname = $1 and c.relkind = 'r'
+         union all
+         select 'enum ' || t.typname || ':' || string_agg(e.enumlabel, ',' order by e.enumsortorder)
+           from pg_type t join pg_namespace n on n.oid = t.typnamespace join pg_enum e on e.enumtypid = t.oid
+          where n.nspname = $1 group by t.typname
+          order by 1",
+        &[&schema],
+    )
+    .await?
+    .iter()
+    .map(|r| r.get::<_, String>(0).replace(&format!("{schema}."), ""))
+    .collect())
+}
+
+async fn wait_same(src: &Client, dst: &Client, tables: &[&str], step: &str) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (a, b) = (shape(src, "app").await?, shape(dst, "mirror").await?);
+        let mut same = a == b;
+        let mut detail = String::new();
+        if same {
+            for t in tables {
+                let (x, y) = (
+                    rows(src, &format!("app.{t}")).await?,
+                    rows(dst, &format!("mirror.{t}")).await,
+                );
+                if y.as_ref().ok() != Some(&x) {
+                    same = false;
+                    let y = y.unwrap_or_default();
+                    let missing: Vec<_> = x.iter().filter(|r| !y.contains(r)).take(5).collect();
+                    let extra: Vec<_> = y.iter().filter(|r| !x.contains(r)).take(5).collect();
+                    detail = format!(
+                        "{t}: {} vs {} rows; missing on target {missing:?}; extra {extra:?}",
+                        x.len(),
+                        y.len()
+                    );
+                    break;
+                }
+            }
+        }
+        if same {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("after step `{step}`: schema or data differ within 30 s: {detail}\nsource: {a:?}\ntarget: {b:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn schema_changes_replicate_in_order_with_writes() -> anyhow::Result<()> {
+    let p = Arc::new(
+        Pair::new2(
+            "create schema app; create table app.t (id bigint primary key, a int, b varchar(10));
+             insert into app.t select g, g, 'x' from generate_series(1, 100) g;",
+            "",
+        )
+        .await?,
+    );
+    let target = p.start_target(0).await?;
+    let port = target.local_addr.unwrap().port();
+    let yaml = p.source_yaml(port, "app.*", "").replace(
+        &format!("    auth_token: {TOKEN}\n"),
+        &format!("    auth_token: {TOKEN}\n    apply_schema: mirror\n"),
+    );
+    let cfg = Config::from_yaml(&yaml, Path::new("s.yml"), |_| None)?;
+    let load = pgteleport::load::LoadOptions {
+        target: "t1".into(),
+        truncate: false,
+        workers: 2,
+        range_bytes: 64 << 20,
+        progress: Some(false),
+    };
+    pgteleport::load::run(&cfg, load).await?;
+    let source = pgteleport::instance::start(cfg).await?;
+    let src = p.src().await?;
+    let dst = p.dst().await?;
+    wait_same(&src, &dst, &["t"], "initial load").await?;
+
+    // A writer that keeps inserting throughout (only `id`, which no step touches).
+    let stop = Arc::new(AtomicBool::new(false));
+    // Paused only while the end states are compared; the steps run amid the writes.
+    let pause = Arc::new(AtomicBool::new(false));
+    let idle = Arc::new(AtomicBool::new(false));
+    let next = Arc::new(AtomicI64::new(1000));
+    let writer = {
+        let (stop, next, p) = (stop.clone(), next.clone(), p.clone());
+        let (pause, idle) = (pause.clone(), idle.clone());
+        tokio::spawn(async move {
+            let c = p.src().await?;
+            while !stop.load(Ordering::SeqCst) {
+                if pause.load(Ordering::SeqCst) {
+                    idle.store(true, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
+                idle.store(false, Ordering::SeqCst);
+                let id = next.fetch_add(1, Ordering::SeqCst);
+                c.execute("insert into app.t (id) values ($1)", &[&id])
+                    .await?;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            anyhow::Ok(())
+        })
+    };
+
+    let steps: &[(&str, &str, &[&str])] = &[
+        ("create a table and write at once", "create table app.n (id int primary key, v text); insert into app.n values (1, 'one'), (2, 'two');", &["t", "n"]),
+        ("add a column and write to it in the same transaction",
+         "begin; alter table app.t add column c int default 7; insert into app.t (id, c) values (1000000, 42); update app.t set c = 8 where id = 1; commit;", &["t", "n"]),
+        ("drop a column", "alter table app.t drop column b; update app.t set a = -a where id < 10;", &["t", "n"]),
+        ("rename a column and a table",
+         "alter table app.t rename column a to a2; update app.t set a2 = 5 where id = 2; alter table app.n rename to n2; insert into app.n2 values (3, 'three');", &["t", "n2"]),
+        ("change column types",
+         "alter table app.t alter column c type bigint; alter table app.n2 alter column v type varchar(20); update app.t set c = 9000000000 where id = 3;", &["t", "n2"]),
+        ("an enum, used, then extended and the new value used",
+         "create type app.mood as enum ('x', 'y'); alter table app.n2 add column m app.mood; update app.n2 set m = 'y' where id = 1;", &["t", "n2"]),
+        // ADD VALUE commits on its own (PostgreSQL refuses to use a new label in the same
+        // transaction); the next write uses it right away.
+        ("add an enum value", "alter type app.mood add value 'z' before 'y'", &["t", "n2"]),
+        ("use the new enum value", "update app.n2 set m = 'z' where id = 2; insert into app.n2 values (4, 'four', 'z');", &["t", "n2"]),
+        ("add and use an enum value without waiting",
+         "alter type app.mood add value 'w'", &[]),
+        ("…used at once", "update app.n2 set m = 'w' where id = 3;", &["t", "n2"]),
+    ];
+    for (step, sql, tables) in steps {
+        src.batch_execute(sql)
+            .await
+            .map_err(|e| anyhow::anyhow!("{step}: {e}"))?;
+        pause.store(true, Ordering::SeqCst);
+        while !idle.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        wait_same(&src, &dst, tables, step).await?;
+        pause.store(false, Ordering::SeqCst);
+    }
+    stop.store(true, Ordering::SeqCst);
+    writer.await??;
+    wait_same(&src, &dst, &["t", "n2"], "end").await?;
+    let versions = scalar_i64(&src, "select count(*) from teleport.ddl").await?;
+    assert!(versions >= 6, "{versions} schema versions recorded");
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}
