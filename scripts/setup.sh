@@ -4,6 +4,10 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb 
     need_apt+=(postgresql)
 fi
 if ! command -v runuser >/dev/null 2>&1; then need_apt+=(util-linux); fi
+# pg_query (the SQL parser used to re-target DDL) needs libclang to build.
+if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || ! ls /usr/lib/llvm-*/lib/clang/*/include/stddef.h >/dev/null 2>&1; then
+    need_apt+=(libclang1-14 libclang-common-14-dev)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}"

@@ -20,6 +20,9 @@ async fn shape(c: &Client, schema: &str) -> anyhow::Result<Vec<String>> {
            join pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
           where n.nspname = $1 and c.relkind = 'r'
          union all
+         select 'index ' || indexname || ':' || replace(indexdef, ' ' || schemaname || '.', ' ')
+           from pg_indexes where schemaname = $1
+         union all
          select 'enum ' || t.typname || ':' || string_agg(e.enumlabel, ',' order by e.enumsortorder)
            from pg_type t join pg_namespace n on n.oid = t.typnamespace join pg_enum e on e.enumtypid = t.oid
           where n.nspname = $1 group by t.typname
@@ -143,6 +146,15 @@ async fn schema_changes_replicate_in_order_with_writes() -> anyhow::Result<()> {
         ("add and use an enum value without waiting",
          "alter type app.mood add value 'w'", &[]),
         ("…used at once", "update app.n2 set m = 'w' where id = 3;", &["t", "n2"]),
+        ("a composite type and a table using it",
+         "create type app.pair as (a int, b text); create table app.p (id int primary key, v app.pair);
+          insert into app.p values (1, row(1, 'x'));", &["t", "n2", "p"]),
+        ("create indexes, one functional", "create index t_c on app.t (c); create index n2_lower on app.n2 (lower(v));", &["t", "n2", "p"]),
+        ("drop an index", "drop index app.t_c", &["t", "n2", "p"]),
+        ("an extension created and used",
+         "create extension if not exists citext schema app; alter table app.n2 add column email app.citext;
+          update app.n2 set email = 'A@Example.org' where id = 1;", &["t", "n2", "p"]),
+        ("drop a table with events pending", "insert into app.p values (2, row(2, 'y')); drop table app.p;", &["t", "n2"]),
     ];
     for (step, sql, tables) in steps {
         src.batch_execute(sql)

@@ -98,7 +98,10 @@ pub enum TypeKind {
         /// `CHECK (…)` constraint texts.
         checks: Vec<String>,
     },
-    /// Another kind (base type of an extension, range, …): must already exist on the target.
+    /// A type an extension brings: the extension is created (it must be available and
+    /// trusted, or the target role allowed to create it).
+    Extension(String),
+    /// Another kind (range, base type): must already exist on the target.
     External,
 }
 
@@ -335,8 +338,10 @@ pub async fn introspect_types<C: GenericClient>(
             .query_one(
                 "select n.nspname::text, t.typname::text, t.typtype::text, t.typrelid, t.typbasetype,
                         t.typnotnull, t.typdefault,
-                        exists (select 1 from pg_catalog.pg_depend d
-                                 where d.classid = 'pg_catalog.pg_type'::regclass and d.objid = t.oid and d.deptype = 'e')
+                        (select x.extname::text from pg_catalog.pg_depend d
+                           join pg_catalog.pg_extension x on x.oid = d.refobjid
+                          where d.classid = 'pg_catalog.pg_type'::regclass and d.objid = t.oid and d.deptype = 'e'
+                            and d.refclassid = 'pg_catalog.pg_extension'::regclass)
                    from pg_catalog.pg_type t join pg_catalog.pg_namespace n on n.oid = t.typnamespace
                   where t.oid = $1",
                 &[&oid],
@@ -346,10 +351,10 @@ pub async fn introspect_types<C: GenericClient>(
             (row.get(0), row.get(1), row.get(2));
         let relid: u32 = row.get(3);
         let base: u32 = row.get(4);
-        let from_extension: bool = row.get(7);
+        let extension: Option<String> = row.get(7);
         let mut my_deps = Vec::new();
-        let kind = if from_extension {
-            TypeKind::External
+        let kind = if let Some(ext) = extension {
+            TypeKind::Extension(ext)
         } else {
             match typtype.as_str() {
                 "e" => {

@@ -100,8 +100,14 @@ pub fn create_type(def: &TypeDef, map: &SchemaMap) -> Option<String> {
             }
             Some(s)
         }
+        TypeKind::Extension(ext) => Some(format!(
+            "create extension if not exists {} schema {}",
+            quote_ident(ext),
+            quote_ident(map.map(&def.schema))
+        )),
         TypeKind::External => None,
     }
+    .map(|sql| crate::retarget::if_needed(sql, map))
 }
 
 /// `CREATE SEQUENCE` statements for `serial`-style defaults of the table.
@@ -144,11 +150,14 @@ pub fn create_table(table: &Table, map: &SchemaMap) -> String {
             s
         })
         .collect();
-    format!(
+    let sql = format!(
         "create table {} ({})",
         qualified(map.map(&table.schema), &table.name),
         cols.join(", ")
-    )
+    );
+    // Expressions (defaults, generated columns) may name the source schema: the parser
+    // renames those references.
+    crate::retarget::if_needed(sql, map)
 }
 
 /// `ALTER TABLE … ADD PRIMARY KEY`.
@@ -170,6 +179,9 @@ pub fn primary_key(table: &Table, map: &SchemaMap) -> Option<String> {
 pub fn create_index(table: &Table, index: &Index, map: &SchemaMap) -> Option<String> {
     if map.map(&table.schema) == table.schema {
         return Some(index.definition.clone());
+    }
+    if let Ok(sql) = crate::retarget::statement(&index.definition, map) {
+        return Some(sql);
     }
     let cols = index.columns.as_ref()?;
     Some(format!(
@@ -261,7 +273,7 @@ mod tests {
         );
         assert_eq!(
             create_index(&t, &t.indexes[0], &map).unwrap(),
-            "create index \"t_qty\" on \"copy\".\"t x\" using \"btree\" (\"qty\")"
+            "CREATE INDEX t_qty ON copy.\"t x\" USING btree (qty)"
         );
         let same = SchemaMap::new(None, std::slice::from_ref(&t));
         assert_eq!(

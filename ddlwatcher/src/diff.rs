@@ -277,6 +277,11 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
             )));
         }
     }
+    // Expressions inside (defaults, index expressions, checks) may name the source schema:
+    // the parser renames those references.
+    for st in &mut out {
+        st.sql = crate::retarget::if_needed(std::mem::take(&mut st.sql), map);
+    }
     out
 }
 

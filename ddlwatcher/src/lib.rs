@@ -10,6 +10,7 @@ pub mod catalog;
 pub mod ddl;
 pub mod diff;
 pub mod expression;
+pub mod retarget;
 
 pub use catalog::{
     describe_table, introspect_tables, introspect_types, qualified, quote_ident, quote_literal,

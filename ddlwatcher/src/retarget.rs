@@ -1,0 +1,264 @@
+//! Re-targets SQL text to `apply_schema` through PostgreSQL's own parser (pg_query): the
+//! statement is parsed, every schema-qualified reference to a replicated schema (relations,
+//! types, functions) is renamed in the tree, and the tree is printed back. Never string
+//! replacement: a schema name inside a string literal or a column named like a schema is
+//! left alone.
+
+use pg_query::protobuf::{self, RangeVar};
+use pg_query::NodeEnum;
+
+use crate::ddl::SchemaMap;
+
+/// Why a text could not be re-targeted.
+#[derive(Debug, thiserror::Error)]
+pub enum RetargetError {
+    #[error("cannot parse `{sql}`: {message}")]
+    Parse { sql: String, message: String },
+    #[error("`{sql}`: a {node} cannot be re-targeted yet")]
+    Unsupported { sql: String, node: String },
+}
+
+/// Re-targets a whole statement (or several).
+pub fn statement(sql: &str, map: &SchemaMap) -> Result<String, RetargetError> {
+    if map.apply_schema.is_none() {
+        return Ok(sql.to_string());
+    }
+    let err = |e: pg_query::Error| RetargetError::Parse {
+        sql: sql.to_string(),
+        message: e.to_string(),
+    };
+    let mut parsed = pg_query::parse(sql).map_err(err)?;
+    for raw in parsed.protobuf.stmts.iter_mut() {
+        if let Some(n) = raw.stmt.as_mut() {
+            walk(n, map).map_err(|node| RetargetError::Unsupported {
+                sql: sql.to_string(),
+                node,
+            })?;
+        }
+    }
+    pg_query::deparse(&parsed.protobuf).map_err(err)
+}
+
+/// Re-targets `sql` when it may name a replicated schema (the names pgteleport generates
+/// are already the target's; expressions copied from the source may not be). Keeps the text
+/// when the parser cannot re-target it: its own names are already right.
+pub fn if_needed(sql: String, map: &SchemaMap) -> String {
+    if map.apply_schema.is_none() || !map.replicated.iter().any(|s| sql.contains(s.as_str())) {
+        return sql;
+    }
+    statement(&sql, map).unwrap_or(sql)
+}
+
+/// Re-targets one expression (a default, a generation expression, a check).
+pub fn expression(expr: &str, map: &SchemaMap) -> Result<String, RetargetError> {
+    if map.apply_schema.is_none() {
+        return Ok(expr.to_string());
+    }
+    let printed = statement(&format!("SELECT {expr}"), map)?;
+    // The deparser prints the statement it was given: `SELECT <expression>`.
+    printed
+        .strip_prefix("SELECT ")
+        .map(str::to_string)
+        .ok_or_else(|| RetargetError::Parse {
+            sql: expr.to_string(),
+            message: format!("unexpected deparse `{printed}`"),
+        })
+}
+
+type Walk = Result<(), String>;
+
+fn walk(node: &mut protobuf::Node, map: &SchemaMap) -> Walk {
+    match node.node.as_mut() {
+        Some(n) => walk_enum(n, map),
+        None => Ok(()),
+    }
+}
+
+fn all(nodes: &mut [protobuf::Node], map: &SchemaMap) -> Walk {
+    nodes.iter_mut().try_for_each(|n| walk(n, map))
+}
+
+fn opt(node: &mut Option<Box<protobuf::Node>>, map: &SchemaMap) -> Walk {
+    match node.as_mut() {
+        Some(n) => walk(n, map),
+        None => Ok(()),
+    }
+}
+
+fn range_var(r: &mut Option<RangeVar>, map: &SchemaMap) {
+    if let Some(r) = r.as_mut() {
+        if !r.schemaname.is_empty() {
+            r.schemaname = map.map(&r.schemaname).to_string();
+        }
+    }
+}
+
+/// A qualified name list (`schema.name`): renames the schema part.
+fn names(list: &mut [protobuf::Node], map: &SchemaMap) {
+    if list.len() >= 2 {
+        if let Some(NodeEnum::String(s)) = list[0].node.as_mut() {
+            s.sval = map.map(&s.sval).to_string();
+        }
+    }
+}
+
+fn type_name(t: &mut Option<protobuf::TypeName>, map: &SchemaMap) {
+    if let Some(t) = t.as_mut() {
+        names(&mut t.names, map);
+    }
+}
+
+fn walk_enum(n: &mut NodeEnum, map: &SchemaMap) -> Walk {
+    match n {
+        NodeEnum::RangeVar(r) => {
+            if !r.schemaname.is_empty() {
+                r.schemaname = map.map(&r.schemaname).to_string();
+            }
+            Ok(())
+        }
+        NodeEnum::TypeName(t) => {
+            names(&mut t.names, map);
+            Ok(())
+        }
+        NodeEnum::SelectStmt(s) => {
+            if !s.from_clause.is_empty() || s.where_clause.is_some() || s.with_clause.is_some() {
+                return Err("query with FROM or WHERE".into());
+            }
+            all(&mut s.target_list, map)
+        }
+        NodeEnum::ResTarget(r) => opt(&mut r.val, map),
+        NodeEnum::FuncCall(f) => {
+            names(&mut f.funcname, map);
+            all(&mut f.args, map)?;
+            opt(&mut f.agg_filter, map)
+        }
+        NodeEnum::TypeCast(c) => {
+            type_name(&mut c.type_name, map);
+            opt(&mut c.arg, map)
+        }
+        NodeEnum::AExpr(a) => {
+            names(&mut a.name, map);
+            opt(&mut a.lexpr, map)?;
+            opt(&mut a.rexpr, map)
+        }
+        NodeEnum::BoolExpr(b) => all(&mut b.args, map),
+        NodeEnum::NullTest(t) => opt(&mut t.arg, map),
+        NodeEnum::BooleanTest(t) => opt(&mut t.arg, map),
+        NodeEnum::CaseExpr(c) => {
+            opt(&mut c.arg, map)?;
+            all(&mut c.args, map)?;
+            opt(&mut c.defresult, map)
+        }
+        NodeEnum::CaseWhen(w) => {
+            opt(&mut w.expr, map)?;
+            opt(&mut w.result, map)
+        }
+        NodeEnum::CoalesceExpr(c) => all(&mut c.args, map),
+        NodeEnum::MinMaxExpr(m) => all(&mut m.args, map),
+        NodeEnum::RowExpr(r) => all(&mut r.args, map),
+        NodeEnum::AArrayExpr(a) => all(&mut a.elements, map),
+        NodeEnum::CollateClause(c) => opt(&mut c.arg, map),
+        NodeEnum::NullIfExpr(_) => Err("NULLIF".into()),
+        NodeEnum::ColumnRef(_)
+        | NodeEnum::AConst(_)
+        | NodeEnum::ParamRef(_)
+        | NodeEnum::SqlvalueFunction(_)
+        | NodeEnum::String(_)
+        | NodeEnum::Integer(_)
+        | NodeEnum::Float(_)
+        | NodeEnum::Boolean(_)
+        | NodeEnum::AStar(_) => Ok(()),
+        NodeEnum::IndexStmt(i) => {
+            range_var(&mut i.relation, map);
+            all(&mut i.index_params, map)?;
+            opt(&mut i.where_clause, map)
+        }
+        NodeEnum::IndexElem(e) => opt(&mut e.expr, map),
+        NodeEnum::CreateStmt(c) => {
+            range_var(&mut c.relation, map);
+            all(&mut c.table_elts, map)?;
+            all(&mut c.constraints, map)
+        }
+        NodeEnum::ColumnDef(c) => {
+            type_name(&mut c.type_name, map);
+            opt(&mut c.raw_default, map)?;
+            all(&mut c.constraints, map)
+        }
+        NodeEnum::Constraint(c) => {
+            range_var(&mut c.pktable, map);
+            opt(&mut c.raw_expr, map)?;
+            opt(&mut c.where_clause, map)
+        }
+        NodeEnum::AlterTableStmt(a) => {
+            range_var(&mut a.relation, map);
+            all(&mut a.cmds, map)
+        }
+        NodeEnum::AlterTableCmd(c) => opt(&mut c.def, map),
+        NodeEnum::CreateDomainStmt(d) => {
+            names(&mut d.domainname, map);
+            type_name(&mut d.type_name, map);
+            all(&mut d.constraints, map)
+        }
+        other => {
+            Err(format!("{:?}", std::mem::discriminant(other))
+                .replace("Discriminant", "node kind "))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map() -> SchemaMap {
+        SchemaMap {
+            apply_schema: Some("mirror".into()),
+            replicated: ["app".to_string()].into(),
+        }
+    }
+
+    #[test]
+    fn functional_index_is_retargeted_by_the_parser() {
+        let out = statement(
+            "CREATE INDEX t_lower ON app.t USING btree (lower(v), app.norm(w))",
+            &map(),
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            "CREATE INDEX t_lower ON mirror.t USING btree (lower(v), mirror.norm(w))"
+        );
+        let out = statement(
+            "CREATE UNIQUE INDEX p ON app.t USING btree (a) WHERE (b > 'app.x'::text)",
+            &map(),
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            "CREATE UNIQUE INDEX p ON mirror.t USING btree (a) WHERE b > 'app.x'::text"
+        );
+    }
+
+    #[test]
+    fn expressions_keep_literals_and_other_schemas() {
+        assert_eq!(
+            expression("'app.value'::app.mood", &map()).unwrap(),
+            "'app.value'::mirror.mood"
+        );
+        assert_eq!(
+            expression("other.f(app.g(1))", &map()).unwrap(),
+            "other.f(mirror.g(1))"
+        );
+        assert_eq!(expression("now()", &map()).unwrap(), "now()");
+        let same = SchemaMap::default();
+        assert_eq!(expression("app.g(1)", &same).unwrap(), "app.g(1)");
+    }
+
+    #[test]
+    fn unsupported_nodes_are_reported() {
+        assert!(matches!(
+            expression("(select 1 from app.t)", &map()),
+            Err(RetargetError::Unsupported { .. })
+        ));
+    }
+}
