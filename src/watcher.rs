@@ -9,7 +9,8 @@
 use std::collections::BTreeSet;
 
 use ddlwatcher::{
-    diff, introspect_tables, introspect_types, quote_ident, Catalog, SchemaMap, TargetExpression,
+    diff, introspect_tables, introspect_types, quote_ident, Catalog, SchemaMap, Statement,
+    TargetExpression,
 };
 use tokio_postgres::Client;
 
@@ -78,7 +79,7 @@ impl Watcher {
         target: &str,
         expr: &TargetExpression,
         apply_schema: &Option<String>,
-    ) -> Result<bool, StepError> {
+    ) -> Result<(bool, Vec<Statement>), StepError> {
         let s = &self.schema;
         let tables = introspect_tables(&*client, expr, &self.config.internal_schema)
             .await
@@ -105,50 +106,22 @@ impl Watcher {
             None => None,
         };
         let mut recorded = false;
+        let mut deferred = Vec::new();
         if let Some(old) = &old {
             if *old == new {
-                return Ok(false);
+                return Ok((false, deferred));
             }
             let mut all = old.tables.clone();
             all.extend(new.tables.iter().cloned());
             let map = SchemaMap::new(apply_schema.clone(), &all);
-            let statements = diff(old, &new, &map);
-            if !statements.is_empty() {
-                let version: i64 = tx
-                    .query_one(
-                        &format!(
-                            "select coalesce(max(version), 0) + 1 from {s}.ddl where target = $1"
-                        ),
-                        &[&target],
-                    )
-                    .await
-                    .map_err(StepError::db("numbering a schema version"))?
-                    .get(0);
-                let json = serde_json::to_string(&statements)
-                    .map_err(|e| StepError::Fatal(e.to_string()))?;
-                tx.execute(
-                    &format!("insert into {s}.ddl (target, version, statements) values ($1, $2, $3::text::jsonb)"),
-                    &[&target, &version, &json],
-                )
-                .await
-                .map_err(StepError::db("recording a schema version"))?;
-                tx.execute(
-                    &format!("select {s}.enqueue('S', '', $1, 0, null, jsonb_build_object('version', $2::int8))"),
-                    &[&target, &version],
-                )
-                .await
-                .map_err(StepError::db("queueing a schema event"))?;
-                tracing::info!(
-                    target,
-                    version,
-                    statements = statements.len(),
-                    "schema change recorded"
-                );
-                for st in &statements {
-                    tracing::debug!(target, version, sql = %st.sql, "schema statement");
-                }
+            let (later, now): (Vec<_>, Vec<_>) = diff(old, &new, &map)
+                .into_iter()
+                .partition(|st| st.after_rows);
+            if !now.is_empty() {
+                record_version(&tx, s, target, &now).await?;
                 recorded = true;
             }
+            deferred = later;
         }
         tx.execute(
             &format!(
@@ -160,8 +133,52 @@ impl Watcher {
         .await
         .map_err(StepError::db("storing the catalog snapshot"))?;
         tx.commit().await.map_err(StepError::db("commit"))?;
-        Ok(recorded)
+        Ok((recorded, deferred))
     }
+}
+
+/// Records a schema version and its schema event, in the caller's transaction.
+async fn record_version(
+    tx: &tokio_postgres::Transaction<'_>,
+    s: &str,
+    target: &str,
+    statements: &[Statement],
+) -> Result<i64, StepError> {
+    let version: i64 = tx
+        .query_one(
+            &format!("select coalesce(max(version), 0) + 1 from {s}.ddl where target = $1"),
+            &[&target],
+        )
+        .await
+        .map_err(StepError::db("numbering a schema version"))?
+        .get(0);
+    let json = serde_json::to_string(statements).map_err(|e| StepError::Fatal(e.to_string()))?;
+    tx.execute(
+        &format!(
+            "insert into {s}.ddl (target, version, statements) values ($1, $2, $3::text::jsonb)"
+        ),
+        &[&target, &version, &json],
+    )
+    .await
+    .map_err(StepError::db("recording a schema version"))?;
+    tx.execute(
+        &format!(
+            "select {s}.enqueue('S', '', $1, 0, null, jsonb_build_object('version', $2::int8))"
+        ),
+        &[&target, &version],
+    )
+    .await
+    .map_err(StepError::db("queueing a schema event"))?;
+    tracing::info!(
+        target,
+        version,
+        statements = statements.len(),
+        "schema change recorded"
+    );
+    for st in statements {
+        tracing::debug!(target, version, sql = %st.sql, "schema statement");
+    }
+    Ok(version)
 }
 
 impl Step for Watcher {
@@ -176,12 +193,16 @@ impl Step for Watcher {
             return Ok(Progress::Idle);
         }
         let mut seen = BTreeSet::new();
+        let mut deferred = Vec::new();
         for (target, expr, apply_schema) in self.targets.clone() {
-            if self
+            let (recorded, later) = self
                 .diff_target(client, &target, &expr, &apply_schema)
-                .await?
-            {
-                seen.insert(target);
+                .await?;
+            if recorded {
+                seen.insert(target.clone());
+            }
+            if !later.is_empty() {
+                deferred.push((target, later));
             }
         }
         // Triggers for new tables (their rows come along); a table without a primary key
@@ -189,6 +210,13 @@ impl Step for Watcher {
         capture::install(client, &self.config)
             .await
             .map_err(|e| StepError::Other(format!("installing capture on changed tables: {e}")))?;
+        // Constraint additions after the new tables' rows, in a version of their own.
+        for (target, statements) in deferred {
+            let tx = client.transaction().await.map_err(StepError::db("begin"))?;
+            record_version(&tx, &self.schema, &target, &statements).await?;
+            tx.commit().await.map_err(StepError::db("commit"))?;
+            seen.insert(target);
+        }
         self.fingerprint = Some(fp);
         Ok(if seen.is_empty() {
             Progress::Idle

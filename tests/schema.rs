@@ -23,6 +23,10 @@ async fn shape(c: &Client, schema: &str) -> anyhow::Result<Vec<String>> {
          select 'index ' || indexname || ':' || replace(indexdef, ' ' || schemaname || '.', ' ')
            from pg_indexes where schemaname = $1
          union all
+         select 'constraint ' || c.conrelid::regclass::text || '.' || conname || ':' || pg_get_constraintdef(c.oid)
+           from pg_constraint c join pg_namespace n on n.oid = c.connamespace
+          where n.nspname = $1 and c.contype in ('f', 'u', 'c')
+         union all
          select 'enum ' || t.typname || ':' || string_agg(e.enumlabel, ',' order by e.enumsortorder)
            from pg_type t join pg_namespace n on n.oid = t.typnamespace join pg_enum e on e.enumtypid = t.oid
           where n.nspname = $1 group by t.typname
@@ -154,6 +158,14 @@ async fn schema_changes_replicate_in_order_with_writes() -> anyhow::Result<()> {
         ("an extension created and used",
          "create extension if not exists citext schema app; alter table app.n2 add column email app.citext;
           update app.n2 set email = 'A@Example.org' where id = 1;", &["t", "n2", "p"]),
+        ("add a foreign key and a check",
+         "create table app.parent (id int primary key); insert into app.parent values (1), (2);
+          alter table app.n2 add column parent_id int; update app.n2 set parent_id = 1 where id = 1;
+          alter table app.n2 add constraint n2_parent_fk foreign key (parent_id) references app.parent (id);
+          alter table app.t add constraint t_c_positive check (c is null or c > 0);", &["t", "n2", "parent"]),
+        ("write under the foreign key, then drop it",
+         "insert into app.n2 (id, v, parent_id) values (5, 'five', 2); alter table app.n2 drop constraint n2_parent_fk;
+          insert into app.n2 (id, v, parent_id) values (6, 'six', 99);", &["t", "n2", "parent"]),
         ("drop a table with events pending", "insert into app.p values (2, row(2, 'y')); drop table app.p;", &["t", "n2"]),
     ];
     for (step, sql, tables) in steps {

@@ -74,6 +74,19 @@ pub struct Table {
     pub primary_key: Option<Vec<String>>,
     #[serde(default)]
     pub indexes: Vec<Index>,
+    /// Foreign key, unique, check and exclusion constraints (the primary key and NOT NULL
+    /// are kept apart).
+    #[serde(default)]
+    pub constraints: Vec<Constraint>,
+}
+
+/// A table constraint as `pg_get_constraintdef` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Constraint {
+    pub name: String,
+    /// `f`, `u`, `c` or `x` (pg_constraint.contype).
+    pub kind: char,
+    pub definition: String,
 }
 
 /// A user-defined type a table depends on.
@@ -290,6 +303,7 @@ pub async fn describe_table<C: GenericClient>(
                join pg_catalog.pg_class c on c.oid = i.indexrelid
                join pg_catalog.pg_am am on am.oid = c.relam
               where i.indrelid = $1 and not i.indisprimary
+                and not exists (select 1 from pg_catalog.pg_constraint k where k.conindid = i.indexrelid)
               order by 1",
             &[&oid],
         )
@@ -304,6 +318,23 @@ pub async fn describe_table<C: GenericClient>(
             definition: r.get(4),
         })
         .collect();
+    let cons = client
+        .query(
+            "select conname::text, contype::text, pg_catalog.pg_get_constraintdef(oid)
+               from pg_catalog.pg_constraint
+              where conrelid = $1 and contype in ('f', 'u', 'c', 'x')
+              order by 1",
+            &[&oid],
+        )
+        .await?;
+    let constraints = cons
+        .iter()
+        .map(|r| Constraint {
+            name: r.get(0),
+            kind: r.get::<_, String>(1).chars().next().unwrap_or('c'),
+            definition: r.get(2),
+        })
+        .collect();
     Ok(Table {
         oid,
         schema,
@@ -311,6 +342,7 @@ pub async fn describe_table<C: GenericClient>(
         columns,
         primary_key,
         indexes,
+        constraints,
     })
 }
 

@@ -24,6 +24,11 @@ pub struct Statement {
     /// inside the transaction block of a batch (`ALTER TYPE … ADD VALUE`): they are run
     /// in their own transaction first, and are written to be repeatable.
     pub transactional: bool,
+    /// Constraint additions: recorded as a version of their own after the rows of new
+    /// tables are queued, so a foreign key never meets a parent whose rows are still on
+    /// their way.
+    #[serde(default)]
+    pub after_rows: bool,
 }
 
 impl Statement {
@@ -31,6 +36,7 @@ impl Statement {
         Self {
             sql,
             transactional: true,
+            after_rows: false,
         }
     }
 }
@@ -121,6 +127,7 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
                                 quote_literal(label)
                             ),
                             transactional: false,
+                            after_rows: false,
                         });
                     }
                 }
@@ -160,6 +167,37 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
             }
         }
     }
+
+    // Constraints: dropped or changed ones go first (a changed foreign key may point at a
+    // column about to change), new ones after every new table exists.
+    let mut add_constraints = Vec::new();
+    for t in &new.tables {
+        let name = qualified(map.map(&t.schema), &t.name);
+        let before: BTreeMap<&str, &crate::catalog::Constraint> = old_tables
+            .get(&t.oid)
+            .map(|o| o.constraints.iter().map(|c| (c.name.as_str(), c)).collect())
+            .unwrap_or_default();
+        let after: BTreeMap<&str, &crate::catalog::Constraint> =
+            t.constraints.iter().map(|c| (c.name.as_str(), c)).collect();
+        for (n, c) in &before {
+            if after.get(n).is_none_or(|a| a.definition != c.definition) {
+                out.push(Statement::tx(format!(
+                    "alter table {name} drop constraint if exists {}",
+                    quote_ident(n)
+                )));
+            }
+        }
+        for (n, c) in &after {
+            if before.get(n).is_none_or(|b| b.definition != c.definition) {
+                add_constraints.push(Statement::tx(format!(
+                    "alter table {name} add constraint {} {}",
+                    quote_ident(n),
+                    c.definition
+                )));
+            }
+        }
+    }
+    // Foreign keys of dropped tables' neighbours go with the tables (CASCADE is not used).
 
     // Column changes of surviving tables.
     let mut dropped_columns = Vec::new();
@@ -254,6 +292,10 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
         }
     }
     out.extend(dropped_columns.into_iter().map(Statement::tx));
+    out.extend(add_constraints.into_iter().map(|mut s: Statement| {
+        s.after_rows = true;
+        s
+    }));
 
     // Dropped tables, then dropped types.
     for o in &old.tables {
@@ -312,6 +354,7 @@ mod tests {
             columns: cols,
             primary_key: Some(vec!["id".into()]),
             indexes: vec![],
+            constraints: vec![],
         }
     }
 

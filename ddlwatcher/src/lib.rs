@@ -14,7 +14,7 @@ pub mod retarget;
 
 pub use catalog::{
     describe_table, introspect_tables, introspect_types, qualified, quote_ident, quote_literal,
-    Column, Index, Table, TypeDef, TypeKind, TypeRef, FIRST_USER_OID,
+    Column, Constraint, Index, Table, TypeDef, TypeKind, TypeRef, FIRST_USER_OID,
 };
 pub use ddl::SchemaMap;
 pub use diff::{diff, Catalog, Statement};
