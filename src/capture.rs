@@ -200,8 +200,18 @@ async fn install_triggers(
                 target: name.clone(),
                 source,
             })?;
-        let catalog =
-            serde_json::to_string(&ddlwatcher::Catalog { tables, types }).expect("serialisable");
+        let functions = ddlwatcher::introspect_functions(&tx, &schemas_of(&tables))
+            .await
+            .map_err(|source| InstallError::Catalog {
+                target: name.clone(),
+                source,
+            })?;
+        let catalog = serde_json::to_string(&ddlwatcher::Catalog {
+            tables,
+            types,
+            functions,
+        })
+        .expect("serialisable");
         tx.execute(
             &format!(
                 "insert into {}.schema_snapshot (target, catalog) values ($1, $2::text::jsonb) on conflict (target) do nothing",
@@ -274,6 +284,16 @@ fn trigger_error(table: &Table, source: tokio_postgres::Error) -> InstallError {
         hint,
         source,
     }
+}
+
+/// The distinct schemas of `tables`.
+pub fn schemas_of(tables: &[Table]) -> Vec<String> {
+    tables
+        .iter()
+        .map(|t| t.schema.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
 }
 
 /// Removes every capture trigger and the internal schema. Returns the tables it touched.

@@ -3,8 +3,8 @@
 //! puts a schema event into the queue where the change belongs in the stream. New tables get
 //! their capture trigger (and the rows they already hold) at once.
 //!
-//! A cheap fingerprint of the catalog rows (OIDs and xmins of relations, attributes, types,
-//! enum labels, constraints) is compared first; the full model is read only when it moved.
+//! A cheap fingerprint of the catalog rows (OIDs and xmins of relations, attributes, types, functions,
+//! enum labels, constraints, functions) is compared first; the full model is read only when it moved.
 
 use std::collections::BTreeSet;
 
@@ -63,6 +63,8 @@ impl Watcher {
                      (select string_agg(oid::text || ':' || xmin::text, ',' order by oid) from pg_catalog.pg_enum),
                      (select string_agg(oid::text || ':' || xmin::text, ',' order by oid) from pg_catalog.pg_constraint
                        where connamespace in (select oid from user_ns)),
+                     (select string_agg(oid::text || ':' || xmin::text, ',' order by oid) from pg_catalog.pg_proc
+                       where pronamespace in (select oid from user_ns)),
                      (select string_agg(oid::text || ':' || xmin::text, ',' order by oid) from user_ns)))",
                 &[&self.config.internal_schema],
             )
@@ -87,7 +89,14 @@ impl Watcher {
         let types = introspect_types(&*client, &tables)
             .await
             .map_err(StepError::db("reading the catalog's types"))?;
-        let new = Catalog { tables, types };
+        let functions = ddlwatcher::introspect_functions(&*client, &capture::schemas_of(&tables))
+            .await
+            .map_err(StepError::db("reading the catalog's functions"))?;
+        let new = Catalog {
+            tables,
+            types,
+            functions,
+        };
         let new_json = serde_json::to_string(&new).map_err(|e| StepError::Fatal(e.to_string()))?;
         let tx = client.transaction().await.map_err(StepError::db("begin"))?;
         let old = tx

@@ -27,6 +27,14 @@ async fn shape(c: &Client, schema: &str) -> anyhow::Result<Vec<String>> {
            from pg_constraint c join pg_namespace n on n.oid = c.connamespace
           where n.nspname = $1 and c.contype in ('f', 'u', 'c')
          union all
+         select 'function ' || p.proname || '(' || pg_get_function_identity_arguments(p.oid) || '):' || p.prosrc
+           from pg_proc p join pg_namespace n on n.oid = p.pronamespace where n.nspname = $1
+         union all
+         select 'default ' || c.relname || '.' || a.attname || ':' || pg_get_expr(d.adbin, d.adrelid)
+           from pg_attrdef d join pg_class c on c.oid = d.adrelid join pg_namespace n on n.oid = c.relnamespace
+           join pg_attribute a on a.attrelid = d.adrelid and a.attnum = d.adnum
+          where n.nspname = $1
+         union all
          select 'enum ' || t.typname || ':' || string_agg(e.enumlabel, ',' order by e.enumsortorder)
            from pg_type t join pg_namespace n on n.oid = t.typnamespace join pg_enum e on e.enumtypid = t.oid
           where n.nspname = $1 group by t.typname
@@ -166,6 +174,11 @@ async fn schema_changes_replicate_in_order_with_writes() -> anyhow::Result<()> {
         ("write under the foreign key, then drop it",
          "insert into app.n2 (id, v, parent_id) values (5, 'five', 2); alter table app.n2 drop constraint n2_parent_fk;
           insert into app.n2 (id, v, parent_id) values (6, 'six', 99);", &["t", "n2", "parent"]),
+        ("create a function and use it in a default",
+         "create function app.twice(x int) returns int language sql immutable as 'select x * 2';
+          alter table app.parent add column dbl int default app.twice(21); insert into app.parent (id) values (3);", &["t", "n2", "parent"]),
+        ("replace the function", "create or replace function app.twice(x int) returns int language sql immutable as 'select x + x + 1';
+          insert into app.parent (id) values (4);", &["t", "n2", "parent"]),
         ("drop a table with events pending", "insert into app.p values (2, row(2, 'y')); drop table app.p;", &["t", "n2"]),
     ];
     for (step, sql, tables) in steps {

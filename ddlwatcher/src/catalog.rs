@@ -80,6 +80,64 @@ pub struct Table {
     pub constraints: Vec<Constraint>,
 }
 
+/// A function or procedure in a replicated schema.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Function {
+    pub oid: u32,
+    pub schema: String,
+    pub name: String,
+    /// `pg_get_function_identity_arguments`, for DROP.
+    pub identity_args: String,
+    pub is_procedure: bool,
+    /// `pg_get_functiondef`: a complete `CREATE OR REPLACE …`.
+    pub definition: String,
+}
+
+impl Function {
+    pub fn drop_sql(&self, map: &crate::SchemaMap) -> String {
+        format!(
+            "drop {} if exists {}({})",
+            if self.is_procedure {
+                "procedure"
+            } else {
+                "function"
+            },
+            qualified(map.map(&self.schema), &self.name),
+            self.identity_args
+        )
+    }
+}
+
+/// Reads the functions and procedures of `schemas` (not those an extension owns).
+pub async fn introspect_functions<C: GenericClient>(
+    client: &C,
+    schemas: &[String],
+) -> Result<Vec<Function>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "select p.oid, n.nspname::text, p.proname::text, pg_catalog.pg_get_function_identity_arguments(p.oid),
+                    p.prokind = 'p', pg_catalog.pg_get_functiondef(p.oid)
+               from pg_catalog.pg_proc p join pg_catalog.pg_namespace n on n.oid = p.pronamespace
+              where n.nspname = any($1) and p.prokind in ('f', 'p')
+                and not exists (select 1 from pg_catalog.pg_depend d
+                                 where d.classid = 'pg_catalog.pg_proc'::regclass and d.objid = p.oid and d.deptype = 'e')
+              order by p.oid",
+            &[&schemas],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Function {
+            oid: r.get(0),
+            schema: r.get(1),
+            name: r.get(2),
+            identity_args: r.get(3),
+            is_procedure: r.get(4),
+            definition: r.get(5),
+        })
+        .collect())
+}
+
 /// A table constraint as `pg_get_constraintdef` prints it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Constraint {

@@ -14,6 +14,8 @@ use crate::ddl::{self, type_sql, SchemaMap};
 pub struct Catalog {
     pub tables: Vec<Table>,
     pub types: Vec<TypeDef>,
+    #[serde(default)]
+    pub functions: Vec<crate::catalog::Function>,
 }
 
 /// One DDL statement for the target.
@@ -132,6 +134,27 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
                     }
                 }
             }
+        }
+    }
+
+    // Functions (tables' defaults and indexes may call them): new or changed ones are
+    // created or replaced; a renamed or re-signatured one is dropped and created.
+    let old_fn: BTreeMap<u32, &crate::catalog::Function> =
+        old.functions.iter().map(|f| (f.oid, f)).collect();
+    let new_fn: BTreeMap<u32, &crate::catalog::Function> =
+        new.functions.iter().map(|f| (f.oid, f)).collect();
+    for f in &new.functions {
+        match old_fn.get(&f.oid) {
+            Some(o) if o.definition == f.definition => {}
+            Some(o)
+                if o.name != f.name
+                    || o.schema != f.schema
+                    || o.identity_args != f.identity_args =>
+            {
+                out.push(Statement::tx(o.drop_sql(map)));
+                out.push(Statement::tx(f.definition.clone()));
+            }
+            _ => out.push(Statement::tx(f.definition.clone())),
         }
     }
 
@@ -319,6 +342,11 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
             )));
         }
     }
+    for o in &old.functions {
+        if !new_fn.contains_key(&o.oid) {
+            out.push(Statement::tx(o.drop_sql(map)));
+        }
+    }
     // Expressions inside (defaults, index expressions, checks) may name the source schema:
     // the parser renames those references.
     for st in &mut out {
@@ -371,6 +399,7 @@ mod tests {
         let c = Catalog {
             tables: vec![table(1, "t", vec![col(1, "id", "integer")])],
             types: vec![],
+            functions: vec![],
         };
         assert!(sqls(&c, &c).is_empty());
     }
@@ -388,6 +417,7 @@ mod tests {
                 ],
             )],
             types: vec![],
+            functions: vec![],
         };
         let mut b = col(2, "b", "bigint");
         b.not_null = true;
@@ -402,6 +432,7 @@ mod tests {
                 ],
             )],
             types: vec![],
+            functions: vec![],
         };
         assert_eq!(
             sqls(&old, &new),
@@ -427,10 +458,12 @@ mod tests {
         let old = Catalog {
             tables: vec![table(1, "old", vec![col(1, "id", "integer")])],
             types: vec![mood(&["sad", "happy"])],
+            functions: vec![],
         };
         let new = Catalog {
             tables: vec![table(2, "fresh", vec![col(1, "id", "integer")])],
             types: vec![mood(&["sad", "ok", "happy"])],
+            functions: vec![],
         };
         let map = SchemaMap {
             apply_schema: Some("copy".into()),

@@ -194,6 +194,21 @@ fn walk_enum(n: &mut NodeEnum, map: &SchemaMap) -> Walk {
             all(&mut a.cmds, map)
         }
         NodeEnum::AlterTableCmd(c) => opt(&mut c.def, map),
+        NodeEnum::CreateFunctionStmt(f) => {
+            names(&mut f.funcname, map);
+            all(&mut f.parameters, map)?;
+            type_name(&mut f.return_type, map);
+            // Options (language, volatility, a string body) hold no schema references the
+            // parser could see; a string body is left as the source wrote it.
+            if f.sql_body.is_some() {
+                return Err("SQL-standard function body".into());
+            }
+            Ok(())
+        }
+        NodeEnum::FunctionParameter(p) => {
+            type_name(&mut p.arg_type, map);
+            opt(&mut p.defexpr, map)
+        }
         NodeEnum::CreateDomainStmt(d) => {
             names(&mut d.domainname, map);
             type_name(&mut d.type_name, map);
@@ -252,6 +267,20 @@ mod tests {
         assert_eq!(expression("now()", &map()).unwrap(), "now()");
         let same = SchemaMap::default();
         assert_eq!(expression("app.g(1)", &same).unwrap(), "app.g(1)");
+    }
+
+    #[test]
+    fn function_signature_is_retargeted() {
+        let out = statement(
+            "CREATE OR REPLACE FUNCTION app.score(x app.mood, y integer DEFAULT 1)\n RETURNS app.pair\n LANGUAGE sql\nAS $function$select row(1, 'app.t')::app.pair$function$",
+            &map(),
+        )
+        .unwrap();
+        assert!(out.starts_with("CREATE OR REPLACE FUNCTION mirror.score(x mirror.mood, y int = 1) RETURNS mirror.pair"), "{out}");
+        assert!(
+            out.contains("'app.t'"),
+            "string bodies are not rewritten: {out}"
+        );
     }
 
     #[test]
