@@ -206,10 +206,17 @@ async fn install_triggers(
                 target: name.clone(),
                 source,
             })?;
+        let views = ddlwatcher::introspect_views(&tx, &schemas_of(&tables))
+            .await
+            .map_err(|source| InstallError::Catalog {
+                target: name.clone(),
+                source,
+            })?;
         let catalog = serde_json::to_string(&ddlwatcher::Catalog {
             tables,
             types,
             functions,
+            views,
         })
         .expect("serialisable");
         tx.execute(

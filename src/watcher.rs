@@ -92,10 +92,14 @@ impl Watcher {
         let functions = ddlwatcher::introspect_functions(&*client, &capture::schemas_of(&tables))
             .await
             .map_err(StepError::db("reading the catalog's functions"))?;
+        let views = ddlwatcher::introspect_views(&*client, &capture::schemas_of(&tables))
+            .await
+            .map_err(StepError::db("reading the catalog's views"))?;
         let new = Catalog {
             tables,
             types,
             functions,
+            views,
         };
         let new_json = serde_json::to_string(&new).map_err(|e| StepError::Fatal(e.to_string()))?;
         let tx = client.transaction().await.map_err(StepError::db("begin"))?;

@@ -18,7 +18,7 @@ async fn shape(c: &Client, schema: &str) -> anyhow::Result<Vec<String>> {
         "select c.relname || '.' || a.attname || ':' || format_type(a.atttypid, a.atttypmod) || case when a.attnotnull then ' not null' else '' end
            from pg_class c join pg_namespace n on n.oid = c.relnamespace
            join pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
-          where n.nspname = $1 and c.relkind = 'r'
+          where n.nspname = $1 and c.relkind in ('r', 'v')
          union all
          select 'index ' || indexname || ':' || replace(indexdef, ' ' || schemaname || '.', ' ')
            from pg_indexes where schemaname = $1
@@ -179,6 +179,12 @@ async fn schema_changes_replicate_in_order_with_writes() -> anyhow::Result<()> {
           alter table app.parent add column dbl int default app.twice(21); insert into app.parent (id) values (3);", &["t", "n2", "parent"]),
         ("replace the function", "create or replace function app.twice(x int) returns int language sql immutable as 'select x + x + 1';
           insert into app.parent (id) values (4);", &["t", "n2", "parent"]),
+        ("create a view over two tables",
+         "create view app.v as select n.id, n.v, p.dbl from app.n2 n left join app.parent p on p.id = n.parent_id where n.id < 100;", &["t", "n2", "parent", "v"]),
+        ("change a table under the view and replace the view",
+         "alter table app.parent add column note text default 'n';
+          create or replace view app.v as select n.id, n.v, p.dbl, p.note from app.n2 n left join app.parent p on p.id = n.parent_id where n.id < 100;
+          insert into app.n2 (id, v) values (7, 'seven');", &["t", "n2", "parent", "v"]),
         ("drop a table with events pending", "insert into app.p values (2, row(2, 'y')); drop table app.p;", &["t", "n2"]),
     ];
     for (step, sql, tables) in steps {

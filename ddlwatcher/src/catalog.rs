@@ -138,6 +138,47 @@ pub async fn introspect_functions<C: GenericClient>(
         .collect())
 }
 
+/// A view in a replicated schema.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct View {
+    pub oid: u32,
+    pub schema: String,
+    pub name: String,
+    /// `pg_get_viewdef`: the query.
+    pub definition: String,
+}
+
+/// Reads the (plain) views of `schemas`, in creation (OID) order.
+pub async fn introspect_views<C: GenericClient>(
+    client: &C,
+    schemas: &[String],
+) -> Result<Vec<View>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "select c.oid, n.nspname::text, c.relname::text, pg_catalog.pg_get_viewdef(c.oid)
+               from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+              where n.nspname = any($1) and c.relkind = 'v'
+                and not exists (select 1 from pg_catalog.pg_depend d
+                                 where d.classid = 'pg_catalog.pg_class'::regclass and d.objid = c.oid and d.deptype = 'e')
+              order by c.oid",
+            &[&schemas],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| View {
+            oid: r.get(0),
+            schema: r.get(1),
+            name: r.get(2),
+            definition: r
+                .get::<_, String>(3)
+                .trim()
+                .trim_end_matches(';')
+                .to_string(),
+        })
+        .collect())
+}
+
 /// A table constraint as `pg_get_constraintdef` prints it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Constraint {

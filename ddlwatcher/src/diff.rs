@@ -16,6 +16,8 @@ pub struct Catalog {
     pub types: Vec<TypeDef>,
     #[serde(default)]
     pub functions: Vec<crate::catalog::Function>,
+    #[serde(default)]
+    pub views: Vec<crate::catalog::View>,
 }
 
 /// One DDL statement for the target.
@@ -347,6 +349,29 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
             out.push(Statement::tx(o.drop_sql(map)));
         }
     }
+    // Views depend on the columns they read: when anything changes, every view is dropped
+    // first and created again last (in creation order), from the new definitions.
+    if !out.is_empty() || old.views != new.views {
+        let drops: Vec<Statement> = old
+            .views
+            .iter()
+            .rev()
+            .map(|v| {
+                Statement::tx(format!(
+                    "drop view if exists {}",
+                    qualified(map.map(&v.schema), &v.name)
+                ))
+            })
+            .collect();
+        out.splice(0..0, drops);
+        for v in &new.views {
+            out.push(Statement::tx(format!(
+                "create view {} as {}",
+                qualified(map.map(&v.schema), &v.name),
+                v.definition
+            )));
+        }
+    }
     // Expressions inside (defaults, index expressions, checks) may name the source schema:
     // the parser renames those references.
     for st in &mut out {
@@ -400,6 +425,7 @@ mod tests {
             tables: vec![table(1, "t", vec![col(1, "id", "integer")])],
             types: vec![],
             functions: vec![],
+            views: vec![],
         };
         assert!(sqls(&c, &c).is_empty());
     }
@@ -418,6 +444,7 @@ mod tests {
             )],
             types: vec![],
             functions: vec![],
+            views: vec![],
         };
         let mut b = col(2, "b", "bigint");
         b.not_null = true;
@@ -433,6 +460,7 @@ mod tests {
             )],
             types: vec![],
             functions: vec![],
+            views: vec![],
         };
         assert_eq!(
             sqls(&old, &new),
@@ -459,11 +487,13 @@ mod tests {
             tables: vec![table(1, "old", vec![col(1, "id", "integer")])],
             types: vec![mood(&["sad", "happy"])],
             functions: vec![],
+            views: vec![],
         };
         let new = Catalog {
             tables: vec![table(2, "fresh", vec![col(1, "id", "integer")])],
             types: vec![mood(&["sad", "ok", "happy"])],
             functions: vec![],
+            views: vec![],
         };
         let map = SchemaMap {
             apply_schema: Some("copy".into()),

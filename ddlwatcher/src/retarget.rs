@@ -108,6 +108,32 @@ fn type_name(t: &mut Option<protobuf::TypeName>, map: &SchemaMap) {
     }
 }
 
+fn select(s: &mut protobuf::SelectStmt, map: &SchemaMap) -> Walk {
+    if s.into_clause.is_some() || !s.locking_clause.is_empty() || !s.window_clause.is_empty() {
+        return Err("SELECT with INTO, locking or WINDOW".into());
+    }
+    all(&mut s.distinct_clause, map)?;
+    all(&mut s.target_list, map)?;
+    all(&mut s.from_clause, map)?;
+    opt(&mut s.where_clause, map)?;
+    all(&mut s.group_clause, map)?;
+    opt(&mut s.having_clause, map)?;
+    all(&mut s.values_lists, map)?;
+    all(&mut s.sort_clause, map)?;
+    opt(&mut s.limit_offset, map)?;
+    opt(&mut s.limit_count, map)?;
+    if let Some(w) = s.with_clause.as_mut() {
+        all(&mut w.ctes, map)?;
+    }
+    if let Some(l) = s.larg.as_mut() {
+        select(l, map)?;
+    }
+    if let Some(r) = s.rarg.as_mut() {
+        select(r, map)?;
+    }
+    Ok(())
+}
+
 fn walk_enum(n: &mut NodeEnum, map: &SchemaMap) -> Walk {
     match n {
         NodeEnum::RangeVar(r) => {
@@ -120,12 +146,25 @@ fn walk_enum(n: &mut NodeEnum, map: &SchemaMap) -> Walk {
             names(&mut t.names, map);
             Ok(())
         }
-        NodeEnum::SelectStmt(s) => {
-            if !s.from_clause.is_empty() || s.where_clause.is_some() || s.with_clause.is_some() {
-                return Err("query with FROM or WHERE".into());
-            }
-            all(&mut s.target_list, map)
+        NodeEnum::SelectStmt(s) => select(s, map),
+        NodeEnum::ViewStmt(v) => {
+            range_var(&mut v.view, map);
+            opt(&mut v.query, map)
         }
+        NodeEnum::JoinExpr(j) => {
+            opt(&mut j.larg, map)?;
+            opt(&mut j.rarg, map)?;
+            opt(&mut j.quals, map)
+        }
+        NodeEnum::RangeSubselect(r) => opt(&mut r.subquery, map),
+        NodeEnum::RangeFunction(r) => all(&mut r.functions, map),
+        NodeEnum::SubLink(l) => {
+            opt(&mut l.testexpr, map)?;
+            opt(&mut l.subselect, map)
+        }
+        NodeEnum::SortBy(b) => opt(&mut b.node, map),
+        NodeEnum::CommonTableExpr(c) => opt(&mut c.ctequery, map),
+        NodeEnum::List(l) => all(&mut l.items, map),
         NodeEnum::ResTarget(r) => opt(&mut r.val, map),
         NodeEnum::FuncCall(f) => {
             names(&mut f.funcname, map);
@@ -286,8 +325,23 @@ mod tests {
     #[test]
     fn unsupported_nodes_are_reported() {
         assert!(matches!(
-            expression("(select 1 from app.t)", &map()),
+            statement("SELECT 1 FROM app.t FOR UPDATE", &map()),
             Err(RetargetError::Unsupported { .. })
         ));
+    }
+
+    #[test]
+    fn views_are_retargeted() {
+        let out = statement(
+            "CREATE VIEW app.v AS SELECT t.id, 'app.t' AS label FROM app.t JOIN other.u ON u.id = t.id \
+             WHERE t.id IN (SELECT id FROM app.w) UNION SELECT 1, 'x' FROM app.f(2)",
+            &map(),
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            "CREATE VIEW mirror.v AS SELECT t.id, 'app.t' AS label FROM mirror.t JOIN other.u ON u.id = t.id \
+             WHERE t.id IN (SELECT id FROM mirror.w) UNION SELECT 1, 'x' FROM mirror.f(2)"
+        );
     }
 }
