@@ -69,6 +69,12 @@ pub enum Command {
         #[arg(long, short = 'c')]
         config: PathBuf,
     },
+    /// Where each target stands: batches made and acknowledged, pending events, schema
+    /// versions, the last transmit error; and what this instance applied as a target.
+    Status {
+        #[arg(long, short = 'c')]
+        config: PathBuf,
+    },
     /// Install the queue schema and triggers on the source, then exit.
     Install {
         #[arg(long, short = 'c')]

@@ -18,6 +18,7 @@ pub mod instance;
 pub mod load;
 pub mod server;
 pub mod stage;
+pub mod status;
 pub mod tls;
 pub mod transmitter;
 pub mod vacuum;

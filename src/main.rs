@@ -102,6 +102,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(2)
             })
         }
+        Command::Status { config } => {
+            let config = load_config(&config)?;
+            print!("{}", pgteleport::status::status(&config).await?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Install { config } => {
             let config = load_config(&config)?;
             let mut client = db::connect(&config.database, "install").await?;

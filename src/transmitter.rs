@@ -410,12 +410,14 @@ impl Step for Transmitter {
 
     async fn step(&mut self, client: &mut Client) -> Result<Progress, StepError> {
         if !self.reconciled {
-            let applied = self.position().await.map_err(|e| {
-                StepError::Other(format!(
-                    "target `{}` at {}: {e}",
-                    self.target, self.base_url
-                ))
-            })?;
+            let applied = match self.position().await {
+                Ok(a) => a,
+                Err(e) => {
+                    let m = format!("target `{}` at {}: {e}", self.target, self.base_url);
+                    self.record_error(client, Some(&m)).await;
+                    return Err(StepError::Other(m));
+                }
+            };
             self.acknowledge(client, applied).await?;
             self.reconciled = true;
         }
@@ -436,6 +438,7 @@ impl Step for Transmitter {
             Ok(applied) => {
                 self.waiting = false;
                 self.acknowledge(client, applied).await?;
+                self.record_error(client, None).await;
                 let ddl = self.acked_ddl.load(std::sync::atomic::Ordering::Relaxed);
                 if ddl >= 0 {
                     client
@@ -470,8 +473,24 @@ impl Step for Transmitter {
             }
             Err(Refusal::Retry(m)) => {
                 self.reconciled = false;
+                self.record_error(client, Some(&m)).await;
                 Err(StepError::Other(m))
             }
+        }
+    }
+}
+
+impl Transmitter {
+    /// Keeps the last transmit error (or clears it) for `pgteleport status`. Best effort:
+    /// the error is logged either way.
+    async fn record_error(&self, client: &Client, message: Option<&str>) {
+        let sql = format!(
+            "update {}.target_state set last_error = $2, last_error_at = case when $2::text is null then null else clock_timestamp() end
+              where target = $1 and last_error is distinct from $2",
+            self.schema
+        );
+        if let Err(e) = client.execute(&sql, &[&self.target, &message]).await {
+            tracing::debug!(error = %e, "could not record the transmit error");
         }
     }
 }

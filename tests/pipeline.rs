@@ -278,10 +278,32 @@ async fn unreachable_target_is_retried_then_caught_up() -> anyhow::Result<()> {
     )
     .await?;
     assert!(pending > 0, "batches wait while the target is down");
+    // The failure is visible in `status`, with the reason.
+    let cfg = pgteleport::config::Config::from_yaml(
+        &p.source_yaml(port, "app.*", ""),
+        std::path::Path::new("s.yml"),
+        |_| None,
+    )?;
+    let report = pgteleport::status::status(&cfg).await?;
+    assert!(
+        report.contains("last error") && report.contains(&format!("127.0.0.1:{port}")),
+        "{report}"
+    );
+    assert!(!report.contains("last error  none"), "{report}");
     let target = p.start_target(port).await?;
     let dst = p.dst().await?;
     wait_equal(&src, &dst, &["app.a"], Duration::from_secs(60)).await?;
     assert_eq!(scalar_i64(&dst, "select count(*) from app.a").await?, 2000);
+    wait_for(
+        "status shows no error after catching up",
+        Duration::from_secs(10),
+        || async {
+            Ok(pgteleport::status::status(&cfg)
+                .await?
+                .contains("last error  none"))
+        },
+    )
+    .await?;
     source.shutdown().await?;
     target.shutdown().await?;
     Ok(())

@@ -1,0 +1,114 @@
+//! `pgteleport status`: where each target stands, read from this instance's database.
+
+use std::fmt::Write as _;
+
+use ddlwatcher::quote_ident;
+
+use crate::config::Config;
+use crate::db;
+use crate::vacuum::queue_state;
+
+/// A readable report of the source's targets (batches made, acknowledged, pending; schema
+/// versions; the last transmit error) and of the batches this instance applied as a target.
+pub async fn status(config: &Config) -> anyhow::Result<String> {
+    let client = db::connect(&config.database, "status").await?;
+    let s = quote_ident(&config.internal_schema);
+    let mut out = String::new();
+    let roles = config.roles();
+    if roles.source {
+        for name in config.targets.keys() {
+            let row = client
+                .query_opt(
+                    &format!(
+                        "select t.next_seq - 1, t.acked_seq, t.acked_at::text, t.last_error, t.last_error_at::text,
+                                (select count(*) from {s}.batch b where b.target = t.target and b.acked_at is null),
+                                (select coalesce(sum(events), 0)::int8 from {s}.batch b where b.target = t.target and b.acked_at is null),
+                                (select extract(epoch from clock_timestamp() - min(b.created_at))::float8
+                                   from {s}.batch b where b.target = t.target and b.acked_at is null),
+                                (select coalesce(max(version), 0) from {s}.ddl d where d.target = t.target), t.acked_ddl
+                           from {s}.target_state t where t.target = $1"
+                    ),
+                    &[name],
+                )
+                .await?;
+            let Some(r) = row else {
+                let _ = writeln!(
+                    out,
+                    "target `{name}`: not installed yet (start the instance or run `install`)"
+                );
+                continue;
+            };
+            let (made, acked): (i64, i64) = (r.get(0), r.get(1));
+            let acked_at: Option<String> = r.get(2);
+            let err: Option<String> = r.get(3);
+            let err_at: Option<String> = r.get(4);
+            let (pending, events): (i64, i64) = (r.get(5), r.get(6));
+            let age: Option<f64> = r.get(7);
+            let (ddl, ddl_acked): (i64, i64) = (r.get(8), r.get(9));
+            let _ = writeln!(out, "target `{name}`");
+            let _ = writeln!(
+                out,
+                "  batches     made {made}, acknowledged {acked}{}",
+                acked_at
+                    .map(|a| format!(" (last at {a})"))
+                    .unwrap_or_default()
+            );
+            let _ = writeln!(
+                out,
+                "  pending     {pending} batch(es), {events} event(s){}",
+                age.map(|a| format!(", oldest waiting {a:.1} s"))
+                    .unwrap_or_default()
+            );
+            let _ = writeln!(out, "  schema      version {ddl}, acknowledged {ddl_acked}");
+            match err {
+                Some(e) => {
+                    let _ = writeln!(out, "  last error  {} — {e}", err_at.unwrap_or_default());
+                }
+                None => {
+                    let _ = writeln!(out, "  last error  none");
+                }
+            }
+        }
+        let q = queue_state(&client, &config.internal_schema).await?;
+        let rows: Vec<String> = q
+            .tables
+            .iter()
+            .map(|(i, done, n)| {
+                format!(
+                    "event_{i}: {n} row(s){}{}",
+                    if *i as i64 == q.current {
+                        " (current)"
+                    } else {
+                        ""
+                    },
+                    if *done { " (empty, done)" } else { "" }
+                )
+            })
+            .collect();
+        let _ = writeln!(out, "queue       {}", rows.join("; "));
+    }
+    if roles.target {
+        let applied = client
+            .query(
+                &format!("select source, target, seq, events, applied_at::text from {s}.applied order by 1, 2"),
+                &[],
+            )
+            .await;
+        match applied {
+            Ok(rows) if rows.is_empty() => {
+                let _ = writeln!(out, "applied     nothing yet");
+            }
+            Ok(rows) => {
+                for r in rows {
+                    let (src, tgt, seq, events, at): (String, String, i64, i64, String) =
+                        (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+                    let _ = writeln!(out, "applied     from `{src}` as `{tgt}`: batch {seq}, {events} event(s) in all, last at {at}");
+                }
+            }
+            Err(e) => {
+                let _ = writeln!(out, "applied     unknown ({})", db::describe(&e));
+            }
+        }
+    }
+    Ok(out)
+}
