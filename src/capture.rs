@@ -213,11 +213,18 @@ async fn install_triggers(
                 target: name.clone(),
                 source,
             })?;
+        let sequences = ddlwatcher::introspect_sequences(&tx, &schemas_of(&tables))
+            .await
+            .map_err(|source| InstallError::Catalog {
+                target: name.clone(),
+                source,
+            })?;
         let catalog = serde_json::to_string(&ddlwatcher::Catalog {
             tables,
             types,
             functions,
             views,
+            sequences,
         })
         .expect("serialisable");
         tx.execute(

@@ -95,11 +95,15 @@ impl Watcher {
         let views = ddlwatcher::introspect_views(&*client, &capture::schemas_of(&tables))
             .await
             .map_err(StepError::db("reading the catalog's views"))?;
+        let sequences = ddlwatcher::introspect_sequences(&*client, &capture::schemas_of(&tables))
+            .await
+            .map_err(StepError::db("reading the catalog's sequences"))?;
         let new = Catalog {
             tables,
             types,
             functions,
             views,
+            sequences,
         };
         let new_json = serde_json::to_string(&new).map_err(|e| StepError::Fatal(e.to_string()))?;
         let tx = client.transaction().await.map_err(StepError::db("begin"))?;

@@ -185,6 +185,10 @@ async fn schema_changes_replicate_in_order_with_writes() -> anyhow::Result<()> {
          "alter table app.parent add column note text default 'n';
           create or replace view app.v as select n.id, n.v, p.dbl, p.note from app.n2 n left join app.parent p on p.id = n.parent_id where n.id < 100;
           insert into app.n2 (id, v) values (7, 'seven');", &["t", "n2", "parent", "v"]),
+        ("a sequence and a table drawing from it",
+         "create sequence app.ticket_seq start 100 increment 5;
+          create table app.ticket (id bigint primary key default nextval('app.ticket_seq'), note text);
+          insert into app.ticket (note) values ('a'), ('b');", &["t", "n2", "ticket"]),
         ("drop a table with events pending", "insert into app.p values (2, row(2, 'y')); drop table app.p;", &["t", "n2"]),
     ];
     for (step, sql, tables) in steps {

@@ -138,6 +138,73 @@ pub async fn introspect_functions<C: GenericClient>(
         .collect())
 }
 
+/// A sequence in a replicated schema (its definition; values follow with the data).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sequence {
+    pub oid: u32,
+    pub schema: String,
+    pub name: String,
+    pub data_type: String,
+    pub start: i64,
+    pub increment: i64,
+    pub min: i64,
+    pub max: i64,
+    pub cache: i64,
+    pub cycle: bool,
+}
+
+impl Sequence {
+    /// The options clause shared by CREATE and ALTER.
+    pub fn options(&self) -> String {
+        format!(
+            "as {} increment by {} minvalue {} maxvalue {} start with {} cache {} {}",
+            self.data_type,
+            self.increment,
+            self.min,
+            self.max,
+            self.start,
+            self.cache,
+            if self.cycle { "cycle" } else { "no cycle" }
+        )
+    }
+}
+
+/// Reads the sequences of `schemas`, those that serial and identity columns own included.
+pub async fn introspect_sequences<C: GenericClient>(
+    client: &C,
+    schemas: &[String],
+) -> Result<Vec<Sequence>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "select c.oid, n.nspname::text, c.relname::text, pg_catalog.format_type(s.seqtypid, null),
+                    s.seqstart, s.seqincrement, s.seqmin, s.seqmax, s.seqcache, s.seqcycle
+               from pg_catalog.pg_sequence s
+               join pg_catalog.pg_class c on c.oid = s.seqrelid
+               join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+              where n.nspname = any($1)
+                and not exists (select 1 from pg_catalog.pg_depend d
+                                 where d.classid = 'pg_catalog.pg_class'::regclass and d.objid = c.oid and d.deptype = 'i')
+              order by c.oid",
+            &[&schemas],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Sequence {
+            oid: r.get(0),
+            schema: r.get(1),
+            name: r.get(2),
+            data_type: r.get(3),
+            start: r.get(4),
+            increment: r.get(5),
+            min: r.get(6),
+            max: r.get(7),
+            cache: r.get(8),
+            cycle: r.get(9),
+        })
+        .collect())
+}
+
 /// A view in a replicated schema.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct View {

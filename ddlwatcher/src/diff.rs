@@ -18,6 +18,9 @@ pub struct Catalog {
     pub functions: Vec<crate::catalog::Function>,
     #[serde(default)]
     pub views: Vec<crate::catalog::View>,
+    /// Sequences not owned by an identity column (those come with their table).
+    #[serde(default)]
+    pub sequences: Vec<crate::catalog::Sequence>,
 }
 
 /// One DDL statement for the target.
@@ -134,6 +137,36 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
                             after_rows: false,
                         });
                     }
+                }
+            }
+        }
+    }
+
+    // Sequences before tables (defaults draw from them).
+    let old_seq: BTreeMap<u32, &crate::catalog::Sequence> =
+        old.sequences.iter().map(|q| (q.oid, q)).collect();
+    let new_seq: BTreeMap<u32, &crate::catalog::Sequence> =
+        new.sequences.iter().map(|q| (q.oid, q)).collect();
+    for q in &new.sequences {
+        let name = qualified(map.map(&q.schema), &q.name);
+        match old_seq.get(&q.oid) {
+            None => out.push(Statement::tx(format!(
+                "create sequence if not exists {name} {}",
+                q.options()
+            ))),
+            Some(o) => {
+                if o.name != q.name {
+                    out.push(Statement::tx(format!(
+                        "alter sequence {} rename to {}",
+                        qualified(map.map(&o.schema), &o.name),
+                        quote_ident(&q.name)
+                    )));
+                }
+                if o.options() != q.options() {
+                    out.push(Statement::tx(format!(
+                        "alter sequence {name} {}",
+                        q.options()
+                    )));
                 }
             }
         }
@@ -349,6 +382,14 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
             out.push(Statement::tx(o.drop_sql(map)));
         }
     }
+    for o in &old.sequences {
+        if !new_seq.contains_key(&o.oid) {
+            out.push(Statement::tx(format!(
+                "drop sequence if exists {}",
+                qualified(map.map(&o.schema), &o.name)
+            )));
+        }
+    }
     // Views depend on the columns they read: when anything changes, every view is dropped
     // first and created again last (in creation order), from the new definitions.
     if !out.is_empty() || old.views != new.views {
@@ -426,6 +467,7 @@ mod tests {
             types: vec![],
             functions: vec![],
             views: vec![],
+            sequences: vec![],
         };
         assert!(sqls(&c, &c).is_empty());
     }
@@ -445,6 +487,7 @@ mod tests {
             types: vec![],
             functions: vec![],
             views: vec![],
+            sequences: vec![],
         };
         let mut b = col(2, "b", "bigint");
         b.not_null = true;
@@ -461,6 +504,7 @@ mod tests {
             types: vec![],
             functions: vec![],
             views: vec![],
+            sequences: vec![],
         };
         assert_eq!(
             sqls(&old, &new),
@@ -488,12 +532,14 @@ mod tests {
             types: vec![mood(&["sad", "happy"])],
             functions: vec![],
             views: vec![],
+            sequences: vec![],
         };
         let new = Catalog {
             tables: vec![table(2, "fresh", vec![col(1, "id", "integer")])],
             types: vec![mood(&["sad", "ok", "happy"])],
             functions: vec![],
             views: vec![],
+            sequences: vec![],
         };
         let map = SchemaMap {
             apply_schema: Some("copy".into()),

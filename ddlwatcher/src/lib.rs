@@ -13,9 +13,9 @@ pub mod expression;
 pub mod retarget;
 
 pub use catalog::{
-    describe_table, introspect_functions, introspect_tables, introspect_types, introspect_views,
-    qualified, quote_ident, quote_literal, Column, Constraint, Function, Index, Table, TypeDef,
-    TypeKind, TypeRef, View, FIRST_USER_OID,
+    describe_table, introspect_functions, introspect_sequences, introspect_tables,
+    introspect_types, introspect_views, qualified, quote_ident, quote_literal, Column, Constraint,
+    Function, Index, Sequence, Table, TypeDef, TypeKind, TypeRef, View, FIRST_USER_OID,
 };
 pub use ddl::SchemaMap;
 pub use diff::{diff, Catalog, Statement};

@@ -108,6 +108,32 @@ fn type_name(t: &mut Option<protobuf::TypeName>, map: &SchemaMap) {
     }
 }
 
+/// Splits a possibly quoted `schema.name` as PostgreSQL reads a regclass literal, and
+/// returns it with the schema renamed (quoted again), or `None` when unqualified.
+fn regclass_literal(text: &str, map: &SchemaMap) -> Option<String> {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, quoted) {
+            ('"', true) if chars.peek() == Some(&'"') => {
+                chars.next();
+                cur.push('"');
+            }
+            ('"', _) => quoted = !quoted,
+            ('.', false) => parts.push(std::mem::take(&mut cur)),
+            (c, true) => cur.push(c),
+            (c, false) => cur.extend(c.to_lowercase()),
+        }
+    }
+    parts.push(cur);
+    if parts.len() != 2 {
+        return None;
+    }
+    Some(crate::catalog::qualified(map.map(&parts[0]), &parts[1]))
+}
+
 fn select(s: &mut protobuf::SelectStmt, map: &SchemaMap) -> Walk {
     if s.into_clause.is_some() || !s.locking_clause.is_empty() || !s.window_clause.is_empty() {
         return Err("SELECT with INTO, locking or WINDOW".into());
@@ -173,6 +199,24 @@ fn walk_enum(n: &mut NodeEnum, map: &SchemaMap) -> Walk {
         }
         NodeEnum::TypeCast(c) => {
             type_name(&mut c.type_name, map);
+            // `'schema.name'::regclass` names a relation inside a literal (sequence
+            // defaults print this way): rename the schema of that name too.
+            let is_regclass = c.type_name.as_ref().is_some_and(|t| {
+                t.names
+                    .last()
+                    .and_then(|n| n.node.as_ref())
+                    .is_some_and(|n| matches!(n, NodeEnum::String(s) if s.sval == "regclass"))
+            });
+            if is_regclass {
+                if let Some(NodeEnum::AConst(a)) = c.arg.as_mut().and_then(|a| a.node.as_mut()) {
+                    if let Some(pg_query::protobuf::a_const::Val::Sval(s)) = a.val.as_mut() {
+                        if let Some(renamed) = regclass_literal(&s.sval, map) {
+                            s.sval = renamed;
+                        }
+                    }
+                }
+                return Ok(());
+            }
             opt(&mut c.arg, map)
         }
         NodeEnum::AExpr(a) => {
@@ -328,6 +372,22 @@ mod tests {
             statement("SELECT 1 FROM app.t FOR UPDATE", &map()),
             Err(RetargetError::Unsupported { .. })
         ));
+    }
+
+    #[test]
+    fn regclass_literals_are_renamed() {
+        assert_eq!(
+            expression("nextval('app.ticket_seq'::regclass)", &map()).unwrap(),
+            "nextval('\"mirror\".\"ticket_seq\"'::regclass)"
+        );
+        assert_eq!(
+            expression("nextval('\"app\".\"Seq\"'::regclass)", &map()).unwrap(),
+            "nextval('\"mirror\".\"Seq\"'::regclass)"
+        );
+        assert_eq!(
+            expression("nextval('plain'::regclass)", &map()).unwrap(),
+            "nextval('plain'::regclass)"
+        );
     }
 
     #[test]
