@@ -86,6 +86,9 @@ enum Kind {
     /// An UPDATE that changed the primary key: one row per statement.
     UpdateKey,
     Delete,
+    /// TRUNCATE of the run's tables, in one statement (foreign keys between them allow
+    /// nothing else).
+    Truncate,
 }
 
 impl Applier {
@@ -398,7 +401,7 @@ impl Applier {
                 while end < events.len()
                     && end - start < self.batch_size
                     && bytes < MAX_STATEMENT_BYTES
-                    && events[end].table == first.table
+                    && (events[end].table == first.table || kind == Kind::Truncate)
                     && kind_of(events[end]) == kind
                     && columns[end] == columns[start]
                 {
@@ -408,8 +411,20 @@ impl Applier {
             }
             let meta = &batch.tables[first.table as usize];
             let schema = batch.apply_schema.as_deref().unwrap_or(&meta.schema);
-            let table = qualified(schema, &meta.name);
             let run = &events[start..end];
+            let table = if kind == Kind::Truncate {
+                let mut names: Vec<String> = Vec::new();
+                for e in run {
+                    let m = &batch.tables[e.table as usize];
+                    let n = qualified(batch.apply_schema.as_deref().unwrap_or(&m.schema), &m.name);
+                    if !names.contains(&n) {
+                        names.push(n);
+                    }
+                }
+                names.join(", ")
+            } else {
+                qualified(schema, &meta.name)
+            };
             let cols = &columns[start];
             loop {
                 if ddl.pending.is_empty() {
@@ -519,6 +534,7 @@ fn kind_of(e: &Event) -> Kind {
         Op::Insert => Kind::Insert,
         Op::Update if e.key.is_some() => Kind::UpdateKey,
         Op::Update => Kind::Update,
+        Op::Truncate => Kind::Truncate,
         // Schema events never form runs (handled before); Delete is a harmless stand-in.
         Op::Delete | Op::Schema => Kind::Delete,
     }
@@ -580,6 +596,11 @@ async fn apply_run(
                 .await
                 .map_err(pg(&context))?;
             check_matched(&context, 1, n as i64)?;
+        }
+        Kind::Truncate => {
+            tx.batch_execute(&format!("truncate {table}"))
+                .await
+                .map_err(pg(&context))?;
         }
         Kind::Delete => {
             let keys = json_array(

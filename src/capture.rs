@@ -15,10 +15,14 @@ pub const SOURCE_SQL: &[(i32, &str)] = &[
     (1, include_str!("../sql/source_001_queue.sql")),
     (2, include_str!("../sql/source_002_schema.sql")),
     (3, include_str!("../sql/source_003_status.sql")),
+    (4, include_str!("../sql/source_004_truncate.sql")),
 ];
 
-/// The trigger's name on every replicated table.
+/// The row trigger's name on every replicated table.
 pub const TRIGGER_NAME: &str = "pgteleport_capture";
+
+/// The TRUNCATE trigger's name on every replicated table.
+pub const TRUNCATE_TRIGGER_NAME: &str = "pgteleport_truncate";
 
 /// Why installation failed. Each names the object and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -273,6 +277,7 @@ async fn install_trigger(
         )
         .await
         .map_err(|source| trigger_error(table, source))?;
+    install_truncate_trigger(client, table, schema).await?;
     let created = match existing {
         Some(r) if r.get::<_, Vec<u8>>(0) == wanted => return Ok(false), // already right: no lock taken
         Some(_) => false,
@@ -283,6 +288,33 @@ async fn install_trigger(
         .await
         .map_err(|source| trigger_error(table, source))?;
     Ok(created)
+}
+
+async fn install_truncate_trigger(
+    client: &tokio_postgres::Transaction<'_>,
+    table: &Table,
+    schema: &str,
+) -> Result<(), InstallError> {
+    let exists: bool = client
+        .query_one(
+            "select exists (select 1 from pg_catalog.pg_trigger where tgrelid = $1 and tgname = $2)",
+            &[&table.oid, &TRUNCATE_TRIGGER_NAME],
+        )
+        .await
+        .map_err(|source| trigger_error(table, source))?
+        .get(0);
+    if exists {
+        return Ok(());
+    }
+    client
+        .batch_execute(&format!(
+            "create trigger {} after truncate on {} for each statement execute function {}.capture_truncate()",
+            quote_ident(TRUNCATE_TRIGGER_NAME),
+            table.qualified(),
+            quote_ident(schema)
+        ))
+        .await
+        .map_err(|source| trigger_error(table, source))
 }
 
 fn trigger_error(table: &Table, source: tokio_postgres::Error) -> InstallError {
@@ -325,7 +357,8 @@ pub async fn uninstall(
                join pg_catalog.pg_namespace n on n.oid = c.relnamespace
                join pg_catalog.pg_proc p on p.oid = t.tgfoid
                join pg_catalog.pg_namespace pn on pn.oid = p.pronamespace
-              where t.tgname = $1 and pn.nspname = $2 and p.proname = 'capture_row'",
+              where t.tgname in ($1, 'pgteleport_truncate') and pn.nspname = $2
+                and p.proname in ('capture_row', 'capture_truncate')",
             &[&TRIGGER_NAME, &schema],
         )
         .await?;
@@ -333,9 +366,10 @@ pub async fn uninstall(
     for r in rows {
         let (s, t): (String, String) = (r.get(0), r.get(1));
         tx.batch_execute(&format!(
-            "drop trigger if exists {} on {}",
+            "drop trigger if exists {} on {t}; drop trigger if exists {} on {t}",
             quote_ident(TRIGGER_NAME),
-            qualified(&s, &t)
+            quote_ident(TRUNCATE_TRIGGER_NAME),
+            t = qualified(&s, &t)
         ))
         .await?;
         touched.insert(qualified(&s, &t));

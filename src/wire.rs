@@ -92,6 +92,9 @@ pub enum Op {
     Update,
     #[serde(rename = "D")]
     Delete,
+    /// TRUNCATE of the table (no key, no data).
+    #[serde(rename = "T")]
+    Truncate,
     /// A schema change: `data` is `{"version": n}`, one of [`Batch::ddl`].
     #[serde(rename = "S")]
     Schema,
@@ -104,6 +107,7 @@ impl Op {
             b'U' => Some(Op::Update),
             b'D' => Some(Op::Delete),
             b'S' => Some(Op::Schema),
+            b'T' => Some(Op::Truncate),
             _ => None,
         }
     }

@@ -221,3 +221,50 @@ async fn second_instance_with_the_same_name_refuses_to_run() -> anyhow::Result<(
     target.shutdown().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn truncate_is_replicated_in_order_with_the_dml_around_it() -> anyhow::Result<()> {
+    let p = Pair::new(SCHEMA).await?;
+    let (source, target) = p.start_both("app.*").await?;
+    let src = p.src().await?;
+    let dst = p.dst().await?;
+    src.batch_execute(
+        "insert into app.customer select g, 'c' || g, g from generate_series(1, 50) g;
+         insert into app.parent select generate_series(1, 10);
+         insert into app.child select g, g % 10 + 1 from generate_series(1, 40) g;",
+    )
+    .await?;
+    wait_equal(
+        &src,
+        &dst,
+        &["app.customer", "app.parent", "app.child"],
+        Duration::from_secs(20),
+    )
+    .await?;
+    // DML, TRUNCATE and DML again in one transaction; then two tables tied by a foreign key
+    // in one statement, and one through CASCADE.
+    src.batch_execute(
+        "begin;
+         update app.customer set name = 'before' where id = 1;
+         truncate app.customer;
+         insert into app.customer values (7, 'after', 1);
+         commit;
+         truncate app.parent, app.child;
+         insert into app.parent values (1), (2); insert into app.child values (1, 1), (2, 2);
+         truncate app.parent cascade;
+         insert into app.parent values (3);",
+    )
+    .await?;
+    wait_equal(
+        &src,
+        &dst,
+        &["app.customer", "app.parent", "app.child"],
+        Duration::from_secs(20),
+    )
+    .await?;
+    assert_eq!(rows(&dst, "app.customer").await?, vec!["(7,after,1.0000)"]);
+    assert_eq!(rows(&dst, "app.parent").await?, vec!["(3)"]);
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}
