@@ -326,7 +326,7 @@ impl Applier {
         // Events of transactions visible in a table's load snapshot are in its copy already.
         let mut events: Vec<&Event> = Vec::with_capacity(batch.events.len());
         for e in &batch.events {
-            if e.op == Op::Schema {
+            if e.op.is_stream_wide() {
                 events.push(e);
                 continue;
             }
@@ -374,6 +374,35 @@ impl Applier {
         let mut start = 0;
         while start < events.len() {
             let first = events[start];
+            if first.op == Op::Sequences {
+                // Like a run: a sequence created by a pending version is made first.
+                loop {
+                    if ddl.pending.is_empty() {
+                        apply_sequences(tx, batch.apply_schema.as_deref(), first).await?;
+                        break;
+                    }
+                    tx.batch_execute("savepoint pgteleport_run")
+                        .await
+                        .map_err(pg("savepoint"))?;
+                    match apply_sequences(tx, batch.apply_schema.as_deref(), first).await {
+                        Ok(()) => {
+                            tx.batch_execute("release savepoint pgteleport_run")
+                                .await
+                                .map_err(pg("savepoint"))?;
+                            break;
+                        }
+                        Err(ApplyError::SchemaBehind { .. } | ApplyError::Failed { .. }) => {
+                            tx.batch_execute("rollback to savepoint pgteleport_run")
+                                .await
+                                .map_err(pg("savepoint"))?;
+                            ddl.apply_next(tx).await?;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                start += 1;
+                continue;
+            }
             if first.op == Op::Schema {
                 let version = first
                     .data
@@ -529,12 +558,39 @@ impl Applier {
     }
 }
 
+/// Moves target sequences forward to the source's positions (never back).
+async fn apply_sequences(
+    tx: &Transaction<'_>,
+    apply_schema: Option<&str>,
+    e: &Event,
+) -> Result<(), ApplyError> {
+    #[derive(serde::Deserialize)]
+    struct Positions {
+        sequences: Vec<(String, String, i64)>,
+    }
+    let data = e.data.as_deref().map(|d| d.get()).unwrap_or("{}");
+    let p: Positions = serde_json::from_str(data).map_err(|err| ApplyError::BadRequest {
+        message: format!("sequence event {}: {err}", e.id),
+    })?;
+    for (schema, name, last) in p.sequences {
+        let seq = qualified(apply_schema.unwrap_or(&schema), &name);
+        tx.execute(
+            &format!("select setval($1::text::regclass, $2::int8, true) from {seq} s where not s.is_called or s.last_value < $2::int8"),
+            &[&seq, &last],
+        )
+        .await
+        .map_err(pg(&format!("moving sequence {seq} to {last}")))?;
+    }
+    Ok(())
+}
+
 fn kind_of(e: &Event) -> Kind {
     match e.op {
         Op::Insert => Kind::Insert,
         Op::Update if e.key.is_some() => Kind::UpdateKey,
         Op::Update => Kind::Update,
         Op::Truncate => Kind::Truncate,
+        Op::Sequences => Kind::Delete, // handled before, never a run
         // Schema events never form runs (handled before); Delete is a harmless stand-in.
         Op::Delete | Op::Schema => Kind::Delete,
     }

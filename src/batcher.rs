@@ -19,7 +19,7 @@ pub const BATCH_EVENTS_CONDITION: &str = "e.ev_txid >= pg_snapshot_xmin(b.snap_f
     and e.ev_txid < pg_snapshot_xmax(b.snap_to)
     and pg_visible_in_snapshot(e.ev_txid, b.snap_to)
     and not pg_visible_in_snapshot(e.ev_txid, b.snap_from)
-    and case when e.ev_op = 'S' then e.ev_table::text = b.target
+    and case when e.ev_op in ('S', 'Q') then e.ev_table::text = b.target
              else (e.ev_schema::text || '.' || e.ev_table::text) ~ b.filter end
     and (b.txids is null or e.ev_txid = any(b.txids))";
 

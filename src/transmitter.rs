@@ -196,7 +196,7 @@ impl Transmitter {
                     op_code
                 ))
             })?;
-            let table = if op == Op::Schema {
+            let table = if op.is_stream_wide() {
                 0
             } else {
                 let key = (
@@ -250,7 +250,7 @@ impl Transmitter {
         let events: Vec<Event> = events
             .into_iter()
             .filter_map(|mut e| {
-                if e.op == Op::Schema {
+                if e.op.is_stream_wide() {
                     return Some(e);
                 }
                 e.table = renumber[e.table as usize]?;

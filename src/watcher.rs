@@ -23,6 +23,10 @@ pub struct Watcher {
     schema: String,
     targets: Vec<(String, TargetExpression, Option<String>)>,
     fingerprint: Option<String>,
+    /// Replicated schemas per target (from the last catalog read).
+    schemas: std::collections::BTreeMap<String, Vec<String>>,
+    /// Sequence positions last queued, per target.
+    sent: std::collections::BTreeMap<String, std::collections::BTreeMap<(String, String), i64>>,
 }
 
 impl Watcher {
@@ -43,6 +47,8 @@ impl Watcher {
             schema: quote_ident(&config.internal_schema),
             targets,
             fingerprint: None,
+            schemas: Default::default(),
+            sent: Default::default(),
         }
     }
 
@@ -76,7 +82,7 @@ impl Watcher {
     /// Diffs one target's catalog against its last snapshot and records a new schema
     /// version when the DDL is not empty. Returns whether it recorded one.
     async fn diff_target(
-        &self,
+        &mut self,
         client: &mut Client,
         target: &str,
         expr: &TargetExpression,
@@ -105,6 +111,8 @@ impl Watcher {
             views,
             sequences,
         };
+        self.schemas
+            .insert(target.to_string(), capture::schemas_of(&new.tables));
         let new_json = serde_json::to_string(&new).map_err(|e| StepError::Fatal(e.to_string()))?;
         let tx = client.transaction().await.map_err(StepError::db("begin"))?;
         let old = tx
@@ -151,6 +159,53 @@ impl Watcher {
         .map_err(StepError::db("storing the catalog snapshot"))?;
         tx.commit().await.map_err(StepError::db("commit"))?;
         Ok((recorded, deferred))
+    }
+}
+
+impl Watcher {
+    /// Queues the positions of the sequences that moved since the last time, so the
+    /// target's sequences follow the source's (never behind it at the stream position).
+    async fn sync_sequences(&mut self, client: &Client) -> Result<(), StepError> {
+        for (target, schemas) in &self.schemas {
+            let rows = client
+                .query(
+                    "select schemaname::text, sequencename::text, last_value from pg_catalog.pg_sequences
+                      where schemaname = any($1) and last_value is not null",
+                    &[schemas],
+                )
+                .await
+                .map_err(StepError::db("reading sequence positions"))?;
+            let sent = self.sent.entry(target.clone()).or_default();
+            let moved: Vec<(String, String, i64)> = rows
+                .iter()
+                .map(|r| {
+                    (
+                        r.get::<_, String>(0),
+                        r.get::<_, String>(1),
+                        r.get::<_, i64>(2),
+                    )
+                })
+                .filter(|(s, n, v)| sent.get(&(s.clone(), n.clone())) != Some(v))
+                .collect();
+            if moved.is_empty() {
+                continue;
+            }
+            let data = serde_json::json!({ "sequences": moved }).to_string();
+            client
+                .execute(
+                    &format!(
+                        "select {}.enqueue('Q', '', $1, 0, null, $2::text::jsonb)",
+                        self.schema
+                    ),
+                    &[target, &data],
+                )
+                .await
+                .map_err(StepError::db("queueing sequence positions"))?;
+            for (s, n, v) in moved {
+                sent.insert((s, n), v);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -207,6 +262,7 @@ impl Step for Watcher {
         let fp = self.fingerprint(client).await?;
         tracing::trace!(fingerprint = %fp, "catalog fingerprint");
         if self.fingerprint.as_deref() == Some(fp.as_str()) {
+            self.sync_sequences(client).await?;
             return Ok(Progress::Idle);
         }
         let mut seen = BTreeSet::new();
@@ -235,6 +291,8 @@ impl Step for Watcher {
             seen.insert(target);
         }
         self.fingerprint = Some(fp);
+        // After the schema versions, so a new sequence exists before its position arrives.
+        self.sync_sequences(client).await?;
         Ok(if seen.is_empty() {
             Progress::Idle
         } else {

@@ -95,12 +95,20 @@ pub enum Op {
     /// TRUNCATE of the table (no key, no data).
     #[serde(rename = "T")]
     Truncate,
+    /// Sequence positions: `data` is `{"sequences": [[schema, name, last_value], …]}`.
+    #[serde(rename = "Q")]
+    Sequences,
     /// A schema change: `data` is `{"version": n}`, one of [`Batch::ddl`].
     #[serde(rename = "S")]
     Schema,
 }
 
 impl Op {
+    /// Schema and sequence events belong to the whole stream, not to one table.
+    pub fn is_stream_wide(self) -> bool {
+        matches!(self, Op::Schema | Op::Sequences)
+    }
+
     pub fn from_code(c: i8) -> Option<Self> {
         match c as u8 {
             b'I' => Some(Op::Insert),
@@ -108,6 +116,7 @@ impl Op {
             b'D' => Some(Op::Delete),
             b'S' => Some(Op::Schema),
             b'T' => Some(Op::Truncate),
+            b'Q' => Some(Op::Sequences),
             _ => None,
         }
     }
@@ -216,7 +225,7 @@ impl Batch {
             }
         }
         for (i, e) in self.events.iter().enumerate() {
-            if e.op != Op::Schema && e.table as usize >= self.tables.len() {
+            if !e.op.is_stream_wide() && e.table as usize >= self.tables.len() {
                 return bad(format!(
                     "events[{i}] refers to table {} of {}",
                     e.table,
@@ -226,7 +235,7 @@ impl Batch {
             let object =
                 |v: &Option<Box<RawValue>>| v.as_ref().is_some_and(|r| r.get().starts_with('{'));
             match e.op {
-                Op::Insert | Op::Update | Op::Schema if !object(&e.data) => {
+                Op::Insert | Op::Update | Op::Schema | Op::Sequences if !object(&e.data) => {
                     return bad(format!(
                         "events[{i}] ({:?}) needs `data`, a JSON object",
                         e.op

@@ -268,3 +268,39 @@ async fn truncate_is_replicated_in_order_with_the_dml_around_it() -> anyhow::Res
     target.shutdown().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn target_sequences_follow_the_source() -> anyhow::Result<()> {
+    let schema = "create schema app; create table app.s (id bigserial primary key, v text);
+                  create sequence app.standalone start 10;";
+    let p = Pair::new(schema).await?;
+    let (source, target) = p.start_both("app.*").await?;
+    let src = p.src().await?;
+    let dst = p.dst().await?;
+    src.batch_execute(
+        "insert into app.s (v) select 'x' from generate_series(1, 25);
+         select nextval('app.standalone') from generate_series(1, 7);",
+    )
+    .await?;
+    wait_equal(&src, &dst, &["app.s"], Duration::from_secs(20)).await?;
+    for seq in ["app.s_id_seq", "app.standalone"] {
+        let want = scalar_i64(&src, &format!("select last_value from {seq}")).await?;
+        wait_for(
+            &format!("target {seq} at {want}"),
+            Duration::from_secs(20),
+            || async {
+                Ok(scalar_i64(&dst, &format!("select last_value from {seq}")).await? == want)
+            },
+        )
+        .await?;
+    }
+    // After a switchover the target hands out the next value, never one the source used.
+    let next: i64 = dst
+        .query_one("select nextval('app.s_id_seq')", &[])
+        .await?
+        .get(0);
+    assert_eq!(next, 26);
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}
