@@ -30,8 +30,8 @@ pub struct LoadArgs {
     /// Replace the rows of target tables that are not empty (otherwise they are refused).
     #[arg(long)]
     pub truncate: bool,
-    /// Parallel COPY streams.
-    #[arg(long, default_value_t = 4)]
+    /// Parallel COPY streams (default: the number of CPUs; more only adds contention).
+    #[arg(long, default_value_t = default_workers())]
     pub workers: usize,
     /// Heap megabytes per ctid range of a large table.
     #[arg(long, default_value_t = 64)]
@@ -39,6 +39,12 @@ pub struct LoadArgs {
     /// Plain log lines instead of a progress bar, even on a terminal.
     #[arg(long)]
     pub no_progress: bool,
+}
+
+fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .max(2)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -13,51 +13,85 @@ use pgteleport::config::Config;
 use tokio_postgres::Client;
 
 /// Columns (name and type) of every table in `schema`, as the catalog says.
-async fn shape(c: &Client, schema: &str) -> anyhow::Result<Vec<String>> {
+async fn shape(c: &Client, schemas: &[&str]) -> anyhow::Result<Vec<String>> {
     Ok(c.query(
         "select c.relname || '.' || a.attname || ':' || format_type(a.atttypid, a.atttypmod) || case when a.attnotnull then ' not null' else '' end
            from pg_class c join pg_namespace n on n.oid = c.relnamespace
            join pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
-          where n.nspname = $1 and c.relkind in ('r', 'v')
+          where n.nspname = any($1) and c.relkind in ('r', 'v')
          union all
          select 'index ' || indexname || ':' || replace(indexdef, ' ' || schemaname || '.', ' ')
-           from pg_indexes where schemaname = $1
+           from pg_indexes where schemaname = any($1)
          union all
          select 'constraint ' || c.conrelid::regclass::text || '.' || conname || ':' || pg_get_constraintdef(c.oid)
            from pg_constraint c join pg_namespace n on n.oid = c.connamespace
-          where n.nspname = $1 and c.contype in ('f', 'u', 'c')
+          where n.nspname = any($1) and c.contype in ('f', 'u', 'c')
          union all
          select 'function ' || p.proname || '(' || pg_get_function_identity_arguments(p.oid) || '):' || p.prosrc
-           from pg_proc p join pg_namespace n on n.oid = p.pronamespace where n.nspname = $1
+           from pg_proc p join pg_namespace n on n.oid = p.pronamespace where n.nspname = any($1)
          union all
          select 'default ' || c.relname || '.' || a.attname || ':' || pg_get_expr(d.adbin, d.adrelid)
            from pg_attrdef d join pg_class c on c.oid = d.adrelid join pg_namespace n on n.oid = c.relnamespace
            join pg_attribute a on a.attrelid = d.adrelid and a.attnum = d.adnum
-          where n.nspname = $1
+          where n.nspname = any($1)
          union all
          select 'enum ' || t.typname || ':' || string_agg(e.enumlabel, ',' order by e.enumsortorder)
            from pg_type t join pg_namespace n on n.oid = t.typnamespace join pg_enum e on e.enumtypid = t.oid
-          where n.nspname = $1 group by t.typname
+          where n.nspname = any($1) group by t.typname
           order by 1",
-        &[&schema],
+        &[&schemas],
     )
     .await?
     .iter()
-    .map(|r| r.get::<_, String>(0).replace(&format!("{schema}."), ""))
+    .map(|r| {
+        schemas
+            .iter()
+            .fold(r.get::<_, String>(0), |acc, s| acc.replace(&format!("{s}."), ""))
+    })
     .collect())
 }
 
 async fn wait_same(src: &Client, dst: &Client, tables: &[&str], step: &str) -> anyhow::Result<()> {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let (a, b) = (shape(src, "app").await?, shape(dst, "mirror").await?);
+        // Catalog functions (pg_get_constraintdef, regclass output) can fail while the
+        // applier runs DDL concurrently: read again.
+        let (a, b) = match (
+            shape(src, &["app", "app2"]).await,
+            shape(dst, &["mirror"]).await,
+        ) {
+            (Ok(a), Ok(b)) => (a, b),
+            (a, b) => {
+                if std::time::Instant::now() > deadline {
+                    anyhow::bail!(
+                        "after step `{step}`: reading the catalog kept failing: {:?} {:?}",
+                        a.err(),
+                        b.err()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let mut same = a == b;
         let mut detail = String::new();
         if same {
             for t in tables {
                 let (x, y) = (
-                    rows(src, &format!("app.{t}")).await?,
-                    rows(dst, &format!("mirror.{t}")).await,
+                    rows(
+                        src,
+                        &if t.contains('.') {
+                            t.to_string()
+                        } else {
+                            format!("app.{t}")
+                        },
+                    )
+                    .await?,
+                    rows(
+                        dst,
+                        &format!("mirror.{}", t.rsplit('.').next().unwrap_or(t)),
+                    )
+                    .await,
                 );
                 if y.as_ref().ok() != Some(&x) {
                     same = false;
@@ -95,7 +129,7 @@ async fn schema_changes_replicate_in_order_with_writes() -> anyhow::Result<()> {
     );
     let target = p.start_target(0).await?;
     let port = target.local_addr.unwrap().port();
-    let yaml = p.source_yaml(port, "app.*", "").replace(
+    let yaml = p.source_yaml(port, "app*.*", "").replace(
         &format!("    auth_token: {TOKEN}\n"),
         &format!("    auth_token: {TOKEN}\n    apply_schema: mirror\n"),
     );
@@ -189,6 +223,8 @@ async fn schema_changes_replicate_in_order_with_writes() -> anyhow::Result<()> {
          "create sequence app.ticket_seq start 100 increment 5;
           create table app.ticket (id bigint primary key default nextval('app.ticket_seq'), note text);
           insert into app.ticket (note) values ('a'), ('b');", &["t", "n2", "ticket"]),
+        ("a new schema the expression covers, and a table in it",
+         "create schema app2; create table app2.q (id int primary key, v text); insert into app2.q values (1, 'q');", &["t", "n2", "app2.q"]),
         ("drop a table with events pending", "insert into app.p values (2, row(2, 'y')); drop table app.p;", &["t", "n2"]),
     ];
     for (step, sql, tables) in steps {
