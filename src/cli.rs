@@ -81,6 +81,21 @@ pub enum Command {
         #[arg(long, short = 'c')]
         config: PathBuf,
     },
+    /// Compare the source's and a target's tables (counts, checksums, then keys of differing
+    /// rows); exits 3 when they differ.
+    Verify {
+        #[arg(long, short = 'c')]
+        config: PathBuf,
+        /// The target (a key of `targets`).
+        #[arg(long)]
+        target: String,
+        /// The target instance's config file (for its database connection).
+        #[arg(long)]
+        target_config: PathBuf,
+        /// Seconds to wait for the target to catch up before comparing.
+        #[arg(long, default_value_t = 60)]
+        within: u64,
+    },
     /// Install the queue schema and triggers on the source, then exit.
     Install {
         #[arg(long, short = 'c')]

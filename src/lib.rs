@@ -22,5 +22,6 @@ pub mod status;
 pub mod tls;
 pub mod transmitter;
 pub mod vacuum;
+pub mod verify;
 pub mod watcher;
 pub mod wire;

@@ -107,6 +107,30 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", pgteleport::status::status(&config).await?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Verify {
+            config,
+            target,
+            target_config,
+            within,
+        } => {
+            let config = load_config(&config)?;
+            let target_cfg = Config::load(&target_config)?;
+            let reports = pgteleport::verify::verify(
+                &config,
+                &target,
+                &target_cfg.database,
+                Duration::from_secs(within),
+            )
+            .await?;
+            print!("{}", pgteleport::verify::render(&reports));
+            let differ = reports.iter().filter(|r| !r.equal()).count();
+            if differ > 0 {
+                println!("{differ} of {} table(s) differ", reports.len());
+                return Ok(ExitCode::from(3));
+            }
+            println!("{} table(s) equal", reports.len());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Install { config } => {
             let config = load_config(&config)?;
             let mut client = db::connect(&config.database, "install").await?;
