@@ -2,7 +2,7 @@
 //! (source, target) position, so a batch is applied exactly once whatever crashes.
 //!
 //! Consecutive events of one table and one kind are applied with one set-based statement
-//! (`INSERT … SELECT … FROM jsonb_populate_recordset`, `UPDATE … FROM`, `DELETE … USING`);
+//! (`INSERT … SELECT … FROM json_populate_recordset`, `UPDATE … FROM`, `DELETE … USING`);
 //! an UPDATE that changes the primary key is applied on its own. UPDATE and DELETE check
 //! that they matched every row they name: a row missing on the target is an error, never a
 //! silent no-op.
@@ -708,7 +708,7 @@ fn key_match(key: &[String], left: &str, right: &str) -> String {
 
 fn insert_sql(columns: &[String], table: &str) -> String {
     let cols = column_list(columns, "");
-    format!("insert into {table} ({cols}) select {cols} from jsonb_populate_recordset(null::{table}, $1::text::jsonb)")
+    format!("insert into {table} ({cols}) select {cols} from json_populate_recordset(null::{table}, $1::text::json)")
 }
 
 /// Returns (rows named, rows matched). The last image of each key wins (row images are
@@ -725,8 +725,8 @@ fn update_sql(meta: &TableMeta, columns: &[String], table: &str) -> Option<Strin
     let rkey = column_list(&meta.key, "r.");
     Some(format!(
         "with r as (select distinct on ({rkey}) r.*
-                      from jsonb_array_elements($1::text::jsonb) with ordinality as e(j, n),
-                           jsonb_populate_record(null::{table}, e.j) as r
+                      from json_array_elements($1::text::json) with ordinality as e(j, n),
+                           json_populate_record(null::{table}, e.j) as r
                      order by {rkey}, e.n desc),
               u as (update {table} as t set {set} from r where {cond} returning 1)
          select (select count(*) from r), (select count(*) from u)",
@@ -742,8 +742,8 @@ fn update_key_sql(meta: &TableMeta, columns: &[String], table: &str) -> String {
         .collect();
     format!(
         "update {table} as t set {set}
-           from jsonb_populate_record(null::{table}, $1::text::jsonb) as r,
-                jsonb_populate_record(null::{table}, $2::text::jsonb) as k
+           from json_populate_record(null::{table}, $1::text::json) as r,
+                json_populate_record(null::{table}, $2::text::json) as k
           where {cond}",
         set = set.join(", "),
         cond = key_match(&meta.key, "t", "k"),
@@ -752,7 +752,7 @@ fn update_key_sql(meta: &TableMeta, columns: &[String], table: &str) -> String {
 
 fn delete_sql(meta: &TableMeta, table: &str) -> String {
     format!(
-        "with k as (select * from jsonb_populate_recordset(null::{table}, $1::text::jsonb)),
+        "with k as (select * from json_populate_recordset(null::{table}, $1::text::json)),
               d as (delete from {table} as t using k where {cond} returning 1)
          select (select count(*) from k), (select count(*) from d)",
         cond = key_match(&meta.key, "t", "k"),

@@ -16,6 +16,8 @@ pub const SOURCE_SQL: &[(i32, &str)] = &[
     (2, include_str!("../sql/source_002_schema.sql")),
     (3, include_str!("../sql/source_003_status.sql")),
     (4, include_str!("../sql/source_004_truncate.sql")),
+    (5, include_str!("../sql/source_005_json.sql")),
+    (6, include_str!("../sql/source_006_arrays.sql")),
 ];
 
 /// The row trigger's name on every replicated table.
@@ -172,7 +174,7 @@ async fn install_triggers(
             let n = tx
                 .execute(
                     &format!(
-                        "select {}.enqueue('I', $1, $2, $3, null, to_jsonb(t)) from {} t",
+                        "select {}.enqueue('I', $1, $2, $3, null, to_json(t)) from {} t",
                         quote_ident(schema),
                         t.qualified()
                     ),
@@ -257,7 +259,18 @@ async fn install_trigger(
     function: &str,
     schema: &str,
 ) -> Result<bool, InstallError> {
-    let key = table.primary_key.as_deref().unwrap_or_default();
+    // Arguments: the key columns, then '' and the array columns (sent as their text form).
+    let mut key: Vec<String> = table.primary_key.clone().unwrap_or_default();
+    let arrays: Vec<String> = table
+        .columns
+        .iter()
+        .filter(|c| !c.generated && c.type_name.ends_with("[]"))
+        .map(|c| c.name.clone())
+        .collect();
+    if !arrays.is_empty() {
+        key.push(String::new());
+        key.extend(arrays);
+    }
     let args: Vec<String> = key.iter().map(|k| quote_literal(k)).collect();
     let sql = format!(
         "create or replace trigger {} after insert or update or delete on {} for each row execute function {}({})",

@@ -194,7 +194,7 @@ impl Watcher {
             client
                 .execute(
                     &format!(
-                        "select {}.enqueue('Q', '', $1, 0, null, $2::text::jsonb)",
+                        "select {}.enqueue('Q', '', $1, 0, null, $2::text::json)",
                         self.schema
                     ),
                     &[target, &data],
@@ -235,7 +235,7 @@ async fn record_version(
     .map_err(StepError::db("recording a schema version"))?;
     tx.execute(
         &format!(
-            "select {s}.enqueue('S', '', $1, 0, null, jsonb_build_object('version', $2::int8))"
+            "select {s}.enqueue('S', '', $1, 0, null, json_build_object('version', $2::int8))"
         ),
         &[&target, &version],
     )

@@ -1,8 +1,8 @@
 //! The batch format shipped from a source instance to a target instance.
 //!
 //! JSON (optionally zstd-compressed, `Content-Encoding: zstd`). Row images travel as the
-//! source's own `jsonb` text, untouched (`RawValue`), so numeric precision and every other
-//! value survive exactly; the target rebuilds rows with `jsonb_populate_record(set)`.
+//! source's own `json` text, untouched (`RawValue`), so numeric precision and every other
+//! value survive exactly; the target rebuilds rows with `json_populate_record(set)`.
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
