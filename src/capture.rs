@@ -41,7 +41,7 @@ pub enum InstallError {
         #[source]
         source: tokio_postgres::Error,
     },
-    #[error("table {table} (target `{target}`) has no primary key; add one (ALTER TABLE … ADD PRIMARY KEY …) or exclude the table from target_expression — tables without a primary key are not replicated yet")]
+    #[error("table {table} (target `{target}`) has neither a primary key nor a unique index on NOT NULL columns; add one (ALTER TABLE … ADD PRIMARY KEY …, or a unique index and ALTER TABLE … REPLICA IDENTITY USING INDEX …) or exclude the table from target_expression — tables without any key are not replicated yet")]
     NoPrimaryKey { table: String, target: String },
     #[error("cannot install the capture trigger on {table}: {}{hint}", db::describe(.source))]
     Trigger {
@@ -100,7 +100,7 @@ pub async fn install(client: &mut Client, config: &Config) -> Result<Installed, 
             tracing::warn!(target = %name, expression = %expr.as_str(), "target_expression matches no table yet");
         }
         for t in &tables {
-            if t.primary_key.is_none() {
+            if t.replica_key().is_none() {
                 return Err(InstallError::NoPrimaryKey {
                     table: t.qualified(),
                     target: name.clone(),
@@ -260,7 +260,10 @@ async fn install_trigger(
     schema: &str,
 ) -> Result<bool, InstallError> {
     // Arguments: the key columns, then '' and the array columns (sent as their text form).
-    let mut key: Vec<String> = table.primary_key.clone().unwrap_or_default();
+    let mut key: Vec<String> = table
+        .replica_key()
+        .map(<[String]>::to_vec)
+        .unwrap_or_default();
     let arrays: Vec<String> = table
         .columns
         .iter()

@@ -99,7 +99,7 @@ pub async fn check(config: &Config) -> Report {
             Ok(tables) => {
                 let mut bad = 0;
                 for t in &tables {
-                    if t.primary_key.is_none() {
+                    if t.replica_key().is_none() {
                         bad += 1;
                         r.fail(&format!(
                             "target `{name}`: table {} has no primary key",

@@ -311,7 +311,7 @@ impl Transmitter {
         let oids: Vec<u32> = names.iter().map(|n| n.2).collect();
         let rows = client
             .query(
-                "select c.oid,
+                &format!("select c.oid,
                         array(select a.attname::text from pg_catalog.pg_attribute a
                                where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
                                  and a.attgenerated = '' order by a.attnum),
@@ -319,11 +319,13 @@ impl Transmitter {
                                 from pg_catalog.pg_index i
                                 cross join lateral unnest(i.indkey) with ordinality as k(attnum, ord)
                                 join pg_catalog.pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum
-                               where i.indrelid = c.oid and i.indisprimary order by k.ord),
+                               where i.indexrelid = {} order by k.ord),
                         array(select a.attname::text from pg_catalog.pg_attribute a
                                where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
                                  and a.attgenerated <> '' order by a.attnum)
                    from pg_catalog.pg_class c where c.oid = any($1)",
+                    ddlwatcher::key_index_sql("c.oid")
+                ),
                 &[&oids],
             )
             .await

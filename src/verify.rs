@@ -55,7 +55,7 @@ pub async fn verify(
     catch_up(&src, &config.internal_schema, target, within).await?;
     let mut reports = Vec::new();
     for table in &tables {
-        let Some(key) = table.primary_key.clone() else {
+        let Some(key) = table.replica_key().map(<[String]>::to_vec) else {
             anyhow::bail!(
                 "table {} has no primary key; verify compares by primary key",
                 table.qualified()

@@ -304,3 +304,30 @@ async fn target_sequences_follow_the_source() -> anyhow::Result<()> {
     target.shutdown().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn table_with_a_unique_key_but_no_primary_key_replicates() -> anyhow::Result<()> {
+    let schema = "create schema app;
+                  create table app.u (code text not null, region int not null, v text, note text);
+                  create unique index u_code_region on app.u (code, region);
+                  create table app.r (a int not null, b int);
+                  create unique index r_a on app.r (a);
+                  alter table app.r replica identity using index r_a;";
+    let p = Pair::new(schema).await?;
+    let (source, target) = p.start_both("app.*").await?;
+    let src = p.src().await?;
+    let dst = p.dst().await?;
+    src.batch_execute(
+        "insert into app.u select 'c' || g, g % 3, 'v', null from generate_series(1, 100) g;
+         update app.u set v = 'changed' where region = 1;
+         update app.u set code = 'renamed' where code = 'c2';
+         delete from app.u where region = 0;
+         insert into app.r select g, g from generate_series(1, 20) g;
+         update app.r set b = -b where a < 5; delete from app.r where a > 15;",
+    )
+    .await?;
+    wait_equal(&src, &dst, &["app.u", "app.r"], Duration::from_secs(20)).await?;
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}

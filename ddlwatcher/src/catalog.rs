@@ -72,6 +72,10 @@ pub struct Table {
     pub columns: Vec<Column>,
     /// Primary key columns in key order; `None` when the table has no primary key.
     pub primary_key: Option<Vec<String>>,
+    /// Without a primary key: the columns of the replica identity index, or else of the
+    /// first unique index on NOT NULL columns (no expressions, no predicate).
+    #[serde(default)]
+    pub unique_key: Option<Vec<String>>,
     #[serde(default)]
     pub indexes: Vec<Index>,
     /// Foreign key, unique, check and exclusion constraints (the primary key and NOT NULL
@@ -290,6 +294,11 @@ impl Table {
         qualified(&self.schema, &self.name)
     }
 
+    /// The columns that identify a row for replication: the primary key, else the unique key.
+    pub fn replica_key(&self) -> Option<&[String]> {
+        self.primary_key.as_deref().or(self.unique_key.as_deref())
+    }
+
     /// Columns the applier and the loader write (generated ones excluded).
     pub fn writable_columns(&self) -> Vec<String> {
         self.columns
@@ -323,6 +332,21 @@ pub fn qualified(schema: &str, name: &str) -> String {
 /// since 9.1). Prefer bind parameters; this is for DDL, which takes none.
 pub fn quote_literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
+}
+
+/// SQL for the OID of the index that identifies rows of relation `rel` (an SQL expression):
+/// the primary key, else the replica identity index, else the first unique index whose
+/// columns are all NOT NULL (no expressions, no predicate). NULL when there is none.
+pub fn key_index_sql(rel: &str) -> String {
+    format!(
+        "(select i.indexrelid from pg_catalog.pg_index i
+           where i.indrelid = {rel} and i.indisunique and i.indisvalid and i.indexprs is null and i.indpred is null
+             and (i.indisprimary or i.indisreplident or not exists (
+                  select 1 from pg_catalog.pg_attribute a
+                   where a.attrelid = i.indrelid and a.attnum = any(i.indkey) and not a.attnotnull))
+           order by i.indisprimary desc, i.indisreplident desc, i.indexrelid
+           limit 1)"
+    )
 }
 
 /// Reads the ordinary and partitioned tables matching `expr` from `pg_catalog`, ordered by
@@ -441,6 +465,20 @@ pub async fn describe_table<C: GenericClient>(
             type_ref: type_ref(r, 9),
         });
     }
+    let unique = client
+        .query(
+            &format!(
+                "select a.attname::text
+                   from pg_catalog.pg_index i
+                   cross join lateral unnest(i.indkey) with ordinality as k(attnum, ord)
+                   join pg_catalog.pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum
+                  where i.indexrelid = {}
+                  order by k.ord",
+                key_index_sql("$1")
+            ),
+            &[&oid],
+        )
+        .await?;
     let pk = client
         .query(
             "select a.attname::text
@@ -456,6 +494,11 @@ pub async fn describe_table<C: GenericClient>(
         None
     } else {
         Some(pk.iter().map(|r| r.get(0)).collect())
+    };
+    let unique_key = if primary_key.is_some() || unique.is_empty() {
+        None
+    } else {
+        Some(unique.iter().map(|r| r.get(0)).collect())
     };
     let idx = client
         .query(
@@ -507,6 +550,7 @@ pub async fn describe_table<C: GenericClient>(
         name,
         columns,
         primary_key,
+        unique_key,
         indexes,
         constraints,
     })

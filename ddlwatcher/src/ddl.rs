@@ -243,6 +243,7 @@ mod tests {
                 mood,
             ],
             primary_key: Some(vec!["id".into()]),
+            unique_key: None,
             constraints: vec![],
             indexes: vec![Index {
                 name: "t_qty".into(),

@@ -447,6 +447,7 @@ mod tests {
             name: name.into(),
             columns: cols,
             primary_key: Some(vec!["id".into()]),
+            unique_key: None,
             indexes: vec![],
             constraints: vec![],
         }

@@ -14,8 +14,9 @@ pub mod retarget;
 
 pub use catalog::{
     describe_table, introspect_functions, introspect_sequences, introspect_tables,
-    introspect_types, introspect_views, qualified, quote_ident, quote_literal, Column, Constraint,
-    Function, Index, Sequence, Table, TypeDef, TypeKind, TypeRef, View, FIRST_USER_OID,
+    introspect_types, introspect_views, key_index_sql, qualified, quote_ident, quote_literal,
+    Column, Constraint, Function, Index, Sequence, Table, TypeDef, TypeKind, TypeRef, View,
+    FIRST_USER_OID,
 };
 pub use ddl::SchemaMap;
 pub use diff::{diff, Catalog, Statement};
