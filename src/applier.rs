@@ -89,6 +89,9 @@ enum Kind {
     /// TRUNCATE of the run's tables, in one statement (foreign keys between them allow
     /// nothing else).
     Truncate,
+    /// UPDATE or DELETE of a table without any key: exactly one row equal to the old row
+    /// image, one event per statement.
+    RowIdentity,
 }
 
 impl Applier {
@@ -423,15 +426,21 @@ impl Applier {
                 start += 1;
                 continue;
             }
-            let kind = kind_of(first);
+            let keyless = |e: &Event| {
+                batch
+                    .tables
+                    .get(e.table as usize)
+                    .is_some_and(|t| t.key.is_empty())
+            };
+            let kind = kind_of(first, keyless(first));
             let mut end = start + 1;
             let mut bytes = payload_len(first);
-            if kind != Kind::UpdateKey {
+            if kind != Kind::UpdateKey && kind != Kind::RowIdentity {
                 while end < events.len()
                     && end - start < self.batch_size
                     && bytes < MAX_STATEMENT_BYTES
                     && (events[end].table == first.table || kind == Kind::Truncate)
-                    && kind_of(events[end]) == kind
+                    && kind_of(events[end], keyless(events[end])) == kind
                     && columns[end] == columns[start]
                 {
                     bytes += payload_len(events[end]);
@@ -584,9 +593,10 @@ async fn apply_sequences(
     Ok(())
 }
 
-fn kind_of(e: &Event) -> Kind {
+fn kind_of(e: &Event, keyless: bool) -> Kind {
     match e.op {
         Op::Insert => Kind::Insert,
+        Op::Update | Op::Delete if keyless => Kind::RowIdentity,
         Op::Update if e.key.is_some() => Kind::UpdateKey,
         Op::Update => Kind::Update,
         Op::Truncate => Kind::Truncate,
@@ -657,6 +667,45 @@ async fn apply_run(
             tx.batch_execute(&format!("truncate {table}"))
                 .await
                 .map_err(pg(&context))?;
+        }
+        Kind::RowIdentity => {
+            let e = events[0];
+            let old = e
+                .key
+                .as_deref()
+                .map(|k| k.get())
+                .ok_or_else(|| ApplyError::BadRequest {
+                    message: format!("event {} on keyless table {table} lacks the old row", e.id),
+                })?;
+            // One row whose text equals the old row's (so NULLs and types without `=`
+            // compare too); any one of identical duplicates is the same.
+            let one = format!(
+                "(select t2.ctid from {table} t2 where t2::text = (select k::text from json_populate_record(null::{table}, $1::text::json) k) limit 1)"
+            );
+            let n = if e.op == Op::Delete {
+                tx.execute(
+                    &format!("delete from {table} t where t.ctid = {one}"),
+                    &[&old],
+                )
+                .await
+                .map_err(pg(&context))?
+            } else {
+                let d = e.data.as_deref().map(|d| d.get()).unwrap_or("{}");
+                let set: Vec<String> = cols
+                    .iter()
+                    .map(|c| format!("{q} = r.{q}", q = quote_ident(c)))
+                    .collect();
+                tx.execute(
+                    &format!(
+                        "update {table} t set {} from json_populate_record(null::{table}, $2::text::json) r where t.ctid = {one}",
+                        set.join(", ")
+                    ),
+                    &[&old, &d],
+                )
+                .await
+                .map_err(pg(&context))?
+            };
+            check_matched(&context, 1, n as i64)?;
         }
         Kind::Delete => {
             let keys = json_array(

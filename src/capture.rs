@@ -18,6 +18,7 @@ pub const SOURCE_SQL: &[(i32, &str)] = &[
     (4, include_str!("../sql/source_004_truncate.sql")),
     (5, include_str!("../sql/source_005_json.sql")),
     (6, include_str!("../sql/source_006_arrays.sql")),
+    (7, include_str!("../sql/source_007_keyless.sql")),
 ];
 
 /// The row trigger's name on every replicated table.
@@ -41,7 +42,7 @@ pub enum InstallError {
         #[source]
         source: tokio_postgres::Error,
     },
-    #[error("table {table} (target `{target}`) has neither a primary key nor a unique index on NOT NULL columns; add one (ALTER TABLE … ADD PRIMARY KEY …, or a unique index and ALTER TABLE … REPLICA IDENTITY USING INDEX …) or exclude the table from target_expression — tables without any key are not replicated yet")]
+    #[error("table {table} (target `{target}`) has neither a primary key nor a unique index on NOT NULL columns; add one (ALTER TABLE … ADD PRIMARY KEY …, or a unique index and ALTER TABLE … REPLICA IDENTITY USING INDEX …) or exclude the table from target_expression, or set `keyless_tables: true` to replicate it by full-row identity (each update and delete then scans the target table)")]
     NoPrimaryKey { table: String, target: String },
     #[error("cannot install the capture trigger on {table}: {}{hint}", db::describe(.source))]
     Trigger {
@@ -100,7 +101,7 @@ pub async fn install(client: &mut Client, config: &Config) -> Result<Installed, 
             tracing::warn!(target = %name, expression = %expr.as_str(), "target_expression matches no table yet");
         }
         for t in &tables {
-            if t.replica_key().is_none() {
+            if t.replica_key().is_none() && !config.keyless_tables {
                 return Err(InstallError::NoPrimaryKey {
                     table: t.qualified(),
                     target: name.clone(),

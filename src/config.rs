@@ -91,6 +91,10 @@ pub struct Config {
     /// `text` (default) or `json` log lines.
     #[serde(default)]
     pub log_format: LogFormat,
+    /// Replicate tables without any key by full-row identity (each UPDATE and DELETE on the
+    /// target scans the table for one equal row: fine for small tables, slow for big ones).
+    #[serde(default)]
+    pub keyless_tables: bool,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]

@@ -342,11 +342,6 @@ impl Transmitter {
                 let Some((columns, key, generated)) = found.remove(oid) else {
                     return Ok(None);
                 };
-                if key.is_empty() {
-                    return Err(StepError::Other(format!(
-                        "table {schema}.{name} has queued events but no primary key any more; add it back"
-                    )));
-                }
                 Ok(Some(TableMeta {
                     schema: schema.clone(),
                     name: name.clone(),

@@ -214,12 +214,6 @@ impl Batch {
         for (i, t) in self.tables.iter().enumerate() {
             check_ident(&format!("tables[{i}].schema"), &t.schema)?;
             check_ident(&format!("tables[{i}].name"), &t.name)?;
-            if t.key.is_empty() {
-                return bad(format!(
-                    "tables[{i}] ({}.{}) has no key columns",
-                    t.schema, t.name
-                ));
-            }
             for c in t.key.iter().chain(&t.columns) {
                 check_ident(&format!("tables[{i}] column"), c)?;
             }

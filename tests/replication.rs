@@ -331,3 +331,39 @@ async fn table_with_a_unique_key_but_no_primary_key_replicates() -> anyhow::Resu
     target.shutdown().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn keyless_table_by_full_row_identity_keeps_duplicates_right() -> anyhow::Result<()> {
+    let p = Pair::new(
+        "create schema app; create table app.log (who text, n int, at date, tags text[]);",
+    )
+    .await?;
+    let target = p.start_target(0).await?;
+    let port = target.local_addr.unwrap().port();
+    let source = p
+        .start_source(port, "app.*", "keyless_tables: true\n")
+        .await?;
+    let src = p.src().await?;
+    let dst = p.dst().await?;
+    src.batch_execute(
+        "insert into app.log values ('a', 1, '2020-01-01', '{x}'), ('a', 1, '2020-01-01', '{x}'), ('b', null, null, null), ('b', null, null, null), ('c', 3, null, '{}');
+         delete from app.log where ctid = (select ctid from app.log where who = 'a' limit 1);
+         update app.log set n = 9 where ctid = (select ctid from app.log where who = 'b' limit 1);
+         update app.log set tags = '{y,z}' where who = 'c';",
+    )
+    .await?;
+    wait_equal(&src, &dst, &["app.log"], Duration::from_secs(20)).await?;
+    assert_eq!(
+        rows(&dst, "app.log").await?,
+        vec![
+            "(a,1,2020-01-01,{x})",
+            "(b,,,)",
+            "(b,9,,)",
+            "(c,3,,\"{y,z}\")"
+        ],
+        "two identical rows, one deleted: exactly one remains"
+    );
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}
