@@ -19,6 +19,7 @@ pub const SOURCE_SQL: &[(i32, &str)] = &[
     (5, include_str!("../sql/source_005_json.sql")),
     (6, include_str!("../sql/source_006_arrays.sql")),
     (7, include_str!("../sql/source_007_keyless.sql")),
+    (8, include_str!("../sql/source_008_changed_columns.sql")),
 ];
 
 /// The row trigger's name on every replicated table.

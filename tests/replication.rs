@@ -367,3 +367,72 @@ async fn keyless_table_by_full_row_identity_keeps_duplicates_right() -> anyhow::
     target.shutdown().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_20mb_value_untouched_by_an_update_is_not_shipped_again() -> anyhow::Result<()> {
+    let p = Pair::new("create schema app; create table app.big (id int primary key, n int, blob bytea, doc text);").await?;
+    let target = p.start_target(0).await?;
+    let port = target.local_addr.unwrap().port();
+    // Capture installed, nothing shipping yet: the queue can be inspected.
+    let cfg = pgteleport::config::Config::from_yaml(
+        &p.source_yaml(port, "app.*", ""),
+        std::path::Path::new("s.yml"),
+        |_| None,
+    )?;
+    let mut admin_src = p.src().await?;
+    pgteleport::capture::install(&mut admin_src, &cfg).await?;
+    let src = p.src().await?;
+    src.batch_execute(
+        "insert into app.big values (1, 0, (select string_agg(decode(md5(g::text), 'hex'), '') from generate_series(1, 1310720) g), repeat('d', 1000));
+         update app.big set n = 1 where id = 1;
+         update app.big set n = n where id = 1;",
+    )
+    .await?;
+    let sizes: Vec<i32> = src
+        .query("select octet_length(ev_data::text) from teleport.event where ev_op = 'U' order by ev_id", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        sizes.len(),
+        1,
+        "an update that changes nothing queues nothing: {sizes:?}"
+    );
+    assert!(
+        sizes[0] < 100,
+        "the update ships only id and n, not 20 MB: {} bytes",
+        sizes[0]
+    );
+    let source = p.start_source(port, "app.*", "").await?;
+    let dst = p.dst().await?;
+    let q = "select id, n, md5(blob), length(blob), md5(doc) from app.big";
+    wait_for(
+        "the 20 MB row and its update on the target",
+        Duration::from_secs(60),
+        || async {
+            let a = src.query_one(q, &[]).await?;
+            let b = dst.query_opt(q, &[]).await?;
+            Ok(b.is_some_and(|b| {
+                (
+                    a.get::<_, i32>(1),
+                    a.get::<_, String>(2),
+                    a.get::<_, i32>(3),
+                ) == (
+                    b.get::<_, i32>(1),
+                    b.get::<_, String>(2),
+                    b.get::<_, i32>(3),
+                )
+            }))
+        },
+    )
+    .await?;
+    let len: i32 = dst
+        .query_one("select length(blob) from app.big", &[])
+        .await?
+        .get(0);
+    assert_eq!(len, 20 * 1024 * 1024);
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}
