@@ -642,7 +642,7 @@ async fn apply_run(
     };
     match kind {
         Kind::Insert => {
-            tx.execute(&insert_sql(cols, table), &[&data()])
+            tx.execute(&insert_sql(meta, cols, table), &[&data()])
                 .await
                 .map_err(pg(&context))?;
         }
@@ -693,7 +693,13 @@ async fn apply_run(
                 let d = e.data.as_deref().map(|d| d.get()).unwrap_or("{}");
                 let set: Vec<String> = cols
                     .iter()
-                    .map(|c| format!("{q} = r.{q}", q = quote_ident(c)))
+                    .map(|c| {
+                        format!(
+                            "{} = {}",
+                            quote_ident(c),
+                            value(meta, c, "r", "$2::text::json")
+                        )
+                    })
                     .collect();
                 tx.execute(
                     &format!(
@@ -755,9 +761,25 @@ fn key_match(key: &[String], left: &str, right: &str) -> String {
         .join(" and ")
 }
 
-fn insert_sql(columns: &[String], table: &str) -> String {
+/// The value of column `c`: from the populated record `rec`, or for a json/jsonb column
+/// cast from its text in the image `image` (the record would turn a JSON `null` into NULL).
+fn value(meta: &TableMeta, c: &str, rec: &str, image: &str) -> String {
+    match meta.json_columns.iter().find(|(n, _)| n == c) {
+        Some((_, ty)) if ty == "json" || ty == "jsonb" => {
+            format!("(({image}) ->> {})::{ty}", ddlwatcher::quote_literal(c))
+        }
+        _ => format!("{rec}.{}", quote_ident(c)),
+    }
+}
+
+fn insert_sql(meta: &TableMeta, columns: &[String], table: &str) -> String {
     let cols = column_list(columns, "");
-    format!("insert into {table} ({cols}) select {cols} from json_populate_recordset(null::{table}, $1::text::json)")
+    let values: Vec<String> = columns.iter().map(|c| value(meta, c, "r", "e.j")).collect();
+    format!(
+        "insert into {table} ({cols}) select {} from json_array_elements($1::text::json) as e(j),
+                json_populate_record(null::{table}, e.j) as r",
+        values.join(", ")
+    )
 }
 
 /// Returns (rows named, rows matched). The last image of each key wins (row images are
@@ -766,14 +788,20 @@ fn update_sql(meta: &TableMeta, columns: &[String], table: &str) -> Option<Strin
     let set: Vec<String> = columns
         .iter()
         .filter(|c| !meta.key.contains(c))
-        .map(|c| format!("{q} = r.{q}", q = quote_ident(c)))
+        .map(|c| {
+            format!(
+                "{} = {}",
+                quote_ident(c),
+                value(meta, c, "r", "r.pgteleport_image")
+            )
+        })
         .collect();
     if set.is_empty() {
         return None;
     }
     let rkey = column_list(&meta.key, "r.");
     Some(format!(
-        "with r as (select distinct on ({rkey}) r.*
+        "with r as (select distinct on ({rkey}) r.*, e.j as pgteleport_image
                       from json_array_elements($1::text::json) with ordinality as e(j, n),
                            json_populate_record(null::{table}, e.j) as r
                      order by {rkey}, e.n desc),
@@ -787,7 +815,13 @@ fn update_sql(meta: &TableMeta, columns: &[String], table: &str) -> Option<Strin
 fn update_key_sql(meta: &TableMeta, columns: &[String], table: &str) -> String {
     let set: Vec<String> = columns
         .iter()
-        .map(|c| format!("{q} = r.{q}", q = quote_ident(c)))
+        .map(|c| {
+            format!(
+                "{} = {}",
+                quote_ident(c),
+                value(meta, c, "r", "$1::text::json")
+            )
+        })
         .collect();
     format!(
         "update {table} as t set {set}
@@ -819,13 +853,14 @@ mod tests {
             key: vec!["order".into(), "line".into()],
             columns: vec!["order".into(), "line".into(), "qty".into()],
             generated: vec![],
+            json_columns: vec![],
         }
     }
 
     #[test]
     fn statements_quote_every_identifier() {
         let t = qualified("copy", "Order Lines");
-        let ins = insert_sql(&meta().columns, &t);
+        let ins = insert_sql(&meta(), &meta().columns, &t);
         assert!(
             ins.starts_with("insert into \"copy\".\"Order Lines\" (\"order\", \"line\", \"qty\")"),
             "{ins}"

@@ -322,7 +322,10 @@ impl Transmitter {
                                where i.indexrelid = {} order by k.ord),
                         array(select a.attname::text from pg_catalog.pg_attribute a
                                where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
-                                 and a.attgenerated <> '' order by a.attnum)
+                                 and a.attgenerated <> '' order by a.attnum),
+                        array(select a.attname::text || ':' || a.atttypid::regtype::text from pg_catalog.pg_attribute a
+                               where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
+                                 and a.atttypid in ('json'::regtype, 'jsonb'::regtype) order by a.attnum)
                    from pg_catalog.pg_class c where c.oid = any($1)",
                     ddlwatcher::key_index_sql("c.oid")
                 ),
@@ -330,16 +333,16 @@ impl Transmitter {
             )
             .await
             .map_err(StepError::db("describing the batch's tables"))?;
-        /// Writable columns, key, generated columns.
-        type Described = (Vec<String>, Vec<String>, Vec<String>);
+        /// Writable columns, key, generated columns, json columns (`name:type`).
+        type Described = (Vec<String>, Vec<String>, Vec<String>, Vec<String>);
         let mut found: HashMap<u32, Described> = HashMap::new();
         for r in rows {
-            found.insert(r.get(0), (r.get(1), r.get(2), r.get(3)));
+            found.insert(r.get(0), (r.get(1), r.get(2), r.get(3), r.get(4)));
         }
         names
             .iter()
             .map(|(schema, name, oid)| {
-                let Some((columns, key, generated)) = found.remove(oid) else {
+                let Some((columns, key, generated, json)) = found.remove(oid) else {
                     return Ok(None);
                 };
                 Ok(Some(TableMeta {
@@ -348,6 +351,13 @@ impl Transmitter {
                     columns,
                     key,
                     generated,
+                    json_columns: json
+                        .iter()
+                        .filter_map(|s| {
+                            s.rsplit_once(':')
+                                .map(|(n, t)| (n.to_string(), t.to_string()))
+                        })
+                        .collect(),
                 }))
             })
             .collect()

@@ -81,6 +81,10 @@ pub struct TableMeta {
     /// Generated columns: present in row images, never written.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub generated: Vec<String>,
+    /// json/jsonb columns (name, type): their values travel as text, so that the JSON
+    /// literal `null` and SQL NULL stay apart.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub json_columns: Vec<(String, String)>,
 }
 
 /// Kind of change.
@@ -276,6 +280,7 @@ mod tests {
                 key: vec!["id".into()],
                 columns: vec!["id".into(), "v".into()],
                 generated: vec![],
+                json_columns: vec![],
             }],
             ddl: vec![],
             events: vec![Event {

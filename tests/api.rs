@@ -53,6 +53,7 @@ fn batch(seq: i64, id: i32) -> Batch {
             key: vec!["id".into()],
             columns: vec!["id".into(), "v".into()],
             generated: vec![],
+            json_columns: vec![],
         }],
         ddl: vec![],
         events: vec![Event {
