@@ -147,16 +147,21 @@ fn describe_connect_error(e: &tokio_postgres::Error) -> (String, &'static str) {
         };
         return (db.message().to_string(), hint);
     }
-    let mut reason = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        reason = format!("{reason}: {s}");
-        src = s.source();
-    }
     (
-        reason,
+        error_chain(e),
         "is the server running and reachable from this host?",
     )
+}
+
+/// An error with every cause behind it, `outer: inner: …`, for reports.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text = format!("{text}: {c}");
+        cause = c.source();
+    }
+    text
 }
 
 /// How to react to a database error.
@@ -208,15 +213,7 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
             }
             s
         }
-        None => {
-            let mut reason = e.to_string();
-            let mut src = std::error::Error::source(e);
-            while let Some(s) = src {
-                reason = format!("{reason}: {s}");
-                src = s.source();
-            }
-            reason
-        }
+        None => error_chain(e),
     }
 }
 

@@ -94,7 +94,7 @@ impl Transmitter {
                 .http
                 .request(req)
                 .await
-                .map_err(|e| describe_http(&e))?;
+                .map_err(|e| crate::db::error_chain(&e))?;
             let status = resp.status();
             let body = resp
                 .into_body()
@@ -511,14 +511,4 @@ fn error_message(body: &[u8]) -> String {
             .unwrap_or_else(|| v.to_string()),
         Err(_) => String::from_utf8_lossy(&body[..body.len().min(500)]).into_owned(),
     }
-}
-
-fn describe_http(e: &hyper_util::client::legacy::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(x) = src {
-        s = format!("{s}: {x}");
-        src = x.source();
-    }
-    s
 }

@@ -578,7 +578,7 @@ pub async fn introspect_types<C: GenericClient>(
         }
         let row = client
             .query_one(
-                "select n.nspname::text, t.typname::text, t.typtype::text, t.typrelid, t.typbasetype,
+                "select n.nspname::text, t.typname::text, t.typtype::text, t.typrelid,
                         t.typnotnull, t.typdefault,
                         (select x.extname::text from pg_catalog.pg_depend d
                            join pg_catalog.pg_extension x on x.oid = d.refobjid
@@ -592,8 +592,7 @@ pub async fn introspect_types<C: GenericClient>(
         let (schema, name, typtype): (String, String, String) =
             (row.get(0), row.get(1), row.get(2));
         let relid: u32 = row.get(3);
-        let base: u32 = row.get(4);
-        let extension: Option<String> = row.get(7);
+        let extension: Option<String> = row.get(6);
         let mut my_deps = Vec::new();
         let kind = if let Some(ext) = extension {
             TypeKind::Extension(ext)
@@ -646,11 +645,10 @@ pub async fn introspect_types<C: GenericClient>(
                     if let TypeRef::User { oid, .. } = base_ref {
                         my_deps.push(oid);
                     }
-                    let _ = base;
                     TypeKind::Domain {
                         base: base_ref,
-                        not_null: row.get(5),
-                        default: row.get(6),
+                        not_null: row.get(4),
+                        default: row.get(5),
                         checks: r.get(8),
                     }
                 }

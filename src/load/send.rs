@@ -148,15 +148,11 @@ impl Remote {
             req = req.header("x-pgteleport-copy", h);
         }
         let req = req.body(body).map_err(|e| self.err(e.to_string()))?;
-        let resp = self.http.request(req).await.map_err(|e| {
-            let mut m = e.to_string();
-            let mut s = std::error::Error::source(&e);
-            while let Some(x) = s {
-                m = format!("{m}: {x}");
-                s = x.source();
-            }
-            self.err(m)
-        })?;
+        let resp = self
+            .http
+            .request(req)
+            .await
+            .map_err(|e| self.err(db::error_chain(&e)))?;
         let status = resp.status();
         let bytes = resp
             .into_body()
