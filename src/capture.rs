@@ -201,40 +201,33 @@ async fn install_triggers(
             target: name.clone(),
             source,
         })?;
-        // The ddlwatcher's baseline: schema changes from here on are replicated.
+        // The ddlwatcher's baseline: schema changes from here on are replicated. Read only
+        // when the target has none yet (the watcher keeps it current afterwards).
+        let has_baseline: bool = tx
+            .query_one(
+                &format!(
+                    "select exists (select 1 from {}.schema_snapshot where target = $1)",
+                    quote_ident(schema)
+                ),
+                &[name],
+            )
+            .await
+            .map_err(|source| InstallError::TargetState {
+                target: name.clone(),
+                source,
+            })?
+            .get(0);
+        if has_baseline {
+            continue;
+        }
         let tables = installed.tables.get(name).cloned().unwrap_or_default();
-        let types = ddlwatcher::introspect_types(&tx, &tables)
+        let catalog = ddlwatcher::Catalog::read(&tx, tables)
             .await
             .map_err(|source| InstallError::Catalog {
                 target: name.clone(),
                 source,
             })?;
-        let functions = ddlwatcher::introspect_functions(&tx, &schemas_of(&tables))
-            .await
-            .map_err(|source| InstallError::Catalog {
-                target: name.clone(),
-                source,
-            })?;
-        let views = ddlwatcher::introspect_views(&tx, &schemas_of(&tables))
-            .await
-            .map_err(|source| InstallError::Catalog {
-                target: name.clone(),
-                source,
-            })?;
-        let sequences = ddlwatcher::introspect_sequences(&tx, &schemas_of(&tables))
-            .await
-            .map_err(|source| InstallError::Catalog {
-                target: name.clone(),
-                source,
-            })?;
-        let catalog = serde_json::to_string(&ddlwatcher::Catalog {
-            tables,
-            types,
-            functions,
-            views,
-            sequences,
-        })
-        .expect("serialisable");
+        let catalog = serde_json::to_string(&catalog).expect("serialisable");
         tx.execute(
             &format!(
                 "insert into {}.schema_snapshot (target, catalog) values ($1, $2::text::jsonb) on conflict (target) do nothing",
@@ -353,16 +346,6 @@ fn trigger_error(table: &Table, source: tokio_postgres::Error) -> InstallError {
         hint,
         source,
     }
-}
-
-/// The distinct schemas of `tables`.
-pub fn schemas_of(tables: &[Table]) -> Vec<String> {
-    tables
-        .iter()
-        .map(|t| t.schema.clone())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect()
 }
 
 /// Removes every capture trigger and the internal schema. Returns the tables it touched.

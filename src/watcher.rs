@@ -9,8 +9,7 @@
 use std::collections::BTreeSet;
 
 use ddlwatcher::{
-    diff, introspect_tables, introspect_types, quote_ident, Catalog, SchemaMap, Statement,
-    TargetExpression,
+    diff, introspect_tables, quote_ident, Catalog, SchemaMap, Statement, TargetExpression,
 };
 use tokio_postgres::Client;
 
@@ -92,27 +91,10 @@ impl Watcher {
         let tables = introspect_tables(&*client, expr, &self.config.internal_schema)
             .await
             .map_err(StepError::db("reading the catalog"))?;
-        let types = introspect_types(&*client, &tables)
+        let new = Catalog::read(&*client, tables)
             .await
-            .map_err(StepError::db("reading the catalog's types"))?;
-        let functions = ddlwatcher::introspect_functions(&*client, &capture::schemas_of(&tables))
-            .await
-            .map_err(StepError::db("reading the catalog's functions"))?;
-        let views = ddlwatcher::introspect_views(&*client, &capture::schemas_of(&tables))
-            .await
-            .map_err(StepError::db("reading the catalog's views"))?;
-        let sequences = ddlwatcher::introspect_sequences(&*client, &capture::schemas_of(&tables))
-            .await
-            .map_err(StepError::db("reading the catalog's sequences"))?;
-        let new = Catalog {
-            tables,
-            types,
-            functions,
-            views,
-            sequences,
-        };
-        self.schemas
-            .insert(target.to_string(), capture::schemas_of(&new.tables));
+            .map_err(StepError::db("reading the catalog"))?;
+        self.schemas.insert(target.to_string(), new.schemas());
         let new_json = serde_json::to_string(&new).map_err(|e| StepError::Fatal(e.to_string()))?;
         let tx = client.transaction().await.map_err(StepError::db("begin"))?;
         let old = tx
