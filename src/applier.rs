@@ -379,30 +379,10 @@ impl Applier {
             let first = events[start];
             if first.op == Op::Sequences {
                 // Like a run: a sequence created by a pending version is made first.
-                loop {
-                    if ddl.pending.is_empty() {
-                        apply_sequences(tx, batch.apply_schema.as_deref(), first).await?;
-                        break;
-                    }
-                    tx.batch_execute("savepoint pgteleport_run")
-                        .await
-                        .map_err(pg("savepoint"))?;
-                    match apply_sequences(tx, batch.apply_schema.as_deref(), first).await {
-                        Ok(()) => {
-                            tx.batch_execute("release savepoint pgteleport_run")
-                                .await
-                                .map_err(pg("savepoint"))?;
-                            break;
-                        }
-                        Err(ApplyError::SchemaBehind { .. } | ApplyError::Failed { .. }) => {
-                            tx.batch_execute("rollback to savepoint pgteleport_run")
-                                .await
-                                .map_err(pg("savepoint"))?;
-                            ddl.apply_next(tx).await?;
-                        }
-                        Err(e) => return Err(e),
-                    }
-                }
+                ddl.run(tx, || {
+                    apply_sequences(tx, batch.apply_schema.as_deref(), first)
+                })
+                .await?;
                 start += 1;
                 continue;
             }
@@ -464,41 +444,13 @@ impl Applier {
                 qualified(schema, &meta.name)
             };
             let cols = &columns[start];
-            loop {
-                if ddl.pending.is_empty() {
-                    let tolerate = kind == Kind::Delete
-                        && !self.replica_role
-                        && self.is_cascade_child(tx, &table).await?;
-                    apply_run(tx, kind, meta, cols, &table, run, tolerate).await?;
-                    break;
-                }
-                // A schema version may be due before its own event: try, and on "schema
-                // behind" roll this statement back, apply the next version, try again.
-                tx.batch_execute("savepoint pgteleport_run")
-                    .await
-                    .map_err(pg("savepoint"))?;
+            ddl.run(tx, || async {
                 let tolerate = kind == Kind::Delete
                     && !self.replica_role
                     && self.is_cascade_child(tx, &table).await?;
-                match apply_run(tx, kind, meta, cols, &table, run, tolerate).await {
-                    Ok(()) => {
-                        tx.batch_execute("release savepoint pgteleport_run")
-                            .await
-                            .map_err(pg("savepoint"))?;
-                        break;
-                    }
-                    // Any failure but a lost connection may mean the change is due (a value
-                    // out of range for the old type, a label the enum lacks): try with it.
-                    Err(ApplyError::SchemaBehind { message } | ApplyError::Failed { message }) => {
-                        tx.batch_execute("rollback to savepoint pgteleport_run")
-                            .await
-                            .map_err(pg("savepoint"))?;
-                        tracing::debug!(%message, version = ddl.pending[0].version, "applying a schema version early");
-                        ddl.apply_next(tx).await?;
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
+                apply_run(tx, kind, meta, cols, &table, run, tolerate).await
+            })
+            .await?;
             start = end;
         }
         Ok(())
@@ -512,6 +464,42 @@ struct DdlState<'a> {
 }
 
 impl DdlState<'_> {
+    /// Runs `step`. While schema versions are pending, a version may be due before its own
+    /// event: `step` then runs in a savepoint, and on a failure a pending version may explain
+    /// (schema behind, or any failure but a lost connection: a value out of range for the
+    /// old type, a label the enum lacks) it is rolled back, the next version applied, and
+    /// `step` tried again.
+    async fn run<F, Fut>(&mut self, tx: &Transaction<'_>, mut step: F) -> Result<(), ApplyError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(), ApplyError>>,
+    {
+        loop {
+            if self.pending.is_empty() {
+                return step().await;
+            }
+            tx.batch_execute("savepoint pgteleport_run")
+                .await
+                .map_err(pg("savepoint"))?;
+            match step().await {
+                Ok(()) => {
+                    return tx
+                        .batch_execute("release savepoint pgteleport_run")
+                        .await
+                        .map_err(pg("savepoint"));
+                }
+                Err(ApplyError::SchemaBehind { message } | ApplyError::Failed { message }) => {
+                    tx.batch_execute("rollback to savepoint pgteleport_run")
+                        .await
+                        .map_err(pg("savepoint"))?;
+                    tracing::debug!(%message, version = self.pending[0].version, "applying a schema version early");
+                    self.apply_next(tx).await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     async fn apply_next(&mut self, tx: &Transaction<'_>) -> Result<(), ApplyError> {
         let v = self.pending.remove(0);
         for st in v.statements.iter().filter(|s| s.transactional) {
