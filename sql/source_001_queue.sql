@@ -1,4 +1,4 @@
--- pgteleport source, version 1: the event queue.
+-- pgteleport source, version 1: the event queue, capture triggers and schema-change state.
 -- Runs with search_path set to the internal schema (then pg_temp), so every object below
 -- lands there and functions pin that search_path with `set search_path from current`.
 --
@@ -14,11 +14,14 @@ create table if not exists event (
     ev_id     bigint      not null,
     ev_txid   xid8        not null,
     ev_time   timestamptz not null,
-    ev_op     "char"      not null,   -- I, U, D (T for TRUNCATE later)
+    ev_op     "char"      not null,   -- I, U, D, T (truncate), S (schema version), Q (sequences)
     ev_schema name        not null,
-    ev_table  name        not null,
-    ev_key    jsonb,                  -- old primary key: DELETE, and UPDATE that changed it
-    ev_data   jsonb                   -- new row image: INSERT, UPDATE
+    ev_table  name        not null,   -- for S and Q: the target's name
+    -- json, not jsonb: json keeps the text it is given (numeric precision, a float's -0, a
+    -- json column's duplicate keys and key order).
+    ev_key    json,                   -- old key: DELETE, and UPDATE that changed it
+    ev_data   json,                   -- new row image (UPDATE: changed columns and the key)
+    ev_relid  oid                     -- the table (names change with renames; OIDs do not)
 );
 create table if not exists event_0 () inherits (event);
 create table if not exists event_1 () inherits (event);
@@ -46,7 +49,10 @@ create table if not exists target_state (
     next_seq      bigint not null default 1,
     acked_seq     bigint not null default 0,
     last_snapshot pg_snapshot not null,   -- batches cover every transaction visible here
-    acked_at      timestamptz
+    acked_at      timestamptz,
+    acked_ddl     bigint not null default 0,  -- schema version the target reported applied
+    last_error    text,                       -- last transmit error, for `pgteleport status`
+    last_error_at timestamptz
 );
 
 -- A batch: the events of the transactions visible in snap_to and not in snap_from, of the
@@ -64,42 +70,129 @@ create table if not exists batch (
     primary key (target, seq)
 );
 
--- The row trigger. Arguments: the primary key column names. SECURITY DEFINER so that
--- application roles need no grant on the queue; it never swallows an error.
+-- The ddlwatcher's last catalog snapshot per target, and the schema versions it derived;
+-- a schema event ('S') in the queue marks where each version belongs in the stream.
+create table if not exists schema_snapshot (
+    target  text primary key references target_state on delete cascade,
+    catalog jsonb not null,
+    taken_at timestamptz not null default clock_timestamp()
+);
+
+create table if not exists ddl (
+    target     text   not null references target_state on delete cascade,
+    version    bigint not null,
+    statements jsonb  not null,
+    created_at timestamptz not null default clock_timestamp(),
+    primary key (target, version)
+);
+
+-- Puts one event into the current queue table (schema and sequence events, TRUNCATE, and
+-- the rows a table held when its trigger was installed).
+create or replace function enqueue(op "char", sch name, tbl name, relid oid, k json, d json) returns void
+language plpgsql set search_path from current as $$
+declare
+    q bigint;
+begin
+    select last_value % 3 into q from queue_rotation;
+    if q = 0 then
+        insert into event_0 values (nextval('event_id_seq'), pg_current_xact_id(), clock_timestamp(), op, sch, tbl, k, d, relid);
+    elsif q = 1 then
+        insert into event_1 values (nextval('event_id_seq'), pg_current_xact_id(), clock_timestamp(), op, sch, tbl, k, d, relid);
+    else
+        insert into event_2 values (nextval('event_id_seq'), pg_current_xact_id(), clock_timestamp(), op, sch, tbl, k, d, relid);
+    end if;
+end
+$$;
+
+-- TRUNCATE: a statement-level trigger per captured table queues one 'T' event per truncated
+-- table; the tables of one statement (several, or through CASCADE) queue consecutive events,
+-- truncated together on the target.
+create or replace function capture_truncate() returns trigger
+language plpgsql security definer set search_path from current as $$
+begin
+    perform enqueue('T', tg_table_schema, tg_table_name, tg_relid, null::json, null::json);
+    return null;
+end
+$$;
+
+-- The row trigger. SECURITY DEFINER so that application roles need no grant on the queue; it
+-- never swallows an error. Arguments: the key columns (primary key, replica identity or
+-- unique NOT NULL index; none for full-row identity, when the whole old row is the key),
+-- then '' and the columns sent as their text form: arrays (JSON arrays would lose their
+-- bounds) and json/jsonb (a JSON null stays apart from SQL NULL). An UPDATE ships only the
+-- columns that changed, and the key; one that changes nothing queues nothing. The insert is
+-- written out here rather than calling enqueue(): one PL/pgSQL call less per captured row.
 create or replace function capture_row() returns trigger
 language plpgsql security definer set search_path from current as $$
 declare
-    q   bigint;
-    k   jsonb;
-    d   jsonb;
-    o   jsonb;
-    i   int;
+    q    bigint;
+    k    json;
+    d    json;
+    o    json;
+    i    int;
+    npk  int := tg_nargs;
+    arrs jsonb := '{}';
+    txt  text;
+    changed boolean;
 begin
+    for i in 0 .. tg_nargs - 1 loop
+        if tg_argv[i] = '' then
+            npk := i;
+            exit;
+        end if;
+    end loop;
     if tg_op = 'INSERT' then
-        d := to_jsonb(new);
+        d := to_json(new);
     elsif tg_op = 'UPDATE' then
-        d := to_jsonb(new);
-        o := to_jsonb(old);
-        for i in 0 .. tg_nargs - 1 loop
-            if (o -> tg_argv[i]) is distinct from (d -> tg_argv[i]) then
-                select jsonb_object_agg(a, o -> a) into k from unnest(tg_argv) as a;
-                exit;
-            end if;
-        end loop;
+        o := to_json(old);
+        -- Only the columns that changed, and the key: an unchanged large value is not
+        -- shipped again (the applier updates the columns an image carries).
+        select json_object_agg(n.key, n.value), bool_or(n.value::text is distinct from p.value::text)
+          into d, changed
+          from json_each(to_json(new)) as n
+          join json_each(o) as p on p.key = n.key
+         where n.value::text is distinct from p.value::text
+            or n.key = any(tg_argv[0:npk - 1]);
+        if not coalesce(changed, false) then
+            return null; -- nothing changed: nothing to replicate
+        end if;
+        if npk = 0 then
+            k := o;
+        else
+            for i in 0 .. npk - 1 loop
+                if (o ->> tg_argv[i]) is distinct from (d ->> tg_argv[i]) then
+                    select json_object_agg(a, o -> a) into k from unnest(tg_argv[0:npk - 1]) as a;
+                    exit;
+                end if;
+            end loop;
+        end if;
     else
-        o := to_jsonb(old);
-        select jsonb_object_agg(a, o -> a) into k from unnest(tg_argv) as a;
+        o := to_json(old);
+        if npk = 0 then
+            k := o;
+        else
+            select json_object_agg(a, o -> a) into k from unnest(tg_argv[0:npk - 1]) as a;
+        end if;
+    end if;
+    if tg_op <> 'DELETE' and npk < tg_nargs - 1 then
+        for i in npk + 1 .. tg_nargs - 1 loop
+            continue when (d -> tg_argv[i]) is null;
+            execute format('select ($1).%I::text', tg_argv[i]) into txt using new;
+            arrs := arrs || jsonb_build_object(tg_argv[i], txt);
+        end loop;
+        select json_object_agg(j.key, case when arrs ? j.key then to_json(arrs ->> j.key) else j.value end)
+          into d from json_each(d) as j;
     end if;
     select last_value % 3 into q from queue_rotation;
     if q = 0 then
         insert into event_0 values (nextval('event_id_seq'), pg_current_xact_id(), clock_timestamp(),
-                                    substr(tg_op, 1, 1)::"char", tg_table_schema, tg_table_name, k, d);
+                                    substr(tg_op, 1, 1)::"char", tg_table_schema, tg_table_name, k, d, tg_relid);
     elsif q = 1 then
         insert into event_1 values (nextval('event_id_seq'), pg_current_xact_id(), clock_timestamp(),
-                                    substr(tg_op, 1, 1)::"char", tg_table_schema, tg_table_name, k, d);
+                                    substr(tg_op, 1, 1)::"char", tg_table_schema, tg_table_name, k, d, tg_relid);
     else
         insert into event_2 values (nextval('event_id_seq'), pg_current_xact_id(), clock_timestamp(),
-                                    substr(tg_op, 1, 1)::"char", tg_table_schema, tg_table_name, k, d);
+                                    substr(tg_op, 1, 1)::"char", tg_table_schema, tg_table_name, k, d, tg_relid);
     end if;
     return null;
 end

@@ -11,16 +11,7 @@ use crate::config::Config;
 use crate::db;
 
 /// Versioned SQL of the source side, in order.
-pub const SOURCE_SQL: &[(i32, &str)] = &[
-    (1, include_str!("../sql/source_001_queue.sql")),
-    (2, include_str!("../sql/source_002_schema.sql")),
-    (3, include_str!("../sql/source_003_status.sql")),
-    (4, include_str!("../sql/source_004_truncate.sql")),
-    (5, include_str!("../sql/source_005_json.sql")),
-    (6, include_str!("../sql/source_006_arrays.sql")),
-    (7, include_str!("../sql/source_007_keyless.sql")),
-    (8, include_str!("../sql/source_008_changed_columns.sql")),
-];
+pub const SOURCE_SQL: &[(i32, &str)] = &[(1, include_str!("../sql/source_001_queue.sql"))];
 
 /// The row trigger's name on every replicated table.
 pub const TRIGGER_NAME: &str = "pgteleport_capture";

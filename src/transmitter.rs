@@ -172,7 +172,7 @@ impl Transmitter {
                 &format!(
                     "select e.ev_id, e.ev_op, e.ev_schema::text, e.ev_table::text, e.ev_key::text, e.ev_data::text,
                             (extract(epoch from e.ev_time) * 1000000)::int8, e.ev_txid::text,
-                            coalesce(e.ev_relid, to_regclass(quote_ident(e.ev_schema) || '.' || quote_ident(e.ev_table))::oid, 0::oid)
+                            coalesce(e.ev_relid, 0::oid)
                        from {s}.batch b, {s}.event e
                       where b.target = $1 and b.seq = $2 and {BATCH_EVENTS_CONDITION}
                       order by e.ev_id"
