@@ -30,7 +30,11 @@ const MAX_STATEMENT_BYTES: usize = 32 << 20;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// Applied now; the position is `applied_seq`, the schema version `ddl_version`.
-    Applied { applied_seq: i64, ddl_version: i64 },
+    Applied {
+        applied_seq: i64,
+        ddl_version: i64,
+        events: usize,
+    },
     /// Applied before; nothing changed.
     Duplicate { applied_seq: i64 },
 }
@@ -52,6 +56,23 @@ pub enum ApplyError {
     Conflict { message: String },
     #[error("{message}")]
     BadRequest { message: String },
+    #[error("{message}")]
+    TooLarge { message: String },
+}
+
+/// The segments of one batch, in order, as they arrive.
+pub trait Segments {
+    /// The next segment; `None` at the end of the body.
+    fn next_segment(
+        &mut self,
+    ) -> impl std::future::Future<Output = Result<Option<Batch>, ApplyError>> + Send;
+}
+
+/// Segments already in memory (a batch built in process).
+impl Segments for std::collections::VecDeque<Batch> {
+    async fn next_segment(&mut self) -> Result<Option<Batch>, ApplyError> {
+        Ok(self.pop_front())
+    }
 }
 
 pub(crate) fn pg(context: &str) -> impl Fn(tokio_postgres::Error) -> ApplyError + '_ {
@@ -182,7 +203,21 @@ impl Applier {
     }
 
     /// Applies `batch` atomically with its position.
-    pub async fn apply(&self, batch: &Batch) -> Result<Outcome, ApplyError> {
+    /// Applies a batch read segment by segment: the whole batch in one transaction, each
+    /// segment as it arrives. Returns after the body ended (or at the first error).
+    pub async fn apply(&self, segments: &mut impl Segments) -> Result<Outcome, ApplyError> {
+        let first = segments
+            .next_segment()
+            .await?
+            .ok_or_else(|| ApplyError::BadRequest {
+                message: "the body holds no batch".into(),
+            })?;
+        if first.part != 0 {
+            return Err(ApplyError::BadRequest {
+                message: format!("batch {} starts with part {}, not 0", first.seq, first.part),
+            });
+        }
+        let batch = &first;
         let mut client = self.client().await?;
         // Statements that cannot share the batch's transaction (ALTER TYPE … ADD VALUE) are
         // additive and repeatable: run them first, each on its own.
@@ -284,6 +319,41 @@ impl Applier {
             }
         }
         self.apply_events(&tx, batch, &loaded, &mut ddl).await?;
+        let mut events = batch.events.len();
+        let (mut part, mut last) = (batch.part, batch.last);
+        while !last {
+            let next = segments.next_segment().await?.ok_or_else(|| ApplyError::BadRequest {
+                message: format!(
+                    "batch {} ends after part {part} without its last part (truncated); nothing of it was applied",
+                    batch.seq
+                ),
+            })?;
+            if next.seq != batch.seq
+                || next.source != batch.source
+                || next.target != batch.target
+                || next.apply_schema != batch.apply_schema
+                || next.part != part + 1
+                || !next.ddl.is_empty()
+            {
+                return Err(ApplyError::BadRequest {
+                    message: format!(
+                        "part {} of batch {} does not continue part {part} of batch {} (another batch, source or apply_schema, or schema versions after the first part)",
+                        next.part, next.seq, batch.seq
+                    ),
+                });
+            }
+            self.apply_events(&tx, &next, &loaded, &mut ddl).await?;
+            events += next.events.len();
+            (part, last) = (next.part, next.last);
+        }
+        if let Some(extra) = segments.next_segment().await? {
+            return Err(ApplyError::BadRequest {
+                message: format!(
+                    "part {} of batch {} follows the last part",
+                    extra.part, extra.seq
+                ),
+            });
+        }
         if ddl.applied != applied_ddl {
             tx.execute(
                 &format!(
@@ -299,7 +369,7 @@ impl Applier {
                 "update {s}.applied set seq = $3, events = events + $4, applied_at = clock_timestamp()
                   where source = $1 and target = $2"
             ),
-            &[&batch.source, &batch.target, &batch.seq, &(batch.events.len() as i64)],
+            &[&batch.source, &batch.target, &batch.seq, &(events as i64)],
         )
         .await
         .map_err(pg("recording the applied position"))?;
@@ -307,6 +377,7 @@ impl Applier {
         Ok(Outcome::Applied {
             applied_seq: batch.seq,
             ddl_version: ddl.applied,
+            events,
         })
     }
 

@@ -3,7 +3,7 @@
 //! | request | answer |
 //! |---|---|
 //! | `GET /healthz` | 200 `{"status":"ok"}` |
-//! | `POST /v1/batches` | 200 applied or duplicate (`applied_seq`); 400 malformed; 401 token; 409 out of sequence (`applied_seq`); 413 too large; 422 target schema behind; 503 database unavailable; 500 other apply failure |
+//! | `POST /v1/batches` | 200 applied or duplicate (`applied_seq`); 400 malformed or truncated; 401 token; 409 out of sequence (`applied_seq`); 413 a segment too large; 422 target schema behind; 503 database unavailable; 500 other apply failure |
 //! | `GET /v1/position/{source}/{target}` | 200 `{"applied_seq": n}` |
 //!
 //! Every error body is JSON `{"error": "…"}`; nothing is ever an error behind 200.
@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::applier::{Applier, ApplyError, Outcome};
+use crate::applier::{Applier, ApplyError, Outcome, Segments};
 use crate::config::{Secret, Server as ServerConfig};
 use crate::wire;
 
@@ -186,60 +186,33 @@ impl Server {
                 )
             }
         };
-        let body = match Limited::new(req.into_body(), self.max_body).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e) => {
-                if e.downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some()
-                {
-                    return error(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        &format!(
-                            "body larger than server.max_body_bytes ({} bytes)",
-                            self.max_body
-                        ),
-                    );
-                }
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    &format!("reading the body failed: {e}"),
-                );
-            }
+        // The batch is applied while it streams in: segment by segment, in one transaction.
+        let reader = match wire::SegmentReader::new(zstd, self.max_batch) {
+            Ok(r) => r,
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
         };
-        let max_batch = self.max_batch;
-        let decoded =
-            tokio::task::spawn_blocking(move || wire::decode(&body, zstd, max_batch)).await;
-        let batch = match decoded {
-            Ok(Ok(b)) => b,
-            Ok(Err(wire::DecodeError::TooLarge { limit })) => {
-                return error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    &format!(
-                    "batch larger than server.max_batch_bytes ({limit} bytes) once decompressed"
-                ),
-                )
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(%peer, error = %e, "malformed batch refused");
-                return error(StatusCode::BAD_REQUEST, &e.to_string());
-            }
-            Err(e) => {
-                return error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    &format!("decoder failed: {e}"),
-                )
-            }
+        let mut segments = BodySegments {
+            body: req.into_body(),
+            reader,
+            ended: false,
         };
-        let span = tracing::info_span!("apply", source = %batch.source, target = %batch.target, batch_seq = batch.seq, events = batch.events.len());
+        let span = tracing::info_span!("apply", %peer);
         let started = std::time::Instant::now();
-        let result = tracing::Instrument::instrument(applier.apply(&batch), span.clone()).await;
+        let result =
+            tracing::Instrument::instrument(applier.apply(&mut segments), span.clone()).await;
         let _e = span.enter();
         match result {
             Ok(Outcome::Applied {
                 applied_seq,
                 ddl_version,
+                events,
             }) => {
-                tracing::info!(ms = started.elapsed().as_millis() as u64, "batch applied");
+                tracing::info!(
+                    batch_seq = applied_seq,
+                    events,
+                    ms = started.elapsed().as_millis() as u64,
+                    "batch applied"
+                );
                 reply(
                     StatusCode::OK,
                     json!({"status": "applied", "applied_seq": applied_seq, "ddl_version": ddl_version}),
@@ -353,6 +326,53 @@ impl Server {
     }
 }
 
+/// The segments of a batch request body, decoded as its chunks arrive.
+struct BodySegments {
+    body: Incoming,
+    reader: wire::SegmentReader,
+    ended: bool,
+}
+
+impl Segments for BodySegments {
+    async fn next_segment(&mut self) -> Result<Option<wire::Batch>, ApplyError> {
+        loop {
+            if let Some(s) = self.reader.next_segment().map_err(decode_error)? {
+                return Ok(Some(s));
+            }
+            if self.ended {
+                self.reader.finish().map_err(decode_error)?;
+                return Ok(None);
+            }
+            match self.body.frame().await {
+                None => self.ended = true,
+                Some(Err(e)) => {
+                    return Err(ApplyError::Unavailable {
+                        message: format!("the batch body broke off: {e}"),
+                    })
+                }
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.reader.feed(data);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn decode_error(e: wire::DecodeError) -> ApplyError {
+    match e {
+        wire::DecodeError::TooLarge { limit } => ApplyError::TooLarge {
+            message: format!(
+                "a batch segment is larger than server.max_batch_bytes ({limit} bytes) once decompressed"
+            ),
+        },
+        e => ApplyError::BadRequest {
+            message: e.to_string(),
+        },
+    }
+}
+
 fn apply_error(e: &ApplyError) -> Response<Body> {
     match e {
         ApplyError::Gap { applied_seq, .. } => reply(
@@ -365,6 +385,7 @@ fn apply_error(e: &ApplyError) -> Response<Body> {
         ApplyError::LoadInProgress { .. } => error(StatusCode::LOCKED, &e.to_string()),
         ApplyError::Conflict { .. } => error(StatusCode::CONFLICT, &e.to_string()),
         ApplyError::BadRequest { .. } => error(StatusCode::BAD_REQUEST, &e.to_string()),
+        ApplyError::TooLarge { .. } => error(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string()),
     }
 }
 

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ddlwatcher::quote_ident;
-use http_body_util::{BodyExt, Full};
+use futures_util::TryStreamExt;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::{connect::HttpConnector, Client as HttpClient};
 use hyper_util::rt::TokioExecutor;
@@ -18,6 +20,9 @@ use crate::config::{Config, Secret, Target};
 use crate::stage::{Progress, Step, StepError};
 use crate::wire::{self, Batch, DdlVersion, Event, Op, TableMeta};
 
+/// Request bodies: small ones whole, batches streamed.
+type ReqBody = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
+
 /// Ships the batches of one target.
 pub struct Transmitter {
     schema: String,
@@ -27,7 +32,9 @@ pub struct Transmitter {
     base_url: String,
     token: Option<Secret>,
     timeout: Duration,
-    http: HttpClient<HttpConnector, Full<Bytes>>,
+    http: HttpClient<HttpConnector, ReqBody>,
+    /// Events per segment of a streamed batch.
+    segment_events: usize,
     /// Whether the target's position was read since (re)start.
     reconciled: bool,
     /// The target asked to wait (logged once).
@@ -45,6 +52,8 @@ enum Refusal {
     Retry(String),
     /// The target asks to wait (an initial load is running there).
     Wait(String),
+    /// Reading the batch on the source failed.
+    Source(StepError),
 }
 
 impl Transmitter {
@@ -65,19 +74,20 @@ impl Transmitter {
             token: target.auth_token.clone(),
             timeout: Duration::from_secs(target.endpoint.timeout_seconds),
             http,
+            segment_events: config.batch_size,
             reconciled: false,
             waiting: false,
             acked_ddl: std::sync::atomic::AtomicI64::new(-1),
         }
     }
 
-    async fn send(
+    fn request(
         &self,
         method: Method,
         path: &str,
-        body: Bytes,
         zstd: bool,
-    ) -> Result<(StatusCode, Bytes), String> {
+        body: ReqBody,
+    ) -> Result<Request<ReqBody>, String> {
         let mut req = Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base_url))
@@ -88,7 +98,14 @@ impl Transmitter {
         if let Some(t) = &self.token {
             req = req.header("authorization", format!("Bearer {}", t.expose()));
         }
-        let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
+        req.body(body).map_err(|e| e.to_string())
+    }
+
+    async fn send(&self, method: Method, path: &str) -> Result<(StatusCode, Bytes), String> {
+        let empty = Full::new(Bytes::new())
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        let req = self.request(method, path, false, empty)?;
         let fut = async {
             let resp = self
                 .http
@@ -113,7 +130,7 @@ impl Transmitter {
     /// Asks the target how far it applied.
     async fn position(&self) -> Result<i64, String> {
         let path = format!("/v1/position/{}/{}", self.source, self.target);
-        let (status, body) = self.send(Method::GET, &path, Bytes::new(), false).await?;
+        let (status, body) = self.send(Method::GET, &path).await?;
         if status != StatusCode::OK {
             return Err(format!(
                 "position request answered {status}: {}",
@@ -164,11 +181,61 @@ impl Transmitter {
         Ok(())
     }
 
-    /// Reads the batch `seq` from the queue.
-    async fn load(&self, client: &Client, seq: i64) -> Result<Batch, StepError> {
+    /// The tables the row events of batch `seq` refer to, described from the source
+    /// catalog, and the index of each (captured schema, name, oid) among them; `None` for
+    /// a table dropped since (its events are skipped; the drop reaches the target as a
+    /// schema change).
+    async fn batch_tables(&self, client: &Client, seq: i64) -> Result<Tables, StepError> {
         let s = &self.schema;
         let rows = client
             .query(
+                &format!(
+                    "select distinct e.ev_schema::text, e.ev_table::text, coalesce(e.ev_relid, 0::oid)
+                       from {s}.batch b, {s}.event e
+                      where b.target = $1 and b.seq = $2 and {BATCH_EVENTS_CONDITION}
+                        and e.ev_op not in ('S', 'Q')"
+                ),
+                &[&self.target, &seq],
+            )
+            .await
+            .map_err(StepError::db(format!("reading the tables of batch {seq}")))?;
+        // Names are what the target has at this point of the stream; key and columns
+        // come from the catalog by oid.
+        let names: Vec<(String, String, u32)> = rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        let described = self.describe(client, &names).await?;
+        let mut tables = Tables::default();
+        for (n, meta) in names.into_iter().zip(described) {
+            match meta {
+                Some(m) => {
+                    tables.index.insert(n, Some(tables.metas.len() as u32));
+                    tables.metas.push(m);
+                }
+                None => {
+                    tracing::debug!(table = %format!("{}.{}", n.0, n.1), "skipping events of a table dropped on the source");
+                    tables.index.insert(n, None);
+                }
+            }
+        }
+        Ok(tables)
+    }
+
+    /// Reads batch `seq` from the queue and writes it as segments into `out` as it reads:
+    /// memory holds one segment, whatever the batch's size. Returns (events, bytes sent).
+    async fn produce(
+        &self,
+        client: &Client,
+        seq: i64,
+        tables: Tables,
+        ddl: Vec<DdlVersion>,
+        out: tokio::sync::mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>,
+    ) -> Result<(usize, usize), StepError> {
+        let s = &self.schema;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&self.target, &seq];
+        let rows = client
+            .query_raw(
                 &format!(
                     "select e.ev_id, e.ev_op, e.ev_schema::text, e.ev_table::text, e.ev_key::text, e.ev_data::text,
                             (extract(epoch from e.ev_time) * 1000000)::int8, e.ev_txid::text,
@@ -177,17 +244,54 @@ impl Transmitter {
                       where b.target = $1 and b.seq = $2 and {BATCH_EVENTS_CONDITION}
                       order by e.ev_id"
                 ),
-                &[&self.target, &seq],
+                params,
             )
             .await
             .map_err(StepError::db(format!("reading batch {seq}")))?;
-        // Tables by (captured schema, captured name, oid): the names are what the target
-        // has at this point of the stream; key and columns come from the catalog by oid.
-        let mut index: HashMap<(String, String, u32), u32> = HashMap::new();
-        let mut names: Vec<(String, String, u32)> = Vec::new();
-        let mut events = Vec::with_capacity(rows.len());
-        let mut captured_at: Option<i64> = None;
-        for r in &rows {
+        let mut rows = std::pin::pin!(rows);
+        let mut writer = wire::SegmentWriter::new(true)
+            .map_err(|e| StepError::Other(format!("encoding batch {seq}: {e}")))?;
+        let emit = |bytes: Bytes| {
+            let out = out.clone();
+            async move {
+                if bytes.is_empty() {
+                    return Ok(0);
+                }
+                let n = bytes.len();
+                match tokio::time::timeout(self.timeout, out.send(Ok(Frame::data(bytes)))).await {
+                    Ok(Ok(())) => Ok(n),
+                    Ok(Err(_)) => Err(StepError::Other(format!(
+                        "target `{}` stopped reading batch {seq}",
+                        self.target
+                    ))),
+                    Err(_) => Err(StepError::Other(format!(
+                        "target `{}` read nothing of batch {seq} for {} s",
+                        self.target,
+                        self.timeout.as_secs()
+                    ))),
+                }
+            }
+        };
+        let segment = |part: u32, ddl: Vec<DdlVersion>| Batch {
+            version: wire::FORMAT_VERSION,
+            part,
+            last: false,
+            source: self.source.clone(),
+            target: self.target.clone(),
+            seq,
+            apply_schema: self.apply_schema.clone(),
+            captured_at_us: None,
+            tables: tables.metas.clone(),
+            events: Vec::new(),
+            ddl,
+        };
+        let mut current = segment(0, ddl);
+        let (mut events, mut sent, mut payload) = (0usize, 0usize, 0usize);
+        while let Some(r) = rows
+            .try_next()
+            .await
+            .map_err(StepError::db(format!("reading batch {seq}")))?
+        {
             let op_code: i8 = r.get(1);
             let op = Op::from_code(op_code).ok_or_else(|| {
                 StepError::Fatal(format!(
@@ -204,10 +308,16 @@ impl Transmitter {
                     r.get::<_, String>(3),
                     r.get::<_, u32>(8),
                 );
-                *index.entry(key.clone()).or_insert_with(|| {
-                    names.push(key);
-                    (names.len() - 1) as u32
-                })
+                match tables.index.get(&key) {
+                    Some(Some(i)) => *i,
+                    Some(None) => continue,
+                    None => {
+                        return Err(StepError::Other(format!(
+                            "batch {seq} changed while being read (table {}.{} appeared); reading it again",
+                            key.0, key.1
+                        )))
+                    }
+                }
             };
             let raw = |v: Option<String>| -> Result<Option<Box<RawValue>>, StepError> {
                 v.map(|s| {
@@ -217,9 +327,11 @@ impl Transmitter {
                 .transpose()
             };
             let ts: i64 = r.get(6);
-            captured_at = Some(captured_at.map_or(ts, |c| c.min(ts)));
+            if current.part == 0 {
+                current.captured_at_us = Some(current.captured_at_us.map_or(ts, |c| c.min(ts)));
+            }
             let txid: String = r.get(7);
-            events.push(Event {
+            let event = Event {
                 id: r.get(0),
                 op,
                 table,
@@ -228,47 +340,33 @@ impl Transmitter {
                 })?),
                 key: raw(r.get(4))?,
                 data: raw(r.get(5))?,
-            });
-        }
-        let described = self.describe(client, &names).await?;
-        // Tables dropped on the source since: their events are skipped, the drop itself
-        // reaches the target as a schema change.
-        let mut renumber: Vec<Option<u32>> = Vec::with_capacity(described.len());
-        let mut tables = Vec::new();
-        for (n, meta) in names.iter().zip(described) {
-            match meta {
-                Some(m) => {
-                    renumber.push(Some(tables.len() as u32));
-                    tables.push(m);
-                }
-                None => {
-                    tracing::debug!(table = %format!("{}.{}", n.0, n.1), "skipping events of a table dropped on the source");
-                    renumber.push(None);
-                }
+            };
+            payload += event.key.as_ref().map_or(0, |k| k.get().len())
+                + event.data.as_ref().map_or(0, |d| d.get().len());
+            current.events.push(event);
+            events += 1;
+            if current.events.len() >= self.segment_events || payload >= SEGMENT_BYTES {
+                let next = segment(current.part + 1, Vec::new());
+                let full = std::mem::replace(&mut current, next);
+                let bytes = writer
+                    .push(&full)
+                    .map_err(|e| StepError::Other(format!("encoding batch {seq}: {e}")))?;
+                drop(full);
+                sent += emit(bytes).await?;
+                payload = 0;
             }
         }
-        let events: Vec<Event> = events
-            .into_iter()
-            .filter_map(|mut e| {
-                if e.op.is_stream_wide() {
-                    return Some(e);
-                }
-                e.table = renumber[e.table as usize]?;
-                Some(e)
-            })
-            .collect();
-        let ddl = self.pending_ddl(client).await?;
-        Ok(Batch {
-            version: wire::FORMAT_VERSION,
-            source: self.source.clone(),
-            target: self.target.clone(),
-            seq,
-            apply_schema: self.apply_schema.clone(),
-            captured_at_us: captured_at,
-            tables,
-            events,
-            ddl,
-        })
+        current.last = true;
+        let bytes = writer
+            .push(&current)
+            .map_err(|e| StepError::Other(format!("encoding batch {seq}: {e}")))?;
+        drop(current);
+        sent += emit(bytes).await?;
+        let tail = writer
+            .finish()
+            .map_err(|e| StepError::Other(format!("encoding batch {seq}: {e}")))?;
+        sent += emit(tail).await?;
+        Ok((events, sent))
     }
 
     /// Schema versions the target has not acknowledged yet.
@@ -363,21 +461,68 @@ impl Transmitter {
             .collect()
     }
 
-    /// Sends one batch; Ok(applied position) on success.
-    async fn transmit(&self, batch: &Batch) -> Result<i64, Refusal> {
-        let body =
-            wire::encode(batch, true).map_err(|e| Refusal::Retry(format!("encoding: {e}")))?;
-        let bytes = body.len();
-        let started = std::time::Instant::now();
-        let (status, answer) = self
-            .send(Method::POST, "/v1/batches", Bytes::from(body), true)
+    /// Streams batch `seq` to the target; Ok(applied position) on success.
+    async fn transmit(&self, client: &Client, seq: i64) -> Result<i64, Refusal> {
+        let tables = self
+            .batch_tables(client, seq)
             .await
+            .map_err(Refusal::Source)?;
+        let ddl = self.pending_ddl(client).await.map_err(Refusal::Source)?;
+        let started = std::time::Instant::now();
+        let (frames, body) = tokio::sync::mpsc::channel(4);
+        let body = futures_util::stream::unfold(body, |mut rx| async move {
+            rx.recv().await.map(|frame| (frame, rx))
+        });
+        let req = self.request(
+            Method::POST,
+            "/v1/batches",
+            true,
+            StreamBody::new(body).boxed_unsync(),
+        );
+        let req = req.map_err(Refusal::Retry)?;
+        let producer = self.produce(client, seq, tables, ddl, frames.clone());
+        let request = self.http.request(req);
+        let mut producer = std::pin::pin!(producer);
+        let mut request = std::pin::pin!(request);
+        // The body is written while the target applies it; once it is all sent, the answer
+        // must come within the timeout. If the source side fails, the body is cut off so
+        // the target rolls back (it would also refuse a body without its last part).
+        let (response, counts) = tokio::select! {
+            r = &mut request => (r, None),
+            p = &mut producer => match p {
+                Ok(counts) => {
+                    drop(frames);
+                    match tokio::time::timeout(self.timeout, &mut request).await {
+                        Ok(r) => (r, Some(counts)),
+                        Err(_) => return Err(Refusal::Retry(format!(
+                            "target `{}` sent no answer within {} s after batch {seq}",
+                            self.target,
+                            self.timeout.as_secs()
+                        ))),
+                    }
+                }
+                Err(e) => {
+                    let _ = frames.try_send(Err(std::io::Error::other("the source failed")));
+                    return Err(Refusal::Source(e));
+                }
+            },
+        };
+        let response = response.map_err(|e| {
+            Refusal::Retry(format!(
+                "target `{}` at {}: {}",
+                self.target,
+                self.base_url,
+                crate::db::error_chain(&e)
+            ))
+        })?;
+        let status = response.status();
+        let answer = tokio::time::timeout(self.timeout, response.into_body().collect())
+            .await
+            .map_err(|_| Refusal::Retry(format!("target `{}`: the answer stalled", self.target)))?
             .map_err(|e| {
-                Refusal::Retry(format!(
-                    "target `{}` at {}: {e}",
-                    self.target, self.base_url
-                ))
-            })?;
+                Refusal::Retry(format!("target `{}`: reading the answer: {e}", self.target))
+            })?
+            .to_bytes();
         let v: serde_json::Value =
             serde_json::from_slice(&answer).unwrap_or(serde_json::Value::Null);
         let applied = v.get("applied_seq").and_then(|s| s.as_i64());
@@ -387,10 +532,11 @@ impl Transmitter {
                     self.acked_ddl
                         .store(d, std::sync::atomic::Ordering::Relaxed);
                 }
+                let (events, bytes) = counts.unwrap_or_default();
                 tracing::info!(
                     target = %self.target,
-                    batch_seq = batch.seq,
-                    events = batch.events.len(),
+                    batch_seq = seq,
+                    events,
                     bytes,
                     ms = started.elapsed().as_millis() as u64,
                     status = v.get("status").and_then(|s| s.as_str()).unwrap_or(""),
@@ -401,14 +547,23 @@ impl Transmitter {
             (StatusCode::CONFLICT, Some(a)) => Err(Refusal::Position { applied: a }),
             (StatusCode::LOCKED, _) => Err(Refusal::Wait(error_message(&answer))),
             _ => Err(Refusal::Retry(format!(
-                "target `{}` answered {status} to batch {}: {}",
+                "target `{}` answered {status} to batch {seq}: {}",
                 self.target,
-                batch.seq,
                 error_message(&answer)
             ))),
         }
     }
 }
+
+/// The tables of one batch.
+#[derive(Default)]
+struct Tables {
+    metas: Vec<TableMeta>,
+    index: HashMap<(String, String, u32), Option<u32>>,
+}
+
+/// Largest row-image payload per segment (a single larger event makes its own segment).
+const SEGMENT_BYTES: usize = 8 << 20;
 
 impl Step for Transmitter {
     fn name(&self) -> String {
@@ -440,8 +595,7 @@ impl Step for Transmitter {
             return Ok(Progress::Idle);
         };
         let seq: i64 = row.get(0);
-        let batch = self.load(client, seq).await?;
-        match self.transmit(&batch).await {
+        match self.transmit(client, seq).await {
             Ok(applied) => {
                 self.waiting = false;
                 self.acknowledge(client, applied).await?;
@@ -478,6 +632,7 @@ impl Step for Transmitter {
                 }
                 Err(StepError::Wait(Duration::from_secs(1), m))
             }
+            Err(Refusal::Source(e)) => Err(e),
             Err(Refusal::Retry(m)) => {
                 self.reconciled = false;
                 self.record_error(client, Some(&m)).await;

@@ -1,20 +1,39 @@
 //! The batch format shipped from a source instance to a target instance.
 //!
-//! JSON (optionally zstd-compressed, `Content-Encoding: zstd`). Row images travel as the
-//! source's own `json` text, untouched (`RawValue`), so numeric precision and every other
-//! value survive exactly; the target rebuilds rows with `json_populate_record(set)`.
+//! A batch travels as a stream of *segments*: after the 4 bytes [`MAGIC`], each segment is
+//! a big-endian `u32` length followed by that many bytes of JSON (a [`Batch`] holding the
+//! next events), and the whole stream is optionally one zstd stream (`Content-Encoding:
+//! zstd`). The source writes the
+//! segments while it reads the queue and the target applies each as it arrives, inside the
+//! batch's one transaction, so neither side holds a whole batch in memory: a transaction of
+//! millions of rows costs a segment's worth of memory, not the transaction's. The last
+//! segment says so (`last`); a stream that ends before it is refused and rolled back.
+//!
+//! Row images travel as the source's own `json` text, untouched (`RawValue`), so numeric
+//! precision and every other value survive exactly; the target rebuilds rows with
+//! `json_populate_record(set)`.
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 /// Version of this format; a target refuses others with 400.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
-/// One batch: the events of whole source transactions, in capture order.
+/// First bytes of a (decompressed) batch stream.
+pub const MAGIC: &[u8; 4] = b"PGT2";
+
+/// One segment of a batch: the next events of whole source transactions, in capture order.
+/// A small batch is one segment (`part` 0, `last`).
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Batch {
     pub version: u32,
+    /// 0, 1, 2, … within the batch.
+    #[serde(default)]
+    pub part: u32,
+    /// This segment ends the batch.
+    #[serde(default = "yes")]
+    pub last: bool,
     /// Source instance name (`database.name` of the source).
     pub source: String,
     /// Target name in the source's config.
@@ -27,13 +46,18 @@ pub struct Batch {
     /// When the oldest event of the batch was captured, microseconds since the Unix epoch.
     #[serde(default)]
     pub captured_at_us: Option<i64>,
+    /// Every table the batch's events refer to (by index); each segment carries all.
     pub tables: Vec<TableMeta>,
     pub events: Vec<Event>,
-    /// Schema versions the target may not have applied yet, in order. Each is applied at
-    /// its schema event, or earlier when an event needs it (a column added and written in
-    /// one transaction reaches the target before the watcher's event).
+    /// Schema versions the target may not have applied yet, in order (first segment only).
+    /// Each is applied at its schema event, or earlier when an event needs it (a column
+    /// added and written in one transaction reaches the target before the watcher's event).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ddl: Vec<DdlVersion>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// One schema version: the DDL that turns the target's previous version into this one.
@@ -151,47 +175,203 @@ pub struct Event {
 pub enum DecodeError {
     #[error("body is not valid zstd: {0}")]
     Compression(String),
-    #[error("batch is larger than {limit} bytes after decompression")]
+    #[error("a batch segment is larger than {limit} bytes after decompression")]
     TooLarge { limit: usize },
+    #[error("the body ends inside a batch segment (truncated)")]
+    Truncated,
+    #[error("the body is not a pgteleport batch stream (it must start with `PGT2`); is the source a different version?")]
+    Magic,
     #[error("body is not a valid batch: {0}")]
     Json(#[from] serde_json::Error),
     #[error("invalid batch: {0}")]
     Invalid(String),
 }
 
-/// Serialises and compresses a batch.
-pub fn encode(batch: &Batch, compress: bool) -> Result<Vec<u8>, std::io::Error> {
-    let json = serde_json::to_vec(batch).map_err(std::io::Error::other)?;
-    if compress {
-        zstd::bulk::compress(&json, 1)
-    } else {
-        Ok(json)
+/// Writes the segments of a batch into a byte stream, compressing as it goes.
+pub struct SegmentWriter {
+    zstd: Option<zstd::stream::write::Encoder<'static, Vec<u8>>>,
+    plain: Vec<u8>,
+    started: bool,
+}
+
+impl SegmentWriter {
+    pub fn new(compress: bool) -> std::io::Result<Self> {
+        Ok(Self {
+            zstd: if compress {
+                Some(zstd::stream::write::Encoder::new(Vec::new(), 1)?)
+            } else {
+                None
+            },
+            plain: Vec::new(),
+            started: false,
+        })
+    }
+
+    /// Adds a segment; returns the bytes ready to send (possibly none yet).
+    pub fn push(&mut self, segment: &Batch) -> std::io::Result<bytes::Bytes> {
+        use std::io::Write;
+        let json = serde_json::to_vec(segment).map_err(std::io::Error::other)?;
+        let len = u32::try_from(json.len())
+            .map_err(|_| std::io::Error::other("a batch segment exceeds 4 GiB"))?;
+        let magic: &[u8] = if std::mem::replace(&mut self.started, true) {
+            &[]
+        } else {
+            MAGIC
+        };
+        match &mut self.zstd {
+            Some(z) => {
+                z.write_all(magic)?;
+                z.write_all(&len.to_be_bytes())?;
+                z.write_all(&json)?;
+                Ok(std::mem::take(z.get_mut()).into())
+            }
+            None => {
+                self.plain.extend_from_slice(magic);
+                self.plain.extend_from_slice(&len.to_be_bytes());
+                self.plain.extend_from_slice(&json);
+                Ok(std::mem::take(&mut self.plain).into())
+            }
+        }
+    }
+
+    /// Ends the stream; returns its last bytes.
+    pub fn finish(self) -> std::io::Result<bytes::Bytes> {
+        match self.zstd {
+            Some(z) => Ok(z.finish()?.into()),
+            None => Ok(self.plain.into()),
+        }
     }
 }
 
-/// Decompresses (when `zstd`) with a size limit, parses and validates a batch.
-pub fn decode(body: &[u8], zstd_encoded: bool, limit: usize) -> Result<Batch, DecodeError> {
-    let batch: Batch = if zstd_encoded {
-        use std::io::Read;
-        let decoder = zstd::stream::read::Decoder::new(body)
-            .map_err(|e| DecodeError::Compression(e.to_string()))?;
-        let mut json = Vec::new();
-        decoder
-            .take(limit as u64 + 1)
-            .read_to_end(&mut json)
-            .map_err(|e| DecodeError::Compression(e.to_string()))?;
-        if json.len() > limit {
-            return Err(DecodeError::TooLarge { limit });
+/// Reads segments back from the chunks of a body as they arrive. Memory stays within one
+/// segment (at most `limit` bytes decompressed) plus one chunk, whatever the body's size.
+pub struct SegmentReader {
+    zstd: Option<zstd::stream::raw::Decoder<'static>>,
+    /// Inside a zstd frame (its end not decoded yet).
+    in_frame: bool,
+    input: std::collections::VecDeque<bytes::Bytes>,
+    buf: Vec<u8>,
+    limit: usize,
+    /// The magic was read.
+    started: bool,
+}
+
+impl SegmentReader {
+    pub fn new(zstd_encoded: bool, limit: usize) -> Result<Self, DecodeError> {
+        Ok(Self {
+            zstd: if zstd_encoded {
+                Some(
+                    zstd::stream::raw::Decoder::new()
+                        .map_err(|e| DecodeError::Compression(e.to_string()))?,
+                )
+            } else {
+                None
+            },
+            in_frame: false,
+            input: Default::default(),
+            buf: Vec::new(),
+            limit,
+            started: false,
+        })
+    }
+
+    /// Hands over the next chunk of the body.
+    pub fn feed(&mut self, chunk: bytes::Bytes) {
+        if !chunk.is_empty() {
+            self.input.push_back(chunk);
         }
-        serde_json::from_slice(&json)?
-    } else {
-        if body.len() > limit {
-            return Err(DecodeError::TooLarge { limit });
+    }
+
+    /// The next whole segment, parsed and validated; `None` when more input is needed.
+    pub fn next_segment(&mut self) -> Result<Option<Batch>, DecodeError> {
+        use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
+        loop {
+            if !self.started && self.buf.len() >= 4 {
+                if &self.buf[..4] != MAGIC {
+                    return Err(DecodeError::Magic);
+                }
+                self.buf.drain(..4);
+                self.started = true;
+            }
+            if self.started && self.buf.len() >= 4 {
+                let n = u32::from_be_bytes(self.buf[..4].try_into().expect("4 bytes")) as usize;
+                if n > self.limit {
+                    return Err(DecodeError::TooLarge { limit: self.limit });
+                }
+                if self.buf.len() >= 4 + n {
+                    let batch: Batch = serde_json::from_slice(&self.buf[4..4 + n])?;
+                    self.buf.drain(..4 + n);
+                    batch.validate()?;
+                    return Ok(Some(batch));
+                }
+            }
+            let Some(chunk) = self.input.front_mut() else {
+                return Ok(None);
+            };
+            match &mut self.zstd {
+                None => {
+                    self.buf.extend_from_slice(chunk);
+                    self.input.pop_front();
+                }
+                Some(decoder) => {
+                    // At most 128 KiB of output per step, so a small body cannot expand
+                    // past the segment limit before the limit is checked.
+                    let mut out = vec![0u8; 128 << 10];
+                    let mut src = InBuffer::around(&chunk[..]);
+                    let mut dst = OutBuffer::around(&mut out[..]);
+                    let hint = decoder
+                        .run(&mut src, &mut dst)
+                        .map_err(|e| DecodeError::Compression(e.to_string()))?;
+                    let (read, written) = (src.pos(), dst.pos());
+                    self.in_frame = hint != 0;
+                    self.buf.extend_from_slice(&out[..written]);
+                    let _ = chunk.split_to(read);
+                    if chunk.is_empty() {
+                        self.input.pop_front();
+                    }
+                }
+            }
         }
-        serde_json::from_slice(body)?
-    };
-    batch.validate()?;
-    Ok(batch)
+    }
+
+    /// The body ended: everything must have been read as whole segments.
+    pub fn finish(&mut self) -> Result<(), DecodeError> {
+        if let Some(extra) = self.next_segment()? {
+            return Err(DecodeError::Invalid(format!(
+                "part {} of batch {} follows the end of the batch",
+                extra.part, extra.seq
+            )));
+        }
+        if self.in_frame {
+            return Err(DecodeError::Compression(
+                "the zstd stream is truncated".into(),
+            ));
+        }
+        if !self.buf.is_empty() || !self.input.is_empty() {
+            return Err(DecodeError::Truncated);
+        }
+        Ok(())
+    }
+}
+
+/// Encodes a batch as a stream of one segment.
+pub fn encode(batch: &Batch, compress: bool) -> Result<Vec<u8>, std::io::Error> {
+    let mut w = SegmentWriter::new(compress)?;
+    let mut out = w.push(batch)?.to_vec();
+    out.extend_from_slice(&w.finish()?);
+    Ok(out)
+}
+
+/// Decodes a whole body into its segments (with a limit per segment).
+pub fn decode(body: &[u8], zstd_encoded: bool, limit: usize) -> Result<Vec<Batch>, DecodeError> {
+    let mut r = SegmentReader::new(zstd_encoded, limit)?;
+    r.feed(bytes::Bytes::copy_from_slice(body));
+    let mut out = Vec::new();
+    while let Some(b) = r.next_segment()? {
+        out.push(b);
+    }
+    r.finish()?;
+    Ok(out)
 }
 
 impl Batch {
@@ -269,6 +449,8 @@ mod tests {
     fn sample() -> Batch {
         Batch {
             version: FORMAT_VERSION,
+            part: 0,
+            last: true,
             source: "src".into(),
             target: "t".into(),
             seq: 3,
@@ -302,8 +484,9 @@ mod tests {
         for compress in [false, true] {
             let body = encode(&sample(), compress).unwrap();
             let b = decode(&body, compress, 1 << 20).unwrap();
+            assert_eq!(b.len(), 1);
             assert_eq!(
-                b.events[0].data.as_ref().unwrap().get(),
+                b[0].events[0].data.as_ref().unwrap().get(),
                 r#"{"id": 1, "v": 1.00000000000000000001}"#
             );
         }
@@ -327,9 +510,64 @@ mod tests {
             decode(&body[..body.len() / 2], true, 1 << 20),
             Err(DecodeError::Compression(_) | DecodeError::Json(_))
         ));
+        let mut framed = MAGIC.to_vec();
+        framed.extend_from_slice(&13u32.to_be_bytes());
+        framed.extend_from_slice(b"{\"version\":2}");
         assert!(matches!(
-            decode(b"{\"version\":1}", false, 100),
+            decode(&framed, false, 100),
             Err(DecodeError::Json(_))
+        ));
+        // A plain body cut inside a segment.
+        let plain = encode(&sample(), false).unwrap();
+        assert!(matches!(
+            decode(&plain[..plain.len() - 3], false, 1 << 20),
+            Err(DecodeError::Truncated)
+        ));
+    }
+
+    #[test]
+    fn segments_stream_in_any_chunking() {
+        for compress in [false, true] {
+            let mut w = SegmentWriter::new(compress).unwrap();
+            let mut body = Vec::new();
+            for part in 0..50u32 {
+                let mut s = sample();
+                s.part = part;
+                s.last = part == 49;
+                body.extend_from_slice(&w.push(&s).unwrap());
+            }
+            body.extend_from_slice(&w.finish().unwrap());
+            // Fed in odd-sized chunks, segments come out whole and in order.
+            let mut r = SegmentReader::new(compress, 1 << 20).unwrap();
+            let mut parts = Vec::new();
+            for chunk in body.chunks(7) {
+                r.feed(bytes::Bytes::copy_from_slice(chunk));
+                while let Some(s) = r.next_segment().unwrap() {
+                    parts.push(s.part);
+                }
+            }
+            r.finish().unwrap();
+            assert_eq!(parts, (0..50).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn a_compressed_bomb_stops_at_the_segment_limit() {
+        // 1 GiB of zeros claims a segment far above the limit: refused after reading
+        // little more than the length prefix.
+        let mut z = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        use std::io::Write;
+        z.write_all(MAGIC).unwrap();
+        z.write_all(&(1u32 << 30).to_be_bytes()).unwrap();
+        for _ in 0..1024 {
+            z.write_all(&[b' '; 1 << 20]).unwrap();
+        }
+        let body = z.finish().unwrap();
+        let mut r = SegmentReader::new(true, 1 << 20).unwrap();
+        r.feed(body.into());
+        assert!(matches!(
+            r.next_segment(),
+            Err(DecodeError::TooLarge { .. })
         ));
     }
 }

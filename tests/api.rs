@@ -42,6 +42,8 @@ async fn post(
 fn batch(seq: i64, id: i32) -> Batch {
     Batch {
         version: FORMAT_VERSION,
+        part: 0,
+        last: true,
         source: "api-test".into(),
         target: "t1".into(),
         seq,
@@ -186,17 +188,35 @@ async fn refused_requests_get_honest_codes_and_change_nothing() -> anyhow::Resul
 }
 
 #[tokio::test]
-async fn body_size_limit_gives_413() -> anyhow::Result<()> {
+async fn segment_size_limit_gives_413() -> anyhow::Result<()> {
     let p = Pair::new(SCHEMA).await?;
     let yaml = p
         .target_yaml(0)
-        .replace("auth_token:", "max_body_bytes: 1000, auth_token:");
+        .replace("auth_token:", "max_batch_bytes: 1000, auth_token:");
     let cfg =
         pgteleport::config::Config::from_yaml(&yaml, std::path::Path::new("t.yml"), |_| None)?;
     let target = pgteleport::instance::start(cfg).await?;
     let port = target.local_addr.unwrap().port();
-    let (s, j) = post(port, Some(TOKEN), None, vec![b' '; 5000]).await?;
-    assert_eq!(s, 413, "{j}");
+    let mut big = batch(1, 1);
+    big.events[0].data = Some(RawValue::from_string(format!(
+        r#"{{"id": 1, "v": "{}"}}"#,
+        "x".repeat(5000)
+    ))?);
+    for compress in [false, true] {
+        let (s, j) = post(
+            port,
+            Some(TOKEN),
+            compress.then_some("zstd"),
+            wire::encode(&big, compress)?,
+        )
+        .await?;
+        assert_eq!(s, 413, "{j}");
+        assert!(
+            j["error"].as_str().unwrap().contains("max_batch_bytes"),
+            "{j}"
+        );
+    }
+    assert_eq!(state(&p).await?, (vec![], 0), "nothing applied");
     let (s, _) = post(port, Some(TOKEN), None, wire::encode(&batch(1, 1), false)?).await?;
     assert_eq!(s, 200);
     target.shutdown().await?;
@@ -247,4 +267,57 @@ fn example_configs_load() {
         pgteleport::config::Config::from_yaml(&text, &path, env)
             .unwrap_or_else(|e| panic!("{f}: {e}"));
     }
+}
+
+/// A batch in several segments is applied whole or not at all.
+#[tokio::test]
+async fn segmented_batches_apply_whole_or_not_at_all() -> anyhow::Result<()> {
+    let p = Pair::new(SCHEMA).await?;
+    let target = p.start_target(0).await?;
+    let port = target.local_addr.unwrap().port();
+    let parts = |seq: i64, ids: &[i32], last: bool| -> anyhow::Result<Vec<u8>> {
+        let mut w = wire::SegmentWriter::new(true)?;
+        let mut body = Vec::new();
+        for (part, id) in ids.iter().enumerate() {
+            let mut s = batch(seq, *id);
+            s.part = part as u32;
+            s.last = last && part + 1 == ids.len();
+            body.extend_from_slice(&w.push(&s)?);
+        }
+        body.extend_from_slice(&w.finish()?);
+        Ok(body)
+    };
+    // The first two parts arrive, the last never does: nothing is applied.
+    let (s, j) = post(port, Some(TOKEN), Some("zstd"), parts(1, &[1, 2], false)?).await?;
+    assert_eq!(s, 400, "{j}");
+    assert!(j["error"].as_str().unwrap().contains("truncated"), "{j}");
+    assert_eq!(state(&p).await?, (vec![], 0));
+    // Parts out of order: refused.
+    let mut w = wire::SegmentWriter::new(false)?;
+    let mut body = w.push(&batch(1, 1))?.to_vec();
+    let mut wrong = batch(1, 2);
+    wrong.part = 2;
+    let mut first = batch(1, 1);
+    first.last = false;
+    let mut w2 = wire::SegmentWriter::new(false)?;
+    let mut body2 = w2.push(&first)?.to_vec();
+    body2.extend_from_slice(&w2.push(&wrong)?);
+    let (s, j) = post(port, Some(TOKEN), None, body2).await?;
+    assert_eq!(s, 400, "{j}");
+    assert!(
+        j["error"].as_str().unwrap().contains("does not continue"),
+        "{j}"
+    );
+    // A segment after the last one: refused.
+    body.extend_from_slice(&w.push(&batch(1, 3))?);
+    let (s, j) = post(port, Some(TOKEN), None, body).await?;
+    assert_eq!(s, 400, "{j}");
+    assert_eq!(state(&p).await?, (vec![], 0));
+    // Whole: every part applied in one transaction.
+    let (s, j) = post(port, Some(TOKEN), Some("zstd"), parts(1, &[1, 2, 3], true)?).await?;
+    assert_eq!((s, j["status"].as_str()), (200, Some("applied")), "{j}");
+    let (rows, seq) = state(&p).await?;
+    assert_eq!((rows.len(), seq), (3, 1), "{rows:?}");
+    target.shutdown().await?;
+    Ok(())
 }

@@ -24,7 +24,12 @@ async fn transactions_are_applied_atomically() -> anyhow::Result<()> {
     let target = p.start_target(0).await?;
     let port = target.local_addr.unwrap().port();
     let source = p
-        .start_source(port, "app.*", "max_events_per_batch: 500\n")
+        // Segments of 250 events: each 6000-event transaction streams as 24 segments.
+        .start_source(
+            port,
+            "app.*",
+            "max_events_per_batch: 500\nbatch_size: 250\n",
+        )
         .await?;
     let src = p.src().await?;
     let dst = p.dst().await?;
@@ -83,6 +88,9 @@ async fn transactions_are_applied_atomically() -> anyhow::Result<()> {
         max_batch, 6000,
         "one 6000-event transaction makes one batch of its own"
     );
+    // The target counted every event of the streamed batches.
+    let applied = scalar_i64(&dst, "select events from teleport.applied").await?;
+    assert_eq!(applied, 36_000);
     source.shutdown().await?;
     target.shutdown().await?;
     Ok(())

@@ -11,6 +11,9 @@ use hyper::body::Incoming;
 use crate::applier::{pg, Applier, ApplyError};
 use crate::wire::{CopyHeader, LoadFinish, LoadPrepare, LoadStart, LoadTableState};
 
+/// `maintenance_work_mem` (kB) for building a loaded table's keys and indexes.
+const INDEX_BUILD_MEMORY_KB: i64 = 512 * 1024;
+
 fn map_for(apply_schema: &Option<String>, tables: &[Table]) -> SchemaMap {
     SchemaMap::new(apply_schema.clone(), tables)
 }
@@ -306,6 +309,15 @@ impl Applier {
             });
         }
         if created == Some(true) {
+            // Sorting the keys of a large table in memory instead of in temporary files
+            // is most of an index build's time; never lower the server's own setting.
+            tx.execute(
+                "select pg_catalog.set_config('maintenance_work_mem',
+                        greatest(pg_catalog.pg_size_bytes(pg_catalog.current_setting('maintenance_work_mem')) / 1024, $1)::text || 'kB', true)",
+                &[&INDEX_BUILD_MEMORY_KB],
+            )
+            .await
+            .map_err(pg("raising maintenance_work_mem for the index builds"))?;
             let has_pk: bool = tx
                 .query_one(
                     "select exists (select 1 from pg_catalog.pg_index where indrelid = $1::text::regclass and indisprimary)",
