@@ -17,20 +17,11 @@ mkdir -p "$WORK" bench/results
 cargo build --release --quiet
 BIN="$PWD/target/release/pgteleport"
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-start_cluster() { # dir port
-    as_postgres "$PG_BINDIR/initdb" -D "$1" -U postgres --auth=trust --no-sync -E UTF8 --locale=C >/dev/null
-    as_postgres "$PG_BINDIR/pg_ctl" -D "$1" -l "$1/log" -w -o "-p $2 -c listen_addresses=127.0.0.1 -c unix_socket_directories=$WORK -c shared_buffers=512MB -c max_wal_size=8GB -c checkpoint_timeout=30min -c synchronous_commit=off -c fsync=off -c full_page_writes=off -c wal_level=minimal -c max_wal_senders=0" start >/dev/null
-}
-cleanup() {
-    for d in "$WORK/src" "$WORK/dst"; do
-        [ -f "$d/postmaster.pid" ] && as_postgres "$PG_BINDIR/pg_ctl" -D "$d" -m immediate stop >/dev/null 2>&1 || true
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+source bench/lib.sh
+trap stop_clusters EXIT
 SP=$(port); DP=$(port)
-start_cluster "$WORK/src" "$SP"; start_cluster "$WORK/dst" "$DP"
+MINIMAL="-c wal_level=minimal -c max_wal_senders=0"
+start_cluster "$WORK/src" "$SP" "$MINIMAL"; start_cluster "$WORK/dst" "$DP" "$MINIMAL"
 psql_s() { "$PG_BINDIR/psql" -h 127.0.0.1 -p "$SP" -U postgres -X -q -v ON_ERROR_STOP=1 "$@"; }
 psql_d() { "$PG_BINDIR/psql" -h 127.0.0.1 -p "$DP" -U postgres -X -q -v ON_ERROR_STOP=1 "$@"; }
 
@@ -49,7 +40,6 @@ echo "data set: $MB MB of heap in 5 tables"
 for db in dst_a dst_b dst_c; do psql_d -c "create database $db"; done
 psql_d -c "create role bench login password 'bench'" -c "grant create on database dst_c to bench" -c "alter database dst_c owner to bench"
 
-now() { date +%s.%N; }
 # (a) raw pipe, table by table, into tables without indexes
 psql_s -U bench -d bench -Atc "select 'create table ' || relname || ' (' || string_agg(attname || ' ' || format_type(atttypid, atttypmod), ', ' order by attnum) || ');' from pg_attribute a join pg_class c on c.oid = a.attrelid where relname in ('pgbench_accounts','pgbench_branches','pgbench_tellers','pgbench_history','wide') and attnum > 0 and not attisdropped group by relname" | psql_d -d dst_a
 t0=$(now)

@@ -95,6 +95,9 @@ pub enum Command {
         /// Seconds to wait for the target to catch up before comparing.
         #[arg(long, default_value_t = 60)]
         within: u64,
+        /// Rows per key-range chunk compared by checksum.
+        #[arg(long, default_value_t = 100_000)]
+        chunk_rows: i64,
     },
     /// Install the queue schema and triggers on the source, then exit.
     Install {

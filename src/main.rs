@@ -112,6 +112,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             target,
             target_config,
             within,
+            chunk_rows,
         } => {
             let config = load_config(&config)?;
             let target_cfg = Config::load(&target_config)?;
@@ -120,6 +121,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &target,
                 &target_cfg.database,
                 Duration::from_secs(within),
+                chunk_rows,
             )
             .await?;
             print!("{}", pgteleport::verify::render(&reports));

@@ -1,17 +1,21 @@
 //! `pgteleport verify`: compares the source's and the target's tables of one target.
 //!
-//! For each table: row count and an order-independent checksum (sum of `hashtext` of each
-//! row's text, with the target's schema renamed by `apply_schema`); when they differ, a
-//! row-level comparison by primary key names the missing, extra and changed keys (never the
-//! row values). Online: it first waits until the target has applied every transaction
-//! committed before the check began, and re-checks a differing table a few times, so
-//! changes still in flight are not reported as differences.
+//! Each table is cut into chunks of `chunk_rows` rows by primary-key ranges (bounds taken
+//! from the source; each side selects a chunk's rows through its primary-key index). Rows
+//! of the differing chunks are compared together, so a key that one side's collation sorts
+//! into another chunk is still matched with itself. For each
+//! chunk: row count and an order-independent checksum (sum of `hashtext` of each row's
+//! text) on both sides; only a chunk that differs is compared row by row, by primary key,
+//! naming the missing, extra and changed keys (never the row values). Online: it first
+//! waits until the target has applied every transaction committed before the check began,
+//! and re-checks differing chunks a few times after catching up again, so changes still in
+//! flight are not reported as differences.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use ddlwatcher::{introspect_tables, qualified, quote_ident, TargetExpression};
+use ddlwatcher::{introspect_tables, qualified, quote_ident, quote_literal, TargetExpression};
 use tokio_postgres::Client;
 
 use crate::config::{Config, Database};
@@ -26,6 +30,9 @@ pub struct TableReport {
     pub missing: Vec<String>,
     pub extra: Vec<String>,
     pub changed: Vec<String>,
+    /// Key-range chunks compared, and those whose count or checksum differed.
+    pub chunks: usize,
+    pub differing_chunks: usize,
 }
 
 impl TableReport {
@@ -43,7 +50,9 @@ pub async fn verify(
     target: &str,
     target_db: &Database,
     within: Duration,
+    chunk_rows: i64,
 ) -> anyhow::Result<Vec<TableReport>> {
+    anyhow::ensure!(chunk_rows > 0, "--chunk-rows must be at least 1");
     let t = config
         .targets
         .get(target)
@@ -65,17 +74,62 @@ pub async fn verify(
             t.apply_schema.as_deref().unwrap_or(&table.schema),
             &table.name,
         );
-        let mut attempt = 0;
-        let report = loop {
-            attempt += 1;
-            let r = compare(&src, &dst, &table.qualified(), &target_name, &key).await?;
-            if r.equal() || attempt >= 3 {
-                break r;
+        let source_key = KeyColumns::read(&src, &table.qualified(), &key).await?;
+        let target_key = KeyColumns::read(&dst, &target_name, &key).await?;
+        let chunks = source_key.chunks(&src, &table.qualified(), chunk_rows).await?;
+        let mut report = TableReport {
+            table: table.qualified(),
+            source_rows: 0,
+            target_rows: 0,
+            missing: vec![],
+            extra: vec![],
+            changed: vec![],
+            chunks: chunks.len(),
+            differing_chunks: 0,
+        };
+        let mut differing = Vec::new();
+        for chunk in &chunks {
+            let a = summary(&src, &table.qualified(), &source_key.range(chunk)).await?;
+            let b = summary(&dst, &target_name, &target_key.range(chunk)).await?;
+            report.source_rows += a.0;
+            report.target_rows += b.0;
+            if a != b {
+                differing.push((chunk, a, b));
             }
-            // Still in flight? Let the target catch up with what committed since, then look again.
+        }
+        // Still in flight? Let the target catch up with what committed since, then look again.
+        for _ in 0..2 {
+            if differing.is_empty() {
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(500)).await;
             catch_up(&src, &config.internal_schema, target, within).await?;
-        };
+            let mut still = Vec::new();
+            for (chunk, a0, b0) in differing {
+                let a = summary(&src, &table.qualified(), &source_key.range(chunk)).await?;
+                let b = summary(&dst, &target_name, &target_key.range(chunk)).await?;
+                report.source_rows += a.0 - a0.0;
+                report.target_rows += b.0 - b0.0;
+                if a != b {
+                    still.push((chunk, a, b));
+                }
+            }
+            differing = still;
+        }
+        report.differing_chunks = differing.len();
+        let (mut left, mut right) = (BTreeMap::new(), BTreeMap::new());
+        for (chunk, _, _) in &differing {
+            left.extend(hashes(&src, &table.qualified(), &key, &source_key.range(chunk)).await?);
+            right.extend(hashes(&dst, &target_name, &key, &target_key.range(chunk)).await?);
+        }
+        for (k, h) in &left {
+            match right.get(k) {
+                None => report.missing.push(k.clone()),
+                Some(o) if o != h => report.changed.push(k.clone()),
+                _ => {}
+            }
+        }
+        report.extra = right.keys().filter(|k| !left.contains_key(*k)).cloned().collect();
         reports.push(report);
     }
     Ok(reports)
@@ -117,19 +171,125 @@ async fn catch_up(
     }
 }
 
-async fn summary(c: &Client, table: &str) -> anyhow::Result<(i64, i64)> {
+/// A chunk: rows with `lower <= key < upper` (no bound: open); bounds are key values in
+/// their text form, one per key column.
+struct Chunk {
+    lower: Option<Vec<String>>,
+    upper: Option<Vec<String>>,
+}
+
+/// A table's primary key on one side: how to compare a row's key with a bound.
+struct KeyColumns {
+    /// `x.col`, in key order.
+    exprs: Vec<String>,
+    /// The column types, to cast the bounds' text back.
+    types: Vec<String>,
+}
+
+impl KeyColumns {
+    async fn read(c: &Client, table: &str, key: &[String]) -> anyhow::Result<Self> {
+        let rows = c
+            .query(
+                "select a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod)
+                   from pg_catalog.pg_attribute a
+                  where a.attrelid = $1::text::regclass and a.attname = any($2) and not a.attisdropped",
+                &[&table, &key],
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the key of {table}: {}", db::describe(&e)))?;
+        let mut exprs = Vec::new();
+        let mut types = Vec::new();
+        for k in key {
+            let r = rows
+                .iter()
+                .find(|r| r.get::<_, &str>(0) == k)
+                .ok_or_else(|| anyhow::anyhow!("table {table} has no key column {k}"))?;
+            exprs.push(format!("x.{}", quote_ident(k)));
+            types.push(r.get(1));
+        }
+        Ok(Self { exprs, types })
+    }
+
+    /// Cuts the table into chunks of `rows` rows by key (read on the source).
+    async fn chunks(&self, c: &Client, table: &str, rows: i64) -> anyhow::Result<Vec<Chunk>> {
+        let keys = self.exprs.join(", ");
+        let texts = (1..=self.exprs.len())
+            .map(|i| format!("k{i}::text"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let aliased = self
+            .exprs
+            .iter()
+            .enumerate()
+            .map(|(i, e)| format!("{e} as k{}", i + 1))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let bounds = c
+            .query(
+                &format!(
+                    "select array[{texts}] from (select {aliased}, row_number() over (order by {keys}) as rn from {table} x) s
+                      where rn % $1 = 0 order by rn"
+                ),
+                &[&rows],
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("cutting {table} into chunks: {}", db::describe(&e)))?;
+        let bounds: Vec<Vec<String>> = bounds.iter().map(|r| r.get(0)).collect();
+        let mut chunks = Vec::with_capacity(bounds.len() + 1);
+        let mut lower = None;
+        for b in bounds {
+            chunks.push(Chunk {
+                lower: lower.take(),
+                upper: Some(b.clone()),
+            });
+            lower = Some(b);
+        }
+        chunks.push(Chunk { lower, upper: None });
+        Ok(chunks)
+    }
+
+    /// The condition selecting a chunk's rows of `x`.
+    fn range(&self, chunk: &Chunk) -> String {
+        let row = |values: &[String]| {
+            let v = values
+                .iter()
+                .zip(&self.types)
+                .map(|(v, t)| format!("{}::{t}", quote_literal(v)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!("row({v})")
+        };
+        let keys = format!("row({})", self.exprs.join(", "));
+        let mut parts = vec!["true".to_string()];
+        if let Some(l) = &chunk.lower {
+            parts.push(format!("{keys} >= {}", row(l)));
+        }
+        if let Some(u) = &chunk.upper {
+            parts.push(format!("{keys} < {}", row(u)));
+        }
+        parts.join(" and ")
+    }
+}
+
+async fn summary(c: &Client, table: &str, range: &str) -> anyhow::Result<(i64, i64)> {
     let r = c
         .query_one(
             &format!(
-                "select count(*), coalesce(sum(hashtext(x::text)::int8), 0)::int8 from {table} x"
+                "select count(*), coalesce(sum(hashtext(x::text)::int8), 0)::int8 from {table} x where {range}"
             ),
             &[],
         )
-        .await?;
+        .await
+        .map_err(|e| anyhow::anyhow!("checksumming {table}: {}", db::describe(&e)))?;
     Ok((r.get(0), r.get(1)))
 }
 
-async fn hashes(c: &Client, table: &str, key: &[String]) -> anyhow::Result<BTreeMap<String, i32>> {
+async fn hashes(
+    c: &Client,
+    table: &str,
+    key: &[String],
+    range: &str,
+) -> anyhow::Result<BTreeMap<String, i32>> {
     let k = key
         .iter()
         .map(|c| format!("x.{}", quote_ident(c)))
@@ -137,49 +297,12 @@ async fn hashes(c: &Client, table: &str, key: &[String]) -> anyhow::Result<BTree
         .join(", ");
     let rows = c
         .query(
-            &format!("select row({k})::text, hashtext(x::text) from {table} x"),
+            &format!("select row({k})::text, hashtext(x::text) from {table} x where {range}"),
             &[],
         )
-        .await?;
+        .await
+        .map_err(|e| anyhow::anyhow!("comparing rows of {table}: {}", db::describe(&e)))?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
-}
-
-async fn compare(
-    src: &Client,
-    dst: &Client,
-    source: &str,
-    target: &str,
-    key: &[String],
-) -> anyhow::Result<TableReport> {
-    let (a, b) = (summary(src, source).await?, summary(dst, target).await?);
-    let mut report = TableReport {
-        table: source.to_string(),
-        source_rows: a.0,
-        target_rows: b.0,
-        missing: vec![],
-        extra: vec![],
-        changed: vec![],
-    };
-    if a == b {
-        return Ok(report);
-    }
-    let (left, right) = (
-        hashes(src, source, key).await?,
-        hashes(dst, target, key).await?,
-    );
-    for (k, h) in &left {
-        match right.get(k) {
-            None => report.missing.push(k.clone()),
-            Some(o) if o != h => report.changed.push(k.clone()),
-            _ => {}
-        }
-    }
-    report.extra = right
-        .keys()
-        .filter(|k| !left.contains_key(*k))
-        .cloned()
-        .collect();
-    Ok(report)
 }
 
 /// A readable report; keys only, never row values.
@@ -187,15 +310,21 @@ pub fn render(reports: &[TableReport]) -> String {
     let mut out = String::new();
     for r in reports {
         if r.equal() {
-            let _ = writeln!(out, "  equal    {} ({} rows)", r.table, r.source_rows);
+            let _ = writeln!(
+                out,
+                "  equal    {} ({} rows, {} chunk(s))",
+                r.table, r.source_rows, r.chunks
+            );
             continue;
         }
         let _ = writeln!(
             out,
-            "  DIFFER   {}: source {} rows, target {} rows; {} missing, {} extra, {} changed on the target",
+            "  DIFFER   {}: source {} rows, target {} rows; {} of {} chunk(s) differ: {} missing, {} extra, {} changed on the target",
             r.table,
             r.source_rows,
             r.target_rows,
+            r.differing_chunks,
+            r.chunks,
             r.missing.len(),
             r.extra.len(),
             r.changed.len()

@@ -31,21 +31,31 @@ async fn verify_finds_changed_missing_and_extra_rows() -> anyhow::Result<()> {
         |_| None,
     )?;
     let tcfg = Config::from_yaml(&p.target_yaml(port), Path::new("t.yml"), |_| None)?;
-    let reports = verify(&cfg, "t1", &tcfg.database, Duration::from_secs(30)).await?;
+    let reports = verify(&cfg, "t1", &tcfg.database, Duration::from_secs(30), 100).await?;
     assert!(reports.iter().all(|r| r.equal()), "{}", render(&reports));
     assert_eq!(reports.iter().map(|r| r.source_rows).sum::<i64>(), 800);
+    let a = reports.iter().find(|r| r.table == "\"app\".\"a\"").unwrap();
+    assert_eq!(a.chunks, 6, "500 rows in chunks of 100: {}", render(&reports));
 
     // Plant one difference of each kind on the target, behind replication's back.
     dst.batch_execute(
         "update app.a set v = 'tampered' where id = 7;
          delete from app.a where id = 8;
+         update app.a set v = 'tampered' where id = 450;
          insert into app.b values (9999, 'extra', 1);",
     )
     .await?;
-    let reports = verify(&cfg, "t1", &tcfg.database, Duration::from_secs(30)).await?;
+    let reports = verify(&cfg, "t1", &tcfg.database, Duration::from_secs(30), 100).await?;
     let a = reports.iter().find(|r| r.table == "\"app\".\"a\"").unwrap();
     let b = reports.iter().find(|r| r.table == "\"app\".\"b\"").unwrap();
-    assert_eq!(a.changed, vec!["(7)"], "{}", render(&reports));
+    assert_eq!(a.changed, vec!["(450)", "(7)"], "{}", render(&reports));
+    assert_eq!(
+        (a.chunks, a.differing_chunks),
+        (6, 2),
+        "only the chunks holding ids 7, 8 and 450 differ: {}",
+        render(&reports)
+    );
+    assert_eq!((a.source_rows, a.target_rows), (500, 499));
     assert_eq!(a.missing, vec!["(8)"], "{}", render(&reports));
     assert_eq!(b.extra, vec!["(9999,extra)"], "{}", render(&reports));
     let text = render(&reports);
@@ -56,9 +66,9 @@ async fn verify_finds_changed_missing_and_extra_rows() -> anyhow::Result<()> {
     // A change made on the source while verify runs is waited for, not reported.
     src.batch_execute("update app.a set v = 'fresh' where id = 1")
         .await?;
-    dst.batch_execute("update app.a set v = 'v7' where id = 7; insert into app.a values (8, 'v8'); delete from app.b where k1 = 9999")
+    dst.batch_execute("update app.a set v = 'v7' where id = 7; update app.a set v = 'v450' where id = 450; insert into app.a values (8, 'v8'); delete from app.b where k1 = 9999")
         .await?;
-    let reports = verify(&cfg, "t1", &tcfg.database, Duration::from_secs(30)).await?;
+    let reports = verify(&cfg, "t1", &tcfg.database, Duration::from_secs(30), 100).await?;
     assert!(reports.iter().all(|r| r.equal()), "{}", render(&reports));
     source.shutdown().await?;
     target.shutdown().await?;

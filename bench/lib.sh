@@ -1,0 +1,14 @@
+# Shared by the benchmarks: throwaway clusters tuned for speed (fsync off; never for data
+# you keep). Source after scripts/setup.sh; set WORK first.
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+start_cluster() { # dir port [extra postgres options]
+    as_postgres "$PG_BINDIR/initdb" -D "$1" -U postgres --auth=trust --no-sync -E UTF8 --locale=C >/dev/null
+    as_postgres "$PG_BINDIR/pg_ctl" -D "$1" -l "$1/log" -w -o "-p $2 -c listen_addresses=127.0.0.1 -c unix_socket_directories=$WORK -c shared_buffers=512MB -c max_wal_size=8GB -c checkpoint_timeout=30min -c synchronous_commit=off -c fsync=off -c full_page_writes=off ${3:-}" start >/dev/null
+}
+stop_clusters() {
+    for d in "$WORK/src" "$WORK/dst"; do
+        [ -f "$d/postmaster.pid" ] && as_postgres "$PG_BINDIR/pg_ctl" -D "$d" -m immediate stop >/dev/null 2>&1 || true
+    done
+    rm -rf "$WORK"
+}
+now() { date +%s.%N; }
