@@ -835,7 +835,8 @@ fn insert_sql(meta: &TableMeta, columns: &[String], table: &str) -> String {
     let cols = column_list(columns, "");
     let values: Vec<String> = columns.iter().map(|c| value(meta, c, "r", "e.j")).collect();
     format!(
-        "insert into {table} ({cols}) select {} from json_array_elements($1::text::json) as e(j),
+        // The source's identity values are kept, also for GENERATED ALWAYS columns.
+        "insert into {table} ({cols}) overriding system value select {} from json_array_elements($1::text::json) as e(j),
                 json_populate_record(null::{table}, e.j) as r",
         values.join(", ")
     )

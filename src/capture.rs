@@ -245,8 +245,8 @@ async fn install_trigger(
     function: &str,
     schema: &str,
 ) -> Result<bool, InstallError> {
-    // Arguments: the key columns, then '' and the columns sent as their text form (arrays, to
-    // keep their bounds; json/jsonb, to keep a JSON null apart from SQL NULL).
+    // Arguments: the key columns, then '' and the columns sent as their text form (see
+    // `Column::text_form`).
     let mut key: Vec<String> = table
         .replica_key()
         .map(<[String]>::to_vec)
@@ -254,10 +254,7 @@ async fn install_trigger(
     let arrays: Vec<String> = table
         .columns
         .iter()
-        .filter(|c| {
-            !c.generated
-                && (c.type_name.ends_with("[]") || c.type_name == "json" || c.type_name == "jsonb")
-        })
+        .filter(|c| !c.generated && c.text_form)
         .map(|c| c.name.clone())
         .collect();
     if !arrays.is_empty() {

@@ -421,11 +421,13 @@ impl Transmitter {
                         array(select a.attname::text from pg_catalog.pg_attribute a
                                where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
                                  and a.attgenerated <> '' order by a.attnum),
-                        array(select a.attname::text || ':' || a.atttypid::regtype::text from pg_catalog.pg_attribute a
+                        array(select a.attname::text || ':' || bt.oid::regtype::text
+                                from pg_catalog.pg_attribute a, lateral (select {} as oid) bt
                                where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
-                                 and a.atttypid in ('json'::regtype, 'jsonb'::regtype) order by a.attnum)
+                                 and bt.oid in ('json'::regtype, 'jsonb'::regtype) order by a.attnum)
                    from pg_catalog.pg_class c where c.oid = any($1)",
-                    ddlwatcher::key_index_sql("c.oid")
+                    ddlwatcher::key_index_sql("c.oid"),
+                    ddlwatcher::base_type_sql("a.atttypid")
                 ),
                 &[&oids],
             )

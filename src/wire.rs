@@ -105,7 +105,7 @@ pub struct TableMeta {
     /// Generated columns: present in row images, never written.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub generated: Vec<String>,
-    /// json/jsonb columns (name, type): their values travel as text, so that the JSON
+    /// json/jsonb columns, also domains over them (name, base type `json` or `jsonb`): their values travel as text, so that the JSON
     /// literal `null` and SQL NULL stay apart.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub json_columns: Vec<(String, String)>,
@@ -627,6 +627,11 @@ pub struct CopyHeader {
     /// COPY format of the body: `binary` or `text`.
     pub format: String,
     pub columns: Vec<String>,
+    /// The range is the whole table: a table the load created is emptied and filled in
+    /// one transaction (`TRUNCATE` + `COPY … FREEZE`, which writes no WAL under
+    /// `wal_level = minimal`).
+    #[serde(default)]
+    pub whole: bool,
 }
 
 /// Initial load, step 4: every range of the table is sent; build keys and indexes.

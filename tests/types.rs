@@ -53,6 +53,39 @@ values
   null, null, null, null, null, null, null, null, null, null, null, null, null, null, null, null, null, null, null);
 "#;
 
+/// Waits for `table` to be equal on both sides; on failure, names the differing values
+/// (id, column, a prefix of the text).
+async fn wait_equal_by_column(
+    src: &tokio_postgres::Client,
+    dst: &tokio_postgres::Client,
+    table: &str,
+) -> anyhow::Result<()> {
+    let Err(e) = wait_equal(src, dst, &[table], Duration::from_secs(60)).await else {
+        return Ok(());
+    };
+    let cols: Vec<String> = src
+        .query(
+            "select attname::text from pg_attribute where attrelid = $1::text::regclass and attnum > 0 and not attisdropped",
+            &[&table],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let q = cols
+        .iter()
+        .map(|c| {
+            format!("select id::text || '.{c}=' || left(coalesce({c}::text, 'NULL'), 200) || ' (' || coalesce(octet_length({c}::text), -1) || ' bytes)' from {table}")
+        })
+        .collect::<Vec<_>>()
+        .join(" union all ");
+    let a: Vec<String> = src.query(&q, &[]).await?.iter().map(|r| r.get(0)).collect();
+    let b: Vec<String> = dst.query(&q, &[]).await?.iter().map(|r| r.get(0)).collect();
+    let only_a: Vec<_> = a.iter().filter(|x| !b.contains(x)).collect();
+    let only_b: Vec<_> = b.iter().filter(|x| !a.contains(x)).collect();
+    anyhow::bail!("{e}\nsource only: {only_a:#?}\ntarget only: {only_b:#?}");
+}
+
 #[tokio::test]
 async fn every_type_reaches_the_target_equal() -> anyhow::Result<()> {
     let p = Pair::new(SCHEMA).await?;
@@ -60,26 +93,7 @@ async fn every_type_reaches_the_target_equal() -> anyhow::Result<()> {
     let src = p.src().await?;
     let dst = p.dst().await?;
     src.batch_execute(ROWS).await?;
-    if let Err(e) = wait_equal(&src, &dst, &["app.v"], Duration::from_secs(20)).await {
-        let cols: Vec<String> = src
-            .query("select attname::text from pg_attribute where attrelid = 'app.v'::regclass and attnum > 0 and not attisdropped", &[])
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        let q = cols
-            .iter()
-            .map(|c| {
-                format!("select id::text || '.{c}=' || coalesce({c}::text, 'NULL') from app.v")
-            })
-            .collect::<Vec<_>>()
-            .join(" union all ");
-        let a: Vec<String> = src.query(&q, &[]).await?.iter().map(|r| r.get(0)).collect();
-        let b: Vec<String> = dst.query(&q, &[]).await?.iter().map(|r| r.get(0)).collect();
-        let only_a: Vec<_> = a.iter().filter(|x| !b.contains(x)).collect();
-        let only_b: Vec<_> = b.iter().filter(|x| !a.contains(x)).collect();
-        panic!("{e}\nsource only: {only_a:#?}\ntarget only: {only_b:#?}");
-    }
+    wait_equal_by_column(&src, &dst, "app.v").await?;
     src.batch_execute(
         "update app.v set num = num * 3, f8 = -f8, t = t || '!', arr_lb = array_prepend(1, arr_lb), jb = jb || '{\"z\": 1}',
                           comp = row(row(2, 'y'), '{r}')::app.outer_t, e = 'ok' where id in (1, 2);
@@ -91,6 +105,98 @@ async fn every_type_reaches_the_target_equal() -> anyhow::Result<()> {
     // Column by column, IS NOT DISTINCT FROM on the text form.
     let rows = rows(&dst, "app.v").await?;
     assert_eq!(rows.len(), 2);
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}
+
+/// Domains over many base types (with their checks), char(n) padding, xml with a
+/// declaration, a 20 MB text value, and TRUNCATE … RESTART IDENTITY's effect on the
+/// identity sequence.
+#[tokio::test]
+async fn domains_padding_xml_and_huge_text_reach_the_target_equal() -> anyhow::Result<()> {
+    let p = Pair::new(
+        r#"create schema app;
+        create type app.mood as enum ('sad', 'ok', 'happy');
+        create type app.pair as (a int, b text);
+        create domain app.d_text as text check (value <> '');
+        create domain app.d_num as numeric(12, 2) check (value >= 0);
+        create domain app.d_ts as timestamptz;
+        create domain app.d_bytes as bytea;
+        create domain app.d_json as jsonb;
+        create domain app.d_arr as int[];
+        create domain app.d_mood as app.mood;
+        create domain app.d_pair as app.pair;
+        create domain app.d_range as int4range;
+        create domain app.d_uuid as uuid;
+        create table app.d (
+            id int generated always as identity primary key,
+            t app.d_text, n app.d_num, ts app.d_ts, b app.d_bytes, j app.d_json, a app.d_arr,
+            m app.d_mood, p app.d_pair, r app.d_range, u app.d_uuid,
+            c char(6), xm xml, big text
+        );"#,
+    )
+    .await?;
+    let (source, target) = p.start_both("app.*").await?;
+    let src = p.src().await?;
+    let dst = p.dst().await?;
+    src.batch_execute(
+        r#"insert into app.d (t, n, ts, b, j, a, m, p, r, u, c, xm, big) values
+          ('x', 1234567890.12, '2024-02-29 12:00:00.123456+05:30', '\x00010200', '{"k": null}', '{1,NULL,3}',
+           'happy', row(1, 'one'), '[1,5)', gen_random_uuid(), 'ab  ', '<?xml version="1.0"?><doc a="1">é</doc>', 'small'),
+          ('y', 0, 'infinity', '', 'null', '[0:1]={7,8}', 'sad', row(null, ''), 'empty', null, '', 'just text', repeat('ü', 10485760));"#,
+    )
+    .await?;
+    wait_equal_by_column(&src, &dst, "app.d").await?;
+    // Rows are equal as text (wait_equal); the byte lengths show nothing was trimmed.
+    let same: Vec<String> = dst
+        .query(
+            "select octet_length(big)::text || '/' || octet_length(c)::text from app.d order by id",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        same,
+        vec!["5/6", "20971520/6"],
+        "char(6) keeps its padding; 20 MB of text arrives whole"
+    );
+    src.batch_execute(
+        "update app.d set n = n + 0.01, c = 'z', xm = '<b/>', j = j || '{\"more\": [1]}' where id = 1;
+         update app.d set big = big || '!' where id = 2;",
+    )
+    .await?;
+    wait_equal(&src, &dst, &["app.d"], Duration::from_secs(60)).await?;
+    src.batch_execute("delete from app.d where id = 1").await?;
+    wait_equal(&src, &dst, &["app.d"], Duration::from_secs(60)).await?;
+    wait_for(
+        "the target's identity sequence to reach 2",
+        Duration::from_secs(20),
+        || async {
+            Ok(scalar_i64(&dst, "select coalesce(last_value, 0) from app.d_id_seq").await? == 2)
+        },
+    )
+    .await?;
+    // TRUNCATE … RESTART IDENTITY empties the table and restarts its identity on both.
+    src.batch_execute("truncate app.d restart identity; insert into app.d (t) values ('after');")
+        .await?;
+    wait_equal(&src, &dst, &["app.d"], Duration::from_secs(60)).await?;
+    let id = scalar_i64(&dst, "select id::int8 from app.d").await?;
+    assert_eq!(
+        id, 1,
+        "the row after RESTART IDENTITY has id 1 on both sides"
+    );
+    // The target's sequence is never moved backwards (README, "Sequences"): it stays at
+    // the highest value the source used, so after a switchover it cannot collide.
+    let source_seq = scalar_i64(&src, "select last_value from app.d_id_seq").await?;
+    let target_seq = scalar_i64(&dst, "select last_value from app.d_id_seq").await?;
+    assert_eq!(
+        (source_seq, target_seq),
+        (1, 2),
+        "RESTART IDENTITY moves the source back only"
+    );
     source.shutdown().await?;
     target.shutdown().await?;
     Ok(())

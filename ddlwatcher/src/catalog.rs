@@ -49,6 +49,11 @@ pub struct Column {
     /// The sequence a `serial`-style default draws from (`nextval`), if any.
     #[serde(default)]
     pub sequence: Option<(String, String)>,
+    /// Captured as its text form rather than its JSON form: the type (or a domain's base
+    /// type) is an array (JSON arrays lose non-default bounds), json/jsonb (a JSON `null`
+    /// must stay apart from SQL NULL) or xml (its JSON form drops the XML declaration).
+    #[serde(default)]
+    pub text_form: bool,
 }
 
 /// A secondary index (the primary key is kept in [`Table::primary_key`]).
@@ -416,6 +421,17 @@ fn type_ref(row: &tokio_postgres::Row, at: usize) -> TypeRef {
     }
 }
 
+/// SQL of the base type (through any number of domains) of the type whose OID `typ` is.
+pub fn base_type_sql(typ: &str) -> String {
+    format!(
+        "(with recursive b(oid, typtype, typbasetype) as (
+                select t.oid, t.typtype, t.typbasetype from pg_catalog.pg_type t where t.oid = {typ}
+              union all
+                select t.oid, t.typtype, t.typbasetype from pg_catalog.pg_type t join b on t.oid = b.typbasetype where b.typtype = 'd')
+          select b.oid from b where b.typtype <> 'd')"
+    )
+}
+
 /// Reads columns, primary key and indexes of one table by OID.
 pub async fn describe_table<C: GenericClient>(
     client: &C,
@@ -428,6 +444,9 @@ pub async fn describe_table<C: GenericClient>(
                 a.attnotnull, a.attgenerated <> '', pg_catalog.pg_get_expr(d.adbin, d.adrelid),
                 nullif(a.attidentity, '')::text,
                 sn.nspname::text, s.relname::text, a.attnum,
+                coalesce((select bt.typcategory = 'A' or bt.oid in ('pg_catalog.json'::pg_catalog.regtype,
+                            'pg_catalog.jsonb'::pg_catalog.regtype, 'pg_catalog.xml'::pg_catalog.regtype)
+                   from pg_catalog.pg_type bt where bt.oid = {}), false),
                 {}
            from pg_catalog.pg_attribute a
            join pg_catalog.pg_type t on t.oid = a.atttypid
@@ -441,6 +460,7 @@ pub async fn describe_table<C: GenericClient>(
            left join pg_catalog.pg_namespace sn on sn.oid = s.relnamespace
           where a.attrelid = $1 and a.attnum > 0 and not a.attisdropped
           order by a.attnum",
+        base_type_sql("a.atttypid"),
         TYPE_REF_COLUMNS.replace("$TYPMOD", "a.atttypmod")
     );
     let cols = client.query(&sql, &[&oid]).await?;
@@ -462,7 +482,8 @@ pub async fn describe_table<C: GenericClient>(
             identity: identity.and_then(|s| s.chars().next()),
             sequence: seq_schema.zip(seq_name),
             attnum: r.get(8),
-            type_ref: type_ref(r, 9),
+            text_form: r.get(9),
+            type_ref: type_ref(r, 10),
         });
     }
     let unique = client

@@ -213,6 +213,7 @@ mod tests {
             expression: None,
             identity: None,
             sequence: None,
+            text_form: false,
         }
     }
 

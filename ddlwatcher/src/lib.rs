@@ -13,7 +13,7 @@ pub mod expression;
 pub mod retarget;
 
 pub use catalog::{
-    describe_table, introspect_functions, introspect_sequences, introspect_tables,
+    base_type_sql, describe_table, introspect_functions, introspect_sequences, introspect_tables,
     introspect_types, introspect_views, key_index_sql, qualified, quote_ident, quote_literal,
     Column, Constraint, Function, Index, Sequence, Table, TypeDef, TypeKind, TypeRef, View,
     FIRST_USER_OID,
