@@ -76,7 +76,9 @@ pub async fn verify(
         );
         let source_key = KeyColumns::read(&src, &table.qualified(), &key).await?;
         let target_key = KeyColumns::read(&dst, &target_name, &key).await?;
-        let chunks = source_key.chunks(&src, &table.qualified(), chunk_rows).await?;
+        let chunks = source_key
+            .chunks(&src, &table.qualified(), chunk_rows)
+            .await?;
         let mut report = TableReport {
             table: table.qualified(),
             source_rows: 0,
@@ -129,7 +131,11 @@ pub async fn verify(
                 _ => {}
             }
         }
-        report.extra = right.keys().filter(|k| !left.contains_key(*k)).cloned().collect();
+        report.extra = right
+            .keys()
+            .filter(|k| !left.contains_key(*k))
+            .cloned()
+            .collect();
         reports.push(report);
     }
     Ok(reports)

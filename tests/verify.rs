@@ -35,7 +35,12 @@ async fn verify_finds_changed_missing_and_extra_rows() -> anyhow::Result<()> {
     assert!(reports.iter().all(|r| r.equal()), "{}", render(&reports));
     assert_eq!(reports.iter().map(|r| r.source_rows).sum::<i64>(), 800);
     let a = reports.iter().find(|r| r.table == "\"app\".\"a\"").unwrap();
-    assert_eq!(a.chunks, 6, "500 rows in chunks of 100: {}", render(&reports));
+    assert_eq!(
+        a.chunks,
+        6,
+        "500 rows in chunks of 100: {}",
+        render(&reports)
+    );
 
     // Plant one difference of each kind on the target, behind replication's back.
     dst.batch_execute(

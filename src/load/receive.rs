@@ -208,7 +208,7 @@ impl Applier {
         let row = tx
             .query_opt(
                 &format!(
-                    "select t.state, t.snapshot,
+                    "select t.state, t.snapshot, coalesce(t.created_by_load, false),
                             exists (select 1 from {s}.load_range r
                                      where (r.source, r.target, r.schema_name, r.table_name) = (t.source, t.target, t.schema_name, t.table_name)
                                        and r.range_no = $5 and r.snapshot = t.snapshot)
@@ -224,8 +224,8 @@ impl Applier {
                 message: format!("table {name} is not being loaded"),
             });
         };
-        let (state, snapshot, done): (String, Option<String>, bool) =
-            (row.get(0), row.get(1), row.get(2));
+        let (state, snapshot, created, done): (String, Option<String>, bool, bool) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
         if state != "copying" || snapshot.as_deref() != Some(header.snapshot.as_str()) {
             return Err(ApplyError::Conflict {
                 message: format!("table {name} is not being loaded under this snapshot (state {state}); restart the load"),
@@ -240,9 +240,19 @@ impl Applier {
             .map(|c| quote_ident(c))
             .collect::<Vec<_>>()
             .join(", ");
+        // A whole table the load created: emptied (a half-copied earlier attempt was rolled
+        // back anyway) and filled in this transaction, so its rows are written frozen and,
+        // under wal_level = minimal, without WAL.
+        let freeze = header.whole && created;
+        if freeze {
+            tx.batch_execute(&format!("truncate only {name}"))
+                .await
+                .map_err(pg(&format!("emptying {name} before its copy")))?;
+        }
         let sink = tx
             .copy_in::<_, Bytes>(&format!(
-                "copy {name} ({cols}) from stdin (format {format})"
+                "copy {name} ({cols}) from stdin (format {format}{})",
+                if freeze { ", freeze" } else { "" }
             ))
             .await
             .map_err(pg(&format!("starting COPY into {name}")))?;
@@ -274,6 +284,20 @@ impl Applier {
         .map_err(pg("recording a copied range"))?;
         tx.commit().await.map_err(pg("commit"))?;
         Ok(Some(rows))
+    }
+
+    /// Whether the target runs with `wal_level = minimal`: then a table created or emptied
+    /// in the transaction that fills it is written without WAL.
+    pub async fn wal_level_minimal(&self) -> Result<bool, ApplyError> {
+        let client = self.client().await?;
+        Ok(client
+            .query_one(
+                "select pg_catalog.current_setting('wal_level') = 'minimal'",
+                &[],
+            )
+            .await
+            .map_err(pg("reading wal_level"))?
+            .get(0))
     }
 
     /// Checks every range arrived, builds the primary key and indexes of a table the load

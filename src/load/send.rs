@@ -243,6 +243,15 @@ pub async fn run(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErro
         .into_iter()
         .filter(|t| !done.contains(&(t.schema.clone(), t.name.clone())))
         .collect();
+    // Under wal_level = minimal on the target, a table filled in the transaction that
+    // empties it writes no WAL: then whole tables (in parallel) beat ranges of one table.
+    let whole_tables = prepared
+        .get("wal_level_minimal")
+        .and_then(|w| w.as_bool())
+        .unwrap_or(false);
+    if whole_tables {
+        tracing::info!("the target runs with wal_level = minimal: each table is copied whole, in the transaction that empties it (no WAL)");
+    }
     let mut summary = Summary {
         skipped: done.len(),
         ..Default::default()
@@ -304,7 +313,11 @@ pub async fn run(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErro
     for (i, bytes, only) in &sized {
         let only = *only;
         let blocks = bytes / block_size as u64;
-        let n = blocks.div_ceil(range_blocks).max(1);
+        let n = if whole_tables {
+            1
+        } else {
+            blocks.div_ceil(range_blocks).max(1)
+        };
         if n == 1 {
             jobs.push(Job {
                 table: *i,
@@ -522,6 +535,7 @@ impl WorkerCtx {
             snapshot: self.snapshot.clone(),
             format: format.to_string(),
             columns,
+            whole: job.blocks.is_none(),
         };
         let header = serde_json::to_string(&header).map_err(|e| self.remote.err(e.to_string()))?;
         let v = self
