@@ -503,11 +503,20 @@ impl WorkerCtx {
                 format!(" where ctid >= '({lo},0)'::tid and ctid < '({hi},0)'::tid")
             }
         };
-        let sql = format!(
-            "copy (select {cols} from {}{}{filter}) to stdout (format {format})",
-            if job.only { "only " } else { "" },
-            table.qualified()
-        );
+        // A whole plain table is copied as a table (no executor, no projection: cheaper
+        // than COPY of a query); a range, or a partitioned table, through a query.
+        let sql = if job.blocks.is_none() && job.only {
+            format!(
+                "copy {} ({cols}) to stdout (format {format})",
+                table.qualified()
+            )
+        } else {
+            format!(
+                "copy (select {cols} from {}{}{filter}) to stdout (format {format})",
+                if job.only { "only " } else { "" },
+                table.qualified()
+            )
+        };
         let stream = tx
             .copy_out(&sql)
             .await
