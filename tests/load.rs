@@ -156,6 +156,16 @@ async fn load_under_write_load_then_live_replication_is_exact() -> anyhow::Resul
     )
     .await?;
     assert!(ranges > 1, "big was copied in {ranges} range(s)");
+    // Statistics follow the load (ANALYZE in the background).
+    wait_for("the loaded tables to be analyzed", Duration::from_secs(30), || async {
+        Ok(scalar_i64(
+            &dst,
+            "select count(*) from pg_stat_user_tables where schemaname = 'app' and relname in ('big', 'wide') and last_analyze is not null",
+        )
+        .await?
+            == 2)
+    })
+    .await?;
     source.shutdown().await?;
     target.shutdown().await?;
     Ok(())

@@ -9,6 +9,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::applier::{pg, Applier, ApplyError};
+use crate::db;
 use crate::wire::{CopyHeader, LoadFinish, LoadPrepare, LoadStart, LoadTableState};
 
 /// `maintenance_work_mem` (kB) for building a loaded table's keys and indexes.
@@ -389,10 +390,25 @@ impl Applier {
         )
         .await
         .map_err(pg("marking the table loaded"))?;
-        tx.batch_execute(&format!("analyze {name}"))
-            .await
-            .map_err(pg(&format!("analyzing {name}")))?;
         tx.commit().await.map_err(pg("commit"))?;
+        // Planner statistics for the new rows, off the load's critical path (the last
+        // table's finish would otherwise wait for it); autovacuum would do it later anyway.
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            let result = match pool.get().await {
+                Ok(c) => c
+                    .batch_execute(&format!("analyze {name}"))
+                    .await
+                    .map_err(|e| db::describe(&e)),
+                Err(e) => Err(e.to_string()),
+            };
+            match result {
+                Ok(()) => tracing::debug!(table = %name, "analyzed after its load"),
+                Err(e) => {
+                    tracing::warn!(table = %name, error = %e, "ANALYZE after the load failed; autovacuum will analyze it later")
+                }
+            }
+        });
         Ok(rows)
     }
 }
