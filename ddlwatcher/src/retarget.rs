@@ -134,6 +134,47 @@ fn regclass_literal(text: &str, map: &SchemaMap) -> Option<String> {
     Some(crate::catalog::qualified(map.map(&parts[0]), &parts[1]))
 }
 
+fn with(w: &mut Option<protobuf::WithClause>, map: &SchemaMap) -> Walk {
+    match w.as_mut() {
+        Some(w) => all(&mut w.ctes, map),
+        None => Ok(()),
+    }
+}
+
+/// A `LANGUAGE sql` function's string body (`AS '…'`) is SQL: re-targeted like any
+/// statement when it names a replicated schema. Bodies in other languages, and SQL bodies
+/// the walker cannot re-target, are left as written.
+fn sql_function_body(options: &mut [protobuf::Node], map: &SchemaMap) -> Walk {
+    let string = |n: &protobuf::Node| match n.node.as_ref() {
+        Some(NodeEnum::String(s)) => Some(s.sval.clone()),
+        _ => None,
+    };
+    let language = options.iter().find_map(|o| match o.node.as_ref() {
+        Some(NodeEnum::DefElem(d)) if d.defname == "language" => d.arg.as_deref().and_then(string),
+        _ => None,
+    });
+    if language.as_deref() != Some("sql") {
+        return Ok(());
+    }
+    for o in options.iter_mut() {
+        let Some(NodeEnum::DefElem(d)) = o.node.as_mut() else {
+            continue;
+        };
+        if d.defname != "as" {
+            continue;
+        }
+        if let Some(NodeEnum::List(l)) = d.arg.as_mut().and_then(|a| a.node.as_mut()) {
+            if let [body] = l.items.as_mut_slice() {
+                if let Some(NodeEnum::String(s)) = body.node.as_mut() {
+                    // Verbatim unless it names a replicated schema (or cannot be parsed).
+                    s.sval = if_needed(std::mem::take(&mut s.sval), map);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn select(s: &mut protobuf::SelectStmt, map: &SchemaMap) -> Walk {
     if s.into_clause.is_some() || !s.locking_clause.is_empty() || !s.window_clause.is_empty() {
         return Err("SELECT with INTO, locking or WINDOW".into());
@@ -148,9 +189,7 @@ fn select(s: &mut protobuf::SelectStmt, map: &SchemaMap) -> Walk {
     all(&mut s.sort_clause, map)?;
     opt(&mut s.limit_offset, map)?;
     opt(&mut s.limit_count, map)?;
-    if let Some(w) = s.with_clause.as_mut() {
-        all(&mut w.ctes, map)?;
-    }
+    with(&mut s.with_clause, map)?;
     if let Some(l) = s.larg.as_mut() {
         select(l, map)?;
     }
@@ -173,6 +212,31 @@ fn walk_enum(n: &mut NodeEnum, map: &SchemaMap) -> Walk {
             Ok(())
         }
         NodeEnum::SelectStmt(s) => select(s, map),
+        NodeEnum::InsertStmt(s) => {
+            range_var(&mut s.relation, map);
+            with(&mut s.with_clause, map)?;
+            opt(&mut s.select_stmt, map)?;
+            if let Some(c) = s.on_conflict_clause.as_mut() {
+                all(&mut c.target_list, map)?;
+                opt(&mut c.where_clause, map)?;
+            }
+            all(&mut s.returning_list, map)
+        }
+        NodeEnum::UpdateStmt(s) => {
+            range_var(&mut s.relation, map);
+            with(&mut s.with_clause, map)?;
+            all(&mut s.target_list, map)?;
+            all(&mut s.from_clause, map)?;
+            opt(&mut s.where_clause, map)?;
+            all(&mut s.returning_list, map)
+        }
+        NodeEnum::DeleteStmt(s) => {
+            range_var(&mut s.relation, map);
+            with(&mut s.with_clause, map)?;
+            all(&mut s.using_clause, map)?;
+            opt(&mut s.where_clause, map)?;
+            all(&mut s.returning_list, map)
+        }
         NodeEnum::ViewStmt(v) => {
             range_var(&mut v.view, map);
             opt(&mut v.query, map)
@@ -281,12 +345,9 @@ fn walk_enum(n: &mut NodeEnum, map: &SchemaMap) -> Walk {
             names(&mut f.funcname, map);
             all(&mut f.parameters, map)?;
             type_name(&mut f.return_type, map);
-            // Options (language, volatility, a string body) hold no schema references the
-            // parser could see; a string body is left as the source wrote it.
-            if f.sql_body.is_some() {
-                return Err("SQL-standard function body".into());
-            }
-            Ok(())
+            sql_function_body(&mut f.options, map)?;
+            // A SQL-standard body (BEGIN ATOMIC … END, or RETURN …) is parsed already.
+            opt(&mut f.sql_body, map)
         }
         NodeEnum::FunctionParameter(p) => {
             type_name(&mut p.arg_type, map);
@@ -361,9 +422,33 @@ mod tests {
         .unwrap();
         assert!(out.starts_with("CREATE OR REPLACE FUNCTION mirror.score(x mirror.mood, y int = 1) RETURNS mirror.pair"), "{out}");
         assert!(
-            out.contains("'app.t'"),
-            "string bodies are not rewritten: {out}"
+            out.contains("'app.t'") && out.contains("::mirror.pair"),
+            "a SQL body is re-targeted by the parser, its literals kept: {out}"
         );
+        let out = statement(
+            "CREATE FUNCTION app.bump(k int) RETURNS void LANGUAGE sql AS $$ insert into app.log select k, now() from app.t where id = k; update app.t set n = n + 1 where id = k $$",
+            &map(),
+        )
+        .unwrap();
+        assert!(
+            out.contains("INSERT INTO mirror.log")
+                && out.contains("FROM mirror.t")
+                && out.contains("UPDATE mirror.t"),
+            "{out}"
+        );
+        let out = statement(
+            "CREATE FUNCTION app.n() RETURNS bigint LANGUAGE sql BEGIN ATOMIC SELECT count(*) FROM app.t; END",
+            &map(),
+        )
+        .unwrap();
+        assert!(out.contains("FROM mirror.t"), "{out}");
+        // PL/pgSQL bodies are left as written.
+        let out = statement(
+            "CREATE FUNCTION app.p() RETURNS int LANGUAGE plpgsql AS $$ begin return (select count(*) from app.t); end $$",
+            &map(),
+        )
+        .unwrap();
+        assert!(out.contains("from app.t"), "{out}");
     }
 
     #[test]
