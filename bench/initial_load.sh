@@ -83,10 +83,37 @@ targets:
 YML
 PGTELEPORT_LOG=warn "$BIN" -config "$WORK/target.yml" & TPID=$!
 sleep 1
+# PROFILE=1: sample every process's CPU time during (c) and print where it went.
+if [ "${PROFILE:-0}" = 1 ]; then
+    ( while :; do ps -eo pid=,times=,args= >> "$WORK/cpu.samples"; echo --- >> "$WORK/cpu.samples"; sleep 0.5; done ) & SAMPLER=$!
+fi
 t0=$(now)
 PGTELEPORT_LOG=warn "$BIN" -config "$WORK/source.yml" -mode initial-load -load-target copy -workers "$WORKERS" -no-progress
 t1=$(now)
 C=$(python3 -c "print($t1 - $t0)")
+if [ "${PROFILE:-0}" = 1 ]; then
+    sleep 0.6; kill "$SAMPLER"
+    python3 - "$WORK/cpu.samples" "$C" <<'PY'
+import sys, collections
+last = {}
+for line in open(sys.argv[1]):
+    parts = line.split(None, 2)
+    if len(parts) == 3 and parts[0].isdigit():
+        last[parts[0]] = (int(parts[1]), parts[2].strip())
+groups = collections.Counter()
+for pid, (secs, args) in last.items():
+    if "pgteleport" in args and "target.yml" in args: g = "pgteleport target instance"
+    elif "pgteleport" in args: g = "pgteleport source (load)"
+    elif "postgres:" in args and " dst_c " in args: g = "target backends (COPY FROM, index builds)"
+    elif "postgres:" in args and " bench bench " in args: g = "source backends (COPY TO)"
+    elif "postgres:" in args: g = "other postgres processes"
+    else: continue
+    groups[g] += secs
+print(f"CPU seconds during (c), {float(sys.argv[2]):.1f} s wall on 2 cores (1 s resolution, processes alive at a sample):")
+for g, s in groups.most_common():
+    print(f"  {g:45} {s:5d}")
+PY
+fi
 kill $TPID; wait $TPID 2>/dev/null || true
 ROWS_OK=$(psql_d -d dst_c -Atc "select count(*) from pgbench_accounts")
 python3 - "$MB" "$A" "$B" "$C" "$BNAME" "$ROWS_OK" "$AP" "$WORKERS" <<'PY'
