@@ -3,13 +3,14 @@
 #   (a) raw pipe: psql COPY ... TO STDOUT (binary) | psql COPY ... FROM STDIN, table by table
 #   (b) pg_dump -Fd -j 2 | pg_restore -j 2 (or pgcopydb clone when installed)
 #   (c) pgteleport -mode initial-load (parallel ctid ranges, streamed through HTTP)
-# Usage: bench/initial_load.sh [SCALE]   (SCALE 100 ≈ 1.3 GB of pgbench_accounts + ~0.7 GB wide table)
+# Usage: bench/initial_load.sh [SCALE]   (SCALE 100 ≈ 1.3 GB of pgbench_accounts + ~0.7 GB wide table);
+#   WORKERS=N (default 2) workers, REPEAT=N (default 3) interleaved rounds, PROFILE=1 CPU per process
 # Prints MB/s of each and the ratios of (c) to (a) and (b); writes bench/results/initial_load.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 SCALE="${1:-100}"
-WORKERS="${WORKERS:-4}"
+WORKERS="${WORKERS:-2}"
 WIDE_ROWS=$((SCALE * 3500))
 WORK="${TMPDIR:-/tmp}/pgteleport-bench-$$"
 mkdir -p "$WORK" bench/results
@@ -37,43 +38,11 @@ psql_s -U bench -d bench -c "alter table pgbench_history add column id bigserial
 TABLES="pgbench_accounts pgbench_branches pgbench_tellers pgbench_history wide"
 MB=$(psql_s -U bench -d bench -Atc "select round(sum(pg_relation_size(c.oid)) / 1e6) from pg_class c where relname in ('pgbench_accounts','pgbench_branches','pgbench_tellers','pgbench_history','wide')")
 echo "data set: $MB MB of heap in 5 tables"
-for db in dst_a dst_b dst_c; do psql_d -c "create database $db"; done
-psql_d -c "create role bench login password 'bench'" -c "grant create on database dst_c to bench" -c "alter database dst_c owner to bench"
-
-# (a) raw pipe, table by table, into tables without indexes
-psql_s -U bench -d bench -Atc "select 'create table ' || relname || ' (' || string_agg(attname || ' ' || format_type(atttypid, atttypmod), ', ' order by attnum) || ');' from pg_attribute a join pg_class c on c.oid = a.attrelid where relname in ('pgbench_accounts','pgbench_branches','pgbench_tellers','pgbench_history','wide') and attnum > 0 and not attisdropped group by relname" | psql_d -d dst_a
-t0=$(now)
-for t in $TABLES; do
-    psql_s -U bench -d bench -c "copy $t to stdout (format binary)" | psql_d -d dst_a -c "copy $t from stdin (format binary)"
-done
-t1=$(now); A=$(python3 -c "print($t1 - $t0)")
-# (a+) the same, plus the primary keys every other method builds
-t0=$(now)
-psql_d -d dst_a -c "alter table pgbench_accounts add primary key (aid); alter table pgbench_branches add primary key (bid); alter table pgbench_tellers add primary key (tid); alter table pgbench_history add primary key (id); alter table wide add primary key (id)"
-t1=$(now); AP=$(python3 -c "print($A + $t1 - $t0)")
-
-# (b) pgcopydb clone if installed, else pg_dump -Fd -j 2 | pg_restore -j 2
-if command -v pgcopydb >/dev/null 2>&1; then
-    BNAME="pgcopydb clone (2 jobs)"
-    t0=$(now)
-    PGCOPYDB_DIR="$WORK/pgcopydb" pgcopydb clone --source "host=127.0.0.1 port=$SP user=bench dbname=bench" --target "host=127.0.0.1 port=$DP user=postgres dbname=dst_b" --table-jobs 2 --index-jobs 2 --no-owner >/dev/null 2>&1
-    t1=$(now)
-else
-    BNAME="pg_dump -Fd -j 2 + pg_restore -j 2"
-    t0=$(now)
-    "$PG_BINDIR/pg_dump" -h 127.0.0.1 -p "$SP" -U bench -Fd -j 2 -Z 0 -f "$WORK/dump" bench
-    "$PG_BINDIR/pg_restore" -h 127.0.0.1 -p "$DP" -U postgres -d dst_b -j 2 --no-owner "$WORK/dump"
-    t1=$(now)
-fi
-B=$(python3 -c "print($t1 - $t0)")
-
-# (c) pgteleport
-cat > "$WORK/target.yml" <<YML
-database: {name: bench-target, database: dst_c, hostname: 127.0.0.1, port: $DP, username: bench, password: bench}
-server: {hostname: 127.0.0.1, port: 0, allow_unauthenticated: true}
-YML
+psql_d -c "create role bench login password 'bench'"
+DDL=$(psql_s -U bench -d bench -Atc "select 'create table ' || relname || ' (' || string_agg(attname || ' ' || format_type(atttypid, atttypmod), ', ' order by attnum) || ');' from pg_attribute a join pg_class c on c.oid = a.attrelid where relname in ('pgbench_accounts','pgbench_branches','pgbench_tellers','pgbench_history','wide') and attnum > 0 and not attisdropped group by relname")
+REPEAT="${REPEAT:-3}"
+SPLITS="${SPLITS:-auto}"
 TP=$(port)
-sed -i "s/port: 0,/port: $TP,/" "$WORK/target.yml"
 cat > "$WORK/source.yml" <<YML
 database: {name: bench-source, database: bench, hostname: 127.0.0.1, port: $SP, username: bench, password: bench}
 targets:
@@ -81,55 +50,116 @@ targets:
     target_expression: "public.*"
     endpoint: {hostname: 127.0.0.1, port: $TP}
 YML
-PGTELEPORT_LOG=warn "$BIN" -config "$WORK/target.yml" & TPID=$!
-sleep 1
-# PROFILE=1: sample every process's CPU time during (c) and print where it went.
-if [ "${PROFILE:-0}" = 1 ]; then
-    ( while :; do ps -eo pid=,times=,args= >> "$WORK/cpu.samples"; echo --- >> "$WORK/cpu.samples"; sleep 0.5; done ) & SAMPLER=$!
-fi
-t0=$(now)
-PGTELEPORT_LOG=warn "$BIN" -config "$WORK/source.yml" -mode initial-load -load-target copy -workers "$WORKERS" -no-progress
-t1=$(now)
-C=$(python3 -c "print($t1 - $t0)")
-if [ "${PROFILE:-0}" = 1 ]; then
-    sleep 0.6; kill "$SAMPLER"
-    python3 - "$WORK/cpu.samples" "$C" <<'PY'
+: > "$WORK/times"
+# The methods run interleaved, REPEAT times each, into fresh databases: the machine is
+# shared and noisy, so ratios are taken per round and their median reported.
+for r in $(seq 1 "$REPEAT"); do
+    for db in dst_a dst_b; do psql_d -c "drop database if exists $db" -c "create database $db"; done
+    # (a) raw pipe, table by table, into tables without indexes
+    echo "$DDL" | psql_d -d dst_a
+    t0=$(now)
+    for t in $TABLES; do
+        psql_s -U bench -d bench -c "copy $t to stdout (format binary)" | psql_d -d dst_a -c "copy $t from stdin (format binary)"
+    done
+    t1=$(now); A=$(python3 -c "print($t1 - $t0)")
+    # (a+) the same, plus the primary keys every other method builds
+    t0=$(now)
+    psql_d -d dst_a -c "alter table pgbench_accounts add primary key (aid); alter table pgbench_branches add primary key (bid); alter table pgbench_tellers add primary key (tid); alter table pgbench_history add primary key (id); alter table wide add primary key (id)"
+    t1=$(now); AP=$(python3 -c "print($A + $t1 - $t0)")
+
+    # (b) pgcopydb clone if installed, else pg_dump -Fd -j 2 | pg_restore -j 2
+    rm -rf "$WORK/dump" "$WORK/pgcopydb"
+    if command -v pgcopydb >/dev/null 2>&1; then
+        BNAME="pgcopydb clone (2 jobs)"
+        t0=$(now)
+        PGCOPYDB_DIR="$WORK/pgcopydb" pgcopydb clone --source "host=127.0.0.1 port=$SP user=bench dbname=bench" --target "host=127.0.0.1 port=$DP user=postgres dbname=dst_b" --table-jobs 2 --index-jobs 2 --no-owner >/dev/null 2>&1
+        t1=$(now)
+    else
+        BNAME="pg_dump -Fd -j 2 + pg_restore -j 2"
+        t0=$(now)
+        "$PG_BINDIR/pg_dump" -h 127.0.0.1 -p "$SP" -U bench -Fd -j 2 -Z 0 -f "$WORK/dump" bench
+        "$PG_BINDIR/pg_restore" -h 127.0.0.1 -p "$DP" -U postgres -d dst_b -j 2 --no-owner "$WORK/dump"
+        t1=$(now)
+    fi
+    B=$(python3 -c "print($t1 - $t0)")
+
+    # (c) pgteleport, once per --split mode in SPLITS (default: auto)
+    CS=""
+    for split in $SPLITS; do
+    psql_d -c "drop database if exists dst_c" -c "create database dst_c owner bench"
+    cat > "$WORK/target.yml" <<YML
+database: {name: bench-target, database: dst_c, hostname: 127.0.0.1, port: $DP, username: bench, password: bench}
+server: {hostname: 127.0.0.1, port: $TP, allow_unauthenticated: true}
+YML
+    PGTELEPORT_LOG=warn "$BIN" -config "$WORK/target.yml" & TPID=$!
+    sleep 1
+    # PROFILE=1: sample every process's CPU time during (c) and print where it went.
+    if [ "${PROFILE:-0}" = 1 ]; then
+        rm -f "$WORK/cpu.samples"
+        ( while :; do ps -eo pid=,times=,args= >> "$WORK/cpu.samples"; sleep 0.5; done ) & SAMPLER=$!
+    fi
+    t0=$(now)
+    PGTELEPORT_LOG=warn "$BIN" -config "$WORK/source.yml" -mode initial-load -load-target copy -workers "$WORKERS" -split "$split" -no-progress
+    t1=$(now)
+    C=$(python3 -c "print($t1 - $t0)")
+    if [ "${PROFILE:-0}" = 1 ]; then
+        sleep 0.6; kill "$SAMPLER"
+        python3 - "$WORK/cpu.samples" "$C" <<'PY'
 import sys, collections
-last = {}
+first, last = {}, {}
 for line in open(sys.argv[1]):
     parts = line.split(None, 2)
     if len(parts) == 3 and parts[0].isdigit():
+        first.setdefault(parts[0], int(parts[1]))
         last[parts[0]] = (int(parts[1]), parts[2].strip())
 groups = collections.Counter()
 for pid, (secs, args) in last.items():
-    if "pgteleport" in args and "target.yml" in args: g = "pgteleport target instance"
-    elif "pgteleport" in args: g = "pgteleport source (load)"
-    elif "postgres:" in args and " dst_c " in args: g = "target backends (COPY FROM, index builds)"
-    elif "postgres:" in args and " bench bench " in args: g = "source backends (COPY TO)"
-    elif "postgres:" in args: g = "other postgres processes"
+    if "release/pgteleport" in args and "target.yml" in args: g = "pgteleport target instance"
+    elif "release/pgteleport" in args: g = "pgteleport source (load)"
+    elif args.startswith("postgres:") and " dst_c " in args: g = "target backends (COPY FROM, index builds)"
+    elif args.startswith("postgres:") and " bench bench " in args: g = "source backends (COPY TO)"
+    elif args.startswith("postgres:"): g = "other postgres processes (workers, writers)"
     else: continue
-    groups[g] += secs
-print(f"CPU seconds during (c), {float(sys.argv[2]):.1f} s wall on 2 cores (1 s resolution, processes alive at a sample):")
+    groups[g] += secs - first[pid]
+print(f"CPU seconds during (c), {float(sys.argv[2]):.1f} s wall on 2 cores (1 s resolution):")
 for g, s in groups.most_common():
     print(f"  {g:45} {s:5d}")
 PY
-fi
-kill $TPID; wait $TPID 2>/dev/null || true
-ROWS_OK=$(psql_d -d dst_c -Atc "select count(*) from pgbench_accounts")
-python3 - "$MB" "$A" "$B" "$C" "$BNAME" "$ROWS_OK" "$AP" "$WORKERS" <<'PY'
-import json, sys
-mb, a, b, c = float(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
-name, rows, ap, workers = sys.argv[5], sys.argv[6], float(sys.argv[7]), int(sys.argv[8])
-res = {"heap_mb": mb, "raw_pipe_s": a, "raw_pipe_plus_pk_s": ap, "baseline_b": name, "baseline_b_s": b,
-       "pgteleport_s": c, "pgteleport_workers": workers,
-       "raw_pipe_mb_s": mb / a, "baseline_b_mb_s": mb / b, "pgteleport_mb_s": mb / c,
-       "ratio_vs_raw_pipe": a / c, "ratio_vs_raw_pipe_plus_pk": ap / c, "ratio_vs_baseline_b": b / c,
-       "pgbench_accounts_rows_on_target": int(rows)}
-print(f"{'method':42} {'seconds':>8} {'MB/s':>8}")
-print(f"{'(a) raw COPY binary pipe, sequential':42} {a:8.1f} {mb/a:8.1f}")
-print(f"{'(a+) the same, then primary keys':42} {ap:8.1f} {mb/ap:8.1f}")
-print(f"{'(b) ' + name:42} {b:8.1f} {mb/b:8.1f}")
-print(f"{f'(c) pgteleport initial load ({workers} workers)':42} {c:8.1f} {mb/c:8.1f}")
-print(f"ratio (c)/(a) = {a/c:.2f}   (c)/(a+) = {ap/c:.2f}   (c)/(b) = {b/c:.2f}   (higher is faster)")
+    fi
+    kill $TPID; wait $TPID 2>/dev/null || true
+    ROWS_OK=$(psql_d -d dst_c -Atc "select count(*) from pgbench_accounts")
+    CS="$CS $C"
+    done
+    echo "$A $AP $B $ROWS_OK$CS" >> "$WORK/times"
+    echo "round $r: (a) $A s, (a+) $AP s, (b) $B s, (c) per split ($SPLITS):$CS s"
+done
+python3 - "$MB" "$BNAME" "$WORKERS" "$WORK/times" "$SPLITS" <<'PY'
+import json, statistics, sys
+mb, name, workers, splits = float(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[5].split()
+runs = [l.split() for l in open(sys.argv[4]) if l.strip()]
+med = statistics.median
+a = med([float(r[0]) for r in runs]); ap = med([float(r[1]) for r in runs]); b = med([float(r[2]) for r in runs])
+res = {"heap_mb": mb, "rounds": len(runs), "baseline_b": name, "pgteleport_workers": workers,
+       "raw_pipe_s": a, "raw_pipe_plus_pk_s": ap, "baseline_b_s": b,
+       "raw_pipe_mb_s": mb / a, "baseline_b_mb_s": mb / b, "pgteleport": {},
+       "per_round": [{"raw_pipe_s": float(r[0]), "raw_pipe_plus_pk_s": float(r[1]), "baseline_b_s": float(r[2]),
+                      "pgbench_accounts_rows_on_target": int(r[3]),
+                      "pgteleport_s": dict(zip(splits, map(float, r[4:])))} for r in runs]}
+print(f"medians of {len(runs)} interleaved rounds:")
+print(f"{'method':46} {'seconds':>8} {'MB/s':>8}")
+print(f"{'(a) raw COPY binary pipe, sequential':46} {a:8.1f} {mb/a:8.1f}")
+print(f"{'(a+) the same, then primary keys':46} {ap:8.1f} {mb/ap:8.1f}")
+print(f"{'(b) ' + name:46} {b:8.1f} {mb/b:8.1f}")
+for k, split in enumerate(splits):
+    cs = [float(r[4 + k]) for r in runs]
+    c = med(cs)
+    ra = med([float(r[0]) / x for r, x in zip(runs, cs)])
+    rap = med([float(r[1]) / x for r, x in zip(runs, cs)])
+    rb = med([float(r[2]) / x for r, x in zip(runs, cs)])
+    res["pgteleport"][split] = {"seconds": c, "mb_s": mb / c, "ratio_vs_raw_pipe": ra,
+                                "ratio_vs_raw_pipe_plus_pk": rap, "ratio_vs_baseline_b": rb}
+    print(f"{f'(c) pgteleport, {workers} workers, --split {split}':46} {c:8.1f} {mb/c:8.1f}")
+    print(f"    median per-round ratio (c)/(a) = {ra:.2f}   (c)/(a+) = {rap:.2f}   (c)/(b) = {rb:.2f}   (higher is faster)")
+    print("    per round (c)/(a): " + ", ".join(f"{float(r[0])/x:.2f}" for r, x in zip(runs, cs)))
 json.dump(res, open("bench/results/initial_load.json", "w"), indent=2)
 PY

@@ -36,6 +36,10 @@ pub struct LoadArgs {
     /// Heap megabytes per ctid range of a large table.
     #[arg(long, default_value_t = 64)]
     pub range_mb: u64,
+    /// `auto`: whole tables when the target runs with wal_level = minimal (filled without
+    /// WAL), ctid ranges otherwise; `ranges` or `whole` to choose.
+    #[arg(long, value_enum, default_value_t = crate::load::Split::Auto)]
+    pub split: crate::load::Split,
     /// Plain log lines instead of a progress bar, even on a terminal.
     #[arg(long)]
     pub no_progress: bool,
@@ -131,6 +135,7 @@ pub fn normalize_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
         "truncate",
         "workers",
         "range-mb",
+        "split",
         "target",
         "no-progress",
     ];

@@ -86,6 +86,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 truncate: load.truncate,
                 workers: load.workers,
                 range_bytes: load.range_mb.max(1) << 20,
+                split: load.split,
                 progress: load.no_progress.then_some(false),
             };
             let summary = pgteleport::load::run(&config, opts).await?;

@@ -38,6 +38,7 @@ fn opts(truncate: bool) -> LoadOptions {
         truncate,
         workers: 3,
         range_bytes: 16 << 20,
+        split: Default::default(),
         progress: Some(false),
     }
 }

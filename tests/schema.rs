@@ -139,6 +139,7 @@ async fn schema_changes_replicate_in_order_with_writes() -> anyhow::Result<()> {
         truncate: false,
         workers: 2,
         range_bytes: 64 << 20,
+        split: Default::default(),
         progress: Some(false),
     };
     pgteleport::load::run(&cfg, load).await?;

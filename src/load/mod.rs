@@ -10,4 +10,4 @@
 pub mod receive;
 pub mod send;
 
-pub use send::{run, LoadError, LoadOptions, Summary};
+pub use send::{run, LoadError, LoadOptions, Split, Summary};

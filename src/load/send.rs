@@ -33,8 +33,22 @@ pub struct LoadOptions {
     pub workers: usize,
     /// Heap bytes per ctid range of a large table.
     pub range_bytes: u64,
+    /// Whole tables or ctid ranges of large tables.
+    pub split: Split,
     /// Progress bars (default: when stderr is a terminal).
     pub progress: Option<bool>,
+}
+
+/// How large tables are cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Split {
+    /// Whole tables when the target runs with wal_level = minimal, ranges otherwise.
+    #[default]
+    Auto,
+    /// ctid ranges of about `range_bytes` each, copied in parallel.
+    Ranges,
+    /// One COPY per table.
+    Whole,
 }
 
 /// The final report.
@@ -245,11 +259,15 @@ pub async fn run(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErro
         .collect();
     // Under wal_level = minimal on the target, a table filled in the transaction that
     // empties it writes no WAL: then whole tables (in parallel) beat ranges of one table.
-    let whole_tables = prepared
-        .get("wal_level_minimal")
-        .and_then(|w| w.as_bool())
-        .unwrap_or(false);
-    if whole_tables {
+    let whole_tables = match opts.split {
+        Split::Whole => true,
+        Split::Ranges => false,
+        Split::Auto => prepared
+            .get("wal_level_minimal")
+            .and_then(|w| w.as_bool())
+            .unwrap_or(false),
+    };
+    if whole_tables && opts.split == Split::Auto {
         tracing::info!("the target runs with wal_level = minimal: each table is copied whole, in the transaction that empties it (no WAL)");
     }
     let mut summary = Summary {
