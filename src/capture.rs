@@ -127,6 +127,30 @@ pub async fn install(client: &mut Client, config: &Config) -> Result<Installed, 
     Ok(installed)
 }
 
+/// The row image the capture trigger would queue for an INSERT of `pgteleport_row`:
+/// its JSON form, with the text-form columns (`Column::text_form`) as their text.
+fn row_image(t: &Table) -> String {
+    let cases: Vec<String> = t
+        .columns
+        .iter()
+        .filter(|c| c.text_form && !c.generated)
+        .map(|c| {
+            format!(
+                "when {} then to_json(pgteleport_row.{}::text)",
+                quote_literal(&c.name),
+                quote_ident(&c.name)
+            )
+        })
+        .collect();
+    if cases.is_empty() {
+        return "to_json(pgteleport_row.*)".into();
+    }
+    format!(
+        "(select json_object_agg(j.key, case j.key {} else j.value end) from json_each(to_json(pgteleport_row.*)) as j)",
+        cases.join(" ")
+    )
+}
+
 async fn install_triggers(
     client: &mut Client,
     config: &Config,
@@ -167,8 +191,9 @@ async fn install_triggers(
             let n = tx
                 .execute(
                     &format!(
-                        "select {}.enqueue('I', $1, $2, $3, null, to_json(t)) from {} t",
+                        "select {}.enqueue('I', $1, $2, $3, null, {}) from {} pgteleport_row",
                         quote_ident(schema),
+                        row_image(t),
                         t.qualified()
                     ),
                     &[&t.schema, &t.name, &t.oid],

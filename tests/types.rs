@@ -256,3 +256,58 @@ async fn domains_padding_xml_and_huge_text_reach_the_target_equal() -> anyhow::R
     target.shutdown().await?;
     Ok(())
 }
+
+/// A table created while replication runs: the rows it got before its trigger existed are
+/// copied with the same images the trigger makes (arrays keep their bounds, a jsonb `null`
+/// stays apart from SQL NULL, xml keeps its declaration) — also through domains, and for a
+/// column named like the table alias.
+#[tokio::test]
+async fn rows_of_a_new_table_keep_text_form_values() -> anyhow::Result<()> {
+    let p = Pair::new("create schema app; create table app.seed (id int primary key);").await?;
+    let (source, target) = p.start_both("app.*").await?;
+    let src = p.src().await?;
+    let dst = p.dst().await?;
+    src.batch_execute(
+        r#"begin;
+        create domain app.d_json as jsonb;
+        create table app.late (id int primary key, a int[], j jsonb, dj app.d_json, xm xml, t text,
+                               pgteleport_row int);
+        insert into app.late values
+          (1, '[0:2]={1,2,3}', 'null', 'null', '<?xml version="1.0"?><r/>', 'one', 1),
+          (2, null, null, null, null, null, null),
+          (3, '{{1,2},{3,4}}', '{"k": null}', '[null]', '<a/>', '', 3);
+        commit;"#,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    wait_for(
+        "app.late on the target",
+        Duration::from_secs(20),
+        || async {
+            Ok(scalar_i64(
+                &dst,
+                "select count(*) from pg_class where oid = to_regclass('app.late')",
+            )
+            .await?
+                == 1)
+        },
+    )
+    .await?;
+    wait_equal_by_column(&src, &dst, "app.late").await?;
+    let kinds: Vec<String> = dst
+        .query(
+            "select coalesce(jsonb_typeof(j), 'SQL NULL') || '/' || coalesce(jsonb_typeof(dj), 'SQL NULL') from app.late order by id",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec!["null/null", "SQL NULL/SQL NULL", "object/array"]
+    );
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}
