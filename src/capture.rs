@@ -74,7 +74,6 @@ pub async fn install(client: &mut Client, config: &Config) -> Result<Installed, 
             source,
         })?;
     let mut installed = Installed::default();
-    let mut all: BTreeMap<u32, Table> = BTreeMap::new();
     for (name, target) in &config.targets {
         let expr = TargetExpression::parse(&target.target_expression).map_err(|e| {
             InstallError::Expression {
@@ -92,7 +91,23 @@ pub async fn install(client: &mut Client, config: &Config) -> Result<Installed, 
         if tables.is_empty() {
             tracing::warn!(target = %name, expression = %expr.as_str(), "target_expression matches no table yet");
         }
-        for t in &tables {
+        installed.tables.insert(name.clone(), tables);
+    }
+    install_tables(client, config, &installed).await?;
+    Ok(installed)
+}
+
+/// Installs a capture trigger on each of `installed`'s tables that lacks one (queueing the
+/// rows a table new to replication already holds) and registers each target. The caller
+/// read the tables (the ddlwatcher passes those it just diffed).
+pub async fn install_tables(
+    client: &mut Client,
+    config: &Config,
+    installed: &Installed,
+) -> Result<(), InstallError> {
+    let mut all: BTreeMap<u32, Table> = BTreeMap::new();
+    for (name, tables) in &installed.tables {
+        for t in tables {
             if t.replica_key().is_none() && !config.keyless_tables {
                 return Err(InstallError::NoPrimaryKey {
                     table: t.qualified(),
@@ -101,12 +116,11 @@ pub async fn install(client: &mut Client, config: &Config) -> Result<Installed, 
             }
             all.insert(t.oid, t.clone());
         }
-        installed.tables.insert(name.clone(), tables);
     }
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match install_triggers(client, config, &all, &installed).await {
+        match install_triggers(client, config, &all, installed).await {
             Err(
                 InstallError::Trigger { source, .. } | InstallError::TargetState { source, .. },
             ) if attempt < 5 && db::classify(&source) == db::ErrorClass::Retryable => {
@@ -124,7 +138,7 @@ pub async fn install(client: &mut Client, config: &Config) -> Result<Installed, 
         targets = config.targets.len(),
         "capture installed"
     );
-    Ok(installed)
+    Ok(())
 }
 
 /// The row image the capture trigger would queue for an INSERT of `pgteleport_row`:

@@ -86,7 +86,7 @@ impl Watcher {
         target: &str,
         expr: &TargetExpression,
         apply_schema: &Option<String>,
-    ) -> Result<(bool, Vec<Statement>), StepError> {
+    ) -> Result<(bool, Vec<Statement>, Vec<ddlwatcher::Table>), StepError> {
         let s = &self.schema;
         let tables = introspect_tables(&*client, expr, &self.config.internal_schema)
             .await
@@ -116,7 +116,7 @@ impl Watcher {
         let mut deferred = Vec::new();
         if let Some(old) = &old {
             if *old == new {
-                return Ok((false, deferred));
+                return Ok((false, deferred, new.tables));
             }
             let mut all = old.tables.clone();
             all.extend(new.tables.iter().cloned());
@@ -140,7 +140,7 @@ impl Watcher {
         .await
         .map_err(StepError::db("storing the catalog snapshot"))?;
         tx.commit().await.map_err(StepError::db("commit"))?;
-        Ok((recorded, deferred))
+        Ok((recorded, deferred, new.tables))
     }
 }
 
@@ -249,10 +249,12 @@ impl Step for Watcher {
         }
         let mut seen = BTreeSet::new();
         let mut deferred = Vec::new();
+        let mut installed = capture::Installed::default();
         for (target, expr, apply_schema) in self.targets.clone() {
-            let (recorded, later) = self
+            let (recorded, later, tables) = self
                 .diff_target(client, &target, &expr, &apply_schema)
                 .await?;
+            installed.tables.insert(target.clone(), tables);
             if recorded {
                 seen.insert(target.clone());
             }
@@ -262,7 +264,7 @@ impl Step for Watcher {
         }
         // Triggers for new tables (their rows come along); a table without a primary key
         // is reported and retried, the other changes are recorded all the same.
-        capture::install(client, &self.config)
+        capture::install_tables(client, &self.config, &installed)
             .await
             .map_err(|e| StepError::Other(format!("installing capture on changed tables: {e}")))?;
         // Constraint additions after the new tables' rows, in a version of their own.
