@@ -58,6 +58,8 @@ pub enum ApplyError {
     BadRequest { message: String },
     #[error("{message}")]
     TooLarge { message: String },
+    #[error("{message}")]
+    Timeout { message: String },
 }
 
 /// The segments of one batch, in order, as they arrive.

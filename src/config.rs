@@ -194,12 +194,16 @@ pub struct Server {
     /// Accept batches without a token (only on a trusted network).
     #[serde(default)]
     pub allow_unauthenticated: bool,
-    /// Largest accepted request body, compressed, in bytes.
+    /// Largest request body read whole (the initial load's control messages), in bytes.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
-    /// Largest batch after decompression, in bytes.
+    /// Largest batch segment after decompression, in bytes.
     #[serde(default = "default_max_batch")]
     pub max_batch_bytes: usize,
+    /// A batch body that sends nothing for this many seconds is abandoned and its
+    /// transaction rolled back (a stalled source must not hold a transaction open here).
+    #[serde(default = "default_read_timeout")]
+    pub read_timeout_seconds: u64,
 }
 
 /// A destination of this source instance.
@@ -261,6 +265,9 @@ fn default_max_body() -> usize {
 }
 fn default_max_batch() -> usize {
     1 << 30
+}
+fn default_read_timeout() -> u64 {
+    60
 }
 fn default_request_timeout() -> u64 {
     600
@@ -437,6 +444,12 @@ impl Config {
             if server.max_body_bytes == 0 || server.max_batch_bytes == 0 {
                 return Err(invalid(
                     "server.max_body_bytes",
+                    "must be at least 1".into(),
+                ));
+            }
+            if server.read_timeout_seconds == 0 {
+                return Err(invalid(
+                    "server.read_timeout_seconds",
                     "must be at least 1".into(),
                 ));
             }

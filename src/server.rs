@@ -3,7 +3,7 @@
 //! | request | answer |
 //! |---|---|
 //! | `GET /healthz` | 200 `{"status":"ok"}` |
-//! | `POST /v1/batches` | 200 applied or duplicate (`applied_seq`); 400 malformed or truncated; 401 token; 409 out of sequence (`applied_seq`); 413 a segment too large; 422 target schema behind; 503 database unavailable; 500 other apply failure |
+//! | `POST /v1/batches` | 200 applied or duplicate (`applied_seq`); 400 malformed or truncated; 401 token; 408 the body stalled; 409 out of sequence (`applied_seq`); 413 a segment too large; 422 target schema behind; 503 database unavailable; 500 other apply failure |
 //! | `GET /v1/position/{source}/{target}` | 200 `{"applied_seq": n}` |
 //!
 //! Every error body is JSON `{"error": "…"}`; nothing is ever an error behind 200.
@@ -35,6 +35,7 @@ pub struct Server {
     token: Option<Secret>,
     max_body: usize,
     max_batch: usize,
+    read_timeout: Duration,
 }
 
 type Body = Full<Bytes>;
@@ -46,6 +47,7 @@ impl Server {
             token: config.auth_token.clone(),
             max_body: config.max_body_bytes,
             max_batch: config.max_batch_bytes,
+            read_timeout: Duration::from_secs(config.read_timeout_seconds),
         }
     }
 
@@ -195,6 +197,7 @@ impl Server {
             body: req.into_body(),
             reader,
             ended: false,
+            read_timeout: self.read_timeout,
         };
         let span = tracing::info_span!("apply", %peer);
         let started = std::time::Instant::now();
@@ -337,6 +340,7 @@ struct BodySegments {
     body: Incoming,
     reader: wire::SegmentReader,
     ended: bool,
+    read_timeout: Duration,
 }
 
 impl Segments for BodySegments {
@@ -349,7 +353,15 @@ impl Segments for BodySegments {
                 self.reader.finish().map_err(decode_error)?;
                 return Ok(None);
             }
-            match self.body.frame().await {
+            let frame = tokio::time::timeout(self.read_timeout, self.body.frame())
+                .await
+                .map_err(|_| ApplyError::Timeout {
+                    message: format!(
+                        "the batch body sent nothing for {} s (server.read_timeout_seconds); its transaction was rolled back",
+                        self.read_timeout.as_secs()
+                    ),
+                })?;
+            match frame {
                 None => self.ended = true,
                 Some(Err(e)) => {
                     return Err(ApplyError::Unavailable {
@@ -392,6 +404,7 @@ fn apply_error(e: &ApplyError) -> Response<Body> {
         ApplyError::Conflict { .. } => error(StatusCode::CONFLICT, &e.to_string()),
         ApplyError::BadRequest { .. } => error(StatusCode::BAD_REQUEST, &e.to_string()),
         ApplyError::TooLarge { .. } => error(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string()),
+        ApplyError::Timeout { .. } => error(StatusCode::REQUEST_TIMEOUT, &e.to_string()),
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ddlwatcher::quote_ident;
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use hyper::{Method, Request, StatusCode};
@@ -471,19 +471,28 @@ impl Transmitter {
             .map_err(Refusal::Source)?;
         let ddl = self.pending_ddl(client).await.map_err(Refusal::Source)?;
         let started = std::time::Instant::now();
-        let (frames, body) = tokio::sync::mpsc::channel(4);
-        let body = futures_util::stream::unfold(body, |mut rx| async move {
-            rx.recv().await.map(|frame| (frame, rx))
-        });
-        let req = self.request(
-            Method::POST,
-            "/v1/batches",
-            true,
-            StreamBody::new(body).boxed_unsync(),
-        );
-        let req = req.map_err(Refusal::Retry)?;
+        let (frames, mut body) = tokio::sync::mpsc::channel(4);
         let producer = self.produce(client, seq, tables, ddl, frames.clone());
-        let request = self.http.request(req);
+        // The request starts with the first segment, not before: the queue query may take
+        // a while to return its first row (sorting a huge batch), and the target abandons a
+        // body that stays silent for its read timeout.
+        let request = async {
+            let first = body.recv().await;
+            let rest = futures_util::stream::unfold(body, |mut rx| async move {
+                rx.recv().await.map(|frame| (frame, rx))
+            });
+            let body = futures_util::stream::iter(first).chain(rest);
+            let req = self.request(
+                Method::POST,
+                "/v1/batches",
+                true,
+                StreamBody::new(body).boxed_unsync(),
+            )?;
+            self.http
+                .request(req)
+                .await
+                .map_err(|e| crate::db::error_chain(&e))
+        };
         let mut producer = std::pin::pin!(producer);
         let mut request = std::pin::pin!(request);
         // The body is written while the target applies it; once it is all sent, the answer
@@ -511,10 +520,8 @@ impl Transmitter {
         };
         let response = response.map_err(|e| {
             Refusal::Retry(format!(
-                "target `{}` at {}: {}",
-                self.target,
-                self.base_url,
-                crate::db::error_chain(&e)
+                "target `{}` at {}: {e}",
+                self.target, self.base_url
             ))
         })?;
         let status = response.status();

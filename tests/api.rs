@@ -321,3 +321,52 @@ async fn segmented_batches_apply_whole_or_not_at_all() -> anyhow::Result<()> {
     target.shutdown().await?;
     Ok(())
 }
+
+/// A source that stops sending in the middle of a batch does not hold the target's
+/// transaction open: after `server.read_timeout_seconds` the batch is rolled back (408) and
+/// the next batch applies at once.
+#[tokio::test]
+async fn a_stalled_batch_body_is_rolled_back_after_the_read_timeout() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let p = Pair::new(SCHEMA).await?;
+    let yaml = p
+        .target_yaml(0)
+        .replace("auth_token:", "read_timeout_seconds: 1, auth_token:");
+    let cfg =
+        pgteleport::config::Config::from_yaml(&yaml, std::path::Path::new("t.yml"), |_| None)?;
+    let target = pgteleport::instance::start(cfg).await?;
+    let port = target.local_addr.unwrap().port();
+    // The first part of a batch, then silence with the connection open.
+    let mut first = batch(1, 1);
+    first.last = false;
+    let mut w = wire::SegmentWriter::new(false)?;
+    let part = w.push(&first)?;
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    tcp.write_all(
+        format!(
+            "POST /v1/batches HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer {TOKEN}\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n",
+            part.len()
+        )
+        .as_bytes(),
+    )
+    .await?;
+    tcp.write_all(&part).await?;
+    tcp.write_all(b"\r\n").await?;
+    let started = std::time::Instant::now();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut answer)).await??;
+    let answer = String::from_utf8_lossy(&answer[..n]).to_string();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("read_timeout_seconds"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(
+        state(&p).await?,
+        (vec![], 0),
+        "nothing of the stalled batch applied"
+    );
+    // Its transaction is gone: the batch applies now, whole.
+    let (s, j) = post(port, Some(TOKEN), None, wire::encode(&batch(1, 1), false)?).await?;
+    assert_eq!((s, j["status"].as_str()), (200, Some("applied")), "{j}");
+    target.shutdown().await?;
+    Ok(())
+}
