@@ -290,15 +290,15 @@ async fn install_trigger(
         .replica_key()
         .map(<[String]>::to_vec)
         .unwrap_or_default();
-    let arrays: Vec<String> = table
+    let text_form: Vec<String> = table
         .columns
         .iter()
         .filter(|c| !c.generated && c.text_form)
         .map(|c| c.name.clone())
         .collect();
-    if !arrays.is_empty() {
+    if !text_form.is_empty() {
         key.push(String::new());
-        key.extend(arrays);
+        key.extend(text_form);
     }
     let args: Vec<String> = key.iter().map(|k| quote_literal(k)).collect();
     let sql = format!(

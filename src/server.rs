@@ -295,13 +295,10 @@ impl Server {
         }
         let result = match path.as_str() {
             "/v1/load/prepare" => match parse::<wire::LoadPrepare>(&body) {
-                Ok(m) => match applier.load_prepare(&m).await {
-                    Ok(t) => applier
-                        .wal_level_minimal()
-                        .await
-                        .map(|w| json!({"tables": t, "wal_level_minimal": w})),
-                    Err(e) => Err(e),
-                },
+                Ok(m) => applier
+                    .load_prepare(&m)
+                    .await
+                    .map(|(t, w)| json!({"tables": t, "wal_level_minimal": w})),
                 Err(r) => return *r,
             },
             "/v1/load/start" => match parse::<wire::LoadStart>(&body) {

@@ -249,8 +249,8 @@ impl Transmitter {
             .await
             .map_err(StepError::db(format!("reading batch {seq}")))?;
         let mut rows = std::pin::pin!(rows);
-        let mut writer = wire::SegmentWriter::new(true)
-            .map_err(|e| StepError::Other(format!("encoding batch {seq}: {e}")))?;
+        let encoding = |e: std::io::Error| StepError::Other(format!("encoding batch {seq}: {e}"));
+        let mut writer = wire::SegmentWriter::new(true).map_err(encoding)?;
         let emit = |bytes: Bytes| {
             let out = out.clone();
             async move {
@@ -348,23 +348,17 @@ impl Transmitter {
             if current.events.len() >= self.segment_events || payload >= SEGMENT_BYTES {
                 let next = segment(current.part + 1, Vec::new());
                 let full = std::mem::replace(&mut current, next);
-                let bytes = writer
-                    .push(&full)
-                    .map_err(|e| StepError::Other(format!("encoding batch {seq}: {e}")))?;
+                let bytes = writer.push(&full).map_err(encoding)?;
                 drop(full);
                 sent += emit(bytes).await?;
                 payload = 0;
             }
         }
         current.last = true;
-        let bytes = writer
-            .push(&current)
-            .map_err(|e| StepError::Other(format!("encoding batch {seq}: {e}")))?;
+        let bytes = writer.push(&current).map_err(encoding)?;
         drop(current);
         sent += emit(bytes).await?;
-        let tail = writer
-            .finish()
-            .map_err(|e| StepError::Other(format!("encoding batch {seq}: {e}")))?;
+        let tail = writer.finish().map_err(encoding)?;
         sent += emit(tail).await?;
         Ok((events, sent))
     }

@@ -1,15 +1,14 @@
 //! `pgteleport verify`: compares the source's and the target's tables of one target.
 //!
 //! Each table is cut into chunks of `chunk_rows` rows by primary-key ranges (bounds taken
-//! from the source; each side selects a chunk's rows through its primary-key index). Rows
-//! of the differing chunks are compared together, so a key that one side's collation sorts
-//! into another chunk is still matched with itself. For each
-//! chunk: row count and an order-independent checksum (sum of `hashtext` of each row's
-//! text) on both sides; only a chunk that differs is compared row by row, by primary key,
-//! naming the missing, extra and changed keys (never the row values). Online: it first
-//! waits until the target has applied every transaction committed before the check began,
-//! and re-checks differing chunks a few times after catching up again, so changes still in
-//! flight are not reported as differences.
+//! from the source; each side selects a chunk's rows through its primary-key index). For
+//! each chunk: row count and an order-independent checksum (sum of `hashtext` of each row's
+//! text) on both sides. Only the chunks that differ are compared row by row, by primary
+//! key, naming the missing, extra and changed keys (never the row values); their rows are
+//! compared together, so a key that one side's collation sorts into another chunk is still
+//! matched with itself. Online: it first waits until the target has applied every
+//! transaction committed before the check began, and re-checks differing chunks a few times
+//! after catching up again, so changes still in flight are not reported as differences.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -89,10 +88,17 @@ pub async fn verify(
             chunks: chunks.len(),
             differing_chunks: 0,
         };
+        let sides = Sides {
+            src: &src,
+            dst: &dst,
+            source: table.qualified(),
+            target: target_name,
+            source_key,
+            target_key,
+        };
         let mut differing = Vec::new();
         for chunk in &chunks {
-            let a = summary(&src, &table.qualified(), &source_key.range(chunk)).await?;
-            let b = summary(&dst, &target_name, &target_key.range(chunk)).await?;
+            let (a, b) = sides.summaries(chunk).await?;
             report.source_rows += a.0;
             report.target_rows += b.0;
             if a != b {
@@ -108,8 +114,7 @@ pub async fn verify(
             catch_up(&src, &config.internal_schema, target, within).await?;
             let mut still = Vec::new();
             for (chunk, a0, b0) in differing {
-                let a = summary(&src, &table.qualified(), &source_key.range(chunk)).await?;
-                let b = summary(&dst, &target_name, &target_key.range(chunk)).await?;
+                let (a, b) = sides.summaries(chunk).await?;
                 report.source_rows += a.0 - a0.0;
                 report.target_rows += b.0 - b0.0;
                 if a != b {
@@ -121,8 +126,24 @@ pub async fn verify(
         report.differing_chunks = differing.len();
         let (mut left, mut right) = (BTreeMap::new(), BTreeMap::new());
         for (chunk, _, _) in &differing {
-            left.extend(hashes(&src, &table.qualified(), &key, &source_key.range(chunk)).await?);
-            right.extend(hashes(&dst, &target_name, &key, &target_key.range(chunk)).await?);
+            left.extend(
+                hashes(
+                    sides.src,
+                    &sides.source,
+                    &key,
+                    &sides.source_key.range(chunk),
+                )
+                .await?,
+            );
+            right.extend(
+                hashes(
+                    sides.dst,
+                    &sides.target,
+                    &key,
+                    &sides.target_key.range(chunk),
+                )
+                .await?,
+            );
         }
         for (k, h) in &left {
             match right.get(k) {
@@ -174,6 +195,26 @@ async fn catch_up(
             anyhow::bail!("target `{target}` did not catch up with the source within {within:?}; is replication running? (see `pgteleport status`)");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One table on both sides.
+struct Sides<'a> {
+    src: &'a Client,
+    dst: &'a Client,
+    source: String,
+    target: String,
+    source_key: KeyColumns,
+    target_key: KeyColumns,
+}
+
+impl Sides<'_> {
+    /// (rows, checksum) of a chunk on the source and on the target.
+    async fn summaries(&self, chunk: &Chunk) -> anyhow::Result<((i64, i64), (i64, i64))> {
+        Ok((
+            summary(self.src, &self.source, &self.source_key.range(chunk)).await?,
+            summary(self.dst, &self.target, &self.target_key.range(chunk)).await?,
+        ))
     }
 }
 

@@ -335,13 +335,9 @@ impl SegmentReader {
     }
 
     /// The body ended: everything must have been read as whole segments.
-    pub fn finish(&mut self) -> Result<(), DecodeError> {
-        if let Some(extra) = self.next_segment()? {
-            return Err(DecodeError::Invalid(format!(
-                "part {} of batch {} follows the end of the batch",
-                extra.part, extra.seq
-            )));
-        }
+    /// Call once `next_segment` returned `None` after the last chunk was fed (a segment
+    /// after the batch's last part is the applier's to refuse).
+    pub fn finish(&self) -> Result<(), DecodeError> {
         if self.in_frame {
             return Err(DecodeError::Compression(
                 "the zstd stream is truncated".into(),

@@ -25,8 +25,13 @@ fn target_of(apply_schema: &Option<String>, schema: &str) -> String {
 
 impl Applier {
     /// Creates missing schemas, types and tables; registers the tables to load; refuses
-    /// tables that hold rows unless `truncate` (nothing is changed then).
-    pub async fn load_prepare(&self, msg: &LoadPrepare) -> Result<Vec<LoadTableState>, ApplyError> {
+    /// tables that hold rows unless `truncate` (nothing is changed then). Also returns
+    /// whether the target runs with `wal_level = minimal`: then a table created or emptied
+    /// in the transaction that fills it is written without WAL.
+    pub async fn load_prepare(
+        &self,
+        msg: &LoadPrepare,
+    ) -> Result<(Vec<LoadTableState>, bool), ApplyError> {
         let map = map_for(&msg.apply_schema, &msg.tables);
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg("begin"))?;
@@ -132,8 +137,16 @@ impl Applier {
                 ),
             });
         }
+        let wal_level_minimal: bool = tx
+            .query_one(
+                "select pg_catalog.current_setting('wal_level') = 'minimal'",
+                &[],
+            )
+            .await
+            .map_err(pg("reading wal_level"))?
+            .get(0);
         tx.commit().await.map_err(pg("commit"))?;
-        Ok(states)
+        Ok((states, wal_level_minimal))
     }
 
     /// Marks the tables as being copied under `snapshot` and empties them.
@@ -287,20 +300,6 @@ impl Applier {
         Ok(Some(rows))
     }
 
-    /// Whether the target runs with `wal_level = minimal`: then a table created or emptied
-    /// in the transaction that fills it is written without WAL.
-    pub async fn wal_level_minimal(&self) -> Result<bool, ApplyError> {
-        let client = self.client().await?;
-        Ok(client
-            .query_one(
-                "select pg_catalog.current_setting('wal_level') = 'minimal'",
-                &[],
-            )
-            .await
-            .map_err(pg("reading wal_level"))?
-            .get(0))
-    }
-
     /// Checks every range arrived, builds the primary key and indexes of a table the load
     /// created, and marks the table done. Returns its rows.
     pub async fn load_finish(&self, msg: &LoadFinish) -> Result<i64, ApplyError> {
@@ -334,8 +333,8 @@ impl Applier {
             });
         }
         if created == Some(true) {
-            // Sorting the keys of a large table in memory instead of in temporary files
-            // is most of an index build's time; never lower the server's own setting.
+            // Lets a large table's keys be sorted in memory rather than in temporary files
+            // (a modest gain measured on 5 M keys); never lowers the server's own setting.
             tx.execute(
                 "select pg_catalog.set_config('maintenance_work_mem',
                         greatest(pg_catalog.pg_size_bytes(pg_catalog.current_setting('maintenance_work_mem')) / 1024, $1)::text || 'kB', true)",
