@@ -190,12 +190,7 @@ async fn refused_requests_get_honest_codes_and_change_nothing() -> anyhow::Resul
 #[tokio::test]
 async fn segment_size_limit_gives_413() -> anyhow::Result<()> {
     let p = Pair::new(SCHEMA).await?;
-    let yaml = p
-        .target_yaml(0)
-        .replace("auth_token:", "max_batch_bytes: 1000, auth_token:");
-    let cfg =
-        pgteleport::config::Config::from_yaml(&yaml, std::path::Path::new("t.yml"), |_| None)?;
-    let target = pgteleport::instance::start(cfg).await?;
+    let target = p.start_target_with(0, "max_batch_bytes: 1000, ").await?;
     let port = target.local_addr.unwrap().port();
     let mut big = batch(1, 1);
     big.events[0].data = Some(RawValue::from_string(format!(
@@ -329,12 +324,7 @@ async fn segmented_batches_apply_whole_or_not_at_all() -> anyhow::Result<()> {
 async fn a_stalled_batch_body_is_rolled_back_after_the_read_timeout() -> anyhow::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let p = Pair::new(SCHEMA).await?;
-    let yaml = p
-        .target_yaml(0)
-        .replace("auth_token:", "read_timeout_seconds: 1, auth_token:");
-    let cfg =
-        pgteleport::config::Config::from_yaml(&yaml, std::path::Path::new("t.yml"), |_| None)?;
-    let target = pgteleport::instance::start(cfg).await?;
+    let target = p.start_target_with(0, "read_timeout_seconds: 1, ").await?;
     let port = target.local_addr.unwrap().port();
     // The first part of a batch, then silence with the connection open.
     let mut first = batch(1, 1);

@@ -83,15 +83,11 @@ async fn wait_equal_by_column(
     let Err(e) = wait_equal(src, dst, &[table], Duration::from_secs(60)).await else {
         return Ok(());
     };
-    let cols: Vec<String> = src
-        .query(
-            "select attname::text from pg_attribute where attrelid = $1::text::regclass and attnum > 0 and not attisdropped",
-            &[&table],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let cols = texts(
+        src,
+        &format!("select attname::text from pg_attribute where attrelid = '{table}'::regclass and attnum > 0 and not attisdropped"),
+    )
+    .await?;
     let q = cols
         .iter()
         .map(|c| {
@@ -99,8 +95,8 @@ async fn wait_equal_by_column(
         })
         .collect::<Vec<_>>()
         .join(" union all ");
-    let a: Vec<String> = src.query(&q, &[]).await?.iter().map(|r| r.get(0)).collect();
-    let b: Vec<String> = dst.query(&q, &[]).await?.iter().map(|r| r.get(0)).collect();
+    let a = texts(src, &q).await?;
+    let b = texts(dst, &q).await?;
     let only_a: Vec<_> = a.iter().filter(|x| !b.contains(x)).collect();
     let only_b: Vec<_> = b.iter().filter(|x| !a.contains(x)).collect();
     anyhow::bail!("{e}\nsource only: {only_a:#?}\ntarget only: {only_b:#?}");
@@ -204,15 +200,11 @@ async fn domains_padding_xml_and_huge_text_reach_the_target_equal() -> anyhow::R
     .await?;
     wait_equal_by_column(&src, &dst, "app.d").await?;
     // Rows are equal as text (wait_equal); the byte lengths show nothing was trimmed.
-    let same: Vec<String> = dst
-        .query(
-            "select octet_length(big)::text || '/' || octet_length(c)::text from app.d order by id",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let same = texts(
+        &dst,
+        "select octet_length(big)::text || '/' || octet_length(c)::text from app.d order by id",
+    )
+    .await?;
     assert_eq!(
         same,
         vec!["5/6", "20971520/6"],
@@ -294,15 +286,11 @@ async fn rows_of_a_new_table_keep_text_form_values() -> anyhow::Result<()> {
     )
     .await?;
     wait_equal_by_column(&src, &dst, "app.late").await?;
-    let kinds: Vec<String> = dst
-        .query(
-            "select coalesce(jsonb_typeof(j), 'SQL NULL') || '/' || coalesce(jsonb_typeof(dj), 'SQL NULL') from app.late order by id",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let kinds = texts(
+        &dst,
+        "select coalesce(jsonb_typeof(j), 'SQL NULL') || '/' || coalesce(jsonb_typeof(dj), 'SQL NULL') from app.late order by id",
+    )
+    .await?;
     assert_eq!(
         kinds,
         vec!["null/null", "SQL NULL/SQL NULL", "object/array"]

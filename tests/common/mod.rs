@@ -93,9 +93,14 @@ impl Pair {
     }
 
     pub fn target_yaml(&self, port: u16) -> String {
+        self.target_yaml_with(port, "")
+    }
+
+    /// The target's config with more `server` keys (`"key: value, "` each).
+    pub fn target_yaml_with(&self, port: u16, server_options: &str) -> String {
         format!(
             "database: {{name: tgt-{id}, database: {db}, hostname: 127.0.0.1, port: {pgport}, username: {role}, password: {PASSWORD}}}\n\
-             server: {{hostname: 127.0.0.1, port: {port}, auth_token: {TOKEN}}}\n",
+             server: {{hostname: 127.0.0.1, port: {port}, {server_options}auth_token: {TOKEN}}}\n",
             id = self.id,
             db = self.dst_db,
             role = self.dst_role,
@@ -116,9 +121,16 @@ impl Pair {
     }
 
     pub async fn start_target(&self, port: u16) -> Result<Running> {
-        let cfg = Config::from_yaml(&self.target_yaml(port), Path::new("<test target>"), |_| {
-            None
-        })?;
+        self.start_target_with(port, "").await
+    }
+
+    /// A target with more `server` keys (`"key: value, "` each).
+    pub async fn start_target_with(&self, port: u16, server_options: &str) -> Result<Running> {
+        let cfg = Config::from_yaml(
+            &self.target_yaml_with(port, server_options),
+            Path::new("<test target>"),
+            |_| None,
+        )?;
         Ok(instance::start(cfg).await?)
     }
 
@@ -147,14 +159,16 @@ impl Pair {
 
 /// Rows of `table` as text, ordered, for comparing source and target exactly.
 pub async fn rows(c: &Client, table: &str) -> Result<Vec<String>> {
-    Ok(c.query(
+    texts(
+        c,
         &format!("select x::text from {table} x order by x::text"),
-        &[],
     )
-    .await?
-    .iter()
-    .map(|r| r.get(0))
-    .collect())
+    .await
+}
+
+/// The first (text) column of every row of `sql`.
+pub async fn texts(c: &Client, sql: &str) -> Result<Vec<String>> {
+    Ok(c.query(sql, &[]).await?.iter().map(|r| r.get(0)).collect())
 }
 
 /// Waits until `table` holds the same rows on both sides.
