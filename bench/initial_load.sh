@@ -12,12 +12,6 @@ source scripts/setup.sh
 SCALE="${1:-100}"
 WORKERS="${WORKERS:-2}"
 WIDE_ROWS=$((SCALE * 3500))
-WORK="${TMPDIR:-/tmp}/pgteleport-bench-$$"
-mkdir -p "$WORK" bench/results
-[ "$(id -u)" = 0 ] && chown postgres "$WORK"
-cargo build --release --quiet
-BIN="$PWD/target/release/pgteleport"
-
 source bench/lib.sh
 trap stop_clusters EXIT
 SP=$(port); DP=$(port)

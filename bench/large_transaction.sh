@@ -10,11 +10,6 @@ cd "$(dirname "$0")/.."
 source scripts/setup.sh
 ROWS="${1:-5000000}"
 INS=$((ROWS * 6 / 10)); UPD=$((ROWS * 2 / 10)); DEL=$((ROWS - INS - UPD))
-WORK="${TMPDIR:-/tmp}/pgteleport-bench-$$"
-mkdir -p "$WORK" bench/results
-[ "$(id -u)" = 0 ] && chown postgres "$WORK"
-cargo build --release --quiet
-BIN="$PWD/target/release/pgteleport"
 source bench/lib.sh
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; stop_clusters; }

@@ -1,5 +1,10 @@
-# Shared by the benchmarks: throwaway clusters tuned for speed (fsync off; never for data
-# you keep). Source after scripts/setup.sh; set WORK first.
+# Shared by the benchmarks: a work directory, the release binary, and throwaway clusters
+# tuned for speed (fsync off; never for data you keep). Source after scripts/setup.sh.
+WORK="${TMPDIR:-/tmp}/pgteleport-bench-$$"
+mkdir -p "$WORK" bench/results
+[ "$(id -u)" = 0 ] && chown postgres "$WORK"
+cargo build --release --quiet
+BIN="$PWD/target/release/pgteleport"
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 start_cluster() { # dir port [extra postgres options]
     as_postgres "$PG_BINDIR/initdb" -D "$1" -U postgres --auth=trust --no-sync -E UTF8 --locale=C >/dev/null
