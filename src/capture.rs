@@ -2,9 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use ddlwatcher::{
-    introspect_tables, qualified, quote_ident, quote_literal, Table, TargetExpression,
-};
+use ddlwatcher::{qualified, quote_ident, quote_literal, Catalog, Table, TargetExpression};
 use tokio_postgres::Client;
 
 use crate::config::Config;
@@ -28,11 +26,11 @@ pub enum InstallError {
         #[source]
         source: tokio_postgres::Error,
     },
-    #[error("reading the catalog for target `{target}` failed: {}", db::describe(.source))]
+    #[error("reading the catalog for target `{target}` failed: {}", db::describe_read(.source))]
     Catalog {
         target: String,
         #[source]
-        source: tokio_postgres::Error,
+        source: ddlwatcher::ReadError,
     },
     #[error("table {table} (target `{target}`) has neither a primary key nor a unique index on NOT NULL columns; add one (ALTER TABLE … ADD PRIMARY KEY …, or a unique index and ALTER TABLE … REPLICA IDENTITY USING INDEX …) or exclude the table from target_expression, or set `keyless_tables: true` to replicate it by full-row identity (each update and delete then scans the target table)")]
     NoPrimaryKey { table: String, target: String },
@@ -57,10 +55,10 @@ pub enum InstallError {
     },
 }
 
-/// What installation found: the replicated tables of each target.
+/// What installation found: the catalog each target replicates.
 #[derive(Debug, Clone, Default)]
 pub struct Installed {
-    pub tables: BTreeMap<String, Vec<Table>>,
+    pub catalogs: BTreeMap<String, Catalog>,
 }
 
 /// Installs (or upgrades) the internal schema, then a capture trigger on every table matching
@@ -82,16 +80,16 @@ pub async fn install(client: &mut Client, config: &Config) -> Result<Installed, 
                 message: e.to_string(),
             }
         })?;
-        let tables = introspect_tables(&*client, &expr, schema)
+        let catalog = Catalog::read(&*client, &expr, schema)
             .await
             .map_err(|source| InstallError::Catalog {
                 target: name.clone(),
                 source,
             })?;
-        if tables.is_empty() {
+        if catalog.tables.is_empty() {
             tracing::warn!(target = %name, expression = %expr.as_str(), "target_expression matches no table yet");
         }
-        installed.tables.insert(name.clone(), tables);
+        installed.catalogs.insert(name.clone(), catalog);
     }
     install_tables(client, config, &installed).await?;
     Ok(installed)
@@ -106,8 +104,8 @@ pub async fn install_tables(
     installed: &Installed,
 ) -> Result<(), InstallError> {
     let mut all: BTreeMap<u32, Table> = BTreeMap::new();
-    for (name, tables) in &installed.tables {
-        for t in tables {
+    for (name, catalog) in &installed.catalogs {
+        for t in &catalog.tables {
             if t.replica_key().is_none() && !config.keyless_tables {
                 return Err(InstallError::NoPrimaryKey {
                     table: t.qualified(),
@@ -250,13 +248,7 @@ async fn install_triggers(
         if has_baseline {
             continue;
         }
-        let tables = installed.tables.get(name).cloned().unwrap_or_default();
-        let catalog = ddlwatcher::Catalog::read(&tx, tables)
-            .await
-            .map_err(|source| InstallError::Catalog {
-                target: name.clone(),
-                source,
-            })?;
+        let catalog = installed.catalogs.get(name).cloned().unwrap_or_default();
         let catalog = serde_json::to_string(&catalog).expect("serialisable");
         tx.execute(
             &format!(

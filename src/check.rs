@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use bytes::Bytes;
-use ddlwatcher::{introspect_tables, TargetExpression};
+use ddlwatcher::{Catalog, TargetExpression};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::TokioExecutor;
@@ -91,7 +91,10 @@ pub async fn check(config: &Config) -> Report {
         let Ok(expr) = TargetExpression::parse(&target.target_expression) else {
             continue; // validated when loading
         };
-        match introspect_tables(&client, &expr, &config.internal_schema).await {
+        match Catalog::read(&client, &expr, &config.internal_schema)
+            .await
+            .map(|c| c.tables)
+        {
             Ok(tables) if tables.is_empty() => r.warn(&format!(
                 "target `{name}`: target_expression `{}` matches no table",
                 expr.as_str()
@@ -130,7 +133,7 @@ pub async fn check(config: &Config) -> Report {
             }
             Err(e) => r.fail(&format!(
                 "target `{name}`: reading the catalog: {}",
-                db::describe(&e)
+                db::describe_read(&e)
             )),
         }
         let http = HttpClient::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();

@@ -203,6 +203,14 @@ pub fn classify(e: &tokio_postgres::Error) -> ErrorClass {
 }
 
 /// The server's message with its SQLSTATE, or the client error, for reports.
+/// [`describe`] for a catalog read, whose error may also be a model mismatch.
+pub fn describe_read(e: &ddlwatcher::ReadError) -> String {
+    match e {
+        ddlwatcher::ReadError::Db(e) => describe(e),
+        other => other.to_string(),
+    }
+}
+
 pub fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => {

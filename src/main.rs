@@ -138,8 +138,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = load_config(&config)?;
             let mut client = db::connect(&config.database, "install").await?;
             let installed = capture::install(&mut client, &config).await?;
-            for (target, tables) in installed.tables {
-                println!("target `{target}`: {} table(s) captured", tables.len());
+            for (target, catalog) in installed.catalogs {
+                println!(
+                    "target `{target}`: {} table(s) captured",
+                    catalog.tables.len()
+                );
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use ddlwatcher::{introspect_tables, qualified, quote_ident, quote_literal, TargetExpression};
+use ddlwatcher::{qualified, quote_ident, quote_literal, Catalog, TargetExpression};
 use tokio_postgres::Client;
 
 use crate::config::{Config, Database};
@@ -59,7 +59,9 @@ pub async fn verify(
     let src = db::connect(&config.database, "verify").await?;
     let dst = db::connect(target_db, "verify").await?;
     let expr = TargetExpression::parse(&t.target_expression).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let tables = introspect_tables(&src, &expr, &config.internal_schema).await?;
+    let tables = Catalog::read(&src, &expr, &config.internal_schema)
+        .await?
+        .tables;
     catch_up(&src, &config.internal_schema, target, within).await?;
     let mut reports = Vec::new();
     for table in &tables {

@@ -8,9 +8,7 @@
 
 use std::collections::BTreeSet;
 
-use ddlwatcher::{
-    diff, introspect_tables, quote_ident, Catalog, SchemaMap, Statement, TargetExpression,
-};
+use ddlwatcher::{diff, quote_ident, Catalog, SchemaMap, Statement, TargetExpression};
 use tokio_postgres::Client;
 
 use crate::capture;
@@ -86,14 +84,14 @@ impl Watcher {
         target: &str,
         expr: &TargetExpression,
         apply_schema: &Option<String>,
-    ) -> Result<(bool, Vec<Statement>, Vec<ddlwatcher::Table>), StepError> {
+    ) -> Result<(bool, Vec<Statement>, Catalog), StepError> {
         let s = &self.schema;
-        let tables = introspect_tables(&*client, expr, &self.config.internal_schema)
+        let new = Catalog::read(&*client, expr, &self.config.internal_schema)
             .await
-            .map_err(StepError::db("reading the catalog"))?;
-        let new = Catalog::read(&*client, tables)
-            .await
-            .map_err(StepError::db("reading the catalog"))?;
+            .map_err(|e| match e {
+                ddlwatcher::ReadError::Db(e) => StepError::db("reading the catalog")(e),
+                other => StepError::Fatal(other.to_string()),
+            })?;
         self.schemas.insert(target.to_string(), new.schemas());
         let new_json = serde_json::to_string(&new).map_err(|e| StepError::Fatal(e.to_string()))?;
         let tx = client.transaction().await.map_err(StepError::db("begin"))?;
@@ -116,7 +114,7 @@ impl Watcher {
         let mut deferred = Vec::new();
         if let Some(old) = &old {
             if *old == new {
-                return Ok((false, deferred, new.tables));
+                return Ok((false, deferred, new));
             }
             let mut all = old.tables.clone();
             all.extend(new.tables.iter().cloned());
@@ -140,7 +138,7 @@ impl Watcher {
         .await
         .map_err(StepError::db("storing the catalog snapshot"))?;
         tx.commit().await.map_err(StepError::db("commit"))?;
-        Ok((recorded, deferred, new.tables))
+        Ok((recorded, deferred, new))
     }
 }
 
@@ -251,10 +249,10 @@ impl Step for Watcher {
         let mut deferred = Vec::new();
         let mut installed = capture::Installed::default();
         for (target, expr, apply_schema) in self.targets.clone() {
-            let (recorded, later, tables) = self
+            let (recorded, later, catalog) = self
                 .diff_target(client, &target, &expr, &apply_schema)
                 .await?;
-            installed.tables.insert(target.clone(), tables);
+            installed.catalogs.insert(target.clone(), catalog);
             if recorded {
                 seen.insert(target.clone());
             }

@@ -24,22 +24,6 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// Reads the catalog around `tables`: the user types they use, and the functions,
-    /// views and sequences of their schemas.
-    pub async fn read<C: tokio_postgres::GenericClient>(
-        client: &C,
-        tables: Vec<Table>,
-    ) -> Result<Self, tokio_postgres::Error> {
-        let schemas = schemas_of(&tables);
-        Ok(Catalog {
-            types: crate::catalog::introspect_types(client, &tables).await?,
-            functions: crate::catalog::introspect_functions(client, &schemas).await?,
-            views: crate::catalog::introspect_views(client, &schemas).await?,
-            sequences: crate::catalog::introspect_sequences(client, &schemas).await?,
-            tables,
-        })
-    }
-
     /// The distinct schemas of the tables.
     pub fn schemas(&self) -> Vec<String> {
         schemas_of(&self.tables)

@@ -11,13 +11,13 @@ pub mod ddl;
 pub mod diff;
 pub mod expression;
 pub mod retarget;
+pub mod snapshot;
 
 pub use catalog::{
-    base_type_sql, describe_table, introspect_functions, introspect_sequences, introspect_tables,
-    introspect_types, introspect_views, key_index_sql, qualified, quote_ident, quote_literal,
-    Column, Constraint, Function, Index, Sequence, Table, TypeDef, TypeKind, TypeRef, View,
-    FIRST_USER_OID,
+    base_type_sql, key_index_sql, qualified, quote_ident, quote_literal, Column, Constraint,
+    Function, Index, Sequence, Table, TypeDef, TypeKind, TypeRef, View, FIRST_USER_OID,
 };
 pub use ddl::SchemaMap;
 pub use diff::{diff, Catalog, Statement};
 pub use expression::{ExpressionError, TargetExpression};
+pub use snapshot::{catalog_sql, ReadError};

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ddlwatcher::{introspect_types, quote_ident, Table, TypeRef};
+use ddlwatcher::{quote_ident, Table, TypeRef};
 use futures_util::TryStreamExt;
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
 use hyper::body::Frame;
@@ -224,14 +224,12 @@ pub async fn run(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErro
     let mut client = db::connect(&config.database, "initial load").await?;
     // Triggers first: every change not in the snapshot below is captured.
     let installed = capture::install(&mut client, config).await?;
-    let tables = installed
-        .tables
+    let catalog = installed
+        .catalogs
         .get(&opts.target)
         .cloned()
         .unwrap_or_default();
-    let types = introspect_types(&client, &tables)
-        .await
-        .map_err(src_err("reading the tables' types"))?;
+    let (tables, types) = (catalog.tables, catalog.types);
     let prepared = remote
         .post_json(
             "/v1/load/prepare",

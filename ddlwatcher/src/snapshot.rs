@@ -1,0 +1,427 @@
+//! Reading the catalog model: one SQL query returns the whole [`Catalog`] as JSON.
+//!
+//! The same text serves twice. The replicator runs it as a query (diffing mode, install,
+//! load, verify, check), and the source installs it as the function `catalog_snapshot` that
+//! the event trigger calls inside the DDL's own transaction (event-trigger mode), so both
+//! modes see the catalog through one implementation. The query returns every table whose
+//! `schema.table` matches a regular expression (a superset filter); [`Catalog::restrict`]
+//! then keeps one target's tables (by its `target_expression`), the user types they reach,
+//! and the functions, views and sequences of their schemas.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::LazyLock;
+
+use tokio_postgres::GenericClient;
+
+use crate::catalog::{base_type_sql, key_index_sql, TypeDef, TypeKind, TypeRef, FIRST_USER_OID};
+use crate::{Catalog, TargetExpression};
+
+/// `TypeRef` as JSON (serde's form) for the type `oid` with typmod `typmod` (SQL expressions).
+/// An array decides by its element; built-in types are printed by `format_type`.
+fn type_ref_json(oid: &str, typmod: &str) -> String {
+    format!(
+        "(select case
+                   when re.oid is not null and re.oid < {FIRST_USER_OID}
+                     or re.oid is null and rt.oid < {FIRST_USER_OID}
+                     then json_build_object('Builtin', pg_catalog.format_type(rt.oid, {typmod}))
+                   when re.oid is not null
+                     then json_build_object('User', json_build_object('oid', re.oid::int8,
+                            'schema', ren.nspname::text, 'name', re.typname::text, 'dims', 1))
+                   else json_build_object('User', json_build_object('oid', rt.oid::int8,
+                            'schema', rtn.nspname::text, 'name', rt.typname::text, 'dims', 0))
+                 end
+            from pg_catalog.pg_type rt
+            join pg_catalog.pg_namespace rtn on rtn.oid = rt.typnamespace
+            left join pg_catalog.pg_type re on re.oid = rt.typelem and rt.typcategory = 'A'
+            left join pg_catalog.pg_namespace ren on ren.oid = re.typnamespace
+           where rt.oid = {oid})"
+    )
+}
+
+/// The user type (if any) a column of type `oid` depends on: an array's element, or itself.
+fn user_type_sql(oid: &str) -> String {
+    format!(
+        "(select case when re.oid is not null then case when re.oid >= {FIRST_USER_OID} then re.oid end
+                      when rt.oid >= {FIRST_USER_OID} then rt.oid end
+            from pg_catalog.pg_type rt
+            left join pg_catalog.pg_type re on re.oid = rt.typelem and rt.typcategory = 'A'
+           where rt.oid = {oid})"
+    )
+}
+
+/// The extension that owns the object `oid` of catalog `class`, if any.
+fn extension_sql(class: &str, oid: &str) -> String {
+    format!(
+        "(select x.extname::text from pg_catalog.pg_depend d
+            join pg_catalog.pg_extension x on x.oid = d.refobjid
+           where d.classid = '{class}'::pg_catalog.regclass and d.objid = {oid} and d.deptype = 'e'
+             and d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass
+           limit 1)"
+    )
+}
+
+/// Key columns of index `index` (an SQL expression) in key order, as a JSON array.
+fn index_columns_json(index: &str) -> String {
+    format!(
+        "(select json_agg(ca.attname::text order by ck.ord)
+            from pg_catalog.pg_index ci
+            cross join lateral unnest(ci.indkey) with ordinality as ck(attnum, ord)
+            join pg_catalog.pg_attribute ca on ca.attrelid = ci.indrelid and ca.attnum = ck.attnum
+           where ci.indexrelid = {index})"
+    )
+}
+
+fn build_sql() -> String {
+    let column = format!(
+        "json_build_object(
+            'attnum', a.attnum,
+            'name', a.attname::text,
+            'type_name', pg_catalog.format_type(a.atttypid, a.atttypmod),
+            'type_ref', {type_ref},
+            'not_null', a.attnotnull,
+            'generated', a.attgenerated <> '',
+            'expression', pg_catalog.pg_get_expr(d.adbin, d.adrelid),
+            'identity', nullif(a.attidentity, '')::text,
+            'sequence', (select json_build_array(sn.nspname::text, s.relname::text)
+                           from pg_catalog.pg_depend dep
+                           join pg_catalog.pg_class s on s.oid = dep.objid and s.relkind = 'S'
+                           join pg_catalog.pg_namespace sn on sn.oid = s.relnamespace
+                          where dep.refobjid = a.attrelid and dep.refobjsubid = a.attnum
+                            and dep.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                            and dep.deptype in ('a', 'i')
+                          order by s.oid limit 1),
+            'text_form', coalesce((select bt.typcategory = 'A' or bt.oid in ('pg_catalog.json'::pg_catalog.regtype,
+                                          'pg_catalog.jsonb'::pg_catalog.regtype, 'pg_catalog.xml'::pg_catalog.regtype)
+                                     from pg_catalog.pg_type bt where bt.oid = {base}), false))",
+        type_ref = type_ref_json("a.atttypid", "a.atttypmod"),
+        base = base_type_sql("a.atttypid"),
+    );
+    let table = format!(
+        "json_build_object(
+            'oid', r.oid::int8, 'schema', r.schema, 'name', r.name,
+            'columns', coalesce((select json_agg({column} order by a.attnum)
+                                   from pg_catalog.pg_attribute a
+                                   left join pg_catalog.pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
+                                  where a.attrelid = r.oid and a.attnum > 0 and not a.attisdropped), '[]'),
+            'primary_key', {pk},
+            'unique_key', case when not exists (select 1 from pg_catalog.pg_index i where i.indrelid = r.oid and i.indisprimary)
+                               then {unique} end,
+            'indexes', coalesce((select json_agg(json_build_object(
+                                   'name', c.relname::text, 'unique', i.indisunique, 'method', am.amname::text,
+                                   'columns', case when i.indexprs is null and i.indpred is null
+                                                   then coalesce({idx_cols}, '[]') end,
+                                   'definition', pg_catalog.pg_get_indexdef(i.indexrelid)) order by c.relname::text)
+                                   from pg_catalog.pg_index i
+                                   join pg_catalog.pg_class c on c.oid = i.indexrelid
+                                   join pg_catalog.pg_am am on am.oid = c.relam
+                                  where i.indrelid = r.oid and not i.indisprimary
+                                    and not exists (select 1 from pg_catalog.pg_constraint k where k.conindid = i.indexrelid)), '[]'),
+            'constraints', coalesce((select json_agg(json_build_object(
+                                       'name', k.conname::text, 'kind', k.contype::text,
+                                       'definition', pg_catalog.pg_get_constraintdef(k.oid)) order by k.conname::text)
+                                       from pg_catalog.pg_constraint k
+                                      where k.conrelid = r.oid and k.contype in ('f', 'u', 'c', 'x')), '[]'))",
+        pk = index_columns_json(
+            "(select i.indexrelid from pg_catalog.pg_index i where i.indrelid = r.oid and i.indisprimary)"
+        ),
+        unique = index_columns_json(&key_index_sql("r.oid")),
+        idx_cols = index_columns_json("i.indexrelid"),
+    );
+    let type_def = format!(
+        "json_build_object('oid', t.oid::int8, 'schema', n.nspname::text, 'name', t.typname::text, 'kind',
+            case when {ext} is not null then json_build_object('Extension', {ext})
+                 when t.typtype = 'e' then json_build_object('Enum', coalesce(
+                      (select json_agg(l.enumlabel::text order by l.enumsortorder)
+                         from pg_catalog.pg_enum l where l.enumtypid = t.oid), '[]'))
+                 when t.typtype = 'c' then json_build_object('Composite', coalesce(
+                      (select json_agg(json_build_array(a.attname::text, {attr_ref}) order by a.attnum)
+                         from pg_catalog.pg_attribute a
+                        where a.attrelid = t.typrelid and a.attnum > 0 and not a.attisdropped), '[]'))
+                 when t.typtype = 'd' then json_build_object('Domain', json_build_object(
+                      'base', {base_ref}, 'not_null', t.typnotnull, 'default', t.typdefault,
+                      'checks', coalesce((select json_agg(pg_catalog.pg_get_constraintdef(k.oid) order by k.conname::text)
+                                            from pg_catalog.pg_constraint k
+                                           where k.contypid = t.oid and k.contype = 'c'), '[]')))
+                 else to_json('External'::text) end)",
+        ext = extension_sql("pg_catalog.pg_type", "t.oid"),
+        attr_ref = type_ref_json("a.atttypid", "a.atttypmod"),
+        base_ref = type_ref_json("t.typbasetype", "t.typtypmod"),
+    );
+    format!(
+        "with recursive
+         rel as (
+             select c.oid, n.nspname::text as schema, c.relname::text as name
+               from pg_catalog.pg_class c
+               join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+              where c.relkind in ('r', 'p') and not c.relispartition
+                and n.nspname not in ('pg_catalog', 'information_schema', 'pg_toast')
+                and n.nspname not like 'pg_temp_%' and n.nspname not like 'pg_toast_temp_%'
+                and n.nspname <> $2
+                and (n.nspname::text || '.' || c.relname::text) ~ $1),
+         schemas as (select distinct schema from rel),
+         used(oid) as (
+             select {col_type}
+               from pg_catalog.pg_attribute a
+              where a.attrelid in (select oid from rel) and a.attnum > 0 and not a.attisdropped
+           union
+             select dep.oid
+               from used u
+               join pg_catalog.pg_type t on t.oid = u.oid
+               cross join lateral (
+                   select {attr_type} as oid
+                     from pg_catalog.pg_attribute a
+                    where t.typtype = 'c' and a.attrelid = t.typrelid and a.attnum > 0 and not a.attisdropped
+                   union all
+                   select {base_type} where t.typtype = 'd') dep
+              where dep.oid is not null and {type_ext} is null)
+         select json_build_object(
+             'tables', coalesce((select json_agg({table} order by r.schema, r.name) from rel r), '[]'),
+             'types', coalesce((select json_agg({type_def} order by t.oid)
+                                  from pg_catalog.pg_type t
+                                  join pg_catalog.pg_namespace n on n.oid = t.typnamespace
+                                 where t.oid in (select oid from used where oid is not null)), '[]'),
+             'functions', coalesce((select json_agg(json_build_object(
+                                  'oid', p.oid::int8, 'schema', n.nspname::text, 'name', p.proname::text,
+                                  'identity_args', pg_catalog.pg_get_function_identity_arguments(p.oid),
+                                  'is_procedure', p.prokind = 'p',
+                                  'definition', pg_catalog.pg_get_functiondef(p.oid)) order by p.oid)
+                                  from pg_catalog.pg_proc p
+                                  join pg_catalog.pg_namespace n on n.oid = p.pronamespace
+                                 where n.nspname::text in (select schema from schemas) and p.prokind in ('f', 'p')
+                                   and {proc_ext} is null), '[]'),
+             'views', coalesce((select json_agg(json_build_object(
+                                  'oid', c.oid::int8, 'schema', n.nspname::text, 'name', c.relname::text,
+                                  'definition', pg_catalog.pg_get_viewdef(c.oid)) order by c.oid)
+                                  from pg_catalog.pg_class c
+                                  join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+                                 where n.nspname::text in (select schema from schemas) and c.relkind = 'v'
+                                   and {view_ext} is null), '[]'),
+             'sequences', coalesce((select json_agg(json_build_object(
+                                  'oid', c.oid::int8, 'schema', n.nspname::text, 'name', c.relname::text,
+                                  'data_type', pg_catalog.format_type(s.seqtypid, null),
+                                  'start', s.seqstart, 'increment', s.seqincrement, 'min', s.seqmin,
+                                  'max', s.seqmax, 'cache', s.seqcache, 'cycle', s.seqcycle) order by c.oid)
+                                  from pg_catalog.pg_sequence s
+                                  join pg_catalog.pg_class c on c.oid = s.seqrelid
+                                  join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+                                 where n.nspname::text in (select schema from schemas)
+                                   and not exists (select 1 from pg_catalog.pg_depend d
+                                                    where d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                                                      and d.objid = c.oid and d.deptype = 'i')), '[]'))",
+        col_type = user_type_sql("a.atttypid"),
+        attr_type = user_type_sql("a.atttypid"),
+        base_type = user_type_sql("t.typbasetype"),
+        type_ext = extension_sql("pg_catalog.pg_type", "t.oid"),
+        proc_ext = extension_sql("pg_catalog.pg_proc", "p.oid"),
+        view_ext = extension_sql("pg_catalog.pg_class", "c.oid"),
+    )
+}
+
+/// The catalog query: `$1` is a regular expression on `schema.table` selecting the tables,
+/// `$2` the replicator's own schema (never replicated). Returns one `json` value.
+pub fn catalog_sql() -> &'static str {
+    static SQL: LazyLock<String> = LazyLock::new(build_sql);
+    &SQL
+}
+
+/// Why a catalog read failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Db(#[from] tokio_postgres::Error),
+    #[error("the catalog snapshot does not match this version's model: {0}")]
+    Model(#[from] serde_json::Error),
+}
+
+impl Catalog {
+    /// Reads the catalog of the tables `expr` selects (and the types, functions, views and
+    /// sequences around them), `internal` (the replicator's schema) excluded.
+    pub async fn read<C: GenericClient>(
+        client: &C,
+        expr: &TargetExpression,
+        internal: &str,
+    ) -> Result<Self, ReadError> {
+        let row = client
+            .query_one(
+                &format!("select ({})::text", catalog_sql()),
+                &[&expr.to_regex(), &internal],
+            )
+            .await?;
+        Ok(Self::from_snapshot(&row.get::<_, String>(0))?.restrict(expr))
+    }
+
+    /// Parses the JSON the catalog query (or the stored snapshot of an event trigger) gave.
+    pub fn from_snapshot(json: &str) -> Result<Self, serde_json::Error> {
+        let mut c: Catalog = serde_json::from_str(json)?;
+        for v in &mut c.views {
+            v.definition = v.definition.trim().trim_end_matches(';').to_string();
+        }
+        c.types = order_types(std::mem::take(&mut c.types));
+        Ok(c)
+    }
+
+    /// What one target replicates of this snapshot: the tables `expr` matches, the user
+    /// types they reach, and the functions, views and sequences of their schemas.
+    pub fn restrict(&self, expr: &TargetExpression) -> Self {
+        let tables: Vec<_> = self
+            .tables
+            .iter()
+            .filter(|t| expr.matches(&t.schema, &t.name))
+            .cloned()
+            .collect();
+        let by_oid: BTreeMap<u32, &TypeDef> = self.types.iter().map(|t| (t.oid, t)).collect();
+        let mut reached = BTreeSet::new();
+        let mut pending: Vec<u32> = tables
+            .iter()
+            .flat_map(|t| t.columns.iter())
+            .filter_map(|c| user_oid(&c.type_ref))
+            .collect();
+        while let Some(oid) = pending.pop() {
+            if reached.insert(oid) {
+                if let Some(t) = by_oid.get(&oid) {
+                    pending.extend(type_deps(t));
+                }
+            }
+        }
+        let schemas: BTreeSet<&str> = tables.iter().map(|t| t.schema.as_str()).collect();
+        Catalog {
+            types: self
+                .types
+                .iter()
+                .filter(|t| reached.contains(&t.oid))
+                .cloned()
+                .collect(),
+            functions: self
+                .functions
+                .iter()
+                .filter(|f| schemas.contains(f.schema.as_str()))
+                .cloned()
+                .collect(),
+            views: self
+                .views
+                .iter()
+                .filter(|v| schemas.contains(v.schema.as_str()))
+                .cloned()
+                .collect(),
+            sequences: self
+                .sequences
+                .iter()
+                .filter(|s| schemas.contains(s.schema.as_str()))
+                .cloned()
+                .collect(),
+            tables,
+        }
+    }
+}
+
+fn user_oid(t: &TypeRef) -> Option<u32> {
+    match t {
+        TypeRef::User { oid, .. } => Some(*oid),
+        TypeRef::Builtin(_) => None,
+    }
+}
+
+/// The user types a type definition uses.
+fn type_deps(t: &TypeDef) -> Vec<u32> {
+    match &t.kind {
+        TypeKind::Composite(attrs) => attrs.iter().filter_map(|(_, r)| user_oid(r)).collect(),
+        TypeKind::Domain { base, .. } => user_oid(base).into_iter().collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Orders types so that each comes after the types it uses (depth first, by OID).
+fn order_types(types: Vec<TypeDef>) -> Vec<TypeDef> {
+    let mut found: BTreeMap<u32, TypeDef> = types.into_iter().map(|t| (t.oid, t)).collect();
+    let deps: BTreeMap<u32, Vec<u32>> = found.iter().map(|(o, t)| (*o, type_deps(t))).collect();
+    fn visit(
+        oid: u32,
+        deps: &BTreeMap<u32, Vec<u32>>,
+        done: &mut BTreeSet<u32>,
+        out: &mut Vec<u32>,
+    ) {
+        if !done.insert(oid) {
+            return;
+        }
+        for d in deps.get(&oid).into_iter().flatten() {
+            visit(*d, deps, done, out);
+        }
+        out.push(oid);
+    }
+    let mut ordered = Vec::new();
+    let mut done = BTreeSet::new();
+    for oid in found.keys() {
+        visit(*oid, &deps, &mut done, &mut ordered);
+    }
+    ordered
+        .into_iter()
+        .filter_map(|o| found.remove(&o))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{Column, Table};
+
+    fn user(oid: u32, name: &str) -> TypeRef {
+        TypeRef::User {
+            oid,
+            schema: "app".into(),
+            name: name.into(),
+            dims: 0,
+        }
+    }
+
+    fn table(oid: u32, schema: &str, name: &str, typ: TypeRef) -> Table {
+        Table {
+            oid,
+            schema: schema.into(),
+            name: name.into(),
+            columns: vec![Column {
+                attnum: 1,
+                name: "c".into(),
+                type_name: "x".into(),
+                type_ref: typ,
+                not_null: false,
+                generated: false,
+                expression: None,
+                identity: None,
+                sequence: None,
+                text_form: false,
+            }],
+            primary_key: None,
+            unique_key: None,
+            indexes: vec![],
+            constraints: vec![],
+        }
+    }
+
+    #[test]
+    fn restrict_keeps_reached_types_in_dependency_order() {
+        let snapshot = serde_json::json!({
+            "tables": [table(1, "app", "a", user(30, "dom")), table(2, "other", "b", user(40, "e2"))],
+            "types": [
+                {"oid": 30, "schema": "app", "name": "dom", "kind": {"Domain": {"base": user(20, "comp"), "not_null": false, "default": null, "checks": []}}},
+                {"oid": 20, "schema": "app", "name": "comp", "kind": {"Composite": [["f", user(10, "mood")]]}},
+                {"oid": 10, "schema": "app", "name": "mood", "kind": {"Enum": ["a", "b"]}},
+                {"oid": 40, "schema": "other", "name": "e2", "kind": "External"}
+            ],
+            "functions": [], "views": [{"oid": 5, "schema": "app", "name": "v", "definition": " SELECT 1;\n"}],
+            "sequences": []
+        })
+        .to_string();
+        let c = Catalog::from_snapshot(&snapshot).unwrap();
+        assert_eq!(c.views[0].definition, "SELECT 1");
+        let order: Vec<u32> = c.types.iter().map(|t| t.oid).collect();
+        assert_eq!(order, vec![10, 20, 30, 40]);
+        let r = c.restrict(&TargetExpression::parse("app.*").unwrap());
+        assert_eq!(r.tables.len(), 1);
+        let order: Vec<u32> = r.types.iter().map(|t| t.oid).collect();
+        assert_eq!(order, vec![10, 20, 30]);
+        assert_eq!(r.views.len(), 1);
+        let r = c.restrict(&TargetExpression::parse("other.*").unwrap());
+        assert_eq!(r.types.iter().map(|t| t.oid).collect::<Vec<_>>(), vec![40]);
+        assert!(r.views.is_empty());
+    }
+}
