@@ -2,14 +2,17 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use ddlwatcher::{qualified, quote_ident, quote_literal, Catalog, Table, TargetExpression};
+use ddlwatcher::{qualified, quote_ident, Catalog, Table, TargetExpression};
 use tokio_postgres::Client;
 
 use crate::config::Config;
 use crate::db;
 
 /// Versioned SQL of the source side, in order.
-pub const SOURCE_SQL: &[(i32, &str)] = &[(1, include_str!("../sql/source_001_queue.sql"))];
+pub const SOURCE_SQL: &[(i32, &str)] = &[
+    (1, include_str!("../sql/source_001_queue.sql")),
+    (2, include_str!("../sql/source_002_event_triggers.sql")),
+];
 
 /// The row trigger's name on every replicated table.
 pub const TRIGGER_NAME: &str = "pgteleport_capture";
@@ -44,6 +47,12 @@ pub enum InstallError {
     #[error("recording target `{target}` failed: {}", db::describe(.source))]
     TargetState {
         target: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("use_event_triggers: true, but role `{role}` may not create event triggers ({}) — on PostgreSQL 15 only a superuser may; run the source instance as one, or set use_event_triggers: false: the ddlwatcher then replicates schema changes by diffing the catalog, without superuser", db::describe(.source))]
+    EventTriggers {
+        role: String,
         #[source]
         source: tokio_postgres::Error,
     },
@@ -92,7 +101,92 @@ pub async fn install(client: &mut Client, config: &Config) -> Result<Installed, 
         installed.catalogs.insert(name.clone(), catalog);
     }
     install_tables(client, config, &installed).await?;
+    install_ddl_capture(client, config)
+        .await
+        .map_err(|source| match source.code() {
+            Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) => {
+                InstallError::EventTriggers {
+                    role: config.database.username.clone(),
+                    source,
+                }
+            }
+            _ => InstallError::Schema {
+                schema: schema.clone(),
+                source,
+            },
+        })?;
     Ok(installed)
+}
+
+/// The event triggers' names (database-wide, so they carry the internal schema's name).
+fn event_trigger_names(schema: &str) -> [String; 2] {
+    [
+        format!("{schema}_ddl_command_end"),
+        format!("{schema}_sql_drop"),
+    ]
+}
+
+/// Installs the catalog query as `catalog_snapshot`, records what the event trigger needs
+/// (the targets' tables, `keyless_tables`), and creates the event triggers when
+/// `use_event_triggers` is set (drops them when it is not).
+async fn install_ddl_capture(
+    client: &mut Client,
+    config: &Config,
+) -> Result<(), tokio_postgres::Error> {
+    let schema = &config.internal_schema;
+    let s = quote_ident(schema);
+    let regexes: Vec<String> = config
+        .targets
+        .values()
+        .filter_map(|t| TargetExpression::parse(&t.target_expression).ok())
+        .map(|e| format!("({})", e.to_regex()))
+        .collect();
+    let filter = (!regexes.is_empty()).then(|| regexes.join("|"));
+    let tx = client.transaction().await?;
+    tx.batch_execute(&format!(
+        "create or replace function {s}.catalog_snapshot(filter text, internal name) returns json
+         language sql stable set search_path = pg_catalog, pg_temp as $pgteleport_catalog$ {} $pgteleport_catalog$",
+        ddlwatcher::catalog_sql()
+    ))
+    .await?;
+    tx.execute(
+        &format!(
+            "update {s}.ddl_clock set filter = $1, keyless = $2,
+                    n = greatest(n, (select coalesce(max(version), 0) from {s}.ddl))"
+        ),
+        &[&filter, &config.keyless_tables],
+    )
+    .await?;
+    let [end, drop] = event_trigger_names(schema);
+    let existing: i64 = tx
+        .query_one(
+            "select count(*) from pg_catalog.pg_event_trigger where evtname in ($1, $2)",
+            &[&end, &drop],
+        )
+        .await?
+        .get(0);
+    if config.use_event_triggers {
+        if existing < 2 {
+            tx.batch_execute(&format!(
+                "drop event trigger if exists {e}; drop event trigger if exists {d};
+                 create event trigger {e} on ddl_command_end execute function {s}.on_ddl();
+                 create event trigger {d} on sql_drop execute function {s}.on_ddl();",
+                e = quote_ident(&end),
+                d = quote_ident(&drop),
+            ))
+            .await?;
+            tracing::info!(%schema, "event triggers installed: schema changes are recorded in their own transactions");
+        }
+    } else if existing > 0 {
+        tx.batch_execute(&format!(
+            "drop event trigger if exists {}; drop event trigger if exists {};",
+            quote_ident(&end),
+            quote_ident(&drop),
+        ))
+        .await?;
+        tracing::info!(%schema, "event triggers removed (use_event_triggers: false): the ddlwatcher diffs the catalog");
+    }
+    tx.commit().await
 }
 
 /// Installs a capture trigger on each of `installed`'s tables that lacks one (queueing the
@@ -139,30 +233,6 @@ pub async fn install_tables(
     Ok(())
 }
 
-/// The row image the capture trigger would queue for an INSERT of `pgteleport_row`:
-/// its JSON form, with the text-form columns (`Column::text_form`) as their text.
-fn row_image(t: &Table) -> String {
-    let cases: Vec<String> = t
-        .columns
-        .iter()
-        .filter(|c| c.text_form && !c.generated)
-        .map(|c| {
-            format!(
-                "when {} then to_json(pgteleport_row.{}::text)",
-                quote_literal(&c.name),
-                quote_ident(&c.name)
-            )
-        })
-        .collect();
-    if cases.is_empty() {
-        return "to_json(pgteleport_row.*)".into();
-    }
-    format!(
-        "(select json_object_agg(j.key, case j.key {} else j.value end) from json_each(to_json(pgteleport_row.*)) as j)",
-        cases.join(" ")
-    )
-}
-
 async fn install_triggers(
     client: &mut Client,
     config: &Config,
@@ -172,7 +242,6 @@ async fn install_triggers(
     let schema = &config.internal_schema;
     // Triggers and cursors in one transaction: the cursor's snapshot is taken while the new
     // triggers' locks keep writers out, so no change can fall between capture and cursor.
-    let function = format!("{}.capture_row", quote_ident(schema));
     let tx = client
         .transaction()
         .await
@@ -198,21 +267,10 @@ async fn install_triggers(
         })?
         .get(0);
     for t in all.values() {
-        let created = install_trigger(&tx, t, &function, schema).await?;
-        if created && copy_existing {
-            let n = tx
-                .execute(
-                    &format!(
-                        "select {}.enqueue('I', $1, $2, $3, null, {}) from {} pgteleport_row",
-                        quote_ident(schema),
-                        row_image(t),
-                        t.qualified()
-                    ),
-                    &[&t.schema, &t.name, &t.oid],
-                )
-                .await
-                .map_err(|source| trigger_error(t, source))?;
-            tracing::info!(table = %t.qualified(), rows = n, "new table captured with the rows it already held");
+        if let Some(n) = install_trigger(&tx, t, schema, copy_existing).await? {
+            if copy_existing {
+                tracing::info!(table = %t.qualified(), rows = n, "new table captured with the rows it already held");
+            }
         }
     }
     for name in config.targets.keys() {
@@ -270,85 +328,26 @@ async fn install_triggers(
     Ok(())
 }
 
+/// Puts the capture triggers on `table` through the source's `capture_table` (one
+/// implementation for install, the ddlwatcher and the event trigger). Returns the rows
+/// queued, or `None` when the row trigger was already right.
 async fn install_trigger(
-    client: &tokio_postgres::Transaction<'_>,
-    table: &Table,
-    function: &str,
-    schema: &str,
-) -> Result<bool, InstallError> {
-    // Arguments: the key columns, then '' and the columns sent as their text form (see
-    // `Column::text_form`).
-    let mut key: Vec<String> = table
-        .replica_key()
-        .map(<[String]>::to_vec)
-        .unwrap_or_default();
-    let text_form: Vec<String> = table
-        .columns
-        .iter()
-        .filter(|c| !c.generated && c.text_form)
-        .map(|c| c.name.clone())
-        .collect();
-    if !text_form.is_empty() {
-        key.push(String::new());
-        key.extend(text_form);
-    }
-    let args: Vec<String> = key.iter().map(|k| quote_literal(k)).collect();
-    let sql = format!(
-        "create or replace trigger {} after insert or update or delete on {} for each row execute function {}({})",
-        quote_ident(TRIGGER_NAME),
-        table.qualified(),
-        function,
-        args.join(", ")
-    );
-    let wanted: Vec<u8> = key.iter().flat_map(|k| k.bytes().chain([0])).collect();
-    let existing = client
-        .query_opt(
-            "select t.tgargs from pg_catalog.pg_trigger t
-               join pg_catalog.pg_proc p on p.oid = t.tgfoid
-               join pg_catalog.pg_namespace n on n.oid = p.pronamespace
-              where t.tgrelid = $1 and t.tgname = $2 and n.nspname = $3 and p.proname = 'capture_row'",
-            &[&table.oid, &TRIGGER_NAME, &schema],
-        )
-        .await
-        .map_err(|source| trigger_error(table, source))?;
-    install_truncate_trigger(client, table, schema).await?;
-    let created = match existing {
-        Some(r) if r.get::<_, Vec<u8>>(0) == wanted => return Ok(false), // already right: no lock taken
-        Some(_) => false,
-        None => true,
-    };
-    client
-        .batch_execute(&sql)
-        .await
-        .map_err(|source| trigger_error(table, source))?;
-    Ok(created)
-}
-
-async fn install_truncate_trigger(
-    client: &tokio_postgres::Transaction<'_>,
+    tx: &tokio_postgres::Transaction<'_>,
     table: &Table,
     schema: &str,
-) -> Result<(), InstallError> {
-    let exists: bool = client
+    copy_rows: bool,
+) -> Result<Option<i64>, InstallError> {
+    let s = quote_ident(schema);
+    let json = serde_json::to_string(table).expect("serialisable");
+    let n: i64 = tx
         .query_one(
-            "select exists (select 1 from pg_catalog.pg_trigger where tgrelid = $1 and tgname = $2)",
-            &[&table.oid, &TRUNCATE_TRIGGER_NAME],
+            &format!("select {s}.capture_table($1, {s}.capture_args($2::text::jsonb), $3)"),
+            &[&table.oid, &json, &copy_rows],
         )
         .await
         .map_err(|source| trigger_error(table, source))?
         .get(0);
-    if exists {
-        return Ok(());
-    }
-    client
-        .batch_execute(&format!(
-            "create trigger {} after truncate on {} for each statement execute function {}.capture_truncate()",
-            quote_ident(TRUNCATE_TRIGGER_NAME),
-            table.qualified(),
-            quote_ident(schema)
-        ))
-        .await
-        .map_err(|source| trigger_error(table, source))
+    Ok((n >= 0).then_some(n))
 }
 
 fn trigger_error(table: &Table, source: tokio_postgres::Error) -> InstallError {
@@ -373,6 +372,14 @@ pub async fn uninstall(
     schema: &str,
 ) -> Result<Vec<String>, tokio_postgres::Error> {
     let tx = client.transaction().await?;
+    // First, so that dropping the capture triggers records no schema change.
+    for name in event_trigger_names(schema) {
+        tx.batch_execute(&format!(
+            "drop event trigger if exists {}",
+            quote_ident(&name)
+        ))
+        .await?;
+    }
     let rows = tx
         .query(
             "select n.nspname::text, c.relname::text

@@ -42,8 +42,6 @@ pub enum InstanceError {
     Stage { stage: String, message: String },
     #[error("the instance lock connection to the source database was lost; stopping so that a restarted instance can take over cleanly")]
     LockLost,
-    #[error("use_event_triggers: true is not supported by this version yet; set it to false — the ddlwatcher then replicates schema changes by diffing the catalog, without superuser")]
-    EventTriggers,
 }
 
 /// A started instance.
@@ -117,9 +115,6 @@ pub async fn start(config: Config) -> Result<Running, InstanceError> {
     let mut tasks: JoinSet<(String, Result<(), InstanceError>)> = JoinSet::new();
     let mut lock_client: Option<Client> = None;
 
-    if roles.source && config.use_event_triggers {
-        return Err(InstanceError::EventTriggers);
-    }
     if roles.source {
         let mut client = db::connect(&config.database, "instance lock").await?;
         let got: bool = client

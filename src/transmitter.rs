@@ -587,9 +587,15 @@ impl Step for Transmitter {
             self.reconciled = true;
         }
         let s = &self.schema;
+        // No batch while a catalog snapshot of the event trigger waits to become schema
+        // versions: a batch may hold its schema event.
         let next = client
             .query_opt(
-                &format!("select seq from {s}.batch where target = $1 and acked_at is null order by seq limit 1"),
+                &format!(
+                    "select seq from {s}.batch where target = $1 and acked_at is null
+                        and not exists (select 1 from {s}.ddl_snapshot d where d.id > (select processed from {s}.ddl_clock))
+                      order by seq limit 1"
+                ),
                 &[&self.target],
             )
             .await

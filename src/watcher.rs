@@ -6,7 +6,7 @@
 //! A cheap fingerprint of the catalog rows (OIDs and xmins of relations, attributes, types, functions,
 //! enum labels, constraints, functions) is compared first; the full model is read only when it moved.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use ddlwatcher::{diff, quote_ident, Catalog, SchemaMap, Statement, TargetExpression};
 use tokio_postgres::Client;
@@ -76,8 +76,9 @@ impl Watcher {
         Ok(row.get(0))
     }
 
-    /// Diffs one target's catalog against its last snapshot and records a new schema
-    /// version when the DDL is not empty. Returns whether it recorded one.
+    /// Diffs one target's live catalog against its last snapshot and records a new schema
+    /// version when the DDL is not empty (diffing mode). Returns whether it recorded one,
+    /// the constraint additions to record after the new tables' rows, and the catalog.
     async fn diff_target(
         &mut self,
         client: &mut Client,
@@ -85,16 +86,36 @@ impl Watcher {
         expr: &TargetExpression,
         apply_schema: &Option<String>,
     ) -> Result<(bool, Vec<Statement>, Catalog), StepError> {
-        let s = &self.schema;
         let new = Catalog::read(&*client, expr, &self.config.internal_schema)
             .await
-            .map_err(|e| match e {
-                ddlwatcher::ReadError::Db(e) => StepError::db("reading the catalog")(e),
-                other => StepError::Fatal(other.to_string()),
-            })?;
-        self.schemas.insert(target.to_string(), new.schemas());
-        let new_json = serde_json::to_string(&new).map_err(|e| StepError::Fatal(e.to_string()))?;
+            .map_err(read_error)?;
         let tx = client.transaction().await.map_err(StepError::db("begin"))?;
+        let mut recorded = false;
+        let mut deferred = Vec::new();
+        if let Some(statements) = self.advance(&tx, target, &new, apply_schema).await? {
+            let (later, now): (Vec<_>, Vec<_>) =
+                statements.into_iter().partition(|st| st.after_rows);
+            if !now.is_empty() {
+                record_version(&tx, &self.schema, target, None, &now).await?;
+                recorded = true;
+            }
+            deferred = later;
+        }
+        tx.commit().await.map_err(StepError::db("commit"))?;
+        Ok((recorded, deferred, new))
+    }
+
+    /// Stores `new` as `target`'s catalog snapshot; returns the DDL from the previous one
+    /// (`None` when there was none, or nothing changed).
+    async fn advance(
+        &mut self,
+        tx: &tokio_postgres::Transaction<'_>,
+        target: &str,
+        new: &Catalog,
+        apply_schema: &Option<String>,
+    ) -> Result<Option<Vec<Statement>>, StepError> {
+        let s = &self.schema;
+        self.schemas.insert(target.to_string(), new.schemas());
         let old = tx
             .query_opt(
                 &format!(
@@ -110,35 +131,87 @@ impl Watcher {
             })?),
             None => None,
         };
-        let mut recorded = false;
-        let mut deferred = Vec::new();
-        if let Some(old) = &old {
-            if *old == new {
-                return Ok((false, deferred, new));
-            }
+        if old.as_ref() == Some(new) {
+            return Ok(None);
+        }
+        let statements = old.map(|old| {
             let mut all = old.tables.clone();
             all.extend(new.tables.iter().cloned());
             let map = SchemaMap::new(apply_schema.clone(), &all);
-            let (later, now): (Vec<_>, Vec<_>) = diff(old, &new, &map)
-                .into_iter()
-                .partition(|st| st.after_rows);
-            if !now.is_empty() {
-                record_version(&tx, s, target, &now).await?;
-                recorded = true;
-            }
-            deferred = later;
-        }
+            diff(&old, new, &map)
+        });
+        let json = serde_json::to_string(new).map_err(|e| StepError::Fatal(e.to_string()))?;
         tx.execute(
             &format!(
                 "insert into {s}.schema_snapshot (target, catalog) values ($1, $2::text::jsonb)
                  on conflict (target) do update set catalog = excluded.catalog, taken_at = clock_timestamp()"
             ),
-            &[&target, &new_json],
+            &[&target, &json],
         )
         .await
         .map_err(StepError::db("storing the catalog snapshot"))?;
-        tx.commit().await.map_err(StepError::db("commit"))?;
-        Ok((recorded, deferred, new))
+        Ok(statements)
+    }
+
+    /// Turns the catalog snapshots the event trigger stored (in commit order) into one
+    /// schema version per target, numbered as the snapshot: the trigger already queued
+    /// its schema events at the DDL's place in the stream. Every statement goes into that
+    /// version, constraint additions last: the new tables' rows were captured from their
+    /// creation on. Returns the last catalog of each target, if there was a snapshot.
+    async fn process_snapshots(
+        &mut self,
+        client: &mut Client,
+    ) -> Result<Option<BTreeMap<String, Catalog>>, StepError> {
+        let s = self.schema.clone();
+        let rows = client
+            .query(
+                &format!(
+                    "select id, catalog::text from {s}.ddl_snapshot
+                      where id > (select processed from {s}.ddl_clock) order by id"
+                ),
+                &[],
+            )
+            .await
+            .map_err(StepError::db("reading stored catalog snapshots"))?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let mut latest = BTreeMap::new();
+        for r in rows {
+            let id: i64 = r.get(0);
+            let full = Catalog::from_snapshot(&r.get::<_, String>(1)).map_err(|e| {
+                StepError::Fatal(format!("stored catalog snapshot {id} is unreadable: {e}"))
+            })?;
+            let tx = client.transaction().await.map_err(StepError::db("begin"))?;
+            for (target, expr, apply_schema) in self.targets.clone() {
+                let new = full.restrict(&expr);
+                let mut statements = self
+                    .advance(&tx, &target, &new, &apply_schema)
+                    .await?
+                    .unwrap_or_default();
+                statements.sort_by_key(|st| st.after_rows);
+                record_version(&tx, &s, &target, Some(id), &statements).await?;
+                latest.insert(target, new);
+            }
+            tx.execute(&format!("update {s}.ddl_clock set processed = $1"), &[&id])
+                .await
+                .map_err(StepError::db("recording a processed snapshot"))?;
+            tx.execute(
+                &format!("delete from {s}.ddl_snapshot where id < $1"),
+                &[&id],
+            )
+            .await
+            .map_err(StepError::db("removing processed snapshots"))?;
+            tx.commit().await.map_err(StepError::db("commit"))?;
+        }
+        Ok(Some(latest))
+    }
+}
+
+fn read_error(e: ddlwatcher::ReadError) -> StepError {
+    match e {
+        ddlwatcher::ReadError::Db(e) => StepError::db("reading the catalog")(e),
+        other => StepError::Fatal(other.to_string()),
     }
 }
 
@@ -189,21 +262,29 @@ impl Watcher {
     }
 }
 
-/// Records a schema version and its schema event, in the caller's transaction.
+/// Records a schema version, in the caller's transaction. Without a number (diffing mode)
+/// it takes the next one from the source's counter, shared with the event trigger so that
+/// numbers grow across mode switches, and queues its schema event here; with one (a
+/// snapshot's), the event trigger queued the event.
 async fn record_version(
     tx: &tokio_postgres::Transaction<'_>,
     s: &str,
     target: &str,
+    version: Option<i64>,
     statements: &[Statement],
 ) -> Result<i64, StepError> {
-    let version: i64 = tx
-        .query_one(
-            &format!("select coalesce(max(version), 0) + 1 from {s}.ddl where target = $1"),
-            &[&target],
-        )
-        .await
-        .map_err(StepError::db("numbering a schema version"))?
-        .get(0);
+    let queued = version.is_some();
+    let version: i64 = match version {
+        Some(v) => v,
+        None => tx
+            .query_one(
+                &format!("update {s}.ddl_clock set n = n + 1 returning n"),
+                &[],
+            )
+            .await
+            .map_err(StepError::db("numbering a schema version"))?
+            .get(0),
+    };
     let json = serde_json::to_string(statements).map_err(|e| StepError::Fatal(e.to_string()))?;
     tx.execute(
         &format!(
@@ -213,14 +294,16 @@ async fn record_version(
     )
     .await
     .map_err(StepError::db("recording a schema version"))?;
-    tx.execute(
-        &format!(
-            "select {s}.enqueue('S', '', $1, 0, null, json_build_object('version', $2::int8))"
-        ),
-        &[&target, &version],
-    )
-    .await
-    .map_err(StepError::db("queueing a schema event"))?;
+    if !queued {
+        tx.execute(
+            &format!(
+                "select {s}.enqueue('S', '', $1, 0, null, json_build_object('version', $2::int8))"
+            ),
+            &[&target, &version],
+        )
+        .await
+        .map_err(StepError::db("queueing a schema event"))?;
+    }
     tracing::info!(
         target,
         version,
@@ -239,6 +322,30 @@ impl Step for Watcher {
     }
 
     async fn step(&mut self, client: &mut Client) -> Result<Progress, StepError> {
+        // Snapshots stored by the event trigger (also those left from an earlier run in
+        // event-trigger mode): the transmitter sends no batch before they are versions.
+        if let Some(catalogs) = self.process_snapshots(client).await? {
+            let installed = capture::Installed { catalogs };
+            capture::install_tables(client, &self.config, &installed)
+                .await
+                .map_err(|e| {
+                    StepError::Other(format!("installing capture on changed tables: {e}"))
+                })?;
+            self.sync_sequences(client).await?;
+            return Ok(Progress::Busy);
+        }
+        if self.config.use_event_triggers {
+            if self.schemas.is_empty() {
+                for (target, expr, _) in &self.targets {
+                    let c = Catalog::read(&*client, expr, &self.config.internal_schema)
+                        .await
+                        .map_err(read_error)?;
+                    self.schemas.insert(target.clone(), c.schemas());
+                }
+            }
+            self.sync_sequences(client).await?;
+            return Ok(Progress::Idle);
+        }
         let fp = self.fingerprint(client).await?;
         tracing::trace!(fingerprint = %fp, "catalog fingerprint");
         if self.fingerprint.as_deref() == Some(fp.as_str()) {
@@ -268,7 +375,7 @@ impl Step for Watcher {
         // Constraint additions after the new tables' rows, in a version of their own.
         for (target, statements) in deferred {
             let tx = client.transaction().await.map_err(StepError::db("begin"))?;
-            record_version(&tx, &self.schema, &target, &statements).await?;
+            record_version(&tx, &self.schema, &target, None, &statements).await?;
             tx.commit().await.map_err(StepError::db("commit"))?;
             seen.insert(target);
         }

@@ -1,5 +1,6 @@
-//! Schema changes in diffing mode (no superuser): the ddlwatcher's DDL reaches the target in
-//! order with the DML around it, renamed to `apply_schema`.
+//! Schema changes in both modes: diffing (no superuser) and event triggers (a role that may
+//! create them). The DDL reaches the target in order with the DML around it, renamed to
+//! `apply_schema`.
 
 mod common;
 
@@ -13,8 +14,10 @@ use pgteleport::config::Config;
 use tokio_postgres::Client;
 
 /// Columns (name and type) of every table in `schema`, as the catalog says.
+/// A catalog function reading an object another session drops meanwhile returns NULL: that
+/// read is an error here, and the caller reads again.
 async fn shape(c: &Client, schemas: &[&str]) -> anyhow::Result<Vec<String>> {
-    Ok(c.query(
+    c.query(
         "select c.relname || '.' || a.attname || ':' || format_type(a.atttypid, a.atttypmod) || case when a.attnotnull then ' not null' else '' end
            from pg_class c join pg_namespace n on n.oid = c.relnamespace
            join pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
@@ -44,11 +47,14 @@ async fn shape(c: &Client, schemas: &[&str]) -> anyhow::Result<Vec<String>> {
     .await?
     .iter()
     .map(|r| {
-        schemas
+        let line = r
+            .get::<_, Option<String>>(0)
+            .ok_or_else(|| anyhow::anyhow!("an object vanished while reading the catalog"))?;
+        Ok(schemas
             .iter()
-            .fold(r.get::<_, String>(0), |acc, s| acc.replace(&format!("{s}."), ""))
+            .fold(line, |acc, s| acc.replace(&format!("{s}."), "")))
     })
-    .collect())
+    .collect()
 }
 
 async fn wait_same(src: &Client, dst: &Client, tables: &[&str], step: &str) -> anyhow::Result<()> {
@@ -119,17 +125,42 @@ async fn wait_same(src: &Client, dst: &Client, tables: &[&str], step: &str) -> a
 
 #[tokio::test]
 async fn schema_changes_replicate_in_order_with_writes() -> anyhow::Result<()> {
+    script(false).await
+}
+
+#[tokio::test]
+async fn schema_changes_replicate_in_order_with_writes_in_event_trigger_mode() -> anyhow::Result<()>
+{
+    script(true).await
+}
+
+/// A script of schema changes under a concurrent writer; after each step the target's
+/// schema and rows equal the source's.
+async fn script(event_triggers: bool) -> anyhow::Result<()> {
     let p = Arc::new(
         Pair::new2(
-            "create schema app; create table app.t (id bigint primary key, a int, b varchar(10));
-             insert into app.t select g, g, 'x' from generate_series(1, 100) g;",
+            "create schema app; create table app.t (id bigint primary key, a int, b varchar(10), code varchar(10));
+             insert into app.t select g, g, 'x', 'c' || g from generate_series(1, 100) g;",
             "",
         )
         .await?,
     );
+    if event_triggers {
+        // On PostgreSQL 15 only a superuser may create event triggers.
+        p.cluster
+            .admin("postgres")
+            .await?
+            .batch_execute(&format!("alter role {} superuser", p.src_role))
+            .await?;
+    }
     let target = p.start_target(0).await?;
     let port = target.local_addr.unwrap().port();
-    let yaml = p.source_yaml(port, "app*.*", "").replace(
+    let extra = if event_triggers {
+        "use_event_triggers: true\n"
+    } else {
+        ""
+    };
+    let yaml = p.source_yaml(port, "app*.*", extra).replace(
         &format!("    auth_token: {TOKEN}\n"),
         &format!("    auth_token: {TOKEN}\n    apply_schema: mirror\n"),
     );
@@ -175,7 +206,7 @@ async fn schema_changes_replicate_in_order_with_writes() -> anyhow::Result<()> {
         })
     };
 
-    let steps: &[(&str, &str, &[&str])] = &[
+    let mut steps: Vec<(&str, &str, &[&str])> = vec![
         ("create a table and write at once", "create table app.n (id int primary key, v text); insert into app.n values (1, 'one'), (2, 'two');", &["t", "n"]),
         ("add a column and write to it in the same transaction",
          "begin; alter table app.t add column c int default 7; insert into app.t (id, c) values (1000000, 42); update app.t set c = 8 where id = 1; commit;", &["t", "n"]),
@@ -183,7 +214,8 @@ async fn schema_changes_replicate_in_order_with_writes() -> anyhow::Result<()> {
         ("rename a column and a table",
          "alter table app.t rename column a to a2; update app.t set a2 = 5 where id = 2; alter table app.n rename to n2; insert into app.n2 values (3, 'three');", &["t", "n2"]),
         ("change column types",
-         "alter table app.t alter column c type bigint; alter table app.n2 alter column v type varchar(20); update app.t set c = 9000000000 where id = 3;", &["t", "n2"]),
+         "alter table app.t alter column c type bigint; alter table app.n2 alter column v type varchar(20);
+          alter table app.t alter column code type text; update app.t set c = 9000000000, code = repeat('long', 10) where id = 3;", &["t", "n2"]),
         ("an enum, used, then extended and the new value used",
          "create type app.mood as enum ('x', 'y'); alter table app.n2 add column m app.mood; update app.n2 set m = 'y' where id = 1;", &["t", "n2"]),
         // ADD VALUE commits on its own (PostgreSQL refuses to use a new label in the same
@@ -228,6 +260,22 @@ async fn schema_changes_replicate_in_order_with_writes() -> anyhow::Result<()> {
          "create schema app2; create table app2.q (id int primary key, v text); insert into app2.q values (1, 'q');", &["t", "n2", "app2.q"]),
         ("drop a table with events pending", "insert into app.p values (2, row(2, 'y')); drop table app.p;", &["t", "n2"]),
     ];
+    if event_triggers {
+        // Changes faster than any diffing interval: each is replayed at its own place.
+        steps.extend([
+            ("add a column, write it, drop it at once",
+             "alter table app.n2 add column tmp int; insert into app.n2 (id, v, tmp) values (8, 'eight', 8);
+              update app.n2 set tmp = 1 where id = 1; alter table app.n2 drop column tmp; insert into app.n2 (id, v) values (9, 'nine');",
+             &["t", "n2"] as &[&str]),
+            ("swap two column names at once",
+             "alter table app.parent rename column dbl to tmp; alter table app.parent rename column note to dbl;
+              alter table app.parent rename column tmp to note; insert into app.parent (id, dbl) values (5, 'swapped');",
+             &["t", "n2", "parent"]),
+            ("create a table in a transaction with a write, then drop it at once",
+             "begin; create table app.brief (id int primary key); insert into app.brief values (1); commit; drop table app.brief;",
+             &["t", "n2"]),
+        ]);
+    }
     for (step, sql, tables) in steps {
         src.batch_execute(sql)
             .await
@@ -244,7 +292,44 @@ async fn schema_changes_replicate_in_order_with_writes() -> anyhow::Result<()> {
     wait_same(&src, &dst, &["t", "n2"], "end").await?;
     let versions = scalar_i64(&src, "select count(*) from teleport.ddl").await?;
     assert!(versions >= 6, "{versions} schema versions recorded");
+    // Event-trigger mode: every version came from a snapshot the trigger stored.
+    let (triggers, processed) = (
+        scalar_i64(
+            &src,
+            "select count(*) from pg_event_trigger where evtname like 'teleport\\_%'",
+        )
+        .await?,
+        scalar_i64(&src, "select processed from teleport.ddl_clock").await?,
+    );
+    if event_triggers {
+        assert_eq!(triggers, 2, "both event triggers installed");
+        assert!(processed >= 25, "{processed}: a snapshot per DDL statement");
+    } else {
+        assert_eq!(
+            (triggers, processed),
+            (0, 0),
+            "diffing mode stores no snapshot"
+        );
+    }
     source.shutdown().await?;
     target.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn event_trigger_mode_without_the_right_is_refused_with_the_way_out() -> anyhow::Result<()> {
+    let p = Pair::new("create schema app; create table app.t (id int primary key);").await?;
+    let yaml = p.source_yaml(9, "app.*", "use_event_triggers: true\n");
+    let cfg = Config::from_yaml(&yaml, Path::new("s.yml"), |_| None)?;
+    let err = match pgteleport::instance::start(cfg).await {
+        Ok(_) => anyhow::bail!("a role that may not create event triggers was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("may not create event triggers"), "{err}");
+    assert!(err.contains("use_event_triggers: false"), "{err}");
+    assert!(err.contains(&p.src_role), "names the role: {err}");
+    // Nothing half-installed: no event trigger exists.
+    let n = scalar_i64(&p.src().await?, "select count(*) from pg_event_trigger").await?;
+    assert_eq!(n, 0);
     Ok(())
 }
