@@ -57,6 +57,51 @@ async fn shape(c: &Client, schemas: &[&str]) -> anyhow::Result<Vec<String>> {
     .collect()
 }
 
+/// The catalog model of the tables `expression` selects, as the replicator reads it, made
+/// comparable across databases: OIDs dropped, every schema name (and `schema.` prefix in
+/// definitions) replaced by `S`, objects sorted by name.
+async fn model(
+    c: &Client,
+    expression: &str,
+    schemas: &[&str],
+) -> anyhow::Result<serde_json::Value> {
+    let expr =
+        ddlwatcher::TargetExpression::parse(expression).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let catalog = ddlwatcher::Catalog::read(c, &expr, "teleport").await?;
+    fn norm(v: &mut serde_json::Value, schemas: &[&str]) {
+        match v {
+            serde_json::Value::Object(m) => {
+                m.remove("oid");
+                for x in m.values_mut() {
+                    norm(x, schemas);
+                }
+            }
+            serde_json::Value::Array(a) => {
+                for x in a.iter_mut() {
+                    norm(x, schemas);
+                }
+            }
+            serde_json::Value::String(s) => {
+                if schemas.contains(&s.as_str()) {
+                    *s = "S".into();
+                }
+                for sch in schemas {
+                    *s = s.replace(&format!("{sch}."), "S.");
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut v = serde_json::to_value(&catalog)?;
+    norm(&mut v, schemas);
+    for list in ["tables", "types", "functions", "views", "sequences"] {
+        if let Some(serde_json::Value::Array(a)) = v.get_mut(list) {
+            a.sort_by_key(|x| x.get("name").map(|n| n.to_string()).unwrap_or_default());
+        }
+    }
+    Ok(v)
+}
+
 async fn wait_same(src: &Client, dst: &Client, tables: &[&str], step: &str) -> anyhow::Result<()> {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -81,6 +126,21 @@ async fn wait_same(src: &Client, dst: &Client, tables: &[&str], step: &str) -> a
         };
         let mut same = a == b;
         let mut detail = String::new();
+        if same {
+            // The catalog model of both sides, as the replicator reads it.
+            if let (Ok(m), Ok(n)) = (
+                model(src, "app*.*", &["app", "app2"]).await,
+                model(dst, "mirror.*", &["mirror"]).await,
+            ) {
+                if m != n {
+                    same = false;
+                    detail = format!("catalog models differ:\nsource {m}\ntarget {n}");
+                }
+            } else {
+                same = false;
+                detail = "reading a catalog model failed".into();
+            }
+        }
         if same {
             for t in tables {
                 let (x, y) = (
