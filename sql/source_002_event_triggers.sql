@@ -18,6 +18,9 @@ create table if not exists ddl_clock (
 );
 insert into ddl_clock default values on conflict do nothing;
 
+-- Consecutive failed attempts to transmit the next batch (reset by a success), for status.
+alter table target_state add column if not exists failures bigint not null default 0;
+
 create table if not exists ddl_snapshot (
     id       bigint primary key,
     txid     xid8 not null default pg_current_xact_id(),

@@ -25,7 +25,8 @@ pub async fn status(config: &Config) -> anyhow::Result<String> {
                                 (select coalesce(sum(events), 0)::int8 from {s}.batch b where b.target = t.target and b.acked_at is null),
                                 (select extract(epoch from clock_timestamp() - min(b.created_at))::float8
                                    from {s}.batch b where b.target = t.target and b.acked_at is null),
-                                (select coalesce(max(version), 0) from {s}.ddl d where d.target = t.target), t.acked_ddl
+                                (select coalesce(max(version), 0) from {s}.ddl d where d.target = t.target), t.acked_ddl,
+                                t.failures
                            from {s}.target_state t where t.target = $1"
                     ),
                     &[name],
@@ -45,6 +46,7 @@ pub async fn status(config: &Config) -> anyhow::Result<String> {
             let (pending, events): (i64, i64) = (r.get(5), r.get(6));
             let age: Option<f64> = r.get(7);
             let (ddl, ddl_acked): (i64, i64) = (r.get(8), r.get(9));
+            let failures: i64 = r.get(10);
             let _ = writeln!(out, "target `{name}`");
             let _ = writeln!(
                 out,
@@ -62,7 +64,11 @@ pub async fn status(config: &Config) -> anyhow::Result<String> {
             let _ = writeln!(out, "  schema      version {ddl}, acknowledged {ddl_acked}");
             match err {
                 Some(e) => {
-                    let _ = writeln!(out, "  last error  {} — {e}", err_at.unwrap_or_default());
+                    let _ = writeln!(
+                        out,
+                        "  last error  since {}, {failures} attempt(s) — {e}",
+                        err_at.unwrap_or_default()
+                    );
                 }
                 None => {
                     let _ = writeln!(out, "  last error  none");

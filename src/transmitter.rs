@@ -655,9 +655,15 @@ impl Transmitter {
     /// Keeps the last transmit error (or clears it) for `pgteleport status`. Best effort:
     /// the error is logged either way.
     async fn record_error(&self, client: &Client, message: Option<&str>) {
+        // The time is that of the first failure with this message; `failures` counts them.
         let sql = format!(
-            "update {}.target_state set last_error = $2, last_error_at = case when $2::text is null then null else clock_timestamp() end
-              where target = $1 and last_error is distinct from $2",
+            "update {}.target_state
+                set last_error_at = case when $2::text is null then null
+                                         when last_error is distinct from $2 then clock_timestamp()
+                                         else last_error_at end,
+                    last_error = $2,
+                    failures = case when $2::text is null then 0 else failures + 1 end
+              where target = $1 and (last_error is not null or $2::text is not null)",
             self.schema
         );
         if let Err(e) = client.execute(&sql, &[&self.target, &message]).await {

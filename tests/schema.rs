@@ -306,6 +306,9 @@ async fn script(event_triggers: bool) -> anyhow::Result<()> {
           alter table app.parent add column dbl int default app.twice(21); insert into app.parent (id) values (3);", &["t", "n2", "parent"]),
         ("replace the function", "create or replace function app.twice(x int) returns int language sql immutable as 'select x + x + 1';
           insert into app.parent (id) values (4);", &["t", "n2", "parent"]),
+        ("a PL/pgSQL function naming its schema",
+         "create function app.count_parents() returns bigint language plpgsql as $$
+          declare n bigint; begin select count(*) into n from app.parent; return n; end $$;", &["t", "n2", "parent"]),
         ("create a view over two tables",
          "create view app.v as select n.id, n.v, p.dbl from app.n2 n left join app.parent p on p.id = n.parent_id where n.id < 100;", &["t", "n2", "parent", "v"]),
         ("change a table under the view and replace the view",
@@ -350,6 +353,11 @@ async fn script(event_triggers: bool) -> anyhow::Result<()> {
     stop.store(true, Ordering::SeqCst);
     writer.await??;
     wait_same(&src, &dst, &["t", "n2"], "end").await?;
+    // The PL/pgSQL body was re-targeted: it runs on the target against the target's table.
+    assert_eq!(
+        scalar_i64(&dst, "select mirror.count_parents()").await?,
+        scalar_i64(&src, "select app.count_parents()").await?,
+    );
     let versions = scalar_i64(&src, "select count(*) from teleport.ddl").await?;
     assert!(versions >= 6, "{versions} schema versions recorded");
     // Event-trigger mode: every version came from a snapshot the trigger stored.
@@ -391,5 +399,110 @@ async fn event_trigger_mode_without_the_right_is_refused_with_the_way_out() -> a
     // Nothing half-installed: no event trigger exists.
     let n = scalar_i64(&p.src().await?, "select count(*) from pg_event_trigger").await?;
     assert_eq!(n, 0);
+    Ok(())
+}
+
+/// The status report of the source replicating to `port`.
+async fn status_of(p: &Pair, port: u16) -> anyhow::Result<String> {
+    let cfg = Config::from_yaml(
+        &p.source_yaml(port, "app.*", ""),
+        Path::new("s.yml"),
+        |_| None,
+    )?;
+    pgteleport::status::status(&cfg).await
+}
+
+#[tokio::test]
+async fn a_batch_for_a_schema_the_target_lacks_is_held_then_replayed_in_order() -> anyhow::Result<()>
+{
+    let p = Pair::new("create schema app; create table app.t (id int primary key, v int, w int);")
+        .await?;
+    let target = p.start_target(0).await?;
+    let port = target.local_addr.unwrap().port();
+    let source = p.start_source(port, "app.*", "").await?;
+    let (src, dst) = (p.src().await?, p.dst().await?);
+    src.execute("insert into app.t values (1, 1, 1)", &[])
+        .await?;
+    wait_equal(&src, &dst, &["app.t"], Duration::from_secs(20)).await?;
+    // The target's schema is behind: its column w is missing (a change that has not reached it).
+    dst.batch_execute("alter table app.t drop column w").await?;
+    src.batch_execute("update app.t set w = 2 where id = 1; insert into app.t values (2, 2, 2)")
+        .await?;
+    // Later batches, which by themselves would apply, must wait behind the held one.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    src.batch_execute(
+        "update app.t set v = 20 where id = 2; insert into app.t (id, v) values (3, 3)",
+    )
+    .await?;
+    wait_for(
+        "the held batch in status",
+        Duration::from_secs(20),
+        || async {
+            let s = status_of(&p, port).await?;
+            Ok(s.contains("422") && s.contains("w does not exist"))
+        },
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        texts(&dst, "select id::text from app.t order by id").await?,
+        vec!["1"],
+        "nothing after the held batch was applied"
+    );
+    // The schema change arrives: the held batch is replayed, then the ones behind it.
+    dst.batch_execute("alter table app.t add column w int")
+        .await?;
+    wait_equal(&src, &dst, &["app.t"], Duration::from_secs(30)).await?;
+    wait_for(
+        "the error cleared in status",
+        Duration::from_secs(10),
+        || async { Ok(status_of(&p, port).await?.contains("last error  none")) },
+    )
+    .await?;
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_batch_failing_for_another_reason_stops_the_mirror_and_is_retried_not_skipped(
+) -> anyhow::Result<()> {
+    let p = Pair::new("create schema app; create table app.t (id int primary key, v int);").await?;
+    let target = p.start_target(0).await?;
+    let port = target.local_addr.unwrap().port();
+    let source = p.start_source(port, "app.*", "").await?;
+    let (src, dst) = (p.src().await?, p.dst().await?);
+    // A constraint only the target has rejects the next row.
+    dst.batch_execute("alter table app.t add constraint small check (v < 100)")
+        .await?;
+    src.batch_execute("insert into app.t values (1, 500)")
+        .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    src.batch_execute("insert into app.t values (2, 2)").await?;
+    // Stopped with the error in status, and retried on a back-off (the attempts grow);
+    // neither it nor the row behind it is applied meanwhile.
+    wait_for(
+        "three attempts of the failing batch in status",
+        Duration::from_secs(30),
+        || async {
+            let s = status_of(&p, port).await?;
+            let attempts = s
+                .split(" attempt(s)")
+                .next()
+                .and_then(|h| h.rsplit(' ').next())
+                .and_then(|n| n.parse::<u32>().ok())
+                .unwrap_or(0);
+            Ok(s.contains("violates check constraint \"small\"")
+                && s.contains("500")
+                && attempts >= 3)
+        },
+    )
+    .await?;
+    assert_eq!(scalar_i64(&dst, "select count(*) from app.t").await?, 0);
+    dst.batch_execute("alter table app.t drop constraint small")
+        .await?;
+    wait_equal(&src, &dst, &["app.t"], Duration::from_secs(30)).await?;
+    source.shutdown().await?;
+    target.shutdown().await?;
     Ok(())
 }

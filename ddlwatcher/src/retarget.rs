@@ -7,6 +7,7 @@
 use pg_query::protobuf::{self, RangeVar};
 use pg_query::NodeEnum;
 
+use crate::catalog::quote_ident;
 use crate::ddl::SchemaMap;
 
 /// Why a text could not be re-targeted.
@@ -141,9 +142,10 @@ fn with(w: &mut Option<protobuf::WithClause>, map: &SchemaMap) -> Walk {
     }
 }
 
-/// A `LANGUAGE sql` function's string body (`AS '…'`) is SQL: re-targeted like any
-/// statement when it names a replicated schema. Bodies in other languages, and SQL bodies
-/// the walker cannot re-target, are left as written.
+/// A function's string body (`AS '…'`): `LANGUAGE sql` is SQL, re-targeted like any
+/// statement when it names a replicated schema; `LANGUAGE plpgsql` goes through
+/// [`plpgsql_body`]. Bodies in other languages, and bodies that cannot be re-targeted
+/// safely, are left as written.
 fn sql_function_body(options: &mut [protobuf::Node], map: &SchemaMap) -> Walk {
     let string = |n: &protobuf::Node| match n.node.as_ref() {
         Some(NodeEnum::String(s)) => Some(s.sval.clone()),
@@ -153,9 +155,11 @@ fn sql_function_body(options: &mut [protobuf::Node], map: &SchemaMap) -> Walk {
         Some(NodeEnum::DefElem(d)) if d.defname == "language" => d.arg.as_deref().and_then(string),
         _ => None,
     });
-    if language.as_deref() != Some("sql") {
-        return Ok(());
-    }
+    let retarget: fn(String, &SchemaMap) -> String = match language.as_deref() {
+        Some("sql") => if_needed,
+        Some("plpgsql") => plpgsql_body,
+        _ => return Ok(()),
+    };
     for o in options.iter_mut() {
         let Some(NodeEnum::DefElem(d)) = o.node.as_mut() else {
             continue;
@@ -167,12 +171,72 @@ fn sql_function_body(options: &mut [protobuf::Node], map: &SchemaMap) -> Walk {
             if let [body] = l.items.as_mut_slice() {
                 if let Some(NodeEnum::String(s)) = body.node.as_mut() {
                     // Verbatim unless it names a replicated schema (or cannot be parsed).
-                    s.sval = if_needed(std::mem::take(&mut s.sval), map);
+                    s.sval = retarget(std::mem::take(&mut s.sval), map);
                 }
             }
         }
     }
     Ok(())
+}
+
+/// A PL/pgSQL body has no deparser: PostgreSQL's own SQL scanner finds each identifier
+/// token naming a replicated schema that qualifies a name (`app.t`, `"app".f(…)`,
+/// `app.t%rowtype`) and only those tokens are rewritten; string literals (dynamic SQL
+/// included), comments and everything else keep their bytes. When such a name is also used
+/// unqualified in the body (a variable, an alias, a block label), `app.x` might not be a
+/// schema reference: the body is then left as written, with a warning.
+pub fn plpgsql_body(body: String, map: &SchemaMap) -> String {
+    if map.apply_schema.is_none() || !map.replicated.iter().any(|s| body.contains(s.as_str())) {
+        return body;
+    }
+    let Ok(scanned) = pg_query::scan(&body) else {
+        return body;
+    };
+    let tokens = scanned.tokens;
+    let text = |t: &protobuf::ScanToken| body.get(t.start as usize..t.end as usize).unwrap_or("");
+    let is = |i: usize, s: &str| tokens.get(i).is_some_and(|t| text(t) == s);
+    // The name an identifier token stands for (keywords too: a schema may be called so).
+    let name = |t: &protobuf::ScanToken| -> Option<String> {
+        let raw = text(t);
+        if let Some(q) = raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
+            return Some(q.replace("\"\"", "\""));
+        }
+        (raw.chars().next()?.is_alphabetic() || raw.starts_with('_')).then(|| raw.to_lowercase())
+    };
+    let mut edits: Vec<(usize, usize, String)> = Vec::new();
+    for (i, t) in tokens.iter().enumerate() {
+        let Some(n) = name(t) else { continue };
+        if !map.replicated.contains(&n) {
+            continue;
+        }
+        let qualifies = is(i + 1, ".") && !(i > 0 && is(i - 1, "."));
+        if !qualifies {
+            tracing::warn!(schema = %n, "a PL/pgSQL body uses the name of a replicated schema unqualified (a variable, alias or label?): copied as written, not re-targeted to apply_schema");
+            return body;
+        }
+        edits.push((t.start as usize, t.end as usize, ident(map.map(&n))));
+    }
+    let mut out = body.clone();
+    for (start, end, with) in edits.into_iter().rev() {
+        out.replace_range(start..end, &with);
+    }
+    out
+}
+
+/// An identifier as PostgreSQL would print it: bare when it is a plain lower-case name and
+/// no keyword (the scanner says), quoted otherwise.
+fn ident(name: &str) -> String {
+    let plain = name.chars().enumerate().all(|(i, c)| {
+        c == '_' || c.is_ascii_lowercase() || (i > 0 && (c.is_ascii_digit() || c == '$'))
+    });
+    let keyword = pg_query::scan(name)
+        .map(|s| s.tokens.len() != 1 || s.tokens[0].keyword_kind != 0)
+        .unwrap_or(true);
+    if plain && !name.is_empty() && !keyword {
+        name.to_string()
+    } else {
+        quote_ident(name)
+    }
 }
 
 fn select(s: &mut protobuf::SelectStmt, map: &SchemaMap) -> Walk {
@@ -442,13 +506,13 @@ mod tests {
         )
         .unwrap();
         assert!(out.contains("FROM mirror.t"), "{out}");
-        // PL/pgSQL bodies are left as written.
+        // PL/pgSQL bodies: their qualified names, token by token.
         let out = statement(
             "CREATE FUNCTION app.p() RETURNS int LANGUAGE plpgsql AS $$ begin return (select count(*) from app.t); end $$",
             &map(),
         )
         .unwrap();
-        assert!(out.contains("from app.t"), "{out}");
+        assert!(out.contains("from mirror.t"), "{out}");
     }
 
     #[test]
@@ -488,5 +552,67 @@ mod tests {
             "CREATE VIEW mirror.v AS SELECT t.id, 'app.t' AS label FROM mirror.t JOIN other.u ON u.id = t.id \
              WHERE t.id IN (SELECT id FROM mirror.w) UNION SELECT 1, 'x' FROM mirror.f(2)"
         );
+    }
+
+    #[test]
+    fn plpgsql_bodies_are_retargeted_token_by_token() {
+        let body = "
+declare n int; r app.t%rowtype;
+begin
+  select count(*) into n from app.t where note = 'app.t'; -- app.t in a comment
+  insert into \"app\".log values (x);
+  n := n + App.twice(x);
+  execute 'select 1 from app.t';
+  return n;
+end";
+        assert_eq!(
+            plpgsql_body(body.to_string(), &map()),
+            "
+declare n int; r mirror.t%rowtype;
+begin
+  select count(*) into n from mirror.t where note = 'app.t'; -- app.t in a comment
+  insert into mirror.log values (x);
+  n := n + mirror.twice(x);
+  execute 'select 1 from app.t';
+  return n;
+end"
+        );
+        // Through the statement walker, as the diff emits it.
+        let out = statement(
+            "CREATE FUNCTION app.f(x int) RETURNS int LANGUAGE plpgsql AS $$begin return app.g(x); end$$",
+            &map(),
+        )
+        .unwrap();
+        assert!(
+            out.contains("mirror.f(") && out.contains("mirror.g(x)"),
+            "{out}"
+        );
+        let quoted = SchemaMap {
+            apply_schema: Some("Mirror Image".into()),
+            replicated: ["app".to_string()].into(),
+        };
+        assert_eq!(
+            plpgsql_body("begin return app.g(1); end".into(), &quoted),
+            "begin return \"Mirror Image\".g(1); end"
+        );
+        let keyword = SchemaMap {
+            apply_schema: Some("select".into()),
+            replicated: ["app".to_string()].into(),
+        };
+        assert_eq!(
+            plpgsql_body("begin return app.g(1); end".into(), &keyword),
+            "begin return \"select\".g(1); end"
+        );
+    }
+
+    #[test]
+    fn plpgsql_bodies_using_the_schema_name_otherwise_are_kept() {
+        for body in [
+            "declare app record; begin select * into app from app.t; return app.id; end",
+            "begin return (select app.id from app.t app); end",
+            "<<app>> declare n int; begin return app.n; end",
+        ] {
+            assert_eq!(plpgsql_body(body.to_string(), &map()), body);
+        }
     }
 }
