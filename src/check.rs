@@ -81,8 +81,14 @@ pub async fn check(config: &Config) -> Report {
                     d.username, d.database, d.database, d.username
                 ));
             }
-            if superuser {
-                r.warn("the role is a superuser; pgteleport does not need that");
+            match (config.use_event_triggers, superuser) {
+                (true, true) => r.pass("superuser, as use_event_triggers: true needs (to create event triggers)"),
+                (true, false) => r.fail(&format!(
+                    "use_event_triggers: true, but role `{}` may not create event triggers (on PostgreSQL 15 only a superuser may):                      run the source instance as one, or set use_event_triggers: false (the ddlwatcher then diffs the catalog, without superuser)",
+                    d.username
+                )),
+                (false, true) => r.warn("the role is a superuser; pgteleport does not need that (only use_event_triggers: true does)"),
+                (false, false) => {}
             }
         }
         Err(e) => r.fail(&format!("reading privileges: {}", db::describe(&e))),

@@ -506,3 +506,37 @@ async fn a_batch_failing_for_another_reason_stops_the_mirror_and_is_retried_not_
     target.shutdown().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn switching_between_modes_keeps_schema_changes_flowing() -> anyhow::Result<()> {
+    let p = Pair::new("create schema app; create table app.t (id int primary key, v int);").await?;
+    p.cluster
+        .admin("postgres")
+        .await?
+        .batch_execute(&format!("alter role {} superuser", p.src_role))
+        .await?;
+    let target = p.start_target(0).await?;
+    let port = target.local_addr.unwrap().port();
+    let (src, dst) = (p.src().await?, p.dst().await?);
+    let triggers = "select count(*) from pg_event_trigger";
+    for (round, event_triggers) in [(1, true), (2, false), (3, true)] {
+        let extra = if event_triggers {
+            "use_event_triggers: true\n"
+        } else {
+            ""
+        };
+        let source = p.start_source(port, "app.*", extra).await?;
+        assert_eq!(
+            scalar_i64(&src, triggers).await?,
+            if event_triggers { 2 } else { 0 }
+        );
+        src.batch_execute(&format!(
+            "alter table app.t add column c{round} int; insert into app.t (id, v, c{round}) values ({round}, {round}, {round});"
+        ))
+        .await?;
+        wait_equal(&src, &dst, &["app.t"], Duration::from_secs(30)).await?;
+        source.shutdown().await?;
+    }
+    target.shutdown().await?;
+    Ok(())
+}
