@@ -95,36 +95,60 @@ begin
 end
 $$;
 
+-- Whether DDL on an object of schema `sch` can change what is replicated: the schema holds a
+-- replicated table, or an object of the last snapshot (a type a replicated column uses), or
+-- has no name (a schema itself, an extension, …); without a snapshot yet (`known` null),
+-- any schema. Temporary objects, this schema, and the schemas of other applications cost
+-- the event trigger no catalog snapshot.
+create or replace function ddl_relevant(sch text, filter text, known text[]) returns boolean
+language sql stable set search_path from current as $$
+    select sch is null
+        or sch not like 'pg\_temp%' and sch <> current_schema()
+           and (known is null or sch = any(known)
+                or exists (select 1 from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+                            where n.nspname = sch and c.relkind in ('r', 'p') and (n.nspname::text || '.' || c.relname::text) ~ filter))
+$$;
+
 -- The event trigger function (event-trigger mode). Runs as its owner, who may create event
--- triggers; DDL of temporary objects and of this schema is not replicated.
+-- triggers.
 create or replace function on_ddl() returns event_trigger
 language plpgsql security definer set search_path from current as $$
 declare
     clock ddl_clock;
     snap jsonb;
     prev jsonb;
-    t jsonb;
+    t record;
+    f text;
+    known text[];
 begin
     if current_setting('pgteleport.in_ddl', true) = 'on' then
         return;  -- the triggers this function creates
     end if;
+    select filter into f from ddl_clock;
+    if f is null then
+        return;  -- no target
+    end if;
+    select s.catalog into prev from ddl_snapshot s order by s.id desc limit 1;
+    if prev is not null then
+        known := array(select distinct o->>'schema'
+                         from jsonb_array_elements((prev->'tables') || (prev->'types') || (prev->'functions')
+                                                   || (prev->'views') || (prev->'sequences')) as o);
+    end if;
     if tg_event = 'sql_drop' then
+        -- A dropped table that was replicated, or anything in a schema that still has some.
         if not exists (select 1 from pg_event_trigger_dropped_objects() o
-                        where not o.is_temporary and o.schema_name is distinct from current_schema()) then
+                        where not o.is_temporary
+                          and (o.object_type = 'table' and (o.schema_name || '.' || o.object_name) ~ f
+                               or ddl_relevant(o.schema_name, f, known))) then
             return;
         end if;
-    elsif not exists (select 1 from pg_event_trigger_ddl_commands() c
-                       where c.schema_name is null
-                          or c.schema_name not like 'pg\_temp%' and c.schema_name <> current_schema()) then
+    elsif not exists (select 1 from pg_event_trigger_ddl_commands() c where ddl_relevant(c.schema_name, f, known)) then
         return;
     end if;
     -- The row lock orders DDL transactions: numbers follow commit order.
     update ddl_clock set n = n + 1 returning * into clock;
-    if clock.filter is null then
-        update ddl_clock set n = n - 1;
-        return;
-    end if;
     snap := catalog_snapshot(clock.filter, current_schema())::jsonb;
+    -- Again: the counter's lock may have waited for another DDL transaction's snapshot.
     select s.catalog into prev from ddl_snapshot s order by s.id desc limit 1;
     if snap = prev then
         update ddl_clock set n = n - 1;
@@ -134,13 +158,12 @@ begin
     perform enqueue('S', '', ts.target, 0, null, json_build_object('version', clock.n)) from target_state ts;
     -- Tables new to replication, or whose key changed, are captured at once.
     perform set_config('pgteleport.in_ddl', 'on', true);
-    for t in select * from jsonb_array_elements(snap->'tables') loop
-        if (nullif(t->'primary_key', 'null') is null and nullif(t->'unique_key', 'null') is null and not clock.keyless)
-           or capture_args(t) is not distinct from
-              (select capture_args(p) from jsonb_array_elements(prev->'tables') p where p->'oid' = t->'oid') then
-            continue;
-        end if;
-        perform capture_table((t->>'oid')::oid, capture_args(t), true);
+    for t in select (n.t->>'oid')::oid as rel, capture_args(n.t) as args
+               from jsonb_array_elements(snap->'tables') as n(t)
+               left join jsonb_array_elements(coalesce(prev->'tables', '[]')) as o(t) on o.t->'oid' = n.t->'oid'
+              where (clock.keyless or nullif(n.t->'primary_key', 'null') is not null or nullif(n.t->'unique_key', 'null') is not null)
+                and capture_args(n.t) is distinct from case when o.t is not null then capture_args(o.t) end loop
+        perform capture_table(t.rel, t.args, true);
     end loop;
     perform set_config('pgteleport.in_ddl', '', true);
 end

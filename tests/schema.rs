@@ -321,6 +321,11 @@ async fn script(event_triggers: bool) -> anyhow::Result<()> {
           insert into app.ticket (note) values ('a'), ('b');", &["t", "n2", "ticket"]),
         ("a new schema the expression covers, and a table in it",
          "create schema app2; create table app2.q (id int primary key, v text); insert into app2.q values (1, 'q');", &["t", "n2", "app2.q"]),
+        ("an enum from a schema the expression does not cover, used by a replicated table",
+         "create schema lib; create type lib.level as enum ('lo', 'hi'); alter table app.n2 add column lvl lib.level;
+          update app.n2 set lvl = 'hi' where id = 1;", &["t", "n2"]),
+        ("that enum extended, and the new value used", "alter type lib.level add value 'mid'", &[]),
+        ("…used", "update app.n2 set lvl = 'mid' where id = 2;", &["t", "n2"]),
         ("drop a table with events pending", "insert into app.p values (2, row(2, 'y')); drop table app.p;", &["t", "n2"]),
     ];
     if event_triggers {

@@ -82,14 +82,16 @@ fn build_sql() -> String {
             'generated', a.attgenerated <> '',
             'expression', pg_catalog.pg_get_expr(d.adbin, d.adrelid),
             'identity', nullif(a.attidentity, '')::text,
-            'sequence', (select json_build_array(sn.nspname::text, s.relname::text)
-                           from pg_catalog.pg_depend dep
-                           join pg_catalog.pg_class s on s.oid = dep.objid and s.relkind = 'S'
-                           join pg_catalog.pg_namespace sn on sn.oid = s.relnamespace
-                          where dep.refobjid = a.attrelid and dep.refobjsubid = a.attnum
-                            and dep.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
-                            and dep.deptype in ('a', 'i')
-                          order by s.oid limit 1),
+            'sequence', case when a.atthasdef or a.attidentity <> '' then
+                          (select json_build_array(sn.nspname::text, s.relname::text)
+                             from pg_catalog.pg_depend dep
+                             join pg_catalog.pg_class s on s.oid = dep.objid
+                             join pg_catalog.pg_namespace sn on sn.oid = s.relnamespace
+                            where dep.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                              and dep.refobjid = a.attrelid and dep.refobjsubid = a.attnum
+                              and dep.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                              and dep.deptype in ('a', 'i') and s.relkind = 'S'
+                            order by s.oid limit 1) end,
             'text_form', coalesce((select bt.typcategory = 'A' or bt.oid in ('pg_catalog.json'::pg_catalog.regtype,
                                           'pg_catalog.jsonb'::pg_catalog.regtype, 'pg_catalog.xml'::pg_catalog.regtype)
                                      from pg_catalog.pg_type bt where bt.oid = {base}), false))",
