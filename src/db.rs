@@ -104,6 +104,10 @@ pub fn pg_config(db: &Database, purpose: &str) -> tokio_postgres::Config {
         cfg.password(db.password.expose());
     }
     let mut app = format!("pgteleport {purpose}");
+    // Exactly once needs durable commits whatever the server's default: a target that
+    // answered "applied" and a source that numbered a batch must not forget it in a crash
+    // (with `synchronous_commit = off` the last commits vanish). Last, so it wins.
+    let mut options = String::new();
     for (k, v) in &db.options {
         match k.as_str() {
             "connect_timeout" => {
@@ -112,9 +116,7 @@ pub fn pg_config(db: &Database, purpose: &str) -> tokio_postgres::Config {
                 }
             }
             "application_name" => app = format!("{v} ({purpose})"),
-            "options" => {
-                cfg.options(v);
-            }
+            "options" => options = v.clone(),
             "keepalives" => {
                 cfg.keepalives(v != "0");
             }
@@ -130,6 +132,7 @@ pub fn pg_config(db: &Database, purpose: &str) -> tokio_postgres::Config {
         }
     }
     cfg.application_name(&app);
+    cfg.options(format!("{options} -c synchronous_commit=on").trim_start());
     cfg
 }
 

@@ -1,0 +1,586 @@
+//! Fault injection: instances as real OS processes killed with SIGKILL at random moments,
+//! PostgreSQL servers crashed (`pg_ctl stop -m immediate`) on either side, and a TCP proxy
+//! between transmitter and target that drops, stalls and cuts answers after the target
+//! committed. After each: the target equals the source and every batch was applied once.
+//!
+//! `PGTELEPORT_CRASH_KILLS=N` runs the crash loop with N faults (the long form; CI runs 8).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use pgteleport::cluster::Cluster;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const TABLES: &str = "create schema app;
+    create table app.accounts (aid int primary key, bid int not null, abalance bigint not null, filler text);
+    create table app.history (id bigserial primary key, aid int not null, delta int not null, at timestamptz not null default now());";
+
+/// A pgbench-like writer that keeps going through server crashes (reconnecting) until
+/// `stop`; returns the transactions it saw committed.
+async fn bank_writer(port: u16, db: &'static str, stop: Arc<AtomicBool>) -> anyhow::Result<u64> {
+    let conninfo = format!("host=127.0.0.1 port={port} dbname={db} user={db} password={PASSWORD}");
+    let mut n = 0u64;
+    let mut client = None;
+    while !stop.load(Ordering::SeqCst) {
+        if client.is_none() {
+            match tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await {
+                Ok((cl, conn)) => {
+                    tokio::spawn(conn);
+                    client = Some(cl);
+                }
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            }
+        }
+        let cl = client.as_mut().expect("connected");
+        let aid = fastrand::i32(1..=200);
+        let delta = fastrand::i32(-500..=500);
+        let sql = if fastrand::u8(..20) == 0 {
+            // Now and then an account is closed and opened again (a delete, then an insert).
+            format!(
+                "begin; delete from app.accounts where aid = {aid};
+                 insert into app.accounts values ({aid}, {}, {delta}, 'reopened') on conflict (aid) do nothing;
+                 insert into app.history (aid, delta) values ({aid}, {delta}); commit;",
+                aid % 10
+            )
+        } else {
+            format!(
+                "begin; insert into app.accounts values ({aid}, {}, 0, 'new') on conflict (aid) do nothing;
+                 update app.accounts set abalance = abalance + {delta} where aid = {aid};
+                 insert into app.history (aid, delta) values ({aid}, {delta}); commit;",
+                aid % 10
+            )
+        };
+        match cl.batch_execute(&sql).await {
+            Ok(()) => n += 1,
+            Err(e) if e.is_closed() || e.as_db_error().is_none() => client = None,
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED) => {
+                let _ = cl.batch_execute("rollback").await;
+            }
+            Err(_) => {
+                // A server going down answers with an error first (admin shutdown).
+                client = None;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(0..4))).await;
+    }
+    Ok(n)
+}
+
+/// One pgteleport process, restarted on demand (as a supervisor would).
+struct Proc {
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+    starts: u32,
+}
+
+impl Proc {
+    fn new(config: PathBuf, log: PathBuf) -> Self {
+        Self {
+            config,
+            log,
+            child: None,
+            starts: 0,
+        }
+    }
+
+    fn start(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new(env!("CARGO_BIN_EXE_pgteleport"))
+            .arg("-config")
+            .arg(&self.config)
+            .env("PGTELEPORT_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        self.child = Some(child);
+        self.starts += 1;
+        Ok(())
+    }
+
+    /// Restarts the process when it exited (it stops by itself when its source database
+    /// went away, so that a restarted instance takes over cleanly).
+    fn supervise(&mut self) -> anyhow::Result<()> {
+        let exited = match self.child.as_mut() {
+            Some(c) => c.try_wait()?.is_some(),
+            None => true,
+        };
+        if exited {
+            self.start()?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM; returns how long the process took to exit and whether it exited cleanly.
+    fn terminate(&mut self) -> anyhow::Result<(Duration, bool)> {
+        let mut c = self
+            .child
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("not running"))?;
+        let t0 = Instant::now();
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        loop {
+            if let Some(status) = c.try_wait()? {
+                return Ok((t0.elapsed(), status.success()));
+            }
+            if t0.elapsed() > Duration::from_secs(30) {
+                let _ = c.kill();
+                let _ = c.wait();
+                anyhow::bail!("no exit within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill(); // SIGKILL
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> anyhow::Result<PathBuf> {
+    let p = dir.join(name);
+    std::fs::write(&p, text)?;
+    Ok(p)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_instances_and_crashed_servers_lose_and_double_nothing() -> anyhow::Result<()> {
+    init_logging();
+    let kills: u32 = std::env::var("PGTELEPORT_CRASH_KILLS")
+        .ok()
+        .and_then(|k| k.parse().ok())
+        .unwrap_or(8);
+    // Two clusters of its own: each side's server is crashed in turn.
+    let mut a = Cluster::start_new("crash-src")?;
+    let mut b = Cluster::start_new("crash-dst")?;
+    for (c, name) in [(&a, "src"), (&b, "dst")] {
+        c.create_role(name, PASSWORD).await?;
+        c.create_database(name, name).await?;
+        c.connect(name, name, PASSWORD)
+            .await?
+            .batch_execute(TABLES)
+            .await?;
+    }
+    let dir = std::env::temp_dir().join(format!("pgteleport-crash-{}", fastrand::u32(..)));
+    std::fs::create_dir_all(&dir)?;
+    let http = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let target_yml = write(
+        &dir,
+        "target.yml",
+        &format!(
+            "database: {{name: crash-dst, database: dst, hostname: 127.0.0.1, port: {}, username: dst, password: {PASSWORD}}}\n\
+             server: {{hostname: 127.0.0.1, port: {http}, auth_token: {TOKEN}}}\n",
+            b.port
+        ),
+    )?;
+    let source_yml = write(
+        &dir,
+        "source.yml",
+        &format!(
+            "processing_intervals: {{batcher: 50, transmitter: 20, vacuum: 200, rotation: 500, ddlwatcher: 500}}\n\
+             database: {{name: crash-src, database: src, hostname: 127.0.0.1, port: {}, username: src, password: {PASSWORD}}}\n\
+             targets:\n  t1:\n    target_expression: \"app.*\"\n    endpoint: {{hostname: 127.0.0.1, port: {http}, timeout_seconds: 5}}\n    auth_token: {TOKEN}\n",
+            a.port
+        ),
+    )?;
+    let mut target = Proc::new(target_yml, dir.join("target.log"));
+    let mut source = Proc::new(source_yml, dir.join("source.log"));
+    target.start()?;
+    source.start()?;
+
+    // Writes start once capture is installed (rows from before would need an initial load).
+    let src = a.connect("src", "src", PASSWORD).await?;
+    wait_for("capture installed", Duration::from_secs(30), || async {
+        Ok(scalar_i64(
+            &src,
+            "select count(*) from pg_trigger where tgname = 'pgteleport_capture'",
+        )
+        .await?
+            == 2)
+    })
+    .await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(bank_writer(a.port, "src", stop.clone())))
+        .collect();
+
+    let mut done = Vec::new();
+    for i in 0..kills {
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(400..1200))).await;
+        source.supervise()?;
+        target.supervise()?;
+        // Every kind of fault comes up in the short form too.
+        let fault = if i < 5 { i } else { fastrand::u32(0..5) };
+        match fault {
+            0 => source.kill(),
+            1 => target.kill(),
+            2 => {
+                source.kill();
+                target.kill();
+            }
+            3 => {
+                a.stop_immediate()?;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                a.start()?;
+            }
+            _ => {
+                b.stop_immediate()?;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                b.start()?;
+            }
+        }
+        done.push(["source", "target", "both", "source server", "target server"][fault as usize]);
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(100..500))).await;
+        source.supervise()?;
+        target.supervise()?;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let mut committed = 0;
+    for w in writers {
+        committed += w.await??;
+    }
+    assert!(
+        committed > 100,
+        "the writers committed only {committed} transactions"
+    );
+
+    // Catch up, then compare, with the instances supervised meanwhile.
+    let src = a.connect("src", "src", PASSWORD).await?;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        source.supervise()?;
+        target.supervise()?;
+        let dst = b.connect("dst", "dst", PASSWORD).await?;
+        let pending = scalar_i64(
+            &src,
+            "select count(*) from teleport.batch where acked_at is null",
+        )
+        .await
+        .unwrap_or(1);
+        let same = checksum(&src, "app.accounts").await? == checksum(&dst, "app.accounts").await?
+            && checksum(&src, "app.history").await? == checksum(&dst, "app.history").await?;
+        // Nothing left in the queue for the batcher either: every event is in an acknowledged batch.
+        if same && pending == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(dir.join("source.log")).unwrap_or_default();
+            let tail: String = log.lines().rev().take(30).collect::<Vec<_>>().join("\n");
+            anyhow::bail!("not equal within 90 s after faults {done:?}; pending batches {pending}; source log (last lines, newest first):\n{tail}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let dst = b.connect("dst", "dst", PASSWORD).await?;
+    wait_equal(
+        &src,
+        &dst,
+        &["app.accounts", "app.history"],
+        Duration::from_secs(10),
+    )
+    .await?;
+    // Exactly once: the target applied as many events as the source put into batches.
+    let made = scalar_i64(&src, "select next_seq - 1 from teleport.target_state").await?;
+    let events_made = scalar_i64(
+        &src,
+        "select coalesce(sum(events), 0)::int8 from teleport.batch",
+    )
+    .await?;
+    let applied = scalar_i64(&dst, "select seq from teleport.applied").await?;
+    let events_applied = scalar_i64(&dst, "select events from teleport.applied").await?;
+    assert_eq!(
+        applied, made,
+        "target position vs batches made (faults {done:?})"
+    );
+    assert_eq!(
+        events_applied, events_made,
+        "events applied vs batched (faults {done:?})"
+    );
+    tracing::info!(
+        ?done,
+        committed,
+        source_starts = source.starts,
+        target_starts = target.starts,
+        "crash loop passed"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// What the proxy does to the connections it sees.
+const PASS: u8 = 0;
+/// Closes each new connection at once.
+const DROP: u8 = 1;
+/// Forwards nothing either way (the transmitter's timeout must end it).
+const STALL: u8 = 2;
+/// Forwards the request, lets the target answer (it has committed by then), and closes
+/// the client side before one byte of the answer reaches the source.
+const CUT_REPLY: u8 = 3;
+
+async fn proxy(listener: TcpListener, upstream: u16, mode: Arc<AtomicU8>) {
+    loop {
+        let Ok((mut client, _)) = listener.accept().await else {
+            return;
+        };
+        let mode = mode.clone();
+        tokio::spawn(async move {
+            match mode.load(Ordering::SeqCst) {
+                DROP => return,
+                STALL => {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    return;
+                }
+                _ => {}
+            }
+            let Ok(mut server) = TcpStream::connect(("127.0.0.1", upstream)).await else {
+                return;
+            };
+            let (mut cr, mut cw) = client.split();
+            let (mut sr, mut sw) = server.split();
+            let up = async {
+                let mut buf = vec![0u8; 64 << 10];
+                loop {
+                    match cr.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if sw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                let _ = sw.shutdown().await;
+            };
+            let down = async {
+                let mut buf = vec![0u8; 64 << 10];
+                loop {
+                    match sr.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if mode.load(Ordering::SeqCst) == CUT_REPLY {
+                                return; // the answer is lost: the client half closes below
+                            }
+                            if cw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            };
+            tokio::select! {
+                _ = async { tokio::join!(up, down) } => {}
+                _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+            }
+        });
+    }
+}
+
+#[tokio::test]
+async fn dropped_stalled_and_cut_connections_lose_and_double_nothing() -> anyhow::Result<()> {
+    let p = Arc::new(
+        Pair::new(
+            "create schema app; create table app.hot (id int primary key, n bigint not null);",
+        )
+        .await?,
+    );
+    let target = p.start_target(0).await?;
+    let upstream = target.local_addr.unwrap().port();
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let mode = Arc::new(AtomicU8::new(PASS));
+    tokio::spawn(proxy(listener, upstream, mode.clone()));
+    // The transmitter talks to the proxy, with a short timeout for stalls.
+    let yaml = p.source_yaml(port, "app.*", "").replace(
+        &format!("port: {port}}}"),
+        &format!("port: {port}, timeout_seconds: 2}}"),
+    );
+    let cfg = pgteleport::config::Config::from_yaml(&yaml, Path::new("s.yml"), |_| None)?;
+    let source = pgteleport::instance::start(cfg).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (p, stop) = (p.clone(), stop.clone());
+        tokio::spawn(async move {
+            let c = p.src().await?;
+            let mut n = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let id = fastrand::i32(1..=50);
+                c.batch_execute(&format!(
+                    "insert into app.hot values ({id}, 1) on conflict (id) do update set n = app.hot.n + 1"
+                ))
+                .await?;
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+            anyhow::Ok(n)
+        })
+    };
+    let src = p.src().await?;
+    let mut seen = [0u32; 4];
+    let until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < until {
+        let m = fastrand::u8(0..4);
+        seen[m as usize] += 1;
+        mode.store(m, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(200..900))).await;
+    }
+    // Every fault happened at least once in the short run.
+    for m in [DROP, STALL, CUT_REPLY] {
+        if seen[m as usize] == 0 {
+            mode.store(m, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(700)).await;
+        }
+    }
+    mode.store(PASS, Ordering::SeqCst);
+    stop.store(true, Ordering::SeqCst);
+    let written = writer.await??;
+    assert!(written > 100, "only {written} writes");
+    let dst = p.dst().await?;
+    wait_equal(&src, &dst, &["app.hot"], Duration::from_secs(60)).await?;
+    wait_for(
+        "every batch acknowledged",
+        Duration::from_secs(30),
+        || async {
+            Ok(scalar_i64(
+                &src,
+                "select count(*) from teleport.batch where acked_at is null",
+            )
+            .await?
+                == 0)
+        },
+    )
+    .await?;
+    let events_made = scalar_i64(
+        &src,
+        "select coalesce(sum(events), 0)::int8 from teleport.batch",
+    )
+    .await?;
+    let events_applied = scalar_i64(&dst, "select events from teleport.applied").await?;
+    assert_eq!(events_applied, events_made, "events applied vs batched");
+    // The counter column makes a doubled update visible too: n counts the writes.
+    let total = scalar_i64(&dst, "select coalesce(sum(n), 0)::int8 from app.hot").await?;
+    assert_eq!(total as u64, written, "sum of counters vs writes");
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_both_instances_within_seconds_with_nothing_half_applied(
+) -> anyhow::Result<()> {
+    let p = Pair::new(TABLES).await?;
+    let dir = std::env::temp_dir().join(format!("pgteleport-term-{}", fastrand::u32(..)));
+    std::fs::create_dir_all(&dir)?;
+    let http = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut target = Proc::new(
+        write(&dir, "target.yml", &p.target_yaml(http))?,
+        dir.join("target.log"),
+    );
+    let mut source = Proc::new(
+        write(&dir, "source.yml", &p.source_yaml(http, "app.*", ""))?,
+        dir.join("source.log"),
+    );
+    target.start()?;
+    source.start()?;
+    let src = p.src().await?;
+    wait_for("capture installed", Duration::from_secs(30), || async {
+        Ok(scalar_i64(
+            &src,
+            "select count(*) from pg_trigger where tgname = 'pgteleport_capture'",
+        )
+        .await?
+            == 2)
+    })
+    .await?;
+    // Transactions of 20 000 rows each, so that batches are in flight when the signal comes.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (p, stop) = (Arc::new(p.src().await?), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0i64;
+            while !stop.load(Ordering::SeqCst) {
+                p.batch_execute(&format!(
+                    "insert into app.history (aid, delta) select g % 200, g from generate_series({}, {}) g",
+                    n * 20_000,
+                    n * 20_000 + 19_999
+                ))
+                .await?;
+                n += 1;
+            }
+            anyhow::Ok(n)
+        })
+    };
+    let dst = p.dst().await?;
+    wait_for("a first batch applied", Duration::from_secs(30), || async {
+        Ok(scalar_i64(&dst, "select count(*) from app.history").await? > 0)
+    })
+    .await?;
+    let (took, clean) = target.terminate()?;
+    assert!(clean, "the target exited with an error on SIGTERM");
+    assert!(
+        took < Duration::from_secs(5),
+        "the target took {took:?} to stop"
+    );
+    // Whole batches only: the target holds a multiple of the writer's 20 000-row transactions.
+    let n = scalar_i64(&dst, "select count(*) from app.history").await?;
+    assert_eq!(n % 20_000, 0, "{n} rows: a transaction was applied in part");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (took, clean) = source.terminate()?;
+    assert!(clean, "the source exited with an error on SIGTERM");
+    assert!(
+        took < Duration::from_secs(5),
+        "the source took {took:?} to stop"
+    );
+    stop.store(true, Ordering::SeqCst);
+    writer.await??;
+    target.start()?;
+    source.start()?;
+    wait_equal_checksum(&src, &dst, &["app.history"], Duration::from_secs(60)).await?;
+    wait_for(
+        "every batch acknowledged",
+        Duration::from_secs(30),
+        || async {
+            Ok(scalar_i64(
+                &src,
+                "select count(*) from teleport.batch where acked_at is null",
+            )
+            .await?
+                == 0)
+        },
+    )
+    .await?;
+    let events_made = scalar_i64(
+        &src,
+        "select coalesce(sum(events), 0)::int8 from teleport.batch",
+    )
+    .await?;
+    let events_applied = scalar_i64(&dst, "select events from teleport.applied").await?;
+    assert_eq!(events_applied, events_made, "events applied vs batched");
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
