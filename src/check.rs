@@ -142,11 +142,14 @@ pub async fn check(config: &Config) -> Report {
                 db::describe_read(&e)
             )),
         }
-        let http = HttpClient::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-        let base = format!(
-            "http://{}:{}",
-            target.endpoint.hostname, target.endpoint.port
-        );
+        let (base, connector) = match crate::tls::https_connector(&target.endpoint) {
+            Ok(x) => x,
+            Err(e) => {
+                r.fail(&format!("target `{name}`: {e}"));
+                continue;
+            }
+        };
+        let http = HttpClient::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(connector);
         let mut req = hyper::Request::get(format!(
             "{base}/v1/position/{}/{name}",
             config.database.name

@@ -204,6 +204,12 @@ pub struct Server {
     /// transaction rolled back (a stalled source must not hold a transaction open here).
     #[serde(default = "default_read_timeout")]
     pub read_timeout_seconds: u64,
+    /// Serve HTTPS with this certificate chain (PEM); needs `tls_key`.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// A destination of this source instance.
@@ -228,6 +234,12 @@ pub struct Endpoint {
     /// Seconds to wait for one batch request (including its apply on the target).
     #[serde(default = "default_request_timeout")]
     pub timeout_seconds: u64,
+    /// Speak HTTPS to the target (its `server.tls_cert`), verifying its certificate and name.
+    #[serde(default)]
+    pub tls: bool,
+    /// Root certificate(s) (PEM) to verify the target with; default: the Mozilla roots.
+    #[serde(default)]
+    pub ca_cert: Option<PathBuf>,
 }
 
 fn default_batch_size() -> usize {
@@ -424,6 +436,12 @@ impl Config {
             if t.auth_token.as_ref().is_some_and(Secret::is_empty) {
                 return Err(invalid(&key("auth_token"), "must not be empty".into()));
             }
+            if t.endpoint.ca_cert.is_some() && !t.endpoint.tls {
+                return Err(invalid(
+                    &key("endpoint.ca_cert"),
+                    "is set but endpoint.tls is not: set endpoint.tls: true to speak HTTPS to the target".into(),
+                ));
+            }
         }
         if let Some(server) = &self.server {
             if server.auth_token.as_ref().is_some_and(Secret::is_empty) {
@@ -445,6 +463,17 @@ impl Config {
                 return Err(invalid(
                     "server.max_body_bytes",
                     "must be at least 1".into(),
+                ));
+            }
+            if server.tls_cert.is_some() != server.tls_key.is_some() {
+                return Err(invalid(
+                    if server.tls_cert.is_some() {
+                        "server.tls_key"
+                    } else {
+                        "server.tls_cert"
+                    },
+                    "is missing: HTTPS needs both server.tls_cert and server.tls_key (PEM files)"
+                        .into(),
                 ));
             }
             if server.read_timeout_seconds == 0 {

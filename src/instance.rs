@@ -168,10 +168,14 @@ pub async fn start(config: Config) -> Result<Running, InstanceError> {
                 })?;
         local_addr = listener.local_addr().ok();
         tracing::info!(address = ?local_addr, accepts_batches = roles.target, "http server listening");
+        let tls = crate::tls::acceptor(server).map_err(|e| InstanceError::Stage {
+            stage: "server".into(),
+            message: e.to_string(),
+        })?;
         let srv = Arc::new(Server::new(server, applier.clone()));
         let token = shutdown.clone();
         tasks.spawn(async move {
-            srv.run(listener, token).await;
+            srv.run(listener, tls, token).await;
             ("server".to_string(), Ok(()))
         });
     }
@@ -201,7 +205,10 @@ pub async fn start(config: Config) -> Result<Running, InstanceError> {
             &shutdown,
         );
         for (name, target) in &config.targets {
-            let t = Transmitter::new(&config, name, target);
+            let t = Transmitter::new(&config, name, target).map_err(|e| InstanceError::Stage {
+                stage: format!("transmitter {name}"),
+                message: e.to_string(),
+            })?;
             spawn_stage(&mut tasks, t, db.clone(), iv.transmitter(), &shutdown);
         }
     }

@@ -52,7 +52,14 @@ impl Server {
     }
 
     /// Serves connections from `listener` until `shutdown`; in-flight requests finish.
-    pub async fn run(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+    /// With `tls`, every connection is HTTPS (a handshake that fails or takes over 10 s is
+    /// dropped).
+    pub async fn run(
+        self: Arc<Self>,
+        listener: TcpListener,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        shutdown: CancellationToken,
+    ) {
         // Connection tasks live in a JoinSet: if this task is aborted (a simulated crash),
         // dropping the set aborts every request in flight, as a killed process would.
         let mut connections = JoinSet::new();
@@ -73,26 +80,46 @@ impl Server {
             let _ = stream.set_nodelay(true);
             let this = self.clone();
             let shutdown = shutdown.clone();
+            let tls = tls.clone();
             connections.spawn(async move {
-                let service = service_fn(move |req| {
-                    let this = this.clone();
-                    async move { Ok::<_, std::convert::Infallible>(this.handle(req, peer).await) }
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(30))
-                    .serve_connection(TokioIo::new(stream), service);
-                let mut conn = std::pin::pin!(conn);
-                tokio::select! {
-                    r = conn.as_mut() => if let Err(e) = r { tracing::debug!(%peer, error = %e, "http connection ended") },
-                    _ = shutdown.cancelled() => {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
+                match tls {
+                    None => this.serve(stream, peer, shutdown).await,
+                    Some(acceptor) => {
+                        match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(s)) => this.serve(s, peer, shutdown).await,
+                            Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
+                            Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                        }
                     }
                 }
             });
         }
         while connections.join_next().await.is_some() {}
+    }
+
+    /// Serves one connection until it ends; on shutdown, lets its request in flight finish.
+    async fn serve<IO>(self: Arc<Self>, io: IO, peer: SocketAddr, shutdown: CancellationToken)
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let service = service_fn(move |req| {
+            let this = self.clone();
+            async move { Ok::<_, std::convert::Infallible>(this.handle(req, peer).await) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(30))
+            .serve_connection(TokioIo::new(io), service);
+        let mut conn = std::pin::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => if let Err(e) = r { tracing::debug!(%peer, error = %e, "http connection ended") },
+            _ = shutdown.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
+            }
+        }
     }
 
     async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {

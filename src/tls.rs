@@ -27,8 +27,18 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 /// Why a TLS setup failed.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("sslrootcert {path}: {message}")]
-    RootCert { path: String, message: String },
+    #[error("{key} {path}: {message}")]
+    RootCert {
+        key: &'static str,
+        path: String,
+        message: String,
+    },
+    #[error("{key} {path}: {message}")]
+    ServerCert {
+        key: &'static str,
+        path: String,
+        message: String,
+    },
     #[error("TLS setup: {0}")]
     Rustls(String),
 }
@@ -43,11 +53,12 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn roots(rootcert: Option<&Path>) -> Result<RootCertStore, TlsError> {
+fn roots(key: &'static str, rootcert: Option<&Path>) -> Result<RootCertStore, TlsError> {
     let mut store = RootCertStore::empty();
     match rootcert {
         Some(path) => {
             let err = |message: String| TlsError::RootCert {
+                key,
                 path: path.display().to_string(),
                 message,
             };
@@ -79,17 +90,19 @@ pub fn for_mode(mode: &str, rootcert: Option<&Path>) -> Result<Tls, TlsError> {
             .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider())))
             .with_no_client_auth(),
         "prefer" | "require" | "verify-ca" => {
-            let inner =
-                WebPkiServerVerifier::builder_with_provider(Arc::new(roots(rootcert)?), provider())
-                    .build()
-                    .map_err(|e| TlsError::Rustls(e.to_string()))?;
+            let inner = WebPkiServerVerifier::builder_with_provider(
+                Arc::new(roots("sslrootcert", rootcert)?),
+                provider(),
+            )
+            .build()
+            .map_err(|e| TlsError::Rustls(e.to_string()))?;
             builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(ChainOnly(inner)))
                 .with_no_client_auth()
         }
         _ => builder
-            .with_root_certificates(roots(rootcert)?)
+            .with_root_certificates(roots("sslrootcert", rootcert)?)
             .with_no_client_auth(),
     };
     let ssl = if mode == "prefer" {
@@ -188,4 +201,75 @@ impl ServerCertVerifier for ChainOnly {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.supported_verify_schemes()
     }
+}
+
+/// The HTTP(S) connector every client of a target uses (transmitter, initial load, check).
+pub type HttpsConnector =
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
+
+/// The base URL of `endpoint` and a connector for it: HTTPS (certificate chain and host name
+/// verified against `ca_cert`, or the Mozilla roots) when `endpoint.tls`, plain HTTP otherwise.
+pub fn https_connector(
+    endpoint: &crate::config::Endpoint,
+) -> Result<(String, HttpsConnector), TlsError> {
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.set_connect_timeout(Some(std::time::Duration::from_secs(10)));
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Rustls(e.to_string()))?
+        .with_root_certificates(roots("endpoint.ca_cert", endpoint.ca_cert.as_deref())?)
+        .with_no_client_auth();
+    let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config);
+    let connector = if endpoint.tls {
+        builder.https_only().enable_http1().wrap_connector(http)
+    } else {
+        builder.https_or_http().enable_http1().wrap_connector(http)
+    };
+    let scheme = if endpoint.tls { "https" } else { "http" };
+    Ok((
+        format!("{scheme}://{}:{}", endpoint.hostname, endpoint.port),
+        connector,
+    ))
+}
+
+/// The TLS acceptor of a target's HTTP server, when `server.tls_cert` is set.
+pub fn acceptor(
+    server: &crate::config::Server,
+) -> Result<Option<tokio_rustls::TlsAcceptor>, TlsError> {
+    let (Some(cert), Some(key)) = (&server.tls_cert, &server.tls_key) else {
+        return Ok(None);
+    };
+    let err = |key: &'static str, path: &Path, message: String| TlsError::ServerCert {
+        key,
+        path: path.display().to_string(),
+        message,
+    };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| err("server.tls_cert", cert, e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| err("server.tls_cert", cert, e.to_string()))?;
+    if chain.is_empty() {
+        return Err(err(
+            "server.tls_cert",
+            cert,
+            "holds no PEM certificate".into(),
+        ));
+    }
+    let private = rustls::pki_types::PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| err("server.tls_key", key, e.to_string()))?;
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Rustls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, private)
+        .map_err(|e| {
+            err(
+                "server.tls_key",
+                key,
+                format!("does not fit the certificate: {e}"),
+            )
+        })?;
+    Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))))
 }

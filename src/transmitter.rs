@@ -10,7 +10,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use hyper::{Method, Request, StatusCode};
-use hyper_util::client::legacy::{connect::HttpConnector, Client as HttpClient};
+use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::TokioExecutor;
 use serde_json::value::RawValue;
 use tokio_postgres::Client;
@@ -32,7 +32,7 @@ pub struct Transmitter {
     base_url: String,
     token: Option<Secret>,
     timeout: Duration,
-    http: HttpClient<HttpConnector, ReqBody>,
+    http: HttpClient<crate::tls::HttpsConnector, ReqBody>,
     /// Events per segment of a streamed batch.
     segment_events: usize,
     /// Whether the target's position was read since (re)start.
@@ -57,20 +57,15 @@ enum Refusal {
 }
 
 impl Transmitter {
-    pub fn new(config: &Config, name: &str, target: &Target) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(10)));
-        connector.set_nodelay(true);
+    pub fn new(config: &Config, name: &str, target: &Target) -> Result<Self, crate::tls::TlsError> {
+        let (base_url, connector) = crate::tls::https_connector(&target.endpoint)?;
         let http = HttpClient::builder(TokioExecutor::new()).build(connector);
-        Self {
+        Ok(Self {
             schema: quote_ident(&config.internal_schema),
             source: config.database.name.clone(),
             target: name.to_string(),
             apply_schema: target.apply_schema.clone(),
-            base_url: format!(
-                "http://{}:{}",
-                target.endpoint.hostname, target.endpoint.port
-            ),
+            base_url,
             token: target.auth_token.clone(),
             timeout: Duration::from_secs(target.endpoint.timeout_seconds),
             http,
@@ -78,7 +73,7 @@ impl Transmitter {
             reconciled: false,
             waiting: false,
             acked_ddl: std::sync::atomic::AtomicI64::new(-1),
-        }
+        })
     }
 
     fn request(

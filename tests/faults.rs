@@ -541,6 +541,7 @@ async fn sigterm_stops_both_instances_within_seconds_with_nothing_half_applied(
     })
     .await?;
     let (took, clean) = target.terminate()?;
+    println!("target stopped {took:?} after SIGTERM");
     assert!(clean, "the target exited with an error on SIGTERM");
     assert!(
         took < Duration::from_secs(5),
@@ -551,6 +552,7 @@ async fn sigterm_stops_both_instances_within_seconds_with_nothing_half_applied(
     assert_eq!(n % 20_000, 0, "{n} rows: a transaction was applied in part");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (took, clean) = source.terminate()?;
+    println!("source stopped {took:?} after SIGTERM");
     assert!(clean, "the source exited with an error on SIGTERM");
     assert!(
         took < Duration::from_secs(5),
@@ -582,5 +584,127 @@ async fn sigterm_stops_both_instances_within_seconds_with_nothing_half_applied(
     let events_applied = scalar_i64(&dst, "select events from teleport.applied").await?;
     assert_eq!(events_applied, events_made, "events applied vs batched");
     let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// Rows in the three queue tables and the bytes of the whole internal schema.
+async fn queue_state(c: &tokio_postgres::Client) -> anyhow::Result<(i64, i64)> {
+    let rows = scalar_i64(
+        c,
+        "select (select count(*) from teleport.event_0) + (select count(*) from teleport.event_1) + (select count(*) from teleport.event_2)",
+    )
+    .await?;
+    let bytes = scalar_i64(
+        c,
+        "select sum(pg_total_relation_size(c.oid))::int8 from pg_class c join pg_namespace n on n.oid = c.relnamespace
+          where n.nspname = 'teleport' and c.relkind = 'r'",
+    )
+    .await?;
+    Ok((rows, bytes))
+}
+
+#[tokio::test]
+async fn queue_stays_bounded_under_a_held_snapshot_and_resumes_after_a_held_transaction(
+) -> anyhow::Result<()> {
+    // PGTELEPORT_HOLD_SECONDS for the long form (minutes); CI holds 8 s each.
+    let hold: u64 = std::env::var("PGTELEPORT_HOLD_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(8);
+    let p = Arc::new(
+        Pair::new("create schema app; create table app.t (id bigint primary key, v text);").await?,
+    );
+    let (source, target) = p.start_both("app.*").await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (p, stop) = (p.clone(), stop.clone());
+        tokio::spawn(async move {
+            let c = p.src().await?;
+            let mut id = 0i64;
+            while !stop.load(Ordering::SeqCst) {
+                c.batch_execute(&format!(
+                    "insert into app.t select g, repeat('x', 100) from generate_series({}, {}) g",
+                    id,
+                    id + 49
+                ))
+                .await?;
+                id += 50;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            anyhow::Ok(id)
+        })
+    };
+    let src = p.src().await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // 1. A reader holds an old snapshot (xmin) open: rotation goes on.
+    let holder = p.src().await?;
+    holder
+        .batch_execute("begin isolation level repeatable read; select count(*) from app.t;")
+        .await?;
+    let mut samples = Vec::new();
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(hold) {
+        samples.push(queue_state(&src).await?);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    holder.batch_execute("commit").await?;
+    let half = samples.len() / 2;
+    let max_rows = |s: &[(i64, i64)]| s.iter().map(|x| x.0).max().unwrap_or(0);
+    let max_bytes = |s: &[(i64, i64)]| s.iter().map(|x| x.1).max().unwrap_or(0);
+    let (early, late) = (&samples[..half], &samples[half..]);
+    // Bounded: the second half of the hold holds no more than the first (plus slack for
+    // noise), and the queue is emptied now and then all along.
+    assert!(
+        max_rows(late) <= max_rows(early) * 3 / 2 + 2000,
+        "queue rows grew under a held snapshot: first half max {}, second half max {}",
+        max_rows(early),
+        max_rows(late)
+    );
+    assert!(
+        max_bytes(late) <= max_bytes(early) * 3 / 2 + (1 << 20),
+        "internal schema grew under a held snapshot: {} → {} bytes",
+        max_bytes(early),
+        max_bytes(late)
+    );
+    let rotations_before =
+        scalar_i64(&src, "select last_value from teleport.queue_rotation").await?;
+
+    // 2. A transaction with an xid stays open: the queue tables it could have written to
+    //    are kept (rotation waits), and are emptied once it ends (rotation resumes).
+    let holder = p.src().await?;
+    holder
+        .batch_execute("begin; select pg_current_xact_id();")
+        .await?;
+    tokio::time::sleep(Duration::from_secs(hold)).await;
+    let (held_rows, _) = queue_state(&src).await?;
+    holder.batch_execute("commit").await?;
+    stop.store(true, Ordering::SeqCst);
+    let written = writer.await??;
+    wait_for(
+        "the queue emptied after the transaction ended",
+        Duration::from_secs(30),
+        || async { Ok(queue_state(&src).await?.0 == 0) },
+    )
+    .await?;
+    let rotations_after =
+        scalar_i64(&src, "select last_value from teleport.queue_rotation").await?;
+    assert!(rotations_after > rotations_before, "rotation resumed");
+    let dst = p.dst().await?;
+    wait_equal_checksum(&src, &dst, &["app.t"], Duration::from_secs(30)).await?;
+    tracing::info!(
+        written,
+        max_rows_under_snapshot = max_rows(&samples),
+        max_bytes_under_snapshot = max_bytes(&samples),
+        held_rows,
+        "queue under held snapshots"
+    );
+    println!(
+        "held snapshot {hold} s: queue max {} rows, internal schema max {} bytes; held xid {hold} s: {held_rows} rows kept, emptied after",
+        max_rows(&samples),
+        max_bytes(&samples)
+    );
+    source.shutdown().await?;
+    target.shutdown().await?;
     Ok(())
 }

@@ -24,14 +24,12 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
-/// A private cluster with ssl on; its certificate is for DNS name `localhost` only,
-/// signed by a throwaway CA. Returns the cluster and the CA file.
-async fn tls_cluster() -> anyhow::Result<(Arc<Cluster>, std::path::PathBuf)> {
-    let cluster = Cluster::start_new("tls")?;
-    let dir = cluster.dir.join("certs");
-    std::fs::create_dir_all(&dir)?;
+/// A throwaway CA (`ca.pem`) and a certificate for DNS name `localhost` it signed
+/// (`server.crt`, `server.key`), made in `dir`.
+fn make_certs(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
     openssl(
-        &dir,
+        dir,
         &[
             "req",
             "-x509",
@@ -49,7 +47,7 @@ async fn tls_cluster() -> anyhow::Result<(Arc<Cluster>, std::path::PathBuf)> {
         ],
     );
     openssl(
-        &dir,
+        dir,
         &[
             "req",
             "-newkey",
@@ -68,7 +66,7 @@ async fn tls_cluster() -> anyhow::Result<(Arc<Cluster>, std::path::PathBuf)> {
         "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n",
     )?;
     openssl(
-        &dir,
+        dir,
         &[
             "x509",
             "-req",
@@ -87,6 +85,15 @@ async fn tls_cluster() -> anyhow::Result<(Arc<Cluster>, std::path::PathBuf)> {
             "ext.cnf",
         ],
     );
+    Ok(())
+}
+
+/// A private cluster with ssl on; its certificate is for DNS name `localhost` only,
+/// signed by a throwaway CA. Returns the cluster and the CA file.
+async fn tls_cluster() -> anyhow::Result<(Arc<Cluster>, std::path::PathBuf)> {
+    let cluster = Cluster::start_new("tls")?;
+    let dir = cluster.dir.join("certs");
+    make_certs(&dir)?;
     let data = cluster.dir.join("data");
     for f in ["server.crt", "server.key"] {
         std::fs::copy(dir.join(f), data.join(f))?;
@@ -226,4 +233,100 @@ async fn sslmodes_behave_as_libpq_and_replication_runs_over_tls() -> anyhow::Res
     source.shutdown().await?;
     target.shutdown().await?;
     Ok(())
+}
+
+#[tokio::test]
+async fn https_between_instances_verifies_the_target_certificate() -> anyhow::Result<()> {
+    let p =
+        Pair::new("create schema app; create table app.t (id int primary key, v text);").await?;
+    let dir = std::env::temp_dir().join(format!("pgteleport-https-{}", fastrand::u32(..)));
+    make_certs(&dir)?;
+    let tls = format!(
+        "tls_cert: \"{}\", tls_key: \"{}\", ",
+        dir.join("server.crt").display(),
+        dir.join("server.key").display()
+    );
+    let target = p.start_target_with(0, &tls).await?;
+    let port = target.local_addr.unwrap().port();
+    let source_with = |endpoint: &str| -> anyhow::Result<Config> {
+        let yaml = p.source_yaml(port, "app.*", "").replace(
+            &format!("endpoint: {{hostname: 127.0.0.1, port: {port}}}"),
+            endpoint,
+        );
+        Ok(Config::from_yaml(&yaml, Path::new("s.yml"), |_| None)?)
+    };
+    let src = p.src().await?;
+    let dst = p.dst().await?;
+    let last_error = || async {
+        Ok::<_, anyhow::Error>(
+            src.query_one(
+                "select coalesce(last_error, '') from teleport.target_state",
+                &[],
+            )
+            .await?
+            .get::<_, String>(0),
+        )
+    };
+    // Without our CA (the Mozilla roots only): the certificate is refused, nothing applied.
+    let source = pgteleport::instance::start(source_with(&format!(
+        "endpoint: {{hostname: localhost, port: {port}, tls: true}}"
+    ))?)
+    .await?;
+    src.execute("insert into app.t values (1, 'one')", &[])
+        .await?;
+    wait_for("a certificate error", Duration::from_secs(20), || async {
+        Ok(last_error().await?.to_lowercase().contains("certificate"))
+    })
+    .await?;
+    assert_eq!(scalar_i64(&dst, "select count(*) from app.t").await?, 0);
+    source.shutdown().await?;
+    // Plain HTTP to the HTTPS server: refused as well.
+    let source = pgteleport::instance::start(source_with(&format!(
+        "endpoint: {{hostname: localhost, port: {port}}}"
+    ))?)
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(scalar_i64(&dst, "select count(*) from app.t").await?, 0);
+    source.shutdown().await?;
+    // With the CA: verified, replicated.
+    let source = pgteleport::instance::start(source_with(&format!(
+        "endpoint: {{hostname: localhost, port: {port}, tls: true, ca_cert: \"{}\"}}",
+        dir.join("ca.pem").display()
+    ))?)
+    .await?;
+    src.execute("insert into app.t values (2, 'two')", &[])
+        .await?;
+    wait_equal(&src, &dst, &["app.t"], Duration::from_secs(20)).await?;
+    source.shutdown().await?;
+    target.shutdown().await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+#[test]
+fn https_configuration_mistakes_are_named() {
+    let base =
+        "database: {name: s, database: d, hostname: h, port: 5432, username: u, password: p}\n";
+    let e = Config::from_yaml(
+        &format!("{base}server: {{port: 1, auth_token: x, tls_cert: /c.pem}}\n"),
+        Path::new("t.yml"),
+        |_| None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("server.tls_key") && e.contains("tls_cert"),
+        "{e}"
+    );
+    let e = Config::from_yaml(
+        &format!("{base}targets:\n  t:\n    target_expression: a.*\n    endpoint: {{hostname: h, port: 1, ca_cert: /ca.pem}}\n"),
+        Path::new("s.yml"),
+        |_| None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("endpoint.ca_cert") && e.contains("tls: true"),
+        "{e}"
+    );
 }

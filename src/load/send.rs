@@ -12,7 +12,7 @@ use futures_util::TryStreamExt;
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use hyper::{Request, StatusCode};
-use hyper_util::client::legacy::{connect::HttpConnector, Client as HttpClient};
+use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::TokioExecutor;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -123,20 +123,23 @@ struct Remote {
     name: String,
     base: String,
     token: Option<String>,
-    http: HttpClient<HttpConnector, Body>,
+    http: HttpClient<crate::tls::HttpsConnector, Body>,
 }
 
 impl Remote {
-    fn new(name: &str, t: &Target) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(10)));
-        Self {
+    fn new(name: &str, t: &Target) -> Result<Self, LoadError> {
+        let (base, connector) =
+            crate::tls::https_connector(&t.endpoint).map_err(|e| LoadError::Target {
+                target: name.to_string(),
+                url: format!("{}:{}", t.endpoint.hostname, t.endpoint.port),
+                message: e.to_string(),
+            })?;
+        Ok(Self {
             name: name.to_string(),
-            base: format!("http://{}:{}", t.endpoint.hostname, t.endpoint.port),
+            base,
             token: t.auth_token.as_ref().map(|s| s.expose().to_string()),
             http: HttpClient::builder(TokioExecutor::new()).build(connector),
-        }
+        })
     }
 
     fn err(&self, message: String) -> LoadError {
@@ -220,7 +223,7 @@ pub async fn run(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErro
         .targets
         .get(&opts.target)
         .ok_or_else(|| LoadError::UnknownTarget(opts.target.clone()))?;
-    let remote = Arc::new(Remote::new(&opts.target, target));
+    let remote = Arc::new(Remote::new(&opts.target, target)?);
     let mut client = db::connect(&config.database, "initial load").await?;
     // Triggers first: every change not in the snapshot below is captured.
     let installed = capture::install(&mut client, config).await?;
