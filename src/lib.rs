@@ -14,6 +14,8 @@ pub mod cluster;
 pub mod config;
 pub mod db;
 pub mod demo;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod instance;
 pub mod load;
 pub mod server;

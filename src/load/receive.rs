@@ -44,6 +44,28 @@ impl Applier {
             .map_err(pg(&format!(
                 "creating schema {schema} (the target role needs CREATE on the database)"
             )))?;
+            // A schema that exists already may belong to someone else: say what to grant.
+            let row = tx
+                .query_one(
+                    "select current_user::text, pg_catalog.pg_get_userbyid(n.nspowner)::text,
+                            has_schema_privilege(n.oid, 'USAGE'), has_schema_privilege(n.oid, 'CREATE')
+                       from pg_catalog.pg_namespace n where n.nspname = $1",
+                    &[&schema],
+                )
+                .await
+                .map_err(pg(&format!("reading the rights on schema {schema}")))?;
+            let (me, owner, usage, create): (String, String, bool, bool) =
+                (row.get(0), row.get(1), row.get(2), row.get(3));
+            if !usage || !create {
+                return Err(ApplyError::Failed {
+                    message: format!(
+                        "role `{me}` may not create tables in schema `{schema}` (owned by `{owner}`): \
+                         GRANT USAGE, CREATE ON SCHEMA {q} TO {m}, or ALTER SCHEMA {q} OWNER TO {m}",
+                        q = quote_ident(&schema),
+                        m = quote_ident(&me),
+                    ),
+                });
+            }
         }
         for t in &msg.types {
             let name = qualified(map.map(&t.schema), &t.name);
