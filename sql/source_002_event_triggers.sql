@@ -18,6 +18,14 @@ create table if not exists ddl_clock (
 );
 insert into ddl_clock default values on conflict do nothing;
 
+-- The xid of the transaction that moved writers away from a queue table. Every transaction
+-- that could still write into the table had its xid assigned before that one (the row write
+-- that assigns it precedes the trigger that reads the current table), so the table is done
+-- once no transaction below this xid is unacknowledged. (A snapshot's xmax is no such bound:
+-- it is the latest *completed* xid + 1, and a running transaction can have an xid at or above
+-- it — the first rule, `xmax(switched)`, let a table be emptied under such a writer.)
+alter table queue_table add column if not exists switched_xid xid8;
+
 -- Consecutive failed attempts to transmit the next batch (reset by a success), for status.
 alter table target_state add column if not exists failures bigint not null default 0;
 

@@ -60,6 +60,9 @@ pub enum ApplyError {
     TooLarge { message: String },
     #[error("{message}")]
     Timeout { message: String },
+    /// The request's token does not admit the source the batch names.
+    #[error("{message}")]
+    Forbidden { message: String },
 }
 
 /// The segments of one batch, in order, as they arrive.

@@ -194,6 +194,10 @@ pub struct Server {
     /// Accept batches without a token (only on a trusted network).
     #[serde(default)]
     pub allow_unauthenticated: bool,
+    /// Tokens that each admit one source only (`database.name` of that source): a request
+    /// with one of them for another source is refused with 403.
+    #[serde(default)]
+    pub source_tokens: std::collections::BTreeMap<String, Secret>,
     /// Largest request body read whole (the initial load's control messages), in bytes.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
@@ -335,6 +339,12 @@ impl Config {
             if server.auth_token.is_none() {
                 server.auth_token = shared.clone();
             }
+            for (name, token) in server.source_tokens.iter_mut() {
+                let var = format!("PGTELEPORT_SERVER__SOURCE_TOKENS__{}", env_name(name));
+                if let Some(v) = env(&var) {
+                    *token = Secret(v);
+                }
+            }
         }
         for (name, target) in self.targets.iter_mut() {
             let var = format!("PGTELEPORT_TARGETS__{}__AUTH_TOKEN", env_name(name));
@@ -447,8 +457,18 @@ impl Config {
             if server.auth_token.as_ref().is_some_and(Secret::is_empty) {
                 return Err(invalid("server.auth_token", "must not be empty".into()));
             }
+            if let Some((name, _)) = server.source_tokens.iter().find(|(_, t)| t.is_empty()) {
+                return Err(invalid(
+                    &format!("server.source_tokens.{name}"),
+                    format!(
+                        "must not be empty (set it, or PGTELEPORT_SERVER__SOURCE_TOKENS__{})",
+                        env_name(name)
+                    ),
+                ));
+            }
             if self.targets.is_empty()
                 && server.auth_token.is_none()
+                && server.source_tokens.is_empty()
                 && !server.allow_unauthenticated
             {
                 return Err(invalid(

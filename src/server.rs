@@ -3,7 +3,7 @@
 //! | request | answer |
 //! |---|---|
 //! | `GET /healthz` | 200 `{"status":"ok"}` |
-//! | `POST /v1/batches` | 200 applied or duplicate (`applied_seq`); 400 malformed or truncated; 401 token; 408 the body stalled; 409 out of sequence (`applied_seq`); 413 a segment too large; 422 target schema behind; 503 database unavailable; 500 other apply failure |
+//! | `POST /v1/batches` | 200 applied or duplicate (`applied_seq`); 400 malformed or truncated; 401 token; 403 a source token for another source; 408 the body stalled; 409 out of sequence (`applied_seq`); 413 a segment too large; 422 target schema behind; 503 database unavailable; 500 other apply failure |
 //! | `GET /v1/position/{source}/{target}` | 200 `{"applied_seq": n}` |
 //!
 //! Every error body is JSON `{"error": "…"}`; nothing is ever an error behind 200.
@@ -33,6 +33,7 @@ use crate::wire;
 pub struct Server {
     applier: Option<Arc<Applier>>,
     token: Option<Secret>,
+    source_tokens: std::collections::BTreeMap<String, Secret>,
     max_body: usize,
     max_batch: usize,
     read_timeout: Duration,
@@ -45,6 +46,7 @@ impl Server {
         Self {
             applier,
             token: config.auth_token.clone(),
+            source_tokens: config.source_tokens.clone(),
             max_body: config.max_body_bytes,
             max_batch: config.max_batch_bytes,
             read_timeout: Duration::from_secs(config.read_timeout_seconds),
@@ -137,24 +139,37 @@ impl Server {
         }
     }
 
-    /// Checks the bearer token in constant time. Logs never show the token.
-    fn authorize<B>(&self, req: &Request<B>) -> Result<&Applier, Box<Response<Body>>> {
+    /// Checks the bearer token in constant time; returns the applier and, for a token of
+    /// `server.source_tokens`, the one source it admits. Logs never show the token.
+    fn authorize<B>(
+        &self,
+        req: &Request<B>,
+    ) -> Result<(&Applier, Option<String>), Box<Response<Body>>> {
         let Some(applier) = self.applier.as_deref() else {
             return Err(Box::new(error(
                 StatusCode::FORBIDDEN,
                 "this instance does not accept batches: it has no server.auth_token (or allow_unauthenticated)",
             )));
         };
-        let Some(token) = &self.token else {
-            return Ok(applier); // allow_unauthenticated
-        };
+        if self.token.is_none() && self.source_tokens.is_empty() {
+            return Ok((applier, None)); // allow_unauthenticated
+        }
         let presented = req
             .headers()
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
+        let same = |p: &str, t: &Secret| bool::from(p.as_bytes().ct_eq(t.expose().as_bytes()));
         match presented {
-            Some(p) if bool::from(p.as_bytes().ct_eq(token.expose().as_bytes())) => Ok(applier),
+            Some(p) if self.token.as_ref().is_some_and(|t| same(p, t)) => Ok((applier, None)),
+            Some(p) if self.source_tokens.values().any(|t| same(p, t)) => {
+                let source = self
+                    .source_tokens
+                    .iter()
+                    .find(|(_, t)| same(p, t))
+                    .map(|(s, _)| s.clone());
+                Ok((applier, source))
+            }
             Some(_) => Err(Box::new(error(
                 StatusCode::UNAUTHORIZED,
                 "wrong bearer token",
@@ -167,7 +182,7 @@ impl Server {
     }
 
     async fn position(&self, req: &Request<Incoming>, path: &str) -> Response<Body> {
-        let applier = match self.authorize(req) {
+        let (applier, admitted) = match self.authorize(req) {
             Ok(a) => a,
             Err(r) => return *r,
         };
@@ -181,6 +196,9 @@ impl Server {
                 "use GET /v1/position/{source}/{target}",
             );
         };
+        if let Err(r) = admits(&admitted, source) {
+            return *r;
+        }
         match applier.position(source, target).await {
             Ok(seq) => reply(
                 StatusCode::OK,
@@ -191,7 +209,7 @@ impl Server {
     }
 
     async fn batches(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-        let applier = match self.authorize(&req) {
+        let (applier, admitted) = match self.authorize(&req) {
             Ok(a) => a,
             Err(r) => {
                 tracing::warn!(%peer, status = r.status().as_u16(), "batch refused: not authorized");
@@ -225,6 +243,7 @@ impl Server {
             reader,
             ended: false,
             read_timeout: self.read_timeout,
+            admitted,
         };
         let span = tracing::info_span!("apply", %peer);
         let started = std::time::Instant::now();
@@ -266,7 +285,7 @@ impl Server {
 impl Server {
     /// The initial load's endpoints: prepare, start, copy (streamed), finish.
     async fn load(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-        let applier = match self.authorize(&req) {
+        let (applier, admitted) = match self.authorize(&req) {
             Ok(a) => a,
             Err(r) => {
                 tracing::warn!(%peer, status = r.status().as_u16(), "load request refused: not authorized");
@@ -290,6 +309,9 @@ impl Server {
                 }
                 None => return error(StatusCode::BAD_REQUEST, "missing x-pgteleport-copy header"),
             };
+            if let Err(r) = admits(&admitted, &header.source) {
+                return *r;
+            }
             let started = std::time::Instant::now();
             return match applier.load_copy(&header, req.into_body()).await {
                 Ok(Some(rows)) => {
@@ -312,6 +334,21 @@ impl Server {
                 )
             }
         };
+        // Every load message names its source: a source token admits its own only.
+        #[derive(serde::Deserialize)]
+        struct Named {
+            source: String,
+        }
+        if let Ok(Named { source }) = serde_json::from_slice::<Named>(&body) {
+            if let Err(r) = admits(&admitted, &source) {
+                return *r;
+            }
+        } else if admitted.is_some() {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid request: it names no `source`",
+            );
+        }
         fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Box<Response<Body>>> {
             serde_json::from_slice(body).map_err(|e| {
                 Box::new(error(
@@ -365,12 +402,21 @@ struct BodySegments {
     reader: wire::SegmentReader,
     ended: bool,
     read_timeout: Duration,
+    /// The only source the request's token admits (`server.source_tokens`).
+    admitted: Option<String>,
 }
 
 impl Segments for BodySegments {
     async fn next_segment(&mut self) -> Result<Option<wire::Batch>, ApplyError> {
         loop {
             if let Some(s) = self.reader.next_segment().map_err(decode_error)? {
+                if let Some(a) = &self.admitted {
+                    if *a != s.source {
+                        return Err(ApplyError::Forbidden {
+                            message: wrong_source(a, &s.source),
+                        });
+                    }
+                }
                 return Ok(Some(s));
             }
             if self.ended {
@@ -402,6 +448,21 @@ impl Segments for BodySegments {
     }
 }
 
+fn wrong_source(admitted: &str, claimed: &str) -> String {
+    format!("this token admits source `{admitted}` only, not `{claimed}` (server.source_tokens)")
+}
+
+/// Refuses (403) a request for `source` made with a token that admits another source.
+fn admits(admitted: &Option<String>, source: &str) -> Result<(), Box<Response<Body>>> {
+    match admitted {
+        Some(a) if a != source => Err(Box::new(error(
+            StatusCode::FORBIDDEN,
+            &wrong_source(a, source),
+        ))),
+        _ => Ok(()),
+    }
+}
+
 fn decode_error(e: wire::DecodeError) -> ApplyError {
     match e {
         wire::DecodeError::TooLarge { limit } => ApplyError::TooLarge {
@@ -429,6 +490,7 @@ fn apply_error(e: &ApplyError) -> Response<Body> {
         ApplyError::BadRequest { .. } => error(StatusCode::BAD_REQUEST, &e.to_string()),
         ApplyError::TooLarge { .. } => error(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string()),
         ApplyError::Timeout { .. } => error(StatusCode::REQUEST_TIMEOUT, &e.to_string()),
+        ApplyError::Forbidden { .. } => error(StatusCode::FORBIDDEN, &e.to_string()),
     }
 }
 

@@ -1,11 +1,13 @@
 //! The vacuum: rotates the queue's event tables and empties old ones with TRUNCATE once every
 //! batch that could read them is acknowledged (design invariant 5), and forgets old batches.
 //!
-//! Rule: when writers are moved from table k to k+1, a snapshot S is taken right after the
-//! switch. Every transaction that could still insert into k had an xid below S's xmax (the
-//! capture trigger runs after the row write, which assigned the xid). So k is done once, for
-//! every target, all transactions below S's xmax are visible in a snapshot whose batches are
-//! all acknowledged.
+//! Rule: writers are moved from table k to k+1 by a transaction that then takes an xid, X.
+//! Every transaction that could still insert into k had its xid assigned before X (the
+//! capture trigger runs after the row write, which assigned the xid, and reads the current
+//! table after that), so its xid is below X. So k is done once, for every target, the oldest
+//! unacknowledged snapshot's xmin is at least X: every transaction below X has finished and
+//! is in an acknowledged batch. (Not a snapshot's xmax: that is the latest *completed* xid
+//! + 1, and a transaction still running can hold an xid at or above it.)
 
 use std::time::Duration;
 
@@ -50,12 +52,15 @@ impl Vacuum {
             .await
             .map_err(StepError::db("reading the current queue table"))?
             .get(0);
-        // A switch whose snapshot was never recorded (crash between setval and commit).
+        // A switch never recorded (crash between setval and commit), or recorded by the old
+        // rule: this statement's own xid is above every writer's that saw the old table.
         client
             .execute(
                 &format!(
-                    "update {s}.queue_table set switched = pg_current_snapshot(), switched_at = clock_timestamp()
-                      where idx <> $1 and not done and switched is null"
+                    "update {s}.queue_table
+                        set switched = pg_current_snapshot(), switched_xid = pg_current_xact_id(),
+                            switched_at = coalesce(switched_at, clock_timestamp())
+                      where idx <> $1 and not done and switched_xid is null"
                 ),
                 &[&(current as i32)],
             )
@@ -66,14 +71,14 @@ impl Vacuum {
             .query(
                 &format!(
                     "select q.idx from {s}.queue_table q
-                      where q.idx <> $1 and not q.done
+                      where q.idx <> $1 and not q.done and q.switched_xid is not null
                         and not exists (
                             select 1 from {s}.target_state t
                              where pg_snapshot_xmin(coalesce(
                                        (select b.snap_from from {s}.batch b
                                          where b.target = t.target and b.acked_at is null
                                          order by b.seq limit 1),
-                                       t.last_snapshot)) < pg_snapshot_xmax(q.switched))"
+                                       t.last_snapshot)) < q.switched_xid)"
                 ),
                 &[&(current as i32)],
             )
@@ -86,7 +91,7 @@ impl Vacuum {
             tx.batch_execute(&format!(
                 "set local lock_timeout = '2s';
                  truncate {s}.{};
-                 update {s}.queue_table set done = true, switched = null where idx = {idx};",
+                 update {s}.queue_table set done = true, switched = null, switched_xid = null where idx = {idx};",
                 quote_ident(&format!("event_{idx}"))
             ))
             .await
@@ -144,7 +149,8 @@ impl Vacuum {
         .map_err(StepError::db("switching queue tables"))?;
         tx.execute(
             &format!(
-                "update {s}.queue_table set switched = pg_current_snapshot(), switched_at = clock_timestamp(), done = false
+                "update {s}.queue_table set switched = pg_current_snapshot(), switched_xid = pg_current_xact_id(),
+                        switched_at = clock_timestamp(), done = false
                   where idx = $1"
             ),
             &[&(cur as i32)],

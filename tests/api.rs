@@ -360,3 +360,58 @@ async fn a_stalled_batch_body_is_rolled_back_after_the_read_timeout() -> anyhow:
     target.shutdown().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_source_token_admits_its_own_source_only() -> anyhow::Result<()> {
+    let p = Pair::new(SCHEMA).await?;
+    let target = p
+        .start_target_with(
+            0,
+            "source_tokens: {api-test: token-for-api-test, other: token-for-other}, ",
+        )
+        .await?;
+    let port = target.local_addr.unwrap().port();
+    let dst = p.dst().await?;
+    let body = wire::encode(&batch(1, 1), true)?; // names source `api-test`
+                                                  // Another source's token: 403, nothing applied.
+    let (s, j) = post(port, Some("token-for-other"), Some("zstd"), body.clone()).await?;
+    assert_eq!(s, 403, "{j}");
+    assert!(
+        j["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("admits source `other` only"),
+        "{j}"
+    );
+    assert!(
+        !j.to_string().contains("token-for"),
+        "no token in the answer: {j}"
+    );
+    assert_eq!(scalar_i64(&dst, "select count(*) from app.t").await?, 0);
+    // Its own token: applied.
+    let (s, j) = post(port, Some("token-for-api-test"), Some("zstd"), body).await?;
+    assert_eq!((s, j["status"].as_str()), (200, Some("applied")), "{j}");
+    // The position of another source with this token: 403; of its own: 200.
+    let http = HttpClient::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    for (source, want) in [("other", 403), ("api-test", 200)] {
+        let req = hyper::Request::get(format!("http://127.0.0.1:{port}/v1/position/{source}/t1"))
+            .header("authorization", "Bearer token-for-api-test")
+            .body(Full::new(Bytes::new()))?;
+        assert_eq!(
+            http.request(req).await?.status().as_u16(),
+            want,
+            "position of {source}"
+        );
+    }
+    // The shared token still admits any source.
+    let (s, j) = post(
+        port,
+        Some(TOKEN),
+        Some("zstd"),
+        wire::encode(&batch(2, 2), true)?,
+    )
+    .await?;
+    assert_eq!(s, 200, "{j}");
+    target.shutdown().await?;
+    Ok(())
+}

@@ -95,6 +95,10 @@ impl Proc {
     }
 
     fn start(&mut self) -> anyhow::Result<()> {
+        self.start_with_log("info")
+    }
+
+    fn start_with_log(&mut self, level: &str) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -102,7 +106,7 @@ impl Proc {
         let child = Command::new(env!("CARGO_BIN_EXE_pgteleport"))
             .arg("-config")
             .arg(&self.config)
-            .env("PGTELEPORT_LOG", "info")
+            .env("PGTELEPORT_LOG", level)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()?;
@@ -505,8 +509,8 @@ async fn sigterm_stops_both_instances_within_seconds_with_nothing_half_applied(
         write(&dir, "source.yml", &p.source_yaml(http, "app.*", ""))?,
         dir.join("source.log"),
     );
-    target.start()?;
-    source.start()?;
+    target.start_with_log("debug")?;
+    source.start_with_log("debug")?;
     let src = p.src().await?;
     wait_for("capture installed", Duration::from_secs(30), || async {
         Ok(scalar_i64(
@@ -560,8 +564,8 @@ async fn sigterm_stops_both_instances_within_seconds_with_nothing_half_applied(
     );
     stop.store(true, Ordering::SeqCst);
     writer.await??;
-    target.start()?;
-    source.start()?;
+    target.start_with_log("debug")?;
+    source.start_with_log("debug")?;
     wait_equal_checksum(&src, &dst, &["app.history"], Duration::from_secs(60)).await?;
     wait_for(
         "every batch acknowledged",
@@ -707,5 +711,91 @@ async fn queue_stays_bounded_under_a_held_snapshot_and_resumes_after_a_held_tran
     );
     source.shutdown().await?;
     target.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_carry_no_secrets_at_debug_level() -> anyhow::Result<()> {
+    let p =
+        Pair::new("create schema app; create table app.t (id int primary key, v text);").await?;
+    let dir = std::env::temp_dir().join(format!("pgteleport-secrets-{}", fastrand::u32(..)));
+    std::fs::create_dir_all(&dir)?;
+    let http = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let source_secret = "token-for-other-source-5150";
+    let target_yaml = p.target_yaml_with(
+        http,
+        &format!("source_tokens: {{other: {source_secret}}}, "),
+    );
+    let mut target = Proc::new(
+        write(&dir, "target.yml", &target_yaml)?,
+        dir.join("target.log"),
+    );
+    let mut source = Proc::new(
+        write(&dir, "source.yml", &p.source_yaml(http, "app.*", ""))?,
+        dir.join("source.log"),
+    );
+    let wrong_password = "wrong-password-8086";
+    let mut bad_source = Proc::new(
+        write(
+            &dir,
+            "bad.yml",
+            &p.source_yaml(http, "app.*", "")
+                .replace(PASSWORD, wrong_password),
+        )?,
+        dir.join("bad.log"),
+    );
+    for proc in [&mut target, &mut source, &mut bad_source] {
+        proc.start_with_log("debug")?;
+    }
+    let src = p.src().await?;
+    let dst = p.dst().await?;
+    wait_for("capture installed", Duration::from_secs(30), || async {
+        Ok(scalar_i64(
+            &src,
+            "select count(*) from pg_trigger where tgname = 'pgteleport_capture'",
+        )
+        .await?
+            == 1)
+    })
+    .await?;
+    src.execute("insert into app.t values (1, 'one')", &[])
+        .await?;
+    wait_equal(&src, &dst, &["app.t"], Duration::from_secs(20)).await?;
+    // Refused requests: a wrong token, and a source token used for another source.
+    let wrong_token = "wrong-token-secret-7777";
+    for token in [wrong_token, source_secret] {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "GET"])
+            .arg("-H")
+            .arg(format!("Authorization: Bearer {token}"))
+            .arg(format!("http://127.0.0.1:{http}/v1/position/src-x/t1"))
+            .output();
+        if let Ok(o) = out {
+            let code = String::from_utf8_lossy(&o.stdout).to_string();
+            assert!(code == "401" || code == "403", "{token}: {code}");
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for proc in [&mut target, &mut source, &mut bad_source] {
+        proc.kill();
+    }
+    let logs: String = ["target.log", "source.log", "bad.log"]
+        .iter()
+        .map(|f| std::fs::read_to_string(dir.join(f)).unwrap_or_default())
+        .collect();
+    assert!(
+        logs.contains("batch applied"),
+        "the target logged its work:\n{logs}"
+    );
+    assert!(
+        logs.contains("password"),
+        "the bad source logged its failure"
+    );
+    for secret in [TOKEN, PASSWORD, wrong_password, wrong_token, source_secret] {
+        assert!(!logs.contains(secret), "`{secret}` appears in a log");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

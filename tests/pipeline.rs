@@ -367,3 +367,57 @@ async fn queue_is_emptied_by_rotation() -> anyhow::Result<()> {
     target.shutdown().await?;
     Ok(())
 }
+
+/// Regression: a writer whose xid is the newest when writers are moved to the next queue
+/// table is not covered by that moment's snapshot (its xmax is the latest *completed* xid
+/// + 1). The first rule compared with that xmax and emptied the old table as soon as the
+/// writer committed, before its events were batched: they were lost. Driven step by step.
+#[tokio::test]
+async fn a_queue_table_is_not_emptied_under_the_newest_writer() -> anyhow::Result<()> {
+    use pgteleport::stage::Step;
+    let p = Pair::new("create schema app; create table app.t (id int primary key);").await?;
+    let yaml = p
+        .source_yaml(9, "app.*", "")
+        .replace("rotation: 300", "rotation: 1");
+    let cfg =
+        pgteleport::config::Config::from_yaml(&yaml, std::path::Path::new("s.yml"), |_| None)?;
+    let mut c = p.src().await?;
+    pgteleport::capture::install(&mut c, &cfg).await?;
+    let mut batcher = pgteleport::batcher::Batcher::new(&cfg);
+    let mut vacuum = pgteleport::vacuum::Vacuum::new(&cfg);
+    // One committed row, batched and acknowledged: the current table (event_0) has rows.
+    c.execute("insert into app.t values (0)", &[]).await?;
+    batcher.step(&mut c).await?;
+    c.execute("update teleport.batch set acked_at = now()", &[])
+        .await?;
+    // The writer: its xid is the newest; half its rows go into event_0 ...
+    let w = p.src().await?;
+    w.batch_execute("begin; insert into app.t select g from generate_series(1, 500) g;")
+        .await?;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    vacuum.step(&mut c).await?; // moves writers to event_1
+    assert_eq!(
+        scalar_i64(&c, "select last_value % 3 from teleport.queue_rotation").await?,
+        1
+    );
+    // ... and half into event_1.
+    w.batch_execute("insert into app.t select g from generate_series(501, 1000) g;")
+        .await?;
+    batcher.step(&mut c).await?; // nothing new is visible: the writer is still open
+                                 // The writer commits while the vacuum looks at event_0 (whose TRUNCATE would wait for
+                                 // the writer's lock, then empty it).
+    let commit = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        w.batch_execute("commit").await
+    });
+    vacuum.step(&mut c).await?;
+    commit.await??;
+    batcher.step(&mut c).await?;
+    let batched = scalar_i64(
+        &c,
+        "select coalesce(sum(events), 0)::int8 from teleport.batch where acked_at is null",
+    )
+    .await?;
+    assert_eq!(batched, 1000, "every event of the writer is in a batch");
+    Ok(())
+}
