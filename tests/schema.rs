@@ -207,11 +207,7 @@ async fn script(event_triggers: bool) -> anyhow::Result<()> {
     );
     if event_triggers {
         // On PostgreSQL 15 only a superuser may create event triggers.
-        p.cluster
-            .admin("postgres")
-            .await?
-            .batch_execute(&format!("alter role {} superuser", p.src_role))
-            .await?;
+        p.make_src_superuser().await?;
     }
     let target = p.start_target(0).await?;
     let port = target.local_addr.unwrap().port();
@@ -515,11 +511,7 @@ async fn a_batch_failing_for_another_reason_stops_the_mirror_and_is_retried_not_
 #[tokio::test]
 async fn switching_between_modes_keeps_schema_changes_flowing() -> anyhow::Result<()> {
     let p = Pair::new("create schema app; create table app.t (id int primary key, v int);").await?;
-    p.cluster
-        .admin("postgres")
-        .await?
-        .batch_execute(&format!("alter role {} superuser", p.src_role))
-        .await?;
+    p.make_src_superuser().await?;
     let target = p.start_target(0).await?;
     let port = target.local_addr.unwrap().port();
     let (src, dst) = (p.src().await?, p.dst().await?);

@@ -80,6 +80,17 @@ impl Pair {
         Ok(p)
     }
 
+    /// Makes the source role a superuser (on PostgreSQL 15 only one may create event
+    /// triggers).
+    pub async fn make_src_superuser(&self) -> Result<()> {
+        self.cluster
+            .admin("postgres")
+            .await?
+            .batch_execute(&format!("alter role {} superuser", self.src_role))
+            .await?;
+        Ok(())
+    }
+
     pub async fn src(&self) -> Result<Client> {
         self.cluster
             .connect(&self.src_db, &self.src_role, PASSWORD)
@@ -265,4 +276,35 @@ pub async fn wait_equal_checksum(
             Some(_) => tokio::time::sleep(Duration::from_millis(300)).await,
         }
     }
+}
+
+/// Exactly once: waits until the source has every batch acknowledged, then checks that the
+/// target applied as many events as the source put into batches, and is at the source's
+/// last batch.
+pub async fn assert_exactly_once(src: &Client, dst: &Client) -> Result<()> {
+    wait_for(
+        "every batch acknowledged",
+        Duration::from_secs(30),
+        || async {
+            Ok(scalar_i64(
+                src,
+                "select count(*) from teleport.batch where acked_at is null",
+            )
+            .await?
+                == 0)
+        },
+    )
+    .await?;
+    let made = scalar_i64(src, "select next_seq - 1 from teleport.target_state").await?;
+    let events_made = scalar_i64(
+        src,
+        "select coalesce(sum(events), 0)::int8 from teleport.batch",
+    )
+    .await?;
+    let applied = scalar_i64(dst, "select seq from teleport.applied").await?;
+    let events_applied = scalar_i64(dst, "select events from teleport.applied").await?;
+    if (applied, events_applied) != (made, events_made) {
+        bail!("target at batch {applied} with {events_applied} events applied; the source made {made} batches of {events_made} events");
+    }
+    Ok(())
 }
