@@ -76,6 +76,20 @@ async fn bank_writer(port: u16, db: &'static str, stop: Arc<AtomicBool>) -> anyh
     Ok(n)
 }
 
+/// Waits until the source process has put its capture trigger on `tables` tables (writes
+/// from before would need an initial load).
+async fn capture_installed(src: &tokio_postgres::Client, tables: i64) -> anyhow::Result<()> {
+    wait_for("capture installed", Duration::from_secs(30), || async {
+        Ok(scalar_i64(
+            src,
+            "select count(*) from pg_trigger where tgname = 'pgteleport_capture'",
+        )
+        .await?
+            == tables)
+    })
+    .await
+}
+
 /// One pgteleport process, restarted on demand (as a supervisor would).
 struct Proc {
     config: PathBuf,
@@ -219,15 +233,7 @@ async fn sigkilled_instances_and_crashed_servers_lose_and_double_nothing() -> an
 
     // Writes start once capture is installed (rows from before would need an initial load).
     let src = a.connect("src", "src", PASSWORD).await?;
-    wait_for("capture installed", Duration::from_secs(30), || async {
-        Ok(scalar_i64(
-            &src,
-            "select count(*) from pg_trigger where tgname = 'pgteleport_capture'",
-        )
-        .await?
-            == 2)
-    })
-    .await?;
+    capture_installed(&src, 2).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = (0..3)
         .map(|_| tokio::spawn(bank_writer(a.port, "src", stop.clone())))
@@ -480,15 +486,7 @@ async fn sigterm_stops_both_instances_within_seconds_with_nothing_half_applied(
     target.start_with_log("debug")?;
     source.start_with_log("debug")?;
     let src = p.src().await?;
-    wait_for("capture installed", Duration::from_secs(30), || async {
-        Ok(scalar_i64(
-            &src,
-            "select count(*) from pg_trigger where tgname = 'pgteleport_capture'",
-        )
-        .await?
-            == 2)
-    })
-    .await?;
+    capture_installed(&src, 2).await?;
     // Transactions of 20 000 rows each, so that batches are in flight when the signal comes.
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
@@ -700,15 +698,7 @@ async fn logs_carry_no_secrets_at_debug_level() -> anyhow::Result<()> {
     }
     let src = p.src().await?;
     let dst = p.dst().await?;
-    wait_for("capture installed", Duration::from_secs(30), || async {
-        Ok(scalar_i64(
-            &src,
-            "select count(*) from pg_trigger where tgname = 'pgteleport_capture'",
-        )
-        .await?
-            == 1)
-    })
-    .await?;
+    capture_installed(&src, 1).await?;
     src.execute("insert into app.t values (1, 'one')", &[])
         .await?;
     wait_equal(&src, &dst, &["app.t"], Duration::from_secs(20)).await?;
