@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Source write overhead (issue #7, scenario 1): pgbench on the source with no capture, and
+# with pgteleport's triggers installed and the source instance running (shipping to a target
+# instance on a second cluster). Two workloads: pgbench's built-in tpcb-like, and a
+# single-row UPDATE script. REPEAT interleaved rounds (none, capture, none, capture, …),
+# medians; TPS and latency p50/p99 from pgbench's per-transaction logs.
+# Usage: bench/write_overhead.sh [SECONDS] [CLIENTS]   (defaults 20, 4; SCALE=10, REPEAT=3)
+# Writes bench/results/write_overhead.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup.sh
+DURATION="${1:-20}"; CLIENTS="${2:-4}"; SCALE="${SCALE:-10}"; REPEAT="${REPEAT:-3}"
+source bench/lib.sh
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; stop_clusters; }
+trap cleanup EXIT
+SP=$(port); DP=$(port); TP=$(port)
+start_cluster "$WORK/src" "$SP"; start_cluster "$WORK/dst" "$DP"
+for p in "$SP" "$DP"; do
+    "$PG_BINDIR/psql" -h 127.0.0.1 -p "$p" -U postgres -X -q -c "create role bench login password 'bench'" -c "create database bench owner bench"
+    "$PG_BINDIR/pgbench" -h 127.0.0.1 -p "$p" -U bench -i -s "$SCALE" -q bench >/dev/null 2>&1
+    # History gets a key so that it replicates by key (pgbench's inserts fill it by default).
+    "$PG_BINDIR/psql" -h 127.0.0.1 -p "$p" -U bench -d bench -X -q -c "alter table pgbench_history add column id bigserial primary key"
+done
+cat > "$WORK/target.yml" <<YML
+database: {name: bench-target, database: bench, hostname: 127.0.0.1, port: $DP, username: bench, password: bench}
+server: {hostname: 127.0.0.1, port: $TP, allow_unauthenticated: true}
+YML
+PGTELEPORT_LOG=warn "$BIN" -config "$WORK/target.yml" 2>"$WORK/target.log" & PIDS+=("$!")
+cat > "$WORK/update.sql" <<'SQL'
+\set aid random(1, 100000 * :scale)
+update pgbench_accounts set abalance = abalance + 1 where aid = :aid;
+SQL
+psql_src() { "$PG_BINDIR/psql" -h 127.0.0.1 -p "$SP" -U bench -d bench -X -Atq "$@"; }
+
+run_pgbench() { # workload logprefix -> prints tps
+    local args=(-h 127.0.0.1 -p "$SP" -U bench -n -c "$CLIENTS" -j 2 -T "$DURATION" -l --log-prefix="$2")
+    if [ "$1" = tpcb ]; then args+=(-b tpcb-like); else args+=(-f "$WORK/update.sql"); fi
+    "$PG_BINDIR/pgbench" "${args[@]}" bench 2>/dev/null | sed -n 's/^tps = \([0-9.]*\).*/\1/p'
+}
+
+results="$WORK/results.txt"; : > "$results"
+n=0
+for r in $(seq 1 "$REPEAT"); do
+    for workload in tpcb update; do
+        for mode in none capture; do
+            n=$((n + 1))
+            SPID=""
+            if [ "$mode" = capture ]; then
+                cat > "$WORK/source-$n.yml" <<YML
+database: {name: bench-source-$n, database: bench, hostname: 127.0.0.1, port: $SP, username: bench, password: bench}
+targets:
+  t:
+    target_expression: "public.pgbench_*"
+    endpoint: {hostname: 127.0.0.1, port: $TP}
+YML
+                PGTELEPORT_LOG=warn "$BIN" -config "$WORK/source-$n.yml" 2>>"$WORK/source.log" & SPID=$!; PIDS+=("$SPID")
+                for _ in $(seq 1 100); do
+                    [ "$(psql_src -c "select count(*) from pg_trigger where tgname = 'pgteleport_capture'")" = 4 ] && break
+                    sleep 0.2
+                done
+            fi
+            rm -f "$WORK"/pglog-"$n".*
+            tps=$(run_pgbench "$workload" "$WORK/pglog-$n")
+            lat=$(cat "$WORK"/pglog-"$n".* | awk '{print $3}' | sort -n | awk '{a[NR]=$1} END {printf "%.3f %.3f", a[int(NR*0.5)]/1000, a[int(NR*0.99)]/1000}')
+            echo "$workload $mode $tps $lat" >> "$results"
+            echo "round $r $workload $mode: $tps tps, p50/p99 ${lat// / / } ms"
+            if [ -n "$SPID" ]; then
+                kill -TERM "$SPID"; wait "$SPID" 2>/dev/null || true
+                "$BIN" uninstall --config "$WORK/source-$n.yml" >/dev/null 2>&1
+            fi
+        done
+    done
+done
+python3 - "$results" "$DURATION" "$CLIENTS" "$SCALE" <<'PY'
+import json, statistics, sys
+rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
+out = {"duration_s": int(sys.argv[2]), "clients": int(sys.argv[3]), "scale": int(sys.argv[4]), "workloads": {}}
+for w in ("tpcb", "update"):
+    m = {}
+    for mode in ("none", "capture"):
+        sel = [r for r in rows if r[0] == w and r[1] == mode]
+        m[mode] = {"tps": statistics.median(float(r[2]) for r in sel),
+                   "p50_ms": statistics.median(float(r[3]) for r in sel),
+                   "p99_ms": statistics.median(float(r[4]) for r in sel)}
+    # Ratio per round (interleaved), then the median of the ratios.
+    nones = [float(r[2]) for r in rows if r[0] == w and r[1] == "none"]
+    caps = [float(r[2]) for r in rows if r[0] == w and r[1] == "capture"]
+    m["tps_ratio"] = round(statistics.median(c / n for c, n in zip(caps, nones)), 3)
+    out["workloads"][w] = m
+print(json.dumps(out, indent=2))
+json.dump(out, open("bench/results/write_overhead.json", "w"), indent=2)
+PY
