@@ -133,7 +133,6 @@ declare
     npk  int := tg_nargs;
     arrs jsonb := '{}';
     txt  text;
-    changed boolean;
 begin
     for i in 0 .. tg_nargs - 1 loop
         if tg_argv[i] = '' then
@@ -144,17 +143,19 @@ begin
     if tg_op = 'INSERT' then
         d := to_json(new);
     elsif tg_op = 'UPDATE' then
+        d := to_json(new);
         o := to_json(old);
-        -- Only the columns that changed, and the key: an unchanged large value is not
-        -- shipped again (the applier updates the columns an image carries).
-        select json_object_agg(n.key, n.value), bool_or(n.value::text is distinct from p.value::text)
-          into d, changed
-          from json_each(to_json(new)) as n
-          join json_each(o) as p on p.key = n.key
-         where n.value::text is distinct from p.value::text
-            or n.key = any(tg_argv[0:npk - 1]);
-        if not coalesce(changed, false) then
+        if d::text = o::text then
             return null; -- nothing changed: nothing to replicate
+        end if;
+        if octet_length(d::text) > 2048 then
+            -- A large row: only the columns that changed, and the key, so that an unchanged
+            -- large value is not shipped again (the applier updates the columns an image
+            -- carries). A small row travels whole: cheaper than finding what changed.
+            select json_object_agg(n.key, n.value) into d
+              from json_each(d) as n
+             where n.value::text is distinct from (o -> n.key)::text
+                or n.key = any(tg_argv[0:npk - 1]);
         end if;
         if npk = 0 then
             k := o;
