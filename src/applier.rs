@@ -581,8 +581,14 @@ impl DdlState<'_> {
         for st in v.statements.iter().filter(|s| s.transactional) {
             tx.batch_execute(&st.sql).await.map_err(|e| {
                 let m = db::describe(&e);
+                let hint = if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
+                    " — the target role must own the objects it changes and have USAGE and CREATE on their schema \
+                     (GRANT USAGE, CREATE ON SCHEMA … TO …, or ALTER SCHEMA … OWNER TO …)"
+                } else {
+                    ""
+                };
                 ApplyError::Failed {
-                    message: format!("schema version {}: `{}` failed: {m}", v.version, st.sql),
+                    message: format!("schema version {}: `{}` failed: {m}{hint}", v.version, st.sql),
                 }
             })?;
         }

@@ -158,3 +158,47 @@ async fn a_target_schema_owned_by_someone_else_names_the_schema_and_the_fix() ->
     target.shutdown().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_schema_change_into_a_schema_owned_by_someone_else_says_what_to_grant(
+) -> anyhow::Result<()> {
+    let p = Pair::new("create schema app;").await?;
+    let other = format!("owner2_{}", p.id);
+    p.cluster.create_role(&other, PASSWORD).await?;
+    p.cluster
+        .admin(&p.dst_db)
+        .await?
+        .batch_execute(&format!(
+            "create schema mirror authorization {other}; grant usage on schema mirror to {};",
+            p.dst_role
+        ))
+        .await?;
+    let target = p.start_target(0).await?;
+    let port = target.local_addr.unwrap().port();
+    let yaml = p.source_yaml(port, "app.*", "").replace(
+        &format!("    auth_token: {TOKEN}\n"),
+        &format!("    auth_token: {TOKEN}\n    apply_schema: mirror\n"),
+    );
+    let source = pgteleport::instance::start(source(&p, &yaml)?).await?;
+    let src = p.src().await?;
+    src.batch_execute("create table app.n (id int primary key); insert into app.n values (1);")
+        .await?;
+    wait_for(
+        "the failure named in status",
+        Duration::from_secs(30),
+        || async {
+            let e: Option<String> = src
+                .query_one("select last_error from teleport.target_state", &[])
+                .await?
+                .get(0);
+            Ok(e.is_some_and(|e| {
+                e.contains("permission denied for schema mirror")
+                    && e.contains("GRANT USAGE, CREATE ON SCHEMA")
+            }))
+        },
+    )
+    .await?;
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}
