@@ -11,11 +11,7 @@ source scripts/setup.sh
 ROWS="${1:-5000000}"
 INS=$((ROWS * 6 / 10)); UPD=$((ROWS * 2 / 10)); DEL=$((ROWS - INS - UPD))
 source bench/lib.sh
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; stop_clusters; }
-trap cleanup EXIT
-SP=$(port); DP=$(port); TP=$(port)
-start_cluster "$WORK/src" "$SP"; start_cluster "$WORK/dst" "$DP"
+start_pair
 psql_s() { "$PG_BINDIR/psql" -h 127.0.0.1 -p "$SP" -U bench -d bench -X -q -v ON_ERROR_STOP=1 "$@"; }
 psql_d() { "$PG_BINDIR/psql" -h 127.0.0.1 -p "$DP" -U bench -d bench -X -q -v ON_ERROR_STOP=1 "$@"; }
 for p in "$SP" "$DP"; do

@@ -17,3 +17,12 @@ stop_clusters() {
     rm -rf "$WORK"
 }
 now() { date +%s.%N; }
+# Two clusters (source on $SP, target on $DP; $TP free for the target instance) and the
+# processes in PIDS killed, the clusters removed, on exit.
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; stop_clusters; }
+start_pair() {
+    trap cleanup EXIT
+    SP=$(port); DP=$(port); TP=$(port)
+    start_cluster "$WORK/src" "$SP"; start_cluster "$WORK/dst" "$DP"
+}

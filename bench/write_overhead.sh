@@ -11,11 +11,7 @@ cd "$(dirname "$0")/.."
 source scripts/setup.sh
 DURATION="${1:-20}"; CLIENTS="${2:-4}"; SCALE="${SCALE:-10}"; REPEAT="${REPEAT:-3}"
 source bench/lib.sh
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; stop_clusters; }
-trap cleanup EXIT
-SP=$(port); DP=$(port); TP=$(port)
-start_cluster "$WORK/src" "$SP"; start_cluster "$WORK/dst" "$DP"
+start_pair
 for p in "$SP" "$DP"; do
     "$PG_BINDIR/psql" -h 127.0.0.1 -p "$p" -U postgres -X -q -c "create role bench login password 'bench'" -c "create database bench owner bench"
     "$PG_BINDIR/pgbench" -h 127.0.0.1 -p "$p" -U bench -i -s "$SCALE" -q bench >/dev/null 2>&1
