@@ -135,10 +135,7 @@ async fn a_target_schema_owned_by_someone_else_names_the_schema_and_the_fix() ->
         .await?;
     let target = p.start_target(0).await?;
     let port = target.local_addr.unwrap().port();
-    let yaml = p.source_yaml(port, "app.*", "").replace(
-        &format!("    auth_token: {TOKEN}\n"),
-        &format!("    auth_token: {TOKEN}\n    apply_schema: mirror\n"),
-    );
+    let yaml = p.source_yaml_into(port, "app.*", "", "mirror");
     let load = pgteleport::load::LoadOptions {
         target: "t1".into(),
         truncate: false,
@@ -175,10 +172,7 @@ async fn a_schema_change_into_a_schema_owned_by_someone_else_says_what_to_grant(
         .await?;
     let target = p.start_target(0).await?;
     let port = target.local_addr.unwrap().port();
-    let yaml = p.source_yaml(port, "app.*", "").replace(
-        &format!("    auth_token: {TOKEN}\n"),
-        &format!("    auth_token: {TOKEN}\n    apply_schema: mirror\n"),
-    );
+    let yaml = p.source_yaml_into(port, "app.*", "", "mirror");
     let source = pgteleport::instance::start(source(&p, &yaml)?).await?;
     let src = p.src().await?;
     src.batch_execute("create table app.n (id int primary key); insert into app.n values (1);")

@@ -216,10 +216,7 @@ async fn script(event_triggers: bool) -> anyhow::Result<()> {
     } else {
         ""
     };
-    let yaml = p.source_yaml(port, "app*.*", extra).replace(
-        &format!("    auth_token: {TOKEN}\n"),
-        &format!("    auth_token: {TOKEN}\n    apply_schema: mirror\n"),
-    );
+    let yaml = p.source_yaml_into(port, "app*.*", extra, "mirror");
     let cfg = Config::from_yaml(&yaml, Path::new("s.yml"), |_| None)?;
     let load = pgteleport::load::LoadOptions {
         target: "t1".into(),

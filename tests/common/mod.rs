@@ -131,6 +131,20 @@ impl Pair {
         )
     }
 
+    /// [`Pair::source_yaml`] whose target `t1` writes every table into `apply_schema`.
+    pub fn source_yaml_into(
+        &self,
+        target_port: u16,
+        expression: &str,
+        extra: &str,
+        apply_schema: &str,
+    ) -> String {
+        self.source_yaml(target_port, expression, extra).replace(
+            &format!("    auth_token: {TOKEN}\n"),
+            &format!("    auth_token: {TOKEN}\n    apply_schema: {apply_schema}\n"),
+        )
+    }
+
     pub async fn start_target(&self, port: u16) -> Result<Running> {
         self.start_target_with(port, "").await
     }
