@@ -166,11 +166,12 @@ begin
     perform enqueue('S', '', ts.target, 0, null, json_build_object('version', clock.n)) from target_state ts;
     -- Tables new to replication, or whose key changed, are captured at once.
     perform set_config('pgteleport.in_ddl', 'on', true);
-    for t in select (n.t->>'oid')::oid as rel, capture_args(n.t) as args
+    for t in select (n.t->>'oid')::oid as rel, a.args
                from jsonb_array_elements(snap->'tables') as n(t)
+               cross join lateral (select capture_args(n.t) as args) a
                left join jsonb_array_elements(coalesce(prev->'tables', '[]')) as o(t) on o.t->'oid' = n.t->'oid'
               where (clock.keyless or nullif(n.t->'primary_key', 'null') is not null or nullif(n.t->'unique_key', 'null') is not null)
-                and capture_args(n.t) is distinct from case when o.t is not null then capture_args(o.t) end loop
+                and a.args is distinct from case when o.t is not null then capture_args(o.t) end loop
         perform capture_table(t.rel, t.args, true);
     end loop;
     perform set_config('pgteleport.in_ddl', '', true);

@@ -160,16 +160,10 @@ impl Server {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         let same = |p: &str, t: &Secret| bool::from(p.as_bytes().ct_eq(t.expose().as_bytes()));
+        let bound = |p: &str| self.source_tokens.iter().find(|(_, t)| same(p, t));
         match presented {
             Some(p) if self.token.as_ref().is_some_and(|t| same(p, t)) => Ok((applier, None)),
-            Some(p) if self.source_tokens.values().any(|t| same(p, t)) => {
-                let source = self
-                    .source_tokens
-                    .iter()
-                    .find(|(_, t)| same(p, t))
-                    .map(|(s, _)| s.clone());
-                Ok((applier, source))
-            }
+            Some(p) if let Some((source, _)) = bound(p) => Ok((applier, Some(source.clone()))),
             Some(_) => Err(Box::new(error(
                 StatusCode::UNAUTHORIZED,
                 "wrong bearer token",
