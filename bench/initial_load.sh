@@ -4,7 +4,8 @@
 #   (b) pg_dump -Fd -j 2 | pg_restore -j 2 (or pgcopydb clone when installed)
 #   (c) pgteleport -mode initial-load (parallel ctid ranges, streamed through HTTP)
 # Usage: bench/initial_load.sh [SCALE]   (SCALE 100 ≈ 1.3 GB of pgbench_accounts + ~0.7 GB wide table);
-#   WORKERS=N (default 2) workers, REPEAT=N (default 3) interleaved rounds, PROFILE=1 CPU per process
+#   WORKERS=N (default 2) workers, REPEAT=N (default 3) interleaved rounds, PROFILE=1 CPU per process,
+#   PERF=1 a perf profile of the whole machine during (c)
 # Prints MB/s of each and the ratios of (c) to (a) and (b); writes bench/results/initial_load.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,9 +17,12 @@ source bench/lib.sh
 trap stop_clusters EXIT
 SP=$(port); DP=$(port)
 MINIMAL="-c wal_level=minimal -c max_wal_senders=0"
-start_cluster "$WORK/src" "$SP" "$MINIMAL"; start_cluster "$WORK/dst" "$DP" "$MINIMAL"
+# No autovacuum on the target: it would vacuum one method's freshly loaded tables while the
+# next method runs. Each method starts after a checkpoint and with the page cache written back.
+start_cluster "$WORK/src" "$SP" "$MINIMAL"; start_cluster "$WORK/dst" "$DP" "$MINIMAL -c autovacuum=off"
 psql_s() { "$PG_BINDIR/psql" -h 127.0.0.1 -p "$SP" -U postgres -X -q -v ON_ERROR_STOP=1 "$@"; }
 psql_d() { "$PG_BINDIR/psql" -h 127.0.0.1 -p "$DP" -U postgres -X -q -v ON_ERROR_STOP=1 "$@"; }
+quiesce() { psql_s -c checkpoint; psql_d -c checkpoint; sync; }
 
 echo "building the data set (scale $SCALE) …"
 psql_s -c "create role bench login password 'bench'" -c "create database bench owner bench"
@@ -51,13 +55,13 @@ for r in $(seq 1 "$REPEAT"); do
     for db in dst_a dst_b; do psql_d -c "drop database if exists $db" -c "create database $db"; done
     # (a) raw pipe, table by table, into tables without indexes
     echo "$DDL" | psql_d -d dst_a
-    t0=$(now)
+    quiesce; t0=$(now)
     for t in $TABLES; do
         psql_s -U bench -d bench -c "copy $t to stdout (format binary)" | psql_d -d dst_a -c "copy $t from stdin (format binary)"
     done
     t1=$(now); A=$(python3 -c "print($t1 - $t0)")
     # (a+) the same, plus the primary keys every other method builds
-    t0=$(now)
+    quiesce; t0=$(now)
     psql_d -d dst_a -c "alter table pgbench_accounts add primary key (aid); alter table pgbench_branches add primary key (bid); alter table pgbench_tellers add primary key (tid); alter table pgbench_history add primary key (id); alter table wide add primary key (id)"
     t1=$(now); AP=$(python3 -c "print($A + $t1 - $t0)")
 
@@ -65,12 +69,12 @@ for r in $(seq 1 "$REPEAT"); do
     rm -rf "$WORK/dump" "$WORK/pgcopydb"
     if command -v pgcopydb >/dev/null 2>&1; then
         BNAME="pgcopydb clone (2 jobs)"
-        t0=$(now)
+        quiesce; t0=$(now)
         PGCOPYDB_DIR="$WORK/pgcopydb" pgcopydb clone --source "host=127.0.0.1 port=$SP user=bench dbname=bench" --target "host=127.0.0.1 port=$DP user=postgres dbname=dst_b" --table-jobs 2 --index-jobs 2 --no-owner >/dev/null 2>&1
         t1=$(now)
     else
         BNAME="pg_dump -Fd -j 2 + pg_restore -j 2"
-        t0=$(now)
+        quiesce; t0=$(now)
         "$PG_BINDIR/pg_dump" -h 127.0.0.1 -p "$SP" -U bench -Fd -j 2 -Z 0 -f "$WORK/dump" bench
         "$PG_BINDIR/pg_restore" -h 127.0.0.1 -p "$DP" -U postgres -d dst_b -j 2 --no-owner "$WORK/dump"
         t1=$(now)
@@ -85,17 +89,26 @@ for r in $(seq 1 "$REPEAT"); do
 database: {name: bench-target, database: dst_c, hostname: 127.0.0.1, port: $DP, username: bench, password: bench}
 server: {hostname: 127.0.0.1, port: $TP, allow_unauthenticated: true}
 YML
-    PGTELEPORT_LOG=warn "$BIN" -config "$WORK/target.yml" & TPID=$!
+    PGTELEPORT_LOG=info "$BIN" -config "$WORK/target.yml" 2>"$WORK/target-$r-$split.log" & TPID=$!
     sleep 1
     # PROFILE=1: sample every process's CPU time during (c) and print where it went.
     if [ "${PROFILE:-0}" = 1 ]; then
         rm -f "$WORK/cpu.samples"
         ( while :; do ps -eo pid=,times=,args= >> "$WORK/cpu.samples"; sleep 0.5; done ) & SAMPLER=$!
     fi
-    t0=$(now)
+    # PERF=1: sample the whole machine with perf during (c) (report in $WORK/perf.txt).
+    if [ "${PERF:-0}" = 1 ]; then
+        perf record -a -F 499 -o "$WORK/perf.data" >/dev/null 2>&1 & PERFPID=$!
+        sleep 0.5
+    fi
+    quiesce; t0=$(now)
     PGTELEPORT_LOG=warn "$BIN" -config "$WORK/source.yml" -mode initial-load -load-target copy -workers "$WORKERS" -split "$split" -no-progress
     t1=$(now)
     C=$(python3 -c "print($t1 - $t0)")
+    if [ "${PERF:-0}" = 1 ]; then
+        kill -INT "$PERFPID"; wait "$PERFPID" || true
+        perf report -i "$WORK/perf.data" --sort comm,dso,sym --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -60 | tee "$WORK/perf.txt"
+    fi
     if [ "${PROFILE:-0}" = 1 ]; then
         sleep 0.6; kill "$SAMPLER"
         python3 - "$WORK/cpu.samples" "$C" <<'PY'
@@ -121,6 +134,9 @@ for g, s in groups.most_common():
 PY
     fi
     kill $TPID; wait $TPID 2>/dev/null || true
+    # The target's own account of each copy and key build (seconds), for the critical path.
+    sed 's/\x1b\[[0-9;]*m//g' "$WORK/target-$r-$split.log" | grep -E "range copied|table loaded" | sed 's/^.*Z *INFO [a-z_:]*: /  /' || true
+
     ROWS_OK=$(psql_d -d dst_c -Atc "select count(*) from pgbench_accounts")
     CS="$CS $C"
     done

@@ -4,7 +4,8 @@ WORK="${TMPDIR:-/tmp}/pgteleport-bench-$$"
 mkdir -p "$WORK" bench/results
 [ "$(id -u)" = 0 ] && chown postgres "$WORK"
 cargo build --release --quiet
-BIN="$PWD/target/release/pgteleport"
+# PGTELEPORT_BIN: another build to measure (a before/after comparison).
+BIN="${PGTELEPORT_BIN:-$PWD/target/release/pgteleport}"
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 start_cluster() { # dir port [extra postgres options]
     as_postgres "$PG_BINDIR/initdb" -D "$1" -U postgres --auth=trust --no-sync -E UTF8 --locale=C >/dev/null
@@ -21,8 +22,8 @@ now() { date +%s.%N; }
 # processes in PIDS killed, the clusters removed, on exit.
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; stop_clusters; }
-start_pair() {
+start_pair() { # [extra postgres options for both clusters]
     trap cleanup EXIT
     SP=$(port); DP=$(port); TP=$(port)
-    start_cluster "$WORK/src" "$SP"; start_cluster "$WORK/dst" "$DP"
+    start_cluster "$WORK/src" "$SP" "${1:-}"; start_cluster "$WORK/dst" "$DP" "${1:-}"
 }

@@ -14,14 +14,28 @@ use tokio_postgres::Client;
 use crate::config::Config;
 use crate::stage::{Progress, Step, StepError};
 
-/// SQL condition selecting the events of a batch row `b` from the queue `e`.
+/// SQL condition selecting the events of an unsplit batch row `b` (`txids` null) from the
+/// queue `e`: transactions visible in `snap_to` and not in `snap_from`, tables of `filter`.
 pub const BATCH_EVENTS_CONDITION: &str = "e.ev_txid >= pg_snapshot_xmin(b.snap_from)
     and e.ev_txid < pg_snapshot_xmax(b.snap_to)
     and pg_visible_in_snapshot(e.ev_txid, b.snap_to)
     and not pg_visible_in_snapshot(e.ev_txid, b.snap_from)
     and case when e.ev_op in ('S', 'Q') then e.ev_table::text = b.target
-             else (e.ev_schema::text || '.' || e.ev_table::text) ~ b.filter end
-    and (b.txids is null or e.ev_txid = any(b.txids))";
+             else (e.ev_schema::text || '.' || e.ev_table::text) ~ b.filter end";
+
+/// The events of batch `$2` of target `$1`, as a subquery of queue rows. A batch split
+/// between transactions lists its `txids`: their events are looked up by the `ev_txid`
+/// index, one transaction at a time (a per-row `= any(txids)` test detoasted the array for
+/// every row of the whole interval: quadratic in a backlog).
+pub fn batch_events_sql(s: &str) -> String {
+    format!(
+        "(select e.* from {s}.batch b, {s}.event e
+           where b.target = $1 and b.seq = $2 and b.txids is null and {BATCH_EVENTS_CONDITION}
+         union all
+         select e.* from {s}.batch b, unnest(b.txids) as x(txid), {s}.event e
+           where b.target = $1 and b.seq = $2 and e.ev_txid = x.txid and {BATCH_EVENTS_CONDITION})"
+    )
+}
 
 /// Cuts batches for every target of the instance.
 pub struct Batcher {
@@ -77,7 +91,7 @@ impl Batcher {
                     "select e.ev_txid::text, count(*), max(e.ev_id)
                        from {s}.event e,
                             (select $1::text::pg_snapshot as snap_from, $2::text::pg_snapshot as snap_to,
-                                    $3::text as filter, null::xid8[] as txids, $4::text as target) b
+                                    $3::text as filter, $4::text as target) b
                       where {BATCH_EVENTS_CONDITION}
                       group by e.ev_txid
                       order by 3"

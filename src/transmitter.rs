@@ -15,7 +15,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::value::RawValue;
 use tokio_postgres::Client;
 
-use crate::batcher::BATCH_EVENTS_CONDITION;
+use crate::batcher::batch_events_sql;
 use crate::config::{Config, Secret, Target};
 use crate::stage::{Progress, Step, StepError};
 use crate::wire::{self, Batch, DdlVersion, Event, Op, TableMeta};
@@ -186,9 +186,9 @@ impl Transmitter {
             .query(
                 &format!(
                     "select distinct e.ev_schema::text, e.ev_table::text, coalesce(e.ev_relid, 0::oid)
-                       from {s}.batch b, {s}.event e
-                      where b.target = $1 and b.seq = $2 and {BATCH_EVENTS_CONDITION}
-                        and e.ev_op not in ('S', 'Q')"
+                       from {events} e
+                      where e.ev_op not in ('S', 'Q')",
+                    events = batch_events_sql(s)
                 ),
                 &[&self.target, &seq],
             )
@@ -235,9 +235,9 @@ impl Transmitter {
                     "select e.ev_id, e.ev_op, e.ev_schema::text, e.ev_table::text, e.ev_key::text, e.ev_data::text,
                             (extract(epoch from e.ev_time) * 1000000)::int8, e.ev_txid::text,
                             coalesce(e.ev_relid, 0::oid)
-                       from {s}.batch b, {s}.event e
-                      where b.target = $1 and b.seq = $2 and {BATCH_EVENTS_CONDITION}
-                      order by e.ev_id"
+                       from {events} e
+                      order by e.ev_id",
+                    events = batch_events_sql(s)
                 ),
                 params,
             )
