@@ -145,7 +145,7 @@ for m in nat tele; do
             psql_at "$p" "$m" -c "select pg_stat_statements_reset()" >/dev/null
         done
         echo "[$m] the first plans over ${SLOW_MS:-5} ms on the target (auto_explain):"
-        grep -A30 "duration:" "$WORK/dst/log" | grep -A24 "${PLAN_GREP:-duration}" | head -60 || true
+        grep -h -A30 "duration:" "$WORK/dst/log" "$WORK/src/log" | grep -A24 "${PLAN_GREP:-duration}" | head -60 || true
     fi
     equal=$([ "$(checksum "$SP" "$m")" = "$(checksum "$DP" "$m")" ] && echo true || echo false)
     record throughput "$m" "$(python3 -c "print($g1 - $g0)")" "$(python3 -c "print($t1 - $t0)")" "$equal" $cpu $mem

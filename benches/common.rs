@@ -50,7 +50,11 @@ pub fn events(n: usize) -> Vec<Event> {
             let (op, key, data) = match i % 10 {
                 0..=5 => (Op::Insert, None, Some(raw(image(i)))),
                 6..=8 => (Op::Update, None, Some(raw(image(i - 3)))),
-                _ => (Op::Delete, Some(raw(format!(r#"{{"id":{}}}"#, i - 4))), None),
+                _ => (
+                    Op::Delete,
+                    Some(raw(format!(r#"{{"id":{}}}"#, i - 4))),
+                    None,
+                ),
             };
             Event {
                 id: i + 1,

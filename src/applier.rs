@@ -458,9 +458,24 @@ impl Applier {
             };
             columns.push(cols);
         }
+        // Insert, update and delete runs are sent pipelined (each still one statement, in
+        // order, in the batch's transaction) rather than one round trip at a time: a stream
+        // of small transactions is a long series of small runs. Anything else first waits
+        // for the queued runs.
+        let mut queued: Vec<SetRun> = Vec::new();
         let mut start = 0;
         while start < events.len() {
             let first = events[start];
+            let pipelined = ddl.pending.is_empty()
+                && matches!(first.op, Op::Insert | Op::Update | Op::Delete)
+                && !batch
+                    .tables
+                    .get(first.table as usize)
+                    .is_some_and(|t| t.key.is_empty())
+                && !(first.op == Op::Update && first.key.is_some());
+            if !pipelined && !queued.is_empty() {
+                execute_pipelined(tx, std::mem::take(&mut queued)).await?;
+            }
             if first.op == Op::Sequences {
                 // Like a run: a sequence created by a pending version is made first.
                 ddl.run(tx, || {
@@ -528,17 +543,128 @@ impl Applier {
                 qualified(schema, &meta.name)
             };
             let cols = &columns[start];
-            ddl.run(tx, || async {
+            if pipelined {
                 let tolerate = kind == Kind::Delete
                     && !self.replica_role
                     && self.is_cascade_child(tx, &table).await?;
-                apply_run(tx, kind, meta, cols, &table, run, tolerate).await
-            })
-            .await?;
+                if let Some(r) =
+                    SetRun::prepare(tx, kind, meta, cols, &table, run, tolerate).await?
+                {
+                    queued.push(r);
+                }
+                if queued.len() >= PIPELINE_DEPTH {
+                    execute_pipelined(tx, std::mem::take(&mut queued)).await?;
+                }
+            } else {
+                ddl.run(tx, || async {
+                    let tolerate = kind == Kind::Delete
+                        && !self.replica_role
+                        && self.is_cascade_child(tx, &table).await?;
+                    apply_run(tx, kind, meta, cols, &table, run, tolerate).await
+                })
+                .await?;
+            }
             start = end;
+        }
+        execute_pipelined(tx, queued).await
+    }
+}
+
+/// Most runs sent before their results are read.
+const PIPELINE_DEPTH: usize = 256;
+
+/// An insert, update or delete run with its statement prepared and its parameter built.
+struct SetRun {
+    kind: Kind,
+    statement: tokio_postgres::Statement,
+    json: String,
+    /// Elements of `json` (`limit $2`; for a delete, the keys it must find).
+    n: i64,
+    tolerate_missing: bool,
+    context: String,
+}
+
+impl SetRun {
+    /// `None` for an update that writes key columns only (it changes nothing).
+    async fn prepare(
+        tx: &deadpool_postgres::Transaction<'_>,
+        kind: Kind,
+        meta: &TableMeta,
+        cols: &[String],
+        table: &str,
+        events: &[&Event],
+        tolerate_missing: bool,
+    ) -> Result<Option<SetRun>, ApplyError> {
+        let context = format!("applying {} {:?} event(s) to {table}", events.len(), kind);
+        let parts: Vec<&str> = events
+            .iter()
+            .filter_map(|e| match kind {
+                Kind::Delete => e.key.as_deref().map(|k| k.get()),
+                _ => e.data.as_deref().map(|d| d.get()),
+            })
+            .collect();
+        let sql = match kind {
+            Kind::Insert => insert_sql(meta, cols, table),
+            Kind::Update => match update_sql(meta, cols, table) {
+                Some(sql) => sql,
+                None => return Ok(None),
+            },
+            Kind::Delete => delete_sql(meta, table),
+            other => unreachable!("{other:?} runs are not set-based"),
+        };
+        let statement = prepared(tx, &sql, &context).await?;
+        Ok(Some(SetRun {
+            kind,
+            statement,
+            n: parts.len() as i64,
+            json: json_array(parts.into_iter()),
+            tolerate_missing,
+            context,
+        }))
+    }
+
+    async fn execute(&self, tx: &Transaction<'_>) -> Result<(), ApplyError> {
+        let context = &self.context;
+        match self.kind {
+            Kind::Insert => {
+                tx.execute(&self.statement, &[&self.json])
+                    .await
+                    .map_err(pg(context))?;
+            }
+            Kind::Update => {
+                let row = tx
+                    .query_one(&self.statement, &[&self.json, &self.n])
+                    .await
+                    .map_err(pg(context))?;
+                check_matched(context, row.get(0), row.get(1))?;
+            }
+            _ => {
+                let row = tx
+                    .query_one(&self.statement, &[&self.json, &self.n])
+                    .await
+                    .map_err(pg(context))?;
+                check_matched(context, self.n, row.get(0))?;
+                // Without replica mode the target's own ON DELETE CASCADE may have removed
+                // the rows already; the end state is the same.
+                if !self.tolerate_missing {
+                    check_matched(context, row.get(0), row.get(1))?;
+                }
+            }
         }
         Ok(())
     }
+}
+
+/// Sends every run before reading any result. The statements are prepared already, so each
+/// run's first poll writes its Bind/Execute: they reach the server in this order and run
+/// in it. After a failure the server refuses the rest of the transaction, so the first
+/// error in order is the cause.
+async fn execute_pipelined(
+    tx: &deadpool_postgres::Transaction<'_>,
+    runs: Vec<SetRun>,
+) -> Result<(), ApplyError> {
+    let results = futures_util::future::join_all(runs.iter().map(|r| r.execute(tx))).await;
+    results.into_iter().collect()
 }
 
 /// Schema versions of a batch not applied yet, and the version applied.
@@ -729,42 +855,24 @@ async fn apply_run(
     tolerate_missing: bool,
 ) -> Result<(), ApplyError> {
     let context = format!("applying {} {:?} event(s) to {table}", events.len(), kind);
-    let data = || {
-        json_array(
-            events
-                .iter()
-                .filter_map(|e| e.data.as_deref().map(|d| d.get())),
-        )
-    };
-    // The number of elements, as `limit $2` of the statements that join the run with the
-    // table: planned for each run, they then expect this many rows, not the 100 PostgreSQL
-    // assumes of a JSON function (which made a one-row delete hash the whole table).
-    let images = events.iter().filter(|e| e.data.is_some()).count() as i64;
     match kind {
-        Kind::Insert => {
-            let st = prepared(tx, &insert_sql(meta, cols, table), &context).await?;
-            tx.execute(&st, &[&data()]).await.map_err(pg(&context))?;
-        }
-        Kind::Update => {
-            let Some(sql) = update_sql(meta, cols, table) else {
-                return Ok(()); // only key columns: an update without key change changes nothing
-            };
-            let st = prepared(tx, &sql, &context).await?;
-            let row = tx
-                .query_one(&st, &[&data(), &images])
-                .await
-                .map_err(pg(&context))?;
-            check_matched(&context, row.get(0), row.get(1))?;
+        Kind::Insert | Kind::Update | Kind::Delete => {
+            // The element count is `limit $2` of the statements that join the run with the
+            // table: planned for each run, they then expect this many rows, not the 100
+            // PostgreSQL assumes of a JSON function (which made a one-row delete hash the
+            // whole table).
+            if let Some(run) =
+                SetRun::prepare(tx, kind, meta, cols, table, events, tolerate_missing).await?
+            {
+                run.execute(tx).await?;
+            }
         }
         Kind::UpdateKey => {
             let e = events[0];
             let key = e.key.as_deref().map(|k| k.get()).unwrap_or("{}");
             let d = e.data.as_deref().map(|d| d.get()).unwrap_or("{}");
             let st = prepared(tx, &update_key_sql(meta, cols, table), &context).await?;
-            let n = tx
-                .execute(&st, &[&d, &key])
-                .await
-                .map_err(pg(&context))?;
+            let n = tx.execute(&st, &[&d, &key]).await.map_err(pg(&context))?;
             check_matched(&context, 1, n as i64)?;
         }
         Kind::Truncate => {
@@ -816,24 +924,6 @@ async fn apply_run(
                 .map_err(pg(&context))?
             };
             check_matched(&context, 1, n as i64)?;
-        }
-        Kind::Delete => {
-            let keys: Vec<&str> = events
-                .iter()
-                .filter_map(|e| e.key.as_deref().map(|k| k.get()))
-                .collect();
-            let n = keys.len() as i64;
-            let st = prepared(tx, &delete_sql(meta, table), &context).await?;
-            let row = tx
-                .query_one(&st, &[&json_array(keys.into_iter()), &n])
-                .await
-                .map_err(pg(&context))?;
-            check_matched(&context, n, row.get(0))?;
-            // Without replica mode the target's own ON DELETE CASCADE may have removed the
-            // rows already; the end state is the same.
-            if !tolerate_missing {
-                check_matched(&context, row.get(0), row.get(1))?;
-            }
         }
     }
     Ok(())

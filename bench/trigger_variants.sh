@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Capture-trigger variants (issue #7, profiling the trigger body): pgbench on one cluster
+# with the capture triggers disabled, with version 1's capture function and with the current
+# one (each `create or replace`d in turn on the same installed triggers; no instance runs,
+# the queue is emptied before each run). REPEAT interleaved rounds, medians of TPS and of
+# the per-round ratios.
+# Usage: bench/trigger_variants.sh [SECONDS] [CLIENTS]   (defaults 15, 4; SCALE=10, REPEAT=3,
+#   WORKLOAD=update|tpcb). Writes bench/results/trigger_variants.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup.sh
+DURATION="${1:-15}"; CLIENTS="${2:-4}"; SCALE="${SCALE:-10}"; REPEAT="${REPEAT:-3}"; WORKLOAD="${WORKLOAD:-update}"
+source bench/lib.sh
+trap stop_clusters EXIT
+SP=$(port)
+start_cluster "$WORK/src" "$SP"
+psql_su() { "$PG_BINDIR/psql" -h 127.0.0.1 -p "$SP" -U postgres -X -q -v ON_ERROR_STOP=1 "$@"; }
+psql_b() { "$PG_BINDIR/psql" -h 127.0.0.1 -p "$SP" -U bench -d bench -X -q -At -v ON_ERROR_STOP=1 "$@"; }
+psql_su -c "create role bench login password 'bench'" -c "create database bench owner bench"
+"$PG_BINDIR/pgbench" -h 127.0.0.1 -p "$SP" -U bench -i -s "$SCALE" -q bench >/dev/null 2>&1
+psql_b -c "alter table pgbench_history add column id bigserial primary key"
+cat > "$WORK/source.yml" <<YML
+database: {name: variants, database: bench, hostname: 127.0.0.1, port: $SP, username: bench, password: bench}
+targets:
+  t:
+    target_expression: "public.pgbench_*"
+    endpoint: {hostname: 127.0.0.1, port: 9}
+YML
+"$BIN" install --config "$WORK/source.yml" >/dev/null 2>&1
+# The capture function as each migration defines it.
+python3 - "$WORK" <<'PY'
+import sys
+for name, path in (("v1", "sql/source_001_queue.sql"), ("current", "sql/source_003_capture.sql")):
+    s = open(path).read()
+    i = s.index("create or replace function capture_row()")
+    j = s.index("$$;", i) + 3
+    open(f"{sys.argv[1]}/{name}.sql", "w").write("set search_path = teleport, pg_temp;\n" + s[i:j] + "\n")
+PY
+cat > "$WORK/update.sql" <<'SQL'
+\set aid random(1, 100000 * :scale)
+update pgbench_accounts set abalance = abalance + 1 where aid = :aid;
+SQL
+TABLES="pgbench_accounts pgbench_branches pgbench_tellers pgbench_history"
+results="$WORK/results.txt"; : > "$results"
+for r in $(seq 1 "$REPEAT"); do
+    for variant in none v1 current; do
+        for t in $TABLES; do
+            psql_b -c "alter table $t $([ "$variant" = none ] && echo disable || echo enable) trigger pgteleport_capture"
+        done
+        [ "$variant" != none ] && psql_b -f "$WORK/$variant.sql"
+        psql_b -c "truncate teleport.event_0, teleport.event_1, teleport.event_2"; psql_su -c checkpoint
+        args=(-h 127.0.0.1 -p "$SP" -U bench -n -c "$CLIENTS" -j 2 -T "$DURATION")
+        if [ "$WORKLOAD" = tpcb ]; then args+=(-b tpcb-like); else args+=(-f "$WORK/update.sql"); fi
+        tps=$("$PG_BINDIR/pgbench" "${args[@]}" bench 2>/dev/null | sed -n 's/^tps = \([0-9.]*\).*/\1/p')
+        echo "$r $variant $tps" >> "$results"
+        echo "round $r $variant: $tps tps"
+    done
+done
+python3 - "$results" "$WORKLOAD" "$DURATION" "$CLIENTS" <<'PY'
+import json, statistics, sys
+rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
+by = {}
+for r, v, tps in rows:
+    by.setdefault(v, {})[r] = float(tps)
+med = statistics.median
+rounds = sorted(by["none"])
+out = {"workload": sys.argv[2], "duration_s": int(sys.argv[3]), "clients": int(sys.argv[4]),
+       "tps": {v: med(by[v].values()) for v in by},
+       "ratio_v1_to_none": round(med(by["v1"][r] / by["none"][r] for r in rounds), 3),
+       "ratio_current_to_none": round(med(by["current"][r] / by["none"][r] for r in rounds), 3),
+       "ratio_current_to_v1": round(med(by["current"][r] / by["v1"][r] for r in rounds), 3)}
+print(json.dumps(out, indent=2))
+json.dump(out, open("bench/results/trigger_variants.json", "w"), indent=2)
+PY
