@@ -96,6 +96,19 @@ checksum() { # port db
                           || (select md5(string_agg(id || ':' || name || ':' || qty || ':' || price, ',' order by id)) from items)
                           || (select md5(string_agg(id || ':' || aid || ':' || delta || ':' || mtime, ',' order by id)) from hist)"
 }
+stats() { # method: where the time went, with STATS=1
+    local m=$1
+    if [ "${STATS:-0}" = 1 ]; then
+        for p in "$SP" "$DP"; do
+            echo "[$m] top statements on $([ "$p" = "$SP" ] && echo source || echo target): calls, total ms, mean ms, query"
+            psql_at "$p" "$m" -F ' | ' -c "select calls, round(total_exec_time + total_plan_time), round((mean_exec_time + mean_plan_time)::numeric, 3), left(regexp_replace(query, '\s+', ' ', 'g'), 150)
+                                          from pg_stat_statements order by total_exec_time + total_plan_time desc limit 8"
+            psql_at "$p" "$m" -c "select pg_stat_statements_reset()" >/dev/null
+        done
+        echo "[$m] the first plans over ${SLOW_MS:-5} ms on the target (auto_explain):"
+        grep -h -A30 "duration:" "$WORK/dst/log" "$WORK/src/log" | grep -A24 "${PLAN_GREP:-duration}" | head -60 || true
+    fi
+}
 RES="$WORK/results"; : > "$RES"
 record() { echo "$*" >> "$RES"; }
 
@@ -137,16 +150,7 @@ for m in nat tele; do
     else
         cpu="$(cpu_of "$SPID") $(python3 -c "print($(cpu_of "$TPID") - $tc0)")"; mem="$(hwm_mb "$SPID") $(hwm_mb "$TPID")"
     fi
-    if [ "${STATS:-0}" = 1 ]; then
-        for p in "$SP" "$DP"; do
-            echo "[$m] top statements on $([ "$p" = "$SP" ] && echo source || echo target): calls, total ms, mean ms, query"
-            psql_at "$p" "$m" -F ' | ' -c "select calls, round(total_exec_time + total_plan_time), round((mean_exec_time + mean_plan_time)::numeric, 3), left(regexp_replace(query, '\s+', ' ', 'g'), 150)
-                                          from pg_stat_statements order by total_exec_time + total_plan_time desc limit 8"
-            psql_at "$p" "$m" -c "select pg_stat_statements_reset()" >/dev/null
-        done
-        echo "[$m] the first plans over ${SLOW_MS:-5} ms on the target (auto_explain):"
-        grep -h -A30 "duration:" "$WORK/dst/log" "$WORK/src/log" | grep -A24 "${PLAN_GREP:-duration}" | head -60 || true
-    fi
+    stats "$m"
     equal=$([ "$(checksum "$SP" "$m")" = "$(checksum "$DP" "$m")" ] && echo true || echo false)
     record throughput "$m" "$(python3 -c "print($g1 - $g0)")" "$(python3 -c "print($t1 - $t0)")" "$equal" $cpu $mem
     echo "[$m] backlog committed in $(python3 -c "print(round($g1 - $g0, 1))") s; applied in $(python3 -c "print(round($t1 - $t0, 1))") s; equal: $equal"
@@ -187,6 +191,7 @@ for rate in $RATES; do
             cpu="$(python3 -c "print($(cpu_of "$SPID") - $sc0)") $(python3 -c "print($(cpu_of "$TPID") - $tc0)")"
             mem="$(hwm_mb "$SPID") $(hwm_mb "$TPID") $(rss_mb "$SPID") $(rss_mb "$TPID")"
         fi
+        stats "$m"
         record lag "$m" "$rate" "$tps" $lag $cpu $mem
         echo "[$m] $rate TPS asked, $tps done: lag p50/p99/max/samples $lag ms"
     done

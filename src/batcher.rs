@@ -42,6 +42,8 @@ pub struct Batcher {
     schema: String,
     targets: Vec<(String, String)>,
     max_events: i64,
+    /// Transmitters to wake when their target got a batch.
+    wakes: Vec<(String, std::sync::Arc<tokio::sync::Notify>)>,
 }
 
 impl Batcher {
@@ -58,7 +60,13 @@ impl Batcher {
             schema: quote_ident(&config.internal_schema),
             targets,
             max_events: config.max_events_per_batch as i64,
+            wakes: Vec::new(),
         }
+    }
+
+    /// Wakes `wake` whenever a batch for `target` is cut.
+    pub fn wake_on_batch(&mut self, target: &str, wake: std::sync::Arc<tokio::sync::Notify>) {
+        self.wakes.push((target.to_string(), wake));
     }
 
     /// Makes the batches of one target up to a fresh snapshot; returns how many it made.
@@ -153,7 +161,11 @@ impl Step for Batcher {
 
     async fn step(&mut self, client: &mut Client) -> Result<Progress, StepError> {
         for (target, filter) in &self.targets {
-            self.cut(client, target, filter).await?;
+            if self.cut(client, target, filter).await? > 0 {
+                for (_, wake) in self.wakes.iter().filter(|(t, _)| t == target) {
+                    wake.notify_one();
+                }
+            }
         }
         Ok(Progress::Idle)
     }

@@ -183,13 +183,17 @@ pub async fn start(config: Config) -> Result<Running, InstanceError> {
     if roles.source {
         let iv = config.processing_intervals.clone();
         let db = config.database.clone();
-        spawn_stage(
-            &mut tasks,
-            Batcher::new(&config),
-            db.clone(),
-            iv.batcher(),
-            &shutdown,
-        );
+        let mut batcher = Batcher::new(&config);
+        let mut transmitters = Vec::new();
+        for (name, target) in &config.targets {
+            let t = Transmitter::new(&config, name, target).map_err(|e| InstanceError::Stage {
+                stage: format!("transmitter {name}"),
+                message: e.to_string(),
+            })?;
+            batcher.wake_on_batch(name, t.waker());
+            transmitters.push(t);
+        }
+        spawn_stage(&mut tasks, batcher, db.clone(), iv.batcher(), &shutdown);
         spawn_stage(
             &mut tasks,
             Vacuum::new(&config),
@@ -204,11 +208,7 @@ pub async fn start(config: Config) -> Result<Running, InstanceError> {
             Duration::from_millis(iv.ddlwatcher),
             &shutdown,
         );
-        for (name, target) in &config.targets {
-            let t = Transmitter::new(&config, name, target).map_err(|e| InstanceError::Stage {
-                stage: format!("transmitter {name}"),
-                message: e.to_string(),
-            })?;
+        for t in transmitters {
             spawn_stage(&mut tasks, t, db.clone(), iv.transmitter(), &shutdown);
         }
     }

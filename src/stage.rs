@@ -52,6 +52,11 @@ pub trait Step {
         &mut self,
         client: &mut Client,
     ) -> impl std::future::Future<Output = Result<Progress, StepError>> + Send;
+    /// Wakes the stage from an idle wait before its interval is over (another stage made
+    /// work for it).
+    fn wake(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
 }
 
 /// Runs `stage` until `shutdown`, stepping every `interval`. Returns an error only for
@@ -97,6 +102,15 @@ pub async fn run<S: Step + Send>(
             }
             Ok(Progress::Idle) => {
                 failures = 0;
+                if let Some(wake) = stage.wake() {
+                    tokio::select! {
+                        biased;
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = wake.notified() => {}
+                        _ = tokio::time::sleep(interval) => {}
+                    }
+                    continue;
+                }
                 interval
             }
             Err(StepError::Wait(d, m)) => {

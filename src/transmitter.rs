@@ -41,6 +41,8 @@ pub struct Transmitter {
     waiting: bool,
     /// The schema version the target reported applied in its last answer.
     acked_ddl: std::sync::atomic::AtomicI64,
+    /// Notified by the batcher when it cut a batch: sent at once, not at the next interval.
+    wake: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// A target's answer that is not success.
@@ -57,6 +59,11 @@ enum Refusal {
 }
 
 impl Transmitter {
+    /// What the batcher notifies after cutting a batch for this target.
+    pub fn waker(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.wake.clone()
+    }
+
     pub fn new(config: &Config, name: &str, target: &Target) -> Result<Self, crate::tls::TlsError> {
         let (base_url, connector) = crate::tls::https_connector(&target.endpoint)?;
         let http = HttpClient::builder(TokioExecutor::new()).build(connector);
@@ -73,6 +80,7 @@ impl Transmitter {
             reconciled: false,
             waiting: false,
             acked_ddl: std::sync::atomic::AtomicI64::new(-1),
+            wake: Default::default(),
         })
     }
 
@@ -566,6 +574,10 @@ const SEGMENT_BYTES: usize = 8 << 20;
 impl Step for Transmitter {
     fn name(&self) -> String {
         format!("transmitter {}", self.target)
+    }
+
+    fn wake(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        Some(self.wake.clone())
     }
 
     async fn step(&mut self, client: &mut Client) -> Result<Progress, StepError> {
