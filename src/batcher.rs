@@ -23,18 +23,67 @@ pub const BATCH_EVENTS_CONDITION: &str = "e.ev_txid >= pg_snapshot_xmin(b.snap_f
     and case when e.ev_op in ('S', 'Q') then e.ev_table::text = b.target
              else (e.ev_schema::text || '.' || e.ev_table::text) ~ b.filter end";
 
-/// The events of batch `$2` of target `$1`, as a subquery of queue rows. A batch split
-/// between transactions lists its `txids`: their events are looked up by the `ev_txid`
-/// index, one transaction at a time (a per-row `= any(txids)` test detoasted the array for
-/// every row of the whole interval: quadratic in a backlog).
+/// The events of one batch, as a subquery of queue rows, from the batch's bounds passed as
+/// parameters ([`BatchBounds::params`]): `$1` snap_from, `$2` snap_to, `$3` filter, `$4`
+/// target, `$5` the txids of a batch split between transactions (else null). As constants
+/// of the statement's plan they bound an index scan of `ev_txid` (joined with the batch
+/// row, the planner scanned every queued event for each batch, and a split batch's txid
+/// array was detoasted for each row: both grew with the queue).
 pub fn batch_events_sql(s: &str) -> String {
     format!(
-        "(select e.* from {s}.batch b, {s}.event e
-           where b.target = $1 and b.seq = $2 and b.txids is null and {BATCH_EVENTS_CONDITION}
-         union all
-         select e.* from {s}.batch b, unnest(b.txids) as x(txid), {s}.event e
-           where b.target = $1 and b.seq = $2 and e.ev_txid = x.txid and {BATCH_EVENTS_CONDITION})"
+        "(select e.* from {s}.event e,
+                 (select $1::text::pg_snapshot as snap_from, $2::text::pg_snapshot as snap_to,
+                         $3::text as filter, $4::text as target) b
+           where {BATCH_EVENTS_CONDITION}
+             and ($5::text[] is null or e.ev_txid = any($5::text[]::xid8[])))"
     )
+}
+
+/// A batch's bounds, read from its row in the queue's `batch` table.
+pub struct BatchBounds {
+    pub snap_from: String,
+    pub snap_to: String,
+    pub filter: String,
+    pub target: String,
+    pub txids: Option<Vec<String>>,
+}
+
+impl BatchBounds {
+    pub async fn read(
+        client: &Client,
+        schema: &str,
+        target: &str,
+        seq: i64,
+    ) -> Result<Self, StepError> {
+        let row = client
+            .query_one(
+                &format!(
+                    "select snap_from::text, snap_to::text, filter, txids::text[]
+                       from {schema}.batch where target = $1 and seq = $2"
+                ),
+                &[&target, &seq],
+            )
+            .await
+            .map_err(StepError::db(format!("reading batch {seq}")))?;
+        Ok(Self {
+            snap_from: row.get(0),
+            snap_to: row.get(1),
+            filter: row.get(2),
+            target: target.to_string(),
+            txids: row.get(3),
+        })
+    }
+
+    /// The parameters of [`batch_events_sql`].
+    pub fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 5] {
+        [
+            &self.snap_from,
+            &self.snap_to,
+            &self.filter,
+            &self.target,
+            &self.txids,
+        ]
+    }
 }
 
 /// Cuts batches for every target of the instance.

@@ -15,7 +15,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::value::RawValue;
 use tokio_postgres::Client;
 
-use crate::batcher::batch_events_sql;
+use crate::batcher::{batch_events_sql, BatchBounds};
 use crate::config::{Config, Secret, Target};
 use crate::stage::{Progress, Step, StepError};
 use crate::wire::{self, Batch, DdlVersion, Event, Op, TableMeta};
@@ -198,7 +198,7 @@ impl Transmitter {
                       where e.ev_op not in ('S', 'Q')",
                     events = batch_events_sql(s)
                 ),
-                &[&self.target, &seq],
+                &BatchBounds::read(client, s, &self.target, seq).await?.params(),
             )
             .await
             .map_err(StepError::db(format!("reading the tables of batch {seq}")))?;
@@ -236,7 +236,7 @@ impl Transmitter {
         out: tokio::sync::mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>,
     ) -> Result<(usize, usize), StepError> {
         let s = &self.schema;
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&self.target, &seq];
+        let bounds = BatchBounds::read(client, s, &self.target, seq).await?;
         let rows = client
             .query_raw(
                 &format!(
@@ -247,7 +247,7 @@ impl Transmitter {
                       order by e.ev_id",
                     events = batch_events_sql(s)
                 ),
-                params,
+                bounds.params(),
             )
             .await
             .map_err(StepError::db(format!("reading batch {seq}")))?;
