@@ -188,7 +188,12 @@ impl Transmitter {
     /// catalog, and the index of each (captured schema, name, oid) among them; `None` for
     /// a table dropped since (its events are skipped; the drop reaches the target as a
     /// schema change).
-    async fn batch_tables(&self, client: &Client, seq: i64) -> Result<Tables, StepError> {
+    async fn batch_tables(
+        &self,
+        client: &Client,
+        seq: i64,
+        bounds: &BatchBounds,
+    ) -> Result<Tables, StepError> {
         let s = &self.schema;
         let rows = client
             .query(
@@ -198,7 +203,7 @@ impl Transmitter {
                       where e.ev_op not in ('S', 'Q')",
                     events = batch_events_sql(s)
                 ),
-                &BatchBounds::read(client, s, &self.target, seq).await?.params(),
+                &bounds.params(),
             )
             .await
             .map_err(StepError::db(format!("reading the tables of batch {seq}")))?;
@@ -231,12 +236,12 @@ impl Transmitter {
         &self,
         client: &Client,
         seq: i64,
+        bounds: &BatchBounds,
         tables: Tables,
         ddl: Vec<DdlVersion>,
         out: tokio::sync::mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>,
     ) -> Result<(usize, usize), StepError> {
         let s = &self.schema;
-        let bounds = BatchBounds::read(client, s, &self.target, seq).await?;
         let rows = client
             .query_raw(
                 &format!(
@@ -462,14 +467,18 @@ impl Transmitter {
 
     /// Streams batch `seq` to the target; Ok(applied position) on success.
     async fn transmit(&self, client: &Client, seq: i64) -> Result<i64, Refusal> {
+        // One read of the batch's bounds serves both queries of its events.
+        let bounds = BatchBounds::read(client, &self.schema, &self.target, seq)
+            .await
+            .map_err(Refusal::Source)?;
         let tables = self
-            .batch_tables(client, seq)
+            .batch_tables(client, seq, &bounds)
             .await
             .map_err(Refusal::Source)?;
         let ddl = self.pending_ddl(client).await.map_err(Refusal::Source)?;
         let started = std::time::Instant::now();
         let (frames, mut body) = tokio::sync::mpsc::channel(4);
-        let producer = self.produce(client, seq, tables, ddl, frames.clone());
+        let producer = self.produce(client, seq, &bounds, tables, ddl, frames.clone());
         // The request starts with the first segment, not before: the queue query may take
         // a while to return its first row (sorting a huge batch), and the target abandons a
         // body that stays silent for its read timeout.
