@@ -14,7 +14,8 @@ fn statements(c: &mut Criterion) {
         b.iter(|| bench_api::statements(&meta, &meta.columns, &table))
     });
     for n in [100usize, 10_000] {
-        let events = common::events(n);
+        let owned = common::events(n);
+        let events: Vec<&_> = owned.iter().collect();
         g.throughput(Throughput::Elements(n as u64));
         g.bench_function(format!("images/{n} events"), |b| {
             b.iter(|| bench_api::images(&events))

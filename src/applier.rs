@@ -462,17 +462,23 @@ impl Applier {
         // order, in the batch's transaction) rather than one round trip at a time: a stream
         // of small transactions is a long series of small runs. Anything else first waits
         // for the queued runs.
+        let keyless = |e: &Event| {
+            batch
+                .tables
+                .get(e.table as usize)
+                .is_some_and(|t| t.key.is_empty())
+        };
         let mut queued: Vec<SetRun> = Vec::new();
         let mut start = 0;
         while start < events.len() {
             let first = events[start];
+            // Row events only: kind_of gives schema and sequence events a stand-in kind.
             let pipelined = ddl.pending.is_empty()
                 && matches!(first.op, Op::Insert | Op::Update | Op::Delete)
-                && !batch
-                    .tables
-                    .get(first.table as usize)
-                    .is_some_and(|t| t.key.is_empty())
-                && !(first.op == Op::Update && first.key.is_some());
+                && matches!(
+                    kind_of(first, keyless(first)),
+                    Kind::Insert | Kind::Update | Kind::Delete
+                );
             if !pipelined && !queued.is_empty() {
                 execute_pipelined(tx, std::mem::take(&mut queued)).await?;
             }
@@ -505,12 +511,6 @@ impl Applier {
                 start += 1;
                 continue;
             }
-            let keyless = |e: &Event| {
-                batch
-                    .tables
-                    .get(e.table as usize)
-                    .is_some_and(|t| t.key.is_empty())
-            };
             let kind = kind_of(first, keyless(first));
             let mut end = start + 1;
             let mut bytes = payload_len(first);
@@ -544,9 +544,7 @@ impl Applier {
             };
             let cols = &columns[start];
             if pipelined {
-                let tolerate = kind == Kind::Delete
-                    && !self.replica_role
-                    && self.is_cascade_child(tx, &table).await?;
+                let tolerate = self.tolerates_missing(tx, kind, &table).await?;
                 if let Some(r) =
                     SetRun::prepare(tx, kind, meta, cols, &table, run, tolerate).await?
                 {
@@ -556,10 +554,9 @@ impl Applier {
                     execute_pipelined(tx, std::mem::take(&mut queued)).await?;
                 }
             } else {
+                // Asked inside the step: a pending version may create the table first.
                 ddl.run(tx, || async {
-                    let tolerate = kind == Kind::Delete
-                        && !self.replica_role
-                        && self.is_cascade_child(tx, &table).await?;
+                    let tolerate = self.tolerates_missing(tx, kind, &table).await?;
                     apply_run(tx, kind, meta, cols, &table, run, tolerate).await
                 })
                 .await?;
@@ -596,13 +593,6 @@ impl SetRun {
         tolerate_missing: bool,
     ) -> Result<Option<SetRun>, ApplyError> {
         let context = format!("applying {} {:?} event(s) to {table}", events.len(), kind);
-        let parts: Vec<&str> = events
-            .iter()
-            .filter_map(|e| match kind {
-                Kind::Delete => e.key.as_deref().map(|k| k.get()),
-                _ => e.data.as_deref().map(|d| d.get()),
-            })
-            .collect();
         let sql = match kind {
             Kind::Insert => insert_sql(meta, cols, table),
             Kind::Update => match update_sql(meta, cols, table) {
@@ -613,11 +603,12 @@ impl SetRun {
             other => unreachable!("{other:?} runs are not set-based"),
         };
         let statement = prepared(tx, &sql, &context).await?;
+        let (json, n) = run_parameter(kind, events);
         Ok(Some(SetRun {
             kind,
             statement,
-            n: parts.len() as i64,
-            json: json_array(parts.into_iter()),
+            n,
+            json,
             tolerate_missing,
             context,
         }))
@@ -653,6 +644,20 @@ impl SetRun {
         }
         Ok(())
     }
+}
+
+/// The parameter of a set-based run — its row images (its keys for a delete) as one JSON
+/// array — and how many it holds.
+fn run_parameter(kind: Kind, events: &[&Event]) -> (String, i64) {
+    let parts: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match kind {
+            Kind::Delete => e.key.as_deref().map(|k| k.get()),
+            _ => e.data.as_deref().map(|d| d.get()),
+        })
+        .collect();
+    let n = parts.len() as i64;
+    (json_array(parts.into_iter()), n)
 }
 
 /// Sends every run before reading any result. The statements are prepared already, so each
@@ -737,6 +742,17 @@ impl DdlState<'_> {
 }
 
 impl Applier {
+    /// Whether a delete run may find fewer rows than it names: without replica mode the
+    /// target's own ON DELETE CASCADE may have removed them already (same end state).
+    async fn tolerates_missing(
+        &self,
+        tx: &Transaction<'_>,
+        kind: Kind,
+        table: &str,
+    ) -> Result<bool, ApplyError> {
+        Ok(kind == Kind::Delete && !self.replica_role && self.is_cascade_child(tx, table).await?)
+    }
+
     async fn is_cascade_child(
         &self,
         tx: &Transaction<'_>,
@@ -1058,13 +1074,9 @@ pub mod bench_api {
         )
     }
 
-    /// The parameter of a run: its events' row images as one JSON array.
-    pub fn images(events: &[Event]) -> String {
-        json_array(
-            events
-                .iter()
-                .filter_map(|e| e.data.as_deref().map(|d| d.get())),
-        )
+    /// The parameter of an insert or update run: its row images as one JSON array.
+    pub fn images(events: &[&Event]) -> String {
+        run_parameter(Kind::Insert, events).0
     }
 }
 
