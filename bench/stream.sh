@@ -39,6 +39,9 @@ create table mark (id int primary key);
 "
 "$PG_BINDIR/psql" -h 127.0.0.1 -p "$SP" -U postgres -X -q -c "create role bench login password 'bench'"
 "$PG_BINDIR/psql" -h 127.0.0.1 -p "$DP" -U postgres -X -q -c "create role bench login password 'bench'"
+# Replica mode for pgteleport's applier, as native apply workers run: target triggers and
+# foreign keys stay quiet, and batches apply in runs that span transactions.
+"$PG_BINDIR/psql" -h 127.0.0.1 -p "$DP" -U postgres -X -q -c "grant set on parameter session_replication_role to bench"
 for m in nat tele; do
     for p in "$SP" "$DP"; do
         psql_at "$p" postgres -c "create database $m owner bench"

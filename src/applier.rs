@@ -21,6 +21,7 @@ pub const TARGET_SQL: &[(i32, &str)] = &[
     (1, include_str!("../sql/target_001_position.sql")),
     (2, include_str!("../sql/target_002_load.sql")),
     (3, include_str!("../sql/target_003_ddl.sql")),
+    (4, include_str!("../sql/target_004_runs.sql")),
 ];
 
 /// Largest JSON text handed to one statement; longer runs are split.
@@ -34,6 +35,9 @@ pub enum Outcome {
         applied_seq: i64,
         ddl_version: i64,
         events: usize,
+        /// Statements and steps the events were applied in (runs of rows, schema and
+        /// sequence steps).
+        runs: usize,
     },
     /// Applied before; nothing changed.
     Duplicate { applied_seq: i64 },
@@ -105,7 +109,7 @@ pub struct Applier {
 }
 
 /// A run of consecutive events applied by one statement.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Kind {
     Insert,
     Update,
@@ -331,7 +335,7 @@ impl Applier {
                 loaded.insert((r.get(0), r.get(1)), snap);
             }
         }
-        self.apply_events(&tx, batch, &loaded, &mut ddl).await?;
+        let mut runs = self.apply_events(&tx, batch, &loaded, &mut ddl).await?;
         let mut events = batch.events.len();
         let (mut part, mut last) = (batch.part, batch.last);
         while !last {
@@ -355,7 +359,7 @@ impl Applier {
                     ),
                 });
             }
-            self.apply_events(&tx, &next, &loaded, &mut ddl).await?;
+            runs += self.apply_events(&tx, &next, &loaded, &mut ddl).await?;
             events += next.events.len();
             (part, last) = (next.part, next.last);
         }
@@ -379,10 +383,10 @@ impl Applier {
         }
         tx.execute(
             &format!(
-                "update {s}.applied set seq = $3, events = events + $4, applied_at = clock_timestamp()
+                "update {s}.applied set seq = $3, events = events + $4, runs = runs + $5, applied_at = clock_timestamp()
                   where source = $1 and target = $2"
             ),
-            &[&batch.source, &batch.target, &batch.seq, &(events as i64)],
+            &[&batch.source, &batch.target, &batch.seq, &(events as i64), &(runs as i64)],
         )
         .await
         .map_err(pg("recording the applied position"))?;
@@ -391,6 +395,7 @@ impl Applier {
             applied_seq: batch.seq,
             ddl_version: ddl.applied,
             events,
+            runs,
         })
     }
 
@@ -400,7 +405,7 @@ impl Applier {
         batch: &Batch,
         loaded: &HashMap<(String, String), Snapshot>,
         ddl: &mut DdlState<'_>,
-    ) -> Result<(), ApplyError> {
+    ) -> Result<usize, ApplyError> {
         let target_name = |meta: &TableMeta| {
             (
                 batch
@@ -458,6 +463,97 @@ impl Applier {
             };
             columns.push(cols);
         }
+        // Runs of one table, kind and column set. With replica mode (the target's foreign
+        // keys and triggers quiet) the runs of a batch span transactions: an event joins the
+        // latest run of its kind after every run that touched its row, so each row still
+        // sees its changes in source order and the end state is the same, in a few
+        // statements instead of one per source statement. A constraint the new order
+        // trips (a unique value moved between rows) sends the batch back to source order.
+        let reorderable = if self.replica_role && ddl.pending.is_empty() {
+            self.reorderable_tables(tx, batch).await?
+        } else {
+            Vec::new()
+        };
+        let plan = plan_runs(
+            &events,
+            &columns,
+            &batch.tables,
+            &reorderable,
+            self.batch_size,
+        );
+        if !plan.reordered {
+            self.apply_runs(tx, batch, &events, &columns, &plan.runs, ddl)
+                .await?;
+            return Ok(plan.runs.len());
+        }
+        tx.batch_execute("savepoint pgteleport_reorder")
+            .await
+            .map_err(pg("savepoint"))?;
+        match self
+            .apply_runs(tx, batch, &events, &columns, &plan.runs, ddl)
+            .await
+        {
+            Ok(()) => {
+                tx.batch_execute("release savepoint pgteleport_reorder")
+                    .await
+                    .map_err(pg("savepoint"))?;
+                Ok(plan.runs.len())
+            }
+            Err(e) => {
+                tracing::debug!(batch = batch.seq, error = %e, "runs across transactions failed; applying the batch in source order");
+                tx.batch_execute("rollback to savepoint pgteleport_reorder")
+                    .await
+                    .map_err(pg("savepoint"))?;
+                let plan = plan_runs(&events, &columns, &batch.tables, &[], self.batch_size);
+                self.apply_runs(tx, batch, &events, &columns, &plan.runs, ddl)
+                    .await?;
+                Ok(plan.runs.len())
+            }
+        }
+    }
+
+    /// For each table of the batch, whether its events may be applied out of source order
+    /// (between rows): no deferrable unique, primary key or exclusion constraint (checked
+    /// at commit, after the fallback to source order could help) and no trigger that fires
+    /// in replica mode (ENABLE ALWAYS or REPLICA: it would see the new order).
+    async fn reorderable_tables(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        batch: &Batch,
+    ) -> Result<Vec<bool>, ApplyError> {
+        let names: Vec<String> = batch
+            .tables
+            .iter()
+            .map(|m| qualified(batch.apply_schema.as_deref().unwrap_or(&m.schema), &m.name))
+            .collect();
+        let st = prepared(
+            tx,
+            "select coalesce(bool_and(to_regclass(t) is not null
+                        and not exists (select 1 from pg_catalog.pg_constraint c
+                                         where c.conrelid = to_regclass(t) and c.condeferrable and c.contype in ('p', 'u', 'x'))
+                        and not exists (select 1 from pg_catalog.pg_trigger g
+                                         where g.tgrelid = to_regclass(t) and not g.tgisinternal and g.tgenabled in ('A', 'R'))), false)
+               from unnest($1::text[]) with ordinality as u(t, n) group by n order by n",
+            "reading the target tables' constraints and triggers",
+        )
+        .await?;
+        let rows = tx
+            .query(&st, &[&names])
+            .await
+            .map_err(pg("reading the target tables' constraints and triggers"))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Applies `runs` (indexes into `events`), each one statement or step, in order.
+    async fn apply_runs(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        batch: &Batch,
+        events: &[&Event],
+        columns: &[Vec<String>],
+        runs: &[Vec<usize>],
+        ddl: &mut DdlState<'_>,
+    ) -> Result<(), ApplyError> {
         // Insert, update and delete runs are sent pipelined (each still one statement, in
         // order, in the batch's transaction) rather than one round trip at a time: a stream
         // of small transactions is a long series of small runs. Anything else first waits
@@ -469,9 +565,8 @@ impl Applier {
                 .is_some_and(|t| t.key.is_empty())
         };
         let mut queued: Vec<SetRun> = Vec::new();
-        let mut start = 0;
-        while start < events.len() {
-            let first = events[start];
+        for indexes in runs {
+            let first = events[indexes[0]];
             // Row events only: kind_of gives schema and sequence events a stand-in kind.
             let pipelined = ddl.pending.is_empty()
                 && matches!(first.op, Op::Insert | Op::Update | Op::Delete)
@@ -488,7 +583,6 @@ impl Applier {
                     apply_sequences(tx, batch.apply_schema.as_deref(), first)
                 })
                 .await?;
-                start += 1;
                 continue;
             }
             if first.op == Op::Schema {
@@ -508,27 +602,13 @@ impl Applier {
                         message: format!("schema event {} names version {version}, which the batch does not carry", first.id),
                     });
                 }
-                start += 1;
                 continue;
             }
             let kind = kind_of(first, keyless(first));
-            let mut end = start + 1;
-            let mut bytes = payload_len(first);
-            if kind != Kind::UpdateKey && kind != Kind::RowIdentity {
-                while end < events.len()
-                    && end - start < self.batch_size
-                    && bytes < MAX_STATEMENT_BYTES
-                    && (events[end].table == first.table || kind == Kind::Truncate)
-                    && kind_of(events[end], keyless(events[end])) == kind
-                    && columns[end] == columns[start]
-                {
-                    bytes += payload_len(events[end]);
-                    end += 1;
-                }
-            }
             let meta = &batch.tables[first.table as usize];
             let schema = batch.apply_schema.as_deref().unwrap_or(&meta.schema);
-            let run = &events[start..end];
+            let run: Vec<&Event> = indexes.iter().map(|&i| events[i]).collect();
+            let run = run.as_slice();
             let table = if kind == Kind::Truncate {
                 let mut names: Vec<String> = Vec::new();
                 for e in run {
@@ -542,7 +622,7 @@ impl Applier {
             } else {
                 qualified(schema, &meta.name)
             };
-            let cols = &columns[start];
+            let cols = &columns[indexes[0]];
             if pipelined {
                 let tolerate = self.tolerates_missing(tx, kind, &table).await?;
                 if let Some(r) =
@@ -561,10 +641,108 @@ impl Applier {
                 })
                 .await?;
             }
-            start = end;
         }
         execute_pipelined(tx, queued).await
     }
+}
+
+/// The runs a batch part is applied in: indexes into its events, in the order applied.
+struct Plan {
+    runs: Vec<Vec<usize>>,
+    /// Whether some event was placed before an event that precedes it.
+    reordered: bool,
+}
+
+/// Cuts `events` into runs. An event of a table marked in `reorderable` that an insert,
+/// update or delete run may take joins the latest run of its table, kind and columns that
+/// comes after every run holding an event of its row (and after the last event applied in
+/// order); every other event (schema, sequences, truncate, key change, keyless table, or a
+/// table not reorderable) continues the run just before it or starts one, and no later
+/// event joins a run before it.
+fn plan_runs(
+    events: &[&Event],
+    columns: &[Vec<String>],
+    tables: &[TableMeta],
+    reorderable: &[bool],
+    batch_size: usize,
+) -> Plan {
+    let mut runs: Vec<Vec<usize>> = Vec::new();
+    let mut bytes: Vec<usize> = Vec::new();
+    let mut reordered = false;
+    // Runs before `floor` are closed.
+    let mut floor = 0;
+    // The run the previous event went to, when it was placed in order.
+    let mut in_order: Option<usize> = None;
+    let mut latest: HashMap<(u32, Kind, &[String]), usize> = HashMap::new();
+    let mut row_run: HashMap<(u32, String), usize> = HashMap::new();
+    for (i, e) in events.iter().enumerate() {
+        let meta = tables.get(e.table as usize);
+        let row_event = matches!(e.op, Op::Insert | Op::Update | Op::Delete);
+        let kind = kind_of(e, meta.is_none_or(|t| t.key.is_empty()));
+        let set_based = row_event && matches!(kind, Kind::Insert | Kind::Update | Kind::Delete);
+        let row = match (meta, e.op) {
+            (Some(m), _) if set_based && reorderable.get(e.table as usize) == Some(&true) => {
+                let image = if e.op == Op::Delete { &e.key } else { &e.data };
+                image
+                    .as_deref()
+                    .and_then(|r| crate::wire::object_values(r, &m.key))
+            }
+            _ => None,
+        };
+        let fits = |r: usize| runs[r].len() < batch_size && bytes[r] < MAX_STATEMENT_BYTES;
+        let run = if let Some(row) = row {
+            let sig = (e.table, kind, columns[i].as_slice());
+            let after = row_run
+                .get(&(e.table, row.clone()))
+                .copied()
+                .unwrap_or(0)
+                .max(floor);
+            let run = match latest.get(&sig) {
+                Some(&r) if r >= after && fits(r) => r,
+                _ => {
+                    runs.push(Vec::new());
+                    bytes.push(0);
+                    latest.insert(sig, runs.len() - 1);
+                    runs.len() - 1
+                }
+            };
+            row_run.insert((e.table, row), run);
+            in_order = None;
+            run
+        } else {
+            let continues = in_order.filter(|&r| {
+                let first = events[runs[r][0]];
+                r + 1 == runs.len()
+                    && fits(r)
+                    && (row_event || e.op == Op::Truncate)
+                    && first.op != Op::Schema
+                    && first.op != Op::Sequences
+                    && !matches!(kind, Kind::UpdateKey | Kind::RowIdentity)
+                    && (first.table == e.table || kind == Kind::Truncate)
+                    && kind_of(
+                        first,
+                        tables
+                            .get(first.table as usize)
+                            .is_none_or(|t| t.key.is_empty()),
+                    ) == kind
+                    && columns[runs[r][0]] == columns[i]
+            });
+            let run = continues.unwrap_or_else(|| {
+                runs.push(Vec::new());
+                bytes.push(0);
+                runs.len() - 1
+            });
+            floor = run + 1;
+            in_order = Some(run);
+            run
+        };
+        if run + 1 != runs.len() {
+            reordered = true;
+        }
+        runs[run].push(i);
+        bytes[run] += payload_len(e);
+    }
+    Plan { runs, reordered }
 }
 
 /// Most runs sent before their results are read.
@@ -1093,6 +1271,144 @@ mod tests {
             generated: vec![],
             json_columns: vec![],
         }
+    }
+
+    fn ev(id: i64, op: Op, table: u32, key: Option<&str>, data: Option<&str>) -> Event {
+        let raw = |s: &str| serde_json::value::RawValue::from_string(s.to_string()).unwrap();
+        Event {
+            id,
+            op,
+            table,
+            txid: None,
+            key: key.map(raw),
+            data: data.map(raw),
+        }
+    }
+
+    fn simple(name: &str) -> TableMeta {
+        TableMeta {
+            schema: "app".into(),
+            name: name.into(),
+            key: vec!["id".into()],
+            columns: vec!["id".into(), "v".into()],
+            generated: vec![],
+            json_columns: vec![],
+        }
+    }
+
+    fn plan_of(events: &[Event], reorderable: &[bool]) -> Plan {
+        let refs: Vec<&Event> = events.iter().collect();
+        let columns: Vec<Vec<String>> = refs
+            .iter()
+            .map(|e| match &e.data {
+                Some(d) => crate::wire::object_keys(d).unwrap(),
+                None => vec![],
+            })
+            .collect();
+        plan_runs(
+            &refs,
+            &columns,
+            &[simple("a"), simple("b")],
+            reorderable,
+            1000,
+        )
+    }
+
+    /// Transactions of "insert into a, update b, delete from a": across transactions the
+    /// rows of each kind form one run each; each row keeps its own order.
+    #[test]
+    fn runs_span_transactions_and_keep_each_rows_order() {
+        let mut events = Vec::new();
+        for i in 0..5 {
+            events.push(ev(
+                events.len() as i64,
+                Op::Insert,
+                0,
+                None,
+                Some(&format!(r#"{{"id":{i},"v":1}}"#)),
+            ));
+            events.push(ev(
+                events.len() as i64,
+                Op::Update,
+                1,
+                None,
+                Some(&format!(r#"{{"id":{},"v":{i}}}"#, i % 2)),
+            ));
+            if i > 0 {
+                events.push(ev(
+                    events.len() as i64,
+                    Op::Delete,
+                    0,
+                    Some(&format!(r#"{{"id":{}}}"#, i - 1)),
+                    None,
+                ));
+            }
+        }
+        let plan = plan_of(&events, &[true, true]);
+        assert!(plan.reordered);
+        assert_eq!(
+            plan.runs,
+            vec![
+                vec![0, 2, 5, 8, 11],
+                vec![1, 3, 6, 9, 12],
+                vec![4, 7, 10, 13]
+            ]
+        );
+        // In source order: one run per statement.
+        let ordered = plan_of(&events, &[]);
+        assert!(!ordered.reordered);
+        assert_eq!(ordered.runs.len(), events.len());
+    }
+
+    /// A row deleted and inserted again: the second insert cannot join the first run.
+    #[test]
+    fn a_row_inserted_again_after_its_delete_starts_a_later_run() {
+        let events = vec![
+            ev(0, Op::Insert, 0, None, Some(r#"{"id":1,"v":1}"#)),
+            ev(1, Op::Delete, 0, Some(r#"{"id":1}"#), None),
+            ev(2, Op::Insert, 0, None, Some(r#"{"id":2,"v":1}"#)),
+            ev(3, Op::Insert, 0, None, Some(r#"{"id":1,"v":2}"#)),
+            ev(4, Op::Update, 0, None, Some(r#"{"id":2,"v":3}"#)),
+        ];
+        let plan = plan_of(&events, &[true, true]);
+        assert_eq!(plan.runs, vec![vec![0, 2], vec![1], vec![3], vec![4]]);
+    }
+
+    /// A key change, a truncate and tables not reorderable are barriers: nothing after them
+    /// joins a run before them.
+    #[test]
+    fn barriers_close_earlier_runs() {
+        let events = vec![
+            ev(0, Op::Insert, 0, None, Some(r#"{"id":1,"v":1}"#)),
+            ev(
+                1,
+                Op::Update,
+                0,
+                Some(r#"{"id":7}"#),
+                Some(r#"{"id":8,"v":1}"#),
+            ),
+            ev(2, Op::Insert, 0, None, Some(r#"{"id":2,"v":1}"#)),
+            ev(3, Op::Truncate, 1, None, None),
+            ev(4, Op::Insert, 0, None, Some(r#"{"id":3,"v":1}"#)),
+            ev(5, Op::Insert, 1, None, Some(r#"{"id":1,"v":1}"#)),
+            ev(6, Op::Insert, 1, None, Some(r#"{"id":2,"v":1}"#)),
+            ev(7, Op::Insert, 0, None, Some(r#"{"id":4,"v":1}"#)),
+        ];
+        // Table b (1) is not reorderable: its inserts run in order, between a's.
+        let plan = plan_of(&events, &[true, false]);
+        assert_eq!(
+            plan.runs,
+            vec![
+                vec![0],
+                vec![1],
+                vec![2],
+                vec![3],
+                vec![4],
+                vec![5, 6],
+                vec![7]
+            ]
+        );
+        assert!(!plan.reordered);
     }
 
     #[test]

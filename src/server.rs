@@ -249,10 +249,12 @@ impl Server {
                 applied_seq,
                 ddl_version,
                 events,
+                runs,
             }) => {
                 tracing::info!(
                     batch_seq = applied_seq,
                     events,
+                    runs,
                     ms = started.elapsed().as_millis() as u64,
                     "batch applied"
                 );

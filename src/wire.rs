@@ -92,6 +92,43 @@ pub fn object_keys(raw: &RawValue) -> Result<Vec<String>, serde_json::Error> {
     serde::Deserializer::deserialize_map(&mut de, Keys)
 }
 
+/// The raw JSON values of `names` in the object `raw`, in the order of `names`, joined
+/// with a separator no JSON text contains unescaped; `None` when one is missing or `raw`
+/// is not an object. Two images of one row under one encoder give the same text.
+pub fn object_values(raw: &RawValue, names: &[String]) -> Option<String> {
+    struct Values<'n>(&'n [String]);
+    impl<'de> serde::de::Visitor<'de> for Values<'_> {
+        type Value = Vec<Option<&'de str>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut found = vec![None; self.0.len()];
+            // Borrowed: a name written with escapes fails, and the event is then applied in order.
+            while let Some(k) = map.next_key::<&'de str>()? {
+                match self.0.iter().position(|n| *n == k) {
+                    Some(i) => found[i] = Some(map.next_value::<&'de RawValue>()?.get()),
+                    None => {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok(found)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(raw.get());
+    let found = serde::Deserializer::deserialize_map(&mut de, Values(names)).ok()?;
+    let mut out = String::new();
+    for v in found {
+        out.push_str(v?);
+        out.push('\u{1}');
+    }
+    Some(out)
+}
+
 /// A table the batch's events refer to (by index).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]

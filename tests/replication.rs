@@ -436,3 +436,129 @@ async fn a_20mb_value_untouched_by_an_update_is_not_shipped_again() -> anyhow::R
     target.shutdown().await?;
     Ok(())
 }
+
+async fn grant_replica_role(p: &Pair) -> anyhow::Result<()> {
+    p.cluster
+        .admin(&p.dst_db)
+        .await?
+        .batch_execute(&format!(
+            "grant set on parameter session_replication_role to {}",
+            p.dst_role
+        ))
+        .await?;
+    Ok(())
+}
+
+/// With replica mode, a backlog of small transactions is applied in runs that span
+/// transactions (a few statements per batch); rows inserted, updated, deleted, inserted
+/// again and re-keyed end as on the source, around a TRUNCATE of another table.
+#[tokio::test]
+async fn runs_across_transactions_end_equal_in_few_statements() -> anyhow::Result<()> {
+    let p = Pair::new(SCHEMA).await?;
+    grant_replica_role(&p).await?;
+    let (source, target) = p.start_both("app.*").await?;
+    let src = p.src().await?;
+    src.batch_execute("insert into app.parent select generate_series(1, 10)")
+        .await?;
+    let dst = p.dst().await?;
+    wait_equal(&src, &dst, &["app.parent"], Duration::from_secs(20)).await?;
+    // A backlog: the source instance is stopped while the transactions commit.
+    source.shutdown().await?;
+    let port = target.local_addr.unwrap().port();
+    let mut c = p.src().await?;
+    for i in 0..400i64 {
+        let tx = c.transaction().await?;
+        tx.execute("insert into app.customer values ($1, 'n', 0)", &[&i])
+            .await?;
+        tx.execute(
+            "update app.customer set balance = balance + 1, name = name || 'u' where id = $1",
+            &[&(i / 2)],
+        )
+        .await?;
+        tx.execute(
+            "insert into app.order_line values ($1, $2, 1, null) on conflict (order_id, line) do update set qty = app.order_line.qty + 1",
+            &[&(i % 7), &((i % 60) as i32)],
+        )
+        .await?;
+        if i % 3 == 0 && i > 0 {
+            tx.execute("delete from app.customer where id = $1", &[&(i - 1)])
+                .await?;
+        }
+        if i % 5 == 0 && i > 0 {
+            // The row deleted above comes back with other values.
+            tx.execute(
+                "insert into app.customer values ($1, 'again', -1) on conflict (id) do update set name = 'again'",
+                &[&(i - 1)],
+            )
+            .await?;
+        }
+        if i % 50 == 7 {
+            // A key change: the row moves to a free key.
+            tx.execute(
+                "update app.customer set id = id + 100000 where id = $1",
+                &[&(i / 2)],
+            )
+            .await?;
+        }
+        if i == 200 {
+            tx.execute("truncate app.order_line", &[]).await?;
+        }
+        tx.commit().await?;
+    }
+    let source = p.start_source(port, "app.*", "").await?;
+    wait_equal(
+        &src,
+        &dst,
+        &["app.customer", "app.order_line", "app.parent"],
+        Duration::from_secs(60),
+    )
+    .await?;
+    let (events, runs) = {
+        let r = dst
+            .query_one(
+                "select sum(events)::int8, sum(runs)::int8 from teleport.applied",
+                &[],
+            )
+            .await?;
+        (r.get::<_, i64>(0), r.get::<_, i64>(1))
+    };
+    assert!(events > 1000, "{events} events applied");
+    assert!(
+        runs * 5 < events,
+        "{events} events took {runs} statements: the runs did not span transactions"
+    );
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}
+
+/// A unique value moved from one row to another (update, then insert in a later
+/// transaction): applied out of order the insert would collide, so the batch is applied
+/// again in source order, in the same transaction, and ends equal.
+#[tokio::test]
+async fn a_unique_value_moved_between_rows_falls_back_to_source_order() -> anyhow::Result<()> {
+    let schema = "create schema app; create table app.u (id int primary key, email text not null unique, n int);";
+    let p = Pair::new(schema).await?;
+    grant_replica_role(&p).await?;
+    let (source, target) = p.start_both("app.*").await?;
+    let port = target.local_addr.unwrap().port();
+    source.shutdown().await?;
+    let src = p.src().await?;
+    for i in 0..50 {
+        src.batch_execute(&format!(
+            "insert into app.u values ({a}, 'x{i}', 0);
+             update app.u set email = 'y{i}' where id = {a};
+             insert into app.u values ({b}, 'x{i}', 1);",
+            a = i * 2,
+            b = i * 2 + 1
+        ))
+        .await?;
+    }
+    let source = p.start_source(port, "app.*", "").await?;
+    let dst = p.dst().await?;
+    wait_equal(&src, &dst, &["app.u"], Duration::from_secs(60)).await?;
+    assert_eq!(scalar_i64(&dst, "select count(*) from app.u").await?, 100);
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}
