@@ -12,7 +12,8 @@
 #      machine, one clock). p50/p99/max of visible − written.
 #   4. memory and CPU: peak RSS (VmHWM) and CPU seconds of each pgteleport instance per
 #      scenario; CPU of the walsender and apply worker for native replication.
-# Usage: bench/stream.sh   (CHANGES=1000000, RATES="500 2000", DURATION=60)
+# Usage: bench/stream.sh   (CHANGES=1000000, RATES="500 2000", DURATION=60; SOURCE_EXTRA="yaml lines"
+#   adds keys to the source instance's config, e.g. SOURCE_EXTRA="max_events_per_batch: 50000")
 # Prints a table and writes bench/results/stream.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -58,6 +59,7 @@ server: {hostname: 127.0.0.1, port: $TP, allow_unauthenticated: true}
 YML
 cat > "$WORK/source.yml" <<YML
 database: {name: stream-source, database: tele, hostname: 127.0.0.1, port: $SP, username: bench, password: bench}
+${SOURCE_EXTRA:-}
 targets:
   t:
     target_expression: "public.*"
