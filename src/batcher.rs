@@ -129,7 +129,7 @@ impl Batcher {
         let tx = client.transaction().await.map_err(StepError::db("begin"))?;
         let row = tx
             .query_opt(
-                &format!("select next_seq, last_snapshot::text from {s}.target_state where target = $1 for update"),
+                &format!("select next_seq, last_snapshot::text, state from {s}.target_state where target = $1 for update"),
                 &[&target],
             )
             .await
@@ -137,6 +137,9 @@ impl Batcher {
             .ok_or_else(|| StepError::Fatal(format!("target `{target}` is not registered in {s}.target_state")))?;
         let mut next_seq: i64 = row.get(0);
         let from: String = row.get(1);
+        if row.get::<_, &str>(2) == "TERMINATED" {
+            return Ok(0); // a terminated mirror gets no more batches
+        }
         let now: String = tx
             .query_one("select pg_current_snapshot()::text", &[])
             .await

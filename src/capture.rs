@@ -13,6 +13,7 @@ pub const SOURCE_SQL: &[(i32, &str)] = &[
     (1, include_str!("../sql/source_001_queue.sql")),
     (2, include_str!("../sql/source_002_event_triggers.sql")),
     (3, include_str!("../sql/source_003_capture.sql")),
+    (4, include_str!("../sql/source_004_operations.sql")),
 ];
 
 /// The row trigger's name on every replicated table.

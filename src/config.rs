@@ -214,6 +214,23 @@ pub struct Server {
     /// The private key (PEM) of `tls_cert`.
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
+    /// Password of the REST API (`/api/v1`, on a source instance): HTTP Basic with any
+    /// user name, or `Authorization: Bearer <password>`; default: `auth_token`. Without
+    /// either, the API is served on loopback only: on any other address it answers 403.
+    /// Also PGTELEPORT_API_PASSWORD.
+    #[serde(default)]
+    pub api_password: Option<Secret>,
+}
+
+impl Server {
+    /// Whether `hostname` reaches this machine only (`localhost`, 127.0.0.0/8, ::1).
+    pub fn is_loopback(&self) -> bool {
+        self.hostname == "localhost"
+            || self
+                .hostname
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
 }
 
 /// A destination of this source instance.
@@ -336,6 +353,11 @@ impl Config {
             if let Some(v) = env("PGTELEPORT_SERVER__AUTH_TOKEN") {
                 server.auth_token = Some(Secret(v));
             }
+            if let Some(v) =
+                env("PGTELEPORT_SERVER__API_PASSWORD").or_else(|| env("PGTELEPORT_API_PASSWORD"))
+            {
+                server.api_password = Some(Secret(v));
+            }
             if server.auth_token.is_none() {
                 server.auth_token = shared.clone();
             }
@@ -376,29 +398,8 @@ impl Config {
                 "must be between 1 and 65535".into(),
             ));
         }
-        let sslmode = self.database.sslmode.as_deref().or(self
-            .database
-            .options
-            .get("sslmode")
-            .map(String::as_str));
-        if let Some(mode) = sslmode {
-            if !["disable", "prefer", "require", "verify-ca", "verify-full"].contains(&mode) {
-                return Err(invalid(
-                    "database.sslmode",
-                    format!("is `{mode}`; use disable, prefer, require, verify-ca or verify-full"),
-                ));
-            }
-        }
-        for key in self.database.options.keys() {
-            if !KNOWN_OPTIONS.contains(&key.as_str()) {
-                return Err(invalid(
-                    &format!("database.options.{key}"),
-                    format!(
-                        "is not a known connection option; known: {}",
-                        KNOWN_OPTIONS.join(", ")
-                    ),
-                ));
-            }
+        if let Err((key, message)) = connection_options(&self.database) {
+            return Err(invalid(&format!("database.{key}"), message));
         }
         if self.batch_size == 0 {
             return Err(invalid("batch_size", "must be at least 1".into()));
@@ -456,6 +457,9 @@ impl Config {
         if let Some(server) = &self.server {
             if server.auth_token.as_ref().is_some_and(Secret::is_empty) {
                 return Err(invalid("server.auth_token", "must not be empty".into()));
+            }
+            if server.api_password.as_ref().is_some_and(Secret::is_empty) {
+                return Err(invalid("server.api_password", "must not be empty".into()));
             }
             if let Some((name, _)) = server.source_tokens.iter().find(|(_, t)| t.is_empty()) {
                 return Err(invalid(
@@ -523,6 +527,39 @@ impl Config {
             target,
         }
     }
+}
+
+/// Checks a connection's `sslmode` and option names: `Err((key, message))`.
+fn connection_options(db: &Database) -> Result<(), (String, String)> {
+    let sslmode = db
+        .sslmode
+        .as_deref()
+        .or(db.options.get("sslmode").map(String::as_str));
+    if let Some(mode) = sslmode {
+        if !["disable", "prefer", "require", "verify-ca", "verify-full"].contains(&mode) {
+            return Err((
+                "sslmode".into(),
+                format!("is `{mode}`; use disable, prefer, require, verify-ca or verify-full"),
+            ));
+        }
+    }
+    for key in db.options.keys() {
+        if !KNOWN_OPTIONS.contains(&key.as_str()) {
+            return Err((
+                format!("options.{key}"),
+                format!(
+                    "is not a known connection option; known: {}",
+                    KNOWN_OPTIONS.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// [`connection_options`] as one message, for connections made through the API.
+pub fn check_connection_options(db: &Database) -> Result<(), String> {
+    connection_options(db).map_err(|(key, message)| format!("{key} {message}"))
 }
 
 const KNOWN_OPTIONS: &[&str] = &[

@@ -172,7 +172,8 @@ pub async fn start(config: Config) -> Result<Running, InstanceError> {
             stage: "server".into(),
             message: e.to_string(),
         })?;
-        let srv = Arc::new(Server::new(server, applier.clone()));
+        let srv =
+            Arc::new(Server::new(server, applier.clone()).with_api(crate::api::Api::new(&config)));
         let token = shutdown.clone();
         tasks.spawn(async move {
             srv.run(listener, tls, token).await;

@@ -5,6 +5,7 @@
 //! batches of whole transactions, [`transmitter`] ships them, [`vacuum`] keeps the queue
 //! small. Target side: [`server`] receives, [`applier`] applies exactly once.
 
+pub mod api;
 pub mod applier;
 pub mod batcher;
 pub mod capture;
@@ -18,6 +19,7 @@ pub mod demo;
 pub mod fuzzing;
 pub mod instance;
 pub mod load;
+pub mod mirror;
 pub mod server;
 pub mod stage;
 pub mod status;

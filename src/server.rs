@@ -5,6 +5,9 @@
 //! | `GET /healthz` | 200 `{"status":"ok"}` |
 //! | `POST /v1/batches` | 200 applied or duplicate (`applied_seq`); 400 malformed or truncated; 401 token; 403 a source token for another source; 408 the body stalled; 409 out of sequence (`applied_seq`); 413 a segment too large; 422 target schema behind; 503 database unavailable; 500 other apply failure |
 //! | `GET /v1/position/{source}/{target}` | 200 `{"applied_seq": n}` |
+//! | `GET /readyz` | 200 `{"status":"ready"}` when the database answers, else 503 |
+//! | `GET /metrics` | Prometheus text (see [`crate::api`]) |
+//! | `/api/v1/…` | the management API of a source instance (see [`crate::api`], `openapi.json`) |
 //!
 //! Every error body is JSON `{"error": "…"}`; nothing is ever an error behind 200.
 
@@ -32,6 +35,8 @@ use crate::wire;
 /// Shared state of the HTTP handlers.
 pub struct Server {
     applier: Option<Arc<Applier>>,
+    /// The REST API, `/metrics` and `/readyz`.
+    api: Option<Arc<crate::api::Api>>,
     token: Option<Secret>,
     source_tokens: std::collections::BTreeMap<String, Secret>,
     max_body: usize,
@@ -45,12 +50,19 @@ impl Server {
     pub fn new(config: &ServerConfig, applier: Option<Arc<Applier>>) -> Self {
         Self {
             applier,
+            api: None,
             token: config.auth_token.clone(),
             source_tokens: config.source_tokens.clone(),
             max_body: config.max_body_bytes,
             max_batch: config.max_batch_bytes,
             read_timeout: Duration::from_secs(config.read_timeout_seconds),
         }
+    }
+
+    /// Also serves the REST API (`/api/v1`), `/metrics` and `/readyz`.
+    pub fn with_api(mut self, api: crate::api::Api) -> Self {
+        self.api = Some(Arc::new(api));
+        self
     }
 
     /// Serves connections from `listener` until `shutdown`; in-flight requests finish.
@@ -126,6 +138,21 @@ impl Server {
 
     async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let path = req.uri().path().to_string();
+        if let Some(api) = &self.api {
+            if path.starts_with("/api/") || path == "/metrics" || path == "/readyz" {
+                if let Some(r) = api.handle(req).await {
+                    return r;
+                }
+                return if path.starts_with("/api/") {
+                    error(
+                        StatusCode::NOT_FOUND,
+                        &format!("no such endpoint: {path} (the API is under /api/v1)"),
+                    )
+                } else {
+                    error(StatusCode::METHOD_NOT_ALLOWED, &format!("{path}: use GET"))
+                };
+            }
+        }
         match (req.method(), path.as_str()) {
             (&Method::GET, "/healthz") => reply(StatusCode::OK, json!({"status": "ok"})),
             (&Method::POST, "/v1/batches") => self.batches(req, peer).await,

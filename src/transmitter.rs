@@ -590,6 +590,52 @@ impl Step for Transmitter {
     }
 
     async fn step(&mut self, client: &mut Client) -> Result<Progress, StepError> {
+        use crate::mirror::{self, State};
+        let s = self.schema.clone();
+        let mirror_err = |e: mirror::MirrorError| StepError::Other(e.to_string());
+        let state = mirror::state(client, &s, &self.target)
+            .await
+            .map_err(mirror_err)?;
+        match state {
+            State::Paused | State::Failed | State::Terminated => return Ok(Progress::Idle),
+            State::Pausing => {
+                // Steps run one at a time: no batch is in flight now.
+                mirror::advance(
+                    client,
+                    &s,
+                    &self.target,
+                    State::Pausing,
+                    State::Paused,
+                    None,
+                )
+                .await
+                .map_err(mirror_err)?;
+                return Ok(Progress::Idle);
+            }
+            State::Terminating => {
+                mirror::finish_termination(client, &s, &self.target)
+                    .await
+                    .map_err(mirror_err)?;
+                return Ok(Progress::Idle);
+            }
+            State::Setup | State::Snapshot | State::Running => {}
+        }
+        let result = self.ship(client, state).await;
+        if let Err(StepError::Fatal(m)) = &result {
+            mirror::fail(client, &s, &self.target, m).await;
+        }
+        result
+    }
+}
+
+impl Transmitter {
+    /// Reconciles with the target after a (re)start, then ships the next batch.
+    async fn ship(
+        &mut self,
+        client: &mut Client,
+        state: crate::mirror::State,
+    ) -> Result<Progress, StepError> {
+        use crate::mirror::{self, State};
         if !self.reconciled {
             let applied = match self.position().await {
                 Ok(a) => a,
@@ -601,6 +647,18 @@ impl Step for Transmitter {
             };
             self.acknowledge(client, applied).await?;
             self.reconciled = true;
+        }
+        if state == State::Setup {
+            mirror::advance(
+                client,
+                &self.schema,
+                &self.target,
+                State::Setup,
+                State::Running,
+                None,
+            )
+            .await
+            .map_err(|e| StepError::Other(e.to_string()))?;
         }
         let s = &self.schema;
         // No batch while a catalog snapshot of the event trigger waits to become schema

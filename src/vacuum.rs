@@ -74,7 +74,7 @@ impl Vacuum {
                       where q.idx <> $1 and not q.done and q.switched_xid is not null
                         and not exists (
                             select 1 from {s}.target_state t
-                             where pg_snapshot_xmin(coalesce(
+                             where t.state <> 'TERMINATED' and pg_snapshot_xmin(coalesce(
                                        (select b.snap_from from {s}.batch b
                                          where b.target = t.target and b.acked_at is null
                                          order by b.seq limit 1),

@@ -1,0 +1,968 @@
+//! The management API of a source instance, under `/api/v1`, in the shapes PeerDB users
+//! know (`flowJobName`, `requestedFlowState`, `peer`/`allow_update`), with honest status
+//! codes: 200 done (or nothing to change), 201 created, 400 malformed, 401 no or wrong
+//! password, 404 unknown name, 409 conflict, 422 the connection or value does not
+//! validate (the driver's message), 503 the instance's database is unreachable, 500 other
+//! server faults. Every error body is `{"error": "…"}`. Creates are idempotent: a repeated
+//! create with the same content changes nothing and duplicates nothing.
+//!
+//! Also `/metrics` (Prometheus text) and `/readyz` for every instance.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use ddlwatcher::quote_ident;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use subtle::ConstantTimeEq;
+
+use crate::config::{Config, Database, Endpoint, Secret};
+use crate::db;
+use crate::mirror::{self, Action, MirrorError, State};
+
+type Body = Full<Bytes>;
+
+/// Largest API request body.
+const MAX_REQUEST: usize = 1 << 20;
+
+/// The API and the operational endpoints of one instance.
+pub struct Api {
+    config: Config,
+    password: Option<Secret>,
+    /// Why `/api/v1` is not served (a listener beyond loopback without a password).
+    disabled: Option<String>,
+}
+
+/// An API failure: its status and message.
+#[derive(Debug)]
+pub struct Failure(StatusCode, String);
+
+impl Failure {
+    fn bad(m: impl Into<String>) -> Self {
+        Failure(StatusCode::BAD_REQUEST, m.into())
+    }
+}
+
+impl From<MirrorError> for Failure {
+    fn from(e: MirrorError) -> Self {
+        let status = match &e {
+            MirrorError::Unknown(_) => StatusCode::NOT_FOUND,
+            MirrorError::Conflict { .. } => StatusCode::CONFLICT,
+            MirrorError::Db { source, .. } => db_status(source),
+        };
+        Failure(status, e.to_string())
+    }
+}
+
+fn db_status(e: &tokio_postgres::Error) -> StatusCode {
+    if e.as_db_error().is_none() {
+        StatusCode::SERVICE_UNAVAILABLE // the connection, not the statement
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
+    }
+}
+
+fn pg(context: &str) -> impl FnOnce(tokio_postgres::Error) -> Failure + '_ {
+    move |e| Failure(db_status(&e), format!("{context}: {}", db::describe(&e)))
+}
+
+type Answer = Result<(StatusCode, Value), Failure>;
+
+impl Api {
+    pub fn new(config: &Config) -> Self {
+        let password = config
+            .server
+            .as_ref()
+            .and_then(|s| s.api_password.clone().or_else(|| s.auth_token.clone()));
+        let disabled = match &config.server {
+            Some(s) if password.is_none() && !s.is_loopback() && !config.targets.is_empty() => {
+                let m = format!(
+                    "the REST API is off: this instance listens on {} and has no API password. \
+                     Set server.api_password (or PGTELEPORT_API_PASSWORD), or listen on 127.0.0.1",
+                    s.hostname
+                );
+                tracing::warn!("{m}");
+                Some(m)
+            }
+            _ => None,
+        };
+        Self {
+            config: config.clone(),
+            password,
+            disabled,
+        }
+    }
+
+    fn schema(&self) -> String {
+        quote_ident(&self.config.internal_schema)
+    }
+
+    /// Answers `/api/v1/…`, `/metrics` and `/readyz`; `None` for any other path.
+    pub async fn handle(&self, req: Request<Incoming>) -> Option<Response<Body>> {
+        let path = req.uri().path().to_string();
+        let answer = match (req.method().clone(), path.as_str()) {
+            (Method::GET, "/readyz") => self.ready().await,
+            (Method::GET, "/metrics") => {
+                return Some(match self.metrics().await {
+                    Ok(text) => {
+                        let mut r = Response::new(Full::new(Bytes::from(text)));
+                        r.headers_mut().insert(
+                            CONTENT_TYPE,
+                            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                        );
+                        r
+                    }
+                    Err(f) => failure(f),
+                });
+            }
+            (Method::GET, "/api/v1/openapi.json") => Ok((StatusCode::OK, openapi())),
+            (_, p) if p.starts_with("/api/v1/") && self.disabled.is_some() => Err(Failure(
+                StatusCode::FORBIDDEN,
+                self.disabled.clone().unwrap_or_default(),
+            )),
+            (method, p) if p.starts_with("/api/v1/") => {
+                if let Err(f) = self.authenticate(&req) {
+                    let mut r = failure(f);
+                    r.headers_mut().insert(
+                        WWW_AUTHENTICATE,
+                        HeaderValue::from_static("Basic realm=\"pgteleport\""),
+                    );
+                    return Some(r);
+                }
+                if self.config.targets.is_empty() {
+                    Err(Failure(
+                        StatusCode::NOT_FOUND,
+                        "this instance is not a source (it has no targets): the API runs on the source instance".into(),
+                    ))
+                } else {
+                    self.route(method, p, req).await
+                }
+            }
+            _ => return None,
+        };
+        Some(match answer {
+            Ok((status, body)) => reply(status, body),
+            Err(f) => failure(f),
+        })
+    }
+
+    async fn route(&self, method: Method, path: &str, req: Request<Incoming>) -> Answer {
+        match (method, path) {
+            (Method::GET, "/api/v1/mirrors/list") => self.mirrors_list().await,
+            (Method::POST, "/api/v1/mirrors/status") => self.mirror_status(body(req).await?).await,
+            (Method::POST, "/api/v1/mirrors/state_change") => {
+                self.state_change(body(req).await?).await
+            }
+            (Method::GET, "/api/v1/peers/list") => self.peers_list().await,
+            (Method::POST, "/api/v1/peers/create") => self.peer_create(body(req).await?).await,
+            (Method::GET, "/api/v1/alerts/config") => self.alerts_list().await,
+            (Method::POST, "/api/v1/alerts/config") => self.alert_create(body(req).await?).await,
+            (Method::POST, "/api/v1/flows/cdc/create") => Err(Failure(
+                StatusCode::NOT_IMPLEMENTED,
+                "creating mirrors through the API is not built yet: add the target to the source's config file \
+                 (it then appears under /api/v1/mirrors/list)"
+                    .into(),
+            )),
+            (m, p) => {
+                let known = [
+                    ("/api/v1/mirrors/list", "GET"),
+                    ("/api/v1/mirrors/status", "POST"),
+                    ("/api/v1/mirrors/state_change", "POST"),
+                    ("/api/v1/peers/list", "GET"),
+                    ("/api/v1/peers/create", "POST"),
+                    ("/api/v1/alerts/config", "GET or POST"),
+                    ("/api/v1/flows/cdc/create", "POST"),
+                ];
+                match known.iter().find(|(k, _)| *k == p) {
+                    Some((_, allowed)) => Err(Failure(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        format!("{m} {p}: use {allowed}"),
+                    )),
+                    None => Err(Failure(
+                        StatusCode::NOT_FOUND,
+                        format!("no such endpoint: {m} {p} (GET /api/v1/openapi.json lists them)"),
+                    )),
+                }
+            }
+        }
+    }
+
+    /// With a password set, every API request must carry it: HTTP Basic (any user name)
+    /// or a bearer token. Compared in constant time; never logged.
+    fn authenticate(&self, req: &Request<Incoming>) -> Result<(), Failure> {
+        let Some(password) = &self.password else {
+            return Ok(());
+        };
+        let header = req
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let presented: Option<Vec<u8>> = match header {
+            Some(h) if let Some(token) = h.strip_prefix("Bearer ") => {
+                Some(token.as_bytes().to_vec())
+            }
+            Some(h) if let Some(encoded) = h.strip_prefix("Basic ") => {
+                base64::engine::general_purpose::STANDARD
+                    .decode(encoded.trim())
+                    .ok()
+                    .and_then(|raw| {
+                        let colon = raw.iter().position(|&b| b == b':')?;
+                        Some(raw[colon + 1..].to_vec())
+                    })
+            }
+            _ => None,
+        };
+        match presented {
+            Some(p) if bool::from(p.ct_eq(password.expose().as_bytes())) => Ok(()),
+            Some(_) => Err(Failure(StatusCode::UNAUTHORIZED, "wrong password".into())),
+            None => Err(Failure(
+                StatusCode::UNAUTHORIZED,
+                "missing credentials: send the API password with HTTP Basic (any user name) or `Authorization: Bearer <password>`".into(),
+            )),
+        }
+    }
+
+    async fn client(&self) -> Result<tokio_postgres::Client, Failure> {
+        db::connect(&self.config.database, "api")
+            .await
+            .map_err(|e| Failure(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
+    }
+
+    async fn ready(&self) -> Answer {
+        let client = self.client().await?;
+        client
+            .simple_query("select 1")
+            .await
+            .map_err(pg("checking the database"))?;
+        Ok((StatusCode::OK, json!({"status": "ready"})))
+    }
+
+    fn mirror_name(&self, v: &Value) -> Result<String, Failure> {
+        match v.get("flowJobName") {
+            Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+            Some(_) => Err(Failure::bad("`flowJobName` must be a non-empty string")),
+            None => Err(Failure::bad("`flowJobName` is missing")),
+        }
+    }
+
+    async fn mirrors_list(&self) -> Answer {
+        let client = self.client().await?;
+        let s = self.schema();
+        let rows = client
+            .query(
+                &format!(
+                    "select target, state, state_reason, state_changed_at::text from {s}.target_state order by target"
+                ),
+                &[],
+            )
+            .await
+            .map_err(pg("reading mirrors"))?;
+        let mirrors: Vec<Value> = rows
+            .iter()
+            .map(|r| {
+                let name: String = r.get(0);
+                let destination = self
+                    .config
+                    .targets
+                    .get(&name)
+                    .map(|t| format!("{}:{}", t.endpoint.hostname, t.endpoint.port));
+                json!({
+                    "name": name,
+                    "sourceName": self.config.database.name,
+                    "destinationName": destination,
+                    "state": r.get::<_, String>(1),
+                    "stateReason": r.get::<_, Option<String>>(2),
+                    "stateChangedAt": r.get::<_, String>(3),
+                    "isCdc": true,
+                    "fromConfig": self.config.targets.contains_key(&name),
+                })
+            })
+            .collect();
+        Ok((StatusCode::OK, json!({"mirrors": mirrors})))
+    }
+
+    async fn mirror_status(&self, v: Value) -> Answer {
+        let name = self.mirror_name(&v)?;
+        let include = match v.get("includeFlowInfo") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(Failure::bad("`includeFlowInfo` must be true or false")),
+        };
+        let client = self.client().await?;
+        let s = self.schema();
+        let row = client
+            .query_opt(
+                &format!(
+                    "select t.state, t.state_reason, t.state_changed_at::text, t.next_seq - 1, t.acked_seq, t.acked_at::text,
+                            t.last_error, t.last_error_at::text, t.failures, t.acked_ddl,
+                            (select count(*) from {s}.batch b where b.target = t.target and b.acked_at is null),
+                            (select coalesce(sum(events), 0)::int8 from {s}.batch b where b.target = t.target and b.acked_at is null),
+                            (select coalesce(extract(epoch from clock_timestamp() - min(b.created_at)), 0)::float8
+                               from {s}.batch b where b.target = t.target and b.acked_at is null)
+                       from {s}.target_state t where t.target = $1"
+                ),
+                &[&name],
+            )
+            .await
+            .map_err(pg("reading the mirror"))?
+            .ok_or_else(|| Failure::from(MirrorError::Unknown(name.clone())))?;
+        let state: String = row.get(0);
+        let mut out = json!({
+            "flowJobName": name,
+            "state": state,
+            "currentFlowState": format!("STATUS_{state}"),
+            "stateReason": row.get::<_, Option<String>>(1),
+            "stateChangedAt": row.get::<_, String>(2),
+        });
+        if include {
+            let queue_bytes = queue_bytes(&client, &s).await?;
+            out["cdcStatus"] = json!({
+                "batchesMade": row.get::<_, i64>(3),
+                "batchesAcknowledged": row.get::<_, i64>(4),
+                "lastAcknowledgedAt": row.get::<_, Option<String>>(5),
+                "lastError": row.get::<_, Option<String>>(6),
+                "lastErrorAt": row.get::<_, Option<String>>(7),
+                "failures": row.get::<_, i64>(8),
+                "schemaVersionAcknowledged": row.get::<_, i64>(9),
+                "batchesPending": row.get::<_, i64>(10),
+                "queueDepth": row.get::<_, i64>(11),
+                "lagSeconds": row.get::<_, f64>(12),
+                "queueBytes": queue_bytes,
+            });
+        }
+        Ok((StatusCode::OK, out))
+    }
+
+    async fn state_change(&self, v: Value) -> Answer {
+        let name = self.mirror_name(&v)?;
+        let requested = match v.get("requestedFlowState").or_else(|| v.get("action")) {
+            Some(Value::String(s)) => s.clone(),
+            Some(_) => return Err(Failure::bad("`requestedFlowState` must be a string")),
+            None => {
+                return Err(Failure::bad(
+                    "`requestedFlowState` is missing: STATUS_PAUSED, STATUS_RUNNING or STATUS_TERMINATED",
+                ))
+            }
+        };
+        let action = Action::parse(&requested).ok_or_else(|| {
+            Failure::bad(format!(
+                "`requestedFlowState` `{requested}` is not STATUS_PAUSED, STATUS_RUNNING or STATUS_TERMINATED (or pause, resume, terminate)"
+            ))
+        })?;
+        let mut client = self.client().await?;
+        let (state, changed) =
+            mirror::change(&mut client, &self.schema(), &name, action, None).await?;
+        Ok((
+            StatusCode::OK,
+            json!({"flowJobName": name, "state": state.as_str(), "changed": changed}),
+        ))
+    }
+
+    async fn peers_list(&self) -> Answer {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "select name, kind, config, created_at::text, updated_at::text from {}.peer order by name",
+                    self.schema()
+                ),
+                &[],
+            )
+            .await
+            .map_err(pg("reading peers"))?;
+        let items: Vec<Value> = rows
+            .iter()
+            .map(|r| {
+                let kind: String = r.get(1);
+                let mut config: Value = r.get(2);
+                // Secrets never leave: only whether one is set.
+                for secret in ["password", "auth_token"] {
+                    if let Some(obj) = config.as_object_mut() {
+                        if obj.remove(secret).is_some() {
+                            obj.insert(format!("{secret}_set"), Value::Bool(true));
+                        }
+                    }
+                }
+                let key = if kind == "postgres" {
+                    "postgres_config"
+                } else {
+                    "pgteleport_config"
+                };
+                json!({
+                    "name": r.get::<_, String>(0),
+                    "type": kind.to_uppercase(),
+                    key: config,
+                    "createdAt": r.get::<_, String>(3),
+                    "updatedAt": r.get::<_, String>(4),
+                })
+            })
+            .collect();
+        Ok((StatusCode::OK, json!({"items": items})))
+    }
+
+    async fn peer_create(&self, v: Value) -> Answer {
+        let req: PeerCreate =
+            serde_json::from_value(v).map_err(|e| Failure::bad(format!("invalid peer: {e}")))?;
+        let peer = req.peer;
+        check_name(&peer.name)?;
+        let (kind, config) = peer.definition()?;
+        let mut client = self.client().await?;
+        let s = self.schema();
+        let existing: Option<Value> = client
+            .query_opt(
+                &format!("select config from {s}.peer where name = $1 and kind = $2"),
+                &[&peer.name, &kind],
+            )
+            .await
+            .map_err(pg("reading peers"))?
+            .map(|r| r.get(0));
+        let other_kind: bool = client
+            .query_one(
+                &format!("select exists (select 1 from {s}.peer where name = $1 and kind <> $2)"),
+                &[&peer.name, &kind],
+            )
+            .await
+            .map_err(pg("reading peers"))?
+            .get(0);
+        if other_kind && !req.allow_update {
+            return Err(Failure(
+                StatusCode::CONFLICT,
+                format!(
+                    "peer `{}` exists with another type; set allow_update: true to replace it",
+                    peer.name
+                ),
+            ));
+        }
+        if existing.as_ref() == Some(&config) {
+            return Ok((
+                StatusCode::OK,
+                json!({"name": peer.name, "status": "unchanged"}),
+            ));
+        }
+        if existing.is_some() && !req.allow_update {
+            return Err(Failure(
+                StatusCode::CONFLICT,
+                format!(
+                    "peer `{}` exists with another definition; set allow_update: true to change it",
+                    peer.name
+                ),
+            ));
+        }
+        validate_peer(&peer.name, &kind, &config).await?;
+        let tx = client.transaction().await.map_err(pg("begin"))?;
+        let n = tx
+            .execute(
+                &format!(
+                    "insert into {s}.peer (name, kind, config) values ($1, $2, $3)
+                     on conflict (name) do update set kind = excluded.kind, config = excluded.config, updated_at = clock_timestamp()
+                      where $4"
+                ),
+                &[&peer.name, &kind, &config, &req.allow_update],
+            )
+            .await
+            .map_err(pg("recording the peer"))?;
+        if n == 0 {
+            // Created by a concurrent request meanwhile, with other content.
+            return Err(Failure(
+                StatusCode::CONFLICT,
+                format!(
+                    "peer `{}` was created meanwhile; set allow_update: true to change it",
+                    peer.name
+                ),
+            ));
+        }
+        tx.commit().await.map_err(pg("commit"))?;
+        if existing.is_some() || other_kind {
+            tracing::info!(peer = %peer.name, "peer updated");
+            Ok((
+                StatusCode::OK,
+                json!({"name": peer.name, "status": "updated"}),
+            ))
+        } else {
+            tracing::info!(peer = %peer.name, "peer created");
+            Ok((
+                StatusCode::CREATED,
+                json!({"name": peer.name, "status": "created"}),
+            ))
+        }
+    }
+
+    async fn alerts_list(&self) -> Answer {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "select id, service_type, config from {}.alert_config order by id",
+                    self.schema()
+                ),
+                &[],
+            )
+            .await
+            .map_err(pg("reading alert configs"))?;
+        let configs: Vec<Value> = rows
+            .iter()
+            .map(|r| {
+                json!({"id": r.get::<_, i64>(0), "serviceType": r.get::<_, String>(1), "serviceConfig": r.get::<_, Value>(2)})
+            })
+            .collect();
+        Ok((StatusCode::OK, json!({"configs": configs})))
+    }
+
+    async fn alert_create(&self, v: Value) -> Answer {
+        let config = v
+            .get("config")
+            .ok_or_else(|| Failure::bad("`config` is missing: {\"config\": {\"serviceType\": \"slack\" or \"webhook\", \"serviceConfig\": {\"url\": …}}}"))?;
+        let service = match config
+            .get("serviceType")
+            .or_else(|| config.get("service_type"))
+        {
+            Some(Value::String(s)) if s == "slack" || s == "webhook" => s.clone(),
+            Some(other) => {
+                return Err(Failure::bad(format!(
+                    "`serviceType` {other} is not \"slack\" or \"webhook\""
+                )))
+            }
+            None => return Err(Failure::bad("`config.serviceType` is missing")),
+        };
+        let service_config = config
+            .get("serviceConfig")
+            .or_else(|| config.get("service_config"))
+            .filter(|c| c.is_object())
+            .ok_or_else(|| Failure::bad("`config.serviceConfig` must be an object"))?;
+        match service_config.get("url").and_then(Value::as_str) {
+            Some(u) if u.starts_with("http://") || u.starts_with("https://") => {}
+            _ => {
+                return Err(Failure(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "`serviceConfig.url` must be an http:// or https:// URL".into(),
+                ))
+            }
+        }
+        let client = self.client().await?;
+        let s = self.schema();
+        let inserted = client
+            .query_opt(
+                &format!(
+                    "insert into {s}.alert_config (service_type, config) values ($1, $2)
+                     on conflict (service_type, config) do nothing returning id"
+                ),
+                &[&service, service_config],
+            )
+            .await
+            .map_err(pg("recording the alert config"))?;
+        match inserted {
+            Some(r) => Ok((
+                StatusCode::CREATED,
+                json!({"id": r.get::<_, i64>(0), "status": "created"}),
+            )),
+            None => {
+                let id: i64 = client
+                    .query_one(
+                        &format!("select id from {s}.alert_config where service_type = $1 and config = $2"),
+                        &[&service, service_config],
+                    )
+                    .await
+                    .map_err(pg("reading alert configs"))?
+                    .get(0);
+                Ok((StatusCode::OK, json!({"id": id, "status": "unchanged"})))
+            }
+        }
+    }
+
+    /// Prometheus text: per mirror its state, pending batches and events, the age of the
+    /// oldest unshipped batch, acknowledged batches and transmit failures; the queue's
+    /// size; on a target, batches, events and statements applied per source.
+    async fn metrics(&self) -> Result<String, Failure> {
+        let client = self.client().await?;
+        let s = self.schema();
+        let mut out = String::new();
+        let roles = self.config.roles();
+        if roles.source {
+            let rows = client
+                .query(
+                    &format!(
+                        "select t.target, t.state, t.acked_seq, t.failures,
+                                (select count(*) from {s}.batch b where b.target = t.target and b.acked_at is null),
+                                (select coalesce(sum(events), 0)::int8 from {s}.batch b where b.target = t.target and b.acked_at is null),
+                                (select coalesce(extract(epoch from clock_timestamp() - min(b.created_at)), 0)::float8
+                                   from {s}.batch b where b.target = t.target and b.acked_at is null)
+                           from {s}.target_state t order by t.target"
+                    ),
+                    &[],
+                )
+                .await
+                .map_err(pg("reading mirrors"))?;
+            let mut families: BTreeMap<&str, (&str, &str, Vec<String>)> = BTreeMap::new();
+            let mut add =
+                |name: &'static str, kind: &'static str, help: &'static str, line: String| {
+                    families
+                        .entry(name)
+                        .or_insert((kind, help, Vec::new()))
+                        .2
+                        .push(line);
+                };
+            for r in &rows {
+                let m = escape_label(r.get(0));
+                let state: &str = r.get(1);
+                for st in State::ALL {
+                    add(
+                        "pgteleport_mirror_state",
+                        "gauge",
+                        "1 for the mirror's current state",
+                        format!(
+                            "pgteleport_mirror_state{{mirror=\"{m}\",state=\"{st}\"}} {}",
+                            u8::from(st.as_str() == state)
+                        ),
+                    );
+                }
+                add(
+                    "pgteleport_batches_acknowledged_total",
+                    "counter",
+                    "batches the target acknowledged",
+                    format!(
+                        "pgteleport_batches_acknowledged_total{{mirror=\"{m}\"}} {}",
+                        r.get::<_, i64>(2)
+                    ),
+                );
+                add(
+                    "pgteleport_transmit_failures",
+                    "gauge",
+                    "consecutive failed transmits",
+                    format!(
+                        "pgteleport_transmit_failures{{mirror=\"{m}\"}} {}",
+                        r.get::<_, i64>(3)
+                    ),
+                );
+                add(
+                    "pgteleport_batches_pending",
+                    "gauge",
+                    "batches cut and not yet acknowledged",
+                    format!(
+                        "pgteleport_batches_pending{{mirror=\"{m}\"}} {}",
+                        r.get::<_, i64>(4)
+                    ),
+                );
+                add(
+                    "pgteleport_queue_events",
+                    "gauge",
+                    "events in batches not yet acknowledged",
+                    format!(
+                        "pgteleport_queue_events{{mirror=\"{m}\"}} {}",
+                        r.get::<_, i64>(5)
+                    ),
+                );
+                add(
+                    "pgteleport_oldest_unshipped_seconds",
+                    "gauge",
+                    "age of the oldest batch not yet acknowledged (lag)",
+                    format!(
+                        "pgteleport_oldest_unshipped_seconds{{mirror=\"{m}\"}} {}",
+                        r.get::<_, f64>(6)
+                    ),
+                );
+            }
+            let bytes = queue_bytes(&client, &s).await?;
+            add(
+                "pgteleport_queue_bytes",
+                "gauge",
+                "size of the queue tables (all mirrors)",
+                format!("pgteleport_queue_bytes {bytes}"),
+            );
+            for (name, (kind, help, lines)) in families {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+                for l in lines {
+                    let _ = writeln!(out, "{l}");
+                }
+            }
+        }
+        if roles.target {
+            let rows = client
+                .query(
+                    &format!(
+                        "select source, target, seq, events, runs,
+                                extract(epoch from clock_timestamp() - applied_at)::float8
+                           from {s}.applied order by source, target"
+                    ),
+                    &[],
+                )
+                .await
+                .map_err(pg("reading applied positions"))?;
+            let _ = writeln!(out, "# HELP pgteleport_applied_batches_total batches applied\n# TYPE pgteleport_applied_batches_total counter");
+            for r in &rows {
+                let _ = writeln!(
+                    out,
+                    "pgteleport_applied_batches_total{{source=\"{}\",target=\"{}\"}} {}",
+                    escape_label(r.get(0)),
+                    escape_label(r.get(1)),
+                    r.get::<_, i64>(2)
+                );
+            }
+            let _ = writeln!(out, "# HELP pgteleport_applied_events_total events applied\n# TYPE pgteleport_applied_events_total counter");
+            for r in &rows {
+                let _ = writeln!(
+                    out,
+                    "pgteleport_applied_events_total{{source=\"{}\",target=\"{}\"}} {}",
+                    escape_label(r.get(0)),
+                    escape_label(r.get(1)),
+                    r.get::<_, i64>(3)
+                );
+            }
+            let _ = writeln!(out, "# HELP pgteleport_apply_statements_total statements the applied events took\n# TYPE pgteleport_apply_statements_total counter");
+            for r in &rows {
+                let _ = writeln!(
+                    out,
+                    "pgteleport_apply_statements_total{{source=\"{}\",target=\"{}\"}} {}",
+                    escape_label(r.get(0)),
+                    escape_label(r.get(1)),
+                    r.get::<_, i64>(4)
+                );
+            }
+            let _ = writeln!(out, "# HELP pgteleport_seconds_since_last_apply seconds since the last batch was applied\n# TYPE pgteleport_seconds_since_last_apply gauge");
+            for r in &rows {
+                let _ = writeln!(
+                    out,
+                    "pgteleport_seconds_since_last_apply{{source=\"{}\",target=\"{}\"}} {}",
+                    escape_label(r.get(0)),
+                    escape_label(r.get(1)),
+                    r.get::<_, f64>(5)
+                );
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Size of the queue tables, in bytes.
+async fn queue_bytes(client: &tokio_postgres::Client, s: &str) -> Result<i64, Failure> {
+    Ok(client
+        .query_one(
+            &format!(
+                "select (pg_catalog.pg_total_relation_size({}) + pg_catalog.pg_total_relation_size({})
+                         + pg_catalog.pg_total_relation_size({}))::int8",
+                ddlwatcher::quote_literal(&format!("{s}.event_0")),
+                ddlwatcher::quote_literal(&format!("{s}.event_1")),
+                ddlwatcher::quote_literal(&format!("{s}.event_2")),
+            ),
+            &[],
+        )
+        .await
+        .map_err(pg("reading the queue's size"))?
+        .get(0))
+}
+
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// A peer name: 1–63 letters, digits, `_` or `-`, starting with a letter or `_`.
+fn check_name(name: &str) -> Result<(), Failure> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Failure::bad(format!(
+            "peer name `{name}` must be 1–63 letters, digits, `_` or `-`, starting with a letter or `_`"
+        )))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeerCreate {
+    peer: Peer,
+    #[serde(default, alias = "allowUpdate")]
+    allow_update: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Peer {
+    name: String,
+    /// `POSTGRES` (or PeerDB's number 3) or `PGTELEPORT`.
+    #[serde(rename = "type")]
+    kind: Value,
+    #[serde(default, alias = "postgresConfig")]
+    postgres_config: Option<PostgresPeer>,
+    #[serde(default, alias = "pgteleportConfig")]
+    pgteleport_config: Option<TargetPeer>,
+}
+
+/// A PostgreSQL database.
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct PostgresPeer {
+    host: String,
+    #[serde(default = "default_port")]
+    port: u16,
+    user: String,
+    #[serde(default)]
+    password: String,
+    database: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sslmode: Option<String>,
+    /// libpq-style options (`connect_timeout`, `application_name`, `options`, …).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    options: BTreeMap<String, String>,
+}
+
+fn default_port() -> u16 {
+    5432
+}
+
+/// A pgteleport target instance.
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct TargetPeer {
+    endpoint: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    auth_token: Option<String>,
+}
+
+impl Peer {
+    /// The stored kind and configuration.
+    fn definition(&self) -> Result<(String, Value), Failure> {
+        let kind = match &self.kind {
+            Value::String(s) if s.eq_ignore_ascii_case("postgres") => "postgres",
+            Value::Number(n) if n.as_u64() == Some(3) => "postgres",
+            Value::String(s) if s.eq_ignore_ascii_case("pgteleport") => "pgteleport",
+            other => {
+                return Err(Failure::bad(format!(
+                    "peer type {other} is not POSTGRES (3) or PGTELEPORT"
+                )))
+            }
+        };
+        let config = match (kind, &self.postgres_config, &self.pgteleport_config) {
+            ("postgres", Some(c), None) => serde_json::to_value(c),
+            ("pgteleport", None, Some(c)) => serde_json::to_value(c),
+            ("postgres", _, _) => {
+                return Err(Failure::bad(
+                    "a POSTGRES peer needs `postgres_config` (host, port, user, password, database; sslmode, options) and nothing else",
+                ))
+            }
+            _ => {
+                return Err(Failure::bad(
+                    "a PGTELEPORT peer needs `pgteleport_config` (endpoint: {hostname, port, tls}, auth_token) and nothing else",
+                ))
+            }
+        }
+        .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        Ok((kind.to_string(), config))
+    }
+}
+
+/// Connects to the peer (a PostgreSQL peer: logs in; a target: `GET /healthz`), with the
+/// driver's message on failure (422).
+async fn validate_peer(name: &str, kind: &str, config: &Value) -> Result<(), Failure> {
+    let unprocessable = |m: String| Failure(StatusCode::UNPROCESSABLE_ENTITY, m);
+    if kind == "postgres" {
+        let p: PostgresPeer =
+            serde_json::from_value(config.clone()).map_err(|e| Failure::bad(e.to_string()))?;
+        let mut options = p.options.clone();
+        if let Some(m) = &p.sslmode {
+            options.insert("sslmode".into(), m.clone());
+        }
+        let database = Database {
+            name: format!("peer {name}"),
+            database: p.database,
+            hostname: p.host,
+            username: p.user,
+            password: Secret::new(p.password),
+            port: p.port,
+            sslmode: None,
+            sslrootcert: None,
+            options,
+        };
+        crate::config::check_connection_options(&database)
+            .map_err(|m| unprocessable(format!("peer `{name}`: {m}")))?;
+        let connect = db::connect(&database, "peer check");
+        let client = tokio::time::timeout(Duration::from_secs(15), connect)
+            .await
+            .map_err(|_| unprocessable(format!("peer `{name}`: no answer within 15 s")))?
+            .map_err(|e| unprocessable(format!("peer `{name}`: {e}")))?;
+        client
+            .simple_query("select 1")
+            .await
+            .map_err(|e| unprocessable(format!("peer `{name}`: {}", db::describe(&e))))?;
+        return Ok(());
+    }
+    let p: TargetPeer =
+        serde_json::from_value(config.clone()).map_err(|e| Failure::bad(e.to_string()))?;
+    let endpoint: Endpoint = serde_json::from_value(p.endpoint)
+        .map_err(|e| Failure::bad(format!("peer `{name}`: endpoint: {e}")))?;
+    let (base, connector) = crate::tls::https_connector(&endpoint)
+        .map_err(|e| unprocessable(format!("peer `{name}`: {e}")))?;
+    let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build::<_, Full<Bytes>>(connector);
+    let req = Request::get(format!("{base}/healthz"))
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| Failure::bad(e.to_string()))?;
+    let resp = tokio::time::timeout(Duration::from_secs(15), http.request(req))
+        .await
+        .map_err(|_| unprocessable(format!("peer `{name}`: {base} did not answer within 15 s")))?
+        .map_err(|e| unprocessable(format!("peer `{name}`: {base}: {}", db::error_chain(&e))))?;
+    if resp.status() != StatusCode::OK {
+        return Err(unprocessable(format!(
+            "peer `{name}`: {base}/healthz answered {}",
+            resp.status()
+        )));
+    }
+    Ok(())
+}
+
+async fn body(req: Request<Incoming>) -> Result<Value, Failure> {
+    let bytes = Limited::new(req.into_body(), MAX_REQUEST)
+        .collect()
+        .await
+        .map_err(|e| {
+            Failure::bad(format!(
+                "could not read the body (at most {MAX_REQUEST} bytes): {e}"
+            ))
+        })?
+        .to_bytes();
+    if bytes.is_empty() {
+        return Err(Failure::bad("the body is empty: send a JSON object"));
+    }
+    let v: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| Failure::bad(format!("the body is not valid JSON: {e}")))?;
+    if !v.is_object() {
+        return Err(Failure::bad("the body must be a JSON object"));
+    }
+    Ok(v)
+}
+
+fn reply(status: StatusCode, body: Value) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn failure(f: Failure) -> Response<Body> {
+    if f.0.is_server_error() {
+        tracing::warn!(status = f.0.as_u16(), error = %f.1, "API request failed");
+    }
+    reply(f.0, json!({"error": f.1}))
+}
+
+/// The OpenAPI document of the API (checked in as `openapi.json`).
+pub fn openapi() -> Value {
+    serde_json::from_str(include_str!("../openapi.json")).expect("openapi.json is valid JSON")
+}

@@ -1,0 +1,293 @@
+//! Mirrors: each target of a source instance is a mirror with a state, kept in
+//! `target_state` so that it survives restarts. The transmitter obeys it (a paused mirror's
+//! batches wait, its queue grows); the REST API and `pgteleport mirror` change it.
+//!
+//! | state | the transmitter | pause | resume | terminate |
+//! |---|---|---|---|---|
+//! | SETUP | reconciles with the target, then RUNNING | PAUSING | — | TERMINATING |
+//! | SNAPSHOT | (an initial load runs) | PAUSING | — | TERMINATING |
+//! | RUNNING | ships batches | PAUSING | — | TERMINATING |
+//! | PAUSING | finishes the batch in flight, then PAUSED | — | RUNNING | TERMINATING |
+//! | PAUSED | ships nothing; batches are still cut | — | RUNNING | TERMINATING |
+//! | FAILED | ships nothing (the reason is kept) | PAUSING | SETUP | TERMINATING |
+//! | TERMINATING | drops the mirror's unshipped batches, then TERMINATED | 409 | 409 | — |
+//! | TERMINATED | nothing: no batches are cut, the queue is not kept for it | 409 | 409 | — |
+//!
+//! "—" changes nothing (the request is answered with the state as it is).
+
+use tokio_postgres::Client;
+
+/// A mirror's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Setup,
+    Snapshot,
+    Running,
+    Pausing,
+    Paused,
+    Terminating,
+    Terminated,
+    Failed,
+}
+
+impl State {
+    pub const ALL: [State; 8] = [
+        State::Setup,
+        State::Snapshot,
+        State::Running,
+        State::Pausing,
+        State::Paused,
+        State::Terminating,
+        State::Terminated,
+        State::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Setup => "SETUP",
+            State::Snapshot => "SNAPSHOT",
+            State::Running => "RUNNING",
+            State::Pausing => "PAUSING",
+            State::Paused => "PAUSED",
+            State::Terminating => "TERMINATING",
+            State::Terminated => "TERMINATED",
+            State::Failed => "FAILED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<State> {
+        State::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A requested change of state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Pause,
+    Resume,
+    Terminate,
+}
+
+impl Action {
+    /// `pause`, `resume`, `terminate`, or PeerDB's `requestedFlowState` values
+    /// `STATUS_PAUSED`, `STATUS_RUNNING`, `STATUS_TERMINATED` (any case).
+    pub fn parse(s: &str) -> Option<Action> {
+        match s.to_ascii_lowercase().as_str() {
+            "pause" | "paused" | "status_paused" => Some(Action::Pause),
+            "resume" | "running" | "status_running" => Some(Action::Resume),
+            "terminate" | "terminated" | "status_terminated" => Some(Action::Terminate),
+            _ => None,
+        }
+    }
+}
+
+/// The state `action` leads to from `from`: `Ok(None)` when it changes nothing, `Err` when
+/// it is not allowed (a terminated mirror stays terminated).
+pub fn next(from: State, action: Action) -> Result<Option<State>, String> {
+    use Action::*;
+    use State::*;
+    match (from, action) {
+        (Terminating | Terminated, Terminate) => Ok(None),
+        (Terminating | Terminated, _) => Err(format!(
+            "the mirror is {from}: a terminated mirror cannot be paused or resumed"
+        )),
+        (_, Terminate) => Ok(Some(Terminating)),
+        (Pausing | Paused, Pause) => Ok(None),
+        (_, Pause) => Ok(Some(Pausing)),
+        (Pausing | Paused, Resume) => Ok(Some(Running)),
+        (Failed, Resume) => Ok(Some(Setup)),
+        (_, Resume) => Ok(None),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MirrorError {
+    #[error("no mirror named `{0}` (GET /api/v1/mirrors/list names them)")]
+    Unknown(String),
+    #[error("mirror `{name}`: {message}")]
+    Conflict { name: String, message: String },
+    #[error("{context}: {}", crate::db::describe(.source))]
+    Db {
+        context: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+fn db(context: &str) -> impl FnOnce(tokio_postgres::Error) -> MirrorError + '_ {
+    move |source| MirrorError::Db {
+        context: context.to_string(),
+        source,
+    }
+}
+
+/// Applies `action` to mirror `name`; returns the state after it and whether it changed.
+pub async fn change(
+    client: &mut Client,
+    schema: &str,
+    name: &str,
+    action: Action,
+    reason: Option<&str>,
+) -> Result<(State, bool), MirrorError> {
+    let tx = client.transaction().await.map_err(db("begin"))?;
+    let row = tx
+        .query_opt(
+            &format!("select state from {schema}.target_state where target = $1 for update"),
+            &[&name],
+        )
+        .await
+        .map_err(db("reading the mirror's state"))?
+        .ok_or_else(|| MirrorError::Unknown(name.to_string()))?;
+    let from = State::parse(row.get(0)).unwrap_or(State::Failed);
+    let to = next(from, action).map_err(|message| MirrorError::Conflict {
+        name: name.to_string(),
+        message,
+    })?;
+    let Some(to) = to else {
+        return Ok((from, false));
+    };
+    set_in(&tx, schema, name, to, reason).await?;
+    tx.commit().await.map_err(db("commit"))?;
+    tracing::info!(mirror = name, from = %from, to = %to, "mirror state changed");
+    Ok((to, true))
+}
+
+async fn set_in(
+    tx: &tokio_postgres::Transaction<'_>,
+    schema: &str,
+    name: &str,
+    to: State,
+    reason: Option<&str>,
+) -> Result<(), MirrorError> {
+    tx.execute(
+        &format!(
+            "update {schema}.target_state set state = $2, state_reason = $3, state_changed_at = clock_timestamp() where target = $1"
+        ),
+        &[&name, &to.as_str(), &reason],
+    )
+    .await
+    .map_err(db("recording the mirror's state"))?;
+    Ok(())
+}
+
+/// Moves mirror `name` from `from` to `to` if it is still in `from` (the transmitter's own
+/// transitions must not overwrite a state an operator set meanwhile). Returns whether it
+/// moved.
+pub async fn advance(
+    client: &Client,
+    schema: &str,
+    name: &str,
+    from: State,
+    to: State,
+    reason: Option<&str>,
+) -> Result<bool, MirrorError> {
+    let n = client
+        .execute(
+            &format!(
+                "update {schema}.target_state set state = $3, state_reason = $4, state_changed_at = clock_timestamp()
+                  where target = $1 and state = $2"
+            ),
+            &[&name, &from.as_str(), &to.as_str(), &reason],
+        )
+        .await
+        .map_err(db("recording the mirror's state"))?;
+    if n == 1 {
+        tracing::info!(mirror = name, from = %from, to = %to, reason, "mirror state changed");
+    }
+    Ok(n == 1)
+}
+
+/// Marks mirror `name` FAILED with `reason`, whatever its state (unless terminated).
+pub async fn fail(client: &Client, schema: &str, name: &str, reason: &str) {
+    let r = client
+        .execute(
+            &format!(
+                "update {schema}.target_state set state = 'FAILED', state_reason = $2, state_changed_at = clock_timestamp()
+                  where target = $1 and state not in ('TERMINATING', 'TERMINATED')"
+            ),
+            &[&name, &reason],
+        )
+        .await;
+    if let Err(e) = r {
+        tracing::warn!(mirror = name, error = %crate::db::describe(&e), "could not record the mirror as FAILED");
+    }
+}
+
+/// The state of mirror `name`.
+pub async fn state(client: &Client, schema: &str, name: &str) -> Result<State, MirrorError> {
+    let row = client
+        .query_opt(
+            &format!("select state from {schema}.target_state where target = $1"),
+            &[&name],
+        )
+        .await
+        .map_err(db("reading the mirror's state"))?
+        .ok_or_else(|| MirrorError::Unknown(name.to_string()))?;
+    Ok(State::parse(row.get(0)).unwrap_or(State::Failed))
+}
+
+/// Ends a TERMINATING mirror: forgets its unshipped batches (nothing holds the queue for
+/// it any more) and marks it TERMINATED.
+pub async fn finish_termination(
+    client: &mut Client,
+    schema: &str,
+    name: &str,
+) -> Result<(), MirrorError> {
+    let tx = client.transaction().await.map_err(db("begin"))?;
+    let n = tx
+        .execute(
+            &format!("delete from {schema}.batch where target = $1 and acked_at is null"),
+            &[&name],
+        )
+        .await
+        .map_err(db("dropping a terminated mirror's batches"))?;
+    tx.execute(
+        &format!(
+            "update {schema}.target_state set state = 'TERMINATED', state_changed_at = clock_timestamp()
+              where target = $1 and state = 'TERMINATING'"
+        ),
+        &[&name],
+    )
+    .await
+    .map_err(db("recording the mirror's state"))?;
+    tx.commit().await.map_err(db("commit"))?;
+    tracing::info!(mirror = name, dropped_batches = n, "mirror terminated");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_state_parses_back() {
+        for s in State::ALL {
+            assert_eq!(State::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(State::parse("running"), None);
+    }
+
+    #[test]
+    fn transitions() {
+        use State::*;
+        assert_eq!(next(Running, Action::Pause), Ok(Some(Pausing)));
+        assert_eq!(next(Snapshot, Action::Pause), Ok(Some(Pausing)));
+        assert_eq!(next(Paused, Action::Pause), Ok(None));
+        assert_eq!(next(Paused, Action::Resume), Ok(Some(Running)));
+        assert_eq!(next(Running, Action::Resume), Ok(None));
+        assert_eq!(next(Failed, Action::Resume), Ok(Some(Setup)));
+        assert_eq!(next(Paused, Action::Terminate), Ok(Some(Terminating)));
+        assert_eq!(next(Terminated, Action::Terminate), Ok(None));
+        assert!(next(Terminated, Action::Resume).is_err());
+        assert!(next(Terminating, Action::Pause).is_err());
+        assert_eq!(Action::parse("STATUS_PAUSED"), Some(Action::Pause));
+        assert_eq!(Action::parse("resume"), Some(Action::Resume));
+        assert_eq!(Action::parse("stop"), None);
+    }
+}
