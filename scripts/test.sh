@@ -4,6 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
+# The REST API's contract test (tests/operations.rs) runs schemathesis, from PyPI.
+if ! command -v schemathesis >/dev/null 2>&1; then
+    python3 -m pip install --quiet --disable-pip-version-check "schemathesis==4.32.5" 2>/dev/null ||
+        python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "schemathesis==4.32.5"
+    hash -r
+fi
 
 export PGTELEPORT_TEST_CLUSTER="${TMPDIR:-/tmp}/pgteleport-test-cluster-$$"
 cleanup() {

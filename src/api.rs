@@ -107,6 +107,17 @@ impl Api {
     /// Answers `/api/v1/…`, `/metrics` and `/readyz`; `None` for any other path.
     pub async fn handle(&self, req: Request<Incoming>) -> Option<Response<Body>> {
         let path = req.uri().path().to_string();
+        if let Some(allowed) = allowed_methods(&path) {
+            if !allowed.split(", ").any(|m| m == req.method().as_str()) {
+                let mut r = failure(Failure(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    format!("{} {path}: use {allowed}", req.method()),
+                ));
+                r.headers_mut()
+                    .insert(hyper::header::ALLOW, HeaderValue::from_static(allowed));
+                return Some(r);
+            }
+        }
         let answer = match (req.method().clone(), path.as_str()) {
             (Method::GET, "/readyz") => self.ready().await,
             (Method::GET, "/metrics") => {
@@ -164,33 +175,15 @@ impl Api {
             (Method::POST, "/api/v1/peers/create") => self.peer_create(body(req).await?).await,
             (Method::GET, "/api/v1/alerts/config") => self.alerts_list().await,
             (Method::POST, "/api/v1/alerts/config") => self.alert_create(body(req).await?).await,
-            (Method::POST, "/api/v1/flows/cdc/create") => Err(Failure(
-                StatusCode::NOT_IMPLEMENTED,
-                "creating mirrors through the API is not built yet: add the target to the source's config file \
-                 (it then appears under /api/v1/mirrors/list)"
-                    .into(),
+            (m, p) if p == "/api/v1/flows/cdc/create" => Err(Failure(
+                StatusCode::NOT_FOUND,
+                format!("{m} {p}: creating mirrors through the API is not built yet: add the target to the source's \
+                         config file (it then appears under /api/v1/mirrors/list)"),
             )),
-            (m, p) => {
-                let known = [
-                    ("/api/v1/mirrors/list", "GET"),
-                    ("/api/v1/mirrors/status", "POST"),
-                    ("/api/v1/mirrors/state_change", "POST"),
-                    ("/api/v1/peers/list", "GET"),
-                    ("/api/v1/peers/create", "POST"),
-                    ("/api/v1/alerts/config", "GET or POST"),
-                    ("/api/v1/flows/cdc/create", "POST"),
-                ];
-                match known.iter().find(|(k, _)| *k == p) {
-                    Some((_, allowed)) => Err(Failure(
-                        StatusCode::METHOD_NOT_ALLOWED,
-                        format!("{m} {p}: use {allowed}"),
-                    )),
-                    None => Err(Failure(
-                        StatusCode::NOT_FOUND,
-                        format!("no such endpoint: {m} {p} (GET /api/v1/openapi.json lists them)"),
-                    )),
-                }
-            }
+            (m, p) => Err(Failure(
+                StatusCode::NOT_FOUND,
+                format!("no such endpoint: {m} {p} (GET /api/v1/openapi.json lists them)"),
+            )),
         }
     }
 
@@ -244,14 +237,6 @@ impl Api {
         Ok((StatusCode::OK, json!({"status": "ready"})))
     }
 
-    fn mirror_name(&self, v: &Value) -> Result<String, Failure> {
-        match v.get("flowJobName") {
-            Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
-            Some(_) => Err(Failure::bad("`flowJobName` must be a non-empty string")),
-            None => Err(Failure::bad("`flowJobName` is missing")),
-        }
-    }
-
     async fn mirrors_list(&self) -> Answer {
         let client = self.client().await?;
         let s = self.schema();
@@ -289,12 +274,9 @@ impl Api {
     }
 
     async fn mirror_status(&self, v: Value) -> Answer {
-        let name = self.mirror_name(&v)?;
-        let include = match v.get("includeFlowInfo") {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(b)) => *b,
-            Some(_) => return Err(Failure::bad("`includeFlowInfo` must be true or false")),
-        };
+        let req: StatusRequest = parse(v)?;
+        let name = non_empty(req.flow_job_name)?;
+        let include = req.include_flow_info.unwrap_or(false);
         let client = self.client().await?;
         let s = self.schema();
         let row = client
@@ -341,16 +323,9 @@ impl Api {
     }
 
     async fn state_change(&self, v: Value) -> Answer {
-        let name = self.mirror_name(&v)?;
-        let requested = match v.get("requestedFlowState").or_else(|| v.get("action")) {
-            Some(Value::String(s)) => s.clone(),
-            Some(_) => return Err(Failure::bad("`requestedFlowState` must be a string")),
-            None => {
-                return Err(Failure::bad(
-                    "`requestedFlowState` is missing: STATUS_PAUSED, STATUS_RUNNING or STATUS_TERMINATED",
-                ))
-            }
-        };
+        let req: StateChangeRequest = parse(v)?;
+        let name = non_empty(req.flow_job_name)?;
+        let requested = req.requested_flow_state;
         let action = Action::parse(&requested).ok_or_else(|| {
             Failure::bad(format!(
                 "`requestedFlowState` `{requested}` is not STATUS_PAUSED, STATUS_RUNNING or STATUS_TERMINATED (or pause, resume, terminate)"
@@ -516,35 +491,24 @@ impl Api {
     }
 
     async fn alert_create(&self, v: Value) -> Answer {
-        let config = v
-            .get("config")
-            .ok_or_else(|| Failure::bad("`config` is missing: {\"config\": {\"serviceType\": \"slack\" or \"webhook\", \"serviceConfig\": {\"url\": …}}}"))?;
-        let service = match config
-            .get("serviceType")
-            .or_else(|| config.get("service_type"))
-        {
-            Some(Value::String(s)) if s == "slack" || s == "webhook" => s.clone(),
-            Some(other) => {
-                return Err(Failure::bad(format!(
-                    "`serviceType` {other} is not \"slack\" or \"webhook\""
-                )))
-            }
-            None => return Err(Failure::bad("`config.serviceType` is missing")),
-        };
-        let service_config = config
-            .get("serviceConfig")
-            .or_else(|| config.get("service_config"))
-            .filter(|c| c.is_object())
-            .ok_or_else(|| Failure::bad("`config.serviceConfig` must be an object"))?;
-        match service_config.get("url").and_then(Value::as_str) {
-            Some(u) if u.starts_with("http://") || u.starts_with("https://") => {}
-            _ => {
-                return Err(Failure(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "`serviceConfig.url` must be an http:// or https:// URL".into(),
-                ))
-            }
+        let req: AlertCreate = parse(v)?;
+        let service = req.config.service_type;
+        if service != "slack" && service != "webhook" {
+            return Err(Failure::bad(format!(
+                "`serviceType` `{service}` is not \"slack\" or \"webhook\""
+            )));
         }
+        let url = &req.config.service_config.url;
+        if !(url.starts_with("http://") || url.starts_with("https://"))
+            || url.len() <= "https://".len()
+        {
+            return Err(Failure(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("`serviceConfig.url` `{url}` is not an http:// or https:// URL"),
+            ));
+        }
+        let service_config = &serde_json::to_value(&req.config.service_config)
+            .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
         let client = self.client().await?;
         let s = self.schema();
         let inserted = client
@@ -763,6 +727,70 @@ fn escape_label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+fn parse<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, Failure> {
+    serde_json::from_value(v).map_err(|e| Failure::bad(format!("invalid request: {e}")))
+}
+
+fn non_empty(name: String) -> Result<String, Failure> {
+    if name.is_empty() {
+        Err(Failure::bad("`flowJobName` must not be empty"))
+    } else {
+        Ok(name)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct StatusRequest {
+    flow_job_name: String,
+    #[serde(default)]
+    include_flow_info: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct StateChangeRequest {
+    flow_job_name: String,
+    requested_flow_state: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlertCreate {
+    config: AlertConfig,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct AlertConfig {
+    #[serde(alias = "service_type")]
+    service_type: String,
+    #[serde(alias = "service_config")]
+    service_config: AlertServiceConfig,
+}
+
+/// Where alerts go and when they fire.
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct AlertServiceConfig {
+    /// Slack incoming-webhook URL, or any HTTP endpoint that takes a JSON POST.
+    url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    channel: Option<String>,
+    /// Alert when a mirror's lag exceeds this many seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    lag_seconds: Option<u64>,
+    /// Alert when the queue exceeds this many MB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    queue_mb: Option<u64>,
+    /// Alert when a batch has been held or failing for this many minutes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    held_minutes: Option<u64>,
+    /// Alert when the instance's database has more open connections than this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    open_connections: Option<u64>,
+}
+
 /// A peer name: 1–63 letters, digits, `_` or `-`, starting with a letter or `_`.
 fn check_name(name: &str) -> Result<(), Failure> {
     let ok = !name.is_empty()
@@ -912,7 +940,11 @@ async fn validate_peer(name: &str, kind: &str, config: &Value) -> Result<(), Fai
         .build::<_, Full<Bytes>>(connector);
     let req = Request::get(format!("{base}/healthz"))
         .body(Full::new(Bytes::new()))
-        .map_err(|e| Failure::bad(e.to_string()))?;
+        .map_err(|e| {
+            unprocessable(format!(
+                "peer `{name}`: {base} is not a usable address: {e}"
+            ))
+        })?;
     let resp = tokio::time::timeout(Duration::from_secs(15), http.request(req))
         .await
         .map_err(|_| unprocessable(format!("peer `{name}`: {base} did not answer within 15 s")))?
@@ -924,6 +956,32 @@ async fn validate_peer(name: &str, kind: &str, config: &Value) -> Result<(), Fai
         )));
     }
     Ok(())
+}
+
+/// The methods a known path takes (for 405 and its `Allow` header).
+fn allowed_methods(path: &str) -> Option<&'static str> {
+    Some(match path {
+        "/readyz"
+        | "/metrics"
+        | "/api/v1/openapi.json"
+        | "/api/v1/mirrors/list"
+        | "/api/v1/peers/list" => "GET",
+        "/api/v1/mirrors/status" | "/api/v1/mirrors/state_change" | "/api/v1/peers/create" => {
+            "POST"
+        }
+        "/api/v1/alerts/config" => "GET, POST",
+        _ => return None,
+    })
+}
+
+/// Whether any string of `v` (or key) holds U+0000, which PostgreSQL cannot store.
+fn has_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(has_nul),
+        Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
 }
 
 async fn body(req: Request<Incoming>) -> Result<Value, Failure> {
@@ -943,6 +1001,11 @@ async fn body(req: Request<Incoming>) -> Result<Value, Failure> {
         .map_err(|e| Failure::bad(format!("the body is not valid JSON: {e}")))?;
     if !v.is_object() {
         return Err(Failure::bad("the body must be a JSON object"));
+    }
+    if has_nul(&v) {
+        return Err(Failure::bad(
+            "a string of the body holds U+0000, which PostgreSQL cannot store",
+        ));
     }
     Ok(v)
 }

@@ -330,8 +330,10 @@ async fn api_errors_have_exact_status_codes() -> anyhow::Result<()> {
         )
         .await?
         .0,
-        501
+        404
     );
+    let (c, v) = call(port, "TRACE", "/metrics", Auth::None, None).await?;
+    assert_eq!(c, 405, "{v}");
     assert_eq!(call(port, "GET", "/readyz", Auth::None, None).await?.0, 200);
     let (c, doc) = call(port, "GET", "/api/v1/openapi.json", Auth::None, None).await?;
     assert_eq!(c, 200);
@@ -519,6 +521,43 @@ async fn a_public_api_without_password_is_off() -> anyhow::Result<()> {
             .await?
             .0,
         200
+    );
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}
+
+/// The OpenAPI document holds against the running server: schemathesis (PyPI; installed by
+/// scripts/setup.sh) generates valid and invalid requests for every operation and checks
+/// status codes, content types and response schemas.
+#[tokio::test]
+async fn the_api_keeps_its_openapi_contract() -> anyhow::Result<()> {
+    let p = Pair::new(SCHEMA).await?;
+    let target = p.start_target(0).await?;
+    let tport = target.local_addr.unwrap().port();
+    let source = p
+        .start_source(tport, "app.*", &server_yaml(Some(API_PASSWORD)))
+        .await?;
+    let port = source.local_addr.unwrap().port();
+    let doc = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.json");
+    let out = tokio::process::Command::new("schemathesis")
+        .args(["--config-file", concat!(env!("CARGO_MANIFEST_DIR"), "/tests/schemathesis.toml")])
+        .args(["run", doc, "--url", &format!("http://127.0.0.1:{port}")])
+        .args(["--auth", &format!("admin:{API_PASSWORD}")])
+        .args(["--checks", "all", "--max-examples", "25", "--workers", "1"])
+        .args(["--request-timeout", "30", "--no-color"])
+        .output()
+        .await
+        .map_err(|e| anyhow::anyhow!("schemathesis not runnable ({e}): run `bash scripts/setup.sh`, which installs it with pip"))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{text}");
+    assert!(
+        out.status.success(),
+        "schemathesis found contract violations:\n{text}"
     );
     source.shutdown().await?;
     target.shutdown().await?;
