@@ -82,6 +82,10 @@ LABEL org.opencontainers.image.title="pgteleport" \
 # server binaries this image does not have.
 WORKDIR /etc/pgteleport
 
+# Plain log lines (no ANSI colour codes) for `docker logs` and log collectors; set
+# NO_COLOR= (empty) to get colours back, or `log_format: json` in the config for JSON lines.
+ENV NO_COLOR=1
+
 USER 10001:10001
 
 # The HTTP ports of the example configs: 3000 the source (health, /readyz, /metrics, the

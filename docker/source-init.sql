@@ -2,7 +2,7 @@
 -- directory, as the superuser, connected to POSTGRES_DB (shop). It sets up what
 -- `pgteleport demo` sets up on its source cluster: an ordinary role (no SUPERUSER,
 -- REPLICATION, CREATEROLE or CREATEDB) with CREATE and CONNECT on a database the superuser
--- owns, and a schema and tables that role owns (so it may put capture triggers on them).
+-- owns, and a schema and a table that role owns (so it may put capture triggers on it).
 --
 -- The role's password comes from the container's environment (psql 15's \getenv), so it is
 -- written in no file: SHOP_REPLICATOR_PASSWORD, set by docker-compose.yml.
@@ -35,13 +35,6 @@ CREATE TABLE shop.customer (
     id      bigint PRIMARY KEY,
     name    text NOT NULL,
     balance numeric(14,2) NOT NULL DEFAULT 0
-);
-
-CREATE TABLE shop.orders (
-    id          bigint PRIMARY KEY,
-    customer_id bigint NOT NULL REFERENCES shop.customer,
-    placed_at   timestamptz NOT NULL,
-    note        text
 );
 
 RESET ROLE;

@@ -2,7 +2,7 @@
 -- directory, as the superuser, connected to POSTGRES_DB (shop). It sets up what
 -- `pgteleport demo` sets up on its target cluster: an ordinary role (no SUPERUSER,
 -- REPLICATION, CREATEROLE or CREATEDB) with CREATE and CONNECT on a database the superuser
--- owns, the right to set session_replication_role, and the same (empty) tables as the
+-- owns, the right to set session_replication_role, and the same (empty) table as the
 -- source, owned by that role.
 --
 -- The role's password comes from the container's environment (psql 15's \getenv), so it is
@@ -33,11 +33,11 @@ GRANT CREATE, CONNECT ON DATABASE shop TO shop_applier;
 -- pgteleport still works and logs a warning at start.
 GRANT SET ON PARAMETER session_replication_role TO shop_applier;
 
--- The tables that exist on the source before the source instance first starts are its
+-- The tables that exist on the source when the source instance first starts are its
 -- baseline: pgteleport replicates their changes from then on but does not create them here,
--- so they are created here too, identical and empty, as `pgteleport demo` does. (Rows that
--- were already in the source tables need the initial load: see docker/README.md. Tables
--- created on the source later are created here by pgteleport.)
+-- so the table is created here too, identical and empty, as `pgteleport demo` does. (Rows
+-- already in a source table at that moment need the initial load: see docker/README.md.
+-- Tables created on the source later are created here by pgteleport.)
 SET ROLE shop_applier;
 
 CREATE SCHEMA shop;
@@ -46,13 +46,6 @@ CREATE TABLE shop.customer (
     id      bigint PRIMARY KEY,
     name    text NOT NULL,
     balance numeric(14,2) NOT NULL DEFAULT 0
-);
-
-CREATE TABLE shop.orders (
-    id          bigint PRIMARY KEY,
-    customer_id bigint NOT NULL REFERENCES shop.customer,
-    placed_at   timestamptz NOT NULL,
-    note        text
 );
 
 RESET ROLE;

@@ -113,6 +113,21 @@ pub enum Command {
         #[arg(long, short = 'c')]
         config: PathBuf,
     },
+    /// Mirrors through the source instance's REST API: list, status, pause, resume,
+    /// terminate.
+    Mirror {
+        #[command(subcommand)]
+        action: MirrorCommand,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Peers (named connections) through the REST API: list, create.
+    Peer {
+        #[command(subcommand)]
+        action: PeerCommand,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Demo: two throwaway clusters, a live workload, replicated; Ctrl-C to stop.
     Demo {
         /// Stop after this many seconds (default: run until Ctrl-C).
@@ -121,6 +136,64 @@ pub enum Command {
         /// Workload transactions per second.
         #[arg(long, default_value_t = 200)]
         rate: u32,
+    },
+}
+
+/// Where the REST API is (the password comes from PGTELEPORT_API_PASSWORD or the config).
+#[derive(Debug, clap::Args)]
+pub struct ApiArgs {
+    /// The API's base URL, e.g. http://127.0.0.1:3000 (env PGTELEPORT_API_URL).
+    #[arg(long, global = true, env = "PGTELEPORT_API_URL")]
+    pub api: Option<String>,
+    /// The source instance's config: its `server` section locates the API.
+    #[arg(long, short = 'c', global = true)]
+    pub config: Option<PathBuf>,
+    /// Root certificate (PEM) to verify an https API with.
+    #[arg(long, global = true)]
+    pub ca_cert: Option<PathBuf>,
+    /// Print the API's JSON answer instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MirrorCommand {
+    /// Every mirror with its state.
+    List,
+    /// One mirror's state, queue, lag and last error.
+    Status { name: String },
+    /// Stop shipping (the queue grows; batches wait).
+    Pause { name: String },
+    /// Ship again.
+    Resume { name: String },
+    /// End the mirror for good (its unshipped batches are dropped).
+    Terminate { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PeerCommand {
+    /// Every peer (passwords are never shown).
+    List,
+    /// Create (or with --allow-update change) a PostgreSQL peer; its connection is checked
+    /// first. The password comes from PGTELEPORT_PEER_PASSWORD.
+    Create {
+        name: String,
+        #[arg(long)]
+        host: String,
+        #[arg(long, default_value_t = 5432)]
+        port: u16,
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        database: String,
+        #[arg(long)]
+        sslmode: Option<String>,
+        /// A libpq-style connection option, KEY=VALUE (repeatable).
+        #[arg(long = "option")]
+        options: Vec<String>,
+        /// Replace a peer of this name that has another definition.
+        #[arg(long)]
+        allow_update: bool,
     },
 }
 
@@ -201,5 +274,66 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn api_subcommands_parse() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        match parse(&[
+            "pgteleport",
+            "mirror",
+            "pause",
+            "m1",
+            "--api",
+            "http://h:1",
+            "--json",
+        ])
+        .command
+        {
+            Some(Command::Mirror {
+                action: MirrorCommand::Pause { name },
+                api,
+            }) => {
+                assert_eq!(name, "m1");
+                assert_eq!(api.api.as_deref(), Some("http://h:1"));
+                assert!(api.json);
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&[
+            "pgteleport",
+            "peer",
+            "create",
+            "p",
+            "--host",
+            "h",
+            "--user",
+            "u",
+            "--database",
+            "d",
+            "--option",
+            "connect_timeout=5",
+            "-c",
+            "s.yml",
+        ])
+        .command
+        {
+            Some(Command::Peer {
+                action:
+                    PeerCommand::Create {
+                        name,
+                        port,
+                        options,
+                        ..
+                    },
+                api,
+            }) => {
+                assert_eq!((name.as_str(), port), ("p", 5432));
+                assert_eq!(options, vec!["connect_timeout=5".to_string()]);
+                assert_eq!(api.config.as_deref(), Some(std::path::Path::new("s.yml")));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -6,6 +6,7 @@
 //! small. Target side: [`server`] receives, [`applier`] applies exactly once.
 
 pub mod api;
+pub mod apicli;
 pub mod applier;
 pub mod batcher;
 pub mod capture;

@@ -157,6 +157,104 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Mirror { action, api } => {
+            use pgteleport::apicli;
+            use pgteleport::cli::MirrorCommand;
+            let target =
+                apicli::ApiTarget::resolve(api.api.as_deref(), api.config.as_deref(), api.ca_cert)?;
+            let post = hyper::Method::POST;
+            let (v, text): (serde_json::Value, fn(&serde_json::Value) -> String) = match action {
+                MirrorCommand::List => (
+                    target
+                        .call(hyper::Method::GET, "/api/v1/mirrors/list", None)
+                        .await?,
+                    apicli::render_mirrors,
+                ),
+                MirrorCommand::Status { name } => (
+                    target
+                        .call(
+                            post,
+                            "/api/v1/mirrors/status",
+                            Some(serde_json::json!({"flowJobName": name, "includeFlowInfo": true})),
+                        )
+                        .await?,
+                    apicli::render_status,
+                ),
+                MirrorCommand::Pause { name } => (
+                    change(&target, &name, "STATUS_PAUSED").await?,
+                    render_change,
+                ),
+                MirrorCommand::Resume { name } => (
+                    change(&target, &name, "STATUS_RUNNING").await?,
+                    render_change,
+                ),
+                MirrorCommand::Terminate { name } => (
+                    change(&target, &name, "STATUS_TERMINATED").await?,
+                    render_change,
+                ),
+            };
+            if api.json {
+                println!("{v:#}");
+            } else {
+                print!("{}", text(&v));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Peer { action, api } => {
+            use pgteleport::apicli;
+            use pgteleport::cli::PeerCommand;
+            let target =
+                apicli::ApiTarget::resolve(api.api.as_deref(), api.config.as_deref(), api.ca_cert)?;
+            let (v, text): (serde_json::Value, fn(&serde_json::Value) -> String) = match action {
+                PeerCommand::List => (
+                    target
+                        .call(hyper::Method::GET, "/api/v1/peers/list", None)
+                        .await?,
+                    apicli::render_peers,
+                ),
+                PeerCommand::Create {
+                    name,
+                    host,
+                    port,
+                    user,
+                    database,
+                    sslmode,
+                    options,
+                    allow_update,
+                } => {
+                    let password = std::env::var("PGTELEPORT_PEER_PASSWORD").ok();
+                    let body = apicli::postgres_peer(
+                        &name,
+                        &host,
+                        port,
+                        &user,
+                        password,
+                        &database,
+                        sslmode,
+                        &options,
+                        allow_update,
+                    )?;
+                    (
+                        target
+                            .call(hyper::Method::POST, "/api/v1/peers/create", Some(body))
+                            .await?,
+                        |v| {
+                            format!(
+                                "peer {}: {}\n",
+                                v["name"].as_str().unwrap_or("?"),
+                                v["status"].as_str().unwrap_or("?")
+                            )
+                        },
+                    )
+                }
+            };
+            if api.json {
+                println!("{v:#}");
+            } else {
+                print!("{}", text(&v));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo { duration, rate } => {
             if std::env::var_os("PGTELEPORT_LOG").is_none() {
                 // keep the demo's own output readable
@@ -167,6 +265,33 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+async fn change(
+    target: &pgteleport::apicli::ApiTarget,
+    name: &str,
+    requested: &str,
+) -> anyhow::Result<serde_json::Value> {
+    target
+        .call(
+            hyper::Method::POST,
+            "/api/v1/mirrors/state_change",
+            Some(serde_json::json!({"flowJobName": name, "requestedFlowState": requested})),
+        )
+        .await
+}
+
+fn render_change(v: &serde_json::Value) -> String {
+    format!(
+        "mirror {}: {}{}\n",
+        v["flowJobName"].as_str().unwrap_or("?"),
+        v["state"].as_str().unwrap_or("?"),
+        if v["changed"] == serde_json::Value::Bool(false) {
+            " (unchanged)"
+        } else {
+            ""
+        }
+    )
 }
 
 async fn shutdown_signal() {

@@ -256,3 +256,50 @@ async fn non_empty_target_table_is_refused_unless_truncate() -> anyhow::Result<(
     target.shutdown().await?;
     Ok(())
 }
+
+/// Existing target tables that reference each other by a foreign key (empty, or filled and
+/// replaced with --truncate) are emptied together and loaded.
+#[tokio::test]
+async fn tables_linked_by_a_foreign_key_load_into_existing_tables() -> anyhow::Result<()> {
+    let ddl = "create schema app;
+               create table app.parent (id int primary key, v text);
+               create table app.child (id int primary key, parent_id int not null references app.parent);";
+    let p = Arc::new(
+        Pair::new2(
+            &format!(
+                "{ddl} insert into app.parent select g, 'p' from generate_series(1, 100) g;
+                 insert into app.child select g, g % 100 + 1 from generate_series(1, 300) g;"
+            ),
+            ddl,
+        )
+        .await?,
+    );
+    let target = p.start_target(0).await?;
+    let port = target.local_addr.unwrap().port();
+    let cfg = source_config(&p, port)?;
+    let summary = load::run(&cfg, opts(false)).await?;
+    assert_eq!(summary.rows, 400, "{summary}");
+    let src = p.src().await?;
+    let dst = p.dst().await?;
+    wait_equal(
+        &src,
+        &dst,
+        &["app.parent", "app.child"],
+        Duration::from_secs(5),
+    )
+    .await?;
+    // Loaded again over the rows, with --truncate.
+    dst.batch_execute("delete from teleport.load_range; delete from teleport.load_table;")
+        .await?;
+    let summary = load::run(&cfg, opts(true)).await?;
+    assert_eq!(summary.rows, 400, "{summary}");
+    wait_equal(
+        &src,
+        &dst,
+        &["app.parent", "app.child"],
+        Duration::from_secs(5),
+    )
+    .await?;
+    target.shutdown().await?;
+    Ok(())
+}

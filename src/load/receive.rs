@@ -185,6 +185,7 @@ impl Applier {
         let s = &self.schema;
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg("begin"))?;
+        let mut names = Vec::new();
         for (schema, table) in &msg.tables {
             let target_schema = target_of(&msg.apply_schema, schema);
             let n = tx
@@ -213,11 +214,18 @@ impl Applier {
             )
             .await
             .map_err(pg("forgetting earlier ranges"))?;
-            let name = qualified(&target_schema, table);
-            tx.batch_execute(&format!("truncate {name}"))
+            names.push(qualified(&target_schema, table));
+        }
+        // One statement for all: tables of the load that reference each other by foreign
+        // keys can only be emptied together.
+        if !names.is_empty() {
+            let list = names.join(", ");
+            tx.batch_execute(&format!("truncate {list}"))
                 .await
                 .map_err(pg(&format!(
-                    "emptying {name} (the target role needs TRUNCATE on it, or to own it)"
+                    "emptying {list} (the target role needs TRUNCATE on them, or to own them; a table outside \
+                     the load that references one of them by a foreign key must be emptied or its key dropped \
+                     first). Re-run the load when fixed: live batches wait for it"
                 )))?;
         }
         tx.commit().await.map_err(pg("commit"))?;
