@@ -499,9 +499,7 @@ impl Api {
             )));
         }
         let url = &req.config.service_config.url;
-        if !(url.starts_with("http://") || url.starts_with("https://"))
-            || url.len() <= "https://".len()
-        {
+        if crate::alerts::split_url(url).is_none() {
             return Err(Failure(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 format!("`serviceConfig.url` `{url}` is not an http:// or https:// URL"),

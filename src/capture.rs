@@ -14,6 +14,7 @@ pub const SOURCE_SQL: &[(i32, &str)] = &[
     (2, include_str!("../sql/source_002_event_triggers.sql")),
     (3, include_str!("../sql/source_003_capture.sql")),
     (4, include_str!("../sql/source_004_operations.sql")),
+    (5, include_str!("../sql/source_005_alerts.sql")),
 ];
 
 /// The row trigger's name on every replicated table.

@@ -123,6 +123,13 @@ pub struct Intervals {
     /// with TRUNCATE once acknowledged).
     #[serde(default = "default_rotation")]
     pub rotation: u64,
+    /// How often alert conditions are evaluated (alert configs of the REST API).
+    #[serde(default = "default_alerts")]
+    pub alerts: u64,
+}
+
+fn default_alerts() -> u64 {
+    1000
 }
 
 impl Default for Intervals {
@@ -134,6 +141,7 @@ impl Default for Intervals {
             vacuum: 500,
             ddlwatcher: 5000,
             rotation: default_rotation(),
+            alerts: default_alerts(),
         }
     }
 }
@@ -415,6 +423,7 @@ impl Config {
             ("vacuum", iv.vacuum),
             ("ddlwatcher", iv.ddlwatcher),
             ("rotation", iv.rotation),
+            ("alerts", iv.alerts),
         ] {
             if v == 0 || v > 86_400_000 {
                 return Err(invalid(

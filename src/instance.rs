@@ -212,6 +212,13 @@ pub async fn start(config: Config) -> Result<Running, InstanceError> {
         for t in transmitters {
             spawn_stage(&mut tasks, t, db.clone(), iv.transmitter(), &shutdown);
         }
+        spawn_stage(
+            &mut tasks,
+            crate::alerts::Alerter::new(&config),
+            db.clone(),
+            Duration::from_millis(iv.alerts),
+            &shutdown,
+        );
     }
     Ok(Running {
         local_addr,

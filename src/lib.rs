@@ -5,6 +5,7 @@
 //! batches of whole transactions, [`transmitter`] ships them, [`vacuum`] keeps the queue
 //! small. Target side: [`server`] receives, [`applier`] applies exactly once.
 
+pub mod alerts;
 pub mod api;
 pub mod apicli;
 pub mod applier;
