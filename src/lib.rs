@@ -25,6 +25,7 @@ pub mod mirror;
 pub mod server;
 pub mod stage;
 pub mod status;
+pub mod telemetry;
 pub mod tls;
 pub mod transmitter;
 pub mod vacuum;

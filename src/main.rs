@@ -15,30 +15,44 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    match runtime.block_on(run(cli)) {
+    let code = match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
+            // Reaches Sentry too when configured (scrubbed of values and secrets).
+            tracing::error!(error = %format!("{e:#}"), "pgteleport failed");
             eprintln!("error: {e:#}");
             ExitCode::from(1)
         }
-    }
+    };
+    pgteleport::telemetry::flush();
+    code
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, sentry: bool) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let filter = tracing_subscriber::EnvFilter::try_from_env("PGTELEPORT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+    let fmt = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .boxed(),
     };
+    let _ = tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(sentry.then(pgteleport::telemetry::layer))
+        .try_init();
 }
 
 fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
     let config = Config::load(path)?;
-    init_logging(config.log_format);
+    let sentry = pgteleport::telemetry::init(&config);
+    init_logging(config.log_format, sentry);
     Ok(config)
 }
 
@@ -260,7 +274,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 // keep the demo's own output readable
                 std::env::set_var("PGTELEPORT_LOG", "warn");
             }
-            init_logging(LogFormat::Text);
+            init_logging(LogFormat::Text, false);
             demo::run(duration.map(Duration::from_secs), rate).await?;
             Ok(ExitCode::SUCCESS)
         }

@@ -790,3 +790,68 @@ async fn an_alert_fires_once_and_resolves_once() -> anyhow::Result<()> {
     target.shutdown().await?;
     Ok(())
 }
+
+/// An error reaches a stand-in Sentry endpoint as an event, without the database password or
+/// the target's token (which the failing connection and the config hold).
+#[tokio::test]
+async fn errors_reach_sentry_without_secrets() -> anyhow::Result<()> {
+    let p = Pair::new(SCHEMA).await?;
+    let (port, got) = receiver().await?;
+    let dir = std::env::temp_dir().join(format!("pgteleport-sentry-{}", p.id));
+    std::fs::create_dir_all(&dir)?;
+    let cfg = dir.join("source.yml");
+    let password = "Wr0ng-Db-Secret";
+    let token = "T0ken-Secret-xyz";
+    std::fs::write(
+        &cfg,
+        format!(
+            "database: {{name: s-{id}, database: {db}, hostname: 127.0.0.1, port: {pgport}, username: {role}, password: {password}}}\n\
+             targets:\n  t1:\n    target_expression: \"app.*\"\n    endpoint: {{hostname: 127.0.0.1, port: 9}}\n    auth_token: {token}\n\
+             sentry_endpoint: \"http://0123456789abcdef@127.0.0.1:{port}/42\"\n",
+            id = p.id,
+            db = p.src_db,
+            role = p.src_role,
+            pgport = p.cluster.port,
+        ),
+    )?;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgteleport"))
+        .args(["-config", cfg.to_str().unwrap()])
+        .env("PGTELEPORT_LOG", "warn")
+        .output()
+        .await?;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("password authentication failed"),
+        "{stderr}"
+    );
+    wait_for(
+        "an event at the stand-in Sentry",
+        Duration::from_secs(10),
+        || async { Ok(!got.lock().unwrap().is_empty()) },
+    )
+    .await?;
+    let all = got
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            v.as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| v.to_string())
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(all.contains("password authentication failed"), "{all}");
+    assert!(
+        all.contains("\"type\":\"event\"") && all.contains("pgteleport failed"),
+        "{all}"
+    );
+    assert!(
+        !all.contains(password),
+        "the password reached Sentry: {all}"
+    );
+    assert!(!all.contains(token), "the token reached Sentry: {all}");
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
