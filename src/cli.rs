@@ -211,6 +211,9 @@ pub fn normalize_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
         "split",
         "target",
         "no-progress",
+        "target-config",
+        "within",
+        "chunk-rows",
     ];
     args.into_iter()
         .enumerate()
@@ -255,6 +258,28 @@ mod tests {
         assert_eq!(c.mode, Mode::Replication);
         let c = parse(&["pgteleport", "-c", "s.yml"]);
         assert_eq!(c.config, Some(PathBuf::from("s.yml")));
+        let c = parse(&[
+            "pgteleport",
+            "verify",
+            "-config",
+            "s.yml",
+            "-target",
+            "t",
+            "-target-config",
+            "t.yml",
+            "-within",
+            "5",
+        ]);
+        match c.command {
+            Some(Command::Verify {
+                target_config,
+                within,
+                ..
+            }) => {
+                assert_eq!((target_config, within), (PathBuf::from("t.yml"), 5));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

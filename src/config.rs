@@ -178,7 +178,7 @@ pub struct Database {
     /// `disable` (default), `prefer`, `require`, `verify-ca` or `verify-full`.
     #[serde(default)]
     pub sslmode: Option<String>,
-    /// Root certificate(s) (PEM) to verify the server with; default: the system's roots.
+    /// Root certificate(s) (PEM) to verify the server with; default: the Mozilla roots built into the binary (webpki-roots).
     #[serde(default)]
     pub sslrootcert: Option<PathBuf>,
     /// Other libpq-style connection options: `connect_timeout` (seconds),
