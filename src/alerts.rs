@@ -78,29 +78,25 @@ impl Alerter {
                 value: r.get(2),
             });
         }
+        let bytes = crate::vacuum::queue_bytes(client, s)
+            .await
+            .map_err(StepError::db("reading the queue size for alerts"))?;
         let row = client
             .query_one(
-                &format!(
-                    "select (pg_catalog.pg_total_relation_size({}) + pg_catalog.pg_total_relation_size({})
-                             + pg_catalog.pg_total_relation_size({}))::float8 / 1048576,
-                            (select count(*) from pg_catalog.pg_stat_activity where datname = current_database())::float8",
-                    ddlwatcher::quote_literal(&format!("{s}.event_0")),
-                    ddlwatcher::quote_literal(&format!("{s}.event_1")),
-                    ddlwatcher::quote_literal(&format!("{s}.event_2")),
-                ),
+                "select count(*)::float8 from pg_catalog.pg_stat_activity where datname = current_database()",
                 &[],
             )
             .await
-            .map_err(StepError::db("reading the queue size for alerts"))?;
+            .map_err(StepError::db("counting connections for alerts"))?;
         out.push(Reading {
             alert: "queue_mb",
             subject: String::new(),
-            value: row.get(0),
+            value: bytes as f64 / 1_048_576.0,
         });
         out.push(Reading {
             alert: "open_connections",
             subject: String::new(),
-            value: row.get(1),
+            value: row.get(0),
         });
         Ok(out)
     }

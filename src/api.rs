@@ -717,20 +717,9 @@ impl Api {
 
 /// Size of the queue tables, in bytes.
 async fn queue_bytes(client: &tokio_postgres::Client, s: &str) -> Result<i64, Failure> {
-    Ok(client
-        .query_one(
-            &format!(
-                "select (pg_catalog.pg_total_relation_size({}) + pg_catalog.pg_total_relation_size({})
-                         + pg_catalog.pg_total_relation_size({}))::int8",
-                ddlwatcher::quote_literal(&format!("{s}.event_0")),
-                ddlwatcher::quote_literal(&format!("{s}.event_1")),
-                ddlwatcher::quote_literal(&format!("{s}.event_2")),
-            ),
-            &[],
-        )
+    crate::vacuum::queue_bytes(client, s)
         .await
-        .map_err(pg("reading the queue's size"))?
-        .get(0))
+        .map_err(pg("reading the queue's size"))
 }
 
 fn escape_label(v: &str) -> String {

@@ -185,6 +185,24 @@ impl Vacuum {
     }
 }
 
+/// Size of the queue tables in bytes (every target's events). `schema` is the quoted
+/// internal schema.
+pub async fn queue_bytes(client: &Client, schema: &str) -> Result<i64, tokio_postgres::Error> {
+    Ok(client
+        .query_one(
+            &format!(
+                "select (pg_catalog.pg_total_relation_size({}) + pg_catalog.pg_total_relation_size({})
+                         + pg_catalog.pg_total_relation_size({}))::int8",
+                ddlwatcher::quote_literal(&format!("{schema}.event_0")),
+                ddlwatcher::quote_literal(&format!("{schema}.event_1")),
+                ddlwatcher::quote_literal(&format!("{schema}.event_2")),
+            ),
+            &[],
+        )
+        .await?
+        .get(0))
+}
+
 /// Reads the queue's state (for status output and tests).
 pub async fn queue_state(
     client: &Client,

@@ -65,6 +65,24 @@ async fn api(port: u16, method: &str, path: &str, body: Value) -> anyhow::Result
     .await
 }
 
+/// A target, and a source replicating `app.*` to it whose `server` section is `server`:
+/// (source, target, the source's HTTP port, the target's).
+async fn start_with_api(
+    p: &Pair,
+    server: &str,
+) -> anyhow::Result<(
+    pgteleport::instance::Running,
+    pgteleport::instance::Running,
+    u16,
+    u16,
+)> {
+    let target = p.start_target(0).await?;
+    let tport = target.local_addr.expect("the target listens").port();
+    let source = p.start_source(tport, "app.*", server).await?;
+    let port = source.local_addr.expect("the source serves the API").port();
+    Ok((source, target, port, tport))
+}
+
 fn server_yaml(password: Option<&str>) -> String {
     match password {
         Some(p) => format!("server: {{hostname: 127.0.0.1, port: 0, api_password: {p}}}\n"),
@@ -240,12 +258,7 @@ async fn pause_survives_a_restart_and_resume_catches_up() -> anyhow::Result<()> 
 #[tokio::test]
 async fn api_errors_have_exact_status_codes() -> anyhow::Result<()> {
     let p = Pair::new(SCHEMA).await?;
-    let target = p.start_target(0).await?;
-    let tport = target.local_addr.unwrap().port();
-    let source = p
-        .start_source(tport, "app.*", &server_yaml(Some(API_PASSWORD)))
-        .await?;
-    let port = source.local_addr.unwrap().port();
+    let (source, target, port, _) = start_with_api(&p, &server_yaml(Some(API_PASSWORD))).await?;
     let list = "/api/v1/mirrors/list";
     assert_eq!(call(port, "GET", list, Auth::None, None).await?.0, 401);
     assert_eq!(
@@ -349,12 +362,8 @@ async fn api_errors_have_exact_status_codes() -> anyhow::Result<()> {
 #[tokio::test]
 async fn peers_are_validated_idempotent_and_updatable() -> anyhow::Result<()> {
     let p = Pair::new(SCHEMA).await?;
-    let target = p.start_target(0).await?;
-    let tport = target.local_addr.unwrap().port();
-    let source = p
-        .start_source(tport, "app.*", &server_yaml(Some(API_PASSWORD)))
-        .await?;
-    let port = source.local_addr.unwrap().port();
+    let (source, target, port, tport) =
+        start_with_api(&p, &server_yaml(Some(API_PASSWORD))).await?;
     let peer = |database: &str, password: &str, allow_update: bool| {
         json!({"peer": {"name": "warehouse", "type": "POSTGRES", "postgres_config": {
             "host": "127.0.0.1", "port": p.cluster.port, "user": p.dst_role, "password": password,
@@ -459,10 +468,7 @@ async fn peers_are_validated_idempotent_and_updatable() -> anyhow::Result<()> {
 #[tokio::test]
 async fn alert_configs_are_idempotent_by_content() -> anyhow::Result<()> {
     let p = Pair::new(SCHEMA).await?;
-    let target = p.start_target(0).await?;
-    let tport = target.local_addr.unwrap().port();
-    let source = p.start_source(tport, "app.*", &server_yaml(None)).await?;
-    let port = source.local_addr.unwrap().port();
+    let (source, target, port, _) = start_with_api(&p, &server_yaml(None)).await?;
     let path = "/api/v1/alerts/config";
     let cfg = json!({"config": {"serviceType": "slack", "serviceConfig": {"url": "http://127.0.0.1:9/hook", "lag_seconds": 30}}});
     let (c, v) = call(port, "POST", path, Auth::None, Some(&cfg.to_string())).await?;
@@ -533,12 +539,7 @@ async fn a_public_api_without_password_is_off() -> anyhow::Result<()> {
 #[tokio::test]
 async fn the_api_keeps_its_openapi_contract() -> anyhow::Result<()> {
     let p = Pair::new(SCHEMA).await?;
-    let target = p.start_target(0).await?;
-    let tport = target.local_addr.unwrap().port();
-    let source = p
-        .start_source(tport, "app.*", &server_yaml(Some(API_PASSWORD)))
-        .await?;
-    let port = source.local_addr.unwrap().port();
+    let (source, target, port, _) = start_with_api(&p, &server_yaml(Some(API_PASSWORD))).await?;
     let doc = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.json");
     let out = tokio::process::Command::new("schemathesis")
         .args(["--config-file", concat!(env!("CARGO_MANIFEST_DIR"), "/tests/schemathesis.toml")])
@@ -592,12 +593,7 @@ async fn run_cli(
 #[tokio::test]
 async fn the_cli_drives_the_api() -> anyhow::Result<()> {
     let p = Pair::new(SCHEMA).await?;
-    let target = p.start_target(0).await?;
-    let tport = target.local_addr.unwrap().port();
-    let source = p
-        .start_source(tport, "app.*", &server_yaml(Some(API_PASSWORD)))
-        .await?;
-    let port = source.local_addr.unwrap().port();
+    let (source, target, port, _) = start_with_api(&p, &server_yaml(Some(API_PASSWORD))).await?;
     let url = format!("http://127.0.0.1:{port}");
     let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let cli = |a: Vec<String>, pw: Option<&'static str>| run_cli(url.clone(), a, pw);
@@ -709,10 +705,7 @@ async fn receiver() -> anyhow::Result<(u16, std::sync::Arc<std::sync::Mutex<Vec<
 async fn an_alert_fires_once_and_resolves_once() -> anyhow::Result<()> {
     let p = Pair::new(SCHEMA).await?;
     let (hook_port, got) = receiver().await?;
-    let target = p.start_target(0).await?;
-    let tport = target.local_addr.unwrap().port();
-    let source = p.start_source(tport, "app.*", &server_yaml(None)).await?;
-    let port = source.local_addr.unwrap().port();
+    let (source, target, port, _) = start_with_api(&p, &server_yaml(None)).await?;
     let cfg = json!({"config": {"serviceType": "webhook", "serviceConfig": {
         "url": format!("http://127.0.0.1:{hook_port}/alerts?x=1"), "lag_seconds": 1}}});
     let (c, v) = call(
