@@ -558,7 +558,7 @@ impl Api {
     async fn metrics(&self) -> Result<String, Failure> {
         let client = self.client().await?;
         let s = self.schema();
-        let mut out = String::new();
+        let mut metrics = Metrics::default();
         let roles = self.config.roles();
         if roles.source {
             let rows = client
@@ -575,88 +575,65 @@ impl Api {
                 )
                 .await
                 .map_err(pg("reading mirrors"))?;
-            let mut families: BTreeMap<&str, (&str, &str, Vec<String>)> = BTreeMap::new();
-            let mut add =
-                |name: &'static str, kind: &'static str, help: &'static str, line: String| {
-                    families
-                        .entry(name)
-                        .or_insert((kind, help, Vec::new()))
-                        .2
-                        .push(line);
-                };
             for r in &rows {
-                let m = escape_label(r.get(0));
+                let m = format!("{{mirror=\"{}\"}}", escape_label(r.get(0)));
                 let state: &str = r.get(1);
                 for st in State::ALL {
-                    add(
+                    let labels =
+                        format!("{{mirror=\"{}\",state=\"{st}\"}}", escape_label(r.get(0)));
+                    let on = u8::from(st.as_str() == state);
+                    metrics.add(
                         "pgteleport_mirror_state",
                         "gauge",
                         "1 for the mirror's current state",
-                        format!(
-                            "pgteleport_mirror_state{{mirror=\"{m}\",state=\"{st}\"}} {}",
-                            u8::from(st.as_str() == state)
-                        ),
+                        &labels,
+                        on,
                     );
                 }
-                add(
+                metrics.add(
                     "pgteleport_batches_acknowledged_total",
                     "counter",
                     "batches the target acknowledged",
-                    format!(
-                        "pgteleport_batches_acknowledged_total{{mirror=\"{m}\"}} {}",
-                        r.get::<_, i64>(2)
-                    ),
+                    &m,
+                    r.get::<_, i64>(2),
                 );
-                add(
+                metrics.add(
                     "pgteleport_transmit_failures",
                     "gauge",
                     "consecutive failed transmits",
-                    format!(
-                        "pgteleport_transmit_failures{{mirror=\"{m}\"}} {}",
-                        r.get::<_, i64>(3)
-                    ),
+                    &m,
+                    r.get::<_, i64>(3),
                 );
-                add(
+                metrics.add(
                     "pgteleport_batches_pending",
                     "gauge",
                     "batches cut and not yet acknowledged",
-                    format!(
-                        "pgteleport_batches_pending{{mirror=\"{m}\"}} {}",
-                        r.get::<_, i64>(4)
-                    ),
+                    &m,
+                    r.get::<_, i64>(4),
                 );
-                add(
+                metrics.add(
                     "pgteleport_queue_events",
                     "gauge",
                     "events in batches not yet acknowledged",
-                    format!(
-                        "pgteleport_queue_events{{mirror=\"{m}\"}} {}",
-                        r.get::<_, i64>(5)
-                    ),
+                    &m,
+                    r.get::<_, i64>(5),
                 );
-                add(
+                metrics.add(
                     "pgteleport_oldest_unshipped_seconds",
                     "gauge",
                     "age of the oldest batch not yet acknowledged (lag)",
-                    format!(
-                        "pgteleport_oldest_unshipped_seconds{{mirror=\"{m}\"}} {}",
-                        r.get::<_, f64>(6)
-                    ),
+                    &m,
+                    r.get::<_, f64>(6),
                 );
             }
             let bytes = queue_bytes(&client, &s).await?;
-            add(
+            metrics.add(
                 "pgteleport_queue_bytes",
                 "gauge",
                 "size of the queue tables (all mirrors)",
-                format!("pgteleport_queue_bytes {bytes}"),
+                "",
+                bytes,
             );
-            for (name, (kind, help, lines)) in families {
-                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-                for l in lines {
-                    let _ = writeln!(out, "{l}");
-                }
-            }
         }
         if roles.target {
             let rows = client
@@ -670,48 +647,43 @@ impl Api {
                 )
                 .await
                 .map_err(pg("reading applied positions"))?;
-            let _ = writeln!(out, "# HELP pgteleport_applied_batches_total batches applied\n# TYPE pgteleport_applied_batches_total counter");
             for r in &rows {
-                let _ = writeln!(
-                    out,
-                    "pgteleport_applied_batches_total{{source=\"{}\",target=\"{}\"}} {}",
+                let l = format!(
+                    "{{source=\"{}\",target=\"{}\"}}",
                     escape_label(r.get(0)),
-                    escape_label(r.get(1)),
-                    r.get::<_, i64>(2)
+                    escape_label(r.get(1))
                 );
-            }
-            let _ = writeln!(out, "# HELP pgteleport_applied_events_total events applied\n# TYPE pgteleport_applied_events_total counter");
-            for r in &rows {
-                let _ = writeln!(
-                    out,
-                    "pgteleport_applied_events_total{{source=\"{}\",target=\"{}\"}} {}",
-                    escape_label(r.get(0)),
-                    escape_label(r.get(1)),
-                    r.get::<_, i64>(3)
+                metrics.add(
+                    "pgteleport_applied_batches_total",
+                    "counter",
+                    "batches applied",
+                    &l,
+                    r.get::<_, i64>(2),
                 );
-            }
-            let _ = writeln!(out, "# HELP pgteleport_apply_statements_total statements the applied events took\n# TYPE pgteleport_apply_statements_total counter");
-            for r in &rows {
-                let _ = writeln!(
-                    out,
-                    "pgteleport_apply_statements_total{{source=\"{}\",target=\"{}\"}} {}",
-                    escape_label(r.get(0)),
-                    escape_label(r.get(1)),
-                    r.get::<_, i64>(4)
+                metrics.add(
+                    "pgteleport_applied_events_total",
+                    "counter",
+                    "events applied",
+                    &l,
+                    r.get::<_, i64>(3),
                 );
-            }
-            let _ = writeln!(out, "# HELP pgteleport_seconds_since_last_apply seconds since the last batch was applied\n# TYPE pgteleport_seconds_since_last_apply gauge");
-            for r in &rows {
-                let _ = writeln!(
-                    out,
-                    "pgteleport_seconds_since_last_apply{{source=\"{}\",target=\"{}\"}} {}",
-                    escape_label(r.get(0)),
-                    escape_label(r.get(1)),
-                    r.get::<_, f64>(5)
+                metrics.add(
+                    "pgteleport_apply_statements_total",
+                    "counter",
+                    "statements the applied events took",
+                    &l,
+                    r.get::<_, i64>(4),
+                );
+                metrics.add(
+                    "pgteleport_seconds_since_last_apply",
+                    "gauge",
+                    "seconds since the last batch was applied",
+                    &l,
+                    r.get::<_, f64>(5),
                 );
             }
         }
-        Ok(out)
+        Ok(metrics.render())
     }
 }
 
@@ -720,6 +692,39 @@ async fn queue_bytes(client: &tokio_postgres::Client, s: &str) -> Result<i64, Fa
     crate::vacuum::queue_bytes(client, s)
         .await
         .map_err(pg("reading the queue's size"))
+}
+
+/// Prometheus text, by metric family (each with its HELP and TYPE once).
+#[derive(Default)]
+struct Metrics(BTreeMap<&'static str, (&'static str, &'static str, Vec<String>)>);
+
+impl Metrics {
+    /// One sample `name{labels} value` (`labels` with its braces, or empty).
+    fn add(
+        &mut self,
+        name: &'static str,
+        kind: &'static str,
+        help: &'static str,
+        labels: &str,
+        value: impl std::fmt::Display,
+    ) {
+        self.0
+            .entry(name)
+            .or_insert((kind, help, Vec::new()))
+            .2
+            .push(format!("{name}{labels} {value}"));
+    }
+
+    fn render(&self) -> String {
+        let mut out = String::new();
+        for (name, (kind, help, lines)) in &self.0 {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for l in lines {
+                let _ = writeln!(out, "{l}");
+            }
+        }
+        out
+    }
 }
 
 fn escape_label(v: &str) -> String {

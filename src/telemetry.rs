@@ -120,42 +120,29 @@ fn scrub_event(event: &mut sentry::protocol::Event<'static>, secrets: &[String])
 /// Replaces what a message quotes after a colon (PostgreSQL's `invalid input syntax for
 /// type integer: "abc"`, `Key (id)=(5)`) with a placeholder: values never leave.
 pub fn scrub_values(s: &str) -> String {
+    // `type integer: "abc"`, then `Key (a, b)=(1, 2)`.
+    blank_between(&blank_between(s, ": \"", '"'), ")=(", ')')
+}
+
+/// `s` with the text between each `open` and the next `close` replaced by `[value]` (to the
+/// end when no `close` follows).
+fn blank_between(s: &str, open: &str, close: char) -> String {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
-    while let Some(i) = rest.find(": \"") {
-        out.push_str(&rest[..i + 3]);
-        let after = &rest[i + 3..];
-        match after.find('"') {
+    while let Some(i) = rest.find(open) {
+        out.push_str(&rest[..i + open.len()]);
+        out.push_str("[value]");
+        let after = &rest[i + open.len()..];
+        match after.find(close) {
             Some(j) => {
-                out.push_str("[value]\"");
-                rest = &after[j + 1..];
+                out.push(close);
+                rest = &after[j + close.len_utf8()..];
             }
-            None => {
-                out.push_str("[value]");
-                rest = "";
-            }
+            None => rest = "",
         }
     }
     out.push_str(rest);
-    // `Key (a, b)=(1, 2)`: the values after `=(`.
-    let mut result = String::with_capacity(out.len());
-    let mut rest = out.as_str();
-    while let Some(i) = rest.find(")=(") {
-        result.push_str(&rest[..i + 3]);
-        let after = &rest[i + 3..];
-        match after.find(')') {
-            Some(j) => {
-                result.push_str("[value])");
-                rest = &after[j + 1..];
-            }
-            None => {
-                result.push_str("[value]");
-                rest = "";
-            }
-        }
-    }
-    result.push_str(rest);
-    result
+    out
 }
 
 #[cfg(test)]
