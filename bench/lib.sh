@@ -15,6 +15,8 @@ stop_clusters() {
     for d in "$WORK/src" "$WORK/dst"; do
         [ -f "$d/postmaster.pid" ] && as_postgres "$PG_BINDIR/pg_ctl" -D "$d" -m immediate stop >/dev/null 2>&1 || true
     done
+    # KEEP_LOGS=DIR: the instances' logs survive the run (with LOG=info: one line per batch).
+    [ -n "${KEEP_LOGS:-}" ] && mkdir -p "$KEEP_LOGS" && cp "$WORK"/*.log "$KEEP_LOGS"/ 2>/dev/null
     rm -rf "$WORK"
 }
 now() { date +%s.%N; }

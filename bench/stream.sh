@@ -65,10 +65,10 @@ targets:
     target_expression: "public.*"
     endpoint: {hostname: 127.0.0.1, port: $TP, timeout_seconds: 600}
 YML
-PGTELEPORT_LOG=warn "$BIN" -config "$WORK/target.yml" 2>>"$WORK/target.log" & TPID=$!; PIDS+=("$TPID")
+PGTELEPORT_LOG="${LOG:-warn}" "$BIN" -config "$WORK/target.yml" 2>>"$WORK/target.log" & TPID=$!; PIDS+=("$TPID")
 SPID=""
 start_source() {
-    PGTELEPORT_LOG=warn "$BIN" -config "$WORK/source.yml" 2>>"$WORK/source.log" & SPID=$!; PIDS+=("$SPID")
+    PGTELEPORT_LOG="${LOG:-warn}" "$BIN" -config "$WORK/source.yml" 2>>"$WORK/source.log" & SPID=$!; PIDS+=("$SPID")
 }
 stop_source() { kill -TERM "$SPID"; wait "$SPID" 2>/dev/null || true; }
 start_source

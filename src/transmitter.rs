@@ -1,11 +1,15 @@
 //! The transmitter: ships a target's batches in sequence over HTTP and records the
 //! acknowledged position, which lets the vacuum rotate the queue.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use ddlwatcher::quote_ident;
+use futures_util::stream::FuturesOrdered;
 use futures_util::{StreamExt, TryStreamExt};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
@@ -35,10 +39,10 @@ pub struct Transmitter {
     http: HttpClient<crate::tls::HttpsConnector, ReqBody>,
     /// Events per segment of a streamed batch.
     segment_events: usize,
-    /// Whether the target's position was read since (re)start.
-    reconciled: bool,
+    /// Whether the target's position was read since (re)start (or since a failed request).
+    reconciled: AtomicBool,
     /// The target asked to wait (logged once).
-    waiting: bool,
+    waiting: AtomicBool,
     /// The schema version the target reported applied in its last answer.
     acked_ddl: std::sync::atomic::AtomicI64,
     /// Notified by the batcher when it cut a batch: sent at once, not at the next interval.
@@ -77,8 +81,8 @@ impl Transmitter {
             timeout: Duration::from_secs(target.endpoint.timeout_seconds),
             http,
             segment_events: config.batch_size,
-            reconciled: false,
-            waiting: false,
+            reconciled: AtomicBool::new(false),
+            waiting: AtomicBool::new(false),
             acked_ddl: std::sync::atomic::AtomicI64::new(-1),
             wake: Default::default(),
         })
@@ -240,6 +244,7 @@ impl Transmitter {
         tables: Tables,
         ddl: Vec<DdlVersion>,
         out: tokio::sync::mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>,
+        patience: Duration,
     ) -> Result<(usize, usize), StepError> {
         let s = &self.schema;
         let rows = client
@@ -266,7 +271,7 @@ impl Transmitter {
                     return Ok(0);
                 }
                 let n = bytes.len();
-                match tokio::time::timeout(self.timeout, out.send(Ok(Frame::data(bytes)))).await {
+                match tokio::time::timeout(patience, out.send(Ok(Frame::data(bytes)))).await {
                     Ok(Ok(())) => Ok(n),
                     Ok(Err(_)) => Err(StepError::Other(format!(
                         "target `{}` stopped reading batch {seq}",
@@ -275,7 +280,7 @@ impl Transmitter {
                     Err(_) => Err(StepError::Other(format!(
                         "target `{}` read nothing of batch {seq} for {} s",
                         self.target,
-                        self.timeout.as_secs()
+                        patience.as_secs()
                     ))),
                 }
             }
@@ -465,8 +470,16 @@ impl Transmitter {
             .collect()
     }
 
-    /// Streams batch `seq` to the target; Ok(applied position) on success.
-    async fn transmit(&self, client: &Client, seq: i64) -> Result<i64, Refusal> {
+    /// Streams batch `seq` to the target; Ok(applied position) on success. `sent` hears
+    /// when the whole body is out; `patience` bounds each wait on the target (a batch sent
+    /// behind another waits for that one's apply too).
+    async fn transmit(
+        &self,
+        client: &Client,
+        seq: i64,
+        sent: tokio::sync::oneshot::Sender<()>,
+        patience: Duration,
+    ) -> Result<i64, Refusal> {
         // One read of the batch's bounds serves both queries of its events.
         let bounds = BatchBounds::read(client, &self.schema, &self.target, seq)
             .await
@@ -478,7 +491,7 @@ impl Transmitter {
         let ddl = self.pending_ddl(client).await.map_err(Refusal::Source)?;
         let started = std::time::Instant::now();
         let (frames, mut body) = tokio::sync::mpsc::channel(4);
-        let producer = self.produce(client, seq, &bounds, tables, ddl, frames.clone());
+        let producer = self.produce(client, seq, &bounds, tables, ddl, frames.clone(), patience);
         // The request starts with the first segment, not before: the queue query may take
         // a while to return its first row (sorting a huge batch), and the target abandons a
         // body that stays silent for its read timeout.
@@ -509,12 +522,13 @@ impl Transmitter {
             p = &mut producer => match p {
                 Ok(counts) => {
                     drop(frames);
-                    match tokio::time::timeout(self.timeout, &mut request).await {
+                    let _ = sent.send(());
+                    match tokio::time::timeout(patience, &mut request).await {
                         Ok(r) => (r, Some(counts)),
                         Err(_) => return Err(Refusal::Retry(format!(
                             "target `{}` sent no answer within {} s after batch {seq}",
                             self.target,
-                            self.timeout.as_secs()
+                            patience.as_secs()
                         ))),
                     }
                 }
@@ -531,7 +545,7 @@ impl Transmitter {
             ))
         })?;
         let status = response.status();
-        let answer = tokio::time::timeout(self.timeout, response.into_body().collect())
+        let answer = tokio::time::timeout(patience, response.into_body().collect())
             .await
             .map_err(|_| Refusal::Retry(format!("target `{}`: the answer stalled", self.target)))?
             .map_err(|e| {
@@ -544,8 +558,7 @@ impl Transmitter {
         match (status, applied) {
             (StatusCode::OK, Some(a)) => {
                 if let Some(d) = v.get("ddl_version").and_then(|d| d.as_i64()) {
-                    self.acked_ddl
-                        .store(d, std::sync::atomic::Ordering::Relaxed);
+                    self.acked_ddl.store(d, Ordering::Relaxed);
                 }
                 let (events, bytes) = counts.unwrap_or_default();
                 tracing::info!(
@@ -628,15 +641,33 @@ impl Step for Transmitter {
     }
 }
 
+/// Batches in flight at once: the next batch is read, encoded, sent and decoded on the
+/// target while the target applies the one before it (it waits for that one's commit on the
+/// target's position lock, so batches still apply one at a time, in order).
+const WINDOW: usize = 2;
+
+/// Batches shipped per step at most: the mirror's state (a pause) is read between steps.
+const BATCHES_PER_STEP: usize = 32;
+
+/// What settling one batch's answer leaves the pump to do.
+enum Flow {
+    /// Go on with the next batch.
+    Next,
+    /// End the step (the target is elsewhere than expected; the next step starts afresh).
+    Stop,
+}
+
+type Pending<'a, T> = Option<Pin<Box<dyn Future<Output = T> + Send + 'a>>>;
+
 impl Transmitter {
-    /// Reconciles with the target after a (re)start, then ships the next batch.
+    /// Reconciles with the target after a (re)start, then ships the next batches.
     async fn ship(
         &mut self,
         client: &mut Client,
         state: crate::mirror::State,
     ) -> Result<Progress, StepError> {
         use crate::mirror::{self, State};
-        if !self.reconciled {
+        if !self.reconciled.load(Ordering::Relaxed) {
             let applied = match self.position().await {
                 Ok(a) => a,
                 Err(e) => {
@@ -646,7 +677,7 @@ impl Transmitter {
                 }
             };
             self.acknowledge(client, applied).await?;
-            self.reconciled = true;
+            self.reconciled.store(true, Ordering::Relaxed);
         }
         if state == State::Setup {
             mirror::advance(
@@ -660,30 +691,113 @@ impl Transmitter {
             .await
             .map_err(|e| StepError::Other(e.to_string()))?;
         }
+        self.pump(client).await
+    }
+
+    /// The first unacknowledged batch after `after`. None while a catalog snapshot of the
+    /// event trigger waits to become schema versions: a batch may hold its schema event.
+    async fn next_batch(&self, client: &Client, after: i64) -> Result<Option<i64>, StepError> {
         let s = &self.schema;
-        // No batch while a catalog snapshot of the event trigger waits to become schema
-        // versions: a batch may hold its schema event.
-        let next = client
+        let row = client
             .query_opt(
                 &format!(
-                    "select seq from {s}.batch where target = $1 and acked_at is null
+                    "select seq from {s}.batch where target = $1 and acked_at is null and seq > $2
                         and not exists (select 1 from {s}.ddl_snapshot d where d.id > (select processed from {s}.ddl_clock))
                       order by seq limit 1"
                 ),
-                &[&self.target],
+                &[&self.target, &after],
             )
             .await
             .map_err(StepError::db("finding the next batch"))?;
-        let Some(row) = next else {
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    /// Ships the unacknowledged batches in order, up to [`BATCHES_PER_STEP`], [`WINDOW`] at
+    /// a time. Answers are settled in order; the first that is not success ends the step
+    /// and drops the requests behind it (the target refuses or rolls them back: each batch
+    /// applies only right after its predecessor).
+    async fn pump(&self, client: &Client) -> Result<Progress, StepError> {
+        let Some(first) = self.next_batch(client, 0).await? else {
             return Ok(Progress::Idle);
         };
-        let seq: i64 = row.get(0);
-        match self.transmit(client, seq).await {
+        let start = |seq: i64, patience: Duration| {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let fut = async move { (seq, self.transmit(client, seq, tx, patience).await) };
+            (fut, rx)
+        };
+        let mut inflight = FuturesOrdered::new();
+        let (fut, rx) = start(first, self.timeout);
+        inflight.push_back(fut);
+        // The last started batch's body is still being sent.
+        let mut sending = Some(rx);
+        let (mut last, mut started, mut exhausted) = (first, 1usize, false);
+        let mut arrived: VecDeque<(i64, Result<i64, Refusal>)> = VecDeque::new();
+        let mut settling: Pending<'_, Result<Flow, StepError>> = None;
+        let mut finding: Pending<'_, Result<Option<i64>, StepError>> = None;
+        // Everything pending is polled together: the requests in flight read from the same
+        // connection the settling and finding queries use.
+        loop {
+            tokio::select! {
+                Some(r) = inflight.next(), if !inflight.is_empty() => arrived.push_back(r),
+                r = async { sending.as_mut().expect("guarded").await }, if sending.is_some() => {
+                    sending = None;
+                    // A body not sent whole: that batch failed; its answer ends the step.
+                    exhausted |= r.is_err();
+                }
+                r = async { settling.as_mut().expect("guarded").await }, if settling.is_some() => {
+                    settling = None;
+                    match r? {
+                        Flow::Next => {}
+                        Flow::Stop => return Ok(Progress::Busy),
+                    }
+                }
+                r = async { finding.as_mut().expect("guarded").await }, if finding.is_some() => {
+                    finding = None;
+                    match r? {
+                        Some(seq) => {
+                            // Its answer may wait for the apply of the batch ahead of it.
+                            let patience = self.timeout * (inflight.len() as u32 + 1);
+                            let (fut, rx) = start(seq, patience);
+                            inflight.push_back(fut);
+                            sending = Some(rx);
+                            (last, started) = (seq, started + 1);
+                        }
+                        None => exhausted = true,
+                    }
+                }
+                else => break,
+            }
+            if settling.is_none() {
+                if let Some((seq, r)) = arrived.pop_front() {
+                    settling = Some(Box::pin(self.settle(client, seq, r)));
+                }
+            }
+            if finding.is_none()
+                && sending.is_none()
+                && !exhausted
+                && inflight.len() < WINDOW
+                && started < BATCHES_PER_STEP
+            {
+                finding = Some(Box::pin(self.next_batch(client, last)));
+            }
+        }
+        Ok(Progress::Busy)
+    }
+
+    /// Acts on the answer to batch `seq`; answers come here in batch order.
+    async fn settle(
+        &self,
+        client: &Client,
+        seq: i64,
+        result: Result<i64, Refusal>,
+    ) -> Result<Flow, StepError> {
+        let s = &self.schema;
+        match result {
             Ok(applied) => {
-                self.waiting = false;
+                self.waiting.store(false, Ordering::Relaxed);
                 self.acknowledge(client, applied).await?;
                 self.record_error(client, None).await;
-                let ddl = self.acked_ddl.load(std::sync::atomic::Ordering::Relaxed);
+                let ddl = self.acked_ddl.load(Ordering::Relaxed);
                 if ddl >= 0 {
                     client
                         .execute(
@@ -693,31 +807,39 @@ impl Transmitter {
                         .await
                         .map_err(StepError::db("recording the applied schema version"))?;
                 }
-                Ok(Progress::Busy)
+                Ok(Flow::Next)
             }
             Err(Refusal::Position { applied }) => {
                 tracing::info!(target = %self.target, batch_seq = seq, applied, "target is at another position; resynchronising");
                 self.acknowledge(client, applied).await?;
                 if applied < seq - 1 {
-                    return Err(StepError::Fatal(format!(
-                        "target `{}` has applied only up to batch {applied}, but this source already saw batch {} acknowledged; \
-                         the target database was restored from an older state — re-run the initial load for it",
-                        self.target,
-                        seq - 1
-                    )));
+                    // Batch seq − 1 was acknowledged. A batch sent behind it can be refused
+                    // before that one committed: ask again before calling it a regression.
+                    let now = self
+                        .position()
+                        .await
+                        .map_err(|e| StepError::Other(format!("target `{}`: {e}", self.target)))?;
+                    if now < seq - 1 {
+                        return Err(StepError::Fatal(format!(
+                            "target `{}` has applied only up to batch {now}, but this source already saw batch {} acknowledged; \
+                             the target database was restored from an older state — re-run the initial load for it",
+                            self.target,
+                            seq - 1
+                        )));
+                    }
+                    self.acknowledge(client, now).await?;
                 }
-                Ok(Progress::Busy)
+                Ok(Flow::Stop)
             }
             Err(Refusal::Wait(m)) => {
-                if !self.waiting {
+                if !self.waiting.swap(true, Ordering::Relaxed) {
                     tracing::info!(target = %self.target, batch_seq = seq, reason = %m, "target asks to wait; batches resume after it");
-                    self.waiting = true;
                 }
                 Err(StepError::Wait(Duration::from_secs(1), m))
             }
             Err(Refusal::Source(e)) => Err(e),
             Err(Refusal::Retry(m)) => {
-                self.reconciled = false;
+                self.reconciled.store(false, Ordering::Relaxed);
                 self.record_error(client, Some(&m)).await;
                 Err(StepError::Other(m))
             }

@@ -562,3 +562,61 @@ async fn a_unique_value_moved_between_rows_falls_back_to_source_order() -> anyho
     target.shutdown().await?;
     Ok(())
 }
+
+/// The transmitter keeps two batches in flight: the next one is read, sent and waits on the
+/// target's position lock while the target applies the one before it (a target trigger
+/// makes that apply take two seconds). Both apply once, in order, without a resync.
+#[tokio::test]
+async fn the_next_batch_waits_on_the_target_while_the_one_before_applies() -> anyhow::Result<()> {
+    let schema = "create schema app; create table app.t (id int primary key, v text not null);";
+    let slow = "create function app.slow() returns trigger language plpgsql as
+                 $$ begin if new.v = 'slow' then perform pg_sleep(2); end if; return new; end $$;
+                create trigger slow before insert on app.t for each row execute function app.slow();
+                alter table app.t enable always trigger slow;";
+    let p = Pair::new2(schema, &format!("{schema}{slow}")).await?;
+    let target = p.start_target(0).await?;
+    let port = target.local_addr.unwrap().port();
+    let src = p.src().await?;
+    let dst = p.dst().await?;
+    // Capture installed, then a backlog of one-event transactions, each its own batch.
+    p.start_source(port, "app.*", "").await?.shutdown().await?;
+    src.batch_execute("insert into app.t values (1, 'slow')")
+        .await?;
+    for i in 2..=6 {
+        src.execute("insert into app.t values ($1, 'x')", &[&i])
+            .await?;
+    }
+    let source = p
+        .start_source(port, "app.*", "max_events_per_batch: 1\n")
+        .await?;
+    let waiting = "select count(*) from pg_stat_activity
+                    where datname = current_database() and wait_event_type = 'Lock'
+                      and query like '%teleport%.applied%'";
+    wait_for(
+        "a batch waiting on the target's position lock",
+        Duration::from_secs(10),
+        || async { Ok(scalar_i64(&dst, waiting).await? == 1) },
+    )
+    .await?;
+    // The slow batch is still applying: nothing of it is visible yet.
+    assert_eq!(scalar_i64(&dst, "select count(*) from app.t").await?, 0);
+    wait_equal(&src, &dst, &["app.t"], Duration::from_secs(20)).await?;
+    assert_exactly_once(&src, &dst).await?;
+    let (failures, error): (i64, Option<String>) = {
+        let r = src
+            .query_one(
+                "select failures, last_error from teleport.target_state",
+                &[],
+            )
+            .await?;
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(
+        (failures, error),
+        (0, None),
+        "the pipelined batches needed no retry"
+    );
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}
