@@ -243,9 +243,9 @@ impl Transmitter {
         bounds: &BatchBounds,
         tables: Tables,
         ddl: Vec<DdlVersion>,
-        out: tokio::sync::mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>,
-        patience: Duration,
+        out: Frames,
     ) -> Result<(usize, usize), StepError> {
+        let Frames { tx: out, patience } = out;
         let s = &self.schema;
         let rows = client
             .query_raw(
@@ -491,7 +491,11 @@ impl Transmitter {
         let ddl = self.pending_ddl(client).await.map_err(Refusal::Source)?;
         let started = std::time::Instant::now();
         let (frames, mut body) = tokio::sync::mpsc::channel(4);
-        let producer = self.produce(client, seq, &bounds, tables, ddl, frames.clone(), patience);
+        let out = Frames {
+            tx: frames.clone(),
+            patience,
+        };
+        let producer = self.produce(client, seq, &bounds, tables, ddl, out);
         // The request starts with the first segment, not before: the queue query may take
         // a while to return its first row (sorting a huge batch), and the target abandons a
         // body that stays silent for its read timeout.
@@ -581,6 +585,12 @@ impl Transmitter {
             ))),
         }
     }
+}
+
+/// Where a batch's segments go, and how long each may wait to be read.
+struct Frames {
+    tx: tokio::sync::mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>,
+    patience: Duration,
 }
 
 /// The tables of one batch.
