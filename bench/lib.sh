@@ -3,7 +3,8 @@
 WORK="${TMPDIR:-/tmp}/pgteleport-bench-$$"
 mkdir -p "$WORK" bench/results
 [ "$(id -u)" = 0 ] && chown postgres "$WORK"
-cargo build --release --quiet
+# SKIP_BUILD=1: benchmarks that do not run pgteleport (bench/bucardo.sh) need no build.
+[ "${SKIP_BUILD:-0}" = 1 ] || cargo build --release --quiet
 # PGTELEPORT_BIN: another build to measure (a before/after comparison).
 BIN="${PGTELEPORT_BIN:-$PWD/target/release/pgteleport}"
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

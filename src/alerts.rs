@@ -51,31 +51,19 @@ impl Alerter {
     async fn readings(&self, client: &Client) -> Result<Vec<Reading>, StepError> {
         let s = &self.schema;
         let mut out = Vec::new();
-        let rows = client
-            .query(
-                &format!(
-                    "select t.target,
-                            coalesce((select extract(epoch from clock_timestamp() - min(b.created_at))
-                                        from {s}.batch b where b.target = t.target and b.acked_at is null), 0)::float8,
-                            case when t.failures > 0 and t.last_error_at is not null
-                                 then extract(epoch from clock_timestamp() - t.last_error_at) / 60 else 0 end::float8
-                       from {s}.target_state t where t.state <> 'TERMINATED'"
-                ),
-                &[],
-            )
+        let mirrors = crate::mirror::figures(client, s, None)
             .await
             .map_err(StepError::db("reading mirrors for alerts"))?;
-        for r in rows {
-            let mirror: String = r.get(0);
+        for f in mirrors.into_iter().filter(|f| f.state != "TERMINATED") {
             out.push(Reading {
                 alert: "lag_seconds",
-                subject: mirror.clone(),
-                value: r.get(1),
+                subject: f.name.clone(),
+                value: f.lag_seconds(),
             });
             out.push(Reading {
                 alert: "held_minutes",
-                subject: mirror,
-                value: r.get(2),
+                subject: f.name,
+                value: f.failing_minutes,
             });
         }
         let bytes = crate::vacuum::queue_bytes(client, s)

@@ -279,44 +279,46 @@ impl Api {
         let include = req.include_flow_info.unwrap_or(false);
         let client = self.client().await?;
         let s = self.schema();
-        let row = client
-            .query_opt(
-                &format!(
-                    "select t.state, t.state_reason, t.state_changed_at::text, t.next_seq - 1, t.acked_seq, t.acked_at::text,
-                            t.last_error, t.last_error_at::text, t.failures, t.acked_ddl,
-                            (select count(*) from {s}.batch b where b.target = t.target and b.acked_at is null),
-                            (select coalesce(sum(events), 0)::int8 from {s}.batch b where b.target = t.target and b.acked_at is null),
-                            (select coalesce(extract(epoch from clock_timestamp() - min(b.created_at)), 0)::float8
-                               from {s}.batch b where b.target = t.target and b.acked_at is null)
-                       from {s}.target_state t where t.target = $1"
-                ),
-                &[&name],
-            )
+        let f = crate::mirror::figures(&client, &s, Some(&name))
             .await
             .map_err(pg("reading the mirror"))?
+            .pop()
             .ok_or_else(|| Failure::from(MirrorError::Unknown(name.clone())))?;
-        let state: String = row.get(0);
         let mut out = json!({
             "flowJobName": name,
-            "state": state,
-            "currentFlowState": format!("STATUS_{state}"),
-            "stateReason": row.get::<_, Option<String>>(1),
-            "stateChangedAt": row.get::<_, String>(2),
+            "state": f.state,
+            "currentFlowState": format!("STATUS_{}", f.state),
+            "stateReason": f.state_reason,
+            "stateChangedAt": f.state_changed_at,
         });
         if include {
             let queue_bytes = queue_bytes(&client, &s).await?;
+            let tables = crate::mirror::rows_per_table(&client, &s, &name)
+                .await
+                .map_err(pg("reading rows per table"))?;
+            let rows_per_table: Vec<Value> = tables
+                .into_iter()
+                .map(|(schema, table, [i, u, d, t])| {
+                    json!({
+                        "tableName": format!("{schema}.{table}"),
+                        "counts": {"insertCount": i, "updateCount": u, "deleteCount": d,
+                                   "truncateCount": t, "totalCount": i + u + d},
+                    })
+                })
+                .collect();
             out["cdcStatus"] = json!({
-                "batchesMade": row.get::<_, i64>(3),
-                "batchesAcknowledged": row.get::<_, i64>(4),
-                "lastAcknowledgedAt": row.get::<_, Option<String>>(5),
-                "lastError": row.get::<_, Option<String>>(6),
-                "lastErrorAt": row.get::<_, Option<String>>(7),
-                "failures": row.get::<_, i64>(8),
-                "schemaVersionAcknowledged": row.get::<_, i64>(9),
-                "batchesPending": row.get::<_, i64>(10),
-                "queueDepth": row.get::<_, i64>(11),
-                "lagSeconds": row.get::<_, f64>(12),
+                "batchesMade": f.made,
+                "batchesAcknowledged": f.acked,
+                "lastAcknowledgedAt": f.acked_at,
+                "lastError": f.last_error,
+                "lastErrorAt": f.last_error_at,
+                "failures": f.failures,
+                "schemaVersionAcknowledged": f.ddl_acked,
+                "batchesPending": f.pending,
+                "queueDepth": f.queued_events,
+                "lagSeconds": f.lag_seconds(),
                 "queueBytes": queue_bytes,
+                "rowsPerTable": rows_per_table,
             });
         }
         Ok((StatusCode::OK, out))
@@ -561,27 +563,14 @@ impl Api {
         let mut metrics = Metrics::default();
         let roles = self.config.roles();
         if roles.source {
-            let rows = client
-                .query(
-                    &format!(
-                        "select t.target, t.state, t.acked_seq, t.failures,
-                                (select count(*) from {s}.batch b where b.target = t.target and b.acked_at is null),
-                                (select coalesce(sum(events), 0)::int8 from {s}.batch b where b.target = t.target and b.acked_at is null),
-                                (select coalesce(extract(epoch from clock_timestamp() - min(b.created_at)), 0)::float8
-                                   from {s}.batch b where b.target = t.target and b.acked_at is null)
-                           from {s}.target_state t order by t.target"
-                    ),
-                    &[],
-                )
+            let mirrors = crate::mirror::figures(&client, &s, None)
                 .await
                 .map_err(pg("reading mirrors"))?;
-            for r in &rows {
-                let m = format!("{{mirror=\"{}\"}}", escape_label(r.get(0)));
-                let state: &str = r.get(1);
+            for f in &mirrors {
+                let m = format!("{{mirror=\"{}\"}}", escape_label(&f.name));
                 for st in State::ALL {
-                    let labels =
-                        format!("{{mirror=\"{}\",state=\"{st}\"}}", escape_label(r.get(0)));
-                    let on = u8::from(st.as_str() == state);
+                    let labels = format!("{{mirror=\"{}\",state=\"{st}\"}}", escape_label(&f.name));
+                    let on = u8::from(st.as_str() == f.state);
                     metrics.add(
                         "pgteleport_mirror_state",
                         "gauge",
@@ -595,35 +584,35 @@ impl Api {
                     "counter",
                     "batches the target acknowledged",
                     &m,
-                    r.get::<_, i64>(2),
+                    f.acked,
                 );
                 metrics.add(
                     "pgteleport_transmit_failures",
                     "gauge",
                     "consecutive failed transmits",
                     &m,
-                    r.get::<_, i64>(3),
+                    f.failures,
                 );
                 metrics.add(
                     "pgteleport_batches_pending",
                     "gauge",
                     "batches cut and not yet acknowledged",
                     &m,
-                    r.get::<_, i64>(4),
+                    f.pending,
                 );
                 metrics.add(
                     "pgteleport_queue_events",
                     "gauge",
                     "events in batches not yet acknowledged",
                     &m,
-                    r.get::<_, i64>(5),
+                    f.queued_events,
                 );
                 metrics.add(
                     "pgteleport_oldest_unshipped_seconds",
                     "gauge",
                     "age of the oldest batch not yet acknowledged (lag)",
                     &m,
-                    r.get::<_, f64>(6),
+                    f.lag_seconds(),
                 );
             }
             let bytes = queue_bytes(&client, &s).await?;
@@ -633,6 +622,18 @@ impl Api {
                 "size of the queue tables (all mirrors)",
                 "",
                 bytes,
+            );
+        }
+        for (stage, kind, n) in crate::stage::error_counts() {
+            metrics.add(
+                "pgteleport_errors_total",
+                "counter",
+                "failed steps and batches since the process started, by stage (or applier) and kind",
+                &format!(
+                    "{{stage=\"{}\",kind=\"{kind}\"}}",
+                    escape_label(&stage)
+                ),
+                n,
             );
         }
         if roles.target {

@@ -15,6 +15,7 @@ pub const SOURCE_SQL: &[(i32, &str)] = &[
     (3, include_str!("../sql/source_003_capture.sql")),
     (4, include_str!("../sql/source_004_operations.sql")),
     (5, include_str!("../sql/source_005_alerts.sql")),
+    (6, include_str!("../sql/source_006_table_rows.sql")),
 ];
 
 /// The row trigger's name on every replicated table.

@@ -219,6 +219,112 @@ pub async fn fail(client: &Client, schema: &str, name: &str, reason: &str) {
     }
 }
 
+/// What the REST API, `/metrics`, the alerts and `pgteleport status` report of a mirror.
+#[derive(Debug, Clone)]
+pub struct Figures {
+    pub name: String,
+    pub state: String,
+    pub state_reason: Option<String>,
+    pub state_changed_at: String,
+    /// Batches cut so far.
+    pub made: i64,
+    pub acked: i64,
+    pub acked_at: Option<String>,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<String>,
+    /// Consecutive failed transmits.
+    pub failures: i64,
+    /// The newest schema version made for the mirror, and the one its target acknowledged.
+    pub ddl_version: i64,
+    pub ddl_acked: i64,
+    /// Batches cut and not yet acknowledged, and their events.
+    pub pending: i64,
+    pub queued_events: i64,
+    /// Age of the oldest unacknowledged batch (None when there is none).
+    pub oldest_seconds: Option<f64>,
+    /// Minutes since transmits started failing (0 when the last one succeeded).
+    pub failing_minutes: f64,
+}
+
+impl Figures {
+    /// The lag: the oldest unacknowledged batch's age, 0 when all are acknowledged.
+    pub fn lag_seconds(&self) -> f64 {
+        self.oldest_seconds.unwrap_or(0.0)
+    }
+}
+
+/// The figures of every mirror, or of the one named, in one query.
+pub async fn figures(
+    client: &Client,
+    schema: &str,
+    name: Option<&str>,
+) -> Result<Vec<Figures>, tokio_postgres::Error> {
+    let s = schema;
+    let rows = client
+        .query(
+            &format!(
+                "select t.target, t.state, t.state_reason, t.state_changed_at::text, t.next_seq - 1, t.acked_seq,
+                        t.acked_at::text, t.last_error, t.last_error_at::text, t.failures,
+                        (select coalesce(max(d.version), 0) from {s}.ddl d where d.target = t.target), t.acked_ddl,
+                        p.batches, p.events, p.oldest,
+                        case when t.failures > 0 and t.last_error_at is not null
+                             then extract(epoch from clock_timestamp() - t.last_error_at) / 60 else 0 end::float8
+                   from {s}.target_state t
+                   cross join lateral (
+                        select count(*) as batches, coalesce(sum(b.events), 0)::int8 as events,
+                               extract(epoch from clock_timestamp() - min(b.created_at))::float8 as oldest
+                          from {s}.batch b where b.target = t.target and b.acked_at is null) p
+                  where $1::text is null or t.target = $1
+                  order by t.target"
+            ),
+            &[&name],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Figures {
+            name: r.get(0),
+            state: r.get(1),
+            state_reason: r.get(2),
+            state_changed_at: r.get(3),
+            made: r.get(4),
+            acked: r.get(5),
+            acked_at: r.get(6),
+            last_error: r.get(7),
+            last_error_at: r.get(8),
+            failures: r.get(9),
+            ddl_version: r.get(10),
+            ddl_acked: r.get(11),
+            pending: r.get(12),
+            queued_events: r.get(13),
+            oldest_seconds: r.get(14),
+            failing_minutes: r.get(15),
+        })
+        .collect())
+}
+
+/// Rows per table of a mirror, as its target acknowledged them: (schema, table, inserts,
+/// updates, deletes, truncates).
+pub async fn rows_per_table(
+    client: &Client,
+    schema: &str,
+    name: &str,
+) -> Result<Vec<(String, String, [i64; 4])>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            &format!(
+                "select schema_name, table_name, inserts, updates, deletes, truncates
+                   from {schema}.table_rows where target = $1 order by schema_name, table_name"
+            ),
+            &[&name],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), [r.get(2), r.get(3), r.get(4), r.get(5)]))
+        .collect())
+}
+
 /// The state of mirror `name`.
 pub async fn state(client: &Client, schema: &str, name: &str) -> Result<State, MirrorError> {
     let row = client

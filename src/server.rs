@@ -298,6 +298,7 @@ impl Server {
                 )
             }
             Err(e) => {
+                crate::stage::count_error("applier", apply_error_kind(&e));
                 tracing::warn!(error = %e, "batch not applied");
                 apply_error(&e)
             }
@@ -496,6 +497,20 @@ fn decode_error(e: wire::DecodeError) -> ApplyError {
         e => ApplyError::BadRequest {
             message: e.to_string(),
         },
+    }
+}
+
+/// The kind of a batch's failure, as `/metrics` counts it (`pgteleport_errors_total`).
+fn apply_error_kind(e: &ApplyError) -> &'static str {
+    match e {
+        ApplyError::Gap { .. } | ApplyError::Conflict { .. } => "position",
+        ApplyError::SchemaBehind { .. } => "schema_behind",
+        ApplyError::Unavailable { .. } => "unavailable",
+        ApplyError::Failed { .. } => "apply_failed",
+        ApplyError::LoadInProgress { .. } => "load_in_progress",
+        ApplyError::BadRequest { .. } | ApplyError::TooLarge { .. } => "bad_request",
+        ApplyError::Timeout { .. } => "timeout",
+        ApplyError::Forbidden { .. } => "forbidden",
     }
 }
 

@@ -28,6 +28,9 @@ pub enum StepError {
     },
     #[error("{0}")]
     Other(String),
+    /// The other side (a target) failed: its kind (for the metrics) and message.
+    #[error("{1}")]
+    Remote(&'static str, String),
     /// Stops the instance: continuing would be wrong.
     #[error("{0}")]
     Fatal(String),
@@ -37,6 +40,17 @@ pub enum StepError {
 }
 
 impl StepError {
+    /// The kind of error, as `/metrics` counts it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StepError::Db { .. } => "database",
+            StepError::Other(_) => "other",
+            StepError::Remote(kind, _) => kind,
+            StepError::Fatal(_) => "fatal",
+            StepError::Wait(..) => "wait",
+        }
+    }
+
     pub fn db(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> StepError {
         let context = context.into();
         move |source| StepError::Db { context, source }
@@ -81,6 +95,7 @@ pub async fn run<S: Step + Send>(
                 Ok(c) => client = Some(c),
                 Err(e) => {
                     failures += 1;
+                    count_error(&name, "connect");
                     tracing::warn!(stage = %name, error = %e, "cannot connect; retrying");
                     if sleep_or_shutdown(backoff(interval, failures), &shutdown).await {
                         return Ok(());
@@ -118,11 +133,13 @@ pub async fn run<S: Step + Send>(
                 d
             }
             Err(StepError::Fatal(m)) => {
+                count_error(&name, "fatal");
                 tracing::error!(stage = %name, error = %m, "stage stopped");
                 return Err(StepError::Fatal(m));
             }
             Err(e) => {
                 failures += 1;
+                count_error(&name, e.kind());
                 tracing::warn!(stage = %name, error = %e, failures, "step failed; retrying");
                 backoff(interval, failures)
             }
@@ -131,6 +148,24 @@ pub async fn run<S: Step + Send>(
             return Ok(());
         }
     }
+}
+
+/// Failed steps since the process started, by stage and kind of error.
+static ERRORS: std::sync::Mutex<std::collections::BTreeMap<(String, &'static str), u64>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+pub fn count_error(stage: &str, kind: &'static str) {
+    if let Ok(mut errors) = ERRORS.lock() {
+        *errors.entry((stage.to_string(), kind)).or_default() += 1;
+    }
+}
+
+/// (stage, kind, count) of the failed steps since the process started (`/metrics`).
+pub fn error_counts() -> Vec<(String, &'static str, u64)> {
+    ERRORS
+        .lock()
+        .map(|e| e.iter().map(|((s, k), n)| (s.clone(), *k, *n)).collect())
+        .unwrap_or_default()
 }
 
 /// Capped exponential backoff with ±25 % jitter.

@@ -16,38 +16,30 @@ pub async fn status(config: &Config) -> anyhow::Result<String> {
     let mut out = String::new();
     let roles = config.roles();
     if roles.source {
+        let mirrors = crate::mirror::figures(&client, &s, None).await?;
         for name in config.targets.keys() {
-            let row = client
-                .query_opt(
-                    &format!(
-                        "select t.next_seq - 1, t.acked_seq, t.acked_at::text, t.last_error, t.last_error_at::text,
-                                (select count(*) from {s}.batch b where b.target = t.target and b.acked_at is null),
-                                (select coalesce(sum(events), 0)::int8 from {s}.batch b where b.target = t.target and b.acked_at is null),
-                                (select extract(epoch from clock_timestamp() - min(b.created_at))::float8
-                                   from {s}.batch b where b.target = t.target and b.acked_at is null),
-                                (select coalesce(max(version), 0) from {s}.ddl d where d.target = t.target), t.acked_ddl,
-                                t.failures
-                           from {s}.target_state t where t.target = $1"
-                    ),
-                    &[name],
-                )
-                .await?;
-            let Some(r) = row else {
+            let Some(f) = mirrors.iter().find(|f| &f.name == name) else {
                 let _ = writeln!(
                     out,
                     "target `{name}`: not installed yet (start the instance or run `install`)"
                 );
                 continue;
             };
-            let (made, acked): (i64, i64) = (r.get(0), r.get(1));
-            let acked_at: Option<String> = r.get(2);
-            let err: Option<String> = r.get(3);
-            let err_at: Option<String> = r.get(4);
-            let (pending, events): (i64, i64) = (r.get(5), r.get(6));
-            let age: Option<f64> = r.get(7);
-            let (ddl, ddl_acked): (i64, i64) = (r.get(8), r.get(9));
-            let failures: i64 = r.get(10);
+            let (made, acked, acked_at) = (f.made, f.acked, f.acked_at.clone());
+            let (err, err_at) = (f.last_error.clone(), f.last_error_at.clone());
+            let (pending, events, age) = (f.pending, f.queued_events, f.oldest_seconds);
+            let (ddl, ddl_acked, failures) = (f.ddl_version, f.ddl_acked, f.failures);
             let _ = writeln!(out, "target `{name}`");
+            let _ = writeln!(
+                out,
+                "  state       {}{} (since {})",
+                f.state,
+                f.state_reason
+                    .as_deref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default(),
+                f.state_changed_at
+            );
             let _ = writeln!(
                 out,
                 "  batches     made {made}, acknowledged {acked}{}",

@@ -27,6 +27,11 @@ use crate::wire::{self, Batch, DdlVersion, Event, Op, TableMeta};
 /// Request bodies: small ones whole, batches streamed.
 type ReqBody = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
 
+/// Error kinds (`pgteleport_errors_total`): the target could not be reached or gave no
+/// answer in time; it answered with an error (a held batch, a refusal).
+const UNREACHABLE: &str = "target_unreachable";
+const REFUSED: &str = "target_error";
+
 /// Ships the batches of one target.
 pub struct Transmitter {
     schema: String,
@@ -54,8 +59,8 @@ pub struct Transmitter {
 enum Refusal {
     /// The target applied up to `applied`.
     Position { applied: i64 },
-    /// Try again later (held, unavailable, network).
-    Retry(String),
+    /// Try again later (held, unavailable, network); the kind of error for the metrics.
+    Retry(&'static str, String),
     /// The target asks to wait (an initial load is running there).
     Wait(String),
     /// Reading the batch on the source failed.
@@ -202,9 +207,12 @@ impl Transmitter {
         let rows = client
             .query(
                 &format!(
-                    "select distinct e.ev_schema::text, e.ev_table::text, coalesce(e.ev_relid, 0::oid)
+                    "select e.ev_schema::text, e.ev_table::text, coalesce(e.ev_relid, 0::oid),
+                            count(*) filter (where e.ev_op = 'I'), count(*) filter (where e.ev_op = 'U'),
+                            count(*) filter (where e.ev_op = 'D'), count(*) filter (where e.ev_op = 'T')
                        from {events} e
-                      where e.ev_op not in ('S', 'Q')",
+                      where e.ev_op not in ('S', 'Q')
+                      group by 1, 2, 3",
                     events = batch_events_sql(s)
                 ),
                 &bounds.params(),
@@ -219,6 +227,13 @@ impl Transmitter {
             .collect();
         let described = self.describe(client, &names).await?;
         let mut tables = Tables::default();
+        for r in &rows {
+            tables.rows.schemas.push(r.get(0));
+            tables.rows.names.push(r.get(1));
+            for (i, column) in tables.rows.counts.iter_mut().enumerate() {
+                column.push(r.get(3 + i));
+            }
+        }
         for (n, meta) in names.into_iter().zip(described) {
             match meta {
                 Some(m) => {
@@ -479,7 +494,7 @@ impl Transmitter {
         seq: i64,
         sent: tokio::sync::oneshot::Sender<()>,
         patience: Duration,
-    ) -> Result<i64, Refusal> {
+    ) -> Result<(i64, RowCounts), Refusal> {
         // One read of the batch's bounds serves both queries of its events.
         let bounds = BatchBounds::read(client, &self.schema, &self.target, seq)
             .await
@@ -489,6 +504,7 @@ impl Transmitter {
             .await
             .map_err(Refusal::Source)?;
         let ddl = self.pending_ddl(client).await.map_err(Refusal::Source)?;
+        let rows = tables.rows.clone();
         let started = std::time::Instant::now();
         let (frames, mut body) = tokio::sync::mpsc::channel(4);
         let out = Frames {
@@ -529,7 +545,7 @@ impl Transmitter {
                     let _ = sent.send(());
                     match tokio::time::timeout(patience, &mut request).await {
                         Ok(r) => (r, Some(counts)),
-                        Err(_) => return Err(Refusal::Retry(format!(
+                        Err(_) => return Err(Refusal::Retry(UNREACHABLE, format!(
                             "target `{}` sent no answer within {} s after batch {seq}",
                             self.target,
                             patience.as_secs()
@@ -543,17 +559,25 @@ impl Transmitter {
             },
         };
         let response = response.map_err(|e| {
-            Refusal::Retry(format!(
-                "target `{}` at {}: {e}",
-                self.target, self.base_url
-            ))
+            Refusal::Retry(
+                UNREACHABLE,
+                format!("target `{}` at {}: {e}", self.target, self.base_url),
+            )
         })?;
         let status = response.status();
         let answer = tokio::time::timeout(patience, response.into_body().collect())
             .await
-            .map_err(|_| Refusal::Retry(format!("target `{}`: the answer stalled", self.target)))?
+            .map_err(|_| {
+                Refusal::Retry(
+                    UNREACHABLE,
+                    format!("target `{}`: the answer stalled", self.target),
+                )
+            })?
             .map_err(|e| {
-                Refusal::Retry(format!("target `{}`: reading the answer: {e}", self.target))
+                Refusal::Retry(
+                    UNREACHABLE,
+                    format!("target `{}`: reading the answer: {e}", self.target),
+                )
             })?
             .to_bytes();
         let v: serde_json::Value =
@@ -574,15 +598,18 @@ impl Transmitter {
                     status = v.get("status").and_then(|s| s.as_str()).unwrap_or(""),
                     "batch acknowledged"
                 );
-                Ok(a)
+                Ok((a, rows))
             }
             (StatusCode::CONFLICT, Some(a)) => Err(Refusal::Position { applied: a }),
             (StatusCode::LOCKED, _) => Err(Refusal::Wait(error_message(&answer))),
-            _ => Err(Refusal::Retry(format!(
-                "target `{}` answered {status} to batch {seq}: {}",
-                self.target,
-                error_message(&answer)
-            ))),
+            _ => Err(Refusal::Retry(
+                REFUSED,
+                format!(
+                    "target `{}` answered {status} to batch {seq}: {}",
+                    self.target,
+                    error_message(&answer)
+                ),
+            )),
         }
     }
 }
@@ -598,6 +625,15 @@ struct Frames {
 struct Tables {
     metas: Vec<TableMeta>,
     index: HashMap<(String, String, u32), Option<u32>>,
+    rows: RowCounts,
+}
+
+/// Row events per table of one batch: inserts, updates, deletes, truncates (columns).
+#[derive(Default, Clone)]
+struct RowCounts {
+    schemas: Vec<String>,
+    names: Vec<String>,
+    counts: [Vec<i64>; 4],
 }
 
 /// Largest row-image payload per segment (a single larger event makes its own segment).
@@ -667,6 +703,9 @@ enum Flow {
     Stop,
 }
 
+/// A batch's answer: the applied position and the batch's rows per table, or why not.
+type Shipped = Result<(i64, RowCounts), Refusal>;
+
 type Pending<'a, T> = Option<Pin<Box<dyn Future<Output = T> + Send + 'a>>>;
 
 impl Transmitter {
@@ -683,7 +722,7 @@ impl Transmitter {
                 Err(e) => {
                     let m = format!("target `{}` at {}: {e}", self.target, self.base_url);
                     self.record_error(client, Some(&m)).await;
-                    return Err(StepError::Other(m));
+                    return Err(StepError::Remote(UNREACHABLE, m));
                 }
             };
             self.acknowledge(client, applied).await?;
@@ -741,7 +780,7 @@ impl Transmitter {
         // The last started batch's body is still being sent.
         let mut sending = Some(rx);
         let (mut last, mut started, mut exhausted) = (first, 1usize, false);
-        let mut arrived: VecDeque<(i64, Result<i64, Refusal>)> = VecDeque::new();
+        let mut arrived: VecDeque<(i64, Shipped)> = VecDeque::new();
         let mut settling: Pending<'_, Result<Flow, StepError>> = None;
         let mut finding: Pending<'_, Result<Option<i64>, StepError>> = None;
         // Everything pending is polled together: the requests in flight read from the same
@@ -795,17 +834,13 @@ impl Transmitter {
     }
 
     /// Acts on the answer to batch `seq`; answers come here in batch order.
-    async fn settle(
-        &self,
-        client: &Client,
-        seq: i64,
-        result: Result<i64, Refusal>,
-    ) -> Result<Flow, StepError> {
+    async fn settle(&self, client: &Client, seq: i64, result: Shipped) -> Result<Flow, StepError> {
         let s = &self.schema;
         match result {
-            Ok(applied) => {
+            Ok((applied, rows)) => {
                 self.waiting.store(false, Ordering::Relaxed);
                 self.acknowledge(client, applied).await?;
+                self.count_rows(client, &rows).await?;
                 self.record_error(client, None).await;
                 let ddl = self.acked_ddl.load(Ordering::Relaxed);
                 if ddl >= 0 {
@@ -848,16 +883,39 @@ impl Transmitter {
                 Err(StepError::Wait(Duration::from_secs(1), m))
             }
             Err(Refusal::Source(e)) => Err(e),
-            Err(Refusal::Retry(m)) => {
+            Err(Refusal::Retry(kind, m)) => {
                 self.reconciled.store(false, Ordering::Relaxed);
                 self.record_error(client, Some(&m)).await;
-                Err(StepError::Other(m))
+                Err(StepError::Remote(kind, m))
             }
         }
     }
 }
 
 impl Transmitter {
+    /// Adds an applied batch's rows to the mirror's rows per table (`table_rows`).
+    async fn count_rows(&self, client: &Client, rows: &RowCounts) -> Result<(), StepError> {
+        if rows.names.is_empty() {
+            return Ok(());
+        }
+        let [i, u, d, t] = &rows.counts;
+        client
+            .execute(
+                &format!(
+                    "insert into {s}.table_rows as r (target, schema_name, table_name, inserts, updates, deletes, truncates)
+                     select $1, * from unnest($2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int8[])
+                     on conflict (target, schema_name, table_name) do update
+                        set inserts = r.inserts + excluded.inserts, updates = r.updates + excluded.updates,
+                            deletes = r.deletes + excluded.deletes, truncates = r.truncates + excluded.truncates",
+                    s = self.schema
+                ),
+                &[&self.target, &rows.schemas, &rows.names, i, u, d, t],
+            )
+            .await
+            .map_err(StepError::db("counting the batch's rows per table"))?;
+        Ok(())
+    }
+
     /// Keeps the last transmit error (or clears it) for `pgteleport status`. Best effort:
     /// the error is logged either way.
     async fn record_error(&self, client: &Client, message: Option<&str>) {

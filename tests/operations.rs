@@ -214,6 +214,37 @@ async fn pause_survives_a_restart_and_resume_catches_up() -> anyhow::Result<()> 
     assert_eq!((code, v["state"].clone()), (200, json!("RUNNING")), "{v}");
     wait_equal(&src, &dst, &["app.t"], Duration::from_secs(30)).await?;
     assert_exactly_once(&src, &dst).await?;
+    // Rows per table: every row event the target acknowledged, once.
+    let (code, v) = api(
+        port,
+        "POST",
+        "/api/v1/mirrors/status",
+        json!({"flowJobName": "t1", "includeFlowInfo": true}),
+    )
+    .await?;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(
+        v["cdcStatus"]["rowsPerTable"],
+        json!([{"tableName": "app.t", "counts": {"insertCount": 101, "updateCount": 50,
+                "deleteCount": 0, "truncateCount": 0, "totalCount": 151}}]),
+        "{v}"
+    );
+
+    // Errors by kind: with the target down, transmits fail as unreachable.
+    target.shutdown().await?;
+    src.execute("insert into app.t values (500, 'target down')", &[])
+        .await?;
+    let unreachable =
+        "pgteleport_errors_total{stage=\"transmitter t1\",kind=\"target_unreachable\"}";
+    wait_for(
+        "an unreachable-target error in /metrics",
+        Duration::from_secs(15),
+        || async {
+            let (_, m) = call(port, "GET", "/metrics", Auth::None, None).await?;
+            Ok(metric(m.as_str().unwrap_or_default(), unreachable).unwrap_or(0.0) >= 1.0)
+        },
+    )
+    .await?;
 
     // Terminate: final; the queue is no longer kept for the mirror.
     let (code, v) = api(
@@ -250,7 +281,6 @@ async fn pause_survives_a_restart_and_resume_catches_up() -> anyhow::Result<()> 
     assert_eq!(code, 409, "{v}");
     assert!(v["error"].as_str().unwrap().contains("TERMINATED"), "{v}");
     source.shutdown().await?;
-    target.shutdown().await?;
     Ok(())
 }
 
