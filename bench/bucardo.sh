@@ -142,12 +142,15 @@ psql_at "$DP" nat -c "create subscription bench connection 'host=127.0.0.1 port=
 cpu_of() { # pid -> CPU seconds (user + system)
     awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat" 2>/dev/null || echo 0
 }
-sum_cpu() { # awk pattern on `ps args` -> CPU seconds of the processes now running that match
-    ps -eo pid=,args= | awk -v re="$1" '$0 ~ re && !/awk/ {print $1}' | while read -r p; do cpu_of "$p"; done | awk '{s += $1} END {print s + 0}'
+sum_cpu() { # awk pattern on `ps args` [parent pids] -> CPU seconds of the processes now running that match
+    ps -eo pid=,ppid=,args= | awk -v re="$1" -v pp=" ${2:-} " '$0 ~ re && !/awk/ && (pp == "  " || index(pp, " " $2 " ")) {print $1}' |
+        while read -r p; do cpu_of "$p"; done | awk '{s += $1} END {print s + 0}'
 }
-native_cpu() { sum_cpu 'walsender|logical replication'; }
-daemon_cpu() { sum_cpu '^ *[0-9]+ Bucardo '; }          # the Perl processes: MCP, controllers, kids, VAC
-backend_cpu() { sum_cpu 'postgres: bucardo '; }          # their server backends, both clusters
+# Server processes are counted on this run's two clusters only (others may run on the machine).
+POSTMASTERS="$(head -1 "$WORK/src/postmaster.pid") $(head -1 "$WORK/dst/postmaster.pid")"
+native_cpu() { sum_cpu 'walsender|logical replication (apply|worker)' "$POSTMASTERS"; }
+daemon_cpu() { sum_cpu '^ *[0-9]+ +[0-9]+ Bucardo '; }   # the Perl processes: MCP, controllers, kids, VAC
+backend_cpu() { sum_cpu 'postgres: bucardo ' "$POSTMASTERS"; }  # their server backends
 wait_for() { # port db sql expected [timeout s]
     local deadline=$(( $(date +%s) + ${5:-1800} ))
     until [ "$(psql_at "$1" "$2" -c "$3")" = "$4" ]; do

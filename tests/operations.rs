@@ -878,3 +878,55 @@ async fn errors_reach_sentry_without_secrets() -> anyhow::Result<()> {
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
+
+/// A panic (here in a thread of the test process, with the real Sentry client the instance
+/// starts) reaches the stand-in Sentry as an event with the panic mechanism; the config's
+/// secrets it quotes are blanked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_reaches_sentry_without_secrets() -> anyhow::Result<()> {
+    let (port, got) = receiver().await?;
+    let password = "Panic-Db-Secret";
+    let yaml = format!(
+        "database: {{name: s, database: d, hostname: 127.0.0.1, port: 5432, username: u, password: {password}}}\n\
+         targets:\n  t1:\n    target_expression: \"app.*\"\n    endpoint: {{hostname: 127.0.0.1, port: 9}}\n\
+         sentry_endpoint: \"http://0123456789abcdef@127.0.0.1:{port}/42\"\n"
+    );
+    let cfg =
+        pgteleport::config::Config::from_yaml(&yaml, std::path::Path::new("<test>"), |_| None)?;
+    assert!(pgteleport::telemetry::init(&cfg));
+    let panicked =
+        std::thread::spawn(move || panic!("stage transmitter t1 broke while holding {password}"))
+            .join();
+    assert!(panicked.is_err());
+    tokio::task::spawn_blocking(pgteleport::telemetry::flush).await?;
+    wait_for(
+        "the panic at the stand-in Sentry",
+        Duration::from_secs(10),
+        || async { Ok(!got.lock().unwrap().is_empty()) },
+    )
+    .await?;
+    let all = got
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            v.as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| v.to_string())
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        all.contains("\"type\":\"panic\""),
+        "no panic mechanism: {all}"
+    );
+    assert!(
+        all.contains("stage transmitter t1 broke while holding [secret]"),
+        "{all}"
+    );
+    assert!(
+        !all.contains(password),
+        "the password reached Sentry: {all}"
+    );
+    Ok(())
+}
