@@ -78,6 +78,7 @@ stop_bucardo() { # the daemon's processes (MCP, controllers, kids, VAC), from it
     pids=$(for f in "$BUCDIR"/*.pid; do [ -f "$f" ] && head -1 "$f"; done | grep -E '^[0-9]+$' || true)
     [ -n "$pids" ] || return 0
     buc stop >/dev/null 2>&1 || true
+    cp "$BUCDIR/log.bucardo" "$WORK/bucardo.log" 2>/dev/null || true   # kept with KEEP_LOGS=DIR
     for _ in $(seq 1 50); do
         for p in $pids; do kill -0 "$p" 2>/dev/null && break; p=""; done
         [ -z "${p:-}" ] && return 0
@@ -139,8 +140,9 @@ for _ in $(seq 1 50); do [ -n "$(mcp_pid)" ] && break; sleep 0.2; done
 psql_at "$SP" nat -c "create publication bench for table acc, items, hist, heartbeat, mark"
 psql_at "$DP" nat -c "create subscription bench connection 'host=127.0.0.1 port=$SP dbname=nat user=postgres' publication bench with (copy_data = false)"
 
-cpu_of() { # pid -> CPU seconds (user + system)
-    awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat" 2>/dev/null || echo 0
+cpu_of() { # pid -> CPU seconds (user + system); Perl puts spaces in the command name, so
+    # the fields are counted after its closing parenthesis
+    awk -v hz="$(getconf CLK_TCK)" '{sub(/^.*\) /, ""); print ($12 + $13) / hz}' "/proc/$1/stat" 2>/dev/null || echo 0
 }
 sum_cpu() { # awk pattern on `ps args` [parent pids] -> CPU seconds of the processes now running that match
     ps -eo pid=,ppid=,args= | awk -v re="$1" -v pp=" ${2:-} " '$0 ~ re && !/awk/ && (pp == "  " || index(pp, " " $2 " ")) {print $1}' |
@@ -288,6 +290,9 @@ for w in dict.fromkeys(r[0] for r in rows):
     nones = [float(r[2]) for r in rows if r[0] == w and r[1] == "none"]
     bucs = [float(r[2]) for r in rows if r[0] == w and r[1] == "bucardo"]
     m["tps_ratio"] = round(statistics.median(b / n for b, n in zip(bucs, nones)), 3)
+    m["rounds"] = [{"mode": r[1], "tps": float(r[2]), "p50_ms": float(r[3]), "p99_ms": float(r[4]),
+                    **({"catch_up_s": float(r[5]), "daemon_cpu_s": float(r[6])} if r[1] == "bucardo" else {})}
+                   for r in rows if r[0] == w]
     w_out["workloads"][w] = m
 out["write_overhead"] = w_out
 

@@ -235,6 +235,7 @@ impl Applier {
             });
         }
         let batch = &first;
+        let started = std::time::Instant::now();
         let mut client = self.client().await?;
         // Statements that cannot share the batch's transaction (ALTER TYPE … ADD VALUE) are
         // additive and repeatable: run them first, each on its own.
@@ -280,6 +281,7 @@ impl Applier {
             .await
             .map_err(pg("locking the applied position"))?
             .get(0);
+        let locked = started.elapsed();
         if batch.seq <= applied {
             return Ok(Outcome::Duplicate {
                 applied_seq: applied,
@@ -390,7 +392,15 @@ impl Applier {
         )
         .await
         .map_err(pg("recording the applied position"))?;
+        let applied_in = started.elapsed();
         tx.commit().await.map_err(pg("commit"))?;
+        tracing::debug!(
+            batch_seq = batch.seq,
+            lock_ms = locked.as_secs_f64() * 1e3,
+            apply_ms = (applied_in - locked).as_secs_f64() * 1e3,
+            commit_ms = (started.elapsed() - applied_in).as_secs_f64() * 1e3,
+            "batch phases"
+        );
         Ok(Outcome::Applied {
             applied_seq: batch.seq,
             ddl_version: ddl.applied,
@@ -469,6 +479,7 @@ impl Applier {
         // sees its changes in source order and the end state is the same, in a few
         // statements instead of one per source statement. A constraint the new order
         // trips (a unique value moved between rows) sends the batch back to source order.
+        let planning = std::time::Instant::now();
         let reorderable = if self.replica_role && ddl.pending.is_empty() {
             self.reorderable_tables(tx, batch).await?
         } else {
@@ -480,6 +491,13 @@ impl Applier {
             &batch.tables,
             &reorderable,
             self.batch_size,
+        );
+        tracing::debug!(
+            batch_seq = batch.seq,
+            events = events.len(),
+            runs = plan.runs.len(),
+            plan_ms = planning.elapsed().as_secs_f64() * 1e3,
+            "batch planned"
         );
         if !plan.reordered {
             self.apply_runs(tx, batch, &events, &columns, &plan.runs, ddl)

@@ -16,6 +16,7 @@ pub const SOURCE_SQL: &[(i32, &str)] = &[
     (4, include_str!("../sql/source_004_operations.sql")),
     (5, include_str!("../sql/source_005_alerts.sql")),
     (6, include_str!("../sql/source_006_table_rows.sql")),
+    (7, include_str!("../sql/source_007_snapshot.sql")),
 ];
 
 /// The row trigger's name on every replicated table.

@@ -253,6 +253,39 @@ pub struct Target {
     pub apply_schema: Option<String>,
     #[serde(default)]
     pub auth_token: Option<Secret>,
+    /// Copy the rows the tables already hold before streaming changes: the instance runs
+    /// the initial load itself (mirror state SNAPSHOT; pausable, resumed where it stopped
+    /// after a pause or a restart), then the mirror goes RUNNING.
+    #[serde(default)]
+    pub do_initial_snapshot: bool,
+    /// Parallel COPY streams of that snapshot (default: the number of CPUs, at least 2).
+    #[serde(default)]
+    pub snapshot_workers: Option<usize>,
+    /// Heap kilobytes per ctid range of a large table in that snapshot (default 65536).
+    #[serde(default)]
+    pub snapshot_range_kb: Option<u64>,
+    /// Replace the rows of target tables that hold some (otherwise the snapshot refuses
+    /// them and the mirror goes FAILED naming them).
+    #[serde(default)]
+    pub snapshot_truncate: bool,
+}
+
+impl Target {
+    /// The initial load options of this target's snapshot.
+    pub fn snapshot_options(&self, name: &str) -> crate::load::LoadOptions {
+        crate::load::LoadOptions {
+            target: name.to_string(),
+            truncate: self.snapshot_truncate,
+            workers: self.snapshot_workers.unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map_or(2, |n| n.get())
+                    .max(2)
+            }),
+            range_bytes: self.snapshot_range_kb.unwrap_or(65536).max(8) << 10,
+            split: Default::default(),
+            progress: Some(false),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -455,6 +488,12 @@ impl Config {
             }
             if t.auth_token.as_ref().is_some_and(Secret::is_empty) {
                 return Err(invalid(&key("auth_token"), "must not be empty".into()));
+            }
+            if t.snapshot_workers == Some(0) {
+                return Err(invalid(
+                    &key("snapshot_workers"),
+                    "must be at least 1".into(),
+                ));
             }
             if t.endpoint.ca_cert.is_some() && !t.endpoint.tls {
                 return Err(invalid(

@@ -132,6 +132,15 @@ pub async fn start(config: Config) -> Result<Running, InstanceError> {
             });
         }
         capture::install(&mut client, &config).await?;
+        let schema = ddlwatcher::quote_ident(&config.internal_schema);
+        for (name, _) in config.targets.iter().filter(|(_, t)| t.do_initial_snapshot) {
+            crate::mirror::request_snapshot(&client, &schema, name)
+                .await
+                .map_err(|e| InstanceError::Stage {
+                    stage: format!("snapshot {name}"),
+                    message: e.to_string(),
+                })?;
+        }
         lock_client = Some(client);
     }
     if let Some(client) = lock_client.take() {
@@ -211,6 +220,15 @@ pub async fn start(config: Config) -> Result<Running, InstanceError> {
         );
         for t in transmitters {
             spawn_stage(&mut tasks, t, db.clone(), iv.transmitter(), &shutdown);
+        }
+        for (name, _) in config.targets.iter().filter(|(_, t)| t.do_initial_snapshot) {
+            spawn_stage(
+                &mut tasks,
+                crate::snapshot::Snapshotter::new(&config, name),
+                db.clone(),
+                Duration::from_millis(500),
+                &shutdown,
+            );
         }
         spawn_stage(
             &mut tasks,

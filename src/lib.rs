@@ -23,6 +23,7 @@ pub mod instance;
 pub mod load;
 pub mod mirror;
 pub mod server;
+pub mod snapshot;
 pub mod stage;
 pub mod status;
 pub mod telemetry;

@@ -5,15 +5,17 @@
 //! | state | the transmitter | pause | resume | terminate |
 //! |---|---|---|---|---|
 //! | SETUP | reconciles with the target, then RUNNING | PAUSING | — | TERMINATING |
-//! | SNAPSHOT | (an initial load runs) | PAUSING | — | TERMINATING |
+//! | SNAPSHOT | nothing: the instance runs the initial load (`do_initial_snapshot`), then RUNNING | PAUSING | — | TERMINATING |
 //! | RUNNING | ships batches | PAUSING | — | TERMINATING |
-//! | PAUSING | finishes the batch in flight, then PAUSED | — | RUNNING | TERMINATING |
-//! | PAUSED | ships nothing; batches are still cut | — | RUNNING | TERMINATING |
+//! | PAUSING | finishes the batch in flight (or stops the load), then PAUSED | — | RUNNING¹ | TERMINATING |
+//! | PAUSED | ships nothing; batches are still cut | — | RUNNING¹ | TERMINATING |
 //! | FAILED | ships nothing (the reason is kept) | PAUSING | SETUP | TERMINATING |
 //! | TERMINATING | drops the mirror's unshipped batches, then TERMINATED | 409 | 409 | — |
 //! | TERMINATED | nothing: no batches are cut, the queue is not kept for it | 409 | 409 | — |
 //!
-//! "—" changes nothing (the request is answered with the state as it is).
+//! "—" changes nothing (the request is answered with the state as it is). ¹ SNAPSHOT while
+//! the initial snapshot is unfinished: the load resumes where it stopped (finished tables
+//! and ranges are not copied again).
 
 use tokio_postgres::Client;
 
@@ -138,17 +140,23 @@ pub async fn change(
     let tx = client.transaction().await.map_err(db("begin"))?;
     let row = tx
         .query_opt(
-            &format!("select state from {schema}.target_state where target = $1 for update"),
+            &format!("select state, snapshot is not distinct from 'pending' from {schema}.target_state where target = $1 for update"),
             &[&name],
         )
         .await
         .map_err(db("reading the mirror's state"))?
         .ok_or_else(|| MirrorError::Unknown(name.to_string()))?;
     let from = State::parse(row.get(0)).unwrap_or(State::Failed);
+    let snapshot_pending: bool = row.get(1);
     let to = next(from, action).map_err(|message| MirrorError::Conflict {
         name: name.to_string(),
         message,
     })?;
+    // A resumed mirror whose initial snapshot is unfinished goes back to it.
+    let to = match to {
+        Some(State::Running) if snapshot_pending => Some(State::Snapshot),
+        other => other,
+    };
     let Some(to) = to else {
         return Ok((from, false));
     };
@@ -327,15 +335,78 @@ pub async fn rows_per_table(
 
 /// The state of mirror `name`.
 pub async fn state(client: &Client, schema: &str, name: &str) -> Result<State, MirrorError> {
+    Ok(status(client, schema, name).await?.0)
+}
+
+/// The state of mirror `name`, and whether its initial snapshot is still to be done.
+pub async fn status(
+    client: &Client,
+    schema: &str,
+    name: &str,
+) -> Result<(State, bool), MirrorError> {
     let row = client
         .query_opt(
-            &format!("select state from {schema}.target_state where target = $1"),
+            &format!("select state, snapshot is not distinct from 'pending' from {schema}.target_state where target = $1"),
             &[&name],
         )
         .await
         .map_err(db("reading the mirror's state"))?
         .ok_or_else(|| MirrorError::Unknown(name.to_string()))?;
-    Ok(State::parse(row.get(0)).unwrap_or(State::Failed))
+    Ok((
+        State::parse(row.get(0)).unwrap_or(State::Failed),
+        row.get(1),
+    ))
+}
+
+/// Asks for mirror `name`'s initial snapshot unless it has one (pending or done).
+pub async fn request_snapshot(
+    client: &Client,
+    schema: &str,
+    name: &str,
+) -> Result<(), MirrorError> {
+    client
+        .execute(
+            &format!("update {schema}.target_state set snapshot = 'pending' where target = $1 and snapshot is null"),
+            &[&name],
+        )
+        .await
+        .map_err(db("recording the requested snapshot"))?;
+    Ok(())
+}
+
+/// Records mirror `name`'s initial snapshot complete and moves it SNAPSHOT → RUNNING.
+pub async fn finish_snapshot(
+    client: &mut Client,
+    schema: &str,
+    name: &str,
+) -> Result<(), MirrorError> {
+    let tx = client.transaction().await.map_err(db("begin"))?;
+    tx.execute(
+        &format!("update {schema}.target_state set snapshot = 'done' where target = $1"),
+        &[&name],
+    )
+    .await
+    .map_err(db("recording the finished snapshot"))?;
+    let n = tx
+        .execute(
+            &format!(
+                "update {schema}.target_state set state = 'RUNNING', state_reason = null, state_changed_at = clock_timestamp()
+                  where target = $1 and state = 'SNAPSHOT'"
+            ),
+            &[&name],
+        )
+        .await
+        .map_err(db("recording the mirror's state"))?;
+    tx.commit().await.map_err(db("commit"))?;
+    if n == 1 {
+        tracing::info!(
+            mirror = name,
+            from = "SNAPSHOT",
+            to = "RUNNING",
+            "mirror state changed"
+        );
+    }
+    Ok(())
 }
 
 /// Ends a TERMINATING mirror: forgets its unshipped batches (nothing holds the queue for

@@ -652,11 +652,17 @@ impl Step for Transmitter {
         use crate::mirror::{self, State};
         let s = self.schema.clone();
         let mirror_err = |e: mirror::MirrorError| StepError::Other(e.to_string());
-        let state = mirror::state(client, &s, &self.target)
+        let (state, snapshot_pending) = mirror::status(client, &s, &self.target)
             .await
             .map_err(mirror_err)?;
         match state {
             State::Paused | State::Failed | State::Terminated => return Ok(Progress::Idle),
+            // The snapshot stage runs the initial load and moves the mirror on; batches
+            // wait in the queue (the target would refuse them while the load runs).
+            State::Setup | State::Snapshot | State::Pausing if snapshot_pending => {
+                return Ok(Progress::Idle)
+            }
+            State::Snapshot => return Ok(Progress::Idle),
             State::Pausing => {
                 // Steps run one at a time: no batch is in flight now.
                 mirror::advance(
@@ -677,7 +683,7 @@ impl Step for Transmitter {
                     .map_err(mirror_err)?;
                 return Ok(Progress::Idle);
             }
-            State::Setup | State::Snapshot | State::Running => {}
+            State::Setup | State::Running => {}
         }
         let result = self.ship(client, state).await;
         if let Err(StepError::Fatal(m)) = &result {

@@ -930,3 +930,89 @@ async fn a_panic_reaches_sentry_without_secrets() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A mirror with `do_initial_snapshot` runs the initial load itself (SNAPSHOT). Paused
+/// during it, the load stops; a restart keeps it PAUSED; resume continues the load (SNAPSHOT
+/// again), then RUNNING, and the target ends equal to the source, writes made during the
+/// snapshot included. A target trigger slows the copy so that the pause lands in it.
+#[tokio::test]
+async fn pause_during_the_snapshot_restart_resume_and_the_load_completes() -> anyhow::Result<()> {
+    let schema = "create schema app; create table app.big (id int primary key, v text not null);";
+    let slow = "create function app.slow() returns trigger language plpgsql as
+                 $$ begin perform pg_sleep(0.0005); return new; end $$;
+                create trigger slow before insert on app.big for each row execute function app.slow();
+                alter table app.big enable always trigger slow;";
+    let p = Pair::new2(schema, &format!("{schema}{slow}")).await?;
+    let src = p.src().await?;
+    let dst = p.dst().await?;
+    src.batch_execute(
+        "insert into app.big select g, repeat('x', 100) from generate_series(1, 10000) g",
+    )
+    .await?;
+    let extra = format!(
+        "    do_initial_snapshot: true\n    snapshot_workers: 1\n    snapshot_range_kb: 128\n{}",
+        server_yaml(Some(API_PASSWORD))
+    );
+    let target = p.start_target(0).await?;
+    let tport = target.local_addr.unwrap().port();
+    let source = p.start_source(tport, "app.*", &extra).await?;
+    let port = source.local_addr.unwrap().port();
+    wait_for("mirror SNAPSHOT", Duration::from_secs(10), || async {
+        Ok(mirror_state(port, "t1").await? == "SNAPSHOT")
+    })
+    .await?;
+    // Writes while the snapshot runs: captured, applied after it by the snapshot rule.
+    src.batch_execute(
+        "update app.big set v = 'changed' where id % 10 = 0;
+         delete from app.big where id % 7 = 0;
+         insert into app.big select g, 'new' from generate_series(10001, 10100) g;",
+    )
+    .await?;
+    let count = "select count(*) from app.big";
+    wait_for("a first range copied", Duration::from_secs(30), || async {
+        Ok(scalar_i64(&dst, count).await? > 0)
+    })
+    .await?;
+    let pause = json!({"flowJobName": "t1", "requestedFlowState": "pause"});
+    let (code, v) = api(port, "POST", "/api/v1/mirrors/state_change", pause).await?;
+    assert_eq!(code, 200, "{v}");
+    wait_for("mirror PAUSED", Duration::from_secs(10), || async {
+        Ok(mirror_state(port, "t1").await? == "PAUSED")
+    })
+    .await?;
+    let copied = scalar_i64(&dst, count).await?;
+    assert!(
+        copied < 10000,
+        "the pause came after the whole copy ({copied} rows)"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        scalar_i64(&dst, count).await?,
+        copied,
+        "the load went on while paused"
+    );
+
+    // A restart keeps the mirror paused, the load stopped.
+    source.shutdown().await?;
+    let source = p.start_source(tport, "app.*", &extra).await?;
+    let port = source.local_addr.unwrap().port();
+    assert_eq!(mirror_state(port, "t1").await?, "PAUSED");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(scalar_i64(&dst, count).await?, copied);
+
+    // Resume: back to SNAPSHOT, then RUNNING, equal.
+    let resume = json!({"flowJobName": "t1", "requestedFlowState": "resume"});
+    let (code, v) = api(port, "POST", "/api/v1/mirrors/state_change", resume).await?;
+    assert_eq!((code, v["state"].clone()), (200, json!("SNAPSHOT")), "{v}");
+    wait_for("mirror RUNNING", Duration::from_secs(90), || async {
+        Ok(mirror_state(port, "t1").await? == "RUNNING")
+    })
+    .await?;
+    wait_equal(&src, &dst, &["app.big"], Duration::from_secs(30)).await?;
+    src.execute("update app.big set v = 'after' where id = 1", &[])
+        .await?;
+    wait_equal(&src, &dst, &["app.big"], Duration::from_secs(20)).await?;
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}

@@ -99,7 +99,24 @@ pub enum LoadError {
         target: String,
         url: String,
         message: String,
+        /// The target's HTTP status when it answered with an error.
+        status: Option<u16>,
     },
+}
+
+impl LoadError {
+    /// Whether running the load again cannot help until someone acts (the target refused
+    /// the request: a table that holds rows, a config it rejects); network trouble, a
+    /// database restart or a busy target are worth retrying.
+    pub fn needs_action(&self) -> bool {
+        match self {
+            LoadError::UnknownTarget(_) | LoadError::Install(_) => true,
+            LoadError::Target {
+                status: Some(s), ..
+            } => (400..500).contains(s) && *s != 408 && *s != 423 && *s != 429,
+            _ => false,
+        }
+    }
 }
 
 impl From<db::ConnectError> for LoadError {
@@ -130,6 +147,7 @@ impl Remote {
     fn new(name: &str, t: &Target) -> Result<Self, LoadError> {
         let (base, connector) =
             crate::tls::https_connector(&t.endpoint).map_err(|e| LoadError::Target {
+                status: None,
                 target: name.to_string(),
                 url: format!("{}:{}", t.endpoint.hostname, t.endpoint.port),
                 message: e.to_string(),
@@ -147,6 +165,7 @@ impl Remote {
             target: self.name.clone(),
             url: self.base.clone(),
             message,
+            status: None,
         }
     }
 
@@ -187,7 +206,12 @@ impl Remote {
                 .and_then(|e| e.as_str())
                 .map(str::to_string)
                 .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
-            Err(self.err(format!("{status}: {msg}")))
+            Err(LoadError::Target {
+                target: self.name.clone(),
+                url: self.base.clone(),
+                message: format!("{status}: {msg}"),
+                status: Some(status.as_u16()),
+            })
         }
     }
 
