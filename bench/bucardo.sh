@@ -57,7 +57,8 @@ psql_at() { # port db [psql args] — as the superuser
     "$PG_BINDIR/psql" -h 127.0.0.1 -p "$p" -U postgres -d "$d" -X -q -At -v ON_ERROR_STOP=1 "$@"
 }
 # Every bucardo command: its own rc file (not /etc/bucardorc), HOME in the work directory
-# (`bucardo install` appends the new role's password to ~/.pgpass).
+# (`bucardo install` appends the new role's password to ~/.pgpass), run from its pid
+# directory (`bucardo stop` writes bucardo.restart.reason.txt/.log to the current directory).
 cat > "$WORK/bucardorc" <<RC
 dbhost = 127.0.0.1
 dbport = $SP
@@ -66,7 +67,7 @@ dbuser = bucardo
 piddir = $BUCDIR
 logdest = $BUCDIR
 RC
-buc() { HOME="$WORK" PGBINDIR="$PG_BINDIR" bucardo --bucardorc "$WORK/bucardorc" "$@"; }
+buc() { (cd "$BUCDIR" && HOME="$WORK" PGBINDIR="$PG_BINDIR" bucardo --bucardorc "$WORK/bucardorc" "$@"); }
 fail() { # message: which Bucardo step failed, and the end of its log
     echo "bucardo.sh: $*" >&2
     [ -f "$BUCDIR/log.bucardo" ] && { echo "--- last lines of the Bucardo log:" >&2; tail -20 "$BUCDIR/log.bucardo" >&2; }

@@ -38,6 +38,8 @@ pub struct Api {
     password: Option<Secret>,
     /// Why `/api/v1` is not served (a listener beyond loopback without a password).
     disabled: Option<String>,
+    /// Restarts the source pipeline (a mirror was created).
+    reload: Option<std::sync::Arc<tokio::sync::Notify>>,
 }
 
 /// An API failure: its status and message.
@@ -97,7 +99,14 @@ impl Api {
             config: config.clone(),
             password,
             disabled,
+            reload: None,
         }
+    }
+
+    /// What to notify when a mirror was created (the instance restarts its pipeline).
+    pub fn with_reload(mut self, reload: std::sync::Arc<tokio::sync::Notify>) -> Self {
+        self.reload = Some(reload);
+        self
     }
 
     fn schema(&self) -> String {
@@ -175,11 +184,9 @@ impl Api {
             (Method::POST, "/api/v1/peers/create") => self.peer_create(body(req).await?).await,
             (Method::GET, "/api/v1/alerts/config") => self.alerts_list().await,
             (Method::POST, "/api/v1/alerts/config") => self.alert_create(body(req).await?).await,
-            (m, p) if p == "/api/v1/flows/cdc/create" => Err(Failure(
-                StatusCode::NOT_FOUND,
-                format!("{m} {p}: creating mirrors through the API is not built yet: add the target to the source's \
-                         config file (it then appears under /api/v1/mirrors/list)"),
-            )),
+            (Method::POST, "/api/v1/flows/cdc/create") => {
+                self.mirror_create(body(req).await?).await
+            }
             (m, p) => Err(Failure(
                 StatusCode::NOT_FOUND,
                 format!("no such endpoint: {m} {p} (GET /api/v1/openapi.json lists them)"),
@@ -243,7 +250,8 @@ impl Api {
         let rows = client
             .query(
                 &format!(
-                    "select target, state, state_reason, state_changed_at::text from {s}.target_state order by target"
+                    "select t.target, t.state, t.state_reason, t.state_changed_at::text, m.definition ->> 'destinationName'
+                       from {s}.target_state t left join {s}.mirror m on m.name = t.target order by t.target"
                 ),
                 &[],
             )
@@ -257,7 +265,8 @@ impl Api {
                     .config
                     .targets
                     .get(&name)
-                    .map(|t| format!("{}:{}", t.endpoint.hostname, t.endpoint.port));
+                    .map(|t| format!("{}:{}", t.endpoint.hostname, t.endpoint.port))
+                    .or_else(|| r.get::<_, Option<String>>(4));
                 json!({
                     "name": name,
                     "sourceName": self.config.database.name,
@@ -469,6 +478,198 @@ impl Api {
                 json!({"name": peer.name, "status": "created"}),
             ))
         }
+    }
+
+    /// Creates a mirror: stored in the database, run by this instance from now on (its
+    /// pipeline restarts with it) and after restarts. Idempotent by name and definition.
+    async fn mirror_create(&self, v: Value) -> Answer {
+        let req: CdcCreate = parse(v)?;
+        let f = req.connection_configs;
+        let name = non_empty(f.flow_job_name)?;
+        crate::config::check_name(&name)
+            .map_err(|m| Failure::bad(format!("flowJobName `{name}` {m}")))?;
+        let unprocessable = |m: String| Failure(StatusCode::UNPROCESSABLE_ENTITY, m);
+        if self.config.targets.contains_key(&name) {
+            return Err(Failure(
+                StatusCode::CONFLICT,
+                format!("mirror `{name}` is a target of the config file; change it there"),
+            ));
+        }
+        if let Some(src) = f.source_name.as_deref().filter(|s| !s.is_empty()) {
+            if src != self.config.database.name {
+                return Err(unprocessable(format!(
+                    "sourceName `{src}`: this instance replicates `{}` (its database.name); mirrors from another database are created on that database's source instance",
+                    self.config.database.name
+                )));
+            }
+        }
+        let unsupported = [
+            ("softDeleteColName", f.soft_delete_col_name.as_deref()),
+            ("syncedAtColName", f.synced_at_col_name.as_deref()),
+        ];
+        for (key, v) in unsupported {
+            if v.is_some_and(|v| !v.is_empty()) {
+                return Err(unprocessable(format!(
+                    "{key} is not supported yet: leave it empty (deletes are replicated as deletes)"
+                )));
+            }
+        }
+        if let Some(n) = f.max_batch_size.filter(|n| *n != 0) {
+            if n as usize != self.config.max_events_per_batch {
+                return Err(unprocessable(format!(
+                    "maxBatchSize {n}: batches are cut for every mirror alike here, by the instance's max_events_per_batch ({}); leave it out or give that value",
+                    self.config.max_events_per_batch
+                )));
+            }
+        }
+        if f.table_mappings.is_empty() {
+            return Err(Failure::bad(
+                "tableMappings is empty: name at least one table",
+            ));
+        }
+        let mut client = self.client().await?;
+        let s = self.schema();
+        let mut tables = Vec::new();
+        for m in &f.table_mappings {
+            let id = m.source_table_identifier.as_str();
+            let Some((schema, table)) = id
+                .split_once('.')
+                .filter(|(a, b)| !a.is_empty() && !b.is_empty() && !b.contains('.'))
+                .filter(|_| !id.contains(['*', '?', ',', '[', ']']))
+            else {
+                return Err(Failure::bad(format!(
+                    "sourceTableIdentifier `{id}` is not `schema.table`"
+                )));
+            };
+            if let Some(d) = m.destination_table_identifier.as_deref() {
+                if !d.is_empty() && d != id {
+                    return Err(unprocessable(format!(
+                        "destinationTableIdentifier `{d}`: tables keep their name on the target here (`{id}`); renaming is not supported yet"
+                    )));
+                }
+            }
+            if !m.exclude.is_empty() {
+                return Err(unprocessable(format!(
+                    "`{id}`: excluding columns is not supported yet; leave `exclude` empty"
+                )));
+            }
+            let row = client
+                .query_one(
+                    &format!(
+                        "select c.oid is not null, c.relkind::text in ('r', 'p'), ({}) is not null
+                           from (select 1) x
+                           left join pg_catalog.pg_class c
+                             on c.relname = $2 and c.relnamespace = (select n.oid from pg_catalog.pg_namespace n where n.nspname = $1)",
+                        ddlwatcher::key_index_sql("c.oid")
+                    ),
+                    &[&schema, &table],
+                )
+                .await
+                .map_err(pg("looking up the mirror's tables"))?;
+            let (exists, is_table, keyed): (bool, Option<bool>, bool) =
+                (row.get(0), row.get(1), row.get(2));
+            if !exists || is_table != Some(true) {
+                return Err(unprocessable(format!(
+                    "table `{id}` does not exist in database `{}` (or is not a table)",
+                    self.config.database.database
+                )));
+            }
+            if !keyed && !self.config.keyless_tables {
+                return Err(unprocessable(format!(
+                    "table `{id}` has no primary key or unique key: add one, or set keyless_tables: true in the source's config"
+                )));
+            }
+            tables.push(id.to_string());
+        }
+        let peer: Option<(String, Value)> = client
+            .query_opt(
+                &format!("select kind, config from {s}.peer where name = $1"),
+                &[&f.destination_name],
+            )
+            .await
+            .map_err(pg("reading peers"))?
+            .map(|r| (r.get(0), r.get(1)));
+        match &peer {
+            None => {
+                return Err(unprocessable(format!(
+                    "destinationName `{}`: no such peer (create it with POST /api/v1/peers/create, type PGTELEPORT)",
+                    f.destination_name
+                )))
+            }
+            Some((kind, _)) if kind != "pgteleport" => {
+                return Err(unprocessable(format!(
+                    "destinationName `{}` is a {kind} peer: a mirror's destination is a pgteleport target instance (a PGTELEPORT peer) that applies the batches",
+                    f.destination_name
+                )))
+            }
+            Some(_) => {}
+        }
+        let definition = crate::mirror::Definition {
+            destination_name: f.destination_name.clone(),
+            tables,
+            do_initial_snapshot: f.do_initial_snapshot,
+            snapshot_max_parallel_workers: f
+                .snapshot_max_parallel_workers
+                .filter(|n| *n > 0)
+                .map(|n| n as usize),
+        };
+        let value = serde_json::to_value(&definition)
+            .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        crate::mirror::target_of(&value, peer.as_ref().map(|(_, c)| c)).map_err(unprocessable)?;
+        let tx = client.transaction().await.map_err(pg("begin"))?;
+        let existing: Option<Value> = tx
+            .query_opt(
+                &format!("select definition from {s}.mirror where name = $1 for update"),
+                &[&name],
+            )
+            .await
+            .map_err(pg("reading mirrors"))?
+            .map(|r| r.get(0));
+        if let Some(e) = existing {
+            return if e == value {
+                Ok((
+                    StatusCode::OK,
+                    json!({"workflowId": name, "status": "unchanged"}),
+                ))
+            } else {
+                Err(Failure(
+                    StatusCode::CONFLICT,
+                    format!("mirror `{name}` exists with another definition; terminate it and create one with another name"),
+                ))
+            };
+        }
+        let n = tx
+            .execute(
+                &format!("insert into {s}.mirror (name, definition) values ($1, $2) on conflict do nothing"),
+                &[&name, &value],
+            )
+            .await
+            .map_err(pg("recording the mirror"))?;
+        // Listed (SETUP) at once; the pipeline installs its capture when it restarts.
+        tx.execute(
+            &format!(
+                "insert into {s}.target_state (target, last_snapshot) values ($1, pg_current_snapshot())
+                 on conflict (target) do nothing"
+            ),
+            &[&name],
+        )
+        .await
+        .map_err(pg("recording the mirror's state"))?;
+        tx.commit().await.map_err(pg("commit"))?;
+        if n == 0 {
+            return Err(Failure(
+                StatusCode::CONFLICT,
+                format!("mirror `{name}` was created meanwhile"),
+            ));
+        }
+        tracing::info!(mirror = %name, tables = definition.tables.len(), "mirror created");
+        if let Some(r) = &self.reload {
+            r.notify_one();
+        }
+        Ok((
+            StatusCode::CREATED,
+            json!({"workflowId": name, "status": "created"}),
+        ))
     }
 
     async fn alerts_list(&self) -> Answer {
@@ -754,6 +955,43 @@ struct StatusRequest {
     include_flow_info: Option<bool>,
 }
 
+/// `POST /api/v1/flows/cdc/create`, in PeerDB's shape.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct CdcCreate {
+    connection_configs: FlowConfig,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct FlowConfig {
+    flow_job_name: String,
+    #[serde(default)]
+    source_name: Option<String>,
+    destination_name: String,
+    table_mappings: Vec<TableMapping>,
+    #[serde(default)]
+    do_initial_snapshot: bool,
+    #[serde(default)]
+    snapshot_max_parallel_workers: Option<u32>,
+    #[serde(default)]
+    max_batch_size: Option<u32>,
+    #[serde(default)]
+    soft_delete_col_name: Option<String>,
+    #[serde(default)]
+    synced_at_col_name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct TableMapping {
+    source_table_identifier: String,
+    #[serde(default)]
+    destination_table_identifier: Option<String>,
+    #[serde(default)]
+    exclude: Vec<String>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct StateChangeRequest {
@@ -973,9 +1211,10 @@ fn allowed_methods(path: &str) -> Option<&'static str> {
         | "/api/v1/openapi.json"
         | "/api/v1/mirrors/list"
         | "/api/v1/peers/list" => "GET",
-        "/api/v1/mirrors/status" | "/api/v1/mirrors/state_change" | "/api/v1/peers/create" => {
-            "POST"
-        }
+        "/api/v1/mirrors/status"
+        | "/api/v1/mirrors/state_change"
+        | "/api/v1/peers/create"
+        | "/api/v1/flows/cdc/create" => "POST",
         "/api/v1/alerts/config" => "GET, POST",
         _ => return None,
     })

@@ -17,6 +17,7 @@ pub const SOURCE_SQL: &[(i32, &str)] = &[
     (5, include_str!("../sql/source_005_alerts.sql")),
     (6, include_str!("../sql/source_006_table_rows.sql")),
     (7, include_str!("../sql/source_007_snapshot.sql")),
+    (8, include_str!("../sql/source_008_mirrors.sql")),
 ];
 
 /// The row trigger's name on every replicated table.

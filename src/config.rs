@@ -634,7 +634,7 @@ fn env_name(name: &str) -> String {
 }
 
 /// Instance and target names travel in URLs and logs: keep them plain.
-fn check_name(name: &str) -> Result<(), String> {
+pub fn check_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name

@@ -132,15 +132,6 @@ pub async fn start(config: Config) -> Result<Running, InstanceError> {
             });
         }
         capture::install(&mut client, &config).await?;
-        let schema = ddlwatcher::quote_ident(&config.internal_schema);
-        for (name, _) in config.targets.iter().filter(|(_, t)| t.do_initial_snapshot) {
-            crate::mirror::request_snapshot(&client, &schema, name)
-                .await
-                .map_err(|e| InstanceError::Stage {
-                    stage: format!("snapshot {name}"),
-                    message: e.to_string(),
-                })?;
-        }
         lock_client = Some(client);
     }
     if let Some(client) = lock_client.take() {
@@ -165,6 +156,8 @@ pub async fn start(config: Config) -> Result<Running, InstanceError> {
         None
     };
 
+    // Notified by the REST API when a mirror was created: the pipeline restarts with it.
+    let reload = Arc::new(tokio::sync::Notify::new());
     let mut local_addr = None;
     if let Some(server) = &config.server {
         let address = format!("{}:{}", server.hostname, server.port);
@@ -181,8 +174,8 @@ pub async fn start(config: Config) -> Result<Running, InstanceError> {
             stage: "server".into(),
             message: e.to_string(),
         })?;
-        let srv =
-            Arc::new(Server::new(server, applier.clone()).with_api(crate::api::Api::new(&config)));
+        let api = crate::api::Api::new(&config).with_reload(reload.clone());
+        let srv = Arc::new(Server::new(server, applier.clone()).with_api(api));
         let token = shutdown.clone();
         tasks.spawn(async move {
             srv.run(listener, tls, token).await;
@@ -191,52 +184,17 @@ pub async fn start(config: Config) -> Result<Running, InstanceError> {
     }
 
     if roles.source {
-        let iv = config.processing_intervals.clone();
-        let db = config.database.clone();
-        let mut batcher = Batcher::new(&config);
-        let mut transmitters = Vec::new();
-        for (name, target) in &config.targets {
-            let t = Transmitter::new(&config, name, target).map_err(|e| InstanceError::Stage {
-                stage: format!("transmitter {name}"),
-                message: e.to_string(),
-            })?;
-            batcher.wake_on_batch(name, t.waker());
-            transmitters.push(t);
-        }
-        spawn_stage(&mut tasks, batcher, db.clone(), iv.batcher(), &shutdown);
-        spawn_stage(
-            &mut tasks,
-            Vacuum::new(&config),
-            db.clone(),
-            iv.vacuum(),
-            &shutdown,
-        );
-        spawn_stage(
-            &mut tasks,
-            crate::watcher::Watcher::new(&config),
-            db.clone(),
-            Duration::from_millis(iv.ddlwatcher),
-            &shutdown,
-        );
-        for t in transmitters {
-            spawn_stage(&mut tasks, t, db.clone(), iv.transmitter(), &shutdown);
-        }
-        for (name, _) in config.targets.iter().filter(|(_, t)| t.do_initial_snapshot) {
-            spawn_stage(
-                &mut tasks,
-                crate::snapshot::Snapshotter::new(&config, name),
-                db.clone(),
-                Duration::from_millis(500),
-                &shutdown,
-            );
-        }
-        spawn_stage(
-            &mut tasks,
-            crate::alerts::Alerter::new(&config),
-            db.clone(),
-            Duration::from_millis(iv.alerts),
-            &shutdown,
-        );
+        // The first start's errors (a mirror's TLS settings, …) fail the start itself.
+        let token = shutdown.child_token();
+        let mut stages: Tasks = JoinSet::new();
+        start_pipeline(&config, &mut stages, &token).await?;
+        let config = config.clone();
+        let shutdown = shutdown.clone();
+        let reload = reload.clone();
+        tasks.spawn(async move {
+            let r = supervise(config, reload, shutdown, stages, token).await;
+            ("pipeline".to_string(), r)
+        });
     }
     Ok(Running {
         local_addr,
@@ -245,8 +203,117 @@ pub async fn start(config: Config) -> Result<Running, InstanceError> {
     })
 }
 
+type Tasks = JoinSet<(String, Result<(), InstanceError>)>;
+
+fn stage_err(stage: String) -> impl FnOnce(String) -> InstanceError {
+    move |message| InstanceError::Stage { stage, message }
+}
+
+/// Runs the source pipeline: the config's targets and the mirrors stored in the database
+/// (created through the REST API). When `reload` is notified (a mirror was created), the
+/// stages stop and start again with the mirrors as they are now; batches in flight are
+/// safe (a batch is applied exactly once, whatever stops).
+async fn supervise(
+    config: Config,
+    reload: Arc<tokio::sync::Notify>,
+    shutdown: CancellationToken,
+    mut stages: Tasks,
+    mut token: CancellationToken,
+) -> Result<(), InstanceError> {
+    loop {
+        let outcome = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => None,
+            _ = reload.notified() => Some(Ok(())),
+            r = stages.join_next() => Some(match r {
+                Some(Ok((_, r))) => r,
+                Some(Err(e)) => Err(InstanceError::Stage { stage: "task".into(), message: e.to_string() }),
+                None => Ok(()),
+            }),
+        };
+        token.cancel();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while let Ok(Some(_)) = tokio::time::timeout_at(deadline, stages.join_next()).await {}
+        stages.abort_all();
+        match outcome {
+            None => return Ok(()),
+            Some(Err(e)) => return Err(e),
+            Some(Ok(())) => tracing::info!("mirrors changed: the pipeline restarts with them"),
+        }
+        token = shutdown.child_token();
+        stages = JoinSet::new();
+        start_pipeline(&config, &mut stages, &token).await?;
+    }
+}
+
+/// Installs capture for every mirror (config targets and stored ones) and spawns the
+/// source stages.
+async fn start_pipeline(
+    config: &Config,
+    tasks: &mut Tasks,
+    shutdown: &CancellationToken,
+) -> Result<(), InstanceError> {
+    let mut client = db::connect(&config.database, "pipeline").await?;
+    let config = crate::mirror::with_stored(config, &client)
+        .await
+        .map_err(|e| stage_err("mirrors".into())(e.to_string()))?;
+    capture::install(&mut client, &config).await?;
+    let schema = ddlwatcher::quote_ident(&config.internal_schema);
+    for (name, _) in config.targets.iter().filter(|(_, t)| t.do_initial_snapshot) {
+        crate::mirror::request_snapshot(&client, &schema, name)
+            .await
+            .map_err(|e| stage_err(format!("snapshot {name}"))(e.to_string()))?;
+    }
+    drop(client);
+    let iv = config.processing_intervals.clone();
+    let db = config.database.clone();
+    let mut batcher = Batcher::new(&config);
+    let mut transmitters = Vec::new();
+    for (name, target) in &config.targets {
+        let t = Transmitter::new(&config, name, target)
+            .map_err(|e| stage_err(format!("transmitter {name}"))(e.to_string()))?;
+        batcher.wake_on_batch(name, t.waker());
+        transmitters.push(t);
+    }
+    spawn_stage(tasks, batcher, db.clone(), iv.batcher(), shutdown);
+    spawn_stage(
+        tasks,
+        Vacuum::new(&config),
+        db.clone(),
+        iv.vacuum(),
+        shutdown,
+    );
+    spawn_stage(
+        tasks,
+        crate::watcher::Watcher::new(&config),
+        db.clone(),
+        Duration::from_millis(iv.ddlwatcher),
+        shutdown,
+    );
+    for t in transmitters {
+        spawn_stage(tasks, t, db.clone(), iv.transmitter(), shutdown);
+    }
+    for (name, _) in config.targets.iter().filter(|(_, t)| t.do_initial_snapshot) {
+        spawn_stage(
+            tasks,
+            crate::snapshot::Snapshotter::new(&config, name),
+            db.clone(),
+            Duration::from_millis(500),
+            shutdown,
+        );
+    }
+    spawn_stage(
+        tasks,
+        crate::alerts::Alerter::new(&config),
+        db.clone(),
+        Duration::from_millis(iv.alerts),
+        shutdown,
+    );
+    Ok(())
+}
+
 fn spawn_stage<S: stage::Step + Send + 'static>(
-    tasks: &mut JoinSet<(String, Result<(), InstanceError>)>,
+    tasks: &mut Tasks,
     s: S,
     db: crate::config::Database,
     interval: Duration,

@@ -468,3 +468,93 @@ mod tests {
         assert_eq!(Action::parse("stop"), None);
     }
 }
+
+/// A mirror created through the REST API, as stored (`mirror.definition`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Definition {
+    /// The destination: a PGTELEPORT peer (a target instance).
+    pub destination_name: String,
+    /// Source tables, `schema.table`, each replicated to the same name on the target.
+    pub tables: Vec<String>,
+    #[serde(default)]
+    pub do_initial_snapshot: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_max_parallel_workers: Option<usize>,
+}
+
+/// The mirrors stored in the database, as targets (with their destination peer's endpoint
+/// and token). A mirror whose peer is gone or unusable is left out, with a warning.
+pub async fn stored_targets(
+    client: &Client,
+    schema: &str,
+) -> Result<Vec<(String, crate::config::Target)>, MirrorError> {
+    let rows = client
+        .query(
+            &format!(
+                "select m.name, m.definition, p.config from {schema}.mirror m
+                   left join {schema}.peer p on p.name = m.definition ->> 'destinationName' and p.kind = 'pgteleport'
+                  order by m.name"
+            ),
+            &[],
+        )
+        .await
+        .map_err(db("reading mirrors"))?;
+    let mut out = Vec::new();
+    for r in rows {
+        let name: String = r.get(0);
+        let definition: serde_json::Value = r.get(1);
+        let peer: Option<serde_json::Value> = r.get(2);
+        match target_of(&definition, peer.as_ref()) {
+            Ok(t) => out.push((name, t)),
+            Err(m) => tracing::warn!(mirror = %name, "mirror not started: {m}"),
+        }
+    }
+    Ok(out)
+}
+
+/// The target a stored mirror runs as.
+pub fn target_of(
+    definition: &serde_json::Value,
+    peer: Option<&serde_json::Value>,
+) -> Result<crate::config::Target, String> {
+    let d: Definition = serde_json::from_value(definition.clone())
+        .map_err(|e| format!("unreadable definition: {e}"))?;
+    let peer = peer.ok_or_else(|| {
+        format!(
+            "its destination peer `{}` is not a PGTELEPORT peer (any more)",
+            d.destination_name
+        )
+    })?;
+    let endpoint: crate::config::Endpoint =
+        serde_json::from_value(peer.get("endpoint").cloned().unwrap_or_default())
+            .map_err(|e| format!("peer `{}`: endpoint: {e}", d.destination_name))?;
+    let auth_token = peer
+        .get("auth_token")
+        .and_then(|t| t.as_str())
+        .map(|t| crate::config::Secret::new(t.to_string()));
+    Ok(crate::config::Target {
+        target_expression: d.tables.join(","),
+        endpoint,
+        apply_schema: None,
+        auth_token,
+        do_initial_snapshot: d.do_initial_snapshot,
+        snapshot_workers: d.snapshot_max_parallel_workers,
+        snapshot_range_kb: None,
+        snapshot_truncate: false,
+    })
+}
+
+/// `config` with the mirrors stored in the database added to its targets (a name the
+/// config file uses keeps the file's definition).
+pub async fn with_stored(
+    config: &crate::config::Config,
+    client: &Client,
+) -> Result<crate::config::Config, MirrorError> {
+    let mut merged = config.clone();
+    let schema = ddlwatcher::quote_ident(&config.internal_schema);
+    for (name, target) in stored_targets(client, &schema).await? {
+        merged.targets.entry(name).or_insert(target);
+    }
+    Ok(merged)
+}

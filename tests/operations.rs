@@ -373,7 +373,7 @@ async fn api_errors_have_exact_status_codes() -> anyhow::Result<()> {
         )
         .await?
         .0,
-        404
+        400
     );
     let (c, v) = call(port, "TRACE", "/metrics", Auth::None, None).await?;
     assert_eq!(c, 405, "{v}");
@@ -1012,6 +1012,148 @@ async fn pause_during_the_snapshot_restart_resume_and_the_load_completes() -> an
     src.execute("update app.big set v = 'after' where id = 1", &[])
         .await?;
     wait_equal(&src, &dst, &["app.big"], Duration::from_secs(20)).await?;
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}
+
+/// A mirror created through the API (PeerDB's flows/cdc/create) runs at once, with its
+/// initial snapshot, beside the config's target; repeated creates do not duplicate it,
+/// other definitions and bad references are refused with exact codes, and a restart runs
+/// it again.
+#[tokio::test]
+async fn a_mirror_created_through_the_api_snapshots_streams_and_survives_a_restart(
+) -> anyhow::Result<()> {
+    let schema = "create schema app; create table app.t (id int primary key, v text);
+                  create schema other; create table other.m (id int primary key, v text);
+                  create table other.nokey (v text);";
+    let p = Pair::new(schema).await?;
+    let src = p.src().await?;
+    let dst = p.dst().await?;
+    src.batch_execute("insert into other.m select g, 'before' from generate_series(1, 500) g")
+        .await?;
+    let target = p.start_target(0).await?;
+    let tport = target.local_addr.unwrap().port();
+    let source = p
+        .start_source(tport, "app.*", &server_yaml(Some(API_PASSWORD)))
+        .await?;
+    let port = source.local_addr.unwrap().port();
+    let (c, v) = api(port, "POST", "/api/v1/peers/create", json!({"peer": {"name": "tgt", "type": "PGTELEPORT",
+        "pgteleport_config": {"endpoint": {"hostname": "127.0.0.1", "port": tport}, "auth_token": TOKEN}}})).await?;
+    assert_eq!(c, 201, "{v}");
+    let flow = |name: &str, table: &str, peer: &str, extra: Value| {
+        let mut f = json!({"flowJobName": name, "destinationName": peer,
+            "tableMappings": [{"sourceTableIdentifier": table, "destinationTableIdentifier": table, "exclude": []}],
+            "doInitialSnapshot": true, "maxBatchSize": 0});
+        for (k, v) in extra.as_object().unwrap() {
+            f[k] = v.clone();
+        }
+        json!({"connectionConfigs": f})
+    };
+    let create = "/api/v1/flows/cdc/create";
+    let (c, v) = api(
+        port,
+        "POST",
+        create,
+        flow("m1", "other.m", "tgt", json!({})),
+    )
+    .await?;
+    assert_eq!((c, v["workflowId"].clone()), (201, json!("m1")), "{v}");
+    let (c, v) = api(
+        port,
+        "POST",
+        create,
+        flow("m1", "other.m", "tgt", json!({})),
+    )
+    .await?;
+    assert_eq!((c, v["status"].clone()), (200, json!("unchanged")), "{v}");
+    let refused = [
+        (
+            flow("m1", "other.m", "tgt", json!({"doInitialSnapshot": false})),
+            409,
+            "another definition",
+        ),
+        (flow("t1", "other.m", "tgt", json!({})), 409, "config file"),
+        (
+            flow("m2", "other.m", "nobody", json!({})),
+            422,
+            "no such peer",
+        ),
+        (
+            flow("m2", "other.missing", "tgt", json!({})),
+            422,
+            "does not exist",
+        ),
+        (
+            flow("m2", "other.nokey", "tgt", json!({})),
+            422,
+            "no primary key",
+        ),
+        (
+            flow(
+                "m2",
+                "other.m",
+                "tgt",
+                json!({"softDeleteColName": "_deleted"}),
+            ),
+            422,
+            "not supported",
+        ),
+        (
+            flow("m2", "other.m", "tgt", json!({"maxBatchSize": 7})),
+            422,
+            "max_events_per_batch",
+        ),
+        (flow("m2", "other*", "tgt", json!({})), 400, "schema.table"),
+    ];
+    for (body, code, says) in refused {
+        let (c, v) = api(port, "POST", create, body.clone()).await?;
+        assert_eq!(c, code, "{body} -> {v}");
+        assert!(
+            v["error"].as_str().unwrap_or_default().contains(says),
+            "{body} -> {v}"
+        );
+    }
+    wait_for("mirror m1 RUNNING", Duration::from_secs(30), || async {
+        Ok(mirror_state(port, "m1").await? == "RUNNING")
+    })
+    .await?;
+    src.batch_execute(
+        "insert into other.m select g, 'after' from generate_series(501, 600) g;
+         update other.m set v = 'changed' where id % 50 = 0;
+         insert into app.t values (1, 'config target');",
+    )
+    .await?;
+    wait_equal(&src, &dst, &["other.m", "app.t"], Duration::from_secs(30)).await?;
+    let (_, v) = api(port, "GET", "/api/v1/mirrors/list", Value::Null).await?;
+    let m1 = v["mirrors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "m1")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        (m1["destinationName"].clone(), m1["fromConfig"].clone()),
+        (json!("tgt"), json!(false)),
+        "{v}"
+    );
+    assert_eq!(
+        scalar_i64(&src, "select count(*) from teleport.mirror").await?,
+        1,
+        "repeated creates made one mirror"
+    );
+
+    // A restart runs the stored mirror again.
+    source.shutdown().await?;
+    let source = p
+        .start_source(tport, "app.*", &server_yaml(Some(API_PASSWORD)))
+        .await?;
+    let port = source.local_addr.unwrap().port();
+    src.execute("delete from other.m where id <= 10", &[])
+        .await?;
+    wait_equal(&src, &dst, &["other.m"], Duration::from_secs(30)).await?;
+    assert_eq!(mirror_state(port, "m1").await?, "RUNNING");
     source.shutdown().await?;
     target.shutdown().await?;
     Ok(())
