@@ -13,6 +13,8 @@ pub fn meta() -> TableMeta {
     .map(|c| c.to_string())
     .collect();
     TableMeta {
+        soft_delete_column: None,
+        synced_at_column: None,
         schema: "public".into(),
         name: "items".into(),
         key: vec!["id".into()],

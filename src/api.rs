@@ -503,16 +503,21 @@ impl Api {
                 )));
             }
         }
-        let unsupported = [
-            ("softDeleteColName", f.soft_delete_col_name.as_deref()),
-            ("syncedAtColName", f.synced_at_col_name.as_deref()),
-        ];
-        for (key, v) in unsupported {
-            if v.is_some_and(|v| !v.is_empty()) {
-                return Err(unprocessable(format!(
-                    "{key} is not supported yet: leave it empty (deletes are replicated as deletes)"
-                )));
+        let column = |key: &str, v: Option<String>| -> Result<Option<String>, Failure> {
+            match v.filter(|v| !v.is_empty()) {
+                None => Ok(None),
+                Some(c) if c.len() <= 63 && !c.contains('\0') => Ok(Some(c)),
+                Some(c) => Err(Failure::bad(format!(
+                    "{key} `{c}` is not a column name (at most 63 bytes)"
+                ))),
             }
+        };
+        let soft_delete = column("softDeleteColName", f.soft_delete_col_name)?;
+        let synced_at = column("syncedAtColName", f.synced_at_col_name)?;
+        if soft_delete.is_some() && soft_delete == synced_at {
+            return Err(Failure::bad(
+                "softDeleteColName and syncedAtColName name the same column",
+            ));
         }
         if let Some(n) = f.max_batch_size.filter(|n| *n != 0) {
             if n as usize != self.config.max_events_per_batch {
@@ -612,6 +617,8 @@ impl Api {
                 .snapshot_max_parallel_workers
                 .filter(|n| *n > 0)
                 .map(|n| n as usize),
+            soft_delete_col_name: soft_delete,
+            synced_at_col_name: synced_at,
         };
         let value = serde_json::to_value(&definition)
             .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;

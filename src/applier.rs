@@ -106,6 +106,9 @@ pub struct Applier {
     /// Origin mode only: tables with a foreign key ON DELETE CASCADE, whose rows the target
     /// itself may already have deleted when the source's cascaded delete arrives.
     cascade_children: std::sync::Mutex<std::collections::HashMap<String, bool>>,
+    /// Target tables known to have their mirror's soft-delete and synced-at columns
+    /// (forgotten when a batch applies schema changes).
+    extra_columns: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// A run of consecutive events applied by one statement.
@@ -194,6 +197,7 @@ impl Applier {
             batch_size: config.batch_size,
             replica_role,
             cascade_children: Default::default(),
+            extra_columns: Default::default(),
         })
     }
 
@@ -329,6 +333,7 @@ impl Applier {
                 .filter(|v| v.version > applied_ddl)
                 .collect(),
             applied: applied_ddl,
+            extra_columns_seen: Vec::new(),
         };
         let mut loaded: HashMap<(String, String), Snapshot> = HashMap::new();
         for r in &loads {
@@ -374,6 +379,10 @@ impl Applier {
             });
         }
         if ddl.applied != applied_ddl {
+            // A table may have been dropped and made again: check its columns anew.
+            if let Ok(mut k) = self.extra_columns.lock() {
+                k.clear();
+            }
             tx.execute(
                 &format!(
                     "update {s}.ddl_applied set version = $3, applied_at = clock_timestamp() where source = $1 and target = $2"
@@ -394,6 +403,11 @@ impl Applier {
         .map_err(pg("recording the applied position"))?;
         let applied_in = started.elapsed();
         tx.commit().await.map_err(pg("commit"))?;
+        if ddl.applied == applied_ddl {
+            if let Ok(mut k) = self.extra_columns.lock() {
+                k.extend(ddl.extra_columns_seen);
+            }
+        }
         tracing::debug!(
             batch_seq = batch.seq,
             lock_ms = locked.as_secs_f64() * 1e3,
@@ -479,6 +493,8 @@ impl Applier {
         // sees its changes in source order and the end state is the same, in a few
         // statements instead of one per source statement. A constraint the new order
         // trips (a unique value moved between rows) sends the batch back to source order.
+        self.ensure_extra_columns(tx, batch, &mut ddl.extra_columns_seen)
+            .await?;
         let planning = std::time::Instant::now();
         let reorderable = if self.replica_role && ddl.pending.is_empty() {
             self.reorderable_tables(tx, batch).await?
@@ -528,6 +544,71 @@ impl Applier {
                 Ok(plan.runs.len())
             }
         }
+    }
+
+    /// Adds the mirror's soft-delete (`boolean not null default false`) and synced-at
+    /// (`timestamptz default now()`) columns to the batch's target tables that lack them.
+    /// A table that does not exist yet (a pending schema version creates it) is left to the
+    /// next batch: this one fails on the missing column and is sent again.
+    async fn ensure_extra_columns(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        batch: &Batch,
+        seen: &mut Vec<String>,
+    ) -> Result<(), ApplyError> {
+        for meta in &batch.tables {
+            let wanted: Vec<(&String, &str)> = meta
+                .soft_delete_column
+                .iter()
+                .map(|c| (c, "boolean not null default false"))
+                .chain(
+                    meta.synced_at_column
+                        .iter()
+                        .map(|c| (c, "timestamptz default now()")),
+                )
+                .collect();
+            if wanted.is_empty() {
+                continue;
+            }
+            let table = qualified(
+                batch.apply_schema.as_deref().unwrap_or(&meta.schema),
+                &meta.name,
+            );
+            if seen.contains(&table)
+                || self
+                    .extra_columns
+                    .lock()
+                    .map(|k| k.contains(&table))
+                    .unwrap_or(false)
+            {
+                continue;
+            }
+            let names: Vec<&str> = wanted.iter().map(|(c, _)| c.as_str()).collect();
+            let row = tx
+                .query_one(
+                    "select to_regclass($1) is not null,
+                            array(select a.attname::text from pg_catalog.pg_attribute a
+                                   where a.attrelid = to_regclass($1) and a.attname = any($2) and not a.attisdropped)",
+                    &[&table, &names],
+                )
+                .await
+                .map_err(pg(&format!("reading the columns of {table}")))?;
+            let (exists, present): (bool, Vec<String>) = (row.get(0), row.get(1));
+            if !exists {
+                continue;
+            }
+            for (c, definition) in wanted.iter().filter(|(c, _)| !present.contains(c)) {
+                tx.batch_execute(&format!(
+                    "alter table {table} add column if not exists {} {definition}",
+                    quote_ident(c)
+                ))
+                .await
+                .map_err(pg(&format!("adding column {c} to {table}")))?;
+                tracing::info!(table = %table, column = %c, "added the mirror's column to the target table");
+            }
+            seen.push(table);
+        }
+        Ok(())
     }
 
     /// For each table of the batch, whether its events may be applied out of source order
@@ -872,6 +953,9 @@ async fn execute_pipelined(
 struct DdlState<'a> {
     pending: Vec<&'a DdlVersion>,
     applied: i64,
+    /// Target tables seen with their mirror's extra columns in this batch: remembered once
+    /// it commits (an ALTER that added them may still roll back).
+    extra_columns_seen: Vec<String>,
 }
 
 impl DdlState<'_> {
@@ -1094,6 +1178,15 @@ async fn apply_run(
         }
         Kind::RowIdentity => {
             let e = events[0];
+            if meta.soft_delete_column.is_some() || meta.synced_at_column.is_some() {
+                return Err(ApplyError::Failed {
+                    message: format!(
+                        "{context}: soft_delete_col_name / synced_at_col_name need a key, and table {table} has none \
+                         (a keyless table is replicated by full-row identity); give the source table a primary key, \
+                         or replicate it with a mirror without those columns"
+                    ),
+                });
+            }
             let old = e
                 .key
                 .as_deref()
@@ -1180,13 +1273,44 @@ fn value(meta: &TableMeta, c: &str, rec: &str, image: &str) -> String {
     }
 }
 
+/// The synced-at assignment (`, "col" = now()`) of a mirror that has one.
+fn synced_at_set(meta: &TableMeta) -> String {
+    meta.synced_at_column
+        .as_deref()
+        .map(|c| format!(", {} = now()", quote_ident(c)))
+        .unwrap_or_default()
+}
+
 fn insert_sql(meta: &TableMeta, columns: &[String], table: &str) -> String {
-    let cols = column_list(columns, "");
-    let values: Vec<String> = columns.iter().map(|c| value(meta, c, "r", "e.j")).collect();
+    let mut cols = column_list(columns, "");
+    let mut values: Vec<String> = columns.iter().map(|c| value(meta, c, "r", "e.j")).collect();
+    if let Some(c) = &meta.synced_at_column {
+        cols.push_str(&format!(", {}", quote_ident(c)));
+        values.push("now()".into());
+    }
+    // With soft deletes the target keeps deleted rows: an insert of such a key again
+    // revives it with the new values.
+    let revive = match &meta.soft_delete_column {
+        Some(soft) if !meta.key.is_empty() => {
+            let mut set: Vec<String> = columns
+                .iter()
+                .chain(meta.synced_at_column.iter())
+                .filter(|c| !meta.key.contains(c))
+                .map(|c| format!("{0} = excluded.{0}", quote_ident(c)))
+                .collect();
+            set.push(format!("{} = false", quote_ident(soft)));
+            format!(
+                " on conflict ({}) do update set {}",
+                column_list(&meta.key, ""),
+                set.join(", ")
+            )
+        }
+        _ => String::new(),
+    };
     format!(
         // The source's identity values are kept, also for GENERATED ALWAYS columns.
         "insert into {table} ({cols}) overriding system value select {} from json_array_elements($1::text::json) as e(j),
-                json_populate_record(null::{table}, e.j) as r",
+                json_populate_record(null::{table}, e.j) as r{revive}",
         values.join(", ")
     )
 }
@@ -1214,9 +1338,10 @@ fn update_sql(meta: &TableMeta, columns: &[String], table: &str) -> Option<Strin
                       from (select * from json_array_elements($1::text::json) with ordinality limit $2) as e(j, n),
                            json_populate_record(null::{table}, e.j) as r
                      order by {rkey}, e.n desc),
-              u as (update {table} as t set {set} from r where {cond} returning 1)
+              u as (update {table} as t set {set}{synced} from r where {cond} returning 1)
          select (select count(*) from r), (select count(*) from u)",
         set = set.join(", "),
+        synced = synced_at_set(meta),
         cond = key_match(&meta.key, "t", "r"),
     ))
 }
@@ -1233,19 +1358,28 @@ fn update_key_sql(meta: &TableMeta, columns: &[String], table: &str) -> String {
         })
         .collect();
     format!(
-        "update {table} as t set {set}
+        "update {table} as t set {set}{synced}
            from json_populate_record(null::{table}, $1::text::json) as r,
                 json_populate_record(null::{table}, $2::text::json) as k
           where {cond}",
         set = set.join(", "),
+        synced = synced_at_set(meta),
         cond = key_match(&meta.key, "t", "k"),
     )
 }
 
 fn delete_sql(meta: &TableMeta, table: &str) -> String {
+    let remove = match &meta.soft_delete_column {
+        Some(soft) => format!(
+            "update {table} as t set {} = true{} from k",
+            quote_ident(soft),
+            synced_at_set(meta)
+        ),
+        None => format!("delete from {table} as t using k"),
+    };
     format!(
         "with k as (select * from json_populate_recordset(null::{table}, $1::text::json) limit $2),
-              d as (delete from {table} as t using k where {cond} returning 1)
+              d as ({remove} where {cond} returning 1)
          select (select count(*) from k), (select count(*) from d)",
         cond = key_match(&meta.key, "t", "k"),
     )
@@ -1282,6 +1416,8 @@ mod tests {
 
     fn meta() -> TableMeta {
         TableMeta {
+            soft_delete_column: None,
+            synced_at_column: None,
             schema: "public".into(),
             name: "Order Lines".into(),
             key: vec!["order".into(), "line".into()],
@@ -1305,6 +1441,8 @@ mod tests {
 
     fn simple(name: &str) -> TableMeta {
         TableMeta {
+            soft_delete_column: None,
+            synced_at_column: None,
             schema: "app".into(),
             name: name.into(),
             key: vec!["id".into()],

@@ -268,6 +268,15 @@ pub struct Target {
     /// them and the mirror goes FAILED naming them).
     #[serde(default)]
     pub snapshot_truncate: bool,
+    /// A delete on the source sets this boolean column of the target row (added to the
+    /// target table when missing, `not null default false`) instead of removing the row;
+    /// an insert of that key again clears it.
+    #[serde(default)]
+    pub soft_delete_col_name: Option<String>,
+    /// A `timestamptz` column (added when missing) set to the apply's time on every row an
+    /// insert, update or soft delete writes.
+    #[serde(default)]
+    pub synced_at_col_name: Option<String>,
 }
 
 impl Target {
@@ -488,6 +497,20 @@ impl Config {
             }
             if t.auth_token.as_ref().is_some_and(Secret::is_empty) {
                 return Err(invalid(&key("auth_token"), "must not be empty".into()));
+            }
+            for (k, v) in [
+                ("soft_delete_col_name", &t.soft_delete_col_name),
+                ("synced_at_col_name", &t.synced_at_col_name),
+            ] {
+                if let Some(c) = v {
+                    check_ident(c).map_err(|m| invalid(&key(k), m))?;
+                }
+            }
+            if t.soft_delete_col_name.is_some() && t.soft_delete_col_name == t.synced_at_col_name {
+                return Err(invalid(
+                    &key("synced_at_col_name"),
+                    "must differ from soft_delete_col_name".into(),
+                ));
             }
             if t.snapshot_workers == Some(0) {
                 return Err(invalid(

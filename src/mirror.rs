@@ -481,6 +481,10 @@ pub struct Definition {
     pub do_initial_snapshot: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_max_parallel_workers: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soft_delete_col_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synced_at_col_name: Option<String>,
 }
 
 /// The mirrors stored in the database, as targets (with their destination peer's endpoint
@@ -542,6 +546,8 @@ pub fn target_of(
         snapshot_workers: d.snapshot_max_parallel_workers,
         snapshot_range_kb: None,
         snapshot_truncate: false,
+        soft_delete_col_name: d.soft_delete_col_name,
+        synced_at_col_name: d.synced_at_col_name,
     })
 }
 

@@ -38,6 +38,9 @@ pub struct Transmitter {
     source: String,
     target: String,
     apply_schema: Option<String>,
+    /// The mirror's soft-delete and synced-at columns, set on every table it ships.
+    soft_delete_column: Option<String>,
+    synced_at_column: Option<String>,
     base_url: String,
     token: Option<Secret>,
     timeout: Duration,
@@ -81,6 +84,8 @@ impl Transmitter {
             source: config.database.name.clone(),
             target: name.to_string(),
             apply_schema: target.apply_schema.clone(),
+            soft_delete_column: target.soft_delete_col_name.clone(),
+            synced_at_column: target.synced_at_col_name.clone(),
             base_url,
             token: target.auth_token.clone(),
             timeout: Duration::from_secs(target.endpoint.timeout_seconds),
@@ -468,6 +473,8 @@ impl Transmitter {
                     return Ok(None);
                 };
                 Ok(Some(TableMeta {
+                    soft_delete_column: self.soft_delete_column.clone(),
+                    synced_at_column: self.synced_at_column.clone(),
                     schema: schema.clone(),
                     name: name.clone(),
                     columns,

@@ -146,6 +146,14 @@ pub struct TableMeta {
     /// literal `null` and SQL NULL stay apart.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub json_columns: Vec<(String, String)>,
+    /// The mirror's `soft_delete_col_name`: a delete sets this boolean column instead of
+    /// removing the row, and an insert of that key again clears it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soft_delete_column: Option<String>,
+    /// The mirror's `synced_at_col_name`: set to the apply transaction's time on every row
+    /// an insert, update or soft delete writes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synced_at_column: Option<String>,
 }
 
 /// Kind of change.
@@ -490,6 +498,8 @@ mod tests {
             apply_schema: None,
             captured_at_us: Some(1),
             tables: vec![TableMeta {
+                soft_delete_column: None,
+                synced_at_column: None,
                 schema: "public".into(),
                 name: "a".into(),
                 key: vec!["id".into()],

@@ -1094,10 +1094,10 @@ async fn a_mirror_created_through_the_api_snapshots_streams_and_survives_a_resta
                 "m2",
                 "other.m",
                 "tgt",
-                json!({"softDeleteColName": "_deleted"}),
+                json!({"softDeleteColName": "x", "syncedAtColName": "x"}),
             ),
-            422,
-            "not supported",
+            400,
+            "same column",
         ),
         (
             flow("m2", "other.m", "tgt", json!({"maxBatchSize": 7})),
