@@ -535,6 +535,7 @@ impl Api {
         let mut client = self.client().await?;
         let s = self.schema();
         let mut tables = Vec::new();
+        let mut exclude = std::collections::BTreeMap::new();
         for m in &f.table_mappings {
             let id = m.source_table_identifier.as_str();
             let Some((schema, table)) = id
@@ -553,19 +554,19 @@ impl Api {
                     )));
                 }
             }
-            if !m.exclude.is_empty() {
-                return Err(unprocessable(format!(
-                    "`{id}`: excluding columns is not supported yet; leave `exclude` empty"
-                )));
-            }
             let row = client
                 .query_one(
                     &format!(
-                        "select c.oid is not null, c.relkind::text in ('r', 'p'), ({}) is not null
+                        "select c.oid is not null, c.relkind::text in ('r', 'p'), ({key}) is not null,
+                                array(select a.attname::text from pg_catalog.pg_attribute a
+                                       where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped),
+                                array(select a.attname::text from pg_catalog.pg_index i
+                                        join pg_catalog.pg_attribute a on a.attrelid = i.indrelid and a.attnum = any(i.indkey)
+                                       where i.indexrelid = ({key}))
                            from (select 1) x
                            left join pg_catalog.pg_class c
                              on c.relname = $2 and c.relnamespace = (select n.oid from pg_catalog.pg_namespace n where n.nspname = $1)",
-                        ddlwatcher::key_index_sql("c.oid")
+                        key = ddlwatcher::key_index_sql("c.oid")
                     ),
                     &[&schema, &table],
                 )
@@ -583,6 +584,24 @@ impl Api {
                 return Err(unprocessable(format!(
                     "table `{id}` has no primary key or unique key: add one, or set keyless_tables: true in the source's config"
                 )));
+            }
+            let (columns, key): (Vec<String>, Vec<String>) = (row.get(3), row.get(4));
+            for c in &m.exclude {
+                if !columns.contains(c) {
+                    return Err(unprocessable(format!(
+                        "`{id}` has no column `{c}` to exclude"
+                    )));
+                }
+                if key.contains(c) {
+                    return Err(unprocessable(format!(
+                        "`{id}`: column `{c}` is in its key and cannot be excluded"
+                    )));
+                }
+            }
+            if !m.exclude.is_empty() {
+                let mut cols = m.exclude.clone();
+                cols.dedup();
+                exclude.insert(id.to_string(), cols);
             }
             tables.push(id.to_string());
         }
@@ -619,6 +638,7 @@ impl Api {
                 .map(|n| n as usize),
             soft_delete_col_name: soft_delete,
             synced_at_col_name: synced_at,
+            exclude,
         };
         let value = serde_json::to_value(&definition)
             .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;

@@ -277,9 +277,22 @@ pub struct Target {
     /// insert, update or soft delete writes.
     #[serde(default)]
     pub synced_at_col_name: Option<String>,
+    /// Columns that never leave the source, per table (`"schema.table": [column, …]`):
+    /// stripped from every row image, left out of the tables the snapshot creates and of
+    /// its copies. Key columns cannot be excluded.
+    #[serde(default)]
+    pub exclude_columns: BTreeMap<String, Vec<String>>,
 }
 
 impl Target {
+    /// The columns excluded from `schema.table` (empty when none).
+    pub fn excluded(&self, schema: &str, table: &str) -> &[String] {
+        self.exclude_columns
+            .get(&format!("{schema}.{table}"))
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
     /// The initial load options of this target's snapshot.
     pub fn snapshot_options(&self, name: &str) -> crate::load::LoadOptions {
         crate::load::LoadOptions {
@@ -511,6 +524,21 @@ impl Config {
                     &key("synced_at_col_name"),
                     "must differ from soft_delete_col_name".into(),
                 ));
+            }
+            for (table, cols) in &t.exclude_columns {
+                if table
+                    .split_once('.')
+                    .is_none_or(|(a, b)| a.is_empty() || b.is_empty())
+                {
+                    return Err(invalid(
+                        &key("exclude_columns"),
+                        format!("key `{table}` is not `schema.table`"),
+                    ));
+                }
+                for c in cols {
+                    check_ident(c)
+                        .map_err(|m| invalid(&key(&format!("exclude_columns.{table}")), m))?;
+                }
             }
             if t.snapshot_workers == Some(0) {
                 return Err(invalid(

@@ -485,6 +485,9 @@ pub struct Definition {
     pub soft_delete_col_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub synced_at_col_name: Option<String>,
+    /// Columns left out, per `schema.table`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub exclude: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// The mirrors stored in the database, as targets (with their destination peer's endpoint
@@ -548,6 +551,7 @@ pub fn target_of(
         snapshot_truncate: false,
         soft_delete_col_name: d.soft_delete_col_name,
         synced_at_col_name: d.synced_at_col_name,
+        exclude_columns: d.exclude,
     })
 }
 

@@ -41,6 +41,8 @@ pub struct Transmitter {
     /// The mirror's soft-delete and synced-at columns, set on every table it ships.
     soft_delete_column: Option<String>,
     synced_at_column: Option<String>,
+    /// Columns that never leave the source, per `schema.table`.
+    exclude: std::collections::BTreeMap<String, Vec<String>>,
     base_url: String,
     token: Option<Secret>,
     timeout: Duration,
@@ -86,6 +88,7 @@ impl Transmitter {
             apply_schema: target.apply_schema.clone(),
             soft_delete_column: target.soft_delete_col_name.clone(),
             synced_at_column: target.synced_at_col_name.clone(),
+            exclude: target.exclude_columns.clone(),
             base_url,
             token: target.auth_token.clone(),
             timeout: Duration::from_secs(target.endpoint.timeout_seconds),
@@ -241,9 +244,25 @@ impl Transmitter {
         }
         for (n, meta) in names.into_iter().zip(described) {
             match meta {
-                Some(m) => {
+                Some(mut m) => {
+                    let excluded = self
+                        .exclude
+                        .get(&format!("{}.{}", m.schema, m.name))
+                        .cloned()
+                        .unwrap_or_default();
+                    if let Some(c) = excluded.iter().find(|c| m.key.contains(c)) {
+                        return Err(StepError::Fatal(format!(
+                            "mirror `{}` excludes column `{c}` of {}.{}, which is in its key: key columns must replicate; \
+                             remove it from exclude_columns",
+                            self.target, m.schema, m.name
+                        )));
+                    }
+                    m.columns.retain(|c| !excluded.contains(c));
+                    m.generated.retain(|c| !excluded.contains(c));
+                    m.json_columns.retain(|(c, _)| !excluded.contains(c));
                     tables.index.insert(n, Some(tables.metas.len() as u32));
                     tables.metas.push(m);
+                    tables.excluded.push(excluded);
                 }
                 None => {
                     tracing::debug!(table = %format!("{}.{}", n.0, n.1), "skipping events of a table dropped on the source");
@@ -352,8 +371,19 @@ impl Transmitter {
                     }
                 }
             };
+            let excluded: &[String] = if op.is_stream_wide() {
+                &[]
+            } else {
+                &tables.excluded[table as usize]
+            };
             let raw = |v: Option<String>| -> Result<Option<Box<RawValue>>, StepError> {
                 v.map(|s| {
+                    let s = if excluded.is_empty() {
+                        s
+                    } else {
+                        wire::object_without(&s, excluded)
+                            .map_err(|e| StepError::Other(format!("event json: {e}")))?
+                    };
                     RawValue::from_string(s)
                         .map_err(|e| StepError::Other(format!("event json: {e}")))
                 })
@@ -633,6 +663,8 @@ struct Tables {
     metas: Vec<TableMeta>,
     index: HashMap<(String, String, u32), Option<u32>>,
     rows: RowCounts,
+    /// Per table (as `metas`), the columns stripped from its row images.
+    excluded: Vec<Vec<String>>,
 }
 
 /// Row events per table of one batch: inserts, updates, deletes, truncates (columns).

@@ -92,6 +92,40 @@ pub fn object_keys(raw: &RawValue) -> Result<Vec<String>, serde_json::Error> {
     serde::Deserializer::deserialize_map(&mut de, Keys)
 }
 
+/// The object `raw` without the members named in `excluded`, the others kept in their
+/// order with their raw values (numbers and strings exactly as written).
+pub fn object_without(raw: &str, excluded: &[String]) -> Result<String, serde_json::Error> {
+    struct Without<'x>(&'x [String]);
+    impl<'de> serde::de::Visitor<'de> for Without<'_> {
+        type Value = String;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = String::from("{");
+            while let Some(k) = map.next_key::<String>()? {
+                let v = map.next_value::<&'de RawValue>()?;
+                if self.0.contains(&k) {
+                    continue;
+                }
+                if out.len() > 1 {
+                    out.push(',');
+                }
+                out.push_str(&serde_json::to_string(&k).map_err(serde::de::Error::custom)?);
+                out.push(':');
+                out.push_str(v.get());
+            }
+            out.push('}');
+            Ok(out)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(raw);
+    serde::Deserializer::deserialize_map(&mut de, Without(excluded))
+}
+
 /// The raw JSON values of `names` in the object `raw`, in the order of `names`, joined
 /// with a separator no JSON text contains unescaped; `None` when one is missing or `raw`
 /// is not an object. Two images of one row under one encoder give the same text.

@@ -1106,6 +1106,19 @@ async fn a_mirror_created_through_the_api_snapshots_streams_and_survives_a_resta
         ),
         (flow("m2", "other*", "tgt", json!({})), 400, "schema.table"),
     ];
+    let excluding = |cols: Value| json!({"tableMappings": [{"sourceTableIdentifier": "other.m", "exclude": cols}]});
+    let refused = refused.into_iter().chain([
+        (
+            flow("m2", "other.m", "tgt", excluding(json!(["id"]))),
+            422,
+            "in its key",
+        ),
+        (
+            flow("m2", "other.m", "tgt", excluding(json!(["nope"]))),
+            422,
+            "no column",
+        ),
+    ]);
     for (body, code, says) in refused {
         let (c, v) = api(port, "POST", create, body.clone()).await?;
         assert_eq!(c, code, "{body} -> {v}");

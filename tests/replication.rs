@@ -697,3 +697,66 @@ async fn soft_deletes_mark_rows_and_synced_at_records_the_apply() -> anyhow::Res
     target.shutdown().await?;
     Ok(())
 }
+
+/// `exclude_columns`: a column never leaves the source. The snapshot creates the target
+/// table without it (and without the index and check constraint on it), copies the other
+/// columns, and streamed inserts, updates and deletes carry no trace of it.
+#[tokio::test]
+async fn excluded_columns_never_reach_the_target() -> anyhow::Result<()> {
+    let schema = "create schema app;
+        create table app.p (id int primary key, name text not null, secret text check (secret <> 'forbidden'), note text);
+        create index p_secret on app.p (secret);";
+    let p = Pair::new2(schema, "create schema app;").await?;
+    let src = p.src().await?;
+    let dst = p.dst().await?;
+    src.batch_execute(
+        "insert into app.p select g, 'n' || g, 'password-' || g, null from generate_series(1, 50) g",
+    )
+    .await?;
+    let target = p.start_target(0).await?;
+    let port = target.local_addr.unwrap().port();
+    let source = p
+        .start_source(
+            port,
+            "app.*",
+            "    do_initial_snapshot: true\n    exclude_columns: {\"app.p\": [secret]}\n",
+        )
+        .await?;
+    let projected = "select format('%s %s %s', id, name, note) from app.p order by id";
+    let want = texts(&src, projected).await?;
+    wait_for("the snapshot", Duration::from_secs(30), || async {
+        Ok(texts(&dst, projected).await.unwrap_or_default() == want)
+    })
+    .await?;
+    src.batch_execute(
+        "insert into app.p values (51, 'new', 'password-51', 'x');
+         update app.p set secret = 'password-changed', note = 'y' where id <= 10;
+         update app.p set secret = 'only the secret' where id = 11;
+         delete from app.p where id = 12;",
+    )
+    .await?;
+    let want = texts(&src, projected).await?;
+    wait_for("the stream", Duration::from_secs(20), || async {
+        Ok(texts(&dst, projected).await.unwrap_or_default() == want)
+    })
+    .await?;
+    assert_eq!(
+        texts(
+            &dst,
+            "select attname::text from pg_attribute where attrelid = 'app.p'::regclass and attnum > 0 and not attisdropped order by attnum"
+        )
+        .await?,
+        vec!["id", "name", "note"]
+    );
+    assert_eq!(
+        scalar_i64(
+            &dst,
+            "select count(*) from pg_indexes where tablename = 'p' and indexname = 'p_secret'"
+        )
+        .await?,
+        0
+    );
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}

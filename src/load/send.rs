@@ -240,6 +240,29 @@ struct Job {
     only: bool,
 }
 
+/// Leaves `excluded` columns out of a table the load creates and copies, with the indexes,
+/// constraints and generated columns that mention them (by name in their definition).
+fn exclude_columns(t: &mut ddlwatcher::Table, excluded: &[String]) {
+    if excluded.is_empty() {
+        return;
+    }
+    let mentions = |text: &str| {
+        excluded
+            .iter()
+            .any(|c| text.contains(c.as_str()) || text.contains(&quote_ident(c)))
+    };
+    t.columns.retain(|c| {
+        let named = excluded.contains(&c.name);
+        let derived = c.generated && c.expression.as_deref().is_some_and(mentions);
+        !(named || derived)
+    });
+    t.indexes.retain(|i| match &i.columns {
+        Some(cols) => !cols.iter().any(|c| excluded.contains(c)),
+        None => !mentions(&i.definition),
+    });
+    t.constraints.retain(|c| !mentions(&c.definition));
+}
+
 /// Runs the initial load of `opts.target`; resumable by running it again.
 pub async fn run(config: &Config, opts: LoadOptions) -> Result<Summary, LoadError> {
     let started = Instant::now();
@@ -256,7 +279,10 @@ pub async fn run(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErro
         .get(&opts.target)
         .cloned()
         .unwrap_or_default();
-    let (tables, types) = (catalog.tables, catalog.types);
+    let (mut tables, types) = (catalog.tables, catalog.types);
+    for t in &mut tables {
+        exclude_columns(t, target.excluded(&t.schema, &t.name));
+    }
     let prepared = remote
         .post_json(
             "/v1/load/prepare",
