@@ -50,12 +50,9 @@ BUCARDO_VERSION="$(bucardo --version 2>/dev/null | awk '{print $NF}')"
 
 SKIP_BUILD=1
 source bench/lib.sh
+source bench/workload.sh
 start_pair "-c wal_level=logical -c synchronous_commit=on"
 BUCDIR="$WORK/bucardo"; mkdir -p "$BUCDIR"
-psql_at() { # port db [psql args] — as the superuser
-    local p=$1 d=$2; shift 2
-    "$PG_BINDIR/psql" -h 127.0.0.1 -p "$p" -U postgres -d "$d" -X -q -At -v ON_ERROR_STOP=1 "$@"
-}
 # Every bucardo command: its own rc file (not /etc/bucardorc), HOME in the work directory
 # (`bucardo install` appends the new role's password to ~/.pgpass), run from its pid
 # directory (`bucardo stop` writes bucardo.restart.reason.txt/.log to the current directory).
@@ -89,13 +86,6 @@ stop_bucardo() { # the daemon's processes (MCP, controllers, kids, VAC), from it
 }
 trap 'stop_bucardo; cleanup' EXIT
 
-TABLES="
-create table acc (id int primary key, bid int not null, balance int not null, filler char(84));
-create table items (id bigint primary key, name text not null, qty int not null, price numeric(12,2));
-create table hist (id bigserial primary key, aid int, delta int, mtime timestamptz);
-create table heartbeat (id bigserial primary key, ts timestamptz not null);
-create table mark (id int primary key);
-"
 for p in "$SP" "$DP"; do
     psql_at "$p" postgres -c "create role bench login password 'bench'"
     for m in nat buc; do
@@ -162,11 +152,6 @@ wait_for() { # port db sql expected [timeout s]
         sleep 0.1
     done
 }
-checksum() { # port db
-    psql_at "$1" "$2" -c "select (select md5(string_agg(id || ':' || bid || ':' || balance || ':' || filler, ',' order by id)) from acc)
-                          || (select md5(string_agg(id || ':' || name || ':' || qty || ':' || price, ',' order by id)) from items)
-                          || (select md5(string_agg(id || ':' || aid || ':' || delta || ':' || mtime, ',' order by id)) from hist)"
-}
 RES="$WORK/results"; : > "$RES"
 record() { echo "$*" >> "$RES"; }
 
@@ -176,18 +161,7 @@ for m in nat buc; do
     wait_for "$DP" "$m" "select count(*) from acc" 100000 300
 done
 
-# Throughput on a backlog: stream.sh's workload, unchanged.
-BACKLOG="do \$\$ begin
-  for i in 1 .. $TXNS loop
-    insert into items select i * 4 + g, md5((i * 4 + g)::text), g, g * 1.5 from generate_series(1, 4) g;
-    update acc set balance = balance + 1 where id between (i * 3) % 99997 + 1 and (i * 3) % 99997 + 3;
-    update items set qty = qty + 1 where id = (i - 1) * 4 + 1;
-    delete from items where id = (i - 1) * 4 + 2;
-    insert into hist (aid, delta, mtime) values (i % 100000 + 1, 1, now());
-    commit;
-  end loop;
-  insert into mark values (1);
-end \$\$"
+# Throughput on a backlog: bench/workload.sh, as stream.sh runs it.
 for m in nat buc; do
     echo "[$m] committing a backlog of $CHANGES row changes ($TXNS transactions) …"
     if [ "$m" = nat ]; then psql_at "$DP" nat -c "alter subscription bench disable"; else buc pause stream >/dev/null || fail "'bucardo pause stream' failed"; fi

@@ -21,23 +21,13 @@ source scripts/setup.sh
 CHANGES="${CHANGES:-1000000}"; RATES="${RATES-500 2000}"; DURATION="${DURATION:-60}"
 TXNS=$((CHANGES / 10))
 source bench/lib.sh
+source bench/workload.sh
 # synchronous_commit=on (the server default; the other benchmarks turn it off): with it off,
 # the walsender sends only what the WAL writer has flushed, every 200 ms.
 # STATS=1: pg_stat_statements on both clusters; the statements that took the most time in
 # the throughput scenario are printed after it (where the time goes).
 EXTRA=""; [ "${STATS:-0}" = 1 ] && EXTRA="-c shared_preload_libraries=pg_stat_statements,auto_explain -c pg_stat_statements.track=all -c auto_explain.log_min_duration=${SLOW_MS:-5} -c auto_explain.log_analyze=on"
 start_pair "-c wal_level=logical -c synchronous_commit=on $EXTRA"
-psql_at() { # port db [psql args] — as the superuser
-    local p=$1 d=$2; shift 2
-    "$PG_BINDIR/psql" -h 127.0.0.1 -p "$p" -U postgres -d "$d" -X -q -At -v ON_ERROR_STOP=1 "$@"
-}
-TABLES="
-create table acc (id int primary key, bid int not null, balance int not null, filler char(84));
-create table items (id bigint primary key, name text not null, qty int not null, price numeric(12,2));
-create table hist (id bigserial primary key, aid int, delta int, mtime timestamptz);
-create table heartbeat (id bigserial primary key, ts timestamptz not null);
-create table mark (id int primary key);
-"
 "$PG_BINDIR/psql" -h 127.0.0.1 -p "$SP" -U postgres -X -q -c "create role bench login password 'bench'"
 "$PG_BINDIR/psql" -h 127.0.0.1 -p "$DP" -U postgres -X -q -c "create role bench login password 'bench'"
 # Replica mode for pgteleport's applier, as native apply workers run: target triggers and
@@ -96,11 +86,6 @@ wait_for() { # port db sql expected [timeout s]
         sleep 0.1
     done
 }
-checksum() { # port db
-    psql_at "$1" "$2" -c "select (select md5(string_agg(id || ':' || bid || ':' || balance || ':' || filler, ',' order by id)) from acc)
-                          || (select md5(string_agg(id || ':' || name || ':' || qty || ':' || price, ',' order by id)) from items)
-                          || (select md5(string_agg(id || ':' || aid || ':' || delta || ':' || mtime, ',' order by id)) from hist)"
-}
 stats() { # method: where the time went, with STATS=1
     local m=$1
     if [ "${STATS:-0}" = 1 ]; then
@@ -125,17 +110,6 @@ for m in nat tele; do
 done
 
 # Scenario 2: throughput on a backlog.
-BACKLOG="do \$\$ begin
-  for i in 1 .. $TXNS loop
-    insert into items select i * 4 + g, md5((i * 4 + g)::text), g, g * 1.5 from generate_series(1, 4) g;
-    update acc set balance = balance + 1 where id between (i * 3) % 99997 + 1 and (i * 3) % 99997 + 3;
-    update items set qty = qty + 1 where id = (i - 1) * 4 + 1;
-    delete from items where id = (i - 1) * 4 + 2;
-    insert into hist (aid, delta, mtime) values (i % 100000 + 1, 1, now());
-    commit;
-  end loop;
-  insert into mark values (1);
-end \$\$"
 for m in nat tele; do
     echo "[$m] committing a backlog of $CHANGES row changes ($TXNS transactions) …"
     if [ "$m" = nat ]; then psql_at "$DP" nat -c "alter subscription bench disable"; else stop_source; fi

@@ -239,6 +239,7 @@ impl Applier {
             });
         }
         let batch = &first;
+        let first_columns = event_columns(batch)?;
         let started = std::time::Instant::now();
         let mut client = self.client().await?;
         // Statements that cannot share the batch's transaction (ALTER TYPE … ADD VALUE) are
@@ -342,7 +343,9 @@ impl Applier {
                 loaded.insert((r.get(0), r.get(1)), snap);
             }
         }
-        let mut runs = self.apply_events(&tx, batch, &loaded, &mut ddl).await?;
+        let mut runs = self
+            .apply_events(&tx, batch, Some(first_columns), &loaded, &mut ddl)
+            .await?;
         let mut events = batch.events.len();
         let (mut part, mut last) = (batch.part, batch.last);
         while !last {
@@ -366,7 +369,9 @@ impl Applier {
                     ),
                 });
             }
-            runs += self.apply_events(&tx, &next, &loaded, &mut ddl).await?;
+            runs += self
+                .apply_events(&tx, &next, None, &loaded, &mut ddl)
+                .await?;
             events += next.events.len();
             (part, last) = (next.part, next.last);
         }
@@ -427,6 +432,7 @@ impl Applier {
         &self,
         tx: &deadpool_postgres::Transaction<'_>,
         batch: &Batch,
+        precomputed: Option<Vec<Vec<String>>>,
         loaded: &HashMap<(String, String), Snapshot>,
         ddl: &mut DdlState<'_>,
     ) -> Result<usize, ApplyError> {
@@ -441,50 +447,29 @@ impl Applier {
         };
         // Events of transactions visible in a table's load snapshot are in its copy already.
         let mut events: Vec<&Event> = Vec::with_capacity(batch.events.len());
+        let mut columns: Vec<Vec<String>> = Vec::with_capacity(batch.events.len());
+        let mut all_columns = match precomputed {
+            Some(c) => c,
+            None => event_columns(batch)?,
+        }
+        .into_iter();
         for e in &batch.events {
-            if e.op.is_stream_wide() {
-                events.push(e);
-                continue;
-            }
-            let meta = &batch.tables[e.table as usize];
-            if let Some(snap) = loaded.get(&target_name(meta)) {
-                let txid = e.txid.ok_or_else(|| ApplyError::BadRequest {
-                    message: format!(
-                        "event {} lacks txid, needed for the initial load rule",
-                        e.id
-                    ),
-                })?;
-                if snap.visible(txid) {
-                    continue;
+            let cols = all_columns.next().unwrap_or_default();
+            if !e.op.is_stream_wide() {
+                let meta = &batch.tables[e.table as usize];
+                if let Some(snap) = loaded.get(&target_name(meta)) {
+                    let txid = e.txid.ok_or_else(|| ApplyError::BadRequest {
+                        message: format!(
+                            "event {} lacks txid, needed for the initial load rule",
+                            e.id
+                        ),
+                    })?;
+                    if snap.visible(txid) {
+                        continue;
+                    }
                 }
             }
             events.push(e);
-        }
-        // Column lists come from each row image itself: after a rename or an added column,
-        // older and newer events of one table carry different columns.
-        let generated: Vec<&[String]> = batch
-            .tables
-            .iter()
-            .map(|t| t.generated.as_slice())
-            .collect();
-        let mut columns: Vec<Vec<String>> = Vec::with_capacity(events.len());
-        for e in &events {
-            let cols = match (e.op, &e.data) {
-                (Op::Insert | Op::Update, Some(d)) => {
-                    let g = generated[e.table as usize];
-                    crate::wire::object_keys(d)
-                        .map_err(|err| ApplyError::BadRequest {
-                            message: format!(
-                                "event {}: row image is not a JSON object: {err}",
-                                e.id
-                            ),
-                        })?
-                        .into_iter()
-                        .filter(|c| !g.contains(c))
-                        .collect()
-                }
-                _ => Vec::new(),
-            };
             columns.push(cols);
         }
         // Runs of one table, kind and column set. With replica mode (the target's foreign
@@ -743,6 +728,35 @@ impl Applier {
         }
         execute_pipelined(tx, queued).await
     }
+}
+
+/// The columns each event of a batch part writes, read from its row image (after a rename
+/// or an added column, older and newer events of one table carry different columns);
+/// empty for events without an image. Pure work: done for the first part before the
+/// batch waits for the target's position lock (while the batch before it applies).
+fn event_columns(batch: &Batch) -> Result<Vec<Vec<String>>, ApplyError> {
+    let generated: Vec<&[String]> = batch
+        .tables
+        .iter()
+        .map(|t| t.generated.as_slice())
+        .collect();
+    batch
+        .events
+        .iter()
+        .map(|e| match (e.op, &e.data) {
+            (Op::Insert | Op::Update, Some(d)) => {
+                let g = generated.get(e.table as usize).copied().unwrap_or(&[]);
+                Ok(crate::wire::object_keys(d)
+                    .map_err(|err| ApplyError::BadRequest {
+                        message: format!("event {}: row image is not a JSON object: {err}", e.id),
+                    })?
+                    .into_iter()
+                    .filter(|c| !g.contains(c))
+                    .collect())
+            }
+            _ => Ok(Vec::new()),
+        })
+        .collect()
 }
 
 /// The runs a batch part is applied in: indexes into its events, in the order applied.
