@@ -109,6 +109,9 @@ pub struct Applier {
     /// Target tables known to have their mirror's soft-delete and synced-at columns
     /// (forgotten when a batch applies schema changes).
     extra_columns: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Column types of target tables by `schema version/table` (a schema change makes a
+    /// new key), for runs applied from text arrays.
+    column_types: std::sync::Mutex<HashMap<String, std::sync::Arc<HashMap<String, String>>>>,
 }
 
 /// A run of consecutive events applied by one statement.
@@ -198,6 +201,7 @@ impl Applier {
             replica_role,
             cascade_children: Default::default(),
             extra_columns: Default::default(),
+            column_types: Default::default(),
         })
     }
 
@@ -227,6 +231,17 @@ impl Applier {
     /// Applies a batch read segment by segment: the whole batch in one transaction, each
     /// segment as it arrives. Returns after the body ended (or at the first error).
     pub async fn apply(&self, segments: &mut impl Segments) -> Result<Outcome, ApplyError> {
+        let result = self.apply_batch(segments).await;
+        if result.is_err() {
+            // The target's tables may have changed outside replication: read types anew.
+            if let Ok(mut c) = self.column_types.lock() {
+                c.clear();
+            }
+        }
+        result
+    }
+
+    async fn apply_batch(&self, segments: &mut impl Segments) -> Result<Outcome, ApplyError> {
         let first = segments
             .next_segment()
             .await?
@@ -531,6 +546,48 @@ impl Applier {
         }
     }
 
+    /// The type of each column of target table `table` (qualified), by schema and internal
+    /// name; `None` when the table does not exist. Cached per schema version.
+    async fn column_types(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        version: i64,
+        table: &str,
+    ) -> Result<Option<std::sync::Arc<HashMap<String, String>>>, ApplyError> {
+        let key = format!("{version}/{table}");
+        if let Some(t) = self
+            .column_types
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&key).cloned())
+        {
+            return Ok(Some(t));
+        }
+        let rows = tx
+            .query(
+                "select a.attname::text, format('%I.%I', n.nspname, t.typname)
+                   from pg_catalog.pg_attribute a
+                   join pg_catalog.pg_type t on t.oid = a.atttypid
+                   join pg_catalog.pg_namespace n on n.oid = t.typnamespace
+                  where a.attrelid = to_regclass($1) and a.attnum > 0 and not a.attisdropped",
+                &[&table],
+            )
+            .await
+            .map_err(pg(&format!("reading the column types of {table}")))?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let types: std::sync::Arc<HashMap<String, String>> =
+            std::sync::Arc::new(rows.iter().map(|r| (r.get(0), r.get(1))).collect());
+        if let Ok(mut c) = self.column_types.lock() {
+            if c.len() > 4096 {
+                c.clear();
+            }
+            c.insert(key, types.clone());
+        }
+        Ok(Some(types))
+    }
+
     /// Adds the mirror's soft-delete (`boolean not null default false`) and synced-at
     /// (`timestamptz default now()`) columns to the batch's target tables that lack them.
     /// A table that does not exist yet (a pending schema version creates it) is left to the
@@ -709,9 +766,26 @@ impl Applier {
             let cols = &columns[indexes[0]];
             if pipelined {
                 let tolerate = self.tolerates_missing(tx, kind, &table).await?;
-                if let Some(r) =
-                    SetRun::prepare(tx, kind, meta, cols, &table, run, tolerate).await?
+                let arrays = if matches!(kind, Kind::Insert | Kind::Update)
+                    && meta.json_columns.is_empty()
+                    && meta.soft_delete_column.is_none()
+                    && meta.synced_at_column.is_none()
                 {
+                    match self.column_types(tx, ddl.applied, &table).await? {
+                        Some(types) => {
+                            SetRun::prepare_arrays(tx, kind, meta, cols, &table, run, &types)
+                                .await?
+                        }
+                        None => None,
+                    }
+                } else {
+                    None
+                };
+                let r = match arrays {
+                    Some(r) => Some(r),
+                    None => SetRun::prepare(tx, kind, meta, cols, &table, run, tolerate).await?,
+                };
+                if let Some(r) = r {
                     queued.push(r);
                 }
                 if queued.len() >= PIPELINE_DEPTH {
@@ -866,6 +940,8 @@ struct SetRun {
     kind: Kind,
     statement: tokio_postgres::Statement,
     json: String,
+    /// Instead of `json`: one text array per column (values as input functions take them).
+    arrays: Option<Vec<Vec<Option<String>>>>,
     /// Elements of `json` (`limit $2`; for a delete, the keys it must find).
     n: i64,
     tolerate_missing: bool,
@@ -900,13 +976,86 @@ impl SetRun {
             statement,
             n,
             json,
+            arrays: None,
             tolerate_missing,
+            context,
+        }))
+    }
+
+    /// An insert or update run applied from text arrays, one per column, each value cast
+    /// to its column's type (no JSON for PostgreSQL to parse). `None` when the run needs
+    /// the JSON path: a value that is an array or object, a column the target table lacks,
+    /// an update of key columns only.
+    async fn prepare_arrays(
+        tx: &deadpool_postgres::Transaction<'_>,
+        kind: Kind,
+        meta: &TableMeta,
+        cols: &[String],
+        table: &str,
+        events: &[&Event],
+        types: &HashMap<String, String>,
+    ) -> Result<Option<SetRun>, ApplyError> {
+        let Some(tys) = cols
+            .iter()
+            .map(|c| types.get(c).map(String::as_str))
+            .collect::<Option<Vec<&str>>>()
+        else {
+            return Ok(None);
+        };
+        let sql = match kind {
+            Kind::Insert => insert_arrays_sql(cols, &tys, table),
+            Kind::Update => match update_arrays_sql(meta, cols, &tys, table) {
+                Some(sql) => sql,
+                None => return Ok(None),
+            },
+            _ => return Ok(None),
+        };
+        let mut arrays: Vec<Vec<Option<String>>> =
+            vec![Vec::with_capacity(events.len()); cols.len()];
+        for e in events {
+            let Some(values) = e
+                .data
+                .as_deref()
+                .and_then(|d| crate::wire::object_texts(d, cols))
+            else {
+                return Ok(None);
+            };
+            for (a, v) in arrays.iter_mut().zip(values) {
+                a.push(v);
+            }
+        }
+        let context = format!("applying {} {:?} event(s) to {table}", events.len(), kind);
+        let statement = prepared(tx, &sql, &context).await?;
+        Ok(Some(SetRun {
+            kind,
+            statement,
+            n: events.len() as i64,
+            json: String::new(),
+            arrays: Some(arrays),
+            tolerate_missing: false,
             context,
         }))
     }
 
     async fn execute(&self, tx: &Transaction<'_>) -> Result<(), ApplyError> {
         let context = &self.context;
+        if let Some(arrays) = &self.arrays {
+            let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+                arrays.iter().map(|a| a as _).collect();
+            if self.kind == Kind::Insert {
+                tx.execute(&self.statement, &params)
+                    .await
+                    .map_err(pg(context))?;
+            } else {
+                params.push(&self.n);
+                let row = tx
+                    .query_one(&self.statement, &params)
+                    .await
+                    .map_err(pg(context))?;
+                check_matched(context, row.get(0), row.get(1))?;
+            }
+            return Ok(());
+        }
         match self.kind {
             Kind::Insert => {
                 tx.execute(&self.statement, &[&self.json])
@@ -1357,6 +1506,83 @@ fn update_sql(meta: &TableMeta, columns: &[String], table: &str) -> Option<Strin
         set = set.join(", "),
         synced = synced_at_set(meta),
         cond = key_match(&meta.key, "t", "r"),
+    ))
+}
+
+/// `unnest($1::text[], …) as u(c0, …)` over `n` columns (`with ordinality` adds
+/// `pgteleport_n`), and each column cast to its type: `u.c0::"pg_catalog"."int4"`. Types
+/// are named by schema and internal name, without a modifier (`bpchar`, not `character`,
+/// which means `character(1)`): the insert or update then coerces to the column's
+/// modifier as an assignment, which refuses an over-long value instead of cutting it.
+fn unnest_arrays(tys: &[&str], ordinality: bool) -> (String, Vec<String>) {
+    let params: Vec<String> = (1..=tys.len()).map(|i| format!("${i}::text[]")).collect();
+    let aliases: Vec<String> = (0..tys.len()).map(|i| format!("c{i}")).collect();
+    let from = if ordinality {
+        format!(
+            "unnest({}) with ordinality as u({}, pgteleport_n)",
+            params.join(", "),
+            aliases.join(", ")
+        )
+    } else {
+        format!("unnest({}) as u({})", params.join(", "), aliases.join(", "))
+    };
+    let casts = tys
+        .iter()
+        .enumerate()
+        .map(|(i, t)| format!("u.c{i}::{t}"))
+        .collect();
+    (from, casts)
+}
+
+fn insert_arrays_sql(columns: &[String], tys: &[&str], table: &str) -> String {
+    let (from, casts) = unnest_arrays(tys, false);
+    format!(
+        "insert into {table} ({}) overriding system value select {} from {from}",
+        column_list(columns, ""),
+        casts.join(", ")
+    )
+}
+
+/// Returns (rows named, rows matched); the last image of each key wins.
+fn update_arrays_sql(
+    meta: &TableMeta,
+    columns: &[String],
+    tys: &[&str],
+    table: &str,
+) -> Option<String> {
+    let alias = |c: &String| columns.iter().position(|x| x == c).map(|i| format!("c{i}"));
+    let keys: Vec<String> = meta.key.iter().map(alias).collect::<Option<_>>()?;
+    let set: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| !meta.key.contains(c))
+        .map(|(i, c)| format!("{} = r.c{i}", quote_ident(c)))
+        .collect();
+    if set.is_empty() || keys.is_empty() {
+        return None;
+    }
+    let (from, casts) = unnest_arrays(tys, true);
+    let named: Vec<String> = casts
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{c} as c{i}"))
+        .collect();
+    let cond: Vec<String> = meta
+        .key
+        .iter()
+        .zip(&keys)
+        .map(|(k, a)| format!("t.{} = r.{a}", quote_ident(k)))
+        .collect();
+    Some(format!(
+        "with s as (select {named}, u.pgteleport_n from {from} limit ${limit}),
+              r as (select distinct on ({keys}) * from s order by {keys}, pgteleport_n desc),
+              upd as (update {table} as t set {set} from r where {cond} returning 1)
+         select (select count(*) from r), (select count(*) from upd)",
+        named = named.join(", "),
+        limit = tys.len() + 1,
+        keys = keys.join(", "),
+        set = set.join(", "),
+        cond = cond.join(" and "),
     ))
 }
 

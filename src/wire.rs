@@ -92,6 +92,48 @@ pub fn object_keys(raw: &RawValue) -> Result<Vec<String>, serde_json::Error> {
     serde::Deserializer::deserialize_map(&mut de, Keys)
 }
 
+/// The values of `names` in the object `raw` as PostgreSQL's input functions take them (a
+/// string's content, a number's or boolean's literal; `None` for null), in the order of
+/// `names`. `None` when a name is missing, a value is an array or an object (those need
+/// `json_populate_record`'s conversions), or `raw` is not an object.
+pub fn object_texts(raw: &RawValue, names: &[String]) -> Option<Vec<Option<String>>> {
+    struct Texts<'n>(&'n [String]);
+    impl<'de> serde::de::Visitor<'de> for Texts<'_> {
+        type Value = Option<Vec<Option<Option<String>>>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut found: Vec<Option<Option<String>>> = vec![None; self.0.len()];
+            let mut scalar = true;
+            while let Some(k) = map.next_key::<String>()? {
+                let v = map.next_value::<&'de RawValue>()?.get();
+                let Some(i) = self.0.iter().position(|n| *n == k) else {
+                    continue;
+                };
+                found[i] = Some(match v.as_bytes().first() {
+                    Some(b'"') => {
+                        Some(serde_json::from_str::<String>(v).map_err(serde::de::Error::custom)?)
+                    }
+                    Some(b'n') => None,
+                    Some(b'[' | b'{') | None => {
+                        scalar = false;
+                        None
+                    }
+                    Some(_) => Some(v.to_string()),
+                });
+            }
+            Ok(scalar.then_some(found))
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(raw.get());
+    let found = serde::Deserializer::deserialize_map(&mut de, Texts(names)).ok()??;
+    found.into_iter().collect()
+}
+
 /// The object `raw` without the members named in `excluded`, the others kept in their
 /// order with their raw values (numbers and strings exactly as written).
 pub fn object_without(raw: &str, excluded: &[String]) -> Result<String, serde_json::Error> {
@@ -520,6 +562,35 @@ fn check_ident(what: &str, s: &str) -> Result<(), DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn object_texts_give_input_function_text_or_refuse_nested_values() {
+        let raw = RawValue::from_string(
+            r#"{"id":12,"t":"a\"b\u00e9\n","n":null,"f":-1.5e-300,"b":true,"x":"skip"}"#.into(),
+        )
+        .unwrap();
+        let names: Vec<String> = ["b", "f", "id", "n", "t"].map(String::from).to_vec();
+        assert_eq!(
+            object_texts(&raw, &names),
+            Some(vec![
+                Some("true".into()),
+                Some("-1.5e-300".into()),
+                Some("12".into()),
+                None,
+                Some("a\"b\u{e9}\n".into()),
+            ])
+        );
+        let missing: Vec<String> = vec!["id".into(), "absent".into()];
+        assert_eq!(object_texts(&raw, &missing), None);
+        let nested = RawValue::from_string(r#"{"id":1,"a":[1,2]}"#.into()).unwrap();
+        assert_eq!(object_texts(&nested, &["id".into(), "a".into()]), None);
+        let object = RawValue::from_string(r#"{"id":1,"c":{"x":1}}"#.into()).unwrap();
+        assert_eq!(
+            object_texts(&object, &["id".into()]),
+            Some(vec![Some("1".into())])
+        );
+        assert_eq!(object_texts(&object, &["id".into(), "c".into()]), None);
+    }
 
     fn sample() -> Batch {
         Batch {
