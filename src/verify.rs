@@ -90,6 +90,29 @@ pub async fn verify(
             chunks: chunks.len(),
             differing_chunks: 0,
         };
+        // Excluded columns never reached the target, and its soft-delete and synced-at
+        // columns are its own: rows are compared by the columns both sides share, and rows
+        // marked deleted do not count on the target.
+        let excluded = t.excluded(&table.schema, &table.name);
+        let row = if excluded.is_empty()
+            && t.soft_delete_col_name.is_none()
+            && t.synced_at_col_name.is_none()
+        {
+            "x".to_string()
+        } else {
+            let cols: Vec<String> = table
+                .columns
+                .iter()
+                .filter(|c| !excluded.contains(&c.name))
+                .map(|c| format!("x.{}", quote_ident(&c.name)))
+                .collect();
+            format!("row({})", cols.join(", "))
+        };
+        let live = t
+            .soft_delete_col_name
+            .as_deref()
+            .map(|c| format!(" and not x.{}", quote_ident(c)))
+            .unwrap_or_default();
         let sides = Sides {
             src: &src,
             dst: &dst,
@@ -97,6 +120,8 @@ pub async fn verify(
             target: target_name,
             source_key,
             target_key,
+            row,
+            live,
         };
         let mut differing = Vec::new();
         for chunk in &chunks {
@@ -134,6 +159,7 @@ pub async fn verify(
                     &sides.source,
                     &key,
                     &sides.source_key.range(chunk),
+                    &sides.row,
                 )
                 .await?,
             );
@@ -142,7 +168,8 @@ pub async fn verify(
                     sides.dst,
                     &sides.target,
                     &key,
-                    &sides.target_key.range(chunk),
+                    &format!("{}{}", sides.target_key.range(chunk), sides.live),
+                    &sides.row,
                 )
                 .await?,
             );
@@ -208,14 +235,30 @@ struct Sides<'a> {
     target: String,
     source_key: KeyColumns,
     target_key: KeyColumns,
+    /// What a row is compared as: `x`, or `row(x.a, …)` of the shared columns.
+    row: String,
+    /// ` and not x.<soft-delete column>` on the target, or empty.
+    live: String,
 }
 
 impl Sides<'_> {
     /// (rows, checksum) of a chunk on the source and on the target.
     async fn summaries(&self, chunk: &Chunk) -> anyhow::Result<((i64, i64), (i64, i64))> {
         Ok((
-            summary(self.src, &self.source, &self.source_key.range(chunk)).await?,
-            summary(self.dst, &self.target, &self.target_key.range(chunk)).await?,
+            summary(
+                self.src,
+                &self.source,
+                &self.source_key.range(chunk),
+                &self.row,
+            )
+            .await?,
+            summary(
+                self.dst,
+                &self.target,
+                &format!("{}{}", self.target_key.range(chunk), self.live),
+                &self.row,
+            )
+            .await?,
         ))
     }
 }
@@ -320,11 +363,11 @@ impl KeyColumns {
     }
 }
 
-async fn summary(c: &Client, table: &str, range: &str) -> anyhow::Result<(i64, i64)> {
+async fn summary(c: &Client, table: &str, range: &str, row: &str) -> anyhow::Result<(i64, i64)> {
     let r = c
         .query_one(
             &format!(
-                "select count(*), coalesce(sum(hashtext(x::text)::int8), 0)::int8 from {table} x where {range}"
+                "select count(*), coalesce(sum(hashtext(({row})::text)::int8), 0)::int8 from {table} x where {range}"
             ),
             &[],
         )
@@ -338,6 +381,7 @@ async fn hashes(
     table: &str,
     key: &[String],
     range: &str,
+    row: &str,
 ) -> anyhow::Result<BTreeMap<String, i32>> {
     let k = key
         .iter()
@@ -346,7 +390,7 @@ async fn hashes(
         .join(", ");
     let rows = c
         .query(
-            &format!("select row({k})::text, hashtext(x::text) from {table} x where {range}"),
+            &format!("select row({k})::text, hashtext(({row})::text) from {table} x where {range}"),
             &[],
         )
         .await

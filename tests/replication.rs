@@ -693,6 +693,14 @@ async fn soft_deletes_mark_rows_and_synced_at_records_the_apply() -> anyhow::Res
     )
     .await?;
     assert!(after > before, "synced_at moved on: {before} -> {after}");
+    // `verify` ignores the target's own columns and the rows marked deleted.
+    let extra = "    soft_delete_col_name: _deleted\n    synced_at_col_name: _synced_at\n";
+    let reports = verify_target(&p, port, extra).await?;
+    assert!(
+        reports.iter().all(|r| r.equal()),
+        "{}",
+        pgteleport::verify::render(&reports)
+    );
     source.shutdown().await?;
     target.shutdown().await?;
     Ok(())
@@ -756,7 +764,39 @@ async fn excluded_columns_never_reach_the_target() -> anyhow::Result<()> {
         .await?,
         0
     );
+    // `verify` compares the columns both sides hold, and finds a change to one of them.
+    let extra = "    do_initial_snapshot: true\n    exclude_columns: {\"app.p\": [secret]}\n";
+    let reports = verify_target(&p, port, extra).await?;
+    assert!(
+        reports.iter().all(|r| r.equal()),
+        "{}",
+        pgteleport::verify::render(&reports)
+    );
+    dst.execute("update app.p set note = 'tampered' where id = 30", &[])
+        .await?;
+    let reports = verify_target(&p, port, extra).await?;
+    assert_eq!(
+        reports[0].changed,
+        vec!["(30)"],
+        "{}",
+        pgteleport::verify::render(&reports)
+    );
     source.shutdown().await?;
     target.shutdown().await?;
     Ok(())
+}
+
+/// `verify` of target `t1` of [`Pair::source_yaml`] with `extra` target keys.
+async fn verify_target(
+    p: &Pair,
+    port: u16,
+    extra: &str,
+) -> anyhow::Result<Vec<pgteleport::verify::TableReport>> {
+    let path = std::path::Path::new("s.yml");
+    let cfg =
+        pgteleport::config::Config::from_yaml(&p.source_yaml(port, "app.*", extra), path, |_| {
+            None
+        })?;
+    let tcfg = pgteleport::config::Config::from_yaml(&p.target_yaml(port), path, |_| None)?;
+    pgteleport::verify::verify(&cfg, "t1", &tcfg.database, Duration::from_secs(30), 1000).await
 }
