@@ -84,7 +84,7 @@ impl Api {
             .as_ref()
             .and_then(|s| s.api_password.clone().or_else(|| s.auth_token.clone()));
         let disabled = match &config.server {
-            Some(s) if password.is_none() && !s.is_loopback() && !config.targets.is_empty() => {
+            Some(s) if password.is_none() && !s.is_loopback() && config.roles().source => {
                 let m = format!(
                     "the REST API is off: this instance listens on {} and has no API password. \
                      Set server.api_password (or PGTELEPORT_API_PASSWORD), or listen on 127.0.0.1",
@@ -156,10 +156,10 @@ impl Api {
                     );
                     return Some(r);
                 }
-                if self.config.targets.is_empty() {
+                if !self.config.roles().source {
                     Err(Failure(
                         StatusCode::NOT_FOUND,
-                        "this instance is not a source (it has no targets): the API runs on the source instance".into(),
+                        "this instance is not a source (no `targets`, no `api_mirrors: true`): the API runs on the source instance".into(),
                     ))
                 } else {
                     self.route(method, p, req).await

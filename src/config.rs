@@ -83,6 +83,10 @@ pub struct Config {
     pub server: Option<Server>,
     #[serde(default)]
     pub targets: BTreeMap<String, Target>,
+    /// A source even without `targets`: its mirrors are created through the REST API
+    /// (`POST /api/v1/flows/cdc/create`, served by `server`).
+    #[serde(default)]
+    pub api_mirrors: bool,
     #[serde(default)]
     pub sentry_endpoint: Option<Secret>,
     /// Schema for pgteleport's own objects in this instance's database.
@@ -570,6 +574,7 @@ impl Config {
                 ));
             }
             if self.targets.is_empty()
+                && !self.api_mirrors
                 && server.auth_token.is_none()
                 && server.source_tokens.is_empty()
                 && !server.allow_unauthenticated
@@ -605,6 +610,11 @@ impl Config {
                     "must be at least 1".into(),
                 ));
             }
+        } else if self.api_mirrors {
+            return Err(invalid(
+                "api_mirrors",
+                "needs a `server` section: mirrors are created through its REST API".into(),
+            ));
         } else if self.targets.is_empty() {
             return Err(invalid(
                 "targets",
@@ -622,7 +632,7 @@ impl Config {
             .as_ref()
             .is_some_and(|s| s.auth_token.is_some() || s.allow_unauthenticated);
         Roles {
-            source: !self.targets.is_empty(),
+            source: !self.targets.is_empty() || self.api_mirrors,
             target,
         }
     }
@@ -774,6 +784,30 @@ sentry_endpoint: "https://key@sentry.example.com/8"
             }
         );
         assert_eq!(c.processing_intervals.rotation, 60_000);
+    }
+
+    #[test]
+    fn api_mirrors_make_a_source_that_needs_a_server() {
+        let db = "database: {name: s, database: d, hostname: h, username: u, password: p}\n";
+        let e = Config::from_yaml(&format!("api_mirrors: true\n{db}"), Path::new("x"), |_| {
+            None
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("api_mirrors") && e.contains("server"), "{e}");
+        let c = Config::from_yaml(
+            &format!("api_mirrors: true\n{db}server: {{hostname: 127.0.0.1, port: 1}}\n"),
+            Path::new("x"),
+            |_| None,
+        )
+        .unwrap();
+        assert_eq!(
+            c.roles(),
+            Roles {
+                source: true,
+                target: false
+            }
+        );
     }
 
     #[test]

@@ -1171,3 +1171,51 @@ async fn a_mirror_created_through_the_api_snapshots_streams_and_survives_a_resta
     target.shutdown().await?;
     Ok(())
 }
+
+/// `api_mirrors: true` makes a source without any `targets`: its mirrors come from the API
+/// only, and replicate as the config's would.
+#[tokio::test]
+async fn a_source_without_config_targets_runs_mirrors_created_through_the_api() -> anyhow::Result<()>
+{
+    let p = Pair::new(SCHEMA).await?;
+    let target = p.start_target(0).await?;
+    let tport = target.local_addr.unwrap().port();
+    let yaml = format!(
+        "api_mirrors: true\n\
+         processing_intervals: {{batcher: 50, transmitter: 20, vacuum: 100}}\n\
+         database: {{name: src-{id}, database: {db}, hostname: 127.0.0.1, port: {pgport}, username: {role}, password: {PASSWORD}}}\n{server}",
+        id = p.id,
+        db = p.src_db,
+        role = p.src_role,
+        pgport = p.cluster.port,
+        server = server_yaml(Some(API_PASSWORD)),
+    );
+    let cfg =
+        pgteleport::config::Config::from_yaml(&yaml, std::path::Path::new("<api source>"), |_| {
+            None
+        })?;
+    assert!(cfg.roles().source && !cfg.roles().target);
+    let source = pgteleport::instance::start(cfg).await?;
+    let port = source.local_addr.unwrap().port();
+    let (c, v) = api(port, "GET", "/api/v1/mirrors/list", Value::Null).await?;
+    assert_eq!((c, v["mirrors"].clone()), (200, json!([])), "{v}");
+    let (c, v) = api(port, "POST", "/api/v1/peers/create", json!({"peer": {"name": "tgt", "type": "PGTELEPORT",
+        "pgteleport_config": {"endpoint": {"hostname": "127.0.0.1", "port": tport}, "auth_token": TOKEN}}})).await?;
+    assert_eq!(c, 201, "{v}");
+    let flow = json!({"connectionConfigs": {"flowJobName": "only", "destinationName": "tgt",
+        "tableMappings": [{"sourceTableIdentifier": "app.t"}]}});
+    let (c, v) = api(port, "POST", "/api/v1/flows/cdc/create", flow).await?;
+    assert_eq!(c, 201, "{v}");
+    let src = p.src().await?;
+    let dst = p.dst().await?;
+    wait_for("mirror RUNNING", Duration::from_secs(20), || async {
+        Ok(mirror_state(port, "only").await? == "RUNNING")
+    })
+    .await?;
+    src.batch_execute("insert into app.t select g, 'x' from generate_series(1, 100) g; update app.t set v = 'y' where id < 10;")
+        .await?;
+    wait_equal(&src, &dst, &["app.t"], Duration::from_secs(20)).await?;
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}
