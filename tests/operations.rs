@@ -848,23 +848,7 @@ async fn errors_reach_sentry_without_secrets() -> anyhow::Result<()> {
         stderr.contains("password authentication failed"),
         "{stderr}"
     );
-    wait_for(
-        "an event at the stand-in Sentry",
-        Duration::from_secs(10),
-        || async { Ok(!got.lock().unwrap().is_empty()) },
-    )
-    .await?;
-    let all = got
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|v| {
-            v.as_str()
-                .map(str::to_string)
-                .unwrap_or_else(|| v.to_string())
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
+    let all = sentry_payloads(&got, "an event").await?;
     assert!(all.contains("password authentication failed"), "{all}");
     assert!(
         all.contains("\"type\":\"event\"") && all.contains("pgteleport failed"),
@@ -877,6 +861,30 @@ async fn errors_reach_sentry_without_secrets() -> anyhow::Result<()> {
     assert!(!all.contains(token), "the token reached Sentry: {all}");
     std::fs::remove_dir_all(&dir)?;
     Ok(())
+}
+
+/// Everything the stand-in Sentry received, once it received something, as one text.
+async fn sentry_payloads(
+    got: &std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+    what: &str,
+) -> anyhow::Result<String> {
+    wait_for(
+        &format!("{what} at the stand-in Sentry"),
+        Duration::from_secs(10),
+        || async { Ok(!got.lock().unwrap().is_empty()) },
+    )
+    .await?;
+    Ok(got
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            v.as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| v.to_string())
+        })
+        .collect::<Vec<_>>()
+        .join("\n"))
 }
 
 /// A panic (here in a thread of the test process, with the real Sentry client the instance
@@ -899,23 +907,7 @@ async fn a_panic_reaches_sentry_without_secrets() -> anyhow::Result<()> {
             .join();
     assert!(panicked.is_err());
     tokio::task::spawn_blocking(pgteleport::telemetry::flush).await?;
-    wait_for(
-        "the panic at the stand-in Sentry",
-        Duration::from_secs(10),
-        || async { Ok(!got.lock().unwrap().is_empty()) },
-    )
-    .await?;
-    let all = got
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|v| {
-            v.as_str()
-                .map(str::to_string)
-                .unwrap_or_else(|| v.to_string())
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
+    let all = sentry_payloads(&got, "the panic").await?;
     assert!(
         all.contains("\"type\":\"panic\""),
         "no panic mechanism: {all}"
