@@ -519,14 +519,7 @@ impl Api {
                 "softDeleteColName and syncedAtColName name the same column",
             ));
         }
-        if let Some(n) = f.max_batch_size.filter(|n| *n != 0) {
-            if n as usize != self.config.max_events_per_batch {
-                return Err(unprocessable(format!(
-                    "maxBatchSize {n}: batches are cut for every mirror alike here, by the instance's max_events_per_batch ({}); leave it out or give that value",
-                    self.config.max_events_per_batch
-                )));
-            }
-        }
+
         if f.table_mappings.is_empty() {
             return Err(Failure::bad(
                 "tableMappings is empty: name at least one table",
@@ -639,6 +632,7 @@ impl Api {
             soft_delete_col_name: soft_delete,
             synced_at_col_name: synced_at,
             exclude,
+            max_batch_size: f.max_batch_size.filter(|n| *n > 0).map(|n| n as usize),
         };
         let value = serde_json::to_value(&definition)
             .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;

@@ -91,6 +91,8 @@ pub struct Batcher {
     schema: String,
     targets: Vec<(String, String)>,
     max_events: i64,
+    /// Targets with their own `max_batch_size`.
+    max_per_target: Vec<(String, i64)>,
     /// Transmitters to wake when their target got a batch.
     wakes: Vec<(String, std::sync::Arc<tokio::sync::Notify>)>,
 }
@@ -109,6 +111,11 @@ impl Batcher {
             schema: quote_ident(&config.internal_schema),
             targets,
             max_events: config.max_events_per_batch as i64,
+            max_per_target: config
+                .targets
+                .iter()
+                .filter_map(|(n, t)| t.max_batch_size.map(|m| (n.clone(), m as i64)))
+                .collect(),
             wakes: Vec::new(),
         }
     }
@@ -162,6 +169,11 @@ impl Batcher {
             .map_err(StepError::db("counting new events"))?;
         let total: i64 = txns.iter().map(|r| r.get::<_, i64>(1)).sum();
         let mut made = 0;
+        let max_events = self
+            .max_per_target
+            .iter()
+            .find(|(t, _)| t == target)
+            .map_or(self.max_events, |(_, m)| *m);
         if total > 0 {
             // Group whole transactions into batches of at most max_events (one transaction
             // larger than that makes a batch of its own).
@@ -169,7 +181,7 @@ impl Batcher {
             for r in &txns {
                 let n: i64 = r.get(1);
                 let last = groups.last_mut().expect("non-empty");
-                if last.1 > 0 && last.1 + n > self.max_events {
+                if last.1 > 0 && last.1 + n > max_events {
                     groups.push((Vec::new(), 0));
                 }
                 let last = groups.last_mut().expect("non-empty");

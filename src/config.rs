@@ -286,6 +286,10 @@ pub struct Target {
     /// its copies. Key columns cannot be excluded.
     #[serde(default)]
     pub exclude_columns: BTreeMap<String, Vec<String>>,
+    /// Events per batch of this target (default: `max_events_per_batch`); one transaction
+    /// is never split.
+    #[serde(default)]
+    pub max_batch_size: Option<usize>,
 }
 
 impl Target {
@@ -543,6 +547,9 @@ impl Config {
                     check_ident(c)
                         .map_err(|m| invalid(&key(&format!("exclude_columns.{table}")), m))?;
                 }
+            }
+            if t.max_batch_size == Some(0) {
+                return Err(invalid(&key("max_batch_size"), "must be at least 1".into()));
             }
             if t.snapshot_workers == Some(0) {
                 return Err(invalid(

@@ -140,7 +140,13 @@ pub async fn start(config: Config) -> Result<Running, InstanceError> {
         tasks.spawn(async move {
             loop {
                 tokio::select! {
-                    _ = token.cancelled() => return ("instance lock".to_string(), Ok(())),
+                    _ = token.cancelled() => {
+                        // Released before shutdown returns: an instance started right after
+                        // (a restart) finds the name free, rather than racing the closing
+                        // connection.
+                        let _ = client.batch_execute("select pg_advisory_unlock_all()").await;
+                        return ("instance lock".to_string(), Ok(()));
+                    }
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                 }
                 if client.is_closed() {

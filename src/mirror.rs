@@ -488,6 +488,8 @@ pub struct Definition {
     /// Columns left out, per `schema.table`.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub exclude: std::collections::BTreeMap<String, Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_batch_size: Option<usize>,
 }
 
 /// The mirrors stored in the database, as targets (with their destination peer's endpoint
@@ -552,6 +554,7 @@ pub fn target_of(
         soft_delete_col_name: d.soft_delete_col_name,
         synced_at_col_name: d.synced_at_col_name,
         exclude_columns: d.exclude,
+        max_batch_size: d.max_batch_size,
     })
 }
 

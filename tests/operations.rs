@@ -1091,11 +1091,6 @@ async fn a_mirror_created_through_the_api_snapshots_streams_and_survives_a_resta
             400,
             "same column",
         ),
-        (
-            flow("m2", "other.m", "tgt", json!({"maxBatchSize": 7})),
-            422,
-            "max_events_per_batch",
-        ),
         (flow("m2", "other*", "tgt", json!({})), 400, "schema.table"),
     ];
     let excluding = |cols: Value| json!({"tableMappings": [{"sourceTableIdentifier": "other.m", "exclude": cols}]});
@@ -1195,7 +1190,7 @@ async fn a_source_without_config_targets_runs_mirrors_created_through_the_api() 
         "pgteleport_config": {"endpoint": {"hostname": "127.0.0.1", "port": tport}, "auth_token": TOKEN}}})).await?;
     assert_eq!(c, 201, "{v}");
     let flow = json!({"connectionConfigs": {"flowJobName": "only", "destinationName": "tgt",
-        "tableMappings": [{"sourceTableIdentifier": "app.t"}]}});
+        "tableMappings": [{"sourceTableIdentifier": "app.t"}], "maxBatchSize": 1}});
     let (c, v) = api(port, "POST", "/api/v1/flows/cdc/create", flow).await?;
     assert_eq!(c, 201, "{v}");
     let src = p.src().await?;
@@ -1207,6 +1202,20 @@ async fn a_source_without_config_targets_runs_mirrors_created_through_the_api() 
     src.batch_execute("insert into app.t select g, 'x' from generate_series(1, 100) g; update app.t set v = 'y' where id < 10;")
         .await?;
     wait_equal(&src, &dst, &["app.t"], Duration::from_secs(20)).await?;
+    // maxBatchSize 1: five one-row transactions committed back to back make five batches.
+    let applied = "select coalesce(max(seq), 0) from teleport.applied where target = 'only'";
+    let before = scalar_i64(&dst, applied).await?;
+    for id in 1001..=1005 {
+        src.execute("insert into app.t values ($1, 'one')", &[&id])
+            .await?;
+    }
+    wait_equal(&src, &dst, &["app.t"], Duration::from_secs(20)).await?;
+    let after = scalar_i64(&dst, applied).await?;
+    assert!(
+        after - before >= 5,
+        "five transactions in {} batch(es)",
+        after - before
+    );
     source.shutdown().await?;
     target.shutdown().await?;
     Ok(())
