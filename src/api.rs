@@ -667,15 +667,9 @@ impl Api {
             .await
             .map_err(pg("recording the mirror"))?;
         // Listed (SETUP) at once; the pipeline installs its capture when it restarts.
-        tx.execute(
-            &format!(
-                "insert into {s}.target_state (target, last_snapshot) values ($1, pg_current_snapshot())
-                 on conflict (target) do nothing"
-            ),
-            &[&name],
-        )
-        .await
-        .map_err(pg("recording the mirror's state"))?;
+        tx.execute(&crate::capture::register_target_sql(&s), &[&name])
+            .await
+            .map_err(pg("recording the mirror's state"))?;
         tx.commit().await.map_err(pg("commit"))?;
         if n == 0 {
             return Err(Failure(

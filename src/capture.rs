@@ -20,6 +20,15 @@ pub const SOURCE_SQL: &[(i32, &str)] = &[
     (8, include_str!("../sql/source_008_mirrors.sql")),
 ];
 
+/// Registers a target (mirror) in `target_state`, state SETUP, its batches starting after
+/// the current snapshot; nothing when it is registered already. `$1`: the name.
+pub fn register_target_sql(schema: &str) -> String {
+    format!(
+        "insert into {schema}.target_state (target, last_snapshot) values ($1, pg_current_snapshot())
+         on conflict (target) do nothing"
+    )
+}
+
 /// The row trigger's name on every replicated table.
 pub const TRIGGER_NAME: &str = "pgteleport_capture";
 
@@ -280,19 +289,12 @@ async fn install_triggers(
         }
     }
     for name in config.targets.keys() {
-        tx.execute(
-            &format!(
-                "insert into {}.target_state (target, last_snapshot) values ($1, pg_current_snapshot())
-                 on conflict (target) do nothing",
-                quote_ident(schema)
-            ),
-            &[name],
-        )
-        .await
-        .map_err(|source| InstallError::TargetState {
-            target: name.clone(),
-            source,
-        })?;
+        tx.execute(&register_target_sql(&quote_ident(schema)), &[name])
+            .await
+            .map_err(|source| InstallError::TargetState {
+                target: name.clone(),
+                source,
+            })?;
         // The ddlwatcher's baseline: schema changes from here on are replicated. Read only
         // when the target has none yet (the watcher keeps it current afterwards).
         let has_baseline: bool = tx

@@ -333,11 +333,6 @@ pub async fn rows_per_table(
         .collect())
 }
 
-/// The state of mirror `name`.
-pub async fn state(client: &Client, schema: &str, name: &str) -> Result<State, MirrorError> {
-    Ok(status(client, schema, name).await?.0)
-}
-
 /// The state of mirror `name`, and whether its initial snapshot is still to be done.
 pub async fn status(
     client: &Client,
