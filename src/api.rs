@@ -529,12 +529,11 @@ impl Api {
         let s = self.schema();
         let mut tables = Vec::new();
         let mut exclude = std::collections::BTreeMap::new();
+        let mut renames = std::collections::BTreeMap::new();
         for m in &f.table_mappings {
             let id = m.source_table_identifier.as_str();
-            let Some((schema, table)) = id
-                .split_once('.')
-                .filter(|(a, b)| !a.is_empty() && !b.is_empty() && !b.contains('.'))
-                .filter(|_| !id.contains(['*', '?', ',', '[', ']']))
+            let Some((schema, table)) =
+                crate::config::split_table(id).filter(|_| !id.contains(['*', '?', ',', '[', ']']))
             else {
                 return Err(Failure::bad(format!(
                     "sourceTableIdentifier `{id}` is not `schema.table`"
@@ -542,9 +541,7 @@ impl Api {
             };
             if let Some(d) = m.destination_table_identifier.as_deref() {
                 if !d.is_empty() && d != id {
-                    return Err(unprocessable(format!(
-                        "destinationTableIdentifier `{d}`: tables keep their name on the target here (`{id}`); renaming is not supported yet"
-                    )));
+                    renames.insert(id.to_string(), d.to_string());
                 }
             }
             let row = client
@@ -633,7 +630,22 @@ impl Api {
             synced_at_col_name: synced_at,
             exclude,
             max_batch_size: f.max_batch_size.filter(|n| *n > 0).map(|n| n as usize),
+            renames,
         };
+        crate::config::check_renames(&definition.renames, false).map_err(|(from, m)| {
+            Failure::bad(format!(
+                "tableMappings `{from}`: destinationTableIdentifier: {m}"
+            ))
+        })?;
+        if let Some((from, to)) = definition
+            .renames
+            .iter()
+            .find(|(_, to)| definition.tables.contains(to) && !definition.renames.contains_key(*to))
+        {
+            return Err(Failure::bad(format!(
+                "tableMappings `{from}`: destinationTableIdentifier `{to}` is the name table `{to}` keeps on the target"
+            )));
+        }
         let value = serde_json::to_value(&definition)
             .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
         crate::mirror::target_of(&value, peer.as_ref().map(|(_, c)| c)).map_err(unprocessable)?;

@@ -71,6 +71,8 @@ pub enum InstallError {
         #[source]
         source: tokio_postgres::Error,
     },
+    #[error("target `{target}`: rename_tables: {message}")]
+    Rename { target: String, message: String },
     #[error("target `{target}`: target_expression `{expression}` is invalid: {message}")]
     Expression {
         target: String,
@@ -112,6 +114,23 @@ pub async fn install(client: &mut Client, config: &Config) -> Result<Installed, 
             })?;
         if catalog.tables.is_empty() {
             tracing::warn!(target = %name, expression = %expr.as_str(), "target_expression matches no table yet");
+        }
+        // A destination name must not be one another replicated table keeps.
+        let renames = target.renames();
+        for t in &catalog.tables {
+            let id = (t.schema.clone(), t.name.clone());
+            if renames.contains_key(&id) {
+                continue;
+            }
+            if let Some((from, _)) = renames.iter().find(|(_, to)| **to == id) {
+                return Err(InstallError::Rename {
+                    target: name.clone(),
+                    message: format!(
+                        "{}.{} is renamed to {}.{}, the name table {} keeps on the target: rename that one too, or choose another destination",
+                        from.0, from.1, id.0, id.1, t.qualified()
+                    ),
+                });
+            }
         }
         installed.catalogs.insert(name.clone(), catalog);
     }

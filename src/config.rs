@@ -290,9 +290,67 @@ pub struct Target {
     /// is never split.
     #[serde(default)]
     pub max_batch_size: Option<usize>,
+    /// Tables written under another name on the target (`"schema.table": "schema.other"`):
+    /// their rows, the tables the snapshot creates and their schema changes use the
+    /// destination name. Not together with `apply_schema`.
+    #[serde(default)]
+    pub rename_tables: BTreeMap<String, String>,
+}
+
+/// `schema.table` split at its dot (names with dots are not supported here).
+pub fn split_table(id: &str) -> Option<(String, String)> {
+    id.split_once('.')
+        .filter(|(a, b)| !a.is_empty() && !b.is_empty() && !b.contains('.'))
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+}
+
+/// Checks a target's renamed tables (`"schema.table": "schema.table"`); the error names the
+/// source table it is about.
+pub fn check_renames(
+    renames: &BTreeMap<String, String>,
+    apply_schema: bool,
+) -> Result<(), (String, String)> {
+    let mut destinations = std::collections::BTreeSet::new();
+    for (from, to) in renames {
+        let fail = |m: String| Err((from.clone(), m));
+        for id in [from, to] {
+            let Some((a, b)) = split_table(id) else {
+                return fail(format!("`{id}` is not `schema.table`"));
+            };
+            if let Err(m) = check_ident(&a).and_then(|_| check_ident(&b)) {
+                return fail(format!("`{id}`: {m}"));
+            }
+        }
+        if apply_schema {
+            return fail("a renamed table cannot be combined with apply_schema: name each destination schema in rename_tables instead".into());
+        }
+        if from != to && renames.contains_key(to) {
+            return fail(format!(
+                "the destination `{to}` is itself renamed: a chain or swap of names is not supported"
+            ));
+        }
+        if !destinations.insert(to) {
+            return fail(format!("`{to}` is the destination of two tables"));
+        }
+    }
+    Ok(())
 }
 
 impl Target {
+    /// The renamed tables: source (schema, table) → destination (schema, table).
+    pub fn renames(&self) -> BTreeMap<(String, String), (String, String)> {
+        self.rename_tables
+            .iter()
+            .filter_map(|(k, v)| Some((split_table(k)?, split_table(v)?)))
+            .filter(|(k, v)| k != v)
+            .collect()
+    }
+
+    /// How the source's names become the target's: `apply_schema` and renamed tables.
+    pub fn schema_map(&self, tables: &[ddlwatcher::Table]) -> ddlwatcher::SchemaMap {
+        ddlwatcher::SchemaMap::new(self.apply_schema.clone(), tables).with_renames(self.renames())
+    }
+
     /// The columns excluded from `schema.table` (empty when none).
     pub fn excluded(&self, schema: &str, table: &str) -> &[String] {
         self.exclude_columns
@@ -548,6 +606,8 @@ impl Config {
                         .map_err(|m| invalid(&key(&format!("exclude_columns.{table}")), m))?;
                 }
             }
+            check_renames(&t.rename_tables, t.apply_schema.is_some())
+                .map_err(|(from, m)| invalid(&key(&format!("rename_tables.{from}")), m))?;
             if t.max_batch_size == Some(0) {
                 return Err(invalid(&key("max_batch_size"), "must be at least 1".into()));
             }

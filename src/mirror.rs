@@ -470,7 +470,7 @@ mod tests {
 pub struct Definition {
     /// The destination: a PGTELEPORT peer (a target instance).
     pub destination_name: String,
-    /// Source tables, `schema.table`, each replicated to the same name on the target.
+    /// Source tables, `schema.table` (on the target under the same name unless renamed).
     pub tables: Vec<String>,
     #[serde(default)]
     pub do_initial_snapshot: bool,
@@ -485,6 +485,9 @@ pub struct Definition {
     pub exclude: std::collections::BTreeMap<String, Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_batch_size: Option<usize>,
+    /// Tables written under another name: `schema.table` → `schema.table` on the target.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub renames: std::collections::BTreeMap<String, String>,
 }
 
 /// The mirrors stored in the database, as targets (with their destination peer's endpoint
@@ -550,6 +553,7 @@ pub fn target_of(
         synced_at_col_name: d.synced_at_col_name,
         exclude_columns: d.exclude,
         max_batch_size: d.max_batch_size,
+        rename_tables: d.renames,
     })
 }
 

@@ -43,6 +43,8 @@ pub struct Transmitter {
     synced_at_column: Option<String>,
     /// Columns that never leave the source, per `schema.table`.
     exclude: std::collections::BTreeMap<String, Vec<String>>,
+    /// Tables written under another name: source (schema, table) → target's.
+    renames: std::collections::BTreeMap<(String, String), (String, String)>,
     base_url: String,
     token: Option<Secret>,
     timeout: Duration,
@@ -89,6 +91,7 @@ impl Transmitter {
             soft_delete_column: target.soft_delete_col_name.clone(),
             synced_at_column: target.synced_at_col_name.clone(),
             exclude: target.exclude_columns.clone(),
+            renames: target.renames(),
             base_url,
             token: target.auth_token.clone(),
             timeout: Duration::from_secs(target.endpoint.timeout_seconds),
@@ -260,6 +263,9 @@ impl Transmitter {
                     m.columns.retain(|c| !excluded.contains(c));
                     m.generated.retain(|c| !excluded.contains(c));
                     m.json_columns.retain(|(c, _)| !excluded.contains(c));
+                    if let Some((schema, name)) = self.renames.get(&(n.0.clone(), n.1.clone())) {
+                        (m.schema, m.name) = (schema.clone(), name.clone());
+                    }
                     tables.index.insert(n, Some(tables.metas.len() as u32));
                     tables.metas.push(m);
                     tables.excluded.push(excluded);

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use ddlwatcher::{qualified, quote_ident, quote_literal, Catalog, TargetExpression};
+use ddlwatcher::{quote_ident, quote_literal, Catalog, TargetExpression};
 use tokio_postgres::Client;
 
 use crate::config::{Config, Database};
@@ -63,6 +63,7 @@ pub async fn verify(
         .await?
         .tables;
     catch_up(&src, &config.internal_schema, target, within).await?;
+    let names = t.schema_map(&tables);
     let mut reports = Vec::new();
     for table in &tables {
         let Some(key) = table.replica_key().map(<[String]>::to_vec) else {
@@ -71,10 +72,7 @@ pub async fn verify(
                 table.qualified()
             );
         };
-        let target_name = qualified(
-            t.apply_schema.as_deref().unwrap_or(&table.schema),
-            &table.name,
-        );
+        let target_name = names.table(&table.schema, &table.name);
         let source_key = KeyColumns::read(&src, &table.qualified(), &key).await?;
         let target_key = KeyColumns::read(&dst, &target_name, &key).await?;
         let chunks = source_key

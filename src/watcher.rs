@@ -18,7 +18,7 @@ use crate::stage::{Progress, Step, StepError};
 pub struct Watcher {
     config: Config,
     schema: String,
-    targets: Vec<(String, TargetExpression, Option<String>)>,
+    targets: Vec<(String, TargetExpression, SchemaMap)>,
     fingerprint: Option<String>,
     /// Replicated schemas per target (from the last catalog read).
     schemas: std::collections::BTreeMap<String, Vec<String>>,
@@ -35,7 +35,7 @@ impl Watcher {
                 (
                     n.clone(),
                     TargetExpression::parse(&t.target_expression).expect("validated config"),
-                    t.apply_schema.clone(),
+                    t.schema_map(&[]),
                 )
             })
             .collect();
@@ -84,7 +84,7 @@ impl Watcher {
         client: &mut Client,
         target: &str,
         expr: &TargetExpression,
-        apply_schema: &Option<String>,
+        names: &SchemaMap,
     ) -> Result<(bool, Vec<Statement>, Catalog), StepError> {
         let new = Catalog::read(&*client, expr, &self.config.internal_schema)
             .await
@@ -92,7 +92,7 @@ impl Watcher {
         let tx = client.transaction().await.map_err(StepError::db("begin"))?;
         let mut recorded = false;
         let mut deferred = Vec::new();
-        if let Some(statements) = self.advance(&tx, target, &new, apply_schema).await? {
+        if let Some(statements) = self.advance(&tx, target, &new, names).await? {
             let (later, now): (Vec<_>, Vec<_>) =
                 statements.into_iter().partition(|st| st.after_rows);
             if !now.is_empty() {
@@ -112,7 +112,7 @@ impl Watcher {
         tx: &tokio_postgres::Transaction<'_>,
         target: &str,
         new: &Catalog,
-        apply_schema: &Option<String>,
+        names: &SchemaMap,
     ) -> Result<Option<Vec<Statement>>, StepError> {
         let s = &self.schema;
         self.schemas.insert(target.to_string(), new.schemas());
@@ -137,7 +137,10 @@ impl Watcher {
         let statements = old.map(|old| {
             let mut all = old.tables.clone();
             all.extend(new.tables.iter().cloned());
-            let map = SchemaMap::new(apply_schema.clone(), &all);
+            let map = SchemaMap {
+                replicated: SchemaMap::new(None, &all).replicated,
+                ..names.clone()
+            };
             diff(&old, new, &map)
         });
         let json = serde_json::to_string(new).map_err(|e| StepError::Fatal(e.to_string()))?;
@@ -183,10 +186,10 @@ impl Watcher {
                 StepError::Fatal(format!("stored catalog snapshot {id} is unreadable: {e}"))
             })?;
             let tx = client.transaction().await.map_err(StepError::db("begin"))?;
-            for (target, expr, apply_schema) in self.targets.clone() {
+            for (target, expr, names) in self.targets.clone() {
                 let new = full.restrict(&expr);
                 let mut statements = self
-                    .advance(&tx, &target, &new, &apply_schema)
+                    .advance(&tx, &target, &new, &names)
                     .await?
                     .unwrap_or_default();
                 statements.sort_by_key(|st| st.after_rows);
@@ -355,10 +358,9 @@ impl Step for Watcher {
         let mut seen = BTreeSet::new();
         let mut deferred = Vec::new();
         let mut installed = capture::Installed::default();
-        for (target, expr, apply_schema) in self.targets.clone() {
-            let (recorded, later, catalog) = self
-                .diff_target(client, &target, &expr, &apply_schema)
-                .await?;
+        for (target, expr, names) in self.targets.clone() {
+            let (recorded, later, catalog) =
+                self.diff_target(client, &target, &expr, &names).await?;
             installed.catalogs.insert(target.clone(), catalog);
             if recorded {
                 seen.insert(target.clone());

@@ -1043,11 +1043,13 @@ async fn a_mirror_created_through_the_api_snapshots_streams_and_survives_a_resta
         json!({"connectionConfigs": f})
     };
     let create = "/api/v1/flows/cdc/create";
+    // m1 writes other.m as copy.m2 on the target.
+    let renamed = |dest: &str| json!({"tableMappings": [{"sourceTableIdentifier": "other.m", "destinationTableIdentifier": dest}]});
     let (c, v) = api(
         port,
         "POST",
         create,
-        flow("m1", "other.m", "tgt", json!({})),
+        flow("m1", "other.m", "tgt", renamed("copy.m2")),
     )
     .await?;
     assert_eq!((c, v["workflowId"].clone()), (201, json!("m1")), "{v}");
@@ -1055,13 +1057,13 @@ async fn a_mirror_created_through_the_api_snapshots_streams_and_survives_a_resta
         port,
         "POST",
         create,
-        flow("m1", "other.m", "tgt", json!({})),
+        flow("m1", "other.m", "tgt", renamed("copy.m2")),
     )
     .await?;
     assert_eq!((c, v["status"].clone()), (200, json!("unchanged")), "{v}");
     let refused = [
         (
-            flow("m1", "other.m", "tgt", json!({"doInitialSnapshot": false})),
+            flow("m1", "other.m", "tgt", renamed("copy.m3")),
             409,
             "another definition",
         ),
@@ -1092,6 +1094,23 @@ async fn a_mirror_created_through_the_api_snapshots_streams_and_survives_a_resta
             "same column",
         ),
         (flow("m2", "other*", "tgt", json!({})), 400, "schema.table"),
+        (
+            flow("m2", "other.m", "tgt", renamed("m2")),
+            400,
+            "schema.table",
+        ),
+        (
+            flow(
+                "m2",
+                "other.m",
+                "tgt",
+                json!({"tableMappings": [
+                    {"sourceTableIdentifier": "other.m", "destinationTableIdentifier": "app.t"},
+                    {"sourceTableIdentifier": "app.t"}]}),
+            ),
+            400,
+            "keeps on the target",
+        ),
     ];
     let excluding = |cols: Value| json!({"tableMappings": [{"sourceTableIdentifier": "other.m", "exclude": cols}]});
     let refused = refused.into_iter().chain([
@@ -1124,7 +1143,13 @@ async fn a_mirror_created_through_the_api_snapshots_streams_and_survives_a_resta
          insert into app.t values (1, 'config target');",
     )
     .await?;
-    wait_equal(&src, &dst, &["other.m", "app.t"], Duration::from_secs(30)).await?;
+    let pairs = [("other.m", "copy.m2"), ("app.t", "app.t")];
+    wait_equal_as(&src, &dst, &pairs, Duration::from_secs(30)).await?;
+    assert_eq!(
+        scalar_i64(&dst, "select count(*) from other.m").await?,
+        0,
+        "nothing under the source name"
+    );
     let (_, v) = api(port, "GET", "/api/v1/mirrors/list", Value::Null).await?;
     let m1 = v["mirrors"]
         .as_array()
@@ -1152,7 +1177,7 @@ async fn a_mirror_created_through_the_api_snapshots_streams_and_survives_a_resta
     let port = source.local_addr.unwrap().port();
     src.execute("delete from other.m where id <= 10", &[])
         .await?;
-    wait_equal(&src, &dst, &["other.m"], Duration::from_secs(30)).await?;
+    wait_equal_as(&src, &dst, &pairs, Duration::from_secs(30)).await?;
     assert_eq!(mirror_state(port, "m1").await?, "RUNNING");
     source.shutdown().await?;
     target.shutdown().await?;

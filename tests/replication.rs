@@ -787,6 +787,83 @@ async fn excluded_columns_never_reach_the_target() -> anyhow::Result<()> {
 }
 
 /// `verify` of target `t1` of [`Pair::source_yaml`] with `extra` target keys.
+/// `rename_tables`: two tables replicate under other names (one into another schema) —
+/// the snapshot creates them there with their keys and indexes, live changes and schema
+/// changes follow them, and `verify` compares each with its destination.
+#[tokio::test]
+async fn renamed_tables_replicate_under_their_destination_names() -> anyhow::Result<()> {
+    let p = Pair::new2(
+        "create schema app;
+         create table app.orders (id int primary key, v text);
+         create index orders_v on app.orders (v);
+         create table app.lines (id int primary key, order_id int not null, qty int);
+         create table app.kept (id int primary key, v text);
+         insert into app.orders select g, 'o' || g from generate_series(1, 300) g;
+         insert into app.lines select g, g % 300 + 1, g from generate_series(1, 600) g;
+         insert into app.kept values (1, 'same name');",
+        "",
+    )
+    .await?;
+    let target = p.start_target(0).await?;
+    let port = target.local_addr.unwrap().port();
+    let renames = "    do_initial_snapshot: true\n    rename_tables: {\"app.orders\": \"archive.orders_v2\", \"app.lines\": \"app.order_lines\"}\n";
+    let source = p.start_source(port, "app.*", renames).await?;
+    let src = p.src().await?;
+    let dst = p.dst().await?;
+    let pairs = [
+        ("app.orders", "archive.orders_v2"),
+        ("app.lines", "app.order_lines"),
+        ("app.kept", "app.kept"),
+    ];
+    wait_equal_as(&src, &dst, &pairs, Duration::from_secs(30)).await?;
+    src.batch_execute(
+        "insert into app.orders select g, 'new' from generate_series(301, 350) g;
+         update app.orders set v = 'changed' where id % 10 = 0;
+         delete from app.lines where id <= 50;
+         update app.lines set qty = -qty where id % 7 = 0;
+         alter table app.orders add column note text;
+         update app.orders set note = 'noted' where id < 20;
+         create index orders_note on app.orders (note);",
+    )
+    .await?;
+    wait_equal_as(&src, &dst, &pairs, Duration::from_secs(30)).await?;
+    assert_eq!(
+        texts(
+            &dst,
+            "select format('%s.%s', schemaname, indexname) from pg_indexes
+              where schemaname in ('app', 'archive') order by 1"
+        )
+        .await?,
+        vec![
+            "app.kept_pkey",
+            "app.order_lines_pkey",
+            "archive.orders_note",
+            "archive.orders_v",
+            "archive.orders_v2_pkey",
+        ],
+        "keys and indexes on the destination tables"
+    );
+    assert_eq!(
+        scalar_i64(
+            &dst,
+            "select count(*) from pg_class where relname in ('orders', 'lines')"
+        )
+        .await?,
+        0,
+        "nothing under the source names"
+    );
+    let reports = verify_target(&p, port, renames).await?;
+    assert_eq!(reports.len(), 3);
+    assert!(
+        reports.iter().all(|r| r.equal() && r.target_rows > 0),
+        "{}",
+        pgteleport::verify::render(&reports)
+    );
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}
+
 async fn verify_target(
     p: &Pair,
     port: u16,

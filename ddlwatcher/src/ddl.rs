@@ -6,17 +6,20 @@
 //! catalog prints them; rewriting schema names inside expressions needs a parser and arrives
 //! with the DDL issue (pg_query).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::catalog::{
     qualified, quote_ident, quote_literal, Column, Index, Table, TypeDef, TypeKind, TypeRef,
 };
 
-/// Renames the replicated schemas to `apply_schema`, when set.
+/// Renames the replicated schemas to `apply_schema`, when set, and single tables to their
+/// destination (a mirror's table mappings).
 #[derive(Debug, Clone, Default)]
 pub struct SchemaMap {
     pub apply_schema: Option<String>,
     pub replicated: BTreeSet<String>,
+    /// Source (schema, table) → target (schema, table); only tables named differently.
+    pub tables: BTreeMap<(String, String), (String, String)>,
 }
 
 impl SchemaMap {
@@ -24,7 +27,57 @@ impl SchemaMap {
         Self {
             apply_schema,
             replicated: tables.iter().map(|t| t.schema.clone()).collect(),
+            tables: BTreeMap::new(),
         }
+    }
+
+    /// With these tables renamed (source → destination, each `(schema, table)`).
+    pub fn with_renames(mut self, renames: BTreeMap<(String, String), (String, String)>) -> Self {
+        self.tables = renames;
+        self
+    }
+
+    /// Nothing is renamed: statements and expressions keep their text.
+    pub fn is_identity(&self) -> bool {
+        self.apply_schema.is_none() && self.tables.is_empty()
+    }
+
+    /// The target schema and name of the source table `schema.name`.
+    pub fn table_parts<'a>(&'a self, schema: &'a str, name: &'a str) -> (&'a str, &'a str) {
+        match self.tables.get(&(schema.to_string(), name.to_string())) {
+            Some((s, n)) => (s, n),
+            None => (self.map(schema), name),
+        }
+    }
+
+    /// The target name of the source table `schema.name`, quoted and qualified.
+    pub fn table(&self, schema: &str, name: &str) -> String {
+        let (s, n) = self.table_parts(schema, name);
+        qualified(s, n)
+    }
+
+    /// The source table `t` as the target knows it: its schema and name, and the index
+    /// definitions naming it, re-targeted (what the initial load sends).
+    pub fn renamed(&self, t: &Table) -> Table {
+        let mut out = t.clone();
+        let (s, n) = self.table_parts(&t.schema, &t.name);
+        (out.schema, out.name) = (s.to_string(), n.to_string());
+        if self
+            .tables
+            .contains_key(&(t.schema.clone(), t.name.clone()))
+        {
+            let only_renames = SchemaMap {
+                apply_schema: None,
+                replicated: BTreeSet::new(),
+                tables: self.tables.clone(),
+            };
+            for i in &mut out.indexes {
+                if let Ok(sql) = crate::retarget::statement(&i.definition, &only_renames) {
+                    i.definition = sql;
+                }
+            }
+        }
+        out
     }
 
     /// The target schema of an object in source schema `schema`.
@@ -152,7 +205,7 @@ pub fn create_table(table: &Table, map: &SchemaMap) -> String {
     let cols: Vec<String> = table.columns.iter().map(|c| column_sql(c, map)).collect();
     let sql = format!(
         "create table {} ({})",
-        qualified(map.map(&table.schema), &table.name),
+        map.table(&table.schema, &table.name),
         cols.join(", ")
     );
     // Expressions (defaults, generated columns) may name the source schema: the parser
@@ -165,7 +218,7 @@ pub fn primary_key(table: &Table, map: &SchemaMap) -> Option<String> {
     table.primary_key.as_ref().map(|k| {
         format!(
             "alter table {} add primary key ({})",
-            qualified(map.map(&table.schema), &table.name),
+            map.table(&table.schema, &table.name),
             k.iter()
                 .map(|c| quote_ident(c))
                 .collect::<Vec<_>>()
@@ -177,7 +230,7 @@ pub fn primary_key(table: &Table, map: &SchemaMap) -> Option<String> {
 /// `CREATE INDEX` on the target; `None` when the schema is renamed and the index has
 /// expressions or a predicate (those need the parser of the DDL issue).
 pub fn create_index(table: &Table, index: &Index, map: &SchemaMap) -> Option<String> {
-    if map.map(&table.schema) == table.schema {
+    if map.table_parts(&table.schema, &table.name) == (table.schema.as_str(), table.name.as_str()) {
         return Some(index.definition.clone());
     }
     if let Ok(sql) = crate::retarget::statement(&index.definition, map) {
@@ -188,7 +241,7 @@ pub fn create_index(table: &Table, index: &Index, map: &SchemaMap) -> Option<Str
         "create {}index {} on {} using {} ({})",
         if index.unique { "unique " } else { "" },
         quote_ident(&index.name),
-        qualified(map.map(&table.schema), &table.name),
+        map.table(&table.schema, &table.name),
         quote_ident(&index.method),
         cols.iter()
             .map(|c| quote_ident(c))

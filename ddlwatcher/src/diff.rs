@@ -129,7 +129,7 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
                         out.push(Statement {
                             sql: format!(
                                 "alter type {} add value if not exists {}{position}",
-                                qualified(map.map(&t.schema), &t.name),
+                                map.table(&t.schema, &t.name),
                                 quote_literal(label)
                             ),
                             transactional: false,
@@ -195,11 +195,17 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
     // Table renames first, so later statements can name the table by its new name.
     for t in &new.tables {
         if let Some(o) = old_tables.get(&t.oid) {
-            if o.name != t.name {
+            // A table the target knows under another name (rename_tables) takes the
+            // destination of its new name: the source's new name unless that is mapped too.
+            let (before, after) = (
+                map.table_parts(&o.schema, &o.name),
+                map.table_parts(&t.schema, &t.name),
+            );
+            if before.1 != after.1 {
                 out.push(Statement::tx(format!(
                     "alter table {} rename to {}",
-                    qualified(map.map(&o.schema), &o.name),
-                    quote_ident(&t.name)
+                    qualified(before.0, before.1),
+                    quote_ident(after.1)
                 )));
             }
         }
@@ -229,7 +235,7 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
     // column about to change), new ones after every new table exists.
     let mut add_constraints = Vec::new();
     for t in &new.tables {
-        let name = qualified(map.map(&t.schema), &t.name);
+        let name = map.table(&t.schema, &t.name);
         let before: BTreeMap<&str, &crate::catalog::Constraint> = old_tables
             .get(&t.oid)
             .map(|o| o.constraints.iter().map(|c| (c.name.as_str(), c)).collect())
@@ -262,7 +268,7 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
         let Some(o) = old_tables.get(&t.oid) else {
             continue;
         };
-        let name = qualified(map.map(&t.schema), &t.name);
+        let name = map.table(&t.schema, &t.name);
         let before: BTreeMap<i16, &Column> = o.columns.iter().map(|c| (c.attnum, c)).collect();
         let after: BTreeMap<i16, &Column> = t.columns.iter().map(|c| (c.attnum, c)).collect();
         for (n, c) in &after {
@@ -333,7 +339,7 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
             {
                 out.push(Statement::tx(format!(
                     "drop index if exists {}",
-                    qualified(map.map(&t.schema), n)
+                    qualified(map.table_parts(&t.schema, &t.name).0, n)
                 )));
             }
         }
@@ -359,7 +365,7 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
         if !new_tables.contains_key(&o.oid) {
             out.push(Statement::tx(format!(
                 "drop table if exists {}",
-                qualified(map.map(&o.schema), &o.name)
+                map.table(&o.schema, &o.name)
             )));
         }
     }
@@ -457,8 +463,54 @@ mod tests {
         let map = SchemaMap {
             apply_schema: Some("copy".into()),
             replicated: ["app".to_string()].into(),
+            tables: Default::default(),
         };
         diff(old, new, &map).into_iter().map(|s| s.sql).collect()
+    }
+
+    #[test]
+    fn a_renamed_table_is_named_by_its_destination() {
+        let catalog = |cols: Vec<Column>, indexes: Vec<crate::catalog::Index>| Catalog {
+            tables: vec![
+                Table {
+                    indexes,
+                    ..table(1, "orders", cols)
+                },
+                table(2, "lines", vec![col(1, "id", "integer")]),
+            ],
+            types: vec![],
+            functions: vec![],
+            views: vec![],
+            sequences: vec![],
+        };
+        let old = catalog(vec![col(1, "id", "integer")], vec![]);
+        let index = crate::catalog::Index {
+            name: "orders_note".into(),
+            definition: "CREATE INDEX orders_note ON app.orders USING btree (note)".into(),
+            unique: false,
+            method: "btree".into(),
+            columns: Some(vec!["note".into()]),
+        };
+        let new = catalog(
+            vec![col(1, "id", "integer"), col(2, "note", "text")],
+            vec![index],
+        );
+        let map = SchemaMap::default().with_renames(
+            [(
+                ("app".to_string(), "orders".to_string()),
+                ("archive".to_string(), "orders_2026".to_string()),
+            )]
+            .into(),
+        );
+        let sqls: Vec<String> = diff(&old, &new, &map).into_iter().map(|s| s.sql).collect();
+        assert_eq!(
+            sqls,
+            vec![
+                // Printed back by the parser: the text names a renamed table's source name.
+                "ALTER TABLE archive.orders_2026 ADD COLUMN note text",
+                "CREATE INDEX orders_note ON archive.orders_2026 USING btree (note)",
+            ]
+        );
     }
 
     #[test]
@@ -545,6 +597,7 @@ mod tests {
         let map = SchemaMap {
             apply_schema: Some("copy".into()),
             replicated: ["app".to_string()].into(),
+            tables: Default::default(),
         };
         let d = diff(&old, &new, &map);
         assert_eq!(

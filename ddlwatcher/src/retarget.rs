@@ -21,7 +21,7 @@ pub enum RetargetError {
 
 /// Re-targets a whole statement (or several).
 pub fn statement(sql: &str, map: &SchemaMap) -> Result<String, RetargetError> {
-    if map.apply_schema.is_none() {
+    if map.is_identity() {
         return Ok(sql.to_string());
     }
     let err = |e: pg_query::Error| RetargetError::Parse {
@@ -44,7 +44,10 @@ pub fn statement(sql: &str, map: &SchemaMap) -> Result<String, RetargetError> {
 /// are already the target's; expressions copied from the source may not be). Keeps the text
 /// when the parser cannot re-target it: its own names are already right.
 pub fn if_needed(sql: String, map: &SchemaMap) -> String {
-    if map.apply_schema.is_none() || !map.replicated.iter().any(|s| sql.contains(s.as_str())) {
+    let schema_named =
+        map.apply_schema.is_some() && map.replicated.iter().any(|s| sql.contains(s.as_str()));
+    let table_named = map.tables.keys().any(|(_, t)| sql.contains(t.as_str()));
+    if !schema_named && !table_named {
         return sql;
     }
     statement(&sql, map).unwrap_or(sql)
@@ -52,7 +55,7 @@ pub fn if_needed(sql: String, map: &SchemaMap) -> String {
 
 /// Re-targets one expression (a default, a generation expression, a check).
 pub fn expression(expr: &str, map: &SchemaMap) -> Result<String, RetargetError> {
-    if map.apply_schema.is_none() {
+    if map.is_identity() {
         return Ok(expr.to_string());
     }
     let printed = statement(&format!("SELECT {expr}"), map)?;
@@ -88,9 +91,15 @@ fn opt(node: &mut Option<Box<protobuf::Node>>, map: &SchemaMap) -> Walk {
 
 fn range_var(r: &mut Option<RangeVar>, map: &SchemaMap) {
     if let Some(r) = r.as_mut() {
-        if !r.schemaname.is_empty() {
-            r.schemaname = map.map(&r.schemaname).to_string();
-        }
+        rename(r, map);
+    }
+}
+
+/// A schema-qualified relation: its schema mapped, or the table renamed.
+fn rename(r: &mut RangeVar, map: &SchemaMap) {
+    if !r.schemaname.is_empty() {
+        let (s, n) = map.table_parts(&r.schemaname, &r.relname);
+        (r.schemaname, r.relname) = (s.to_string(), n.to_string());
     }
 }
 
@@ -266,9 +275,7 @@ fn select(s: &mut protobuf::SelectStmt, map: &SchemaMap) -> Walk {
 fn walk_enum(n: &mut NodeEnum, map: &SchemaMap) -> Walk {
     match n {
         NodeEnum::RangeVar(r) => {
-            if !r.schemaname.is_empty() {
-                r.schemaname = map.map(&r.schemaname).to_string();
-            }
+            rename(r, map);
             Ok(())
         }
         NodeEnum::TypeName(t) => {
@@ -437,6 +444,7 @@ mod tests {
         SchemaMap {
             apply_schema: Some("mirror".into()),
             replicated: ["app".to_string()].into(),
+            tables: Default::default(),
         }
     }
 
@@ -590,6 +598,7 @@ end"
         let quoted = SchemaMap {
             apply_schema: Some("Mirror Image".into()),
             replicated: ["app".to_string()].into(),
+            tables: Default::default(),
         };
         assert_eq!(
             plpgsql_body("begin return app.g(1); end".into(), &quoted),
@@ -598,6 +607,7 @@ end"
         let keyword = SchemaMap {
             apply_schema: Some("select".into()),
             replicated: ["app".to_string()].into(),
+            tables: Default::default(),
         };
         assert_eq!(
             plpgsql_body("begin return app.g(1); end".into(), &keyword),
@@ -614,5 +624,46 @@ end"
         ] {
             assert_eq!(plpgsql_body(body.to_string(), &map()), body);
         }
+    }
+
+    fn renames() -> SchemaMap {
+        SchemaMap::default().with_renames(
+            [(
+                ("app".to_string(), "orders".to_string()),
+                ("copy".to_string(), "orders_v2".to_string()),
+            )]
+            .into(),
+        )
+    }
+
+    #[test]
+    fn renamed_tables_are_renamed_where_statements_name_them() {
+        let m = renames();
+        assert_eq!(
+            statement("CREATE INDEX o_a ON app.orders USING btree (a)", &m).unwrap(),
+            "CREATE INDEX o_a ON copy.orders_v2 USING btree (a)"
+        );
+        // Other tables, and a column or literal of the same name, stay.
+        assert_eq!(
+            if_needed(
+                "ALTER TABLE app.lines ADD CONSTRAINT f FOREIGN KEY (o) REFERENCES app.orders(id)"
+                    .to_string(),
+                &m
+            ),
+            "ALTER TABLE app.lines ADD CONSTRAINT f FOREIGN KEY (o) REFERENCES copy.orders_v2 (id)"
+        );
+        assert_eq!(
+            if_needed(
+                "CREATE VIEW app.v AS SELECT orders FROM app.orders JOIN other.orders USING (id) WHERE note = 'app.orders'"
+                    .to_string(),
+                &m
+            ),
+            "CREATE VIEW app.v AS SELECT orders FROM copy.orders_v2 JOIN other.orders USING (id) WHERE note = 'app.orders'"
+        );
+        // Text that cannot name the table is not parsed at all.
+        assert_eq!(
+            if_needed("drop table app.lines".to_string(), &m),
+            "drop table app.lines"
+        );
     }
 }

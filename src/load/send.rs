@@ -283,6 +283,9 @@ pub async fn run(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErro
     for t in &mut tables {
         exclude_columns(t, target.excluded(&t.schema, &t.name));
     }
+    // Renamed tables travel under their destination name (the source keeps its own for
+    // the COPY); the target applies apply_schema itself.
+    let names = ddlwatcher::SchemaMap::default().with_renames(target.renames());
     let prepared = remote
         .post_json(
             "/v1/load/prepare",
@@ -290,7 +293,7 @@ pub async fn run(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErro
                 source: config.database.name.clone(),
                 target: opts.target.clone(),
                 apply_schema: target.apply_schema.clone(),
-                tables: tables.clone(),
+                tables: tables.iter().map(|t| names.renamed(t)).collect(),
                 types,
                 truncate: opts.truncate,
             },
@@ -304,10 +307,14 @@ pub async fn run(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErro
         .filter(|s| s.state == "done")
         .map(|s| (s.schema.clone(), s.name.clone()))
         .collect();
-    let todo: Vec<Table> = tables
+    let (todo, dest): (Vec<Table>, Vec<Table>) = tables
         .into_iter()
-        .filter(|t| !done.contains(&(t.schema.clone(), t.name.clone())))
-        .collect();
+        .map(|t| {
+            let d = names.renamed(&t);
+            (t, d)
+        })
+        .filter(|(_, d)| !done.contains(&(d.schema.clone(), d.name.clone())))
+        .unzip();
     // Under wal_level = minimal on the target, a table filled in the transaction that
     // empties it writes no WAL: then whole tables (in parallel) beat ranges of one table.
     let whole_tables = match opts.split {
@@ -352,7 +359,7 @@ pub async fn run(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErro
                 target: opts.target.clone(),
                 apply_schema: target.apply_schema.clone(),
                 snapshot: snapshot.clone(),
-                tables: todo
+                tables: dest
                     .iter()
                     .map(|t| (t.schema.clone(), t.name.clone()))
                     .collect(),
@@ -423,6 +430,7 @@ pub async fn run(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErro
         rows: AtomicU64::new(0),
     });
     let todo = Arc::new(todo);
+    let dest = Arc::new(dest);
     let mut workers = tokio::task::JoinSet::new();
     for w in 0..opts.workers.max(1) {
         let ctx = WorkerCtx {
@@ -432,6 +440,7 @@ pub async fn run(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErro
             snapshot_id: snapshot_id.clone(),
             snapshot: snapshot.clone(),
             tables: todo.clone(),
+            dest: dest.clone(),
             ranges_of: ranges_of.clone(),
             remote: remote.clone(),
             shared: shared.clone(),
@@ -475,7 +484,9 @@ struct WorkerCtx {
     apply_schema: Option<String>,
     snapshot_id: String,
     snapshot: String,
+    /// The tables as the source names them, and as the target does (`rename_tables`).
     tables: Arc<Vec<Table>>,
+    dest: Arc<Vec<Table>>,
     ranges_of: HashMap<usize, i32>,
     remote: Arc<Remote>,
     shared: Arc<Shared>,
@@ -530,7 +541,7 @@ impl WorkerCtx {
                             source: self.config.database.name.clone(),
                             target: self.target.clone(),
                             apply_schema: self.apply_schema.clone(),
-                            table: table.clone(),
+                            table: self.dest[job.table].clone(),
                             ranges: self.ranges_of[&job.table],
                             snapshot: self.snapshot.clone(),
                         },
@@ -607,8 +618,8 @@ impl WorkerCtx {
             source: self.config.database.name.clone(),
             target: self.target.clone(),
             apply_schema: self.apply_schema.clone(),
-            schema: table.schema.clone(),
-            table: table.name.clone(),
+            schema: self.dest[job.table].schema.clone(),
+            table: self.dest[job.table].name.clone(),
             range: job.range,
             snapshot: self.snapshot.clone(),
             format: format.to_string(),

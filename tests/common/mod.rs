@@ -203,14 +203,33 @@ pub async fn wait_equal(
     tables: &[&str],
     within: Duration,
 ) -> Result<()> {
+    let same: Vec<(&str, &str)> = tables.iter().map(|t| (*t, *t)).collect();
+    wait_equal_as(src, dst, &same, within).await
+}
+
+/// [`wait_equal`] for tables the target holds under other names: (source, target) pairs.
+pub async fn wait_equal_as(
+    src: &Client,
+    dst: &Client,
+    tables: &[(&str, &str)],
+    within: Duration,
+) -> Result<()> {
     let deadline = Instant::now() + within;
     loop {
         let mut diff = None;
-        for t in tables {
-            let (a, b) = (rows(src, t).await?, rows(dst, t).await?);
+        for (t, on_target) in tables {
+            let a = rows(src, t).await?;
+            // A table the target does not have yet (its snapshot or DDL is coming).
+            let b = match rows(dst, on_target).await {
+                Ok(b) => b,
+                Err(e) => {
+                    diff = Some(format!("{on_target} on the target: {e}"));
+                    break;
+                }
+            };
             if a != b {
                 diff = Some(format!(
-                    "{t}: source {} rows, target {} rows",
+                    "{t} (target {on_target}): source {} rows, target {} rows",
                     a.len(),
                     b.len()
                 ));
