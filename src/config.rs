@@ -916,6 +916,57 @@ sentry_endpoint: "https://key@sentry.example.com/8"
     }
 
     #[test]
+    fn renamed_tables_are_checked() {
+        let with = |renames: &str, apply_schema: bool| {
+            let mut text = TELEPORT.replace(
+                "    apply_schema: \"orders_copy\"\n",
+                &format!("    rename_tables: {{{renames}}}\n"),
+            );
+            if apply_schema {
+                text = text.replace("rename_tables", "apply_schema: x\n    rename_tables");
+            }
+            parse(&text, &[]).map_err(|e| e.to_string())
+        };
+        let ok = with(
+            "\"public.a\": \"archive.a2\", \"public.b\": \"public.b2\"",
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            ok.targets["analytics"].renames(),
+            [
+                (
+                    ("public".into(), "a".into()),
+                    ("archive".into(), "a2".into())
+                ),
+                (
+                    ("public".into(), "b".into()),
+                    ("public".into(), "b2".into())
+                ),
+            ]
+            .into()
+        );
+        for (renames, apply_schema, says) in [
+            ("\"public.a\": \"a2\"", false, "is not `schema.table`"),
+            ("\"public.a\": \"p.a2\"", true, "apply_schema"),
+            (
+                "\"public.a\": \"public.b\", \"public.b\": \"public.a\"",
+                false,
+                "chain or swap",
+            ),
+            (
+                "\"public.a\": \"public.c\", \"public.b\": \"public.c\"",
+                false,
+                "destination of two",
+            ),
+        ] {
+            let e = with(renames, apply_schema).unwrap_err();
+            assert!(e.contains("targets.analytics.rename_tables.public."), "{e}");
+            assert!(e.contains(says), "{renames}: {e}");
+        }
+    }
+
+    #[test]
     fn env_overrides_secrets() {
         let c = parse(
             TELEPORT,
