@@ -39,6 +39,25 @@ pub fn batch_events_sql(s: &str) -> String {
     )
 }
 
+/// [`batch_events_sql`] without the table filter: the events of every table in the
+/// batch's transactions (schema and sequence events still only the target's). Exact when
+/// every table among them matches the filter — the transmitter checks that per table
+/// first, which spares a regular expression per event.
+pub fn batch_events_unfiltered_sql(s: &str) -> String {
+    let condition = BATCH_EVENTS_CONDITION
+        .split_once("and case when")
+        .map(|(before, _)| before)
+        .expect("the condition ends with the table filter");
+    format!(
+        "(select e.* from {s}.event e,
+                 (select $1::text::pg_snapshot as snap_from, $2::text::pg_snapshot as snap_to,
+                         $3::text as filter, $4::text as target) b
+           where {condition}
+             and (e.ev_op not in ('S', 'Q') or e.ev_table::text = b.target)
+             and ($5::text[] is null or e.ev_txid = any($5::text[]::xid8[])))"
+    )
+}
+
 /// A batch's bounds, read from its row in the queue's `batch` table.
 pub struct BatchBounds {
     pub snap_from: String,

@@ -19,7 +19,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::value::RawValue;
 use tokio_postgres::Client;
 
-use crate::batcher::{batch_events_sql, BatchBounds};
+use crate::batcher::{batch_events_sql, batch_events_unfiltered_sql, BatchBounds};
 use crate::config::{Config, Secret, Target};
 use crate::stage::{Progress, Step, StepError};
 use crate::wire::{self, Batch, DdlVersion, Event, Op, TableMeta};
@@ -215,21 +215,26 @@ impl Transmitter {
         bounds: &BatchBounds,
     ) -> Result<Tables, StepError> {
         let s = &self.schema;
-        let rows = client
+        // Every table in the batch's transactions, and whether the filter takes it: the
+        // regular expression runs once per table here, not once per event.
+        let all = client
             .query(
                 &format!(
-                    "select e.ev_schema::text, e.ev_table::text, coalesce(e.ev_relid, 0::oid),
-                            count(*) filter (where e.ev_op = 'I'), count(*) filter (where e.ev_op = 'U'),
-                            count(*) filter (where e.ev_op = 'D'), count(*) filter (where e.ev_op = 'T')
-                       from {events} e
-                      where e.ev_op not in ('S', 'Q')
-                      group by 1, 2, 3",
-                    events = batch_events_sql(s)
+                    "select g.*, (g.s || '.' || g.t) ~ $3::text
+                       from (select e.ev_schema::text as s, e.ev_table::text as t, coalesce(e.ev_relid, 0::oid),
+                                    count(*) filter (where e.ev_op = 'I'), count(*) filter (where e.ev_op = 'U'),
+                                    count(*) filter (where e.ev_op = 'D'), count(*) filter (where e.ev_op = 'T')
+                               from {events} e
+                              where e.ev_op not in ('S', 'Q')
+                              group by 1, 2, 3) g",
+                    events = batch_events_unfiltered_sql(s)
                 ),
                 &bounds.params(),
             )
             .await
             .map_err(StepError::db(format!("reading the tables of batch {seq}")))?;
+        let filtered = all.iter().any(|r| !r.get::<_, bool>(7));
+        let (rows, other): (Vec<_>, Vec<_>) = all.into_iter().partition(|r| r.get::<_, bool>(7));
         // Names are what the target has at this point of the stream; key and columns
         // come from the catalog by oid.
         let names: Vec<(String, String, u32)> = rows
@@ -237,7 +242,15 @@ impl Transmitter {
             .map(|r| (r.get(0), r.get(1), r.get(2)))
             .collect();
         let described = self.describe(client, &names).await?;
-        let mut tables = Tables::default();
+        let mut tables = Tables {
+            filtered,
+            ..Default::default()
+        };
+        // Events of other tables are skipped when read unfiltered (they are not read at
+        // all when some table is filtered out).
+        for r in &other {
+            tables.index.insert((r.get(0), r.get(1), r.get(2)), None);
+        }
         for r in &rows {
             tables.rows.schemas.push(r.get(0));
             tables.rows.names.push(r.get(1));
@@ -300,7 +313,11 @@ impl Transmitter {
                             coalesce(e.ev_relid, 0::oid)
                        from {events} e
                       order by e.ev_id",
-                    events = batch_events_sql(s)
+                    events = if tables.filtered {
+                        batch_events_sql(s)
+                    } else {
+                        batch_events_unfiltered_sql(s)
+                    }
                 ),
                 bounds.params(),
             )
@@ -671,6 +688,9 @@ struct Tables {
     rows: RowCounts,
     /// Per table (as `metas`), the columns stripped from its row images.
     excluded: Vec<Vec<String>>,
+    /// Some table of the batch's transactions is not the target's: its events are read
+    /// with the filter (else without, and every table is the target's).
+    filtered: bool,
 }
 
 /// Row events per table of one batch: inserts, updates, deletes, truncates (columns).
