@@ -766,17 +766,15 @@ impl Applier {
             let cols = &columns[indexes[0]];
             if pipelined {
                 let tolerate = self.tolerates_missing(tx, kind, &table).await?;
-                let arrays = if matches!(kind, Kind::Insert | Kind::Update | Kind::Delete)
+                let arrays = if matches!(kind, Kind::Insert | Kind::Update)
                     && meta.json_columns.is_empty()
                     && meta.soft_delete_column.is_none()
                     && meta.synced_at_column.is_none()
                 {
                     match self.column_types(tx, ddl.applied, &table).await? {
                         Some(types) => {
-                            SetRun::prepare_arrays(
-                                tx, kind, meta, cols, &table, run, &types, tolerate,
-                            )
-                            .await?
+                            SetRun::prepare_arrays(tx, kind, meta, cols, &table, run, &types)
+                                .await?
                         }
                         None => None,
                     }
@@ -984,11 +982,10 @@ impl SetRun {
         }))
     }
 
-    /// An insert, update or delete run applied from text arrays, one per column (key
-    /// column for a delete), each value cast to its column's type (no JSON for PostgreSQL
-    /// to parse). `None` when the run needs the JSON path: a value that is an array or
-    /// object, a column the target table lacks, an update of key columns only.
-    #[allow(clippy::too_many_arguments)]
+    /// An insert or update run applied from text arrays, one per column, each value cast
+    /// to its column's type (no JSON for PostgreSQL to parse). `None` when the run needs
+    /// the JSON path: a value that is an array or object, a column the target table lacks,
+    /// an update of key columns only.
     async fn prepare_arrays(
         tx: &deadpool_postgres::Transaction<'_>,
         kind: Kind,
@@ -997,14 +994,7 @@ impl SetRun {
         table: &str,
         events: &[&Event],
         types: &HashMap<String, String>,
-        tolerate_missing: bool,
     ) -> Result<Option<SetRun>, ApplyError> {
-        // A delete names its rows by their key image.
-        let cols = if kind == Kind::Delete {
-            &meta.key[..]
-        } else {
-            cols
-        };
         let Some(tys) = cols
             .iter()
             .map(|c| types.get(c).map(String::as_str))
@@ -1018,18 +1008,13 @@ impl SetRun {
                 Some(sql) => sql,
                 None => return Ok(None),
             },
-            Kind::Delete if !cols.is_empty() => delete_arrays_sql(meta, &tys, table),
             _ => return Ok(None),
         };
         let mut arrays: Vec<Vec<Option<String>>> =
             vec![Vec::with_capacity(events.len()); cols.len()];
         for e in events {
-            let image = if kind == Kind::Delete {
-                &e.key
-            } else {
-                &e.data
-            };
-            let Some(values) = image
+            let Some(values) = e
+                .data
                 .as_deref()
                 .and_then(|d| crate::wire::object_texts(d, cols))
             else {
@@ -1047,7 +1032,7 @@ impl SetRun {
             n: events.len() as i64,
             json: String::new(),
             arrays: Some(arrays),
-            tolerate_missing,
+            tolerate_missing: false,
             context,
         }))
     }
@@ -1061,15 +1046,6 @@ impl SetRun {
                 tx.execute(&self.statement, &params)
                     .await
                     .map_err(pg(context))?;
-            } else if self.kind == Kind::Delete {
-                let row = tx
-                    .query_one(&self.statement, &params)
-                    .await
-                    .map_err(pg(context))?;
-                // As below: the target's own ON DELETE CASCADE may have removed some.
-                if !self.tolerate_missing {
-                    check_matched(context, row.get(0), row.get(1))?;
-                }
             } else {
                 params.push(&self.n);
                 let row = tx
@@ -1608,29 +1584,6 @@ fn update_arrays_sql(
         set = set.join(", "),
         cond = cond.join(" and "),
     ))
-}
-
-/// Returns (keys named, rows deleted): the run's keys as one text array per key column.
-fn delete_arrays_sql(meta: &TableMeta, tys: &[&str], table: &str) -> String {
-    let (from, casts) = unnest_arrays(tys, false);
-    let named: Vec<String> = casts
-        .iter()
-        .enumerate()
-        .map(|(i, c)| format!("{c} as c{i}"))
-        .collect();
-    let cond: Vec<String> = meta
-        .key
-        .iter()
-        .enumerate()
-        .map(|(i, k)| format!("t.{} = k.c{i}", quote_ident(k)))
-        .collect();
-    format!(
-        "with k as (select {} from {from}),
-              d as (delete from {table} as t using k where {} returning 1)
-         select (select count(*) from k), (select count(*) from d)",
-        named.join(", "),
-        cond.join(" and ")
-    )
 }
 
 fn update_key_sql(meta: &TableMeta, columns: &[String], table: &str) -> String {
