@@ -309,7 +309,7 @@ impl Transmitter {
             .query_raw(
                 &format!(
                     "select e.ev_id, e.ev_op, e.ev_schema::text, e.ev_table::text, e.ev_key::text, e.ev_data::text,
-                            (extract(epoch from e.ev_time) * 1000000)::int8, e.ev_txid::text,
+                            e.ev_time, e.ev_txid::text,
                             coalesce(e.ev_relid, 0::oid)
                        from {events} e
                       order by e.ev_id",
@@ -412,7 +412,9 @@ impl Transmitter {
                 })
                 .transpose()
             };
-            let ts: i64 = r.get(6);
+            // Binary timestamptz: cheaper than computing epoch microseconds per row in SQL
+            // (a numeric expression).
+            let ts = micros_since_epoch(r.get(6));
             if current.part == 0 {
                 current.captured_at_us = Some(current.captured_at_us.map_or(ts, |c| c.min(ts)));
             }
@@ -671,6 +673,14 @@ impl Transmitter {
                 ),
             )),
         }
+    }
+}
+
+/// Microseconds since the Unix epoch (negative before it).
+fn micros_since_epoch(t: std::time::SystemTime) -> i64 {
+    match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => d.as_micros() as i64,
+        Err(e) => -(e.duration().as_micros() as i64),
     }
 }
 
