@@ -13,6 +13,8 @@
 //! precision and every other value survive exactly; the target rebuilds rows with
 //! `json_populate_record(set)`.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -68,28 +70,63 @@ pub struct DdlVersion {
     pub statements: Vec<ddlwatcher::Statement>,
 }
 
-/// The column names of a row image (a JSON object's keys), without parsing its values.
-pub fn object_keys(raw: &RawValue) -> Result<Vec<String>, serde_json::Error> {
-    struct Keys;
-    impl<'de> serde::de::Visitor<'de> for Keys {
-        type Value = Vec<String>;
+/// A member name of a JSON object: borrowed from the text unless written with escapes.
+struct Name<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Name<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Name<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// Calls `member` with each member of the JSON object `raw`, in order: its name and its
+/// raw value (unparsed). The one walk the row-image helpers below share.
+fn for_each_member<'de>(
+    raw: &'de str,
+    member: impl FnMut(Cow<'de, str>, &'de RawValue) -> Result<(), String>,
+) -> Result<(), serde_json::Error> {
+    struct Walk<F>(F);
+    impl<'de, F> serde::de::Visitor<'de> for Walk<F>
+    where
+        F: FnMut(Cow<'de, str>, &'de RawValue) -> Result<(), String>,
+    {
+        type Value = ();
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
             f.write_str("a JSON object")
         }
-        fn visit_map<A: serde::de::MapAccess<'de>>(
-            self,
-            mut map: A,
-        ) -> Result<Self::Value, A::Error> {
-            let mut keys = Vec::new();
-            while let Some(k) = map.next_key::<String>()? {
-                map.next_value::<serde::de::IgnoredAny>()?;
-                keys.push(k);
+        fn visit_map<A: serde::de::MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
+            while let Some(Name(k)) = map.next_key::<Name<'de>>()? {
+                let v = map.next_value::<&'de RawValue>()?;
+                (self.0)(k, v).map_err(serde::de::Error::custom)?;
             }
-            Ok(keys)
+            Ok(())
         }
     }
-    let mut de = serde_json::Deserializer::from_str(raw.get());
-    serde::Deserializer::deserialize_map(&mut de, Keys)
+    let mut de = serde_json::Deserializer::from_str(raw);
+    serde::Deserializer::deserialize_map(&mut de, Walk(member))
+}
+
+/// The column names of a row image (a JSON object's keys), without parsing its values.
+pub fn object_keys(raw: &RawValue) -> Result<Vec<String>, serde_json::Error> {
+    let mut keys = Vec::new();
+    for_each_member(raw.get(), |k, _| {
+        keys.push(k.into_owned());
+        Ok(())
+    })?;
+    Ok(keys)
 }
 
 /// The values of `names` in the object `raw` as PostgreSQL's input functions take them (a
@@ -97,106 +134,63 @@ pub fn object_keys(raw: &RawValue) -> Result<Vec<String>, serde_json::Error> {
 /// `names`. `None` when a name is missing, a value is an array or an object (those need
 /// `json_populate_record`'s conversions), or `raw` is not an object.
 pub fn object_texts(raw: &RawValue, names: &[String]) -> Option<Vec<Option<String>>> {
-    struct Texts<'n>(&'n [String]);
-    impl<'de> serde::de::Visitor<'de> for Texts<'_> {
-        type Value = Option<Vec<Option<Option<String>>>>;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a JSON object")
-        }
-        fn visit_map<A: serde::de::MapAccess<'de>>(
-            self,
-            mut map: A,
-        ) -> Result<Self::Value, A::Error> {
-            let mut found: Vec<Option<Option<String>>> = vec![None; self.0.len()];
-            let mut scalar = true;
-            while let Some(k) = map.next_key::<String>()? {
-                let v = map.next_value::<&'de RawValue>()?.get();
-                let Some(i) = self.0.iter().position(|n| *n == k) else {
-                    continue;
-                };
-                found[i] = Some(match v.as_bytes().first() {
-                    Some(b'"') => {
-                        Some(serde_json::from_str::<String>(v).map_err(serde::de::Error::custom)?)
-                    }
-                    Some(b'n') => None,
-                    Some(b'[' | b'{') | None => {
-                        scalar = false;
-                        None
-                    }
-                    Some(_) => Some(v.to_string()),
-                });
+    let mut found: Vec<Option<Option<String>>> = vec![None; names.len()];
+    let mut scalar = true;
+    for_each_member(raw.get(), |k, v| {
+        let Some(i) = names.iter().position(|n| *n == k) else {
+            return Ok(());
+        };
+        let v = v.get();
+        found[i] = Some(match v.as_bytes().first() {
+            Some(b'"') => Some(serde_json::from_str::<String>(v).map_err(|e| e.to_string())?),
+            Some(b'n') => None,
+            Some(b'[' | b'{') | None => {
+                scalar = false;
+                None
             }
-            Ok(scalar.then_some(found))
-        }
+            Some(_) => Some(v.to_string()),
+        });
+        Ok(())
+    })
+    .ok()?;
+    if !scalar {
+        return None;
     }
-    let mut de = serde_json::Deserializer::from_str(raw.get());
-    let found = serde::Deserializer::deserialize_map(&mut de, Texts(names)).ok()??;
     found.into_iter().collect()
 }
 
 /// The object `raw` without the members named in `excluded`, the others kept in their
 /// order with their raw values (numbers and strings exactly as written).
 pub fn object_without(raw: &str, excluded: &[String]) -> Result<String, serde_json::Error> {
-    struct Without<'x>(&'x [String]);
-    impl<'de> serde::de::Visitor<'de> for Without<'_> {
-        type Value = String;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a JSON object")
+    let mut out = String::from("{");
+    for_each_member(raw, |k, v| {
+        if excluded.iter().any(|x| *x == k) {
+            return Ok(());
         }
-        fn visit_map<A: serde::de::MapAccess<'de>>(
-            self,
-            mut map: A,
-        ) -> Result<Self::Value, A::Error> {
-            let mut out = String::from("{");
-            while let Some(k) = map.next_key::<String>()? {
-                let v = map.next_value::<&'de RawValue>()?;
-                if self.0.contains(&k) {
-                    continue;
-                }
-                if out.len() > 1 {
-                    out.push(',');
-                }
-                out.push_str(&serde_json::to_string(&k).map_err(serde::de::Error::custom)?);
-                out.push(':');
-                out.push_str(v.get());
-            }
-            out.push('}');
-            Ok(out)
+        if out.len() > 1 {
+            out.push(',');
         }
-    }
-    let mut de = serde_json::Deserializer::from_str(raw);
-    serde::Deserializer::deserialize_map(&mut de, Without(excluded))
+        out.push_str(&serde_json::to_string(&k).map_err(|e| e.to_string())?);
+        out.push(':');
+        out.push_str(v.get());
+        Ok(())
+    })?;
+    out.push('}');
+    Ok(out)
 }
 
 /// The raw JSON values of `names` in the object `raw`, in the order of `names`, joined
 /// with a separator no JSON text contains unescaped; `None` when one is missing or `raw`
 /// is not an object. Two images of one row under one encoder give the same text.
 pub fn object_values(raw: &RawValue, names: &[String]) -> Option<String> {
-    struct Values<'n>(&'n [String]);
-    impl<'de> serde::de::Visitor<'de> for Values<'_> {
-        type Value = Vec<Option<&'de str>>;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a JSON object")
+    let mut found: Vec<Option<&str>> = vec![None; names.len()];
+    for_each_member(raw.get(), |k, v| {
+        if let Some(i) = names.iter().position(|n| *n == k) {
+            found[i] = Some(v.get());
         }
-        fn visit_map<A: serde::de::MapAccess<'de>>(
-            self,
-            mut map: A,
-        ) -> Result<Self::Value, A::Error> {
-            let mut found = vec![None; self.0.len()];
-            // Borrowed: a name written with escapes fails, and the event is then applied in order.
-            while let Some(k) = map.next_key::<&'de str>()? {
-                match self.0.iter().position(|n| *n == k) {
-                    Some(i) => found[i] = Some(map.next_value::<&'de RawValue>()?.get()),
-                    None => {
-                        map.next_value::<serde::de::IgnoredAny>()?;
-                    }
-                }
-            }
-            Ok(found)
-        }
-    }
-    let mut de = serde_json::Deserializer::from_str(raw.get());
-    let found = serde::Deserializer::deserialize_map(&mut de, Values(names)).ok()?;
+        Ok(())
+    })
+    .ok()?;
     let mut out = String::new();
     for v in found {
         out.push_str(v?);
