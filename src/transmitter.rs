@@ -561,12 +561,13 @@ impl Transmitter {
         let bounds = BatchBounds::read(client, &self.schema, &self.target, seq)
             .await
             .map_err(Refusal::Source)?;
-        let tables = self
+        let mut tables = self
             .batch_tables(client, seq, &bounds)
             .await
             .map_err(Refusal::Source)?;
         let ddl = self.pending_ddl(client).await.map_err(Refusal::Source)?;
-        let rows = tables.rows.clone();
+        // Counted once the target acknowledges the batch; producing it does not need them.
+        let rows = std::mem::take(&mut tables.rows);
         let started = std::time::Instant::now();
         let (frames, mut body) = tokio::sync::mpsc::channel(4);
         let out = Frames {
