@@ -309,7 +309,7 @@ impl Transmitter {
             .query_raw(
                 &format!(
                     "select e.ev_id, e.ev_op, e.ev_schema::text, e.ev_table::text, e.ev_key::text, e.ev_data::text,
-                            e.ev_time, e.ev_txid::text,
+                            e.ev_time, e.ev_txid,
                             coalesce(e.ev_relid, 0::oid)
                        from {events} e
                       order by e.ev_id",
@@ -418,14 +418,12 @@ impl Transmitter {
             if current.part == 0 {
                 current.captured_at_us = Some(current.captured_at_us.map_or(ts, |c| c.min(ts)));
             }
-            let txid: String = r.get(7);
+            let Xid8(txid) = r.get(7);
             let event = Event {
                 id: r.get(0),
                 op,
                 table,
-                txid: Some(txid.parse().map_err(|_| {
-                    StepError::Fatal(format!("event txid `{txid}` is not a number"))
-                })?),
+                txid: Some(txid),
                 key: raw(r.get(4))?,
                 data: raw(r.get(5))?,
             };
@@ -674,6 +672,25 @@ impl Transmitter {
                 ),
             )),
         }
+    }
+}
+
+/// A full transaction id (`xid8`), read in binary: eight bytes, big-endian.
+struct Xid8(u64);
+
+impl<'a> tokio_postgres::types::FromSql<'a> for Xid8 {
+    fn from_sql(
+        _: &tokio_postgres::types::Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        let bytes: [u8; 8] = raw
+            .try_into()
+            .map_err(|_| format!("an xid8 has 8 bytes, not {}", raw.len()))?;
+        Ok(Xid8(u64::from_be_bytes(bytes)))
+    }
+
+    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+        ty.name() == "xid8"
     }
 }
 
