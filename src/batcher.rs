@@ -14,14 +14,22 @@ use tokio_postgres::Client;
 use crate::config::Config;
 use crate::stage::{Progress, Step, StepError};
 
-/// SQL condition selecting the events of an unsplit batch row `b` (`txids` null) from the
-/// queue `e`: transactions visible in `snap_to` and not in `snap_from`, tables of `filter`.
-pub const BATCH_EVENTS_CONDITION: &str = "e.ev_txid >= pg_snapshot_xmin(b.snap_from)
+/// SQL condition selecting the events of an unsplit batch row `b`'s (`txids` null)
+/// transactions from the queue `e`: visible in `snap_to` and not in `snap_from`.
+const BATCH_TXNS_CONDITION: &str = "e.ev_txid >= pg_snapshot_xmin(b.snap_from)
     and e.ev_txid < pg_snapshot_xmax(b.snap_to)
     and pg_visible_in_snapshot(e.ev_txid, b.snap_to)
-    and not pg_visible_in_snapshot(e.ev_txid, b.snap_from)
-    and case when e.ev_op in ('S', 'Q') then e.ev_table::text = b.target
+    and not pg_visible_in_snapshot(e.ev_txid, b.snap_from)";
+
+/// The target's events among them: its schema and sequence events, and the row events of
+/// the tables of `filter` (a regular expression over `schema.table`).
+const TARGET_CONDITION: &str = "case when e.ev_op in ('S', 'Q') then e.ev_table::text = b.target
              else (e.ev_schema::text || '.' || e.ev_table::text) ~ b.filter end";
+
+/// [`TARGET_CONDITION`] without the table filter: the target's schema and sequence events,
+/// and the row events of every table.
+const TARGET_CONDITION_UNFILTERED: &str =
+    "(e.ev_op not in ('S', 'Q') or e.ev_table::text = b.target)";
 
 /// The events of one batch, as a subquery of queue rows, from the batch's bounds passed as
 /// parameters ([`BatchBounds::params`]): `$1` snap_from, `$2` snap_to, `$3` filter, `$4`
@@ -29,31 +37,22 @@ pub const BATCH_EVENTS_CONDITION: &str = "e.ev_txid >= pg_snapshot_xmin(b.snap_f
 /// of the statement's plan they bound an index scan of `ev_txid` (joined with the batch
 /// row, the planner scanned every queued event for each batch, and a split batch's txid
 /// array was detoasted for each row: both grew with the queue).
-pub fn batch_events_sql(s: &str) -> String {
-    format!(
-        "(select e.* from {s}.event e,
-                 (select $1::text::pg_snapshot as snap_from, $2::text::pg_snapshot as snap_to,
-                         $3::text as filter, $4::text as target) b
-           where {BATCH_EVENTS_CONDITION}
-             and ($5::text[] is null or e.ev_txid = any($5::text[]::xid8[])))"
-    )
-}
-
-/// [`batch_events_sql`] without the table filter: the events of every table in the
-/// batch's transactions (schema and sequence events still only the target's). Exact when
-/// every table among them matches the filter — the transmitter checks that per table
+///
+/// Without `filtered`, the row events of every table in the batch's transactions: exact
+/// when every table among them matches the filter — the transmitter checks that per table
 /// first, which spares a regular expression per event.
-pub fn batch_events_unfiltered_sql(s: &str) -> String {
-    let condition = BATCH_EVENTS_CONDITION
-        .split_once("and case when")
-        .map(|(before, _)| before)
-        .expect("the condition ends with the table filter");
+pub fn batch_events_sql(s: &str, filtered: bool) -> String {
+    let target = if filtered {
+        TARGET_CONDITION
+    } else {
+        TARGET_CONDITION_UNFILTERED
+    };
     format!(
         "(select e.* from {s}.event e,
                  (select $1::text::pg_snapshot as snap_from, $2::text::pg_snapshot as snap_to,
                          $3::text as filter, $4::text as target) b
-           where {condition}
-             and (e.ev_op not in ('S', 'Q') or e.ev_table::text = b.target)
+           where {BATCH_TXNS_CONDITION}
+             and {target}
              and ($5::text[] is null or e.ev_txid = any($5::text[]::xid8[])))"
     )
 }
@@ -178,7 +177,7 @@ impl Batcher {
                        from {s}.event e,
                             (select $1::text::pg_snapshot as snap_from, $2::text::pg_snapshot as snap_to,
                                     $3::text as filter, $4::text as target) b
-                      where {BATCH_EVENTS_CONDITION}
+                      where {BATCH_TXNS_CONDITION} and {TARGET_CONDITION}
                       group by e.ev_txid
                       order by 3"
                 ),

@@ -19,7 +19,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::value::RawValue;
 use tokio_postgres::Client;
 
-use crate::batcher::{batch_events_sql, batch_events_unfiltered_sql, BatchBounds};
+use crate::batcher::{batch_events_sql, BatchBounds};
 use crate::config::{Config, Secret, Target};
 use crate::stage::{Progress, Step, StepError};
 use crate::wire::{self, Batch, DdlVersion, Event, Op, TableMeta};
@@ -227,7 +227,7 @@ impl Transmitter {
                                from {events} e
                               where e.ev_op not in ('S', 'Q')
                               group by 1, 2, 3) g",
-                    events = batch_events_unfiltered_sql(s)
+                    events = batch_events_sql(s, false)
                 ),
                 &bounds.params(),
             )
@@ -313,11 +313,7 @@ impl Transmitter {
                             coalesce(e.ev_relid, 0::oid)
                        from {events} e
                       order by e.ev_id",
-                    events = if tables.filtered {
-                        batch_events_sql(s)
-                    } else {
-                        batch_events_unfiltered_sql(s)
-                    }
+                    events = batch_events_sql(s, tables.filtered)
                 ),
                 bounds.params(),
             )
