@@ -939,16 +939,43 @@ const PIPELINE_DEPTH: usize = 256;
 struct SetRun {
     kind: Kind,
     statement: tokio_postgres::Statement,
-    json: String,
-    /// Instead of `json`: one text array per column (values as input functions take them).
-    arrays: Option<Vec<Vec<Option<String>>>>,
-    /// Elements of `json` (`limit $2`; for a delete, the keys it must find).
+    values: Values,
+    /// Rows the values hold (`limit $n`; for a delete, the keys it must find).
     n: i64,
     tolerate_missing: bool,
     context: String,
 }
 
+/// The values a run's statement takes.
+enum Values {
+    /// The row images (the keys for a delete) as one JSON array.
+    Json(String),
+    /// One text array per column (values as input functions take them).
+    Arrays(Vec<Vec<Option<String>>>),
+}
+
 impl SetRun {
+    /// Prepares `sql`, the statement of a run taking `values`.
+    async fn new(
+        tx: &deadpool_postgres::Transaction<'_>,
+        kind: Kind,
+        sql: &str,
+        values: Values,
+        n: i64,
+        tolerate_missing: bool,
+        context: String,
+    ) -> Result<SetRun, ApplyError> {
+        let statement = prepared(tx, sql, &context).await?;
+        Ok(SetRun {
+            kind,
+            statement,
+            values,
+            n,
+            tolerate_missing,
+            context,
+        })
+    }
+
     /// `None` for an update that writes key columns only (it changes nothing).
     async fn prepare(
         tx: &deadpool_postgres::Transaction<'_>,
@@ -969,17 +996,17 @@ impl SetRun {
             Kind::Delete => delete_sql(meta, table),
             other => unreachable!("{other:?} runs are not set-based"),
         };
-        let statement = prepared(tx, &sql, &context).await?;
         let (json, n) = run_parameter(kind, events);
-        Ok(Some(SetRun {
+        let run = SetRun::new(
+            tx,
             kind,
-            statement,
+            &sql,
+            Values::Json(json),
             n,
-            json,
-            arrays: None,
             tolerate_missing,
             context,
-        }))
+        );
+        Ok(Some(run.await?))
     }
 
     /// An insert or update run applied from text arrays, one per column, each value cast
@@ -1024,54 +1051,50 @@ impl SetRun {
                 a.push(v);
             }
         }
-        let context = format!("applying {} {:?} event(s) to {table}", events.len(), kind);
-        let statement = prepared(tx, &sql, &context).await?;
-        Ok(Some(SetRun {
-            kind,
-            statement,
-            n: events.len() as i64,
-            json: String::new(),
-            arrays: Some(arrays),
-            tolerate_missing: false,
-            context,
-        }))
+        let n = events.len() as i64;
+        let context = format!("applying {n} {kind:?} event(s) to {table}");
+        let run = SetRun::new(tx, kind, &sql, Values::Arrays(arrays), n, false, context);
+        Ok(Some(run.await?))
     }
 
     async fn execute(&self, tx: &Transaction<'_>) -> Result<(), ApplyError> {
         let context = &self.context;
-        if let Some(arrays) = &self.arrays {
-            let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-                arrays.iter().map(|a| a as _).collect();
-            if self.kind == Kind::Insert {
-                tx.execute(&self.statement, &params)
-                    .await
-                    .map_err(pg(context))?;
-            } else {
-                params.push(&self.n);
-                let row = tx
-                    .query_one(&self.statement, &params)
-                    .await
-                    .map_err(pg(context))?;
-                check_matched(context, row.get(0), row.get(1))?;
+        let json = match &self.values {
+            Values::Json(json) => json,
+            Values::Arrays(arrays) => {
+                let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+                    arrays.iter().map(|a| a as _).collect();
+                if self.kind == Kind::Insert {
+                    tx.execute(&self.statement, &params)
+                        .await
+                        .map_err(pg(context))?;
+                } else {
+                    params.push(&self.n);
+                    let row = tx
+                        .query_one(&self.statement, &params)
+                        .await
+                        .map_err(pg(context))?;
+                    check_matched(context, row.get(0), row.get(1))?;
+                }
+                return Ok(());
             }
-            return Ok(());
-        }
+        };
         match self.kind {
             Kind::Insert => {
-                tx.execute(&self.statement, &[&self.json])
+                tx.execute(&self.statement, &[json])
                     .await
                     .map_err(pg(context))?;
             }
             Kind::Update => {
                 let row = tx
-                    .query_one(&self.statement, &[&self.json, &self.n])
+                    .query_one(&self.statement, &[json, &self.n])
                     .await
                     .map_err(pg(context))?;
                 check_matched(context, row.get(0), row.get(1))?;
             }
             _ => {
                 let row = tx
-                    .query_one(&self.statement, &[&self.json, &self.n])
+                    .query_one(&self.statement, &[json, &self.n])
                     .await
                     .map_err(pg(context))?;
                 check_matched(context, self.n, row.get(0))?;
