@@ -519,7 +519,6 @@ impl Api {
                 "softDeleteColName and syncedAtColName name the same column",
             ));
         }
-
         if f.table_mappings.is_empty() {
             return Err(Failure::bad(
                 "tableMappings is empty: name at least one table",
@@ -637,13 +636,11 @@ impl Api {
                 "tableMappings `{from}`: destinationTableIdentifier: {m}"
             ))
         })?;
-        if let Some((from, to)) = definition
-            .renames
-            .iter()
-            .find(|(_, to)| definition.tables.contains(to) && !definition.renames.contains_key(*to))
-        {
+        let renames = crate::config::parse_renames(&definition.renames);
+        let tables = definition.tables.iter().filter_map(|t| t.split_once('.'));
+        if let Some(((fs, ft), (ts, tt))) = crate::config::rename_onto_kept(&renames, tables) {
             return Err(Failure::bad(format!(
-                "tableMappings `{from}`: destinationTableIdentifier `{to}` is the name table `{to}` keeps on the target"
+                "tableMappings `{fs}.{ft}`: destinationTableIdentifier `{ts}.{tt}` is the name table `{ts}.{tt}` keeps on the target"
             )));
         }
         let value = serde_json::to_value(&definition)

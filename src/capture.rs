@@ -116,21 +116,18 @@ pub async fn install(client: &mut Client, config: &Config) -> Result<Installed, 
             tracing::warn!(target = %name, expression = %expr.as_str(), "target_expression matches no table yet");
         }
         // A destination name must not be one another replicated table keeps.
-        let renames = target.renames();
-        for t in &catalog.tables {
-            let id = (t.schema.clone(), t.name.clone());
-            if renames.contains_key(&id) {
-                continue;
-            }
-            if let Some((from, _)) = renames.iter().find(|(_, to)| **to == id) {
-                return Err(InstallError::Rename {
-                    target: name.clone(),
-                    message: format!(
-                        "{}.{} is renamed to {}.{}, the name table {} keeps on the target: rename that one too, or choose another destination",
-                        from.0, from.1, id.0, id.1, t.qualified()
-                    ),
-                });
-            }
+        let tables = catalog
+            .tables
+            .iter()
+            .map(|t| (t.schema.as_str(), t.name.as_str()));
+        if let Some((from, to)) = crate::config::rename_onto_kept(&target.renames(), tables) {
+            return Err(InstallError::Rename {
+                target: name.clone(),
+                message: format!(
+                    "{}.{} is renamed to {}.{}, the name table {} keeps on the target: rename that one too, or choose another destination",
+                    from.0, from.1, to.0, to.1, ddlwatcher::qualified(&to.0, &to.1)
+                ),
+            });
         }
         installed.catalogs.insert(name.clone(), catalog);
     }

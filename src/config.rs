@@ -336,14 +336,41 @@ pub fn check_renames(
     Ok(())
 }
 
+/// Renamed tables: source (schema, table) → destination (schema, table).
+pub type Renames = BTreeMap<(String, String), (String, String)>;
+
+/// `rename_tables` (`"schema.table": "schema.table"`, checked by [`check_renames`]) split
+/// into names; a table "renamed" to its own name is left out.
+pub fn parse_renames(renames: &BTreeMap<String, String>) -> Renames {
+    renames
+        .iter()
+        .filter_map(|(k, v)| Some((split_table(k)?, split_table(v)?)))
+        .filter(|(k, v)| k != v)
+        .collect()
+}
+
+/// A renamed table whose destination is the name another of `tables` keeps on the target
+/// (it is not renamed itself): (source, destination).
+pub fn rename_onto_kept<'a>(
+    renames: &Renames,
+    tables: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Option<((String, String), (String, String))> {
+    tables.into_iter().find_map(|(schema, table)| {
+        let id = (schema.to_string(), table.to_string());
+        if renames.contains_key(&id) {
+            return None;
+        }
+        renames
+            .iter()
+            .find(|(_, to)| **to == id)
+            .map(|(from, to)| (from.clone(), to.clone()))
+    })
+}
+
 impl Target {
     /// The renamed tables: source (schema, table) → destination (schema, table).
-    pub fn renames(&self) -> BTreeMap<(String, String), (String, String)> {
-        self.rename_tables
-            .iter()
-            .filter_map(|(k, v)| Some((split_table(k)?, split_table(v)?)))
-            .filter(|(k, v)| k != v)
-            .collect()
+    pub fn renames(&self) -> Renames {
+        parse_renames(&self.rename_tables)
     }
 
     /// How the source's names become the target's: `apply_schema` and renamed tables.

@@ -44,7 +44,7 @@ pub struct Transmitter {
     /// Columns that never leave the source, per `schema.table`.
     exclude: std::collections::BTreeMap<String, Vec<String>>,
     /// Tables written under another name: source (schema, table) → target's.
-    renames: std::collections::BTreeMap<(String, String), (String, String)>,
+    renames: crate::config::Renames,
     base_url: String,
     token: Option<Secret>,
     timeout: Duration,
