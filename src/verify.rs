@@ -166,7 +166,7 @@ pub async fn verify(
                     sides.dst,
                     &sides.target,
                     &key,
-                    &format!("{}{}", sides.target_key.range(chunk), sides.live),
+                    &sides.target_range(chunk),
                     &sides.row,
                 )
                 .await?,
@@ -240,6 +240,11 @@ struct Sides<'a> {
 }
 
 impl Sides<'_> {
+    /// The target's rows of `chunk`: by key range, and live (not marked deleted).
+    fn target_range(&self, chunk: &Chunk) -> String {
+        format!("{}{}", self.target_key.range(chunk), self.live)
+    }
+
     /// (rows, checksum) of a chunk on the source and on the target.
     async fn summaries(&self, chunk: &Chunk) -> anyhow::Result<((i64, i64), (i64, i64))> {
         Ok((
@@ -250,13 +255,7 @@ impl Sides<'_> {
                 &self.row,
             )
             .await?,
-            summary(
-                self.dst,
-                &self.target,
-                &format!("{}{}", self.target_key.range(chunk), self.live),
-                &self.row,
-            )
-            .await?,
+            summary(self.dst, &self.target, &self.target_range(chunk), &self.row).await?,
         ))
     }
 }

@@ -66,11 +66,7 @@ impl SchemaMap {
             .tables
             .contains_key(&(t.schema.clone(), t.name.clone()))
         {
-            let only_renames = SchemaMap {
-                apply_schema: None,
-                replicated: BTreeSet::new(),
-                tables: self.tables.clone(),
-            };
+            let only_renames = SchemaMap::default().with_renames(self.tables.clone());
             for i in &mut out.indexes {
                 if let Ok(sql) = crate::retarget::statement(&i.definition, &only_renames) {
                     i.definition = sql;

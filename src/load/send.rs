@@ -286,6 +286,7 @@ pub async fn run(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErro
     // Renamed tables travel under their destination name (the source keeps its own for
     // the COPY); the target applies apply_schema itself.
     let names = ddlwatcher::SchemaMap::default().with_renames(target.renames());
+    let renamed: Vec<Table> = tables.iter().map(|t| names.renamed(t)).collect();
     let prepared = remote
         .post_json(
             "/v1/load/prepare",
@@ -293,7 +294,7 @@ pub async fn run(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErro
                 source: config.database.name.clone(),
                 target: opts.target.clone(),
                 apply_schema: target.apply_schema.clone(),
-                tables: tables.iter().map(|t| names.renamed(t)).collect(),
+                tables: renamed.clone(),
                 types,
                 truncate: opts.truncate,
             },
@@ -309,10 +310,7 @@ pub async fn run(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErro
         .collect();
     let (todo, dest): (Vec<Table>, Vec<Table>) = tables
         .into_iter()
-        .map(|t| {
-            let d = names.renamed(&t);
-            (t, d)
-        })
+        .zip(renamed)
         .filter(|(_, d)| !done.contains(&(d.schema.clone(), d.name.clone())))
         .unzip();
     // Under wal_level = minimal on the target, a table filled in the transaction that
