@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
-# Source write overhead (issue #7, scenario 1): pgbench on the source with no capture, and
-# with pgteleport's triggers installed and the source instance running (shipping to a target
-# instance on a second cluster). Two workloads: pgbench's built-in tpcb-like, and a
-# single-row UPDATE script. REPEAT interleaved rounds (none, capture, none, capture, …),
-# medians; TPS and latency p50/p99 from pgbench's per-transaction logs.
+# Source write overhead (issue #7, scenario 1): pgbench on the source with no capture, with
+# pgteleport's triggers installed and the source instance running (shipping to a target
+# instance on a second cluster), and — the reference — with native logical replication
+# running (a PUBLICATION of the same tables, a SUBSCRIPTION on the second cluster: walsender,
+# apply worker and target on the same cores, as pgteleport's pipeline is). Both clusters
+# have wal_level=logical in every mode, so the settings are the same. Two workloads:
+# pgbench's built-in tpcb-like, and a single-row UPDATE script. REPEAT interleaved rounds
+# (none, capture, native, none, …), medians; TPS and latency p50/p99 from pgbench's
+# per-transaction logs. MODES="none capture" leaves native out.
 # Usage: bench/write_overhead.sh [SECONDS] [CLIENTS]   (defaults 20, 4; SCALE=10, REPEAT=3)
 # Writes bench/results/write_overhead.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 DURATION="${1:-20}"; CLIENTS="${2:-4}"; SCALE="${SCALE:-10}"; REPEAT="${REPEAT:-3}"
+MODES="${MODES:-none capture native}"
 source bench/lib.sh
-start_pair
+start_pair "-c wal_level=logical"
 for p in "$SP" "$DP"; do
     "$PG_BINDIR/psql" -h 127.0.0.1 -p "$p" -U postgres -X -q -c "create role bench login password 'bench'" -c "create database bench owner bench"
     "$PG_BINDIR/pgbench" -h 127.0.0.1 -p "$p" -U bench -i -s "$SCALE" -q bench >/dev/null 2>&1
@@ -28,6 +33,10 @@ cat > "$WORK/update.sql" <<'SQL'
 update pgbench_accounts set abalance = abalance + 1 where aid = :aid;
 SQL
 psql_src() { "$PG_BINDIR/psql" -h 127.0.0.1 -p "$SP" -U bench -d bench -X -Atq "$@"; }
+psql_dst_su() { "$PG_BINDIR/psql" -h 127.0.0.1 -p "$DP" -U postgres -d bench -X -Atq -v ON_ERROR_STOP=1 "$@"; }
+# Native logical replication: the walsender connects as bench (the tables' owner).
+"$PG_BINDIR/psql" -h 127.0.0.1 -p "$SP" -U postgres -X -q -c "alter role bench replication"
+psql_src -c "create publication overhead for table pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history"
 
 run_pgbench() { # workload logprefix -> prints tps
     local args=(-h 127.0.0.1 -p "$SP" -U bench -n -c "$CLIENTS" -j 2 -T "$DURATION" -l --log-prefix="$2")
@@ -39,7 +48,7 @@ results="$WORK/results.txt"; : > "$results"
 n=0
 for r in $(seq 1 "$REPEAT"); do
     for workload in tpcb update; do
-        for mode in none capture; do
+        for mode in $MODES; do
             n=$((n + 1))
             SPID=""
             if [ "$mode" = capture ]; then
@@ -55,6 +64,14 @@ YML
                     [ "$(psql_src -c "select count(*) from pg_trigger where tgname = 'pgteleport_capture'")" = 4 ] && break
                     sleep 0.2
                 done
+            elif [ "$mode" = native ]; then
+                # copy_data off: both sides start from the same pgbench -i data, and only the
+                # changes made while the subscription exists are streamed.
+                psql_dst_su -c "create subscription overhead connection 'host=127.0.0.1 port=$SP user=bench password=bench dbname=bench' publication overhead with (copy_data = false)"
+                for _ in $(seq 1 100); do
+                    [ "$(psql_src -c "select count(*) from pg_stat_replication where application_name = 'overhead' and state = 'streaming'")" = 1 ] && break
+                    sleep 0.2
+                done
             fi
             rm -f "$WORK"/pglog-"$n".*
             tps=$(run_pgbench "$workload" "$WORK/pglog-$n")
@@ -64,6 +81,8 @@ YML
             if [ -n "$SPID" ]; then
                 kill -TERM "$SPID"; wait "$SPID" 2>/dev/null || true
                 "$BIN" uninstall --config "$WORK/source-$n.yml" >/dev/null 2>&1
+            elif [ "$mode" = native ]; then
+                psql_dst_su -c "drop subscription overhead"
             fi
         done
     done
@@ -74,15 +93,23 @@ rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
 out = {"duration_s": int(sys.argv[2]), "clients": int(sys.argv[3]), "scale": int(sys.argv[4]), "workloads": {}}
 for w in ("tpcb", "update"):
     m = {}
-    for mode in ("none", "capture"):
+    modes = [mode for mode in ("none", "capture", "native") if any(r[0] == w and r[1] == mode for r in rows)]
+    for mode in modes:
         sel = [r for r in rows if r[0] == w and r[1] == mode]
         m[mode] = {"tps": statistics.median(float(r[2]) for r in sel),
                    "p50_ms": statistics.median(float(r[3]) for r in sel),
-                   "p99_ms": statistics.median(float(r[4]) for r in sel)}
+                   "p99_ms": statistics.median(float(r[4]) for r in sel),
+                   "rounds_tps": [float(r[2]) for r in sel]}
     # Ratio per round (interleaved), then the median of the ratios.
     nones = [float(r[2]) for r in rows if r[0] == w and r[1] == "none"]
-    caps = [float(r[2]) for r in rows if r[0] == w and r[1] == "capture"]
-    m["tps_ratio"] = round(statistics.median(c / n for c, n in zip(caps, nones)), 3)
+    for mode, key in (("capture", "tps_ratio"), ("native", "native_tps_ratio")):
+        if mode in modes:
+            sel = [float(r[2]) for r in rows if r[0] == w and r[1] == mode]
+            m[key] = round(statistics.median(c / n for c, n in zip(sel, nones)), 3)
+    if "capture" in modes and "native" in modes:
+        caps = [float(r[2]) for r in rows if r[0] == w and r[1] == "capture"]
+        nats = [float(r[2]) for r in rows if r[0] == w and r[1] == "native"]
+        m["capture_to_native_ratio"] = round(statistics.median(c / n for c, n in zip(caps, nats)), 3)
     out["workloads"][w] = m
 print(json.dumps(out, indent=2))
 json.dump(out, open("bench/results/write_overhead.json", "w"), indent=2)
