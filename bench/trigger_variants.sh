@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
 # Capture-trigger variants (issue #7, profiling the trigger body): pgbench on one cluster
-# with the capture triggers disabled, with version 1's capture function, version 3's, the
-# current one (version 9), and with the floor of any PL/pgSQL capture — a function that
-# only inserts `to_json(new)` into the current event table (no key, no diff, no rotation
-# check: it loses information, it only shows what the insert itself costs). Each is
-# `create or replace`d in turn on the same installed triggers; no instance runs, the queue
-# is emptied before each run. REPEAT interleaved rounds, medians of TPS and of the per-round
-# ratios.
+# with the capture triggers disabled, with version 1's capture function, the current one
+# (version 3), and with the floor of any PL/pgSQL capture — a function that only inserts
+# `to_json(new)` into the current event table (no key, no diff, no rotation check: it loses
+# information, it only shows what the insert itself costs). Each is `create or replace`d in
+# turn on the same installed triggers; no instance runs, the queue is emptied before each
+# run. REPEAT interleaved rounds, medians of TPS and of the per-round ratios.
 # Usage: bench/trigger_variants.sh [SECONDS] [CLIENTS]   (defaults 15, 4; SCALE=10, REPEAT=3,
 #   WORKLOAD=update|tpcb). Writes bench/results/trigger_variants.json.
 set -euo pipefail
@@ -33,8 +32,7 @@ YML
 # The capture function as each migration defines it.
 python3 - "$WORK" <<'PY'
 import sys
-for name, path in (("v1", "sql/source_001_queue.sql"), ("v3", "sql/source_003_capture.sql"),
-                   ("current", "sql/source_009_capture.sql")):
+for name, path in (("v1", "sql/source_001_queue.sql"), ("current", "sql/source_003_capture.sql")):
     s = open(path).read()
     i = s.index("create or replace function capture_row()")
     j = s.index("$$;", i) + 3
@@ -57,7 +55,7 @@ SQL
 TABLES="pgbench_accounts pgbench_branches pgbench_tellers pgbench_history"
 results="$WORK/results.txt"; : > "$results"
 for r in $(seq 1 "$REPEAT"); do
-    for variant in none v1 v3 current floor; do
+    for variant in none v1 current floor; do
         for t in $TABLES; do
             psql_b -c "alter table $t $([ "$variant" = none ] && echo disable || echo enable) trigger pgteleport_capture"
         done
@@ -83,7 +81,6 @@ out = {"workload": sys.argv[2], "duration_s": int(sys.argv[3]), "clients": int(s
        "ratio_v1_to_none": round(med(by["v1"][r] / by["none"][r] for r in rounds), 3),
        "ratio_current_to_none": round(med(by["current"][r] / by["none"][r] for r in rounds), 3),
        "ratio_current_to_v1": round(med(by["current"][r] / by["v1"][r] for r in rounds), 3),
-       "ratio_current_to_v3": round(med(by["current"][r] / by["v3"][r] for r in rounds), 3),
        "ratio_floor_to_none": round(med(by["floor"][r] / by["none"][r] for r in rounds), 3),
        "ratio_current_to_floor": round(med(by["current"][r] / by["floor"][r] for r in rounds), 3)}
 print(json.dumps(out, indent=2))
