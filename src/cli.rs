@@ -93,7 +93,8 @@ pub enum Command {
         /// The target (a key of `targets`).
         #[arg(long)]
         target: String,
-        /// The target instance's config file (for its database connection).
+        /// The target instance's config file (for its database connection; its password
+        /// from the file or PGTELEPORT_TARGET_DATABASE__PASSWORD).
         #[arg(long)]
         target_config: PathBuf,
         /// Seconds to wait for the target to catch up before comparing.

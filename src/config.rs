@@ -11,6 +11,10 @@
 //! | `PGTELEPORT_TARGETS__<NAME>__AUTH_TOKEN` | `targets.<name>.auth_token` (name upper-cased, `-` and `.` as `_`) |
 //! | `PGTELEPORT_AUTH_TOKEN` | any auth token not set otherwise |
 //! | `PGTELEPORT_SENTRY_ENDPOINT` | `sentry_endpoint` |
+//!
+//! `verify` reads a second config, the target instance's: there `database.password` comes
+//! from `PGTELEPORT_TARGET_DATABASE__PASSWORD` (`PGTELEPORT_DATABASE__PASSWORD` is the
+//! source's).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -482,6 +486,17 @@ impl Config {
         Self::from_yaml(&text, path, |k| std::env::var(k).ok())
     }
 
+    /// Reads the target instance's config for `verify`, which runs with the source's
+    /// environment: the target's database password comes from
+    /// `PGTELEPORT_TARGET_DATABASE__PASSWORD`, never from the source's variable.
+    pub fn load_verify_target(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_yaml(&text, path, verify_target_env(|k| std::env::var(k).ok()))
+    }
+
     /// Parses YAML text; `env` looks up override variables (injected for tests).
     pub fn from_yaml(
         text: &str,
@@ -776,6 +791,15 @@ const KNOWN_OPTIONS: &[&str] = &[
     "target_session_attrs",
 ];
 
+/// The overrides of `verify`'s target config: `env`, except that the database password is
+/// `PGTELEPORT_TARGET_DATABASE__PASSWORD`.
+fn verify_target_env(env: impl Fn(&str) -> Option<String>) -> impl Fn(&str) -> Option<String> {
+    move |k| match k {
+        "PGTELEPORT_DATABASE__PASSWORD" => env("PGTELEPORT_TARGET_DATABASE__PASSWORD"),
+        other => env(other),
+    }
+}
+
 fn env_name(name: &str) -> String {
     name.chars()
         .map(|c| {
@@ -991,6 +1015,28 @@ sentry_endpoint: "https://key@sentry.example.com/8"
             assert!(e.contains("targets.analytics.rename_tables.public."), "{e}");
             assert!(e.contains(says), "{renames}: {e}");
         }
+    }
+
+    #[test]
+    fn verify_reads_the_target_password_from_its_own_variable() {
+        let text = "database: {name: t, database: d, hostname: h, username: u, password: infile}\n\
+                    server: {hostname: 127.0.0.1, port: 3000, allow_unauthenticated: true}\n";
+        let vars = |with_target: bool| {
+            move |k: &str| match k {
+                "PGTELEPORT_DATABASE__PASSWORD" => Some("source-secret".to_string()),
+                "PGTELEPORT_TARGET_DATABASE__PASSWORD" if with_target => {
+                    Some("target-secret".to_string())
+                }
+                _ => None,
+            }
+        };
+        let target = Config::from_yaml(text, Path::new("t.yml"), verify_target_env(vars(true)));
+        assert_eq!(target.unwrap().database.password.expose(), "target-secret");
+        // Without it the file's password stands; the source's variable never applies.
+        let target = Config::from_yaml(text, Path::new("t.yml"), verify_target_env(vars(false)));
+        assert_eq!(target.unwrap().database.password.expose(), "infile");
+        let source = Config::from_yaml(text, Path::new("s.yml"), vars(true));
+        assert_eq!(source.unwrap().database.password.expose(), "source-secret");
     }
 
     #[test]

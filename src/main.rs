@@ -130,7 +130,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             chunk_rows,
         } => {
             let config = load_config(&config)?;
-            let target_cfg = Config::load(&target_config)?;
+            let target_cfg = Config::load_verify_target(&target_config)?;
             let reports = pgteleport::verify::verify(
                 &config,
                 &target,
