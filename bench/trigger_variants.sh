@@ -6,8 +6,12 @@
 # information, it only shows what the insert itself costs). Each is `create or replace`d in
 # turn on the same installed triggers; no instance runs, the queue is emptied before each
 # run. REPEAT interleaved rounds, medians of TPS and of the per-round ratios.
+# C_FLOOR=1 adds the same floor written in C (bench/c_floor: `row_to_json` of the row and
+# one SPI insert) — what a capture outside PL/pgSQL could reach. It needs root: it installs
+# postgresql-server-dev-15 when missing and the module into PostgreSQL's library directory,
+# and a superuser creates the function. Measurement only; pgteleport does not use it.
 # Usage: bench/trigger_variants.sh [SECONDS] [CLIENTS]   (defaults 15, 4; SCALE=10, REPEAT=3,
-#   WORKLOAD=update|tpcb). Writes bench/results/trigger_variants.json.
+#   WORKLOAD=update|tpcb, C_FLOOR=1). Writes bench/results/trigger_variants.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
@@ -48,6 +52,16 @@ end
 $$;
 """)
 PY
+VARIANTS="none v1 current floor"
+if [ "${C_FLOOR:-0}" = 1 ]; then
+    [ -f /usr/include/postgresql/15/server/postgres.h ] || {
+        apt-get update -qq && apt-get install -y -qq --no-install-recommends postgresql-server-dev-15 >/dev/null
+    }
+    cp bench/c_floor/capture_floor.c bench/c_floor/Makefile "$WORK/"
+    make -s -C "$WORK" PG_CONFIG="$PG_BINDIR/pg_config" install >/dev/null
+    echo "create or replace function teleport.capture_row() returns trigger language c as '\$libdir/capture_floor', 'capture_floor_c';" > "$WORK/c_floor.sql"
+    VARIANTS="$VARIANTS c_floor"
+fi
 cat > "$WORK/update.sql" <<'SQL'
 \set aid random(1, 100000 * :scale)
 update pgbench_accounts set abalance = abalance + 1 where aid = :aid;
@@ -55,11 +69,11 @@ SQL
 TABLES="pgbench_accounts pgbench_branches pgbench_tellers pgbench_history"
 results="$WORK/results.txt"; : > "$results"
 for r in $(seq 1 "$REPEAT"); do
-    for variant in none v1 current floor; do
+    for variant in $VARIANTS; do
         for t in $TABLES; do
             psql_b -c "alter table $t $([ "$variant" = none ] && echo disable || echo enable) trigger pgteleport_capture"
         done
-        [ "$variant" != none ] && psql_b -f "$WORK/$variant.sql"
+        [ "$variant" != none ] && psql_su -d bench -f "$WORK/$variant.sql"
         psql_b -c "truncate teleport.event_0, teleport.event_1, teleport.event_2"; psql_su -c checkpoint
         args=(-h 127.0.0.1 -p "$SP" -U bench -n -c "$CLIENTS" -j 2 -T "$DURATION")
         if [ "$WORKLOAD" = tpcb ]; then args+=(-b tpcb-like); else args+=(-f "$WORK/update.sql"); fi
@@ -83,6 +97,9 @@ out = {"workload": sys.argv[2], "duration_s": int(sys.argv[3]), "clients": int(s
        "ratio_current_to_v1": round(med(by["current"][r] / by["v1"][r] for r in rounds), 3),
        "ratio_floor_to_none": round(med(by["floor"][r] / by["none"][r] for r in rounds), 3),
        "ratio_current_to_floor": round(med(by["current"][r] / by["floor"][r] for r in rounds), 3)}
+if "c_floor" in by:
+    out["ratio_c_floor_to_none"] = round(med(by["c_floor"][r] / by["none"][r] for r in rounds), 3)
+    out["ratio_c_floor_to_floor"] = round(med(by["c_floor"][r] / by["floor"][r] for r in rounds), 3)
 print(json.dumps(out, indent=2))
 json.dump(out, open("bench/results/trigger_variants.json", "w"), indent=2)
 PY
