@@ -479,22 +479,23 @@ pub struct Roles {
 impl Config {
     /// Reads, applies environment overrides, and validates.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::from_yaml(&text, path, |k| std::env::var(k).ok())
+        Self::load_with(path, |k| std::env::var(k).ok())
     }
 
     /// Reads the target instance's config for `verify`, which runs with the source's
     /// environment: the target's database password comes from
     /// `PGTELEPORT_TARGET_DATABASE__PASSWORD`, never from the source's variable.
     pub fn load_verify_target(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with(path, verify_target_env(|k| std::env::var(k).ok()))
+    }
+
+    /// Reads the file and parses it with `env` looking up the override variables.
+    fn load_with(path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::from_yaml(&text, path, verify_target_env(|k| std::env::var(k).ok()))
+        Self::from_yaml(&text, path, env)
     }
 
     /// Parses YAML text; `env` looks up override variables (injected for tests).
