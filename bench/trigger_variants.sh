@@ -91,15 +91,12 @@ for r, v, tps in rows:
 med = statistics.median
 rounds = sorted(by["none"])
 out = {"workload": sys.argv[2], "duration_s": int(sys.argv[3]), "clients": int(sys.argv[4]),
-       "tps": {v: med(by[v].values()) for v in by},
-       "ratio_v1_to_none": round(med(by["v1"][r] / by["none"][r] for r in rounds), 3),
-       "ratio_current_to_none": round(med(by["current"][r] / by["none"][r] for r in rounds), 3),
-       "ratio_current_to_v1": round(med(by["current"][r] / by["v1"][r] for r in rounds), 3),
-       "ratio_floor_to_none": round(med(by["floor"][r] / by["none"][r] for r in rounds), 3),
-       "ratio_current_to_floor": round(med(by["current"][r] / by["floor"][r] for r in rounds), 3)}
-if "c_floor" in by:
-    out["ratio_c_floor_to_none"] = round(med(by["c_floor"][r] / by["none"][r] for r in rounds), 3)
-    out["ratio_c_floor_to_floor"] = round(med(by["c_floor"][r] / by["floor"][r] for r in rounds), 3)
+       "tps": {v: med(by[v].values()) for v in by}}
+# Per-round ratios, then their median.
+for a, b in (("v1", "none"), ("current", "none"), ("current", "v1"), ("floor", "none"),
+             ("current", "floor"), ("c_floor", "none"), ("c_floor", "floor")):
+    if a in by:
+        out[f"ratio_{a}_to_{b}"] = round(med(by[a][r] / by[b][r] for r in rounds), 3)
 print(json.dumps(out, indent=2))
 json.dump(out, open("bench/results/trigger_variants.json", "w"), indent=2)
 PY

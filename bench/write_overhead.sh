@@ -93,23 +93,22 @@ rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
 out = {"duration_s": int(sys.argv[2]), "clients": int(sys.argv[3]), "scale": int(sys.argv[4]), "workloads": {}}
 for w in ("tpcb", "update"):
     m = {}
-    modes = [mode for mode in ("none", "capture", "native") if any(r[0] == w and r[1] == mode for r in rows)]
-    for mode in modes:
+    # Each mode's TPS per round, in round order.
+    tps = {}
+    for mode in ("none", "capture", "native"):
         sel = [r for r in rows if r[0] == w and r[1] == mode]
-        m[mode] = {"tps": statistics.median(float(r[2]) for r in sel),
+        if not sel:
+            continue
+        tps[mode] = [float(r[2]) for r in sel]
+        m[mode] = {"tps": statistics.median(tps[mode]),
                    "p50_ms": statistics.median(float(r[3]) for r in sel),
                    "p99_ms": statistics.median(float(r[4]) for r in sel),
-                   "rounds_tps": [float(r[2]) for r in sel]}
+                   "rounds_tps": tps[mode]}
     # Ratio per round (interleaved), then the median of the ratios.
-    nones = [float(r[2]) for r in rows if r[0] == w and r[1] == "none"]
-    for mode, key in (("capture", "tps_ratio"), ("native", "native_tps_ratio")):
-        if mode in modes:
-            sel = [float(r[2]) for r in rows if r[0] == w and r[1] == mode]
-            m[key] = round(statistics.median(c / n for c, n in zip(sel, nones)), 3)
-    if "capture" in modes and "native" in modes:
-        caps = [float(r[2]) for r in rows if r[0] == w and r[1] == "capture"]
-        nats = [float(r[2]) for r in rows if r[0] == w and r[1] == "native"]
-        m["capture_to_native_ratio"] = round(statistics.median(c / n for c, n in zip(caps, nats)), 3)
+    for a, b, key in (("capture", "none", "tps_ratio"), ("native", "none", "native_tps_ratio"),
+                      ("capture", "native", "capture_to_native_ratio")):
+        if a in tps and b in tps:
+            m[key] = round(statistics.median(x / y for x, y in zip(tps[a], tps[b])), 3)
     out["workloads"][w] = m
 print(json.dumps(out, indent=2))
 json.dump(out, open("bench/results/write_overhead.json", "w"), indent=2)
