@@ -4,14 +4,14 @@
 #   (b) pg_dump -Fd -j 2 | pg_restore -j 2 (or pgcopydb clone when installed)
 #   (c) pgteleport -mode initial-load (parallel ctid ranges, streamed through HTTP)
 # Usage: bench/initial_load.sh [SCALE]   (SCALE 100 ≈ 1.3 GB of pgbench_accounts + ~0.7 GB wide table);
-#   WORKERS=N (default 2) workers, REPEAT=N (default 3) interleaved rounds, PROFILE=1 CPU per process,
+#   WORKERS=N COPY streams (default: pgteleport's, half the CPUs), REPEAT=N (default 3) interleaved rounds, PROFILE=1 CPU per process,
 #   PERF=1 a perf profile of the whole machine during (c)
 # Prints MB/s of each and the ratios of (c) to (a) and (b); writes bench/results/initial_load.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 SCALE="${1:-100}"
-WORKERS="${WORKERS:-2}"
+WORKERS="${WORKERS:-$(( $(nproc) / 2 > 0 ? $(nproc) / 2 : 1 ))}"
 WIDE_ROWS=$((SCALE * 3500))
 source bench/lib.sh
 trap stop_clusters EXIT

@@ -30,8 +30,9 @@ pub struct LoadArgs {
     /// Replace the rows of target tables that are not empty (otherwise they are refused).
     #[arg(long)]
     pub truncate: bool,
-    /// Parallel COPY streams (default: the number of CPUs; more only adds contention).
-    #[arg(long, default_value_t = default_workers())]
+    /// Parallel COPY streams (default: half the CPUs, at least 1; a table's keys are built
+    /// while the next table is copied).
+    #[arg(long, default_value_t = crate::load::default_workers())]
     pub workers: usize,
     /// Heap megabytes per ctid range of a large table.
     #[arg(long, default_value_t = 64)]
@@ -43,12 +44,6 @@ pub struct LoadArgs {
     /// Plain log lines instead of a progress bar, even on a terminal.
     #[arg(long)]
     pub no_progress: bool,
-}
-
-fn default_workers() -> usize {
-    std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .max(2)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

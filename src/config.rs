@@ -395,11 +395,9 @@ impl Target {
         crate::load::LoadOptions {
             target: name.to_string(),
             truncate: self.snapshot_truncate,
-            workers: self.snapshot_workers.unwrap_or_else(|| {
-                std::thread::available_parallelism()
-                    .map_or(2, |n| n.get())
-                    .max(2)
-            }),
+            workers: self
+                .snapshot_workers
+                .unwrap_or_else(crate::load::default_workers),
             range_bytes: self.snapshot_range_kb.unwrap_or(65536).max(8) << 10,
             split: Default::default(),
             progress: Some(false),

@@ -303,3 +303,86 @@ async fn tables_linked_by_a_foreign_key_load_into_existing_tables() -> anyhow::R
     target.shutdown().await?;
     Ok(())
 }
+
+/// A table's keys are built while the worker copies the next table: with one worker, the
+/// target shows the COPY of the second table while the first one's primary key is being
+/// added (its build is held for a moment by an event trigger, so the overlap is visible).
+#[tokio::test]
+async fn keys_are_built_while_the_next_table_is_copied() -> anyhow::Result<()> {
+    let p = Arc::new(
+        Pair::new2(
+            "create schema app;
+             create table app.first (id bigint primary key, v text);
+             create table app.second (id bigint primary key, v text);
+             insert into app.first select g, md5(g::text) from generate_series(1, 200000) g;
+             insert into app.second select g, md5(g::text) from generate_series(1, 50000) g;
+             analyze app.first, app.second;",
+            "",
+        )
+        .await?,
+    );
+    // Superuser on the target, for the event trigger only.
+    p.cluster
+        .admin(&p.dst_db)
+        .await?
+        .batch_execute(
+            "create function public.hold_key_build() returns event_trigger language plpgsql as $$
+             begin
+               if exists (select 1 from pg_event_trigger_ddl_commands() where object_identity = 'app.first') then
+                 perform pg_sleep(2);
+               end if;
+             end $$;
+             create event trigger hold_key_build on ddl_command_end when tag in ('ALTER TABLE')
+               execute function public.hold_key_build();",
+        )
+        .await?;
+    let target = p.start_target(0).await?;
+    let port = target.local_addr.unwrap().port();
+    let cfg = source_config(&p, port)?;
+    let mut one = opts(false);
+    one.workers = 1;
+    let load = tokio::spawn(async move { load::run(&cfg, one).await });
+    let admin = p.cluster.admin(&p.dst_db).await?;
+    let mut overlapped = false;
+    while !load.is_finished() {
+        let active = texts(
+            &admin,
+            &format!(
+                "select query from pg_stat_activity where datname = '{}' and state = 'active'",
+                p.dst_db
+            ),
+        )
+        .await?;
+        let building = active
+            .iter()
+            .any(|q| q.contains("first") && q.contains("add primary key"));
+        let copying = active
+            .iter()
+            .any(|q| q.starts_with("copy ") && q.contains("second"));
+        overlapped |= building && copying;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let summary = load.await??;
+    assert_eq!(summary.rows, 250_000, "{summary}");
+    assert!(
+        overlapped,
+        "the COPY of app.second was never seen while app.first's key was built"
+    );
+    let src = p.src().await?;
+    let dst = p.dst().await?;
+    wait_equal(
+        &src,
+        &dst,
+        &["app.first", "app.second"],
+        Duration::from_secs(5),
+    )
+    .await?;
+    let keys = texts(
+        &dst,
+        "select conrelid::regclass::text from pg_constraint where contype = 'p' and connamespace = 'app'::regnamespace order by 1",
+    )
+    .await?;
+    assert_eq!(keys, vec!["app.first", "app.second"]);
+    target.shutdown().await?;
+    Ok(())
+}

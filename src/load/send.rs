@@ -39,6 +39,16 @@ pub struct LoadOptions {
     pub progress: Option<bool>,
 }
 
+/// Default number of parallel COPY streams: half the CPUs, at least one. A stream keeps a
+/// source backend, this process and a target backend busy (about 1.7 cores when all share
+/// one machine), and each table's keys are built beside the next table's copy; more streams
+/// than that only contend (README, "Initial load" benchmark).
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get() / 2)
+        .max(1)
+}
+
 /// How large tables are cut.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Split {
@@ -424,6 +434,8 @@ pub async fn run(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErro
     let shared = Arc::new(Shared {
         jobs: Mutex::new(jobs.into_iter().collect()),
         remaining: Mutex::new(ranges_of.clone()),
+        finishes: Mutex::new(tokio::task::JoinSet::new()),
+        builds: Arc::new(tokio::sync::Semaphore::new(opts.workers.max(1))),
         bytes: AtomicU64::new(0),
         rows: AtomicU64::new(0),
     });
@@ -456,6 +468,14 @@ pub async fn run(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErro
             }
         }
     }
+    // The key builds the workers left running; no worker adds one any more.
+    let mut finishes = std::mem::take(&mut *shared.finishes.lock().expect("not poisoned"));
+    while let Some(r) = finishes.join_next().await {
+        let r = r.unwrap_or_else(|e| Err(remote.err(format!("key build failed: {e}"))));
+        if let Err(e) = r {
+            first_error.get_or_insert(e);
+        }
+    }
     tx.commit()
         .await
         .map_err(src_err("ending the snapshot transaction"))?;
@@ -472,6 +492,11 @@ pub async fn run(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErro
 struct Shared {
     jobs: Mutex<VecDeque<Job>>,
     remaining: Mutex<HashMap<usize, i32>>,
+    /// Each fully copied table's finish (key and index builds on the target), running
+    /// while the workers copy the next tables.
+    finishes: Mutex<tokio::task::JoinSet<Result<(), LoadError>>>,
+    /// At most one key build per worker at a time: builds hold target connections too.
+    builds: Arc<tokio::sync::Semaphore>,
     bytes: AtomicU64,
     rows: AtomicU64,
 }
@@ -531,24 +556,39 @@ impl WorkerCtx {
                 *left == 0
             };
             if last {
-                let loaded = self
-                    .remote
-                    .post_json(
-                        "/v1/load/finish",
-                        &LoadFinish {
-                            source: self.config.database.name.clone(),
-                            target: self.target.clone(),
-                            apply_schema: self.apply_schema.clone(),
-                            table: self.dest[job.table].clone(),
-                            ranges: self.ranges_of[&job.table],
-                            snapshot: self.snapshot.clone(),
-                        },
-                    )
-                    .await?;
-                self.progress.table_done(
-                    &table.qualified(),
-                    loaded.get("rows").and_then(|r| r.as_i64()).unwrap_or(0),
+                // The table's keys and indexes are built while this worker copies the
+                // next table, instead of leaving the stream idle meanwhile.
+                let permit = self
+                    .shared
+                    .builds
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("never closed");
+                let msg = LoadFinish {
+                    source: self.config.database.name.clone(),
+                    target: self.target.clone(),
+                    apply_schema: self.apply_schema.clone(),
+                    table: self.dest[job.table].clone(),
+                    ranges: self.ranges_of[&job.table],
+                    snapshot: self.snapshot.clone(),
+                };
+                let (remote, progress, name) = (
+                    self.remote.clone(),
+                    self.progress.clone(),
+                    table.qualified(),
                 );
+                self.shared
+                    .finishes
+                    .lock()
+                    .expect("not poisoned")
+                    .spawn(async move {
+                        let loaded = remote.post_json("/v1/load/finish", &msg).await;
+                        drop(permit);
+                        let rows = loaded?.get("rows").and_then(|r| r.as_i64()).unwrap_or(0);
+                        progress.table_done(&name, rows);
+                        Ok(())
+                    });
             }
         }
         tx.commit().await.map_err(src_err("commit"))?;
