@@ -4,7 +4,7 @@
 #   (b) pg_dump -Fd -j 2 | pg_restore -j 2 (or pgcopydb clone when installed)
 #   (c) pgteleport -mode initial-load (parallel ctid ranges, streamed through HTTP)
 # Usage: bench/initial_load.sh [SCALE]   (SCALE 100 ≈ 1.3 GB of pgbench_accounts + ~0.7 GB wide table);
-#   WORKERS=N COPY streams (default: pgteleport's, half the CPUs), REPEAT=N (default 3) interleaved rounds, PROFILE=1 CPU per process,
+#   WORKERS=N COPY streams (default: pgteleport's, half the CPUs), REPEAT=N (default 3) interleaved rounds (order alternating), PROFILE=1 CPU per process,
 #   PERF=1 a perf profile of the whole machine during (c)
 # Prints MB/s of each and the ratios of (c) to (a) and (b); writes bench/results/initial_load.json.
 set -euo pipefail
@@ -49,10 +49,10 @@ targets:
     endpoint: {hostname: 127.0.0.1, port: $TP}
 YML
 : > "$WORK/times"
-# The methods run interleaved, REPEAT times each, into fresh databases: the machine is
-# shared and noisy, so ratios are taken per round and their median reported.
-for r in $(seq 1 "$REPEAT"); do
-    for db in dst_a dst_b; do psql_d -c "drop database if exists $db" -c "create database $db"; done
+# Each method is a function; rounds alternate their order (odd: a, b, c; even: c, b, a),
+# since on this machine a method runs faster or slower by its place in the round.
+method_a() {
+    psql_d -c "drop database if exists dst_a" -c "create database dst_a"
     # (a) raw pipe, table by table, into tables without indexes
     echo "$DDL" | psql_d -d dst_a
     quiesce; t0=$(now)
@@ -64,7 +64,9 @@ for r in $(seq 1 "$REPEAT"); do
     quiesce; t0=$(now)
     psql_d -d dst_a -c "alter table pgbench_accounts add primary key (aid); alter table pgbench_branches add primary key (bid); alter table pgbench_tellers add primary key (tid); alter table pgbench_history add primary key (id); alter table wide add primary key (id)"
     t1=$(now); AP=$(python3 -c "print($A + $t1 - $t0)")
-
+}
+method_b() {
+    psql_d -c "drop database if exists dst_b" -c "create database dst_b"
     # (b) pgcopydb clone if installed, else pg_dump -Fd -j 2 | pg_restore -j 2
     rm -rf "$WORK/dump" "$WORK/pgcopydb"
     if command -v pgcopydb >/dev/null 2>&1; then
@@ -81,6 +83,8 @@ for r in $(seq 1 "$REPEAT"); do
     fi
     B=$(python3 -c "print($t1 - $t0)")
 
+}
+method_c() {
     # (c) pgteleport, once per --split mode in SPLITS (default: auto)
     CS=""
     for split in $SPLITS; do
@@ -140,6 +144,11 @@ PY
     ROWS_OK=$(psql_d -d dst_c -Atc "select count(*) from pgbench_accounts")
     CS="$CS $C"
     done
+}
+# The methods run interleaved, REPEAT times each, into fresh databases: the machine is
+# shared and noisy, so ratios are taken per round and their median reported.
+for r in $(seq 1 "$REPEAT"); do
+    if [ $((r % 2)) = 1 ]; then method_a; method_b; method_c; else method_c; method_b; method_a; fi
     echo "$A $AP $B $ROWS_OK$CS" >> "$WORK/times"
     echo "round $r: (a) $A s, (a+) $AP s, (b) $B s, (c) per split ($SPLITS):$CS s"
 done

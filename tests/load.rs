@@ -386,3 +386,55 @@ async fn keys_are_built_while_the_next_table_is_copied() -> anyhow::Result<()> {
     target.shutdown().await?;
     Ok(())
 }
+
+/// The binary's teleport-style command (`-config F -mode initial-load -load-target NAME`)
+/// loads the tables and prints its summary; without `-load-target` it says what is missing.
+#[tokio::test]
+async fn the_initial_load_command_loads_and_reports() -> anyhow::Result<()> {
+    let p = Pair::new2(
+        "create schema app;
+         create table app.t (id int primary key, v text);
+         insert into app.t select g, md5(g::text) from generate_series(1, 5000) g;",
+        "",
+    )
+    .await?;
+    let target = p.start_target(0).await?;
+    let port = target.local_addr.unwrap().port();
+    let dir = std::env::temp_dir().join(format!("pgteleport-load-{}", p.id));
+    std::fs::create_dir_all(&dir)?;
+    let cfg = dir.join("source.yml");
+    std::fs::write(&cfg, p.source_yaml(port, "app.*", ""))?;
+    let run = |args: &[&str]| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_pgteleport"))
+            .arg("-config")
+            .arg(&cfg)
+            .args(args)
+            .env("PGTELEPORT_LOG", "warn")
+            .output()
+    };
+    let out = run(&["-mode", "initial-load"]).await?;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("-load-target NAME"), "{stderr}");
+    let out = run(&[
+        "-mode",
+        "initial-load",
+        "-load-target",
+        "t1",
+        "-workers",
+        "1",
+        "-no-progress",
+    ])
+    .await?;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("5000 rows"), "{stdout}");
+    let (src, dst) = (p.src().await?, p.dst().await?);
+    wait_equal(&src, &dst, &["app.t"], Duration::from_secs(5)).await?;
+    target.shutdown().await?;
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
