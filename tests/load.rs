@@ -438,3 +438,60 @@ async fn the_initial_load_command_loads_and_reports() -> anyhow::Result<()> {
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
+
+/// A key build that fails on the target fails the load with the target's message (builds run
+/// beside the copies, and their errors still reach the caller); once the cause is gone, a
+/// re-run completes.
+#[tokio::test]
+async fn a_failed_key_build_fails_the_load_and_a_rerun_completes() -> anyhow::Result<()> {
+    let p = Pair::new2(
+        "create schema app;
+         create table app.first (id bigint primary key, v text);
+         create table app.second (id bigint primary key, v text);
+         insert into app.first select g, md5(g::text) from generate_series(1, 20000) g;
+         insert into app.second select g, md5(g::text) from generate_series(1, 5000) g;",
+        "",
+    )
+    .await?;
+    let admin = p.cluster.admin(&p.dst_db).await?;
+    admin
+        .batch_execute(
+            "create function public.refuse_key_build() returns event_trigger language plpgsql as $$
+             begin
+               if exists (select 1 from pg_event_trigger_ddl_commands() where object_identity = 'app.first') then
+                 raise exception 'no keys on app.first today';
+               end if;
+             end $$;
+             create event trigger refuse_key_build on ddl_command_end when tag in ('ALTER TABLE')
+               execute function public.refuse_key_build();",
+        )
+        .await?;
+    let target = p.start_target(0).await?;
+    let port = target.local_addr.unwrap().port();
+    let cfg = source_config(&p, port)?;
+    let mut one = opts(false);
+    one.workers = 1;
+    let err = load::run(&cfg, one.clone()).await.unwrap_err().to_string();
+    assert!(err.contains("no keys on app.first today"), "{err}");
+    admin
+        .batch_execute("drop event trigger refuse_key_build")
+        .await?;
+    let summary = load::run(&cfg, one).await?;
+    assert!(summary.rows >= 20_000, "{summary}");
+    let (src, dst) = (p.src().await?, p.dst().await?);
+    wait_equal(
+        &src,
+        &dst,
+        &["app.first", "app.second"],
+        Duration::from_secs(5),
+    )
+    .await?;
+    let keys = texts(
+        &dst,
+        "select conrelid::regclass::text from pg_constraint where contype = 'p' and connamespace = 'app'::regnamespace order by 1",
+    )
+    .await?;
+    assert_eq!(keys, vec!["app.first", "app.second"]);
+    target.shutdown().await?;
+    Ok(())
+}

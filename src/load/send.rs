@@ -573,9 +573,10 @@ impl WorkerCtx {
                     ranges: self.ranges_of[&job.table],
                     snapshot: self.snapshot.clone(),
                 };
-                let (remote, progress, name) = (
+                let (remote, progress, shared, name) = (
                     self.remote.clone(),
                     self.progress.clone(),
+                    self.shared.clone(),
                     table.qualified(),
                 );
                 self.shared
@@ -585,9 +586,18 @@ impl WorkerCtx {
                     .spawn(async move {
                         let loaded = remote.post_json("/v1/load/finish", &msg).await;
                         drop(permit);
-                        let rows = loaded?.get("rows").and_then(|r| r.as_i64()).unwrap_or(0);
-                        progress.table_done(&name, rows);
-                        Ok(())
+                        match loaded {
+                            Ok(v) => {
+                                let rows = v.get("rows").and_then(|r| r.as_i64()).unwrap_or(0);
+                                progress.table_done(&name, rows);
+                                Ok(())
+                            }
+                            Err(e) => {
+                                // The load fails: no worker starts another table.
+                                shared.jobs.lock().expect("not poisoned").clear();
+                                Err(e)
+                            }
+                        }
                     });
             }
         }
