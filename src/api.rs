@@ -503,20 +503,26 @@ impl Api {
                 )));
             }
         }
+        // Over 63 bytes is well-formed JSON the document admits (it counts characters, not
+        // bytes) that PostgreSQL cannot take as a name: 422, like other names it refuses.
         let column = |key: &str, v: Option<String>| -> Result<Option<String>, Failure> {
             match v.filter(|v| !v.is_empty()) {
                 None => Ok(None),
-                Some(c) if c.len() <= 63 && !c.contains('\0') => Ok(Some(c)),
-                Some(c) => Err(Failure::bad(format!(
+                Some(c) if c.contains('\0') => Err(Failure::bad(format!(
+                    "{key} `{}` holds a NUL character",
+                    c.escape_debug()
+                ))),
+                Some(c) if c.len() > 63 => Err(unprocessable(format!(
                     "{key} `{c}` is not a column name (at most 63 bytes)"
                 ))),
+                Some(c) => Ok(Some(c)),
             }
         };
         let soft_delete = column("softDeleteColName", f.soft_delete_col_name)?;
         let synced_at = column("syncedAtColName", f.synced_at_col_name)?;
         if soft_delete.is_some() && soft_delete == synced_at {
-            return Err(Failure::bad(
-                "softDeleteColName and syncedAtColName name the same column",
+            return Err(unprocessable(
+                "softDeleteColName and syncedAtColName name the same column".into(),
             ));
         }
         if f.table_mappings.is_empty() {
@@ -631,15 +637,17 @@ impl Api {
             max_batch_size: f.max_batch_size.filter(|n| *n > 0).map(|n| n as usize),
             renames,
         };
+        // The document admits any destination string; what PostgreSQL or the mapping cannot
+        // take is 422, like the other names the request refers to.
         crate::config::check_renames(&definition.renames, false).map_err(|(from, m)| {
-            Failure::bad(format!(
+            unprocessable(format!(
                 "tableMappings `{from}`: destinationTableIdentifier: {m}"
             ))
         })?;
         let renames = crate::config::parse_renames(&definition.renames);
         let tables = definition.tables.iter().filter_map(|t| t.split_once('.'));
         if let Some(((fs, ft), (ts, tt))) = crate::config::rename_onto_kept(&renames, tables) {
-            return Err(Failure::bad(format!(
+            return Err(unprocessable(format!(
                 "tableMappings `{fs}.{ft}`: destinationTableIdentifier `{ts}.{tt}` is the name table `{ts}.{tt}` keeps on the target"
             )));
         }

@@ -1090,13 +1090,23 @@ async fn a_mirror_created_through_the_api_snapshots_streams_and_survives_a_resta
                 "tgt",
                 json!({"softDeleteColName": "x", "syncedAtColName": "x"}),
             ),
-            400,
+            422,
             "same column",
+        ),
+        (
+            flow(
+                "m2",
+                "other.m",
+                "tgt",
+                json!({"softDeleteColName": "é".repeat(40)}),
+            ),
+            422,
+            "at most 63 bytes",
         ),
         (flow("m2", "other*", "tgt", json!({})), 400, "schema.table"),
         (
             flow("m2", "other.m", "tgt", renamed("m2")),
-            400,
+            422,
             "schema.table",
         ),
         (
@@ -1108,7 +1118,7 @@ async fn a_mirror_created_through_the_api_snapshots_streams_and_survives_a_resta
                     {"sourceTableIdentifier": "other.m", "destinationTableIdentifier": "app.t"},
                     {"sourceTableIdentifier": "app.t"}]}),
             ),
-            400,
+            422,
             "keeps on the target",
         ),
     ];
