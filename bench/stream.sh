@@ -13,12 +13,14 @@
 #   4. memory and CPU: peak RSS (VmHWM) and CPU seconds of each pgteleport instance per
 #      scenario; CPU of the walsender and apply worker for native replication.
 # Usage: bench/stream.sh   (CHANGES=1000000, RATES="500 2000", DURATION=60; SOURCE_EXTRA="yaml lines"
-#   adds keys to the source instance's config, e.g. SOURCE_EXTRA="max_events_per_batch: 50000")
+#   adds keys to the source instance's config, e.g. SOURCE_EXTRA="max_events_per_batch: 50000";
+#   REPEAT=N rounds of scenario 2, in alternating order (native first, then pgteleport first),
+#   reporting the medians: single runs vary widely on a shared machine)
 # Prints a table and writes bench/results/stream.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
-CHANGES="${CHANGES:-1000000}"; RATES="${RATES-500 2000}"; DURATION="${DURATION:-60}"
+CHANGES="${CHANGES:-1000000}"; RATES="${RATES-500 2000}"; DURATION="${DURATION:-60}"; REPEAT="${REPEAT:-1}"
 TXNS=$((CHANGES / 10))
 source bench/lib.sh
 source bench/workload.sh
@@ -27,7 +29,9 @@ source bench/workload.sh
 # STATS=1: pg_stat_statements on both clusters; the statements that took the most time in
 # the throughput scenario are printed after it (where the time goes).
 EXTRA=""; [ "${STATS:-0}" = 1 ] && EXTRA="-c shared_preload_libraries=pg_stat_statements,auto_explain -c pg_stat_statements.track=all -c auto_explain.log_min_duration=${SLOW_MS:-5} -c auto_explain.log_analyze=on"
-start_pair "-c wal_level=logical -c synchronous_commit=on $EXTRA"
+# wal_retrieve_retry_interval=100ms: the launcher starts an apply worker at most once per
+# interval (5 s by default), which a re-enabled subscription would otherwise wait out.
+start_pair "-c wal_level=logical -c synchronous_commit=on -c wal_retrieve_retry_interval=100ms $EXTRA"
 "$PG_BINDIR/psql" -h 127.0.0.1 -p "$SP" -U postgres -X -q -c "create role bench login password 'bench'"
 "$PG_BINDIR/psql" -h 127.0.0.1 -p "$DP" -U postgres -X -q -c "create role bench login password 'bench'"
 # Replica mode for pgteleport's applier, as native apply workers run: target triggers and
@@ -109,9 +113,16 @@ for m in nat tele; do
     wait_for "$DP" "$m" "select count(*) from acc" 100000
 done
 
-# Scenario 2: throughput on a backlog.
-for m in nat tele; do
-    echo "[$m] committing a backlog of $CHANGES row changes ($TXNS transactions) …"
+# Scenario 2: throughput on a backlog, REPEAT rounds in alternating order. A later round
+# first empties items and mark (TRUNCATE, replicated by both) and waits for the target.
+for round in $(seq 1 "$REPEAT"); do
+order="nat tele"; [ $((round % 2)) = 0 ] && order="tele nat"
+for m in $order; do
+    if [ "$round" -gt 1 ]; then
+        psql_at "$SP" "$m" -c "truncate items, mark"
+        wait_for "$DP" "$m" "select (select count(*) from items) + (select count(*) from mark)" 0
+    fi
+    echo "[$m] round $round: committing a backlog of $CHANGES row changes ($TXNS transactions) …"
     if [ "$m" = nat ]; then psql_at "$DP" nat -c "alter subscription bench disable"; else stop_source; fi
     sleep 1
     g0=$(now); psql_at "$SP" "$m" -c "$BACKLOG"; g1=$(now)
@@ -133,6 +144,7 @@ for m in nat tele; do
     equal=$([ "$(checksum "$SP" "$m")" = "$(checksum "$DP" "$m")" ] && echo true || echo false)
     record throughput "$m" "$(python3 -c "print($g1 - $g0)")" "$(python3 -c "print($t1 - $t0)")" "$equal" $cpu $mem
     echo "[$m] backlog committed in $(python3 -c "print(round($g1 - $g0, 1))") s; applied in $(python3 -c "print(round($t1 - $t0, 1))") s; equal: $equal"
+done
 done
 
 # Scenario 3: lag at fixed rates.
@@ -181,9 +193,10 @@ for m in nat tele; do
 done
 
 python3 - "$RES" "$CHANGES" "$DURATION" <<'PY'
-import json, sys
+import json, statistics, sys
 changes, duration = int(sys.argv[2]), int(sys.argv[3])
 out = {"changes": changes, "lag_duration_s": duration, "throughput": {}, "lag": {}}
+rounds = {"nat": [], "tele": []}
 names = {"nat": "native logical replication", "tele": "pgteleport"}
 for l in open(sys.argv[1]):
     f = l.split()
@@ -196,7 +209,7 @@ for l in open(sys.argv[1]):
         else:
             r.update(source_instance_cpu_s=float(f[5]), target_instance_cpu_s=float(f[6]),
                      source_instance_peak_rss_mb=float(f[7]), target_instance_peak_rss_mb=float(f[8]))
-        out["throughput"][m] = r
+        rounds[m].append(r)
     else:
         m, rate = f[1], f[2]
         r = {"tps": float(f[3] or 0), "p50_ms": float(f[4]), "p99_ms": float(f[5]), "max_ms": float(f[6]),
@@ -208,15 +221,23 @@ for l in open(sys.argv[1]):
                      source_instance_peak_rss_mb=float(f[10]), target_instance_peak_rss_mb=float(f[11]),
                      source_instance_rss_mb=float(f[12]), target_instance_rss_mb=float(f[13]))
         out["lag"].setdefault(rate, {})[m] = r
+# Per method the round with the median apply time; the ratio is the median of the rounds'.
+for m, rs in rounds.items():
+    out["throughput"][m] = sorted(rs, key=lambda r: r["apply_s"])[(len(rs) - 1) // 2]
 t = out["throughput"]
-ratio = t["tele"]["events_per_s"] / t["nat"]["events_per_s"]
+per_round = [b["events_per_s"] / a["events_per_s"] for a, b in zip(rounds["nat"], rounds["tele"])]
+ratio = statistics.median(per_round)
 out["throughput_ratio"] = round(ratio, 3)
-print(f"\n2. throughput, backlog of {changes} row changes (10 per transaction):")
+out["throughput_rounds"] = [{"native_apply_s": a["apply_s"], "pgteleport_apply_s": b["apply_s"],
+                             "ratio": round(b["events_per_s"] / a["events_per_s"], 3)}
+                            for a, b in zip(rounds["nat"], rounds["tele"])]
+print(f"\n2. throughput, backlog of {changes} row changes (10 per transaction), {len(per_round)} round(s), median round shown:")
 print(f"   {'method':30} {'commit s':>9} {'apply s':>8} {'events/s':>9}  equal")
 for m in ("nat", "tele"):
     r = t[m]
     print(f"   {names[m]:30} {r['backlog_commit_s']:9.1f} {r['apply_s']:8.1f} {r['events_per_s']:9.0f}  {r['equal']}")
-print(f"   ratio pgteleport / native apply: {ratio:.2f} (higher is faster)")
+print(f"   ratio pgteleport / native apply: {ratio:.2f} (higher is faster)"
+      + (f"; per round: {', '.join(f'{x:.2f}' for x in per_round)}" if len(per_round) > 1 else ""))
 print(f"\n3. lag under steady load ({duration} s per run; ms from commit on the source to visible on the target):")
 print(f"   {'rate':>6} {'method':30} {'tps':>7} {'p50':>7} {'p99':>7} {'max':>7}")
 for rate, ms in out["lag"].items():
