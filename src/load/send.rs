@@ -434,11 +434,12 @@ pub async fn run(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErro
     let shared = Arc::new(Shared {
         jobs: Mutex::new(jobs.into_iter().collect()),
         remaining: Mutex::new(ranges_of.clone()),
-        finishes: Mutex::new(tokio::task::JoinSet::new()),
         builds: Arc::new(tokio::sync::Semaphore::new(opts.workers.max(1))),
         bytes: AtomicU64::new(0),
         rows: AtomicU64::new(0),
     });
+    // Kept apart from `shared`, which the builds hold: dropping the load aborts them.
+    let finishes = Arc::new(Mutex::new(tokio::task::JoinSet::new()));
     let todo = Arc::new(todo);
     let dest = Arc::new(dest);
     let mut workers = tokio::task::JoinSet::new();
@@ -454,6 +455,7 @@ pub async fn run(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErro
             ranges_of: ranges_of.clone(),
             remote: remote.clone(),
             shared: shared.clone(),
+            finishes: finishes.clone(),
             progress: progress.clone(),
         };
         workers.spawn(async move { ctx.run(w).await });
@@ -469,7 +471,7 @@ pub async fn run(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErro
         }
     }
     // The key builds the workers left running; no worker adds one any more.
-    let mut finishes = std::mem::take(&mut *shared.finishes.lock().expect("not poisoned"));
+    let mut finishes = std::mem::take(&mut *finishes.lock().expect("not poisoned"));
     while let Some(r) = finishes.join_next().await {
         let r = r.unwrap_or_else(|e| Err(remote.err(format!("key build failed: {e}"))));
         if let Err(e) = r {
@@ -492,9 +494,6 @@ pub async fn run(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErro
 struct Shared {
     jobs: Mutex<VecDeque<Job>>,
     remaining: Mutex<HashMap<usize, i32>>,
-    /// Each fully copied table's finish (key and index builds on the target), running
-    /// while the workers copy the next tables.
-    finishes: Mutex<tokio::task::JoinSet<Result<(), LoadError>>>,
     /// At most one key build per worker at a time: builds hold target connections too.
     builds: Arc<tokio::sync::Semaphore>,
     bytes: AtomicU64,
@@ -513,6 +512,9 @@ struct WorkerCtx {
     ranges_of: HashMap<usize, i32>,
     remote: Arc<Remote>,
     shared: Arc<Shared>,
+    /// Each fully copied table's finish (key and index builds on the target), running
+    /// while the workers copy the next tables.
+    finishes: Arc<Mutex<tokio::task::JoinSet<Result<(), LoadError>>>>,
     progress: Progress,
 }
 
@@ -579,8 +581,7 @@ impl WorkerCtx {
                     self.shared.clone(),
                     table.qualified(),
                 );
-                self.shared
-                    .finishes
+                self.finishes
                     .lock()
                     .expect("not poisoned")
                     .spawn(async move {
