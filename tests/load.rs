@@ -304,38 +304,68 @@ async fn tables_linked_by_a_foreign_key_load_into_existing_tables() -> anyhow::R
     Ok(())
 }
 
+/// Two tables for the key-build tests, `app.first` the larger (copied first).
+async fn first_and_second(first_rows: i64, second_rows: i64) -> anyhow::Result<Pair> {
+    Pair::new2(
+        &format!(
+            "create schema app;
+             create table app.first (id bigint primary key, v text);
+             create table app.second (id bigint primary key, v text);
+             insert into app.first select g, md5(g::text) from generate_series(1, {first_rows}) g;
+             insert into app.second select g, md5(g::text) from generate_series(1, {second_rows}) g;
+             analyze app.first, app.second;"
+        ),
+        "",
+    )
+    .await
+}
+
+/// An event trigger `name` on the target (created as superuser: a target role may not) that
+/// runs `action` (PL/pgSQL) when `app.first` is altered — its primary key being added.
+async fn on_key_build_of_first(p: &Pair, name: &str, action: &str) -> anyhow::Result<()> {
+    p.cluster
+        .admin(&p.dst_db)
+        .await?
+        .batch_execute(&format!(
+            "create function public.{name}() returns event_trigger language plpgsql as $$
+             begin
+               if exists (select 1 from pg_event_trigger_ddl_commands() where object_identity = 'app.first') then
+                 {action};
+               end if;
+             end $$;
+             create event trigger {name} on ddl_command_end when tag in ('ALTER TABLE')
+               execute function public.{name}();"
+        ))
+        .await?;
+    Ok(())
+}
+
+/// Both tables arrived whole, each with its primary key.
+async fn assert_loaded_with_keys(p: &Pair) -> anyhow::Result<()> {
+    let (src, dst) = (p.src().await?, p.dst().await?);
+    wait_equal(
+        &src,
+        &dst,
+        &["app.first", "app.second"],
+        Duration::from_secs(5),
+    )
+    .await?;
+    let keys = texts(
+        &dst,
+        "select conrelid::regclass::text from pg_constraint where contype = 'p' and connamespace = 'app'::regnamespace order by 1",
+    )
+    .await?;
+    assert_eq!(keys, vec!["app.first", "app.second"]);
+    Ok(())
+}
+
 /// A table's keys are built while the worker copies the next table: with one worker, the
 /// target shows the COPY of the second table while the first one's primary key is being
 /// added (its build is held for a moment by an event trigger, so the overlap is visible).
 #[tokio::test]
 async fn keys_are_built_while_the_next_table_is_copied() -> anyhow::Result<()> {
-    let p = Arc::new(
-        Pair::new2(
-            "create schema app;
-             create table app.first (id bigint primary key, v text);
-             create table app.second (id bigint primary key, v text);
-             insert into app.first select g, md5(g::text) from generate_series(1, 200000) g;
-             insert into app.second select g, md5(g::text) from generate_series(1, 50000) g;
-             analyze app.first, app.second;",
-            "",
-        )
-        .await?,
-    );
-    // Superuser on the target, for the event trigger only.
-    p.cluster
-        .admin(&p.dst_db)
-        .await?
-        .batch_execute(
-            "create function public.hold_key_build() returns event_trigger language plpgsql as $$
-             begin
-               if exists (select 1 from pg_event_trigger_ddl_commands() where object_identity = 'app.first') then
-                 perform pg_sleep(2);
-               end if;
-             end $$;
-             create event trigger hold_key_build on ddl_command_end when tag in ('ALTER TABLE')
-               execute function public.hold_key_build();",
-        )
-        .await?;
+    let p = first_and_second(200_000, 50_000).await?;
+    on_key_build_of_first(&p, "hold_key_build", "perform pg_sleep(2)").await?;
     let target = p.start_target(0).await?;
     let port = target.local_addr.unwrap().port();
     let cfg = source_config(&p, port)?;
@@ -368,21 +398,7 @@ async fn keys_are_built_while_the_next_table_is_copied() -> anyhow::Result<()> {
         overlapped,
         "the COPY of app.second was never seen while app.first's key was built"
     );
-    let src = p.src().await?;
-    let dst = p.dst().await?;
-    wait_equal(
-        &src,
-        &dst,
-        &["app.first", "app.second"],
-        Duration::from_secs(5),
-    )
-    .await?;
-    let keys = texts(
-        &dst,
-        "select conrelid::regclass::text from pg_constraint where contype = 'p' and connamespace = 'app'::regnamespace order by 1",
-    )
-    .await?;
-    assert_eq!(keys, vec!["app.first", "app.second"]);
+    assert_loaded_with_keys(&p).await?;
     target.shutdown().await?;
     Ok(())
 }
@@ -444,28 +460,13 @@ async fn the_initial_load_command_loads_and_reports() -> anyhow::Result<()> {
 /// re-run completes.
 #[tokio::test]
 async fn a_failed_key_build_fails_the_load_and_a_rerun_completes() -> anyhow::Result<()> {
-    let p = Pair::new2(
-        "create schema app;
-         create table app.first (id bigint primary key, v text);
-         create table app.second (id bigint primary key, v text);
-         insert into app.first select g, md5(g::text) from generate_series(1, 20000) g;
-         insert into app.second select g, md5(g::text) from generate_series(1, 5000) g;",
-        "",
+    let p = first_and_second(20_000, 5_000).await?;
+    on_key_build_of_first(
+        &p,
+        "refuse_key_build",
+        "raise exception 'no keys on app.first today'",
     )
     .await?;
-    let admin = p.cluster.admin(&p.dst_db).await?;
-    admin
-        .batch_execute(
-            "create function public.refuse_key_build() returns event_trigger language plpgsql as $$
-             begin
-               if exists (select 1 from pg_event_trigger_ddl_commands() where object_identity = 'app.first') then
-                 raise exception 'no keys on app.first today';
-               end if;
-             end $$;
-             create event trigger refuse_key_build on ddl_command_end when tag in ('ALTER TABLE')
-               execute function public.refuse_key_build();",
-        )
-        .await?;
     let target = p.start_target(0).await?;
     let port = target.local_addr.unwrap().port();
     let cfg = source_config(&p, port)?;
@@ -473,25 +474,14 @@ async fn a_failed_key_build_fails_the_load_and_a_rerun_completes() -> anyhow::Re
     one.workers = 1;
     let err = load::run(&cfg, one.clone()).await.unwrap_err().to_string();
     assert!(err.contains("no keys on app.first today"), "{err}");
-    admin
+    p.cluster
+        .admin(&p.dst_db)
+        .await?
         .batch_execute("drop event trigger refuse_key_build")
         .await?;
     let summary = load::run(&cfg, one).await?;
     assert!(summary.rows >= 20_000, "{summary}");
-    let (src, dst) = (p.src().await?, p.dst().await?);
-    wait_equal(
-        &src,
-        &dst,
-        &["app.first", "app.second"],
-        Duration::from_secs(5),
-    )
-    .await?;
-    let keys = texts(
-        &dst,
-        "select conrelid::regclass::text from pg_constraint where contype = 'p' and connamespace = 'app'::regnamespace order by 1",
-    )
-    .await?;
-    assert_eq!(keys, vec!["app.first", "app.second"]);
+    assert_loaded_with_keys(&p).await?;
     target.shutdown().await?;
     Ok(())
 }
