@@ -90,6 +90,33 @@ pub struct Installed {
 /// Installs (or upgrades) the internal schema, then a capture trigger on every table matching
 /// a target's `target_expression`, and registers each target. Idempotent.
 pub async fn install(client: &mut Client, config: &Config) -> Result<Installed, InstallError> {
+    // Installs by several processes at once (an instance and the initial snapshots of its
+    // mirrors) run one after the other: a `create or replace` of a function or trigger
+    // another transaction replaces at the same moment fails ("tuple concurrently updated").
+    let schema = &config.internal_schema;
+    let locking = |source| InstallError::Schema {
+        schema: schema.clone(),
+        source,
+    };
+    client
+        .execute(
+            "select pg_catalog.pg_advisory_lock($1, pg_catalog.hashtext($2))",
+            &[&db::INSTALL_LOCK, schema],
+        )
+        .await
+        .map_err(locking)?;
+    let installed = install_locked(client, config).await;
+    client
+        .execute(
+            "select pg_catalog.pg_advisory_unlock($1, pg_catalog.hashtext($2))",
+            &[&db::INSTALL_LOCK, schema],
+        )
+        .await
+        .map_err(locking)?;
+    installed
+}
+
+async fn install_locked(client: &mut Client, config: &Config) -> Result<Installed, InstallError> {
     let schema = &config.internal_schema;
     db::migrate(client, schema, "source", SOURCE_SQL)
         .await

@@ -231,6 +231,10 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// The first key of the advisory lock that serialises installs into one internal schema
+/// (the second is the hash of its name).
+pub const INSTALL_LOCK: i32 = 7419;
+
 /// Runs the versioned SQL files of `component` that are not yet recorded in
 /// `<schema>.schema_version`, each in its own transaction, under an advisory lock so that
 /// two instances starting at once do not race.
@@ -243,8 +247,8 @@ pub async fn migrate(
     let q = ddlwatcher::quote_ident(schema);
     let tx = client.transaction().await?;
     tx.execute(
-        "select pg_advisory_xact_lock(7419, hashtext($1))",
-        &[&schema],
+        "select pg_advisory_xact_lock($1, hashtext($2))",
+        &[&INSTALL_LOCK, &schema],
     )
     .await?;
     tx.batch_execute(&format!(
