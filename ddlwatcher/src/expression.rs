@@ -52,9 +52,11 @@ impl TargetExpression {
 
     /// Whether the table `schema.table` is replicated.
     pub fn matches(&self, schema: &str, table: &str) -> bool {
-        self.patterns.iter().any(|(s, t)| {
-            glob(s.as_bytes(), schema.as_bytes()) && glob(t.as_bytes(), table.as_bytes())
-        })
+        let chars = |s: &str| s.chars().collect::<Vec<char>>();
+        let (schema, table) = (chars(schema), chars(table));
+        self.patterns
+            .iter()
+            .any(|(s, t)| glob(&chars(s), &schema) && glob(&chars(t), &table))
     }
 
     /// The schema patterns, for a cheap catalog pre-filter.
@@ -91,15 +93,16 @@ fn glob_to_regex(glob: &str) -> String {
     out
 }
 
-/// Iterative glob match with backtracking over the last `*`.
-fn glob(pattern: &[u8], text: &[u8]) -> bool {
+/// Iterative glob match with backtracking over the last `*`, by characters (`?` is one
+/// character, as `.` in the regular expression and `_` in LIKE).
+fn glob(pattern: &[char], text: &[char]) -> bool {
     let (mut p, mut t) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while t < text.len() {
-        if p < pattern.len() && (pattern[p] == b'?' || pattern[p] == text[t]) {
+        if p < pattern.len() && (pattern[p] == '?' || pattern[p] == text[t]) {
             p += 1;
             t += 1;
-        } else if p < pattern.len() && pattern[p] == b'*' {
+        } else if p < pattern.len() && pattern[p] == '*' {
             star = Some((p, t));
             p += 1;
         } else if let Some((sp, st)) = star {
@@ -110,7 +113,7 @@ fn glob(pattern: &[u8], text: &[u8]) -> bool {
             return false;
         }
     }
-    while p < pattern.len() && pattern[p] == b'*' {
+    while p < pattern.len() && pattern[p] == '*' {
         p += 1;
     }
     p == pattern.len()
@@ -132,6 +135,9 @@ mod tests {
         assert!(e.matches("ab", "x"));
         assert!(e.matches("aXXb", "yyxzz"));
         assert!(!e.matches("aXXc", "x"));
+        let e = TargetExpression::parse("?.ü?").unwrap();
+        assert!(e.matches("é", "üx"), "`?` is one character, not one byte");
+        assert!(!e.matches("é", "ü"));
     }
 
     #[test]
