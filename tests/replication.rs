@@ -882,3 +882,169 @@ async fn assert_verified(
     );
     Ok(reports)
 }
+
+/// A batch's table filter (the target expression's regular expression) is matched with
+/// LIKE patterns on the queue's name columns: in PostgreSQL they select exactly the names
+/// the regular expression selects, and the expression's own matcher.
+#[tokio::test]
+async fn table_filters_select_what_their_regular_expressions_select() -> anyhow::Result<()> {
+    let c = cluster().admin("postgres").await?;
+    let names: Vec<String> = [
+        "public.a",
+        "public.ab",
+        "public.a_b",
+        "public.axb",
+        "public.a%b",
+        "public.a%%b",
+        "public.a\\b",
+        "public.a\\\\b",
+        "public.",
+        "Public.a",
+        "app.order_1",
+        "app.orderx1",
+        "app.order_12",
+        "app.order_",
+        "s1.a.b",
+        "s1.a.bc",
+        "s1.axb",
+        "s12.a.b",
+        "x.100%",
+        "x.1000",
+        "x.100",
+        "é.ü",
+        "é.üx",
+        "e.u",
+        "p.q|r",
+        "p.q",
+        "pq.r",
+        "a b.c d",
+        "a b.c",
+        "q.it's",
+        "q.it\"s",
+    ]
+    .map(String::from)
+    .to_vec();
+    let expressions = [
+        "public.*",
+        "public.a_b",
+        "public.a%b, app.order_?",
+        "s?.a.b*",
+        "x.100%",
+        "é.ü*",
+        "p.q|r",
+        "public.a\\b",
+        "*.*",
+        "?.*",
+        "a b.c*",
+        "q.it's, q.it\"s",
+        "public.a*b",
+    ];
+    for expression in expressions {
+        let parsed = ddlwatcher::TargetExpression::parse(expression)?;
+        let filter = parsed.to_regex();
+        let condition = pgteleport::batcher::filter_condition(&filter);
+        assert!(!condition.contains('~'), "{expression}: {condition}");
+        let rows = c
+            .query(
+                &format!(
+                    "select n, {condition}, (e.ev_schema::text || '.' || e.ev_table::text) ~ b.filter
+                       from (select n, split_part(n, '.', 1)::name as ev_schema,
+                                    substr(n, strpos(n, '.') + 1)::name as ev_table
+                               from unnest($1::text[]) n) e,
+                            (select $2::text as filter) b"
+                ),
+                &[&names, &filter],
+            )
+            .await?;
+        assert_eq!(rows.len(), names.len());
+        let mut selected = 0;
+        for r in rows {
+            let name: String = r.get(0);
+            let (like, regex): (bool, bool) = (r.get(1), r.get(2));
+            let (schema, table) = name.split_once('.').unwrap();
+            assert_eq!(
+                like, regex,
+                "{expression} on {name}: LIKE {like}, regex {regex}"
+            );
+            assert_eq!(
+                like,
+                parsed.matches(schema, table),
+                "{expression} on {name}"
+            );
+            selected += usize::from(like);
+        }
+        assert!(selected > 0, "{expression} selects none of the names");
+    }
+    Ok(())
+}
+
+/// Two mirrors of one source with different expressions: every transaction touches the
+/// tables of both and of neither, so each mirror's batches are cut and read with its
+/// filter; each target schema ends with exactly its tables, equal to the source.
+#[tokio::test]
+async fn mirrors_with_different_expressions_receive_only_their_tables() -> anyhow::Result<()> {
+    let p = Pair::new2(
+        "create schema app;
+         create table app.a_x (id int primary key, v text);
+         create table app.ab (id int primary key, v text);
+         create table app.axe (id int primary key, v text);
+         create table app.bb (id int primary key, v text);
+         create table app.b_1 (id int primary key, v text);",
+        "create schema one; create schema two;",
+    )
+    .await?;
+    let target = p.start_target(0).await?;
+    let port = target.local_addr.unwrap().port();
+    // t1: app.a_x and app.ab (`?b`) and app.bb (`?b`); never app.axe (`a_*` is a literal
+    // underscore). t2: app.bb, app.b_1 and app.axe.
+    let yaml = p
+        .source_yaml_into(port, "app.a_*, app.?b", "    do_initial_snapshot: true\n", "one")
+        .replace("targets:\n", &format!(
+            "targets:\n  t2:\n    target_expression: \"app.b*, app.axe\"\n    endpoint: {{hostname: 127.0.0.1, port: {port}}}\n    auth_token: {TOKEN}\n    apply_schema: two\n    do_initial_snapshot: true\n"
+        ));
+    let cfg = pgteleport::config::Config::from_yaml(
+        &yaml,
+        std::path::Path::new("<test source>"),
+        |_| None,
+    )?;
+    let source = pgteleport::instance::start(cfg).await?;
+    let src = p.src().await?;
+    let dst = p.dst().await?;
+    for round in 0..3 {
+        src.batch_execute(&format!(
+            "begin;
+             insert into app.a_x select g, 'a' || g from generate_series({round} * 100 + 1, {round} * 100 + 100) g;
+             insert into app.ab select g, 'b' || g from generate_series({round} * 100 + 1, {round} * 100 + 100) g;
+             insert into app.axe select g, 'x' || g from generate_series({round} * 100 + 1, {round} * 100 + 100) g;
+             insert into app.bb select g, 'y' || g from generate_series({round} * 100 + 1, {round} * 100 + 100) g;
+             insert into app.b_1 select g, 'z' || g from generate_series({round} * 100 + 1, {round} * 100 + 100) g;
+             update app.a_x set v = v || '!' where id % 3 = 0;
+             update app.axe set v = v || '!' where id % 4 = 0;
+             delete from app.bb where id % 5 = 0;
+             commit;"
+        ))
+        .await?;
+    }
+    let pairs = [
+        ("app.a_x", "one.a_x"),
+        ("app.ab", "one.ab"),
+        ("app.bb", "one.bb"),
+        ("app.bb", "two.bb"),
+        ("app.b_1", "two.b_1"),
+        ("app.axe", "two.axe"),
+    ];
+    wait_equal_as(&src, &dst, &pairs, Duration::from_secs(30)).await?;
+    assert_eq!(
+        texts(
+            &dst,
+            "select format('%s.%s', schemaname, tablename) from pg_tables
+              where schemaname in ('one', 'two') order by 1"
+        )
+        .await?,
+        vec!["one.a_x", "one.ab", "one.bb", "two.axe", "two.b_1", "two.bb"],
+        "each mirror's tables, and no other"
+    );
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}
