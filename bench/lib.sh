@@ -16,8 +16,12 @@ stop_clusters() {
     for d in "$WORK/src" "$WORK/dst"; do
         [ -f "$d/postmaster.pid" ] && as_postgres "$PG_BINDIR/pg_ctl" -D "$d" -m immediate stop >/dev/null 2>&1 || true
     done
-    # KEEP_LOGS=DIR: the instances' logs survive the run (with LOG=info: one line per batch).
-    [ -n "${KEEP_LOGS:-}" ] && mkdir -p "$KEEP_LOGS" && cp "$WORK"/*.log "$KEEP_LOGS"/ 2>/dev/null
+    # KEEP_LOGS=DIR: the instances' and clusters' logs survive the run (with LOG=info: one
+    # line per batch; with STATS=1, auto_explain's plans in source.pg.log and target.pg.log).
+    if [ -n "${KEEP_LOGS:-}" ]; then
+        mkdir -p "$KEEP_LOGS" && cp "$WORK"/*.log "$KEEP_LOGS"/ 2>/dev/null
+        cp "$WORK/src/log" "$KEEP_LOGS/source.pg.log" 2>/dev/null; cp "$WORK/dst/log" "$KEEP_LOGS/target.pg.log" 2>/dev/null
+    fi
     rm -rf "$WORK"
 }
 now() { date +%s.%N; }

@@ -15,7 +15,8 @@
 # Usage: bench/stream.sh   (CHANGES=1000000, RATES="500 2000", DURATION=60; SOURCE_EXTRA="yaml lines"
 #   adds keys to the source instance's config, e.g. SOURCE_EXTRA="max_events_per_batch: 50000";
 #   REPEAT=N rounds of scenario 2, in alternating order (native first, then pgteleport first),
-#   reporting the medians: single runs vary widely on a shared machine)
+#   reporting the medians: single runs vary widely on a shared machine; PERF=FILE records
+#   every CPU (perf record -a, call graphs) while pgteleport applies the backlog, to FILE.ROUND)
 # Prints a table and writes bench/results/stream.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -96,7 +97,7 @@ stats() { # method: where the time went, with STATS=1
         for p in "$SP" "$DP"; do
             echo "[$m] top statements on $([ "$p" = "$SP" ] && echo source || echo target): calls, total ms, mean ms, query"
             psql_at "$p" "$m" -F ' | ' -c "select calls, round(total_exec_time + total_plan_time), round((mean_exec_time + mean_plan_time)::numeric, 3), left(regexp_replace(query, '\s+', ' ', 'g'), 150)
-                                          from pg_stat_statements order by total_exec_time + total_plan_time desc limit 8"
+                                          from pg_stat_statements order by total_exec_time + total_plan_time desc limit ${STATS_TOP:-8}"
             psql_at "$p" "$m" -c "select pg_stat_statements_reset()" >/dev/null
         done
         echo "[$m] the first plans over ${SLOW_MS:-5} ms on the target (auto_explain):"
@@ -131,10 +132,12 @@ for m in $order; do
         psql_at "$DP" nat -c "alter subscription bench enable"
     else
         tc0=$(cpu_of "$TPID"); t0=$(now)
+        [ -n "${PERF:-}" ] && { perf record -e cpu-clock -F 499 -a -g -o "$PERF.$round" >/dev/null 2>&1 & PERFPID=$!; }
         start_source
     fi
     wait_for "$DP" "$m" "select count(*) from mark" 1
     t1=$(now)
+    [ -n "${PERF:-}" ] && [ "$m" = tele ] && { kill -INT "$PERFPID"; wait "$PERFPID" || true; ps -eo pid,args > "$PERF.$round.ps"; }
     if [ "$m" = nat ]; then
         cpu=$(python3 -c "print($(native_cpu) - $c0)"); mem="- -"
     else
