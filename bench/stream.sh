@@ -83,6 +83,31 @@ rss_mb() { awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
 native_cpu() { # CPU seconds of the walsender and apply worker processes now running
     ps -eo times=,args= | awk '/walsender|logical replication/ && !/awk/ {s += $1} END {print s + 0}'
 }
+# CPU seconds per process (/proc, clock-tick resolution) of the processes whose command line
+# matches a regular expression, as "pid:seconds …"; cpu_delta sums what they used between
+# two such readings (a process started in between counts whole).
+proc_cpu() {
+    python3 - "$1" <<'PY'
+import os, re, sys
+hz, pattern, out = os.sysconf("SC_CLK_TCK"), re.compile(sys.argv[1]), []
+for p in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        cmd = open(f"/proc/{p}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+        if pattern.search(cmd):
+            f = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
+            out.append(f"{p}:{(int(f[11]) + int(f[12])) / hz}")
+    except OSError:
+        pass
+print(" ".join(out))
+PY
+}
+cpu_delta() {
+    python3 -c "import sys; b = dict(x.split(':') for x in sys.argv[1].split()); a = dict(x.split(':') for x in sys.argv[2].split())
+print(round(sum(float(v) - float(b.get(k, 0)) for k, v in a.items()), 2))" "$1" "$2"
+}
+# Every process of a method's pipeline: native — the walsender and the apply worker;
+# pgteleport — both instances and their PostgreSQL backends (role bench, database tele).
+pipeline_pattern() { [ "$1" = nat ] && echo '^postgres: (walsender|logical replication)' || echo "^postgres: bench tele |^$BIN "; }
 wait_for() { # port db sql expected [timeout s]
     local deadline=$(( $(date +%s) + ${5:-1800} ))
     until [ "$(psql_at "$1" "$2" -c "$3")" = "$4" ]; do
@@ -127,6 +152,7 @@ for m in $order; do
     if [ "$m" = nat ]; then psql_at "$DP" nat -c "alter subscription bench disable"; else stop_source; fi
     sleep 1
     g0=$(now); psql_at "$SP" "$m" -c "$BACKLOG"; g1=$(now)
+    p0=$(proc_cpu "$(pipeline_pattern "$m")")
     if [ "$m" = nat ]; then
         c0=$(native_cpu); t0=$(now)
         psql_at "$DP" nat -c "alter subscription bench enable"
@@ -137,6 +163,7 @@ for m in $order; do
     fi
     wait_for "$DP" "$m" "select count(*) from mark" 1
     t1=$(now)
+    pipeline=$(cpu_delta "$p0" "$(proc_cpu "$(pipeline_pattern "$m")")")
     [ -n "${PERF:-}" ] && [ "$m" = tele ] && { kill -INT "$PERFPID"; wait "$PERFPID" || true; ps -eo pid,args > "$PERF.$round.ps"; }
     if [ "$m" = nat ]; then
         cpu=$(python3 -c "print($(native_cpu) - $c0)"); mem="- -"
@@ -145,8 +172,8 @@ for m in $order; do
     fi
     stats "$m"
     equal=$([ "$(checksum "$SP" "$m")" = "$(checksum "$DP" "$m")" ] && echo true || echo false)
-    record throughput "$m" "$(python3 -c "print($g1 - $g0)")" "$(python3 -c "print($t1 - $t0)")" "$equal" $cpu $mem
-    echo "[$m] backlog committed in $(python3 -c "print(round($g1 - $g0, 1))") s; applied in $(python3 -c "print(round($t1 - $t0, 1))") s; equal: $equal"
+    record throughput "$m" "$(python3 -c "print($g1 - $g0)")" "$(python3 -c "print($t1 - $t0)")" "$equal" "$pipeline" $cpu $mem
+    echo "[$m] backlog committed in $(python3 -c "print(round($g1 - $g0, 1))") s; applied in $(python3 -c "print(round($t1 - $t0, 1))") s using $pipeline CPU-s; equal: $equal"
 done
 done
 
@@ -206,12 +233,12 @@ for l in open(sys.argv[1]):
     if f[0] == "throughput":
         m = f[1]
         r = {"backlog_commit_s": float(f[2]), "apply_s": float(f[3]), "equal": f[4] == "true",
-             "events_per_s": changes / float(f[3])}
+             "events_per_s": changes / float(f[3]), "pipeline_cpu_s": float(f[5])}
         if m == "nat":
-            r["walsender_and_apply_worker_cpu_s"] = float(f[5])
+            r["walsender_and_apply_worker_cpu_s"] = float(f[6])
         else:
-            r.update(source_instance_cpu_s=float(f[5]), target_instance_cpu_s=float(f[6]),
-                     source_instance_peak_rss_mb=float(f[7]), target_instance_peak_rss_mb=float(f[8]))
+            r.update(source_instance_cpu_s=float(f[6]), target_instance_cpu_s=float(f[7]),
+                     source_instance_peak_rss_mb=float(f[8]), target_instance_peak_rss_mb=float(f[9]))
         rounds[m].append(r)
     else:
         m, rate = f[1], f[2]
@@ -232,15 +259,20 @@ per_round = [b["events_per_s"] / a["events_per_s"] for a, b in zip(rounds["nat"]
 ratio = statistics.median(per_round)
 out["throughput_ratio"] = round(ratio, 3)
 out["throughput_rounds"] = [{"native_apply_s": a["apply_s"], "pgteleport_apply_s": b["apply_s"],
-                             "ratio": round(b["events_per_s"] / a["events_per_s"], 3)}
+                             "ratio": round(b["events_per_s"] / a["events_per_s"], 3),
+                             "native_pipeline_cpu_s": a["pipeline_cpu_s"], "pgteleport_pipeline_cpu_s": b["pipeline_cpu_s"]}
                             for a, b in zip(rounds["nat"], rounds["tele"])]
+# CPU per change of every process involved: steadier than wall time on a shared machine.
+cpu_ratio = statistics.median(b["pipeline_cpu_s"] / a["pipeline_cpu_s"] for a, b in zip(rounds["nat"], rounds["tele"]))
+out["pipeline_cpu_ratio"] = round(cpu_ratio, 3)
 print(f"\n2. throughput, backlog of {changes} row changes (10 per transaction), {len(per_round)} round(s), median round shown:")
-print(f"   {'method':30} {'commit s':>9} {'apply s':>8} {'events/s':>9}  equal")
+print(f"   {'method':30} {'commit s':>9} {'apply s':>8} {'events/s':>9} {'CPU-s':>6}  equal")
 for m in ("nat", "tele"):
     r = t[m]
-    print(f"   {names[m]:30} {r['backlog_commit_s']:9.1f} {r['apply_s']:8.1f} {r['events_per_s']:9.0f}  {r['equal']}")
+    print(f"   {names[m]:30} {r['backlog_commit_s']:9.1f} {r['apply_s']:8.1f} {r['events_per_s']:9.0f} {r['pipeline_cpu_s']:6.1f}  {r['equal']}")
 print(f"   ratio pgteleport / native apply: {ratio:.2f} (higher is faster)"
       + (f"; per round: {', '.join(f'{x:.2f}' for x in per_round)}" if len(per_round) > 1 else ""))
+print(f"   CPU seconds of every process of the pipeline, pgteleport / native: {cpu_ratio:.2f} (median of the rounds; lower is leaner)")
 print(f"\n3. lag under steady load ({duration} s per run; ms from commit on the source to visible on the target):")
 print(f"   {'rate':>6} {'method':30} {'tps':>7} {'p50':>7} {'p99':>7} {'max':>7}")
 for rate, ms in out["lag"].items():
