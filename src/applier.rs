@@ -279,11 +279,17 @@ impl Applier {
             }
         }
         let tx = client.transaction().await.map_err(pg("begin"))?;
+        // Runs join their rows with the table by key: through the key's index, as native
+        // apply finds each row. The planner would hash the whole table for a few thousand
+        // rows (an update of 3 000 rows of a 100 000-row table: 53 ms against 22 ms).
+        let mut settings =
+            String::from("set local enable_hashjoin = off; set local enable_mergejoin = off;");
         if self.replica_role {
-            tx.batch_execute("set local session_replication_role = replica")
-                .await
-                .map_err(pg("setting session_replication_role"))?;
+            settings.push_str(" set local session_replication_role = replica;");
         }
+        tx.batch_execute(&settings)
+            .await
+            .map_err(pg("setting the apply transaction's parameters"))?;
         let s = &self.schema;
         tx.execute(
             &format!("insert into {s}.applied (source, target, seq) values ($1, $2, 0) on conflict do nothing"),
@@ -1173,17 +1179,20 @@ impl SetRun {
         let Some(tys) = array_types(cols, types) else {
             return Ok(None);
         };
-        // One array per column, each with a value per event.
-        let Some(n) = arrays.first().map(|a| a.len() as i64) else {
-            return Ok(None);
-        };
-        let sql = match kind {
-            Kind::Insert => insert_arrays_sql(cols, &tys, table),
+        let (sql, arrays) = match kind {
+            Kind::Insert => (insert_arrays_sql(cols, &tys, table), arrays),
             Kind::Update => match update_arrays_sql(meta, cols, &tys, table) {
-                Some(sql) => sql,
+                Some(sql) => {
+                    let key = key_positions(meta, cols).unwrap_or_default();
+                    (sql, last_per_key(arrays, &key))
+                }
                 None => return Ok(None),
             },
             _ => return Ok(None),
+        };
+        // One array per column, each with a value per row.
+        let Some(n) = arrays.first().map(|a| a.len() as i64) else {
+            return Ok(None);
         };
         let context = format!("applying {n} {kind:?} event(s) to {table}");
         let run = SetRun::new(tx, kind, &sql, Values::Arrays(arrays), n, false, context);
@@ -1696,23 +1705,15 @@ fn update_sql(meta: &TableMeta, columns: &[String], table: &str) -> Option<Strin
     ))
 }
 
-/// `unnest($1::text[], …) as u(c0, …)` over `n` columns (`with ordinality` adds
-/// `pgteleport_n`), and each column cast to its type: `u.c0::"pg_catalog"."int4"`. Types
-/// are named by schema and internal name, without a modifier (`bpchar`, not `character`,
-/// which means `character(1)`): the insert or update then coerces to the column's
-/// modifier as an assignment, which refuses an over-long value instead of cutting it.
-fn unnest_arrays(tys: &[&str], ordinality: bool) -> (String, Vec<String>) {
+/// `unnest($1::text[], …) as u(c0, …)` over `n` columns, and each column cast to its
+/// type: `u.c0::"pg_catalog"."int4"`. Types are named by schema and internal name, without
+/// a modifier (`bpchar`, not `character`, which means `character(1)`): the insert or update
+/// then coerces to the column's modifier as an assignment, which refuses an over-long value
+/// instead of cutting it.
+fn unnest_arrays(tys: &[&str]) -> (String, Vec<String>) {
     let params: Vec<String> = (1..=tys.len()).map(|i| format!("${i}::text[]")).collect();
     let aliases: Vec<String> = (0..tys.len()).map(|i| format!("c{i}")).collect();
-    let from = if ordinality {
-        format!(
-            "unnest({}) with ordinality as u({}, pgteleport_n)",
-            params.join(", "),
-            aliases.join(", ")
-        )
-    } else {
-        format!("unnest({}) as u({})", params.join(", "), aliases.join(", "))
-    };
+    let from = format!("unnest({}) as u({})", params.join(", "), aliases.join(", "));
     let casts = tys
         .iter()
         .enumerate()
@@ -1722,7 +1723,7 @@ fn unnest_arrays(tys: &[&str], ordinality: bool) -> (String, Vec<String>) {
 }
 
 fn insert_arrays_sql(columns: &[String], tys: &[&str], table: &str) -> String {
-    let (from, casts) = unnest_arrays(tys, false);
+    let (from, casts) = unnest_arrays(tys);
     format!(
         "insert into {table} ({}) overriding system value select {} from {from}",
         column_list(columns, ""),
@@ -1730,47 +1731,75 @@ fn insert_arrays_sql(columns: &[String], tys: &[&str], table: &str) -> String {
     )
 }
 
-/// Returns (rows named, rows matched); the last image of each key wins.
+/// Returns (rows named, rows matched) of a run with one row per key ([`last_per_key`]):
+/// the statement joins it with the table directly, without sorting it.
 fn update_arrays_sql(
     meta: &TableMeta,
     columns: &[String],
     tys: &[&str],
     table: &str,
 ) -> Option<String> {
-    let alias = |c: &String| columns.iter().position(|x| x == c).map(|i| format!("c{i}"));
-    let keys: Vec<String> = meta.key.iter().map(alias).collect::<Option<_>>()?;
+    let keys: Vec<usize> = key_positions(meta, columns)?;
+    let (from, casts) = unnest_arrays(tys);
     let set: Vec<String> = columns
         .iter()
         .enumerate()
-        .filter(|(_, c)| !meta.key.contains(c))
-        .map(|(i, c)| format!("{} = r.c{i}", quote_ident(c)))
+        .filter(|(i, _)| !keys.contains(i))
+        .map(|(i, c)| format!("{} = {}", quote_ident(c), casts[i]))
         .collect();
     if set.is_empty() || keys.is_empty() {
         return None;
     }
-    let (from, casts) = unnest_arrays(tys, true);
-    let named: Vec<String> = casts
+    let cond: Vec<String> = keys
         .iter()
-        .enumerate()
-        .map(|(i, c)| format!("{c} as c{i}"))
-        .collect();
-    let cond: Vec<String> = meta
-        .key
-        .iter()
-        .zip(&keys)
-        .map(|(k, a)| format!("t.{} = r.{a}", quote_ident(k)))
+        .map(|&i| format!("t.{} = {}", quote_ident(&columns[i]), casts[i]))
         .collect();
     Some(format!(
-        "with s as (select {named}, u.pgteleport_n from {from} limit ${limit}),
-              r as (select distinct on ({keys}) * from s order by {keys}, pgteleport_n desc),
-              upd as (update {table} as t set {set} from r where {cond} returning 1)
-         select (select count(*) from r), (select count(*) from upd)",
-        named = named.join(", "),
-        limit = tys.len() + 1,
-        keys = keys.join(", "),
+        "with upd as (update {table} as t set {set} from {from} where {cond} returning 1)
+         select ${n}::pg_catalog.int8, count(*) from upd",
         set = set.join(", "),
         cond = cond.join(" and "),
+        n = tys.len() + 1,
     ))
+}
+
+/// The position of each key column among `columns`; `None` when one is missing.
+fn key_positions(meta: &TableMeta, columns: &[String]) -> Option<Vec<usize>> {
+    meta.key
+        .iter()
+        .map(|k| columns.iter().position(|c| c == k))
+        .collect()
+}
+
+/// The rows of an update run, one per key — the last: row images are complete, so the
+/// last one is the row's state after the run — in their order. (An UPDATE … FROM that
+/// matches a row twice updates it with either.)
+fn last_per_key(arrays: Arrays, key: &[usize]) -> Arrays {
+    let rows = arrays.first().map_or(0, Vec::len);
+    let keep: Vec<bool> = {
+        let mut last: HashMap<Vec<Option<&str>>, usize> = HashMap::with_capacity(rows);
+        let keys = (0..rows).map(|i| key.iter().map(|&c| arrays[c][i].as_deref()).collect());
+        for (i, k) in keys.enumerate() {
+            last.insert(k, i);
+        }
+        if last.len() == rows {
+            return arrays;
+        }
+        let mut keep = vec![false; rows];
+        for i in last.into_values() {
+            keep[i] = true;
+        }
+        keep
+    };
+    arrays
+        .into_iter()
+        .map(|a| {
+            a.into_iter()
+                .zip(&keep)
+                .filter_map(|(v, &k)| k.then_some(v))
+                .collect()
+        })
+        .collect()
 }
 
 fn update_key_sql(meta: &TableMeta, columns: &[String], table: &str) -> String {
@@ -1992,6 +2021,48 @@ mod tests {
             ]
         );
         assert!(!plan.reordered);
+    }
+
+    #[test]
+    fn array_updates_join_by_key_and_keep_the_last_row_of_each() {
+        let t = qualified("copy", "Order Lines");
+        // Columns in another order than the table's: qty, order, line.
+        let cols: Vec<String> = ["qty", "order", "line"].map(String::from).to_vec();
+        let tys = ["pg_catalog.int4", "pg_catalog.int8", "pg_catalog.int4"];
+        let upd = update_arrays_sql(&meta(), &cols, &tys, &t).unwrap();
+        assert!(
+            upd.contains("set \"qty\" = u.c0::pg_catalog.int4 from"),
+            "{upd}"
+        );
+        assert!(
+            upd.contains(
+                "where t.\"order\" = u.c1::pg_catalog.int8 and t.\"line\" = u.c2::pg_catalog.int4"
+            ),
+            "{upd}"
+        );
+        assert!(
+            upd.contains("select $4::pg_catalog.int8, count(*)"),
+            "{upd}"
+        );
+        let key_only: Vec<String> = ["order", "line"].map(String::from).to_vec();
+        assert_eq!(update_arrays_sql(&meta(), &key_only, &tys[1..], &t), None);
+        let col = |v: &[&str]| v.iter().map(|s| Some(s.to_string())).collect::<Vec<_>>();
+        let arrays = vec![
+            col(&["1", "2", "3", "4", "5"]),
+            col(&["7", "7", "8", "7", "7"]),
+            col(&["1", "2", "1", "1", "2"]),
+        ];
+        assert_eq!(
+            last_per_key(arrays.clone(), &[1, 2]),
+            vec![
+                col(&["3", "4", "5"]),
+                col(&["8", "7", "7"]),
+                col(&["1", "1", "2"])
+            ],
+            "the last row of each key (order, line), in run order"
+        );
+        let distinct = vec![col(&["1", "2"]), col(&["7", "7"]), col(&["1", "2"])];
+        assert_eq!(last_per_key(distinct.clone(), &[1, 2]), distinct);
     }
 
     #[test]
