@@ -108,6 +108,22 @@ print(round(sum(float(v) - float(b.get(k, 0)) for k, v in a.items()), 2))" "$1" 
 # Every process of a method's pipeline: native — the walsender and the apply worker;
 # pgteleport — both instances and their PostgreSQL backends (role bench, database tele).
 pipeline_pattern() { [ "$1" = nat ] && echo '^postgres: (walsender|logical replication)' || echo "^postgres: bench tele |^$BIN "; }
+# Waits (at most 60 s) until the machine is nearly idle: what one method left running — the
+# walsender decoding the other database's backlog, autovacuum, a queue being emptied — must
+# not run during the other method's timed apply.
+quiesce() {
+    python3 - <<'PY'
+import time
+def busy():
+    f = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    return sum(f) - f[3] - f[4], sum(f)
+end = time.time() + 60
+while time.time() < end:
+    b0, t0 = busy(); time.sleep(0.5); b1, t1 = busy()
+    if (b1 - b0) / max(t1 - t0, 1) < 0.15:
+        break
+PY
+}
 wait_for() { # port db sql expected [timeout s]
     local deadline=$(( $(date +%s) + ${5:-1800} ))
     until [ "$(psql_at "$1" "$2" -c "$3")" = "$4" ]; do
@@ -152,6 +168,7 @@ for m in $order; do
     if [ "$m" = nat ]; then psql_at "$DP" nat -c "alter subscription bench disable"; else stop_source; fi
     sleep 1
     g0=$(now); psql_at "$SP" "$m" -c "$BACKLOG"; g1=$(now)
+    quiesce
     p0=$(proc_cpu "$(pipeline_pattern "$m")")
     if [ "$m" = nat ]; then
         c0=$(native_cpu); t0=$(now)
