@@ -1048,3 +1048,72 @@ async fn mirrors_with_different_expressions_receive_only_their_tables() -> anyho
     target.shutdown().await?;
     Ok(())
 }
+
+/// A row removed on the target outside replication: the source's update of it, then its
+/// delete, stop the stream with an error naming the table and the divergence — no update
+/// or delete "does nothing" — and nothing of the failing batch is applied; once the row is
+/// back, the stream goes on and ends equal.
+#[tokio::test]
+async fn a_row_missing_on_the_target_stops_updates_and_deletes_with_the_table_named(
+) -> anyhow::Result<()> {
+    let p =
+        Pair::new("create schema app; create table app.t (id int primary key, v text);").await?;
+    grant_replica_role(&p).await?;
+    let (source, target) = p.start_both("app.*").await?;
+    let src = p.src().await?;
+    let dst = p.dst().await?;
+    src.batch_execute("insert into app.t select g, 'v' || g from generate_series(1, 100) g")
+        .await?;
+    wait_equal(&src, &dst, &["app.t"], Duration::from_secs(20)).await?;
+    let last_error = || async {
+        Ok::<_, anyhow::Error>(
+            src.query_one(
+                "select coalesce(last_error, '') from teleport.target_state",
+                &[],
+            )
+            .await?
+            .get::<_, String>(0),
+        )
+    };
+    for (change, expected) in [
+        (
+            "update app.t set v = 'changed' where id between 40 and 60",
+            "Update",
+        ),
+        ("delete from app.t where id between 40 and 60", "Delete"),
+    ] {
+        dst.batch_execute("delete from app.t where id = 50").await?;
+        let before = rows(&dst, "app.t").await?;
+        src.batch_execute(&format!(
+            "begin; insert into app.t values (1000, 'with the change'); {change}; commit;"
+        ))
+        .await?;
+        wait_for(
+            "the divergence reported",
+            Duration::from_secs(20),
+            || async {
+                let e = last_error().await?;
+                Ok(e.contains("\"app\".\"t\"")
+                    && e.contains("21 row(s) named by the source but 20 found"))
+            },
+        )
+        .await?;
+        let e = last_error().await?;
+        assert!(e.contains(expected), "{e}");
+        assert_eq!(
+            rows(&dst, "app.t").await?,
+            before,
+            "nothing of the batch applied"
+        );
+        // Put the row back as the source had it before the batch.
+        dst.batch_execute("insert into app.t values (50, 'v50')")
+            .await?;
+        wait_equal(&src, &dst, &["app.t"], Duration::from_secs(30)).await?;
+        src.batch_execute("delete from app.t where id = 1000; insert into app.t select g, 'v' || g from generate_series(40, 60) g on conflict do nothing")
+            .await?;
+        wait_equal(&src, &dst, &["app.t"], Duration::from_secs(30)).await?;
+    }
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}
