@@ -504,20 +504,22 @@ impl Applier {
         for indexes in &plan.runs {
             let first = events[indexes[0]];
             let meta = &batch.tables.get(first.table as usize);
-            let kind = meta.map(|m| kind_of(first, m.key.is_empty()));
-            let values = match (meta, kind) {
-                (Some(meta), Some(kind))
-                    if matches!(first.op, Op::Insert | Op::Update | Op::Delete)
-                        && matches!(kind, Kind::Insert | Kind::Update | Kind::Delete)
+            let values = match meta {
+                Some(meta)
+                    if matches!(first.op, Op::Insert | Op::Update)
+                        && matches!(
+                            kind_of(first, meta.key.is_empty()),
+                            Kind::Insert | Kind::Update
+                        )
                         && takes_arrays(meta) =>
                 {
                     let schema = batch.apply_schema.as_deref().unwrap_or(&meta.schema);
                     let table = qualified(schema, &meta.name);
-                    let cols = array_columns(kind, meta, &columns[indexes[0]]);
+                    let cols = &columns[indexes[0]];
                     match self.column_types(tx, ddl_version, &table).await? {
                         Some(types) if array_types(cols, &types).is_some() => {
                             let run: Vec<&Event> = indexes.iter().map(|&i| events[i]).collect();
-                            run_arrays(kind, &run, cols)
+                            text_arrays(&run, cols)
                         }
                         _ => None,
                     }
@@ -835,16 +837,11 @@ impl Applier {
             let cols = &columns[indexes[0]];
             if pipelined {
                 let tolerate = self.tolerates_missing(tx, kind, &table).await?;
-                // A delete that may find fewer rows (cascades) keeps the JSON path's check.
-                let built = if matches!(kind, Kind::Insert | Kind::Update | Kind::Delete)
-                    && takes_arrays(meta)
-                    && !tolerate
-                {
-                    let cols = array_columns(kind, meta, cols);
+                let built = if matches!(kind, Kind::Insert | Kind::Update) && takes_arrays(meta) {
                     match self.column_types(tx, ddl.applied, &table).await? {
                         Some(types) => {
                             let values = plan.arrays.get_mut(n).and_then(Option::take);
-                            match values.or_else(|| run_arrays(kind, run, cols)) {
+                            match values.or_else(|| text_arrays(run, cols)) {
                                 Some(values) => {
                                     SetRun::prepare_arrays(
                                         tx, kind, meta, cols, &table, &types, values,
@@ -1166,10 +1163,10 @@ impl SetRun {
         Ok(Some(run.await?))
     }
 
-    /// An insert, update or delete run applied from `arrays` ([`run_arrays`]: one per
-    /// column of `cols`, a delete's key), each value cast to its column's type (no JSON for
-    /// PostgreSQL to parse). `None` when the run needs the JSON path: a column the target
-    /// table lacks, an update of key columns only.
+    /// An insert or update run applied from `arrays` ([`text_arrays`]: one per column of
+    /// `cols`), each value cast to its column's type (no JSON for PostgreSQL to parse).
+    /// `None` when the run needs the JSON path: a column the target table lacks, an update
+    /// of key columns only.
     async fn prepare_arrays(
         tx: &deadpool_postgres::Transaction<'_>,
         kind: Kind,
@@ -1191,13 +1188,6 @@ impl SetRun {
                 }
                 None => return Ok(None),
             },
-            Kind::Delete if !cols.is_empty() => {
-                let key: Vec<usize> = (0..cols.len()).collect();
-                (
-                    delete_arrays_sql(cols, &tys, table),
-                    last_per_key(arrays, &key),
-                )
-            }
             _ => return Ok(None),
         };
         // One array per column, each with a value per row.
@@ -1261,25 +1251,15 @@ impl SetRun {
     }
 }
 
-/// The columns a run's text arrays hold: a delete's key, else the run's columns.
-fn array_columns<'a>(kind: Kind, meta: &'a TableMeta, cols: &'a [String]) -> &'a [String] {
-    match kind {
-        Kind::Delete => &meta.key,
-        _ => cols,
-    }
-}
-
-/// One text array per column of `cols` ([`array_columns`]) with the run's values (as input
-/// functions take them) — from the row images, or a delete's key images; `None` when a
-/// value is an array or object, or an image lacks a column.
-fn run_arrays(kind: Kind, events: &[&Event], cols: &[String]) -> Option<Arrays> {
+/// One text array per column of `cols` with the run's values (as input functions take
+/// them); `None` when a value is an array or object, or an image lacks a column.
+fn text_arrays(events: &[&Event], cols: &[String]) -> Option<Arrays> {
     let mut arrays: Arrays = vec![Vec::with_capacity(events.len()); cols.len()];
     for e in events {
-        let image = match kind {
-            Kind::Delete => e.key.as_deref(),
-            _ => e.data.as_deref(),
-        };
-        let values = image.and_then(|d| crate::wire::object_texts(d, cols))?;
+        let values = e
+            .data
+            .as_deref()
+            .and_then(|d| crate::wire::object_texts(d, cols))?;
         for (a, v) in arrays.iter_mut().zip(values) {
             a.push(v);
         }
@@ -1822,22 +1802,6 @@ fn last_per_key(arrays: Arrays, key: &[usize]) -> Arrays {
         .collect()
 }
 
-/// Returns (keys named, rows deleted) of a run with one row per key ([`last_per_key`]).
-fn delete_arrays_sql(key: &[String], tys: &[&str], table: &str) -> String {
-    let (from, casts) = unnest_arrays(tys);
-    let cond: Vec<String> = key
-        .iter()
-        .zip(&casts)
-        .map(|(k, c)| format!("t.{} = {c}", quote_ident(k)))
-        .collect();
-    format!(
-        "with d as (delete from {table} as t using {from} where {} returning 1)
-         select ${n}::pg_catalog.int8, count(*) from d",
-        cond.join(" and "),
-        n = tys.len() + 1,
-    )
-}
-
 fn update_key_sql(meta: &TableMeta, columns: &[String], table: &str) -> String {
     let set: Vec<String> = columns
         .iter()
@@ -2096,15 +2060,6 @@ mod tests {
                 col(&["1", "1", "2"])
             ],
             "the last row of each key (order, line), in run order"
-        );
-        let del = delete_arrays_sql(&meta().key, &tys[1..], &t);
-        assert!(
-            del.contains("delete from \"copy\".\"Order Lines\" as t using unnest($1::text[], $2::text[]) as u(c0, c1) where t.\"order\" = u.c0::pg_catalog.int8 and t.\"line\" = u.c1::pg_catalog.int4"),
-            "{del}"
-        );
-        assert!(
-            del.contains("select $3::pg_catalog.int8, count(*) from d"),
-            "{del}"
         );
         let distinct = vec![col(&["1", "2"]), col(&["7", "7"]), col(&["1", "2"])];
         assert_eq!(last_per_key(distinct.clone(), &[1, 2]), distinct);
