@@ -297,20 +297,6 @@ impl Applier {
         )
         .await
         .map_err(pg("registering the source"))?;
-        // The batch ahead of this one holds the position lock while it applies: meanwhile,
-        // plan this batch's first part under the state seen now.
-        let loads_seen = self.loads(&tx, batch).await?;
-        let forecast = if loads_seen.iter().all(|l| l.state == "done")
-            && batch.ddl.iter().all(|v| v.version <= done_ddl)
-        {
-            let loaded = loaded_snapshots(&loads_seen);
-            Some(
-                self.forecast(&tx, batch, &first_columns, &loaded, done_ddl)
-                    .await?,
-            )
-        } else {
-            None
-        };
         let applied: i64 = tx
             .query_one(
                 &format!(
@@ -334,8 +320,17 @@ impl Applier {
             });
         }
         // Initial loads: wait while one runs; then skip what the copies already hold.
-        let loads = self.loads(&tx, batch).await?;
-        let unfinished = loads.iter().filter(|l| l.state != "done").count() as i64;
+        let loads = tx
+            .query(
+                &format!("select schema_name, table_name, state, snapshot from {s}.load_table where source = $1 and target = $2"),
+                &[&batch.source, &batch.target],
+            )
+            .await
+            .map_err(pg("reading initial load state"))?;
+        let unfinished = loads
+            .iter()
+            .filter(|r| r.get::<_, &str>(2) != "done")
+            .count() as i64;
         if unfinished > 0 {
             return Err(ApplyError::LoadInProgress { tables: unfinished });
         }
@@ -362,13 +357,15 @@ impl Applier {
             applied: applied_ddl,
             extra_columns_seen: Vec::new(),
         };
-        let loaded = loaded_snapshots(&loads);
-        // The forecast holds when nothing it read changed while the batch waited.
-        let forecast = forecast.filter(|f| {
-            loads == loads_seen && f.ddl_version == applied_ddl && ddl.pending.is_empty()
-        });
+        let mut loaded: HashMap<(String, String), Snapshot> = HashMap::new();
+        for r in &loads {
+            let snap: Option<String> = r.get(3);
+            if let Some(snap) = snap.as_deref().and_then(Snapshot::parse) {
+                loaded.insert((r.get(0), r.get(1)), snap);
+            }
+        }
         let mut runs = self
-            .apply_events(&tx, batch, Some(first_columns), &loaded, &mut ddl, forecast)
+            .apply_events(&tx, batch, Some(first_columns), &loaded, &mut ddl)
             .await?;
         let mut events = batch.events.len();
         let (mut part, mut last) = (batch.part, batch.last);
@@ -394,7 +391,7 @@ impl Applier {
                 });
             }
             runs += self
-                .apply_events(&tx, &next, None, &loaded, &mut ddl, None)
+                .apply_events(&tx, &next, None, &loaded, &mut ddl)
                 .await?;
             events += next.events.len();
             (part, last) = (next.part, next.last);
@@ -452,90 +449,6 @@ impl Applier {
         })
     }
 
-    /// The initial-load state of the batch's source and target, per table.
-    async fn loads(
-        &self,
-        tx: &deadpool_postgres::Transaction<'_>,
-        batch: &Batch,
-    ) -> Result<Vec<LoadState>, ApplyError> {
-        let rows = tx
-            .query(
-                &format!("select schema_name, table_name, state, snapshot from {}.load_table where source = $1 and target = $2 order by 1, 2", self.schema),
-                &[&batch.source, &batch.target],
-            )
-            .await
-            .map_err(pg("reading initial load state"))?;
-        Ok(rows
-            .iter()
-            .map(|r| LoadState {
-                table: (r.get(0), r.get(1)),
-                state: r.get(2),
-                snapshot: r.get(3),
-            })
-            .collect())
-    }
-
-    /// The plan of a batch's first part and the text arrays of its runs, made under schema
-    /// version `ddl_version` and the load snapshots `loaded` before the batch has the
-    /// position lock: pure work that then overlaps the apply of the batch ahead.
-    async fn forecast(
-        &self,
-        tx: &deadpool_postgres::Transaction<'_>,
-        batch: &Batch,
-        columns: &[Vec<String>],
-        loaded: &HashMap<(String, String), Snapshot>,
-        ddl_version: i64,
-    ) -> Result<Forecast, ApplyError> {
-        let (events, columns) = unloaded_events(batch, columns.to_vec(), loaded)?;
-        let reorderable = if self.replica_role {
-            self.reorderable_tables(tx, batch).await?
-        } else {
-            Vec::new()
-        };
-        let plan = plan_runs(
-            &events,
-            &columns,
-            &batch.tables,
-            &reorderable,
-            self.batch_size,
-        );
-        let mut plan = plan;
-        let mut arrays = Vec::with_capacity(plan.runs.len());
-        for indexes in &plan.runs {
-            let first = events[indexes[0]];
-            let meta = &batch.tables.get(first.table as usize);
-            let values = match meta {
-                Some(meta)
-                    if matches!(first.op, Op::Insert | Op::Update)
-                        && matches!(
-                            kind_of(first, meta.key.is_empty()),
-                            Kind::Insert | Kind::Update
-                        )
-                        && takes_arrays(meta) =>
-                {
-                    let schema = batch.apply_schema.as_deref().unwrap_or(&meta.schema);
-                    let table = qualified(schema, &meta.name);
-                    let cols = &columns[indexes[0]];
-                    match self.column_types(tx, ddl_version, &table).await? {
-                        Some(types) if array_types(cols, &types).is_some() => {
-                            let run: Vec<&Event> = indexes.iter().map(|&i| events[i]).collect();
-                            text_arrays(&run, cols)
-                        }
-                        _ => None,
-                    }
-                }
-                _ => None,
-            };
-            arrays.push(values);
-        }
-        plan.arrays = arrays;
-        Ok(Forecast {
-            ddl_version,
-            reorderable,
-            plan,
-        })
-    }
-
     async fn apply_events(
         &self,
         tx: &deadpool_postgres::Transaction<'_>,
@@ -543,13 +456,43 @@ impl Applier {
         precomputed: Option<Vec<Vec<String>>>,
         loaded: &HashMap<(String, String), Snapshot>,
         ddl: &mut DdlState<'_>,
-        forecast: Option<Forecast>,
     ) -> Result<usize, ApplyError> {
-        let all_columns = match precomputed {
+        let target_name = |meta: &TableMeta| {
+            (
+                batch
+                    .apply_schema
+                    .clone()
+                    .unwrap_or_else(|| meta.schema.clone()),
+                meta.name.clone(),
+            )
+        };
+        // Events of transactions visible in a table's load snapshot are in its copy already.
+        let mut events: Vec<&Event> = Vec::with_capacity(batch.events.len());
+        let mut columns: Vec<Vec<String>> = Vec::with_capacity(batch.events.len());
+        let mut all_columns = match precomputed {
             Some(c) => c,
             None => event_columns(batch)?,
-        };
-        let (events, columns) = unloaded_events(batch, all_columns, loaded)?;
+        }
+        .into_iter();
+        for e in &batch.events {
+            let cols = all_columns.next().unwrap_or_default();
+            if !e.op.is_stream_wide() {
+                let meta = &batch.tables[e.table as usize];
+                if let Some(snap) = loaded.get(&target_name(meta)) {
+                    let txid = e.txid.ok_or_else(|| ApplyError::BadRequest {
+                        message: format!(
+                            "event {} lacks txid, needed for the initial load rule",
+                            e.id
+                        ),
+                    })?;
+                    if snap.visible(txid) {
+                        continue;
+                    }
+                }
+            }
+            events.push(e);
+            columns.push(cols);
+        }
         // Runs of one table, kind and column set. With replica mode (the target's foreign
         // keys and triggers quiet) the runs of a batch span transactions: an event joins the
         // latest run of its kind after every run that touched its row, so each row still
@@ -564,28 +507,22 @@ impl Applier {
         } else {
             Vec::new()
         };
-        let forecast = forecast.filter(|f| f.reorderable == reorderable);
-        let forecast_used = forecast.is_some();
-        let mut plan = match forecast {
-            Some(f) => f.plan,
-            None => plan_runs(
-                &events,
-                &columns,
-                &batch.tables,
-                &reorderable,
-                self.batch_size,
-            ),
-        };
+        let plan = plan_runs(
+            &events,
+            &columns,
+            &batch.tables,
+            &reorderable,
+            self.batch_size,
+        );
         tracing::debug!(
             batch_seq = batch.seq,
             events = events.len(),
             runs = plan.runs.len(),
-            forecast_used,
             plan_ms = planning.elapsed().as_secs_f64() * 1e3,
             "batch planned"
         );
         if !plan.reordered {
-            self.apply_runs(tx, batch, &events, &columns, &mut plan, ddl)
+            self.apply_runs(tx, batch, &events, &columns, &plan.runs, ddl)
                 .await?;
             return Ok(plan.runs.len());
         }
@@ -593,7 +530,7 @@ impl Applier {
             .await
             .map_err(pg("savepoint"))?;
         match self
-            .apply_runs(tx, batch, &events, &columns, &mut plan, ddl)
+            .apply_runs(tx, batch, &events, &columns, &plan.runs, ddl)
             .await
         {
             Ok(()) => {
@@ -607,8 +544,8 @@ impl Applier {
                 tx.batch_execute("rollback to savepoint pgteleport_reorder")
                     .await
                     .map_err(pg("savepoint"))?;
-                let mut plan = plan_runs(&events, &columns, &batch.tables, &[], self.batch_size);
-                self.apply_runs(tx, batch, &events, &columns, &mut plan, ddl)
+                let plan = plan_runs(&events, &columns, &batch.tables, &[], self.batch_size);
+                self.apply_runs(tx, batch, &events, &columns, &plan.runs, ddl)
                     .await?;
                 Ok(plan.runs.len())
             }
@@ -761,7 +698,7 @@ impl Applier {
         batch: &Batch,
         events: &[&Event],
         columns: &[Vec<String>],
-        plan: &mut Plan,
+        runs: &[Vec<usize>],
         ddl: &mut DdlState<'_>,
     ) -> Result<(), ApplyError> {
         // Insert, update and delete runs are sent pipelined (each still one statement, in
@@ -775,9 +712,7 @@ impl Applier {
                 .is_some_and(|t| t.key.is_empty())
         };
         let mut queued: Vec<SetRun> = Vec::new();
-        let mut prep = std::time::Duration::ZERO;
-        for (n, indexes) in plan.runs.iter().enumerate() {
-            let t_prep = std::time::Instant::now();
+        for indexes in runs {
             let first = events[indexes[0]];
             // Row events only: kind_of gives schema and sequence events a stand-in kind.
             let pipelined = ddl.pending.is_empty()
@@ -837,33 +772,28 @@ impl Applier {
             let cols = &columns[indexes[0]];
             if pipelined {
                 let tolerate = self.tolerates_missing(tx, kind, &table).await?;
-                let built = if matches!(kind, Kind::Insert | Kind::Update) && takes_arrays(meta) {
+                let arrays = if matches!(kind, Kind::Insert | Kind::Update)
+                    && meta.json_columns.is_empty()
+                    && meta.soft_delete_column.is_none()
+                    && meta.synced_at_column.is_none()
+                {
                     match self.column_types(tx, ddl.applied, &table).await? {
                         Some(types) => {
-                            let values = plan.arrays.get_mut(n).and_then(Option::take);
-                            match values.or_else(|| text_arrays(run, cols)) {
-                                Some(values) => {
-                                    SetRun::prepare_arrays(
-                                        tx, kind, meta, cols, &table, &types, values,
-                                    )
-                                    .await?
-                                }
-                                None => None,
-                            }
+                            SetRun::prepare_arrays(tx, kind, meta, cols, &table, run, &types)
+                                .await?
                         }
                         None => None,
                     }
                 } else {
                     None
                 };
-                let r = match built {
+                let r = match arrays {
                     Some(r) => Some(r),
                     None => SetRun::prepare(tx, kind, meta, cols, &table, run, tolerate).await?,
                 };
                 if let Some(r) = r {
                     queued.push(r);
                 }
-                prep += t_prep.elapsed();
                 if queued.len() >= PIPELINE_DEPTH {
                     execute_pipelined(tx, std::mem::take(&mut queued)).await?;
                 }
@@ -876,15 +806,7 @@ impl Applier {
                 .await?;
             }
         }
-        let t_exec = std::time::Instant::now();
-        let r = execute_pipelined(tx, queued).await;
-        tracing::debug!(
-            batch_seq = batch.seq,
-            prep_ms = prep.as_secs_f64() * 1e3,
-            exec_ms = t_exec.elapsed().as_secs_f64() * 1e3,
-            "runs"
-        );
-        r
+        execute_pipelined(tx, queued).await
     }
 }
 
@@ -922,9 +844,6 @@ struct Plan {
     runs: Vec<Vec<usize>>,
     /// Whether some event was placed before an event that precedes it.
     reordered: bool,
-    /// Per run, when built ahead ([`Forecast`]): the text arrays of an insert or update
-    /// run that may take them.
-    arrays: Vec<Option<Arrays>>,
 }
 
 /// Cuts `events` into runs. An event of a table marked in `reorderable` that an insert,
@@ -1016,11 +935,7 @@ fn plan_runs(
         runs[run].push(i);
         bytes[run] += payload_len(e);
     }
-    Plan {
-        runs,
-        reordered,
-        arrays: Vec::new(),
-    }
+    Plan { runs, reordered }
 }
 
 /// Most runs sent before their results are read.
@@ -1047,66 +962,6 @@ enum Values {
 
 /// One text array per column of a run.
 type Arrays = Vec<Vec<Option<String>>>;
-
-/// A batch's initial-load state for one table.
-#[derive(PartialEq)]
-struct LoadState {
-    table: (String, String),
-    state: String,
-    snapshot: Option<String>,
-}
-
-/// The snapshots of the loaded tables, by target table.
-fn loaded_snapshots(loads: &[LoadState]) -> HashMap<(String, String), Snapshot> {
-    loads
-        .iter()
-        .filter_map(|l| {
-            let snap = l.snapshot.as_deref().and_then(Snapshot::parse)?;
-            Some((l.table.clone(), snap))
-        })
-        .collect()
-}
-
-/// The events of a batch part to apply, with their columns: events of transactions
-/// visible in a table's load snapshot are in its copy already.
-fn unloaded_events<'b>(
-    batch: &'b Batch,
-    columns: Vec<Vec<String>>,
-    loaded: &HashMap<(String, String), Snapshot>,
-) -> Result<(Vec<&'b Event>, Vec<Vec<String>>), ApplyError> {
-    let mut events: Vec<&Event> = Vec::with_capacity(batch.events.len());
-    let mut kept: Vec<Vec<String>> = Vec::with_capacity(batch.events.len());
-    let mut columns = columns.into_iter();
-    for e in &batch.events {
-        let cols = columns.next().unwrap_or_default();
-        if !e.op.is_stream_wide() && !loaded.is_empty() {
-            let meta = &batch.tables[e.table as usize];
-            let schema = batch.apply_schema.as_ref().unwrap_or(&meta.schema);
-            if let Some(snap) = loaded.get(&(schema.clone(), meta.name.clone())) {
-                let txid = e.txid.ok_or_else(|| ApplyError::BadRequest {
-                    message: format!(
-                        "event {} lacks txid, needed for the initial load rule",
-                        e.id
-                    ),
-                })?;
-                if snap.visible(txid) {
-                    continue;
-                }
-            }
-        }
-        events.push(e);
-        kept.push(cols);
-    }
-    Ok((events, kept))
-}
-
-/// The plan of a batch's first part and the text arrays of its runs, made while the batch
-/// waited for the position lock; used when the state read under the lock is the same.
-struct Forecast {
-    ddl_version: i64,
-    reorderable: Vec<bool>,
-    plan: Plan,
-}
 
 impl SetRun {
     /// Prepares `sql`, the statement of a run taking `values`.
@@ -1163,33 +1018,51 @@ impl SetRun {
         Ok(Some(run.await?))
     }
 
-    /// An insert or update run applied from `arrays` ([`text_arrays`]: one per column of
-    /// `cols`), each value cast to its column's type (no JSON for PostgreSQL to parse).
-    /// `None` when the run needs the JSON path: a column the target table lacks, an update
-    /// of key columns only.
+    /// An insert or update run applied from text arrays, one per column, each value cast
+    /// to its column's type (no JSON for PostgreSQL to parse). `None` when the run needs
+    /// the JSON path: a value that is an array or object, a column the target table lacks,
+    /// an update of key columns only.
     async fn prepare_arrays(
         tx: &deadpool_postgres::Transaction<'_>,
         kind: Kind,
         meta: &TableMeta,
         cols: &[String],
         table: &str,
+        events: &[&Event],
         types: &HashMap<String, String>,
-        arrays: Arrays,
     ) -> Result<Option<SetRun>, ApplyError> {
-        let Some(tys) = array_types(cols, types) else {
+        let Some(tys) = cols
+            .iter()
+            .map(|c| types.get(c).map(String::as_str))
+            .collect::<Option<Vec<&str>>>()
+        else {
             return Ok(None);
         };
-        let (sql, arrays) = match kind {
-            Kind::Insert => (insert_arrays_sql(cols, &tys, table), arrays),
+        let sql = match kind {
+            Kind::Insert => insert_arrays_sql(cols, &tys, table),
             Kind::Update => match update_arrays_sql(meta, cols, &tys, table) {
-                Some(sql) => {
-                    let key = key_positions(meta, cols).unwrap_or_default();
-                    (sql, last_per_key(arrays, &key))
-                }
+                Some(sql) => sql,
                 None => return Ok(None),
             },
             _ => return Ok(None),
         };
+        let mut arrays: Arrays = vec![Vec::with_capacity(events.len()); cols.len()];
+        for e in events {
+            let Some(values) = e
+                .data
+                .as_deref()
+                .and_then(|d| crate::wire::object_texts(d, cols))
+            else {
+                return Ok(None);
+            };
+            for (a, v) in arrays.iter_mut().zip(values) {
+                a.push(v);
+            }
+        }
+        if kind == Kind::Update {
+            let key = key_positions(meta, cols).unwrap_or_default();
+            arrays = last_per_key(arrays, &key);
+        }
         // One array per column, each with a value per row.
         let Some(n) = arrays.first().map(|a| a.len() as i64) else {
             return Ok(None);
@@ -1249,37 +1122,6 @@ impl SetRun {
         }
         Ok(())
     }
-}
-
-/// One text array per column of `cols` with the run's values (as input functions take
-/// them); `None` when a value is an array or object, or an image lacks a column.
-fn text_arrays(events: &[&Event], cols: &[String]) -> Option<Arrays> {
-    let mut arrays: Arrays = vec![Vec::with_capacity(events.len()); cols.len()];
-    for e in events {
-        let values = e
-            .data
-            .as_deref()
-            .and_then(|d| crate::wire::object_texts(d, cols))?;
-        for (a, v) in arrays.iter_mut().zip(values) {
-            a.push(v);
-        }
-    }
-    Some(arrays)
-}
-
-/// The type of each of `cols` (`None` when the target table lacks one).
-fn array_types<'t>(cols: &[String], types: &'t HashMap<String, String>) -> Option<Vec<&'t str>> {
-    cols.iter()
-        .map(|c| types.get(c).map(String::as_str))
-        .collect()
-}
-
-/// Whether the table's insert and update runs may be applied from text arrays (JSON
-/// columns and the mirror's extra columns need the JSON path).
-fn takes_arrays(meta: &TableMeta) -> bool {
-    meta.json_columns.is_empty()
-        && meta.soft_delete_column.is_none()
-        && meta.synced_at_column.is_none()
 }
 
 /// The parameter of a set-based run — its row images (its keys for a delete) as one JSON
