@@ -1065,16 +1065,6 @@ async fn a_row_missing_on_the_target_stops_updates_and_deletes_with_the_table_na
     src.batch_execute("insert into app.t select g, 'v' || g from generate_series(1, 100) g")
         .await?;
     wait_equal(&src, &dst, &["app.t"], Duration::from_secs(20)).await?;
-    let last_error = || async {
-        Ok::<_, anyhow::Error>(
-            src.query_one(
-                "select coalesce(last_error, '') from teleport.target_state",
-                &[],
-            )
-            .await?
-            .get::<_, String>(0),
-        )
-    };
     for (change, expected) in [
         (
             "update app.t set v = 'changed' where id between 40 and 60",
@@ -1092,13 +1082,13 @@ async fn a_row_missing_on_the_target_stops_updates_and_deletes_with_the_table_na
             "the divergence reported",
             Duration::from_secs(20),
             || async {
-                let e = last_error().await?;
+                let e = last_error(&src).await?;
                 Ok(e.contains("\"app\".\"t\"")
                     && e.contains("21 row(s) named by the source but 20 found"))
             },
         )
         .await?;
-        let e = last_error().await?;
+        let e = last_error(&src).await?;
         assert!(e.contains(expected), "{e}");
         assert_eq!(
             rows(&dst, "app.t").await?,

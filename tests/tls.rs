@@ -257,16 +257,6 @@ async fn https_between_instances_verifies_the_target_certificate() -> anyhow::Re
     };
     let src = p.src().await?;
     let dst = p.dst().await?;
-    let last_error = || async {
-        Ok::<_, anyhow::Error>(
-            src.query_one(
-                "select coalesce(last_error, '') from teleport.target_state",
-                &[],
-            )
-            .await?
-            .get::<_, String>(0),
-        )
-    };
     // Without our CA (the Mozilla roots only): the certificate is refused, nothing applied.
     let source = pgteleport::instance::start(source_with(&format!(
         "endpoint: {{hostname: localhost, port: {port}, tls: true}}"
@@ -275,7 +265,10 @@ async fn https_between_instances_verifies_the_target_certificate() -> anyhow::Re
     src.execute("insert into app.t values (1, 'one')", &[])
         .await?;
     wait_for("a certificate error", Duration::from_secs(20), || async {
-        Ok(last_error().await?.to_lowercase().contains("certificate"))
+        Ok(last_error(&src)
+            .await?
+            .to_lowercase()
+            .contains("certificate"))
     })
     .await?;
     assert_eq!(scalar_i64(&dst, "select count(*) from app.t").await?, 0);

@@ -264,6 +264,17 @@ where
     }
 }
 
+/// The source's last transmit error (empty when none).
+pub async fn last_error(src: &Client) -> Result<String> {
+    Ok(src
+        .query_one(
+            "select coalesce(last_error, '') from teleport.target_state",
+            &[],
+        )
+        .await?
+        .get(0))
+}
+
 pub async fn scalar_i64(c: &Client, sql: &str) -> Result<i64> {
     Ok(c.query_one(sql, &[]).await?.get(0))
 }
