@@ -4,6 +4,7 @@
 #   (b) pg_dump -Fd -j 2 | pg_restore -j 2 (or pgcopydb clone when installed)
 #   (c) pgteleport -mode initial-load (parallel ctid ranges, streamed through HTTP)
 # Usage: bench/initial_load.sh [SCALE]   (SCALE 100 ≈ 1.3 GB of pgbench_accounts + ~0.7 GB wide table);
+#   SPLITS="auto auto@/tmp/pgt-old" pgteleport variants (--split mode[@another binary]), SKIP_B=1 leaves (b) out,
 #   WORKERS=N COPY streams (default: pgteleport's, half the CPUs), REPEAT=N (default 3) interleaved rounds (order alternating), PROFILE=1 CPU per process,
 #   PERF=1 a perf profile of the whole machine during (c)
 # Prints MB/s of each and the ratios of (c) to (a) and (b); writes bench/results/initial_load.json.
@@ -66,6 +67,8 @@ method_a() {
     t1=$(now); AP=$(python3 -c "print($A + $t1 - $t0)")
 }
 method_b() {
+    # SKIP_B=1: leave (b) out (its time shows as 0), e.g. to compare pgteleport variants
+    if [ "${SKIP_B:-0}" = 1 ]; then BNAME="(skipped)"; B=0; return; fi
     psql_d -c "drop database if exists dst_b" -c "create database dst_b"
     # (b) pgcopydb clone if installed, else pg_dump -Fd -j 2 | pg_restore -j 2
     rm -rf "$WORK/dump" "$WORK/pgcopydb"
@@ -85,15 +88,21 @@ method_b() {
 
 }
 method_c() {
-    # (c) pgteleport, once per --split mode in SPLITS (default: auto)
-    CS=""
-    for split in $SPLITS; do
+    # (c) pgteleport, once per variant in SPLITS (default: auto): a --split mode, optionally
+    # with another pgteleport binary after an @ (`auto@/tmp/pgteleport-old`)
+    # (variants run in reverse order on even rounds: the place in a round counts)
+    declare -gA CV=()
+    ORDER="$SPLITS"; [ $((r % 2)) = 0 ] && ORDER=$(echo $SPLITS | tr ' ' '\n' | tac | tr '\n' ' ')
+    for variant in $ORDER; do
+    split=${variant%%@*}; VBIN=$BIN
+    case "$variant" in *@*) VBIN=${variant#*@};; esac
+    vname=$(echo "$variant" | tr '/@' '__')
     psql_d -c "drop database if exists dst_c" -c "create database dst_c owner bench"
     cat > "$WORK/target.yml" <<YML
 database: {name: bench-target, database: dst_c, hostname: 127.0.0.1, port: $DP, username: bench, password: bench}
 server: {hostname: 127.0.0.1, port: $TP, allow_unauthenticated: true}
 YML
-    PGTELEPORT_LOG=info "$BIN" -config "$WORK/target.yml" 2>"$WORK/target-$r-$split.log" & TPID=$!
+    PGTELEPORT_LOG=info "$VBIN" -config "$WORK/target.yml" 2>"$WORK/target-$r-$vname.log" & TPID=$!
     sleep 1
     # PROFILE=1: sample every process's CPU time during (c) and print where it went.
     if [ "${PROFILE:-0}" = 1 ]; then
@@ -106,7 +115,7 @@ YML
         sleep 0.5
     fi
     quiesce; t0=$(now)
-    PGTELEPORT_LOG=warn "$BIN" -config "$WORK/source.yml" -mode initial-load -load-target copy -workers "$WORKERS" -split "$split" -no-progress
+    PGTELEPORT_LOG=warn "$VBIN" -config "$WORK/source.yml" -mode initial-load -load-target copy -workers "$WORKERS" -split "$split" -no-progress
     t1=$(now)
     C=$(python3 -c "print($t1 - $t0)")
     if [ "${PERF:-0}" = 1 ]; then
@@ -139,11 +148,12 @@ PY
     fi
     kill $TPID; wait $TPID 2>/dev/null || true
     # The target's own account of each copy and key build (seconds), for the critical path.
-    sed 's/\x1b\[[0-9;]*m//g' "$WORK/target-$r-$split.log" | grep -E "range copied|table loaded" | sed 's/^.*Z *INFO [a-z_:]*: /  /' || true
+    sed 's/\x1b\[[0-9;]*m//g' "$WORK/target-$r-$vname.log" | grep -E "range copied|table loaded" | sed 's/^.*Z *INFO [a-z_:]*: /  /' || true
 
     ROWS_OK=$(psql_d -d dst_c -Atc "select count(*) from pgbench_accounts")
-    CS="$CS $C"
+    CV[$variant]=$C
     done
+    CS=""; for variant in $SPLITS; do CS="$CS ${CV[$variant]}"; done
 }
 # The methods run interleaved, REPEAT times each, into fresh databases: the machine is
 # shared and noisy, so ratios are taken per round and their median reported.
@@ -160,7 +170,7 @@ med = statistics.median
 a = med([float(r[0]) for r in runs]); ap = med([float(r[1]) for r in runs]); b = med([float(r[2]) for r in runs])
 res = {"heap_mb": mb, "rounds": len(runs), "baseline_b": name, "pgteleport_workers": workers,
        "raw_pipe_s": a, "raw_pipe_plus_pk_s": ap, "baseline_b_s": b,
-       "raw_pipe_mb_s": mb / a, "baseline_b_mb_s": mb / b, "pgteleport": {},
+       "raw_pipe_mb_s": mb / a, "baseline_b_mb_s": mb / b if b else 0, "pgteleport": {},
        "per_round": [{"raw_pipe_s": float(r[0]), "raw_pipe_plus_pk_s": float(r[1]), "baseline_b_s": float(r[2]),
                       "pgbench_accounts_rows_on_target": int(r[3]),
                       "pgteleport_s": dict(zip(splits, map(float, r[4:])))} for r in runs]}
@@ -168,16 +178,16 @@ print(f"medians of {len(runs)} interleaved rounds:")
 print(f"{'method':46} {'seconds':>8} {'MB/s':>8}")
 print(f"{'(a) raw COPY binary pipe, sequential':46} {a:8.1f} {mb/a:8.1f}")
 print(f"{'(a+) the same, then primary keys':46} {ap:8.1f} {mb/ap:8.1f}")
-print(f"{'(b) ' + name:46} {b:8.1f} {mb/b:8.1f}")
+print(f"{'(b) ' + name:46} {b:8.1f} {mb/b if b else 0:8.1f}")
 for k, split in enumerate(splits):
     cs = [float(r[4 + k]) for r in runs]
     c = med(cs)
     ra = med([float(r[0]) / x for r, x in zip(runs, cs)])
     rap = med([float(r[1]) / x for r, x in zip(runs, cs)])
-    rb = med([float(r[2]) / x for r, x in zip(runs, cs)])
+    rb = med([float(r[2]) / x for r, x in zip(runs, cs)])  # 0 when (b) was skipped
     res["pgteleport"][split] = {"seconds": c, "mb_s": mb / c, "ratio_vs_raw_pipe": ra,
                                 "ratio_vs_raw_pipe_plus_pk": rap, "ratio_vs_baseline_b": rb}
-    print(f"{f'(c) pgteleport, {workers} workers, --split {split}':46} {c:8.1f} {mb/c:8.1f}")
+    print(f"{f'(c) pgteleport, {workers} workers, {split}':46} {c:8.1f} {mb/c:8.1f}")
     print(f"    median per-round ratio (c)/(a) = {ra:.2f}   (c)/(a+) = {rap:.2f}   (c)/(b) = {rb:.2f}   (higher is faster)")
     print("    per round (c)/(a): " + ", ".join(f"{float(r[0])/x:.2f}" for r, x in zip(runs, cs)))
 json.dump(res, open("bench/results/initial_load.json", "w"), indent=2)
