@@ -518,7 +518,9 @@ impl Transmitter {
         names
             .iter()
             .map(|(schema, name, oid)| {
-                let Some((columns, key, generated, json)) = found.remove(oid) else {
+                // Not removed: a table renamed within the batch is here under each of
+                // its names, with one oid.
+                let Some((columns, key, generated, json)) = found.get(oid).cloned() else {
                     return Ok(None);
                 };
                 Ok(Some(TableMeta {

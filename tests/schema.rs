@@ -534,3 +534,58 @@ async fn switching_between_modes_keeps_schema_changes_flowing() -> anyhow::Resul
     target.shutdown().await?;
     Ok(())
 }
+
+/// A table renamed between writes of one transaction: its events carry the old name, then
+/// the new one (same table oid), in one batch. All of them reach the target, in both modes
+/// (they were once taken for a dropped table's events under the second name, and skipped).
+#[tokio::test]
+async fn writes_before_and_after_a_rename_in_one_transaction_all_arrive() -> anyhow::Result<()> {
+    rename_between_writes(false).await
+}
+
+#[tokio::test]
+async fn writes_before_and_after_a_rename_in_one_transaction_all_arrive_in_event_trigger_mode(
+) -> anyhow::Result<()> {
+    rename_between_writes(true).await
+}
+
+async fn rename_between_writes(event_triggers: bool) -> anyhow::Result<()> {
+    let p =
+        Pair::new("create schema app; create table app.n (id int primary key, v text);").await?;
+    if event_triggers {
+        p.make_src_superuser().await?;
+    }
+    let target = p.start_target(0).await?;
+    let port = target.local_addr.unwrap().port();
+    let extra = if event_triggers {
+        "use_event_triggers: true\n"
+    } else {
+        ""
+    };
+    let source = p.start_source(port, "app.*", extra).await?;
+    let (src, dst) = (p.src().await?, p.dst().await?);
+    src.execute("insert into app.n values (1, 'one')", &[])
+        .await?;
+    wait_equal(&src, &dst, &["app.n"], Duration::from_secs(20)).await?;
+    src.batch_execute(
+        "begin;
+         insert into app.n values (2, 'before');
+         update app.n set v = 'one, before' where id = 1;
+         alter table app.n rename to n2;
+         insert into app.n2 values (3, 'after');
+         update app.n2 set v = 'one, after' where id = 1;
+         commit;",
+    )
+    .await?;
+    // A second transaction under the new name, likely in the same batch.
+    src.batch_execute("insert into app.n2 values (4, 'later')")
+        .await?;
+    wait_equal(&src, &dst, &["app.n2"], Duration::from_secs(30)).await?;
+    assert_eq!(
+        texts(&dst, "select id || ':' || v from app.n2 order by id").await?,
+        vec!["1:one, after", "2:before", "3:after", "4:later"]
+    );
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}
