@@ -991,6 +991,8 @@ impl Transmitter {
 
 impl Transmitter {
     /// Adds an applied batch's rows to the mirror's rows per table (`table_rows`).
+    /// A name can come twice (a table dropped and created again under it within the batch):
+    /// its counts are summed first — one upsert may not touch a row twice.
     async fn count_rows(&self, client: &Client, rows: &RowCounts) -> Result<(), StepError> {
         if rows.names.is_empty() {
             return Ok(());
@@ -1000,7 +1002,9 @@ impl Transmitter {
             .execute(
                 &format!(
                     "insert into {s}.table_rows as r (target, schema_name, table_name, inserts, updates, deletes, truncates)
-                     select $1, * from unnest($2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int8[])
+                     select $1, u.s, u.t, sum(u.i), sum(u.u), sum(u.d), sum(u.x)
+                       from unnest($2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int8[]) as u(s, t, i, u, d, x)
+                      group by u.s, u.t
                      on conflict (target, schema_name, table_name) do update
                         set inserts = r.inserts + excluded.inserts, updates = r.updates + excluded.updates,
                             deletes = r.deletes + excluded.deletes, truncates = r.truncates + excluded.truncates",

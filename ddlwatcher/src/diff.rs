@@ -65,6 +65,17 @@ impl Statement {
 }
 
 /// The statements that make a target holding `old` hold `new`.
+/// The name a dropped object is moved to while a new one takes its name: `name__dropped_OID`,
+/// its name part shortened to fit PostgreSQL's 63 bytes.
+fn away_name(name: &str, oid: u32) -> String {
+    let suffix = format!("__dropped_{oid}");
+    let mut keep = name.len().min(63 - suffix.len());
+    while !name.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    format!("{}{suffix}", &name[..keep])
+}
+
 pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
     let mut out = Vec::new();
     let old_types: BTreeMap<u32, &TypeDef> = old.types.iter().map(|t| (t.oid, t)).collect();
@@ -95,6 +106,46 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
             "create schema if not exists {}",
             quote_ident(&s)
         )));
+    }
+
+    // A dropped object whose name a new one takes (dropped and created again between two
+    // diffs) is renamed out of the way first and dropped under that name at the end: the
+    // old one may still be in use on the target until later statements change its users.
+    let mut renamed_away: BTreeMap<u32, String> = BTreeMap::new();
+    for o in &old.types {
+        let taken = new
+            .types
+            .iter()
+            .any(|t| t.oid != o.oid && t.schema == o.schema && t.name == o.name);
+        if taken && !new_types.contains_key(&o.oid) && o.kind != TypeKind::External {
+            let away = away_name(&o.name, o.oid);
+            out.push(Statement::tx(format!(
+                "alter {} {} rename to {}",
+                if matches!(o.kind, TypeKind::Domain { .. }) {
+                    "domain"
+                } else {
+                    "type"
+                },
+                qualified(map.map(&o.schema), &o.name),
+                quote_ident(&away)
+            )));
+            renamed_away.insert(o.oid, away);
+        }
+    }
+    for o in &old.sequences {
+        let taken = new
+            .sequences
+            .iter()
+            .any(|q| q.oid != o.oid && q.schema == o.schema && q.name == o.name);
+        if taken && !new.sequences.iter().any(|q| q.oid == o.oid) {
+            let away = away_name(&o.name, o.oid);
+            out.push(Statement::tx(format!(
+                "alter sequence {} rename to {}",
+                qualified(map.map(&o.schema), &o.name),
+                quote_ident(&away)
+            )));
+            renamed_away.insert(o.oid, away);
+        }
     }
 
     // Types: new ones (in dependency order), renames, new enum labels.
@@ -192,7 +243,57 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
         }
     }
 
-    // Table renames first, so later statements can name the table by its new name.
+    // Constraints dropped or changed on surviving tables go first (under the tables' names
+    // before any rename): a foreign key may point at a table dropped below, or at a column
+    // about to change. Changed and new ones are added after every new table exists.
+    let mut add_constraints = Vec::new();
+    for t in &new.tables {
+        let before: BTreeMap<&str, &crate::catalog::Constraint> = old_tables
+            .get(&t.oid)
+            .map(|o| o.constraints.iter().map(|c| (c.name.as_str(), c)).collect())
+            .unwrap_or_default();
+        let after: BTreeMap<&str, &crate::catalog::Constraint> =
+            t.constraints.iter().map(|c| (c.name.as_str(), c)).collect();
+        if let Some(o) = old_tables.get(&t.oid) {
+            let old_name = map.table(&o.schema, &o.name);
+            for (n, c) in &before {
+                if after.get(n).is_none_or(|a| a.definition != c.definition) {
+                    out.push(Statement::tx(format!(
+                        "alter table {old_name} drop constraint if exists {}",
+                        quote_ident(n)
+                    )));
+                }
+            }
+        }
+        let name = map.table(&t.schema, &t.name);
+        for (n, c) in &after {
+            if before.get(n).is_none_or(|b| b.definition != c.definition) {
+                add_constraints.push(Statement::tx(format!(
+                    "alter table {name} add constraint {} {}",
+                    quote_ident(n),
+                    c.definition
+                )));
+            }
+        }
+    }
+
+    // Dropped tables next, in one statement (one may reference another): a new or renamed
+    // table may take a dropped one's name, and a new index its index's name. Foreign keys
+    // of surviving tables that pointed at them went above (CASCADE is not used).
+    let dropped: Vec<String> = old
+        .tables
+        .iter()
+        .filter(|o| !new_tables.contains_key(&o.oid))
+        .map(|o| map.table(&o.schema, &o.name))
+        .collect();
+    if !dropped.is_empty() {
+        out.push(Statement::tx(format!(
+            "drop table if exists {}",
+            dropped.join(", ")
+        )));
+    }
+
+    // Table renames, so later statements can name the table by its new name.
     for t in &new.tables {
         if let Some(o) = old_tables.get(&t.oid) {
             // A table the target knows under another name (rename_tables) takes the
@@ -230,37 +331,6 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
             }
         }
     }
-
-    // Constraints: dropped or changed ones go first (a changed foreign key may point at a
-    // column about to change), new ones after every new table exists.
-    let mut add_constraints = Vec::new();
-    for t in &new.tables {
-        let name = map.table(&t.schema, &t.name);
-        let before: BTreeMap<&str, &crate::catalog::Constraint> = old_tables
-            .get(&t.oid)
-            .map(|o| o.constraints.iter().map(|c| (c.name.as_str(), c)).collect())
-            .unwrap_or_default();
-        let after: BTreeMap<&str, &crate::catalog::Constraint> =
-            t.constraints.iter().map(|c| (c.name.as_str(), c)).collect();
-        for (n, c) in &before {
-            if after.get(n).is_none_or(|a| a.definition != c.definition) {
-                out.push(Statement::tx(format!(
-                    "alter table {name} drop constraint if exists {}",
-                    quote_ident(n)
-                )));
-            }
-        }
-        for (n, c) in &after {
-            if before.get(n).is_none_or(|b| b.definition != c.definition) {
-                add_constraints.push(Statement::tx(format!(
-                    "alter table {name} add constraint {} {}",
-                    quote_ident(n),
-                    c.definition
-                )));
-            }
-        }
-    }
-    // Foreign keys of dropped tables' neighbours go with the tables (CASCADE is not used).
 
     // Column changes of surviving tables.
     let mut dropped_columns = Vec::new();
@@ -360,15 +430,7 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
         s
     }));
 
-    // Dropped tables, then dropped types.
-    for o in &old.tables {
-        if !new_tables.contains_key(&o.oid) {
-            out.push(Statement::tx(format!(
-                "drop table if exists {}",
-                map.table(&o.schema, &o.name)
-            )));
-        }
-    }
+    // Dropped types, functions and sequences (under the name they were moved to, if any).
     for o in old.types.iter().rev() {
         if !new_types.contains_key(&o.oid) && o.kind != TypeKind::External {
             let kw = if matches!(o.kind, TypeKind::Domain { .. }) {
@@ -376,22 +438,28 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
             } else {
                 "type"
             };
+            let name = renamed_away.get(&o.oid).unwrap_or(&o.name);
             out.push(Statement::tx(format!(
                 "drop {kw} if exists {}",
-                qualified(map.map(&o.schema), &o.name)
+                qualified(map.map(&o.schema), name)
             )));
         }
     }
     for o in &old.functions {
-        if !new_fn.contains_key(&o.oid) {
+        // A function dropped and created again with the same signature was replaced above.
+        let recreated = new.functions.iter().any(|f| {
+            f.schema == o.schema && f.name == o.name && f.identity_args == o.identity_args
+        });
+        if !new_fn.contains_key(&o.oid) && !recreated {
             out.push(Statement::tx(o.drop_sql(map)));
         }
     }
     for o in &old.sequences {
         if !new_seq.contains_key(&o.oid) {
+            let name = renamed_away.get(&o.oid).unwrap_or(&o.name);
             out.push(Statement::tx(format!(
                 "drop sequence if exists {}",
-                qualified(map.map(&o.schema), &o.name)
+                qualified(map.map(&o.schema), name)
             )));
         }
     }
@@ -609,10 +677,143 @@ mod tests {
         assert_eq!(
             rest,
             vec![
+                "drop table if exists \"copy\".\"old\"",
                 "create table \"copy\".\"fresh\" (\"id\" integer)",
                 "alter table \"copy\".\"fresh\" add primary key (\"id\")",
-                "drop table if exists \"copy\".\"old\"",
             ]
         );
+    }
+
+    fn catalog(tables: Vec<Table>) -> Catalog {
+        Catalog {
+            tables,
+            types: vec![],
+            functions: vec![],
+            views: vec![],
+            sequences: vec![],
+        }
+    }
+
+    fn same_schema() -> SchemaMap {
+        SchemaMap {
+            apply_schema: None,
+            replicated: ["app".to_string()].into(),
+            tables: Default::default(),
+        }
+    }
+
+    /// Dropped and created again between two diffs: the old table goes first, and a foreign
+    /// key pointing at it before that (no CASCADE on the target).
+    #[test]
+    fn a_table_dropped_and_created_again_is_dropped_before_it_is_created() {
+        let mut child = table(
+            3,
+            "child",
+            vec![col(1, "id", "integer"), col(2, "n_id", "integer")],
+        );
+        child.constraints = vec![crate::catalog::Constraint {
+            name: "child_n_fk".into(),
+            kind: 'f',
+            definition: "FOREIGN KEY (n_id) REFERENCES app.n(id)".into(),
+        }];
+        let old = catalog(vec![
+            table(1, "n", vec![col(1, "id", "integer")]),
+            child.clone(),
+        ]);
+        child.constraints.clear();
+        let new = catalog(vec![table(2, "n", vec![col(1, "id", "integer")]), child]);
+        let sql: Vec<String> = diff(&old, &new, &same_schema())
+            .into_iter()
+            .map(|s| s.sql)
+            .collect();
+        assert_eq!(
+            sql,
+            vec![
+                "alter table \"app\".\"child\" drop constraint if exists \"child_n_fk\"",
+                "drop table if exists \"app\".\"n\"",
+                "create table \"app\".\"n\" (\"id\" integer)",
+                "alter table \"app\".\"n\" add primary key (\"id\")",
+            ]
+        );
+    }
+
+    /// A type and a sequence dropped and created again under their names: the old ones are
+    /// moved out of the way, the new ones created, the old ones dropped at the end. A
+    /// function dropped and created again with its signature is replaced, not dropped.
+    #[test]
+    fn types_sequences_and_functions_dropped_and_created_again_keep_the_new_ones() {
+        let mood = |oid: u32, labels: &[&str]| TypeDef {
+            oid,
+            schema: "app".into(),
+            name: "mood".into(),
+            kind: TypeKind::Enum(labels.iter().map(|s| s.to_string()).collect()),
+        };
+        let seq = |oid: u32| crate::catalog::Sequence {
+            oid,
+            schema: "app".into(),
+            name: "s".into(),
+            data_type: "bigint".into(),
+            start: 1,
+            increment: 1,
+            min: 1,
+            max: i64::MAX,
+            cache: 1,
+            cycle: false,
+        };
+        let f = |oid: u32, body: &str| {
+            crate::catalog::Function {
+            oid,
+            schema: "app".into(),
+            name: "f".into(),
+            identity_args: "x integer".into(),
+            is_procedure: false,
+            definition: format!("CREATE OR REPLACE FUNCTION app.f(x integer) RETURNS integer LANGUAGE sql AS $$select {body}$$"),
+        }
+        };
+        let mut old = catalog(vec![]);
+        old.types = vec![mood(50, &["a"])];
+        old.sequences = vec![seq(60)];
+        old.functions = vec![f(70, "x")];
+        let mut new = catalog(vec![]);
+        new.types = vec![mood(51, &["b", "c"])];
+        new.sequences = vec![seq(61)];
+        new.functions = vec![f(71, "x + 1")];
+        let sql: Vec<String> = diff(&old, &new, &same_schema())
+            .into_iter()
+            .map(|s| s.sql)
+            .collect();
+        assert_eq!(
+            sql[0],
+            "alter type \"app\".\"mood\" rename to \"mood__dropped_50\""
+        );
+        assert_eq!(
+            sql[1],
+            "alter sequence \"app\".\"s\" rename to \"s__dropped_60\""
+        );
+        assert!(
+            sql[2].starts_with("create type \"app\".\"mood\""),
+            "{sql:?}"
+        );
+        assert!(
+            sql[3].starts_with("create sequence if not exists \"app\".\"s\""),
+            "{sql:?}"
+        );
+        assert!(sql[4].contains("select x + 1"), "{sql:?}");
+        assert_eq!(
+            &sql[5..],
+            &[
+                "drop type if exists \"app\".\"mood__dropped_50\"",
+                "drop sequence if exists \"app\".\"s__dropped_60\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn names_moved_out_of_the_way_fit_in_63_bytes() {
+        let long = "é".repeat(40);
+        let away = away_name(&long, 4_000_000_000);
+        assert!(away.len() <= 63, "{away}");
+        assert!(away.ends_with("__dropped_4000000000"));
+        assert_eq!(away_name("t", 7), "t__dropped_7");
     }
 }
