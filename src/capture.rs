@@ -18,6 +18,7 @@ pub const SOURCE_SQL: &[(i32, &str)] = &[
     (6, include_str!("../sql/source_006_table_rows.sql")),
     (7, include_str!("../sql/source_007_snapshot.sql")),
     (8, include_str!("../sql/source_008_mirrors.sql")),
+    (9, include_str!("../sql/source_009_partitions.sql")),
 ];
 
 /// Registers a target (mirror) in `target_state`, state SETUP, its batches starting after
