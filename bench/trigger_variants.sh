@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Capture-trigger variants (issue #7, profiling the trigger body): pgbench on one cluster
-# with the capture triggers disabled, with version 1's capture function, the current one
-# (version 3), and with the floor of any PL/pgSQL capture — a function that only inserts
-# `to_json(new)` into the current event table (no key, no diff, no rotation check: it loses
-# information, it only shows what the insert itself costs). Each is `create or replace`d in
+# with the capture triggers disabled, with version 1's capture function, version 3's, the
+# current one (version 9: partitions), and with the floor of any PL/pgSQL capture — a
+# function that only inserts `to_json(new)` into the current event table (no key, no diff,
+# no rotation check: it loses information, it only shows what the insert itself costs). Each is `create or replace`d in
 # turn on the same installed triggers; no instance runs, the queue is emptied before each
 # run. REPEAT interleaved rounds, medians of TPS and of the per-round ratios.
 # C_FLOOR=1 adds the same floor written in C (bench/c_floor: `row_to_json` of the row and
@@ -36,7 +36,8 @@ YML
 # The capture function as each migration defines it.
 python3 - "$WORK" <<'PY'
 import sys
-for name, path in (("v1", "sql/source_001_queue.sql"), ("current", "sql/source_003_capture.sql")):
+for name, path in (("v1", "sql/source_001_queue.sql"), ("v3", "sql/source_003_capture.sql"),
+                   ("current", "sql/source_009_partitions.sql")):
     s = open(path).read()
     i = s.index("create or replace function capture_row()")
     j = s.index("$$;", i) + 3
@@ -52,7 +53,7 @@ end
 $$;
 """)
 PY
-VARIANTS="none v1 current floor"
+VARIANTS="none v1 v3 current floor"
 if [ "${C_FLOOR:-0}" = 1 ]; then
     [ -f /usr/include/postgresql/15/server/postgres.h ] || {
         apt-get update -qq && apt-get install -y -qq --no-install-recommends postgresql-server-dev-15 >/dev/null
@@ -93,7 +94,7 @@ rounds = sorted(by["none"])
 out = {"workload": sys.argv[2], "duration_s": int(sys.argv[3]), "clients": int(sys.argv[4]),
        "tps": {v: med(by[v].values()) for v in by}}
 # Per-round ratios, then their median.
-for a, b in (("v1", "none"), ("current", "none"), ("current", "v1"), ("floor", "none"),
+for a, b in (("v1", "none"), ("v3", "none"), ("current", "none"), ("current", "v1"), ("current", "v3"), ("floor", "none"),
              ("current", "floor"), ("c_floor", "none"), ("c_floor", "floor")):
     if a in by:
         out[f"ratio_{a}_to_{b}"] = round(med(by[a][r] / by[b][r] for r in rounds), 3)
