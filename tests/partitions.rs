@@ -1,4 +1,4 @@
-//! Partitioned tables: their rows reach the target, whatever partition they are in or move to.
+//! Partitioned tables and table inheritance: rows reach the target, whatever partition or child table they are in or move to.
 
 mod common;
 
@@ -70,6 +70,69 @@ async fn partitioned_tables_load_and_replicate() -> anyhow::Result<()> {
     assert_eq!(
         texts(&dst, "select id || ':' || v from app.m").await?,
         vec!["4000:after truncate"]
+    );
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}
+
+/// Table inheritance (not partitioning): parent and child are tables of their own, each
+/// captured under its name; rows written through the parent (an UPDATE or DELETE reaching
+/// the child's rows) replicate into the child, and each table holds its own rows on the
+/// target as on the source.
+#[tokio::test]
+async fn inheritance_children_replicate_as_their_own_tables() -> anyhow::Result<()> {
+    let p = Pair::new2(
+        "create schema app;
+         create table app.parent (id int primary key, v text);
+         create table app.child (extra int) inherits (app.parent);
+         alter table app.child add primary key (id);
+         insert into app.parent values (1, 'p1'), (2, 'p2');
+         insert into app.child values (10, 'c10', 100), (11, 'c11', 110);",
+        "",
+    )
+    .await?;
+    let target = p.start_target(0).await?;
+    let port = target.local_addr.unwrap().port();
+    let source = p
+        .start_source(port, "app.*", "    do_initial_snapshot: true\n")
+        .await?;
+    let (src, dst) = (p.src().await?, p.dst().await?);
+    wait_equal(
+        &src,
+        &dst,
+        &["only app.parent", "app.child"],
+        Duration::from_secs(30),
+    )
+    .await?;
+    src.batch_execute(
+        "insert into app.child values (12, 'c12', 120);
+         update app.parent set v = v || '!' where id in (1, 10);
+         delete from app.parent where id in (2, 11);",
+    )
+    .await?;
+    wait_equal(
+        &src,
+        &dst,
+        &["only app.parent", "app.child"],
+        Duration::from_secs(30),
+    )
+    .await?;
+    assert_eq!(
+        texts(
+            &dst,
+            "select id || ':' || v from only app.parent order by id"
+        )
+        .await?,
+        vec!["1:p1!"]
+    );
+    assert_eq!(
+        texts(
+            &dst,
+            "select id || ':' || v || ':' || extra from app.child order by id"
+        )
+        .await?,
+        vec!["10:c10!:100", "12:c12:120"]
     );
     source.shutdown().await?;
     target.shutdown().await?;
