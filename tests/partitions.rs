@@ -1,4 +1,5 @@
-//! Partitioned tables and table inheritance: rows reach the target, whatever partition or child table they are in or move to.
+//! Partitioned tables and table inheritance: rows reach the target, whatever partition or
+//! child table they are in or move to.
 
 mod common;
 
