@@ -321,8 +321,8 @@ impl Server {
             let header = req
                 .headers()
                 .get("x-pgteleport-copy")
-                .and_then(|h| h.to_str().ok())
-                .map(serde_json::from_str::<wire::CopyHeader>);
+                // Raw bytes: a sender may have put UTF-8 there (HTTP allows it, `to_str` not).
+                .map(|h| serde_json::from_slice::<wire::CopyHeader>(h.as_bytes()));
             let header = match header {
                 Some(Ok(h)) => h,
                 Some(Err(e)) => {

@@ -558,6 +558,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_copy_header_travels_as_visible_ascii_and_reads_back_whole() {
+        let header = CopyHeader {
+            source: "src".into(),
+            target: "t1".into(),
+            apply_schema: Some("Schéma".into()),
+            schema: "Ap,p \"x\"".into(),
+            table: "Mé \"T\", 1 \u{7f} 😀 \t".into(),
+            range: 0,
+            snapshot: "10:10:".into(),
+            format: "binary".into(),
+            columns: vec!["K y".into(), "ü".into()],
+            whole: true,
+        };
+        let value = header.to_header_value();
+        assert!(value.chars().all(|c| (' '..='~').contains(&c)), "{value}");
+        assert!(hyper::header::HeaderValue::from_str(&value).is_ok());
+        let back: CopyHeader = serde_json::from_str(&value).unwrap();
+        assert_eq!(
+            (back.schema, back.table, back.apply_schema, back.columns),
+            (
+                header.schema,
+                header.table,
+                header.apply_schema,
+                header.columns
+            )
+        );
+    }
+
+    #[test]
     fn object_texts_give_input_function_text_or_refuse_nested_values() {
         let raw = RawValue::from_string(
             r#"{"id":12,"t":"a\"b\u00e9\n","n":null,"f":-1.5e-300,"b":true,"x":"skip"}"#.into(),
@@ -774,6 +803,27 @@ pub struct CopyHeader {
     /// `wal_level = minimal`).
     #[serde(default)]
     pub whole: bool,
+}
+
+impl CopyHeader {
+    /// The header as JSON in visible ASCII, as an HTTP header value must be: characters
+    /// outside it (non-ASCII names, DEL) are written as `\u` escapes, which any JSON
+    /// parser reads back as they were.
+    pub fn to_header_value(&self) -> String {
+        let json = serde_json::to_string(self).expect("serialisable");
+        let mut out = String::with_capacity(json.len());
+        for c in json.chars() {
+            if (' '..='~').contains(&c) {
+                out.push(c);
+            } else {
+                let mut units = [0u16; 2];
+                for u in c.encode_utf16(&mut units) {
+                    out.push_str(&format!("\\u{u:04x}"));
+                }
+            }
+        }
+        out
+    }
 }
 
 /// Initial load, step 4: every range of the table is sent; build keys and indexes.

@@ -193,3 +193,44 @@ async fn a_partitioned_table_created_later_replicates_into_apply_schema() -> any
     target.shutdown().await?;
     Ok(())
 }
+
+/// A partitioned table and partitions with awkward names (quotes, a comma, spaces, case,
+/// non-ASCII) in a schema with an awkward name: the names travel in the trigger's
+/// arguments and come out whole. (The initial load once refused every table whose name
+/// was not ASCII: its COPY header carried raw UTF-8, which the target could not read.)
+#[tokio::test]
+async fn partitions_with_awkward_names_replicate() -> anyhow::Result<()> {
+    let p = Pair::new2(
+        r#"create schema "Ap,p ""x""";
+           create table "Ap,p ""x"""."Mé ""T"", 1" (id int, "K y" text, primary key (id, "K y")) partition by list ("K y");
+           create table "Ap,p ""x"""."part 'a'" partition of "Ap,p ""x"""."Mé ""T"", 1" for values in ('a', 'b');
+           create table "Ap,p ""x"""."part ""c""" partition of "Ap,p ""x"""."Mé ""T"", 1" for values in ('c');"#,
+        "",
+    )
+    .await?;
+    let target = p.start_target(0).await?;
+    let port = target.local_addr.unwrap().port();
+    let source = p
+        .start_source(port, "Ap?p*.*", "    do_initial_snapshot: true\n")
+        .await?;
+    let (src, dst) = (p.src().await?, p.dst().await?);
+    let table = r#""Ap,p ""x"""."Mé ""T"", 1""#;
+    src.batch_execute(&format!(
+        "insert into {table} values (1, 'a'), (2, 'c'), (3, 'b');
+         update {table} set \"K y\" = 'c' where id = 1;
+         delete from {table} where id = 3;"
+    ))
+    .await?;
+    wait_equal(&src, &dst, &[table], Duration::from_secs(30)).await?;
+    assert_eq!(
+        texts(
+            &dst,
+            &format!("select id || ':' || \"K y\" from {table} order by id")
+        )
+        .await?,
+        vec!["1:c", "2:c"]
+    );
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}

@@ -675,7 +675,7 @@ impl WorkerCtx {
             columns,
             whole: job.blocks.is_none(),
         };
-        let header = serde_json::to_string(&header).map_err(|e| self.remote.err(e.to_string()))?;
+        let header = header.to_header_value();
         let v = self
             .remote
             .send("/v1/load/copy", body, Some(header))
