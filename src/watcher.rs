@@ -24,6 +24,10 @@ pub struct Watcher {
     schemas: std::collections::BTreeMap<String, Vec<String>>,
     /// Sequence positions last queued, per target.
     sent: std::collections::BTreeMap<String, std::collections::BTreeMap<(String, String), i64>>,
+    /// Columns the last diff found added with a default, per table (see [`Watcher::backfill`]).
+    added_with_default: Vec<(ddlwatcher::Table, Vec<ddlwatcher::catalog::Column>)>,
+    /// Columns whose values were queued already (one queueing serves every target).
+    backfilled: std::collections::BTreeSet<(u32, i16)>,
 }
 
 impl Watcher {
@@ -46,6 +50,8 @@ impl Watcher {
             fingerprint: None,
             schemas: Default::default(),
             sent: Default::default(),
+            added_with_default: Vec::new(),
+            backfilled: Default::default(),
         }
     }
 
@@ -99,6 +105,7 @@ impl Watcher {
                 record_version(&tx, &self.schema, target, None, &now).await?;
                 recorded = true;
             }
+            self.backfill(&tx).await?;
             deferred = later;
         }
         tx.commit().await.map_err(StepError::db("commit"))?;
@@ -134,6 +141,30 @@ impl Watcher {
         if old.as_ref() == Some(new) {
             return Ok(None);
         }
+        self.added_with_default.clear();
+        if let Some(old) = &old {
+            let before: BTreeMap<u32, &ddlwatcher::Table> =
+                old.tables.iter().map(|t| (t.oid, t)).collect();
+            for t in &new.tables {
+                let Some(o) = before.get(&t.oid) else {
+                    continue;
+                };
+                let added: Vec<ddlwatcher::catalog::Column> = t
+                    .columns
+                    .iter()
+                    .filter(|c| {
+                        c.expression.is_some()
+                            && !c.generated
+                            && c.identity.is_none()
+                            && !o.columns.iter().any(|b| b.attnum == c.attnum)
+                    })
+                    .cloned()
+                    .collect();
+                if !added.is_empty() {
+                    self.added_with_default.push((t.clone(), added));
+                }
+            }
+        }
         let statements = old.map(|old| {
             let mut all = old.tables.clone();
             all.extend(new.tables.iter().cloned());
@@ -154,6 +185,77 @@ impl Watcher {
         .await
         .map_err(StepError::db("storing the catalog snapshot"))?;
         Ok(statements)
+    }
+
+    /// Queues, after the schema event just recorded, an update of every existing row with
+    /// its values of each column the diff found added with a *volatile* default
+    /// (`gen_random_uuid()`, `clock_timestamp()`, …): PostgreSQL computed one per row when
+    /// the column was added (the table was rewritten: no stored "missing" value), and the
+    /// target, adding the column, would compute others. Non-volatile defaults are the same
+    /// on both sides. Keyless tables are left as they are (no key to name the rows by).
+    async fn backfill(&mut self, tx: &tokio_postgres::Transaction<'_>) -> Result<(), StepError> {
+        let s = &self.schema;
+        for (table, added) in std::mem::take(&mut self.added_with_default) {
+            let Some(key) = table.primary_key.clone().or(table.unique_key.clone()) else {
+                continue;
+            };
+            let mut volatile = Vec::new();
+            for c in added {
+                if self.backfilled.contains(&(table.oid, c.attnum)) {
+                    continue;
+                }
+                let row = tx
+                    .query_opt(
+                        "select not a.atthasmissing and exists (select 1 from pg_catalog.pg_attrdef d
+                                                                  where d.adrelid = a.attrelid and d.adnum = a.attnum)
+                           from pg_catalog.pg_attribute a
+                          where a.attrelid = $1 and a.attnum = $2 and not a.attisdropped",
+                        &[&table.oid, &c.attnum],
+                    )
+                    .await
+                    .map_err(StepError::db("reading how a new column was filled"))?;
+                if row.is_some_and(|r| r.get::<_, bool>(0)) {
+                    self.backfilled.insert((table.oid, c.attnum));
+                    volatile.push(c);
+                }
+            }
+            if volatile.is_empty() {
+                continue;
+            }
+            let value = |name: &str, text_form: bool| {
+                let col = format!("t.{}", quote_ident(name));
+                let v = if text_form {
+                    format!("to_json({col}::text)")
+                } else {
+                    col
+                };
+                format!("{}, {v}", ddlwatcher::quote_literal(name))
+            };
+            let pairs: Vec<String> = key
+                .iter()
+                .map(|k| {
+                    let text_form = table.columns.iter().any(|c| &c.name == k && c.text_form);
+                    value(k, text_form)
+                })
+                .chain(volatile.iter().map(|c| value(&c.name, c.text_form)))
+                .collect();
+            let n = tx
+                .execute(
+                    &format!(
+                        "select {s}.enqueue('U', $1, $2, $3::oid, null, json_build_object({})) from {} t",
+                        pairs.join(", "),
+                        table.qualified()
+                    ),
+                    &[&table.schema, &table.name, &table.oid],
+                )
+                .await
+                .map_err(StepError::db(format!(
+                    "queueing the values of {}'s new columns",
+                    table.qualified()
+                )))?;
+            tracing::info!(table = %table.qualified(), rows = n, columns = volatile.len(), "queued the values a volatile default gave existing rows");
+        }
+        Ok(())
     }
 
     /// Turns the catalog snapshots the event trigger stored (in commit order) into one
@@ -194,6 +296,7 @@ impl Watcher {
                     .unwrap_or_default();
                 statements.sort_by_key(|st| st.after_rows);
                 record_version(&tx, &s, &target, Some(id), &statements).await?;
+                self.backfill(&tx).await?;
                 latest.insert(target, new);
             }
             tx.execute(&format!("update {s}.ddl_clock set processed = $1"), &[&id])

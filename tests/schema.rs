@@ -748,3 +748,25 @@ async fn ddl_between_writes(
     target.shutdown().await?;
     Ok(())
 }
+
+/// A column added with a volatile default (`gen_random_uuid()`, `clock_timestamp()`) gives
+/// the rows already there values the target cannot compute itself: they must arrive as
+/// the source has them.
+#[tokio::test]
+async fn a_column_added_with_a_volatile_default_arrives_with_the_source_values(
+) -> anyhow::Result<()> {
+    for event_triggers in [false, true] {
+        ddl_between_writes(
+            event_triggers,
+            "create schema app; create table app.t (id int primary key, v text);",
+            "insert into app.t select g, 'v' || g from generate_series(1, 20) g",
+            "alter table app.t add column u uuid default gen_random_uuid(), add column at timestamptz default clock_timestamp();",
+            "insert into app.t (id, v) values (21, 'after')",
+            "app.t",
+            "select count(*)::text from app.t where u is not null and at is not null",
+            &["21"],
+        )
+        .await?;
+    }
+    Ok(())
+}
