@@ -64,7 +64,6 @@ impl Statement {
     }
 }
 
-/// The statements that make a target holding `old` hold `new`.
 /// The name a dropped object is moved to while a new one takes its name: `name__dropped_OID`,
 /// its name part shortened to fit PostgreSQL's 63 bytes.
 fn away_name(name: &str, oid: u32) -> String {
@@ -76,12 +75,26 @@ fn away_name(name: &str, oid: u32) -> String {
     format!("{}{suffix}", &name[..keep])
 }
 
+/// The keyword ALTER and DROP take for a type: `domain` or `type`.
+fn type_keyword(kind: &TypeKind) -> &'static str {
+    if matches!(kind, TypeKind::Domain { .. }) {
+        "domain"
+    } else {
+        "type"
+    }
+}
+
+/// The statements that make a target holding `old` hold `new`.
 pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
     let mut out = Vec::new();
     let old_types: BTreeMap<u32, &TypeDef> = old.types.iter().map(|t| (t.oid, t)).collect();
     let new_types: BTreeMap<u32, &TypeDef> = new.types.iter().map(|t| (t.oid, t)).collect();
     let old_tables: BTreeMap<u32, &Table> = old.tables.iter().map(|t| (t.oid, t)).collect();
     let new_tables: BTreeMap<u32, &Table> = new.tables.iter().map(|t| (t.oid, t)).collect();
+    let old_seq: BTreeMap<u32, &crate::catalog::Sequence> =
+        old.sequences.iter().map(|q| (q.oid, q)).collect();
+    let new_seq: BTreeMap<u32, &crate::catalog::Sequence> =
+        new.sequences.iter().map(|q| (q.oid, q)).collect();
 
     // Schemas of new objects.
     let known: BTreeSet<&str> = old
@@ -121,11 +134,7 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
             let away = away_name(&o.name, o.oid);
             out.push(Statement::tx(format!(
                 "alter {} {} rename to {}",
-                if matches!(o.kind, TypeKind::Domain { .. }) {
-                    "domain"
-                } else {
-                    "type"
-                },
+                type_keyword(&o.kind),
                 qualified(map.map(&o.schema), &o.name),
                 quote_ident(&away)
             )));
@@ -137,7 +146,7 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
             .sequences
             .iter()
             .any(|q| q.oid != o.oid && q.schema == o.schema && q.name == o.name);
-        if taken && !new.sequences.iter().any(|q| q.oid == o.oid) {
+        if taken && !new_seq.contains_key(&o.oid) {
             let away = away_name(&o.name, o.oid);
             out.push(Statement::tx(format!(
                 "alter sequence {} rename to {}",
@@ -193,10 +202,6 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
     }
 
     // Sequences before tables (defaults draw from them).
-    let old_seq: BTreeMap<u32, &crate::catalog::Sequence> =
-        old.sequences.iter().map(|q| (q.oid, q)).collect();
-    let new_seq: BTreeMap<u32, &crate::catalog::Sequence> =
-        new.sequences.iter().map(|q| (q.oid, q)).collect();
     for q in &new.sequences {
         let name = qualified(map.map(&q.schema), &q.name);
         match old_seq.get(&q.oid) {
@@ -248,13 +253,13 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
     // about to change. Changed and new ones are added after every new table exists.
     let mut add_constraints = Vec::new();
     for t in &new.tables {
-        let before: BTreeMap<&str, &crate::catalog::Constraint> = old_tables
-            .get(&t.oid)
+        let surviving = old_tables.get(&t.oid);
+        let before: BTreeMap<&str, &crate::catalog::Constraint> = surviving
             .map(|o| o.constraints.iter().map(|c| (c.name.as_str(), c)).collect())
             .unwrap_or_default();
         let after: BTreeMap<&str, &crate::catalog::Constraint> =
             t.constraints.iter().map(|c| (c.name.as_str(), c)).collect();
-        if let Some(o) = old_tables.get(&t.oid) {
+        if let Some(o) = surviving {
             let old_name = map.table(&o.schema, &o.name);
             for (n, c) in &before {
                 if after.get(n).is_none_or(|a| a.definition != c.definition) {
@@ -433,14 +438,10 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
     // Dropped types, functions and sequences (under the name they were moved to, if any).
     for o in old.types.iter().rev() {
         if !new_types.contains_key(&o.oid) && o.kind != TypeKind::External {
-            let kw = if matches!(o.kind, TypeKind::Domain { .. }) {
-                "domain"
-            } else {
-                "type"
-            };
             let name = renamed_away.get(&o.oid).unwrap_or(&o.name);
             out.push(Statement::tx(format!(
-                "drop {kw} if exists {}",
+                "drop {} if exists {}",
+                type_keyword(&o.kind),
                 qualified(map.map(&o.schema), name)
             )));
         }
