@@ -24,8 +24,6 @@ pub struct Watcher {
     schemas: std::collections::BTreeMap<String, Vec<String>>,
     /// Sequence positions last queued, per target.
     sent: std::collections::BTreeMap<String, std::collections::BTreeMap<(String, String), i64>>,
-    /// Columns the last diff found added with a default, per table (see [`Watcher::backfill`]).
-    added_with_default: Vec<(ddlwatcher::Table, Vec<ddlwatcher::catalog::Column>)>,
     /// Columns whose values were queued already (one queueing serves every target).
     backfilled: std::collections::BTreeSet<(u32, i16)>,
 }
@@ -50,7 +48,6 @@ impl Watcher {
             fingerprint: None,
             schemas: Default::default(),
             sent: Default::default(),
-            added_with_default: Vec::new(),
             backfilled: Default::default(),
         }
     }
@@ -98,29 +95,30 @@ impl Watcher {
         let tx = client.transaction().await.map_err(StepError::db("begin"))?;
         let mut recorded = false;
         let mut deferred = Vec::new();
-        if let Some(statements) = self.advance(&tx, target, &new, names).await? {
+        if let Some((statements, added)) = self.advance(&tx, target, &new, names).await? {
             let (later, now): (Vec<_>, Vec<_>) =
                 statements.into_iter().partition(|st| st.after_rows);
             if !now.is_empty() {
                 record_version(&tx, &self.schema, target, None, &now).await?;
                 recorded = true;
             }
-            self.backfill(&tx).await?;
+            self.backfill(&tx, added).await?;
             deferred = later;
         }
         tx.commit().await.map_err(StepError::db("commit"))?;
         Ok((recorded, deferred, new))
     }
 
-    /// Stores `new` as `target`'s catalog snapshot; returns the DDL from the previous one
-    /// (`None` when there was none, or nothing changed).
+    /// Stores `new` as `target`'s catalog snapshot; returns the DDL from the previous one,
+    /// with the columns it adds with a default (`None` when there was no previous one, or
+    /// nothing changed).
     async fn advance(
         &mut self,
         tx: &tokio_postgres::Transaction<'_>,
         target: &str,
         new: &Catalog,
         names: &SchemaMap,
-    ) -> Result<Option<Vec<Statement>>, StepError> {
+    ) -> Result<Option<(Vec<Statement>, AddedColumns)>, StepError> {
         let s = &self.schema;
         self.schemas.insert(target.to_string(), new.schemas());
         let old = tx
@@ -141,30 +139,6 @@ impl Watcher {
         if old.as_ref() == Some(new) {
             return Ok(None);
         }
-        self.added_with_default.clear();
-        if let Some(old) = &old {
-            let before: BTreeMap<u32, &ddlwatcher::Table> =
-                old.tables.iter().map(|t| (t.oid, t)).collect();
-            for t in &new.tables {
-                let Some(o) = before.get(&t.oid) else {
-                    continue;
-                };
-                let added: Vec<ddlwatcher::catalog::Column> = t
-                    .columns
-                    .iter()
-                    .filter(|c| {
-                        c.expression.is_some()
-                            && !c.generated
-                            && c.identity.is_none()
-                            && !o.columns.iter().any(|b| b.attnum == c.attnum)
-                    })
-                    .cloned()
-                    .collect();
-                if !added.is_empty() {
-                    self.added_with_default.push((t.clone(), added));
-                }
-            }
-        }
         let statements = old.map(|old| {
             let mut all = old.tables.clone();
             all.extend(new.tables.iter().cloned());
@@ -172,7 +146,7 @@ impl Watcher {
                 replicated: SchemaMap::new(None, &all).replicated,
                 ..names.clone()
             };
-            diff(&old, new, &map)
+            (diff(&old, new, &map), added_with_default(&old, new))
         });
         let json = serde_json::to_string(new).map_err(|e| StepError::Fatal(e.to_string()))?;
         tx.execute(
@@ -193,9 +167,13 @@ impl Watcher {
     /// the column was added (the table was rewritten: no stored "missing" value), and the
     /// target, adding the column, would compute others. Non-volatile defaults are the same
     /// on both sides. Keyless tables are left as they are (no key to name the rows by).
-    async fn backfill(&mut self, tx: &tokio_postgres::Transaction<'_>) -> Result<(), StepError> {
+    async fn backfill(
+        &mut self,
+        tx: &tokio_postgres::Transaction<'_>,
+        added: AddedColumns,
+    ) -> Result<(), StepError> {
         let s = &self.schema;
-        for (table, added) in std::mem::take(&mut self.added_with_default) {
+        for (table, added) in added {
             let Some(key) = table.primary_key.clone().or(table.unique_key.clone()) else {
                 continue;
             };
@@ -290,13 +268,13 @@ impl Watcher {
             let tx = client.transaction().await.map_err(StepError::db("begin"))?;
             for (target, expr, names) in self.targets.clone() {
                 let new = full.restrict(&expr);
-                let mut statements = self
+                let (mut statements, added) = self
                     .advance(&tx, &target, &new, &names)
                     .await?
                     .unwrap_or_default();
                 statements.sort_by_key(|st| st.after_rows);
                 record_version(&tx, &s, &target, Some(id), &statements).await?;
-                self.backfill(&tx).await?;
+                self.backfill(&tx, added).await?;
                 latest.insert(target, new);
             }
             tx.execute(&format!("update {s}.ddl_clock set processed = $1"), &[&id])
@@ -312,6 +290,34 @@ impl Watcher {
         }
         Ok(Some(latest))
     }
+}
+
+/// Columns a diff adds with a default, per table of the new catalog.
+type AddedColumns = Vec<(ddlwatcher::Table, Vec<ddlwatcher::catalog::Column>)>;
+
+/// The columns of tables in both catalogs that `new` has and `old` had not (by attribute
+/// number), with a default (not generated, not identity): candidates for
+/// [`Watcher::backfill`].
+fn added_with_default(old: &Catalog, new: &Catalog) -> AddedColumns {
+    let before: BTreeMap<u32, &ddlwatcher::Table> = old.tables.iter().map(|t| (t.oid, t)).collect();
+    new.tables
+        .iter()
+        .filter_map(|t| {
+            let o = before.get(&t.oid)?;
+            let added: Vec<ddlwatcher::catalog::Column> = t
+                .columns
+                .iter()
+                .filter(|c| {
+                    c.expression.is_some()
+                        && !c.generated
+                        && c.identity.is_none()
+                        && !o.columns.iter().any(|b| b.attnum == c.attnum)
+                })
+                .cloned()
+                .collect();
+            (!added.is_empty()).then(|| (t.clone(), added))
+        })
+        .collect()
 }
 
 fn read_error(e: ddlwatcher::ReadError) -> StepError {
