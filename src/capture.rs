@@ -19,6 +19,7 @@ pub const SOURCE_SQL: &[(i32, &str)] = &[
     (7, include_str!("../sql/source_007_snapshot.sql")),
     (8, include_str!("../sql/source_008_mirrors.sql")),
     (9, include_str!("../sql/source_009_partitions.sql")),
+    (10, include_str!("../sql/source_010_excluded_columns.sql")),
 ];
 
 /// Registers a target (mirror) in `target_state`, state SETUP, its batches starting after
@@ -355,10 +356,23 @@ async fn install_triggers(
                 source,
             })?
             .get(0);
+        let catalog = installed.catalogs.get(name).cloned().unwrap_or_default();
+        // Excluded columns by number from here on (the config names them).
+        crate::exclusion::Exclusions::record(
+            &tx,
+            &quote_ident(schema),
+            name,
+            &config.targets[name].exclude_columns,
+            &catalog,
+        )
+        .await
+        .map_err(|source| InstallError::TargetState {
+            target: name.clone(),
+            source,
+        })?;
         if has_baseline {
             continue;
         }
-        let catalog = installed.catalogs.get(name).cloned().unwrap_or_default();
         let catalog = serde_json::to_string(&catalog).expect("serialisable");
         tx.execute(
             &format!(

@@ -382,14 +382,6 @@ impl Target {
         ddlwatcher::SchemaMap::new(self.apply_schema.clone(), tables).with_renames(self.renames())
     }
 
-    /// The columns excluded from `schema.table` (empty when none).
-    pub fn excluded(&self, schema: &str, table: &str) -> &[String] {
-        self.exclude_columns
-            .get(&format!("{schema}.{table}"))
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
-    }
-
     /// The initial load options of this target's snapshot.
     pub fn snapshot_options(&self, name: &str) -> crate::load::LoadOptions {
         crate::load::LoadOptions {

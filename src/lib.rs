@@ -17,6 +17,7 @@ pub mod cluster;
 pub mod config;
 pub mod db;
 pub mod demo;
+pub mod exclusion;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod instance;

@@ -1,7 +1,7 @@
 //! The transmitter: ships a target's batches in sequence over HTTP and records the
 //! acknowledged position, which lets the vacuum rotate the queue.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -260,12 +260,13 @@ impl Transmitter {
         }
         for (n, meta) in names.into_iter().zip(described) {
             match meta {
-                Some(mut m) => {
-                    let excluded = self
-                        .exclude
-                        .get(&format!("{}.{}", m.schema, m.name))
-                        .cloned()
-                        .unwrap_or_default();
+                Some((mut m, mut excluded)) => {
+                    // By the names the config gives under the captured table name (the
+                    // current name's are in `excluded` already).
+                    if let Some(cols) = self.exclude.get(&format!("{}.{}", m.schema, m.name)) {
+                        excluded.extend(cols.iter().cloned());
+                    }
+                    let excluded: Vec<String> = excluded.into_iter().collect();
                     if let Some(c) = excluded.iter().find(|c| m.key.contains(c)) {
                         return Err(StepError::Fatal(format!(
                             "mirror `{}` excludes column `{c}` of {}.{}, which is in its key: key columns must replicate; \
@@ -478,10 +479,11 @@ impl Transmitter {
         &self,
         client: &Client,
         names: &[(String, String, u32)],
-    ) -> Result<Vec<Option<TableMeta>>, StepError> {
+    ) -> Result<Vec<Option<(TableMeta, BTreeSet<String>)>>, StepError> {
         if names.is_empty() {
             return Ok(Vec::new());
         }
+        let s = &self.schema;
         let oids: Vec<u32> = names.iter().map(|n| n.2).collect();
         let rows = client
             .query(
@@ -500,45 +502,70 @@ impl Transmitter {
                         array(select a.attname::text || ':' || bt.oid::regtype::text
                                 from pg_catalog.pg_attribute a, lateral (select {} as oid) bt
                                where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
-                                 and bt.oid in ('json'::regtype, 'jsonb'::regtype) order by a.attnum)
-                   from pg_catalog.pg_class c where c.oid = any($1)",
+                                 and bt.oid in ('json'::regtype, 'jsonb'::regtype) order by a.attnum),
+                        n.nspname::text || '.' || c.relname::text,
+                        array(select x.name from {s}.excluded_column e
+                                left join pg_catalog.pg_attribute a
+                                       on a.attrelid = e.relid and a.attnum = e.attnum and not a.attisdropped
+                               cross join lateral unnest(e.names || a.attname::text) x(name)
+                               where e.target = $2 and e.relid = c.oid and x.name is not null)
+                   from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+                  where c.oid = any($1)",
                     ddlwatcher::key_index_sql("c.oid"),
                     ddlwatcher::base_type_sql("a.atttypid")
                 ),
-                &[&oids],
+                &[&oids, &self.target],
             )
             .await
             .map_err(StepError::db("describing the batch's tables"))?;
-        /// Writable columns, key, generated columns, json columns (`name:type`).
-        type Described = (Vec<String>, Vec<String>, Vec<String>, Vec<String>);
+        /// Writable columns, key, generated columns, json columns (`name:type`), the
+        /// names to strip from the row images.
+        type Described = (
+            Vec<String>,
+            Vec<String>,
+            Vec<String>,
+            Vec<String>,
+            BTreeSet<String>,
+        );
         let mut found: HashMap<u32, Described> = HashMap::new();
         for r in rows {
-            found.insert(r.get(0), (r.get(1), r.get(2), r.get(3), r.get(4)));
+            // Excluded: every name of a column excluded by number, and the columns the
+            // config names under the table's current name (not recorded yet when added
+            // since the ddlwatcher last looked).
+            let mut excluded: BTreeSet<String> = r.get::<_, Vec<String>>(6).into_iter().collect();
+            if let Some(cols) = self.exclude.get(&r.get::<_, String>(5)) {
+                excluded.extend(cols.iter().cloned());
+            }
+            found.insert(r.get(0), (r.get(1), r.get(2), r.get(3), r.get(4), excluded));
         }
         names
             .iter()
             .map(|(schema, name, oid)| {
                 // Not removed: a table renamed within the batch is here under each of
                 // its names, with one oid.
-                let Some((columns, key, generated, json)) = found.get(oid).cloned() else {
+                let Some((columns, key, generated, json, excluded)) = found.get(oid).cloned()
+                else {
                     return Ok(None);
                 };
-                Ok(Some(TableMeta {
-                    soft_delete_column: self.soft_delete_column.clone(),
-                    synced_at_column: self.synced_at_column.clone(),
-                    schema: schema.clone(),
-                    name: name.clone(),
-                    columns,
-                    key,
-                    generated,
-                    json_columns: json
-                        .iter()
-                        .filter_map(|s| {
-                            s.rsplit_once(':')
-                                .map(|(n, t)| (n.to_string(), t.to_string()))
-                        })
-                        .collect(),
-                }))
+                Ok(Some((
+                    TableMeta {
+                        soft_delete_column: self.soft_delete_column.clone(),
+                        synced_at_column: self.synced_at_column.clone(),
+                        schema: schema.clone(),
+                        name: name.clone(),
+                        columns,
+                        key,
+                        generated,
+                        json_columns: json
+                            .iter()
+                            .filter_map(|s| {
+                                s.rsplit_once(':')
+                                    .map(|(n, t)| (n.to_string(), t.to_string()))
+                            })
+                            .collect(),
+                    },
+                    excluded,
+                )))
             })
             .collect()
     }

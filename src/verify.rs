@@ -63,6 +63,13 @@ pub async fn verify(
         .await?
         .tables;
     catch_up(&src, &config.internal_schema, target, within).await?;
+    let exclusions = crate::exclusion::Exclusions::read(
+        &src,
+        &quote_ident(&config.internal_schema),
+        target,
+        &t.exclude_columns,
+    )
+    .await?;
     let names = t.schema_map(&tables);
     let mut reports = Vec::new();
     for table in &tables {
@@ -91,17 +98,17 @@ pub async fn verify(
         // Excluded columns never reached the target, and its soft-delete and synced-at
         // columns are its own: rows are compared by the columns both sides share, and rows
         // marked deleted do not count on the target.
-        let excluded = t.excluded(&table.schema, &table.name);
+        let mut shared = table.clone();
+        let excluded = exclusions.strip_table(&mut shared);
         let row = if excluded.is_empty()
             && t.soft_delete_col_name.is_none()
             && t.synced_at_col_name.is_none()
         {
             "x".to_string()
         } else {
-            let cols: Vec<String> = table
+            let cols: Vec<String> = shared
                 .columns
                 .iter()
-                .filter(|c| !excluded.contains(&c.name))
                 .map(|c| format!("x.{}", quote_ident(&c.name)))
                 .collect();
             format!("row({})", cols.join(", "))

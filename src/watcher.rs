@@ -13,6 +13,7 @@ use tokio_postgres::Client;
 
 use crate::capture;
 use crate::config::Config;
+use crate::exclusion::Exclusions;
 use crate::stage::{Progress, Step, StepError};
 
 pub struct Watcher {
@@ -93,9 +94,11 @@ impl Watcher {
             .await
             .map_err(read_error)?;
         let tx = client.transaction().await.map_err(StepError::db("begin"))?;
+        let excluded = self.exclusions(&tx, target, &new).await?;
         let mut recorded = false;
         let mut deferred = Vec::new();
-        if let Some((statements, added)) = self.advance(&tx, target, &new, names).await? {
+        if let Some((statements, added)) = self.advance(&tx, target, &new, names, &excluded).await?
+        {
             let (later, now): (Vec<_>, Vec<_>) =
                 statements.into_iter().partition(|st| st.after_rows);
             if !now.is_empty() {
@@ -109,15 +112,34 @@ impl Watcher {
         Ok((recorded, deferred, new))
     }
 
-    /// Stores `new` as `target`'s catalog snapshot; returns the DDL from the previous one,
-    /// with the columns it adds with a default (`None` when there was no previous one, or
-    /// nothing changed).
+    /// Records what `catalog` shows of `target`'s excluded columns; returns them all.
+    async fn exclusions(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        target: &str,
+        catalog: &Catalog,
+    ) -> Result<Exclusions, StepError> {
+        let configured = self
+            .config
+            .targets
+            .get(target)
+            .map(|t| t.exclude_columns.clone())
+            .unwrap_or_default();
+        Exclusions::record(tx, &self.schema, target, &configured, catalog)
+            .await
+            .map_err(StepError::db("recording the excluded columns"))
+    }
+
+    /// Stores `new` as `target`'s catalog snapshot; returns the DDL from the previous one
+    /// (both without the `excluded` columns), with the columns it adds with a default
+    /// (`None` when there was no previous one, or nothing changed).
     async fn advance(
         &mut self,
         tx: &tokio_postgres::Transaction<'_>,
         target: &str,
         new: &Catalog,
         names: &SchemaMap,
+        excluded: &Exclusions,
     ) -> Result<Option<(Vec<Statement>, AddedColumns)>, StepError> {
         let s = &self.schema;
         self.schemas.insert(target.to_string(), new.schemas());
@@ -139,14 +161,18 @@ impl Watcher {
         if old.as_ref() == Some(new) {
             return Ok(None);
         }
+        // Snapshots are stored whole: a column excluded later (by taking an excluded
+        // name) leaves both sides of the diff.
         let statements = old.map(|old| {
+            let (old, new) = (excluded.strip(&old), excluded.strip(new));
+            let (old, new) = (&old, &new);
             let mut all = old.tables.clone();
             all.extend(new.tables.iter().cloned());
             let map = SchemaMap {
                 replicated: SchemaMap::new(None, &all).replicated,
                 ..names.clone()
             };
-            (diff(&old, new, &map), added_with_default(&old, new))
+            (diff(old, new, &map), added_with_default(old, new))
         });
         let json = serde_json::to_string(new).map_err(|e| StepError::Fatal(e.to_string()))?;
         tx.execute(
@@ -268,8 +294,9 @@ impl Watcher {
             let tx = client.transaction().await.map_err(StepError::db("begin"))?;
             for (target, expr, names) in self.targets.clone() {
                 let new = full.restrict(&expr);
+                let excluded = self.exclusions(&tx, &target, &new).await?;
                 let (mut statements, added) = self
-                    .advance(&tx, &target, &new, &names)
+                    .advance(&tx, &target, &new, &names, &excluded)
                     .await?
                     .unwrap_or_default();
                 statements.sort_by_key(|st| st.after_rows);

@@ -201,6 +201,43 @@ impl Table {
         self.primary_key.as_deref().or(self.unique_key.as_deref())
     }
 
+    /// Removes the columns with attribute numbers in `attnums`, the generated columns
+    /// computed from them, and the indexes and constraints that mention any of them.
+    /// Returns the columns removed (the generated ones too: their values derive from the
+    /// removed ones).
+    pub fn remove_columns(&mut self, attnums: &std::collections::BTreeSet<i16>) -> Vec<Column> {
+        let mut removed: Vec<Column> = Vec::new();
+        self.columns.retain(|c| {
+            let out = attnums.contains(&c.attnum);
+            if out {
+                removed.push(c.clone());
+            }
+            !out
+        });
+        if removed.is_empty() {
+            return removed;
+        }
+        let names: Vec<String> = removed.iter().map(|c| c.name.clone()).collect();
+        self.columns.retain(|c| {
+            let derived = c.generated
+                && c.expression
+                    .as_deref()
+                    .is_some_and(|e| names.iter().any(|n| mentions(e, n)));
+            if derived {
+                removed.push(c.clone());
+            }
+            !derived
+        });
+        let names: Vec<String> = removed.iter().map(|c| c.name.clone()).collect();
+        let any = |text: &str| names.iter().any(|n| mentions(text, n));
+        self.indexes.retain(|i| match &i.columns {
+            Some(cols) => !cols.iter().any(|c| names.contains(c)),
+            None => !any(&i.definition),
+        });
+        self.constraints.retain(|c| !any(&c.definition));
+        removed
+    }
+
     /// Columns the applier and the loader write (generated ones excluded).
     pub fn writable_columns(&self) -> Vec<String> {
         self.columns
@@ -223,6 +260,24 @@ pub fn quote_ident(name: &str) -> String {
     }
     out.push('"');
     out
+}
+
+/// Whether SQL text (an expression or definition as PostgreSQL prints it) mentions the
+/// identifier `name`: quoted, or bare with no identifier character on either side. May
+/// say yes for a string literal or another object's identifier of that spelling.
+pub fn mentions(text: &str, name: &str) -> bool {
+    if name.is_empty() {
+        return false;
+    }
+    if text.contains(&quote_ident(name)) {
+        return true;
+    }
+    let ident = |c: char| c.is_alphanumeric() || c == '_' || c == '$';
+    text.match_indices(name).any(|(at, _)| {
+        let before = text[..at].chars().next_back();
+        let after = text[at + name.len()..].chars().next();
+        !before.is_some_and(ident) && !after.is_some_and(ident)
+    })
 }
 
 /// `"schema"."name"`.
@@ -273,5 +328,93 @@ mod tests {
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
         assert_eq!(qualified("s", "t"), "\"s\".\"t\"");
         assert_eq!(quote_literal("it's"), "'it''s'");
+    }
+
+    fn col(attnum: i16, name: &str, generated: Option<&str>) -> Column {
+        Column {
+            attnum,
+            name: name.into(),
+            type_name: "text".into(),
+            type_ref: TypeRef::Builtin("text".into()),
+            not_null: false,
+            generated: generated.is_some(),
+            expression: generated.map(String::from),
+            identity: None,
+            sequence: None,
+            text_form: false,
+        }
+    }
+
+    #[test]
+    fn mentions_finds_whole_identifiers_only() {
+        assert!(mentions("CHECK ((secret <> 'x'::text))", "secret"));
+        assert!(mentions("upper(\"Secret Col\")", "Secret Col"));
+        assert!(!mentions("CHECK ((secrets <> ''::text))", "secret"));
+        assert!(!mentions("CHECK ((my_secret <> ''::text))", "secret"));
+        assert!(mentions("(a + b)", "a"));
+        assert!(!mentions("(ab + ba)", "a"));
+    }
+
+    #[test]
+    fn removing_a_column_takes_what_derives_from_it() {
+        let mut t = Table {
+            oid: 1,
+            schema: "app".into(),
+            name: "p".into(),
+            columns: vec![
+                col(1, "id", None),
+                col(2, "secret", None),
+                col(3, "h", Some("md5(secret)")),
+                col(4, "note", None),
+                col(5, "n2", Some("upper(note)")),
+            ],
+            primary_key: Some(vec!["id".into()]),
+            unique_key: None,
+            indexes: vec![
+                Index {
+                    name: "p_secret".into(),
+                    unique: false,
+                    method: "btree".into(),
+                    columns: Some(vec!["secret".into()]),
+                    definition: "CREATE INDEX p_secret ON app.p USING btree (secret)".into(),
+                },
+                Index {
+                    name: "p_h".into(),
+                    unique: false,
+                    method: "btree".into(),
+                    columns: None,
+                    definition: "CREATE INDEX p_h ON app.p USING btree (lower(h))".into(),
+                },
+                Index {
+                    name: "p_note".into(),
+                    unique: false,
+                    method: "btree".into(),
+                    columns: Some(vec!["note".into()]),
+                    definition: "CREATE INDEX p_note ON app.p USING btree (note)".into(),
+                },
+            ],
+            constraints: vec![
+                Constraint {
+                    name: "c1".into(),
+                    kind: 'c',
+                    definition: "CHECK ((secret <> ''::text))".into(),
+                },
+                Constraint {
+                    name: "c2".into(),
+                    kind: 'c',
+                    definition: "CHECK ((note <> ''::text))".into(),
+                },
+            ],
+        };
+        let removed = t.remove_columns(&[2].into_iter().collect());
+        let names: Vec<&str> = removed.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["secret", "h"]);
+        let left: Vec<&str> = t.columns.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(left, ["id", "note", "n2"]);
+        let idx: Vec<&str> = t.indexes.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(idx, ["p_note"]);
+        assert_eq!(t.constraints.len(), 1);
+        assert_eq!(t.constraints[0].name, "c2");
+        assert!(t.remove_columns(&[9].into_iter().collect()).is_empty());
     }
 }

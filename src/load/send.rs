@@ -250,29 +250,6 @@ struct Job {
     only: bool,
 }
 
-/// Leaves `excluded` columns out of a table the load creates and copies, with the indexes,
-/// constraints and generated columns that mention them (by name in their definition).
-fn exclude_columns(t: &mut ddlwatcher::Table, excluded: &[String]) {
-    if excluded.is_empty() {
-        return;
-    }
-    let mentions = |text: &str| {
-        excluded
-            .iter()
-            .any(|c| text.contains(c.as_str()) || text.contains(&quote_ident(c)))
-    };
-    t.columns.retain(|c| {
-        let named = excluded.contains(&c.name);
-        let derived = c.generated && c.expression.as_deref().is_some_and(mentions);
-        !(named || derived)
-    });
-    t.indexes.retain(|i| match &i.columns {
-        Some(cols) => !cols.iter().any(|c| excluded.contains(c)),
-        None => !mentions(&i.definition),
-    });
-    t.constraints.retain(|c| !mentions(&c.definition));
-}
-
 /// Runs the initial load of `opts.target`; resumable by running it again.
 pub async fn run(config: &Config, opts: LoadOptions) -> Result<Summary, LoadError> {
     let started = Instant::now();
@@ -289,10 +266,21 @@ pub async fn run(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErro
         .get(&opts.target)
         .cloned()
         .unwrap_or_default();
-    let (mut tables, types) = (catalog.tables, catalog.types);
-    for t in &mut tables {
-        exclude_columns(t, target.excluded(&t.schema, &t.name));
-    }
+    // Excluded columns (recorded by number at install) are left out of the tables the
+    // load creates and copies, with the indexes, constraints and generated columns on them.
+    let excluded = crate::exclusion::Exclusions::read(
+        &client,
+        &quote_ident(&config.internal_schema),
+        &opts.target,
+        &target.exclude_columns,
+    )
+    .await
+    .map_err(|source| LoadError::Source {
+        context: "reading the excluded columns".into(),
+        source,
+    })?;
+    let catalog = excluded.strip(&catalog);
+    let (tables, types) = (catalog.tables, catalog.types);
     // Renamed tables travel under their destination name (the source keeps its own for
     // the COPY); the target applies apply_schema itself.
     let names = ddlwatcher::SchemaMap::default().with_renames(target.renames());
