@@ -37,7 +37,7 @@ YML
 python3 - "$WORK" <<'PY'
 import sys
 for name, path in (("v1", "sql/source_001_queue.sql"), ("v3", "sql/source_003_capture.sql"),
-                   ("current", "sql/source_009_partitions.sql")):
+                   ("current", "sql/source_011_partition_maintenance.sql")):
     s = open(path).read()
     i = s.index("create or replace function capture_row()")
     j = s.index("$$;", i) + 3

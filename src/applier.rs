@@ -125,6 +125,9 @@ enum Kind {
     /// TRUNCATE of the run's tables, in one statement (foreign keys between them allow
     /// nothing else).
     Truncate,
+    /// TRUNCATE of one partition: DELETE of the rows matching its constraint, one event
+    /// per statement.
+    DeleteWhere,
     /// UPDATE or DELETE of a table without any key: exactly one row equal to the old row
     /// image, one event per statement.
     RowIdentity,
@@ -801,6 +804,10 @@ impl Applier {
                 // Asked inside the step: a pending version may create the table first.
                 ddl.run(tx, || async {
                     let tolerate = self.tolerates_missing(tx, kind, &table).await?;
+                    if kind == Kind::DeleteWhere {
+                        let apply_schema = batch.apply_schema.as_deref();
+                        return delete_where(tx, meta, &table, run, apply_schema).await;
+                    }
                     apply_run(tx, kind, meta, cols, &table, run, tolerate).await
                 })
                 .await?;
@@ -910,7 +917,10 @@ fn plan_runs(
                     && (row_event || e.op == Op::Truncate)
                     && first.op != Op::Schema
                     && first.op != Op::Sequences
-                    && !matches!(kind, Kind::UpdateKey | Kind::RowIdentity)
+                    && !matches!(
+                        kind,
+                        Kind::UpdateKey | Kind::RowIdentity | Kind::DeleteWhere
+                    )
                     && (first.table == e.table || kind == Kind::Truncate)
                     && kind_of(
                         first,
@@ -1300,11 +1310,61 @@ fn kind_of(e: &Event, keyless: bool) -> Kind {
         Op::Update | Op::Delete if keyless => Kind::RowIdentity,
         Op::Update if e.key.is_some() => Kind::UpdateKey,
         Op::Update => Kind::Update,
+        Op::Truncate if e.data.is_some() => Kind::DeleteWhere,
         Op::Truncate => Kind::Truncate,
         Op::Sequences => Kind::Delete, // handled before, never a run
         // Schema events never form runs (handled before); Delete is a harmless stand-in.
         Op::Delete | Op::Schema => Kind::Delete,
     }
+}
+
+/// Applies a run of partitions' TRUNCATEs: the rows matching each one's condition go.
+async fn delete_where(
+    tx: &deadpool_postgres::Transaction<'_>,
+    meta: &TableMeta,
+    table: &str,
+    events: &[&Event],
+    apply_schema: Option<&str>,
+) -> Result<(), ApplyError> {
+    let context = format!(
+        "deleting the rows of {} truncated partition(s) from {table}",
+        events.len()
+    );
+    for e in events {
+        let sql = delete_where_sql(e, table, meta, apply_schema)?;
+        // One statement (extended protocol), whatever the condition holds.
+        let n = tx.execute(&sql, &[]).await.map_err(pg(&context))?;
+        tracing::debug!(table, rows = n, "rows of a truncated partition deleted");
+    }
+    Ok(())
+}
+
+/// The DELETE for a partition's TRUNCATE (`data`: `{"where": condition}`), the condition
+/// checked to be one SQL condition and re-targeted to `apply_schema` (it may name the
+/// source's types).
+fn delete_where_sql(
+    e: &Event,
+    table: &str,
+    meta: &TableMeta,
+    apply_schema: Option<&str>,
+) -> Result<String, ApplyError> {
+    let bad = |why: String| ApplyError::BadRequest {
+        message: format!("event {} (a partition's truncate of {table}): {why}", e.id),
+    };
+    #[derive(serde::Deserialize)]
+    struct Where {
+        #[serde(rename = "where")]
+        condition: String,
+    }
+    let w: Where = serde_json::from_str(e.data.as_deref().map_or("null", |d| d.get()))
+        .map_err(|err| bad(format!("not {{\"where\": text}}: {err}")))?;
+    let map = ddlwatcher::SchemaMap {
+        apply_schema: apply_schema.map(String::from),
+        replicated: [meta.schema.clone()].into(),
+        tables: Default::default(),
+    };
+    ddlwatcher::retarget::delete_where(table, &w.condition, &map)
+        .map_err(|err| bad(err.to_string()))
 }
 
 fn payload_len(e: &Event) -> usize {
@@ -1377,6 +1437,7 @@ async fn apply_run(
                 .await
                 .map_err(pg(&context))?;
         }
+        Kind::DeleteWhere => unreachable!("applied by delete_where()"),
         Kind::RowIdentity => {
             let e = events[0];
             if meta.soft_delete_column.is_some() || meta.synced_at_column.is_some() {

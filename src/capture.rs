@@ -20,6 +20,10 @@ pub const SOURCE_SQL: &[(i32, &str)] = &[
     (8, include_str!("../sql/source_008_mirrors.sql")),
     (9, include_str!("../sql/source_009_partitions.sql")),
     (10, include_str!("../sql/source_010_excluded_columns.sql")),
+    (
+        11,
+        include_str!("../sql/source_011_partition_maintenance.sql"),
+    ),
 ];
 
 /// Registers a target (mirror) in `target_state`, state SETUP, its batches starting after

@@ -177,6 +177,7 @@ mod tests {
             unique_key: None,
             indexes: vec![],
             constraints: vec![],
+            partitions: vec![],
         }
     }
 

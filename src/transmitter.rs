@@ -391,7 +391,8 @@ impl Transmitter {
                     }
                 }
             };
-            let excluded: &[String] = if op.is_stream_wide() {
+            // A truncate's data is a partition's condition, not a row image.
+            let excluded: &[String] = if op.is_stream_wide() || op == wire::Op::Truncate {
                 &[]
             } else {
                 &tables.excluded[table as usize]

@@ -97,7 +97,8 @@ impl Watcher {
         let excluded = self.exclusions(&tx, target, &new).await?;
         let mut recorded = false;
         let mut deferred = Vec::new();
-        if let Some((statements, added)) = self.advance(&tx, target, &new, names, &excluded).await?
+        if let Some((statements, added, gone)) =
+            self.advance(&tx, target, &new, names, &excluded).await?
         {
             let (later, now): (Vec<_>, Vec<_>) =
                 statements.into_iter().partition(|st| st.after_rows);
@@ -105,6 +106,7 @@ impl Watcher {
                 record_version(&tx, &self.schema, target, None, &now).await?;
                 recorded = true;
             }
+            self.resync_partitions(&tx, &gone).await?;
             self.backfill(&tx, added).await?;
             deferred = later;
         }
@@ -140,7 +142,7 @@ impl Watcher {
         new: &Catalog,
         names: &SchemaMap,
         excluded: &Exclusions,
-    ) -> Result<Option<(Vec<Statement>, AddedColumns)>, StepError> {
+    ) -> Result<Option<(Vec<Statement>, AddedColumns, GonePartitions)>, StepError> {
         let s = &self.schema;
         self.schemas.insert(target.to_string(), new.schemas());
         let old = tx
@@ -172,7 +174,14 @@ impl Watcher {
                 replicated: SchemaMap::new(None, &all).replicated,
                 ..names.clone()
             };
-            (diff(old, new, &map), added_with_default(old, new))
+            let gone = ddlwatcher::diff::partitions_gone(old, new)
+                .into_iter()
+                .filter_map(|(t, p)| {
+                    let now = new.tables.iter().find(|n| n.oid == t.oid)?;
+                    Some((now.clone(), p.clone()))
+                })
+                .collect();
+            (diff(old, new, &map), added_with_default(old, new), gone)
         });
         let json = serde_json::to_string(new).map_err(|e| StepError::Fatal(e.to_string()))?;
         tx.execute(
@@ -185,6 +194,48 @@ impl Watcher {
         .await
         .map_err(StepError::db("storing the catalog snapshot"))?;
         Ok(statements)
+    }
+
+    /// Diffing mode: queues again, after the schema event that deletes the rows of partitions
+    /// gone from a partitioned table (by the partition's constraint), the rows that table
+    /// holds now in that range — those a default partition took after a DETACH, before this
+    /// look; none else. Under a SHARE lock on the table, so no write falls in between; only
+    /// rows of partitions whose rows are on the target (known ones).
+    async fn resync_partitions(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        gone: &GonePartitions,
+    ) -> Result<(), StepError> {
+        let s = &self.schema;
+        for (table, partition) in gone {
+            let what = format!(
+                "queueing the rows of {} that partition {}.{} left",
+                table.qualified(),
+                partition.schema,
+                partition.name
+            );
+            tx.batch_execute(&format!("lock table {} in share mode", table.qualified()))
+                .await
+                .map_err(StepError::db(what.clone()))?;
+            let json = serde_json::to_string(table).map_err(|e| StepError::Fatal(e.to_string()))?;
+            let filter = format!(
+                "({}) and pgteleport_row.tableoid in (select k.relid from {s}.known_partition k)",
+                partition.constraint
+            );
+            let n: i64 = tx
+                .query_one(
+                    &format!("select {s}.queue_rows($1, $2, $3, $1, {s}.capture_args($4::text::jsonb), $5)"),
+                    &[&table.oid, &table.schema, &table.name, &json, &filter],
+                )
+                .await
+                .map_err(StepError::db(what))?
+                .get(0);
+            if n > 0 {
+                tracing::info!(table = %table.qualified(), partition = %partition.name, rows = n,
+                    "queued again the rows another partition holds in the range of a partition gone");
+            }
+        }
+        Ok(())
     }
 
     /// Queues, after the schema event just recorded, an update of every existing row with
@@ -295,7 +346,8 @@ impl Watcher {
             for (target, expr, names) in self.targets.clone() {
                 let new = full.restrict(&expr);
                 let excluded = self.exclusions(&tx, &target, &new).await?;
-                let (mut statements, added) = self
+                // The schema event is at the DDL's place: no partition's rows to re-queue.
+                let (mut statements, added, _) = self
                     .advance(&tx, &target, &new, &names, &excluded)
                     .await?
                     .unwrap_or_default();
@@ -318,6 +370,9 @@ impl Watcher {
         Ok(Some(latest))
     }
 }
+
+/// Partitions detached or dropped: the partitioned table (in the new catalog), the partition.
+type GonePartitions = Vec<(ddlwatcher::Table, ddlwatcher::Partition)>;
 
 /// Columns a diff adds with a default, per table of the new catalog.
 type AddedColumns = Vec<(ddlwatcher::Table, Vec<ddlwatcher::catalog::Column>)>;

@@ -81,6 +81,21 @@ pub struct Table {
     /// are kept apart).
     #[serde(default)]
     pub constraints: Vec<Constraint>,
+    /// A partitioned table's leaf partitions (those that hold its rows), at any depth.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partitions: Vec<Partition>,
+}
+
+/// A leaf partition of a partitioned table: not a table of the model (its rows are the
+/// partitioned table's), but its rows leave with it when it is detached or dropped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Partition {
+    pub oid: u32,
+    pub schema: String,
+    pub name: String,
+    /// `pg_get_partition_constraintdef`: the condition its rows meet, its ancestors' with
+    /// its own, on the partitioned table's columns.
+    pub constraint: String,
 }
 
 /// A function or procedure in a replicated schema.
@@ -405,6 +420,7 @@ mod tests {
                     definition: "CHECK ((note <> ''::text))".into(),
                 },
             ],
+            partitions: vec![],
         };
         let removed = t.remove_columns(&[2].into_iter().collect());
         let names: Vec<&str> = removed.iter().map(|c| c.name.as_str()).collect();

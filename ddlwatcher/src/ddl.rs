@@ -295,6 +295,7 @@ mod tests {
             primary_key: Some(vec!["id".into()]),
             unique_key: None,
             constraints: vec![],
+            partitions: vec![],
             indexes: vec![Index {
                 name: "t_qty".into(),
                 unique: false,

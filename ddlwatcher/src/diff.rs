@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{qualified, quote_ident, quote_literal, Column, Table, TypeDef, TypeKind};
+use crate::catalog::{
+    qualified, quote_ident, quote_literal, Column, Partition, Table, TypeDef, TypeKind,
+};
 use crate::ddl::{self, type_sql, SchemaMap};
 
 /// A snapshot of the replicated part of the source catalog.
@@ -84,6 +86,37 @@ fn type_keyword(kind: &TypeKind) -> &'static str {
     }
 }
 
+/// The leaf partitions of a partitioned table in both catalogs that `new` no longer has:
+/// (the table in `old`, the partition).
+pub fn partitions_gone<'a>(old: &'a Catalog, new: &Catalog) -> Vec<(&'a Table, &'a Partition)> {
+    let now: BTreeMap<u32, &Table> = new.tables.iter().map(|t| (t.oid, t)).collect();
+    old.tables
+        .iter()
+        .filter_map(|o| Some((o, now.get(&o.oid)?)))
+        .flat_map(|(o, n)| {
+            o.partitions
+                .iter()
+                .filter(|p| !n.partitions.iter().any(|q| q.oid == p.oid))
+                .map(move |p| (o, p))
+        })
+        .collect()
+}
+
+/// `DELETE`s of the rows of partitions gone (see [`partitions_gone`]) from their
+/// partitioned table on the target, by the partition's constraint.
+fn partition_deletes(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
+    partitions_gone(old, new)
+        .into_iter()
+        .map(|(t, p)| {
+            Statement::tx(format!(
+                "delete from {} where {}",
+                map.table(&t.schema, &t.name),
+                p.constraint
+            ))
+        })
+        .collect()
+}
+
 /// The statements that make a target holding `old` hold `new`.
 pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
     let mut out = Vec::new();
@@ -95,6 +128,10 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
         old.sequences.iter().map(|q| (q.oid, q)).collect();
     let new_seq: BTreeMap<u32, &crate::catalog::Sequence> =
         new.sequences.iter().map(|q| (q.oid, q)).collect();
+
+    // Partitions detached or dropped take their rows out of the partitioned table: first,
+    // while the target still has the old shape that the old constraint names.
+    out.extend(partition_deletes(old, new, map));
 
     // Schemas of new objects.
     let known: BTreeSet<&str> = old
@@ -525,6 +562,7 @@ mod tests {
             unique_key: None,
             indexes: vec![],
             constraints: vec![],
+            partitions: vec![],
         }
     }
 
@@ -535,6 +573,41 @@ mod tests {
             tables: Default::default(),
         };
         diff(old, new, &map).into_iter().map(|s| s.sql).collect()
+    }
+
+    #[test]
+    fn partitions_gone_delete_their_rows_first() {
+        let part = |oid: u32, name: &str, mood: &str| Partition {
+            oid,
+            schema: "app".into(),
+            name: name.into(),
+            constraint: format!("((m IS NOT NULL) AND (m = '{mood}'::app.mood))"),
+        };
+        let with = |parts: Vec<Partition>, cols: Vec<Column>| Catalog {
+            tables: vec![Table {
+                partitions: parts,
+                ..table(1, "p", cols)
+            }],
+            ..Default::default()
+        };
+        let old = with(
+            vec![part(10, "p_a", "a"), part(11, "p_b", "b")],
+            vec![col(1, "id", "integer")],
+        );
+        // p_b detached or dropped, a column added in the same look.
+        let new = with(
+            vec![part(10, "p_a", "a"), part(12, "p_c", "c")],
+            vec![col(1, "id", "integer"), col(2, "n", "integer")],
+        );
+        let out = sqls(&old, &new);
+        assert_eq!(
+            out[0], "DELETE FROM copy.p WHERE m IS NOT NULL AND m = 'b'::copy.mood",
+            "{out:?}"
+        );
+        assert_eq!(out.len(), 2, "{out:?}");
+        // The partitioned table dropped with its partitions: nothing to delete.
+        let gone = Catalog::default();
+        assert!(!sqls(&old, &gone).iter().any(|s| s.starts_with("DELETE")));
     }
 
     #[test]

@@ -15,7 +15,8 @@ pub mod snapshot;
 
 pub use catalog::{
     base_type_sql, key_index_sql, mentions, qualified, quote_ident, quote_literal, Column,
-    Constraint, Function, Index, Sequence, Table, TypeDef, TypeKind, TypeRef, View, FIRST_USER_OID,
+    Constraint, Function, Index, Partition, Sequence, Table, TypeDef, TypeKind, TypeRef, View,
+    FIRST_USER_OID,
 };
 pub use ddl::SchemaMap;
 pub use diff::{diff, Catalog, Statement};

@@ -69,6 +69,40 @@ pub fn expression(expr: &str, map: &SchemaMap) -> Result<String, RetargetError> 
         })
 }
 
+/// A `DELETE FROM table WHERE condition` for text that must be one SQL condition (a
+/// partition's constraint, received from the source): parsed, refused unless it is one
+/// statement with that shape, and re-targeted.
+pub fn delete_where(
+    table: &str,
+    condition: &str,
+    map: &SchemaMap,
+) -> Result<String, RetargetError> {
+    let sql = format!("DELETE FROM {table} WHERE ({condition})");
+    let parsed = pg_query::parse(&sql).map_err(|e| RetargetError::Parse {
+        sql: sql.clone(),
+        message: e.to_string(),
+    })?;
+    let one_delete = parsed.protobuf.stmts.len() == 1
+        && matches!(
+            parsed.protobuf.stmts[0].stmt.as_ref().and_then(|n| n.node.as_ref()),
+            Some(NodeEnum::DeleteStmt(d)) if d.using_clause.is_empty() && d.returning_list.is_empty() && d.with_clause.is_none()
+        );
+    if !one_delete {
+        return Err(RetargetError::Parse {
+            sql,
+            message: "not one condition".into(),
+        });
+    }
+    if map.is_identity() {
+        return Ok(sql);
+    }
+    // The table's name is the target's already: only the condition is re-targeted.
+    Ok(format!(
+        "DELETE FROM {table} WHERE {}",
+        expression(condition, map)?
+    ))
+}
+
 type Walk = Result<(), String>;
 
 fn walk(node: &mut protobuf::Node, map: &SchemaMap) -> Walk {
@@ -445,6 +479,30 @@ mod tests {
             apply_schema: Some("mirror".into()),
             replicated: ["app".to_string()].into(),
             tables: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_partition_condition_becomes_one_delete_and_nothing_else() {
+        let c = "((m IS NOT NULL) AND (m = 'a'::app.mood))";
+        assert_eq!(
+            delete_where("\"mirror\".\"p\"", c, &map()).unwrap(),
+            "DELETE FROM \"mirror\".\"p\" WHERE m IS NOT NULL AND m = 'a'::mirror.mood"
+        );
+        assert_eq!(
+            delete_where("\"app\".\"p\"", "(k >= 1)", &SchemaMap::default()).unwrap(),
+            "DELETE FROM \"app\".\"p\" WHERE ((k >= 1))"
+        );
+        for bad in [
+            "true); drop table app.p; select (1",
+            "true) returning *, (1",
+            "k > 1) using app.q where (true",
+            "",
+        ] {
+            assert!(
+                delete_where("\"app\".\"p\"", bad, &SchemaMap::default()).is_err(),
+                "{bad}"
+            );
         }
     }
 

@@ -122,7 +122,14 @@ fn build_sql() -> String {
                                        'name', k.conname::text, 'kind', k.contype::text,
                                        'definition', pg_catalog.pg_get_constraintdef(k.oid)) order by k.conname::text)
                                        from pg_catalog.pg_constraint k
-                                      where k.conrelid = r.oid and k.contype in ('f', 'u', 'c', 'x')), '[]'))",
+                                      where k.conrelid = r.oid and k.contype in ('f', 'u', 'c', 'x')), '[]'),
+            'partitions', coalesce((select json_agg(json_build_object(
+                                      'oid', pt.relid::int8, 'schema', pn.nspname::text, 'name', pc.relname::text,
+                                      'constraint', pg_catalog.pg_get_partition_constraintdef(pt.relid)) order by pt.relid)
+                                      from pg_catalog.pg_partition_tree(r.oid) pt
+                                      join pg_catalog.pg_class pc on pc.oid = pt.relid
+                                      join pg_catalog.pg_namespace pn on pn.oid = pc.relnamespace
+                                     where pt.isleaf and pt.relid <> r.oid), '[]'))",
         pk = index_columns_json(
             "(select i.indexrelid from pg_catalog.pg_index i where i.indrelid = r.oid and i.indisprimary)"
         ),
@@ -396,6 +403,7 @@ mod tests {
             unique_key: None,
             indexes: vec![],
             constraints: vec![],
+            partitions: vec![],
         }
     }
 
