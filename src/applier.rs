@@ -111,7 +111,15 @@ pub struct Applier {
     extra_columns: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Column types of target tables by `schema version/table` (a schema change makes a
     /// new key), for runs applied from text arrays.
-    column_types: std::sync::Mutex<HashMap<String, std::sync::Arc<HashMap<String, String>>>>,
+    column_types: std::sync::Mutex<HashMap<String, std::sync::Arc<TargetColumns>>>,
+}
+
+/// What the applier needs of a target table's columns, read once per schema version.
+struct TargetColumns {
+    /// Column → its type, `schema.name` quoted.
+    types: HashMap<String, String>,
+    /// Identity columns `GENERATED ALWAYS`.
+    identity_always: Vec<String>,
 }
 
 /// A run of consecutive events applied by one statement.
@@ -562,7 +570,7 @@ impl Applier {
         tx: &deadpool_postgres::Transaction<'_>,
         version: i64,
         table: &str,
-    ) -> Result<Option<std::sync::Arc<HashMap<String, String>>>, ApplyError> {
+    ) -> Result<Option<std::sync::Arc<TargetColumns>>, ApplyError> {
         let key = format!("{version}/{table}");
         if let Some(t) = self
             .column_types
@@ -574,7 +582,7 @@ impl Applier {
         }
         let rows = tx
             .query(
-                "select a.attname::text, format('%I.%I', n.nspname, t.typname)
+                "select a.attname::text, format('%I.%I', n.nspname, t.typname), a.attidentity = 'a'
                    from pg_catalog.pg_attribute a
                    join pg_catalog.pg_type t on t.oid = a.atttypid
                    join pg_catalog.pg_namespace n on n.oid = t.typnamespace
@@ -586,8 +594,14 @@ impl Applier {
         if rows.is_empty() {
             return Ok(None);
         }
-        let types: std::sync::Arc<HashMap<String, String>> =
-            std::sync::Arc::new(rows.iter().map(|r| (r.get(0), r.get(1))).collect());
+        let types = std::sync::Arc::new(TargetColumns {
+            types: rows.iter().map(|r| (r.get(0), r.get(1))).collect(),
+            identity_always: rows
+                .iter()
+                .filter(|r| r.get::<_, bool>(2))
+                .map(|r| r.get(0))
+                .collect(),
+        });
         if let Ok(mut c) = self.column_types.lock() {
             if c.len() > 4096 {
                 c.clear();
@@ -773,6 +787,31 @@ impl Applier {
                 qualified(schema, &meta.name)
             };
             let cols = &columns[indexes[0]];
+            let target_columns = if matches!(kind, Kind::Update | Kind::UpdateKey)
+                || kind == Kind::Insert
+                    && meta.json_columns.is_empty()
+                    && meta.soft_delete_column.is_none()
+                    && meta.synced_at_column.is_none()
+            {
+                self.column_types(tx, ddl.applied, &table).await?
+            } else {
+                None
+            };
+            // An update that names an identity column GENERATED ALWAYS on the target.
+            let with_identity;
+            let meta = match &target_columns {
+                Some(t)
+                    if matches!(kind, Kind::Update | Kind::UpdateKey)
+                        && t.identity_always.iter().any(|c| cols.contains(c)) =>
+                {
+                    with_identity = TableMeta {
+                        identity_always: t.identity_always.clone(),
+                        ..meta.clone()
+                    };
+                    &with_identity
+                }
+                _ => meta,
+            };
             if pipelined {
                 let tolerate = self.tolerates_missing(tx, kind, &table).await?;
                 let arrays = if matches!(kind, Kind::Insert | Kind::Update)
@@ -780,9 +819,9 @@ impl Applier {
                     && meta.soft_delete_column.is_none()
                     && meta.synced_at_column.is_none()
                 {
-                    match self.column_types(tx, ddl.applied, &table).await? {
-                        Some(types) => {
-                            SetRun::prepare_arrays(tx, kind, meta, cols, &table, run, &types)
+                    match &target_columns {
+                        Some(t) => {
+                            SetRun::prepare_arrays(tx, kind, meta, cols, &table, run, &t.types)
                                 .await?
                         }
                         None => None,
@@ -1582,7 +1621,7 @@ fn insert_sql(meta: &TableMeta, columns: &[String], table: &str) -> String {
 fn update_sql(meta: &TableMeta, columns: &[String], table: &str) -> Option<String> {
     let set: Vec<String> = columns
         .iter()
-        .filter(|c| !meta.key.contains(c))
+        .filter(|c| !meta.key.contains(c) && !meta.identity_always.contains(c))
         .map(|c| {
             format!(
                 "{} = {}",
@@ -1600,12 +1639,25 @@ fn update_sql(meta: &TableMeta, columns: &[String], table: &str) -> Option<Strin
                       from (select * from json_array_elements($1::text::json) with ordinality limit $2) as e(j, n),
                            json_populate_record(null::{table}, e.j) as r
                      order by {rkey}, e.n desc),
-              u as (update {table} as t set {set}{synced} from r where {cond} returning 1)
+              u as (update {table} as t set {set}{synced} from r where {cond}{same} returning 1)
          select (select count(*) from r), (select count(*) from u)",
         set = set.join(", "),
         synced = synced_at_set(meta),
         cond = key_match(&meta.key, "t", "r"),
+        same = identity_unchanged(meta, columns, "r"),
     ))
+}
+
+/// ` and t."c" is not distinct from r."c"` for each identity column `GENERATED ALWAYS` on
+/// the target among `columns`: no UPDATE may set it, so the row must already hold the
+/// source's value — a row whose value changed on the source (`SET c = DEFAULT`) does not
+/// match, and the run fails as diverged rather than leaving the old value in place.
+fn identity_unchanged(meta: &TableMeta, columns: &[String], r: &str) -> String {
+    meta.identity_always
+        .iter()
+        .filter(|c| columns.contains(c) && !meta.key.contains(c))
+        .map(|c| format!(" and t.{0} is not distinct from {r}.{0}", quote_ident(c)))
+        .collect()
 }
 
 /// `unnest($1::text[], …) as u(c0, …)` over `n` columns, and each column cast to its
@@ -1644,19 +1696,28 @@ fn update_arrays_sql(
 ) -> Option<String> {
     let keys: Vec<usize> = key_positions(meta, columns)?;
     let (from, casts) = unnest_arrays(tys);
+    let identity = |c: &String| meta.identity_always.contains(c);
     let set: Vec<String> = columns
         .iter()
         .enumerate()
-        .filter(|(i, _)| !keys.contains(i))
+        .filter(|(i, c)| !keys.contains(i) && !identity(c))
         .map(|(i, c)| format!("{} = {}", quote_ident(c), casts[i]))
         .collect();
     if set.is_empty() || keys.is_empty() {
         return None;
     }
-    let cond: Vec<String> = keys
+    let mut cond: Vec<String> = keys
         .iter()
         .map(|&i| format!("t.{} = {}", quote_ident(&columns[i]), casts[i]))
         .collect();
+    // See identity_unchanged().
+    cond.extend(
+        columns
+            .iter()
+            .enumerate()
+            .filter(|(i, c)| !keys.contains(i) && identity(c))
+            .map(|(i, c)| format!("t.{} is not distinct from {}", quote_ident(c), casts[i])),
+    );
     Some(format!(
         "with upd as (update {table} as t set {set} from {from} where {cond} returning 1)
          select ${n}::pg_catalog.int8, count(*) from upd",
@@ -1708,6 +1769,7 @@ fn last_per_key(arrays: Arrays, key: &[usize]) -> Arrays {
 fn update_key_sql(meta: &TableMeta, columns: &[String], table: &str) -> String {
     let set: Vec<String> = columns
         .iter()
+        .filter(|c| !meta.identity_always.contains(c) || meta.key.contains(c))
         .map(|c| {
             format!(
                 "{} = {}",
@@ -1720,10 +1782,11 @@ fn update_key_sql(meta: &TableMeta, columns: &[String], table: &str) -> String {
         "update {table} as t set {set}{synced}
            from json_populate_record(null::{table}, $1::text::json) as r,
                 json_populate_record(null::{table}, $2::text::json) as k
-          where {cond}",
+          where {cond}{same}",
         set = set.join(", "),
         synced = synced_at_set(meta),
         cond = key_match(&meta.key, "t", "k"),
+        same = identity_unchanged(meta, columns, "r"),
     )
 }
 
@@ -1783,6 +1846,7 @@ mod tests {
             columns: vec!["order".into(), "line".into(), "qty".into()],
             generated: vec![],
             json_columns: vec![],
+            identity_always: Vec::new(),
         }
     }
 
@@ -1808,6 +1872,7 @@ mod tests {
             columns: vec!["id".into(), "v".into()],
             generated: vec![],
             json_columns: vec![],
+            identity_always: Vec::new(),
         }
     }
 

@@ -564,6 +564,7 @@ impl Transmitter {
                                     .map(|(n, t)| (n.to_string(), t.to_string()))
                             })
                             .collect(),
+                        identity_always: Vec::new(),
                     },
                     excluded,
                 )))

@@ -97,17 +97,18 @@ impl Watcher {
         let excluded = self.exclusions(&tx, target, &new).await?;
         let mut recorded = false;
         let mut deferred = Vec::new();
-        if let Some((statements, added, gone)) =
-            self.advance(&tx, target, &new, names, &excluded).await?
-        {
+        if let Some(change) = self.advance(&tx, target, &new, names, &excluded).await? {
             let (later, now): (Vec<_>, Vec<_>) =
-                statements.into_iter().partition(|st| st.after_rows);
+                change.statements.into_iter().partition(|st| st.after_rows);
             if !now.is_empty() {
                 record_version(&tx, &self.schema, target, None, &now).await?;
                 recorded = true;
             }
-            self.resync_partitions(&tx, &gone).await?;
-            self.backfill(&tx, added).await?;
+            self.resync_partitions(&tx, &change.gone).await?;
+            self.backfill(&tx, change.added).await?;
+            if !change.after_backfill.is_empty() {
+                record_version(&tx, &self.schema, target, None, &change.after_backfill).await?;
+            }
             deferred = later;
         }
         tx.commit().await.map_err(StepError::db("commit"))?;
@@ -142,7 +143,7 @@ impl Watcher {
         new: &Catalog,
         names: &SchemaMap,
         excluded: &Exclusions,
-    ) -> Result<Option<(Vec<Statement>, AddedColumns, GonePartitions)>, StepError> {
+    ) -> Result<Option<Change>, StepError> {
         let s = &self.schema;
         self.schemas.insert(target.to_string(), new.schemas());
         let old = tx
@@ -181,7 +182,35 @@ impl Watcher {
                     Some((now.clone(), p.clone()))
                 })
                 .collect();
-            (diff(old, new, &map), added_with_default(old, new), gone)
+            let added = added_with_default(old, new);
+            let mut statements = diff(old, new, &map);
+            // An identity column GENERATED ALWAYS added to a table with a key: the target
+            // takes it BY DEFAULT until the backfill has written the source's values.
+            let mut after_backfill = Vec::new();
+            for (t, cols) in &added {
+                if t.replica_key().is_none() {
+                    continue;
+                }
+                for c in cols.iter().filter(|c| c.identity == Some('a')) {
+                    let alter = |how: &str| Statement {
+                        sql: format!(
+                            "alter table {} alter column {} set generated {how}",
+                            map.table(&t.schema, &t.name),
+                            quote_ident(&c.name)
+                        ),
+                        transactional: true,
+                        after_rows: false,
+                    };
+                    statements.push(alter("by default"));
+                    after_backfill.push(alter("always"));
+                }
+            }
+            Change {
+                statements,
+                added,
+                gone,
+                after_backfill,
+            }
         });
         let json = serde_json::to_string(new).map_err(|e| StepError::Fatal(e.to_string()))?;
         tx.execute(
@@ -261,8 +290,8 @@ impl Watcher {
                 }
                 let row = tx
                     .query_opt(
-                        "select not a.atthasmissing and exists (select 1 from pg_catalog.pg_attrdef d
-                                                                  where d.adrelid = a.attrelid and d.adnum = a.attnum)
+                        "select not a.atthasmissing and (a.attidentity <> '' or exists (select 1 from pg_catalog.pg_attrdef d
+                                                                  where d.adrelid = a.attrelid and d.adnum = a.attnum))
                            from pg_catalog.pg_attribute a
                           where a.attrelid = $1 and a.attnum = $2 and not a.attisdropped",
                         &[&table.oid, &c.attnum],
@@ -347,13 +376,16 @@ impl Watcher {
                 let new = full.restrict(&expr);
                 let excluded = self.exclusions(&tx, &target, &new).await?;
                 // The schema event is at the DDL's place: no partition's rows to re-queue.
-                let (mut statements, added, _) = self
+                let mut change = self
                     .advance(&tx, &target, &new, &names, &excluded)
                     .await?
                     .unwrap_or_default();
-                statements.sort_by_key(|st| st.after_rows);
-                record_version(&tx, &s, &target, Some(id), &statements).await?;
-                self.backfill(&tx, added).await?;
+                change.statements.sort_by_key(|st| st.after_rows);
+                record_version(&tx, &s, &target, Some(id), &change.statements).await?;
+                self.backfill(&tx, change.added).await?;
+                if !change.after_backfill.is_empty() {
+                    record_version(&tx, &s, &target, None, &change.after_backfill).await?;
+                }
                 latest.insert(target, new);
             }
             tx.execute(&format!("update {s}.ddl_clock set processed = $1"), &[&id])
@@ -371,6 +403,20 @@ impl Watcher {
     }
 }
 
+/// What a new catalog snapshot changed for one target.
+#[derive(Default)]
+struct Change {
+    /// The DDL from the previous snapshot.
+    statements: Vec<Statement>,
+    /// Columns added with a default (or as identity columns): [`Watcher::backfill`].
+    added: AddedColumns,
+    /// Partitions gone: [`Watcher::resync_partitions`].
+    gone: GonePartitions,
+    /// Recorded as a version of its own after the backfill: identity columns back to
+    /// GENERATED ALWAYS.
+    after_backfill: Vec<Statement>,
+}
+
 /// Partitions detached or dropped: the partitioned table (in the new catalog), the partition.
 type GonePartitions = Vec<(ddlwatcher::Table, ddlwatcher::Partition)>;
 
@@ -378,7 +424,7 @@ type GonePartitions = Vec<(ddlwatcher::Table, ddlwatcher::Partition)>;
 type AddedColumns = Vec<(ddlwatcher::Table, Vec<ddlwatcher::catalog::Column>)>;
 
 /// The columns of tables in both catalogs that `new` has and `old` had not (by attribute
-/// number), with a default (not generated, not identity): candidates for
+/// number), with a default (not generated), or identity columns: candidates for
 /// [`Watcher::backfill`].
 fn added_with_default(old: &Catalog, new: &Catalog) -> AddedColumns {
     let before: BTreeMap<u32, &ddlwatcher::Table> = old.tables.iter().map(|t| (t.oid, t)).collect();
@@ -390,9 +436,8 @@ fn added_with_default(old: &Catalog, new: &Catalog) -> AddedColumns {
                 .columns
                 .iter()
                 .filter(|c| {
-                    c.expression.is_some()
-                        && !c.generated
-                        && c.identity.is_none()
+                    (c.expression.is_some() && !c.generated && c.identity.is_none()
+                        || c.identity.is_some())
                         && !o.columns.iter().any(|b| b.attnum == c.attnum)
                 })
                 .cloned()

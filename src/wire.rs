@@ -224,6 +224,11 @@ pub struct TableMeta {
     /// an insert, update or soft delete writes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub synced_at_column: Option<String>,
+    /// Not sent: columns the target defines `GENERATED ALWAYS AS IDENTITY` (the applier
+    /// reads them from its catalog). No UPDATE may set them; the applier's updates leave
+    /// them out and require them unchanged instead.
+    #[serde(skip)]
+    pub identity_always: Vec<String>,
 }
 
 /// Kind of change.
@@ -634,6 +639,7 @@ mod tests {
                 columns: vec!["id".into(), "v".into()],
                 generated: vec![],
                 json_columns: vec![],
+                identity_always: Vec::new(),
             }],
             ddl: vec![],
             events: vec![Event {
