@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Capture-trigger variants (issue #7, profiling the trigger body): pgbench on one cluster
 # with the capture triggers disabled, with version 1's capture function, version 3's, the
-# current one (version 9: partitions), and with the floor of any PL/pgSQL capture — a
+# current one (version 11: partition maintenance), and with the floor of any PL/pgSQL capture — a
 # function that only inserts `to_json(new)` into the current event table (no key, no diff,
 # no rotation check: it loses information, it only shows what the insert itself costs). Each is `create or replace`d in
 # turn on the same installed triggers; no instance runs, the queue is emptied before each

@@ -21,6 +21,7 @@ pub fn meta() -> TableMeta {
         columns,
         generated: vec![],
         json_columns: vec![],
+        key_deferrable: false,
         identity_always: Vec::new(),
     }
 }

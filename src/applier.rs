@@ -956,10 +956,14 @@ fn plan_runs(
                     && (row_event || e.op == Op::Truncate)
                     && first.op != Op::Schema
                     && first.op != Op::Sequences
-                    && !matches!(
-                        kind,
-                        Kind::UpdateKey | Kind::RowIdentity | Kind::DeleteWhere
-                    )
+                    && !matches!(kind, Kind::RowIdentity | Kind::DeleteWhere)
+                    // Key changes one by one, except those of one statement on a
+                    // table with a DEFERRABLE key: they may pass through each other.
+                    && (kind != Kind::UpdateKey
+                        || meta.is_some_and(|m| m.key_deferrable)
+                            && first.table == e.table
+                            && crate::wire::statement_of(first)
+                                .is_some_and(|s| Some(s) == crate::wire::statement_of(e)))
                     && (first.table == e.table || kind == Kind::Truncate)
                     && kind_of(
                         first,
@@ -1463,6 +1467,22 @@ async fn apply_run(
                 run.execute(tx).await?;
             }
         }
+        Kind::UpdateKey if events.len() > 1 => {
+            let items: Vec<String> = events
+                .iter()
+                .map(|e| {
+                    format!(
+                        r#"{{"k":{},"d":{}}}"#,
+                        e.key.as_deref().map_or("{}", |k| k.get()),
+                        e.data.as_deref().map_or("{}", |d| d.get())
+                    )
+                })
+                .collect();
+            let pairs = json_array(items.iter().map(String::as_str));
+            let st = prepared(tx, &update_keys_sql(meta, cols, table), &context).await?;
+            let row = tx.query_one(&st, &[&pairs]).await.map_err(pg(&context))?;
+            check_matched(&context, row.get(0), row.get(1))?;
+        }
         Kind::UpdateKey => {
             let e = events[0];
             let key = e.key.as_deref().map(|k| k.get()).unwrap_or("{}");
@@ -1790,6 +1810,30 @@ fn update_key_sql(meta: &TableMeta, columns: &[String], table: &str) -> String {
     )
 }
 
+/// The key changes of one statement on a table with a DEFERRABLE key, as one UPDATE joined
+/// on the old keys (`$1`: `[{"k": old key, "d": new image}, …]`): the rows are matched as
+/// they were before the statement, and uniqueness is checked at its end. Returns (rows
+/// named, rows matched).
+fn update_keys_sql(meta: &TableMeta, columns: &[String], table: &str) -> String {
+    let set: Vec<String> = columns
+        .iter()
+        .filter(|c| !meta.identity_always.contains(c) || meta.key.contains(c))
+        .map(|c| format!("{} = {}", quote_ident(c), value(meta, c, "r", "p.j -> 'd'")))
+        .collect();
+    format!(
+        "with p as (select e.j from json_array_elements($1::text::json) as e(j)),
+              u as (update {table} as t set {set}{synced}
+                      from p, json_populate_record(null::{table}, p.j -> 'd') as r,
+                           json_populate_record(null::{table}, p.j -> 'k') as k
+                     where {cond}{same} returning 1)
+         select (select count(*) from p), (select count(*) from u)",
+        set = set.join(", "),
+        synced = synced_at_set(meta),
+        cond = key_match(&meta.key, "t", "k"),
+        same = identity_unchanged(meta, columns, "r"),
+    )
+}
+
 fn delete_sql(meta: &TableMeta, table: &str) -> String {
     let remove = match &meta.soft_delete_column {
         Some(soft) => format!(
@@ -1846,6 +1890,7 @@ mod tests {
             columns: vec!["order".into(), "line".into(), "qty".into()],
             generated: vec![],
             json_columns: vec![],
+            key_deferrable: false,
             identity_always: Vec::new(),
         }
     }
@@ -1872,6 +1917,7 @@ mod tests {
             columns: vec!["id".into(), "v".into()],
             generated: vec![],
             json_columns: vec![],
+            key_deferrable: false,
             identity_always: Vec::new(),
         }
     }
@@ -1892,6 +1938,41 @@ mod tests {
             reorderable,
             1000,
         )
+    }
+
+    /// Key changes: one by one, except those of one statement on a table with a
+    /// DEFERRABLE key (numbered in the old key's member ""), which form one run.
+    #[test]
+    fn key_changes_of_one_statement_form_one_run_under_a_deferrable_key() {
+        let change = |id: i64, stmt: &str, old: i32| {
+            ev(
+                id,
+                Op::Update,
+                0,
+                Some(&format!(r#"{{ "id" : {old}, "" : "{stmt}" }}"#)),
+                Some(&format!(r#"{{"id":{},"v":"x"}}"#, old + 1)),
+            )
+        };
+        let events = [
+            change(1, "1", 1),
+            change(2, "1", 2),
+            change(3, "1", 3),
+            change(4, "2", 9),
+            change(5, "2", 8),
+        ];
+        let refs: Vec<&Event> = events.iter().collect();
+        let columns: Vec<Vec<String>> = refs
+            .iter()
+            .map(|e| crate::wire::object_keys(e.data.as_deref().unwrap()).unwrap())
+            .collect();
+        let deferrable = TableMeta {
+            key_deferrable: true,
+            ..simple("a")
+        };
+        let plan = plan_runs(&refs, &columns, &[deferrable], &[], 1000);
+        assert_eq!(plan.runs, vec![vec![0, 1, 2], vec![3, 4]]);
+        let plan = plan_runs(&refs, &columns, &[simple("a")], &[], 1000);
+        assert_eq!(plan.runs.len(), 5, "one by one without a deferrable key");
     }
 
     /// Transactions of "insert into a, update b, delete from a": across transactions the

@@ -24,6 +24,7 @@ pub const SOURCE_SQL: &[(i32, &str)] = &[
         11,
         include_str!("../sql/source_011_partition_maintenance.sql"),
     ),
+    (12, include_str!("../sql/source_012_deferrable_keys.sql")),
 ];
 
 /// Registers a target (mirror) in `target_state`, state SETUP, its batches starting after
@@ -482,4 +483,37 @@ pub async fn uninstall(
     .await?;
     tx.commit().await?;
     Ok(touched.into_iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SOURCE_SQL;
+
+    /// The latest definition of function `name` among the source migrations.
+    fn latest(name: &str) -> String {
+        let head = format!("create or replace function {name}()");
+        let sql = SOURCE_SQL
+            .iter()
+            .rev()
+            .find_map(|(_, s)| s.find(&head).map(|i| &s[i..]))
+            .unwrap_or_else(|| panic!("no migration defines {name}"));
+        sql[..sql.find("$$;").expect("function body ends") + 3].to_string()
+    }
+
+    /// capture_row_numbered (tables with a DEFERRABLE key) is capture_row plus the block
+    /// that numbers statements: a change to one must be made to the other.
+    #[test]
+    fn the_numbered_row_trigger_is_the_row_trigger_plus_its_block() {
+        let numbered = latest("capture_row_numbered");
+        let begin = numbered
+            .find("            -- numbered: begin\n")
+            .expect("block begins");
+        let end_marker = "            -- numbered: end\n";
+        let end = numbered.find(end_marker).expect("block ends") + end_marker.len();
+        let without = format!("{}{}", &numbered[..begin], &numbered[end..]);
+        assert_eq!(
+            without.replace("capture_row_numbered()", "capture_row()"),
+            latest("capture_row")
+        );
+    }
 }

@@ -175,6 +175,7 @@ mod tests {
             columns: cols.iter().map(|(n, c)| col(*n, c)).collect(),
             primary_key: Some(vec!["id".into()]),
             unique_key: None,
+            primary_key_deferrable: None,
             indexes: vec![],
             constraints: vec![],
             partitions: vec![],

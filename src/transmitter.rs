@@ -509,24 +509,28 @@ impl Transmitter {
                                 left join pg_catalog.pg_attribute a
                                        on a.attrelid = e.relid and a.attnum = e.attnum and not a.attisdropped
                                cross join lateral unnest(e.names || a.attname::text) x(name)
-                               where e.target = $2 and e.relid = c.oid and x.name is not null)
+                               where e.target = $2 and e.relid = c.oid and x.name is not null),
+                        coalesce((select k.condeferrable from pg_catalog.pg_constraint k
+                                   where k.conrelid = c.oid and k.conindid = {key}), false)
                    from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
                   where c.oid = any($1)",
                     ddlwatcher::key_index_sql("c.oid"),
-                    ddlwatcher::base_type_sql("a.atttypid")
+                    ddlwatcher::base_type_sql("a.atttypid"),
+                    key = ddlwatcher::key_index_sql("c.oid"),
                 ),
                 &[&oids, &self.target],
             )
             .await
             .map_err(StepError::db("describing the batch's tables"))?;
         /// Writable columns, key, generated columns, json columns (`name:type`), the
-        /// names to strip from the row images.
+        /// names to strip from the row images, whether the key is deferrable.
         type Described = (
             Vec<String>,
             Vec<String>,
             Vec<String>,
             Vec<String>,
             BTreeSet<String>,
+            bool,
         );
         let mut found: HashMap<u32, Described> = HashMap::new();
         for r in rows {
@@ -537,14 +541,18 @@ impl Transmitter {
             if let Some(cols) = self.exclude.get(&r.get::<_, String>(5)) {
                 excluded.extend(cols.iter().cloned());
             }
-            found.insert(r.get(0), (r.get(1), r.get(2), r.get(3), r.get(4), excluded));
+            found.insert(
+                r.get(0),
+                (r.get(1), r.get(2), r.get(3), r.get(4), excluded, r.get(7)),
+            );
         }
         names
             .iter()
             .map(|(schema, name, oid)| {
                 // Not removed: a table renamed within the batch is here under each of
                 // its names, with one oid.
-                let Some((columns, key, generated, json, excluded)) = found.get(oid).cloned()
+                let Some((columns, key, generated, json, excluded, key_deferrable)) =
+                    found.get(oid).cloned()
                 else {
                     return Ok(None);
                 };
@@ -564,6 +572,7 @@ impl Transmitter {
                                     .map(|(n, t)| (n.to_string(), t.to_string()))
                             })
                             .collect(),
+                        key_deferrable,
                         identity_always: Vec::new(),
                     },
                     excluded,

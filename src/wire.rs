@@ -224,6 +224,10 @@ pub struct TableMeta {
     /// an insert, update or soft delete writes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub synced_at_column: Option<String>,
+    /// The source's key is `DEFERRABLE`: the key changes of one statement (numbered in
+    /// the old key's member `""`) are applied together.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub key_deferrable: bool,
     /// Not sent: columns the target defines `GENERATED ALWAYS AS IDENTITY` (the applier
     /// reads them from its catalog). No UPDATE may set them; the applier's updates leave
     /// them out and require them unchanged instead.
@@ -268,6 +272,19 @@ impl Op {
             _ => None,
         }
     }
+}
+
+/// The number of the statement a key change came from (the old key's member `""`), when
+/// its table numbers them (a `DEFERRABLE` key).
+pub fn statement_of(e: &Event) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Numbered {
+        #[serde(rename = "")]
+        statement: Option<serde_json::Value>,
+    }
+    let key = e.key.as_deref()?;
+    let n: Numbered = serde_json::from_str(key.get()).ok()?;
+    n.statement.map(|v| v.to_string())
 }
 
 /// One captured row change.
@@ -639,6 +656,7 @@ mod tests {
                 columns: vec!["id".into(), "v".into()],
                 generated: vec![],
                 json_columns: vec![],
+                key_deferrable: false,
                 identity_always: Vec::new(),
             }],
             ddl: vec![],

@@ -58,6 +58,7 @@ fn batch(seq: i64, id: i32) -> Batch {
             columns: vec!["id".into(), "v".into()],
             generated: vec![],
             json_columns: vec![],
+            key_deferrable: false,
             identity_always: Vec::new(),
         }],
         ddl: vec![],

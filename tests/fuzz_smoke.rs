@@ -43,6 +43,7 @@ fn segment(part: u32, last: bool) -> Batch {
             columns: vec!["id".into(), "v".into(), "j".into()],
             generated: vec![],
             json_columns: vec![("j".into(), "jsonb".into())],
+            key_deferrable: false,
             identity_always: Vec::new(),
         }],
         events: vec![

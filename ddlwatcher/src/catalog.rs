@@ -71,6 +71,10 @@ pub struct Table {
     pub columns: Vec<Column>,
     /// Primary key columns in key order; `None` when the table has no primary key.
     pub primary_key: Option<Vec<String>>,
+    /// A primary key declared `DEFERRABLE`: `Some(true)` when `INITIALLY DEFERRED`. One
+    /// statement may then move keys through each other (a swap, `SET id = id + 1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_key_deferrable: Option<bool>,
     /// Without a primary key: the columns of the replica identity index, or else of the
     /// first unique index on NOT NULL columns (no expressions, no predicate).
     #[serde(default)]
@@ -385,6 +389,7 @@ mod tests {
             ],
             primary_key: Some(vec!["id".into()]),
             unique_key: None,
+            primary_key_deferrable: None,
             indexes: vec![
                 Index {
                     name: "p_secret".into(),

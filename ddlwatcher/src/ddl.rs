@@ -213,12 +213,17 @@ pub fn create_table(table: &Table, map: &SchemaMap) -> String {
 pub fn primary_key(table: &Table, map: &SchemaMap) -> Option<String> {
     table.primary_key.as_ref().map(|k| {
         format!(
-            "alter table {} add primary key ({})",
+            "alter table {} add primary key ({}){}",
             map.table(&table.schema, &table.name),
             k.iter()
                 .map(|c| quote_ident(c))
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
+            match table.primary_key_deferrable {
+                None => "",
+                Some(false) => " deferrable initially immediate",
+                Some(true) => " deferrable initially deferred",
+            }
         )
     })
 }
@@ -294,6 +299,7 @@ mod tests {
             ],
             primary_key: Some(vec!["id".into()]),
             unique_key: None,
+            primary_key_deferrable: None,
             constraints: vec![],
             partitions: vec![],
             indexes: vec![Index {

@@ -430,7 +430,7 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
             }
         }
         // Primary key.
-        if o.primary_key != t.primary_key {
+        if o.primary_key != t.primary_key || o.primary_key_deferrable != t.primary_key_deferrable {
             if o.primary_key.is_some() {
                 out.push(Statement::tx(format!(
                     "alter table {name} drop constraint if exists {}",
@@ -560,6 +560,7 @@ mod tests {
             columns: cols,
             primary_key: Some(vec!["id".into()]),
             unique_key: None,
+            primary_key_deferrable: None,
             indexes: vec![],
             constraints: vec![],
             partitions: vec![],

@@ -106,6 +106,8 @@ fn build_sql() -> String {
                                    left join pg_catalog.pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
                                   where a.attrelid = r.oid and a.attnum > 0 and not a.attisdropped), '[]'),
             'primary_key', {pk},
+            'primary_key_deferrable', (select case when k.condeferrable then k.condeferred end
+                                         from pg_catalog.pg_constraint k where k.conrelid = r.oid and k.contype = 'p'),
             'unique_key', case when not exists (select 1 from pg_catalog.pg_index i where i.indrelid = r.oid and i.indisprimary)
                                then {unique} end,
             'indexes', coalesce((select json_agg(json_build_object(
@@ -401,6 +403,7 @@ mod tests {
             }],
             primary_key: None,
             unique_key: None,
+            primary_key_deferrable: None,
             indexes: vec![],
             constraints: vec![],
             partitions: vec![],
