@@ -451,27 +451,29 @@ pub async fn uninstall(
         ))
         .await?;
     }
+    // Each trigger on its own table: those PostgreSQL cloned onto partitions go with the
+    // partitioned table's (dropping one directly is refused).
     let rows = tx
         .query(
-            "select n.nspname::text, c.relname::text
+            "select n.nspname::text, c.relname::text, t.tgname::text
                from pg_catalog.pg_trigger t
                join pg_catalog.pg_class c on c.oid = t.tgrelid
                join pg_catalog.pg_namespace n on n.oid = c.relnamespace
                join pg_catalog.pg_proc p on p.oid = t.tgfoid
                join pg_catalog.pg_namespace pn on pn.oid = p.pronamespace
-              where t.tgname in ($1, 'pgteleport_truncate') and pn.nspname = $2
-                and p.proname in ('capture_row', 'capture_truncate')",
-            &[&TRIGGER_NAME, &schema],
+              where t.tgname in ($1, $3, 'pgteleport_statement') and pn.nspname = $2
+                and p.proname in ('capture_row', 'capture_row_numbered', 'capture_truncate', 'count_statement')
+                and t.tgparentid = 0",
+            &[&TRIGGER_NAME, &schema, &TRUNCATE_TRIGGER_NAME],
         )
         .await?;
     let mut touched = BTreeSet::new();
     for r in rows {
-        let (s, t): (String, String) = (r.get(0), r.get(1));
+        let (s, t, name): (String, String, String) = (r.get(0), r.get(1), r.get(2));
         tx.batch_execute(&format!(
-            "drop trigger if exists {} on {t}; drop trigger if exists {} on {t}",
-            quote_ident(TRIGGER_NAME),
-            quote_ident(TRUNCATE_TRIGGER_NAME),
-            t = qualified(&s, &t)
+            "drop trigger if exists {} on {}",
+            quote_ident(&name),
+            qualified(&s, &t)
         ))
         .await?;
         touched.insert(qualified(&s, &t));

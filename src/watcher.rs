@@ -164,54 +164,7 @@ impl Watcher {
         if old.as_ref() == Some(new) {
             return Ok(None);
         }
-        // Snapshots are stored whole: a column excluded later (by taking an excluded
-        // name) leaves both sides of the diff.
-        let statements = old.map(|old| {
-            let (old, new) = (excluded.strip(&old), excluded.strip(new));
-            let (old, new) = (&old, &new);
-            let mut all = old.tables.clone();
-            all.extend(new.tables.iter().cloned());
-            let map = SchemaMap {
-                replicated: SchemaMap::new(None, &all).replicated,
-                ..names.clone()
-            };
-            let gone = ddlwatcher::diff::partitions_gone(old, new)
-                .into_iter()
-                .filter_map(|(t, p)| {
-                    let now = new.tables.iter().find(|n| n.oid == t.oid)?;
-                    Some((now.clone(), p.clone()))
-                })
-                .collect();
-            let added = added_with_default(old, new);
-            let mut statements = diff(old, new, &map);
-            // An identity column GENERATED ALWAYS added to a table with a key: the target
-            // takes it BY DEFAULT until the backfill has written the source's values.
-            let mut after_backfill = Vec::new();
-            for (t, cols) in &added {
-                if t.replica_key().is_none() {
-                    continue;
-                }
-                for c in cols.iter().filter(|c| c.identity == Some('a')) {
-                    let alter = |how: &str| Statement {
-                        sql: format!(
-                            "alter table {} alter column {} set generated {how}",
-                            map.table(&t.schema, &t.name),
-                            quote_ident(&c.name)
-                        ),
-                        transactional: true,
-                        after_rows: false,
-                    };
-                    statements.push(alter("by default"));
-                    after_backfill.push(alter("always"));
-                }
-            }
-            Change {
-                statements,
-                added,
-                gone,
-                after_backfill,
-            }
-        });
+        let change = old.map(|old| change_between(&old, new, names, excluded));
         let json = serde_json::to_string(new).map_err(|e| StepError::Fatal(e.to_string()))?;
         tx.execute(
             &format!(
@@ -222,7 +175,7 @@ impl Watcher {
         )
         .await
         .map_err(StepError::db("storing the catalog snapshot"))?;
-        Ok(statements)
+        Ok(change)
     }
 
     /// Diffing mode: queues again, after the schema event that deletes the rows of partitions
@@ -400,6 +353,61 @@ impl Watcher {
             tx.commit().await.map_err(StepError::db("commit"))?;
         }
         Ok(Some(latest))
+    }
+}
+
+/// What changed for a target from catalog snapshot `old` to `new` (`names`: its schema map).
+/// Snapshots are stored whole: the excluded columns leave both sides here, so a column
+/// excluded later (by taking an excluded name) changes nothing.
+fn change_between(
+    old: &Catalog,
+    new: &Catalog,
+    names: &SchemaMap,
+    excluded: &Exclusions,
+) -> Change {
+    let (old, new) = (excluded.strip(old), excluded.strip(new));
+    let (old, new) = (&old, &new);
+    let mut all = old.tables.clone();
+    all.extend(new.tables.iter().cloned());
+    let map = SchemaMap {
+        replicated: SchemaMap::new(None, &all).replicated,
+        ..names.clone()
+    };
+    let gone = ddlwatcher::diff::partitions_gone(old, new)
+        .into_iter()
+        .filter_map(|(t, p)| {
+            let now = new.tables.iter().find(|n| n.oid == t.oid)?;
+            Some((now.clone(), p.clone()))
+        })
+        .collect();
+    let added = added_with_default(old, new);
+    let mut statements = diff(old, new, &map);
+    // An identity column GENERATED ALWAYS added to a table with a key: the target
+    // takes it BY DEFAULT until the backfill has written the source's values.
+    let mut after_backfill = Vec::new();
+    for (t, cols) in &added {
+        if t.replica_key().is_none() {
+            continue;
+        }
+        for c in cols.iter().filter(|c| c.identity == Some('a')) {
+            let alter = |how: &str| Statement {
+                sql: format!(
+                    "alter table {} alter column {} set generated {how}",
+                    map.table(&t.schema, &t.name),
+                    quote_ident(&c.name)
+                ),
+                transactional: true,
+                after_rows: false,
+            };
+            statements.push(alter("by default"));
+            after_backfill.push(alter("always"));
+        }
+    }
+    Change {
+        statements,
+        added,
+        gone,
+        after_backfill,
     }
 }
 

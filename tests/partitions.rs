@@ -363,3 +363,43 @@ async fn partition_maintenance_replicates() -> anyhow::Result<()> {
 async fn partition_maintenance_replicates_in_event_trigger_mode() -> anyhow::Result<()> {
     partition_maintenance(true).await
 }
+
+/// `uninstall` removes every trigger pgteleport made — on a plain table, a partitioned
+/// table and its partitions (their TRUNCATE triggers; the cloned row triggers go with the
+/// partitioned table's), a table with a DEFERRABLE key (its statement trigger) — and the
+/// internal schema; the rows stay, and the tables take writes as before.
+#[tokio::test]
+async fn uninstall_removes_every_trigger_and_keeps_the_rows() -> anyhow::Result<()> {
+    let p = Pair::new2(
+        &format!(
+            "{SCHEMA}
+             create table app.plain (id int primary key, v text);
+             create table app.k (id int primary key deferrable, v text);
+             insert into app.m values (1, '2024-03-03', 'a'), (2, '2025-03-03', 'b');
+             insert into app.plain values (1, 'p');"
+        ),
+        "",
+    )
+    .await?;
+    let (source, target) = p.start_both("app.*").await?;
+    let mut src = p.src().await?;
+    let ours = "select count(*) from pg_trigger where tgname like 'pgteleport%'";
+    assert!(scalar_i64(&src, ours).await? >= 8, "triggers installed");
+    source.shutdown().await?;
+    target.shutdown().await?;
+    let touched = pgteleport::capture::uninstall(&mut src, "teleport").await?;
+    assert!(touched.iter().any(|t| t.contains("m_2024")), "{touched:?}");
+    assert_eq!(scalar_i64(&src, ours).await?, 0);
+    assert_eq!(
+        scalar_i64(
+            &src,
+            "select count(*) from pg_namespace where nspname = 'teleport'"
+        )
+        .await?,
+        0
+    );
+    assert_eq!(scalar_i64(&src, "select count(*) from app.m").await?, 2);
+    src.batch_execute("truncate app.m_2024; update app.k set id = id + 1; insert into app.plain values (2, 'after')")
+        .await?;
+    Ok(())
+}
