@@ -66,6 +66,12 @@ pub enum InstallError {
         #[source]
         source: tokio_postgres::Error,
     },
+    #[error("target `{target}`: exclude_columns names column `{column}` of {table}, which has no such column (and never had one that pgteleport excluded) — correct the name; a column renamed before pgteleport first saw it cannot be recognised by its old name")]
+    ExcludedColumn {
+        target: String,
+        table: String,
+        column: String,
+    },
     #[error("recording target `{target}` failed: {}", db::describe(.source))]
     TargetState {
         target: String,
@@ -161,6 +167,26 @@ async fn install_locked(client: &mut Client, config: &Config) -> Result<Installe
                     "{}.{} is renamed to {}.{}, the name table {} keeps on the target: rename that one too, or choose another destination",
                     from.0, from.1, to.0, to.1, ddlwatcher::qualified(&to.0, &to.1)
                 ),
+            });
+        }
+        // An excluded column that fits no column of an existing table, now or before, is
+        // refused at start: the column it meant would replicate.
+        let excluded = crate::exclusion::Exclusions::read(
+            &*client,
+            &quote_ident(schema),
+            name,
+            &target.exclude_columns,
+        )
+        .await
+        .map_err(|source| InstallError::TargetState {
+            target: name.clone(),
+            source,
+        })?;
+        if let Some((table, column)) = excluded.unmatched(&catalog).into_iter().next() {
+            return Err(InstallError::ExcludedColumn {
+                target: name.clone(),
+                table,
+                column,
             });
         }
         installed.catalogs.insert(name.clone(), catalog);

@@ -88,6 +88,27 @@ impl Exclusions {
         Ok(me)
     }
 
+    /// The configured (`schema.table`, column) pairs whose table is in `catalog` but that
+    /// name no column of it, now or before (no excluded column of it had that name).
+    pub fn unmatched(&self, catalog: &Catalog) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for t in &catalog.tables {
+            let id = format!("{}.{}", t.schema, t.name);
+            let Some(cols) = self.configured.get(&id) else {
+                continue;
+            };
+            let known = self.tables.get(&t.oid);
+            for c in cols {
+                let current = t.columns.iter().any(|x| &x.name == c);
+                let before = known.is_some_and(|k| k.values().any(|names| names.contains(c)));
+                if !current && !before {
+                    out.push((id.clone(), c.clone()));
+                }
+            }
+        }
+        out
+    }
+
     /// Whether column `c` of `t` is excluded (see the module's rule; generated columns
     /// computed from excluded ones are decided by [`Self::strip_table`]).
     fn excludes(&self, t: &Table, c: &Column) -> bool {
@@ -219,6 +240,14 @@ mod tests {
         )]);
         assert_eq!(x.observe(&again), vec![(7, 4)]);
         assert_eq!(names(&x.strip(&again)), ["id", "n"]);
+        // Every configured name fits a column now or before; a wrong one is reported.
+        assert!(x.unmatched(&again).is_empty());
+        x.configured
+            .insert("app.q".into(), vec!["nope".into(), "n".into()]);
+        assert_eq!(
+            x.unmatched(&again),
+            [("app.q".to_string(), "nope".to_string())]
+        );
         // Another table with the same column names is untouched.
         let other = catalog(vec![table(8, "r", &[(1, "id"), (2, "secret")])]);
         assert!(x.observe(&other).is_empty());

@@ -1195,3 +1195,42 @@ async fn key_shifts_and_swaps_under_a_deferrable_key_replicate() -> anyhow::Resu
     target.shutdown().await?;
     Ok(())
 }
+
+/// An `exclude_columns` entry that names no column of an existing table (a typo, or a
+/// column renamed before pgteleport first saw it) is refused at start, naming it: the
+/// column it meant would otherwise replicate. A table that does not exist yet may be named.
+#[tokio::test]
+async fn an_exclusion_naming_no_column_is_refused() -> anyhow::Result<()> {
+    let p = Pair::new2(
+        "create schema app; create table app.p (id int primary key, secret2 text);",
+        "",
+    )
+    .await?;
+    let target = p.start_target(0).await?;
+    let port = target.local_addr.unwrap().port();
+    let err = match p
+        .start_source(
+            port,
+            "app.*",
+            "    exclude_columns: {\"app.p\": [secret], \"app.later\": [x]}\n",
+        )
+        .await
+    {
+        Ok(_) => anyhow::bail!("started with an exclusion that fits no column"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        err.contains("exclude_columns names column `secret` of app.p, which has no such column"),
+        "{err}"
+    );
+    let source = p
+        .start_source(
+            port,
+            "app.*",
+            "    exclude_columns: {\"app.p\": [secret2], \"app.later\": [x]}\n",
+        )
+        .await?;
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}
