@@ -1182,6 +1182,16 @@ async fn key_shifts_and_swaps_under_a_deferrable_key_replicate() -> anyhow::Resu
     )
     .await?;
     wait_equal(&src, &dst, &["app.k", "app.k2"], within).await?;
+    // Without a primary key, a DEFERRABLE unique constraint on NOT NULL columns is the key.
+    src.batch_execute(
+        "create table app.u (a int not null, v text, constraint u_a unique (a) deferrable);
+         insert into app.u select g, 'u' || g from generate_series(1, 5) g;",
+    )
+    .await?;
+    wait_equal(&src, &dst, &["app.u"], within).await?;
+    src.batch_execute("update app.u set a = a + 1; update app.u set a = 8 - a;")
+        .await?;
+    wait_equal(&src, &dst, &["app.k", "app.k2", "app.u"], within).await?;
     assert_eq!(
         texts(
             &dst,
