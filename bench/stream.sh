@@ -32,7 +32,7 @@ source bench/workload.sh
 EXTRA=""; [ "${STATS:-0}" = 1 ] && EXTRA="-c shared_preload_libraries=pg_stat_statements,auto_explain -c pg_stat_statements.track=all -c auto_explain.log_min_duration=${SLOW_MS:-5} -c auto_explain.log_analyze=on"
 # wal_retrieve_retry_interval=100ms: the launcher starts an apply worker at most once per
 # interval (5 s by default), which a re-enabled subscription would otherwise wait out.
-start_pair "-c wal_level=logical -c synchronous_commit=on -c wal_retrieve_retry_interval=100ms $EXTRA"
+start_pair "-c wal_level=logical -c synchronous_commit=on -c wal_retrieve_retry_interval=100ms $EXTRA ${PG_EXTRA:-}"
 "$PG_BINDIR/psql" -h 127.0.0.1 -p "$SP" -U postgres -X -q -c "create role bench login password 'bench'"
 "$PG_BINDIR/psql" -h 127.0.0.1 -p "$DP" -U postgres -X -q -c "create role bench login password 'bench'"
 # Replica mode for pgteleport's applier, as native apply workers run: target triggers and

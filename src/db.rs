@@ -106,7 +106,9 @@ pub fn pg_config(db: &Database, purpose: &str) -> tokio_postgres::Config {
     let mut app = format!("pgteleport {purpose}");
     // Exactly once needs durable commits whatever the server's default: a target that
     // answered "applied" and a source that numbered a batch must not forget it in a crash
-    // (with `synchronous_commit = off` the last commits vanish). Last, so it wins.
+    // (with `synchronous_commit = off` the last commits vanish). Last, so it wins. (The
+    // applier commits a batch with it off and then waits for the flush in a statement of
+    // its own, after the position lock is released: `Applier::acknowledge`.)
     let mut options = String::new();
     for (k, v) in &db.options {
         match k.as_str() {

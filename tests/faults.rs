@@ -466,6 +466,98 @@ async fn dropped_stalled_and_cut_connections_lose_and_double_nothing() -> anyhow
     Ok(())
 }
 
+/// A batch the target acknowledged survives a crash of the target's server right after the
+/// answer. The batch's transaction commits without waiting for its WAL (the next batch
+/// applies meanwhile) and this server's WAL writer waits 10 s between flushes: the answer
+/// must wait for the batch's WAL on disk, since the source forgets acknowledged batches.
+/// (Without that wait: "the source saw batch 1 acknowledged, the target restarted at 0".)
+#[tokio::test]
+async fn an_acknowledged_batch_survives_a_crash_of_the_target_server() -> anyhow::Result<()> {
+    let schema = "create schema app; create table app.t (id int primary key, v text not null);";
+    let p = Pair::new(schema).await?;
+    let mut b = Cluster::start_new("ack-dst")?;
+    let admin = b.admin("postgres").await?;
+    for sql in [
+        "alter system set wal_writer_delay = '10s'",
+        "alter system set wal_writer_flush_after = '1GB'",
+        "select pg_reload_conf()",
+    ] {
+        admin.batch_execute(sql).await?;
+    }
+    b.create_role("dst", PASSWORD).await?;
+    b.create_database("dst", "dst").await?;
+    b.connect("dst", "dst", PASSWORD)
+        .await?
+        .batch_execute(schema)
+        .await?;
+    let yaml = format!(
+        "database: {{name: ack-dst, database: dst, hostname: 127.0.0.1, port: {}, username: dst, password: {PASSWORD}}}\n\
+         server: {{hostname: 127.0.0.1, port: 0, auth_token: {TOKEN}}}\n",
+        b.port
+    );
+    let cfg = pgteleport::config::Config::from_yaml(&yaml, Path::new("t.yml"), |_| None)?;
+    let target = pgteleport::instance::start(cfg).await?;
+    let source = p
+        .start_source(target.local_addr.unwrap().port(), "app.*", "")
+        .await?;
+    let src = p.src().await?;
+    for round in 1..=3i64 {
+        src.batch_execute(&format!(
+            "insert into app.t values ({round}, 'row {round}')"
+        ))
+        .await?;
+        // Applied (the row is visible on the target) and acknowledged (no batch left
+        // waiting for an answer).
+        wait_for(
+            "the row applied and acknowledged",
+            Duration::from_secs(30),
+            || async {
+                let dst = b.connect("dst", "dst", PASSWORD).await?;
+                Ok(
+                    scalar_i64(&dst, "select count(*) from app.t").await? == round
+                        && scalar_i64(
+                            &src,
+                            "select count(*) from teleport.batch where acked_at is null",
+                        )
+                        .await?
+                            == 0,
+                )
+            },
+        )
+        .await?;
+        let acked = scalar_i64(
+            &src,
+            "select coalesce(max(seq), 0) from teleport.batch where acked_at is not null",
+        )
+        .await?;
+        b.stop_immediate()?;
+        b.start()?;
+        let dst = b.connect("dst", "dst", PASSWORD).await?;
+        let position =
+            scalar_i64(&dst, "select coalesce(max(seq), 0) from teleport.applied").await?;
+        assert!(
+            position >= acked,
+            "round {round}: the source saw batch {acked} acknowledged, the target restarted at {position}"
+        );
+        assert_eq!(
+            scalar_i64(&dst, "select count(*) from app.t").await?,
+            round,
+            "round {round}: rows on the target after its crash"
+        );
+    }
+    // And the mirror goes on.
+    src.batch_execute("insert into app.t values (4, 'after')")
+        .await?;
+    wait_for("the last row", Duration::from_secs(30), || async {
+        let dst = b.connect("dst", "dst", PASSWORD).await?;
+        Ok(scalar_i64(&dst, "select count(*) from app.t").await? == 4)
+    })
+    .await?;
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_both_instances_within_seconds_with_nothing_half_applied(
 ) -> anyhow::Result<()> {
