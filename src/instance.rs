@@ -193,7 +193,7 @@ pub async fn start(config: Config) -> Result<Running, InstanceError> {
         // The first start's errors (a mirror's TLS settings, …) fail the start itself.
         let token = shutdown.child_token();
         let mut stages: Tasks = JoinSet::new();
-        start_pipeline(&config, &mut stages, &token).await?;
+        start_pipeline(&config, &mut stages, &token, true).await?;
         let config = config.clone();
         let shutdown = shutdown.clone();
         let reload = reload.clone();
@@ -248,22 +248,27 @@ async fn supervise(
         }
         token = shutdown.child_token();
         stages = JoinSet::new();
-        start_pipeline(&config, &mut stages, &token).await?;
+        start_pipeline(&config, &mut stages, &token, false).await?;
     }
 }
 
 /// Installs capture for every mirror (config targets and stored ones) and spawns the
-/// source stages.
+/// source stages. `installed`: the instance's start installed the config's targets a moment
+/// ago (an install reads every target's catalog, ~0.1 s), so only stored mirrors need it.
 async fn start_pipeline(
     config: &Config,
     tasks: &mut Tasks,
     shutdown: &CancellationToken,
+    installed: bool,
 ) -> Result<(), InstanceError> {
     let mut client = db::connect(&config.database, "pipeline").await?;
-    let config = crate::mirror::with_stored(config, &client)
+    let stored_too = crate::mirror::with_stored(config, &client)
         .await
         .map_err(|e| stage_err("mirrors".into())(e.to_string()))?;
-    capture::install(&mut client, &config).await?;
+    if !installed || stored_too.targets.len() > config.targets.len() {
+        capture::install(&mut client, &stored_too).await?;
+    }
+    let config = stored_too;
     let schema = ddlwatcher::quote_ident(&config.internal_schema);
     for (name, _) in config.targets.iter().filter(|(_, t)| t.do_initial_snapshot) {
         crate::mirror::request_snapshot(&client, &schema, name)
