@@ -830,7 +830,13 @@ impl Applier {
             } else {
                 qualified(schema, &meta.name)
             };
-            let cols = &columns[indexes[0]];
+            let union;
+            let cols = if indexes.iter().all(|&i| columns[i] == columns[indexes[0]]) {
+                &columns[indexes[0]]
+            } else {
+                union = union_of(indexes.iter().map(|&i| columns[i].as_slice()));
+                &union
+            };
             let target_columns = if matches!(kind, Kind::Update | Kind::UpdateKey)
                 || kind == Kind::Insert
                     && meta.json_columns.is_empty()
@@ -1015,7 +1021,9 @@ fn plan_runs(
                             .get(first.table as usize)
                             .is_none_or(|t| t.key.is_empty()),
                     ) == kind
-                    && columns[runs[r][0]] == columns[i]
+                    // One statement's key changes stay one run whatever columns each
+                    // row ships (a row over 2 KB ships only those that changed).
+                    && (columns[runs[r][0]] == columns[i] || kind == Kind::UpdateKey)
             });
             let run = continues.unwrap_or_else(|| {
                 runs.push(Vec::new());
@@ -1854,15 +1862,52 @@ fn update_key_sql(meta: &TableMeta, columns: &[String], table: &str) -> String {
     )
 }
 
+/// Every column of `sets`, each once, in the order first seen.
+fn union_of<'a>(sets: impl Iterator<Item = &'a [String]>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for c in sets.flatten() {
+        if !out.contains(c) {
+            out.push(c.clone());
+        }
+    }
+    out
+}
+
 /// The key changes of one statement on a table with a DEFERRABLE key, as one UPDATE joined
 /// on the old keys (`$1`: `[{"k": old key, "d": new image}, …]`): the rows are matched as
-/// they were before the statement, and uniqueness is checked at its end. Returns (rows
-/// named, rows matched).
+/// they were before the statement, and uniqueness is checked at its end. `columns` is
+/// every column some row writes: a row whose image lacks one (a row over 2 KB ships only
+/// the columns that changed) keeps its value. Returns (rows named, rows matched).
 fn update_keys_sql(meta: &TableMeta, columns: &[String], table: &str) -> String {
+    let shipped = |c: &str| {
+        format!(
+            "(p.j -> 'd') -> {} is not null",
+            ddlwatcher::quote_literal(c)
+        )
+    };
     let set: Vec<String> = columns
         .iter()
         .filter(|c| !meta.identity_always.contains(c) || meta.key.contains(c))
-        .map(|c| format!("{} = {}", quote_ident(c), value(meta, c, "r", "p.j -> 'd'")))
+        .map(|c| {
+            format!(
+                "{0} = case when {1} then {2} else t.{0} end",
+                quote_ident(c),
+                shipped(c),
+                value(meta, c, "r", "p.j -> 'd'")
+            )
+        })
+        .collect();
+    let same: String = meta
+        .identity_always
+        .iter()
+        .filter(|c| columns.contains(c) && !meta.key.contains(c))
+        .map(|c| {
+            format!(
+                " and (not {1} or t.{0} is not distinct from r.{0})",
+                quote_ident(c),
+                shipped(c)
+            )
+        })
         .collect();
     format!(
         "with p as (select e.j from json_array_elements($1::text::json) as e(j)),
@@ -1874,7 +1919,6 @@ fn update_keys_sql(meta: &TableMeta, columns: &[String], table: &str) -> String 
         set = set.join(", "),
         synced = synced_at_set(meta),
         cond = key_match(&meta.key, "t", "k"),
-        same = identity_unchanged(meta, columns, "r"),
     )
 }
 
