@@ -27,10 +27,8 @@ async fn partitioned_tables_load_and_replicate() -> anyhow::Result<()> {
         "insert into app.m select g, date '2024-01-01' + g, 'v' || g from generate_series(1, 500) g",
     )
     .await?;
-    let target = p.start_target(0).await?;
-    let port = target.local_addr.unwrap().port();
-    let source = p
-        .start_source(port, "app.*", "    do_initial_snapshot: true\n")
+    let (source, target) = p
+        .start_both_with("app.*", "    do_initial_snapshot: true\n")
         .await?;
     let dst = p.dst().await?;
     wait_equal(&src, &dst, &["app.m"], Duration::from_secs(30)).await?;
@@ -93,10 +91,8 @@ async fn inheritance_children_replicate_as_their_own_tables() -> anyhow::Result<
         "",
     )
     .await?;
-    let target = p.start_target(0).await?;
-    let port = target.local_addr.unwrap().port();
-    let source = p
-        .start_source(port, "app.*", "    do_initial_snapshot: true\n")
+    let (source, target) = p
+        .start_both_with("app.*", "    do_initial_snapshot: true\n")
         .await?;
     let (src, dst) = (p.src().await?, p.dst().await?);
     wait_equal(
@@ -208,10 +204,8 @@ async fn partitions_with_awkward_names_replicate() -> anyhow::Result<()> {
         "",
     )
     .await?;
-    let target = p.start_target(0).await?;
-    let port = target.local_addr.unwrap().port();
-    let source = p
-        .start_source(port, "Ap?p*.*", "    do_initial_snapshot: true\n")
+    let (source, target) = p
+        .start_both_with("Ap?p*.*", "    do_initial_snapshot: true\n")
         .await?;
     let (src, dst) = (p.src().await?, p.dst().await?);
     let table = r#""Ap,p ""x"""."Mé ""T"", 1""#;

@@ -1151,10 +1151,8 @@ async fn key_shifts_and_swaps_under_a_deferrable_key_replicate() -> anyhow::Resu
         "",
     )
     .await?;
-    let target = p.start_target(0).await?;
-    let port = target.local_addr.unwrap().port();
-    let source = p
-        .start_source(port, "app.*", "    do_initial_snapshot: true\n")
+    let (source, target) = p
+        .start_both_with("app.*", "    do_initial_snapshot: true\n")
         .await?;
     let (src, dst) = (p.src().await?, p.dst().await?);
     let within = Duration::from_secs(30);
@@ -1220,10 +1218,8 @@ async fn a_deferrable_key_shift_over_rows_of_different_sizes_replicates() -> any
         "",
     )
     .await?;
-    let target = p.start_target(0).await?;
-    let port = target.local_addr.unwrap().port();
-    let source = p
-        .start_source(port, "app.*", "    do_initial_snapshot: true\n")
+    let (source, target) = p
+        .start_both_with("app.*", "    do_initial_snapshot: true\n")
         .await?;
     let (src, dst) = (p.src().await?, p.dst().await?);
     let within = Duration::from_secs(30);

@@ -175,9 +175,18 @@ impl Pair {
 
     /// Starts a target on a free port and a source replicating `expression` to it.
     pub async fn start_both(&self, expression: &str) -> Result<(Running, Running)> {
+        self.start_both_with(expression, "").await
+    }
+
+    /// As [`Pair::start_both`], with more lines for target `t1` (see [`Pair::source_yaml`]).
+    pub async fn start_both_with(
+        &self,
+        expression: &str,
+        extra: &str,
+    ) -> Result<(Running, Running)> {
         let target = self.start_target(0).await?;
         let port = target.local_addr.expect("target listens").port();
-        let source = self.start_source(port, expression, "").await?;
+        let source = self.start_source(port, expression, extra).await?;
         Ok((source, target))
     }
 }
