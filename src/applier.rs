@@ -548,8 +548,8 @@ impl Applier {
             events.push(e);
             columns.push(cols);
         }
-        // Runs of one table, kind and column set. With replica mode (the target's foreign
-        // keys and triggers quiet) the runs of a batch span transactions: an event joins the
+        // Runs of one table, kind and column set. For tables whose foreign keys and triggers
+        // stay quiet (replica mode, or none there) the runs of a batch span transactions: an event joins the
         // latest run of its kind after every run that touched its row, so each row still
         // sees its changes in source order and the end state is the same, in a few
         // statements instead of one per source statement. A constraint the new order
@@ -557,7 +557,7 @@ impl Applier {
         self.ensure_extra_columns(tx, batch, &mut ddl.extra_columns_seen)
             .await?;
         let planning = std::time::Instant::now();
-        let reorderable = if self.replica_role && ddl.pending.is_empty() {
+        let reorderable = if ddl.pending.is_empty() {
             self.reorderable_tables(tx, batch).await?
         } else {
             Vec::new()
@@ -723,7 +723,11 @@ impl Applier {
     /// For each table of the batch, whether its events may be applied out of source order
     /// (between rows): no deferrable unique, primary key or exclusion constraint (checked
     /// at commit, after the fallback to source order could help) and no trigger that fires
-    /// in replica mode (ENABLE ALWAYS or REPLICA: it would see the new order).
+    /// in the apply's mode (it would see the new order) — in replica mode ENABLE ALWAYS or
+    /// REPLICA ones; otherwise ordinary and ALWAYS ones, and then also no foreign key from
+    /// or to the table (its checks and actions fire: a child row could come before its
+    /// parent) and no rule. Partitions count as their table (`pg_partition_tree` lists no
+    /// rows for a table that is not partitioned: the table itself is added).
     async fn reorderable_tables(
         &self,
         tx: &deadpool_postgres::Transaction<'_>,
@@ -736,17 +740,25 @@ impl Applier {
             .collect();
         let st = prepared(
             tx,
-            "select coalesce(bool_and(to_regclass(t) is not null
+            "select coalesce(bool_and(rel is not null
                         and not exists (select 1 from pg_catalog.pg_constraint c
-                                         where c.conrelid = to_regclass(t) and c.condeferrable and c.contype in ('p', 'u', 'x'))
+                                         where c.conrelid = any(rels) and c.condeferrable and c.contype in ('p', 'u', 'x'))
                         and not exists (select 1 from pg_catalog.pg_trigger g
-                                         where g.tgrelid = to_regclass(t) and not g.tgisinternal and g.tgenabled in ('A', 'R'))), false)
-               from unnest($1::text[]) with ordinality as u(t, n) group by n order by n",
+                                         where g.tgrelid = any(rels) and not g.tgisinternal
+                                           and g.tgenabled in ('A', case when $2 then 'R' else 'O' end))
+                        and ($2 or not exists (select 1 from pg_catalog.pg_constraint c
+                                                where c.contype = 'f' and (c.conrelid = any(rels) or c.confrelid = any(rels)))
+                               and not exists (select 1 from pg_catalog.pg_class r
+                                                where r.oid = any(rels) and r.relhasrules))), false)
+               from unnest($1::text[]) with ordinality as u(t, n),
+                    lateral (select to_regclass(t)::oid as rel) r,
+                    lateral (select array(select rel union select relid::oid from pg_catalog.pg_partition_tree(rel)) as rels) p
+              group by n order by n",
             "reading the target tables' constraints and triggers",
         )
         .await?;
         let rows = tx
-            .query(&st, &[&names])
+            .query(&st, &[&names, &self.replica_role])
             .await
             .map_err(pg("reading the target tables' constraints and triggers"))?;
         Ok(rows.iter().map(|r| r.get(0)).collect())

@@ -397,3 +397,41 @@ async fn uninstall_removes_every_trigger_and_keeps_the_rows() -> anyhow::Result<
         .await?;
     Ok(())
 }
+
+/// A trigger on a partition of a target table fires for the rows applied to that table (the
+/// role has no replica mode), so the table keeps source order as one with a trigger of its
+/// own does: the trigger records how many rows of another table it sees, which rows applied
+/// after all of that table's rows would not match.
+#[tokio::test]
+async fn a_trigger_on_a_target_partition_keeps_its_table_in_source_order() -> anyhow::Result<()> {
+    let schema = "
+create schema app;
+create table app.b (id int primary key);
+create table app.m (id int not null, at date not null, seen int, primary key (id, at)) partition by range (at);
+create table app.m_2024 partition of app.m for values from ('2024-01-01') to ('2025-01-01');
+create function app.count_b() returns trigger language plpgsql as
+  $$ begin new.seen := (select count(*) from app.b); return new; end $$;
+create trigger count_b before insert on app.m_2024 for each row execute function app.count_b();
+";
+    let p = Pair::new2(schema, schema).await?;
+    let (source, target) = p.start_both("app.*").await?;
+    let port = target.local_addr.unwrap().port();
+    source.shutdown().await?;
+    let src = p.src().await?;
+    for i in 1..=30 {
+        src.batch_execute(&format!(
+            "insert into app.b values ({i}); insert into app.m values ({i}, '2024-03-01', null);"
+        ))
+        .await?;
+    }
+    let source = p.start_source(port, "app.*", "").await?;
+    let dst = p.dst().await?;
+    wait_equal(&src, &dst, &["app.b", "app.m"], Duration::from_secs(30)).await?;
+    assert_eq!(
+        scalar_i64(&dst, "select count(distinct seen) from app.m").await?,
+        30
+    );
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}

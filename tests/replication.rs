@@ -454,8 +454,22 @@ async fn grant_replica_role(p: &Pair) -> anyhow::Result<()> {
 /// again and re-keyed end as on the source, around a TRUNCATE of another table.
 #[tokio::test]
 async fn runs_across_transactions_end_equal_in_few_statements() -> anyhow::Result<()> {
+    runs_across_transactions(true).await
+}
+
+/// Without replica mode the same holds for tables that no foreign key, trigger or rule
+/// ties to others (`customer`, `order_line`; `parent` is referenced by `child`).
+#[tokio::test]
+async fn runs_across_transactions_without_replica_mode_for_tables_without_foreign_keys(
+) -> anyhow::Result<()> {
+    runs_across_transactions(false).await
+}
+
+async fn runs_across_transactions(replica: bool) -> anyhow::Result<()> {
     let p = Pair::new(SCHEMA).await?;
-    grant_replica_role(&p).await?;
+    if replica {
+        grant_replica_role(&p).await?;
+    }
     let (source, target) = p.start_both("app.*").await?;
     let src = p.src().await?;
     src.batch_execute("insert into app.parent select generate_series(1, 10)")
@@ -526,6 +540,51 @@ async fn runs_across_transactions_end_equal_in_few_statements() -> anyhow::Resul
     assert!(
         runs * 5 < events,
         "{events} events took {runs} statements: the runs did not span transactions"
+    );
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}
+
+/// Without replica mode the target's foreign-key actions fire, so tables a foreign key ties
+/// together keep source order: a child row inserted, its parent deleted (the cascade deletes
+/// the child on both sides), inserted again and given a new child. Applied out of order the
+/// new child would come before the parent's delete, whose cascade on the target would take
+/// it — without any error.
+#[tokio::test]
+async fn without_replica_mode_tables_tied_by_a_foreign_key_keep_source_order() -> anyhow::Result<()>
+{
+    let p = Pair::new(SCHEMA).await?;
+    let (source, target) = p.start_both("app.*").await?;
+    let port = target.local_addr.unwrap().port();
+    let src = p.src().await?;
+    let dst = p.dst().await?;
+    src.batch_execute("insert into app.parent select generate_series(1, 20)")
+        .await?;
+    wait_equal(&src, &dst, &["app.parent"], Duration::from_secs(20)).await?;
+    source.shutdown().await?;
+    for i in 1..=20 {
+        src.batch_execute(&format!(
+            "insert into app.child values ({a}, {i});
+             delete from app.parent where id = {i};
+             insert into app.parent values ({i});
+             insert into app.child values ({b}, {i});",
+            a = i * 2,
+            b = i * 2 + 1
+        ))
+        .await?;
+    }
+    let source = p.start_source(port, "app.*", "").await?;
+    wait_equal(
+        &src,
+        &dst,
+        &["app.parent", "app.child"],
+        Duration::from_secs(30),
+    )
+    .await?;
+    assert_eq!(
+        scalar_i64(&dst, "select count(*) from app.child").await?,
+        20
     );
     source.shutdown().await?;
     target.shutdown().await?;
