@@ -174,7 +174,8 @@ impl Applier {
         } else {
             tracing::warn!(
                 role = %config.database.username,
-                "the role may not set session_replication_role: target triggers and ON DELETE/UPDATE actions fire while applying. \
+                "the role may not set session_replication_role: target triggers and ON DELETE/UPDATE actions fire while applying, \
+                 and tables with foreign keys, triggers or rules are applied one source statement at a time. \
                  Grant it (GRANT SET ON PARAMETER session_replication_role TO …) for exact replicas of tables with triggers"
             );
         }
