@@ -6,6 +6,12 @@
 # no rotation check: it loses information, it only shows what the insert itself costs). Each is `create or replace`d in
 # turn on the same installed triggers; no instance runs, the queue is emptied before each
 # run. REPEAT interleaved rounds, medians of TPS and of the per-round ratios.
+# Three more variants take one piece out of the current function, each to show what that
+# piece costs (they lose what the piece does): current_nosp without its `SET search_path`
+# clause (names qualified instead), current_noold without the UPDATE's old image (no
+# unchanged-row check, no key-change check, no large-row diff), current_noloop without the
+# loop over the trigger's arguments (one key column assumed, as pgbench's tables have).
+# VARIANTS="…" picks and orders the variants (default: all but those three).
 # C_FLOOR=1 adds the same floor written in C (bench/c_floor: `row_to_json` of the row and
 # one SPI insert) — what a capture outside PL/pgSQL could reach. It needs root: it installs
 # postgresql-server-dev-15 when missing and the module into PostgreSQL's library directory,
@@ -42,6 +48,19 @@ for name, path in (("v1", "sql/source_001_queue.sql"), ("v3", "sql/source_003_ca
     i = s.index("create or replace function capture_row()")
     j = s.index("$$;", i) + 3
     open(f"{sys.argv[1]}/{name}.sql", "w").write("set search_path = teleport, pg_temp;\n" + s[i:j] + "\n")
+f = s[i:j]  # the current function
+def variant(name, body):
+    assert body != f, name
+    open(f"{sys.argv[1]}/{name}.sql", "w").write("set search_path = teleport, pg_temp;\n" + body + "\n")
+nosp = f.replace("security definer set search_path from current", "security definer")
+for a, b in (("insert into event_", "insert into teleport.event_"), ("'event_id_seq'", "'teleport.event_id_seq'"),
+             ("'queue_rotation'", "'teleport.queue_rotation'"), ("from known_partition", "from teleport.known_partition")):
+    nosp = nosp.replace(a, b)
+variant("current_nosp", nosp)
+update = f[f.index("    elsif tg_op = 'UPDATE' then"):f.index("    else\n        o := to_json(old);")]
+variant("current_noold", f.replace(update, "    elsif tg_op = 'UPDATE' then\n        d := to_json(new);\n"))
+loop = f[f.index("    for i in 0 .. tg_nargs - 1 loop"):f.index("    if nend < tg_nargs then")]
+variant("current_noloop", f.replace(loop, "    npk := 1;\n"))
 open(f"{sys.argv[1]}/floor.sql", "w").write("""set search_path = teleport, pg_temp;
 create or replace function capture_row() returns trigger
 language plpgsql security definer set search_path from current as $$
@@ -53,7 +72,7 @@ end
 $$;
 """)
 PY
-VARIANTS="none v1 v3 current floor"
+VARIANTS="${VARIANTS:-none v1 v3 current floor}"
 if [ "${C_FLOOR:-0}" = 1 ]; then
     [ -f /usr/include/postgresql/15/server/postgres.h ] || {
         apt-get update -qq && apt-get install -y -qq --no-install-recommends postgresql-server-dev-15 >/dev/null
@@ -90,13 +109,14 @@ by = {}
 for r, v, tps in rows:
     by.setdefault(v, {})[r] = float(tps)
 med = statistics.median
-rounds = sorted(by["none"])
+rounds = sorted(by[next(iter(by))])
 out = {"workload": sys.argv[2], "duration_s": int(sys.argv[3]), "clients": int(sys.argv[4]),
        "tps": {v: med(by[v].values()) for v in by}}
 # Per-round ratios, then their median.
 for a, b in (("v1", "none"), ("v3", "none"), ("current", "none"), ("current", "v1"), ("current", "v3"), ("floor", "none"),
-             ("current", "floor"), ("c_floor", "none"), ("c_floor", "floor")):
-    if a in by:
+             ("current", "floor"), ("c_floor", "none"), ("c_floor", "floor"), ("current_nosp", "current"),
+             ("current_noold", "current"), ("current_noloop", "current")):
+    if a in by and b in by:
         out[f"ratio_{a}_to_{b}"] = round(med(by[a][r] / by[b][r] for r in rounds), 3)
 print(json.dumps(out, indent=2))
 json.dump(out, open("bench/results/trigger_variants.json", "w"), indent=2)
