@@ -591,6 +591,41 @@ async fn without_replica_mode_tables_tied_by_a_foreign_key_keep_source_order() -
     Ok(())
 }
 
+/// Without replica mode a rule on a target table runs for the applied rows, so the table
+/// keeps source order: a rule logging how many rows of another table each insert sees.
+#[tokio::test]
+async fn without_replica_mode_a_table_with_a_rule_keeps_source_order() -> anyhow::Result<()> {
+    let schema = "create schema app;
+                  create table app.b (id int primary key);
+                  create table app.m (id int primary key);";
+    let rule = "create schema other;
+                create table other.log (id int, seen bigint);
+                create rule log_b as on insert to app.m
+                    do also insert into other.log values (new.id, (select count(*) from app.b));";
+    let p = Pair::new2(schema, &format!("{schema}{rule}")).await?;
+    let (source, target) = p.start_both("app.*").await?;
+    let port = target.local_addr.unwrap().port();
+    source.shutdown().await?;
+    let src = p.src().await?;
+    for i in 1..=30 {
+        src.batch_execute(&format!(
+            "insert into app.b values ({i}); insert into app.m values ({i});"
+        ))
+        .await?;
+    }
+    let source = p.start_source(port, "app.*", "").await?;
+    let dst = p.dst().await?;
+    wait_equal(&src, &dst, &["app.b", "app.m"], Duration::from_secs(30)).await?;
+    assert_eq!(
+        scalar_i64(&dst, "select count(*) from other.log where seen = id").await?,
+        30,
+        "each insert saw the rows of app.b inserted before it on the source"
+    );
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}
+
 /// A unique value moved from one row to another (update, then insert in a later
 /// transaction): applied out of order the insert would collide, so the batch is applied
 /// again in source order, in the same transaction, and ends equal.
