@@ -175,7 +175,7 @@ impl Applier {
             tracing::warn!(
                 role = %config.database.username,
                 "the role may not set session_replication_role: target triggers and ON DELETE/UPDATE actions fire while applying, \
-                 and tables with foreign keys, triggers or rules are applied one source statement at a time. \
+                 and tables with triggers or rules, or tied by foreign keys to others in the same batch, are applied one source statement at a time. \
                  Grant it (GRANT SET ON PARAMETER session_replication_role TO …) for exact replicas of tables with triggers"
             );
         }
@@ -725,10 +725,13 @@ impl Applier {
     /// (between rows): no deferrable unique, primary key or exclusion constraint (checked
     /// at commit, after the fallback to source order could help) and no trigger that fires
     /// in the apply's mode (it would see the new order) — in replica mode ENABLE ALWAYS or
-    /// REPLICA ones; otherwise ordinary and ALWAYS ones, and then also no foreign key from
-    /// or to the table (its checks and actions fire: a child row could come before its
-    /// parent) and no rule. Partitions count as their table (`pg_partition_tree` lists no
-    /// rows for a table that is not partitioned: the table itself is added).
+    /// REPLICA ones; otherwise ordinary and ALWAYS ones, and then also no rule, no foreign
+    /// key from the table to itself, and no other table of the batch among the tables its
+    /// foreign keys tie it to, directly or through others (its checks and actions fire: a
+    /// child row could come before its parent, or a cascade take a row applied too early;
+    /// against tables the batch does not change, they give the same answers in any order).
+    /// Partitions count as their table (`pg_partition_tree` lists no rows for a table that
+    /// is not partitioned: the table itself is added).
     async fn reorderable_tables(
         &self,
         tx: &deadpool_postgres::Transaction<'_>,
@@ -741,20 +744,32 @@ impl Applier {
             .collect();
         let st = prepared(
             tx,
-            "select coalesce(bool_and(rel is not null
+            "with recursive
+                  b as (select n, rel, array(select rel union select relid::oid from pg_catalog.pg_partition_tree(rel)) as rels
+                          from unnest($1::text[]) with ordinality as u(t, n),
+                               lateral (select pg_catalog.to_regclass(t)::oid as rel) r),
+                  member as (select n, unnest(rels) as oid from b),
+                  -- Relations tied by a foreign key, either way, or by partitioning (only
+                  -- without replica mode, where foreign keys act).
+                  edge as (select conrelid as a, confrelid as z from pg_catalog.pg_constraint where contype = 'f' and not $2
+                           union all select confrelid, conrelid from pg_catalog.pg_constraint where contype = 'f' and not $2
+                           union all select inhrelid, inhparent from pg_catalog.pg_inherits where not $2
+                           union all select inhparent, inhrelid from pg_catalog.pg_inherits where not $2),
+                  reach (n, oid) as (select n, oid from member
+                                     union select r.n, e.z from reach r join edge e on e.a = r.oid)
+             select coalesce(rel is not null
                         and not exists (select 1 from pg_catalog.pg_constraint c
                                          where c.conrelid = any(rels) and c.condeferrable and c.contype in ('p', 'u', 'x'))
                         and not exists (select 1 from pg_catalog.pg_trigger g
                                          where g.tgrelid = any(rels) and not g.tgisinternal
                                            and g.tgenabled in ('A', case when $2 then 'R' else 'O' end))
                         and ($2 or not exists (select 1 from pg_catalog.pg_constraint c
-                                                where c.contype = 'f' and (c.conrelid = any(rels) or c.confrelid = any(rels)))
+                                                where c.contype = 'f' and c.conrelid = any(rels) and c.confrelid = any(rels))
+                               and not exists (select 1 from reach r join member m on m.oid = r.oid
+                                                where r.n = b.n and m.n <> b.n)
                                and not exists (select 1 from pg_catalog.pg_class r
-                                                where r.oid = any(rels) and r.relhasrules))), false)
-               from unnest($1::text[]) with ordinality as u(t, n),
-                    lateral (select to_regclass(t)::oid as rel) r,
-                    lateral (select array(select rel union select relid::oid from pg_catalog.pg_partition_tree(rel)) as rels) p
-              group by n order by n",
+                                                where r.oid = any(rels) and r.relhasrules)), false)
+               from b order by n",
             "reading the target tables' constraints and triggers",
         )
         .await?;

@@ -591,6 +591,50 @@ async fn without_replica_mode_tables_tied_by_a_foreign_key_keep_source_order() -
     Ok(())
 }
 
+/// Without replica mode a table with a foreign key is still applied in runs that span
+/// transactions when the batch changes no other table its keys tie it to: children of
+/// parents the batch leaves alone, between rows of an unrelated table.
+#[tokio::test]
+async fn without_replica_mode_a_child_whose_parents_the_batch_leaves_alone_is_applied_in_runs(
+) -> anyhow::Result<()> {
+    let p = Pair::new(SCHEMA).await?;
+    let (source, target) = p.start_both("app.*").await?;
+    let port = target.local_addr.unwrap().port();
+    let src = p.src().await?;
+    let dst = p.dst().await?;
+    src.batch_execute("insert into app.parent select generate_series(1, 10)")
+        .await?;
+    wait_equal(&src, &dst, &["app.parent"], Duration::from_secs(20)).await?;
+    let before = scalar_i64(&dst, "select sum(runs)::int8 from teleport.applied").await?;
+    source.shutdown().await?;
+    for i in 1..=200 {
+        src.batch_execute(&format!(
+            "insert into app.child values ({i}, {p});
+             insert into app.customer values ({i}, 'c', 0);
+             update app.child set parent_id = {q} where id = {i};",
+            p = i % 10 + 1,
+            q = (i + 3) % 10 + 1
+        ))
+        .await?;
+    }
+    let source = p.start_source(port, "app.*", "").await?;
+    wait_equal(
+        &src,
+        &dst,
+        &["app.parent", "app.child", "app.customer"],
+        Duration::from_secs(30),
+    )
+    .await?;
+    let runs = scalar_i64(&dst, "select sum(runs)::int8 from teleport.applied").await? - before;
+    assert!(
+        runs * 5 < 600,
+        "600 events took {runs} statements: the child's runs did not span transactions"
+    );
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}
+
 /// Without replica mode a rule on a target table runs for the applied rows, so the table
 /// keeps source order: a rule logging how many rows of another table each insert sees.
 #[tokio::test]
