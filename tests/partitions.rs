@@ -415,17 +415,12 @@ create trigger count_b before insert on app.m_2024 for each row execute function
 ";
     let p = Pair::new2(schema, schema).await?;
     let (source, target) = p.start_both("app.*").await?;
-    let port = target.local_addr.unwrap().port();
-    source.shutdown().await?;
-    let src = p.src().await?;
-    for i in 1..=30 {
-        src.batch_execute(&format!(
-            "insert into app.b values ({i}); insert into app.m values ({i}, '2024-03-01', null);"
-        ))
+    let source = p
+        .with_backlog(source, &target, "app.*", 30, |i| {
+            format!("insert into app.b values ({i}); insert into app.m values ({i}, '2024-03-01', null);")
+        })
         .await?;
-    }
-    let source = p.start_source(port, "app.*", "").await?;
-    let dst = p.dst().await?;
+    let (src, dst) = (p.src().await?, p.dst().await?);
     wait_equal(&src, &dst, &["app.b", "app.m"], Duration::from_secs(30)).await?;
     assert_eq!(
         scalar_i64(&dst, "select count(distinct seen) from app.m").await?,

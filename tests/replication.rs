@@ -556,25 +556,23 @@ async fn without_replica_mode_tables_tied_by_a_foreign_key_keep_source_order() -
 {
     let p = Pair::new(SCHEMA).await?;
     let (source, target) = p.start_both("app.*").await?;
-    let port = target.local_addr.unwrap().port();
     let src = p.src().await?;
     let dst = p.dst().await?;
     src.batch_execute("insert into app.parent select generate_series(1, 20)")
         .await?;
     wait_equal(&src, &dst, &["app.parent"], Duration::from_secs(20)).await?;
-    source.shutdown().await?;
-    for i in 1..=20 {
-        src.batch_execute(&format!(
-            "insert into app.child values ({a}, {i});
-             delete from app.parent where id = {i};
-             insert into app.parent values ({i});
-             insert into app.child values ({b}, {i});",
-            a = i * 2,
-            b = i * 2 + 1
-        ))
+    let source = p
+        .with_backlog(source, &target, "app.*", 20, |i| {
+            format!(
+                "insert into app.child values ({a}, {i});
+                 delete from app.parent where id = {i};
+                 insert into app.parent values ({i});
+                 insert into app.child values ({b}, {i});",
+                a = i * 2,
+                b = i * 2 + 1
+            )
+        })
         .await?;
-    }
-    let source = p.start_source(port, "app.*", "").await?;
     wait_equal(
         &src,
         &dst,
@@ -599,25 +597,23 @@ async fn without_replica_mode_a_child_whose_parents_the_batch_leaves_alone_is_ap
 ) -> anyhow::Result<()> {
     let p = Pair::new(SCHEMA).await?;
     let (source, target) = p.start_both("app.*").await?;
-    let port = target.local_addr.unwrap().port();
     let src = p.src().await?;
     let dst = p.dst().await?;
     src.batch_execute("insert into app.parent select generate_series(1, 10)")
         .await?;
     wait_equal(&src, &dst, &["app.parent"], Duration::from_secs(20)).await?;
     let before = scalar_i64(&dst, "select sum(runs)::int8 from teleport.applied").await?;
-    source.shutdown().await?;
-    for i in 1..=200 {
-        src.batch_execute(&format!(
-            "insert into app.child values ({i}, {p});
-             insert into app.customer values ({i}, 'c', 0);
-             update app.child set parent_id = {q} where id = {i};",
-            p = i % 10 + 1,
-            q = (i + 3) % 10 + 1
-        ))
+    let source = p
+        .with_backlog(source, &target, "app.*", 200, |i| {
+            format!(
+                "insert into app.child values ({i}, {p});
+                 insert into app.customer values ({i}, 'c', 0);
+                 update app.child set parent_id = {q} where id = {i};",
+                p = i % 10 + 1,
+                q = (i + 3) % 10 + 1
+            )
+        })
         .await?;
-    }
-    let source = p.start_source(port, "app.*", "").await?;
     wait_equal(
         &src,
         &dst,
@@ -648,17 +644,12 @@ async fn without_replica_mode_a_table_with_a_rule_keeps_source_order() -> anyhow
                     do also insert into other.log values (new.id, (select count(*) from app.b));";
     let p = Pair::new2(schema, &format!("{schema}{rule}")).await?;
     let (source, target) = p.start_both("app.*").await?;
-    let port = target.local_addr.unwrap().port();
-    source.shutdown().await?;
-    let src = p.src().await?;
-    for i in 1..=30 {
-        src.batch_execute(&format!(
-            "insert into app.b values ({i}); insert into app.m values ({i});"
-        ))
+    let source = p
+        .with_backlog(source, &target, "app.*", 30, |i| {
+            format!("insert into app.b values ({i}); insert into app.m values ({i});")
+        })
         .await?;
-    }
-    let source = p.start_source(port, "app.*", "").await?;
-    let dst = p.dst().await?;
+    let (src, dst) = (p.src().await?, p.dst().await?);
     wait_equal(&src, &dst, &["app.b", "app.m"], Duration::from_secs(30)).await?;
     assert_eq!(
         scalar_i64(&dst, "select count(*) from other.log where seen = id").await?,

@@ -189,6 +189,27 @@ impl Pair {
         let source = self.start_source(port, expression, extra).await?;
         Ok((source, target))
     }
+
+    /// Stops `source`, commits `n` transactions on the source database while it is down —
+    /// the `i`-th (from 1) made of the statements `txn(i)` — and starts a source instance
+    /// replicating `expression` to the target of `target` again: a backlog, which reaches
+    /// the target in few batches.
+    pub async fn with_backlog(
+        &self,
+        source: Running,
+        target: &Running,
+        expression: &str,
+        n: i64,
+        txn: impl Fn(i64) -> String,
+    ) -> Result<Running> {
+        source.shutdown().await?;
+        let src = self.src().await?;
+        for i in 1..=n {
+            src.batch_execute(&txn(i)).await?;
+        }
+        let port = target.local_addr.expect("target listens").port();
+        self.start_source(port, expression, "").await
+    }
 }
 
 /// Rows of `table` as text, ordered, for comparing source and target exactly.
