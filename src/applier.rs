@@ -549,11 +549,12 @@ impl Applier {
             events.push(e);
             columns.push(cols);
         }
-        // Runs of one table, kind and column set. For tables whose foreign keys and triggers
-        // stay quiet (replica mode, or none there) the runs of a batch span transactions: an event joins the
-        // latest run of its kind after every run that touched its row, so each row still
-        // sees its changes in source order and the end state is the same, in a few
-        // statements instead of one per source statement. A constraint the new order
+        // Runs of one table, kind and column set. For tables no trigger, rule or foreign key
+        // can see the order of (see `reorderable_tables`) the runs of a batch span
+        // transactions: an event joins the latest run of its kind after every run that
+        // touched its row, so each row still sees its changes in source order and the end
+        // state is the same, in a few statements instead of one per source statement. A
+        // constraint the new order
         // trips (a unique value moved between rows) sends the batch back to source order.
         self.ensure_extra_columns(tx, batch, &mut ddl.extra_columns_seen)
             .await?;
