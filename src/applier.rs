@@ -554,8 +554,8 @@ impl Applier {
         // transactions: an event joins the latest run of its kind after every run that
         // touched its row, so each row still sees its changes in source order and the end
         // state is the same, in a few statements instead of one per source statement. A
-        // constraint the new order
-        // trips (a unique value moved between rows) sends the batch back to source order.
+        // constraint the new order trips (a unique value moved between rows) sends the
+        // batch back to source order.
         self.ensure_extra_columns(tx, batch, &mut ddl.extra_columns_seen)
             .await?;
         let planning = std::time::Instant::now();
