@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # Capture-trigger variants (issue #7, profiling the trigger body): pgbench on one cluster
-# with the capture triggers disabled, with version 1's capture function, version 3's, the
-# current one (version 11: partition maintenance), and with the floor of any PL/pgSQL capture — a
-# function that only inserts `to_json(new)` into the current event table (no key, no diff,
-# no rotation check: it loses information, it only shows what the insert itself costs). Each is `create or replace`d in
-# turn on the same installed triggers; no instance runs, the queue is emptied before each
-# run. REPEAT interleaved rounds, medians of TPS and of the per-round ratios.
-# Three more variants take one piece out of the current function, each to show what that
-# piece costs (they lose what the piece does): current_nosp without its `SET search_path`
-# clause (names qualified instead), current_noold without the UPDATE's old image (no
-# unchanged-row check, no key-change check, no large-row diff), current_noloop without the
-# loop over the trigger's arguments (one key column assumed, as pgbench's tables have).
+# with the capture triggers disabled, with version 1's capture function, version 3's,
+# version 12's (with `SET search_path`), the current one (version 13: no SET clause, every
+# name qualified), and with the floor of any PL/pgSQL capture — a function that only
+# inserts `to_json(new)` into the current event table (no key, no diff, no rotation check,
+# no SET clause since session 15: it loses information, it only shows what the insert itself
+# costs). Each is `create or replace`d in turn on the same installed triggers; no instance
+# runs, the queue is emptied before each run. REPEAT interleaved rounds, medians of TPS and
+# of the per-round ratios.
+# Three more variants take one piece out of version 12's function, each to show what that
+# piece costs (they lose what the piece does): v12_nosp without its `SET search_path`
+# clause (relations qualified, nothing else: what version 13 does safely), v12_noold
+# without the UPDATE's old image (no unchanged-row check, no key-change check, no large-row
+# diff), v12_noloop without the loop over the trigger's arguments (one key column assumed,
+# as pgbench's tables have).
 # VARIANTS="…" picks and orders the variants (default: all but those three).
 # C_FLOOR=1 adds the same floor written in C (bench/c_floor: `row_to_json` of the row and
 # one SPI insert) — what a capture outside PL/pgSQL could reach. It needs root: it installs
@@ -42,37 +45,43 @@ YML
 # The capture function as each migration defines it.
 python3 - "$WORK" <<'PY'
 import sys
-for name, path in (("v1", "sql/source_001_queue.sql"), ("v3", "sql/source_003_capture.sql"),
-                   ("current", "sql/source_011_partition_maintenance.sql")):
+def out(name, body):
+    open(f"{sys.argv[1]}/{name}.sql", "w").write("set search_path = teleport, pg_temp;\n" + body + "\n")
+def defined(path):
     s = open(path).read()
     i = s.index("create or replace function capture_row()")
-    j = s.index("$$;", i) + 3
-    open(f"{sys.argv[1]}/{name}.sql", "w").write("set search_path = teleport, pg_temp;\n" + s[i:j] + "\n")
-f = s[i:j]  # the current function
+    return s[i:s.index("$$;", i) + 3]
+out("v1", defined("sql/source_001_queue.sql"))
+out("v3", defined("sql/source_003_capture.sql"))
+f = defined("sql/source_011_partition_maintenance.sql")  # version 12's, with SET search_path
+out("v12", f)
+out("current", defined("sql/source_013_capture_without_search_path.sql")
+    .replace("@schema_in_literal@", "teleport").replace("@schema@", "teleport"))
 def variant(name, body):
     assert body != f, name
-    open(f"{sys.argv[1]}/{name}.sql", "w").write("set search_path = teleport, pg_temp;\n" + body + "\n")
+    out(name, body)
 nosp = f.replace("security definer set search_path from current", "security definer")
 for a, b in (("insert into event_", "insert into teleport.event_"), ("'event_id_seq'", "'teleport.event_id_seq'"),
              ("'queue_rotation'", "'teleport.queue_rotation'"), ("from known_partition", "from teleport.known_partition")):
     nosp = nosp.replace(a, b)
-variant("current_nosp", nosp)
+variant("v12_nosp", nosp)
 update = f[f.index("    elsif tg_op = 'UPDATE' then"):f.index("    else\n        o := to_json(old);")]
-variant("current_noold", f.replace(update, "    elsif tg_op = 'UPDATE' then\n        d := to_json(new);\n"))
+variant("v12_noold", f.replace(update, "    elsif tg_op = 'UPDATE' then\n        d := to_json(new);\n"))
 loop = f[f.index("    for i in 0 .. tg_nargs - 1 loop"):f.index("    if nend < tg_nargs then")]
-variant("current_noloop", f.replace(loop, "    npk := 1;\n"))
-open(f"{sys.argv[1]}/floor.sql", "w").write("""set search_path = teleport, pg_temp;
-create or replace function capture_row() returns trigger
-language plpgsql security definer set search_path from current as $$
+variant("v12_noloop", f.replace(loop, "    npk := 1;\n"))
+# The floor: one insert of the new row's JSON, no SET clause (as the current function).
+out("floor", """create or replace function capture_row() returns trigger
+language plpgsql security definer as $$
 begin
-    insert into event_0 values (nextval('event_id_seq'), pg_current_xact_id(), clock_timestamp(),
-                                substr(tg_op, 1, 1)::"char", tg_table_schema, tg_table_name, null, to_json(new), tg_relid);
+    insert into teleport.event_0
+    values (pg_catalog.nextval('teleport.event_id_seq'::pg_catalog.regclass), pg_catalog.pg_current_xact_id(),
+            pg_catalog.clock_timestamp(), pg_catalog.substr(tg_op, 1, 1)::pg_catalog."char", tg_table_schema,
+            tg_table_name, null, pg_catalog.to_json(new), tg_relid);
     return null;
 end
-$$;
-""")
+$$;""")
 PY
-VARIANTS="${VARIANTS:-none v1 v3 current floor}"
+VARIANTS="${VARIANTS:-none v1 v3 v12 current floor}"
 if [ "${C_FLOOR:-0}" = 1 ]; then
     [ -f /usr/include/postgresql/15/server/postgres.h ] || {
         apt-get update -qq && apt-get install -y -qq --no-install-recommends postgresql-server-dev-15 >/dev/null
@@ -113,9 +122,9 @@ rounds = sorted(by[next(iter(by))])
 out = {"workload": sys.argv[2], "duration_s": int(sys.argv[3]), "clients": int(sys.argv[4]),
        "tps": {v: med(by[v].values()) for v in by}}
 # Per-round ratios, then their median.
-for a, b in (("v1", "none"), ("v3", "none"), ("current", "none"), ("current", "v1"), ("current", "v3"), ("floor", "none"),
-             ("current", "floor"), ("c_floor", "none"), ("c_floor", "floor"), ("current_nosp", "current"),
-             ("current_noold", "current"), ("current_noloop", "current")):
+for a, b in (("v1", "none"), ("v3", "none"), ("v12", "none"), ("current", "none"), ("current", "v1"), ("current", "v3"),
+             ("current", "v12"), ("floor", "none"), ("current", "floor"), ("c_floor", "none"), ("c_floor", "floor"),
+             ("v12_nosp", "v12"), ("v12_noold", "v12"), ("v12_noloop", "v12")):
     if a in by and b in by:
         out[f"ratio_{a}_to_{b}"] = round(med(by[a][r] / by[b][r] for r in rounds), 3)
 print(json.dumps(out, indent=2))

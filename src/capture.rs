@@ -25,6 +25,10 @@ pub const SOURCE_SQL: &[(i32, &str)] = &[
         include_str!("../sql/source_011_partition_maintenance.sql"),
     ),
     (12, include_str!("../sql/source_012_deferrable_keys.sql")),
+    (
+        13,
+        include_str!("../sql/source_013_capture_without_search_path.sql"),
+    ),
 ];
 
 /// Registers a target (mirror) in `target_state`, state SETUP, its batches starting after
@@ -516,13 +520,20 @@ pub async fn uninstall(
 #[cfg(test)]
 mod tests {
     use super::SOURCE_SQL;
+    use serde_json::Value;
 
     /// The latest definition of function `name` among the source migrations.
     fn latest(name: &str) -> String {
+        latest_before(i32::MAX, name)
+    }
+
+    /// The latest definition of function `name` among the source migrations before `version`.
+    fn latest_before(version: i32, name: &str) -> String {
         let head = format!("create or replace function {name}()");
         let sql = SOURCE_SQL
             .iter()
             .rev()
+            .filter(|(v, _)| *v < version)
             .find_map(|(_, s)| s.find(&head).map(|i| &s[i..]))
             .unwrap_or_else(|| panic!("no migration defines {name}"));
         sql[..sql.find("$$;").expect("function body ends") + 3].to_string()
@@ -543,5 +554,193 @@ mod tests {
             without.replace("capture_row_numbered()", "capture_row()"),
             latest("capture_row")
         );
+    }
+
+    /// The row triggers are SECURITY DEFINER functions without `SET search_path` (version
+    /// 13): nothing they use may be found through a writer's search_path, where a writer's
+    /// own schema or temporary table would come first.
+    #[test]
+    fn the_row_triggers_find_nothing_through_the_search_path() {
+        const SCHEMA: &str = "internal schema";
+        for name in ["capture_row", "capture_row_numbered"] {
+            let sql = crate::db::with_schema(&latest(name), SCHEMA);
+            assert!(!sql.contains("search_path"), "{name} sets search_path");
+            let found = found_through_search_path(&sql, SCHEMA);
+            assert!(
+                found.is_empty(),
+                "{name} finds through the search_path: {found:#?}"
+            );
+        }
+        // The check sees what version 12's capture_row (with its SET clause) left to the
+        // search_path.
+        let found = found_through_search_path(&latest_before(13, "capture_row"), SCHEMA);
+        for what in [
+            "function to_json",
+            "function format",
+            "operator =",
+            "operator ->>",
+            "operator %",
+            "type json",
+            "type text",
+            "type char",
+            "relation event_0",
+            "relation known_partition",
+        ] {
+            assert!(
+                found.iter().any(|f| f.starts_with(&format!("{what} in"))),
+                "{what} not found in {found:#?}"
+            );
+        }
+    }
+
+    /// What PL/pgSQL function `sql` looks up through the search_path: functions, operators
+    /// and types not qualified with pg_catalog, relations not qualified with `schema`, and
+    /// a simple CASE (it looks `=` up by name); IS DISTINCT FROM, IN, LIKE and the like show
+    /// as operators without schema. Format strings of `format(…)` are checked as SQL too.
+    fn found_through_search_path(sql: &str, schema: &str) -> Vec<String> {
+        let tree = pg_query::parse_plpgsql(sql).expect("the function parses");
+        let mut texts = Vec::new();
+        statements_of(&tree, &mut texts);
+        assert!(texts.len() > 20, "too few statements found: {texts:#?}");
+        let mut found = Vec::new();
+        while let Some(text) = texts.pop() {
+            let parsed = pg_query::parse(&text).unwrap_or_else(|e| panic!("`{text}`: {e}"));
+            let tree = serde_json::to_value(&parsed.protobuf).expect("serialises");
+            unqualified(&tree, schema, &text, &mut found, &mut texts);
+        }
+        found
+    }
+
+    /// The SQL texts of a PL/pgSQL parse tree: statements, expressions (as SELECTs) and
+    /// variable types (as casts).
+    fn statements_of(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                for (key, x) in m {
+                    if key == "PLpgSQL_expr" {
+                        let q = x["query"].as_str().expect("query text");
+                        out.push(match x["parseMode"].as_i64().unwrap_or(0) {
+                            0 => q.to_string(),
+                            3 => format!("select {}", &q[q.find(":=").expect("assignment") + 2..]),
+                            _ => format!("select {q}"),
+                        });
+                    } else if key == "PLpgSQL_type" {
+                        let t = x["typname"].as_str().expect("type name");
+                        out.push(format!("select null::{t}"));
+                    } else {
+                        statements_of(x, out);
+                    }
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|x| statements_of(x, out)),
+            _ => {}
+        }
+    }
+
+    /// The types PostgreSQL 15's grammar names by keyword (`int`, `boolean`, `varchar`, …).
+    const KEYWORD_TYPES_15: &[&str] = &[
+        "int2",
+        "int4",
+        "int8",
+        "float4",
+        "float8",
+        "numeric",
+        "bool",
+        "bpchar",
+        "varchar",
+        "bit",
+        "varbit",
+        "timestamp",
+        "timestamptz",
+        "time",
+        "timetz",
+        "interval",
+    ];
+
+    /// The strings of a name list (`[{"node": {"String": {"sval": …}}}, …]`).
+    fn names(v: &Value) -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|n| n["node"]["String"]["sval"].as_str())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn unqualified(
+        v: &Value,
+        schema: &str,
+        text: &str,
+        found: &mut Vec<String>,
+        more: &mut Vec<String>,
+    ) {
+        let check = |what: &str, list: &Value| {
+            let n = names(list);
+            (!(n.len() == 2 && n[0] == "pg_catalog"))
+                .then(|| format!("{what} {} in `{text}`", n.join(".")))
+        };
+        match v {
+            Value::Object(m) => {
+                if m.contains_key("funcname") {
+                    found.extend(check("function", &m["funcname"]));
+                    let n = names(&m["funcname"]);
+                    let first = &m["args"][0]["node"]["AConst"]["val"]["Sval"]["sval"];
+                    if n.last().map(String::as_str) == Some("format") {
+                        if let Some(f) = first.as_str() {
+                            more.push(
+                                f.replace("%I", "x")
+                                    .replace("%L", "null")
+                                    .replace("%s", "x"),
+                            );
+                        }
+                    }
+                }
+                if m.contains_key("typmods") && m.contains_key("names") {
+                    found.extend(check("type", &m["names"]));
+                    // The parser (PostgreSQL 17's) names the types its grammar has keywords
+                    // for with pg_catalog; PostgreSQL 15's grammar has no keyword `json`.
+                    let written = m["location"]
+                        .as_u64()
+                        .and_then(|at| text.get(at as usize..))
+                        .unwrap_or("");
+                    let n = names(&m["names"]);
+                    if !written.starts_with("pg_catalog.")
+                        && n.len() == 2
+                        && !KEYWORD_TYPES_15.contains(&n[1].as_str())
+                    {
+                        found.push(format!("type {} in `{text}`", n[1]));
+                    }
+                }
+                if m.contains_key("relname") && m["schemaname"].as_str() != Some(schema) {
+                    found.push(format!(
+                        "relation {} in `{text}`",
+                        m["relname"].as_str().unwrap_or("?")
+                    ));
+                }
+                for (key, x) in m {
+                    found.extend(match key.as_str() {
+                        "AExpr" => check("operator", &x["name"]),
+                        "SubLink" if !names(&x["oper_name"]).is_empty() => {
+                            check("operator", &x["oper_name"])
+                        }
+                        "use_op" if !names(x).is_empty() => check("operator", x),
+                        "collname" => check("collation", x),
+                        "CaseExpr" if !x["arg"].is_null() => {
+                            Some(format!("simple CASE in `{text}`"))
+                        }
+                        _ => None,
+                    });
+                }
+                for x in m.values() {
+                    unqualified(x, schema, text, found, more);
+                }
+            }
+            Value::Array(a) => a
+                .iter()
+                .for_each(|x| unqualified(x, schema, text, found, more)),
+            _ => {}
+        }
     }
 }

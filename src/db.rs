@@ -237,6 +237,15 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
 /// (the second is the hash of its name).
 pub const INSTALL_LOCK: i32 = 7419;
 
+/// `sql` with the internal schema put in: `@schema@` becomes its quoted identifier and
+/// `@schema_in_literal@` the same inside a string literal (its quotes doubled). Functions
+/// that run under their caller's search_path name their relations with it.
+pub(crate) fn with_schema(sql: &str, schema: &str) -> String {
+    let ident = ddlwatcher::quote_ident(schema);
+    sql.replace("@schema_in_literal@", &ident.replace('\'', "''"))
+        .replace("@schema@", &ident)
+}
+
 /// Runs the versioned SQL files of `component` that are not yet recorded in
 /// `<schema>.schema_version`, each in its own transaction, under an advisory lock so that
 /// two instances starting at once do not race.
@@ -276,7 +285,7 @@ pub async fn migrate(
         if done.contains(version) {
             continue;
         }
-        tx.batch_execute(sql).await?;
+        tx.batch_execute(&with_schema(sql, schema)).await?;
         tx.execute(
             "insert into schema_version (component, version) values ($1, $2)",
             &[&component, version],

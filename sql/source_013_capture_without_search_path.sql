@@ -1,0 +1,255 @@
+-- pgteleport source, version 13: the row triggers without `SET search_path`. A function's
+-- SET clause is applied and undone on every call (a new GUC nest level, the search path
+-- recomputed twice): on pgbench tpcb-like that was 7 % of the writers' TPS with capture
+-- (bench/trigger_variants.sh, variant current_nosp). These SECURITY DEFINER functions now
+-- run under the writer's search_path, so nothing in them may be found through it: every
+-- relation is qualified with the internal schema (@schema@ is replaced by it), every
+-- function, type and operator with pg_catalog (`operator(pg_catalog.=)`; IS DISTINCT
+-- FROM, IN, LIKE, BETWEEN, NULLIF and a simple CASE look `=` up by name and are not used).
+-- The unit test `the_row_triggers_find_nothing_through_the_search_path` parses both
+-- functions and fails on any name left unqualified. Unchanged otherwise.
+
+create or replace function capture_row() returns trigger
+language plpgsql security definer as $$
+declare
+    q    bigint;
+    k    pg_catalog.json;
+    d    pg_catalog.json;
+    o    pg_catalog.json;
+    i    int;
+    npk  int := tg_nargs;
+    nend int := tg_nargs;
+    arrs pg_catalog.jsonb := '{}';
+    txt  pg_catalog.text;
+    sch  pg_catalog.name := tg_table_schema;
+    tbl  pg_catalog.name := tg_table_name;
+    rel  pg_catalog.oid := tg_relid;
+begin
+    for i in 0 .. (tg_nargs operator(pg_catalog.-) 1) loop
+        if tg_argv[i] operator(pg_catalog.=) '' then
+            if npk operator(pg_catalog.=) tg_nargs then
+                npk := i;
+            else
+                nend := i;
+                exit;
+            end if;
+        end if;
+    end loop;
+    if nend operator(pg_catalog.<) tg_nargs then
+        -- A partition: its rows are the partitioned table's, named by the arguments.
+        sch := tg_argv[nend operator(pg_catalog.+) 1];
+        tbl := tg_argv[nend operator(pg_catalog.+) 2];
+        rel := tg_argv[nend operator(pg_catalog.+) 3]::pg_catalog.oid;
+        -- A partition whose rows are not on the target yet (created or attached since the
+        -- last look) is skipped: its rows are queued all at once when it is taken in. The
+        -- answer is kept for the transaction (a simple expression, no query, for the next
+        -- rows): the lock that taking a partition in or out needs waits for this one.
+        if coalesce(pg_catalog.current_setting('pgteleport.known_' operator(pg_catalog.||) tg_relid, true), '')
+           operator(pg_catalog.<>) rel::pg_catalog.text then
+            if not exists (select 1 from @schema@.known_partition k
+                            where k.relid operator(pg_catalog.=) tg_relid and k.root operator(pg_catalog.=) rel) then
+                return null;
+            end if;
+            perform pg_catalog.set_config('pgteleport.known_' operator(pg_catalog.||) tg_relid, rel::pg_catalog.text, true);
+        end if;
+    end if;
+    if tg_op operator(pg_catalog.=) 'INSERT' then
+        d := pg_catalog.to_json(new);
+    elsif tg_op operator(pg_catalog.=) 'UPDATE' then
+        d := pg_catalog.to_json(new);
+        o := pg_catalog.to_json(old);
+        if d::pg_catalog.text operator(pg_catalog.=) o::pg_catalog.text then
+            return null; -- nothing changed: nothing to replicate
+        end if;
+        if pg_catalog.octet_length(d::pg_catalog.text) operator(pg_catalog.>) 2048 then
+            -- A large row: only the columns that changed, and the key, so that an unchanged
+            -- large value is not shipped again (the applier updates the columns an image
+            -- carries). A small row travels whole: cheaper than finding what changed.
+            select pg_catalog.json_object_agg(n.key, n.value) into d
+              from pg_catalog.json_each(d) as n
+             where (n.value::pg_catalog.text operator(pg_catalog.<>) (o operator(pg_catalog.->) n.key)::pg_catalog.text) is not false
+                or n.key operator(pg_catalog.=) any(tg_argv[0:(npk operator(pg_catalog.-) 1)]);
+        end if;
+        if npk operator(pg_catalog.=) 0 then
+            k := o;
+        else
+            for i in 0 .. (npk operator(pg_catalog.-) 1) loop
+                -- Members of images made by to_json from one row type: equal values, equal text.
+                if ((o operator(pg_catalog.->) tg_argv[i])::pg_catalog.text
+                    operator(pg_catalog.<>) (d operator(pg_catalog.->) tg_argv[i])::pg_catalog.text) is not false then
+                    select pg_catalog.json_object_agg(a, o operator(pg_catalog.->) a) into k
+                      from pg_catalog.unnest(tg_argv[0:(npk operator(pg_catalog.-) 1)]) as a;
+                    exit;
+                end if;
+            end loop;
+        end if;
+    else
+        o := pg_catalog.to_json(old);
+        if npk operator(pg_catalog.=) 0 then
+            k := o;
+        else
+            select pg_catalog.json_object_agg(a, o operator(pg_catalog.->) a) into k
+              from pg_catalog.unnest(tg_argv[0:(npk operator(pg_catalog.-) 1)]) as a;
+        end if;
+    end if;
+    if tg_op operator(pg_catalog.<>) 'DELETE' and npk operator(pg_catalog.<) (nend operator(pg_catalog.-) 1) then
+        for i in (npk operator(pg_catalog.+) 1) .. (nend operator(pg_catalog.-) 1) loop
+            continue when (d operator(pg_catalog.->) tg_argv[i]) is null;
+            execute pg_catalog.format('select ($1).%I::pg_catalog.text', tg_argv[i]) into txt using new;
+            arrs := arrs operator(pg_catalog.||) pg_catalog.jsonb_build_object(tg_argv[i], txt);
+        end loop;
+        select pg_catalog.json_object_agg(j.key, case when arrs operator(pg_catalog.?) j.key
+                                                      then pg_catalog.to_json(arrs operator(pg_catalog.->>) j.key)
+                                                      else j.value end)
+          into d from pg_catalog.json_each(d) as j;
+    end if;
+    -- The current event table, read as a function of the sequence: a simple expression,
+    -- which PL/pgSQL evaluates without starting a query (NULL before the first rotation).
+    q := coalesce(pg_catalog.pg_sequence_last_value('@schema_in_literal@.queue_rotation'::pg_catalog.regclass), 0)
+         operator(pg_catalog.%) 3;
+    if q operator(pg_catalog.=) 0 then
+        insert into @schema@.event_0
+        values (pg_catalog.nextval('@schema_in_literal@.event_id_seq'::pg_catalog.regclass), pg_catalog.pg_current_xact_id(),
+                pg_catalog.clock_timestamp(), pg_catalog.substr(tg_op, 1, 1)::pg_catalog."char", sch, tbl, k, d, rel);
+    elsif q operator(pg_catalog.=) 1 then
+        insert into @schema@.event_1
+        values (pg_catalog.nextval('@schema_in_literal@.event_id_seq'::pg_catalog.regclass), pg_catalog.pg_current_xact_id(),
+                pg_catalog.clock_timestamp(), pg_catalog.substr(tg_op, 1, 1)::pg_catalog."char", sch, tbl, k, d, rel);
+    else
+        insert into @schema@.event_2
+        values (pg_catalog.nextval('@schema_in_literal@.event_id_seq'::pg_catalog.regclass), pg_catalog.pg_current_xact_id(),
+                pg_catalog.clock_timestamp(), pg_catalog.substr(tg_op, 1, 1)::pg_catalog."char", sch, tbl, k, d, rel);
+    end if;
+    return null;
+end
+$$;
+
+create or replace function capture_row_numbered() returns trigger
+language plpgsql security definer as $$
+declare
+    q    bigint;
+    k    pg_catalog.json;
+    d    pg_catalog.json;
+    o    pg_catalog.json;
+    i    int;
+    npk  int := tg_nargs;
+    nend int := tg_nargs;
+    arrs pg_catalog.jsonb := '{}';
+    txt  pg_catalog.text;
+    sch  pg_catalog.name := tg_table_schema;
+    tbl  pg_catalog.name := tg_table_name;
+    rel  pg_catalog.oid := tg_relid;
+begin
+    for i in 0 .. (tg_nargs operator(pg_catalog.-) 1) loop
+        if tg_argv[i] operator(pg_catalog.=) '' then
+            if npk operator(pg_catalog.=) tg_nargs then
+                npk := i;
+            else
+                nend := i;
+                exit;
+            end if;
+        end if;
+    end loop;
+    if nend operator(pg_catalog.<) tg_nargs then
+        -- A partition: its rows are the partitioned table's, named by the arguments.
+        sch := tg_argv[nend operator(pg_catalog.+) 1];
+        tbl := tg_argv[nend operator(pg_catalog.+) 2];
+        rel := tg_argv[nend operator(pg_catalog.+) 3]::pg_catalog.oid;
+        -- A partition whose rows are not on the target yet (created or attached since the
+        -- last look) is skipped: its rows are queued all at once when it is taken in. The
+        -- answer is kept for the transaction (a simple expression, no query, for the next
+        -- rows): the lock that taking a partition in or out needs waits for this one.
+        if coalesce(pg_catalog.current_setting('pgteleport.known_' operator(pg_catalog.||) tg_relid, true), '')
+           operator(pg_catalog.<>) rel::pg_catalog.text then
+            if not exists (select 1 from @schema@.known_partition k
+                            where k.relid operator(pg_catalog.=) tg_relid and k.root operator(pg_catalog.=) rel) then
+                return null;
+            end if;
+            perform pg_catalog.set_config('pgteleport.known_' operator(pg_catalog.||) tg_relid, rel::pg_catalog.text, true);
+        end if;
+    end if;
+    if tg_op operator(pg_catalog.=) 'INSERT' then
+        d := pg_catalog.to_json(new);
+    elsif tg_op operator(pg_catalog.=) 'UPDATE' then
+        d := pg_catalog.to_json(new);
+        o := pg_catalog.to_json(old);
+        if d::pg_catalog.text operator(pg_catalog.=) o::pg_catalog.text then
+            return null; -- nothing changed: nothing to replicate
+        end if;
+        if pg_catalog.octet_length(d::pg_catalog.text) operator(pg_catalog.>) 2048 then
+            -- A large row: only the columns that changed, and the key, so that an unchanged
+            -- large value is not shipped again (the applier updates the columns an image
+            -- carries). A small row travels whole: cheaper than finding what changed.
+            select pg_catalog.json_object_agg(n.key, n.value) into d
+              from pg_catalog.json_each(d) as n
+             where (n.value::pg_catalog.text operator(pg_catalog.<>) (o operator(pg_catalog.->) n.key)::pg_catalog.text) is not false
+                or n.key operator(pg_catalog.=) any(tg_argv[0:(npk operator(pg_catalog.-) 1)]);
+        end if;
+        if npk operator(pg_catalog.=) 0 then
+            k := o;
+        else
+            for i in 0 .. (npk operator(pg_catalog.-) 1) loop
+                -- Members of images made by to_json from one row type: equal values, equal text.
+                if ((o operator(pg_catalog.->) tg_argv[i])::pg_catalog.text
+                    operator(pg_catalog.<>) (d operator(pg_catalog.->) tg_argv[i])::pg_catalog.text) is not false then
+                    select pg_catalog.json_object_agg(a, o operator(pg_catalog.->) a) into k
+                      from pg_catalog.unnest(tg_argv[0:(npk operator(pg_catalog.-) 1)]) as a;
+                    exit;
+                end if;
+            end loop;
+            -- numbered: begin
+            -- A numbered statement on this table (it has a DEFERRABLE key): every row it
+            -- changes names its old key, with the number under the member '' (no column
+            -- has that name), so the applier applies the statement's rows together.
+            txt := pg_catalog.current_setting('pgteleport.statement', true);
+            if txt operator(pg_catalog.<>) ''
+               and pg_catalog.split_part(txt, ':', 1) operator(pg_catalog.=) rel::pg_catalog.text then
+                if k is null then
+                    select pg_catalog.json_object_agg(a, o operator(pg_catalog.->) a) into k
+                      from pg_catalog.unnest(tg_argv[0:(npk operator(pg_catalog.-) 1)]) as a;
+                end if;
+                k := (k::pg_catalog.jsonb operator(pg_catalog.||)
+                      pg_catalog.jsonb_build_object('', pg_catalog.split_part(txt, ':', 2)))::pg_catalog.json;
+            end if;
+            -- numbered: end
+        end if;
+    else
+        o := pg_catalog.to_json(old);
+        if npk operator(pg_catalog.=) 0 then
+            k := o;
+        else
+            select pg_catalog.json_object_agg(a, o operator(pg_catalog.->) a) into k
+              from pg_catalog.unnest(tg_argv[0:(npk operator(pg_catalog.-) 1)]) as a;
+        end if;
+    end if;
+    if tg_op operator(pg_catalog.<>) 'DELETE' and npk operator(pg_catalog.<) (nend operator(pg_catalog.-) 1) then
+        for i in (npk operator(pg_catalog.+) 1) .. (nend operator(pg_catalog.-) 1) loop
+            continue when (d operator(pg_catalog.->) tg_argv[i]) is null;
+            execute pg_catalog.format('select ($1).%I::pg_catalog.text', tg_argv[i]) into txt using new;
+            arrs := arrs operator(pg_catalog.||) pg_catalog.jsonb_build_object(tg_argv[i], txt);
+        end loop;
+        select pg_catalog.json_object_agg(j.key, case when arrs operator(pg_catalog.?) j.key
+                                                      then pg_catalog.to_json(arrs operator(pg_catalog.->>) j.key)
+                                                      else j.value end)
+          into d from pg_catalog.json_each(d) as j;
+    end if;
+    -- The current event table, read as a function of the sequence: a simple expression,
+    -- which PL/pgSQL evaluates without starting a query (NULL before the first rotation).
+    q := coalesce(pg_catalog.pg_sequence_last_value('@schema_in_literal@.queue_rotation'::pg_catalog.regclass), 0)
+         operator(pg_catalog.%) 3;
+    if q operator(pg_catalog.=) 0 then
+        insert into @schema@.event_0
+        values (pg_catalog.nextval('@schema_in_literal@.event_id_seq'::pg_catalog.regclass), pg_catalog.pg_current_xact_id(),
+                pg_catalog.clock_timestamp(), pg_catalog.substr(tg_op, 1, 1)::pg_catalog."char", sch, tbl, k, d, rel);
+    elsif q operator(pg_catalog.=) 1 then
+        insert into @schema@.event_1
+        values (pg_catalog.nextval('@schema_in_literal@.event_id_seq'::pg_catalog.regclass), pg_catalog.pg_current_xact_id(),
+                pg_catalog.clock_timestamp(), pg_catalog.substr(tg_op, 1, 1)::pg_catalog."char", sch, tbl, k, d, rel);
+    else
+        insert into @schema@.event_2
+        values (pg_catalog.nextval('@schema_in_literal@.event_id_seq'::pg_catalog.regclass), pg_catalog.pg_current_xact_id(),
+                pg_catalog.clock_timestamp(), pg_catalog.substr(tg_op, 1, 1)::pg_catalog."char", sch, tbl, k, d, rel);
+    end if;
+    return null;
+end
+$$;
