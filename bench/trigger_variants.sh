@@ -20,11 +20,19 @@
 # postgresql-server-dev-15 when missing and the module into PostgreSQL's library directory,
 # and a superuser creates the function. Measurement only; pgteleport does not use it.
 # Usage: bench/trigger_variants.sh [SECONDS] [CLIENTS]   (defaults 15, 4; SCALE=10, REPEAT=3,
-#   WORKLOAD=update|tpcb, C_FLOOR=1). Writes bench/results/trigger_variants.json.
+#   WORKLOAD=update|tpcb|rows, C_FLOOR=1). Writes bench/results/trigger_variants.json.
+# WORKLOAD=txns and rows measure one backend instead of pgbench's clients, in rows per
+# second of the backend's CPU time, and "trigger_us_per_row" is the CPU time each variant
+# adds per row over `none`: far less noisy than TPS on a shared 2-core machine (no client,
+# no lock waits, no group commit, no other tenant's time). txns: ROWS/10 (20 000)
+# transactions of one single-row UPDATE of pgbench_accounts — each trigger call the first
+# of its function in the transaction, as in tpcb-like; rows: one UPDATE of ROWS (200 000)
+# rows, rolled back — the cost per call once the function is warm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 DURATION="${1:-15}"; CLIENTS="${2:-4}"; SCALE="${SCALE:-10}"; REPEAT="${REPEAT:-3}"; WORKLOAD="${WORKLOAD:-update}"
+ROWS="${ROWS:-200000}"
 source bench/lib.sh
 trap stop_clusters EXIT
 SP=$(port)
@@ -104,9 +112,30 @@ for r in $(seq 1 "$REPEAT"); do
         done
         [ "$variant" != none ] && psql_su -d bench -f "$WORK/$variant.sql"
         psql_b -c "truncate teleport.event_0, teleport.event_1, teleport.event_2"; psql_su -c checkpoint
-        args=(-h 127.0.0.1 -p "$SP" -U bench -n -c "$CLIENTS" -j 2 -T "$DURATION")
-        if [ "$WORKLOAD" = tpcb ]; then args+=(-b tpcb-like); else args+=(-f "$WORK/update.sql"); fi
-        tps=$("$PG_BINDIR/pgbench" "${args[@]}" bench 2>/dev/null | sed -n 's/^tps = \([0-9.]*\).*/\1/p')
+        if [ "$WORKLOAD" = txns ] || [ "$WORKLOAD" = rows ]; then
+            # One backend; the figure is rows per second of that backend's CPU time (from
+            # /proc, before and after), which other tenants of the machine barely move.
+            # txns: ROWS/10 transactions of one single-row UPDATE each (committed,
+            # synchronous_commit off) — each call is its function's first in the
+            # transaction, as in tpcb-like. rows: one UPDATE of ROWS rows, rolled back.
+            psql_b -c "vacuum pgbench_accounts" >/dev/null
+            if [ "$WORKLOAD" = txns ]; then
+                n=$((ROWS / 10))
+                sql="set synchronous_commit = off;
+do \$\$ begin for i in 1..$n loop update pgbench_accounts set abalance = abalance + 1 where aid = i; commit; end loop; end \$\$;"
+            else
+                n=$ROWS
+                sql="begin; update pgbench_accounts set abalance = abalance + 1 where aid <= $n; rollback;"
+            fi
+            ticks=$(printf '%s\n' 'select pg_backend_pid() as pid \gset' '\setenv PID :pid' \
+                      '\! awk "{print \$14 + \$15}" /proc/$PID/stat' "$sql" \
+                      '\! awk "{print \$14 + \$15}" /proc/$PID/stat' | psql_b 2>&1 | grep -E '^[0-9]+$' | tr '\n' ' ')
+            tps=$(python3 -c "a, b = map(int, '$ticks'.split()); print(round($n / ((b - a) / $(getconf CLK_TCK)), 1))")
+        else
+            args=(-h 127.0.0.1 -p "$SP" -U bench -n -c "$CLIENTS" -j 2 -T "$DURATION")
+            if [ "$WORKLOAD" = tpcb ]; then args+=(-b tpcb-like); else args+=(-f "$WORK/update.sql"); fi
+            tps=$("$PG_BINDIR/pgbench" "${args[@]}" bench 2>/dev/null | sed -n 's/^tps = \([0-9.]*\).*/\1/p')
+        fi
         echo "$r $variant $tps" >> "$results"
         echo "round $r $variant: $tps tps"
     done
@@ -127,6 +156,9 @@ for a, b in (("v1", "none"), ("v3", "none"), ("v12", "none"), ("current", "none"
              ("v12_nosp", "v12"), ("v12_noold", "v12"), ("v12_noloop", "v12")):
     if a in by and b in by:
         out[f"ratio_{a}_to_{b}"] = round(med(by[a][r] / by[b][r] for r in rounds), 3)
+if sys.argv[2] in ("rows", "txns") and "none" in by:
+    out["trigger_us_per_row"] = {v: round(med(1e6 / by[v][r] - 1e6 / by["none"][r] for r in rounds), 3)
+                                 for v in by if v != "none"}
 print(json.dumps(out, indent=2))
 json.dump(out, open("bench/results/trigger_variants.json", "w"), indent=2)
 PY

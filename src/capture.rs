@@ -545,9 +545,9 @@ mod tests {
     fn the_numbered_row_trigger_is_the_row_trigger_plus_its_block() {
         let numbered = latest("capture_row_numbered");
         let begin = numbered
-            .find("            -- numbered: begin\n")
+            .find("        -- numbered: begin\n")
             .expect("block begins");
-        let end_marker = "            -- numbered: end\n";
+        let end_marker = "        -- numbered: end\n";
         let end = numbered.find(end_marker).expect("block ends") + end_marker.len();
         let without = format!("{}{}", &numbered[..begin], &numbered[end..]);
         assert_eq!(
