@@ -7,7 +7,9 @@
 # have wal_level=logical in every mode, so the settings are the same. Two workloads:
 # pgbench's built-in tpcb-like, and a single-row UPDATE script. REPEAT interleaved rounds
 # (none, capture, native, none, …), medians; TPS and latency p50/p99 from pgbench's
-# per-transaction logs. MODES="none capture" leaves native out.
+# per-transaction logs. MODES="none capture" leaves native out; a mode `capture@/path/to/bin`
+# runs another pgteleport build's source instance (and its triggers), to compare two builds
+# in one run (e.g. MODES="none capture capture@/tmp/old-pgteleport native").
 # Usage: bench/write_overhead.sh [SECONDS] [CLIENTS]   (defaults 20, 4; SCALE=10, REPEAT=3)
 # Writes bench/results/write_overhead.json.
 set -euo pipefail
@@ -51,7 +53,8 @@ for r in $(seq 1 "$REPEAT"); do
         for mode in $MODES; do
             n=$((n + 1))
             SPID=""
-            if [ "$mode" = capture ]; then
+            if [ "${mode%%@*}" = capture ]; then
+                SBIN="$BIN"; [ "$mode" = capture ] || SBIN="${mode#capture@}"
                 cat > "$WORK/source-$n.yml" <<YML
 database: {name: bench-source-$n, database: bench, hostname: 127.0.0.1, port: $SP, username: bench, password: bench}
 targets:
@@ -59,7 +62,7 @@ targets:
     target_expression: "public.pgbench_*"
     endpoint: {hostname: 127.0.0.1, port: $TP}
 YML
-                PGTELEPORT_LOG=warn "$BIN" -config "$WORK/source-$n.yml" 2>>"$WORK/source.log" & SPID=$!; PIDS+=("$SPID")
+                PGTELEPORT_LOG=warn "$SBIN" -config "$WORK/source-$n.yml" 2>>"$WORK/source.log" & SPID=$!; PIDS+=("$SPID")
                 for _ in $(seq 1 100); do
                     [ "$(psql_src -c "select count(*) from pg_trigger where tgname = 'pgteleport_capture'")" = 4 ] && break
                     sleep 0.2
@@ -80,7 +83,7 @@ YML
             echo "round $r $workload $mode: $tps tps, p50/p99 ${lat// / / } ms"
             if [ -n "$SPID" ]; then
                 kill -TERM "$SPID"; wait "$SPID" 2>/dev/null || true
-                "$BIN" uninstall --config "$WORK/source-$n.yml" >/dev/null 2>&1
+                "$SBIN" uninstall --config "$WORK/source-$n.yml" >/dev/null 2>&1
             elif [ "$mode" = native ]; then
                 psql_dst_su -c "drop subscription overhead"
             fi
@@ -95,7 +98,8 @@ for w in ("tpcb", "update"):
     m = {}
     # Each mode's TPS per round, in round order.
     tps = {}
-    for mode in ("none", "capture", "native"):
+    modes = list(dict.fromkeys(r[1] for r in rows))
+    for mode in modes:
         sel = [r for r in rows if r[0] == w and r[1] == mode]
         if not sel:
             continue
@@ -105,8 +109,11 @@ for w in ("tpcb", "update"):
                    "p99_ms": statistics.median(float(r[4]) for r in sel),
                    "rounds_tps": tps[mode]}
     # Ratio per round (interleaved), then the median of the ratios.
-    for a, b, key in (("capture", "none", "tps_ratio"), ("native", "none", "native_tps_ratio"),
-                      ("capture", "native", "capture_to_native_ratio")):
+    pairs = [("capture", "none", "tps_ratio"), ("native", "none", "native_tps_ratio"),
+             ("capture", "native", "capture_to_native_ratio")]
+    pairs += [(o, "none", f"{o}_tps_ratio") for o in modes if o.startswith("capture@")]
+    pairs += [("capture", o, f"capture_to_{o}_ratio") for o in modes if o.startswith("capture@")]
+    for a, b, key in pairs:
         if a in tps and b in tps:
             m[key] = round(statistics.median(x / y for x, y in zip(tps[a], tps[b])), 3)
     out["workloads"][w] = m
