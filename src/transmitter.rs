@@ -510,8 +510,9 @@ impl Transmitter {
                                        on a.attrelid = e.relid and a.attnum = e.attnum and not a.attisdropped
                                cross join lateral unnest(e.names || a.attname::text) x(name)
                                where e.target = $2 and e.relid = c.oid and x.name is not null),
+                        -- (A foreign key of the table to itself names the key's index too.)
                         coalesce((select k.condeferrable from pg_catalog.pg_constraint k
-                                   where k.conrelid = c.oid and k.conindid = {key}), false)
+                                   where k.conrelid = c.oid and k.conindid = {key} and k.contype in ('p', 'u')), false)
                    from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
                   where c.oid = any($1)",
                     ddlwatcher::key_index_sql("c.oid"),

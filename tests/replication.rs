@@ -705,6 +705,53 @@ async fn without_replica_mode_tables_tied_by_a_foreign_key_keep_source_order() -
     Ok(())
 }
 
+/// Without replica mode a table whose foreign key refers to itself keeps source order: its
+/// rows are each other's parents, and a run spanning transactions could apply a child's
+/// move to a parent before the parent's delete, whose ON DELETE SET NULL then empties the
+/// child's reference on the target only — silently, every check passes.
+#[tokio::test]
+async fn without_replica_mode_a_table_referring_to_itself_keeps_source_order() -> anyhow::Result<()>
+{
+    let schema = format!(
+        "{SCHEMA}
+         create table app.node (id int primary key, parent_id int references app.node on delete set null, v text);"
+    );
+    let p = Pair::new(&schema).await?;
+    let (source, target) = p.start_both("app.*").await?;
+    let src = p.src().await?;
+    let dst = p.dst().await?;
+    src.batch_execute(
+        "insert into app.node select 1000 + g, null, 'parent' from generate_series(1, 20) g;
+         insert into app.node select g, 1000 + g, 'child' from generate_series(1, 20) g;",
+    )
+    .await?;
+    wait_equal(&src, &dst, &["app.node"], Duration::from_secs(20)).await?;
+    // Per child: touched, its parent deleted (the child's reference set null), the parent
+    // back, the child moved to it again.
+    let source = p
+        .with_backlog(source, &target, "app.*", 20, |i| {
+            format!(
+                "update app.node set v = 'touched' where id = {i};
+                 delete from app.node where id = 1000 + {i};
+                 insert into app.node values (1000 + {i}, null, 'parent again');
+                 update app.node set parent_id = 1000 + {i} where id = {i};"
+            )
+        })
+        .await?;
+    wait_equal(&src, &dst, &["app.node"], Duration::from_secs(30)).await?;
+    assert_eq!(
+        scalar_i64(
+            &dst,
+            "select count(*) from app.node where id <= 20 and parent_id = id + 1000"
+        )
+        .await?,
+        20
+    );
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}
+
 /// Without replica mode a table with a foreign key is still applied in runs that span
 /// transactions when the batch changes no other table its keys tie it to: children of
 /// parents the batch leaves alone, between rows of an unrelated table.
