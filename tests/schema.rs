@@ -911,3 +911,68 @@ async fn identity_columns_keep_the_source_values() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A unique index that is not a constraint, which a foreign key refers to, reaches the
+/// target: with its table when the foreign key exists at the start (the initial snapshot
+/// creates no foreign keys), and it stays when a foreign key to it is added later, which
+/// the target gets too. (PostgreSQL records the referenced index in the foreign key's
+/// `conindid`; the catalog model once took it for an index backing a constraint of its own
+/// table and left it out: missing on the target, or dropped there when the foreign key was
+/// added — which then failed, holding the mirror.)
+#[tokio::test]
+async fn a_unique_index_that_a_foreign_key_refers_to_reaches_the_target() -> anyhow::Result<()> {
+    let p = Pair::new2(
+        "create schema app;
+         create table app.b (id int primary key, code text not null);
+         create unique index b_code on app.b (code);
+         create table app.a (id int primary key, code text references app.b (code));
+         create table app.d (id int primary key, code text not null);
+         create unique index d_code on app.d (code);
+         create table app.c (id int primary key, code text);
+         insert into app.b values (1, 'x'), (2, 'y');
+         insert into app.a values (1, 'x'), (2, 'y');
+         insert into app.d values (1, 'x');
+         insert into app.c values (1, 'x');",
+        "create schema app;",
+    )
+    .await?;
+    let target = p.start_target(0).await?;
+    let port = target.local_addr.unwrap().port();
+    let source = p
+        .start_source(port, "app.*", "    do_initial_snapshot: true\n")
+        .await?;
+    let (src, dst) = (p.src().await?, p.dst().await?);
+    let tables = ["app.a", "app.b", "app.c", "app.d"];
+    wait_equal(&src, &dst, &tables, Duration::from_secs(30)).await?;
+    src.batch_execute(
+        "alter table app.c add constraint c_code_fkey foreign key (code) references app.d (code);
+         insert into app.d values (3, 'z'); insert into app.c values (3, 'z');",
+    )
+    .await?;
+    wait_for("the foreign key added", Duration::from_secs(30), || async {
+        Ok(scalar_i64(
+            &dst,
+            "select count(*) from pg_constraint where conname = 'c_code_fkey' and contype = 'f'",
+        )
+        .await
+        .unwrap_or(0)
+            == 1)
+    })
+    .await?;
+    wait_equal(&src, &dst, &tables, Duration::from_secs(30)).await?;
+    assert_eq!(
+        texts(
+            &dst,
+            "select pg_get_indexdef(i.indexrelid) from pg_index i
+              where i.indexrelid in (to_regclass('app.b_code'), to_regclass('app.d_code')) order by 1"
+        )
+        .await?,
+        vec![
+            "CREATE UNIQUE INDEX b_code ON app.b USING btree (code)",
+            "CREATE UNIQUE INDEX d_code ON app.d USING btree (code)"
+        ]
+    );
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}

@@ -119,7 +119,11 @@ fn build_sql() -> String {
                                    join pg_catalog.pg_class c on c.oid = i.indexrelid
                                    join pg_catalog.pg_am am on am.oid = c.relam
                                   where i.indrelid = r.oid and not i.indisprimary
-                                    and not exists (select 1 from pg_catalog.pg_constraint k where k.conindid = i.indexrelid)), '[]'),
+                                    -- Not an index backing a constraint of this table (a foreign key
+                                    -- names the index it refers to in conindid too).
+                                    and not exists (select 1 from pg_catalog.pg_constraint k
+                                                     where k.conindid = i.indexrelid and k.conrelid = r.oid
+                                                       and k.contype in ('p', 'u', 'x'))), '[]'),
             'constraints', coalesce((select json_agg(json_build_object(
                                        'name', k.conname::text, 'kind', k.contype::text,
                                        'definition', pg_catalog.pg_get_constraintdef(k.oid)) order by k.conname::text)
