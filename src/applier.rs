@@ -104,9 +104,11 @@ pub struct Applier {
     /// `session_replication_role = replica` is allowed: target triggers and foreign-key
     /// actions do not fire while applying (the source already ran them).
     pub(crate) replica_role: bool,
-    /// Origin mode only: tables with a foreign key ON DELETE CASCADE, whose rows the target
-    /// itself may already have deleted when the source's cascaded delete arrives.
-    cascade_children: std::sync::Mutex<std::collections::HashMap<String, bool>>,
+    /// Origin mode only, per target table: whether it has a foreign key ON DELETE CASCADE
+    /// (the target itself may already have deleted a row when the source's cascaded delete
+    /// arrives), and whether it has one whose action may change its key (ON UPDATE CASCADE,
+    /// SET NULL or SET DEFAULT: the target may have moved a row to its new key already).
+    cascade_children: std::sync::Mutex<std::collections::HashMap<String, (bool, bool)>>,
     /// Target tables known to have their mirror's soft-delete and synced-at columns
     /// (forgotten when a batch applies schema changes).
     extra_columns: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -1357,22 +1359,32 @@ impl DdlState<'_> {
 }
 
 impl Applier {
-    /// Whether a delete run may find fewer rows than it names: without replica mode the
-    /// target's own ON DELETE CASCADE may have removed them already (same end state).
+    /// Whether a run may find fewer rows than it names: without replica mode the target's
+    /// own foreign-key actions may have applied the source's cascaded change already — a
+    /// delete run's rows removed by ON DELETE CASCADE, a key change's row moved to its new
+    /// key by ON UPDATE CASCADE (or SET NULL / SET DEFAULT); the end state is the same.
     async fn tolerates_missing(
         &self,
         tx: &Transaction<'_>,
         kind: Kind,
         table: &str,
     ) -> Result<bool, ApplyError> {
-        Ok(kind == Kind::Delete && !self.replica_role && self.is_cascade_child(tx, table).await?)
+        if self.replica_role || !matches!(kind, Kind::Delete | Kind::UpdateKey) {
+            return Ok(false);
+        }
+        let (deletes, moves_keys) = self.cascade_child(tx, table).await?;
+        Ok(if kind == Kind::Delete {
+            deletes
+        } else {
+            moves_keys
+        })
     }
 
-    async fn is_cascade_child(
+    async fn cascade_child(
         &self,
         tx: &Transaction<'_>,
         table: &str,
-    ) -> Result<bool, ApplyError> {
+    ) -> Result<(bool, bool), ApplyError> {
         if let Some(v) = self
             .cascade_children
             .lock()
@@ -1385,14 +1397,17 @@ impl Applier {
             .query_one(
                 "select to_regclass($1) is not null,
                         exists (select 1 from pg_catalog.pg_constraint
-                                 where contype = 'f' and conrelid = to_regclass($1) and confdeltype = 'c')",
+                                 where contype = 'f' and conrelid = to_regclass($1) and confdeltype = 'c'),
+                        exists (select 1 from pg_catalog.pg_constraint
+                                 where contype = 'f' and conrelid = to_regclass($1)
+                                   and (confupdtype in ('c', 'n', 'd') or confdeltype in ('n', 'd')))",
                 &[&table],
             )
             .await
             .map_err(pg("reading foreign keys"))?;
-        let (exists, v): (bool, bool) = (row.get(0), row.get(1));
+        let (exists, v): (bool, (bool, bool)) = (row.get(0), (row.get(1), row.get(2)));
         if !exists {
-            return Ok(false); // not created yet: ask again later
+            return Ok((false, false)); // not created yet: ask again later
         }
         self.cascade_children
             .lock()
@@ -1570,6 +1585,16 @@ async fn apply_run(
             let d = e.data.as_deref().map(|d| d.get()).unwrap_or("{}");
             let st = prepared(tx, &update_key_sql(meta, cols, table), &context).await?;
             let n = tx.execute(&st, &[&d, &key]).await.map_err(pg(&context))?;
+            if n == 0 && tolerate_missing {
+                // The target's own ON UPDATE CASCADE (or SET NULL / DEFAULT) moved the row
+                // already: the image is written at its new key, which must hold the row.
+                if let Some(run) =
+                    SetRun::prepare(tx, Kind::Update, meta, cols, table, events, false).await?
+                {
+                    run.execute(tx).await?;
+                }
+                return Ok(());
+            }
             check_matched(&context, 1, n as i64)?;
         }
         Kind::Truncate => {

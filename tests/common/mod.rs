@@ -382,3 +382,59 @@ pub async fn assert_exactly_once(src: &Client, dst: &Client) -> Result<()> {
     }
     Ok(())
 }
+
+/// Tables whose keys and foreign keys take many shapes: a composite key referred to with
+/// ON UPDATE CASCADE and ON DELETE SET NULL, a foreign key to a UNIQUE constraint that is
+/// not the key (cascading into another table's key), a tree referring to itself with ON
+/// DELETE CASCADE, two tables referring to each other with deferred foreign keys, and
+/// quoted names. `ZOO_TABLES` lists them; `ZOO_DML` changes each in every way.
+pub const ZOO: &str = r#"
+create schema zoo;
+create table zoo.region (country text, code int, name text, primary key (country, code));
+create table zoo.shop (id int primary key, country text, code int,
+                       foreign key (country, code) references zoo.region on update cascade on delete set null);
+create table zoo.item (label text, sku text not null unique, id int primary key);
+create table zoo.stock (shop int references zoo.shop on delete cascade,
+                        sku text references zoo.item (sku) on update cascade, qty int check (qty >= 0),
+                        primary key (sku, shop));
+create table zoo.tree (id int primary key, up int references zoo.tree on delete cascade, v text);
+create table zoo.husband (id int primary key, wife int);
+create table zoo.wife (id int primary key, husband int references zoo.husband deferrable initially deferred);
+alter table zoo.husband add foreign key (wife) references zoo.wife deferrable initially deferred;
+create table zoo."Odd Table" ("Key Col" int primary key, "Mixed Case" text, "select" int);
+"#;
+
+pub const ZOO_TABLES: &[&str] = &[
+    "zoo.region",
+    "zoo.shop",
+    "zoo.item",
+    "zoo.stock",
+    "zoo.tree",
+    "zoo.husband",
+    "zoo.wife",
+    r#"zoo."Odd Table""#,
+];
+
+/// Rows for every `ZOO` table, then changes of every kind (key changes by cascade too),
+/// statement by statement — run it as one string: each statement is its own transaction
+/// but for the two explicit ones.
+pub const ZOO_DML: &str = r#"
+insert into zoo.region values ('fr', 1, 'a'), ('fr', 2, 'b'), ('de', 1, 'c');
+insert into zoo.shop values (1, 'fr', 1), (2, 'fr', 2), (3, 'de', 1);
+insert into zoo.item values ('i1', 's1', 1), ('i2', 's2', 2);
+insert into zoo.stock values (1, 's1', 5), (2, 's1', 6), (3, 's2', 7);
+update zoo.region set code = 10 where country = 'fr' and code = 1;
+update zoo.item set sku = 's1b' where id = 1;
+delete from zoo.region where country = 'de';
+delete from zoo.shop where id = 2;
+insert into zoo.tree values (1, null, 'root'), (2, 1, 'a'), (3, 2, 'b'), (4, 1, 'c');
+update zoo.tree set up = 4 where id = 3;
+delete from zoo.tree where id = 2;
+delete from zoo.tree where id = 1;
+insert into zoo.tree values (1, null, 'root again'), (5, 1, 'x');
+begin; insert into zoo.husband values (1, 1), (2, 2); insert into zoo.wife values (1, 1), (2, 2); commit;
+begin; update zoo.husband set wife = null where id = 1; delete from zoo.wife where id = 1; update zoo.wife set husband = 1 where id = 2; commit;
+insert into zoo."Odd Table" values (1, 'a', 1), (2, 'b', 2);
+update zoo."Odd Table" set "Key Col" = 3, "select" = 9 where "Key Col" = 1;
+delete from zoo."Odd Table" where "Key Col" = 2;
+"#;
