@@ -420,6 +420,29 @@ impl Applier {
                     }
                 }
             }
+            // Unique, check and exclusion constraints (foreign keys are not created: the
+            // tables they refer to may still be on their way, or not replicated at all).
+            for c in msg.table.constraints.iter().filter(|c| c.kind != 'f') {
+                let exists: bool = tx
+                    .query_one(
+                        "select exists (select 1 from pg_catalog.pg_constraint
+                                         where conrelid = $1::text::regclass and conname = $2)",
+                        &[&name, &c.name],
+                    )
+                    .await
+                    .map_err(pg("reading constraints"))?
+                    .get(0);
+                if exists {
+                    continue;
+                }
+                tx.batch_execute(&format!(
+                    "alter table {name} add constraint {} {}",
+                    quote_ident(&c.name),
+                    c.definition
+                ))
+                .await
+                .map_err(pg(&format!("adding constraint {} to {name}", c.name)))?;
+            }
         }
         tx.execute(
             &format!(
