@@ -1569,11 +1569,25 @@ async fn an_exclusion_naming_no_column_is_refused() -> anyhow::Result<()> {
 
 /// Every shape of key and foreign key in `ZOO`, changed in every way (`ZOO_DML`: cascaded
 /// key changes, deferred foreign keys, a tree, quoted names) while the target has the same
-/// foreign keys and the target role may not set replica mode — first live, then again as a
-/// backlog that reaches the target in one batch, which the applier may reorder: end equal.
+/// foreign keys and the target role may not set replica mode (its foreign-key actions
+/// fire) — first live, then again as a backlog that reaches the target in one batch, which
+/// the applier may reorder: end equal.
 #[tokio::test]
 async fn keys_and_foreign_keys_of_every_shape_replicate() -> anyhow::Result<()> {
+    keys_and_foreign_keys_of_every_shape(false).await
+}
+
+/// The same in replica mode (the target's foreign-key actions stay quiet).
+#[tokio::test]
+async fn keys_and_foreign_keys_of_every_shape_replicate_in_replica_mode() -> anyhow::Result<()> {
+    keys_and_foreign_keys_of_every_shape(true).await
+}
+
+async fn keys_and_foreign_keys_of_every_shape(replica: bool) -> anyhow::Result<()> {
     let p = Pair::new(ZOO).await?;
+    if replica {
+        grant_replica_role(&p).await?;
+    }
     let (source, target) = p.start_both("zoo.*").await?;
     let src = p.src().await?;
     let dst = p.dst().await?;
@@ -1585,7 +1599,8 @@ async fn keys_and_foreign_keys_of_every_shape_replicate() -> anyhow::Result<()> 
                 "{}{ZOO_DML}",
                 "delete from zoo.stock; delete from zoo.shop; delete from zoo.region; delete from zoo.item;
                  delete from zoo.tree; update zoo.husband set wife = null; delete from zoo.wife;
-                 delete from zoo.husband; delete from zoo.\"Odd Table\";"
+                 delete from zoo.husband; delete from zoo.\"Odd Table\"; delete from zoo.\"we\"\"ird.name\";
+                 delete from zoo.booking; delete from zoo.pet; delete from zoo.owner;"
             )
         })
         .await?;

@@ -1006,3 +1006,27 @@ async fn the_snapshot_creates_keys_of_every_shape_and_changes_follow() -> anyhow
     target.shutdown().await?;
     Ok(())
 }
+
+/// Every `ZOO` table created while replicating (the catalog diff creates them on the
+/// target, foreign keys after every table exists), then changed in every way: end equal,
+/// with the same keys, constraints and foreign keys on both sides.
+#[tokio::test]
+async fn tables_of_every_key_shape_created_while_replicating_follow() -> anyhow::Result<()> {
+    let p = Pair::new2("create schema zoo;", "create schema zoo;").await?;
+    let (source, target) = p.start_both("zoo.*").await?;
+    let (src, dst) = (p.src().await?, p.dst().await?);
+    src.batch_execute(&ZOO.replace("create schema zoo;", ""))
+        .await?;
+    src.batch_execute(ZOO_DML).await?;
+    wait_equal(&src, &dst, ZOO_TABLES, Duration::from_secs(30)).await?;
+    let constraints =
+        "select conrelid::regclass::text || ' ' || conname || ' ' || pg_get_constraintdef(oid)
+                         from pg_constraint where connamespace = 'zoo'::regnamespace order by 1";
+    assert_eq!(
+        texts(&dst, constraints).await?,
+        texts(&src, constraints).await?
+    );
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}

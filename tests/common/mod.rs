@@ -402,6 +402,12 @@ create table zoo.husband (id int primary key, wife int);
 create table zoo.wife (id int primary key, husband int references zoo.husband deferrable initially deferred);
 alter table zoo.husband add foreign key (wife) references zoo.wife deferrable initially deferred;
 create table zoo."Odd Table" ("Key Col" int primary key, "Mixed Case" text, "select" int);
+create table zoo."we""ird.name" ("col""q" int primary key, "a.b" text);
+create table zoo.booking (id int primary key, during tsrange, gone text, note text,
+                          exclude using gist (during with &&));
+alter table zoo.booking drop column gone;
+create table zoo.owner (id int primary key);
+create table zoo.pet (id int primary key, owner int not null default 0 references zoo.owner on delete set default);
 "#;
 
 pub const ZOO_TABLES: &[&str] = &[
@@ -413,6 +419,10 @@ pub const ZOO_TABLES: &[&str] = &[
     "zoo.husband",
     "zoo.wife",
     r#"zoo."Odd Table""#,
+    r#"zoo."we""ird.name""#,
+    "zoo.booking",
+    "zoo.owner",
+    "zoo.pet",
 ];
 
 /// Rows for every `ZOO` table, then changes of every kind (key changes by cascade too),
@@ -437,4 +447,12 @@ begin; update zoo.husband set wife = null where id = 1; delete from zoo.wife whe
 insert into zoo."Odd Table" values (1, 'a', 1), (2, 'b', 2);
 update zoo."Odd Table" set "Key Col" = 3, "select" = 9 where "Key Col" = 1;
 delete from zoo."Odd Table" where "Key Col" = 2;
+insert into zoo."we""ird.name" values (1, 'x'), (2, 'y');
+update zoo."we""ird.name" set "col""q" = 3, "a.b" = 'z' where "col""q" = 1;
+insert into zoo.booking values (1, '[2026-01-01, 2026-01-05)', 'a'), (2, '[2026-01-05, 2026-01-09)', 'b');
+update zoo.booking set during = '[2026-02-01, 2026-02-03)' where id = 1;
+update zoo.booking set during = '[2026-01-01, 2026-01-06)', note = 'moved' where id = 2;
+insert into zoo.owner values (0), (1), (2);
+insert into zoo.pet values (1, 1), (2, 2), (3, 1);
+delete from zoo.owner where id = 1;
 "#;
