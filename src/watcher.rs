@@ -67,6 +67,9 @@ impl Watcher {
                         from pg_catalog.pg_attribute a where a.attrelid in (select oid from rels) and a.attnum > 0),
                      (select string_agg(oid::text || ':' || xmin::text, ',' order by oid) from pg_catalog.pg_type
                        where typnamespace in (select oid from user_ns)),
+                     -- An index turning valid (CREATE INDEX CONCURRENTLY) changes only this row.
+                     (select string_agg(indexrelid::text || ':' || xmin::text, ',' order by indexrelid)
+                        from pg_catalog.pg_index where indrelid in (select oid from rels)),
                      (select string_agg(oid::text || ':' || xmin::text, ',' order by oid) from pg_catalog.pg_enum),
                      (select string_agg(oid::text || ':' || xmin::text, ',' order by oid) from pg_catalog.pg_constraint
                        where connamespace in (select oid from user_ns)),

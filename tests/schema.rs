@@ -1030,3 +1030,49 @@ async fn tables_of_every_key_shape_created_while_replicating_follow() -> anyhow:
     target.shutdown().await?;
     Ok(())
 }
+
+/// An index is replicated once it is valid: a `CREATE UNIQUE INDEX CONCURRENTLY` that fails
+/// on the source (duplicates) leaves an invalid index there, which must not reach the target
+/// (where building it would fail and hold the mirror); the index that replaces it does, and
+/// so does one built concurrently with success.
+#[tokio::test]
+async fn an_index_left_invalid_by_a_failed_concurrent_build_is_not_replicated() -> anyhow::Result<()>
+{
+    let schema = "create schema app;
+                  create table app.dup (id int primary key, v int);
+                  insert into app.dup values (1, 1), (2, 1);";
+    let p = Pair::new(schema).await?;
+    let (source, target) = p.start_both("app.*").await?;
+    let (src, dst) = (p.src().await?, p.dst().await?);
+    let failed = src
+        .batch_execute("create unique index concurrently dup_v on app.dup (v)")
+        .await;
+    assert!(failed.is_err(), "the build meets the duplicates");
+    src.batch_execute("insert into app.dup values (3, 3)")
+        .await?;
+    wait_equal(&src, &dst, &["app.dup"], Duration::from_secs(30)).await?;
+    src.batch_execute("drop index app.dup_v; create index dup_v2 on app.dup (v); insert into app.dup values (4, 4);")
+        .await?;
+    wait_for("the new index", Duration::from_secs(30), || async {
+        Ok(texts(&dst, "select indexrelid::regclass::text from pg_index where indrelid = 'app.dup'::regclass order by 1")
+            .await
+            .unwrap_or_default()
+            == ["app.dup_pkey", "app.dup_v2"])
+    })
+    .await?;
+    // A concurrent build that succeeds arrives too (the watcher notices the index turning
+    // valid, which changes only its pg_index row).
+    src.batch_execute("create index concurrently dup_v3 on app.dup (id, v)")
+        .await?;
+    wait_for("the concurrently built index", Duration::from_secs(30), || async {
+        Ok(texts(&dst, "select indexrelid::regclass::text from pg_index where indrelid = 'app.dup'::regclass order by 1")
+            .await
+            .unwrap_or_default()
+            == ["app.dup_pkey", "app.dup_v2", "app.dup_v3"])
+    })
+    .await?;
+    wait_equal(&src, &dst, &["app.dup"], Duration::from_secs(30)).await?;
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}

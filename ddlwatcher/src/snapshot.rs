@@ -118,7 +118,9 @@ fn build_sql() -> String {
                                    from pg_catalog.pg_index i
                                    join pg_catalog.pg_class c on c.oid = i.indexrelid
                                    join pg_catalog.pg_am am on am.oid = c.relam
-                                  where i.indrelid = r.oid and not i.indisprimary
+                                  -- Valid ones only: a concurrent build in progress or failed (its
+                                  -- index left invalid) is not the table's index (yet).
+                                  where i.indrelid = r.oid and not i.indisprimary and i.indisvalid
                                     -- Not an index backing a constraint of this table (a foreign key
                                     -- names the index it refers to in conindid too).
                                     and not exists (select 1 from pg_catalog.pg_constraint k
