@@ -421,7 +421,10 @@ impl Applier {
                 }
             }
             // Unique, check and exclusion constraints (foreign keys are not created: the
-            // tables they refer to may still be on their way, or not replicated at all).
+            // tables they refer to may still be on their way, or not replicated at all). One
+            // the target cannot create — a check calling a function the load does not
+            // create, an operator class of an extension it lacks — is left out with a
+            // warning naming it, as an expression index is: the rows are what was asked for.
             for c in msg.table.constraints.iter().filter(|c| c.kind != 'f') {
                 let exists: bool = tx
                     .query_one(
@@ -435,13 +438,25 @@ impl Applier {
                 if exists {
                     continue;
                 }
-                tx.batch_execute(&format!(
-                    "alter table {name} add constraint {} {}",
-                    quote_ident(&c.name),
-                    c.definition
-                ))
-                .await
-                .map_err(pg(&format!("adding constraint {} to {name}", c.name)))?;
+                tx.batch_execute("savepoint pgteleport_constraint")
+                    .await
+                    .map_err(pg("savepoint"))?;
+                let added = tx
+                    .batch_execute(&format!(
+                        "alter table {name} add constraint {} {}",
+                        quote_ident(&c.name),
+                        c.definition
+                    ))
+                    .await;
+                let end = match added {
+                    Ok(()) => "release savepoint pgteleport_constraint",
+                    Err(e) => {
+                        tracing::warn!(table = %name, constraint = %c.name, definition = %c.definition,
+                            error = %db::describe(&e), "constraint not created on the target; create it by hand");
+                        "rollback to savepoint pgteleport_constraint"
+                    }
+                };
+                tx.batch_execute(end).await.map_err(pg("savepoint"))?;
             }
         }
         tx.execute(
