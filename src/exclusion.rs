@@ -185,6 +185,7 @@ mod tests {
             identity: None,
             sequence: None,
             text_form: false,
+            collation: None,
         }
     }
 

@@ -1109,3 +1109,45 @@ async fn a_check_the_target_cannot_create_does_not_stop_the_load() -> anyhow::Re
     target.shutdown().await?;
     Ok(())
 }
+
+/// A column's collation reaches the target: with a table the snapshot creates, with a
+/// column added later, and when a column's collation changes.
+#[tokio::test]
+async fn column_collations_reach_the_target() -> anyhow::Result<()> {
+    let p = Pair::new2(
+        r#"create schema app;
+           create table app.t (id int primary key, c text collate "C", d text, p varchar(10) collate "POSIX");
+           insert into app.t values (1, 'a', 'b', 'c');"#,
+        "create schema app;",
+    )
+    .await?;
+    let target = p.start_target(0).await?;
+    let port = target.local_addr.unwrap().port();
+    let source = p
+        .start_source(port, "app.*", "    do_initial_snapshot: true\n")
+        .await?;
+    let (src, dst) = (p.src().await?, p.dst().await?);
+    wait_equal(&src, &dst, &["app.t"], Duration::from_secs(30)).await?;
+    src.batch_execute(
+        r#"alter table app.t add column e text collate "C";
+           alter table app.t alter column d type text collate "POSIX";
+           alter table app.t alter column c type text;
+           insert into app.t values (2, 'x', 'y', 'z', 'w');"#,
+    )
+    .await?;
+    let collations = "select a.attname::text || ' ' || coalesce(co.collname::text, '-')
+                        from pg_attribute a left join pg_collation co
+                          on co.oid = a.attcollation and a.attcollation <> 100
+                       where a.attrelid = 'app.t'::regclass and a.attnum > 0 and not a.attisdropped
+                       order by a.attnum";
+    let want = texts(&src, collations).await?;
+    assert_eq!(want, ["id -", "c -", "d POSIX", "p POSIX", "e C"]);
+    wait_for("the collations", Duration::from_secs(30), || async {
+        Ok(texts(&dst, collations).await.unwrap_or_default() == want)
+    })
+    .await?;
+    wait_equal(&src, &dst, &["app.t"], Duration::from_secs(30)).await?;
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}

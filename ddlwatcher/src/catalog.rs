@@ -48,6 +48,11 @@ pub struct Column {
     /// must stay apart from SQL NULL) or xml (its JSON form drops the XML declaration).
     #[serde(default)]
     pub text_form: bool,
+    /// The column's collation when it is not its type's and is one of PostgreSQL's own
+    /// (`pg_catalog."C"`, `pg_catalog."und-x-icu"`, …); a collation created in a user's
+    /// schema is not replicated (the column gets its type's).
+    #[serde(default)]
+    pub collation: Option<String>,
 }
 
 /// A secondary index (the primary key is kept in [`Table::primary_key`]).
@@ -361,6 +366,7 @@ mod tests {
             identity: None,
             sequence: None,
             text_form: false,
+            collation: None,
         }
     }
 

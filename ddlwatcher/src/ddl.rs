@@ -174,6 +174,9 @@ pub fn create_sequences(table: &Table, map: &SchemaMap) -> Vec<String> {
 /// `CREATE TABLE` and `ADD COLUMN`).
 pub fn column_sql(c: &Column, map: &SchemaMap) -> String {
     let mut s = format!("{} {}", quote_ident(&c.name), type_sql(&c.type_ref, map));
+    if let Some(collation) = &c.collation {
+        s.push_str(&format!(" collate {collation}"));
+    }
     if c.generated {
         if let Some(e) = &c.expression {
             s.push_str(&format!(" generated always as ({e}) stored"));
@@ -268,6 +271,7 @@ mod tests {
             identity: None,
             sequence: None,
             text_form: false,
+            collation: None,
         }
     }
 

@@ -399,9 +399,14 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
                     }
                     let col = quote_ident(&c.name);
                     let (bt, ct) = (type_sql(&b.type_ref, map), type_sql(&c.type_ref, map));
-                    if bt != ct && !c.generated {
+                    if (bt != ct || b.collation != c.collation) && !c.generated {
+                        let collate = c
+                            .collation
+                            .as_ref()
+                            .map(|x| format!(" collate {x}"))
+                            .unwrap_or_default();
                         out.push(Statement::tx(format!(
-                            "alter table {name} alter column {col} type {ct} using {col}::{ct}"
+                            "alter table {name} alter column {col} type {ct}{collate} using {col}::{ct}"
                         )));
                     }
                     if b.expression != c.expression && !c.generated && c.identity.is_none() {
@@ -549,6 +554,7 @@ mod tests {
             identity: None,
             sequence: None,
             text_form: false,
+            collation: None,
         }
     }
 

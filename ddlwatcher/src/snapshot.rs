@@ -94,7 +94,12 @@ fn build_sql() -> String {
                             order by s.oid limit 1) end,
             'text_form', coalesce((select bt.typcategory = 'A' or bt.oid in ('pg_catalog.json'::pg_catalog.regtype,
                                           'pg_catalog.jsonb'::pg_catalog.regtype, 'pg_catalog.xml'::pg_catalog.regtype)
-                                     from pg_catalog.pg_type bt where bt.oid = {base}), false))",
+                                     from pg_catalog.pg_type bt where bt.oid = {base}), false),
+            'collation', (select pg_catalog.quote_ident(cn.nspname) || '.' || pg_catalog.quote_ident(co.collname)
+                            from pg_catalog.pg_collation co
+                            join pg_catalog.pg_namespace cn on cn.oid = co.collnamespace
+                           where co.oid = a.attcollation and cn.nspname = 'pg_catalog'
+                             and co.oid <> (select ct.typcollation from pg_catalog.pg_type ct where ct.oid = a.atttypid)))",
         type_ref = type_ref_json("a.atttypid", "a.atttypmod"),
         base = base_type_sql("a.atttypid"),
     );
@@ -406,6 +411,7 @@ mod tests {
                 identity: None,
                 sequence: None,
                 text_form: false,
+                collation: None,
             }],
             primary_key: None,
             unique_key: None,
