@@ -777,6 +777,10 @@ pub struct LoadPrepare {
     pub apply_schema: Option<String>,
     pub tables: Vec<ddlwatcher::Table>,
     pub types: Vec<ddlwatcher::TypeDef>,
+    /// Functions and procedures of the replicated schemas: created before the tables,
+    /// whose defaults, checks and generated columns may call them.
+    #[serde(default)]
+    pub functions: Vec<ddlwatcher::Function>,
     /// Empty target tables that already hold rows (otherwise they are refused).
     #[serde(default)]
     pub truncate: bool,

@@ -1077,15 +1077,16 @@ async fn an_index_left_invalid_by_a_failed_concurrent_build_is_not_replicated() 
     Ok(())
 }
 
-/// A constraint the load cannot create on the target — a CHECK calling a function of the
-/// source's that the load does not create — is left out (with a warning) and the table is
-/// loaded and replicated all the same; the table's other constraints are created.
+/// A constraint the load cannot create on the target — a CHECK calling a function of a
+/// schema that is not replicated — is left out (with a warning) and the table is loaded and
+/// replicated all the same; the table's other constraints are created.
 #[tokio::test]
 async fn a_check_the_target_cannot_create_does_not_stop_the_load() -> anyhow::Result<()> {
     let p = Pair::new2(
         "create schema app;
-         create function app.positive(v int) returns boolean language sql immutable as 'select v > 0';
-         create table app.t (id int primary key, v int constraint v_positive check (app.positive(v)),
+         create schema lib;
+         create function lib.positive(v int) returns boolean language sql immutable as 'select v > 0';
+         create table app.t (id int primary key, v int constraint v_positive check (lib.positive(v)),
                              w int constraint w_small check (w < 100));
          insert into app.t values (1, 1, 1), (2, 2, 2);",
         "create schema app;",
@@ -1147,6 +1148,46 @@ async fn column_collations_reach_the_target() -> anyhow::Result<()> {
     })
     .await?;
     wait_equal(&src, &dst, &["app.t"], Duration::from_secs(30)).await?;
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}
+
+/// A table whose default and check call functions of its schema: the snapshot creates the
+/// functions on the target before the table (whose creation failed without them, holding
+/// the mirror), the check is created, and rows written later take the default there too.
+#[tokio::test]
+async fn the_snapshot_creates_the_functions_a_table_calls() -> anyhow::Result<()> {
+    let p = Pair::new2(
+        "create schema app;
+         create table app.counter (n int primary key);
+         create function app.next_code() returns text language sql as $$ select 'c-' || count(*) from app.counter $$;
+         create function app.positive(v int) returns boolean language sql immutable as 'select v > 0';
+         create table app.t (id int primary key, code text default app.next_code(),
+                             v int constraint v_positive check (app.positive(v)));
+         insert into app.t (id, v) values (1, 1), (2, 2);",
+        "create schema app;",
+    )
+    .await?;
+    let target = p.start_target(0).await?;
+    let port = target.local_addr.unwrap().port();
+    let source = p
+        .start_source(port, "app.*", "    do_initial_snapshot: true\n")
+        .await?;
+    let (src, dst) = (p.src().await?, p.dst().await?);
+    wait_equal(&src, &dst, &["app.t"], Duration::from_secs(30)).await?;
+    src.batch_execute("insert into app.t (id, v) values (3, 3)")
+        .await?;
+    wait_equal(&src, &dst, &["app.t"], Duration::from_secs(30)).await?;
+    assert_eq!(
+        texts(&dst, "select conname::text from pg_constraint where conrelid = 'app.t'::regclass and contype = 'c'").await?,
+        vec!["v_positive"]
+    );
+    assert_eq!(
+        texts(&dst, "select app.next_code()").await?,
+        vec!["c-0"],
+        "the function works on the target"
+    );
     source.shutdown().await?;
     target.shutdown().await?;
     Ok(())

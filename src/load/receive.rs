@@ -98,6 +98,30 @@ impl Applier {
                 }
             }
         }
+        // Functions before the tables (defaults, checks and generated columns may call
+        // them), bodies unchecked as pg_dump restores them (a body may name a table created
+        // below). One the target cannot create is left out with a warning naming it: what
+        // needs it fails next, with the function's name in the error.
+        if !msg.functions.is_empty() {
+            tx.batch_execute("set local check_function_bodies = off")
+                .await
+                .map_err(pg("set check_function_bodies"))?;
+        }
+        for f in &msg.functions {
+            let sql = ddlwatcher::retarget::if_needed(f.definition.clone(), &map);
+            tx.batch_execute("savepoint pgteleport_function")
+                .await
+                .map_err(pg("savepoint"))?;
+            let end = match tx.batch_execute(&sql).await {
+                Ok(()) => "release savepoint pgteleport_function",
+                Err(e) => {
+                    tracing::warn!(function = %qualified(map.map(&f.schema), &f.name), error = %db::describe(&e),
+                        "function not created on the target; create it by hand");
+                    "rollback to savepoint pgteleport_function"
+                }
+            };
+            tx.batch_execute(end).await.map_err(pg("savepoint"))?;
+        }
         let s = &self.schema;
         let mut states = Vec::new();
         let mut refused = Vec::new();

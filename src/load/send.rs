@@ -280,7 +280,7 @@ pub async fn run(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErro
         source,
     })?;
     let catalog = excluded.strip(&catalog);
-    let (tables, types) = (catalog.tables, catalog.types);
+    let (tables, types, functions) = (catalog.tables, catalog.types, catalog.functions);
     // Renamed tables travel under their destination name (the source keeps its own for
     // the COPY); the target applies apply_schema itself.
     let names = ddlwatcher::SchemaMap::default().with_renames(target.renames());
@@ -294,6 +294,7 @@ pub async fn run(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErro
                 apply_schema: target.apply_schema.clone(),
                 tables: renamed.clone(),
                 types,
+                functions,
                 truncate: opts.truncate,
             },
         )
