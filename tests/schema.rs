@@ -936,10 +936,8 @@ async fn a_unique_index_that_a_foreign_key_refers_to_reaches_the_target() -> any
         "create schema app;",
     )
     .await?;
-    let target = p.start_target(0).await?;
-    let port = target.local_addr.unwrap().port();
-    let source = p
-        .start_source(port, "app.*", "    do_initial_snapshot: true\n")
+    let (source, target) = p
+        .start_both_with("app.*", "    do_initial_snapshot: true\n")
         .await?;
     let (src, dst) = (p.src().await?, p.dst().await?);
     let tables = ["app.a", "app.b", "app.c", "app.d"];
@@ -990,10 +988,8 @@ async fn the_snapshot_creates_keys_of_every_shape_and_changes_follow() -> anyhow
          insert into zoo.\"Odd Table\" values (100, 'z', 0);",
     )
     .await?;
-    let target = p.start_target(0).await?;
-    let port = target.local_addr.unwrap().port();
-    let source = p
-        .start_source(port, "zoo.*", "    do_initial_snapshot: true\n")
+    let (source, target) = p
+        .start_both_with("zoo.*", "    do_initial_snapshot: true\n")
         .await?;
     let dst = p.dst().await?;
     wait_equal(&src, &dst, ZOO_TABLES, Duration::from_secs(30)).await?;
@@ -1092,10 +1088,8 @@ async fn a_check_the_target_cannot_create_does_not_stop_the_load() -> anyhow::Re
         "create schema app;",
     )
     .await?;
-    let target = p.start_target(0).await?;
-    let port = target.local_addr.unwrap().port();
-    let source = p
-        .start_source(port, "app.*", "    do_initial_snapshot: true\n")
+    let (source, target) = p
+        .start_both_with("app.*", "    do_initial_snapshot: true\n")
         .await?;
     let (src, dst) = (p.src().await?, p.dst().await?);
     wait_equal(&src, &dst, &["app.t"], Duration::from_secs(30)).await?;
@@ -1122,10 +1116,8 @@ async fn column_collations_reach_the_target() -> anyhow::Result<()> {
         "create schema app;",
     )
     .await?;
-    let target = p.start_target(0).await?;
-    let port = target.local_addr.unwrap().port();
-    let source = p
-        .start_source(port, "app.*", "    do_initial_snapshot: true\n")
+    let (source, target) = p
+        .start_both_with("app.*", "    do_initial_snapshot: true\n")
         .await?;
     let (src, dst) = (p.src().await?, p.dst().await?);
     wait_equal(&src, &dst, &["app.t"], Duration::from_secs(30)).await?;
@@ -1169,10 +1161,8 @@ async fn the_snapshot_creates_the_functions_a_table_calls() -> anyhow::Result<()
         "create schema app;",
     )
     .await?;
-    let target = p.start_target(0).await?;
-    let port = target.local_addr.unwrap().port();
-    let source = p
-        .start_source(port, "app.*", "    do_initial_snapshot: true\n")
+    let (source, target) = p
+        .start_both_with("app.*", "    do_initial_snapshot: true\n")
         .await?;
     let (src, dst) = (p.src().await?, p.dst().await?);
     wait_equal(&src, &dst, &["app.t"], Duration::from_secs(30)).await?;
