@@ -109,18 +109,10 @@ impl Applier {
         }
         for f in &msg.functions {
             let sql = ddlwatcher::retarget::if_needed(f.definition.clone(), &map);
-            tx.batch_execute("savepoint pgteleport_function")
-                .await
-                .map_err(pg("savepoint"))?;
-            let end = match tx.batch_execute(&sql).await {
-                Ok(()) => "release savepoint pgteleport_function",
-                Err(e) => {
-                    tracing::warn!(function = %qualified(map.map(&f.schema), &f.name), error = %db::describe(&e),
-                        "function not created on the target; create it by hand");
-                    "rollback to savepoint pgteleport_function"
-                }
-            };
-            tx.batch_execute(end).await.map_err(pg("savepoint"))?;
+            if let Err(error) = attempt(&tx, &sql).await? {
+                tracing::warn!(function = %qualified(map.map(&f.schema), &f.name), %error,
+                    "function not created on the target; create it by hand");
+            }
         }
         let s = &self.schema;
         let mut states = Vec::new();
@@ -462,25 +454,18 @@ impl Applier {
                 if exists {
                     continue;
                 }
-                tx.batch_execute("savepoint pgteleport_constraint")
-                    .await
-                    .map_err(pg("savepoint"))?;
-                let added = tx
-                    .batch_execute(&format!(
+                let sql = ddlwatcher::retarget::if_needed(
+                    format!(
                         "alter table {name} add constraint {} {}",
                         quote_ident(&c.name),
                         c.definition
-                    ))
-                    .await;
-                let end = match added {
-                    Ok(()) => "release savepoint pgteleport_constraint",
-                    Err(e) => {
-                        tracing::warn!(table = %name, constraint = %c.name, definition = %c.definition,
-                            error = %db::describe(&e), "constraint not created on the target; create it by hand");
-                        "rollback to savepoint pgteleport_constraint"
-                    }
-                };
-                tx.batch_execute(end).await.map_err(pg("savepoint"))?;
+                    ),
+                    &map,
+                );
+                if let Err(error) = attempt(&tx, &sql).await? {
+                    tracing::warn!(table = %name, constraint = %c.name, definition = %c.definition, %error,
+                        "constraint not created on the target; create it by hand");
+                }
             }
         }
         tx.execute(
@@ -514,4 +499,25 @@ impl Applier {
         });
         Ok(rows)
     }
+}
+
+/// Runs `sql` under a savepoint: `Ok(Err(message))` when it failed (rolled back to the
+/// savepoint, the transaction goes on) — for what the target may be unable to create and
+/// the load leaves out with a warning.
+async fn attempt(
+    tx: &tokio_postgres::Transaction<'_>,
+    sql: &str,
+) -> Result<Result<(), String>, ApplyError> {
+    tx.batch_execute("savepoint pgteleport_attempt")
+        .await
+        .map_err(pg("savepoint"))?;
+    let (outcome, end) = match tx.batch_execute(sql).await {
+        Ok(()) => (Ok(()), "release savepoint pgteleport_attempt"),
+        Err(e) => (
+            Err(db::describe(&e)),
+            "rollback to savepoint pgteleport_attempt",
+        ),
+    };
+    tx.batch_execute(end).await.map_err(pg("savepoint"))?;
+    Ok(outcome)
 }
