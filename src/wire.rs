@@ -781,6 +781,9 @@ pub struct LoadPrepare {
     /// whose defaults, checks and generated columns may call them.
     #[serde(default)]
     pub functions: Vec<ddlwatcher::Function>,
+    /// Views of the replicated schemas, in creation order: created after the tables.
+    #[serde(default)]
+    pub views: Vec<ddlwatcher::View>,
     /// Empty target tables that already hold rows (otherwise they are refused).
     #[serde(default)]
     pub truncate: bool,

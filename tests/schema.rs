@@ -1147,7 +1147,8 @@ async fn column_collations_reach_the_target() -> anyhow::Result<()> {
 
 /// A table whose default and check call functions of its schema: the snapshot creates the
 /// functions on the target before the table (whose creation failed without them, holding
-/// the mirror), the check is created, and rows written later take the default there too.
+/// the mirror), the check is created, and rows written later take the default there too;
+/// the schema's views (one reading another) are created after the tables.
 #[tokio::test]
 async fn the_snapshot_creates_the_functions_a_table_calls() -> anyhow::Result<()> {
     let p = Pair::new2(
@@ -1157,7 +1158,9 @@ async fn the_snapshot_creates_the_functions_a_table_calls() -> anyhow::Result<()
          create function app.positive(v int) returns boolean language sql immutable as 'select v > 0';
          create table app.t (id int primary key, code text default app.next_code(),
                              v int constraint v_positive check (app.positive(v)));
-         insert into app.t (id, v) values (1, 1), (2, 2);",
+         insert into app.t (id, v) values (1, 1), (2, 2);
+         create view app.big as select id, code from app.t where v > 1;
+         create view app.bigger as select id from app.big where id > 2;",
         "create schema app;",
     )
     .await?;
@@ -1168,7 +1171,8 @@ async fn the_snapshot_creates_the_functions_a_table_calls() -> anyhow::Result<()
     wait_equal(&src, &dst, &["app.t"], Duration::from_secs(30)).await?;
     src.batch_execute("insert into app.t (id, v) values (3, 3)")
         .await?;
-    wait_equal(&src, &dst, &["app.t"], Duration::from_secs(30)).await?;
+    let tables = ["app.t", "app.big", "app.bigger"];
+    wait_equal(&src, &dst, &tables, Duration::from_secs(30)).await?;
     assert_eq!(
         texts(&dst, "select conname::text from pg_constraint where conrelid = 'app.t'::regclass and contype = 'c'").await?,
         vec!["v_positive"]

@@ -184,6 +184,19 @@ impl Applier {
                 ),
             });
         }
+        // Views last, in creation order (one may read another); CREATE OR REPLACE keeps one
+        // the target has. One it cannot create (it reads a schema that is not replicated)
+        // is left out with a warning; any later schema change re-creates every view.
+        for v in &msg.views {
+            let name = qualified(map.map(&v.schema), &v.name);
+            let sql = ddlwatcher::retarget::if_needed(
+                format!("create or replace view {name} as {}", v.definition),
+                &map,
+            );
+            if let Err(error) = attempt(&tx, &sql).await? {
+                tracing::warn!(view = %name, %error, "view not created on the target; create it by hand");
+            }
+        }
         let wal_level_minimal: bool = tx
             .query_one(
                 "select pg_catalog.current_setting('wal_level') = 'minimal'",

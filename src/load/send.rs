@@ -280,7 +280,12 @@ pub async fn run(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErro
         source,
     })?;
     let catalog = excluded.strip(&catalog);
-    let (tables, types, functions) = (catalog.tables, catalog.types, catalog.functions);
+    let (tables, types, functions, views) = (
+        catalog.tables,
+        catalog.types,
+        catalog.functions,
+        catalog.views,
+    );
     // Renamed tables travel under their destination name (the source keeps its own for
     // the COPY); the target applies apply_schema itself.
     let names = ddlwatcher::SchemaMap::default().with_renames(target.renames());
@@ -295,6 +300,7 @@ pub async fn run(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErro
                 tables: renamed.clone(),
                 types,
                 functions,
+                views,
                 truncate: opts.truncate,
             },
         )
