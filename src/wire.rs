@@ -781,6 +781,10 @@ pub struct LoadPrepare {
     /// whose defaults, checks and generated columns may call them.
     #[serde(default)]
     pub functions: Vec<ddlwatcher::Function>,
+    /// Sequences of the replicated schemas that no identity column owns: created before the
+    /// tables, whose defaults may draw from them.
+    #[serde(default)]
+    pub sequences: Vec<ddlwatcher::Sequence>,
     /// Views of the replicated schemas, in creation order: created after the tables.
     #[serde(default)]
     pub views: Vec<ddlwatcher::View>,

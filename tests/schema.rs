@@ -1148,7 +1148,8 @@ async fn column_collations_reach_the_target() -> anyhow::Result<()> {
 /// A table whose default and check call functions of its schema: the snapshot creates the
 /// functions on the target before the table (whose creation failed without them, holding
 /// the mirror), the check is created, and rows written later take the default there too;
-/// the schema's views (one reading another) are created after the tables.
+/// a sequence no column owns, which a default draws from, is created before the table; the
+/// schema's views (one reading another) are created after the tables.
 #[tokio::test]
 async fn the_snapshot_creates_the_functions_a_table_calls() -> anyhow::Result<()> {
     let p = Pair::new2(
@@ -1156,8 +1157,10 @@ async fn the_snapshot_creates_the_functions_a_table_calls() -> anyhow::Result<()
          create table app.counter (n int primary key);
          create function app.next_code() returns text language sql as $$ select 'c-' || count(*) from app.counter $$;
          create function app.positive(v int) returns boolean language sql immutable as 'select v > 0';
+         create sequence app.shared_seq start 100;
          create table app.t (id int primary key, code text default app.next_code(),
-                             v int constraint v_positive check (app.positive(v)));
+                             v int constraint v_positive check (app.positive(v)),
+                             n bigint default nextval('app.shared_seq'));
          insert into app.t (id, v) values (1, 1), (2, 2);
          create view app.big as select id, code from app.t where v > 1;
          create view app.bigger as select id from app.big where id > 2;",

@@ -280,11 +280,12 @@ pub async fn run(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErro
         source,
     })?;
     let catalog = excluded.strip(&catalog);
-    let (tables, types, functions, views) = (
+    let (tables, types, functions, views, sequences) = (
         catalog.tables,
         catalog.types,
         catalog.functions,
         catalog.views,
+        catalog.sequences,
     );
     // Renamed tables travel under their destination name (the source keeps its own for
     // the COPY); the target applies apply_schema itself.
@@ -301,6 +302,7 @@ pub async fn run(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErro
                 types,
                 functions,
                 views,
+                sequences,
                 truncate: opts.truncate,
             },
         )
