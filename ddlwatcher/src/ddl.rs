@@ -9,7 +9,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::catalog::{
-    qualified, quote_ident, quote_literal, Column, Index, Table, TypeDef, TypeKind, TypeRef,
+    qualified, quote_ident, quote_literal, Column, Index, Sequence, Table, TypeDef, TypeKind,
+    TypeRef,
 };
 
 /// Renames the replicated schemas to `apply_schema`, when set, and single tables to their
@@ -170,13 +171,33 @@ pub fn create_sequences(table: &Table, map: &SchemaMap) -> Vec<String> {
         .collect()
 }
 
+/// `CREATE SEQUENCE` of a sequence no column owns, with its options (before the tables,
+/// whose defaults may draw from it).
+pub fn create_sequence(q: &Sequence, map: &SchemaMap) -> String {
+    format!(
+        "create sequence if not exists {} {}",
+        qualified(map.map(&q.schema), &q.name),
+        q.options()
+    )
+}
+
+/// ` collate …` for a column with a collation of its own, else nothing.
+pub fn collate_clause(c: &Column) -> String {
+    c.collation
+        .as_ref()
+        .map(|x| format!(" collate {x}"))
+        .unwrap_or_default()
+}
+
 /// A column definition: name, type, generation, identity or default, NOT NULL (for
 /// `CREATE TABLE` and `ADD COLUMN`).
 pub fn column_sql(c: &Column, map: &SchemaMap) -> String {
-    let mut s = format!("{} {}", quote_ident(&c.name), type_sql(&c.type_ref, map));
-    if let Some(collation) = &c.collation {
-        s.push_str(&format!(" collate {collation}"));
-    }
+    let mut s = format!(
+        "{} {}{}",
+        quote_ident(&c.name),
+        type_sql(&c.type_ref, map),
+        collate_clause(c)
+    );
     if c.generated {
         if let Some(e) = &c.expression {
             s.push_str(&format!(" generated always as ({e}) stored"));

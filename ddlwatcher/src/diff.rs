@@ -242,10 +242,7 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
     for q in &new.sequences {
         let name = qualified(map.map(&q.schema), &q.name);
         match old_seq.get(&q.oid) {
-            None => out.push(Statement::tx(format!(
-                "create sequence if not exists {name} {}",
-                q.options()
-            ))),
+            None => out.push(Statement::tx(ddl::create_sequence(q, map))),
             Some(o) => {
                 if o.name != q.name {
                     out.push(Statement::tx(format!(
@@ -400,11 +397,7 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
                     let col = quote_ident(&c.name);
                     let (bt, ct) = (type_sql(&b.type_ref, map), type_sql(&c.type_ref, map));
                     if (bt != ct || b.collation != c.collation) && !c.generated {
-                        let collate = c
-                            .collation
-                            .as_ref()
-                            .map(|x| format!(" collate {x}"))
-                            .unwrap_or_default();
+                        let collate = ddl::collate_clause(c);
                         out.push(Statement::tx(format!(
                             "alter table {name} alter column {col} type {ct}{collate} using {col}::{ct}"
                         )));

@@ -101,10 +101,8 @@ impl Applier {
         // Sequences before the tables (defaults draw from them; their positions follow the
         // source's with the batches).
         for q in &msg.sequences {
-            let name = qualified(map.map(&q.schema), &q.name);
-            let sql = format!("create sequence if not exists {name} {}", q.options());
-            if let Err(error) = attempt(&tx, &sql).await? {
-                tracing::warn!(sequence = %name, %error, "sequence not created on the target; create it by hand");
+            if let Err(error) = attempt(&tx, &ddl::create_sequence(q, &map)).await? {
+                tracing::warn!(sequence = %qualified(map.map(&q.schema), &q.name), %error, "sequence not created on the target; create it by hand");
             }
         }
         // Functions before the tables (defaults, checks and generated columns may call
