@@ -942,9 +942,13 @@ async fn soft_deletes_mark_rows_and_synced_at_records_the_apply() -> anyhow::Res
     .await?;
     let live = "select format('%s %s', id, v) from app.t where not _deleted order by id";
     let want = texts(&src, "select format('%s %s', id, v) from app.t order by id").await?;
-    wait_for("live rows equal", Duration::from_secs(20), || async {
-        Ok(texts(&dst, live).await.unwrap_or_default() == want)
-    })
+    wait_texts(
+        &dst,
+        "live rows equal",
+        Duration::from_secs(20),
+        live,
+        &want,
+    )
     .await?;
     assert_eq!(
         texts(
@@ -1019,9 +1023,13 @@ async fn excluded_columns_never_reach_the_target() -> anyhow::Result<()> {
         .await?;
     let projected = "select format('%s %s %s', id, name, note) from app.p order by id";
     let want = texts(&src, projected).await?;
-    wait_for("the snapshot", Duration::from_secs(30), || async {
-        Ok(texts(&dst, projected).await.unwrap_or_default() == want)
-    })
+    wait_texts(
+        &dst,
+        "the snapshot",
+        Duration::from_secs(30),
+        projected,
+        &want,
+    )
     .await?;
     src.batch_execute(
         "insert into app.p values (51, 'new', 'password-51', 'x');
@@ -1031,9 +1039,13 @@ async fn excluded_columns_never_reach_the_target() -> anyhow::Result<()> {
     )
     .await?;
     let want = texts(&src, projected).await?;
-    wait_for("the stream", Duration::from_secs(20), || async {
-        Ok(texts(&dst, projected).await.unwrap_or_default() == want)
-    })
+    wait_texts(
+        &dst,
+        "the stream",
+        Duration::from_secs(20),
+        projected,
+        &want,
+    )
     .await?;
     assert_eq!(
         texts(

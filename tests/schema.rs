@@ -800,9 +800,13 @@ async fn excluded_column_through_schema_changes(event_triggers: bool) -> anyhow:
     let projected =
         |t: &str| format!("select format('%s %s %s', id, name, note) from {t} order by id");
     let want = texts(&src, &projected("app.p")).await?;
-    wait_for("the snapshot", Duration::from_secs(30), || async {
-        Ok(texts(&dst, &projected("app.p")).await.unwrap_or_default() == want)
-    })
+    wait_texts(
+        &dst,
+        "the snapshot",
+        Duration::from_secs(30),
+        &projected("app.p"),
+        &want,
+    )
     .await?;
     dst.batch_execute("alter table app.p add column secret2 text")
         .await?;
@@ -825,10 +829,12 @@ async fn excluded_column_through_schema_changes(event_triggers: bool) -> anyhow:
     .await?;
     let projected = "select format('%s %s %s %s', id, name, note, extra) from app.p2 order by id";
     let want = texts(&src, projected).await?;
-    wait_for(
+    wait_texts(
+        &dst,
         "the changes around the excluded column",
         Duration::from_secs(30),
-        || async { Ok(texts(&dst, projected).await.unwrap_or_default() == want) },
+        projected,
+        &want,
     )
     .await?;
     // After a restart the config still names `app.p.secret`: the source remembers the
@@ -842,10 +848,12 @@ async fn excluded_column_through_schema_changes(event_triggers: bool) -> anyhow:
     )
     .await?;
     let want = texts(&src, projected).await?;
-    wait_for(
+    wait_texts(
+        &dst,
         "the changes after a restart",
         Duration::from_secs(30),
-        || async { Ok(texts(&dst, projected).await.unwrap_or_default() == want) },
+        projected,
+        &want,
     )
     .await?;
     assert_eq!(
@@ -1049,23 +1057,26 @@ async fn an_index_left_invalid_by_a_failed_concurrent_build_is_not_replicated() 
     wait_equal(&src, &dst, &["app.dup"], Duration::from_secs(30)).await?;
     src.batch_execute("drop index app.dup_v; create index dup_v2 on app.dup (v); insert into app.dup values (4, 4);")
         .await?;
-    wait_for("the new index", Duration::from_secs(30), || async {
-        Ok(texts(&dst, "select indexrelid::regclass::text from pg_index where indrelid = 'app.dup'::regclass order by 1")
-            .await
-            .unwrap_or_default()
-            == ["app.dup_pkey", "app.dup_v2"])
-    })
+    let indexes = "select indexrelid::regclass::text from pg_index where indrelid = 'app.dup'::regclass order by 1";
+    wait_texts(
+        &dst,
+        "the new index",
+        Duration::from_secs(30),
+        indexes,
+        &["app.dup_pkey", "app.dup_v2"],
+    )
     .await?;
     // A concurrent build that succeeds arrives too (the watcher notices the index turning
     // valid, which changes only its pg_index row).
     src.batch_execute("create index concurrently dup_v3 on app.dup (id, v)")
         .await?;
-    wait_for("the concurrently built index", Duration::from_secs(30), || async {
-        Ok(texts(&dst, "select indexrelid::regclass::text from pg_index where indrelid = 'app.dup'::regclass order by 1")
-            .await
-            .unwrap_or_default()
-            == ["app.dup_pkey", "app.dup_v2", "app.dup_v3"])
-    })
+    wait_texts(
+        &dst,
+        "the concurrently built index",
+        Duration::from_secs(30),
+        indexes,
+        &["app.dup_pkey", "app.dup_v2", "app.dup_v3"],
+    )
     .await?;
     wait_equal(&src, &dst, &["app.dup"], Duration::from_secs(30)).await?;
     source.shutdown().await?;
@@ -1135,9 +1146,13 @@ async fn column_collations_reach_the_target() -> anyhow::Result<()> {
                        order by a.attnum";
     let want = texts(&src, collations).await?;
     assert_eq!(want, ["id -", "c -", "d POSIX", "p POSIX", "e C"]);
-    wait_for("the collations", Duration::from_secs(30), || async {
-        Ok(texts(&dst, collations).await.unwrap_or_default() == want)
-    })
+    wait_texts(
+        &dst,
+        "the collations",
+        Duration::from_secs(30),
+        collations,
+        &want,
+    )
     .await?;
     wait_equal(&src, &dst, &["app.t"], Duration::from_secs(30)).await?;
     source.shutdown().await?;

@@ -294,6 +294,22 @@ where
     }
 }
 
+/// Waits until `sql` on `c` returns exactly `want` (its first column, in order); an error
+/// (a table not there yet) counts as not yet.
+pub async fn wait_texts<S: AsRef<str>>(
+    c: &Client,
+    what: &str,
+    within: Duration,
+    sql: &str,
+    want: &[S],
+) -> Result<()> {
+    wait_for(what, within, || async {
+        let got = texts(c, sql).await.unwrap_or_default();
+        Ok(got.len() == want.len() && got.iter().zip(want).all(|(g, w)| g == w.as_ref()))
+    })
+    .await
+}
+
 /// The source's last transmit error (empty when none).
 pub async fn last_error(src: &Client) -> Result<String> {
     Ok(src
