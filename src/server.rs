@@ -403,6 +403,13 @@ impl Server {
                     .map(|rows| json!({"status": "done", "rows": rows})),
                 Err(r) => return *r,
             },
+            "/v1/load/foreign-keys" => match parse::<wire::LoadForeignKeys>(&body) {
+                Ok(m) => applier
+                    .load_foreign_keys(&m)
+                    .await
+                    .map(|added| json!(added)),
+                Err(r) => return *r,
+            },
             _ => {
                 return error(
                     StatusCode::NOT_FOUND,

@@ -874,6 +874,34 @@ pub struct LoadFinish {
     pub snapshot: String,
 }
 
+/// Initial load, last step: every table is loaded; add the foreign keys of the tables the
+/// load created (those among the loaded tables, and those to tables the target has).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadForeignKeys {
+    pub source: String,
+    pub target: String,
+    #[serde(default)]
+    pub apply_schema: Option<String>,
+    /// Every table of the load, as the target names them (`rename_tables` applied, also to
+    /// the tables their foreign keys refer to).
+    pub tables: Vec<ddlwatcher::Table>,
+}
+
+/// What the last step did, one `table.constraint` (and the database's reason) per key.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForeignKeysAdded {
+    /// Added and validated.
+    pub added: Vec<String>,
+    /// Added `NOT VALID`, as the source has them.
+    pub not_valid_as_on_source: Vec<String>,
+    /// Added but left `NOT VALID`: rows they refer to are missing on the target.
+    pub not_validated: Vec<String>,
+    /// Not added: the target cannot (a table they refer to is missing).
+    pub failed: Vec<String>,
+}
+
 /// A `pg_snapshot` in text form (`xmin:xmax:xip,…`), for the visibility rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {

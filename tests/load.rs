@@ -304,6 +304,86 @@ async fn tables_linked_by_a_foreign_key_load_into_existing_tables() -> anyhow::R
     Ok(())
 }
 
+/// The foreign keys of the tables the load creates arrive after every table is loaded:
+/// between loaded tables (one referring to itself) validated; one the source has NOT VALID
+/// stays so; one to a table outside the load that lacks rows on the target added NOT VALID;
+/// one to a table the target does not have left out — none of them stops the load, and a
+/// re-run adds nothing twice.
+#[tokio::test]
+async fn the_loads_foreign_keys_arrive_after_the_rows() -> anyhow::Result<()> {
+    let p = Pair::new2(
+        "create schema other;
+         create table other.ref (id int primary key);
+         create table other.gone (id int primary key);
+         insert into other.ref select generate_series(1, 10);
+         insert into other.gone select generate_series(1, 10);
+         create schema app;
+         create table app.parent (id int primary key, v text);
+         create table app.child (id int primary key,
+                                 parent_id int not null references app.parent on delete cascade,
+                                 up int references app.child);
+         create table app.loose (id int primary key, parent_id int);
+         create table app.uses_ref (id int primary key, ref_id int references other.ref);
+         create table app.uses_gone (id int primary key, gone_id int references other.gone);
+         insert into app.parent select g, 'p' from generate_series(1, 100) g;
+         insert into app.child select g, g % 100 + 1, nullif(g - 1, 0) from generate_series(1, 300) g;
+         insert into app.loose values (1, 1), (2, 999);
+         alter table app.loose add constraint loose_parent foreign key (parent_id) references app.parent not valid;
+         insert into app.uses_ref select g, g from generate_series(1, 10) g;
+         insert into app.uses_gone select g, g from generate_series(1, 10) g;",
+        "create schema other;
+         create table other.ref (id int primary key);
+         insert into other.ref select generate_series(1, 5);",
+    )
+    .await?;
+    let target = p.start_target(0).await?;
+    let port = target.local_addr.unwrap().port();
+    let cfg = source_config(&p, port)?;
+    let summary = load::run(&cfg, opts(false)).await?;
+    assert_eq!(summary.rows, 100 + 300 + 2 + 10 + 10, "{summary}");
+    let (src, dst) = (p.src().await?, p.dst().await?);
+    let tables = [
+        "app.parent",
+        "app.child",
+        "app.loose",
+        "app.uses_ref",
+        "app.uses_gone",
+    ];
+    wait_equal(&src, &dst, &tables, Duration::from_secs(5)).await?;
+    let keys = "select conrelid::regclass::text || ' ' || conname || ' ' || pg_get_constraintdef(oid)
+                       || case when convalidated then '' else ' (not validated)' end
+                  from pg_constraint where connamespace = 'app'::regnamespace and contype = 'f' order by 1";
+    let expected: Vec<String> = texts(&src, keys)
+        .await?
+        .into_iter()
+        .filter(|k| !k.starts_with("app.uses_gone"))
+        .map(|k| {
+            if k.starts_with("app.uses_ref") {
+                format!("{k} NOT VALID (not validated)")
+            } else {
+                k
+            }
+        })
+        .collect();
+    assert_eq!(expected.len(), 4, "{expected:?}");
+    assert_eq!(texts(&dst, keys).await?, expected);
+    // The keys hold on the target: a child without its parent is refused there.
+    let refused = dst
+        .batch_execute("insert into app.child values (1000, 5000, null)")
+        .await
+        .expect_err("the foreign key refuses a missing parent");
+    assert!(
+        refused.to_string().contains("foreign key") || format!("{refused:?}").contains("23503"),
+        "{refused:?}"
+    );
+    // A second run finds every table loaded and every key there.
+    let again = load::run(&cfg, opts(false)).await?;
+    assert_eq!((again.tables, again.skipped), (0, 5), "{again}");
+    assert_eq!(texts(&dst, keys).await?, expected);
+    target.shutdown().await?;
+    Ok(())
+}
+
 /// Two tables for the key-build tests, `app.first` the larger (copied first).
 async fn first_and_second(first_rows: i64, second_rows: i64) -> anyhow::Result<Pair> {
     Pair::new2(

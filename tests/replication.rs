@@ -1081,7 +1081,7 @@ async fn excluded_columns_never_reach_the_target() -> anyhow::Result<()> {
 }
 
 /// `rename_tables`: two tables replicate under other names (one into another schema) —
-/// the snapshot creates them there with their keys and indexes, live changes and schema
+/// the snapshot creates them there with their keys, indexes and foreign key, live changes and schema
 /// changes follow them, and `verify` compares each with its destination.
 #[tokio::test]
 async fn renamed_tables_replicate_under_their_destination_names() -> anyhow::Result<()> {
@@ -1089,7 +1089,7 @@ async fn renamed_tables_replicate_under_their_destination_names() -> anyhow::Res
         "create schema app;
          create table app.orders (id int primary key, v text);
          create index orders_v on app.orders (v);
-         create table app.lines (id int primary key, order_id int not null, qty int);
+         create table app.lines (id int primary key, order_id int not null references app.orders, qty int);
          create table app.kept (id int primary key, v text);
          insert into app.orders select g, 'o' || g from generate_series(1, 300) g;
          insert into app.lines select g, g % 300 + 1, g from generate_series(1, 600) g;
@@ -1135,6 +1135,15 @@ async fn renamed_tables_replicate_under_their_destination_names() -> anyhow::Res
             "archive.orders_v2_pkey",
         ],
         "keys and indexes on the destination tables"
+    );
+    assert_eq!(
+        texts(
+            &dst,
+            "select pg_get_constraintdef(oid) from pg_constraint where conrelid = 'app.order_lines'::regclass and contype = 'f'"
+        )
+        .await?,
+        vec!["FOREIGN KEY (order_id) REFERENCES archive.orders_v2(id)"],
+        "the foreign key refers to the destination of the table it refers to"
     );
     assert_eq!(
         scalar_i64(

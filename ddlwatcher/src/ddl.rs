@@ -9,8 +9,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::catalog::{
-    qualified, quote_ident, quote_literal, Column, Index, Sequence, Table, TypeDef, TypeKind,
-    TypeRef,
+    qualified, quote_ident, quote_literal, Column, Constraint, Index, Sequence, Table, TypeDef,
+    TypeKind, TypeRef, View,
 };
 
 /// Renames the replicated schemas to `apply_schema`, when set, and single tables to their
@@ -57,21 +57,30 @@ impl SchemaMap {
         qualified(s, n)
     }
 
-    /// The source table `t` as the target knows it: its schema and name, and the index
-    /// definitions naming it, re-targeted (what the initial load sends).
+    /// The source table `t` as the target knows it: its schema and name, the index
+    /// definitions naming it and the foreign keys naming a renamed table, re-targeted (what
+    /// the initial load sends).
     pub fn renamed(&self, t: &Table) -> Table {
         let mut out = t.clone();
         let (s, n) = self.table_parts(&t.schema, &t.name);
         (out.schema, out.name) = (s.to_string(), n.to_string());
+        if self.tables.is_empty() {
+            return out;
+        }
+        let only_renames = SchemaMap::default().with_renames(self.tables.clone());
         if self
             .tables
             .contains_key(&(t.schema.clone(), t.name.clone()))
         {
-            let only_renames = SchemaMap::default().with_renames(self.tables.clone());
             for i in &mut out.indexes {
                 if let Ok(sql) = crate::retarget::statement(&i.definition, &only_renames) {
                     i.definition = sql;
                 }
+            }
+        }
+        for c in out.constraints.iter_mut().filter(|c| c.kind == 'f') {
+            if let Ok(def) = crate::retarget::constraint(&c.definition, &only_renames) {
+                c.definition = def;
             }
         }
         out
@@ -178,6 +187,29 @@ pub fn create_sequence(q: &Sequence, map: &SchemaMap) -> String {
         "create sequence if not exists {} {}",
         qualified(map.map(&q.schema), &q.name),
         q.options()
+    )
+}
+
+/// `ALTER TABLE … ADD CONSTRAINT` (unique, check, exclusion or foreign key). Names of the
+/// source schema inside the definition are left for the caller to rename
+/// ([`crate::retarget::if_needed`]), once, with the rest of its statements.
+pub fn add_constraint(table: &Table, c: &Constraint, map: &SchemaMap) -> String {
+    format!(
+        "alter table {} add constraint {} {}",
+        map.table(&table.schema, &table.name),
+        quote_ident(&c.name),
+        c.definition
+    )
+}
+
+/// `CREATE [OR REPLACE] VIEW`; names inside its query are left for the caller to rename, as
+/// in [`add_constraint`].
+pub fn create_view(v: &View, map: &SchemaMap, or_replace: bool) -> String {
+    format!(
+        "create {}view {} as {}",
+        if or_replace { "or replace " } else { "" },
+        qualified(map.map(&v.schema), &v.name),
+        v.definition
     )
 }
 

@@ -304,14 +304,9 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
                 }
             }
         }
-        let name = map.table(&t.schema, &t.name);
         for (n, c) in &after {
             if before.get(n).is_none_or(|b| b.definition != c.definition) {
-                add_constraints.push(Statement::tx(format!(
-                    "alter table {name} add constraint {} {}",
-                    quote_ident(n),
-                    c.definition
-                )));
+                add_constraints.push(Statement::tx(ddl::add_constraint(t, c, map)));
             }
         }
     }
@@ -515,11 +510,7 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
             .collect();
         out.splice(0..0, drops);
         for v in &new.views {
-            out.push(Statement::tx(format!(
-                "create view {} as {}",
-                qualified(map.map(&v.schema), &v.name),
-                v.definition
-            )));
+            out.push(Statement::tx(ddl::create_view(v, map, false)));
         }
     }
     // Expressions inside (defaults, index expressions, checks) may name the source schema:

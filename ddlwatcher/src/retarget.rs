@@ -53,6 +53,23 @@ pub fn if_needed(sql: String, map: &SchemaMap) -> String {
     statement(&sql, map).unwrap_or(sql)
 }
 
+/// Re-targets one constraint definition as `pg_get_constraintdef` prints it (a foreign
+/// key names the table it refers to).
+pub fn constraint(definition: &str, map: &SchemaMap) -> Result<String, RetargetError> {
+    if map.is_identity() {
+        return Ok(definition.to_string());
+    }
+    const PREFIX: &str = "ALTER TABLE pgteleport_t ADD CONSTRAINT pgteleport_c ";
+    let printed = statement(&format!("{PREFIX}{definition}"), map)?;
+    printed
+        .strip_prefix(PREFIX)
+        .map(str::to_string)
+        .ok_or_else(|| RetargetError::Parse {
+            sql: definition.to_string(),
+            message: format!("unexpected deparse `{printed}`"),
+        })
+}
+
 /// Re-targets one expression (a default, a generation expression, a check).
 pub fn expression(expr: &str, map: &SchemaMap) -> Result<String, RetargetError> {
     if map.is_identity() {
@@ -722,6 +739,19 @@ end"
         assert_eq!(
             if_needed("drop table app.lines".to_string(), &m),
             "drop table app.lines"
+        );
+        // A foreign key's definition alone (what the initial load sends).
+        assert_eq!(
+            constraint(
+                "FOREIGN KEY (o) REFERENCES app.orders(id) ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED NOT VALID",
+                &m
+            )
+            .unwrap(),
+            "FOREIGN KEY (o) REFERENCES copy.orders_v2 (id) ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED NOT VALID"
+        );
+        assert_eq!(
+            constraint("FOREIGN KEY (o) REFERENCES app.other(id)", &m).unwrap(),
+            "FOREIGN KEY (o) REFERENCES app.other (id)"
         );
     }
 }

@@ -10,7 +10,10 @@ use hyper::body::Incoming;
 
 use crate::applier::{pg, Applier, ApplyError};
 use crate::db;
-use crate::wire::{CopyHeader, LoadFinish, LoadPrepare, LoadStart, LoadTableState};
+use crate::wire::{
+    CopyHeader, ForeignKeysAdded, LoadFinish, LoadForeignKeys, LoadPrepare, LoadStart,
+    LoadTableState,
+};
 
 /// Most `maintenance_work_mem` (kB) for building a loaded table's keys and indexes.
 const INDEX_BUILD_MEMORY_KB: i64 = 1024 * 1024;
@@ -196,10 +199,7 @@ impl Applier {
         // is left out with a warning; any later schema change re-creates every view.
         for v in &msg.views {
             let name = qualified(map.map(&v.schema), &v.name);
-            let sql = ddlwatcher::retarget::if_needed(
-                format!("create or replace view {name} as {}", v.definition),
-                &map,
-            );
+            let sql = ddlwatcher::retarget::if_needed(ddl::create_view(v, &map, true), &map);
             if let Err(error) = attempt(&tx, &sql).await? {
                 tracing::warn!(view = %name, %error, "view not created on the target; create it by hand");
             }
@@ -474,14 +474,8 @@ impl Applier {
                 if exists {
                     continue;
                 }
-                let sql = ddlwatcher::retarget::if_needed(
-                    format!(
-                        "alter table {name} add constraint {} {}",
-                        quote_ident(&c.name),
-                        c.definition
-                    ),
-                    &map,
-                );
+                let sql =
+                    ddlwatcher::retarget::if_needed(ddl::add_constraint(&msg.table, c, &map), &map);
                 if let Err(error) = attempt(&tx, &sql).await? {
                     tracing::warn!(table = %name, constraint = %c.name, definition = %c.definition, %error,
                         "constraint not created on the target; create it by hand");
@@ -518,6 +512,95 @@ impl Applier {
             }
         });
         Ok(rows)
+    }
+}
+
+impl Applier {
+    /// The load's last step: the foreign keys of the tables it created, once every table is
+    /// loaded (a key added earlier would meet a table whose rows are still on their way).
+    /// Each is added `NOT VALID`, then validated: a key whose rows refer to rows the target
+    /// lacks (a table outside the load that is behind, or not replicated) stays `NOT VALID`
+    /// — enforced for new rows — with a warning saying how to validate it later; one the
+    /// target cannot add (it refers to a table that is not there) is left out with a
+    /// warning. Neither stops the load: the rows are what was asked for. Repeatable: keys
+    /// the target has are left alone.
+    pub async fn load_foreign_keys(
+        &self,
+        msg: &LoadForeignKeys,
+    ) -> Result<ForeignKeysAdded, ApplyError> {
+        let s = &self.schema;
+        let map = map_for(&msg.apply_schema, &msg.tables);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg("begin"))?;
+        let mut out = ForeignKeysAdded::default();
+        for t in &msg.tables {
+            let keys: Vec<_> = t.constraints.iter().filter(|c| c.kind == 'f').collect();
+            if keys.is_empty() {
+                continue;
+            }
+            let target_schema = map.map(&t.schema).to_string();
+            let name = qualified(&target_schema, &t.name);
+            let created: bool = tx
+                .query_one(
+                    &format!(
+                        "select coalesce((select created_by_load and state = 'done' from {s}.load_table
+                                           where source = $1 and target = $2 and schema_name = $3 and table_name = $4), false)"
+                    ),
+                    &[&msg.source, &msg.target, &target_schema, &t.name],
+                )
+                .await
+                .map_err(pg("reading load state"))?
+                .get(0);
+            if !created {
+                continue;
+            }
+            for c in keys {
+                let exists: bool = tx
+                    .query_one(
+                        "select exists (select 1 from pg_catalog.pg_constraint
+                                         where conrelid = $1::text::regclass and conname = $2)",
+                        &[&name, &c.name],
+                    )
+                    .await
+                    .map_err(pg("reading constraints"))?
+                    .get(0);
+                if exists {
+                    continue;
+                }
+                let label = format!("{name}.{}", quote_ident(&c.name));
+                let valid = !c.definition.ends_with(" NOT VALID");
+                let mut sql = ddl::add_constraint(t, c, &map);
+                if valid {
+                    sql.push_str(" not valid");
+                }
+                let sql = ddlwatcher::retarget::if_needed(sql, &map);
+                if let Err(error) = attempt(&tx, &sql).await? {
+                    tracing::warn!(table = %name, constraint = %c.name, definition = %c.definition, %error,
+                        "foreign key not created on the target; create it by hand");
+                    out.failed.push(format!("{label}: {error}"));
+                    continue;
+                }
+                if !valid {
+                    out.not_valid_as_on_source.push(label);
+                    continue;
+                }
+                let validate = format!(
+                    "alter table {name} validate constraint {}",
+                    quote_ident(&c.name)
+                );
+                match attempt(&tx, &validate).await? {
+                    Ok(()) => out.added.push(label),
+                    Err(error) => {
+                        tracing::warn!(table = %name, constraint = %c.name, %error,
+                            "foreign key added NOT VALID: rows it refers to are missing on the target; \
+                             run `{validate}` once they have arrived");
+                        out.not_validated.push(format!("{label}: {error}"));
+                    }
+                }
+            }
+        }
+        tx.commit().await.map_err(pg("commit"))?;
+        Ok(out)
     }
 }
 

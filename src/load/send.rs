@@ -19,7 +19,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::capture;
 use crate::config::{Config, Target};
 use crate::db;
-use crate::wire::{CopyHeader, LoadFinish, LoadPrepare, LoadStart, LoadTableState};
+use crate::wire::{
+    CopyHeader, ForeignKeysAdded, LoadFinish, LoadForeignKeys, LoadPrepare, LoadStart,
+    LoadTableState,
+};
 
 type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 
@@ -317,7 +320,7 @@ pub async fn run(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErro
         .collect();
     let (todo, dest): (Vec<Table>, Vec<Table>) = tables
         .into_iter()
-        .zip(renamed)
+        .zip(renamed.iter().cloned())
         .filter(|(_, d)| !done.contains(&(d.schema.clone(), d.name.clone())))
         .unzip();
     // Under wal_level = minimal on the target, a table filled in the transaction that
@@ -338,6 +341,8 @@ pub async fn run(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErro
         ..Default::default()
     };
     if todo.is_empty() {
+        // Also when an earlier run copied everything but stopped before this step.
+        add_foreign_keys(&remote, config, &opts.target, target, renamed).await?;
         summary.elapsed = started.elapsed();
         return Ok(summary);
     }
@@ -482,10 +487,58 @@ pub async fn run(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErro
     if let Some(e) = first_error {
         return Err(e);
     }
+    add_foreign_keys(&remote, config, &opts.target, target, renamed).await?;
     summary.rows = shared.rows.load(Ordering::Relaxed);
     summary.bytes = shared.bytes.load(Ordering::Relaxed);
     summary.elapsed = started.elapsed();
     Ok(summary)
+}
+
+/// The load's last step, once every table is loaded: the target adds the foreign keys of
+/// the tables it created. Keys it could not add or validate are reported (the target logs
+/// them too) and do not fail the load.
+async fn add_foreign_keys(
+    remote: &Remote,
+    config: &Config,
+    name: &str,
+    target: &Target,
+    tables: Vec<Table>,
+) -> Result<(), LoadError> {
+    if !tables
+        .iter()
+        .any(|t| t.constraints.iter().any(|c| c.kind == 'f'))
+    {
+        return Ok(());
+    }
+    let msg = LoadForeignKeys {
+        source: config.database.name.clone(),
+        target: name.to_string(),
+        apply_schema: target.apply_schema.clone(),
+        tables,
+    };
+    let added: ForeignKeysAdded = match remote.post_json("/v1/load/foreign-keys", &msg).await {
+        Ok(v) => serde_json::from_value(v).map_err(|e| remote.err(e.to_string()))?,
+        Err(LoadError::Target {
+            status: Some(404), ..
+        }) => {
+            tracing::warn!(target = name, "the target's pgteleport is older and adds no foreign keys after a load: create them by hand, or upgrade it and run the load again");
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    if !added.added.is_empty() {
+        tracing::info!(target = name, keys = ?added.added, "foreign keys added on the target");
+    }
+    if !added.not_valid_as_on_source.is_empty() {
+        tracing::info!(target = name, keys = ?added.not_valid_as_on_source, "foreign keys added NOT VALID on the target, as the source has them");
+    }
+    for k in &added.not_validated {
+        tracing::warn!(target = name, key = %k, "foreign key added NOT VALID on the target (rows it refers to are missing there): validate it once they arrive");
+    }
+    for k in &added.failed {
+        tracing::warn!(target = name, key = %k, "foreign key not added on the target: create it by hand");
+    }
+    Ok(())
 }
 
 struct Shared {
