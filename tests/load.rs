@@ -20,9 +20,10 @@ create index big_a on app.big (a);
 create table app.empty (id int primary key, v text);
 create table app.wide (id int primary key, doc text, blob bytea);
 create table app.typed (id int primary key, m app.mood not null, p app.pair, ms app.mood[], n numeric(30,10));
+create table app.note (id bigint primary key, typed_id int not null references app.typed on delete cascade, v text);
 ";
 
-const TABLES: &[&str] = &["app.big", "app.empty", "app.wide", "app.typed"];
+const TABLES: &[&str] = &["app.big", "app.empty", "app.wide", "app.typed", "app.note"];
 
 fn source_config(p: &Pair, port: u16) -> anyhow::Result<Config> {
     Ok(Config::from_yaml(
@@ -50,7 +51,8 @@ async fn populate(p: &Pair, big_rows: i64) -> anyhow::Result<()> {
          insert into app.wide select g, repeat(md5(g::text), 8000), decode(repeat('00ff', 50000), 'hex') from generate_series(1, 40) g;
          insert into app.typed select g, (array['sad','ok','happy'])[g % 3 + 1]::app.mood, row(g, 'p' || g)::app.pair,
                 array['ok', 'sad']::app.mood[], g * 1.0000000001 from generate_series(1, 2000) g;
-         analyze app.big, app.wide, app.typed;"
+         insert into app.note select g, g % 2000 + 1, 'n' from generate_series(1, 4000) g;
+         analyze app.big, app.wide, app.typed, app.note;"
     ))
     .await?;
     Ok(())
@@ -89,6 +91,18 @@ async fn writer(p: Arc<Pair>, w: i64, stop: Arc<AtomicBool>) -> anyhow::Result<u
                 &[&fastrand::i32(1..=2000)],
             )
             .await?;
+            // Notes of the rows deleted next go with them (ON DELETE CASCADE, on the source
+            // and — once the load has added the key — on the target too).
+            tx.execute(
+                "insert into app.note select $1, id, 'new' from app.typed where id = $2",
+                &[&fresh, &fastrand::i32(1..=2000)],
+            )
+            .await?;
+            tx.execute(
+                "update app.note set v = 'upd' where id = $1",
+                &[&fastrand::i64(1..4000)],
+            )
+            .await?;
             tx.execute(
                 "delete from app.typed where id = $1",
                 &[&fastrand::i32(1..=2000)],
@@ -99,7 +113,12 @@ async fn writer(p: Arc<Pair>, w: i64, stop: Arc<AtomicBool>) -> anyhow::Result<u
         .await;
         match r {
             Ok(()) => tx.commit().await?,
-            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED) => {
+            // Writers meet: one deleted the row another's note refers to, or locks crossed.
+            Err(e)
+                if e.code() == Some(&tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED)
+                    || e.code()
+                        == Some(&tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION) =>
+            {
                 tx.rollback().await?
             }
             Err(e) => return Err(e.into()),
@@ -122,7 +141,7 @@ async fn load_under_write_load_then_live_replication_is_exact() -> anyhow::Resul
         .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let summary = load::run(&source_config(&p, port)?, opts(false)).await?;
-    assert_eq!(summary.tables, 4, "{summary}");
+    assert_eq!(summary.tables, 5, "{summary}");
     assert!(
         summary.ranges >= 4,
         "the big table is split into ranges: {summary}"
@@ -140,7 +159,7 @@ async fn load_under_write_load_then_live_replication_is_exact() -> anyhow::Resul
     wait_equal(
         &src,
         &dst,
-        &["app.typed", "app.wide", "app.empty"],
+        &["app.typed", "app.wide", "app.empty", "app.note"],
         Duration::from_secs(10),
     )
     .await?;
@@ -151,6 +170,12 @@ async fn load_under_write_load_then_live_replication_is_exact() -> anyhow::Resul
     )
     .await?;
     assert_eq!(idx, 1, "secondary index built after the data");
+    let fk = "select count(*) from pg_constraint where conrelid = 'app.note'::regclass and contype = 'f' and convalidated";
+    assert_eq!(
+        scalar_i64(&dst, fk).await?,
+        1,
+        "the foreign key added and validated after the load"
+    );
     let ranges = scalar_i64(
         &dst,
         "select count(*) from teleport.load_range where table_name = 'big'",
@@ -209,7 +234,7 @@ async fn killed_load_resumes_without_duplicates() -> anyhow::Result<()> {
     let again = load::run(&cfg, opts(false)).await?;
     assert_eq!(
         (again.tables, again.skipped),
-        (0, 4),
+        (0, TABLES.len()),
         "a finished load copies nothing: {again}"
     );
     let source = p.start_source(port, "app.*", "").await?;

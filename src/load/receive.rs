@@ -574,7 +574,7 @@ impl Applier {
                     sql.push_str(" not valid");
                 }
                 let sql = ddlwatcher::retarget::if_needed(sql, &map);
-                if let Err(error) = attempt(&tx, &sql).await? {
+                if let Err(error) = attempt_past_deadlocks(&tx, &sql).await? {
                     tracing::warn!(table = %name, constraint = %c.name, definition = %c.definition, %error,
                         "foreign key not created on the target; create it by hand");
                     out.failed.push(format!("{label}: {error}"));
@@ -588,7 +588,7 @@ impl Applier {
                     "alter table {name} validate constraint {}",
                     quote_ident(&c.name)
                 );
-                match attempt(&tx, &validate).await? {
+                match attempt_past_deadlocks(&tx, &validate).await? {
                     Ok(()) => out.added.push(label),
                     Err(error) => {
                         tracing::warn!(table = %name, constraint = %c.name, %error,
@@ -604,20 +604,55 @@ impl Applier {
     }
 }
 
-/// Runs `sql` under a savepoint: `Ok(Err(message))` when it failed (rolled back to the
+/// [`attempt`], again when it was chosen to break a deadlock: adding a foreign key locks
+/// both tables against writes, and the applier may be writing them in the other order.
+async fn attempt_past_deadlocks(
+    tx: &tokio_postgres::Transaction<'_>,
+    sql: &str,
+) -> Result<Result<(), Refused>, ApplyError> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match attempt(tx, sql).await? {
+            Err(e) if e.deadlock && tries < 5 => {
+                tracing::debug!(sql, error = %e, "deadlock; trying again");
+                tokio::time::sleep(std::time::Duration::from_millis(200 * tries)).await;
+            }
+            outcome => return Ok(outcome),
+        }
+    }
+}
+
+/// Why the target refused a statement [`attempt`] ran.
+#[derive(Debug)]
+struct Refused {
+    message: String,
+    deadlock: bool,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Runs `sql` under a savepoint: `Ok(Err(why))` when it failed (rolled back to the
 /// savepoint, the transaction goes on) — for what the target may be unable to create and
 /// the load leaves out with a warning.
 async fn attempt(
     tx: &tokio_postgres::Transaction<'_>,
     sql: &str,
-) -> Result<Result<(), String>, ApplyError> {
+) -> Result<Result<(), Refused>, ApplyError> {
     tx.batch_execute("savepoint pgteleport_attempt")
         .await
         .map_err(pg("savepoint"))?;
     let (outcome, end) = match tx.batch_execute(sql).await {
         Ok(()) => (Ok(()), "release savepoint pgteleport_attempt"),
         Err(e) => (
-            Err(db::describe(&e)),
+            Err(Refused {
+                message: db::describe(&e),
+                deadlock: e.code() == Some(&tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED),
+            }),
             "rollback to savepoint pgteleport_attempt",
         ),
     };
