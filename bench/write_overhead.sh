@@ -10,6 +10,9 @@
 # per-transaction logs. MODES="none capture" leaves native out; a mode `capture@/path/to/bin`
 # runs another pgteleport build's source instance (and its triggers), to compare two builds
 # in one run (e.g. MODES="none capture capture@/tmp/old-pgteleport native").
+# CPU=1 also prints the CPU time of every process group (pgbench, the source's backends by
+# application, the instances, the target's backends, background processes) per transaction,
+# over the middle of each run (bench/cpu_groups.py reads /proc).
 # Usage: bench/write_overhead.sh [SECONDS] [CLIENTS]   (defaults 20, 4; SCALE=10, REPEAT=3)
 # Writes bench/results/write_overhead.json.
 set -euo pipefail
@@ -29,7 +32,7 @@ cat > "$WORK/target.yml" <<YML
 database: {name: bench-target, database: bench, hostname: 127.0.0.1, port: $DP, username: bench, password: bench}
 server: {hostname: 127.0.0.1, port: $TP, allow_unauthenticated: true}
 YML
-PGTELEPORT_LOG=warn "$BIN" -config "$WORK/target.yml" 2>"$WORK/target.log" & PIDS+=("$!")
+PGTELEPORT_LOG=warn "$BIN" -config "$WORK/target.yml" 2>"$WORK/target.log" & TPID=$!; PIDS+=("$TPID")
 cat > "$WORK/update.sql" <<'SQL'
 \set aid random(1, 100000 * :scale)
 update pgbench_accounts set abalance = abalance + 1 where aid = :aid;
@@ -77,7 +80,27 @@ YML
                 done
             fi
             rm -f "$WORK"/pglog-"$n".*
-            tps=$(run_pgbench "$workload" "$WORK/pglog-$n")
+            if [ "${CPU:-0}" = 1 ]; then
+                # CPU by process group over the middle of the run (start and end left out).
+                run_pgbench "$workload" "$WORK/pglog-$n" > "$WORK/tps-$n" & BPID=$!
+                sleep 1; python3 bench/cpu_groups.py snap "$WORK/cpu-a"
+                sleep $((DURATION - 2))
+                for p in "$SP" "$DP"; do
+                    "$PG_BINDIR/psql" -h 127.0.0.1 -p "$p" -U postgres -d bench -X -Atq \
+                        -c "select $p, pid, application_name from pg_stat_activity where backend_type = 'client backend'"
+                done > "$WORK/apps"
+                python3 bench/cpu_groups.py snap "$WORK/cpu-b"
+                wait "$BPID"; tps=$(cat "$WORK/tps-$n")
+                python3 bench/cpu_groups.py diff "$WORK/cpu-a" "$WORK/cpu-b" "$WORK/src" "$WORK/dst" "$WORK/apps" \
+                    "pgbench=$BPID,source instance=${SPID:-0},target instance=$TPID" |
+                    while IFS=$'\t' read -r g sec; do
+                        echo "$workload|$mode|$g|$sec|$((DURATION - 2))|$tps" >> "$WORK/cpu.txt"
+                        printf '    %-40s %6.2f s  %6.0f µs per transaction\n' "$g" "$sec" \
+                            "$(python3 -c "print($sec * 1e6 / ($tps * ($DURATION - 2)))")"
+                    done
+            else
+                tps=$(run_pgbench "$workload" "$WORK/pglog-$n")
+            fi
             lat=$(cat "$WORK"/pglog-"$n".* | awk '{print $3}' | sort -n | awk '{a[NR]=$1} END {printf "%.3f %.3f", a[int(NR*0.5)]/1000, a[int(NR*0.99)]/1000}')
             echo "$workload $mode $tps $lat" >> "$results"
             echo "round $r $workload $mode: $tps tps, p50/p99 ${lat// / / } ms"
@@ -120,3 +143,18 @@ for w in ("tpcb", "update"):
 print(json.dumps(out, indent=2))
 json.dump(out, open("bench/results/write_overhead.json", "w"), indent=2)
 PY
+if [ "${CPU:-0}" = 1 ]; then
+    # CPU µs per transaction by process group, medians of the rounds.
+    python3 - "$WORK/cpu.txt" <<'PY'
+import statistics, sys
+by = {}
+for line in open(sys.argv[1]):
+    w, mode, g, sec, window, tps = line.rstrip("\n").split("|")
+    by.setdefault((w, mode), {}).setdefault(g, []).append(float(sec) * 1e6 / (float(tps) * float(window)))
+for (w, mode), groups in by.items():
+    total = sum(statistics.median(v) for v in groups.values())
+    print(f"{w} {mode}: CPU µs per transaction, {total:.0f} in all")
+    for g, v in sorted(groups.items(), key=lambda x: -statistics.median(x[1])):
+        print(f"    {g:40} {statistics.median(v):7.0f}")
+PY
+fi
