@@ -370,6 +370,17 @@ async fn the_loads_foreign_keys_arrive_after_the_rows() -> anyhow::Result<()> {
     let cfg = source_config(&p, port)?;
     let summary = load::run(&cfg, opts(false)).await?;
     assert_eq!(summary.rows, 100 + 300 + 2 + 10 + 10 + 200, "{summary}");
+    assert_eq!(
+        (summary.foreign_keys, summary.foreign_keys_left),
+        (4, 2),
+        "{summary}"
+    );
+    assert!(
+        summary
+            .to_string()
+            .ends_with("; 4 foreign key(s) added, 2 not added or not validated (see the warnings)"),
+        "{summary}"
+    );
     let (src, dst) = (p.src().await?, p.dst().await?);
     let tables = [
         "app.parent",

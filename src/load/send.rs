@@ -73,6 +73,10 @@ pub struct Summary {
     pub rows: u64,
     pub bytes: u64,
     pub elapsed: Duration,
+    /// Foreign keys the target added after the tables (validated or `NOT VALID` as on the
+    /// source), and those it left `NOT VALID` or could not add (logged with the reason).
+    pub foreign_keys: usize,
+    pub foreign_keys_left: usize,
 }
 
 impl std::fmt::Display for Summary {
@@ -88,7 +92,18 @@ impl std::fmt::Display for Summary {
             self.bytes as f64 / 1e6,
             secs,
             self.bytes as f64 / 1e6 / secs
-        )
+        )?;
+        if self.foreign_keys + self.foreign_keys_left > 0 {
+            write!(f, "; {} foreign key(s) added", self.foreign_keys)?;
+            if self.foreign_keys_left > 0 {
+                write!(
+                    f,
+                    ", {} not added or not validated (see the warnings)",
+                    self.foreign_keys_left
+                )?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -342,7 +357,8 @@ pub async fn run(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErro
     };
     if todo.is_empty() {
         // Also when an earlier run copied everything but stopped before this step.
-        add_foreign_keys(&remote, config, &opts.target, target, renamed).await?;
+        (summary.foreign_keys, summary.foreign_keys_left) =
+            add_foreign_keys(&remote, config, &opts.target, target, renamed).await?;
         summary.elapsed = started.elapsed();
         return Ok(summary);
     }
@@ -487,7 +503,8 @@ pub async fn run(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErro
     if let Some(e) = first_error {
         return Err(e);
     }
-    add_foreign_keys(&remote, config, &opts.target, target, renamed).await?;
+    (summary.foreign_keys, summary.foreign_keys_left) =
+        add_foreign_keys(&remote, config, &opts.target, target, renamed).await?;
     summary.rows = shared.rows.load(Ordering::Relaxed);
     summary.bytes = shared.bytes.load(Ordering::Relaxed);
     summary.elapsed = started.elapsed();
@@ -496,19 +513,19 @@ pub async fn run(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErro
 
 /// The load's last step, once every table is loaded: the target adds the foreign keys of
 /// the tables it created. Keys it could not add or validate are reported (the target logs
-/// them too) and do not fail the load.
+/// them too) and do not fail the load. Returns (keys added, keys left out or unvalidated).
 async fn add_foreign_keys(
     remote: &Remote,
     config: &Config,
     name: &str,
     target: &Target,
     tables: Vec<Table>,
-) -> Result<(), LoadError> {
+) -> Result<(usize, usize), LoadError> {
     if !tables
         .iter()
         .any(|t| t.constraints.iter().any(|c| c.kind == 'f'))
     {
-        return Ok(());
+        return Ok((0, 0));
     }
     let msg = LoadForeignKeys {
         source: config.database.name.clone(),
@@ -522,7 +539,7 @@ async fn add_foreign_keys(
             status: Some(404), ..
         }) => {
             tracing::warn!(target = name, "the target's pgteleport is older and adds no foreign keys after a load: create them by hand, or upgrade it and run the load again");
-            return Ok(());
+            return Ok((0, 0));
         }
         Err(e) => return Err(e),
     };
@@ -538,7 +555,10 @@ async fn add_foreign_keys(
     for k in &added.failed {
         tracing::warn!(target = name, key = %k, "foreign key not added on the target: create it by hand");
     }
-    Ok(())
+    Ok((
+        added.added.len() + added.not_valid_as_on_source.len(),
+        added.not_validated.len() + added.failed.len(),
+    ))
 }
 
 struct Shared {
