@@ -788,6 +788,9 @@ pub struct LoadPrepare {
     /// Views of the replicated schemas, in creation order: created after the tables.
     #[serde(default)]
     pub views: Vec<ddlwatcher::View>,
+    /// Collations of user schemas that the tables' columns use: created before them.
+    #[serde(default)]
+    pub collations: Vec<ddlwatcher::Collation>,
     /// Empty target tables that already hold rows (otherwise they are refused).
     #[serde(default)]
     pub truncate: bool,

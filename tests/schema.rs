@@ -1122,44 +1122,95 @@ async fn a_check_the_target_cannot_create_does_not_stop_the_load() -> anyhow::Re
 }
 
 /// A column's collation reaches the target: with a table the snapshot creates, with a
-/// column added later, and when a column's collation changes.
+/// column added later, and when a column's collation changes — PostgreSQL's own and ones
+/// created in the replicated schema (an ICU nondeterministic one through the snapshot, a
+/// libc one created while replicating), which the target creates alike.
 #[tokio::test]
 async fn column_collations_reach_the_target() -> anyhow::Result<()> {
+    collations_reach("app").await
+}
+
+/// [`column_collations_reach_the_target`] under `apply_schema`: the collations of the
+/// replicated schema move with it, and a type change with a collation change survives the
+/// parser that re-targets the statement.
+#[tokio::test]
+async fn column_collations_reach_the_target_under_apply_schema() -> anyhow::Result<()> {
+    collations_reach("copy").await
+}
+
+async fn collations_reach(into: &str) -> anyhow::Result<()> {
     let p = Pair::new2(
         r#"create schema app;
-           create table app.t (id int primary key, c text collate "C", d text, p varchar(10) collate "POSIX");
-           insert into app.t values (1, 'a', 'b', 'c');"#,
-        "create schema app;",
+           create collation app.ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
+           create table app.t (id int primary key, c text collate "C", d text, p varchar(10) collate "POSIX",
+                               n text collate app.ci, v int);
+           insert into app.t values (1, 'a', 'b', 'c', 'Abc', 1);"#,
+        "",
     )
     .await?;
-    let (source, target) = p
-        .start_both_with("app.*", "    do_initial_snapshot: true\n")
-        .await?;
+    let target = p.start_target(0).await?;
+    let port = target.local_addr.expect("target listens").port();
+    let extra = "    do_initial_snapshot: true\n";
+    let yaml = if into == "app" {
+        p.source_yaml(port, "app.*", extra)
+    } else {
+        p.source_yaml_into(port, "app.*", extra, into)
+    };
+    let cfg = pgteleport::config::Config::from_yaml(&yaml, Path::new("<test source>"), |_| None)?;
+    let source = pgteleport::instance::start(cfg).await?;
     let (src, dst) = (p.src().await?, p.dst().await?);
-    wait_equal(&src, &dst, &["app.t"], Duration::from_secs(30)).await?;
+    let copy = format!("{into}.t");
+    let pair = [("app.t", copy.as_str())];
+    wait_equal_as(&src, &dst, &pair, Duration::from_secs(30)).await?;
     src.batch_execute(
         r#"alter table app.t add column e text collate "C";
            alter table app.t alter column d type text collate "POSIX";
            alter table app.t alter column c type text;
-           insert into app.t values (2, 'x', 'y', 'z', 'w');"#,
+           alter table app.t alter column v type text collate app.ci using v::text;
+           create collation app.bytes (provider = libc, locale = 'C');
+           alter table app.t add column b text collate app.bytes;
+           insert into app.t values (2, 'x', 'y', 'z', 'ABC', 'ABC', 'w', 'v');"#,
     )
     .await?;
-    let collations = "select a.attname::text || ' ' || coalesce(co.collname::text, '-')
-                        from pg_attribute a left join pg_collation co
-                          on co.oid = a.attcollation and a.attcollation <> 100
-                       where a.attrelid = 'app.t'::regclass and a.attnum > 0 and not a.attisdropped
-                       order by a.attnum";
-    let want = texts(&src, collations).await?;
-    assert_eq!(want, ["id -", "c -", "d POSIX", "p POSIX", "e C"]);
+    let collations = |table: &str| {
+        format!(
+            "select a.attname::text || ' ' || coalesce(co.collname::text, '-')
+               from pg_attribute a left join pg_collation co
+                 on co.oid = a.attcollation and a.attcollation <> 100
+              where a.attrelid = '{table}'::regclass and a.attnum > 0 and not a.attisdropped
+              order by a.attnum"
+        )
+    };
+    let want = texts(&src, &collations("app.t")).await?;
+    assert_eq!(
+        want,
+        ["id -", "c -", "d POSIX", "p POSIX", "n ci", "v ci", "e C", "b bytes"]
+    );
     wait_texts(
         &dst,
         "the collations",
         Duration::from_secs(30),
-        collations,
+        &collations(&copy),
         &want,
     )
     .await?;
-    wait_equal(&src, &dst, &["app.t"], Duration::from_secs(30)).await?;
+    wait_equal_as(&src, &dst, &pair, Duration::from_secs(30)).await?;
+    // The user collations themselves, in the target's schema, and what they decide: 'Abc'
+    // equals 'ABC' at ICU's second strength, on both sides.
+    let defs = |schema: &str| {
+        format!(
+            "select collname::text || ' ' || collprovider::text || ' ' || collisdeterministic || ' '
+                    || coalesce(colliculocale, collcollate)
+               from pg_collation where collnamespace = '{schema}'::regnamespace order by 1"
+        )
+    };
+    assert_eq!(
+        texts(&dst, &defs(into)).await?,
+        texts(&src, &defs("app")).await?
+    );
+    let equal = |table: &str| format!("select count(*) from {table} where n = 'abc' and v = 'abc'");
+    assert_eq!(scalar_i64(&src, &equal("app.t")).await?, 1);
+    assert_eq!(scalar_i64(&dst, &equal(&copy)).await?, 1);
     source.shutdown().await?;
     target.shutdown().await?;
     Ok(())

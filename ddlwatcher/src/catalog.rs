@@ -48,11 +48,59 @@ pub struct Column {
     /// must stay apart from SQL NULL) or xml (its JSON form drops the XML declaration).
     #[serde(default)]
     pub text_form: bool,
-    /// The column's collation when it is not its type's and is one of PostgreSQL's own
-    /// (`pg_catalog."C"`, `pg_catalog."und-x-icu"`, …); a collation created in a user's
-    /// schema is not replicated (the column gets its type's).
+    /// The column's collation when it is not its type's, qualified and quoted: one of
+    /// PostgreSQL's own (`pg_catalog."C"`, `pg_catalog."und-x-icu"`, …) or one created in a
+    /// user's schema (then also in [`crate::Catalog::collations`], created on the target).
     #[serde(default)]
     pub collation: Option<String>,
+}
+
+/// A collation created in a user's schema that a replicated column uses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Collation {
+    pub oid: u32,
+    pub schema: String,
+    pub name: String,
+    /// `quote_ident(schema) || '.' || quote_ident(name)`, as [`Column::collation`] names it.
+    pub qualified: String,
+    /// `i` (ICU) or `c` (libc).
+    pub provider: char,
+    pub deterministic: bool,
+    /// ICU: the locale; libc: `LC_COLLATE` and `LC_CTYPE`.
+    #[serde(default)]
+    pub locale: Option<String>,
+    #[serde(default)]
+    pub lc_collate: Option<String>,
+    #[serde(default)]
+    pub lc_ctype: Option<String>,
+}
+
+impl Collation {
+    /// `CREATE COLLATION IF NOT EXISTS` with the source's provider, locale and
+    /// determinism, in the collation's target schema.
+    pub fn create_sql(&self, map: &crate::SchemaMap) -> String {
+        let mut options = vec![format!(
+            "provider = {}",
+            if self.provider == 'i' { "icu" } else { "libc" }
+        )];
+        for (key, value) in [
+            ("locale", &self.locale),
+            ("lc_collate", &self.lc_collate),
+            ("lc_ctype", &self.lc_ctype),
+        ] {
+            if let Some(v) = value {
+                options.push(format!("{key} = {}", quote_literal(v)));
+            }
+        }
+        if !self.deterministic {
+            options.push("deterministic = false".into());
+        }
+        format!(
+            "create collation if not exists {} ({})",
+            qualified(map.map(&self.schema), &self.name),
+            options.join(", ")
+        )
+    }
 }
 
 /// A secondary index (the primary key is kept in [`Table::primary_key`]).
@@ -443,5 +491,41 @@ mod tests {
         assert_eq!(t.constraints.len(), 1);
         assert_eq!(t.constraints[0].name, "c2");
         assert!(t.remove_columns(&[9].into_iter().collect()).is_empty());
+    }
+
+    #[test]
+    fn collations_are_created_with_their_provider_locale_and_determinism() {
+        let ci = Collation {
+            oid: 16500,
+            schema: "app".into(),
+            name: "Ci".into(),
+            qualified: r#"app."Ci""#.into(),
+            provider: 'i',
+            deterministic: false,
+            locale: Some("und-u-ks-level2".into()),
+            lc_collate: None,
+            lc_ctype: None,
+        };
+        let map = crate::SchemaMap::new(Some("copy".into()), &[]);
+        let map = crate::SchemaMap {
+            replicated: ["app".to_string()].into(),
+            ..map
+        };
+        assert_eq!(
+            ci.create_sql(&map),
+            r#"create collation if not exists "copy"."Ci" (provider = icu, locale = 'und-u-ks-level2', deterministic = false)"#
+        );
+        let libc = Collation {
+            provider: 'c',
+            deterministic: true,
+            locale: None,
+            lc_collate: Some("fr_FR.utf8".into()),
+            lc_ctype: Some("fr_FR.utf8".into()),
+            ..ci
+        };
+        assert_eq!(
+            libc.create_sql(&crate::SchemaMap::default()),
+            r#"create collation if not exists "app"."Ci" (provider = libc, lc_collate = 'fr_FR.utf8', lc_ctype = 'fr_FR.utf8')"#
+        );
     }
 }

@@ -23,6 +23,9 @@ pub struct Catalog {
     /// Sequences not owned by an identity column (those come with their table).
     #[serde(default)]
     pub sequences: Vec<crate::catalog::Sequence>,
+    /// Collations of user schemas that the tables' columns use.
+    #[serde(default)]
+    pub collations: Vec<crate::catalog::Collation>,
 }
 
 impl Catalog {
@@ -146,6 +149,7 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
         .iter()
         .map(|t| &t.schema)
         .chain(new.types.iter().map(|t| &t.schema))
+        .chain(new.collations.iter().map(|c| &c.schema))
     {
         if !known.contains(s.as_str()) {
             schemas.insert(map.map(s).to_string());
@@ -191,6 +195,25 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
                 quote_ident(&away)
             )));
             renamed_away.insert(o.oid, away);
+        }
+    }
+
+    // Collations columns use: new ones, renames (PostgreSQL cannot change a collation's
+    // locale; a new one comes with a new OID). One no column uses any more stays on the
+    // target, where other columns may use it.
+    let old_coll: BTreeMap<u32, &crate::catalog::Collation> =
+        old.collations.iter().map(|c| (c.oid, c)).collect();
+    for c in &new.collations {
+        match old_coll.get(&c.oid) {
+            None => out.push(Statement::tx(c.create_sql(map))),
+            Some(o) if o.name != c.name || o.schema != c.schema => {
+                out.push(Statement::tx(format!(
+                    "alter collation {} rename to {}",
+                    qualified(map.map(&o.schema), &o.name),
+                    quote_ident(&c.name)
+                )))
+            }
+            Some(_) => {}
         }
     }
 
@@ -391,10 +414,19 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
                     }
                     let col = quote_ident(&c.name);
                     let (bt, ct) = (type_sql(&b.type_ref, map), type_sql(&c.type_ref, map));
-                    if (bt != ct || b.collation != c.collation) && !c.generated {
-                        let collate = ddl::collate_clause(c);
+                    // The type, then the collation in a statement of its own: the parser that
+                    // re-targets statements prints `COLLATE` after `USING`, where it would
+                    // belong to the USING expression instead of the column.
+                    let collation_changed = b.collation != c.collation;
+                    if bt != ct && !c.generated {
                         out.push(Statement::tx(format!(
-                            "alter table {name} alter column {col} type {ct}{collate} using {col}::{ct}"
+                            "alter table {name} alter column {col} type {ct} using {col}::{ct}"
+                        )));
+                    }
+                    if !c.generated && (collation_changed || bt != ct && c.collation.is_some()) {
+                        out.push(Statement::tx(format!(
+                            "alter table {name} alter column {col} type {ct}{}",
+                            ddl::collate_clause(c)
                         )));
                     }
                     if b.expression != c.expression && !c.generated && c.identity.is_none() {
@@ -615,6 +647,7 @@ mod tests {
             functions: vec![],
             views: vec![],
             sequences: vec![],
+            collations: vec![],
         };
         let old = catalog(vec![col(1, "id", "integer")], vec![]);
         let index = crate::catalog::Index {
@@ -647,6 +680,44 @@ mod tests {
     }
 
     #[test]
+    fn a_type_and_collation_change_is_two_statements_that_survive_retargeting() {
+        let with = |d: Column, e: Column| {
+            catalog(vec![table(1, "t", vec![col(1, "id", "integer"), d, e])])
+        };
+        let old = with(col(2, "d", "text"), col(3, "e", "text"));
+        let new = with(
+            Column {
+                collation: Some(r#"pg_catalog."POSIX""#.into()),
+                ..col(2, "d", "character varying(10)")
+            },
+            Column {
+                collation: Some("app.ci".into()),
+                ..col(3, "e", "text")
+            },
+        );
+        assert_eq!(
+            sqls(&old, &new),
+            [
+                r#"alter table "copy"."t" alter column "d" type character varying(10) using "d"::character varying(10)"#,
+                r#"alter table "copy"."t" alter column "d" type character varying(10) collate pg_catalog."POSIX""#,
+                // Names the source schema: re-targeted by the parser.
+                "ALTER TABLE copy.t ALTER COLUMN e TYPE text COLLATE copy.ci",
+            ]
+        );
+        // Back to the type's own collation: one statement without COLLATE.
+        assert_eq!(
+            sqls(
+                &new,
+                &with(col(2, "d", "character varying(10)"), col(3, "e", "text"))
+            ),
+            [
+                r#"alter table "copy"."t" alter column "d" type character varying(10)"#,
+                r#"alter table "copy"."t" alter column "e" type text"#,
+            ]
+        );
+    }
+
+    #[test]
     fn nothing_changed_gives_nothing() {
         let c = Catalog {
             tables: vec![table(1, "t", vec![col(1, "id", "integer")])],
@@ -654,6 +725,7 @@ mod tests {
             functions: vec![],
             views: vec![],
             sequences: vec![],
+            collations: vec![],
         };
         assert!(sqls(&c, &c).is_empty());
     }
@@ -674,6 +746,7 @@ mod tests {
             functions: vec![],
             views: vec![],
             sequences: vec![],
+            collations: vec![],
         };
         let mut b = col(2, "b", "bigint");
         b.not_null = true;
@@ -691,6 +764,7 @@ mod tests {
             functions: vec![],
             views: vec![],
             sequences: vec![],
+            collations: vec![],
         };
         assert_eq!(
             sqls(&old, &new),
@@ -719,6 +793,7 @@ mod tests {
             functions: vec![],
             views: vec![],
             sequences: vec![],
+            collations: vec![],
         };
         let new = Catalog {
             tables: vec![table(2, "fresh", vec![col(1, "id", "integer")])],
@@ -726,6 +801,7 @@ mod tests {
             functions: vec![],
             views: vec![],
             sequences: vec![],
+            collations: vec![],
         };
         let map = SchemaMap {
             apply_schema: Some("copy".into()),
@@ -756,6 +832,7 @@ mod tests {
             functions: vec![],
             views: vec![],
             sequences: vec![],
+            collations: vec![],
         }
     }
 

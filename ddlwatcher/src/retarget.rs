@@ -426,7 +426,10 @@ fn walk_enum(n: &mut NodeEnum, map: &SchemaMap) -> Walk {
         NodeEnum::MinMaxExpr(m) => all(&mut m.args, map),
         NodeEnum::RowExpr(r) => all(&mut r.args, map),
         NodeEnum::AArrayExpr(a) => all(&mut a.elements, map),
-        NodeEnum::CollateClause(c) => opt(&mut c.arg, map),
+        NodeEnum::CollateClause(c) => {
+            names(&mut c.collname, map);
+            opt(&mut c.arg, map)
+        }
         NodeEnum::NullIfExpr(_) => Err("NULLIF".into()),
         NodeEnum::ColumnRef(_)
         | NodeEnum::AConst(_)
@@ -450,6 +453,9 @@ fn walk_enum(n: &mut NodeEnum, map: &SchemaMap) -> Walk {
         }
         NodeEnum::ColumnDef(c) => {
             type_name(&mut c.type_name, map);
+            if let Some(cc) = c.coll_clause.as_mut() {
+                names(&mut cc.collname, map);
+            }
             opt(&mut c.raw_default, map)?;
             all(&mut c.constraints, map)
         }
@@ -558,6 +564,40 @@ mod tests {
         assert_eq!(expression("now()", &map()).unwrap(), "now()");
         let same = SchemaMap::default();
         assert_eq!(expression("app.g(1)", &same).unwrap(), "app.g(1)");
+    }
+
+    #[test]
+    fn collations_of_the_replicated_schema_are_retargeted() {
+        assert_eq!(
+            statement(
+                r#"create table app.t (a text collate "app"."ci", b text collate pg_catalog."C", c text collate other.x)"#,
+                &map()
+            )
+            .unwrap(),
+            r#"CREATE TABLE mirror.t (a text COLLATE mirror.ci, b text COLLATE pg_catalog."C", c text COLLATE other.x)"#
+        );
+        assert_eq!(
+            statement(
+                "alter table app.t alter column a type text collate app.ci",
+                &map()
+            )
+            .unwrap(),
+            "ALTER TABLE mirror.t ALTER COLUMN a TYPE text COLLATE mirror.ci"
+        );
+        // The deparser prints COLLATE after USING, where it belongs to the USING expression
+        // (the diff therefore never writes both in one statement).
+        assert_eq!(
+            statement(
+                "alter table app.t alter column a type text collate app.ci using a::text",
+                &map()
+            )
+            .unwrap(),
+            "ALTER TABLE mirror.t ALTER COLUMN a TYPE text USING a::text COLLATE mirror.ci"
+        );
+        assert_eq!(
+            expression("lower(a) collate app.ci", &map()).unwrap(),
+            "lower(a) COLLATE mirror.ci"
+        );
     }
 
     #[test]

@@ -98,8 +98,10 @@ fn build_sql() -> String {
             'collation', (select pg_catalog.quote_ident(cn.nspname) || '.' || pg_catalog.quote_ident(co.collname)
                             from pg_catalog.pg_collation co
                             join pg_catalog.pg_namespace cn on cn.oid = co.collnamespace
-                           where co.oid = a.attcollation and cn.nspname = 'pg_catalog'
+                           where co.oid = a.attcollation
+                             and (cn.nspname = 'pg_catalog' or co.oid >= {FIRST_USER_OID} and {coll_ext} is null)
                              and co.oid <> (select ct.typcollation from pg_catalog.pg_type ct where ct.oid = a.atttypid)))",
+        coll_ext = extension_sql("pg_catalog.pg_collation", "co.oid"),
         type_ref = type_ref_json("a.atttypid", "a.atttypmod"),
         base = base_type_sql("a.atttypid"),
     );
@@ -229,13 +231,31 @@ fn build_sql() -> String {
                                  where n.nspname::text in (select schema from schemas)
                                    and not exists (select 1 from pg_catalog.pg_depend d
                                                     where d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
-                                                      and d.objid = c.oid and d.deptype = 'i')), '[]'))",
+                                                      and d.objid = c.oid and d.deptype = 'i')), '[]'),
+             'collations', coalesce((select json_agg(json_build_object(
+                                  'oid', co.oid::int8, 'schema', cn.nspname::text, 'name', co.collname::text,
+                                  'qualified', pg_catalog.quote_ident(cn.nspname) || '.' || pg_catalog.quote_ident(co.collname),
+                                  'provider', co.collprovider, 'deterministic', co.collisdeterministic,
+                                  'locale', case when co.collprovider = 'i'
+                                                 then coalesce(j.j ->> 'colllocale', j.j ->> 'colliculocale', j.j ->> 'collcollate') end,
+                                  'lc_collate', case when co.collprovider = 'c' then j.j ->> 'collcollate' end,
+                                  'lc_ctype', case when co.collprovider = 'c' then j.j ->> 'collctype' end) order by co.oid)
+                                  from pg_catalog.pg_collation co
+                                  join pg_catalog.pg_namespace cn on cn.oid = co.collnamespace
+                                  cross join lateral (select pg_catalog.to_jsonb(co.*) as j) j
+                                 where co.oid >= {FIRST_USER_OID} and {coll_ext} is null
+                                   and co.oid in (select a.attcollation from pg_catalog.pg_attribute a
+                                                   where a.attrelid in (select oid from rel) and a.attnum > 0
+                                                     and not a.attisdropped)), '[]'))",
         col_type = user_type_sql("a.atttypid"),
         attr_type = user_type_sql("a.atttypid"),
         base_type = user_type_sql("t.typbasetype"),
         type_ext = extension_sql("pg_catalog.pg_type", "t.oid"),
         proc_ext = extension_sql("pg_catalog.pg_proc", "p.oid"),
         view_ext = extension_sql("pg_catalog.pg_class", "c.oid"),
+        // Collations of user schemas that columns use: the provider's own fields are read
+        // from the row as JSON (their names differ between PostgreSQL versions).
+        coll_ext = extension_sql("pg_catalog.pg_collation", "co.oid"),
     )
 }
 
@@ -329,6 +349,17 @@ impl Catalog {
                 .sequences
                 .iter()
                 .filter(|s| schemas.contains(s.schema.as_str()))
+                .cloned()
+                .collect(),
+            collations: self
+                .collations
+                .iter()
+                .filter(|c| {
+                    tables
+                        .iter()
+                        .flat_map(|t| t.columns.iter())
+                        .any(|col| col.collation.as_deref() == Some(c.qualified.as_str()))
+                })
                 .cloned()
                 .collect(),
             tables,

@@ -101,6 +101,21 @@ impl Applier {
                 }
             }
         }
+        // Collations before the tables whose columns use them (with their schema when it
+        // is not a replicated one). One the target cannot create (an ICU locale its
+        // PostgreSQL lacks) is left out with a warning: the table naming it fails next,
+        // with the collation's name in the error.
+        for c in &msg.collations {
+            let schema = map.map(&c.schema);
+            let sql = format!(
+                "create schema if not exists {}; {}",
+                quote_ident(schema),
+                c.create_sql(&map)
+            );
+            if let Err(error) = attempt(&tx, &sql).await? {
+                tracing::warn!(collation = %qualified(schema, &c.name), %error, "collation not created on the target; create it by hand");
+            }
+        }
         // Sequences before the tables (defaults draw from them; their positions follow the
         // source's with the batches).
         for q in &msg.sequences {

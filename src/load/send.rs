@@ -298,12 +298,13 @@ pub async fn run(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErro
         source,
     })?;
     let catalog = excluded.strip(&catalog);
-    let (tables, types, functions, views, sequences) = (
+    let (tables, types, functions, views, sequences, collations) = (
         catalog.tables,
         catalog.types,
         catalog.functions,
         catalog.views,
         catalog.sequences,
+        catalog.collations,
     );
     // Renamed tables travel under their destination name (the source keeps its own for
     // the COPY); the target applies apply_schema itself.
@@ -321,6 +322,7 @@ pub async fn run(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErro
                 functions,
                 views,
                 sequences,
+                collations,
                 truncate: opts.truncate,
             },
         )
