@@ -427,6 +427,43 @@ async fn the_loads_foreign_keys_arrive_after_the_rows() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Types and a collation of a schema that is not replicated, which a loaded table uses: the
+/// load creates that schema and them before the table (as the schema diff does for a table
+/// created while replicating).
+#[tokio::test]
+async fn types_of_a_schema_that_is_not_replicated_are_created_with_it() -> anyhow::Result<()> {
+    let p = Pair::new2(
+        "create schema shared;
+         create type shared.mood as enum ('sad', 'ok');
+         create domain shared.positive as int check (value > 0);
+         create collation shared.ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
+         create schema app;
+         create table app.t (id int primary key, m shared.mood, n shared.positive, s text collate shared.ci);
+         insert into app.t select g, 'ok', g, 'S' || g from generate_series(1, 50) g;",
+        "",
+    )
+    .await?;
+    let target = p.start_target(0).await?;
+    let port = target.local_addr.unwrap().port();
+    let summary = load::run(&source_config(&p, port)?, opts(false)).await?;
+    assert_eq!(summary.rows, 50, "{summary}");
+    let (src, dst) = (p.src().await?, p.dst().await?);
+    wait_equal(&src, &dst, &["app.t"], Duration::from_secs(5)).await?;
+    let shared = "select format_type(atttypid, atttypmod) || ' ' || coalesce(c.collname::text, '-')
+                    from pg_attribute a left join pg_collation c on c.oid = a.attcollation and a.attcollation <> 100
+                   where attrelid = 'app.t'::regclass and attnum > 0 order by attnum";
+    assert_eq!(
+        texts(&dst, shared).await?,
+        ["integer -", "shared.mood -", "shared.positive -", "text ci"]
+    );
+    assert_eq!(
+        scalar_i64(&dst, "select count(*) from app.t where s = 's7'").await?,
+        1
+    );
+    target.shutdown().await?;
+    Ok(())
+}
+
 /// Two tables for the key-build tests, `app.first` the larger (copied first).
 async fn first_and_second(first_rows: i64, second_rows: i64) -> anyhow::Result<Pair> {
     Pair::new2(

@@ -79,6 +79,26 @@ impl Applier {
                 });
             }
         }
+        // Schemas of types and collations outside the replicated ones (a table may use a
+        // type of a shared schema): created when missing, as the schema diff does.
+        let others: std::collections::BTreeSet<&str> = msg
+            .types
+            .iter()
+            .map(|t| map.map(&t.schema))
+            .chain(msg.collations.iter().map(|c| map.map(&c.schema)))
+            .filter(|s| !map.target_schemas().contains(*s))
+            .collect();
+        for schema in others {
+            tx.batch_execute(&format!(
+                "create schema if not exists {}",
+                quote_ident(schema)
+            ))
+            .await
+            .map_err(pg(&format!(
+                "creating schema {schema}, which holds types or collations the tables use (the target role \
+                 needs CREATE on the database, or create the schema first)"
+            )))?;
+        }
         for t in &msg.types {
             let name = qualified(map.map(&t.schema), &t.name);
             let exists: bool = tx
@@ -101,19 +121,13 @@ impl Applier {
                 }
             }
         }
-        // Collations before the tables whose columns use them (with their schema when it
-        // is not a replicated one). One the target cannot create (an ICU locale its
-        // PostgreSQL lacks) is left out with a warning: the table naming it fails next,
-        // with the collation's name in the error.
+        // Collations before the tables whose columns use them. One the target cannot create
+        // (an ICU locale its PostgreSQL lacks) is left out with a warning: the table naming
+        // it fails next, with the collation's name in the error.
         for c in &msg.collations {
-            let schema = map.map(&c.schema);
-            let sql = format!(
-                "create schema if not exists {}; {}",
-                quote_ident(schema),
-                c.create_sql(&map)
-            );
-            if let Err(error) = attempt(&tx, &sql).await? {
-                tracing::warn!(collation = %qualified(schema, &c.name), %error, "collation not created on the target; create it by hand");
+            if let Err(error) = attempt(&tx, &c.create_sql(&map)).await? {
+                tracing::warn!(collation = %qualified(map.map(&c.schema), &c.name), %error,
+                    "collation not created on the target; create it by hand");
             }
         }
         // Sequences before the tables (defaults draw from them; their positions follow the
@@ -471,21 +485,13 @@ impl Applier {
                     }
                 }
             }
-            // Unique, check and exclusion constraints (foreign keys are not created: the
-            // tables they refer to may still be on their way, or not replicated at all). One
+            // Unique, check and exclusion constraints (foreign keys come once every table is
+            // loaded: `load_foreign_keys`; the tables they refer to may be on their way). One
             // the target cannot create — a check calling a function the load does not
             // create, an operator class of an extension it lacks — is left out with a
             // warning naming it, as an expression index is: the rows are what was asked for.
             for c in msg.table.constraints.iter().filter(|c| c.kind != 'f') {
-                let exists: bool = tx
-                    .query_one(
-                        "select exists (select 1 from pg_catalog.pg_constraint
-                                         where conrelid = $1::text::regclass and conname = $2)",
-                        &[&name, &c.name],
-                    )
-                    .await
-                    .map_err(pg("reading constraints"))?
-                    .get(0);
+                let exists = has_constraint(&tx, &name, &c.name).await?;
                 if exists {
                     continue;
                 }
@@ -546,7 +552,6 @@ impl Applier {
         let s = &self.schema;
         let map = map_for(&msg.apply_schema, &msg.tables);
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(pg("begin"))?;
         let mut out = ForeignKeysAdded::default();
         for t in &msg.tables {
             let keys: Vec<_> = t.constraints.iter().filter(|c| c.kind == 'f').collect();
@@ -555,7 +560,7 @@ impl Applier {
             }
             let target_schema = map.map(&t.schema).to_string();
             let name = qualified(&target_schema, &t.name);
-            let created: bool = tx
+            let created: bool = client
                 .query_one(
                     &format!(
                         "select coalesce((select created_by_load and state = 'done' from {s}.load_table
@@ -570,15 +575,10 @@ impl Applier {
                 continue;
             }
             for c in keys {
-                let exists: bool = tx
-                    .query_one(
-                        "select exists (select 1 from pg_catalog.pg_constraint
-                                         where conrelid = $1::text::regclass and conname = $2)",
-                        &[&name, &c.name],
-                    )
-                    .await
-                    .map_err(pg("reading constraints"))?
-                    .get(0);
+                // A transaction per key: its locks (both tables, against writes) end with
+                // it, not with the last key's validation.
+                let tx = client.transaction().await.map_err(pg("begin"))?;
+                let exists = has_constraint(&tx, &name, &c.name).await?;
                 if exists {
                     continue;
                 }
@@ -596,6 +596,7 @@ impl Applier {
                     continue;
                 }
                 if !valid {
+                    tx.commit().await.map_err(pg("commit"))?;
                     out.not_valid_as_on_source.push(label);
                     continue;
                 }
@@ -612,11 +613,28 @@ impl Applier {
                         out.not_validated.push(format!("{label}: {error}"));
                     }
                 }
+                tx.commit().await.map_err(pg("commit"))?;
             }
         }
-        tx.commit().await.map_err(pg("commit"))?;
         Ok(out)
     }
+}
+
+/// Whether table `table` (qualified) has a constraint named `name`.
+async fn has_constraint(
+    tx: &tokio_postgres::Transaction<'_>,
+    table: &str,
+    name: &str,
+) -> Result<bool, ApplyError> {
+    Ok(tx
+        .query_one(
+            "select exists (select 1 from pg_catalog.pg_constraint
+                             where conrelid = $1::text::regclass and conname = $2)",
+            &[&table, &name],
+        )
+        .await
+        .map_err(pg("reading constraints"))?
+        .get(0))
 }
 
 /// [`attempt`], again when it was chosen to break a deadlock: adding a foreign key locks
