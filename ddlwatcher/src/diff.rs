@@ -142,6 +142,8 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
         .iter()
         .map(|t| t.schema.as_str())
         .chain(old.types.iter().map(|t| t.schema.as_str()))
+        .chain(old.collations.iter().map(|c| c.schema.as_str()))
+        .chain(old.functions.iter().map(|f| f.schema.as_str()))
         .collect();
     let mut schemas = BTreeSet::new();
     for s in new
@@ -150,6 +152,7 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
         .map(|t| &t.schema)
         .chain(new.types.iter().map(|t| &t.schema))
         .chain(new.collations.iter().map(|c| &c.schema))
+        .chain(new.functions.iter().map(|f| &f.schema))
     {
         if !known.contains(s.as_str()) {
             schemas.insert(map.map(s).to_string());
@@ -510,10 +513,12 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
     }
     for o in &old.functions {
         // A function dropped and created again with the same signature was replaced above.
+        // One of a schema that is not replicated (it came because a table called it) stays
+        // on the target, where other objects may call it.
         let recreated = new.functions.iter().any(|f| {
             f.schema == o.schema && f.name == o.name && f.identity_args == o.identity_args
         });
-        if !new_fn.contains_key(&o.oid) && !recreated {
+        if !new_fn.contains_key(&o.oid) && !recreated && map.replicated.contains(&o.schema) {
             out.push(Statement::tx(o.drop_sql(map)));
         }
     }
@@ -910,6 +915,7 @@ mod tests {
             identity_args: "x integer".into(),
             is_procedure: false,
             definition: format!("CREATE OR REPLACE FUNCTION app.f(x integer) RETURNS integer LANGUAGE sql AS $$select {body}$$"),
+            used_by: vec![],
         }
         };
         let mut old = catalog(vec![]);

@@ -183,6 +183,24 @@ fn build_sql() -> String {
                 and n.nspname <> $2
                 and (n.nspname::text || '.' || c.relname::text) ~ $1),
          schemas as (select distinct schema from rel),
+         calls(proc, rel) as (
+             select d.refobjid, ad.adrelid
+               from pg_catalog.pg_attrdef ad
+               join pg_catalog.pg_depend d on d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass
+                and d.objid = ad.oid and d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+              where ad.adrelid in (select oid from rel)
+           union
+             select d.refobjid, k.conrelid
+               from pg_catalog.pg_constraint k
+               join pg_catalog.pg_depend d on d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass
+                and d.objid = k.oid and d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+              where k.conrelid in (select oid from rel)
+           union
+             select d.refobjid, i.indrelid
+               from pg_catalog.pg_index i
+               join pg_catalog.pg_depend d on d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                and d.objid = i.indexrelid and d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+              where i.indrelid in (select oid from rel)),
          used(oid) as (
              select {col_type}
                from pg_catalog.pg_attribute a
@@ -208,11 +226,15 @@ fn build_sql() -> String {
                                   'oid', p.oid::int8, 'schema', n.nspname::text, 'name', p.proname::text,
                                   'identity_args', pg_catalog.pg_get_function_identity_arguments(p.oid),
                                   'is_procedure', p.prokind = 'p',
-                                  'definition', pg_catalog.pg_get_functiondef(p.oid)) order by p.oid)
+                                  'definition', pg_catalog.pg_get_functiondef(p.oid),
+                                  'used_by', coalesce((select json_agg(distinct c.rel::int8) from calls c
+                                                        where c.proc = p.oid), '[]')) order by p.oid)
                                   from pg_catalog.pg_proc p
                                   join pg_catalog.pg_namespace n on n.oid = p.pronamespace
-                                 where n.nspname::text in (select schema from schemas) and p.prokind in ('f', 'p')
-                                   and {proc_ext} is null), '[]'),
+                                 where (n.nspname::text in (select schema from schemas)
+                                        or p.oid in (select proc from calls)
+                                           and n.nspname not in ('pg_catalog', 'information_schema'))
+                                   and p.prokind in ('f', 'p') and {proc_ext} is null), '[]'),
              'views', coalesce((select json_agg(json_build_object(
                                   'oid', c.oid::int8, 'schema', n.nspname::text, 'name', c.relname::text,
                                   'definition', pg_catalog.pg_get_viewdef(c.oid)) order by c.oid)
@@ -303,7 +325,9 @@ impl Catalog {
     }
 
     /// What one target replicates of this snapshot: the tables `expr` matches, the user
-    /// types they reach, and the functions, views and sequences of their schemas.
+    /// types and collations they reach, the functions, views and sequences of their
+    /// schemas, and the functions of other schemas that their defaults, checks, generated
+    /// columns and indexes call.
     pub fn restrict(&self, expr: &TargetExpression) -> Self {
         let tables: Vec<_> = self
             .tables
@@ -336,7 +360,12 @@ impl Catalog {
             functions: self
                 .functions
                 .iter()
-                .filter(|f| schemas.contains(f.schema.as_str()))
+                .filter(|f| {
+                    schemas.contains(f.schema.as_str())
+                        || f.used_by
+                            .iter()
+                            .any(|oid| tables.iter().any(|t| t.oid == *oid))
+                })
                 .cloned()
                 .collect(),
             views: self

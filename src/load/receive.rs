@@ -79,13 +79,15 @@ impl Applier {
                 });
             }
         }
-        // Schemas of types and collations outside the replicated ones (a table may use a
-        // type of a shared schema): created when missing, as the schema diff does.
+        // Schemas of types, collations and functions outside the replicated ones (a table
+        // may use a type of a shared schema, or a default call a function of one): created
+        // when missing, as the schema diff does.
         let others: std::collections::BTreeSet<&str> = msg
             .types
             .iter()
             .map(|t| map.map(&t.schema))
             .chain(msg.collations.iter().map(|c| map.map(&c.schema)))
+            .chain(msg.functions.iter().map(|f| map.map(&f.schema)))
             .filter(|s| !map.target_schemas().contains(*s))
             .collect();
         for schema in others {
@@ -95,7 +97,7 @@ impl Applier {
             ))
             .await
             .map_err(pg(&format!(
-                "creating schema {schema}, which holds types or collations the tables use (the target role \
+                "creating schema {schema}, which holds types, collations or functions the tables use (the target role \
                  needs CREATE on the database, or create the schema first)"
             )))?;
         }
