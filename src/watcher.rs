@@ -3,8 +3,9 @@
 //! puts a schema event into the queue where the change belongs in the stream. New tables get
 //! their capture trigger (and the rows they already hold) at once.
 //!
-//! A cheap fingerprint of the catalog rows (OIDs and xmins of relations, attributes, types, functions,
-//! enum labels, constraints, functions) is compared first; the full model is read only when it moved.
+//! A cheap fingerprint of the catalog rows (OIDs and xmins of relations, attributes, indexes, types,
+//! enum labels, constraints, functions, collations) is compared first; the full model is read only
+//! when it moved.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -75,6 +76,8 @@ impl Watcher {
                        where connamespace in (select oid from user_ns)),
                      (select string_agg(oid::text || ':' || xmin::text, ',' order by oid) from pg_catalog.pg_proc
                        where pronamespace in (select oid from user_ns)),
+                     (select string_agg(oid::text || ':' || xmin::text, ',' order by oid) from pg_catalog.pg_collation
+                       where collnamespace in (select oid from user_ns)),
                      (select string_agg(oid::text || ':' || xmin::text, ',' order by oid) from user_ns)))",
                 &[&self.config.internal_schema],
             )

@@ -1128,7 +1128,7 @@ async fn a_check_the_target_cannot_create_does_not_stop_the_load() -> anyhow::Re
 /// A column's collation reaches the target: with a table the snapshot creates, with a
 /// column added later, and when a column's collation changes — PostgreSQL's own and ones
 /// created in the replicated schema (an ICU nondeterministic one through the snapshot, a
-/// libc one created while replicating), which the target creates alike.
+/// libc one created while replicating and renamed later), which the target creates alike.
 #[tokio::test]
 async fn column_collations_reach_the_target() -> anyhow::Result<()> {
     collations_reach("app").await
@@ -1212,6 +1212,20 @@ async fn collations_reach(into: &str) -> anyhow::Result<()> {
         texts(&dst, &defs(into)).await?,
         texts(&src, &defs("app")).await?
     );
+    // A collation renamed on the source is renamed on the target (the watcher's
+    // fingerprint includes pg_collation).
+    src.batch_execute("alter collation app.bytes rename to raw")
+        .await?;
+    let renamed = texts(&src, &defs("app")).await?;
+    assert!(renamed.iter().any(|d| d.starts_with("raw ")), "{renamed:?}");
+    wait_texts(
+        &dst,
+        "the collation renamed",
+        Duration::from_secs(30),
+        &defs(into),
+        &renamed,
+    )
+    .await?;
     let equal = |table: &str| format!("select count(*) from {table} where n = 'abc' and v = 'abc'");
     assert_eq!(scalar_i64(&src, &equal("app.t")).await?, 1);
     assert_eq!(scalar_i64(&dst, &equal(&copy)).await?, 1);
