@@ -320,6 +320,16 @@ async fn script(event_triggers: bool) -> anyhow::Result<()> {
           update app.n2 set lvl = 'hi' where id = 1;", &["t", "n2"]),
         ("that enum extended, and the new value used", "alter type lib.level add value 'mid'", &[]),
         ("…used", "update app.n2 set lvl = 'mid' where id = 2;", &["t", "n2"]),
+        ("a collation of the replicated schema, and a column added with another",
+         "create collation app.ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
+          alter table app.n2 add column nick text collate \"C\"; update app.n2 set nick = 'N' || id;", &["t", "n2"]),
+        ("the column's type and collation changed together",
+         "alter table app.n2 alter column nick type varchar(40) collate app.ci; update app.n2 set nick = 'n' || id where id = 1;",
+         &["t", "n2"]),
+        ("a default calling a function of a schema the expression does not cover",
+         "create function lib.stamp() returns text language sql as $$ select 'stamped' $$;
+          alter table app.n2 add column stamp text default lib.stamp(); insert into app.n2 (id, v) values (10, 'ten');",
+         &["t", "n2"]),
         ("drop a table with events pending", "insert into app.p values (2, row(2, 'y')); drop table app.p;", &["t", "n2"]),
     ];
     if event_triggers {
