@@ -1425,14 +1425,23 @@ async fn apply_sequences(
 ) -> Result<(), ApplyError> {
     #[derive(serde::Deserialize)]
     struct Positions {
+        /// Sequences of the replicated schemas (renamed to `apply_schema`).
         sequences: Vec<(String, String, i64)>,
+        /// Sequences of other schemas that tables' defaults draw from (names kept).
+        #[serde(default)]
+        outside: Vec<(String, String, i64)>,
     }
     let data = e.data.as_deref().map(|d| d.get()).unwrap_or("{}");
     let p: Positions = serde_json::from_str(data).map_err(|err| ApplyError::BadRequest {
         message: format!("sequence event {}: {err}", e.id),
     })?;
-    for (schema, name, last) in p.sequences {
-        let seq = qualified(apply_schema.unwrap_or(&schema), &name);
+    let all = p
+        .sequences
+        .into_iter()
+        .map(|(schema, name, last)| (apply_schema.unwrap_or(&schema).to_string(), name, last))
+        .chain(p.outside);
+    for (schema, name, last) in all {
+        let seq = qualified(&schema, &name);
         tx.execute(
             &format!("select setval($1::text::regclass, $2::int8, true) from {seq} s where not s.is_called or s.last_value < $2::int8"),
             &[&seq, &last],

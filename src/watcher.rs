@@ -24,6 +24,8 @@ pub struct Watcher {
     fingerprint: Option<String>,
     /// Replicated schemas per target (from the last catalog read).
     schemas: std::collections::BTreeMap<String, Vec<String>>,
+    /// Per target, the sequences of other schemas that its tables' defaults draw from.
+    outside_sequences: std::collections::BTreeMap<String, Vec<(String, String)>>,
     /// Sequence positions last queued, per target.
     sent: std::collections::BTreeMap<String, std::collections::BTreeMap<(String, String), i64>>,
     /// Columns whose values were queued already (one queueing serves every target).
@@ -49,6 +51,7 @@ impl Watcher {
             targets,
             fingerprint: None,
             schemas: Default::default(),
+            outside_sequences: Default::default(),
             sent: Default::default(),
             backfilled: Default::default(),
         }
@@ -152,6 +155,8 @@ impl Watcher {
     ) -> Result<Option<Change>, StepError> {
         let s = &self.schema;
         self.schemas.insert(target.to_string(), new.schemas());
+        self.outside_sequences
+            .insert(target.to_string(), new.sequences_outside());
         let old = tx
             .query_opt(
                 &format!(
@@ -473,11 +478,20 @@ impl Watcher {
     /// target's sequences follow the source's (never behind it at the stream position).
     async fn sync_sequences(&mut self, client: &Client) -> Result<(), StepError> {
         for (target, schemas) in &self.schemas {
+            let (outside_schemas, outside_names): (Vec<String>, Vec<String>) = self
+                .outside_sequences
+                .get(target)
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .unzip();
             let rows = client
                 .query(
                     "select schemaname::text, sequencename::text, last_value from pg_catalog.pg_sequences
-                      where schemaname = any($1) and last_value is not null",
-                    &[schemas],
+                      where (schemaname = any($1)
+                             or (schemaname::text, sequencename::text) in (select * from unnest($2::text[], $3::text[])))
+                        and last_value is not null",
+                    &[schemas, &outside_schemas, &outside_names],
                 )
                 .await
                 .map_err(StepError::db("reading sequence positions"))?;
@@ -496,7 +510,10 @@ impl Watcher {
             if moved.is_empty() {
                 continue;
             }
-            let data = serde_json::json!({ "sequences": moved }).to_string();
+            let (outside, moved): (Vec<_>, Vec<_>) = moved
+                .into_iter()
+                .partition(|(s, _, _)| !schemas.contains(s));
+            let data = serde_json::json!({ "sequences": moved, "outside": outside }).to_string();
             client
                 .execute(
                     &format!(
@@ -507,7 +524,7 @@ impl Watcher {
                 )
                 .await
                 .map_err(StepError::db("queueing sequence positions"))?;
-            for (s, n, v) in moved {
+            for (s, n, v) in moved.into_iter().chain(outside) {
                 sent.insert((s, n), v);
             }
         }
@@ -594,6 +611,8 @@ impl Step for Watcher {
                         .await
                         .map_err(read_error)?;
                     self.schemas.insert(target.clone(), c.schemas());
+                    self.outside_sequences
+                        .insert(target.clone(), c.sequences_outside());
                 }
             }
             self.sync_sequences(client).await?;

@@ -247,7 +247,9 @@ pub enum Op {
     /// TRUNCATE of the table (no key, no data).
     #[serde(rename = "T")]
     Truncate,
-    /// Sequence positions: `data` is `{"sequences": [[schema, name, last_value], …]}`.
+    /// Sequence positions: `data` is `{"sequences": [[schema, name, last_value], …],
+    /// "outside": […]}` — those of the replicated schemas (renamed to `apply_schema` on the
+    /// target), and those of other schemas that tables' defaults draw from (names kept).
     #[serde(rename = "Q")]
     Sequences,
     /// A schema change: `data` is `{"version": n}`, one of [`Batch::ddl`].

@@ -1244,10 +1244,11 @@ async fn collations_reach(into: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Functions of a schema that is not replicated, called by a replicated table's default,
-/// check and index expression: the snapshot creates them (and their schema) before the
-/// table; one a column added later calls arrives with that change; the target keeps them
-/// when the source's table stops calling one.
+/// Functions and a sequence of a schema that is not replicated, called (drawn from) by a
+/// replicated table's defaults, check and index expression, under `apply_schema`: the
+/// snapshot creates them (and their schema, keeping its name) before the table; one a
+/// column added later calls arrives with that change; the sequence's position follows the
+/// source's; the target keeps a function when the source's table stops calling it.
 #[tokio::test]
 async fn functions_of_other_schemas_that_tables_call_reach_the_target() -> anyhow::Result<()> {
     let p = Pair::new2(
@@ -1256,40 +1257,57 @@ async fn functions_of_other_schemas_that_tables_call_reach_the_target() -> anyho
          create function util.positive(v int) returns boolean language sql immutable as 'select v > 0';
          create function util.norm(t text) returns text language sql immutable as 'select lower(t)';
          create function util.unused() returns int language sql as 'select 1';
+         create sequence util.ticket start 500;
+         create sequence util.unused_seq;
          create schema app;
          create table app.t (id int primary key, code text default util.tag(),
-                             v int constraint v_positive check (util.positive(v)), name text);
+                             v int constraint v_positive check (util.positive(v)), name text,
+                             ticket bigint default nextval('util.ticket'));
          create index t_norm on app.t (util.norm(name));
          insert into app.t (id, v, name) values (1, 1, 'A'), (2, 2, 'B');",
         "",
     )
     .await?;
-    let (source, target) = p
-        .start_both_with("app.*", "    do_initial_snapshot: true\n")
-        .await?;
+    let target = p.start_target(0).await?;
+    let port = target.local_addr.expect("target listens").port();
+    let yaml = p.source_yaml_into(port, "app.*", "    do_initial_snapshot: true\n", "copy");
+    let cfg = Config::from_yaml(&yaml, Path::new("<test source>"), |_| None)?;
+    let source = pgteleport::instance::start(cfg).await?;
     let (src, dst) = (p.src().await?, p.dst().await?);
-    wait_equal(&src, &dst, &["app.t"], Duration::from_secs(30)).await?;
+    let pair = [("app.t", "copy.t")];
+    wait_equal_as(&src, &dst, &pair, Duration::from_secs(30)).await?;
     src.batch_execute(
         "create function util.stamp() returns text language sql as $$ select 'stamped' $$;
          alter table app.t add column s text default util.stamp();
          insert into app.t (id, v, name) values (3, 3, 'C');",
     )
     .await?;
-    wait_equal(&src, &dst, &["app.t"], Duration::from_secs(30)).await?;
-    let functions = "select p.proname::text from pg_proc p where p.pronamespace = 'util'::regnamespace order by 1";
+    wait_equal_as(&src, &dst, &pair, Duration::from_secs(30)).await?;
+    let functions = "select p.proname::text from pg_proc p where p.pronamespace = 'util'::regnamespace
+                     union all select relname::text from pg_class where relnamespace = 'util'::regnamespace
+                     order by 1";
     assert_eq!(
         texts(&dst, functions).await?,
-        ["norm", "positive", "stamp", "tag"],
-        "the functions the table calls, not util.unused"
+        ["norm", "positive", "stamp", "tag", "ticket"],
+        "the functions the table calls and the sequence it draws from, not util.unused"
     );
-    let objects = "select conname::text from pg_constraint where conrelid = 'app.t'::regclass and contype = 'c'
+    let objects = "select conname::text from pg_constraint where conrelid = 'copy.t'::regclass and contype = 'c'
                    union all select indexname::text from pg_indexes where tablename = 't' and indexname = 't_norm'";
     assert_eq!(texts(&dst, objects).await?, ["v_positive", "t_norm"]);
-    // The target's own rows take the defaults: the functions work there.
+    // The target's own rows take the defaults: the functions work there, and the sequence
+    // is where the source's is (rows 1 to 3 drew 500 to 502).
     assert_eq!(
         texts(&dst, "select util.tag() || ' ' || util.stamp()").await?,
         ["tag stamped"]
     );
+    wait_texts(
+        &dst,
+        "the sequence's position",
+        Duration::from_secs(30),
+        "select last_value::text from util.ticket",
+        &["502"],
+    )
+    .await?;
     // The source's table stops calling util.tag: the target keeps it (other objects there
     // may call it), and replication goes on.
     src.batch_execute(
@@ -1297,23 +1315,23 @@ async fn functions_of_other_schemas_that_tables_call_reach_the_target() -> anyho
          insert into app.t (id, v, name) values (4, 4, 'D');",
     )
     .await?;
-    wait_equal(&src, &dst, &["app.t"], Duration::from_secs(30)).await?;
+    wait_equal_as(&src, &dst, &pair, Duration::from_secs(30)).await?;
     wait_for(
         "the default dropped on the target",
         Duration::from_secs(30),
         || async {
             Ok(scalar_i64(
                 &dst,
-                "select count(*) from pg_attrdef where adrelid = 'app.t'::regclass",
+                "select count(*) from pg_attrdef where adrelid = 'copy.t'::regclass",
             )
             .await?
-                == 1)
+                == 2)
         },
     )
     .await?;
     assert_eq!(
         texts(&dst, functions).await?,
-        ["norm", "positive", "stamp", "tag"]
+        ["norm", "positive", "stamp", "tag", "ticket"]
     );
     source.shutdown().await?;
     target.shutdown().await?;

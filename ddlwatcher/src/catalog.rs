@@ -200,6 +200,10 @@ pub struct Sequence {
     pub max: i64,
     pub cache: i64,
     pub cycle: bool,
+    /// The tables whose defaults draw from it: how a sequence of a schema that is not
+    /// replicated comes with them.
+    #[serde(default)]
+    pub used_by: Vec<u32>,
 }
 
 impl Sequence {

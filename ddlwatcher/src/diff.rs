@@ -33,6 +33,17 @@ impl Catalog {
     pub fn schemas(&self) -> Vec<String> {
         schemas_of(&self.tables)
     }
+
+    /// The sequences of other schemas that the tables' defaults draw from, as (schema,
+    /// name): their positions follow the source's like those of the replicated schemas.
+    pub fn sequences_outside(&self) -> Vec<(String, String)> {
+        let schemas = self.schemas();
+        self.sequences
+            .iter()
+            .filter(|q| !schemas.contains(&q.schema))
+            .map(|q| (q.schema.clone(), q.name.clone()))
+            .collect()
+    }
 }
 
 fn schemas_of(tables: &[Table]) -> Vec<String> {
@@ -144,6 +155,7 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
         .chain(old.types.iter().map(|t| t.schema.as_str()))
         .chain(old.collations.iter().map(|c| c.schema.as_str()))
         .chain(old.functions.iter().map(|f| f.schema.as_str()))
+        .chain(old.sequences.iter().map(|q| q.schema.as_str()))
         .collect();
     let mut schemas = BTreeSet::new();
     for s in new
@@ -153,6 +165,7 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
         .chain(new.types.iter().map(|t| &t.schema))
         .chain(new.collations.iter().map(|c| &c.schema))
         .chain(new.functions.iter().map(|f| &f.schema))
+        .chain(new.sequences.iter().map(|q| &q.schema))
     {
         if !known.contains(s.as_str()) {
             schemas.insert(map.map(s).to_string());
@@ -523,7 +536,8 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
         }
     }
     for o in &old.sequences {
-        if !new_seq.contains_key(&o.oid) {
+        // One of a schema that is not replicated (a table's default drew from it) stays.
+        if !new_seq.contains_key(&o.oid) && map.replicated.contains(&o.schema) {
             let name = renamed_away.get(&o.oid).unwrap_or(&o.name);
             out.push(Statement::tx(format!(
                 "drop sequence if exists {}",
@@ -906,6 +920,7 @@ mod tests {
             max: i64::MAX,
             cache: 1,
             cycle: false,
+            used_by: vec![],
         };
         let f = |oid: u32, body: &str| {
             crate::catalog::Function {

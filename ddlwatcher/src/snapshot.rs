@@ -201,6 +201,13 @@ fn build_sql() -> String {
                join pg_catalog.pg_depend d on d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
                 and d.objid = i.indexrelid and d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
               where i.indrelid in (select oid from rel)),
+         draws(seq, rel) as (
+             select d.refobjid, ad.adrelid
+               from pg_catalog.pg_attrdef ad
+               join pg_catalog.pg_depend d on d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass
+                and d.objid = ad.oid and d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+               join pg_catalog.pg_class sc on sc.oid = d.refobjid and sc.relkind = 'S'
+              where ad.adrelid in (select oid from rel)),
          used(oid) as (
              select {col_type}
                from pg_catalog.pg_attribute a
@@ -246,11 +253,14 @@ fn build_sql() -> String {
                                   'oid', c.oid::int8, 'schema', n.nspname::text, 'name', c.relname::text,
                                   'data_type', pg_catalog.format_type(s.seqtypid, null),
                                   'start', s.seqstart, 'increment', s.seqincrement, 'min', s.seqmin,
-                                  'max', s.seqmax, 'cache', s.seqcache, 'cycle', s.seqcycle) order by c.oid)
+                                  'max', s.seqmax, 'cache', s.seqcache, 'cycle', s.seqcycle,
+                                  'used_by', coalesce((select json_agg(distinct w.rel::int8) from draws w
+                                                        where w.seq = c.oid), '[]')) order by c.oid)
                                   from pg_catalog.pg_sequence s
                                   join pg_catalog.pg_class c on c.oid = s.seqrelid
                                   join pg_catalog.pg_namespace n on n.oid = c.relnamespace
-                                 where n.nspname::text in (select schema from schemas)
+                                 where (n.nspname::text in (select schema from schemas)
+                                        or c.oid in (select seq from draws))
                                    and not exists (select 1 from pg_catalog.pg_depend d
                                                     where d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
                                                       and d.objid = c.oid and d.deptype = 'i')), '[]'),
@@ -326,8 +336,8 @@ impl Catalog {
 
     /// What one target replicates of this snapshot: the tables `expr` matches, the user
     /// types and collations they reach, the functions, views and sequences of their
-    /// schemas, and the functions of other schemas that their defaults, checks, generated
-    /// columns and indexes call.
+    /// schemas, the functions of other schemas that their defaults, checks, generated
+    /// columns and indexes call, and the sequences of other schemas their defaults draw from.
     pub fn restrict(&self, expr: &TargetExpression) -> Self {
         let tables: Vec<_> = self
             .tables
@@ -377,7 +387,12 @@ impl Catalog {
             sequences: self
                 .sequences
                 .iter()
-                .filter(|s| schemas.contains(s.schema.as_str()))
+                .filter(|s| {
+                    schemas.contains(s.schema.as_str())
+                        || s.used_by
+                            .iter()
+                            .any(|oid| tables.iter().any(|t| t.oid == *oid))
+                })
                 .cloned()
                 .collect(),
             collations: self

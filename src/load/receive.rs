@@ -88,6 +88,7 @@ impl Applier {
             .map(|t| map.map(&t.schema))
             .chain(msg.collations.iter().map(|c| map.map(&c.schema)))
             .chain(msg.functions.iter().map(|f| map.map(&f.schema)))
+            .chain(msg.sequences.iter().map(|q| map.map(&q.schema)))
             .filter(|s| !map.target_schemas().contains(*s))
             .collect();
         for schema in others {
@@ -97,7 +98,7 @@ impl Applier {
             ))
             .await
             .map_err(pg(&format!(
-                "creating schema {schema}, which holds types, collations or functions the tables use (the target role \
+                "creating schema {schema}, which holds types, collations, functions or sequences the tables use (the target role \
                  needs CREATE on the database, or create the schema first)"
             )))?;
         }
