@@ -22,10 +22,8 @@ pub struct Watcher {
     schema: String,
     targets: Vec<(String, TargetExpression, SchemaMap)>,
     fingerprint: Option<String>,
-    /// Replicated schemas per target (from the last catalog read).
-    schemas: std::collections::BTreeMap<String, Vec<String>>,
-    /// Per target, the sequences of other schemas that its tables' defaults draw from.
-    outside_sequences: std::collections::BTreeMap<String, Vec<(String, String)>>,
+    /// Per target, whose sequence positions follow the source's (from the last catalog read).
+    sequences: std::collections::BTreeMap<String, SequenceScope>,
     /// Sequence positions last queued, per target.
     sent: std::collections::BTreeMap<String, std::collections::BTreeMap<(String, String), i64>>,
     /// Columns whose values were queued already (one queueing serves every target).
@@ -50,8 +48,7 @@ impl Watcher {
             schema: quote_ident(&config.internal_schema),
             targets,
             fingerprint: None,
-            schemas: Default::default(),
-            outside_sequences: Default::default(),
+            sequences: Default::default(),
             sent: Default::default(),
             backfilled: Default::default(),
         }
@@ -154,9 +151,8 @@ impl Watcher {
         excluded: &Exclusions,
     ) -> Result<Option<Change>, StepError> {
         let s = &self.schema;
-        self.schemas.insert(target.to_string(), new.schemas());
-        self.outside_sequences
-            .insert(target.to_string(), new.sequences_outside());
+        self.sequences
+            .insert(target.to_string(), SequenceScope::of(new));
         let old = tx
             .query_opt(
                 &format!(
@@ -466,6 +462,22 @@ fn added_with_default(old: &Catalog, new: &Catalog) -> AddedColumns {
         .collect()
 }
 
+/// The sequences of one target whose positions follow the source's: those of the
+/// replicated schemas, and those of other schemas that its tables' defaults draw from.
+struct SequenceScope {
+    schemas: Vec<String>,
+    outside: Vec<(String, String)>,
+}
+
+impl SequenceScope {
+    fn of(catalog: &Catalog) -> Self {
+        Self {
+            schemas: catalog.schemas(),
+            outside: catalog.sequences_outside(),
+        }
+    }
+}
+
 fn read_error(e: ddlwatcher::ReadError) -> StepError {
     match e {
         ddlwatcher::ReadError::Db(e) => StepError::db("reading the catalog")(e),
@@ -477,13 +489,12 @@ impl Watcher {
     /// Queues the positions of the sequences that moved since the last time, so the
     /// target's sequences follow the source's (never behind it at the stream position).
     async fn sync_sequences(&mut self, client: &Client) -> Result<(), StepError> {
-        for (target, schemas) in &self.schemas {
-            let (outside_schemas, outside_names): (Vec<String>, Vec<String>) = self
-                .outside_sequences
-                .get(target)
-                .cloned()
-                .unwrap_or_default()
-                .into_iter()
+        for (target, scope) in &self.sequences {
+            let schemas = &scope.schemas;
+            let (outside_schemas, outside_names): (Vec<&str>, Vec<&str>) = scope
+                .outside
+                .iter()
+                .map(|(s, n)| (s.as_str(), n.as_str()))
                 .unzip();
             let rows = client
                 .query(
@@ -605,14 +616,12 @@ impl Step for Watcher {
             return Ok(Progress::Busy);
         }
         if self.config.use_event_triggers {
-            if self.schemas.is_empty() {
+            if self.sequences.is_empty() {
                 for (target, expr, _) in &self.targets {
                     let c = Catalog::read(&*client, expr, &self.config.internal_schema)
                         .await
                         .map_err(read_error)?;
-                    self.schemas.insert(target.clone(), c.schemas());
-                    self.outside_sequences
-                        .insert(target.clone(), c.sequences_outside());
+                    self.sequences.insert(target.clone(), SequenceScope::of(&c));
                 }
             }
             self.sync_sequences(client).await?;

@@ -360,6 +360,11 @@ impl Catalog {
             }
         }
         let schemas: BTreeSet<&str> = tables.iter().map(|t| t.schema.as_str()).collect();
+        let oids: BTreeSet<u32> = tables.iter().map(|t| t.oid).collect();
+        // An object of the tables' schemas, or one of another schema that a table uses.
+        let kept = |schema: &str, used_by: &[u32]| {
+            schemas.contains(schema) || used_by.iter().any(|oid| oids.contains(oid))
+        };
         Catalog {
             types: self
                 .types
@@ -370,12 +375,7 @@ impl Catalog {
             functions: self
                 .functions
                 .iter()
-                .filter(|f| {
-                    schemas.contains(f.schema.as_str())
-                        || f.used_by
-                            .iter()
-                            .any(|oid| tables.iter().any(|t| t.oid == *oid))
-                })
+                .filter(|f| kept(&f.schema, &f.used_by))
                 .cloned()
                 .collect(),
             views: self
@@ -387,12 +387,7 @@ impl Catalog {
             sequences: self
                 .sequences
                 .iter()
-                .filter(|s| {
-                    schemas.contains(s.schema.as_str())
-                        || s.used_by
-                            .iter()
-                            .any(|oid| tables.iter().any(|t| t.oid == *oid))
-                })
+                .filter(|s| kept(&s.schema, &s.used_by))
                 .cloned()
                 .collect(),
             collations: self

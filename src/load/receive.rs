@@ -47,10 +47,11 @@ impl Applier {
         let map = map_for(&msg.apply_schema, &msg.tables);
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg("begin"))?;
-        for schema in map.target_schemas() {
+        let replicated = map.target_schemas();
+        for schema in &replicated {
             tx.batch_execute(&format!(
                 "create schema if not exists {}",
-                quote_ident(&schema)
+                quote_ident(schema)
             ))
             .await
             .map_err(pg(&format!(
@@ -62,7 +63,7 @@ impl Applier {
                     "select current_user::text, pg_catalog.pg_get_userbyid(n.nspowner)::text,
                             has_schema_privilege(n.oid, 'USAGE'), has_schema_privilege(n.oid, 'CREATE')
                        from pg_catalog.pg_namespace n where n.nspname = $1",
-                    &[&schema],
+                    &[schema],
                 )
                 .await
                 .map_err(pg(&format!("reading the rights on schema {schema}")))?;
@@ -73,7 +74,7 @@ impl Applier {
                     message: format!(
                         "role `{me}` may not create tables in schema `{schema}` (owned by `{owner}`): \
                          GRANT USAGE, CREATE ON SCHEMA {q} TO {m}, or ALTER SCHEMA {q} OWNER TO {m}",
-                        q = quote_ident(&schema),
+                        q = quote_ident(schema),
                         m = quote_ident(&me),
                     ),
                 });
@@ -89,7 +90,7 @@ impl Applier {
             .chain(msg.collations.iter().map(|c| map.map(&c.schema)))
             .chain(msg.functions.iter().map(|f| map.map(&f.schema)))
             .chain(msg.sequences.iter().map(|q| map.map(&q.schema)))
-            .filter(|s| !map.target_schemas().contains(*s))
+            .filter(|s| !replicated.contains(*s))
             .collect();
         for schema in others {
             tx.batch_execute(&format!(
