@@ -13,21 +13,46 @@
 # CPU=1 also prints the CPU time of every process group (pgbench, the source's backends by
 # application, the instances, the target's backends, background processes) per transaction,
 # over the middle of each run (bench/cpu_groups.py reads /proc).
-# Usage: bench/write_overhead.sh [SECONDS] [CLIENTS]   (defaults 20, 4; SCALE=10, REPEAT=3)
-# Writes bench/results/write_overhead.json.
+# STATS=1: pg_stat_statements on both clusters (planning time too); after each run, the
+# statements of the pipeline (everything but pgbench's) that took the most time, with their
+# calls and µs per pgbench transaction (STATS_TOP=N rows, default 12).
+# DURABLE=1: both clusters with PostgreSQL's default durability (fsync, synchronous_commit and
+# full_page_writes on; bench/lib.sh turns them off for every other benchmark), so that each
+# commit waits for its WAL flush as in production.
+# Usage: bench/write_overhead.sh [SECONDS] [CLIENTS]   (defaults 20, 4; SCALE=10, REPEAT=3,
+# WORKLOADS="tpcb update")
+# Writes bench/results/write_overhead.json (with DURABLE=1, write_overhead_durable.json).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 DURATION="${1:-20}"; CLIENTS="${2:-4}"; SCALE="${SCALE:-10}"; REPEAT="${REPEAT:-3}"
 MODES="${MODES:-none capture native}"
 source bench/lib.sh
-start_pair "-c wal_level=logical"
+EXTRA=""; [ "${STATS:-0}" = 1 ] && EXTRA="-c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track_planning=on"
+[ "${DURABLE:-0}" = 1 ] && EXTRA="$EXTRA -c fsync=on -c synchronous_commit=on -c full_page_writes=on"
+start_pair "-c wal_level=logical $EXTRA"
 for p in "$SP" "$DP"; do
     "$PG_BINDIR/psql" -h 127.0.0.1 -p "$p" -U postgres -X -q -c "create role bench login password 'bench'" -c "create database bench owner bench"
     "$PG_BINDIR/pgbench" -h 127.0.0.1 -p "$p" -U bench -i -s "$SCALE" -q bench >/dev/null 2>&1
     # History gets a key so that it replicates by key (pgbench's inserts fill it by default).
     "$PG_BINDIR/psql" -h 127.0.0.1 -p "$p" -U bench -d bench -X -q -c "alter table pgbench_history add column id bigserial primary key"
+    [ "${STATS:-0}" = 1 ] && "$PG_BINDIR/psql" -h 127.0.0.1 -p "$p" -U postgres -d bench -X -q -c "create extension pg_stat_statements"
 done
+statements() { # workload mode tps: the pipeline's costliest statements of the run
+    [ "${STATS:-0}" = 1 ] || return 0
+    local p side
+    for p in "$SP" "$DP"; do
+        side=source; [ "$p" = "$DP" ] && side=target
+        echo "    [$1 $2] top statements on the $side: calls per txn, µs per txn planning, executing, query"
+        "$PG_BINDIR/psql" -h 127.0.0.1 -p "$p" -U postgres -d bench -X -Atq -F ' | ' \
+            -c "select round(calls / ($3 * $DURATION), 3), round((total_plan_time * 1000 / ($3 * $DURATION))::numeric, 1), round((total_exec_time * 1000 / ($3 * $DURATION))::numeric, 1),
+                       left(regexp_replace(query, '\s+', ' ', 'g'), 140)
+                  from pg_stat_statements
+                 where query !~ '(?i)^(update|insert into|select abalance from|begin|end|commit)\s*(pgbench_|;|$)' and query !~ 'pg_stat_statements'
+                 order by total_exec_time + total_plan_time desc limit ${STATS_TOP:-12}" | sed 's/^/        /'
+        "$PG_BINDIR/psql" -h 127.0.0.1 -p "$p" -U postgres -d bench -X -Atq -c "select pg_stat_statements_reset()" >/dev/null
+    done
+}
 cat > "$WORK/target.yml" <<YML
 database: {name: bench-target, database: bench, hostname: 127.0.0.1, port: $DP, username: bench, password: bench}
 server: {hostname: 127.0.0.1, port: $TP, allow_unauthenticated: true}
@@ -52,7 +77,7 @@ run_pgbench() { # workload logprefix -> prints tps
 results="$WORK/results.txt"; : > "$results"
 n=0
 for r in $(seq 1 "$REPEAT"); do
-    for workload in tpcb update; do
+    for workload in ${WORKLOADS:-tpcb update}; do
         for mode in $MODES; do
             n=$((n + 1))
             SPID=""
@@ -80,6 +105,11 @@ YML
                 done
             fi
             rm -f "$WORK"/pglog-"$n".*
+            if [ "${STATS:-0}" = 1 ]; then
+                for p in "$SP" "$DP"; do
+                    "$PG_BINDIR/psql" -h 127.0.0.1 -p "$p" -U postgres -d bench -X -Atq -c "select pg_stat_statements_reset()" >/dev/null
+                done
+            fi
             if [ "${CPU:-0}" = 1 ]; then
                 # CPU by process group over the middle of the run (start and end left out).
                 run_pgbench "$workload" "$WORK/pglog-$n" > "$WORK/tps-$n" & BPID=$!
@@ -104,6 +134,7 @@ YML
             lat=$(cat "$WORK"/pglog-"$n".* | awk '{print $3}' | sort -n | awk '{a[NR]=$1} END {printf "%.3f %.3f", a[int(NR*0.5)]/1000, a[int(NR*0.99)]/1000}')
             echo "$workload $mode $tps $lat" >> "$results"
             echo "round $r $workload $mode: $tps tps, p50/p99 ${lat// / / } ms"
+            [ "$mode" = none ] || statements "$workload" "$mode" "$tps"
             if [ -n "$SPID" ]; then
                 kill -TERM "$SPID"; wait "$SPID" 2>/dev/null || true
                 "$SBIN" uninstall --config "$WORK/source-$n.yml" >/dev/null 2>&1
@@ -113,11 +144,11 @@ YML
         done
     done
 done
-python3 - "$results" "$DURATION" "$CLIENTS" "$SCALE" <<'PY'
+python3 - "$results" "$DURATION" "$CLIENTS" "$SCALE" "${DURABLE:-0}" <<'PY'
 import json, statistics, sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
-out = {"duration_s": int(sys.argv[2]), "clients": int(sys.argv[3]), "scale": int(sys.argv[4]), "workloads": {}}
-for w in ("tpcb", "update"):
+out = {"durable": sys.argv[5] == "1", "duration_s": int(sys.argv[2]), "clients": int(sys.argv[3]), "scale": int(sys.argv[4]), "workloads": {}}
+for w in sorted({r[0] for r in rows}):
     m = {}
     # Each mode's TPS per round, in round order.
     tps = {}
@@ -141,7 +172,7 @@ for w in ("tpcb", "update"):
             m[key] = round(statistics.median(x / y for x, y in zip(tps[a], tps[b])), 3)
     out["workloads"][w] = m
 print(json.dumps(out, indent=2))
-json.dump(out, open("bench/results/write_overhead.json", "w"), indent=2)
+json.dump(out, open("bench/results/write_overhead" + ("_durable" if out["durable"] else "") + ".json", "w"), indent=2)
 PY
 if [ "${CPU:-0}" = 1 ]; then
     # CPU µs per transaction by process group, medians of the rounds.

@@ -138,20 +138,26 @@ pub struct BatchBounds {
 impl BatchBounds {
     pub async fn read(
         client: &Client,
+        prepared: &crate::db::Prepared,
         schema: &str,
         target: &str,
         seq: i64,
     ) -> Result<Self, StepError> {
-        let row = client
-            .query_one(
+        let context = || format!("reading batch {seq}");
+        let st = prepared
+            .get(
+                client,
                 &format!(
                     "select snap_from::text, snap_to::text, filter, txids::text[]
                        from {schema}.batch where target = $1 and seq = $2"
                 ),
-                &[&target, &seq],
             )
             .await
-            .map_err(StepError::db(format!("reading batch {seq}")))?;
+            .map_err(StepError::db(context()))?;
+        let row = client
+            .query_one(&st, &[&target, &seq])
+            .await
+            .map_err(StepError::db(context()))?;
         Ok(Self {
             snap_from: row.get(0),
             snap_to: row.get(1),
@@ -182,6 +188,8 @@ pub struct Batcher {
     max_per_target: Vec<(String, i64)>,
     /// Transmitters to wake when their target got a batch.
     wakes: Vec<(String, std::sync::Arc<tokio::sync::Notify>)>,
+    /// Its statements other than the queue read, prepared on the connection.
+    prepared: crate::db::Prepared,
 }
 
 impl Batcher {
@@ -204,6 +212,7 @@ impl Batcher {
                 .filter_map(|(n, t)| t.max_batch_size.map(|m| (n.clone(), m as i64)))
                 .collect(),
             wakes: Vec::new(),
+            prepared: Default::default(),
         }
     }
 
@@ -221,21 +230,39 @@ impl Batcher {
     ) -> Result<u64, StepError> {
         let s = &self.schema;
         let tx = client.transaction().await.map_err(StepError::db("begin"))?;
+        let on = &tx;
+        let prepare = |sql: String, context: &'static str| async move {
+            self.prepared
+                .get(on, &sql)
+                .await
+                .map_err(StepError::db(context))
+        };
+        let st = prepare(
+            format!("select next_seq, last_snapshot::text, state from {s}.target_state where target = $1 for update"),
+            "reading target state",
+        )
+        .await?;
         let row = tx
-            .query_opt(
-                &format!("select next_seq, last_snapshot::text, state from {s}.target_state where target = $1 for update"),
-                &[&target],
-            )
+            .query_opt(&st, &[&target])
             .await
             .map_err(StepError::db("reading target state"))?
-            .ok_or_else(|| StepError::Fatal(format!("target `{target}` is not registered in {s}.target_state")))?;
+            .ok_or_else(|| {
+                StepError::Fatal(format!(
+                    "target `{target}` is not registered in {s}.target_state"
+                ))
+            })?;
         let mut next_seq: i64 = row.get(0);
         let from: String = row.get(1);
         if row.get::<_, &str>(2) == "TERMINATED" {
             return Ok(0); // a terminated mirror gets no more batches
         }
+        let st = prepare(
+            "select pg_current_snapshot()::text".into(),
+            "taking a snapshot",
+        )
+        .await?;
         let now: String = tx
-            .query_one("select pg_current_snapshot()::text", &[])
+            .query_one(&st, &[])
             .await
             .map_err(StepError::db("taking a snapshot"))?
             .get(0);
@@ -277,13 +304,18 @@ impl Batcher {
                 last.1 += n;
             }
             let split = groups.len() > 1;
+            let st = prepare(
+                format!(
+                    "insert into {s}.batch (target, seq, snap_from, snap_to, txids, filter, events)
+                     values ($1, $2, $3::text::pg_snapshot, $4::text::pg_snapshot, $5::text[]::xid8[], $6, $7)"
+                ),
+                "recording a batch",
+            )
+            .await?;
             for (txids, events) in groups {
                 let txids: Option<Vec<String>> = split.then_some(txids);
                 tx.execute(
-                    &format!(
-                        "insert into {s}.batch (target, seq, snap_from, snap_to, txids, filter, events)
-                         values ($1, $2, $3::text::pg_snapshot, $4::text::pg_snapshot, $5::text[]::xid8[], $6, $7)"
-                    ),
+                    &st,
                     &[&target, &next_seq, &from, &now, &txids, &filter, &events],
                 )
                 .await
@@ -293,14 +325,16 @@ impl Batcher {
                 made += 1;
             }
         }
-        tx.execute(
-            &format!(
+        let st = prepare(
+            format!(
                 "update {s}.target_state set next_seq = $2, last_snapshot = $3::text::pg_snapshot where target = $1"
             ),
-            &[&target, &next_seq, &now],
+            "advancing the target cursor",
         )
-        .await
-        .map_err(StepError::db("advancing the target cursor"))?;
+        .await?;
+        tx.execute(&st, &[&target, &next_seq, &now])
+            .await
+            .map_err(StepError::db("advancing the target cursor"))?;
         tx.commit().await.map_err(StepError::db("commit"))?;
         Ok(made)
     }
@@ -309,6 +343,10 @@ impl Batcher {
 impl Step for Batcher {
     fn name(&self) -> String {
         "batcher".into()
+    }
+
+    fn connected(&self) {
+        self.prepared.clear();
     }
 
     async fn step(&mut self, client: &mut Client) -> Result<Progress, StepError> {

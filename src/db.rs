@@ -8,6 +8,44 @@ use tokio_postgres::{Client, NoTls};
 use crate::config::Database;
 use crate::tls::Tls;
 
+/// Statements a pipeline stage prepares once on its connection and keeps: the queries it
+/// runs for every batch are then parsed once and, after a few runs, planned once (PostgreSQL
+/// plans a prepared statement again by itself after a schema change). For statements whose
+/// best plan depends on the values (the queue reads, bounded by the batch's snapshots), do
+/// not: an unnamed statement is planned with its values every time. A stage clears its cache
+/// when it connects again ([`crate::stage::Step::connected`]): a statement belongs to the
+/// connection that prepared it.
+#[derive(Default)]
+pub struct Prepared(std::sync::Mutex<std::collections::HashMap<String, tokio_postgres::Statement>>);
+
+impl Prepared {
+    /// `sql` prepared on `client`'s connection (the first time, prepared now).
+    pub async fn get<C: tokio_postgres::GenericClient>(
+        &self,
+        client: &C,
+        sql: &str,
+    ) -> Result<tokio_postgres::Statement, tokio_postgres::Error> {
+        if let Some(st) = self.lock().get(sql) {
+            return Ok(st.clone());
+        }
+        let st = client.prepare(sql).await?;
+        self.lock().insert(sql.to_string(), st.clone());
+        Ok(st)
+    }
+
+    /// Forgets every statement (the connection they belong to is gone).
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, tokio_postgres::Statement>>
+    {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// A connection could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {

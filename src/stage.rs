@@ -66,6 +66,9 @@ pub trait Step {
         &mut self,
         client: &mut Client,
     ) -> impl std::future::Future<Output = Result<Progress, StepError>> + Send;
+    /// Called after each (re)connection, before the first step on it: statements prepared on
+    /// an earlier connection are gone.
+    fn connected(&self) {}
     /// Wakes the stage from an idle wait before its interval is over (another stage made
     /// work for it).
     fn wake(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
@@ -92,7 +95,10 @@ pub async fn run<S: Step + Send>(
                 c = db::connect(&database, &name) => c,
             };
             match connected {
-                Ok(c) => client = Some(c),
+                Ok(c) => {
+                    stage.connected();
+                    client = Some(c);
+                }
                 Err(e) => {
                     failures += 1;
                     count_error(&name, "connect");

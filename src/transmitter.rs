@@ -59,6 +59,10 @@ pub struct Transmitter {
     acked_ddl: std::sync::atomic::AtomicI64,
     /// Notified by the batcher when it cut a batch: sent at once, not at the next interval.
     wake: std::sync::Arc<tokio::sync::Notify>,
+    /// The per-batch statements other than the queue reads, prepared on the connection.
+    prepared: crate::db::Prepared,
+    /// Whether `target_state` may hold an error to clear (unknown at start: yes).
+    error_recorded: AtomicBool,
 }
 
 /// A target's answer that is not success.
@@ -101,7 +105,22 @@ impl Transmitter {
             waiting: AtomicBool::new(false),
             acked_ddl: std::sync::atomic::AtomicI64::new(-1),
             wake: Default::default(),
+            prepared: Default::default(),
+            error_recorded: AtomicBool::new(true),
         })
+    }
+
+    /// `sql` prepared on `client`'s connection, once.
+    async fn statement(
+        &self,
+        client: &Client,
+        sql: &str,
+        context: &str,
+    ) -> Result<tokio_postgres::Statement, StepError> {
+        self.prepared
+            .get(client, sql)
+            .await
+            .map_err(StepError::db(context))
     }
 
     fn request(
@@ -171,13 +190,18 @@ impl Transmitter {
     /// batches this source never made (it was restored, or the source reinstalled).
     async fn acknowledge(&self, client: &Client, applied: i64) -> Result<(), StepError> {
         let s = &self.schema;
-        let next: i64 = client
-            .query_one(
+        let context = "reading target state";
+        let st = self
+            .statement(
+                client,
                 &format!("select next_seq from {s}.target_state where target = $1"),
-                &[&self.target],
+                context,
             )
+            .await?;
+        let next: i64 = client
+            .query_one(&st, &[&self.target])
             .await
-            .map_err(StepError::db("reading target state"))?
+            .map_err(StepError::db(context))?
             .get(0);
         if applied >= next {
             return Err(StepError::Fatal(format!(
@@ -189,18 +213,23 @@ impl Transmitter {
                 next - 1
             )));
         }
-        client
-            .execute(
+        let context = "recording the acknowledged position";
+        let st = self
+            .statement(
+                client,
                 &format!(
                     "with a as (update {s}.batch set acked_at = clock_timestamp()
                                  where target = $1 and seq <= $2 and acked_at is null)
                      update {s}.target_state set acked_seq = greatest(acked_seq, $2), acked_at = clock_timestamp()
                       where target = $1"
                 ),
-                &[&self.target, &applied],
+                context,
             )
+            .await?;
+        client
+            .execute(&st, &[&self.target, &applied])
             .await
-            .map_err(StepError::db("recording the acknowledged position"))?;
+            .map_err(StepError::db(context))?;
         Ok(())
     }
 
@@ -450,17 +479,22 @@ impl Transmitter {
     /// Schema versions the target has not acknowledged yet.
     async fn pending_ddl(&self, client: &Client) -> Result<Vec<DdlVersion>, StepError> {
         let s = &self.schema;
-        let rows = client
-            .query(
+        let context = "reading pending schema changes";
+        let st = self
+            .statement(
+                client,
                 &format!(
                     "select d.version, d.statements::text from {s}.ddl d
                       where d.target = $1 and d.version > (select acked_ddl from {s}.target_state where target = $1)
                       order by d.version"
                 ),
-                &[&self.target],
+                context,
             )
+            .await?;
+        let rows = client
+            .query(&st, &[&self.target])
             .await
-            .map_err(StepError::db("reading pending schema changes"))?;
+            .map_err(StepError::db(context))?;
         rows.iter()
             .map(|r| {
                 let text: String = r.get(1);
@@ -486,9 +520,8 @@ impl Transmitter {
         }
         let s = &self.schema;
         let oids: Vec<u32> = names.iter().map(|n| n.2).collect();
-        let rows = client
-            .query(
-                &format!("select c.oid,
+        let context = "describing the batch's tables";
+        let sql = format!("select c.oid,
                         array(select a.attname::text from pg_catalog.pg_attribute a
                                where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
                                  and a.attgenerated = '' order by a.attnum),
@@ -518,11 +551,12 @@ impl Transmitter {
                     ddlwatcher::key_index_sql("c.oid"),
                     ddlwatcher::base_type_sql("a.atttypid"),
                     key = ddlwatcher::key_index_sql("c.oid"),
-                ),
-                &[&oids, &self.target],
-            )
+                );
+        let st = self.statement(client, &sql, context).await?;
+        let rows = client
+            .query(&st, &[&oids, &self.target])
             .await
-            .map_err(StepError::db("describing the batch's tables"))?;
+            .map_err(StepError::db(context))?;
         /// Writable columns, key, generated columns, json columns (`name:type`), the
         /// names to strip from the row images, whether the key is deferrable.
         type Described = (
@@ -593,7 +627,7 @@ impl Transmitter {
         patience: Duration,
     ) -> Result<(i64, RowCounts), Refusal> {
         // One read of the batch's bounds serves both queries of its events.
-        let bounds = BatchBounds::read(client, &self.schema, &self.target, seq)
+        let bounds = BatchBounds::read(client, &self.prepared, &self.schema, &self.target, seq)
             .await
             .map_err(Refusal::Source)?;
         let mut tables = self
@@ -778,6 +812,10 @@ impl Step for Transmitter {
         Some(self.wake.clone())
     }
 
+    fn connected(&self) {
+        self.prepared.clear();
+    }
+
     async fn step(&mut self, client: &mut Client) -> Result<Progress, StepError> {
         use crate::mirror::{self, State};
         let s = self.schema.clone();
@@ -883,17 +921,22 @@ impl Transmitter {
     /// event trigger waits to become schema versions: a batch may hold its schema event.
     async fn next_batch(&self, client: &Client, after: i64) -> Result<Option<i64>, StepError> {
         let s = &self.schema;
-        let row = client
-            .query_opt(
+        let context = "finding the next batch";
+        let st = self
+            .statement(
+                client,
                 &format!(
                     "select seq from {s}.batch where target = $1 and acked_at is null and seq > $2
                         and not exists (select 1 from {s}.ddl_snapshot d where d.id > (select processed from {s}.ddl_clock))
                       order by seq limit 1"
                 ),
-                &[&self.target, &after],
+                context,
             )
+            .await?;
+        let row = client
+            .query_opt(&st, &[&self.target, &after])
             .await
-            .map_err(StepError::db("finding the next batch"))?;
+            .map_err(StepError::db(context))?;
         Ok(row.map(|r| r.get(0)))
     }
 
@@ -980,13 +1023,18 @@ impl Transmitter {
                 self.record_error(client, None).await;
                 let ddl = self.acked_ddl.load(Ordering::Relaxed);
                 if ddl >= 0 {
-                    client
-                        .execute(
+                    let context = "recording the applied schema version";
+                    let st = self
+                        .statement(
+                            client,
                             &format!("update {s}.target_state set acked_ddl = greatest(acked_ddl, $2) where target = $1"),
-                            &[&self.target, &ddl],
+                            context,
                         )
+                        .await?;
+                    client
+                        .execute(&st, &[&self.target, &ddl])
                         .await
-                        .map_err(StepError::db("recording the applied schema version"))?;
+                        .map_err(StepError::db(context))?;
                 }
                 Ok(Flow::Next)
             }
@@ -1037,8 +1085,10 @@ impl Transmitter {
             return Ok(());
         }
         let [i, u, d, t] = &rows.counts;
-        client
-            .execute(
+        let context = "counting the batch's rows per table";
+        let st = self
+            .statement(
+                client,
                 &format!(
                     "insert into {s}.table_rows as r (target, schema_name, table_name, inserts, updates, deletes, truncates)
                      select $1, u.s, u.t, sum(u.i), sum(u.u), sum(u.d), sum(u.x)
@@ -1049,16 +1099,23 @@ impl Transmitter {
                             deletes = r.deletes + excluded.deletes, truncates = r.truncates + excluded.truncates",
                     s = self.schema
                 ),
-                &[&self.target, &rows.schemas, &rows.names, i, u, d, t],
+                context,
             )
+            .await?;
+        client
+            .execute(&st, &[&self.target, &rows.schemas, &rows.names, i, u, d, t])
             .await
-            .map_err(StepError::db("counting the batch's rows per table"))?;
+            .map_err(StepError::db(context))?;
         Ok(())
     }
 
     /// Keeps the last transmit error (or clears it) for `pgteleport status`. Best effort:
     /// the error is logged either way.
     async fn record_error(&self, client: &Client, message: Option<&str>) {
+        // After a success nothing is recorded: the next success has nothing to clear.
+        if message.is_none() && !self.error_recorded.load(Ordering::Relaxed) {
+            return;
+        }
         // The time is that of the first failure with this message; `failures` counts them.
         let sql = format!(
             "update {}.target_state
@@ -1070,8 +1127,11 @@ impl Transmitter {
               where target = $1 and (last_error is not null or $2::text is not null)",
             self.schema
         );
-        if let Err(e) = client.execute(&sql, &[&self.target, &message]).await {
-            tracing::debug!(error = %e, "could not record the transmit error");
+        match client.execute(&sql, &[&self.target, &message]).await {
+            Ok(_) => self
+                .error_recorded
+                .store(message.is_some(), Ordering::Relaxed),
+            Err(e) => tracing::debug!(error = %e, "could not record the transmit error"),
         }
     }
 }

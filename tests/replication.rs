@@ -385,6 +385,55 @@ async fn truncate_is_replicated_in_order_with_the_dml_around_it() -> anyhow::Res
     Ok(())
 }
 
+/// Connections the server cuts under a running instance (an administrator's
+/// pg_terminate_backend, an idle-session timeout, a pooler) are made again: the stages
+/// prepare their statements again on the new connections, and nothing is lost or doubled.
+#[tokio::test]
+async fn pipeline_connections_cut_by_the_server_are_made_again() -> anyhow::Result<()> {
+    let p = Pair::new(SCHEMA).await?;
+    let (source, target) = p.start_both("app.*").await?;
+    let src = p.src().await?;
+    let dst = p.dst().await?;
+    // Every stage's connection but the instance lock's (losing that one stops the instance).
+    let cut = "select count(pg_catalog.pg_terminate_backend(pid)) from pg_catalog.pg_stat_activity
+                where datname = current_database() and pid <> pg_backend_pid()
+                  and application_name like 'pgteleport %' and application_name not like '%instance lock%'";
+    for round in 0..3 {
+        src.batch_execute(&format!(
+            "insert into app.customer select g, 'c' || g, g from generate_series({}, {}) g;
+             update app.customer set name = 'round {round}' where id % 7 = 0;",
+            round * 100 + 1,
+            round * 100 + 100
+        ))
+        .await?;
+        wait_equal(&src, &dst, &["app.customer"], Duration::from_secs(30)).await?;
+        let on_source = scalar_i64(&src, cut).await?;
+        assert!(
+            on_source >= 3,
+            "round {round}: {on_source} source connections cut"
+        );
+        let on_target = scalar_i64(&dst, cut).await?;
+        assert!(
+            on_target >= 1,
+            "round {round}: {on_target} target connections cut"
+        );
+    }
+    src.batch_execute(
+        "update app.customer set name = 'after' where id % 2 = 0;
+         delete from app.customer where id % 5 = 0;",
+    )
+    .await?;
+    wait_equal(&src, &dst, &["app.customer"], Duration::from_secs(30)).await?;
+    assert_eq!(
+        scalar_i64(&dst, "select count(*) from app.customer").await?,
+        240
+    );
+    assert_exactly_once(&src, &dst).await?;
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn target_sequences_follow_the_source() -> anyhow::Result<()> {
     let schema = "create schema app; create table app.s (id bigserial primary key, v text);
