@@ -240,7 +240,7 @@ async fn install_ddl_capture(
     let tx = client.transaction().await?;
     tx.batch_execute(&format!(
         "create or replace function {s}.catalog_snapshot(filter text, internal name) returns json
-         language sql stable set search_path = pg_catalog, pg_temp as $pgteleport_catalog$ {} $pgteleport_catalog$",
+         language sql stable set search_path = pg_catalog, pg_temp set jit = off as $pgteleport_catalog$ {} $pgteleport_catalog$",
         ddlwatcher::catalog_sql()
     ))
     .await?;

@@ -1256,12 +1256,22 @@ async fn functions_of_other_schemas_that_tables_call_reach_the_target() -> anyho
          create function util.positive(v int) returns boolean language sql immutable as 'select v > 0';
          create function util.norm(t text) returns text language sql immutable as 'select lower(t)';
          create function util.unused() returns int language sql as 'select 1';
+         create schema util2;
+         create function util2.top(v int) returns int language sql immutable as 'select least(v, 100)';
+         create function util.clamp(v int) returns int language plpgsql immutable
+             as $$ begin return \"util2\" . top(v); end $$;
+         create function util.\"Cap\"(v int) returns int language sql immutable as 'select least(v, 1000)';
          create sequence util.ticket start 500;
          create sequence util.unused_seq;
          create schema app;
+         create function app.valid(v int) returns boolean language plpgsql immutable
+             as $$ begin return util.clamp(v) = v; end $$;
+         create function app.capped(v int) returns boolean language sql immutable
+             begin atomic select util.\"Cap\"(v) = v; end;
          create table app.t (id int primary key, code text default util.tag(),
                              v int constraint v_positive check (util.positive(v)), name text,
-                             ticket bigint default nextval('util.ticket'));
+                             ticket bigint default nextval('util.ticket'),
+                             constraint v_valid check (app.valid(v)), constraint v_capped check (app.capped(v)));
          create index t_norm on app.t (util.norm(name));
          insert into app.t (id, v, name) values (1, 1, 'A'), (2, 2, 'B');",
         "",
@@ -1282,17 +1292,34 @@ async fn functions_of_other_schemas_that_tables_call_reach_the_target() -> anyho
     )
     .await?;
     wait_equal_as(&src, &dst, &pair, Duration::from_secs(30)).await?;
-    let functions = "select p.proname::text from pg_proc p where p.pronamespace = 'util'::regnamespace
-                     union all select relname::text from pg_class where relnamespace = 'util'::regnamespace
-                     order by 1";
+    let functions = "select n from (select p.proname::text as n from pg_proc p
+                                     where p.pronamespace in ('util'::regnamespace, 'util2'::regnamespace)
+                                    union all select relname::text from pg_class where relnamespace = 'util'::regnamespace) o
+                     order by n collate \"C\"";
     assert_eq!(
         texts(&dst, functions).await?,
-        ["norm", "positive", "stamp", "tag", "ticket"],
-        "the functions the table calls and the sequence it draws from, not util.unused"
+        ["Cap", "clamp", "norm", "positive", "stamp", "tag", "ticket", "top"],
+        "the functions the table calls (also through the bodies of the functions its checks call) \
+         and the sequence it draws from, not util.unused"
     );
     let objects = "select conname::text from pg_constraint where conrelid = 'copy.t'::regclass and contype = 'c'
-                   union all select indexname::text from pg_indexes where tablename = 't' and indexname = 't_norm'";
-    assert_eq!(texts(&dst, objects).await?, ["v_positive", "t_norm"]);
+                   union all select indexname::text from pg_indexes where tablename = 't' and indexname = 't_norm'
+                   order by 1";
+    assert_eq!(
+        texts(&dst, objects).await?,
+        ["t_norm", "v_capped", "v_positive", "v_valid"]
+    );
+    // The checks run on the target: a row they refuse there is refused (the ticket given,
+    // so that the sequence stays where the source's is).
+    for (v, check) in [("500", "v_valid"), ("5000", "v_capped")] {
+        let e = dst
+            .batch_execute(&format!(
+                "insert into copy.t (id, v, ticket) values (99, {v}, 0)"
+            ))
+            .await
+            .expect_err("the check refuses it");
+        assert!(format!("{e:?}").contains(check), "{e:?}");
+    }
     // The target's own rows take the defaults: the functions work there, and the sequence
     // is where the source's is (rows 1 to 3 drew 500 to 502).
     assert_eq!(
@@ -1307,6 +1334,25 @@ async fn functions_of_other_schemas_that_tables_call_reach_the_target() -> anyho
         &["502"],
     )
     .await?;
+    // A function of the replicated schema starts calling a new one of another schema: the
+    // schema change brings that one too, and the rows after it apply.
+    src.batch_execute(
+        "create function util.more(v int) returns boolean language sql immutable as 'select v < 90';
+         create or replace function app.valid(v int) returns boolean language plpgsql immutable
+             as $$ begin return util.clamp(v) = v and util.more(v); end $$;
+         insert into app.t (id, v, name, ticket) values (5, 5, 'E', 0);",
+    )
+    .await?;
+    wait_equal_as(&src, &dst, &pair, Duration::from_secs(30)).await?;
+    wait_texts(
+        &dst,
+        "util.more on the target",
+        Duration::from_secs(30),
+        "select count(*)::text from pg_proc where proname = 'more'",
+        &["1"],
+    )
+    .await?;
+    assert_eq!(texts(&dst, "select util.more(95)::text").await?, ["false"]);
     // The source's table stops calling util.tag: the target keeps it (other objects there
     // may call it), and replication goes on.
     src.batch_execute(
@@ -1330,7 +1376,7 @@ async fn functions_of_other_schemas_that_tables_call_reach_the_target() -> anyho
     .await?;
     assert_eq!(
         texts(&dst, functions).await?,
-        ["norm", "positive", "stamp", "tag", "ticket"]
+        ["Cap", "clamp", "more", "norm", "positive", "stamp", "tag", "ticket", "top"]
     );
     source.shutdown().await?;
     target.shutdown().await?;

@@ -166,8 +166,9 @@ pub struct Function {
     pub is_procedure: bool,
     /// `pg_get_functiondef`: a complete `CREATE OR REPLACE …`.
     pub definition: String,
-    /// The tables whose defaults, checks, generated columns or indexes call it: how a
-    /// function of a schema that is not replicated comes with them.
+    /// The tables whose defaults, checks, generated columns or indexes call it, or whose
+    /// schema's functions (or those functions' callees) call it by a qualified name in
+    /// their bodies: how a function of a schema that is not replicated comes with them.
     #[serde(default)]
     pub used_by: Vec<u32>,
 }

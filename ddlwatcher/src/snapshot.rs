@@ -183,7 +183,7 @@ fn build_sql() -> String {
                 and n.nspname <> $2
                 and (n.nspname::text || '.' || c.relname::text) ~ $1),
          schemas as (select distinct schema from rel),
-         calls(proc, rel) as (
+         direct(proc, rel) as (
              select d.refobjid, ad.adrelid
                from pg_catalog.pg_attrdef ad
                join pg_catalog.pg_depend d on d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass
@@ -201,6 +201,41 @@ fn build_sql() -> String {
                join pg_catalog.pg_depend d on d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
                 and d.objid = i.indexrelid and d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
               where i.indrelid in (select oid from rel)),
+         -- The functions whose bodies those functions, and the functions of the tables'
+         -- schemas, call — through any number of calls: pairs of (where the search
+         -- started, a function reached; each start reaches itself).
+         roots(oid) as materialized (
+             select p.oid
+               from pg_catalog.pg_proc p
+               join pg_catalog.pg_namespace n on n.oid = p.pronamespace
+              where n.nspname::text in (select schema from schemas)
+           union
+             select proc from direct),
+         -- What each function of a user schema names in its body (read once per function;
+         -- a join in the recursion below, which the planner then estimates sanely).
+         named(caller, proc) as materialized (
+             select p.oid, q.proc
+               from pg_catalog.pg_proc p
+               cross join lateral ({named}) q
+              where p.pronamespace not in ('pg_catalog'::pg_catalog.regnamespace, 'information_schema'::pg_catalog.regnamespace)),
+         reach(root, proc) as (
+             select oid, oid from roots
+           union
+             select r.root, d.proc from reach r join named d on d.caller = r.proc),
+         -- Each function a table needs, and the table: what its defaults, checks, generated
+         -- columns and indexes call, and what the bodies of those and of its schema's
+         -- functions call.
+         calls(proc, rel) as (
+             select proc, rel from direct
+           union
+             select r.proc, d.rel from reach r join direct d on d.proc = r.root where r.proc <> r.root
+           union
+             select r.proc, t.oid
+               from reach r
+               join pg_catalog.pg_proc p on p.oid = r.root
+               join pg_catalog.pg_namespace n on n.oid = p.pronamespace
+               join rel t on t.schema = n.nspname::text
+              where r.proc <> r.root),
          draws(seq, rel) as (
              select d.refobjid, ad.adrelid
                from pg_catalog.pg_attrdef ad
@@ -284,12 +319,38 @@ fn build_sql() -> String {
         base_type = user_type_sql("t.typbasetype"),
         type_ext = extension_sql("pg_catalog.pg_type", "t.oid"),
         proc_ext = extension_sql("pg_catalog.pg_proc", "p.oid"),
+        named = NAMED_IN_BODY,
         view_ext = extension_sql("pg_catalog.pg_class", "c.oid"),
         // Collations of user schemas that columns use: the provider's own fields are read
         // from the row as JSON (their names differ between PostgreSQL versions).
         coll_ext = extension_sql("pg_catalog.pg_collation", "co.oid"),
     )
 }
+
+/// The functions the function `p` calls by a schema-qualified name in its body (SQL or
+/// PL/pgSQL: `util.norm(…)`, `"Util"."Norm" (…)`), and those a `BEGIN ATOMIC` body depends
+/// on; one column, `proc`. A name in a comment or a string literal counts too (the function
+/// then comes along unneeded); an unqualified call, resolved through the `search_path` when
+/// it runs, is not seen.
+const NAMED_IN_BODY: &str = r#"select q.oid as proc
+       from pg_catalog.regexp_matches(
+                case when p.prolang in (select l.oid from pg_catalog.pg_language l where l.lanname in ('sql', 'plpgsql'))
+                     then p.prosrc end,
+                '("(?:[^"]|"")+"|[[:alpha:]_][[:alnum:]_$]*)[[:space:]]*\.[[:space:]]*("(?:[^"]|"")+"|[[:alpha:]_][[:alnum:]_$]*)[[:space:]]*\(',
+                'g') m
+       join pg_catalog.pg_namespace qn
+         on qn.nspname = case when m[1] like '"%' then pg_catalog.replace(pg_catalog.substr(m[1], 2, pg_catalog.length(m[1]) - 2), '""', '"')
+                              else pg_catalog.lower(m[1]) end
+       join pg_catalog.pg_proc q
+         on q.pronamespace = qn.oid
+        and q.proname = case when m[2] like '"%' then pg_catalog.replace(pg_catalog.substr(m[2], 2, pg_catalog.length(m[2]) - 2), '""', '"')
+                             else pg_catalog.lower(m[2]) end
+      where qn.nspname not in ('pg_catalog', 'information_schema')
+     union
+     select d.refobjid
+       from pg_catalog.pg_depend d
+      where d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass and d.objid = p.oid
+        and d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass"#;
 
 /// The catalog query: `$1` is a regular expression on `schema.table` selecting the tables,
 /// `$2` the replicator's own schema (never replicated). Returns one `json` value.
@@ -337,7 +398,8 @@ impl Catalog {
     /// What one target replicates of this snapshot: the tables `expr` matches, the user
     /// types and collations they reach, the functions, views and sequences of their
     /// schemas, the functions of other schemas that their defaults, checks, generated
-    /// columns and indexes call, and the sequences of other schemas their defaults draw from.
+    /// columns and indexes call (and those that the bodies of these and of the schemas'
+    /// functions call), and the sequences of other schemas their defaults draw from.
     pub fn restrict(&self, expr: &TargetExpression) -> Self {
         let tables: Vec<_> = self
             .tables
