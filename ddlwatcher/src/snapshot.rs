@@ -370,7 +370,10 @@ pub enum ReadError {
 
 impl Catalog {
     /// Reads the catalog of the tables `expr` selects (and the types, functions, views and
-    /// sequences around them), `internal` (the replicator's schema) excluded.
+    /// sequences around them), `internal` (the replicator's schema) excluded. Use a
+    /// connection with `jit = off` (as `pgteleport`'s own are): on a database with many
+    /// functions the query's estimated cost passes `jit_above_cost`, and compiling it takes
+    /// longer than running it.
     pub async fn read<C: GenericClient>(
         client: &C,
         expr: &TargetExpression,
