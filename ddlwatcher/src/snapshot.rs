@@ -183,24 +183,29 @@ fn build_sql() -> String {
                 and n.nspname <> $2
                 and (n.nspname::text || '.' || c.relname::text) ~ $1),
          schemas as (select distinct schema from rel),
-         direct(proc, rel) as (
-             select d.refobjid, ad.adrelid
+         -- What the tables' defaults, checks and indexes depend on (their pg_depend rows),
+         -- and which of the three depends.
+         deps(ref, refclass, rel, dependent) as materialized (
+             select d.refobjid, d.refclassid, ad.adrelid, d.classid
                from pg_catalog.pg_attrdef ad
                join pg_catalog.pg_depend d on d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass
-                and d.objid = ad.oid and d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+                and d.objid = ad.oid
               where ad.adrelid in (select oid from rel)
-           union
-             select d.refobjid, k.conrelid
+           union all
+             select d.refobjid, d.refclassid, k.conrelid, d.classid
                from pg_catalog.pg_constraint k
                join pg_catalog.pg_depend d on d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass
-                and d.objid = k.oid and d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+                and d.objid = k.oid
               where k.conrelid in (select oid from rel)
-           union
-             select d.refobjid, i.indrelid
+           union all
+             select d.refobjid, d.refclassid, i.indrelid, d.classid
                from pg_catalog.pg_index i
                join pg_catalog.pg_depend d on d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
-                and d.objid = i.indexrelid and d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+                and d.objid = i.indexrelid
               where i.indrelid in (select oid from rel)),
+         -- The functions the tables' defaults, checks, generated columns and indexes call.
+         direct(proc, rel) as (
+             select distinct ref, rel from deps where refclass = 'pg_catalog.pg_proc'::pg_catalog.regclass),
          -- The functions whose bodies those functions, and the functions of the tables'
          -- schemas, call — through any number of calls: pairs of (where the search
          -- started, a function reached; each start reaches itself).
@@ -224,11 +229,9 @@ fn build_sql() -> String {
              select r.root, d.proc from reach r join named d on d.caller = r.proc),
          -- Each function a table needs, and the table: what its defaults, checks, generated
          -- columns and indexes call, and what the bodies of those and of its schema's
-         -- functions call.
+         -- functions call (a direct call is a start that reaches itself).
          calls(proc, rel) as (
-             select proc, rel from direct
-           union
-             select r.proc, d.rel from reach r join direct d on d.proc = r.root where r.proc <> r.root
+             select r.proc, d.rel from reach r join direct d on d.proc = r.root
            union
              select r.proc, t.oid
                from reach r
@@ -236,13 +239,13 @@ fn build_sql() -> String {
                join pg_catalog.pg_namespace n on n.oid = p.pronamespace
                join rel t on t.schema = n.nspname::text
               where r.proc <> r.root),
+         -- The sequences the tables' defaults draw from.
          draws(seq, rel) as (
-             select d.refobjid, ad.adrelid
-               from pg_catalog.pg_attrdef ad
-               join pg_catalog.pg_depend d on d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass
-                and d.objid = ad.oid and d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
-               join pg_catalog.pg_class sc on sc.oid = d.refobjid and sc.relkind = 'S'
-              where ad.adrelid in (select oid from rel)),
+             select d.ref, d.rel
+               from deps d
+               join pg_catalog.pg_class sc on sc.oid = d.ref and sc.relkind = 'S'
+              where d.dependent = 'pg_catalog.pg_attrdef'::pg_catalog.regclass
+                and d.refclass = 'pg_catalog.pg_class'::pg_catalog.regclass),
          used(oid) as (
              select {col_type}
                from pg_catalog.pg_attribute a
