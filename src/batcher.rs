@@ -143,7 +143,7 @@ impl BatchBounds {
         target: &str,
         seq: i64,
     ) -> Result<Self, StepError> {
-        let context = || format!("reading batch {seq}");
+        let context = format!("reading batch {seq}");
         let st = prepared
             .get(
                 client,
@@ -151,13 +151,13 @@ impl BatchBounds {
                     "select snap_from::text, snap_to::text, filter, txids::text[]
                        from {schema}.batch where target = $1 and seq = $2"
                 ),
+                &context,
             )
-            .await
-            .map_err(StepError::db(context()))?;
+            .await?;
         let row = client
             .query_one(&st, &[&target, &seq])
             .await
-            .map_err(StepError::db(context()))?;
+            .map_err(StepError::db(context))?;
         Ok(Self {
             snap_from: row.get(0),
             snap_to: row.get(1),
@@ -230,15 +230,9 @@ impl Batcher {
     ) -> Result<u64, StepError> {
         let s = &self.schema;
         let tx = client.transaction().await.map_err(StepError::db("begin"))?;
-        let on = &tx;
-        let prepare = |sql: String, context: &'static str| async move {
-            self.prepared
-                .get(on, &sql)
-                .await
-                .map_err(StepError::db(context))
-        };
-        let st = prepare(
-            format!("select next_seq, last_snapshot::text, state from {s}.target_state where target = $1 for update"),
+        let st = self.prepared.get(
+            &tx,
+            &format!("select next_seq, last_snapshot::text, state from {s}.target_state where target = $1 for update"),
             "reading target state",
         )
         .await?;
@@ -256,11 +250,14 @@ impl Batcher {
         if row.get::<_, &str>(2) == "TERMINATED" {
             return Ok(0); // a terminated mirror gets no more batches
         }
-        let st = prepare(
-            "select pg_current_snapshot()::text".into(),
-            "taking a snapshot",
-        )
-        .await?;
+        let st = self
+            .prepared
+            .get(
+                &tx,
+                "select pg_current_snapshot()::text",
+                "taking a snapshot",
+            )
+            .await?;
         let now: String = tx
             .query_one(&st, &[])
             .await
@@ -304,8 +301,9 @@ impl Batcher {
                 last.1 += n;
             }
             let split = groups.len() > 1;
-            let st = prepare(
-                format!(
+            let st = self.prepared.get(
+                &tx,
+                &format!(
                     "insert into {s}.batch (target, seq, snap_from, snap_to, txids, filter, events)
                      values ($1, $2, $3::text::pg_snapshot, $4::text::pg_snapshot, $5::text[]::xid8[], $6, $7)"
                 ),
@@ -325,8 +323,9 @@ impl Batcher {
                 made += 1;
             }
         }
-        let st = prepare(
-            format!(
+        let st = self.prepared.get(
+            &tx,
+            &format!(
                 "update {s}.target_state set next_seq = $2, last_snapshot = $3::text::pg_snapshot where target = $1"
             ),
             "advancing the target cursor",

@@ -19,16 +19,21 @@ use crate::tls::Tls;
 pub struct Prepared(std::sync::Mutex<std::collections::HashMap<String, tokio_postgres::Statement>>);
 
 impl Prepared {
-    /// `sql` prepared on `client`'s connection (the first time, prepared now).
+    /// `sql` prepared on `client`'s connection (the first time, prepared now); a failure
+    /// names `context`.
     pub async fn get<C: tokio_postgres::GenericClient>(
         &self,
         client: &C,
         sql: &str,
-    ) -> Result<tokio_postgres::Statement, tokio_postgres::Error> {
+        context: &str,
+    ) -> Result<tokio_postgres::Statement, crate::stage::StepError> {
         if let Some(st) = self.lock().get(sql) {
             return Ok(st.clone());
         }
-        let st = client.prepare(sql).await?;
+        let st = client
+            .prepare(sql)
+            .await
+            .map_err(crate::stage::StepError::db(context))?;
         self.lock().insert(sql.to_string(), st.clone());
         Ok(st)
     }

@@ -110,19 +110,6 @@ impl Transmitter {
         })
     }
 
-    /// `sql` prepared on `client`'s connection, once.
-    async fn statement(
-        &self,
-        client: &Client,
-        sql: &str,
-        context: &str,
-    ) -> Result<tokio_postgres::Statement, StepError> {
-        self.prepared
-            .get(client, sql)
-            .await
-            .map_err(StepError::db(context))
-    }
-
     fn request(
         &self,
         method: Method,
@@ -192,7 +179,8 @@ impl Transmitter {
         let s = &self.schema;
         let context = "reading target state";
         let st = self
-            .statement(
+            .prepared
+            .get(
                 client,
                 &format!("select next_seq from {s}.target_state where target = $1"),
                 context,
@@ -215,7 +203,8 @@ impl Transmitter {
         }
         let context = "recording the acknowledged position";
         let st = self
-            .statement(
+            .prepared
+            .get(
                 client,
                 &format!(
                     "with a as (update {s}.batch set acked_at = clock_timestamp()
@@ -481,7 +470,8 @@ impl Transmitter {
         let s = &self.schema;
         let context = "reading pending schema changes";
         let st = self
-            .statement(
+            .prepared
+            .get(
                 client,
                 &format!(
                     "select d.version, d.statements::text from {s}.ddl d
@@ -552,7 +542,7 @@ impl Transmitter {
                     ddlwatcher::base_type_sql("a.atttypid"),
                     key = ddlwatcher::key_index_sql("c.oid"),
                 );
-        let st = self.statement(client, &sql, context).await?;
+        let st = self.prepared.get(client, &sql, context).await?;
         let rows = client
             .query(&st, &[&oids, &self.target])
             .await
@@ -923,7 +913,8 @@ impl Transmitter {
         let s = &self.schema;
         let context = "finding the next batch";
         let st = self
-            .statement(
+            .prepared
+            .get(
                 client,
                 &format!(
                     "select seq from {s}.batch where target = $1 and acked_at is null and seq > $2
@@ -1025,7 +1016,8 @@ impl Transmitter {
                 if ddl >= 0 {
                     let context = "recording the applied schema version";
                     let st = self
-                        .statement(
+                        .prepared
+                        .get(
                             client,
                             &format!("update {s}.target_state set acked_ddl = greatest(acked_ddl, $2) where target = $1"),
                             context,
@@ -1087,7 +1079,8 @@ impl Transmitter {
         let [i, u, d, t] = &rows.counts;
         let context = "counting the batch's rows per table";
         let st = self
-            .statement(
+            .prepared
+            .get(
                 client,
                 &format!(
                     "insert into {s}.table_rows as r (target, schema_name, table_name, inserts, updates, deletes, truncates)
