@@ -1261,6 +1261,11 @@ async fn functions_of_other_schemas_that_tables_call_reach_the_target() -> anyho
          create function util.clamp(v int) returns int language plpgsql immutable
              as $$ begin return \"util2\" . top(v); end $$;
          create function util.\"Cap\"(v int) returns int language sql immutable as 'select least(v, 1000)';
+         create schema util3;
+         create function util3.limit3(v int) returns int language sql immutable as 'select case when v = 7 then 0 else v end';
+         create schema \"Util 4\";
+         create function \"Util 4\".limit3(v int) returns int language sql immutable as 'select v';
+         create function \"Util 4\".\"Floor\"(v int) returns int language sql immutable as 'select greatest(v, 0)';
          create sequence util.ticket start 500;
          create sequence util.unused_seq;
          create schema app;
@@ -1268,10 +1273,17 @@ async fn functions_of_other_schemas_that_tables_call_reach_the_target() -> anyho
              as $$ begin return util.clamp(v) = v; end $$;
          create function app.capped(v int) returns boolean language sql immutable
              begin atomic select util.\"Cap\"(v) = v; end;
+         create function app.ranged(v int) returns boolean language plpgsql immutable
+             set search_path = \"Util 4\", util3, pg_catalog
+             as $$ begin return \"Floor\" (v) = v; end $$;
+         create function app.ranged2(v int) returns boolean language plpgsql immutable
+             set search_path = util3, \"Util 4\"
+             as $$ begin return limit3(v) = v; end $$;
          create table app.t (id int primary key, code text default util.tag(),
                              v int constraint v_positive check (util.positive(v)), name text,
                              ticket bigint default nextval('util.ticket'),
-                             constraint v_valid check (app.valid(v)), constraint v_capped check (app.capped(v)));
+                             constraint v_valid check (app.valid(v)), constraint v_capped check (app.capped(v)),
+                             constraint v_ranged check (app.ranged2(v)));
          create index t_norm on app.t (util.norm(name));
          insert into app.t (id, v, name) values (1, 1, 'A'), (2, 2, 'B');",
         "",
@@ -1293,12 +1305,13 @@ async fn functions_of_other_schemas_that_tables_call_reach_the_target() -> anyho
     .await?;
     wait_equal_as(&src, &dst, &pair, Duration::from_secs(30)).await?;
     let functions = "select n from (select p.proname::text as n from pg_proc p
-                                     where p.pronamespace in ('util'::regnamespace, 'util2'::regnamespace)
+                                     where p.pronamespace in ('util'::regnamespace, 'util2'::regnamespace,
+                                                              'util3'::regnamespace, '\"Util 4\"'::regnamespace)
                                     union all select relname::text from pg_class where relnamespace = 'util'::regnamespace) o
                      order by n collate \"C\"";
     assert_eq!(
         texts(&dst, functions).await?,
-        ["Cap", "clamp", "norm", "positive", "stamp", "tag", "ticket", "top"],
+        ["Cap", "Floor", "clamp", "limit3", "norm", "positive", "stamp", "tag", "ticket", "top"],
         "the functions the table calls (also through the bodies of the functions its checks call) \
          and the sequence it draws from, not util.unused"
     );
@@ -1307,11 +1320,17 @@ async fn functions_of_other_schemas_that_tables_call_reach_the_target() -> anyho
                    order by 1";
     assert_eq!(
         texts(&dst, objects).await?,
-        ["t_norm", "v_capped", "v_positive", "v_valid"]
+        ["t_norm", "v_capped", "v_positive", "v_ranged", "v_valid"]
+    );
+    // A bare name in a function that sets its own search_path: the function of the first
+    // schema of that path that has one ("Util 4".limit3 stays behind).
+    assert_eq!(
+        texts(&dst, "select p.oid::regprocedure::text from pg_proc p where p.proname in ('limit3', 'Floor') order by 1").await?,
+        ["\"Util 4\".\"Floor\"(integer)", "util3.limit3(integer)"]
     );
     // The checks run on the target: a row they refuse there is refused (the ticket given,
     // so that the sequence stays where the source's is).
-    for (v, check) in [("500", "v_valid"), ("5000", "v_capped")] {
+    for (v, check) in [("500", "v_valid"), ("5000", "v_capped"), ("7", "v_ranged")] {
         let e = dst
             .batch_execute(&format!(
                 "insert into copy.t (id, v, ticket) values (99, {v}, 0)"
@@ -1376,7 +1395,10 @@ async fn functions_of_other_schemas_that_tables_call_reach_the_target() -> anyho
     .await?;
     assert_eq!(
         texts(&dst, functions).await?,
-        ["Cap", "clamp", "more", "norm", "positive", "stamp", "tag", "ticket", "top"]
+        [
+            "Cap", "Floor", "clamp", "limit3", "more", "norm", "positive", "stamp", "tag",
+            "ticket", "top"
+        ]
     );
     source.shutdown().await?;
     target.shutdown().await?;

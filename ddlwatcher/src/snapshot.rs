@@ -322,7 +322,7 @@ fn build_sql() -> String {
         base_type = user_type_sql("t.typbasetype"),
         type_ext = extension_sql("pg_catalog.pg_type", "t.oid"),
         proc_ext = extension_sql("pg_catalog.pg_proc", "p.oid"),
-        named = NAMED_IN_BODY,
+        named = named_in_body_sql(),
         view_ext = extension_sql("pg_catalog.pg_class", "c.oid"),
         // Collations of user schemas that columns use: the provider's own fields are read
         // from the row as JSON (their names differ between PostgreSQL versions).
@@ -330,30 +330,66 @@ fn build_sql() -> String {
     )
 }
 
-/// The functions the function `p` calls by a schema-qualified name in its body (SQL or
-/// PL/pgSQL: `util.norm(…)`, `"Util"."Norm" (…)`), and those a `BEGIN ATOMIC` body depends
-/// on; one column, `proc`. A name in a comment or a string literal counts too (the function
-/// then comes along unneeded); an unqualified call, resolved through the `search_path` when
-/// it runs, is not seen.
-const NAMED_IN_BODY: &str = r#"select q.oid as proc
-       from pg_catalog.regexp_matches(
-                case when p.prolang in (select l.oid from pg_catalog.pg_language l where l.lanname in ('sql', 'plpgsql'))
-                     then p.prosrc end,
-                '("(?:[^"]|"")+"|[[:alpha:]_][[:alnum:]_$]*)[[:space:]]*\.[[:space:]]*("(?:[^"]|"")+"|[[:alpha:]_][[:alnum:]_$]*)[[:space:]]*\(',
-                'g') m
-       join pg_catalog.pg_namespace qn
-         on qn.nspname = case when m[1] like '"%' then pg_catalog.replace(pg_catalog.substr(m[1], 2, pg_catalog.length(m[1]) - 2), '""', '"')
-                              else pg_catalog.lower(m[1]) end
-       join pg_catalog.pg_proc q
-         on q.pronamespace = qn.oid
-        and q.proname = case when m[2] like '"%' then pg_catalog.replace(pg_catalog.substr(m[2], 2, pg_catalog.length(m[2]) - 2), '""', '"')
-                             else pg_catalog.lower(m[2]) end
+/// An identifier as a regular expression matched it (`m[1]`) turned into the name it
+/// stands for: a quoted one unquoted, an unquoted one folded to lower case.
+fn ident_sql(m: &str) -> String {
+    format!(
+        "case when {m} like '\"%' then pg_catalog.replace(pg_catalog.substr({m}, 2, pg_catalog.length({m}) - 2), '\"\"', '\"') \
+         else pg_catalog.lower({m}) end"
+    )
+}
+
+/// An identifier, quoted or not, as a regular expression.
+const IDENT_RE: &str = r#"("(?:[^"]|"")+"|[[:alpha:]_][[:alnum:]_$]*)"#;
+
+/// The functions the function `p` calls in its body (SQL or PL/pgSQL); one column, `proc`:
+/// - by a schema-qualified name (`util.norm(…)`, `"Util"."Norm" (…)`);
+/// - by a bare name, when `p` fixes its own `search_path` (`SET search_path = util, …`,
+///   as SECURITY DEFINER functions should): the function of that name in the first schema
+///   of the path that has one (pg_catalog's own left out);
+/// - what a `BEGIN ATOMIC` body depends on.
+///
+/// A name in a comment or a string literal counts too (the function then comes along
+/// unneeded); a bare name in a function without its own `search_path` is resolved through
+/// the caller's when it runs, and is not seen.
+fn named_in_body_sql() -> String {
+    let lang = "p.prolang in (select l.oid from pg_catalog.pg_language l where l.lanname in ('sql', 'plpgsql'))";
+    format!(
+        r#"select q.oid as proc
+       from pg_catalog.regexp_matches(case when {lang} then p.prosrc end,
+                '{IDENT_RE}[[:space:]]*\.[[:space:]]*{IDENT_RE}[[:space:]]*\(', 'g') m
+       join pg_catalog.pg_namespace qn on qn.nspname = {schema}
+       join pg_catalog.pg_proc q on q.pronamespace = qn.oid and q.proname = {name}
       where qn.nspname not in ('pg_catalog', 'information_schema')
+     union
+     select f.oid
+       from (select distinct on (b.name) q.oid, b.name
+               from (select distinct {bare} as name
+                       from pg_catalog.regexp_matches(
+                                case when {lang} and pg_catalog.array_to_string(p.proconfig, ' ') like '%search_path=%'
+                                     then p.prosrc end,
+                                '(?:{IDENT_RE}[[:space:]]*\.)?[[:space:]]*{IDENT_RE}[[:space:]]*\(', 'g') m
+                      where m[1] is null) b
+               join (select {path_schema} as schema, s.pos
+                       from pg_catalog.unnest(p.proconfig) c(setting)
+                       cross join lateral pg_catalog.regexp_matches(pg_catalog.substr(c.setting, 13),
+                                '("(?:[^"]|"")*"|[^,[:space:]]+)', 'g') with ordinality s(m, pos)
+                      where c.setting like 'search_path=%') sp on true
+               join pg_catalog.pg_namespace sn on sn.nspname = sp.schema
+               join pg_catalog.pg_proc q on q.pronamespace = sn.oid and q.proname = b.name
+              where sn.nspname not in ('pg_catalog', 'information_schema')
+              order by b.name, sp.pos) f
      union
      select d.refobjid
        from pg_catalog.pg_depend d
       where d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass and d.objid = p.oid
-        and d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass"#;
+        and d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass"#,
+        schema = ident_sql("m[1]"),
+        name = ident_sql("m[2]"),
+        bare = ident_sql("m[2]"),
+        path_schema = ident_sql("s.m[1]"),
+    )
+}
 
 /// The catalog query: `$1` is a regular expression on `schema.table` selecting the tables,
 /// `$2` the replicator's own schema (never replicated). Returns one `json` value.
