@@ -1279,11 +1279,14 @@ async fn functions_of_other_schemas_that_tables_call_reach_the_target() -> anyho
          create function app.ranged2(v int) returns boolean language plpgsql immutable
              set search_path = util3, \"Util 4\"
              as $$ begin return limit3(v) = v; end $$;
+         create function app.ranged3(v int) returns boolean language plpgsql immutable
+             set search_path = app, pg_catalog
+             as $$ begin return ranged2(v); end $$;
          create table app.t (id int primary key, code text default util.tag(),
                              v int constraint v_positive check (util.positive(v)), name text,
                              ticket bigint default nextval('util.ticket'),
                              constraint v_valid check (app.valid(v)), constraint v_capped check (app.capped(v)),
-                             constraint v_ranged check (app.ranged2(v)));
+                             constraint v_ranged check (app.ranged3(v)));
          create index t_norm on app.t (util.norm(name));
          insert into app.t (id, v, name) values (1, 1, 'A'), (2, 2, 'B');",
         "",
@@ -1327,6 +1330,11 @@ async fn functions_of_other_schemas_that_tables_call_reach_the_target() -> anyho
     assert_eq!(
         texts(&dst, "select p.oid::regprocedure::text from pg_proc p where p.proname in ('limit3', 'Floor') order by 1").await?,
         ["\"Util 4\".\"Floor\"(integer)", "util3.limit3(integer)"]
+    );
+    // A function's own search_path names the schema it is written to on the target.
+    assert_eq!(
+        texts(&dst, "select array_to_string(proconfig, ' ') from pg_proc where oid = 'copy.ranged3'::regproc").await?,
+        ["search_path=copy, pg_catalog"]
     );
     // The checks run on the target: a row they refuse there is refused (the ticket given,
     // so that the sequence stays where the source's is).

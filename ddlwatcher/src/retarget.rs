@@ -239,6 +239,31 @@ fn sql_function_body(options: &mut [protobuf::Node], map: &SchemaMap) -> Walk {
     Ok(())
 }
 
+/// A function's own `SET search_path TO 'app', 'pg_catalog'`: each replicated schema in
+/// it becomes the schema it is written to, so that the names the body leaves bare find on
+/// the target what they find on the source.
+fn search_path_setting(options: &mut [protobuf::Node], map: &SchemaMap) {
+    for o in options.iter_mut() {
+        let Some(NodeEnum::DefElem(d)) = o.node.as_mut() else {
+            continue;
+        };
+        let Some(NodeEnum::VariableSetStmt(v)) = d.arg.as_mut().and_then(|a| a.node.as_mut())
+        else {
+            continue;
+        };
+        if d.defname != "set" || !v.name.eq_ignore_ascii_case("search_path") {
+            continue;
+        }
+        for a in v.args.iter_mut() {
+            if let Some(NodeEnum::AConst(c)) = a.node.as_mut() {
+                if let Some(protobuf::a_const::Val::Sval(s)) = c.val.as_mut() {
+                    s.sval = map.map(&s.sval).to_string();
+                }
+            }
+        }
+    }
+}
+
 /// A PL/pgSQL body has no deparser: PostgreSQL's own SQL scanner finds each identifier
 /// token naming a replicated schema that qualifies a name (`app.t`, `"app".f(…)`,
 /// `app.t%rowtype`) and only those tokens are rewritten; string literals (dynamic SQL
@@ -474,6 +499,7 @@ fn walk_enum(n: &mut NodeEnum, map: &SchemaMap) -> Walk {
             all(&mut f.parameters, map)?;
             type_name(&mut f.return_type, map);
             sql_function_body(&mut f.options, map)?;
+            search_path_setting(&mut f.options, map);
             // A SQL-standard body (BEGIN ATOMIC … END, or RETURN …) is parsed already.
             opt(&mut f.sql_body, map)
         }
@@ -636,6 +662,25 @@ mod tests {
         )
         .unwrap();
         assert!(out.contains("from mirror.t"), "{out}");
+        // The function's own search_path: the replicated schema is the target's.
+        let out = statement(
+            "CREATE OR REPLACE FUNCTION app.q()\n RETURNS integer\n LANGUAGE plpgsql\n SET search_path TO 'app', 'pg_catalog', 'Other', ''\nAS $function$ begin return g(); end $function$",
+            &map(),
+        )
+        .unwrap();
+        assert!(
+            out.contains(r#"SET search_path TO mirror, pg_catalog, "Other", ''"#),
+            "{out}"
+        );
+        let out = statement(
+            "CREATE FUNCTION app.q() RETURNS int LANGUAGE sql SET work_mem = '64MB' SET search_path = app AS 'select 1'",
+            &map(),
+        )
+        .unwrap();
+        assert!(
+            out.contains(r#"work_mem TO "64MB""#) && out.contains("search_path TO mirror AS"),
+            "{out}"
+        );
     }
 
     #[test]
