@@ -280,12 +280,23 @@ impl Applier {
     pub async fn apply(&self, segments: &mut impl Segments) -> Result<Outcome, ApplyError> {
         let result = self.apply_batch(segments).await;
         if result.is_err() {
-            // The target's tables may have changed outside replication: read types anew.
+            // The target's tables may have changed outside replication: read their types
+            // and foreign keys anew.
             if let Ok(mut c) = self.column_types.lock() {
                 c.clear();
             }
+            self.forget_foreign_keys();
         }
         result
+    }
+
+    /// Forgets what the target's foreign keys were read to be: after schema changes, a
+    /// failed batch, and the foreign keys an initial load adds at its end (a key ON DELETE
+    /// CASCADE read as missing would hold the source's cascaded deletes for ever).
+    pub(crate) fn forget_foreign_keys(&self) {
+        if let Ok(mut c) = self.cascade_children.lock() {
+            c.clear();
+        }
     }
 
     async fn apply_batch(&self, segments: &mut impl Segments) -> Result<Outcome, ApplyError> {
@@ -459,10 +470,12 @@ impl Applier {
             });
         }
         if ddl.applied != applied_ddl {
-            // A table may have been dropped and made again: check its columns anew.
+            // A table may have been dropped and made again: check its columns and foreign
+            // keys anew.
             if let Ok(mut k) = self.extra_columns.lock() {
                 k.clear();
             }
+            self.forget_foreign_keys();
             tx.execute(
                 &format!(
                     "update {s}.ddl_applied set version = $3, applied_at = clock_timestamp() where source = $1 and target = $2"

@@ -86,6 +86,48 @@ async fn cascading_foreign_keys_apply_once() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A foreign key ON DELETE CASCADE that the target gets while replication runs (as the
+/// initial load adds them at its end, or by hand): the applier, which has applied deletes
+/// of the child table before, sees it, and accepts the source's cascaded deletes that the
+/// target's own cascade made already (the target role may not set
+/// session_replication_role here). Before, it kept what it had read first — no such key —
+/// and held the batch forever as "the target has diverged".
+#[tokio::test]
+async fn a_cascading_key_the_target_gets_later_is_seen() -> anyhow::Result<()> {
+    let p = Pair::new2(
+        SCHEMA,
+        "create schema app;
+         create table app.parent (id int primary key);
+         create table app.child (id int primary key, parent_id int not null);",
+    )
+    .await?;
+    let (source, target) = p.start_both("app.parent, app.child").await?;
+    let src = p.src().await?;
+    let dst = p.dst().await?;
+    let tables = ["app.parent", "app.child"];
+    src.batch_execute(
+        "insert into app.parent select generate_series(1, 10);
+         insert into app.child select g, g % 10 + 1 from generate_series(1, 100) g;
+         delete from app.child where id = 100;",
+    )
+    .await?;
+    wait_equal(&src, &dst, &tables, Duration::from_secs(20)).await?;
+    dst.batch_execute(
+        "alter table app.child add foreign key (parent_id) references app.parent on delete cascade",
+    )
+    .await?;
+    src.batch_execute("delete from app.parent where id <= 3")
+        .await?;
+    wait_equal(&src, &dst, &tables, Duration::from_secs(20)).await?;
+    assert_eq!(
+        scalar_i64(&dst, "select count(*) from app.child").await?,
+        70
+    );
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn roles_are_ordinary_and_application_roles_need_no_queue_grant() -> anyhow::Result<()> {
     let p = Pair::new(SCHEMA).await?;

@@ -620,6 +620,7 @@ impl Applier {
                 tx.commit().await.map_err(pg("commit"))?;
             }
         }
+        self.forget_foreign_keys();
         Ok(out)
     }
 }
