@@ -385,7 +385,9 @@ impl Applier {
                 message: format!("the COPY stream for {name} broke off: {e}"),
             })?;
             if let Ok(data) = frame.into_data() {
-                sink.send(data)
+                // Fed, not sent: the sink joins small frames and forwards large ones
+                // without waiting for each to be written (finish flushes the rest).
+                sink.feed(data)
                     .await
                     .map_err(pg(&format!("COPY into {name}")))?;
             }
