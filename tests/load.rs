@@ -197,6 +197,51 @@ async fn load_under_write_load_then_live_replication_is_exact() -> anyhow::Resul
     Ok(())
 }
 
+/// The load's first step waits for a batch being applied (here: a transaction holding the
+/// applied position's lock, as a batch does), so that no batch meets the tables the load
+/// creates before they are registered — a batch then either finished before they existed or
+/// waits for the load. Before, a batch in that moment found them empty, failed as "the
+/// target has diverged" and was retried.
+#[tokio::test]
+async fn the_load_waits_for_a_batch_being_applied() -> anyhow::Result<()> {
+    let p = Arc::new(Pair::new2(SOURCE, "").await?);
+    populate(&p, 1_000).await?;
+    let target = p.start_target(0).await?;
+    let port = target.local_addr.unwrap().port();
+    let cfg = source_config(&p, port)?;
+    let mut dst = p.dst().await?;
+    let batch = dst.transaction().await?;
+    batch
+        .execute(
+            "insert into teleport.applied (source, target, seq) values ($1, 't1', 0)",
+            &[&cfg.database.name],
+        )
+        .await?;
+    let load = tokio::spawn({
+        let cfg = cfg.clone();
+        async move { load::run(&cfg, opts(false)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let probe = p.dst().await?;
+    assert_eq!(
+        texts(
+            &probe,
+            "select coalesce(to_regclass('app.big')::text, 'none')"
+        )
+        .await?,
+        ["none"],
+        "the load created its tables while a batch was being applied"
+    );
+    assert!(!load.is_finished());
+    batch.commit().await?;
+    let summary = tokio::time::timeout(Duration::from_secs(60), load).await???;
+    assert_eq!(summary.tables, TABLES.len(), "{summary}");
+    let src = p.src().await?;
+    wait_equal_checksum(&src, &probe, TABLES, Duration::from_secs(10)).await?;
+    target.shutdown().await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn killed_load_resumes_without_duplicates() -> anyhow::Result<()> {
     let p = Arc::new(Pair::new2(SOURCE, "").await?);

@@ -47,6 +47,22 @@ impl Applier {
         let map = map_for(&msg.apply_schema, &msg.tables);
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg("begin"))?;
+        // The applied position's lock, which every batch of this source takes first: a batch
+        // being applied finishes before the tables appear, and the next one sees them
+        // registered (and waits for the load) rather than meeting them empty.
+        let s = &self.schema;
+        tx.execute(
+            &format!("insert into {s}.applied (source, target, seq) values ($1, $2, 0) on conflict do nothing"),
+            &[&msg.source, &msg.target],
+        )
+        .await
+        .map_err(pg("registering the source"))?;
+        tx.execute(
+            &format!("select 1 from {s}.applied where source = $1 and target = $2 for update"),
+            &[&msg.source, &msg.target],
+        )
+        .await
+        .map_err(pg("locking the applied position"))?;
         let replicated = map.target_schemas();
         for schema in &replicated {
             tx.batch_execute(&format!(
@@ -157,7 +173,6 @@ impl Applier {
                     "function not created on the target; create it by hand");
             }
         }
-        let s = &self.schema;
         let mut states = Vec::new();
         let mut refused = Vec::new();
         for t in &msg.tables {
