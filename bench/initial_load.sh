@@ -21,9 +21,6 @@ MINIMAL="-c wal_level=minimal -c max_wal_senders=0"
 # No autovacuum on the target: it would vacuum one method's freshly loaded tables while the
 # next method runs. Each method starts after a checkpoint and with the page cache written back.
 start_cluster "$WORK/src" "$SP" "$MINIMAL"; start_cluster "$WORK/dst" "$DP" "$MINIMAL -c autovacuum=off"
-psql_s() { "$PG_BINDIR/psql" -h 127.0.0.1 -p "$SP" -U postgres -X -q -v ON_ERROR_STOP=1 "$@"; }
-psql_d() { "$PG_BINDIR/psql" -h 127.0.0.1 -p "$DP" -U postgres -X -q -v ON_ERROR_STOP=1 "$@"; }
-quiesce() { psql_s -c checkpoint; psql_d -c checkpoint; sync; }
 
 echo "building the data set (scale $SCALE) …"
 psql_s -c "create role bench login password 'bench'" -c "create database bench owner bench"

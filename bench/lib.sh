@@ -25,6 +25,11 @@ stop_clusters() {
     rm -rf "$WORK"
 }
 now() { date +%s.%N; }
+# psql as postgres on the source ($SP) and the target ($DP) cluster; quiesce: both
+# checkpointed and the page cache written back, so a timed step does not pay for the last one.
+psql_s() { "$PG_BINDIR/psql" -h 127.0.0.1 -p "$SP" -U postgres -X -q -v ON_ERROR_STOP=1 "$@"; }
+psql_d() { "$PG_BINDIR/psql" -h 127.0.0.1 -p "$DP" -U postgres -X -q -v ON_ERROR_STOP=1 "$@"; }
+quiesce() { psql_s -c checkpoint; psql_d -c checkpoint; sync; }
 # Two clusters (source on $SP, target on $DP; $TP free for the target instance) and the
 # processes in PIDS killed, the clusters removed, on exit.
 PIDS=()

@@ -17,9 +17,6 @@ trap stop_clusters EXIT
 SP=$(port); DP=$(port); TP=$(port)
 MINIMAL="-c wal_level=minimal -c max_wal_senders=0"
 start_cluster "$WORK/src" "$SP" "$MINIMAL"; start_cluster "$WORK/dst" "$DP" "$MINIMAL -c autovacuum=off"
-psql_s() { "$PG_BINDIR/psql" -h 127.0.0.1 -p "$SP" -U postgres -X -q -v ON_ERROR_STOP=1 "$@"; }
-psql_d() { "$PG_BINDIR/psql" -h 127.0.0.1 -p "$DP" -U postgres -X -q -v ON_ERROR_STOP=1 "$@"; }
-quiesce() { psql_s -c checkpoint; psql_d -c checkpoint; sync; }
 echo "building pgbench_accounts (scale $SCALE) …"
 psql_s -c "create role bench login password 'bench'" -c "create database bench owner bench"
 "$PG_BINDIR/pgbench" -h 127.0.0.1 -p "$SP" -U bench -i -s "$SCALE" -q --unlogged-tables bench >/dev/null 2>&1

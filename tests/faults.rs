@@ -697,7 +697,7 @@ async fn queue_stays_bounded_under_a_held_snapshot_and_resumes_after_a_held_tran
     let half = samples.len() / 2;
     let max_rows = |s: &[(i64, i64)]| s.iter().map(|x| x.0).max().unwrap_or(0);
     let max_bytes = |s: &[(i64, i64)]| s.iter().map(|x| x.1).max().unwrap_or(0);
-    let (early, late) = (&samples[..half], &samples[half..]);
+    let late = &samples[half..];
     // Bounded: the queue is emptied now and then all along — in the second half of the
     // hold too, its rows and the internal schema's size drop (a TRUNCATE of an event table
     // every batch of which was acknowledged). Held back by the snapshot, they would only
