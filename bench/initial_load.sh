@@ -72,7 +72,8 @@ method_b() {
     if command -v pgcopydb >/dev/null 2>&1; then
         BNAME="pgcopydb clone (2 jobs)"
         quiesce; t0=$(now)
-        PGCOPYDB_DIR="$WORK/pgcopydb" pgcopydb clone --source "host=127.0.0.1 port=$SP user=bench dbname=bench" --target "host=127.0.0.1 port=$DP user=postgres dbname=dst_b" --table-jobs 2 --index-jobs 2 --no-owner >/dev/null 2>&1
+        pgcopydb clone --dir "$WORK/pgcopydb" --source "host=127.0.0.1 port=$SP user=bench dbname=bench" --target "host=127.0.0.1 port=$DP user=postgres dbname=dst_b" --table-jobs 2 --index-jobs 2 --no-owner >"$WORK/pgcopydb.log" 2>&1 \
+            || { echo "pgcopydb clone failed:"; grep -E "ERROR|FATAL" "$WORK/pgcopydb.log" | head -20; exit 1; }
         t1=$(now)
     else
         BNAME="pg_dump -Fd -j 2 + pg_restore -j 2"
