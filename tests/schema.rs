@@ -1243,6 +1243,75 @@ async fn collations_reach(into: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A check whose function calls another by a bare name and sets no `search_path` of its
+/// own finds it through the caller's path: the source's writers have `app` in theirs, the
+/// target's applier has its role's. Without it there the batch holds, naming the function
+/// and losing nothing; with the path in the target's connection options (as the README
+/// says) it applies.
+#[tokio::test]
+async fn a_bare_call_in_a_check_needs_the_writers_search_path_on_the_target() -> anyhow::Result<()>
+{
+    let p = Pair::new(
+        "create schema app;
+         create function app.clamp(v int) returns int language sql immutable as 'select least(v, 100)';
+         create function app.valid(v int) returns boolean language plpgsql immutable
+             as $$ begin return clamp(v) = v; end $$;
+         create table app.t (id int primary key, v int constraint v_valid check (app.valid(v)));",
+    )
+    .await?;
+    let target = p.start_target(0).await?;
+    let port = target.local_addr.expect("target listens").port();
+    let source = p.start_source(port, "app.*", "").await?;
+    let (src, dst) = (p.src().await?, p.dst().await?);
+    wait_for("app.t on the target", Duration::from_secs(30), || async {
+        Ok(scalar_i64(
+            &dst,
+            "select count(*) from pg_class where oid = to_regclass('app.t')",
+        )
+        .await?
+            == 1)
+    })
+    .await?;
+    src.batch_execute(
+        "set search_path = app, public;
+         insert into app.t values (1, 5), (2, 100);
+         update app.t set v = 7 where id = 1;",
+    )
+    .await?;
+    wait_for(
+        "the batch to fail on the bare call",
+        Duration::from_secs(30),
+        || async { Ok(last_error(&src).await?.contains("clamp")) },
+    )
+    .await?;
+    let error = last_error(&src).await?;
+    assert!(
+        error.contains("function clamp(integer) does not exist"),
+        "{error}"
+    );
+    assert_eq!(scalar_i64(&dst, "select count(*) from app.t").await?, 0);
+    target.shutdown().await?;
+
+    // The writers' path in the target's connection options: the held batch applies.
+    let yaml = p.target_yaml(port).replacen(
+        "}\nserver:",
+        ", options: {options: \"-c search_path=app,public\"}}\nserver:",
+        1,
+    );
+    assert!(yaml.contains("search_path=app"), "{yaml}");
+    let cfg = Config::from_yaml(&yaml, Path::new("<test target>"), |_| None)?;
+    let target = pgteleport::instance::start(cfg).await?;
+    wait_equal(&src, &dst, &["app.t"], Duration::from_secs(30)).await?;
+    assert_eq!(rows(&dst, "app.t").await?, vec!["(1,7)", "(2,100)"]);
+    wait_for("the error to clear", Duration::from_secs(30), || async {
+        Ok(last_error(&src).await?.is_empty())
+    })
+    .await?;
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}
+
 /// Functions and a sequence of a schema that is not replicated, called (drawn from) by a
 /// replicated table's defaults, check and index expression, under `apply_schema`: the
 /// snapshot creates them (and their schema, keeping its name) before the table; one a
