@@ -133,6 +133,53 @@ pub async fn install(client: &mut Client, config: &Config) -> Result<Installed, 
     installed
 }
 
+/// The functions the replicated tables use (`used_by`: their defaults, checks, generated
+/// columns and indexes, directly or through other bodies) that call a function of a user
+/// schema by a bare name without setting a `search_path` of their own: on the target such
+/// a name is looked up through the applier's connection. Names that PostgreSQL's own
+/// functions have (`lower(`, `coalesce(`) are not counted, nor quoted ones. Returns each
+/// function's signature and the names it calls that way, `, `-separated.
+pub async fn bare_calls(
+    client: &impl tokio_postgres::GenericClient,
+    catalog: &Catalog,
+) -> Result<Vec<(String, String)>, tokio_postgres::Error> {
+    let oids: Vec<u32> = catalog
+        .functions
+        .iter()
+        .filter(|f| !f.used_by.is_empty())
+        .map(|f| f.oid)
+        .collect();
+    if oids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = client
+        .query(
+            r#"select p.oid::pg_catalog.regprocedure::text,
+                      pg_catalog.string_agg(distinct m.name, ', ' order by m.name)
+                 from pg_catalog.pg_proc p
+                 cross join lateral (
+                     select pg_catalog.lower(x[1]) as name
+                       from pg_catalog.regexp_matches(p.prosrc,
+                                '(?:^|[^.[:alnum:]_$"])([[:alpha:]_][[:alnum:]_$]*)[[:space:]]*\(', 'g') x) m
+                where p.oid = any($1::pg_catalog.oid[])
+                  and p.prolang in (select l.oid from pg_catalog.pg_language l where l.lanname in ('sql', 'plpgsql'))
+                  and coalesce(pg_catalog.array_to_string(p.proconfig, ' '), '') not like '%search_path=%'
+                  and exists (select 1 from pg_catalog.pg_proc q
+                                join pg_catalog.pg_namespace n on n.oid = q.pronamespace
+                               where q.proname = m.name
+                                 and n.nspname not in ('pg_catalog', 'information_schema')
+                                 and n.nspname not like 'pg\_%')
+                  and not exists (select 1 from pg_catalog.pg_proc c
+                                   where c.proname = m.name
+                                     and c.pronamespace = 'pg_catalog'::pg_catalog.regnamespace)
+                group by p.oid
+                order by 1"#,
+            &[&oids],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
 async fn install_locked(client: &mut Client, config: &Config) -> Result<Installed, InstallError> {
     let schema = &config.internal_schema;
     db::migrate(client, schema, "source", SOURCE_SQL)
@@ -158,6 +205,18 @@ async fn install_locked(client: &mut Client, config: &Config) -> Result<Installe
             })?;
         if catalog.tables.is_empty() {
             tracing::warn!(target = %name, expression = %expr.as_str(), "target_expression matches no table yet");
+        }
+        match bare_calls(&*client, &catalog).await {
+            Ok(found) => {
+                for (function, calls) in found {
+                    tracing::warn!(target = %name, %function, %calls,
+                        "a function the replicated tables use calls these by a bare name and sets no search_path of its own: \
+                         on the target they are looked up in the applier's search_path, and batches hold if they are not found there. \
+                         Give the function its own (ALTER FUNCTION … SET search_path = …) or the target's connection the writers' \
+                         (database.options.options: \"-c search_path=…\")");
+                }
+            }
+            Err(e) => tracing::debug!(error = %db::describe(&e), "looking for bare calls failed"),
         }
         // A destination name must not be one another replicated table keeps.
         let tables = catalog

@@ -1256,9 +1256,31 @@ async fn a_bare_call_in_a_check_needs_the_writers_search_path_on_the_target() ->
          create function app.clamp(v int) returns int language sql immutable as 'select least(v, 100)';
          create function app.valid(v int) returns boolean language plpgsql immutable
              as $$ begin return clamp(v) = v; end $$;
-         create table app.t (id int primary key, v int constraint v_valid check (app.valid(v)));",
+         create function app.valid2(v int) returns boolean language plpgsql immutable
+             set search_path = app, pg_catalog
+             as $$ begin return clamp(v) = v; end $$;
+         create function app.small(v int) returns boolean language sql immutable
+             as 'select least(v, 1000) = v and lower(''x'') = ''x''';
+         create function app.unused(v int) returns boolean language plpgsql immutable
+             as $$ begin return clamp(v) = v; end $$;
+         create table app.t (id int primary key,
+                             v int constraint v_valid check (app.valid(v)) constraint v_valid2 check (app.valid2(v))
+                                   constraint v_small check (app.small(v)));",
     )
     .await?;
+    // What the source instance warns of at start: the one function a table uses that calls
+    // a user function by a bare name without a search_path of its own.
+    let catalog = ddlwatcher::Catalog::read(
+        &p.src().await?,
+        &ddlwatcher::TargetExpression::parse("app.*")?,
+        "teleport",
+    )
+    .await?;
+    let found = pgteleport::capture::bare_calls(&p.src().await?, &catalog).await?;
+    assert_eq!(
+        found,
+        vec![("app.valid(integer)".to_string(), "clamp".to_string())]
+    );
     let target = p.start_target(0).await?;
     let port = target.local_addr.expect("target listens").port();
     let source = p.start_source(port, "app.*", "").await?;
