@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use ddlwatcher::{qualified, quote_ident, Catalog, Table, TargetExpression};
+use ddlwatcher::{qualified, quote_ident, snapshot, Catalog, Table, TargetExpression};
 use tokio_postgres::Client;
 
 use crate::config::Config;
@@ -136,9 +136,10 @@ pub async fn install(client: &mut Client, config: &Config) -> Result<Installed, 
 /// The functions the replicated tables use (`used_by`: their defaults, checks, generated
 /// columns and indexes, directly or through other bodies) that call a function of a user
 /// schema by a bare name without setting a `search_path` of their own: on the target such
-/// a name is looked up through the applier's connection. Names that PostgreSQL's own
-/// functions have (`lower(`, `coalesce(`) are not counted, nor quoted ones. Returns each
-/// function's signature and the names it calls that way, `, `-separated.
+/// a name is looked up through the applier's connection. A bare call is read as the catalog
+/// snapshot reads one (`ddlwatcher::snapshot::bare_names_sql`, quoted names too); names
+/// that PostgreSQL's own functions have (`lower(`, `coalesce(`) are not counted. Returns
+/// each function's signature and the names it calls that way, `, `-separated.
 pub async fn bare_calls(
     client: &impl tokio_postgres::GenericClient,
     catalog: &Catalog,
@@ -152,31 +153,28 @@ pub async fn bare_calls(
     if oids.is_empty() {
         return Ok(Vec::new());
     }
-    let rows = client
-        .query(
-            r#"select p.oid::pg_catalog.regprocedure::text,
-                      pg_catalog.string_agg(distinct m.name, ', ' order by m.name)
-                 from pg_catalog.pg_proc p
-                 cross join lateral (
-                     select pg_catalog.lower(x[1]) as name
-                       from pg_catalog.regexp_matches(p.prosrc,
-                                '(?:^|[^.[:alnum:]_$"])([[:alpha:]_][[:alnum:]_$]*)[[:space:]]*\(', 'g') x) m
-                where p.oid = any($1::pg_catalog.oid[])
-                  and p.prolang in (select l.oid from pg_catalog.pg_language l where l.lanname in ('sql', 'plpgsql'))
-                  and coalesce(pg_catalog.array_to_string(p.proconfig, ' '), '') not like '%search_path=%'
-                  and exists (select 1 from pg_catalog.pg_proc q
-                                join pg_catalog.pg_namespace n on n.oid = q.pronamespace
-                               where q.proname = m.name
-                                 and n.nspname not in ('pg_catalog', 'information_schema')
-                                 and n.nspname not like 'pg\_%')
-                  and not exists (select 1 from pg_catalog.pg_proc c
-                                   where c.proname = m.name
-                                     and c.pronamespace = 'pg_catalog'::pg_catalog.regnamespace)
-                group by p.oid
-                order by 1"#,
-            &[&oids],
-        )
-        .await?;
+    let sql = format!(
+        "select p.oid::pg_catalog.regprocedure::text,
+                pg_catalog.string_agg(m.name, ', ' order by m.name)
+           from pg_catalog.pg_proc p
+           cross join lateral ({bare}) m
+          where p.oid = any($1::pg_catalog.oid[])
+            and {lang} and not {own_path}
+            and exists (select 1 from pg_catalog.pg_proc q
+                          join pg_catalog.pg_namespace n on n.oid = q.pronamespace
+                         where q.proname = m.name
+                           and n.nspname not in ('pg_catalog', 'information_schema')
+                           and n.nspname not like 'pg\\_%')
+            and not exists (select 1 from pg_catalog.pg_proc c
+                             where c.proname = m.name
+                               and c.pronamespace = 'pg_catalog'::pg_catalog.regnamespace)
+          group by p.oid
+          order by 1",
+        bare = snapshot::bare_names_sql("p.prosrc"),
+        lang = snapshot::body_is_read_sql("p"),
+        own_path = snapshot::own_search_path_sql("p"),
+    );
+    let rows = client.query(&sql, &[&oids]).await?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 

@@ -1263,13 +1263,16 @@ async fn a_bare_call_in_a_check_needs_the_writers_search_path_on_the_target() ->
              as 'select least(v, 1000) = v and lower(''x'') = ''x''';
          create function app.unused(v int) returns boolean language plpgsql immutable
              as $$ begin return clamp(v) = v; end $$;
+         create function app.\"Clamp3\"(v int) returns int language sql immutable as 'select least(v, 200)';
+         create function app.valid3(v int) returns boolean language plpgsql immutable
+             as $$ begin return \"Clamp3\" (v) = v; end $$;
          create table app.t (id int primary key,
                              v int constraint v_valid check (app.valid(v)) constraint v_valid2 check (app.valid2(v))
-                                   constraint v_small check (app.small(v)));",
+                                   constraint v_small check (app.small(v)) constraint v_valid3 check (app.valid3(v)));",
     )
     .await?;
-    // What the source instance warns of at start: the one function a table uses that calls
-    // a user function by a bare name without a search_path of its own.
+    // What the source instance warns of at start: the functions a table uses that call a
+    // user function by a bare name (quoted or not) without a search_path of their own.
     let catalog = ddlwatcher::Catalog::read(
         &p.src().await?,
         &ddlwatcher::TargetExpression::parse("app.*")?,
@@ -1279,7 +1282,10 @@ async fn a_bare_call_in_a_check_needs_the_writers_search_path_on_the_target() ->
     let found = pgteleport::capture::bare_calls(&p.src().await?, &catalog).await?;
     assert_eq!(
         found,
-        vec![("app.valid(integer)".to_string(), "clamp".to_string())]
+        vec![
+            ("app.valid(integer)".to_string(), "clamp".to_string()),
+            ("app.valid3(integer)".to_string(), "Clamp3".to_string())
+        ]
     );
     let target = p.start_target(0).await?;
     let port = target.local_addr.expect("target listens").port();

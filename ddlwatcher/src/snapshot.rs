@@ -342,6 +342,30 @@ fn ident_sql(m: &str) -> String {
 /// An identifier, quoted or not, as a regular expression.
 const IDENT_RE: &str = r#"("(?:[^"]|"")+"|[[:alpha:]_][[:alnum:]_$]*)"#;
 
+/// Whether the function row `p` (of `pg_proc`) has a body this module reads for the names it
+/// calls: SQL or PL/pgSQL.
+pub fn body_is_read_sql(p: &str) -> String {
+    format!("{p}.prolang in (select l.oid from pg_catalog.pg_language l where l.lanname in ('sql', 'plpgsql'))")
+}
+
+/// Whether the function row `p` (of `pg_proc`) sets its own `search_path`; never null.
+pub fn own_search_path_sql(p: &str) -> String {
+    format!("coalesce(pg_catalog.array_to_string({p}.proconfig, ' '), '') like '%search_path=%'")
+}
+
+/// The names `body` (an SQL text expression: a function's source, or null) calls by a bare
+/// name, `name(`, quoted or not, as the names they stand for; one column, `name`, each once.
+/// Qualified calls (`util.f(`) are not among them.
+pub fn bare_names_sql(body: &str) -> String {
+    format!(
+        r#"select distinct {bare} as name
+             from pg_catalog.regexp_matches({body},
+                      '(?:{IDENT_RE}[[:space:]]*\.)?[[:space:]]*{IDENT_RE}[[:space:]]*\(', 'g') m
+            where m[1] is null"#,
+        bare = ident_sql("m[2]"),
+    )
+}
+
 /// The functions the function `p` calls in its body (SQL or PL/pgSQL); one column, `proc`:
 /// - by a schema-qualified name (`util.norm(…)`, `"Util"."Norm" (…)`);
 /// - by a bare name, when `p` fixes its own `search_path` (`SET search_path = util, …`,
@@ -353,7 +377,7 @@ const IDENT_RE: &str = r#"("(?:[^"]|"")+"|[[:alpha:]_][[:alnum:]_$]*)"#;
 /// unneeded); a bare name in a function without its own `search_path` is resolved through
 /// the caller's when it runs, and is not seen.
 fn named_in_body_sql() -> String {
-    let lang = "p.prolang in (select l.oid from pg_catalog.pg_language l where l.lanname in ('sql', 'plpgsql'))";
+    let lang = body_is_read_sql("p");
     format!(
         r#"select q.oid as proc
        from pg_catalog.regexp_matches(case when {lang} then p.prosrc end,
@@ -364,12 +388,7 @@ fn named_in_body_sql() -> String {
      union
      select f.oid
        from (select distinct on (b.name) q.oid, b.name
-               from (select distinct {bare} as name
-                       from pg_catalog.regexp_matches(
-                                case when {lang} and pg_catalog.array_to_string(p.proconfig, ' ') like '%search_path=%'
-                                     then p.prosrc end,
-                                '(?:{IDENT_RE}[[:space:]]*\.)?[[:space:]]*{IDENT_RE}[[:space:]]*\(', 'g') m
-                      where m[1] is null) b
+               from ({bare}) b
                join (select {path_schema} as schema, s.pos
                        from pg_catalog.unnest(p.proconfig) c(setting)
                        cross join lateral pg_catalog.regexp_matches(pg_catalog.substr(c.setting, 13),
@@ -386,7 +405,10 @@ fn named_in_body_sql() -> String {
         and d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass"#,
         schema = ident_sql("m[1]"),
         name = ident_sql("m[2]"),
-        bare = ident_sql("m[2]"),
+        bare = bare_names_sql(&format!(
+            "case when {lang} and {} then p.prosrc end",
+            own_search_path_sql("p")
+        )),
         path_schema = ident_sql("s.m[1]"),
     )
 }
