@@ -115,6 +115,9 @@ pub struct Applier {
     /// Column types of target tables by `schema version/table` (a schema change makes a
     /// new key), for runs applied from text arrays.
     column_types: std::sync::Mutex<HashMap<String, std::sync::Arc<TargetColumns>>>,
+    /// The tables of the last batch part planned, and which of them could be reordered:
+    /// what the next batch's first part is planned with before the position lock.
+    last_reorderable: std::sync::Mutex<Option<(Vec<TableMeta>, Vec<bool>)>>,
 }
 
 /// What the applier needs of a target table's columns, read once per schema version.
@@ -217,6 +220,7 @@ impl Applier {
             cascade_children: Default::default(),
             extra_columns: Default::default(),
             column_types: Default::default(),
+            last_reorderable: Default::default(),
         })
     }
 
@@ -359,16 +363,43 @@ impl Applier {
         )
         .await
         .map_err(pg("registering the source"))?;
-        let applied: i64 = tx
-            .query_one(
-                &format!(
-                    "select seq from {s}.applied where source = $1 and target = $2 for update"
-                ),
-                &[&batch.source, &batch.target],
-            )
-            .await
+        let lock_sql =
+            format!("select seq from {s}.applied where source = $1 and target = $2 for update");
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
+            [&batch.source, &batch.target];
+        let (applied, early_plan) = {
+            let lock = tx.query_one(&lock_sql, &params);
+            let mut lock = std::pin::pin!(lock);
+            // Its first poll sends the lock's query; while the batch ahead holds the lock, the
+            // first part's runs are planned here — as they will be applied unless the tables'
+            // triggers or keys (read again under the lock), an initial load's copies or the
+            // schema version changed meanwhile.
+            let first_poll = futures_util::poll!(lock.as_mut());
+            let early_plan = match self.last_reorderable.lock() {
+                Ok(last) if batch.ddl.iter().all(|v| v.version <= done_ddl) => last
+                    .as_ref()
+                    .filter(|(tables, _)| *tables == batch.tables)
+                    .map(|(_, reorderable)| {
+                        let events: Vec<&Event> = batch.events.iter().collect();
+                        let plan = plan_runs(
+                            &events,
+                            &first_columns,
+                            &batch.tables,
+                            reorderable,
+                            self.batch_size,
+                        );
+                        (reorderable.clone(), plan)
+                    }),
+                _ => None,
+            };
+            let applied: i64 = match first_poll {
+                std::task::Poll::Ready(r) => r,
+                std::task::Poll::Pending => lock.await,
+            }
             .map_err(pg("locking the applied position"))?
             .get(0);
+            (applied, early_plan)
+        };
         let locked = started.elapsed();
         if batch.seq != applied + 1 {
             tx.rollback().await.map_err(pg("rollback"))?;
@@ -429,8 +460,17 @@ impl Applier {
                 loaded.insert((r.get(0), r.get(1)), snap);
             }
         }
+        // Planned before the lock for the batch as it is now: no copy holds its rows, and
+        // the same schema version (so the same tables, triggers and keys to reorder by).
+        let early_plan = early_plan.filter(|_| loaded.is_empty() && applied_ddl == done_ddl);
         let mut runs = self
-            .apply_events(&tx, batch, Some(first_columns), &loaded, &mut ddl)
+            .apply_events(
+                &tx,
+                batch,
+                Some((first_columns, early_plan)),
+                &loaded,
+                &mut ddl,
+            )
             .await?;
         let mut events = batch.events.len();
         let (mut part, mut last) = (batch.part, batch.last);
@@ -524,7 +564,7 @@ impl Applier {
         &self,
         tx: &deadpool_postgres::Transaction<'_>,
         batch: &Batch,
-        precomputed: Option<Vec<Vec<String>>>,
+        precomputed: Option<(Vec<Columns>, Option<EarlyPlan>)>,
         loaded: &HashMap<(String, String), Snapshot>,
         ddl: &mut DdlState<'_>,
     ) -> Result<usize, ApplyError> {
@@ -539,12 +579,12 @@ impl Applier {
         };
         // Events of transactions visible in a table's load snapshot are in its copy already.
         let mut events: Vec<&Event> = Vec::with_capacity(batch.events.len());
-        let mut columns: Vec<Vec<String>> = Vec::with_capacity(batch.events.len());
-        let mut all_columns = match precomputed {
-            Some(c) => c,
-            None => event_columns(batch)?,
-        }
-        .into_iter();
+        let mut columns: Vec<Columns> = Vec::with_capacity(batch.events.len());
+        let (all_columns, planned) = match precomputed {
+            Some((c, plan)) => (c, plan),
+            None => (event_columns(batch)?, None),
+        };
+        let mut all_columns = all_columns.into_iter();
         for e in &batch.events {
             let cols = all_columns.next().unwrap_or_default();
             if !e.op.is_stream_wide() {
@@ -571,6 +611,9 @@ impl Applier {
         // state is the same, in a few statements instead of one per source statement. A
         // constraint the new order trips (a unique value moved between rows) sends the
         // batch back to source order.
+        if events.is_empty() {
+            return Ok(0);
+        }
         self.ensure_extra_columns(tx, batch, &mut ddl.extra_columns_seen)
             .await?;
         let planning = std::time::Instant::now();
@@ -579,13 +622,21 @@ impl Applier {
         } else {
             Vec::new()
         };
-        let plan = plan_runs(
-            &events,
-            &columns,
-            &batch.tables,
-            &reorderable,
-            self.batch_size,
-        );
+        let plan = match planned {
+            Some((assumed, plan)) if assumed == reorderable => plan,
+            _ => plan_runs(
+                &events,
+                &columns,
+                &batch.tables,
+                &reorderable,
+                self.batch_size,
+            ),
+        };
+        if ddl.pending.is_empty() {
+            if let Ok(mut last) = self.last_reorderable.lock() {
+                *last = Some((batch.tables.clone(), reorderable));
+            }
+        }
         tracing::debug!(
             batch_seq = batch.seq,
             events = events.len(),
@@ -802,21 +853,45 @@ impl Applier {
         tx: &deadpool_postgres::Transaction<'_>,
         batch: &Batch,
         events: &[&Event],
-        columns: &[Vec<String>],
+        columns: &[Columns],
         runs: &[Vec<usize>],
         ddl: &mut DdlState<'_>,
     ) -> Result<(), ApplyError> {
+        let mut queued = InFlight::default();
+        let sent = self
+            .send_runs(tx, batch, events, columns, runs, ddl, &mut queued)
+            .await;
+        // A step that failed after runs were sent may have failed only because one of them
+        // did (the server refuses the rest of the transaction then): that run's error is
+        // the cause.
+        let finished = queued.finish().await;
+        finished.and(sent)
+    }
+
+    /// [`Self::apply_runs`]'s runs, sent into `queued` (and waited for where a step needs the
+    /// runs before it applied).
+    #[allow(clippy::too_many_arguments)]
+    async fn send_runs<'a>(
+        &self,
+        tx: &'a deadpool_postgres::Transaction<'_>,
+        batch: &Batch,
+        events: &[&Event],
+        columns: &[Columns],
+        runs: &[Vec<usize>],
+        ddl: &mut DdlState<'_>,
+        queued: &mut InFlight<'a>,
+    ) -> Result<(), ApplyError> {
         // Insert, update and delete runs are sent pipelined (each still one statement, in
         // order, in the batch's transaction) rather than one round trip at a time: a stream
-        // of small transactions is a long series of small runs. Anything else first waits
-        // for the queued runs.
+        // of small transactions is a long series of small runs. Each is sent as soon as it
+        // is built, so the server executes one run while the next one's values are built
+        // here. Anything else first waits for the runs sent.
         let keyless = |e: &Event| {
             batch
                 .tables
                 .get(e.table as usize)
                 .is_some_and(|t| t.key.is_empty())
         };
-        let mut queued: Vec<SetRun> = Vec::new();
         for indexes in runs {
             let first = events[indexes[0]];
             // Row events only: kind_of gives schema and sequence events a stand-in kind.
@@ -826,8 +901,8 @@ impl Applier {
                     kind_of(first, keyless(first)),
                     Kind::Insert | Kind::Update | Kind::Delete
                 );
-            if !pipelined && !queued.is_empty() {
-                execute_pipelined(tx, std::mem::take(&mut queued)).await?;
+            if !pipelined {
+                queued.finish().await?;
             }
             if first.op == Op::Sequences {
                 // Like a run: a sequence created by a pending version is made first.
@@ -875,10 +950,10 @@ impl Applier {
                 qualified(schema, &meta.name)
             };
             let union;
-            let cols = if indexes.iter().all(|&i| columns[i] == columns[indexes[0]]) {
+            let cols: &[String] = if indexes.iter().all(|&i| columns[i] == columns[indexes[0]]) {
                 &columns[indexes[0]]
             } else {
-                union = union_of(indexes.iter().map(|&i| columns[i].as_slice()));
+                union = union_of(indexes.iter().map(|&i| &columns[i][..]));
                 &union
             };
             let target_columns = if matches!(kind, Kind::Update | Kind::UpdateKey)
@@ -928,10 +1003,10 @@ impl Applier {
                     None => SetRun::prepare(tx, kind, meta, cols, &table, run, tolerate).await?,
                 };
                 if let Some(r) = r {
-                    queued.push(r);
+                    queued.send(tx, r).await;
                 }
                 if queued.len() >= PIPELINE_DEPTH {
-                    execute_pipelined(tx, std::mem::take(&mut queued)).await?;
+                    queued.finish().await?;
                 }
             } else {
                 // Asked inside the step: a pending version may create the table first.
@@ -946,7 +1021,7 @@ impl Applier {
                 .await?;
             }
         }
-        execute_pipelined(tx, queued).await
+        Ok(())
     }
 }
 
@@ -954,30 +1029,48 @@ impl Applier {
 /// or an added column, older and newer events of one table carry different columns);
 /// empty for events without an image. Pure work: done for the first part before the
 /// batch waits for the target's position lock (while the batch before it applies).
-fn event_columns(batch: &Batch) -> Result<Vec<Vec<String>>, ApplyError> {
+fn event_columns(batch: &Batch) -> Result<Vec<Columns>, ApplyError> {
     let generated: Vec<&[String]> = batch
         .tables
         .iter()
         .map(|t| t.generated.as_slice())
         .collect();
+    // The events of a table mostly write the same columns: each list is kept once, shared.
+    let mut last: HashMap<u32, Columns> = HashMap::new();
+    let none: Columns = Columns::from(Vec::new());
     batch
         .events
         .iter()
         .map(|e| match (e.op, &e.data) {
             (Op::Insert | Op::Update, Some(d)) => {
                 let g = generated.get(e.table as usize).copied().unwrap_or(&[]);
-                Ok(crate::wire::object_keys(d)
-                    .map_err(|err| ApplyError::BadRequest {
-                        message: format!("event {}: row image is not a JSON object: {err}", e.id),
-                    })?
+                let bad = |err: serde_json::Error| ApplyError::BadRequest {
+                    message: format!("event {}: row image is not a JSON object: {err}", e.id),
+                };
+                if let Some(cols) = last.get(&e.table) {
+                    if crate::wire::object_keys_are(d, cols, g).map_err(bad)? {
+                        return Ok(cols.clone());
+                    }
+                }
+                let keys: Vec<String> = crate::wire::object_keys(d)
+                    .map_err(bad)?
                     .into_iter()
                     .filter(|c| !g.contains(c))
-                    .collect())
+                    .collect();
+                let cols = Columns::from(keys);
+                last.insert(e.table, cols.clone());
+                Ok(cols)
             }
-            _ => Ok(Vec::new()),
+            _ => Ok(none.clone()),
         })
         .collect()
 }
+
+/// A part's runs planned before the position lock, with the tables it took as reorderable.
+type EarlyPlan = (Vec<bool>, Plan);
+
+/// The columns an event's row image writes, shared between the events that write the same.
+type Columns = std::sync::Arc<[String]>;
 
 /// The runs a batch part is applied in: indexes into its events, in the order applied.
 struct Plan {
@@ -994,7 +1087,7 @@ struct Plan {
 /// event joins a run before it.
 fn plan_runs(
     events: &[&Event],
-    columns: &[Vec<String>],
+    columns: &[Columns],
     tables: &[TableMeta],
     reorderable: &[bool],
     batch_size: usize,
@@ -1024,7 +1117,7 @@ fn plan_runs(
         };
         let fits = |r: usize| runs[r].len() < batch_size && bytes[r] < MAX_STATEMENT_BYTES;
         let run = if let Some(row) = row {
-            let sig = (e.table, kind, columns[i].as_slice());
+            let sig = (e.table, kind, &columns[i][..]);
             let after = row_run
                 .get(&(e.table, row.clone()))
                 .copied()
@@ -1287,16 +1380,42 @@ fn run_parameter(kind: Kind, events: &[&Event]) -> (String, i64) {
     (json_array(parts.into_iter()), n)
 }
 
-/// Sends every run before reading any result. The statements are prepared already, so each
-/// run's first poll writes its Bind/Execute: they reach the server in this order and run
-/// in it. After a failure the server refuses the rest of the transaction, so the first
-/// error in order is the cause.
-async fn execute_pipelined(
-    tx: &deadpool_postgres::Transaction<'_>,
-    runs: Vec<SetRun>,
-) -> Result<(), ApplyError> {
-    let results = futures_util::future::join_all(runs.iter().map(|r| r.execute(tx))).await;
-    results.into_iter().collect()
+/// Runs sent to the server whose results are not read yet, in the order sent. A run is
+/// sent by the first poll of its statement's future (tokio-postgres writes the Bind/Execute
+/// then), so runs reach the server in the order given to [`InFlight::send`] and run in it;
+/// the server works on them while the caller builds the next. After a failure the server
+/// refuses the rest of the transaction, so the first error in order is the cause.
+#[derive(Default)]
+struct InFlight<'a> {
+    runs: Vec<RunFuture<'a>>,
+}
+
+type RunFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ApplyError>> + Send + 'a>>;
+
+impl<'a> InFlight<'a> {
+    fn len(&self) -> usize {
+        self.runs.len()
+    }
+
+    /// Sends `run` without waiting for its result.
+    async fn send(&mut self, tx: &'a deadpool_postgres::Transaction<'_>, run: SetRun) {
+        let tx: &'a Transaction<'_> = tx;
+        let mut fut: RunFuture<'a> = Box::pin(async move { run.execute(tx).await });
+        if let std::task::Poll::Ready(r) = futures_util::poll!(fut.as_mut()) {
+            fut = Box::pin(std::future::ready(r));
+        }
+        self.runs.push(fut);
+    }
+
+    /// Waits for every run sent; the first error in order.
+    async fn finish(&mut self) -> Result<(), ApplyError> {
+        let runs = std::mem::take(&mut self.runs);
+        futures_util::future::join_all(runs)
+            .await
+            .into_iter()
+            .collect()
+    }
 }
 
 /// Schema versions of a batch not applied yet, and the version applied.
@@ -2094,11 +2213,11 @@ mod tests {
 
     fn plan_of(events: &[Event], reorderable: &[bool]) -> Plan {
         let refs: Vec<&Event> = events.iter().collect();
-        let columns: Vec<Vec<String>> = refs
+        let columns: Vec<Columns> = refs
             .iter()
             .map(|e| match &e.data {
-                Some(d) => crate::wire::object_keys(d).unwrap(),
-                None => vec![],
+                Some(d) => crate::wire::object_keys(d).unwrap().into(),
+                None => Vec::new().into(),
             })
             .collect();
         plan_runs(
@@ -2131,9 +2250,13 @@ mod tests {
             change(5, "2", 8),
         ];
         let refs: Vec<&Event> = events.iter().collect();
-        let columns: Vec<Vec<String>> = refs
+        let columns: Vec<Columns> = refs
             .iter()
-            .map(|e| crate::wire::object_keys(e.data.as_deref().unwrap()).unwrap())
+            .map(|e| {
+                crate::wire::object_keys(e.data.as_deref().unwrap())
+                    .unwrap()
+                    .into()
+            })
             .collect();
         let deferrable = TableMeta {
             key_deferrable: true,

@@ -49,15 +49,28 @@ pub fn filter_condition(filter: &str) -> String {
                 .iter()
                 .map(|(schema, table)| {
                     format!(
-                        "(e.ev_schema like {} and e.ev_table like {})",
-                        ddlwatcher::quote_literal(schema),
-                        ddlwatcher::quote_literal(table)
+                        "({} and {})",
+                        like_condition("e.ev_schema", schema),
+                        like_condition("e.ev_table", table)
                     )
                 })
                 .collect();
             format!("({})", alternatives.join(" or "))
         }
         None => "(e.ev_schema::text || '.' || e.ev_table::text) ~ b.filter".into(),
+    }
+}
+
+/// `column like pattern`, or what it comes to without a LIKE: `true` for `%` (the name
+/// columns are never null), `=` for a pattern without wildcards (the common
+/// `target_expression: "public.*"` then costs an event one name comparison).
+fn like_condition(column: &str, pattern: &str) -> String {
+    if pattern == "%" {
+        "true".into()
+    } else if !pattern.contains(['%', '_', '\\']) {
+        format!("{column} = {}", ddlwatcher::quote_literal(pattern))
+    } else {
+        format!("{column} like {}", ddlwatcher::quote_literal(pattern))
     }
 }
 
@@ -263,6 +276,13 @@ impl Batcher {
             .await
             .map_err(StepError::db("taking a snapshot"))?
             .get(0);
+        // The interval's events read through the txid index, in its order: grouped by
+        // transaction as they come, without sorting them (a backlog of 500 000 events:
+        // 190 ms against 290 ms with the bitmap scan and sort the planner picks, its
+        // estimates taken while the queue table was nearly empty).
+        tx.batch_execute("set local enable_bitmapscan = off; set local work_mem = '32MB'")
+            .await
+            .map_err(StepError::db("setting the cut's parameters"))?;
         let txns = tx
             .query(
                 &format!(
@@ -387,6 +407,19 @@ mod tests {
         );
         assert_eq!(globs("a\\b.c|d"), Some(pairs(&[("a\\\\b", "c|d")])));
         assert_eq!(globs("é.ü*"), Some(pairs(&[("é", "ü%")])));
+    }
+
+    #[test]
+    fn a_pattern_without_wildcards_is_an_equality_and_a_lone_percent_no_condition() {
+        let regex = |e: &str| TargetExpression::parse(e).unwrap().to_regex();
+        assert_eq!(
+            filter_condition(&regex("public.*")),
+            "((e.ev_schema = 'public' and true))"
+        );
+        assert_eq!(
+            filter_condition(&regex("app.order_?, s?.a.b*")),
+            "((e.ev_schema = 'app' and e.ev_table like 'order\\__') or (e.ev_schema like 's_' and e.ev_table like 'a.b%'))"
+        );
     }
 
     #[test]

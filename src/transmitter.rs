@@ -377,11 +377,22 @@ impl Transmitter {
         };
         let mut current = segment(0, ddl);
         let (mut events, mut sent, mut payload) = (0usize, 0usize, 0usize);
+        // A full segment goes out when the next event arrives, or as the last one: a batch
+        // that fills its segments exactly sends no empty last part.
+        let mut full = false;
         while let Some(r) = rows
             .try_next()
             .await
             .map_err(StepError::db(format!("reading batch {seq}")))?
         {
+            if full {
+                let next = segment(current.part + 1, Vec::new());
+                let done = std::mem::replace(&mut current, next);
+                let bytes = writer.push(&done).map_err(encoding)?;
+                drop(done);
+                sent += emit(bytes).await?;
+                (full, payload) = (false, 0);
+            }
             let op_code: i8 = r.get(1);
             let op = Op::from_code(op_code).ok_or_else(|| {
                 StepError::Fatal(format!(
@@ -447,14 +458,7 @@ impl Transmitter {
                 + event.data.as_ref().map_or(0, |d| d.get().len());
             current.events.push(event);
             events += 1;
-            if current.events.len() >= self.segment_events || payload >= SEGMENT_BYTES {
-                let next = segment(current.part + 1, Vec::new());
-                let full = std::mem::replace(&mut current, next);
-                let bytes = writer.push(&full).map_err(encoding)?;
-                drop(full);
-                sent += emit(bytes).await?;
-                payload = 0;
-            }
+            full = current.events.len() >= self.segment_events || payload >= SEGMENT_BYTES;
         }
         current.last = true;
         let bytes = writer.push(&current).map_err(encoding)?;

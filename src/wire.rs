@@ -129,6 +129,24 @@ pub fn object_keys(raw: &RawValue) -> Result<Vec<String>, serde_json::Error> {
     Ok(keys)
 }
 
+/// Whether the keys of the object `raw`, less those in `skip`, are `names` in this order
+/// (without copying them).
+pub fn object_keys_are(
+    raw: &RawValue,
+    names: &[String],
+    skip: &[String],
+) -> Result<bool, serde_json::Error> {
+    let (mut at, mut same) = (0, true);
+    for_each_member(raw.get(), |k, _| {
+        if same && !skip.iter().any(|s| *s == k) {
+            same = names.get(at).is_some_and(|n| *n == k);
+            at += 1;
+        }
+        Ok(())
+    })?;
+    Ok(same && at == names.len())
+}
+
 /// The values of `names` in the object `raw` as PostgreSQL's input functions take them (a
 /// string's content, a number's or boolean's literal; `None` for null), in the order of
 /// `names`. `None` when a name is missing, a value is an array or an object (those need
@@ -580,6 +598,19 @@ fn check_ident(what: &str, s: &str) -> Result<(), DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_compare_in_order_without_the_skipped_ones() {
+        let raw = |s: &str| RawValue::from_string(s.to_string()).unwrap();
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let img = raw(r#"{"id":1,"g":2,"n\u00e9":"x"}"#);
+        assert!(object_keys_are(&img, &names(&["id", "né"]), &names(&["g"])).unwrap());
+        assert!(!object_keys_are(&img, &names(&["id", "g", "né"]), &names(&["g"])).unwrap());
+        assert!(!object_keys_are(&img, &names(&["né", "id"]), &names(&["g"])).unwrap());
+        assert!(!object_keys_are(&img, &names(&["id"]), &names(&["g"])).unwrap());
+        assert!(object_keys_are(&img, &names(&["id", "g", "né"]), &[]).unwrap());
+        assert!(object_keys_are(&raw("[1]"), &names(&["id"]), &[]).is_err());
+    }
 
     #[test]
     fn a_copy_header_travels_as_visible_ascii_and_reads_back_whole() {
