@@ -812,6 +812,60 @@ async fn without_replica_mode_tables_tied_by_a_foreign_key_keep_source_order() -
     Ok(())
 }
 
+/// The first part of a batch is planned while the batch waits for the target's position
+/// lock, with what the batch before found reorderable. A trigger created on the target
+/// between two batches makes its table keep source order from the next batch on: the plan
+/// made before the lock is made again under it. (Applied across transactions, every row of
+/// the second backlog would see all 60 rows of `app.b`.)
+#[tokio::test]
+async fn a_trigger_created_on_the_target_between_batches_keeps_the_next_in_source_order(
+) -> anyhow::Result<()> {
+    let schema = "
+create schema app;
+create table app.b (id int primary key);
+create table app.m (id int primary key, seen int);
+";
+    let p = Pair::new2(schema, schema).await?;
+    let (source, target) = p.start_both("app.*").await?;
+    let txn =
+        |i: i64| format!("insert into app.b values ({i}); insert into app.m values ({i}, null);");
+    let source = p.with_backlog(source, &target, "app.*", 30, txn).await?;
+    let (src, dst) = (p.src().await?, p.dst().await?);
+    wait_equal(&src, &dst, &["app.b", "app.m"], Duration::from_secs(30)).await?;
+    dst.batch_execute(
+        "create function app.count_b() returns trigger language plpgsql as
+           $$ begin new.seen := (select count(*) from app.b); return new; end $$;
+         create trigger count_b before insert on app.m for each row execute function app.count_b();
+         alter table app.m enable always trigger count_b;",
+    )
+    .await?;
+    let source = p
+        .with_backlog(source, &target, "app.*", 30, |i| txn(i + 30))
+        .await?;
+    wait_for(
+        "the second backlog on the target",
+        Duration::from_secs(30),
+        || async { Ok(scalar_i64(&dst, "select count(*) from app.m").await? == 60) },
+    )
+    .await?;
+    assert_eq!(
+        scalar_i64(&dst, "select count(distinct seen) from app.m where id > 30").await?,
+        30,
+        "each row of the second backlog saw the rows of app.b inserted before it"
+    );
+    assert_eq!(
+        scalar_i64(
+            &dst,
+            "select count(*) from app.m where id > 30 and seen <> id"
+        )
+        .await?,
+        0
+    );
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}
+
 /// Without replica mode a table whose foreign key refers to itself keeps source order: its
 /// rows are each other's parents, and a run spanning transactions could apply a child's
 /// move to a parent before the parent's delete, whose ON DELETE SET NULL then empties the
