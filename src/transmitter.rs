@@ -234,7 +234,9 @@ impl Transmitter {
     ) -> Result<Tables, StepError> {
         let s = &self.schema;
         // Every table in the batch's transactions, and whether the filter takes it: the
-        // regular expression runs once per table here, not once per event.
+        // regular expression runs once per table here, not once per event. Grouped by the
+        // name columns themselves, cast to text once per table (grouping by the casts sorted
+        // text made for each event: 6.6–7.7 ms against 5.6–6.3 ms for 10 000 events).
         let all = client
             .query(
                 &format!(
@@ -244,7 +246,7 @@ impl Transmitter {
                                     count(*) filter (where e.ev_op = 'D'), count(*) filter (where e.ev_op = 'T')
                                from {events} e
                               where e.ev_op not in ('S', 'Q')
-                              group by 1, 2, 3) g",
+                              group by e.ev_schema, e.ev_table, coalesce(e.ev_relid, 0::oid)) g",
                     events = batch_events_sql(s, None)
                 ),
                 &bounds.params(),
