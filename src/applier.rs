@@ -2,10 +2,12 @@
 //! (source, target) position, so a batch is applied exactly once whatever crashes.
 //!
 //! Consecutive events of one table and one kind are applied with one set-based statement
-//! (`INSERT … SELECT … FROM json_populate_recordset`, `UPDATE … FROM`, `DELETE … USING`);
-//! an UPDATE that changes the primary key is applied on its own. UPDATE and DELETE check
-//! that they matched every row they name: a row missing on the target is an error, never a
-//! silent no-op.
+//! (`INSERT … SELECT … FROM unnest` of a text array per column, or `json_populate_recordset`
+//! where values are arrays or objects; `UPDATE … FROM`, `DELETE … USING`); an UPDATE that
+//! changes the primary key is applied on its own. UPDATE and DELETE check that they matched
+//! every row they name: a row missing on the target is an error, never a silent no-op.
+//! Statements are sent as they are built ([`InFlight`]), and a batch's first part is
+//! planned while the batch waits for the position lock.
 
 use ddlwatcher::{qualified, quote_ident};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
