@@ -6,7 +6,7 @@
 //! where values are arrays or objects; `UPDATE … FROM`, `DELETE … USING`); an UPDATE that
 //! changes the primary key is applied on its own. UPDATE and DELETE check that they matched
 //! every row they name: a row missing on the target is an error, never a silent no-op.
-//! Statements are sent as they are built ([`InFlight`]), and a batch's first part is
+//! Statements are sent as they are built (`InFlight`), and a batch's first part is
 //! planned while the batch waits for the position lock.
 
 use ddlwatcher::{qualified, quote_ident};
