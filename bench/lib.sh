@@ -30,6 +30,22 @@ now() { date +%s.%N; }
 psql_s() { "$PG_BINDIR/psql" -h 127.0.0.1 -p "$SP" -U postgres -X -q -v ON_ERROR_STOP=1 "$@"; }
 psql_d() { "$PG_BINDIR/psql" -h 127.0.0.1 -p "$DP" -U postgres -X -q -v ON_ERROR_STOP=1 "$@"; }
 quiesce() { psql_s -c checkpoint; psql_d -c checkpoint; sync; }
+# Waits (at most 60 s) until the machine is nearly idle (below 15 % busy over half a
+# second): what ran before — a walsender decoding another backlog, autovacuum, a queue
+# being emptied — must not run into a timed step.
+wait_idle() {
+    python3 - <<'PY'
+import time
+def busy():
+    f = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    return sum(f) - f[3] - f[4], sum(f)
+end = time.time() + 60
+while time.time() < end:
+    b0, t0 = busy(); time.sleep(0.5); b1, t1 = busy()
+    if (b1 - b0) / max(t1 - t0, 1) < 0.15:
+        break
+PY
+}
 # Two clusters (source on $SP, target on $DP; $TP free for the target instance) and the
 # processes in PIDS killed, the clusters removed, on exit.
 PIDS=()

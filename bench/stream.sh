@@ -111,19 +111,7 @@ pipeline_pattern() { [ "$1" = nat ] && echo '^postgres: (walsender|logical repli
 # Waits (at most 60 s) until the machine is nearly idle: what one method left running — the
 # walsender decoding the other database's backlog, autovacuum, a queue being emptied — must
 # not run during the other method's timed apply.
-quiesce() {
-    python3 - <<'PY'
-import time
-def busy():
-    f = [int(x) for x in open("/proc/stat").readline().split()[1:]]
-    return sum(f) - f[3] - f[4], sum(f)
-end = time.time() + 60
-while time.time() < end:
-    b0, t0 = busy(); time.sleep(0.5); b1, t1 = busy()
-    if (b1 - b0) / max(t1 - t0, 1) < 0.15:
-        break
-PY
-}
+quiesce() { wait_idle; }
 wait_for() { # port db sql expected [timeout s]
     local deadline=$(( $(date +%s) + ${5:-1800} ))
     until [ "$(psql_at "$1" "$2" -c "$3")" = "$4" ]; do

@@ -52,19 +52,6 @@ wait_target() { # sql expected
         sleep "${3:-0.1}"
     done
 }
-idle() { # at most 60 s, until the machine is below 15 % busy
-    python3 - <<'PY'
-import time
-def busy():
-    f = [int(x) for x in open("/proc/stat").readline().split()[1:]]
-    return sum(f) - f[3] - f[4], sum(f)
-end = time.time() + 60
-while time.time() < end:
-    b0, t0 = busy(); time.sleep(0.5); b1, t1 = busy()
-    if (b1 - b0) / max(t1 - t0, 1) < 0.15:
-        break
-PY
-}
 first=${BUILDS%% *}; first=${first#*:}
 start_target "$first"; source_config "${BUILDS%%:*}"; start_source "$first"
 until [ "$(psql_at "$SP" tele -c "select count(*) from pg_trigger where tgname = 'pgteleport_capture'")" = 5 ]; do sleep 0.2; done
@@ -84,7 +71,7 @@ for round in $(seq 1 "$ROUNDS"); do
         wait_target "select (select count(*) from items) + (select count(*) from mark)" 0
         stop_source
         psql_at "$SP" tele -c "$BACKLOG"
-        idle
+        wait_idle
         t0=$(now); start_source "$bin"
         wait_target "select count(*) from mark" 1 0.02
         t1=$(now)
