@@ -46,6 +46,28 @@ while time.time() < end:
         break
 PY
 }
+# One cluster on $SP holding pgbench's tables (scale $1) in database bench of role bench,
+# with pgteleport's capture installed on them for a target that is never reached (no
+# instance runs): the setup of the benchmarks that measure the capture trigger alone.
+# Defines psql_su (the superuser) and psql_b (role bench, database bench, unaligned).
+pgbench_with_capture() {
+    trap stop_clusters EXIT
+    SP=$(port)
+    start_cluster "$WORK/src" "$SP"
+    psql_su() { "$PG_BINDIR/psql" -h 127.0.0.1 -p "$SP" -U postgres -X -q -v ON_ERROR_STOP=1 "$@"; }
+    psql_b() { "$PG_BINDIR/psql" -h 127.0.0.1 -p "$SP" -U bench -d bench -X -q -At -v ON_ERROR_STOP=1 "$@"; }
+    psql_su -c "create role bench login password 'bench'" -c "create database bench owner bench"
+    "$PG_BINDIR/pgbench" -h 127.0.0.1 -p "$SP" -U bench -i -s "$1" -q bench >/dev/null 2>&1
+    psql_b -c "alter table pgbench_history add column id bigserial primary key"
+    cat > "$WORK/source.yml" <<YML
+database: {name: variants, database: bench, hostname: 127.0.0.1, port: $SP, username: bench, password: bench}
+targets:
+  t:
+    target_expression: "public.pgbench_*"
+    endpoint: {hostname: 127.0.0.1, port: 9}
+YML
+    "$BIN" install --config "$WORK/source.yml" >/dev/null 2>&1
+}
 # Two clusters (source on $SP, target on $DP; $TP free for the target instance) and the
 # processes in PIDS killed, the clusters removed, on exit.
 PIDS=()

@@ -9,22 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 source bench/lib.sh
-trap stop_clusters EXIT
-SP=$(port)
-start_cluster "$WORK/src" "$SP"
-psql_su() { "$PG_BINDIR/psql" -h 127.0.0.1 -p "$SP" -U postgres -X -q -v ON_ERROR_STOP=1 "$@"; }
-psql_b() { "$PG_BINDIR/psql" -h 127.0.0.1 -p "$SP" -U bench -d bench -X -q -At -v ON_ERROR_STOP=1 "$@"; }
-psql_su -c "create role bench login password 'bench'" -c "create database bench owner bench"
-"$PG_BINDIR/pgbench" -h 127.0.0.1 -p "$SP" -U bench -i -s 10 -q bench >/dev/null 2>&1
-psql_b -c "alter table pgbench_history add column id bigserial primary key"
-cat > "$WORK/source.yml" <<YML
-database: {name: variants, database: bench, hostname: 127.0.0.1, port: $SP, username: bench, password: bench}
-targets:
-  t:
-    target_expression: "public.pgbench_*"
-    endpoint: {hostname: 127.0.0.1, port: 9}
-YML
-"$BIN" install --config "$WORK/source.yml" >/dev/null 2>&1
+pgbench_with_capture 10
 btree() { psql_b -c "set client_min_messages = warning; drop index if exists teleport.event_0_txid, teleport.event_1_txid, teleport.event_2_txid; create index event_0_txid on teleport.event_0 (ev_txid); create index event_1_txid on teleport.event_1 (ev_txid); create index event_2_txid on teleport.event_2 (ev_txid);"; }
 noidx() { psql_b -c "set client_min_messages = warning; drop index if exists teleport.event_0_txid, teleport.event_1_txid, teleport.event_2_txid;"; }
 empty() { psql_b -c "truncate teleport.event_0, teleport.event_1, teleport.event_2"; psql_su -d bench -c checkpoint; }

@@ -34,22 +34,7 @@ source scripts/setup.sh
 DURATION="${1:-15}"; CLIENTS="${2:-4}"; SCALE="${SCALE:-10}"; REPEAT="${REPEAT:-3}"; WORKLOAD="${WORKLOAD:-update}"
 ROWS="${ROWS:-200000}"
 source bench/lib.sh
-trap stop_clusters EXIT
-SP=$(port)
-start_cluster "$WORK/src" "$SP"
-psql_su() { "$PG_BINDIR/psql" -h 127.0.0.1 -p "$SP" -U postgres -X -q -v ON_ERROR_STOP=1 "$@"; }
-psql_b() { "$PG_BINDIR/psql" -h 127.0.0.1 -p "$SP" -U bench -d bench -X -q -At -v ON_ERROR_STOP=1 "$@"; }
-psql_su -c "create role bench login password 'bench'" -c "create database bench owner bench"
-"$PG_BINDIR/pgbench" -h 127.0.0.1 -p "$SP" -U bench -i -s "$SCALE" -q bench >/dev/null 2>&1
-psql_b -c "alter table pgbench_history add column id bigserial primary key"
-cat > "$WORK/source.yml" <<YML
-database: {name: variants, database: bench, hostname: 127.0.0.1, port: $SP, username: bench, password: bench}
-targets:
-  t:
-    target_expression: "public.pgbench_*"
-    endpoint: {hostname: 127.0.0.1, port: 9}
-YML
-"$BIN" install --config "$WORK/source.yml" >/dev/null 2>&1
+pgbench_with_capture "$SCALE"
 # The capture function as each migration defines it.
 python3 - "$WORK" <<'PY'
 import sys
