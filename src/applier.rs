@@ -377,23 +377,7 @@ impl Applier {
             // triggers or keys (read again under the lock), an initial load's copies or the
             // schema version changed meanwhile.
             let first_poll = futures_util::poll!(lock.as_mut());
-            let early_plan = match self.last_reorderable.lock() {
-                Ok(last) if batch.ddl.iter().all(|v| v.version <= done_ddl) => last
-                    .as_ref()
-                    .filter(|(tables, _)| *tables == batch.tables)
-                    .map(|(_, reorderable)| {
-                        let events: Vec<&Event> = batch.events.iter().collect();
-                        let plan = plan_runs(
-                            &events,
-                            &first_columns,
-                            &batch.tables,
-                            reorderable,
-                            self.batch_size,
-                        );
-                        (reorderable.clone(), plan)
-                    }),
-                _ => None,
-            };
+            let early_plan = self.early_plan(batch, &first_columns, done_ddl);
             let applied: i64 = match first_poll {
                 std::task::Poll::Ready(r) => r,
                 std::task::Poll::Pending => lock.await,
@@ -462,9 +446,9 @@ impl Applier {
                 loaded.insert((r.get(0), r.get(1)), snap);
             }
         }
-        // Planned before the lock for the batch as it is now: no copy holds its rows, and
-        // the same schema version (so the same tables, triggers and keys to reorder by).
-        let early_plan = early_plan.filter(|_| loaded.is_empty() && applied_ddl == done_ddl);
+        // Planned before the lock over all of the part's events: of use when no copy holds
+        // some of them (apply_events uses it if it assumed the reorderability found now).
+        let early_plan = early_plan.filter(|_| loaded.is_empty());
         let mut runs = self
             .apply_events(
                 &tx,
@@ -562,6 +546,29 @@ impl Applier {
         })
     }
 
+    /// The runs of a batch's first part planned with the reorderability the last part
+    /// planned found for the same tables (none if it had other tables, or if the batch
+    /// carries a schema version not applied as of `done_ddl`: nothing is reordered then).
+    fn early_plan(&self, batch: &Batch, columns: &[Columns], done_ddl: i64) -> Option<EarlyPlan> {
+        if batch.ddl.iter().any(|v| v.version > done_ddl) {
+            return None;
+        }
+        // Read and let go: another source's batch may plan meanwhile.
+        let reorderable = match &*self.last_reorderable.lock().ok()? {
+            Some((tables, reorderable)) if *tables == batch.tables => reorderable.clone(),
+            _ => return None,
+        };
+        let events: Vec<&Event> = batch.events.iter().collect();
+        let plan = plan_runs(
+            &events,
+            columns,
+            &batch.tables,
+            &reorderable,
+            self.batch_size,
+        );
+        Some((reorderable, plan))
+    }
+
     async fn apply_events(
         &self,
         tx: &deadpool_postgres::Transaction<'_>,
@@ -606,6 +613,9 @@ impl Applier {
             events.push(e);
             columns.push(cols);
         }
+        if events.is_empty() {
+            return Ok(0);
+        }
         // Runs of one table, kind and column set. For tables no trigger, rule or foreign key
         // can see the order of (see `reorderable_tables`) the runs of a batch span
         // transactions: an event joins the latest run of its kind after every run that
@@ -613,9 +623,6 @@ impl Applier {
         // state is the same, in a few statements instead of one per source statement. A
         // constraint the new order trips (a unique value moved between rows) sends the
         // batch back to source order.
-        if events.is_empty() {
-            return Ok(0);
-        }
         self.ensure_extra_columns(tx, batch, &mut ddl.extra_columns_seen)
             .await?;
         let planning = std::time::Instant::now();
