@@ -4,7 +4,8 @@
 #   (a')  psql COPY … TO STDOUT (binary) | psql BEGIN; TRUNCATE; COPY … FROM STDIN (binary, FREEZE); COMMIT
 #         — the no-WAL path under wal_level = minimal, as pgteleport's load takes it
 #   (c)   pgteleport -mode initial-load of that table (its copy, then its primary key)
-# and the CPU seconds of each process group during each (from /proc, every 0.1 s).
+# and the CPU seconds of each process group during each, and the seconds it was runnable
+# but waited for a core (from /proc/PID/stat and schedstat, every 0.1 s).
 # Usage: bench/load_stream.sh [SCALE] (default 100), REPEAT=N rounds (default 3).
 # Prints per round: (a') seconds, (c) seconds and the target's own time for the copy alone.
 set -euo pipefail
@@ -56,12 +57,21 @@ while not stop:
             continue
         f = stat.rsplit(")", 1)[1].split()
         t = (int(f[11]) + int(f[12])) / tick
-        first.setdefault(pid, t)
-        last[pid] = (t, cmd)
+        # Seconds spent runnable but waiting for a core (schedstat's 2nd field), summed
+        # over the process's threads.
+        q = 0.0
+        try:
+            for task in os.listdir(f"/proc/{pid}/task"):
+                q += int(open(f"/proc/{pid}/task/{task}/schedstat").read().split()[1]) / 1e9
+        except (OSError, IndexError, ValueError):
+            pass
+        first.setdefault(pid, (t, q))
+        last[pid] = (t, q, cmd)
     time.sleep(0.1)
 groups = collections.Counter()
+waits = collections.Counter()
 me = str(os.getpid())
-for pid, (t, cmd) in last.items():
+for pid, (t, q, cmd) in last.items():
     prog = os.path.basename(cmd.split(" ", 1)[0])
     if pid == me: continue
     elif "target.yml" in cmd: g = "pgteleport target instance"
@@ -71,10 +81,11 @@ for pid, (t, cmd) in last.items():
     elif cmd.startswith("postgres:") and " bench " in cmd: g = "source backend"
     elif prog == "psql": g = "psql (both)"
     else: continue
-    groups[g] += t - first[pid]
+    groups[g] += t - first[pid][0]
+    waits[g] += q - first[pid][1]
 with open(sys.argv[1], "w") as out:
     for g, s in groups.most_common():
-        out.write(f"    {g:36} {s:6.2f}\n")
+        out.write(f"    {g:36} {s:6.2f}  (waited for a core {waits[g]:5.2f})\n")
 PY
     SAMPLER=$!
 }
