@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Capture-trigger variants (issue #7, profiling the trigger body): pgbench on one cluster
 # with the capture triggers disabled, with version 1's capture function, version 3's,
-# version 12's (with `SET search_path`), the current one (version 13: no SET clause, every
+# version 12's (with `SET search_path`), the current one (version 14: no SET clause, every
 # name qualified), and with the floor of any PL/pgSQL capture — a function that only
 # inserts `to_json(new)` into the current event table (no key, no diff, no rotation check,
 # no SET clause since session 15: it loses information, it only shows what the insert itself
@@ -48,7 +48,7 @@ out("v1", defined("sql/source_001_queue.sql"))
 out("v3", defined("sql/source_003_capture.sql"))
 f = defined("sql/source_011_partition_maintenance.sql")  # version 12's, with SET search_path
 out("v12", f)
-out("current", defined("sql/source_013_capture_without_search_path.sql")
+out("current", defined("sql/source_014_key_image_after_a_rename.sql")
     .replace("@schema_in_literal@", "teleport").replace("@schema@", "teleport"))
 def variant(name, body):
     assert body != f, name

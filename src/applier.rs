@@ -1025,6 +1025,9 @@ impl Applier {
                         let apply_schema = batch.apply_schema.as_deref();
                         return delete_where(tx, meta, &table, run, apply_schema).await;
                     }
+                    // Asked again at each try: a version applied meanwhile may rename them.
+                    let keyed = self.key_as_on_target(tx, kind, meta, run, &table).await?;
+                    let meta = keyed.as_ref().unwrap_or(meta);
                     apply_run(tx, kind, meta, cols, &table, run, tolerate).await
                 })
                 .await?;
@@ -1500,6 +1503,66 @@ impl DdlState<'_> {
 }
 
 impl Applier {
+    /// The table's description with the target's key instead of the batch's, for a run
+    /// whose row images name other key columns than the batch's description of the table.
+    /// That description is the source catalog's when the batch was sent; images are made
+    /// when rows are written: rows written before a rename of key columns name the old
+    /// ones — which the target table still has while that rename's schema version is
+    /// pending (every such row precedes the rename in the stream). `None` when the images
+    /// hold the batch's key columns, or do not hold the target's either (the run then
+    /// fails as before, and a pending version may be due).
+    async fn key_as_on_target(
+        &self,
+        tx: &Transaction<'_>,
+        kind: Kind,
+        meta: &TableMeta,
+        run: &[&Event],
+        table: &str,
+    ) -> Result<Option<TableMeta>, ApplyError> {
+        let holds = |key: &[String]| {
+            run.iter().all(|e| {
+                let image = if kind == Kind::Update {
+                    &e.data
+                } else {
+                    &e.key
+                };
+                image
+                    .as_deref()
+                    .is_some_and(|r| crate::wire::object_values(r, key).is_some())
+            })
+        };
+        if !matches!(kind, Kind::Update | Kind::UpdateKey | Kind::Delete)
+            || meta.key.is_empty()
+            || holds(&meta.key)
+        {
+            return Ok(None);
+        }
+        let context = format!("reading the key of {table}");
+        let key: Vec<String> = tx
+            .query_one(
+                &format!(
+                    "select array(select a.attname::text
+                                    from pg_catalog.pg_index i
+                                   cross join lateral unnest(i.indkey) with ordinality as k(attnum, ord)
+                                    join pg_catalog.pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum
+                                   where i.indexrelid = {} order by k.ord)",
+                    ddlwatcher::key_index_sql("pg_catalog.to_regclass($1)")
+                ),
+                &[&table],
+            )
+            .await
+            .map_err(pg(&context))?
+            .get(0);
+        if key.is_empty() || key == meta.key || !holds(&key) {
+            return Ok(None);
+        }
+        tracing::debug!(table, key = ?key, batch_key = ?meta.key, "rows written before their key columns were renamed: matched on the target's key");
+        Ok(Some(TableMeta {
+            key,
+            ..meta.clone()
+        }))
+    }
+
     /// Whether a run may find fewer rows than it names: without replica mode the target's
     /// own foreign-key actions may have applied the source's cascaded change already — a
     /// delete run's rows removed by ON DELETE CASCADE, a key change's row moved to its new

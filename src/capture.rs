@@ -29,6 +29,10 @@ pub const SOURCE_SQL: &[(i32, &str)] = &[
         13,
         include_str!("../sql/source_013_capture_without_search_path.sql"),
     ),
+    (
+        14,
+        include_str!("../sql/source_014_key_image_after_a_rename.sql"),
+    ),
 ];
 
 /// Registers a target (mirror) in `target_state`, state SETUP, its batches starting after
