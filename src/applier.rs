@@ -1025,7 +1025,7 @@ impl Applier {
                         let apply_schema = batch.apply_schema.as_deref();
                         return delete_where(tx, meta, &table, run, apply_schema).await;
                     }
-                    // Asked again at each try: a version applied meanwhile may rename them.
+                    // Asked again at each try: a version applied meanwhile may change it.
                     let keyed = self.key_as_on_target(tx, kind, meta, run, &table).await?;
                     let meta = keyed.as_ref().unwrap_or(meta);
                     apply_run(tx, kind, meta, cols, &table, run, tolerate).await
@@ -1504,13 +1504,16 @@ impl DdlState<'_> {
 
 impl Applier {
     /// The table's description with the target's key instead of the batch's, for a run
-    /// whose row images name other key columns than the batch's description of the table.
-    /// That description is the source catalog's when the batch was sent; images are made
-    /// when rows are written: rows written before a rename of key columns name the old
-    /// ones — which the target table still has while that rename's schema version is
-    /// pending (every such row precedes the rename in the stream). `None` when the images
-    /// hold the batch's key columns, or do not hold the target's either (the run then
-    /// fails as before, and a pending version may be due).
+    /// applied while schema versions are pending. The batch describes its tables as the
+    /// source catalog is when it is sent, but its rows were captured with the key the
+    /// row trigger had then: rows written before a change of the key (columns renamed, the
+    /// key moved to other columns) name the old key columns and may change the new ones
+    /// unseen (an update of the future key's column is no key change to a trigger that
+    /// still watches the old key). Until that change's version is applied, the target
+    /// table has the old key — every such row precedes the change in the stream — so the
+    /// run is matched on the target's key when the images hold it. `None`: the same key,
+    /// or images without the target's key columns (the run then goes as before, and a
+    /// pending version may be due).
     async fn key_as_on_target(
         &self,
         tx: &Transaction<'_>,
@@ -1531,10 +1534,7 @@ impl Applier {
                     .is_some_and(|r| crate::wire::object_values(r, key).is_some())
             })
         };
-        if !matches!(kind, Kind::Update | Kind::UpdateKey | Kind::Delete)
-            || meta.key.is_empty()
-            || holds(&meta.key)
-        {
+        if !matches!(kind, Kind::Update | Kind::UpdateKey | Kind::Delete) || meta.key.is_empty() {
             return Ok(None);
         }
         let context = format!("reading the key of {table}");
@@ -1556,7 +1556,7 @@ impl Applier {
         if key.is_empty() || key == meta.key || !holds(&key) {
             return Ok(None);
         }
-        tracing::debug!(table, key = ?key, batch_key = ?meta.key, "rows written before their key columns were renamed: matched on the target's key");
+        tracing::debug!(table, key = ?key, batch_key = ?meta.key, "rows written before their table's key changed: matched on the target's key");
         Ok(Some(TableMeta {
             key,
             ..meta.clone()

@@ -683,6 +683,54 @@ async fn writes_right_after_a_key_column_rename_all_arrive() -> anyhow::Result<(
     Ok(())
 }
 
+/// The primary key moved to another column, and a key column's type changed, with writes
+/// right before and after in one transaction and in the next: every change arrives, in
+/// either mode.
+#[tokio::test]
+async fn writes_around_a_key_moved_to_another_column_or_retyped_all_arrive() -> anyhow::Result<()> {
+    for event_triggers in [false, true] {
+        ddl_between_writes(
+            event_triggers,
+            "create schema app; create table app.t (id int primary key, code text not null unique, v int);",
+            "insert into app.t select g, 'c' || g, g from generate_series(1, 6) g",
+            "begin;
+             update app.t set v = 10 where id = 1;
+             delete from app.t where id = 6;
+             alter table app.t drop constraint t_pkey;
+             alter table app.t add primary key (code);
+             update app.t set v = 20 where code = 'c2';
+             update app.t set code = 'c30' where code = 'c3';
+             update app.t set id = 40 where code = 'c4';
+             delete from app.t where code = 'c5';
+             insert into app.t values (7, 'c7', 7);
+             commit;",
+            "update app.t set v = v + 100 where code in ('c30', 'c7'); update app.t set code = 'c70' where code = 'c7';",
+            "app.t",
+            "select code || ':' || id || ':' || v from app.t order by code",
+            &["c1:1:10", "c2:2:20", "c30:3:103", "c4:40:4", "c70:7:107"],
+        )
+        .await?;
+        ddl_between_writes(
+            event_triggers,
+            "create schema app; create table app.t (id int primary key, v int);",
+            "insert into app.t select g, g from generate_series(1, 5) g",
+            "begin;
+             update app.t set v = 10 where id = 1;
+             alter table app.t alter column id type bigint;
+             update app.t set v = 20 where id = 2;
+             update app.t set id = 3000000000 where id = 3;
+             delete from app.t where id = 4;
+             commit;",
+            "update app.t set v = v + 100 where id in (5, 3000000000);",
+            "app.t",
+            "select id || ':' || v from app.t order by id",
+            &["1:10", "2:20", "5:105", "3000000000:103"],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// A table, the enum it uses and a function dropped and created again under their names,
 /// with writes to both tables in one transaction and a TRUNCATE between writes: the
 /// target ends with the new table's rows, the new labels and the new function body (the
