@@ -164,7 +164,7 @@ impl Cluster {
                 .arg(format!(
                     "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories='{}' -c fsync=off \
                      -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 \
-                     -c shared_buffers=128MB -c max_wal_size=2GB",
+                     -c shared_buffers=128MB -c max_wal_size=2GB -c max_prepared_transactions=10",
                     self.port,
                     self.dir.display()
                 ))

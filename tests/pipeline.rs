@@ -400,3 +400,99 @@ async fn a_queue_table_is_not_emptied_under_the_newest_writer() -> anyhow::Resul
     assert_eq!(batched, 1000, "every event of the writer is in a batch");
     Ok(())
 }
+
+/// Subtransactions and two-phase commit: changes of a savepoint rolled back, and of a
+/// PL/pgSQL block left by an exception, never arrive; those of a savepoint released do. A
+/// prepared transaction's changes arrive only once it is committed (COMMIT PREPARED), after
+/// changes committed while it was prepared, and never when it is rolled back.
+#[tokio::test]
+async fn savepoints_and_prepared_transactions_arrive_as_committed() -> anyhow::Result<()> {
+    let p = Pair::new(SCHEMA).await?;
+    let (source, target) = p.start_both("app.*").await?;
+    let src = p.src().await?;
+    let dst = p.dst().await?;
+    src.batch_execute(
+        "begin;
+         insert into app.a values (1, 1, 'one');
+         savepoint s1;
+         insert into app.a values (2, 1, 'two');
+         update app.a set v = 'changed then undone' where id = 1;
+         rollback to savepoint s1;
+         insert into app.a values (3, 1, 'three');
+         savepoint s2;
+         update app.a set v = 'three, kept' where id = 3;
+         delete from app.a where id = 1;
+         release savepoint s2;
+         savepoint s3;
+         insert into app.a values (4, 1, 'nested');
+         savepoint s4;
+         update app.a set v = 'inner, undone' where id = 4;
+         rollback to savepoint s4;
+         release savepoint s3;
+         commit;
+         do $$
+         begin
+             insert into app.a values (10, 2, 'before the block');
+             begin
+                 insert into app.a values (11, 2, 'in the failed block');
+                 update app.a set v = 'failed block' where id = 10;
+                 raise exception 'undo the block';
+             exception when others then
+                 null;
+             end;
+             insert into app.a values (12, 2, 'after the block');
+         end $$;",
+    )
+    .await?;
+    wait_equal(&src, &dst, &["app.a"], Duration::from_secs(20)).await?;
+    assert_eq!(
+        texts(&dst, "select id || ':' || v from app.a order by id").await?,
+        [
+            "3:three, kept",
+            "4:nested",
+            "10:before the block",
+            "12:after the block"
+        ]
+    );
+    // Prepared: invisible until COMMIT PREPARED, while later transactions arrive.
+    // One statement a call: PREPARE TRANSACTION and COMMIT PREPARED refuse to run in a
+    // transaction block, which a multi-statement query is.
+    for sql in [
+        "begin",
+        "insert into app.b values (20, 3, 'prepared')",
+        "update app.a set v = 'by the prepared one' where id = 3",
+        "prepare transaction 'pgteleport_p1'",
+        "begin",
+        "insert into app.b values (40, 3, 'rolled back')",
+        "prepare transaction 'pgteleport_p2'",
+        "insert into app.b values (30, 4, 'committed meanwhile')",
+    ] {
+        src.batch_execute(sql).await?;
+    }
+    wait_texts(
+        &dst,
+        "the transaction committed while two were prepared",
+        Duration::from_secs(20),
+        "select id || ':' || v from app.b order by id",
+        &["30:committed meanwhile"],
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        texts(&dst, "select v from app.a where id = 3").await?,
+        ["three, kept"],
+        "a prepared transaction's change arrived before its commit"
+    );
+    src.batch_execute("commit prepared 'pgteleport_p1'").await?;
+    src.batch_execute("rollback prepared 'pgteleport_p2'")
+        .await?;
+    wait_equal(&src, &dst, &["app.a", "app.b"], Duration::from_secs(20)).await?;
+    assert_eq!(
+        texts(&dst, "select id || ':' || v from app.b order by id").await?,
+        ["20:prepared", "30:committed meanwhile"]
+    );
+    assert_exactly_once(&src, &dst).await?;
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}
