@@ -528,6 +528,65 @@ fn trigger_error(table: &Table, source: tokio_postgres::Error) -> InstallError {
     }
 }
 
+/// A capture trigger that does not fire for ordinary writes: its table's changes (or its
+/// TRUNCATEs) reach no target while it stays so.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SilentTrigger {
+    /// The table, qualified and quoted.
+    pub table: String,
+    /// The trigger's name.
+    pub trigger: String,
+    /// `disabled`, or `replica only` (ENABLE REPLICA: it fires only under
+    /// `session_replication_role = replica`).
+    pub state: &'static str,
+}
+
+impl SilentTrigger {
+    /// What to do about it.
+    pub fn fix(&self) -> String {
+        format!(
+            "ALTER TABLE {} ENABLE TRIGGER {}, then compare the table with `pgteleport verify` \
+             (changes made meanwhile did not replicate) and re-run its initial load if they differ",
+            self.table,
+            quote_ident(&self.trigger)
+        )
+    }
+}
+
+/// The capture triggers (of the internal schema `schema`, unquoted) that do not fire for
+/// ordinary writes — disabled (`ALTER TABLE … DISABLE TRIGGER`, by hand or by a restore's
+/// `--disable-triggers`) or set to fire in replica mode only — partitions' own included.
+pub async fn silent_triggers(
+    client: &Client,
+    schema: &str,
+) -> Result<Vec<SilentTrigger>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "select pg_catalog.format('%I.%I', n.nspname, c.relname), t.tgname::text, t.tgenabled = 'R'
+               from pg_catalog.pg_trigger t
+               join pg_catalog.pg_class c on c.oid = t.tgrelid
+               join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+               join pg_catalog.pg_proc p on p.oid = t.tgfoid
+               join pg_catalog.pg_namespace pn on pn.oid = p.pronamespace
+              where pn.nspname = $1 and t.tgname in ($2, $3) and t.tgenabled not in ('O', 'A')
+              order by 1, 2",
+            &[&schema, &TRIGGER_NAME, &TRUNCATE_TRIGGER_NAME],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| SilentTrigger {
+            table: r.get(0),
+            trigger: r.get(1),
+            state: if r.get::<_, bool>(2) {
+                "replica only"
+            } else {
+                "disabled"
+            },
+        })
+        .collect())
+}
+
 /// Removes every capture trigger and the internal schema. Returns the tables it touched.
 pub async fn uninstall(
     client: &mut Client,

@@ -84,6 +84,26 @@ pub async fn status(config: &Config) -> anyhow::Result<String> {
             })
             .collect();
         let _ = writeln!(out, "queue       {}", rows.join("; "));
+        match crate::capture::silent_triggers(&client, &config.internal_schema).await {
+            Ok(silent) if silent.is_empty() => {
+                let _ = writeln!(out, "capture     every capture trigger fires");
+            }
+            Ok(silent) => {
+                for t in silent {
+                    let _ = writeln!(
+                        out,
+                        "capture     {} of {} is {}: its changes do not replicate — {}",
+                        t.trigger,
+                        t.table,
+                        t.state,
+                        t.fix()
+                    );
+                }
+            }
+            Err(e) => {
+                let _ = writeln!(out, "capture     unknown ({})", db::describe(&e));
+            }
+        }
     }
     if roles.target {
         let applied = client

@@ -28,6 +28,8 @@ pub struct Watcher {
     sent: std::collections::BTreeMap<String, std::collections::BTreeMap<(String, String), i64>>,
     /// Columns whose values were queued already (one queueing serves every target).
     backfilled: std::collections::BTreeSet<(u32, i16)>,
+    /// Capture triggers found not firing at the last look (reported when this changes).
+    silent: std::collections::BTreeSet<capture::SilentTrigger>,
 }
 
 impl Watcher {
@@ -51,7 +53,30 @@ impl Watcher {
             sequences: Default::default(),
             sent: Default::default(),
             backfilled: Default::default(),
+            silent: Default::default(),
         }
+    }
+
+    /// Reports capture triggers that stopped firing for ordinary writes (an error per
+    /// trigger, with the fix), and those that fire again — once each time, not at every
+    /// look. Nothing is re-enabled here: whoever disabled one may have meant it.
+    async fn check_capture_triggers(&mut self, client: &Client) -> Result<(), StepError> {
+        let now: std::collections::BTreeSet<_> =
+            capture::silent_triggers(client, &self.config.internal_schema)
+                .await
+                .map_err(StepError::db("reading the capture triggers' state"))?
+                .into_iter()
+                .collect();
+        for t in now.difference(&self.silent) {
+            tracing::error!(table = %t.table, trigger = %t.trigger, state = t.state,
+                "capture trigger is {}: changes to the table do not replicate — {}", t.state, t.fix());
+        }
+        for t in self.silent.difference(&now) {
+            tracing::warn!(table = %t.table, trigger = %t.trigger,
+                "capture trigger fires again; changes made while it was {} did not replicate: compare with `pgteleport verify`", t.state);
+        }
+        self.silent = now;
+        Ok(())
     }
 
     async fn fingerprint(&self, client: &Client) -> Result<String, StepError> {
@@ -603,6 +628,7 @@ impl Step for Watcher {
     }
 
     async fn step(&mut self, client: &mut Client) -> Result<Progress, StepError> {
+        self.check_capture_triggers(client).await?;
         // Snapshots stored by the event trigger (also those left from an earlier run in
         // event-trigger mode): the transmitter sends no batch before they are versions.
         if let Some(catalogs) = self.process_snapshots(client).await? {

@@ -496,3 +496,67 @@ async fn savepoints_and_prepared_transactions_arrive_as_committed() -> anyhow::R
     target.shutdown().await?;
     Ok(())
 }
+
+/// A capture trigger disabled (or set to fire in replica mode only) is reported by `status`
+/// with the fix, and no longer once it fires again; what was written meanwhile did not
+/// replicate (`verify` finds it), and what is written afterwards does.
+#[tokio::test]
+async fn a_disabled_capture_trigger_is_reported_with_its_fix() -> anyhow::Result<()> {
+    let p = Pair::new(SCHEMA).await?;
+    let (source, target) = p.start_both("app.*").await?;
+    let port = target.local_addr.expect("listening").port();
+    let src = p.src().await?;
+    let dst = p.dst().await?;
+    let cfg = pgteleport::config::Config::from_yaml(
+        &p.source_yaml(port, "app.*", ""),
+        std::path::Path::new("s.yml"),
+        |_| None,
+    )?;
+    src.batch_execute("insert into app.a values (1, 1, 'before')")
+        .await?;
+    wait_equal(&src, &dst, &["app.a"], Duration::from_secs(20)).await?;
+    let report = pgteleport::status::status(&cfg).await?;
+    assert!(
+        report.contains("capture     every capture trigger fires"),
+        "{report}"
+    );
+    src.batch_execute(
+        "alter table app.a disable trigger pgteleport_capture;
+         alter table app.b enable replica trigger pgteleport_truncate;
+         insert into app.a values (2, 2, 'while disabled');",
+    )
+    .await?;
+    // (The source instance's watcher logs each at its next look: an error with the fix.)
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let report = pgteleport::status::status(&cfg).await?;
+    assert!(
+        report.contains("capture     pgteleport_capture of app.a is disabled: its changes do not replicate — ALTER TABLE app.a ENABLE TRIGGER \"pgteleport_capture\", then compare the table with `pgteleport verify`"),
+        "{report}"
+    );
+    assert!(
+        report.contains("capture     pgteleport_truncate of app.b is replica only"),
+        "{report}"
+    );
+    src.batch_execute(
+        "alter table app.a enable trigger pgteleport_capture;
+         alter table app.b enable trigger pgteleport_truncate;
+         insert into app.a values (3, 3, 'after');",
+    )
+    .await?;
+    wait_texts(
+        &dst,
+        "the row written after the trigger was enabled again",
+        Duration::from_secs(20),
+        "select id || ':' || v from app.a order by id",
+        &["1:before", "3:after"],
+    )
+    .await?;
+    let report = pgteleport::status::status(&cfg).await?;
+    assert!(
+        report.contains("capture     every capture trigger fires"),
+        "{report}"
+    );
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}
