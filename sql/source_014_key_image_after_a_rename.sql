@@ -8,6 +8,9 @@
 -- null, not a missing member) is the whole old row, as for a table without a key; the
 -- applier takes the key columns it needs from it. The common paths run the same statements
 -- as before (the check is inside the expressions that build the key image).
+-- And a table that loses its key without `keyless_tables` keeps a row trigger, made again
+-- without key columns (whole old rows), instead of keeping one that names a key the table
+-- no longer has: on_ddl below, and the ddlwatcher in diffing mode.
 
 create or replace function capture_row() returns trigger
 language plpgsql security definer as $$
@@ -281,5 +284,69 @@ begin
                 coalesce(sch, tg_table_schema), coalesce(tbl, tg_table_name), k, d, coalesce(rel, tg_relid));
     end if;
     return null;
+end
+$$;
+
+create or replace function on_ddl() returns event_trigger
+language plpgsql security definer set search_path from current as $$
+declare
+    clock ddl_clock;
+    snap jsonb;
+    prev jsonb;
+    t record;
+    f text;
+    known text[];
+begin
+    if current_setting('pgteleport.in_ddl', true) = 'on' then
+        return;  -- the triggers this function creates
+    end if;
+    select filter into f from ddl_clock;
+    if f is null then
+        return;  -- no target
+    end if;
+    select s.catalog into prev from ddl_snapshot s order by s.id desc limit 1;
+    if prev is not null then
+        known := array(select distinct o->>'schema'
+                         from jsonb_array_elements((prev->'tables') || (prev->'types') || (prev->'functions')
+                                                   || (prev->'views') || (prev->'sequences')) as o);
+    end if;
+    if tg_event = 'sql_drop' then
+        -- A dropped table that was replicated, or anything in a schema that still has some.
+        if not exists (select 1 from pg_event_trigger_dropped_objects() o
+                        where not o.is_temporary
+                          and (o.object_type = 'table' and (o.schema_name || '.' || o.object_name) ~ f
+                               or ddl_relevant(o.schema_name, f, known))) then
+            return;
+        end if;
+    elsif not exists (select 1 from pg_event_trigger_ddl_commands() c where ddl_relevant(c.schema_name, f, known)) then
+        return;
+    end if;
+    -- The row lock orders DDL transactions: numbers follow commit order.
+    update ddl_clock set n = n + 1 returning * into clock;
+    snap := catalog_snapshot(clock.filter, current_schema())::jsonb;
+    -- Again: the counter's lock may have waited for another DDL transaction's snapshot.
+    select s.catalog into prev from ddl_snapshot s order by s.id desc limit 1;
+    if snap = prev then
+        update ddl_clock set n = n - 1;
+        return;  -- nothing replicated changed
+    end if;
+    insert into ddl_snapshot (id, catalog) values (clock.n, snap);
+    perform enqueue('S', '', ts.target, 0, null, json_build_object('version', clock.n)) from target_state ts;
+    -- Tables new to replication, or whose key changed, are captured at once — also one that
+    -- lost its key (without keyless_tables): its trigger then ships whole old rows, which
+    -- the target can apply, while the ddlwatcher reports the table until it has a key again.
+    perform set_config('pgteleport.in_ddl', 'on', true);
+    for t in select (n.t->>'oid')::oid as rel, a.args
+               from jsonb_array_elements(snap->'tables') as n(t)
+               cross join lateral (select capture_args(n.t) as args) a
+               left join jsonb_array_elements(coalesce(prev->'tables', '[]')) as o(t) on o.t->'oid' = n.t->'oid'
+              where (clock.keyless or nullif(n.t->'primary_key', 'null') is not null or nullif(n.t->'unique_key', 'null') is not null
+                     or exists (select 1 from pg_catalog.pg_trigger g
+                                 where g.tgrelid = (n.t->>'oid')::oid and g.tgname = 'pgteleport_capture'))
+                and (a.args is distinct from case when o.t is not null then capture_args(o.t) end
+                     or (n.t->'partitions') is distinct from (o.t->'partitions')) loop
+        perform capture_table(t.rel, t.args, true);
+    end loop;
+    perform set_config('pgteleport.in_ddl', '', true);
 end
 $$;

@@ -1027,7 +1027,13 @@ impl Applier {
                     }
                     // Asked again at each try: a version applied meanwhile may change it.
                     let keyed = self.key_as_on_target(tx, kind, meta, run, &table).await?;
-                    let meta = keyed.as_ref().unwrap_or(meta);
+                    let (kind, meta) = match &keyed {
+                        // A table whose key was dropped: rows written before, with the
+                        // key their trigger had, go by that key while the target has it.
+                        Some(m) if kind == Kind::RowIdentity => (kind_of(run[0], false), m),
+                        Some(m) => (kind, m),
+                        None => (kind, meta),
+                    };
                     apply_run(tx, kind, meta, cols, &table, run, tolerate).await
                 })
                 .await?;
@@ -1511,9 +1517,11 @@ impl Applier {
     /// unseen (an update of the future key's column is no key change to a trigger that
     /// still watches the old key). Until that change's version is applied, the target
     /// table has the old key — every such row precedes the change in the stream — so the
-    /// run is matched on the target's key when the images hold it. `None`: the same key,
-    /// or images without the target's key columns (the run then goes as before, and a
-    /// pending version may be due).
+    /// run is matched on the target's key when the images hold it — also when the table
+    /// has lost its key since (a row of a keyless table is otherwise found by its whole old
+    /// image, which rows captured with a key do not carry). `None`: the same key, or images
+    /// without the target's key columns (the run then goes as before, and a pending
+    /// version may be due).
     async fn key_as_on_target(
         &self,
         tx: &Transaction<'_>,
@@ -1522,9 +1530,10 @@ impl Applier {
         run: &[&Event],
         table: &str,
     ) -> Result<Option<TableMeta>, ApplyError> {
+        // The image each event would be matched by with a key.
         let holds = |key: &[String]| {
             run.iter().all(|e| {
-                let image = if kind == Kind::Update {
+                let image = if kind_of(e, false) == Kind::Update {
                     &e.data
                 } else {
                     &e.key
@@ -1534,7 +1543,8 @@ impl Applier {
                     .is_some_and(|r| crate::wire::object_values(r, key).is_some())
             })
         };
-        if !matches!(kind, Kind::Update | Kind::UpdateKey | Kind::Delete) || meta.key.is_empty() {
+        let keyed = matches!(kind, Kind::Update | Kind::UpdateKey | Kind::Delete);
+        if !(keyed && !meta.key.is_empty() || kind == Kind::RowIdentity && meta.key.is_empty()) {
             return Ok(None);
         }
         let context = format!("reading the key of {table}");

@@ -254,6 +254,17 @@ async fn install_locked(client: &mut Client, config: &Config) -> Result<Installe
                 column,
             });
         }
+        // A table without a key is refused at start, before anything is installed.
+        if let Some(t) = catalog
+            .tables
+            .iter()
+            .find(|t| t.replica_key().is_none() && !config.keyless_tables)
+        {
+            return Err(InstallError::NoPrimaryKey {
+                table: t.qualified(),
+                target: name.clone(),
+            });
+        }
         installed.catalogs.insert(name.clone(), catalog);
     }
     install_tables(client, config, &installed).await?;
@@ -354,15 +365,44 @@ pub async fn install_tables(
     installed: &Installed,
 ) -> Result<(), InstallError> {
     let mut all: BTreeMap<u32, Table> = BTreeMap::new();
+    let mut refused = None;
+    let mut keyless: BTreeMap<u32, (Table, String)> = BTreeMap::new();
     for (name, catalog) in &installed.catalogs {
         for t in &catalog.tables {
             if t.replica_key().is_none() && !config.keyless_tables {
-                return Err(InstallError::NoPrimaryKey {
-                    table: t.qualified(),
-                    target: name.clone(),
-                });
+                keyless.insert(t.oid, (t.clone(), name.clone()));
+                continue;
             }
             all.insert(t.oid, t.clone());
+        }
+    }
+    if !keyless.is_empty() {
+        // Refused (reported below, after the other tables' triggers), except that a table
+        // that lost its key keeps a row trigger, made again without key columns: its
+        // changes then carry whole old rows, which the target can apply, instead of a key
+        // the table no longer has.
+        let oids: Vec<u32> = keyless.keys().copied().collect();
+        let captured: Vec<u32> = client
+            .query(
+                "select distinct tgrelid from pg_catalog.pg_trigger where tgname = $1 and tgrelid = any($2)",
+                &[&TRIGGER_NAME, &oids],
+            )
+            .await
+            .map_err(|source| InstallError::Schema {
+                schema: config.internal_schema.clone(),
+                source,
+            })?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        for (oid, (t, target)) in keyless {
+            if captured.contains(&oid) {
+                all.insert(oid, t.clone());
+            }
+            refused.get_or_insert(InstallError::NoPrimaryKey {
+                table: t.qualified(),
+                target,
+            });
         }
     }
     let mut attempt = 0;
@@ -386,7 +426,7 @@ pub async fn install_tables(
         targets = config.targets.len(),
         "capture installed"
     );
-    Ok(())
+    refused.map_or(Ok(()), Err)
 }
 
 async fn install_triggers(
