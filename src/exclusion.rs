@@ -198,6 +198,7 @@ mod tests {
             primary_key: Some(vec!["id".into()]),
             unique_key: None,
             primary_key_deferrable: None,
+            primary_key_name: None,
             indexes: vec![],
             constraints: vec![],
             partitions: vec![],

@@ -826,6 +826,35 @@ async fn a_table_that_lost_its_key_goes_on_as_keyless() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A table with a DEFERRABLE key (its row trigger numbers statements) renamed together with
+/// its key column, with writes around both — one statement moving keys through each other —
+/// in one transaction and the next: every change arrives, in either mode.
+#[tokio::test]
+async fn writes_around_a_deferrable_key_and_its_table_renamed_all_arrive() -> anyhow::Result<()> {
+    for event_triggers in [false, true] {
+        ddl_between_writes(
+            event_triggers,
+            "create schema app;
+             create table app.d (id int primary key deferrable initially immediate, v int);",
+            "insert into app.d select g, g from generate_series(1, 6) g",
+            "begin;
+             update app.d set v = 10 where id = 1;
+             alter table app.d rename to d2;
+             alter table app.d2 rename column id to k;
+             delete from app.d2 where k = 5;
+             update app.d2 set k = k + 1 where k in (3, 4);
+             update app.d2 set v = 40 where k = 4;
+             commit;",
+            "update app.d2 set v = v + 100 where k in (6, 1); update app.d2 set k = 60 where k = 6;",
+            "app.d2",
+            "select k || ':' || v from app.d2 order by k",
+            &["1:110", "2:2", "4:40", "5:4", "60:106"],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// A table, the enum it uses and a function dropped and created again under their names,
 /// with writes to both tables in one transaction and a TRUNCATE between writes: the
 /// target ends with the new table's rows, the new labels and the new function body (the

@@ -128,6 +128,10 @@ pub struct Table {
     /// statement may then move keys through each other (a swap, `SET id = id + 1`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub primary_key_deferrable: Option<bool>,
+    /// The primary key constraint's name (`None` in snapshots taken before it was
+    /// recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_key_name: Option<String>,
     /// Without a primary key: the columns of the replica identity index, or else of the
     /// first unique index on NOT NULL columns (no expressions, no predicate).
     #[serde(default)]
@@ -453,6 +457,7 @@ mod tests {
             primary_key: Some(vec!["id".into()]),
             unique_key: None,
             primary_key_deferrable: None,
+            primary_key_name: None,
             indexes: vec![
                 Index {
                     name: "p_secret".into(),

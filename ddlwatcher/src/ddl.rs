@@ -357,6 +357,7 @@ mod tests {
             primary_key: Some(vec!["id".into()]),
             unique_key: None,
             primary_key_deferrable: None,
+            primary_key_name: None,
             constraints: vec![],
             partitions: vec![],
             indexes: vec![Index {

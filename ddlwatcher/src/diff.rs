@@ -470,12 +470,35 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
                 ));
             }
         }
-        // Primary key.
-        if o.primary_key != t.primary_key || o.primary_key_deferrable != t.primary_key_deferrable {
+        // Primary key. Its columns compared by number: a key column renamed (above) takes
+        // the key with it — dropping and adding the key would rebuild its index for nothing,
+        // and drop a constraint by a name the target's may not have.
+        let renamed = |cols: &Option<Vec<String>>| {
+            cols.as_ref().map(|cols| {
+                cols.iter()
+                    .map(|c| {
+                        o.columns
+                            .iter()
+                            .find(|b| &b.name == c)
+                            .and_then(|b| after.get(&b.attnum))
+                            .map_or_else(|| c.clone(), |a| a.name.clone())
+                    })
+                    .collect::<Vec<_>>()
+            })
+        };
+        if renamed(&o.primary_key) != t.primary_key
+            || o.primary_key_deferrable != t.primary_key_deferrable
+        {
             if o.primary_key.is_some() {
+                // By its name on the source (a table renamed keeps its key's name; before
+                // snapshots recorded it, the name PostgreSQL gives a key by default).
+                let pkey = o
+                    .primary_key_name
+                    .clone()
+                    .unwrap_or_else(|| format!("{}_pkey", o.name));
                 out.push(Statement::tx(format!(
                     "alter table {name} drop constraint if exists {}",
-                    quote_ident(&format!("{}_pkey", o.name))
+                    quote_ident(&pkey)
                 )));
             }
             if let Some(pk) = ddl::primary_key(t, map) {
@@ -602,6 +625,7 @@ mod tests {
             primary_key: Some(vec!["id".into()]),
             unique_key: None,
             primary_key_deferrable: None,
+            primary_key_name: None,
             indexes: vec![],
             constraints: vec![],
             partitions: vec![],
@@ -794,6 +818,45 @@ mod tests {
                 "alter table \"copy\".\"t2\" alter column \"b\" set not null",
                 "alter table \"copy\".\"t2\" add column \"c\" character varying(10)",
                 "alter table \"copy\".\"t2\" drop column if exists \"gone\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_key_column_renamed_keeps_the_key_and_a_moved_key_drops_it_by_its_name() {
+        let cat = |t: Table| Catalog {
+            tables: vec![t],
+            ..Default::default()
+        };
+        // Renamed: the key goes with the column (no drop and add, no index rebuilt).
+        let old = cat(table(
+            1,
+            "t",
+            vec![col(1, "id", "int4"), col(2, "v", "int4")],
+        ));
+        let new = cat(Table {
+            primary_key: Some(vec!["k".into()]),
+            ..table(1, "t", vec![col(1, "k", "int4"), col(2, "v", "int4")])
+        });
+        assert_eq!(
+            sqls(&old, &new),
+            ["alter table \"copy\".\"t\" rename column \"id\" to \"k\""]
+        );
+        // Moved to another column of a table renamed before: dropped by the key's own name.
+        let old = cat(Table {
+            primary_key_name: Some("t_old_pkey".into()),
+            ..table(1, "t", vec![col(1, "id", "int4"), col(2, "v", "int4")])
+        });
+        let new = cat(Table {
+            primary_key: Some(vec!["v".into()]),
+            primary_key_name: Some("t_v_key".into()),
+            ..table(1, "t", vec![col(1, "id", "int4"), col(2, "v", "int4")])
+        });
+        assert_eq!(
+            sqls(&old, &new),
+            [
+                "alter table \"copy\".\"t\" drop constraint if exists \"t_old_pkey\"",
+                "alter table \"copy\".\"t\" add primary key (\"v\")"
             ]
         );
     }

@@ -115,6 +115,8 @@ fn build_sql() -> String {
             'primary_key', {pk},
             'primary_key_deferrable', (select case when k.condeferrable then k.condeferred end
                                          from pg_catalog.pg_constraint k where k.conrelid = r.oid and k.contype = 'p'),
+            'primary_key_name', (select k.conname::text from pg_catalog.pg_constraint k
+                                  where k.conrelid = r.oid and k.contype = 'p'),
             'unique_key', case when not exists (select 1 from pg_catalog.pg_index i where i.indrelid = r.oid and i.indisprimary)
                                then {unique} end,
             'indexes', coalesce((select json_agg(json_build_object(
@@ -612,6 +614,7 @@ mod tests {
             primary_key: None,
             unique_key: None,
             primary_key_deferrable: None,
+            primary_key_name: None,
             indexes: vec![],
             constraints: vec![],
             partitions: vec![],
