@@ -1513,15 +1513,14 @@ impl Applier {
     /// applied while schema versions are pending. The batch describes its tables as the
     /// source catalog is when it is sent, but its rows were captured with the key the
     /// row trigger had then: rows written before a change of the key (columns renamed, the
-    /// key moved to other columns) name the old key columns and may change the new ones
-    /// unseen (an update of the future key's column is no key change to a trigger that
-    /// still watches the old key). Until that change's version is applied, the target
-    /// table has the old key — every such row precedes the change in the stream — so the
-    /// run is matched on the target's key when the images hold it — also when the table
-    /// has lost its key since (a row of a keyless table is otherwise found by its whole old
-    /// image, which rows captured with a key do not carry). `None`: the same key, or images
-    /// without the target's key columns (the run then goes as before, and a pending
-    /// version may be due).
+    /// key moved to other columns, or dropped) name the old key columns and may change the
+    /// new ones unseen (an update of the future key's column is no key change to a trigger
+    /// that still watches the old key). Until that change's version is applied, the target
+    /// table has the old key, and every such row precedes the change in the stream: the run
+    /// is matched on the target's key when its images hold it. That includes a table that
+    /// has no key in the batch (its rows are otherwise found by their whole old image, which
+    /// rows captured with a key do not carry). `None`: the same key, or images without the
+    /// target's key columns (the run then goes as before, and a pending version may be due).
     async fn key_as_on_target(
         &self,
         tx: &Transaction<'_>,
@@ -1551,12 +1550,8 @@ impl Applier {
         let key: Vec<String> = tx
             .query_one(
                 &format!(
-                    "select array(select a.attname::text
-                                    from pg_catalog.pg_index i
-                                   cross join lateral unnest(i.indkey) with ordinality as k(attnum, ord)
-                                    join pg_catalog.pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum
-                                   where i.indexrelid = {} order by k.ord)",
-                    ddlwatcher::key_index_sql("pg_catalog.to_regclass($1)")
+                    "select {}",
+                    ddlwatcher::key_columns_sql("pg_catalog.to_regclass($1)")
                 ),
                 &[&table],
             )

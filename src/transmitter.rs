@@ -521,11 +521,7 @@ impl Transmitter {
                         array(select a.attname::text from pg_catalog.pg_attribute a
                                where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
                                  and a.attgenerated = '' order by a.attnum),
-                        array(select a.attname::text
-                                from pg_catalog.pg_index i
-                                cross join lateral unnest(i.indkey) with ordinality as k(attnum, ord)
-                                join pg_catalog.pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum
-                               where i.indexrelid = {} order by k.ord),
+                        {},
                         array(select a.attname::text from pg_catalog.pg_attribute a
                                where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
                                  and a.attgenerated <> '' order by a.attnum),
@@ -544,7 +540,7 @@ impl Transmitter {
                                    where k.conrelid = c.oid and k.conindid = {key} and k.contype in ('p', 'u')), false)
                    from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
                   where c.oid = any($1)",
-                    ddlwatcher::key_index_sql("c.oid"),
+                    ddlwatcher::key_columns_sql("c.oid"),
                     ddlwatcher::base_type_sql("a.atttypid"),
                     key = ddlwatcher::key_index_sql("c.oid"),
                 );

@@ -391,6 +391,19 @@ pub fn key_index_sql(rel: &str) -> String {
     )
 }
 
+/// SQL for the names of the columns of the index [`key_index_sql`] finds for relation `rel`
+/// (an SQL expression), in key order, as a `text[]`; empty when there is none.
+pub fn key_columns_sql(rel: &str) -> String {
+    format!(
+        "array(select a.attname::text
+                 from pg_catalog.pg_index i
+                cross join lateral unnest(i.indkey) with ordinality as k(attnum, ord)
+                 join pg_catalog.pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum
+                where i.indexrelid = {} order by k.ord)",
+        key_index_sql(rel)
+    )
+}
+
 /// SQL of the base type (through any number of domains) of the type whose OID `typ` is.
 pub fn base_type_sql(typ: &str) -> String {
     format!(

@@ -14,9 +14,9 @@ pub mod retarget;
 pub mod snapshot;
 
 pub use catalog::{
-    base_type_sql, key_index_sql, mentions, qualified, quote_ident, quote_literal, Collation,
-    Column, Constraint, Function, Index, Partition, Sequence, Table, TypeDef, TypeKind, TypeRef,
-    View, FIRST_USER_OID,
+    base_type_sql, key_columns_sql, key_index_sql, mentions, qualified, quote_ident, quote_literal,
+    Collation, Column, Constraint, Function, Index, Partition, Sequence, Table, TypeDef, TypeKind,
+    TypeRef, View, FIRST_USER_OID,
 };
 pub use ddl::SchemaMap;
 pub use diff::{diff, Catalog, Statement};
