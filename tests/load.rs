@@ -2,13 +2,11 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use pgteleport::config::Config;
 use pgteleport::load::{self, LoadOptions};
 
 const SOURCE: &str = "
@@ -24,14 +22,6 @@ create table app.note (id bigint primary key, typed_id int not null references a
 ";
 
 const TABLES: &[&str] = &["app.big", "app.empty", "app.wide", "app.typed", "app.note"];
-
-fn source_config(p: &Pair, port: u16) -> anyhow::Result<Config> {
-    Ok(Config::from_yaml(
-        &p.source_yaml(port, "app.*", ""),
-        Path::new("s.yml"),
-        |_| None,
-    )?)
-}
 
 fn opts(truncate: bool) -> LoadOptions {
     LoadOptions {
@@ -140,7 +130,7 @@ async fn load_under_write_load_then_live_replication_is_exact() -> anyhow::Resul
         .map(|w| tokio::spawn(writer(p.clone(), w, stop.clone())))
         .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let summary = load::run(&source_config(&p, port)?, opts(false)).await?;
+    let summary = load::run(&p.source_config(port, "app.*", "")?, opts(false)).await?;
     assert_eq!(summary.tables, 5, "{summary}");
     assert!(
         summary.ranges >= 4,
@@ -208,7 +198,7 @@ async fn the_load_waits_for_a_batch_being_applied() -> anyhow::Result<()> {
     populate(&p, 1_000).await?;
     let target = p.start_target(0).await?;
     let port = target.local_addr.unwrap().port();
-    let cfg = source_config(&p, port)?;
+    let cfg = p.source_config(port, "app.*", "")?;
     let mut dst = p.dst().await?;
     let batch = dst.transaction().await?;
     batch
@@ -248,7 +238,7 @@ async fn killed_load_resumes_without_duplicates() -> anyhow::Result<()> {
     populate(&p, 400_000).await?;
     let target = p.start_target(0).await?;
     let port = target.local_addr.unwrap().port();
-    let cfg = source_config(&p, port)?;
+    let cfg = p.source_config(port, "app.*", "")?;
     let stop = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = (0..2)
         .map(|w| tokio::spawn(writer(p.clone(), w, stop.clone())))
@@ -307,7 +297,7 @@ async fn non_empty_target_table_is_refused_unless_truncate() -> anyhow::Result<(
     );
     let target = p.start_target(0).await?;
     let port = target.local_addr.unwrap().port();
-    let cfg = source_config(&p, port)?;
+    let cfg = p.source_config(port, "app.*", "")?;
     let err = load::run(&cfg, opts(false)).await.unwrap_err().to_string();
     assert!(
         err.contains("\"app\".\"t\"") && err.contains("--truncate"),
@@ -346,7 +336,7 @@ async fn tables_linked_by_a_foreign_key_load_into_existing_tables() -> anyhow::R
     );
     let target = p.start_target(0).await?;
     let port = target.local_addr.unwrap().port();
-    let cfg = source_config(&p, port)?;
+    let cfg = p.source_config(port, "app.*", "")?;
     let summary = load::run(&cfg, opts(false)).await?;
     assert_eq!(summary.rows, 400, "{summary}");
     let src = p.src().await?;
@@ -412,7 +402,7 @@ async fn the_loads_foreign_keys_arrive_after_the_rows() -> anyhow::Result<()> {
     .await?;
     let target = p.start_target(0).await?;
     let port = target.local_addr.unwrap().port();
-    let cfg = source_config(&p, port)?;
+    let cfg = p.source_config(port, "app.*", "")?;
     let summary = load::run(&cfg, opts(false)).await?;
     assert_eq!(summary.rows, 100 + 300 + 2 + 10 + 10 + 200, "{summary}");
     assert_eq!(
@@ -490,7 +480,7 @@ async fn types_of_a_schema_that_is_not_replicated_are_created_with_it() -> anyho
     .await?;
     let target = p.start_target(0).await?;
     let port = target.local_addr.unwrap().port();
-    let summary = load::run(&source_config(&p, port)?, opts(false)).await?;
+    let summary = load::run(&p.source_config(port, "app.*", "")?, opts(false)).await?;
     assert_eq!(summary.rows, 50, "{summary}");
     let (src, dst) = (p.src().await?, p.dst().await?);
     wait_equal(&src, &dst, &["app.t"], Duration::from_secs(5)).await?;
@@ -573,7 +563,7 @@ async fn keys_are_built_while_the_next_table_is_copied() -> anyhow::Result<()> {
     on_key_build_of_first(&p, "hold_key_build", "perform pg_sleep(2)").await?;
     let target = p.start_target(0).await?;
     let port = target.local_addr.unwrap().port();
-    let cfg = source_config(&p, port)?;
+    let cfg = p.source_config(port, "app.*", "")?;
     let mut one = opts(false);
     one.workers = 1;
     let load = tokio::spawn(async move { load::run(&cfg, one).await });
@@ -683,7 +673,7 @@ async fn a_failed_key_build_fails_the_load_and_a_rerun_completes() -> anyhow::Re
     .await?;
     let target = p.start_target(0).await?;
     let port = target.local_addr.unwrap().port();
-    let cfg = source_config(&p, port)?;
+    let cfg = p.source_config(port, "app.*", "")?;
     let mut one = opts(false);
     one.workers = 1;
     let err = load::run(&cfg, one.clone()).await.unwrap_err().to_string();

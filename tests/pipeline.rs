@@ -507,11 +507,7 @@ async fn a_disabled_capture_trigger_is_reported_with_its_fix() -> anyhow::Result
     let port = target.local_addr.expect("listening").port();
     let src = p.src().await?;
     let dst = p.dst().await?;
-    let cfg = pgteleport::config::Config::from_yaml(
-        &p.source_yaml(port, "app.*", ""),
-        std::path::Path::new("s.yml"),
-        |_| None,
-    )?;
+    let cfg = p.source_config(port, "app.*", "")?;
     src.batch_execute("insert into app.a values (1, 1, 'before')")
         .await?;
     wait_equal(&src, &dst, &["app.a"], Duration::from_secs(20)).await?;

@@ -181,11 +181,7 @@ async fn every_type_reaches_the_target_equal_through_the_initial_load() -> anyho
     .await?;
     let target = p.start_target(0).await?;
     let port = target.local_addr.expect("listening").port();
-    let config = pgteleport::config::Config::from_yaml(
-        &p.source_yaml(port, "app.*", ""),
-        std::path::Path::new("s.yml"),
-        |_| None,
-    )?;
+    let config = p.source_config(port, "app.*", "")?;
     let summary = pgteleport::load::run(
         &config,
         pgteleport::load::LoadOptions {

@@ -159,17 +159,22 @@ impl Pair {
         Ok(instance::start(cfg).await?)
     }
 
+    /// The source instance's configuration of [`Pair::source_yaml`].
+    pub fn source_config(&self, target_port: u16, expression: &str, extra: &str) -> Result<Config> {
+        Ok(Config::from_yaml(
+            &self.source_yaml(target_port, expression, extra),
+            Path::new("<test source>"),
+            |_| None,
+        )?)
+    }
+
     pub async fn start_source(
         &self,
         target_port: u16,
         expression: &str,
         extra: &str,
     ) -> Result<Running> {
-        let cfg = Config::from_yaml(
-            &self.source_yaml(target_port, expression, extra),
-            Path::new("<test source>"),
-            |_| None,
-        )?;
+        let cfg = self.source_config(target_port, expression, extra)?;
         Ok(instance::start(cfg).await?)
     }
 
