@@ -68,6 +68,18 @@ targets:
 YML
     "$BIN" install --config "$WORK/source.yml" >/dev/null 2>&1
 }
+# The CPU seconds the backend of one psql_b session spends running the SQL "$1" (its
+# /proc/PID/stat before and after): far steadier than TPS on a shared machine. When the SQL
+# fails, psql's output goes to stderr and the function fails.
+backend_cpu_seconds() {
+    local out
+    out=$(printf '%s\n' 'select pg_backend_pid() as pid \gset' '\setenv PID :pid' \
+              '\! awk "{print \$14 + \$15}" /proc/$PID/stat' "$1" \
+              '\! awk "{print \$14 + \$15}" /proc/$PID/stat' | psql_b 2>&1) || { echo "$out" >&2; return 1; }
+    # shellcheck disable=SC2046
+    python3 -c "import sys; a, b = map(int, sys.argv[1:3]); print((b - a) / $(getconf CLK_TCK))" \
+        $(echo "$out" | grep -E '^[0-9]+$')
+}
 # Two clusters (source on $SP, target on $DP; $TP free for the target instance) and the
 # processes in PIDS killed, the clusters removed, on exit.
 PIDS=()

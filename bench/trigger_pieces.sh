@@ -123,14 +123,11 @@ for r in $(seq 1 "$REPEAT"); do
         n=$((ROWS / 10))
         sql="set synchronous_commit = off;
 do \$\$ begin for i in 1..$n loop update pgbench_accounts set abalance = abalance + 1 where aid = i; commit; end loop; end \$\$;"
-        ticks=$(printf '%s\n' 'select pg_backend_pid() as pid \gset' '\setenv PID :pid' \
-                  '\! awk "{print \$14 + \$15}" /proc/$PID/stat' "$sql" \
-                  '\! awk "{print \$14 + \$15}" /proc/$PID/stat' | psql_b 2>&1 | tee "$WORK/run.log" | grep -E '^[0-9]+$' | tr '\n' ' ') ||
-            { echo "variant $v failed:" >&2; cat "$WORK/run.log" >&2; exit 1; }
+        secs=$(backend_cpu_seconds "$sql") || { echo "variant $v failed (above)" >&2; exit 1; }
         events=$(psql_b -c "select count(*) from teleport.event")
         expected=$([ "$v" = none ] || [ "$v" = empty ] || [ "$v" = json ] && echo 0 || echo "$n")
         [ "$events" = "$expected" ] || { echo "variant $v queued $events events, not $expected" >&2; exit 1; }
-        us=$(python3 -c "a, b = map(int, '$ticks'.split()); print(round((b - a) / $(getconf CLK_TCK) / $n * 1e6, 2))")
+        us=$(python3 -c "print(round($secs / $n * 1e6, 2))")
         echo "round $r $v: $us µs per transaction"
         echo "$r $v $us" >> "$results"
     done

@@ -112,10 +112,8 @@ do \$\$ begin for i in 1..$n loop update pgbench_accounts set abalance = abalanc
                 n=$ROWS
                 sql="begin; update pgbench_accounts set abalance = abalance + 1 where aid <= $n; rollback;"
             fi
-            ticks=$(printf '%s\n' 'select pg_backend_pid() as pid \gset' '\setenv PID :pid' \
-                      '\! awk "{print \$14 + \$15}" /proc/$PID/stat' "$sql" \
-                      '\! awk "{print \$14 + \$15}" /proc/$PID/stat' | psql_b 2>&1 | grep -E '^[0-9]+$' | tr '\n' ' ')
-            tps=$(python3 -c "a, b = map(int, '$ticks'.split()); print(round($n / ((b - a) / $(getconf CLK_TCK)), 1))")
+            secs=$(backend_cpu_seconds "$sql")
+            tps=$(python3 -c "print(round($n / $secs, 1))")
         else
             args=(-h 127.0.0.1 -p "$SP" -U bench -n -c "$CLIENTS" -j 2 -T "$DURATION")
             if [ "$WORKLOAD" = tpcb ]; then args+=(-b tpcb-like); else args+=(-f "$WORK/update.sql"); fi
