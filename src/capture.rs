@@ -258,7 +258,7 @@ async fn install_locked(client: &mut Client, config: &Config) -> Result<Installe
         if let Some(t) = catalog
             .tables
             .iter()
-            .find(|t| t.replica_key().is_none() && !config.keyless_tables)
+            .find(|t| refused_without_key(config, t))
         {
             return Err(InstallError::NoPrimaryKey {
                 table: t.qualified(),
@@ -356,6 +356,11 @@ async fn install_ddl_capture(
     tx.commit().await
 }
 
+/// Whether `table` is refused for having no key (`keyless_tables` is off).
+fn refused_without_key(config: &Config, table: &Table) -> bool {
+    table.replica_key().is_none() && !config.keyless_tables
+}
+
 /// Installs a capture trigger on each of `installed`'s tables that lacks one (queueing the
 /// rows a table new to replication already holds) and registers each target. The caller
 /// read the tables (the ddlwatcher passes those it just diffed).
@@ -369,7 +374,7 @@ pub async fn install_tables(
     let mut keyless: BTreeMap<u32, (Table, String)> = BTreeMap::new();
     for (name, catalog) in &installed.catalogs {
         for t in &catalog.tables {
-            if t.replica_key().is_none() && !config.keyless_tables {
+            if refused_without_key(config, t) {
                 keyless.insert(t.oid, (t.clone(), name.clone()));
                 continue;
             }
