@@ -438,6 +438,13 @@ impl Applier {
                 .collect(),
             applied: applied_ddl,
             extra_columns_seen: Vec::new(),
+            early: Vec::new(),
+            keys_before: Default::default(),
+            tables: batch
+                .tables
+                .iter()
+                .map(|t| qualified(batch.apply_schema.as_deref().unwrap_or(&t.schema), &t.name))
+                .collect(),
         };
         let mut loaded: HashMap<(String, String), Snapshot> = HashMap::new();
         for r in &loads {
@@ -905,6 +912,7 @@ impl Applier {
             let first = events[indexes[0]];
             // Row events only: kind_of gives schema and sequence events a stand-in kind.
             let pipelined = ddl.pending.is_empty()
+                && ddl.early.is_empty()
                 && matches!(first.op, Op::Insert | Op::Update | Op::Delete)
                 && matches!(
                     kind_of(first, keyless(first)),
@@ -933,6 +941,7 @@ impl Applier {
                 while ddl.pending.first().is_some_and(|v| v.version <= version) {
                     ddl.apply_next(tx).await?;
                 }
+                ddl.reached(version);
                 if ddl.applied < version {
                     return Err(ApplyError::BadRequest {
                         message: format!("schema event {} names version {version}, which the batch does not carry", first.id),
@@ -1019,6 +1028,7 @@ impl Applier {
                 }
             } else {
                 // Asked inside the step: a pending version may create the table first.
+                let keys_before = ddl.keys_before.clone();
                 ddl.run(tx, || async {
                     let tolerate = self.tolerates_missing(tx, kind, &table).await?;
                     if kind == Kind::DeleteWhere {
@@ -1026,7 +1036,10 @@ impl Applier {
                         return delete_where(tx, meta, &table, run, apply_schema).await;
                     }
                     // Asked again at each try: a version applied meanwhile may change it.
-                    let keyed = self.key_as_on_target(tx, kind, meta, run, &table).await?;
+                    let before = keys_before.lock().ok().and_then(|k| k.get(&table).cloned());
+                    let keyed = self
+                        .key_as_on_target(tx, kind, meta, run, &table, before)
+                        .await?;
                     let (kind, meta) = match &keyed {
                         // A table whose key was dropped: rows written before, with the
                         // key their trigger had, go by that key while the target has it.
@@ -1443,6 +1456,16 @@ struct DdlState<'a> {
     /// Target tables seen with their mirror's extra columns in this batch: remembered once
     /// it commits (an ALTER that added them may still roll back).
     extra_columns_seen: Vec<String>,
+    /// Versions applied before their schema event (a run needed them) whose event is still
+    /// ahead in the batch.
+    early: Vec<i64>,
+    /// The target's keys (table → key columns) before the first of `early` was applied. Up
+    /// to a version's schema event, a table's row trigger is the one made before the change
+    /// (the source makes it again with the event: at once in event-trigger mode, when
+    /// recording the version in diffing mode), so those rows carry the key of before.
+    keys_before: std::sync::Arc<std::sync::Mutex<HashMap<String, Vec<String>>>>,
+    /// The batch's tables as named on the target.
+    tables: Vec<String>,
 }
 
 impl DdlState<'_> {
@@ -1474,10 +1497,49 @@ impl DdlState<'_> {
                     tx.batch_execute("rollback to savepoint pgteleport_run")
                         .await
                         .map_err(pg("savepoint"))?;
-                    tracing::debug!(%message, version = self.pending[0].version, "applying a schema version early");
+                    let version = self.pending[0].version;
+                    tracing::debug!(%message, version, "applying a schema version early");
+                    if self.early.is_empty() {
+                        self.remember_keys(tx).await?;
+                    }
                     self.apply_next(tx).await?;
+                    self.early.push(version);
                 }
                 Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Reads the target's key of every table of the batch (before a version is applied
+    /// early: the key the rows up to its schema event were captured with).
+    async fn remember_keys(&mut self, tx: &Transaction<'_>) -> Result<(), ApplyError> {
+        let rows = tx
+            .query(
+                &format!(
+                    "select t, {} from pg_catalog.unnest($1::text[]) t",
+                    ddlwatcher::key_columns_sql("pg_catalog.to_regclass(t)")
+                ),
+                &[&self.tables],
+            )
+            .await
+            .map_err(pg("reading the keys of the batch's tables"))?;
+        if let Ok(mut keys) = self.keys_before.lock() {
+            *keys = rows
+                .iter()
+                .map(|r| (r.get::<_, String>(0), r.get::<_, Vec<String>>(1)))
+                .filter(|(_, k)| !k.is_empty())
+                .collect();
+        }
+        Ok(())
+    }
+
+    /// The schema event of `version` reached: the versions up to it applied early are in
+    /// their place now, and the rows after it were captured with the key they name.
+    fn reached(&mut self, version: i64) {
+        self.early.retain(|&v| v > version);
+        if self.early.is_empty() {
+            if let Ok(mut keys) = self.keys_before.lock() {
+                keys.clear();
             }
         }
     }
@@ -1521,6 +1583,11 @@ impl Applier {
     /// has no key in the batch (its rows are otherwise found by their whole old image, which
     /// rows captured with a key do not carry). `None`: the same key, or images without the
     /// target's key columns (the run then goes as before, and a pending version may be due).
+    ///
+    /// `before`: the table's key before a version that a run needed was applied ahead of its
+    /// schema event (a key widened, and a row inserted that only the new key allows): rows
+    /// up to that event were captured with it — an update that changed a column only the
+    /// new key has is no key change to their trigger — and are matched on it.
     async fn key_as_on_target(
         &self,
         tx: &Transaction<'_>,
@@ -1528,6 +1595,7 @@ impl Applier {
         meta: &TableMeta,
         run: &[&Event],
         table: &str,
+        before: Option<Vec<String>>,
     ) -> Result<Option<TableMeta>, ApplyError> {
         // The image each event would be matched by with a key.
         let holds = |key: &[String]| {
@@ -1545,6 +1613,13 @@ impl Applier {
         let keyed = matches!(kind, Kind::Update | Kind::UpdateKey | Kind::Delete);
         if !(keyed && !meta.key.is_empty() || kind == Kind::RowIdentity && meta.key.is_empty()) {
             return Ok(None);
+        }
+        if let Some(key) = before.filter(|k| *k != meta.key && holds(k)) {
+            tracing::debug!(table, key = ?key, batch_key = ?meta.key, "rows written before their table's key changed, after that change was applied: matched on the key of before");
+            return Ok(Some(TableMeta {
+                key,
+                ..meta.clone()
+            }));
         }
         let context = format!("reading the key of {table}");
         let key: Vec<String> = tx

@@ -583,7 +583,7 @@ async fn keys_are_built_while_the_next_table_is_copied() -> anyhow::Result<()> {
         .await?;
         let building = active
             .iter()
-            .any(|q| q.contains("first") && q.contains("add primary key"));
+            .any(|q| q.contains("first") && q.contains("primary key ("));
         let copying = active
             .iter()
             .any(|q| q.starts_with("copy ") && q.contains("second"));

@@ -855,6 +855,41 @@ async fn writes_around_a_deferrable_key_and_its_table_renamed_all_arrive() -> an
     Ok(())
 }
 
+/// A primary key with a name of its own, widened and then renamed with writes around: the
+/// target's key carries the source's name all along (it was created as `<table>_pkey`, so
+/// the change dropped a name the target lacked and stopped at "multiple primary keys").
+/// The row inserted that only the wider key allows makes the target apply the change
+/// before the rows after it in the transaction, which the row trigger (made again only at
+/// the watcher's look, in diffing mode) captured with the old key: they are matched on it
+/// (a delete, and an update of a column only the new key has — "0 found" before).
+#[tokio::test]
+async fn a_named_primary_key_changed_and_renamed_keeps_the_source_name() -> anyhow::Result<()> {
+    for event_triggers in [false, true] {
+        ddl_between_writes(
+            event_triggers,
+            "create schema app;",
+            "create table app.k (id int constraint k_ident primary key, v int not null);
+             insert into app.k select g, g from generate_series(1, 6) g",
+            "begin;
+             update app.k set v = 10 where id = 1;
+             alter table app.k drop constraint k_ident, add constraint k_ident2 primary key (id, v);
+             insert into app.k values (1, 11);
+             delete from app.k where id = 2;
+             update app.k set v = 40 where id = 4;
+             commit;",
+            "alter table app.k rename constraint k_ident2 to k_final;
+             update app.k set v = v + 100 where id = 3;
+             insert into app.k values (3, 3);",
+            "app.k",
+            "select conname || ' ' || pg_get_constraintdef(oid) from pg_constraint
+              where conrelid = 'app.k'::regclass and contype = 'p'",
+            &["k_final PRIMARY KEY (id, v)"],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// A table, the enum it uses and a function dropped and created again under their names,
 /// with writes to both tables in one transaction and a TRUNCATE between writes: the
 /// target ends with the new table's rows, the new labels and the new function body (the

@@ -72,6 +72,8 @@ impl SchemaMap {
             .tables
             .contains_key(&(t.schema.clone(), t.name.clone()))
         {
+            // Its key takes the target's default name (see `primary_key`).
+            out.primary_key_name = None;
             for i in &mut out.indexes {
                 if let Ok(sql) = crate::retarget::statement(&i.definition, &only_renames) {
                     i.definition = sql;
@@ -265,12 +267,18 @@ pub fn create_table(table: &Table, map: &SchemaMap) -> String {
     crate::retarget::if_needed(sql, map)
 }
 
-/// `ALTER TABLE … ADD PRIMARY KEY`.
+/// `ALTER TABLE … ADD CONSTRAINT … PRIMARY KEY`, under the source key's name: a key named
+/// apart from its table (a custom name, or a table renamed since) keeps that name on the
+/// target. PostgreSQL's default name when a snapshot did not record it, or when the table
+/// goes to a name of its own (a mirror's table mapping: the source's name would be the
+/// source table's, and may be another table's there).
 pub fn primary_key(table: &Table, map: &SchemaMap) -> Option<String> {
     table.primary_key.as_ref().map(|k| {
         format!(
-            "alter table {} add primary key ({}){}",
+            "alter table {} add {}primary key ({}){}",
             map.table(&table.schema, &table.name),
+            primary_key_name(table, map)
+                .map_or_else(String::new, |n| format!("constraint {} ", quote_ident(n))),
             k.iter()
                 .map(|c| quote_ident(c))
                 .collect::<Vec<_>>()
@@ -282,6 +290,53 @@ pub fn primary_key(table: &Table, map: &SchemaMap) -> Option<String> {
             }
         )
     })
+}
+
+/// The name the table's primary key has on the target: the source's, unless the table is
+/// mapped to a name of its own (see [`primary_key`]).
+pub fn primary_key_name<'a>(table: &'a Table, map: &SchemaMap) -> Option<&'a str> {
+    let mapped = map
+        .tables
+        .contains_key(&(table.schema.clone(), table.name.clone()));
+    table.primary_key_name.as_deref().filter(|_| !mapped)
+}
+
+/// Drops the target table's primary key, whatever its name there: targets made before keys
+/// took the source's name have PostgreSQL's default, `<table>_pkey` at the time the table
+/// was created (a `DO` block: `ALTER TABLE` takes no expression for a name).
+pub fn drop_primary_key(table: &Table, map: &SchemaMap) -> String {
+    let rel = quote_literal(&map.table(&table.schema, &table.name));
+    do_block(&format!(
+        "declare k pg_catalog.name; begin \
+         select c.conname into k from pg_catalog.pg_constraint c \
+          where c.conrelid = {rel}::pg_catalog.regclass and c.contype = 'p'; \
+         if k is not null then \
+           execute pg_catalog.format('alter table %s drop constraint %I', {rel}, k); \
+         end if; end"
+    ))
+}
+
+/// Gives the target table's primary key, whatever its name there, the name `name`.
+pub fn rename_primary_key(table: &Table, map: &SchemaMap, name: &str) -> String {
+    let rel = quote_literal(&map.table(&table.schema, &table.name));
+    let name = quote_literal(name);
+    do_block(&format!(
+        "declare k pg_catalog.name; begin \
+         select c.conname into k from pg_catalog.pg_constraint c \
+          where c.conrelid = {rel}::pg_catalog.regclass and c.contype = 'p'; \
+         if k is not null and k <> {name} then \
+           execute pg_catalog.format('alter table %s rename constraint %I to %I', {rel}, k, {name}); \
+         end if; end"
+    ))
+}
+
+/// `DO $tag$ body $tag$` with a tag the body does not contain (object names are any text).
+fn do_block(body: &str) -> String {
+    let mut tag = String::from("$pgteleport$");
+    while body.contains(&tag) {
+        tag.insert(tag.len() - 1, '_');
+    }
+    format!("do {tag} {body} {tag}")
 }
 
 /// `CREATE INDEX` on the target; `None` when the schema is renamed and the index has
@@ -387,6 +442,25 @@ mod tests {
         assert_eq!(
             primary_key(&t, &map).unwrap(),
             "alter table \"copy\".\"t x\" add primary key (\"id\")"
+        );
+        // Under the source key's name when the snapshot has it (a table renamed keeps it).
+        let named = Table {
+            primary_key_name: Some("t_Old\"pkey".into()),
+            ..t.clone()
+        };
+        assert_eq!(
+            primary_key(&named, &map).unwrap(),
+            "alter table \"copy\".\"t x\" add constraint \"t_Old\"\"pkey\" primary key (\"id\")"
+        );
+        // A table mapped to a name of its own gets PostgreSQL's default name for its key.
+        let mut mapped = map.clone();
+        mapped.tables.insert(
+            (named.schema.clone(), named.name.clone()),
+            ("archive".into(), "t_v2".into()),
+        );
+        assert_eq!(
+            primary_key(&named, &mapped).unwrap(),
+            "alter table \"archive\".\"t_v2\" add primary key (\"id\")"
         );
         assert_eq!(
             create_index(&t, &t.indexes[0], &map).unwrap(),

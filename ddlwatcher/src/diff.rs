@@ -490,19 +490,20 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
             || o.primary_key_deferrable != t.primary_key_deferrable
         {
             if o.primary_key.is_some() {
-                // By its name on the source (a table renamed keeps its key's name; before
-                // snapshots recorded it, the name PostgreSQL gives a key by default).
-                let pkey = o
-                    .primary_key_name
-                    .clone()
-                    .unwrap_or_else(|| format!("{}_pkey", o.name));
-                out.push(Statement::tx(format!(
-                    "alter table {name} drop constraint if exists {}",
-                    quote_ident(&pkey)
-                )));
+                // Whatever its name on the target: older targets have the default one.
+                out.push(Statement::tx(ddl::drop_primary_key(t, map)));
             }
             if let Some(pk) = ddl::primary_key(t, map) {
                 out.push(Statement::tx(pk));
+            }
+        } else if let (Some(_), Some(before), Some(after)) = (
+            &t.primary_key,
+            &o.primary_key_name,
+            ddl::primary_key_name(t, map),
+        ) {
+            if before != after {
+                // `ALTER TABLE … RENAME CONSTRAINT` or `ALTER INDEX … RENAME` of the key.
+                out.push(Statement::tx(ddl::rename_primary_key(t, map, after)));
             }
         }
         // Indexes by name.
@@ -823,7 +824,7 @@ mod tests {
     }
 
     #[test]
-    fn a_key_column_renamed_keeps_the_key_and_a_moved_key_drops_it_by_its_name() {
+    fn a_key_column_renamed_keeps_the_key_and_a_moved_or_renamed_key_keeps_its_name() {
         let cat = |t: Table| Catalog {
             tables: vec![t],
             ..Default::default()
@@ -842,7 +843,8 @@ mod tests {
             sqls(&old, &new),
             ["alter table \"copy\".\"t\" rename column \"id\" to \"k\""]
         );
-        // Moved to another column of a table renamed before: dropped by the key's own name.
+        // Moved to another column: the target's key dropped whatever its name there (older
+        // targets have the default one), the new one added under the source's name.
         let old = cat(Table {
             primary_key_name: Some("t_old_pkey".into()),
             ..table(1, "t", vec![col(1, "id", "int4"), col(2, "v", "int4")])
@@ -852,13 +854,25 @@ mod tests {
             primary_key_name: Some("t_v_key".into()),
             ..table(1, "t", vec![col(1, "id", "int4"), col(2, "v", "int4")])
         });
+        let out = sqls(&old, &new);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert!(out[0].starts_with("do $pgteleport$ ") && out[0].ends_with(" $pgteleport$"));
+        assert!(out[0].contains("'\"copy\".\"t\"'::pg_catalog.regclass and c.contype = 'p'"));
+        assert!(out[0].contains("'alter table %s drop constraint %I'"));
         assert_eq!(
-            sqls(&old, &new),
-            [
-                "alter table \"copy\".\"t\" drop constraint if exists \"t_old_pkey\"",
-                "alter table \"copy\".\"t\" add primary key (\"v\")"
-            ]
+            out[1],
+            "alter table \"copy\".\"t\" add constraint \"t_v_key\" primary key (\"v\")"
         );
+        // Renamed: renamed on the target (whatever its name there), nothing rebuilt.
+        let renamed = cat(Table {
+            primary_key_name: Some("t_$pgteleport$'key".into()),
+            ..new.tables[0].clone()
+        });
+        let out = sqls(&new, &renamed);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(out[0].starts_with("do $pgteleport_$ ") && out[0].ends_with(" $pgteleport_$"));
+        assert!(out[0].contains("k <> 't_$pgteleport$''key'"), "{}", out[0]);
+        assert!(sqls(&renamed, &renamed).is_empty());
     }
 
     #[test]
