@@ -1271,10 +1271,7 @@ impl SetRun {
         let context = format!("applying {} {:?} event(s) to {table}", events.len(), kind);
         let sql = match kind {
             Kind::Insert => insert_sql(meta, cols, table),
-            Kind::Update => match update_sql(meta, cols, table) {
-                Some(sql) => sql,
-                None => return Ok(None),
-            },
+            Kind::Update => update_sql(meta, cols, table),
             Kind::Delete => delete_sql(meta, table),
             other => unreachable!("{other:?} runs are not set-based"),
         };
@@ -2036,8 +2033,13 @@ fn insert_sql(meta: &TableMeta, columns: &[String], table: &str) -> String {
 }
 
 /// Returns (rows named, rows matched). The last image of each key wins (row images are
-/// complete, so the last one is the row's state after the run).
-fn update_sql(meta: &TableMeta, columns: &[String], table: &str) -> Option<String> {
+/// complete, so the last one is the row's state after the run). An update that writes key
+/// columns only (their values unchanged: the key did not change) has nothing to set — a
+/// column changed that the target does not get (an excluded one) — but its rows must be
+/// there all the same: the statement counts them, so a row missing fails the run as
+/// diverged instead of passing unseen (and a row trigger made before a key change, which
+/// calls an update of a column only the new key has no key change, is seen).
+fn update_sql(meta: &TableMeta, columns: &[String], table: &str) -> String {
     let set: Vec<String> = columns
         .iter()
         .filter(|c| !meta.key.contains(c) && !meta.identity_always.contains(c))
@@ -2049,22 +2051,27 @@ fn update_sql(meta: &TableMeta, columns: &[String], table: &str) -> Option<Strin
             )
         })
         .collect();
-    if set.is_empty() {
-        return None;
-    }
     let rkey = column_list(&meta.key, "r.");
-    Some(format!(
+    let r = format!(
         "with r as (select distinct on ({rkey}) r.*, e.j as pgteleport_image
                       from (select * from json_array_elements($1::text::json) with ordinality limit $2) as e(j, n),
                            json_populate_record(null::{table}, e.j) as r
-                     order by {rkey}, e.n desc),
-              u as (update {table} as t set {set}{synced} from r where {cond}{same} returning 1)
+                     order by {rkey}, e.n desc)"
+    );
+    let cond = key_match(&meta.key, "t", "r");
+    let same = identity_unchanged(meta, columns, "r");
+    if set.is_empty() {
+        return format!(
+            "{r} select (select count(*) from r),
+                    (select count(*) from r where exists (select from {table} as t where {cond}{same}))"
+        );
+    }
+    format!(
+        "{r}, u as (update {table} as t set {set}{synced} from r where {cond}{same} returning 1)
          select (select count(*) from r), (select count(*) from u)",
         set = set.join(", "),
         synced = synced_at_set(meta),
-        cond = key_match(&meta.key, "t", "r"),
-        same = identity_unchanged(meta, columns, "r"),
-    ))
+    )
 }
 
 /// ` and t."c" is not distinct from r."c"` for each identity column `GENERATED ALWAYS` on
@@ -2297,13 +2304,12 @@ fn delete_sql(meta: &TableMeta, table: &str) -> String {
 pub mod bench_api {
     use super::*;
 
-    /// The insert, update (`None` when only key columns are written) and delete statements
-    /// of runs over `columns` of `table`.
+    /// The insert, update and delete statements of runs over `columns` of `table`.
     pub fn statements(
         meta: &TableMeta,
         columns: &[String],
         table: &str,
-    ) -> (String, Option<String>, String) {
+    ) -> (String, String, String) {
         (
             insert_sql(meta, columns, table),
             update_sql(meta, columns, table),
@@ -2567,7 +2573,7 @@ mod tests {
             ins.starts_with("insert into \"copy\".\"Order Lines\" (\"order\", \"line\", \"qty\")"),
             "{ins}"
         );
-        let upd = update_sql(&meta(), &meta().columns, &t).unwrap();
+        let upd = update_sql(&meta(), &meta().columns, &t);
         assert!(upd.contains("\"qty\" = r.\"qty\""), "{upd}");
         assert!(
             !upd.contains("\"order\" = r.\"order\","),
@@ -2582,10 +2588,16 @@ mod tests {
     }
 
     #[test]
-    fn key_only_table_has_no_plain_update() {
+    fn key_only_table_update_counts_its_rows() {
         let mut m = meta();
         m.columns.truncate(2);
-        assert!(update_sql(&m, &m.columns, "x").is_none());
+        // Nothing to set, but the rows are counted.
+        let check = update_sql(&m, &m.columns, "x");
+        assert!(!check.contains("update "), "{check}");
+        assert!(
+            check.contains("exists (select from x as t where"),
+            "{check}"
+        );
         assert!(update_key_sql(&m, &m.columns, "x").contains("\"line\" = r.\"line\""));
     }
 

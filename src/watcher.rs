@@ -129,6 +129,7 @@ impl Watcher {
         let mut recorded = false;
         let mut deferred = Vec::new();
         if let Some(change) = self.advance(&tx, target, &new, names, &excluded).await? {
+            self.remake_triggers(&tx, &change.before, &new).await?;
             let (later, now): (Vec<_>, Vec<_>) =
                 change.statements.into_iter().partition(|st| st.after_rows);
             if !now.is_empty() {
@@ -144,6 +145,59 @@ impl Watcher {
         }
         tx.commit().await.map_err(StepError::db("commit"))?;
         Ok((recorded, deferred, new))
+    }
+
+    /// Makes the row trigger of every captured table whose trigger arguments (key columns,
+    /// columns in text form) changed from `before` to `after` again, in the transaction that
+    /// records the change's schema version, before it. Its lock waits for the writers that
+    /// still use the trigger made before — their rows then precede the schema event, where
+    /// the applier matches them on the key of before — and writers after the event use the
+    /// new one. (Left to [`capture::install_tables`] after the commit, a writer open across
+    /// it had its rows, captured with the old key, follow the event: an update of a column
+    /// only the new key has was matched on its new value, and held for good.) Tables new to
+    /// replication are left to `install_tables`, which queues the rows they hold.
+    async fn remake_triggers(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        before: &[ddlwatcher::Table],
+        after: &Catalog,
+    ) -> Result<(), StepError> {
+        let s = &self.schema;
+        let json = |tables: &[ddlwatcher::Table]| {
+            serde_json::to_string(tables).map_err(|e| StepError::Fatal(e.to_string()))
+        };
+        let changed: Vec<ddlwatcher::Table> = after
+            .tables
+            .iter()
+            .filter(|t| before.iter().any(|b| b.oid == t.oid && b != *t))
+            .cloned()
+            .collect();
+        if changed.is_empty() {
+            return Ok(());
+        }
+        let n: i64 = tx
+            .query_one(
+                &format!(
+                    "select count({s}.capture_table((n.t ->> 'oid')::oid, a.args, false))
+                       from pg_catalog.jsonb_array_elements($1::text::jsonb) as n(t)
+                       join pg_catalog.jsonb_array_elements($2::text::jsonb) as o(t) on o.t -> 'oid' = n.t -> 'oid'
+                      cross join lateral (select {s}.capture_args(n.t) as args) as a
+                      where a.args is distinct from {s}.capture_args(o.t)
+                        and exists (select from pg_catalog.pg_trigger g
+                                     where g.tgrelid = (n.t ->> 'oid')::oid and g.tgname = $3)"
+                ),
+                &[&json(&changed)?, &json(before)?, &capture::TRIGGER_NAME],
+            )
+            .await
+            .map_err(StepError::db("making the row triggers of changed tables again"))?
+            .get(0);
+        if n > 0 {
+            tracing::debug!(
+                tables = n,
+                "row triggers made again with the schema version"
+            );
+        }
+        Ok(())
     }
 
     /// Records what `catalog` shows of `target`'s excluded columns; returns them all.
@@ -196,7 +250,10 @@ impl Watcher {
         if old.as_ref() == Some(new) {
             return Ok(None);
         }
-        let change = old.map(|old| change_between(&old, new, names, excluded));
+        let change = old.map(|old| Change {
+            before: old.tables.clone(),
+            ..change_between(&old, new, names, excluded)
+        });
         let json = serde_json::to_string(new).map_err(|e| StepError::Fatal(e.to_string()))?;
         tx.execute(
             &format!(
@@ -440,6 +497,7 @@ fn change_between(
         added,
         gone,
         after_backfill,
+        before: Vec::new(),
     }
 }
 
@@ -455,6 +513,8 @@ struct Change {
     /// Recorded as a version of its own after the backfill: identity columns back to
     /// GENERATED ALWAYS.
     after_backfill: Vec<Statement>,
+    /// The previous snapshot's tables (whole): [`Watcher::remake_triggers`].
+    before: Vec<ddlwatcher::Table>,
 }
 
 /// Partitions detached or dropped: the partitioned table (in the new catalog), the partition.

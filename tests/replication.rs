@@ -1535,6 +1535,69 @@ async fn mirrors_with_different_expressions_receive_only_their_tables() -> anyho
     Ok(())
 }
 
+/// An update of a table that leaves only its key to write (the other column excluded) still
+/// needs its row on the target: a row missing there stops the stream as diverged, like any
+/// update, instead of passing unseen (the applier had nothing to set and skipped it).
+#[tokio::test]
+async fn an_update_with_only_its_key_to_write_needs_its_row_on_the_target() -> anyhow::Result<()> {
+    let p = Pair::new2(
+        "create schema app; create table app.x (id int primary key, secret text);",
+        "create schema app; create table app.x (id int primary key);",
+    )
+    .await?;
+    let target = p.start_target(0).await?;
+    let port = target.local_addr.unwrap().port();
+    let source = p
+        .start_source(
+            port,
+            "app.*",
+            "    exclude_columns: {\"app.x\": [secret]}\n",
+        )
+        .await?;
+    let (src, dst) = (p.src().await?, p.dst().await?);
+    src.batch_execute("insert into app.x select g, 's' || g from generate_series(1, 5) g")
+        .await?;
+    let ids = "select id::text from app.x order by id";
+    wait_texts(
+        &dst,
+        "the rows",
+        Duration::from_secs(20),
+        ids,
+        &["1", "2", "3", "4", "5"],
+    )
+    .await?;
+    dst.batch_execute("delete from app.x where id = 2").await?;
+    src.batch_execute("update app.x set secret = 'changed' where id in (2, 3); insert into app.x values (6, 's6')")
+        .await?;
+    wait_for(
+        "the divergence reported",
+        Duration::from_secs(20),
+        || async {
+            let e = last_error(&src).await?;
+            Ok(e.contains("\"app\".\"x\"")
+                && e.contains("2 row(s) named by the source but 1 found"))
+        },
+    )
+    .await?;
+    assert_eq!(
+        texts(&dst, ids).await?,
+        ["1", "3", "4", "5"],
+        "nothing of the batch applied"
+    );
+    dst.batch_execute("insert into app.x values (2)").await?;
+    wait_texts(
+        &dst,
+        "the stream after the row is back",
+        Duration::from_secs(20),
+        ids,
+        &["1", "2", "3", "4", "5", "6"],
+    )
+    .await?;
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}
+
 /// A row removed on the target outside replication: the source's update of it, then its
 /// delete, stop the stream with an error naming the table and the divergence — no update
 /// or delete "does nothing" — and nothing of the failing batch is applied; once the row is
