@@ -938,6 +938,94 @@ async fn a_writer_open_across_the_watchers_look_at_a_key_change_is_replicated() 
     Ok(())
 }
 
+/// Indexes and constraints renamed on the source (an index, a unique constraint, a foreign
+/// key, a check) with writes around are renamed on the target — the same objects, not
+/// dropped and made again (an index built again over the whole table, a foreign key
+/// checked again) — in either mode.
+#[tokio::test]
+async fn renamed_indexes_and_constraints_are_renamed_on_the_target_not_made_again(
+) -> anyhow::Result<()> {
+    for event_triggers in [false, true] {
+        let p = Pair::new("create schema app;").await?;
+        if event_triggers {
+            p.make_src_superuser().await?;
+        }
+        let target = p.start_target(0).await?;
+        let port = target.local_addr.unwrap().port();
+        let extra = if event_triggers {
+            "use_event_triggers: true\n"
+        } else {
+            ""
+        };
+        let source = p.start_source(port, "app.*", extra).await?;
+        let (src, dst) = (p.src().await?, p.dst().await?);
+        src.batch_execute(
+            "create table app.p (id int primary key);
+             create table app.c (id int primary key, p int constraint c_p_fk references app.p,
+                                 code text constraint c_code_key unique,
+                                 n int constraint c_n_check check (n > 0));
+             create index c_n_idx on app.c (n);
+             insert into app.p select g from generate_series(1, 10) g;
+             insert into app.c select g, g, 'c' || g, g from generate_series(1, 10) g;",
+        )
+        .await?;
+        wait_equal(&src, &dst, &["app.p", "app.c"], Duration::from_secs(20)).await?;
+        let oid = |kind: &'static str, name: &'static str| {
+            let dst = &dst;
+            async move {
+                let sql = match kind {
+                    "index" => format!("select oid::int8 from pg_class where oid = 'app.{name}'::regclass"),
+                    _ => format!("select oid::int8 from pg_constraint where conrelid = 'app.c'::regclass and conname = '{name}'"),
+                };
+                scalar_i64(dst, &sql).await
+            }
+        };
+        let before = [
+            oid("index", "c_n_idx").await?,
+            oid("index", "c_code_key").await?,
+            oid("constraint", "c_p_fk").await?,
+            oid("constraint", "c_n_check").await?,
+        ];
+        src.batch_execute(
+            "begin;
+             insert into app.c values (11, 1, 'c11', 11);
+             alter index app.c_n_idx rename to c_n_index;
+             alter table app.c rename constraint c_code_key to c_code_unique;
+             alter table app.c rename constraint c_p_fk to c_parent_fk;
+             alter table app.c rename constraint c_n_check to c_n_positive;
+             update app.c set n = 20, code = 'c2 changed' where id = 2;
+             commit;
+             insert into app.c values (12, 2, 'c12', 12);",
+        )
+        .await?;
+        wait_equal(&src, &dst, &["app.p", "app.c"], Duration::from_secs(20)).await?;
+        let shape = "select conname || ' ' || pg_get_constraintdef(oid) from pg_constraint
+                      where conrelid = 'app.c'::regclass order by 1";
+        let want = texts(&src, shape).await?;
+        wait_texts(
+            &dst,
+            "the constraints renamed",
+            Duration::from_secs(20),
+            shape,
+            &want,
+        )
+        .await?;
+        let after = [
+            oid("index", "c_n_index").await?,
+            oid("index", "c_code_unique").await?,
+            oid("constraint", "c_parent_fk").await?,
+            oid("constraint", "c_n_positive").await?,
+        ];
+        assert_eq!(
+            after, before,
+            "the same objects, renamed (event triggers: {event_triggers})"
+        );
+        source.shutdown().await?;
+        target.shutdown().await?;
+    }
+    Ok(())
+}
+
 /// A table, the enum it uses and a function dropped and created again under their names,
 /// with writes to both tables in one transaction and a TRUNCATE between writes: the
 /// target ends with the new table's rows, the new labels and the new function body (the

@@ -332,10 +332,22 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
             .unwrap_or_default();
         let after: BTreeMap<&str, &crate::catalog::Constraint> =
             t.constraints.iter().map(|c| (c.name.as_str(), c)).collect();
+        // Renamed: one gone and one new of the same kind and definition — renamed on the
+        // target too, not dropped and added (a unique key's index built again, a foreign
+        // key checked again over the whole table).
+        let renamed = renames(&before, &after, |b, a| {
+            b.kind == a.kind && b.definition == a.definition
+        });
         if let Some(o) = surviving {
             let old_name = map.table(&o.schema, &o.name);
             for (n, c) in &before {
-                if after.get(n).is_none_or(|a| a.definition != c.definition) {
+                if let Some((_, to)) = renamed.iter().find(|(from, _)| from == n) {
+                    out.push(Statement::tx(format!(
+                        "alter table {old_name} rename constraint {} to {}",
+                        quote_ident(n),
+                        quote_ident(to)
+                    )));
+                } else if after.get(n).is_none_or(|a| a.definition != c.definition) {
                     out.push(Statement::tx(format!(
                         "alter table {old_name} drop constraint if exists {}",
                         quote_ident(n)
@@ -344,6 +356,9 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
             }
         }
         for (n, c) in &after {
+            if renamed.iter().any(|(_, to)| to == n) {
+                continue;
+            }
             if before.get(n).is_none_or(|b| b.definition != c.definition) {
                 add_constraints.push(Statement::tx(ddl::add_constraint(t, c, map)));
             }
@@ -509,7 +524,24 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
         // Indexes by name.
         let old_idx: BTreeMap<&str, _> = o.indexes.iter().map(|i| (i.name.as_str(), i)).collect();
         let new_idx: BTreeMap<&str, _> = t.indexes.iter().map(|i| (i.name.as_str(), i)).collect();
+        // Renamed: the same definition but for the name — renamed, not built again.
+        let renamed = renames(&old_idx, &new_idx, |b, a| {
+            b.unique == a.unique
+                && b.method == a.method
+                && without_name(&b.definition, &b.name) == without_name(&a.definition, &a.name)
+        });
+        let schema = map.table_parts(&t.schema, &t.name).0;
+        for (from, to) in &renamed {
+            out.push(Statement::tx(format!(
+                "alter index {} rename to {}",
+                qualified(schema, from),
+                quote_ident(to)
+            )));
+        }
         for (n, i) in &old_idx {
+            if renamed.iter().any(|(from, _)| from == n) {
+                continue;
+            }
             if new_idx
                 .get(n)
                 .is_none_or(|ni| ni.definition != i.definition)
@@ -521,6 +553,9 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
             }
         }
         for (n, i) in &new_idx {
+            if renamed.iter().any(|(_, to)| to == n) {
+                continue;
+            }
             if old_idx
                 .get(n)
                 .is_none_or(|oi| oi.definition != i.definition)
@@ -596,6 +631,42 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
     out
 }
 
+/// Objects renamed between two name-keyed maps: each one gone from `before` paired with the
+/// first one new in `after` that `same` holds for, each used once.
+fn renames<'a, T>(
+    before: &BTreeMap<&'a str, &T>,
+    after: &BTreeMap<&'a str, &T>,
+    same: impl Fn(&T, &T) -> bool,
+) -> Vec<(&'a str, &'a str)> {
+    let mut out: Vec<(&str, &str)> = Vec::new();
+    for (from, b) in before.iter().filter(|(n, _)| !after.contains_key(*n)) {
+        let to = after.iter().find(|(n, a)| {
+            !before.contains_key(*n) && !out.iter().any(|(_, t)| t == *n) && same(b, a)
+        });
+        if let Some((to, _)) = to {
+            out.push((from, to));
+        }
+    }
+    out
+}
+
+/// An index's definition (`pg_get_indexdef`) without its own name; unchanged when the name
+/// is not found where it belongs (the definitions then differ, and nothing is taken as a
+/// rename).
+fn without_name(definition: &str, name: &str) -> String {
+    for spelled in [name.to_string(), quote_ident(name)] {
+        let named = format!(" INDEX {spelled} ON ");
+        if let Some(at) = definition.find(&named) {
+            return format!(
+                "{} INDEX ON {}",
+                &definition[..at],
+                &definition[at + named.len()..]
+            );
+        }
+    }
+    definition.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -640,6 +711,68 @@ mod tests {
             tables: Default::default(),
         };
         diff(old, new, &map).into_iter().map(|s| s.sql).collect()
+    }
+
+    #[test]
+    fn renamed_indexes_and_constraints_are_renamed() {
+        let idx = |name: &str, def: &str| crate::catalog::Index {
+            name: name.into(),
+            unique: false,
+            method: "btree".into(),
+            columns: Some(vec!["v".into()]),
+            definition: def.into(),
+        };
+        let check = |name: &str, def: &str| crate::catalog::Constraint {
+            name: name.into(),
+            kind: 'c',
+            definition: def.into(),
+        };
+        let cat = |indexes: Vec<crate::catalog::Index>, constraints| Catalog {
+            tables: vec![Table {
+                indexes,
+                constraints,
+                ..table(1, "t", vec![col(1, "id", "int4"), col(2, "v", "int4")])
+            }],
+            ..Default::default()
+        };
+        let old = cat(
+            vec![
+                idx("t_v", "CREATE INDEX t_v ON app.t USING btree (v)"),
+                idx(
+                    "t_w",
+                    "CREATE INDEX t_w ON app.t USING btree (v) WHERE (v > 0)",
+                ),
+            ],
+            vec![
+                check("t_v_check", "CHECK ((v > 0))"),
+                check("t_v_small", "CHECK ((v < 10))"),
+            ],
+        );
+        let new = cat(
+            vec![
+                idx("By V", "CREATE INDEX \"By V\" ON app.t USING btree (v)"),
+                // Renamed and changed: built again.
+                idx(
+                    "t_w2",
+                    "CREATE INDEX t_w2 ON app.t USING btree (v) WHERE (v > 1)",
+                ),
+            ],
+            vec![
+                check("t_v_positive", "CHECK ((v > 0))"),
+                check("t_v_smaller", "CHECK ((v < 5))"),
+            ],
+        );
+        assert_eq!(
+            sqls(&old, &new),
+            [
+                "alter table \"copy\".\"t\" rename constraint \"t_v_check\" to \"t_v_positive\"",
+                "alter table \"copy\".\"t\" drop constraint if exists \"t_v_small\"",
+                "alter index \"copy\".\"t_v\" rename to \"By V\"",
+                "drop index if exists \"copy\".\"t_w\"",
+                "CREATE INDEX t_w2 ON copy.t USING btree (v) WHERE v > 1",
+                "alter table \"copy\".\"t\" add constraint \"t_v_smaller\" CHECK ((v < 5))",
+            ]
+        );
     }
 
     #[test]
