@@ -25,6 +25,7 @@ pub const TARGET_SQL: &[(i32, &str)] = &[
     (3, include_str!("../sql/target_003_ddl.sql")),
     (4, include_str!("../sql/target_004_runs.sql")),
     (5, include_str!("../sql/target_005_acknowledged.sql")),
+    (6, include_str!("../sql/target_006_early_versions.sql")),
 ];
 
 /// Largest JSON text handed to one statement; longer runs are split.
@@ -422,14 +423,21 @@ impl Applier {
         )
         .await
         .map_err(pg("registering the schema version"))?;
-        let applied_ddl: i64 = tx
+        let row = tx
             .query_one(
-                &format!("select version from {s}.ddl_applied where source = $1 and target = $2 for update"),
+                &format!("select version, early::text from {s}.ddl_applied where source = $1 and target = $2 for update"),
                 &[&batch.source, &batch.target],
             )
             .await
-            .map_err(pg("locking the schema version"))?
-            .get(0);
+            .map_err(pg("locking the schema version"))?;
+        let applied_ddl: i64 = row.get(0);
+        let early_before: Option<String> = row.get(1);
+        let early: EarlyVersions = match early_before.as_deref() {
+            Some(text) => serde_json::from_str(text).map_err(|e| ApplyError::Failed {
+                message: format!("{s}.ddl_applied.early is unreadable: {e}"),
+            })?,
+            None => EarlyVersions::default(),
+        };
         let mut ddl = DdlState {
             pending: batch
                 .ddl
@@ -438,8 +446,9 @@ impl Applier {
                 .collect(),
             applied: applied_ddl,
             extra_columns_seen: Vec::new(),
-            early: Vec::new(),
-            keys_before: Default::default(),
+            early: early.versions,
+            keys_before: std::sync::Arc::new(std::sync::Mutex::new(early.keys)),
+            loaded: HashMap::new(),
             tables: batch
                 .tables
                 .iter()
@@ -453,6 +462,7 @@ impl Applier {
                 loaded.insert((r.get(0), r.get(1)), snap);
             }
         }
+        ddl.loaded = loaded.clone();
         // Planned before the lock over all of the part's events: of use when no copy holds
         // some of them (apply_events uses it if it assumed the reorderability found now).
         let early_plan = early_plan.filter(|_| loaded.is_empty());
@@ -501,6 +511,17 @@ impl Applier {
                     extra.part, extra.seq
                 ),
             });
+        }
+        let early_after = ddl.early_state();
+        if early_after != early_before {
+            tx.execute(
+                &format!(
+                    "update {s}.ddl_applied set early = $3::text::jsonb where source = $1 and target = $2"
+                ),
+                &[&batch.source, &batch.target, &early_after],
+            )
+            .await
+            .map_err(pg("recording the schema versions applied early"))?;
         }
         if ddl.applied != applied_ddl {
             // A table may have been dropped and made again: check its columns and foreign
@@ -942,6 +963,24 @@ impl Applier {
                     ddl.apply_next(tx).await?;
                 }
                 ddl.reached(version);
+                // Checks of rows the event carries (values of a retyped column): here the
+                // target's rows stand where the source's did, whenever the version was
+                // applied — unless an initial load copied the table since.
+                for check in schema_checks(first)? {
+                    let copied = ddl
+                        .loaded
+                        .get(&(check.schema.clone(), check.table.clone()))
+                        .zip(first.txid)
+                        .is_some_and(|(snap, txid)| snap.visible(txid));
+                    if copied {
+                        continue;
+                    }
+                    tx.batch_execute(&check.sql)
+                        .await
+                        .map_err(|e| ApplyError::Failed {
+                            message: format!("schema version {version}: {}", db::describe(&e)),
+                        })?;
+                }
                 if ddl.applied < version {
                     return Err(ApplyError::BadRequest {
                         message: format!("schema event {} names version {version}, which the batch does not carry", first.id),
@@ -1446,6 +1485,14 @@ impl<'a> InFlight<'a> {
     }
 }
 
+/// Versions applied before their schema event, and the target's keys before the first of
+/// them (`ddl_applied.early`, kept from batch to batch until the events arrive).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct EarlyVersions {
+    versions: Vec<i64>,
+    keys: HashMap<String, Vec<String>>,
+}
+
 /// Schema versions of a batch not applied yet, and the version applied.
 struct DdlState<'a> {
     pending: Vec<&'a DdlVersion>,
@@ -1463,6 +1510,9 @@ struct DdlState<'a> {
     keys_before: std::sync::Arc<std::sync::Mutex<HashMap<String, Vec<String>>>>,
     /// The batch's tables as named on the target.
     tables: Vec<String>,
+    /// Tables an initial load copies, with its snapshot: a check of rows (a schema event's)
+    /// of a transaction the copy saw is the copy's business.
+    loaded: HashMap<(String, String), Snapshot>,
 }
 
 impl DdlState<'_> {
@@ -1530,6 +1580,23 @@ impl DdlState<'_> {
         Ok(())
     }
 
+    /// What is kept of the versions applied early for the next batch (`None`: nothing).
+    fn early_state(&self) -> Option<String> {
+        if self.early.is_empty() {
+            return None;
+        }
+        let keys = self
+            .keys_before
+            .lock()
+            .map(|k| k.clone())
+            .unwrap_or_default();
+        serde_json::to_string(&EarlyVersions {
+            versions: self.early.clone(),
+            keys,
+        })
+        .ok()
+    }
+
     /// The schema event of `version` reached: the versions up to it applied early are in
     /// their place now, and the rows after it were captured with the key they name.
     fn reached(&mut self, version: i64) {
@@ -1544,18 +1611,7 @@ impl DdlState<'_> {
     async fn apply_next(&mut self, tx: &Transaction<'_>) -> Result<(), ApplyError> {
         let v = self.pending.remove(0);
         for st in v.statements.iter().filter(|s| s.transactional) {
-            tx.batch_execute(&st.sql).await.map_err(|e| {
-                let m = db::describe(&e);
-                let hint = if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
-                    " — the target role must own the objects it changes and have USAGE and CREATE on their schema \
-                     (GRANT USAGE, CREATE ON SCHEMA … TO …, or ALTER SCHEMA … OWNER TO …)"
-                } else {
-                    ""
-                };
-                ApplyError::Failed {
-                    message: format!("schema version {}: `{}` failed: {m}{hint}", v.version, st.sql),
-                }
-            })?;
+            run_statement(tx, v.version, st).await?;
         }
         tracing::info!(
             version = v.version,
@@ -1565,6 +1621,44 @@ impl DdlState<'_> {
         self.applied = v.version;
         Ok(())
     }
+}
+
+/// The checks of rows a schema event carries (`checks`): SQL that fails when the target's
+/// rows of a table are not the source's at the event.
+fn schema_checks(event: &Event) -> Result<Vec<ddlwatcher::ddl::RowsCheck>, ApplyError> {
+    #[derive(serde::Deserialize)]
+    struct Payload {
+        #[serde(default)]
+        checks: Vec<ddlwatcher::ddl::RowsCheck>,
+    }
+    let Some(data) = event.data.as_deref() else {
+        return Ok(Vec::new());
+    };
+    serde_json::from_str::<Payload>(data.get())
+        .map(|p| p.checks)
+        .map_err(|e| ApplyError::BadRequest {
+            message: format!("schema event {}: unreadable checks: {e}", event.id),
+        })
+}
+
+/// Runs one statement of schema version `version`.
+async fn run_statement(
+    tx: &Transaction<'_>,
+    version: i64,
+    st: &ddlwatcher::Statement,
+) -> Result<(), ApplyError> {
+    tx.batch_execute(&st.sql).await.map_err(|e| {
+        let m = db::describe(&e);
+        let hint = if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
+            " — the target role must own the objects it changes and have USAGE and CREATE on their schema \
+             (GRANT USAGE, CREATE ON SCHEMA … TO …, or ALTER SCHEMA … OWNER TO …)"
+        } else {
+            ""
+        };
+        ApplyError::Failed {
+            message: format!("schema version {version}: `{}` failed: {m}{hint}", st.sql),
+        }
+    })
 }
 
 impl Applier {

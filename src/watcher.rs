@@ -132,8 +132,11 @@ impl Watcher {
             self.remake_triggers(&tx, &change.before, &new).await?;
             let (later, now): (Vec<_>, Vec<_>) =
                 change.statements.into_iter().partition(|st| st.after_rows);
+            let checks = self
+                .type_checks(&tx, target, &change.before, &new, names, &excluded)
+                .await?;
             if !now.is_empty() {
-                record_version(&tx, &self.schema, target, None, &now).await?;
+                record_checked_version(&tx, &self.schema, target, None, &now, &checks).await?;
                 recorded = true;
             }
             self.resync_partitions(&tx, &change.gone).await?;
@@ -198,6 +201,95 @@ impl Watcher {
             );
         }
         Ok(())
+    }
+
+    /// For each replicated column whose type changed from `before` to `after`: a check, run
+    /// on the target right after the change, that its values are the source's
+    /// ([`ddlwatcher::ddl::values_check`]) — the target casts the old values, while the
+    /// source may have computed them with `USING` (no catalog shows it). The source's
+    /// values are checksummed here, under a SHARE lock (writers wait for the scan): in the
+    /// transaction that records the version, so at the very place of its schema event.
+    async fn type_checks(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        target: &str,
+        before: &[ddlwatcher::Table],
+        after: &Catalog,
+        names: &SchemaMap,
+        excluded: &Exclusions,
+    ) -> Result<Vec<ddlwatcher::ddl::RowsCheck>, StepError> {
+        let old = excluded.strip(&Catalog {
+            tables: before.to_vec(),
+            ..Default::default()
+        });
+        let new = excluded.strip(after);
+        let mut all = old.tables.clone();
+        all.extend(new.tables.iter().cloned());
+        let map = SchemaMap {
+            replicated: SchemaMap::new(None, &all).replicated,
+            ..names.clone()
+        };
+        let soft_delete = self
+            .config
+            .targets
+            .get(target)
+            .and_then(|t| t.soft_delete_col_name.as_deref());
+        let mut out = Vec::new();
+        for t in &new.tables {
+            let Some(o) = old.tables.iter().find(|o| o.oid == t.oid) else {
+                continue;
+            };
+            let retyped: Vec<&str> = t
+                .columns
+                .iter()
+                .filter(|c| {
+                    !c.generated
+                        && o.columns
+                            .iter()
+                            .any(|b| b.attnum == c.attnum && b.type_name != c.type_name)
+                })
+                .map(|c| c.name.as_str())
+                .collect();
+            if retyped.is_empty() {
+                continue;
+            }
+            let what = format!("checksumming the retyped columns of {}", t.qualified());
+            let canonical: Vec<String> = ddlwatcher::ddl::CANONICAL_SETTINGS
+                .iter()
+                .map(|(name, value)| {
+                    format!("set local {name} = {}", ddlwatcher::quote_literal(value))
+                })
+                .collect();
+            tx.batch_execute(&format!(
+                "lock table {} in share mode; savepoint pgteleport_checksum; {};",
+                t.qualified(),
+                canonical.join("; ")
+            ))
+            .await
+            .map_err(StepError::db(what.clone()))?;
+            for c in retyped {
+                let row = tx
+                    .query_one(
+                        &ddlwatcher::ddl::values_checksum_sql(&t.qualified(), c, None),
+                        &[],
+                    )
+                    .await
+                    .map_err(StepError::db(what.clone()))?;
+                out.push(ddlwatcher::ddl::values_check(
+                    t,
+                    &map,
+                    c,
+                    soft_delete,
+                    row.get(0),
+                    row.get(1),
+                ));
+            }
+            // The settings as they were (the lock stays: taken before the savepoint).
+            tx.batch_execute("rollback to savepoint pgteleport_checksum")
+                .await
+                .map_err(StepError::db(what))?;
+        }
+        Ok(out)
     }
 
     /// Records what `catalog` shows of `target`'s excluded columns; returns them all.
@@ -639,7 +731,26 @@ async fn record_version(
     version: Option<i64>,
     statements: &[Statement],
 ) -> Result<i64, StepError> {
+    record_checked_version(tx, s, target, version, statements, &[]).await
+}
+
+/// [`record_version`] with checks of rows (SQL that fails when the target's rows are not
+/// the source's: [`Watcher::type_checks`]) carried by its schema event, where the applier
+/// runs them — wherever the version itself was applied (a row may need it earlier).
+async fn record_checked_version(
+    tx: &tokio_postgres::Transaction<'_>,
+    s: &str,
+    target: &str,
+    version: Option<i64>,
+    statements: &[Statement],
+    checks: &[ddlwatcher::ddl::RowsCheck],
+) -> Result<i64, StepError> {
     let queued = version.is_some();
+    let checks_json = if checks.is_empty() {
+        None
+    } else {
+        Some(serde_json::to_string(checks).map_err(|e| StepError::Fatal(e.to_string()))?)
+    };
     let version: i64 = match version {
         Some(v) => v,
         None => tx
@@ -663,9 +774,11 @@ async fn record_version(
     if !queued {
         tx.execute(
             &format!(
-                "select {s}.enqueue('S', '', $1, 0, null, json_build_object('version', $2::int8))"
+                "select {s}.enqueue('S', '', $1, 0, null,
+                                    case when $3::text::json is null then json_build_object('version', $2::int8)
+                                         else json_build_object('version', $2::int8, 'checks', $3::text::json) end)"
             ),
-            &[&target, &version],
+            &[&target, &version, &checks_json],
         )
         .await
         .map_err(StepError::db("queueing a schema event"))?;

@@ -330,6 +330,104 @@ pub fn rename_primary_key(table: &Table, map: &SchemaMap, name: &str) -> String 
     ))
 }
 
+/// Settings under which a value's text is the same on every server: values checksummed on
+/// the source and on the target are printed under them.
+pub const CANONICAL_SETTINGS: [(&str, &str); 5] = [
+    ("TimeZone", "UTC"),
+    ("DateStyle", "ISO, YMD"),
+    ("IntervalStyle", "postgres"),
+    ("extra_float_digits", "1"),
+    ("bytea_output", "hex"),
+];
+
+/// The rows of `table` (quoted and qualified) where `filter` holds, and the sum of the
+/// `hashtext` of `column`'s text in each: `select <rows>, <sum> from …`, to be run under
+/// [`CANONICAL_SETTINGS`].
+pub fn values_checksum_sql(table: &str, column: &str, filter: Option<&str>) -> String {
+    format!(
+        "select pg_catalog.count(*)::pg_catalog.int8, \
+         coalesce(pg_catalog.sum(pg_catalog.hashtext(t.{}::pg_catalog.text)::pg_catalog.int8), 0)::pg_catalog.int8 \
+         from {table} as t{}",
+        quote_ident(column),
+        filter.map_or_else(String::new, |f| format!(" where {f}"))
+    )
+}
+
+/// A check of a table's rows on the target: `sql` fails unless they are the source's.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RowsCheck {
+    /// The table as the target names it.
+    pub schema: String,
+    pub table: String,
+    pub sql: String,
+}
+
+/// A [`RowsCheck`] that fails unless the target's `column` of `table` (as the target names
+/// it) holds what the source's held when its type changed: `rows` rows and the checksum
+/// `sum` ([`values_checksum_sql`]). The target casts the old values to the new type; a
+/// source `ALTER … TYPE … USING` computed them otherwise (`USING n / 2.0`), which no
+/// catalog shows. Rows whose `soft_delete` column is set (a mirror that keeps deleted
+/// rows) are left out.
+pub fn values_check(
+    table: &Table,
+    map: &SchemaMap,
+    column: &str,
+    soft_delete: Option<&str>,
+    rows: i64,
+    sum: i64,
+) -> RowsCheck {
+    let target = map.table(&table.schema, &table.name);
+    let filter = soft_delete.map(|c| format!("not coalesce(t.{}, false)", quote_ident(c)));
+    let saved: Vec<String> = CANONICAL_SETTINGS
+        .iter()
+        .map(|(name, _)| format!("pg_catalog.current_setting({})", quote_literal(name)))
+        .collect();
+    let set = |values: &mut dyn Iterator<Item = (&str, String)>| {
+        values
+            .map(|(name, v)| format!("pg_catalog.set_config({}, {v}, true)", quote_literal(name)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let canonical = set(&mut CANONICAL_SETTINGS
+        .iter()
+        .map(|(name, v)| (*name, quote_literal(v))));
+    let restore = set(&mut CANONICAL_SETTINGS
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| (*name, format!("saved[{}]", i + 1))));
+    let message = "after the type change of column %s of %s the target's values differ from the source's \
+                   (%s rows there, %s on the source): the source's ALTER TABLE … ALTER COLUMN … TYPE computed \
+                   them with a USING expression, which the target cannot know (it casts the old values)";
+    let hint = format!(
+        "copy the table again: run the initial load of this target again with --truncate \
+         (`-mode initial-load -load-target NAME --truncate`; the stream goes on past this point \
+         for a table copied since). Running the source's ALTER … TYPE … USING on {target} is \
+         right only if no row of it was written between the change and this point; next time, \
+         run such a change on the target first"
+    );
+    let body = format!(
+        "declare n pg_catalog.int8; h pg_catalog.int8; saved pg_catalog.text[] := array[{saved}]; begin \
+         perform {canonical}; \
+         {checksum} into n, h; \
+         perform {restore}; \
+         if n <> {rows} or h <> {sum} then \
+           raise exception using message = pg_catalog.format({message}, {column_lit}, {table_lit}, n, {rows}), hint = {hint}; \
+         end if; end",
+        saved = saved.join(", "),
+        checksum = values_checksum_sql(&target, column, filter.as_deref()),
+        message = quote_literal(message),
+        column_lit = quote_literal(&quote_ident(column)),
+        table_lit = quote_literal(&target),
+        hint = quote_literal(&hint),
+    );
+    let (schema, name) = map.table_parts(&table.schema, &table.name);
+    RowsCheck {
+        schema: schema.to_string(),
+        table: name.to_string(),
+        sql: do_block(&body),
+    }
+}
+
 /// `DO $tag$ body $tag$` with a tag the body does not contain (object names are any text).
 fn do_block(body: &str) -> String {
     let mut tag = String::from("$pgteleport$");

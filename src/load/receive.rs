@@ -15,6 +15,52 @@ use crate::wire::{
     LoadTableState,
 };
 
+/// Gives the columns of an existing target table (empty, or to be emptied: `--truncate`)
+/// the built-in types the source's have, where they differ — a schema version not applied
+/// yet (the stream held at it) leaves them behind, and the copy would not fit. The table is
+/// emptied first (the load empties it again under its snapshot); the old values need no cast.
+async fn retype_lagging_columns(
+    tx: &deadpool_postgres::Transaction<'_>,
+    t: &ddlwatcher::Table,
+    map: &ddlwatcher::SchemaMap,
+    name: &str,
+) -> Result<(), ApplyError> {
+    let mut alters = Vec::new();
+    for c in t.columns.iter().filter(|c| !c.generated) {
+        if !matches!(c.type_ref, ddlwatcher::TypeRef::Builtin(_)) {
+            continue;
+        }
+        let on_target: Option<String> = tx
+            .query_opt(
+                "select pg_catalog.format_type(a.atttypid, a.atttypmod) from pg_catalog.pg_attribute a
+                  where a.attrelid = pg_catalog.to_regclass($1) and a.attname = $2 and not a.attisdropped",
+                &[&name, &c.name],
+            )
+            .await
+            .map_err(pg(&format!("reading the columns of {name}")))?
+            .map(|r| r.get(0));
+        if on_target.is_some_and(|ty| ty != c.type_name) {
+            alters.push(format!(
+                "alter column {} type {} using null",
+                ddlwatcher::quote_ident(&c.name),
+                ddl::type_sql(&c.type_ref, map)
+            ));
+        }
+    }
+    if alters.is_empty() {
+        return Ok(());
+    }
+    tracing::warn!(table = %name, columns = ?alters, "the target table's column types lag behind the source's (a schema version not applied yet): emptied and retyped for the copy");
+    tx.batch_execute(&format!(
+        "truncate only {name}; alter table {name} {}",
+        alters.join(", ")
+    ))
+    .await
+    .map_err(pg(&format!(
+        "retyping the columns of {name} to the source's"
+    )))
+}
+
 /// Most `maintenance_work_mem` (kB) for building a loaded table's keys and indexes.
 const INDEX_BUILD_MEMORY_KB: i64 = 1024 * 1024;
 
@@ -214,6 +260,8 @@ impl Applier {
                         .get(0);
                     if has_rows && !msg.truncate {
                         refused.push(name.clone());
+                    } else if !created {
+                        retype_lagging_columns(&tx, t, &map, &name).await?;
                     }
                     tx.execute(
                         &format!(
