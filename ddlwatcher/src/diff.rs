@@ -250,8 +250,17 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
                     )));
                 }
                 if let (TypeKind::Enum(before), TypeKind::Enum(after)) = (&o.kind, &t.kind) {
+                    let renamed = enum_renames(before, after);
+                    for (from, to) in &renamed {
+                        out.push(Statement::tx(format!(
+                            "alter type {} rename value {} to {}",
+                            qualified(map.map(&t.schema), &t.name),
+                            quote_literal(from),
+                            quote_literal(to)
+                        )));
+                    }
                     for (i, label) in after.iter().enumerate() {
-                        if before.contains(label) {
+                        if before.contains(label) || renamed.iter().any(|(_, to)| to == label) {
                             continue;
                         }
                         // Place it where the source has it: after its predecessor.
@@ -631,6 +640,30 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
     out
 }
 
+/// Enum labels renamed from `before` to `after` (both in sort order). PostgreSQL never drops
+/// a label, and a renamed one keeps its place: each label gone stands where a new one does,
+/// between the same labels both lists hold, and they pair in order there. (A gap that
+/// also gained labels — added beside a rename within one diffing interval — pairs its
+/// first new ones.)
+fn enum_renames(before: &[String], after: &[String]) -> Vec<(String, String)> {
+    let gaps = |labels: &[String], other: &[String]| {
+        let mut out: Vec<Vec<String>> = vec![Vec::new()];
+        for l in labels {
+            if other.contains(l) {
+                out.push(Vec::new());
+            } else if let Some(gap) = out.last_mut() {
+                gap.push(l.clone());
+            }
+        }
+        out
+    };
+    gaps(before, after)
+        .into_iter()
+        .zip(gaps(after, before))
+        .flat_map(|(gone, new)| gone.into_iter().zip(new))
+        .collect()
+}
+
 /// Objects renamed between two name-keyed maps: each one gone from `before` paired with the
 /// first one new in `after` that `same` holds for, each used once.
 fn renames<'a, T>(
@@ -711,6 +744,24 @@ mod tests {
             tables: Default::default(),
         };
         diff(old, new, &map).into_iter().map(|s| s.sql).collect()
+    }
+
+    #[test]
+    fn enum_labels_renamed_keep_their_place() {
+        let l = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let pairs = |b: &[&str], a: &[&str]| {
+            enum_renames(&l(b), &l(a))
+                .into_iter()
+                .map(|(x, y)| format!("{x}>{y}"))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(pairs(&["a", "b", "c"], &["a", "x", "c"]), ["b>x"]);
+        assert_eq!(pairs(&["a", "b", "c"], &["y", "b", "z"]), ["a>y", "c>z"]);
+        // Added only: no rename.
+        assert!(pairs(&["a", "b"], &["a", "n", "b", "m"]).is_empty());
+        // A rename beside a label added after it, in one interval.
+        assert_eq!(pairs(&["a", "b"], &["a", "x", "n"]), ["b>x"]);
+        assert!(pairs(&["a"], &["a"]).is_empty());
     }
 
     #[test]
