@@ -438,6 +438,13 @@ impl Applier {
             })?,
             None => EarlyVersions::default(),
         };
+        let mut loaded: HashMap<(String, String), Snapshot> = HashMap::new();
+        for r in &loads {
+            let snap: Option<String> = r.get(3);
+            if let Some(snap) = snap.as_deref().and_then(Snapshot::parse) {
+                loaded.insert((r.get(0), r.get(1)), snap);
+            }
+        }
         let mut ddl = DdlState {
             pending: batch
                 .ddl
@@ -448,32 +455,18 @@ impl Applier {
             extra_columns_seen: Vec::new(),
             early: early.versions,
             keys_before: std::sync::Arc::new(std::sync::Mutex::new(early.keys)),
-            loaded: HashMap::new(),
+            loaded,
             tables: batch
                 .tables
                 .iter()
                 .map(|t| qualified(batch.apply_schema.as_deref().unwrap_or(&t.schema), &t.name))
                 .collect(),
         };
-        let mut loaded: HashMap<(String, String), Snapshot> = HashMap::new();
-        for r in &loads {
-            let snap: Option<String> = r.get(3);
-            if let Some(snap) = snap.as_deref().and_then(Snapshot::parse) {
-                loaded.insert((r.get(0), r.get(1)), snap);
-            }
-        }
-        ddl.loaded = loaded.clone();
         // Planned before the lock over all of the part's events: of use when no copy holds
         // some of them (apply_events uses it if it assumed the reorderability found now).
-        let early_plan = early_plan.filter(|_| loaded.is_empty());
+        let early_plan = early_plan.filter(|_| ddl.loaded.is_empty());
         let mut runs = self
-            .apply_events(
-                &tx,
-                batch,
-                Some((first_columns, early_plan)),
-                &loaded,
-                &mut ddl,
-            )
+            .apply_events(&tx, batch, Some((first_columns, early_plan)), &mut ddl)
             .await?;
         let mut events = batch.events.len();
         let (mut part, mut last) = (batch.part, batch.last);
@@ -498,9 +491,7 @@ impl Applier {
                     ),
                 });
             }
-            runs += self
-                .apply_events(&tx, &next, None, &loaded, &mut ddl)
-                .await?;
+            runs += self.apply_events(&tx, &next, None, &mut ddl).await?;
             events += next.events.len();
             (part, last) = (next.part, next.last);
         }
@@ -602,7 +593,6 @@ impl Applier {
         tx: &deadpool_postgres::Transaction<'_>,
         batch: &Batch,
         precomputed: Option<(Vec<Columns>, Option<EarlyPlan>)>,
-        loaded: &HashMap<(String, String), Snapshot>,
         ddl: &mut DdlState<'_>,
     ) -> Result<usize, ApplyError> {
         let target_name = |meta: &TableMeta| {
@@ -626,7 +616,7 @@ impl Applier {
             let cols = all_columns.next().unwrap_or_default();
             if !e.op.is_stream_wide() {
                 let meta = &batch.tables[e.table as usize];
-                if let Some(snap) = loaded.get(&target_name(meta)) {
+                if let Some(snap) = ddl.loaded.get(&target_name(meta)) {
                     let txid = e.txid.ok_or_else(|| ApplyError::BadRequest {
                         message: format!(
                             "event {} lacks txid, needed for the initial load rule",
@@ -1510,8 +1500,8 @@ struct DdlState<'a> {
     keys_before: std::sync::Arc<std::sync::Mutex<HashMap<String, Vec<String>>>>,
     /// The batch's tables as named on the target.
     tables: Vec<String>,
-    /// Tables an initial load copies, with its snapshot: a check of rows (a schema event's)
-    /// of a transaction the copy saw is the copy's business.
+    /// Tables an initial load copied, with its snapshot: events (and a schema event's checks
+    /// of rows) of transactions the copy saw are in the copy already.
     loaded: HashMap<(String, String), Snapshot>,
 }
 
