@@ -303,30 +303,40 @@ pub fn primary_key_name<'a>(table: &'a Table, map: &SchemaMap) -> Option<&'a str
 
 /// Drops the target table's primary key, whatever its name there: targets made before keys
 /// took the source's name have PostgreSQL's default, `<table>_pkey` at the time the table
-/// was created (a `DO` block: `ALTER TABLE` takes no expression for a name).
+/// was created.
 pub fn drop_primary_key(table: &Table, map: &SchemaMap) -> String {
-    let rel = quote_literal(&map.table(&table.schema, &table.name));
-    do_block(&format!(
-        "declare k pg_catalog.name; begin \
-         select c.conname into k from pg_catalog.pg_constraint c \
-          where c.conrelid = {rel}::pg_catalog.regclass and c.contype = 'p'; \
-         if k is not null then \
-           execute pg_catalog.format('alter table %s drop constraint %I', {rel}, k); \
-         end if; end"
-    ))
+    on_primary_key(table, map, None, |rel| {
+        format!("'alter table %s drop constraint %I', {rel}, k")
+    })
 }
 
 /// Gives the target table's primary key, whatever its name there, the name `name`.
 pub fn rename_primary_key(table: &Table, map: &SchemaMap, name: &str) -> String {
-    let rel = quote_literal(&map.table(&table.schema, &table.name));
     let name = quote_literal(name);
+    on_primary_key(table, map, Some(&format!("k <> {name}")), |rel| {
+        format!("'alter table %s rename constraint %I to %I', {rel}, k, {name}")
+    })
+}
+
+/// A `DO` block (`ALTER TABLE` takes no expression for a name) that reads the name `k` of
+/// the target table's primary key and, when it has one (and `condition` holds), runs the
+/// statement `pg_catalog.format(<format_args(the table's name as a literal)>)`.
+fn on_primary_key(
+    table: &Table,
+    map: &SchemaMap,
+    condition: Option<&str>,
+    format_args: impl Fn(&str) -> String,
+) -> String {
+    let rel = quote_literal(&map.table(&table.schema, &table.name));
     do_block(&format!(
         "declare k pg_catalog.name; begin \
          select c.conname into k from pg_catalog.pg_constraint c \
           where c.conrelid = {rel}::pg_catalog.regclass and c.contype = 'p'; \
-         if k is not null and k <> {name} then \
-           execute pg_catalog.format('alter table %s rename constraint %I to %I', {rel}, k, {name}); \
-         end if; end"
+         if k is not null{} then \
+           execute pg_catalog.format({}); \
+         end if; end",
+        condition.map_or_else(String::new, |c| format!(" and {c}")),
+        format_args(&rel)
     ))
 }
 
@@ -382,19 +392,23 @@ pub fn values_check(
         .iter()
         .map(|(name, _)| format!("pg_catalog.current_setting({})", quote_literal(name)))
         .collect();
-    let set = |values: &mut dyn Iterator<Item = (&str, String)>| {
-        values
-            .map(|(name, v)| format!("pg_catalog.set_config({}, {v}, true)", quote_literal(name)))
+    // `set_config` of each setting, to the value `value(its index, its canonical value)`.
+    let set = |value: &dyn Fn(usize, &str) -> String| {
+        CANONICAL_SETTINGS
+            .iter()
+            .enumerate()
+            .map(|(i, (name, v))| {
+                format!(
+                    "pg_catalog.set_config({}, {}, true)",
+                    quote_literal(name),
+                    value(i, v)
+                )
+            })
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let canonical = set(&mut CANONICAL_SETTINGS
-        .iter()
-        .map(|(name, v)| (*name, quote_literal(v))));
-    let restore = set(&mut CANONICAL_SETTINGS
-        .iter()
-        .enumerate()
-        .map(|(i, (name, _))| (*name, format!("saved[{}]", i + 1))));
+    let canonical = set(&|_, v| quote_literal(v));
+    let restore = set(&|i, _| format!("saved[{}]", i + 1));
     let message = "after the type change of column %s of %s the target's values differ from the source's \
                    (%s rows there, %s on the source): the source's ALTER TABLE … ALTER COLUMN … TYPE computed \
                    them with a USING expression, which the target cannot know (it casts the old values)";
