@@ -133,7 +133,7 @@ impl Watcher {
             let (later, now): (Vec<_>, Vec<_>) =
                 change.statements.into_iter().partition(|st| st.after_rows);
             let checks = self
-                .type_checks(&tx, target, &change.before, &new, names, &excluded)
+                .type_checks(&tx, target, &change.retyped, &change.map)
                 .await?;
             if !now.is_empty() {
                 record_checked_version(&tx, &self.schema, target, None, &now, &checks).await?;
@@ -203,63 +203,35 @@ impl Watcher {
         Ok(())
     }
 
-    /// For each replicated column whose type changed from `before` to `after`: a check, run
-    /// on the target right after the change, that its values are the source's
-    /// ([`ddlwatcher::ddl::values_check`]) — the target casts the old values, while the
-    /// source may have computed them with `USING` (no catalog shows it). The source's
-    /// values are checksummed here, under a SHARE lock (writers wait for the scan): in the
-    /// transaction that records the version, so at the very place of its schema event.
+    /// For each replicated column whose type changed (`retyped`, tables named on the target
+    /// by `map`): a check, run on the target right after the change, that its values are
+    /// the source's ([`ddlwatcher::ddl::values_check`]) — the target casts the old values,
+    /// while the source may have computed them with `USING` (no catalog shows it). The
+    /// source's values are checksummed here, under a SHARE lock (writers wait for the
+    /// scan): in the transaction that records the version, so at the very place of its
+    /// schema event.
     async fn type_checks(
         &self,
         tx: &tokio_postgres::Transaction<'_>,
         target: &str,
-        before: &[ddlwatcher::Table],
-        after: &Catalog,
-        names: &SchemaMap,
-        excluded: &Exclusions,
+        retyped: &ColumnsOf,
+        map: &SchemaMap,
     ) -> Result<Vec<ddlwatcher::ddl::RowsCheck>, StepError> {
-        let old = excluded.strip(&Catalog {
-            tables: before.to_vec(),
-            ..Default::default()
-        });
-        let new = excluded.strip(after);
-        let mut all = old.tables.clone();
-        all.extend(new.tables.iter().cloned());
-        let map = SchemaMap {
-            replicated: SchemaMap::new(None, &all).replicated,
-            ..names.clone()
-        };
+        if retyped.is_empty() {
+            return Ok(Vec::new());
+        }
         let soft_delete = self
             .config
             .targets
             .get(target)
             .and_then(|t| t.soft_delete_col_name.as_deref());
+        let canonical: Vec<String> = ddlwatcher::ddl::CANONICAL_SETTINGS
+            .iter()
+            .map(|(name, value)| format!("set local {name} = {}", ddlwatcher::quote_literal(value)))
+            .collect();
         let mut out = Vec::new();
-        for t in &new.tables {
-            let Some(o) = old.tables.iter().find(|o| o.oid == t.oid) else {
-                continue;
-            };
-            let retyped: Vec<&str> = t
-                .columns
-                .iter()
-                .filter(|c| {
-                    !c.generated
-                        && o.columns
-                            .iter()
-                            .any(|b| b.attnum == c.attnum && b.type_name != c.type_name)
-                })
-                .map(|c| c.name.as_str())
-                .collect();
-            if retyped.is_empty() {
-                continue;
-            }
+        for (t, columns) in retyped {
             let what = format!("checksumming the retyped columns of {}", t.qualified());
-            let canonical: Vec<String> = ddlwatcher::ddl::CANONICAL_SETTINGS
-                .iter()
-                .map(|(name, value)| {
-                    format!("set local {name} = {}", ddlwatcher::quote_literal(value))
-                })
-                .collect();
             tx.batch_execute(&format!(
                 "lock table {} in share mode; savepoint pgteleport_checksum; {};",
                 t.qualified(),
@@ -267,18 +239,18 @@ impl Watcher {
             ))
             .await
             .map_err(StepError::db(what.clone()))?;
-            for c in retyped {
+            for c in columns {
                 let row = tx
                     .query_one(
-                        &ddlwatcher::ddl::values_checksum_sql(&t.qualified(), c, None),
+                        &ddlwatcher::ddl::values_checksum_sql(&t.qualified(), &c.name, None),
                         &[],
                     )
                     .await
                     .map_err(StepError::db(what.clone()))?;
                 out.push(ddlwatcher::ddl::values_check(
                     t,
-                    &map,
-                    c,
+                    map,
+                    &c.name,
                     soft_delete,
                     row.get(0),
                     row.get(1),
@@ -562,6 +534,7 @@ fn change_between(
         })
         .collect();
     let added = added_with_default(old, new);
+    let retyped = retyped(old, new);
     let mut statements = diff(old, new, &map);
     // An identity column GENERATED ALWAYS added to a table with a key: the target
     // takes it BY DEFAULT until the backfill has written the source's values.
@@ -590,6 +563,8 @@ fn change_between(
         gone,
         after_backfill,
         before: Vec::new(),
+        retyped,
+        map,
     }
 }
 
@@ -607,34 +582,57 @@ struct Change {
     after_backfill: Vec<Statement>,
     /// The previous snapshot's tables (whole): [`Watcher::remake_triggers`].
     before: Vec<ddlwatcher::Table>,
+    /// Columns whose type changed: [`Watcher::type_checks`].
+    retyped: ColumnsOf,
+    /// The target's names of the tables (the schema map the statements were made with).
+    map: SchemaMap,
 }
 
 /// Partitions detached or dropped: the partitioned table (in the new catalog), the partition.
 type GonePartitions = Vec<(ddlwatcher::Table, ddlwatcher::Partition)>;
 
 /// Columns a diff adds with a default, per table of the new catalog.
-type AddedColumns = Vec<(ddlwatcher::Table, Vec<ddlwatcher::catalog::Column>)>;
+type AddedColumns = ColumnsOf;
+
+/// Some columns of tables of the new catalog, per table.
+type ColumnsOf = Vec<(ddlwatcher::Table, Vec<ddlwatcher::catalog::Column>)>;
 
 /// The columns of tables in both catalogs that `new` has and `old` had not (by attribute
 /// number), with a default (not generated), or identity columns: candidates for
 /// [`Watcher::backfill`].
 fn added_with_default(old: &Catalog, new: &Catalog) -> AddedColumns {
+    columns_where(old, new, |c, o| {
+        (c.expression.is_some() && !c.generated && c.identity.is_none() || c.identity.is_some())
+            && !o.columns.iter().any(|b| b.attnum == c.attnum)
+    })
+}
+
+/// The columns of tables in both catalogs whose type changed (by attribute number), but
+/// generated ones (the target computes those itself).
+fn retyped(old: &Catalog, new: &Catalog) -> ColumnsOf {
+    columns_where(old, new, |c, o| {
+        !c.generated
+            && o.columns
+                .iter()
+                .any(|b| b.attnum == c.attnum && b.type_name != c.type_name)
+    })
+}
+
+/// Per table in both catalogs, the columns of `new`'s that `keep` takes (given the table
+/// as `old` has it); tables with none are left out.
+fn columns_where(
+    old: &Catalog,
+    new: &Catalog,
+    keep: impl Fn(&ddlwatcher::catalog::Column, &ddlwatcher::Table) -> bool,
+) -> ColumnsOf {
     let before: BTreeMap<u32, &ddlwatcher::Table> = old.tables.iter().map(|t| (t.oid, t)).collect();
     new.tables
         .iter()
         .filter_map(|t| {
             let o = before.get(&t.oid)?;
-            let added: Vec<ddlwatcher::catalog::Column> = t
-                .columns
-                .iter()
-                .filter(|c| {
-                    (c.expression.is_some() && !c.generated && c.identity.is_none()
-                        || c.identity.is_some())
-                        && !o.columns.iter().any(|b| b.attnum == c.attnum)
-                })
-                .cloned()
-                .collect();
-            (!added.is_empty()).then(|| (t.clone(), added))
+            let kept: Vec<ddlwatcher::catalog::Column> =
+                t.columns.iter().filter(|c| keep(c, o)).cloned().collect();
+            (!kept.is_empty()).then(|| (t.clone(), kept))
         })
         .collect()
 }
