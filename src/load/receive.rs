@@ -25,28 +25,30 @@ async fn retype_lagging_columns(
     map: &ddlwatcher::SchemaMap,
     name: &str,
 ) -> Result<(), ApplyError> {
-    let mut alters = Vec::new();
-    for c in t.columns.iter().filter(|c| !c.generated) {
-        if !matches!(c.type_ref, ddlwatcher::TypeRef::Builtin(_)) {
-            continue;
-        }
-        let on_target: Option<String> = tx
-            .query_opt(
-                "select pg_catalog.format_type(a.atttypid, a.atttypmod) from pg_catalog.pg_attribute a
-                  where a.attrelid = pg_catalog.to_regclass($1) and a.attname = $2 and not a.attisdropped",
-                &[&name, &c.name],
-            )
-            .await
-            .map_err(pg(&format!("reading the columns of {name}")))?
-            .map(|r| r.get(0));
-        if on_target.is_some_and(|ty| ty != c.type_name) {
-            alters.push(format!(
+    let on_target: std::collections::HashMap<String, String> = tx
+        .query(
+            "select a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod) from pg_catalog.pg_attribute a
+              where a.attrelid = pg_catalog.to_regclass($1) and a.attnum > 0 and not a.attisdropped",
+            &[&name],
+        )
+        .await
+        .map_err(pg(&format!("reading the columns of {name}")))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let alters: Vec<String> = t
+        .columns
+        .iter()
+        .filter(|c| !c.generated && matches!(c.type_ref, ddlwatcher::TypeRef::Builtin(_)))
+        .filter(|c| on_target.get(&c.name).is_some_and(|ty| *ty != c.type_name))
+        .map(|c| {
+            format!(
                 "alter column {} type {} using null",
                 ddlwatcher::quote_ident(&c.name),
                 ddl::type_sql(&c.type_ref, map)
-            ));
-        }
-    }
+            )
+        })
+        .collect();
     if alters.is_empty() {
         return Ok(());
     }
