@@ -901,9 +901,7 @@ async fn a_named_primary_key_changed_and_renamed_keeps_the_source_name() -> anyh
 async fn a_writer_open_across_the_watchers_look_at_a_key_change_is_replicated() -> anyhow::Result<()>
 {
     let p = Pair::new("create schema app;").await?;
-    let target = p.start_target(0).await?;
-    let port = target.local_addr.unwrap().port();
-    let source = p.start_source(port, "app.*", "").await?;
+    let (source, target) = p.start_both("app.*").await?;
     let (src, dst) = (p.src().await?, p.dst().await?);
     src.batch_execute(
         "create table app.k (id int primary key, v int not null);
@@ -950,14 +948,12 @@ async fn renamed_indexes_and_constraints_are_renamed_on_the_target_not_made_agai
         if event_triggers {
             p.make_src_superuser().await?;
         }
-        let target = p.start_target(0).await?;
-        let port = target.local_addr.unwrap().port();
         let extra = if event_triggers {
             "use_event_triggers: true\n"
         } else {
             ""
         };
-        let source = p.start_source(port, "app.*", extra).await?;
+        let (source, target) = p.start_both_with("app.*", extra).await?;
         let (src, dst) = (p.src().await?, p.dst().await?);
         src.batch_execute(
             "create table app.p (id int primary key);
