@@ -33,6 +33,7 @@ pub const SOURCE_SQL: &[(i32, &str)] = &[
         14,
         include_str!("../sql/source_014_key_image_after_a_rename.sql"),
     ),
+    (15, include_str!("../sql/source_015_type_change_checks.sql")),
 ];
 
 /// Registers a target (mirror) in `target_state`, state SETUP, its batches starting after
@@ -285,11 +286,13 @@ async fn install_locked(client: &mut Client, config: &Config) -> Result<Installe
     Ok(installed)
 }
 
-/// The event triggers' names (database-wide, so they carry the internal schema's name).
-fn event_trigger_names(schema: &str) -> [String; 2] {
+/// The event triggers' names (database-wide, so they carry the internal schema's name):
+/// `ddl_command_end`, `sql_drop`, `table_rewrite`.
+fn event_trigger_names(schema: &str) -> [String; 3] {
     [
         format!("{schema}_ddl_command_end"),
         format!("{schema}_sql_drop"),
+        format!("{schema}_table_rewrite"),
     ]
 }
 
@@ -324,31 +327,31 @@ async fn install_ddl_capture(
         &[&filter, &config.keyless_tables],
     )
     .await?;
-    let [end, drop] = event_trigger_names(schema);
+    let names = event_trigger_names(schema);
     let existing: i64 = tx
         .query_one(
-            "select count(*) from pg_catalog.pg_event_trigger where evtname in ($1, $2)",
-            &[&end, &drop],
+            "select count(*) from pg_catalog.pg_event_trigger where evtname = any($1)",
+            &[&names.as_slice()],
         )
         .await?
         .get(0);
+    let [end, drop, rewrite] = names.map(|n| quote_ident(&n));
     if config.use_event_triggers {
-        if existing < 2 {
+        if existing < 3 {
             tx.batch_execute(&format!(
-                "drop event trigger if exists {e}; drop event trigger if exists {d};
-                 create event trigger {e} on ddl_command_end execute function {s}.on_ddl();
-                 create event trigger {d} on sql_drop execute function {s}.on_ddl();",
-                e = quote_ident(&end),
-                d = quote_ident(&drop),
+                "drop event trigger if exists {end}; drop event trigger if exists {drop};
+                 drop event trigger if exists {rewrite};
+                 create event trigger {end} on ddl_command_end execute function {s}.on_ddl();
+                 create event trigger {drop} on sql_drop execute function {s}.on_ddl();
+                 create event trigger {rewrite} on table_rewrite execute function {s}.on_table_rewrite();"
             ))
             .await?;
             tracing::info!(%schema, "event triggers installed: schema changes are recorded in their own transactions");
         }
     } else if existing > 0 {
         tx.batch_execute(&format!(
-            "drop event trigger if exists {}; drop event trigger if exists {};",
-            quote_ident(&end),
-            quote_ident(&drop),
+            "drop event trigger if exists {end}; drop event trigger if exists {drop};
+             drop event trigger if exists {rewrite};"
         ))
         .await?;
         tracing::info!(%schema, "event triggers removed (use_event_triggers: false): the ddlwatcher diffs the catalog");

@@ -30,6 +30,18 @@ pub struct Watcher {
     backfilled: std::collections::BTreeSet<(u32, i16)>,
     /// Capture triggers found not firing at the last look (reported when this changes).
     silent: std::collections::BTreeSet<capture::SilentTrigger>,
+    /// The file node of every ordinary table, read at the start of the last look (diffing
+    /// mode; `None` before the first): a table whose file node is the same was not
+    /// rewritten since, so a type change of its columns kept their values (a `USING`
+    /// expression always rewrites) and needs no check.
+    filenodes: Option<FileNodes>,
+}
+
+/// Tables' oids and their file nodes (`pg_class.relfilenode`), in two arrays.
+#[derive(Default)]
+struct FileNodes {
+    oids: Vec<u32>,
+    nodes: Vec<i64>,
 }
 
 impl Watcher {
@@ -54,6 +66,7 @@ impl Watcher {
             sent: Default::default(),
             backfilled: Default::default(),
             silent: Default::default(),
+            filenodes: None,
         }
     }
 
@@ -220,11 +233,7 @@ impl Watcher {
         if retyped.is_empty() {
             return Ok(Vec::new());
         }
-        let soft_delete = self
-            .config
-            .targets
-            .get(target)
-            .and_then(|t| t.soft_delete_col_name.as_deref());
+        let soft_delete = self.soft_delete(target);
         let canonical: Vec<String> = ddlwatcher::ddl::CANONICAL_SETTINGS
             .iter()
             .map(|(name, value)| format!("set local {name} = {}", ddlwatcher::quote_literal(value)))
@@ -232,6 +241,10 @@ impl Watcher {
         let mut out = Vec::new();
         for (t, columns) in retyped {
             let what = format!("checksumming the retyped columns of {}", t.qualified());
+            if !self.rewritten(tx, t).await? {
+                tracing::debug!(table = %t.qualified(), "type change without a rewrite: values kept, not checked");
+                continue;
+            }
             tx.batch_execute(&format!(
                 "lock table {} in share mode; savepoint pgteleport_checksum; {};",
                 t.qualified(),
@@ -262,6 +275,88 @@ impl Watcher {
                 .map_err(StepError::db(what))?;
         }
         Ok(out)
+    }
+
+    /// Whether `table` (or a partition of it) was rewritten since the last look began: its
+    /// file node changed, or is not known (the first look). A rewrite still running shows
+    /// at the next look, with its catalog change.
+    async fn rewritten(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        table: &ddlwatcher::Table,
+    ) -> Result<bool, StepError> {
+        let Some(before) = &self.filenodes else {
+            return Ok(true);
+        };
+        let row = tx
+            .query_one(
+                "select coalesce(pg_catalog.bool_or(p.node is distinct from c.relfilenode::int8), true)
+                   from (select $1::oid as relid
+                         union select relid from pg_catalog.pg_partition_tree($1::oid)) as t
+                   join pg_catalog.pg_class c on c.oid = t.relid and c.relkind = 'r'
+                   left join unnest($2::oid[], $3::int8[]) as p(oid, node) on p.oid = c.oid",
+                &[&table.oid, &before.oids, &before.nodes],
+            )
+            .await
+            .map_err(StepError::db(format!(
+                "reading whether {} was rewritten",
+                table.qualified()
+            )))?;
+        Ok(row.get(0))
+    }
+
+    /// The file node of every ordinary table: [`Watcher::filenodes`].
+    async fn read_filenodes(&self, client: &Client) -> Result<FileNodes, StepError> {
+        let rows = client
+            .query(
+                "select oid, relfilenode::int8 from pg_catalog.pg_class where relkind = 'r'",
+                &[],
+            )
+            .await
+            .map_err(StepError::db("reading the tables' file nodes"))?;
+        Ok(FileNodes {
+            oids: rows.iter().map(|r| r.get(0)).collect(),
+            nodes: rows.iter().map(|r| r.get(1)).collect(),
+        })
+    }
+
+    /// The column that marks `target`'s deleted rows, if it keeps them (`soft_delete_col_name`).
+    fn soft_delete(&self, target: &str) -> Option<&str> {
+        self.config
+            .targets
+            .get(target)
+            .and_then(|t| t.soft_delete_col_name.as_deref())
+    }
+
+    /// Event-trigger mode's [`Watcher::type_checks`]: the checksums the event trigger took in
+    /// the DDL's transaction (`stored`) of the columns `change` retyped, as checks of the
+    /// target's columns. A retyped column without one was not rewritten (its values kept,
+    /// byte for byte) or could not be read by the trigger (it warned then).
+    fn snapshot_checks(
+        &self,
+        target: &str,
+        change: &Change,
+        stored: &[StoredChecksum],
+    ) -> Vec<ddlwatcher::ddl::RowsCheck> {
+        let soft_delete = self.soft_delete(target);
+        change
+            .retyped
+            .iter()
+            .flat_map(|(t, columns)| columns.iter().map(move |c| (t, c)))
+            .filter_map(|(t, c)| {
+                let sum = stored
+                    .iter()
+                    .find(|s| s.oid == t.oid && s.attnum == c.attnum)?;
+                Some(ddlwatcher::ddl::values_check(
+                    t,
+                    &change.map,
+                    &c.name,
+                    soft_delete,
+                    sum.rows,
+                    sum.sum,
+                ))
+            })
+            .collect()
     }
 
     /// Records what `catalog` shows of `target`'s excluded columns; returns them all.
@@ -461,7 +556,7 @@ impl Watcher {
         let rows = client
             .query(
                 &format!(
-                    "select id, catalog::text from {s}.ddl_snapshot
+                    "select id, catalog::text, checks::text from {s}.ddl_snapshot
                       where id > (select processed from {s}.ddl_clock) order by id"
                 ),
                 &[],
@@ -477,6 +572,14 @@ impl Watcher {
             let full = Catalog::from_snapshot(&r.get::<_, String>(1)).map_err(|e| {
                 StepError::Fatal(format!("stored catalog snapshot {id} is unreadable: {e}"))
             })?;
+            let stored: Vec<StoredChecksum> = match r.get::<_, Option<String>>(2) {
+                Some(text) => serde_json::from_str(&text).map_err(|e| {
+                    StepError::Fatal(format!(
+                        "the checksums of stored catalog snapshot {id} are unreadable: {e}"
+                    ))
+                })?,
+                None => Vec::new(),
+            };
             let tx = client.transaction().await.map_err(StepError::db("begin"))?;
             for (target, expr, names) in self.targets.clone() {
                 let new = full.restrict(&expr);
@@ -488,6 +591,10 @@ impl Watcher {
                     .unwrap_or_default();
                 change.statements.sort_by_key(|st| st.after_rows);
                 record_version(&tx, &s, &target, Some(id), &change.statements).await?;
+                let checks = self.snapshot_checks(&target, &change, &stored);
+                if !checks.is_empty() {
+                    attach_checks(&tx, &s, &target, id, &checks).await?;
+                }
                 self.backfill(&tx, change.added).await?;
                 if !change.after_backfill.is_empty() {
                     record_version(&tx, &s, &target, None, &change.after_backfill).await?;
@@ -566,6 +673,55 @@ fn change_between(
         retyped,
         map,
     }
+}
+
+/// A checksum the event trigger took of a column whose type changed, in the DDL's
+/// transaction (`ddl_snapshot.checks`).
+#[derive(serde::Deserialize)]
+struct StoredChecksum {
+    /// The table.
+    oid: u32,
+    /// The column.
+    attnum: i16,
+    rows: i64,
+    sum: i64,
+}
+
+/// Puts `checks` into `target`'s schema event of version `version`, which the event trigger
+/// queued in the DDL's transaction (with the version only) and no batch has been sent with
+/// yet: the transmitter waits for its snapshot to be processed.
+async fn attach_checks(
+    tx: &tokio_postgres::Transaction<'_>,
+    s: &str,
+    target: &str,
+    version: i64,
+    checks: &[ddlwatcher::ddl::RowsCheck],
+) -> Result<(), StepError> {
+    let json = serde_json::to_string(checks).map_err(|e| StepError::Fatal(e.to_string()))?;
+    let n = tx
+        .execute(
+            &format!(
+                "update {s}.event e
+                    set ev_data = json_build_object('version', $2::int8, 'checks', $3::text::json)
+                  where e.ev_txid = (select d.txid from {s}.ddl_snapshot d where d.id = $2)
+                    and e.ev_op = 'S' and e.ev_table = $1::text::name
+                    and (e.ev_data ->> 'version')::int8 = $2"
+            ),
+            &[&target, &version, &json],
+        )
+        .await
+        .map_err(StepError::db(
+            "adding the checks of a type change to its schema event",
+        ))?;
+    if n == 0 {
+        // A target registered after the DDL: it had no event queued, and copies the table.
+        tracing::debug!(
+            target,
+            version,
+            "no schema event to carry the type change's checks"
+        );
+    }
+    Ok(())
 }
 
 /// What a new catalog snapshot changed for one target.
@@ -830,6 +986,8 @@ impl Step for Watcher {
             self.sync_sequences(client).await?;
             return Ok(Progress::Idle);
         }
+        // Before the catalogs: a rewrite after this read shows at the next look.
+        let filenodes = self.read_filenodes(client).await?;
         let mut seen = BTreeSet::new();
         let mut deferred = Vec::new();
         let mut installed = capture::Installed::default();
@@ -857,6 +1015,7 @@ impl Step for Watcher {
             seen.insert(target);
         }
         self.fingerprint = Some(fp);
+        self.filenodes = Some(filenodes);
         // After the schema versions, so a new sequence exists before its position arrives.
         self.sync_sequences(client).await?;
         Ok(if seen.is_empty() {

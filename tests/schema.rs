@@ -4,6 +4,7 @@
 
 mod common;
 
+use anyhow::Context as _;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
@@ -379,7 +380,7 @@ async fn script(event_triggers: bool) -> anyhow::Result<()> {
         scalar_i64(&src, "select processed from teleport.ddl_clock").await?,
     );
     if event_triggers {
-        assert_eq!(triggers, 2, "both event triggers installed");
+        assert_eq!(triggers, 3, "the three event triggers installed");
         assert!(processed >= 25, "{processed}: a snapshot per DDL statement");
     } else {
         assert_eq!(
@@ -533,7 +534,7 @@ async fn switching_between_modes_keeps_schema_changes_flowing() -> anyhow::Resul
         let source = p.start_source(port, "app.*", extra).await?;
         assert_eq!(
             scalar_i64(&src, triggers).await?,
-            if event_triggers { 2 } else { 0 }
+            if event_triggers { 3 } else { 0 }
         );
         src.batch_execute(&format!(
             "alter table app.t add column c{round} int; insert into app.t (id, v, c{round}) values ({round}, {round}, {round});"
@@ -1065,23 +1066,49 @@ async fn a_table_swapped_for_a_new_one_replicates_the_new_one() -> anyhow::Resul
 /// equal. A cast the source made itself (`int` to `bigint`) passes the check.
 #[tokio::test]
 async fn a_type_change_using_an_expression_is_held_not_silently_cast() -> anyhow::Result<()> {
+    for event_triggers in [false, true] {
+        type_change_using_an_expression(event_triggers)
+            .await
+            .with_context(|| format!("event triggers: {event_triggers}"))?;
+    }
+    Ok(())
+}
+
+async fn type_change_using_an_expression(event_triggers: bool) -> anyhow::Result<()> {
     let p = Pair::new("create schema app;").await?;
+    let extra = if event_triggers {
+        p.make_src_superuser().await?;
+        "use_event_triggers: true\n"
+    } else {
+        ""
+    };
     let target = p.start_target(0).await?;
     let port = target.local_addr.unwrap().port();
-    let source = p.start_source(port, "app.*", "").await?;
+    let source = p.start_source(port, "app.*", extra).await?;
     let (src, dst) = (p.src().await?, p.dst().await?);
     src.batch_execute(
-        "create table app.u (id int primary key, n int, m int);
-         insert into app.u select g, g * 2 + 1, g from generate_series(1, 20) g;",
+        "create table app.u (id int primary key, n int, m int, v varchar(10));
+         insert into app.u select g, g * 2 + 1, g, 'v' || g from generate_series(1, 20) g;",
     )
     .await?;
     wait_equal(&src, &dst, &["app.u"], Duration::from_secs(20)).await?;
-    // A plain cast: the check passes.
-    src.batch_execute("alter table app.u alter column m type bigint")
-        .await?;
-    let m = "select format_type(atttypid, atttypmod) from pg_attribute where attrelid = 'app.u'::regclass and attname = 'm'";
-    wait_texts(&dst, "m retyped", Duration::from_secs(20), m, &["bigint"]).await?;
-    src.batch_execute("update app.u set m = m + 1 where id = 1")
+    // A plain cast, and a change that rewrites nothing: the checks pass.
+    src.batch_execute(
+        "alter table app.u alter column m type bigint;
+         alter table app.u alter column v type varchar(20);",
+    )
+    .await?;
+    let types = "select format_type(atttypid, atttypmod) from pg_attribute
+                  where attrelid = 'app.u'::regclass and attname in ('m', 'v') order by attname";
+    wait_texts(
+        &dst,
+        "m and v retyped",
+        Duration::from_secs(20),
+        types,
+        &["bigint", "character varying(20)"],
+    )
+    .await?;
+    src.batch_execute("update app.u set m = m + 1, v = v || 'x' where id = 1")
         .await?;
     wait_equal(&src, &dst, &["app.u"], Duration::from_secs(20)).await?;
     src.batch_execute(
@@ -1089,6 +1116,13 @@ async fn a_type_change_using_an_expression_is_held_not_silently_cast() -> anyhow
          insert into app.u values (21, 1.5, 0);",
     )
     .await?;
+    // Checked where the change is in the stream: the event trigger's in the DDL's
+    // transaction (before the insert), the diffing watcher's at its look (after it).
+    let rows = if event_triggers {
+        "20 rows there, 20 on the source"
+    } else {
+        "21 rows there, 21 on the source"
+    };
     wait_for(
         "the difference reported",
         Duration::from_secs(20),
@@ -1096,7 +1130,7 @@ async fn a_type_change_using_an_expression_is_held_not_silently_cast() -> anyhow
             let e = last_error(&src).await?;
             Ok(
                 e.contains("after the type change of column \"n\" of \"app\".\"u\"")
-                    && e.contains("21 rows there, 21 on the source")
+                    && e.contains(rows)
                     && e.contains("-mode initial-load"),
             )
         },
@@ -1105,7 +1139,7 @@ async fn a_type_change_using_an_expression_is_held_not_silently_cast() -> anyhow
     src.batch_execute("update app.u set n = n + 1 where id = 2")
         .await?;
     let summary = pgteleport::load::run(
-        &p.source_config(port, "app.*", "")?,
+        &p.source_config(port, "app.*", extra)?,
         pgteleport::load::LoadOptions {
             target: "t1".into(),
             truncate: true,
@@ -1120,6 +1154,191 @@ async fn a_type_change_using_an_expression_is_held_not_silently_cast() -> anyhow
     src.batch_execute("update app.u set n = n + 1 where id = 3")
         .await?;
     wait_equal(&src, &dst, &["app.u"], Duration::from_secs(30)).await?;
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}
+
+/// The same on a partitioned table: the source rewrites each partition (the partitioned
+/// table has no storage of its own), and the check covers the rows of them all.
+#[tokio::test]
+async fn a_type_change_using_an_expression_on_a_partitioned_table_is_held() -> anyhow::Result<()> {
+    for event_triggers in [false, true] {
+        let p = Pair::new("create schema app;").await?;
+        let extra = if event_triggers {
+            p.make_src_superuser().await?;
+            "use_event_triggers: true\n"
+        } else {
+            ""
+        };
+        let target = p.start_target(0).await?;
+        let port = target.local_addr.unwrap().port();
+        let source = p.start_source(port, "app.*", extra).await?;
+        let (src, dst) = (p.src().await?, p.dst().await?);
+        src.batch_execute(
+            "create table app.p (id int primary key, n int) partition by range (id);
+             create table app.p1 partition of app.p for values from (0) to (100);
+             create table app.p2 partition of app.p for values from (100) to (200);
+             insert into app.p select g, g from generate_series(1, 150) g;",
+        )
+        .await?;
+        wait_equal(&src, &dst, &["app.p"], Duration::from_secs(20)).await?;
+        src.batch_execute("alter table app.p alter column n type numeric using n * 1.5")
+            .await?;
+        wait_for(
+            "the difference reported",
+            Duration::from_secs(20),
+            || async {
+                let e = last_error(&src).await?;
+                Ok(
+                    e.contains("after the type change of column \"n\" of \"app\".\"p\"")
+                        && e.contains("150 rows there, 150 on the source"),
+                )
+            },
+        )
+        .await
+        .with_context(|| format!("event triggers: {event_triggers}"))?;
+        pgteleport::load::run(
+            &p.source_config(port, "app.*", extra)?,
+            pgteleport::load::LoadOptions {
+                target: "t1".into(),
+                truncate: true,
+                workers: 1,
+                range_bytes: 16 << 20,
+                split: Default::default(),
+                progress: Some(false),
+            },
+        )
+        .await?;
+        src.batch_execute("update app.p set n = n + 1 where id in (3, 130)")
+            .await?;
+        wait_equal(&src, &dst, &["app.p"], Duration::from_secs(30)).await?;
+        source.shutdown().await?;
+        target.shutdown().await?;
+    }
+    Ok(())
+}
+
+/// A type change that rewrites nothing (`varchar(10)` to `varchar(20)`) keeps every value
+/// byte for byte and can have no `USING` (PostgreSQL rewrites for any): its column is not
+/// scanned for a check. In diffing mode that scan would hold a SHARE lock, waiting here for
+/// a writer left open after the change and holding up the version; in event-trigger mode
+/// it would run in the DDL's transaction (no checksum is stored with the snapshot). A
+/// change that rewrites (`int` to `bigint`) is checked.
+#[tokio::test]
+async fn a_type_change_that_rewrites_nothing_is_not_scanned() -> anyhow::Result<()> {
+    for event_triggers in [false, true] {
+        let p = Pair::new("create schema app;").await?;
+        let extra = if event_triggers {
+            p.make_src_superuser().await?;
+            "use_event_triggers: true\n"
+        } else {
+            ""
+        };
+        let target = p.start_target(0).await?;
+        let port = target.local_addr.unwrap().port();
+        let mut cfg = p.source_config(port, "app.*", extra)?;
+        cfg.processing_intervals.ddlwatcher = 2000;
+        let source = pgteleport::instance::start(cfg).await?;
+        let (src, dst, writer) = (p.src().await?, p.dst().await?, p.src().await?);
+        src.batch_execute(
+            "create table app.w (id int primary key, n int, v varchar(10));
+             insert into app.w select g, g, 'v' || g from generate_series(1, 20) g;",
+        )
+        .await?;
+        wait_equal(&src, &dst, &["app.w"], Duration::from_secs(20)).await?;
+        src.batch_execute("alter table app.w alter column v type varchar(20)")
+            .await?;
+        writer
+            .batch_execute("begin; insert into app.w values (21, 21, 'open across the look');")
+            .await?;
+        let v = "select format_type(atttypid, atttypmod) from pg_attribute
+                  where attrelid = 'app.w'::regclass and attname = 'v'";
+        wait_texts(
+            &dst,
+            "v widened while a writer is open",
+            Duration::from_secs(15),
+            v,
+            &["character varying(20)"],
+        )
+        .await
+        .with_context(|| format!("event triggers: {event_triggers}"))?;
+        writer.batch_execute("commit").await?;
+        wait_equal(&src, &dst, &["app.w"], Duration::from_secs(20)).await?;
+        if event_triggers {
+            let checks = "select coalesce(jsonb_array_length(checks), 0)::text
+                            from teleport.ddl_snapshot order by id desc limit 1";
+            assert_eq!(texts(&src, checks).await?, ["0"], "no checksum taken");
+            src.batch_execute("alter table app.w alter column n type bigint")
+                .await?;
+            assert_eq!(texts(&src, checks).await?, ["1"], "checksum of n taken");
+        } else {
+            src.batch_execute("alter table app.w alter column n type bigint")
+                .await?;
+        }
+        src.batch_execute("update app.w set n = n + 1 where id = 1")
+            .await?;
+        wait_equal(&src, &dst, &["app.w"], Duration::from_secs(20)).await?;
+        source.shutdown().await?;
+        target.shutdown().await?;
+    }
+    Ok(())
+}
+
+/// The event trigger's checksum of a column (the SQL function `values_checksum`, run in the
+/// DDL's transaction under whatever settings its session has) is the one the target's check
+/// computes (`values_checksum_sql` under `CANONICAL_SETTINGS`): for types whose text
+/// depends on the session's settings too. Were they to differ, every type change would stop
+/// the stream.
+#[tokio::test]
+async fn the_event_triggers_checksum_is_the_one_the_target_computes() -> anyhow::Result<()> {
+    let p = Pair::new(
+        "create schema app;
+         create table app.x (id int primary key, ts timestamptz, t timestamp, d date, i interval,
+                             f float8, r real, b bytea, n numeric, j jsonb, a int[], tz timetz);
+         insert into app.x select g, '2026-03-29 01:30:00+00'::timestamptz + g * interval '37 minutes',
+                g * interval '1 day 3 hours' + timestamp '2026-01-01', date '2026-02-27' + g,
+                g * interval '1 year 2 mons 3 days 04:05:06.7', 1.0 / g, 2.0 / g, decode(md5(g::text), 'hex'),
+                g / 7.0, jsonb_build_object('g', g), array[g, -g], '10:20:30+05'::timetz
+           from generate_series(1, 50) g;
+         insert into app.x (id) values (0);",
+    )
+    .await?;
+    let target = p.start_target(0).await?;
+    let port = target.local_addr.unwrap().port();
+    let source = p.start_source(port, "app.*", "").await?;
+    let src = p.src().await?;
+    src.batch_execute(
+        "set timezone = 'America/New_York'; set datestyle = 'SQL, DMY';
+         set intervalstyle = 'sql_standard'; set extra_float_digits = 0; set bytea_output = 'escape';",
+    )
+    .await?;
+    for col in ["ts", "t", "d", "i", "f", "r", "b", "n", "j", "a", "tz"] {
+        let by_trigger = src
+            .query_one(
+                "select n_rows, total from teleport.values_checksum('app.x', $1)",
+                &[&col],
+            )
+            .await?;
+        let settings: Vec<String> = ddlwatcher::ddl::CANONICAL_SETTINGS
+            .iter()
+            .map(|(name, value)| format!("set local {name} = '{value}'"))
+            .collect();
+        src.batch_execute(&format!("begin; {};", settings.join("; ")))
+            .await?;
+        let by_target = src
+            .query_one(
+                &ddlwatcher::ddl::values_checksum_sql("app.x", col, None),
+                &[],
+            )
+            .await?;
+        src.batch_execute("commit").await?;
+        assert_eq!(
+            (by_trigger.get::<_, i64>(0), by_trigger.get::<_, i64>(1)),
+            (by_target.get::<_, i64>(0), by_target.get::<_, i64>(1)),
+            "column {col}"
+        );
+    }
     source.shutdown().await?;
     target.shutdown().await?;
     Ok(())
