@@ -59,7 +59,7 @@ async fn shape(c: &Client, schemas: &[&str]) -> anyhow::Result<Vec<String>> {
 }
 
 /// The catalog model of the tables `expression` selects, as the replicator reads it, made
-/// comparable across databases: OIDs dropped, every schema name (and `schema.` prefix in
+/// comparable across databases: OIDs dropped (with the `object` of indexes and constraints), every schema name (and `schema.` prefix in
 /// definitions) replaced by `S`, objects sorted by name.
 async fn model(
     c: &Client,
@@ -74,6 +74,7 @@ async fn model(
             serde_json::Value::Object(m) => {
                 m.remove("oid");
                 m.remove("used_by"); // table OIDs
+                m.remove("object"); // index and constraint OIDs (their state is in their definition)
                 for x in m.values_mut() {
                     norm(x, schemas);
                 }
@@ -934,6 +935,89 @@ async fn a_writer_open_across_the_watchers_look_at_a_key_change_is_replicated() 
     assert_eq!(texts(&dst, key).await?, ["PRIMARY KEY (id, v)"]);
     source.shutdown().await?;
     target.shutdown().await?;
+    Ok(())
+}
+
+/// Columns renamed (and the table a foreign key refers to, and its key column) leave the
+/// indexes and constraints that name them alone on the target: PostgreSQL's own rename
+/// carries them along there as on the source. Their definitions' text changed with the
+/// names, and the diff once took that for new objects: each index built again over the
+/// whole table, each foreign key and check validated again — in the apply transaction.
+#[tokio::test]
+async fn renamed_columns_keep_their_indexes_and_constraints_on_the_target() -> anyhow::Result<()> {
+    for event_triggers in [false, true] {
+        let p = Pair::new("create schema app;").await?;
+        let extra = if event_triggers {
+            p.make_src_superuser().await?;
+            "use_event_triggers: true\n"
+        } else {
+            ""
+        };
+        let (source, target) = p.start_both_with("app.*", extra).await?;
+        let (src, dst) = (p.src().await?, p.dst().await?);
+        src.batch_execute(
+            "create table app.p (id int primary key);
+             create table app.c (id int primary key, p int constraint c_p_fk references app.p,
+                                 code text constraint c_code_key unique,
+                                 n int constraint c_n_check check (n > 0));
+             create index c_n_idx on app.c (n);
+             create index c_lower_code on app.c (lower(code)) where n > 5;
+             create index c_n_code on app.c (n desc) include (code);
+             insert into app.p select g from generate_series(1, 10) g;
+             insert into app.c select g, g, 'c' || g, g from generate_series(1, 10) g;",
+        )
+        .await?;
+        wait_equal(&src, &dst, &["app.p", "app.c"], Duration::from_secs(20)).await?;
+        let oids = "select relname || ' ' || oid::text from pg_class
+                     where relnamespace = 'app'::regnamespace and relkind = 'i'
+                    union all
+                    select conname || ' ' || oid::text from pg_constraint
+                     where connamespace = 'app'::regnamespace
+                    order by 1";
+        let before = texts(&dst, oids).await?;
+        src.batch_execute(
+            "begin;
+             insert into app.c values (11, 1, 'c11', 11);
+             alter table app.c rename column n to amount;
+             alter table app.c rename column code to label;
+             alter table app.c rename column p to parent;
+             alter table app.p rename column id to pid;
+             alter table app.p rename to parents;
+             update app.c set amount = 20, label = 'c2 changed' where id = 2;
+             commit;
+             insert into app.c values (12, 2, 'c12', 12);",
+        )
+        .await?;
+        wait_equal(
+            &src,
+            &dst,
+            &["app.parents", "app.c"],
+            Duration::from_secs(20),
+        )
+        .await?;
+        let definitions = "select conname || ' ' || pg_get_constraintdef(oid) from pg_constraint
+                            where connamespace = 'app'::regnamespace
+                           union all
+                           select pg_get_indexdef(indexrelid) from pg_index
+                            where indrelid in ('app.c'::regclass, 'app.parents'::regclass)
+                           order by 1";
+        let want = texts(&src, definitions).await?;
+        wait_texts(
+            &dst,
+            "the definitions follow the renames",
+            Duration::from_secs(20),
+            definitions,
+            &want,
+        )
+        .await?;
+        assert_eq!(
+            texts(&dst, oids).await?,
+            before,
+            "the same objects (event triggers: {event_triggers})"
+        );
+        source.shutdown().await?;
+        target.shutdown().await?;
+    }
     Ok(())
 }
 

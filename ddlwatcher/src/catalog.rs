@@ -113,6 +113,9 @@ pub struct Index {
     pub columns: Option<Vec<String>>,
     /// `pg_get_indexdef` text on the source (valid verbatim when the schema is unchanged).
     pub definition: String,
+    /// The index as an object: [`Constraint::object`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
 }
 
 /// One table, as capture, load and apply see it.
@@ -244,6 +247,13 @@ pub struct Constraint {
     /// `f`, `u`, `c` or `x` (pg_constraint.contype).
     pub kind: char,
     pub definition: String,
+    /// The catalog object (its oid) and what of it may change in place (an index's storage
+    /// options; a constraint's validation and deferrability). Equal in two snapshots: the
+    /// same object, its definition changed by renames only (of its columns, its table or
+    /// the table it refers to) — which the target's renames carry along as the source's
+    /// did. `None` in snapshots taken before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
 }
 
 /// A user-defined type a table depends on.
@@ -473,6 +483,7 @@ mod tests {
             primary_key_name: None,
             indexes: vec![
                 Index {
+                    object: None,
                     name: "p_secret".into(),
                     unique: false,
                     method: "btree".into(),
@@ -480,6 +491,7 @@ mod tests {
                     definition: "CREATE INDEX p_secret ON app.p USING btree (secret)".into(),
                 },
                 Index {
+                    object: None,
                     name: "p_h".into(),
                     unique: false,
                     method: "btree".into(),
@@ -487,6 +499,7 @@ mod tests {
                     definition: "CREATE INDEX p_h ON app.p USING btree (lower(h))".into(),
                 },
                 Index {
+                    object: None,
                     name: "p_note".into(),
                     unique: false,
                     method: "btree".into(),
@@ -496,11 +509,13 @@ mod tests {
             ],
             constraints: vec![
                 Constraint {
+                    object: None,
                     name: "c1".into(),
                     kind: 'c',
                     definition: "CHECK ((secret <> ''::text))".into(),
                 },
                 Constraint {
+                    object: None,
                     name: "c2".into(),
                     kind: 'c',
                     definition: "CHECK ((note <> ''::text))".into(),

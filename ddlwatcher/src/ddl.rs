@@ -528,6 +528,7 @@ mod tests {
             constraints: vec![],
             partitions: vec![],
             indexes: vec![Index {
+                object: None,
                 name: "t_qty".into(),
                 unique: false,
                 method: "btree".into(),

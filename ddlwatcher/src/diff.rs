@@ -345,8 +345,11 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
         // target too, not dropped and added (a unique key's index built again, a foreign
         // key checked again over the whole table).
         let renamed = renames(&before, &after, |b, a| {
-            b.kind == a.kind && b.definition == a.definition
+            b.kind == a.kind && (b.definition == a.definition || same_object(&b.object, &a.object))
         });
+        let changed = |b: &crate::catalog::Constraint, a: &crate::catalog::Constraint| {
+            b.definition != a.definition && !same_object(&b.object, &a.object)
+        };
         if let Some(o) = surviving {
             let old_name = map.table(&o.schema, &o.name);
             for (n, c) in &before {
@@ -356,7 +359,7 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
                         quote_ident(n),
                         quote_ident(to)
                     )));
-                } else if after.get(n).is_none_or(|a| a.definition != c.definition) {
+                } else if after.get(n).is_none_or(|a| changed(c, a)) {
                     out.push(Statement::tx(format!(
                         "alter table {old_name} drop constraint if exists {}",
                         quote_ident(n)
@@ -368,7 +371,7 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
             if renamed.iter().any(|(_, to)| to == n) {
                 continue;
             }
-            if before.get(n).is_none_or(|b| b.definition != c.definition) {
+            if before.get(n).is_none_or(|b| changed(b, c)) {
                 add_constraints.push(Statement::tx(ddl::add_constraint(t, c, map)));
             }
         }
@@ -535,10 +538,14 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
         let new_idx: BTreeMap<&str, _> = t.indexes.iter().map(|i| (i.name.as_str(), i)).collect();
         // Renamed: the same definition but for the name — renamed, not built again.
         let renamed = renames(&old_idx, &new_idx, |b, a| {
-            b.unique == a.unique
-                && b.method == a.method
-                && without_name(&b.definition, &b.name) == without_name(&a.definition, &a.name)
+            same_object(&b.object, &a.object)
+                || b.unique == a.unique
+                    && b.method == a.method
+                    && without_name(&b.definition, &b.name) == without_name(&a.definition, &a.name)
         });
+        let changed = |b: &crate::catalog::Index, a: &crate::catalog::Index| {
+            b.definition != a.definition && !same_object(&b.object, &a.object)
+        };
         let schema = map.table_parts(&t.schema, &t.name).0;
         for (from, to) in &renamed {
             out.push(Statement::tx(format!(
@@ -551,10 +558,7 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
             if renamed.iter().any(|(from, _)| from == n) {
                 continue;
             }
-            if new_idx
-                .get(n)
-                .is_none_or(|ni| ni.definition != i.definition)
-            {
+            if new_idx.get(n).is_none_or(|ni| changed(i, ni)) {
                 out.push(Statement::tx(format!(
                     "drop index if exists {}",
                     qualified(map.table_parts(&t.schema, &t.name).0, n)
@@ -565,10 +569,7 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
             if renamed.iter().any(|(_, to)| to == n) {
                 continue;
             }
-            if old_idx
-                .get(n)
-                .is_none_or(|oi| oi.definition != i.definition)
-            {
+            if old_idx.get(n).is_none_or(|oi| changed(oi, i)) {
                 if let Some(sql) = ddl::create_index(t, i, map) {
                     out.push(Statement::tx(sql));
                 }
@@ -662,6 +663,12 @@ fn enum_renames(before: &[String], after: &[String]) -> Vec<(String, String)> {
         .zip(gaps(after, before))
         .flat_map(|(gone, new)| gone.into_iter().zip(new))
         .collect()
+}
+
+/// Whether an index or constraint of two snapshots is the same catalog object in the same
+/// state ([`crate::catalog::Constraint::object`]): its definition changed by renames only.
+fn same_object(before: &Option<String>, after: &Option<String>) -> bool {
+    before.is_some() && before == after
 }
 
 /// Objects renamed between two name-keyed maps: each one gone from `before` paired with the
@@ -767,6 +774,7 @@ mod tests {
     #[test]
     fn renamed_indexes_and_constraints_are_renamed() {
         let idx = |name: &str, def: &str| crate::catalog::Index {
+            object: None,
             name: name.into(),
             unique: false,
             method: "btree".into(),
@@ -774,6 +782,7 @@ mod tests {
             definition: def.into(),
         };
         let check = |name: &str, def: &str| crate::catalog::Constraint {
+            object: None,
             name: name.into(),
             kind: 'c',
             definition: def.into(),
@@ -824,6 +833,89 @@ mod tests {
                 "alter table \"copy\".\"t\" add constraint \"t_v_smaller\" CHECK ((v < 5))",
             ]
         );
+    }
+
+    #[test]
+    fn indexes_and_constraints_of_renamed_columns_stay_unless_their_state_changed() {
+        let idx = |name: &str, def: &str, object: &str| crate::catalog::Index {
+            object: Some(object.into()),
+            name: name.into(),
+            unique: false,
+            method: "btree".into(),
+            columns: None,
+            definition: def.into(),
+        };
+        let con = |name: &str, def: &str, object: &str| crate::catalog::Constraint {
+            object: Some(object.into()),
+            name: name.into(),
+            kind: 'c',
+            definition: def.into(),
+        };
+        let cat = |v: &str, indexes: Vec<crate::catalog::Index>, constraints| Catalog {
+            tables: vec![Table {
+                indexes,
+                constraints,
+                ..table(1, "t", vec![col(1, "id", "int4"), col(2, v, "int4")])
+            }],
+            ..Default::default()
+        };
+        let old = cat(
+            "v",
+            vec![
+                idx("t_v", "CREATE INDEX t_v ON app.t USING btree (v)", "10 "),
+                idx(
+                    "t_l",
+                    "CREATE INDEX t_l ON app.t USING btree (lower(v))",
+                    "11 ",
+                ),
+            ],
+            vec![
+                con("t_v_check", "CHECK ((v > 0))", "20 true false false"),
+                con(
+                    "t_v_small",
+                    "CHECK ((v < 10)) NOT VALID",
+                    "21 false false false",
+                ),
+            ],
+        );
+        let new = cat(
+            "w",
+            vec![
+                // The same index: the column's rename carries it along on the target too.
+                idx("t_v", "CREATE INDEX t_v ON app.t USING btree (w)", "10 "),
+                // The same, renamed as well.
+                idx(
+                    "t_lw",
+                    "CREATE INDEX t_lw ON app.t USING btree (lower(w))",
+                    "11 ",
+                ),
+            ],
+            vec![
+                con("t_v_check", "CHECK ((w > 0))", "20 true false false"),
+                // Validated since: added again, validated.
+                con("t_v_small", "CHECK ((w < 10))", "21 true false false"),
+            ],
+        );
+        assert_eq!(
+            sqls(&old, &new),
+            [
+                "alter table \"copy\".\"t\" drop constraint if exists \"t_v_small\"",
+                "alter table \"copy\".\"t\" rename column \"v\" to \"w\"",
+                "alter index \"copy\".\"t_l\" rename to \"t_lw\"",
+                "alter table \"copy\".\"t\" add constraint \"t_v_small\" CHECK ((w < 10))",
+            ]
+        );
+        // Snapshots from before `object` was recorded: compared by definition, as then.
+        let strip = |mut c: Catalog| {
+            for t in &mut c.tables {
+                t.indexes.iter_mut().for_each(|i| i.object = None);
+                t.constraints.iter_mut().for_each(|c| c.object = None);
+            }
+            c
+        };
+        assert!(sqls(&strip(old), &new)
+            .iter()
+            .any(|s| s == "drop index if exists \"copy\".\"t_v\""));
     }
 
     #[test]
@@ -879,6 +971,7 @@ mod tests {
         };
         let old = catalog(vec![col(1, "id", "integer")], vec![]);
         let index = crate::catalog::Index {
+            object: None,
             name: "orders_note".into(),
             definition: "CREATE INDEX orders_note ON app.orders USING btree (note)".into(),
             unique: false,
@@ -1134,6 +1227,7 @@ mod tests {
             vec![col(1, "id", "integer"), col(2, "n_id", "integer")],
         );
         child.constraints = vec![crate::catalog::Constraint {
+            object: None,
             name: "child_n_fk".into(),
             kind: 'f',
             definition: "FOREIGN KEY (n_id) REFERENCES app.n(id)".into(),

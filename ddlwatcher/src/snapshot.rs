@@ -123,7 +123,8 @@ fn build_sql() -> String {
                                    'name', c.relname::text, 'unique', i.indisunique, 'method', am.amname::text,
                                    'columns', case when i.indexprs is null and i.indpred is null
                                                    then coalesce({idx_cols}, '[]') end,
-                                   'definition', pg_catalog.pg_get_indexdef(i.indexrelid)) order by c.relname::text)
+                                   'definition', pg_catalog.pg_get_indexdef(i.indexrelid),
+                                   'object', i.indexrelid::pg_catalog.int8 || ' ' || coalesce(c.reloptions::text, '')) order by c.relname::text)
                                    from pg_catalog.pg_index i
                                    join pg_catalog.pg_class c on c.oid = i.indexrelid
                                    join pg_catalog.pg_am am on am.oid = c.relam
@@ -137,7 +138,9 @@ fn build_sql() -> String {
                                                        and k.contype in ('p', 'u', 'x'))), '[]'),
             'constraints', coalesce((select json_agg(json_build_object(
                                        'name', k.conname::text, 'kind', k.contype::text,
-                                       'definition', pg_catalog.pg_get_constraintdef(k.oid)) order by k.conname::text)
+                                       'definition', pg_catalog.pg_get_constraintdef(k.oid),
+                                       'object', k.oid::pg_catalog.int8 || ' ' || k.convalidated || ' '
+                                                 || k.condeferrable || ' ' || k.condeferred) order by k.conname::text)
                                        from pg_catalog.pg_constraint k
                                       where k.conrelid = r.oid and k.contype in ('f', 'u', 'c', 'x')), '[]'),
             'partitions', coalesce((select json_agg(json_build_object(
