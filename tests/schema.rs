@@ -938,6 +938,60 @@ async fn a_writer_open_across_the_watchers_look_at_a_key_change_is_replicated() 
     Ok(())
 }
 
+/// Column names swapped (`a` → `tmp`, `b` → `a`, `tmp` → `b`), a column renamed into the
+/// name of one dropped in the same transaction, and two tables' names swapped: the target
+/// ends with each value under its new name. The renames, made one by one, met a name still
+/// taken (diffing mode: the watcher sees the transaction's end state at once).
+#[tokio::test]
+async fn columns_swapping_names_or_taking_a_dropped_ones_keep_their_values() -> anyhow::Result<()> {
+    for event_triggers in [false, true] {
+        ddl_between_writes(
+            event_triggers,
+            "create schema app;",
+            "create table app.s (id int primary key, a text, b int, x int, y int);
+             insert into app.s select g, 'a' || g, g, g * 10, g * 100 from generate_series(1, 5) g;
+             create table app.t1 (id int primary key, v text);
+             create table app.t2 (id int primary key, w int);
+             insert into app.t1 values (1, 'one'); insert into app.t2 values (2, 2);",
+            "begin;
+             update app.s set a = 'before' where id = 1;
+             alter table app.t1 rename to t3;
+             alter table app.t2 rename to t1;
+             alter table app.t3 rename to t2;
+             insert into app.t1 values (3, 3);
+             insert into app.t2 values (4, 'four');
+             alter table app.s rename column a to tmp;
+             alter table app.s rename column b to a;
+             alter table app.s rename column tmp to b;
+             alter table app.s drop column x;
+             alter table app.s rename column y to x;
+             update app.s set a = a + 1, b = b || '!', x = x + 1 where id = 2;
+             commit;",
+            "insert into app.s (id, a, b, x) values (6, 60, 'b6', 600);",
+            "app.s",
+            "select id || ':' || a || ':' || b || ':' || x from app.s
+             union all select 't1 ' || id || ':' || w from app.t1
+             union all select 't2 ' || id || ':' || v from app.t2
+             order by 1",
+            &[
+                "1:1:before:100",
+                "2:3:a2!:201",
+                "3:3:a3:300",
+                "4:4:a4:400",
+                "5:5:a5:500",
+                "6:60:b6:600",
+                "t1 2:2",
+                "t1 3:3",
+                "t2 1:one",
+                "t2 4:four",
+            ],
+        )
+        .await
+        .with_context(|| format!("event triggers: {event_triggers}"))?;
+    }
+    Ok(())
+}
+
 /// Columns renamed (and the table a foreign key refers to, and its key column) leave the
 /// indexes and constraints that name them alone on the target: PostgreSQL's own rename
 /// carries them along there as on the source. Their definitions' text changed with the

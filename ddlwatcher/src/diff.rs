@@ -83,7 +83,13 @@ impl Statement {
 /// The name a dropped object is moved to while a new one takes its name: `name__dropped_OID`,
 /// its name part shortened to fit PostgreSQL's 63 bytes.
 fn away_name(name: &str, oid: u32) -> String {
-    let suffix = format!("__dropped_{oid}");
+    moved_name(name, "dropped", oid)
+}
+
+/// `name__WHY_OID`, its name part shortened to fit PostgreSQL's 63 bytes: a name no object
+/// of the source has (a transient one, or one on its way to be dropped).
+fn moved_name(name: &str, why: &str, oid: u32) -> String {
+    let suffix = format!("__{why}_{oid}");
     let mut keep = name.len().min(63 - suffix.len());
     while !name.is_char_boundary(keep) {
         keep -= 1;
@@ -393,7 +399,30 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
         )));
     }
 
-    // Table renames, so later statements can name the table by its new name.
+    // Table renames, so later statements can name the table by its new name. A table
+    // whose name another one takes (names swapped through a third) is renamed out of the
+    // way first.
+    let mut moving: BTreeMap<u32, String> = BTreeMap::new();
+    for t in &new.tables {
+        let Some(o) = old_tables.get(&t.oid) else {
+            continue;
+        };
+        let before = map.table_parts(&o.schema, &o.name);
+        let taken = new.tables.iter().any(|n| {
+            n.oid != o.oid
+                && old_tables.contains_key(&n.oid)
+                && map.table_parts(&n.schema, &n.name) == before
+        });
+        if taken && map.table_parts(&t.schema, &t.name) != before {
+            let away = moved_name(before.1, "moving", o.oid);
+            out.push(Statement::tx(format!(
+                "alter table {} rename to {}",
+                qualified(before.0, before.1),
+                quote_ident(&away)
+            )));
+            moving.insert(o.oid, away);
+        }
+    }
     for t in &new.tables {
         if let Some(o) = old_tables.get(&t.oid) {
             // A table the target knows under another name (rename_tables) takes the
@@ -402,10 +431,11 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
                 map.table_parts(&o.schema, &o.name),
                 map.table_parts(&t.schema, &t.name),
             );
-            if before.1 != after.1 {
+            let from = moving.get(&o.oid).map_or(before.1, |s| s.as_str());
+            if from != after.1 {
                 out.push(Statement::tx(format!(
                     "alter table {} rename to {}",
-                    qualified(before.0, before.1),
+                    qualified(before.0, from),
                     quote_ident(after.1)
                 )));
             }
@@ -441,6 +471,7 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
         let name = map.table(&t.schema, &t.name);
         let before: BTreeMap<i16, &Column> = o.columns.iter().map(|c| (c.attnum, c)).collect();
         let after: BTreeMap<i16, &Column> = t.columns.iter().map(|c| (c.attnum, c)).collect();
+        let current = columns_out_of_the_way(&name, &before, &after, &mut out);
         for (n, c) in &after {
             match before.get(n) {
                 None => out.push(Statement::tx(format!(
@@ -448,10 +479,10 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
                     ddl::column_sql(c, map)
                 ))),
                 Some(b) => {
-                    if b.name != c.name {
+                    if current[n] != c.name {
                         out.push(Statement::tx(format!(
                             "alter table {name} rename column {} to {}",
-                            quote_ident(&b.name),
+                            quote_ident(&current[n]),
                             quote_ident(&c.name)
                         )));
                     }
@@ -489,11 +520,11 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
                 }
             }
         }
-        for (n, b) in &before {
+        for n in before.keys() {
             if !after.contains_key(n) {
                 dropped_columns.push(format!(
                     "alter table {name} drop column if exists {}",
-                    quote_ident(&b.name)
+                    quote_ident(&current[n])
                 ));
             }
         }
@@ -663,6 +694,42 @@ fn enum_renames(before: &[String], after: &[String]) -> Vec<(String, String)> {
         .zip(gaps(after, before))
         .flat_map(|(gone, new)| gone.into_iter().zip(new))
         .collect()
+}
+
+/// The columns of table `name` (by attribute number, `before` and `after` a change) renamed
+/// or dropped whose name another column takes — names swapped, a column renamed into a
+/// dropped one's name or added under it — renamed out of the way first (statements into
+/// `out`); each renamed column is then renamed from there, each dropped one dropped there.
+/// Returns the name each column of `before` has after that.
+fn columns_out_of_the_way(
+    name: &str,
+    before: &BTreeMap<i16, &Column>,
+    after: &BTreeMap<i16, &Column>,
+    out: &mut Vec<Statement>,
+) -> BTreeMap<i16, String> {
+    let mut current: BTreeMap<i16, String> =
+        before.iter().map(|(n, b)| (*n, b.name.clone())).collect();
+    for (n, b) in before {
+        let keeps = after.get(n).is_some_and(|c| c.name == b.name);
+        if keeps || !after.iter().any(|(m, c)| m != n && c.name == b.name) {
+            continue;
+        }
+        let mut away = moved_name(&b.name, "moving", *n as u32);
+        while before
+            .values()
+            .chain(after.values())
+            .any(|c| c.name == away)
+        {
+            away.push('_');
+        }
+        out.push(Statement::tx(format!(
+            "alter table {name} rename column {} to {}",
+            quote_ident(&b.name),
+            quote_ident(&away)
+        )));
+        current.insert(*n, away);
+    }
+    current
 }
 
 /// Whether an index or constraint of two snapshots is the same catalog object in the same
@@ -916,6 +983,46 @@ mod tests {
         assert!(sqls(&strip(old), &new)
             .iter()
             .any(|s| s == "drop index if exists \"copy\".\"t_v\""));
+    }
+
+    #[test]
+    fn columns_whose_names_are_taken_move_out_of_the_way_first() {
+        let cat = |cols: Vec<Column>| Catalog {
+            tables: vec![table(1, "t", cols)],
+            ..Default::default()
+        };
+        // a and b swapped; x dropped, y renamed to x; z dropped and added again.
+        let old = cat(vec![
+            col(1, "id", "int4"),
+            col(2, "a", "int4"),
+            col(3, "b", "int4"),
+            col(4, "x", "int4"),
+            col(5, "y", "int4"),
+            col(6, "z", "int4"),
+        ]);
+        let new = cat(vec![
+            col(1, "id", "int4"),
+            col(2, "b", "int4"),
+            col(3, "a", "int4"),
+            col(5, "x", "int4"),
+            col(7, "z", "int4"),
+        ]);
+        let t = "alter table \"copy\".\"t\"";
+        assert_eq!(
+            sqls(&old, &new),
+            [
+                format!("{t} rename column \"a\" to \"a__moving_2\""),
+                format!("{t} rename column \"b\" to \"b__moving_3\""),
+                format!("{t} rename column \"x\" to \"x__moving_4\""),
+                format!("{t} rename column \"z\" to \"z__moving_6\""),
+                format!("{t} rename column \"a__moving_2\" to \"b\""),
+                format!("{t} rename column \"b__moving_3\" to \"a\""),
+                format!("{t} rename column \"y\" to \"x\""),
+                format!("{t} add column \"z\" int4"),
+                format!("{t} drop column if exists \"x__moving_4\""),
+                format!("{t} drop column if exists \"z__moving_6\""),
+            ]
+        );
     }
 
     #[test]
