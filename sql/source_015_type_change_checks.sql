@@ -97,8 +97,9 @@ begin
         return;  -- nothing replicated changed
     end if;
     if rewritten and prev is not null then
-        -- The columns whose type changed (generated ones are computed on the target), each
-        -- scanned once (OFFSET 0: the scans run for these columns only).
+        -- The columns whose type changed (generated ones too: their stored values are
+        -- cast, as on the target), each scanned once (OFFSET 0: the scans run for these
+        -- columns only).
         select jsonb_agg(jsonb_build_object('oid', r.rel::int8, 'attnum', r.attnum, 'rows', v.n_rows, 'sum', v.total))
           into checks
           from (select (n.t->>'oid')::oid as rel, (c.c->>'attnum')::int2 as attnum, (c.c->>'name')::name as col
@@ -106,8 +107,7 @@ begin
                   join jsonb_array_elements(prev->'tables') as o(t) on o.t->'oid' = n.t->'oid'
                  cross join jsonb_array_elements(n.t->'columns') as c(c)
                   join jsonb_array_elements(o.t->'columns') as b(c) on b.c->'attnum' = c.c->'attnum'
-                 where not (c.c->>'generated')::boolean
-                   and b.c->'type_name' is distinct from c.c->'type_name'
+                 where b.c->'type_name' is distinct from c.c->'type_name'
                 offset 0) as r
          cross join lateral values_checksum(r.rel::regclass, r.col) as v
          where v.n_rows is not null;

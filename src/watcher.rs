@@ -763,14 +763,15 @@ fn added_with_default(old: &Catalog, new: &Catalog) -> AddedColumns {
     })
 }
 
-/// The columns of tables in both catalogs whose type changed (by attribute number), but
-/// generated ones (the target computes those itself).
+/// The columns of tables in both catalogs whose type changed (by attribute number).
+/// Generated ones too: PostgreSQL casts their stored values (it computes them again only
+/// for rows written afterwards), and rows written between the change and the watcher's
+/// look were computed in the new type on the source, in the old one on the target.
 fn retyped(old: &Catalog, new: &Catalog) -> ColumnsOf {
     columns_where(old, new, |c, o| {
-        !c.generated
-            && o.columns
-                .iter()
-                .any(|b| b.attnum == c.attnum && b.type_name != c.type_name)
+        o.columns
+            .iter()
+            .any(|b| b.attnum == c.attnum && b.type_name != c.type_name)
     })
 }
 

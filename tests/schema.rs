@@ -938,6 +938,103 @@ async fn a_writer_open_across_the_watchers_look_at_a_key_change_is_replicated() 
     Ok(())
 }
 
+/// A generated column turned into a plain one (`DROP EXPRESSION`) keeps its values and takes
+/// whatever the source writes into it afterwards; the target must not go on computing it.
+#[tokio::test]
+async fn a_generated_column_made_plain_takes_the_values_written_to_it() -> anyhow::Result<()> {
+    for event_triggers in [false, true] {
+        ddl_between_writes(
+            event_triggers,
+            "create schema app;",
+            "create table app.g (id int primary key, n int,
+                                 total int generated always as (n * 2) stored);
+             insert into app.g (id, n) select g, g from generate_series(1, 5) g;",
+            "begin;
+             update app.g set n = 10 where id = 1;
+             alter table app.g alter column total drop expression;
+             update app.g set total = 7 where id = 2;
+             update app.g set n = 30 where id = 3;
+             insert into app.g values (6, 6, 66);
+             commit;",
+            "update app.g set total = total + 1 where id = 4;",
+            "app.g",
+            "select id || ':' || n || ':' || total from app.g order by id",
+            &["1:10:20", "2:2:7", "3:30:6", "4:4:9", "5:5:10", "6:6:66"],
+        )
+        .await
+        .with_context(|| format!("event triggers: {event_triggers}"))?;
+    }
+    Ok(())
+}
+
+/// A generated column's type changed: PostgreSQL casts the stored values and computes the
+/// column in the new type for rows written afterwards (`n * 1.5` into an `int` rounds, into
+/// a `numeric` does not). The target changes the type too (it once kept the old one, and
+/// computed every later row in it). Rows written between the change and the diffing
+/// watcher's look were computed in the new type on the source and in the old one on the
+/// target: the check of the column's values reports it at the schema event (event-trigger
+/// mode places the change exactly, and passes).
+#[tokio::test]
+async fn a_generated_columns_type_change_computes_it_in_the_new_type() -> anyhow::Result<()> {
+    for event_triggers in [false, true] {
+        let p = Pair::new("create schema app;").await?;
+        let extra = if event_triggers {
+            p.make_src_superuser().await?;
+            "use_event_triggers: true\n"
+        } else {
+            ""
+        };
+        let (source, target) = p.start_both_with("app.*", extra).await?;
+        let (src, dst) = (p.src().await?, p.dst().await?);
+        src.batch_execute(
+            "create table app.g (id int primary key, n int, q int generated always as (n * 1.5) stored,
+                                 r int generated always as (n * 2.5) stored);
+             insert into app.g (id, n) select g, g from generate_series(1, 5) g;",
+        )
+        .await?;
+        wait_equal(&src, &dst, &["app.g"], Duration::from_secs(20)).await?;
+        src.batch_execute("alter table app.g alter column q type numeric")
+            .await?;
+        let q = "select format_type(atttypid, atttypmod) from pg_attribute
+                  where attrelid = 'app.g'::regclass and attname = 'q'";
+        wait_texts(&dst, "q retyped", Duration::from_secs(20), q, &["numeric"]).await?;
+        src.batch_execute(
+            "update app.g set n = 7 where id = 5; insert into app.g (id, n) values (6, 9);",
+        )
+        .await?;
+        wait_equal(&src, &dst, &["app.g"], Duration::from_secs(20)).await?;
+        assert_eq!(
+            texts(&dst, "select id || ':' || q from app.g order by id").await?,
+            ["1:2", "2:3", "3:5", "4:6", "5:10.5", "6:13.5"]
+        );
+        // A row written between the change and the look.
+        src.batch_execute(
+            "begin; alter table app.g alter column r type numeric; update app.g set n = 3 where id = 1; commit;",
+        )
+        .await?;
+        if event_triggers {
+            src.batch_execute("update app.g set n = 5 where id = 2")
+                .await?;
+            wait_equal(&src, &dst, &["app.g"], Duration::from_secs(20)).await?;
+        } else {
+            wait_for(
+                "the difference reported",
+                Duration::from_secs(20),
+                || async {
+                    let e = last_error(&src).await?;
+                    Ok(e.contains(
+                        "after the type change of generated column \"r\" of \"app\".\"g\"",
+                    ) && e.contains("use_event_triggers"))
+                },
+            )
+            .await?;
+        }
+        source.shutdown().await?;
+        target.shutdown().await?;
+    }
+    Ok(())
+}
+
 /// Column names swapped (`a` → `tmp`, `b` → `a`, `tmp` → `b`), a column renamed into the
 /// name of one dropped in the same transaction, and two tables' names swapped: the target
 /// ends with each value under its new name. The renames, made one by one, met a name still
@@ -1722,7 +1819,12 @@ async fn ddl_between_writes(
     // Another transaction after it, likely in the same batch.
     src.batch_execute(after).await?;
     wait_equal(&src, &dst, &[table], Duration::from_secs(30)).await?;
-    assert_eq!(texts(&dst, check).await?, expected);
+    assert_eq!(
+        texts(&dst, check).await?,
+        expected,
+        "on the target (the source has {:?}; event triggers: {event_triggers})",
+        texts(&src, check).await?
+    );
     source.shutdown().await?;
     target.shutdown().await?;
     Ok(())

@@ -409,16 +409,37 @@ pub fn values_check(
     };
     let canonical = set(&|_, v| quote_literal(v));
     let restore = set(&|i, _| format!("saved[{}]", i + 1));
-    let message = "after the type change of column %s of %s the target's values differ from the source's \
-                   (%s rows there, %s on the source): the source's ALTER TABLE … ALTER COLUMN … TYPE computed \
-                   them with a USING expression, which the target cannot know (it casts the old values)";
-    let hint = format!(
-        "copy the table again: run the initial load of this target again with --truncate \
-         (`-mode initial-load -load-target NAME --truncate`; the stream goes on past this point \
-         for a table copied since). Running the source's ALTER … TYPE … USING on {target} is \
-         right only if no row of it was written between the change and this point; next time, \
-         run such a change on the target first"
-    );
+    let generated = table
+        .columns
+        .iter()
+        .any(|c| c.name == column && c.generated);
+    let (message, next_time) = if generated {
+        (
+            "after the type change of generated column %s of %s the target's values differ from the source's \
+             (%s rows there, %s on the source): rows written between the change and the ddlwatcher's look \
+             were computed in the new type on the source, in the old one on the target",
+            "next time, write no row of the table between such a change and the ddlwatcher's look, or \
+             use event triggers (use_event_triggers), which place the change exactly",
+        )
+    } else {
+        (
+            "after the type change of column %s of %s the target's values differ from the source's \
+             (%s rows there, %s on the source): the source's ALTER TABLE … ALTER COLUMN … TYPE computed \
+             them with a USING expression, which the target cannot know (it casts the old values)",
+            "next time, run such a change on the target first",
+        )
+    };
+    let copy = "copy the table again: run the initial load of this target again with --truncate \
+                (`-mode initial-load -load-target NAME --truncate`; the stream goes on past this point \
+                for a table copied since)";
+    let hint = if generated {
+        format!("{copy}; {next_time}")
+    } else {
+        format!(
+            "{copy}. Running the source's ALTER … TYPE … USING on {target} is right only if no row of \
+             it was written between the change and this point; {next_time}"
+        )
+    };
     let body = format!(
         "declare n pg_catalog.int8; h pg_catalog.int8; saved pg_catalog.text[] := array[{saved}]; begin \
          perform {canonical}; \

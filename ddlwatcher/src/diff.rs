@@ -487,23 +487,37 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
                         )));
                     }
                     let col = quote_ident(&c.name);
+                    // A generated column made plain (its values kept).
+                    if b.generated && !c.generated {
+                        out.push(Statement::tx(format!(
+                            "alter table {name} alter column {col} drop expression"
+                        )));
+                    }
                     let (bt, ct) = (type_sql(&b.type_ref, map), type_sql(&c.type_ref, map));
                     // The type, then the collation in a statement of its own: the parser that
                     // re-targets statements prints `COLLATE` after `USING`, where it would
-                    // belong to the USING expression instead of the column.
+                    // belong to the USING expression instead of the column. A generated
+                    // column takes no USING: it is computed again.
+                    let using = if c.generated {
+                        String::new()
+                    } else {
+                        format!(" using {col}::{ct}")
+                    };
                     let collation_changed = b.collation != c.collation;
-                    if bt != ct && !c.generated {
+                    if bt != ct {
                         out.push(Statement::tx(format!(
-                            "alter table {name} alter column {col} type {ct} using {col}::{ct}"
+                            "alter table {name} alter column {col} type {ct}{using}"
                         )));
                     }
-                    if !c.generated && (collation_changed || bt != ct && c.collation.is_some()) {
+                    if collation_changed || bt != ct && c.collation.is_some() {
                         out.push(Statement::tx(format!(
                             "alter table {name} alter column {col} type {ct}{}",
                             ddl::collate_clause(c)
                         )));
                     }
-                    if b.expression != c.expression && !c.generated && c.identity.is_none() {
+                    // A generated column's expression is no default.
+                    let default_before = if b.generated { &None } else { &b.expression };
+                    if *default_before != c.expression && !c.generated && c.identity.is_none() {
                         out.push(Statement::tx(match &c.expression {
                             Some(e) => {
                                 format!("alter table {name} alter column {col} set default {e}")
