@@ -129,6 +129,178 @@ struct TargetColumns {
     types: HashMap<String, String>,
     /// Identity columns `GENERATED ALWAYS`.
     identity_always: Vec<String>,
+    /// Columns of a composite type → its attributes: [`composite_attributes_known`].
+    composite: HashMap<String, Vec<String>>,
+}
+
+/// [`TargetColumns`] of target table `table` (qualified); `None` when it does not exist.
+async fn read_target_columns(
+    tx: &Transaction<'_>,
+    table: &str,
+) -> Result<Option<TargetColumns>, ApplyError> {
+    let rows = tx
+        .query(
+            "select a.attname::text, format('%I.%I', n.nspname, t.typname), a.attidentity = 'a',
+                    case when t.typtype = 'c' then
+                         array(select ca.attname::text from pg_catalog.pg_attribute ca
+                                where ca.attrelid = t.typrelid and ca.attnum > 0 and not ca.attisdropped) end
+               from pg_catalog.pg_attribute a
+               join pg_catalog.pg_type t on t.oid = a.atttypid
+               join pg_catalog.pg_namespace n on n.oid = t.typnamespace
+              where a.attrelid = to_regclass($1) and a.attnum > 0 and not a.attisdropped",
+            &[&table],
+        )
+        .await
+        .map_err(pg(&format!("reading the column types of {table}")))?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(TargetColumns {
+        types: rows.iter().map(|r| (r.get(0), r.get(1))).collect(),
+        identity_always: rows
+            .iter()
+            .filter(|r| r.get::<_, bool>(2))
+            .map(|r| r.get(0))
+            .collect(),
+        composite: rows
+            .iter()
+            .filter_map(|r| Some((r.get(0), r.get::<_, Option<Vec<String>>>(3)?)))
+            .collect(),
+    }))
+}
+
+/// Fails as schema behind when a row image of `run` gives a value of a composite-type
+/// column of `table` an attribute that type lacks on the target (an attribute added on the
+/// source, or renamed, whose schema version has not been applied here yet): the value
+/// would be read without it (`json_populate_record` passes over unknown members),
+/// silently. Only the top level of a composite value is checked.
+fn composite_attributes_known(
+    target: &TargetColumns,
+    cols: &[String],
+    table: &str,
+    run: &[&Event],
+) -> Result<(), ApplyError> {
+    let composite: Vec<(&String, &Vec<String>)> = target
+        .composite
+        .iter()
+        .filter(|(c, _)| cols.contains(c))
+        .collect();
+    if composite.is_empty() {
+        return Ok(());
+    }
+    for e in run {
+        let Some(data) = e.data.as_deref() else {
+            continue;
+        };
+        let image = members(e, data.get())?;
+        for (column, attributes) in &composite {
+            let Some(value) = member(&image, column).and_then(|v| members(e, v).ok()) else {
+                continue;
+            };
+            if let Some((a, _)) = value.iter().find(|(a, _)| !attributes.contains(a)) {
+                return Err(ApplyError::SchemaBehind {
+                    message: format!(
+                        "event {}: the value of column {} of {table} has attribute {} that its type lacks on the target",
+                        e.id,
+                        quote_ident(column),
+                        quote_ident(a)
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The members of JSON object `text` (of event `e`'s image), their values unparsed (a
+/// number may have more digits than a float holds). Members in their order.
+fn members(
+    e: &Event,
+    text: &str,
+) -> Result<Vec<(String, Box<serde_json::value::RawValue>)>, ApplyError> {
+    // A map type keeps one value per name (a row image has distinct names), in order.
+    struct Members(Vec<(String, Box<serde_json::value::RawValue>)>);
+    impl<'de> serde::Deserialize<'de> for Members {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = Members;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut m: A,
+                ) -> Result<Members, A::Error> {
+                    let mut out = Vec::new();
+                    while let Some(entry) = m.next_entry()? {
+                        out.push(entry);
+                    }
+                    Ok(Members(out))
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+    serde_json::from_str::<Members>(text)
+        .map(|m| m.0)
+        .map_err(|err| ApplyError::BadRequest {
+            message: format!("event {}: row image is not a JSON object: {err}", e.id),
+        })
+}
+
+/// The text of member `name` of `members`, if any.
+fn member<'m>(
+    members: &'m [(String, Box<serde_json::value::RawValue>)],
+    name: &str,
+) -> Option<&'m str> {
+    members
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.get())
+}
+
+/// `run` cut where the attributes its row images give the values of composite-type
+/// columns (of `target`, among `cols`) change: consecutive events of one shape together.
+fn composite_shapes<'r, 'e>(
+    target: &TargetColumns,
+    cols: &[String],
+    run: &'r [&'e Event],
+) -> Result<Vec<&'r [&'e Event]>, ApplyError> {
+    let composite: Vec<&String> = target
+        .composite
+        .keys()
+        .filter(|c| cols.contains(c))
+        .collect();
+    if composite.is_empty() || run.len() < 2 {
+        return Ok(vec![run]);
+    }
+    let shape = |e: &Event| -> Result<Vec<Vec<String>>, ApplyError> {
+        let Some(data) = e.data.as_deref() else {
+            return Ok(Vec::new());
+        };
+        let image = members(e, data.get())?;
+        Ok(composite
+            .iter()
+            .map(
+                |c| match member(&image, c).and_then(|v| members(e, v).ok()) {
+                    Some(v) => v.into_iter().map(|(name, _)| name).collect(),
+                    None => Vec::new(),
+                },
+            )
+            .collect())
+    };
+    let mut out = Vec::new();
+    let (mut start, mut current) = (0, shape(run[0])?);
+    for (i, e) in run.iter().enumerate().skip(1) {
+        let s = shape(e)?;
+        if s != current {
+            out.push(&run[start..i]);
+            (start, current) = (i, s);
+        }
+    }
+    out.push(&run[start..]);
+    Ok(out)
 }
 
 /// A run of consecutive events applied by one statement.
@@ -719,28 +891,10 @@ impl Applier {
         {
             return Ok(Some(t));
         }
-        let rows = tx
-            .query(
-                "select a.attname::text, format('%I.%I', n.nspname, t.typname), a.attidentity = 'a'
-                   from pg_catalog.pg_attribute a
-                   join pg_catalog.pg_type t on t.oid = a.atttypid
-                   join pg_catalog.pg_namespace n on n.oid = t.typnamespace
-                  where a.attrelid = to_regclass($1) and a.attnum > 0 and not a.attisdropped",
-                &[&table],
-            )
-            .await
-            .map_err(pg(&format!("reading the column types of {table}")))?;
-        if rows.is_empty() {
+        let Some(types) = read_target_columns(tx, table).await? else {
             return Ok(None);
-        }
-        let types = std::sync::Arc::new(TargetColumns {
-            types: rows.iter().map(|r| (r.get(0), r.get(1))).collect(),
-            identity_always: rows
-                .iter()
-                .filter(|r| r.get::<_, bool>(2))
-                .map(|r| r.get(0))
-                .collect(),
-        });
+        };
+        let types = std::sync::Arc::new(types);
         if let Ok(mut c) = self.column_types.lock() {
             if c.len() > 4096 {
                 c.clear();
@@ -1003,12 +1157,11 @@ impl Applier {
                 union = union_of(indexes.iter().map(|&i| &columns[i][..]));
                 &union
             };
-            let target_columns = if matches!(kind, Kind::Update | Kind::UpdateKey)
-                || kind == Kind::Insert
-                    && meta.json_columns.is_empty()
-                    && meta.soft_delete_column.is_none()
-                    && meta.synced_at_column.is_none()
-            {
+            // Also for the check of composite values' attributes.
+            let target_columns = if matches!(
+                kind,
+                Kind::Insert | Kind::Update | Kind::UpdateKey | Kind::RowIdentity
+            ) {
                 self.column_types(tx, ddl.applied, &table).await?
             } else {
                 None
@@ -1029,6 +1182,9 @@ impl Applier {
                 _ => meta,
             };
             if pipelined {
+                if let Some(t) = &target_columns {
+                    composite_attributes_known(t, cols, &table, run)?;
+                }
                 let tolerate = self.tolerates_missing(tx, kind, &table).await?;
                 let arrays = if matches!(kind, Kind::Insert | Kind::Update)
                     && meta.json_columns.is_empty()
@@ -1058,27 +1214,45 @@ impl Applier {
             } else {
                 // Asked inside the step: a pending version may create the table first.
                 let keys_before = ddl.keys_before.clone();
-                ddl.run(tx, || async {
-                    let tolerate = self.tolerates_missing(tx, kind, &table).await?;
-                    if kind == Kind::DeleteWhere {
-                        let apply_schema = batch.apply_schema.as_deref();
-                        return delete_where(tx, meta, &table, run, apply_schema).await;
-                    }
-                    // Asked again at each try: a version applied meanwhile may change it.
-                    let before = keys_before.lock().ok().and_then(|k| k.get(&table).cloned());
-                    let keyed = self
-                        .key_as_on_target(tx, kind, meta, run, &table, before)
-                        .await?;
-                    let (kind, meta) = match &keyed {
-                        // A table whose key was dropped: rows written before, with the
-                        // key their trigger had, go by that key while the target has it.
-                        Some(m) if kind == Kind::RowIdentity => (kind_of(run[0], false), m),
-                        Some(m) => (kind, m),
-                        None => (kind, meta),
-                    };
-                    apply_run(tx, kind, meta, cols, &table, run, tolerate).await
-                })
-                .await?;
+                // Composite values written before and after their type changed carry
+                // different attributes: each shape in a step of its own, so the version is
+                // applied early between them (rows before it go under the type before).
+                let shapes = match &target_columns {
+                    Some(t) => composite_shapes(t, cols, run)?,
+                    None => vec![run],
+                };
+                for run in shapes {
+                    ddl.run(tx, || async {
+                        let tolerate = self.tolerates_missing(tx, kind, &table).await?;
+                        if kind == Kind::DeleteWhere {
+                            let apply_schema = batch.apply_schema.as_deref();
+                            return delete_where(tx, meta, &table, run, apply_schema).await;
+                        }
+                        // Asked again at each try: a version applied meanwhile may change it.
+                        let before = keys_before.lock().ok().and_then(|k| k.get(&table).cloned());
+                        let keyed = self
+                            .key_as_on_target(tx, kind, meta, run, &table, before)
+                            .await?;
+                        let (kind, meta) = match &keyed {
+                            // A table whose key was dropped: rows written before, with the
+                            // key their trigger had, go by that key while the target has it.
+                            Some(m) if kind == Kind::RowIdentity => (kind_of(run[0], false), m),
+                            Some(m) => (kind, m),
+                            None => (kind, meta),
+                        };
+                        // Read again at each try: a version applied meanwhile may change it.
+                        if matches!(
+                            kind,
+                            Kind::Insert | Kind::Update | Kind::UpdateKey | Kind::RowIdentity
+                        ) {
+                            if let Some(t) = read_target_columns(tx, &table).await? {
+                                composite_attributes_known(&t, cols, &table, run)?;
+                            }
+                        }
+                        apply_run(tx, kind, meta, cols, &table, run, tolerate).await
+                    })
+                    .await?;
+                }
             }
         }
         Ok(())

@@ -265,12 +265,57 @@ pub struct TypeDef {
     pub kind: TypeKind,
 }
 
+/// An attribute of a composite type: stored as `[name, type]` or, since attribute numbers
+/// are recorded, `[name, type, attnum]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "AttributeRepr", into = "AttributeRepr")]
+pub struct Attribute {
+    pub name: String,
+    pub type_ref: TypeRef,
+    /// Stable across renames, so a rename diffs as a rename (`None` in snapshots taken
+    /// before it was recorded).
+    pub attnum: Option<i16>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum AttributeRepr {
+    Numbered(String, TypeRef, i16),
+    Plain(String, TypeRef),
+}
+
+impl From<AttributeRepr> for Attribute {
+    fn from(r: AttributeRepr) -> Self {
+        match r {
+            AttributeRepr::Numbered(name, type_ref, attnum) => Self {
+                name,
+                type_ref,
+                attnum: Some(attnum),
+            },
+            AttributeRepr::Plain(name, type_ref) => Self {
+                name,
+                type_ref,
+                attnum: None,
+            },
+        }
+    }
+}
+
+impl From<Attribute> for AttributeRepr {
+    fn from(a: Attribute) -> Self {
+        match a.attnum {
+            Some(n) => Self::Numbered(a.name, a.type_ref, n),
+            None => Self::Plain(a.name, a.type_ref),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TypeKind {
     /// Labels in their sort order.
     Enum(Vec<String>),
     /// Attributes in order.
-    Composite(Vec<(String, TypeRef)>),
+    Composite(Vec<Attribute>),
     Domain {
         base: TypeRef,
         not_null: bool,

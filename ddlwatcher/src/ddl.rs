@@ -138,7 +138,7 @@ pub fn create_type(def: &TypeDef, map: &SchemaMap) -> Option<String> {
             "create type {name} as ({})",
             attrs
                 .iter()
-                .map(|(a, t)| format!("{} {}", quote_ident(a), type_sql(t, map)))
+                .map(|a| format!("{} {}", quote_ident(&a.name), type_sql(&a.type_ref, map)))
                 .collect::<Vec<_>>()
                 .join(", ")
         )),
@@ -464,7 +464,7 @@ pub fn values_check(
 }
 
 /// `DO $tag$ body $tag$` with a tag the body does not contain (object names are any text).
-fn do_block(body: &str) -> String {
+pub(crate) fn do_block(body: &str) -> String {
     let mut tag = String::from("$pgteleport$");
     while body.contains(&tag) {
         tag.insert(tag.len() - 1, '_');
@@ -624,7 +624,11 @@ mod tests {
             oid: 2,
             schema: "other".into(),
             name: "pair".into(),
-            kind: TypeKind::Composite(vec![("a".into(), TypeRef::Builtin("integer".into()))]),
+            kind: TypeKind::Composite(vec![crate::catalog::Attribute {
+                name: "a".into(),
+                type_ref: TypeRef::Builtin("integer".into()),
+                attnum: Some(1),
+            }]),
         };
         assert_eq!(
             create_type(&c, &map).unwrap(),

@@ -255,6 +255,37 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
                         quote_ident(&t.name)
                     )));
                 }
+                let name = qualified(map.map(&t.schema), &t.name);
+                match (&o.kind, &t.kind) {
+                    (TypeKind::Composite(before), TypeKind::Composite(after)) => {
+                        out.extend(attribute_changes(&name, before, after, map));
+                    }
+                    (
+                        TypeKind::Domain {
+                            not_null: nn_before,
+                            default: default_before,
+                            checks: checks_before,
+                            ..
+                        },
+                        TypeKind::Domain {
+                            not_null,
+                            default,
+                            checks,
+                            ..
+                        },
+                    ) => {
+                        out.extend(
+                            domain_changes(
+                                &name,
+                                (*nn_before, default_before, checks_before),
+                                (*not_null, default, checks),
+                            )
+                            .into_iter()
+                            .map(Statement::tx),
+                        );
+                    }
+                    _ => {}
+                }
                 if let (TypeKind::Enum(before), TypeKind::Enum(after)) = (&o.kind, &t.kind) {
                     let renamed = enum_renames(before, after);
                     for (from, to) in &renamed {
@@ -708,6 +739,98 @@ fn enum_renames(before: &[String], after: &[String]) -> Vec<(String, String)> {
         .zip(gaps(after, before))
         .flat_map(|(gone, new)| gone.into_iter().zip(new))
         .collect()
+}
+
+/// The statements that turn composite type `name`'s attributes `before` into `after`:
+/// dropped, renamed (by attribute number), retyped (which PostgreSQL allows only while no
+/// column uses the type), added. Snapshots taken before attribute numbers were recorded
+/// compare by name.
+fn attribute_changes(
+    name: &str,
+    before: &[crate::catalog::Attribute],
+    after: &[crate::catalog::Attribute],
+    map: &SchemaMap,
+) -> Vec<Statement> {
+    let numbered = before.iter().chain(after).all(|a| a.attnum.is_some());
+    let same = |b: &crate::catalog::Attribute, a: &crate::catalog::Attribute| {
+        if numbered {
+            b.attnum == a.attnum
+        } else {
+            b.name == a.name
+        }
+    };
+    let mut out = Vec::new();
+    for b in before.iter().filter(|b| !after.iter().any(|a| same(b, a))) {
+        out.push(format!(
+            "alter type {name} drop attribute if exists {}",
+            quote_ident(&b.name)
+        ));
+    }
+    for a in after {
+        let Some(b) = before.iter().find(|b| same(b, a)) else {
+            out.push(format!(
+                "alter type {name} add attribute {} {}",
+                quote_ident(&a.name),
+                type_sql(&a.type_ref, map)
+            ));
+            continue;
+        };
+        if b.name != a.name {
+            out.push(format!(
+                "alter type {name} rename attribute {} to {}",
+                quote_ident(&b.name),
+                quote_ident(&a.name)
+            ));
+        }
+        let (bt, at) = (type_sql(&b.type_ref, map), type_sql(&a.type_ref, map));
+        if bt != at {
+            out.push(format!(
+                "alter type {name} alter attribute {} type {at}",
+                quote_ident(&a.name)
+            ));
+        }
+    }
+    out.into_iter().map(Statement::tx).collect()
+}
+
+/// The statements that turn domain `name`'s NOT NULL, default and checks `before` into
+/// `after`. A check is found on the target by its definition (the catalog model keeps no
+/// names of domain checks, and the target named them itself).
+fn domain_changes(
+    name: &str,
+    before: (bool, &Option<String>, &[String]),
+    after: (bool, &Option<String>, &[String]),
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for c in before.2.iter().filter(|c| !after.2.contains(c)) {
+        out.push(ddl::do_block(&format!(
+            "declare k pg_catalog.name; begin \
+             for k in select c.conname from pg_catalog.pg_constraint c \
+                       where c.contypid = {}::pg_catalog.regtype \
+                         and pg_catalog.pg_get_constraintdef(c.oid) = {} loop \
+               execute pg_catalog.format('alter domain %s drop constraint %I', {}, k); \
+             end loop; end",
+            quote_literal(name),
+            quote_literal(c),
+            quote_literal(name)
+        )));
+    }
+    if before.1 != after.1 {
+        out.push(match after.1 {
+            Some(d) => format!("alter domain {name} set default {d}"),
+            None => format!("alter domain {name} drop default"),
+        });
+    }
+    if before.0 != after.0 {
+        out.push(format!(
+            "alter domain {name} {} not null",
+            if after.0 { "set" } else { "drop" }
+        ));
+    }
+    for c in after.2.iter().filter(|c| !before.2.contains(c)) {
+        out.push(format!("alter domain {name} add {c}"));
+    }
+    out
 }
 
 /// The columns of table `name` (by attribute number, `before` and `after` a change) renamed

@@ -163,7 +163,7 @@ fn build_sql() -> String {
                       (select json_agg(l.enumlabel::text order by l.enumsortorder)
                          from pg_catalog.pg_enum l where l.enumtypid = t.oid), '[]'))
                  when t.typtype = 'c' then json_build_object('Composite', coalesce(
-                      (select json_agg(json_build_array(a.attname::text, {attr_ref}) order by a.attnum)
+                      (select json_agg(json_build_array(a.attname::text, {attr_ref}, a.attnum) order by a.attnum)
                          from pg_catalog.pg_attribute a
                         where a.attrelid = t.typrelid and a.attnum > 0 and not a.attisdropped), '[]'))
                  when t.typtype = 'd' then json_build_object('Domain', json_build_object(
@@ -547,7 +547,7 @@ fn user_oid(t: &TypeRef) -> Option<u32> {
 /// The user types a type definition uses.
 fn type_deps(t: &TypeDef) -> Vec<u32> {
     match &t.kind {
-        TypeKind::Composite(attrs) => attrs.iter().filter_map(|(_, r)| user_oid(r)).collect(),
+        TypeKind::Composite(attrs) => attrs.iter().filter_map(|a| user_oid(&a.type_ref)).collect(),
         TypeKind::Domain { base, .. } => user_oid(base).into_iter().collect(),
         _ => Vec::new(),
     }
