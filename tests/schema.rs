@@ -1195,6 +1195,12 @@ async fn renamed_columns_keep_their_indexes_and_constraints_on_the_target() -> a
                     select conname || ' ' || oid::text from pg_constraint
                      where connamespace = 'app'::regnamespace
                     order by 1";
+        // The constraints come in a version of their own after the new tables' rows.
+        let want = texts(&src, oids).await?.len();
+        wait_for("the constraints made", Duration::from_secs(20), || async {
+            Ok(texts(&dst, oids).await?.len() == want)
+        })
+        .await?;
         let before = texts(&dst, oids).await?;
         src.batch_execute(
             "begin;
@@ -1282,6 +1288,19 @@ async fn renamed_indexes_and_constraints_are_renamed_on_the_target_not_made_agai
                 scalar_i64(dst, &sql).await
             }
         };
+        // The constraints come in a version of their own after the new table's rows.
+        let names = "select conname::text from pg_constraint where conrelid = 'app.c'::regclass
+                     union all select relname::text from pg_class where oid = 'app.c_n_idx'::regclass
+                     order by 1";
+        let want = texts(&src, names).await?;
+        wait_texts(
+            &dst,
+            "the constraints made",
+            Duration::from_secs(20),
+            names,
+            &want,
+        )
+        .await?;
         let before = [
             oid("index", "c_n_idx").await?,
             oid("index", "c_code_key").await?,

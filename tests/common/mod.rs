@@ -219,9 +219,11 @@ impl Pair {
 
 /// Rows of `table` as text, ordered, for comparing source and target exactly.
 pub async fn rows(c: &Client, table: &str) -> Result<Vec<String>> {
+    // An alias no test's column has: a column of that name would be read instead of the
+    // whole row (a table with a column `x` compared only that column).
     texts(
         c,
-        &format!("select x::text from {table} x order by x::text"),
+        &format!("select whole_row_::text from {table} whole_row_ order by whole_row_::text"),
     )
     .await
 }
@@ -335,7 +337,7 @@ pub async fn checksum(c: &Client, table: &str) -> Result<(i64, i64)> {
     let r = c
         .query_one(
             &format!(
-                "select count(*), coalesce(sum(hashtext(x::text)::int8), 0)::int8 from {table} x"
+                "select count(*), coalesce(sum(hashtext(whole_row_::text)::int8), 0)::int8 from {table} whole_row_"
             ),
             &[],
         )
