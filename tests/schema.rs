@@ -208,17 +208,9 @@ async fn script(event_triggers: bool) -> anyhow::Result<()> {
         )
         .await?,
     );
-    if event_triggers {
-        // On PostgreSQL 15 only a superuser may create event triggers.
-        p.make_src_superuser().await?;
-    }
+    let extra = p.ddl_mode(event_triggers).await?;
     let target = p.start_target(0).await?;
     let port = target.local_addr.unwrap().port();
-    let extra = if event_triggers {
-        "use_event_triggers: true\n"
-    } else {
-        ""
-    };
     let yaml = p.source_yaml_into(port, "app*.*", extra, "mirror");
     let cfg = Config::from_yaml(&yaml, Path::new("s.yml"), |_| None)?;
     let load = pgteleport::load::LoadOptions {
@@ -773,12 +765,7 @@ async fn a_table_that_lost_its_key_goes_on_as_keyless() -> anyhow::Result<()> {
     for event_triggers in [false, true] {
         let p =
             Pair::new("create schema app; create table app.t (id int primary key, v int);").await?;
-        let extra = if event_triggers {
-            p.make_src_superuser().await?;
-            "use_event_triggers: true\n"
-        } else {
-            ""
-        };
+        let extra = p.ddl_mode(event_triggers).await?;
         let target = p.start_target(0).await?;
         let port = target.local_addr.expect("listening").port();
         let source = p.start_source(port, "app.*", extra).await?;
@@ -1048,12 +1035,7 @@ async fn a_generated_column_made_plain_takes_the_values_written_to_it() -> anyho
 async fn a_generated_columns_type_change_computes_it_in_the_new_type() -> anyhow::Result<()> {
     for event_triggers in [false, true] {
         let p = Pair::new("create schema app;").await?;
-        let extra = if event_triggers {
-            p.make_src_superuser().await?;
-            "use_event_triggers: true\n"
-        } else {
-            ""
-        };
+        let extra = p.ddl_mode(event_triggers).await?;
         let (source, target) = p.start_both_with("app.*", extra).await?;
         let (src, dst) = (p.src().await?, p.dst().await?);
         src.batch_execute(
@@ -1168,12 +1150,7 @@ async fn columns_swapping_names_or_taking_a_dropped_ones_keep_their_values() -> 
 async fn renamed_columns_keep_their_indexes_and_constraints_on_the_target() -> anyhow::Result<()> {
     for event_triggers in [false, true] {
         let p = Pair::new("create schema app;").await?;
-        let extra = if event_triggers {
-            p.make_src_superuser().await?;
-            "use_event_triggers: true\n"
-        } else {
-            ""
-        };
+        let extra = p.ddl_mode(event_triggers).await?;
         let (source, target) = p.start_both_with("app.*", extra).await?;
         let (src, dst) = (p.src().await?, p.dst().await?);
         src.batch_execute(
@@ -1257,14 +1234,7 @@ async fn renamed_indexes_and_constraints_are_renamed_on_the_target_not_made_agai
 ) -> anyhow::Result<()> {
     for event_triggers in [false, true] {
         let p = Pair::new("create schema app;").await?;
-        if event_triggers {
-            p.make_src_superuser().await?;
-        }
-        let extra = if event_triggers {
-            "use_event_triggers: true\n"
-        } else {
-            ""
-        };
+        let extra = p.ddl_mode(event_triggers).await?;
         let (source, target) = p.start_both_with("app.*", extra).await?;
         let (src, dst) = (p.src().await?, p.dst().await?);
         src.batch_execute(
@@ -1400,12 +1370,7 @@ async fn a_type_change_using_an_expression_is_held_not_silently_cast() -> anyhow
 
 async fn type_change_using_an_expression(event_triggers: bool) -> anyhow::Result<()> {
     let p = Pair::new("create schema app;").await?;
-    let extra = if event_triggers {
-        p.make_src_superuser().await?;
-        "use_event_triggers: true\n"
-    } else {
-        ""
-    };
+    let extra = p.ddl_mode(event_triggers).await?;
     let target = p.start_target(0).await?;
     let port = target.local_addr.unwrap().port();
     let source = p.start_source(port, "app.*", extra).await?;
@@ -1462,7 +1427,24 @@ async fn type_change_using_an_expression(event_triggers: bool) -> anyhow::Result
     .await?;
     src.batch_execute("update app.u set n = n + 1 where id = 2")
         .await?;
-    let summary = pgteleport::load::run(
+    let summary = load_again_truncating(&p, port, extra).await?;
+    assert_eq!(summary.tables, 1, "{summary:?}");
+    src.batch_execute("update app.u set n = n + 1 where id = 3")
+        .await?;
+    wait_equal(&src, &dst, &["app.u"], Duration::from_secs(30)).await?;
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}
+
+/// The initial load of target `t1` (tables `app.*`, source config lines `extra`) run again
+/// with `--truncate`: the way out of a type change whose values differ.
+async fn load_again_truncating(
+    p: &Pair,
+    port: u16,
+    extra: &str,
+) -> anyhow::Result<pgteleport::load::Summary> {
+    Ok(pgteleport::load::run(
         &p.source_config(port, "app.*", extra)?,
         pgteleport::load::LoadOptions {
             target: "t1".into(),
@@ -1473,14 +1455,7 @@ async fn type_change_using_an_expression(event_triggers: bool) -> anyhow::Result
             progress: Some(false),
         },
     )
-    .await?;
-    assert_eq!(summary.tables, 1, "{summary:?}");
-    src.batch_execute("update app.u set n = n + 1 where id = 3")
-        .await?;
-    wait_equal(&src, &dst, &["app.u"], Duration::from_secs(30)).await?;
-    source.shutdown().await?;
-    target.shutdown().await?;
-    Ok(())
+    .await?)
 }
 
 /// The same on a partitioned table: the source rewrites each partition (the partitioned
@@ -1489,12 +1464,7 @@ async fn type_change_using_an_expression(event_triggers: bool) -> anyhow::Result
 async fn a_type_change_using_an_expression_on_a_partitioned_table_is_held() -> anyhow::Result<()> {
     for event_triggers in [false, true] {
         let p = Pair::new("create schema app;").await?;
-        let extra = if event_triggers {
-            p.make_src_superuser().await?;
-            "use_event_triggers: true\n"
-        } else {
-            ""
-        };
+        let extra = p.ddl_mode(event_triggers).await?;
         let target = p.start_target(0).await?;
         let port = target.local_addr.unwrap().port();
         let source = p.start_source(port, "app.*", extra).await?;
@@ -1522,18 +1492,7 @@ async fn a_type_change_using_an_expression_on_a_partitioned_table_is_held() -> a
         )
         .await
         .with_context(|| format!("event triggers: {event_triggers}"))?;
-        pgteleport::load::run(
-            &p.source_config(port, "app.*", extra)?,
-            pgteleport::load::LoadOptions {
-                target: "t1".into(),
-                truncate: true,
-                workers: 1,
-                range_bytes: 16 << 20,
-                split: Default::default(),
-                progress: Some(false),
-            },
-        )
-        .await?;
+        load_again_truncating(&p, port, extra).await?;
         src.batch_execute("update app.p set n = n + 1 where id in (3, 130)")
             .await?;
         wait_equal(&src, &dst, &["app.p"], Duration::from_secs(30)).await?;
@@ -1553,12 +1512,7 @@ async fn a_type_change_using_an_expression_on_a_partitioned_table_is_held() -> a
 async fn a_type_change_that_rewrites_nothing_is_not_scanned() -> anyhow::Result<()> {
     for event_triggers in [false, true] {
         let p = Pair::new("create schema app;").await?;
-        let extra = if event_triggers {
-            p.make_src_superuser().await?;
-            "use_event_triggers: true\n"
-        } else {
-            ""
-        };
+        let extra = p.ddl_mode(event_triggers).await?;
         let target = p.start_target(0).await?;
         let port = target.local_addr.unwrap().port();
         let mut cfg = p.source_config(port, "app.*", extra)?;
@@ -1883,16 +1837,9 @@ async fn ddl_between_writes(
     expected: &[&str],
 ) -> anyhow::Result<()> {
     let p = Pair::new(schema).await?;
-    if event_triggers {
-        p.make_src_superuser().await?;
-    }
+    let extra = p.ddl_mode(event_triggers).await?;
     let target = p.start_target(0).await?;
     let port = target.local_addr.unwrap().port();
-    let extra = if event_triggers {
-        "use_event_triggers: true\n"
-    } else {
-        ""
-    };
     let source = p.start_source(port, "app.*", extra).await?;
     let (src, dst) = (p.src().await?, p.dst().await?);
     src.batch_execute(first).await?;

@@ -91,6 +91,16 @@ impl Pair {
         Ok(())
     }
 
+    /// The source config lines for schema changes by event triggers (`event_triggers`) or by
+    /// diffing; for event triggers the source role is made a superuser first.
+    pub async fn ddl_mode(&self, event_triggers: bool) -> Result<&'static str> {
+        if !event_triggers {
+            return Ok("");
+        }
+        self.make_src_superuser().await?;
+        Ok("use_event_triggers: true\n")
+    }
+
     pub async fn src(&self) -> Result<Client> {
         self.cluster
             .connect(&self.src_db, &self.src_role, PASSWORD)
