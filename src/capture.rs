@@ -34,6 +34,10 @@ pub const SOURCE_SQL: &[(i32, &str)] = &[
         include_str!("../sql/source_014_key_image_after_a_rename.sql"),
     ),
     (15, include_str!("../sql/source_015_type_change_checks.sql")),
+    (
+        16,
+        include_str!("../sql/source_016_inheritance_children.sql"),
+    ),
 ];
 
 /// Registers a target (mirror) in `target_state`, state SETUP, its batches starting after

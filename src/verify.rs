@@ -80,11 +80,19 @@ pub async fn verify(
             );
         };
         let target_name = names.table(&table.schema, &table.name);
+        // A table's own rows: not those of its inheritance children (tables of their own,
+        // compared as such), on either side; a partitioned table's are its partitions'.
+        let own = |name: &str| {
+            if table.partitions.is_empty() {
+                format!("only {name}")
+            } else {
+                name.to_string()
+            }
+        };
+        let source_rows = own(&table.qualified());
         let source_key = KeyColumns::read(&src, &table.qualified(), &key).await?;
         let target_key = KeyColumns::read(&dst, &target_name, &key).await?;
-        let chunks = source_key
-            .chunks(&src, &table.qualified(), chunk_rows)
-            .await?;
+        let chunks = source_key.chunks(&src, &source_rows, chunk_rows).await?;
         let mut report = TableReport {
             table: table.qualified(),
             source_rows: 0,
@@ -104,7 +112,8 @@ pub async fn verify(
             && t.soft_delete_col_name.is_none()
             && t.synced_at_col_name.is_none()
         {
-            "x".to_string()
+            // The whole row (`x` alone would be a column of that name, if the table has one).
+            "x.*".to_string()
         } else {
             let cols: Vec<String> = shared
                 .columns
@@ -121,8 +130,8 @@ pub async fn verify(
         let sides = Sides {
             src: &src,
             dst: &dst,
-            source: table.qualified(),
-            target: target_name,
+            source: source_rows,
+            target: own(&target_name),
             source_key,
             target_key,
             row,
