@@ -82,13 +82,7 @@ pub async fn verify(
         let target_name = names.table(&table.schema, &table.name);
         // A table's own rows: not those of its inheritance children (tables of their own,
         // compared as such), on either side; a partitioned table's are its partitions'.
-        let own = |name: &str| {
-            if table.partitions.is_empty() {
-                format!("only {name}")
-            } else {
-                name.to_string()
-            }
-        };
+        let own = |name: &str| ddlwatcher::ddl::own_rows(table, name);
         let source_rows = own(&table.qualified());
         let source_key = KeyColumns::read(&src, &table.qualified(), &key).await?;
         let target_key = KeyColumns::read(&dst, &target_name, &key).await?;

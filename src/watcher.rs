@@ -255,7 +255,11 @@ impl Watcher {
             for c in columns {
                 let row = tx
                     .query_one(
-                        &ddlwatcher::ddl::values_checksum_sql(&t.qualified(), &c.name, None),
+                        &ddlwatcher::ddl::values_checksum_sql(
+                            &ddlwatcher::ddl::own_rows(t, &t.qualified()),
+                            &c.name,
+                            None,
+                        ),
                         &[],
                     )
                     .await
@@ -529,7 +533,7 @@ impl Watcher {
                     &format!(
                         "select {s}.enqueue('U', $1, $2, $3::oid, null, json_build_object({})) from {} t",
                         pairs.join(", "),
-                        table.qualified()
+                        ddlwatcher::ddl::own_rows(&table, &table.qualified())
                     ),
                     &[&table.schema, &table.name, &table.oid],
                 )

@@ -350,7 +350,18 @@ pub const CANONICAL_SETTINGS: [(&str, &str); 5] = [
     ("bytea_output", "hex"),
 ];
 
-/// The rows of `table` (quoted and qualified) where `filter` holds, and the sum of the
+/// `name` (table `table` as one side names it, quoted and qualified) as a relation to read
+/// the table's own rows from: `ONLY`, so an inheritance parent's children (tables of their
+/// own) are left out — but for a partitioned table, whose rows are its partitions'.
+pub fn own_rows(table: &Table, name: &str) -> String {
+    if table.partitions.is_empty() {
+        format!("only {name}")
+    } else {
+        name.to_string()
+    }
+}
+
+/// The rows of `table` (quoted and qualified; [`own_rows`]) where `filter` holds, and the sum of the
 /// `hashtext` of `column`'s text in each: `select <rows>, <sum> from …`, to be run under
 /// [`CANONICAL_SETTINGS`].
 pub fn values_checksum_sql(table: &str, column: &str, filter: Option<&str>) -> String {
@@ -449,7 +460,7 @@ pub fn values_check(
            raise exception using message = pg_catalog.format({message}, {column_lit}, {table_lit}, n, {rows}), hint = {hint}; \
          end if; end",
         saved = saved.join(", "),
-        checksum = values_checksum_sql(&target, column, filter.as_deref()),
+        checksum = values_checksum_sql(&own_rows(table, &target), column, filter.as_deref()),
         message = quote_literal(message),
         column_lit = quote_literal(&quote_ident(column)),
         table_lit = quote_literal(&target),
