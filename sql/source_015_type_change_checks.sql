@@ -26,7 +26,12 @@ begin
     execute pg_catalog.format(
         'select pg_catalog.count(*)::pg_catalog.int8, '
         'coalesce(pg_catalog.sum(pg_catalog.hashtext(t.%I::pg_catalog.text)::pg_catalog.int8), 0)::pg_catalog.int8 '
-        'from %s as t', col, rel)
+        'from %s%s as t', col,
+        -- The table's own rows (not an inheritance parent's children's, tables of their
+        -- own), as the target checks them (ddlwatcher::ddl::own_rows); a partitioned
+        -- table's are its partitions'.
+        case when (select c.relkind from pg_catalog.pg_class c where c.oid = rel) = 'p' then '' else 'only ' end,
+        rel)
        into n_rows, total;
 exception when insufficient_privilege then
     raise warning 'pgteleport: cannot read % to check the values of its column % after its type change: %',

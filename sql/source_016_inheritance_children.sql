@@ -2,8 +2,8 @@
 -- (INHERITS, not partitions) queued the children's rows as its own: `queue_rows` read it
 -- without ONLY. The children are tables of their own, captured (and queued) as such; the
 -- rows a table holds are now read with ONLY — but for a partitioned table, whose rows are
--- its partitions'. The same for the checksum of a column whose type changed (the target
--- checks the parent's own rows: ddlwatcher::ddl::own_rows).
+-- its partitions'.
+-- (`values_checksum`, version 15, reads a table's own rows the same way.)
 create or replace function queue_rows(src oid, sch name, tbl name, rel oid, args text[], filter text) returns bigint
 language plpgsql set search_path from current as $$
 declare
@@ -27,23 +27,3 @@ begin
 end
 $$;
 
-create or replace function values_checksum(rel pg_catalog.regclass, col pg_catalog.name,
-                                           out n_rows pg_catalog.int8, out total pg_catalog.int8)
-language plpgsql
-set "TimeZone" = 'UTC' set "DateStyle" = 'ISO, YMD' set "IntervalStyle" = 'postgres'
-set extra_float_digits = 1 set bytea_output = 'hex' set search_path = pg_catalog, pg_temp as $$
-begin
-    execute pg_catalog.format(
-        'select pg_catalog.count(*)::pg_catalog.int8, '
-        'coalesce(pg_catalog.sum(pg_catalog.hashtext(t.%I::pg_catalog.text)::pg_catalog.int8), 0)::pg_catalog.int8 '
-        'from %s%s as t', col,
-        case when (select c.relkind from pg_catalog.pg_class c where c.oid = rel) = 'p' then '' else 'only ' end,
-        rel)
-       into n_rows, total;
-exception when insufficient_privilege then
-    raise warning 'pgteleport: cannot read % to check the values of its column % after its type change: %',
-        rel, col, sqlerrm;
-    n_rows := null;
-    total := null;
-end
-$$;
