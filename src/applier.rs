@@ -133,6 +133,15 @@ struct TargetColumns {
     composite: HashMap<String, Vec<String>>,
 }
 
+/// The table the target writes `meta`'s rows into: its name in the batch's `apply_schema`,
+/// if set, else in its own schema; quoted and qualified.
+fn target_name(batch: &Batch, meta: &TableMeta) -> String {
+    qualified(
+        batch.apply_schema.as_deref().unwrap_or(&meta.schema),
+        &meta.name,
+    )
+}
+
 /// [`TargetColumns`] of target table `table` (qualified); `None` when it does not exist.
 async fn read_target_columns(
     tx: &Transaction<'_>,
@@ -628,11 +637,7 @@ impl Applier {
             early: early.versions,
             keys_before: std::sync::Arc::new(std::sync::Mutex::new(early.keys)),
             loaded,
-            tables: batch
-                .tables
-                .iter()
-                .map(|t| qualified(batch.apply_schema.as_deref().unwrap_or(&t.schema), &t.name))
-                .collect(),
+            tables: batch.tables.iter().map(|t| target_name(batch, t)).collect(),
         };
         // Planned before the lock over all of the part's events: of use when no copy holds
         // some of them (apply_events uses it if it assumed the reorderability found now).
@@ -928,10 +933,7 @@ impl Applier {
             if wanted.is_empty() {
                 continue;
             }
-            let table = qualified(
-                batch.apply_schema.as_deref().unwrap_or(&meta.schema),
-                &meta.name,
-            );
+            let table = target_name(batch, meta);
             if seen.contains(&table)
                 || self
                     .extra_columns
@@ -985,11 +987,7 @@ impl Applier {
         tx: &deadpool_postgres::Transaction<'_>,
         batch: &Batch,
     ) -> Result<Vec<bool>, ApplyError> {
-        let names: Vec<String> = batch
-            .tables
-            .iter()
-            .map(|m| qualified(batch.apply_schema.as_deref().unwrap_or(&m.schema), &m.name))
-            .collect();
+        let names: Vec<String> = batch.tables.iter().map(|m| target_name(batch, m)).collect();
         let st = prepared(
             tx,
             "with recursive
@@ -1134,21 +1132,20 @@ impl Applier {
             }
             let kind = kind_of(first, keyless(first));
             let meta = &batch.tables[first.table as usize];
-            let schema = batch.apply_schema.as_deref().unwrap_or(&meta.schema);
             let run: Vec<&Event> = indexes.iter().map(|&i| events[i]).collect();
             let run = run.as_slice();
             let table = if kind == Kind::Truncate {
                 let mut names: Vec<String> = Vec::new();
                 for e in run {
                     let m = &batch.tables[e.table as usize];
-                    let n = qualified(batch.apply_schema.as_deref().unwrap_or(&m.schema), &m.name);
+                    let n = target_name(batch, m);
                     if !names.contains(&n) {
                         names.push(n);
                     }
                 }
                 names.join(", ")
             } else {
-                qualified(schema, &meta.name)
+                target_name(batch, meta)
             };
             let union;
             let cols: &[String] = if indexes.iter().all(|&i| columns[i] == columns[indexes[0]]) {
