@@ -340,6 +340,22 @@ fn on_primary_key(
     ))
 }
 
+/// Drops the check of domain `name` (quoted and qualified) whose definition is
+/// `definition`, whatever its name on the target (the catalog model keeps no names of
+/// domain checks, and the target named them itself): a `DO` block finds it.
+pub fn drop_domain_check(name: &str, definition: &str) -> String {
+    let domain = quote_literal(name);
+    do_block(&format!(
+        "declare k pg_catalog.name; begin \
+         for k in select c.conname from pg_catalog.pg_constraint c \
+                   where c.contypid = {domain}::pg_catalog.regtype \
+                     and pg_catalog.pg_get_constraintdef(c.oid) = {} loop \
+           execute pg_catalog.format('alter domain %s drop constraint %I', {domain}, k); \
+         end loop; end",
+        quote_literal(definition)
+    ))
+}
+
 /// Settings under which a value's text is the same on every server: values checksummed on
 /// the source and on the target are printed under them.
 pub const CANONICAL_SETTINGS: [(&str, &str); 5] = [
@@ -475,7 +491,7 @@ pub fn values_check(
 }
 
 /// `DO $tag$ body $tag$` with a tag the body does not contain (object names are any text).
-pub(crate) fn do_block(body: &str) -> String {
+fn do_block(body: &str) -> String {
     let mut tag = String::from("$pgteleport$");
     while body.contains(&tag) {
         tag.insert(tag.len() - 1, '_');

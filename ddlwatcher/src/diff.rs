@@ -260,64 +260,46 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
                     (TypeKind::Composite(before), TypeKind::Composite(after)) => {
                         out.extend(attribute_changes(&name, before, after, map));
                     }
-                    (
-                        TypeKind::Domain {
-                            not_null: nn_before,
-                            default: default_before,
-                            checks: checks_before,
-                            ..
-                        },
-                        TypeKind::Domain {
-                            not_null,
-                            default,
-                            checks,
-                            ..
-                        },
-                    ) => {
+                    (TypeKind::Domain { .. }, TypeKind::Domain { .. }) => {
                         out.extend(
-                            domain_changes(
-                                &name,
-                                (*nn_before, default_before, checks_before),
-                                (*not_null, default, checks),
-                            )
-                            .into_iter()
-                            .map(Statement::tx),
+                            domain_changes(&name, &o.kind, &t.kind)
+                                .into_iter()
+                                .map(Statement::tx),
                         );
                     }
-                    _ => {}
-                }
-                if let (TypeKind::Enum(before), TypeKind::Enum(after)) = (&o.kind, &t.kind) {
-                    let renamed = enum_renames(before, after);
-                    for (from, to) in &renamed {
-                        out.push(Statement::tx(format!(
-                            "alter type {} rename value {} to {}",
-                            qualified(map.map(&t.schema), &t.name),
-                            quote_literal(from),
-                            quote_literal(to)
-                        )));
-                    }
-                    for (i, label) in after.iter().enumerate() {
-                        if before.contains(label) || renamed.iter().any(|(_, to)| to == label) {
-                            continue;
+                    (TypeKind::Enum(before), TypeKind::Enum(after)) => {
+                        let renamed = enum_renames(before, after);
+                        for (from, to) in &renamed {
+                            out.push(Statement::tx(format!(
+                                "alter type {name} rename value {} to {}",
+                                quote_literal(from),
+                                quote_literal(to)
+                            )));
                         }
-                        // Place it where the source has it: after its predecessor.
-                        let position = match i.checked_sub(1).map(|p| &after[p]) {
-                            Some(prev) => format!(" after {}", quote_literal(prev)),
-                            None if !after.is_empty() && after.len() > 1 => {
-                                format!(" before {}", quote_literal(&after[1]))
+                        for (i, label) in after.iter().enumerate() {
+                            if before.contains(label) || renamed.iter().any(|(_, to)| to == label) {
+                                continue;
                             }
-                            None => String::new(),
-                        };
-                        out.push(Statement {
-                            sql: format!(
-                                "alter type {} add value if not exists {}{position}",
-                                map.table(&t.schema, &t.name),
-                                quote_literal(label)
-                            ),
-                            transactional: false,
-                            after_rows: false,
-                        });
+                            // Place it where the source has it: after its predecessor.
+                            let position = match i.checked_sub(1).map(|p| &after[p]) {
+                                Some(prev) => format!(" after {}", quote_literal(prev)),
+                                None if !after.is_empty() && after.len() > 1 => {
+                                    format!(" before {}", quote_literal(&after[1]))
+                                }
+                                None => String::new(),
+                            };
+                            out.push(Statement {
+                                sql: format!(
+                                    "alter type {} add value if not exists {}{position}",
+                                    map.table(&t.schema, &t.name),
+                                    quote_literal(label)
+                                ),
+                                transactional: false,
+                                after_rows: false,
+                            });
+                        }
                     }
+                    _ => {}
                 }
             }
         }
@@ -385,7 +367,7 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
             b.kind == a.kind && (b.definition == a.definition || same_object(&b.object, &a.object))
         });
         let changed = |b: &crate::catalog::Constraint, a: &crate::catalog::Constraint| {
-            b.definition != a.definition && !same_object(&b.object, &a.object)
+            redefined((&b.definition, &b.object), (&a.definition, &a.object))
         };
         if let Some(o) = surviving {
             let old_name = map.table(&o.schema, &o.name);
@@ -638,7 +620,7 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
                     && without_name(&b.definition, &b.name) == without_name(&a.definition, &a.name)
         });
         let changed = |b: &crate::catalog::Index, a: &crate::catalog::Index| {
-            b.definition != a.definition && !same_object(&b.object, &a.object)
+            redefined((&b.definition, &b.object), (&a.definition, &a.object))
         };
         let schema = map.table_parts(&t.schema, &t.name).0;
         for (from, to) in &renamed {
@@ -811,41 +793,44 @@ fn attribute_changes(
     out.into_iter().map(Statement::tx).collect()
 }
 
-/// The statements that turn domain `name`'s NOT NULL, default and checks `before` into
-/// `after`. A check is found on the target by its definition (the catalog model keeps no
-/// names of domain checks, and the target named them itself).
-fn domain_changes(
-    name: &str,
-    before: (bool, &Option<String>, &[String]),
-    after: (bool, &Option<String>, &[String]),
-) -> Vec<String> {
-    let mut out = Vec::new();
-    for c in before.2.iter().filter(|c| !after.2.contains(c)) {
-        out.push(ddl::do_block(&format!(
-            "declare k pg_catalog.name; begin \
-             for k in select c.conname from pg_catalog.pg_constraint c \
-                       where c.contypid = {}::pg_catalog.regtype \
-                         and pg_catalog.pg_get_constraintdef(c.oid) = {} loop \
-               execute pg_catalog.format('alter domain %s drop constraint %I', {}, k); \
-             end loop; end",
-            quote_literal(name),
-            quote_literal(c),
-            quote_literal(name)
-        )));
-    }
-    if before.1 != after.1 {
-        out.push(match after.1 {
+/// The statements that turn domain `name`'s NOT NULL, default and checks as `before` has
+/// them into `after`'s (nothing unless both are domains).
+fn domain_changes(name: &str, before: &TypeKind, after: &TypeKind) -> Vec<String> {
+    let (
+        TypeKind::Domain {
+            not_null: not_null_before,
+            default: default_before,
+            checks: checks_before,
+            ..
+        },
+        TypeKind::Domain {
+            not_null,
+            default,
+            checks,
+            ..
+        },
+    ) = (before, after)
+    else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = checks_before
+        .iter()
+        .filter(|c| !checks.contains(c))
+        .map(|c| ddl::drop_domain_check(name, c))
+        .collect();
+    if default_before != default {
+        out.push(match default {
             Some(d) => format!("alter domain {name} set default {d}"),
             None => format!("alter domain {name} drop default"),
         });
     }
-    if before.0 != after.0 {
+    if not_null_before != not_null {
         out.push(format!(
             "alter domain {name} {} not null",
-            if after.0 { "set" } else { "drop" }
+            if *not_null { "set" } else { "drop" }
         ));
     }
-    for c in after.2.iter().filter(|c| !before.2.contains(c)) {
+    for c in checks.iter().filter(|c| !checks_before.contains(c)) {
         out.push(format!("alter domain {name} add {c}"));
     }
     out
@@ -891,6 +876,13 @@ fn columns_out_of_the_way(
 /// state ([`crate::catalog::Constraint::object`]): its definition changed by renames only.
 fn same_object(before: &Option<String>, after: &Option<String>) -> bool {
     before.is_some() && before == after
+}
+
+/// Whether an index or constraint of the same name in two snapshots (its definition and
+/// [`crate::catalog::Constraint::object`]) must be made again: its definition changed, and
+/// not by renames of the same object.
+fn redefined(before: (&str, &Option<String>), after: (&str, &Option<String>)) -> bool {
+    before.0 != after.0 && !same_object(before.1, after.1)
 }
 
 /// Objects renamed between two name-keyed maps: each one gone from `before` paired with the
