@@ -133,13 +133,19 @@ struct TargetColumns {
     composite: HashMap<String, Vec<String>>,
 }
 
-/// The table the target writes `meta`'s rows into: its name in the batch's `apply_schema`,
-/// if set, else in its own schema; quoted and qualified.
-fn target_name(batch: &Batch, meta: &TableMeta) -> String {
-    qualified(
+/// The table the target writes `meta`'s rows into: (schema, name), the schema the batch's
+/// `apply_schema` if set, else the table's own.
+fn target_parts<'b>(batch: &'b Batch, meta: &'b TableMeta) -> (&'b str, &'b str) {
+    (
         batch.apply_schema.as_deref().unwrap_or(&meta.schema),
         &meta.name,
     )
+}
+
+/// [`target_parts`], quoted and qualified.
+fn target_name(batch: &Batch, meta: &TableMeta) -> String {
+    let (schema, name) = target_parts(batch, meta);
+    qualified(schema, name)
 }
 
 /// [`TargetColumns`] of target table `table` (qualified); `None` when it does not exist.
@@ -178,6 +184,39 @@ async fn read_target_columns(
     }))
 }
 
+/// The composite-type columns of `target` among `cols`, with their type's attributes.
+fn composite_columns<'t>(
+    target: &'t TargetColumns,
+    cols: &[String],
+) -> Vec<(&'t String, &'t Vec<String>)> {
+    target
+        .composite
+        .iter()
+        .filter(|(c, _)| cols.contains(c))
+        .collect()
+}
+
+/// The attributes event `e`'s image gives the value of each of `columns` (none for a value
+/// that is no JSON object, and for every column of an event without an image).
+fn value_attributes(
+    e: &Event,
+    columns: &[(&String, &Vec<String>)],
+) -> Result<Vec<Vec<String>>, ApplyError> {
+    let Some(data) = e.data.as_deref() else {
+        return Ok(vec![Vec::new(); columns.len()]);
+    };
+    let image = members(e, data.get())?;
+    Ok(columns
+        .iter()
+        .map(
+            |(c, _)| match member(&image, c).and_then(|v| members(e, v).ok()) {
+                Some(v) => v.into_iter().map(|(name, _)| name).collect(),
+                None => Vec::new(),
+            },
+        )
+        .collect())
+}
+
 /// Fails as schema behind when a row image of `run` gives a value of a composite-type
 /// column of `table` an attribute that type lacks on the target (an attribute added on the
 /// source, or renamed, whose schema version has not been applied here yet): the value
@@ -189,24 +228,14 @@ fn composite_attributes_known(
     table: &str,
     run: &[&Event],
 ) -> Result<(), ApplyError> {
-    let composite: Vec<(&String, &Vec<String>)> = target
-        .composite
-        .iter()
-        .filter(|(c, _)| cols.contains(c))
-        .collect();
+    let composite = composite_columns(target, cols);
     if composite.is_empty() {
         return Ok(());
     }
     for e in run {
-        let Some(data) = e.data.as_deref() else {
-            continue;
-        };
-        let image = members(e, data.get())?;
-        for (column, attributes) in &composite {
-            let Some(value) = member(&image, column).and_then(|v| members(e, v).ok()) else {
-                continue;
-            };
-            if let Some((a, _)) = value.iter().find(|(a, _)| !attributes.contains(a)) {
+        let given = value_attributes(e, &composite)?;
+        for ((column, attributes), given) in composite.iter().zip(given) {
+            if let Some(a) = given.iter().find(|a| !attributes.contains(a)) {
                 return Err(ApplyError::SchemaBehind {
                     message: format!(
                         "event {}: the value of column {} of {table} has attribute {} that its type lacks on the target",
@@ -276,29 +305,11 @@ fn composite_shapes<'r, 'e>(
     cols: &[String],
     run: &'r [&'e Event],
 ) -> Result<Vec<&'r [&'e Event]>, ApplyError> {
-    let composite: Vec<&String> = target
-        .composite
-        .keys()
-        .filter(|c| cols.contains(c))
-        .collect();
+    let composite = composite_columns(target, cols);
     if composite.is_empty() || run.len() < 2 {
         return Ok(vec![run]);
     }
-    let shape = |e: &Event| -> Result<Vec<Vec<String>>, ApplyError> {
-        let Some(data) = e.data.as_deref() else {
-            return Ok(Vec::new());
-        };
-        let image = members(e, data.get())?;
-        Ok(composite
-            .iter()
-            .map(
-                |c| match member(&image, c).and_then(|v| members(e, v).ok()) {
-                    Some(v) => v.into_iter().map(|(name, _)| name).collect(),
-                    None => Vec::new(),
-                },
-            )
-            .collect())
-    };
+    let shape = |e: &Event| value_attributes(e, &composite);
     let mut out = Vec::new();
     let (mut start, mut current) = (0, shape(run[0])?);
     for (i, e) in run.iter().enumerate().skip(1) {
@@ -772,15 +783,6 @@ impl Applier {
         precomputed: Option<(Vec<Columns>, Option<EarlyPlan>)>,
         ddl: &mut DdlState<'_>,
     ) -> Result<usize, ApplyError> {
-        let target_name = |meta: &TableMeta| {
-            (
-                batch
-                    .apply_schema
-                    .clone()
-                    .unwrap_or_else(|| meta.schema.clone()),
-                meta.name.clone(),
-            )
-        };
         // Events of transactions visible in a table's load snapshot are in its copy already.
         let mut events: Vec<&Event> = Vec::with_capacity(batch.events.len());
         let mut columns: Vec<Columns> = Vec::with_capacity(batch.events.len());
@@ -793,7 +795,8 @@ impl Applier {
             let cols = all_columns.next().unwrap_or_default();
             if !e.op.is_stream_wide() {
                 let meta = &batch.tables[e.table as usize];
-                if let Some(snap) = ddl.loaded.get(&target_name(meta)) {
+                let (schema, name) = target_parts(batch, meta);
+                if let Some(snap) = ddl.loaded.get(&(schema.to_string(), name.to_string())) {
                     let txid = e.txid.ok_or_else(|| ApplyError::BadRequest {
                         message: format!(
                             "event {} lacks txid, needed for the initial load rule",
