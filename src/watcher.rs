@@ -679,6 +679,16 @@ fn change_between(
     }
 }
 
+/// SQL for a schema event's data: `{"version": <version>}`, and `"checks": <checks>` when
+/// that (JSON text, or null) is not null — what the applier reads ([`crate::applier`]'s
+/// `schema_checks`). `version` and `checks` are SQL expressions (parameters).
+fn schema_event_data(version: &str, checks: &str) -> String {
+    format!(
+        "case when {checks}::text::json is null then json_build_object('version', {version}::int8)
+              else json_build_object('version', {version}::int8, 'checks', {checks}::text::json) end"
+    )
+}
+
 /// A checksum the event trigger took of a column whose type changed, in the DDL's
 /// transaction (`ddl_snapshot.checks`).
 #[derive(serde::Deserialize)]
@@ -706,10 +716,11 @@ async fn attach_checks(
         .execute(
             &format!(
                 "update {s}.event e
-                    set ev_data = json_build_object('version', $2::int8, 'checks', $3::text::json)
+                    set ev_data = {}
                   where e.ev_txid = (select d.txid from {s}.ddl_snapshot d where d.id = $2)
                     and e.ev_op = 'S' and e.ev_table = $1::text::name
-                    and (e.ev_data ->> 'version')::int8 = $2"
+                    and (e.ev_data ->> 'version')::int8 = $2",
+                schema_event_data("$2", "$3")
             ),
             &[&target, &version, &json],
         )
@@ -933,9 +944,8 @@ async fn record_checked_version(
     if !queued {
         tx.execute(
             &format!(
-                "select {s}.enqueue('S', '', $1, 0, null,
-                                    case when $3::text::json is null then json_build_object('version', $2::int8)
-                                         else json_build_object('version', $2::int8, 'checks', $3::text::json) end)"
+                "select {s}.enqueue('S', '', $1, 0, null, {})",
+                schema_event_data("$2", "$3")
             ),
             &[&target, &version, &checks_json],
         )
