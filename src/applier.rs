@@ -647,6 +647,7 @@ impl Applier {
             extra_columns_seen: Vec::new(),
             early: early.versions,
             keys_before: std::sync::Arc::new(std::sync::Mutex::new(early.keys)),
+            keys_by_oid: Vec::new(),
             loaded,
             tables: batch.tables.iter().map(|t| target_name(batch, t)).collect(),
         };
@@ -1672,6 +1673,8 @@ struct DdlState<'a> {
     /// (the source makes it again with the event: at once in event-trigger mode, when
     /// recording the version in diffing mode), so those rows carry the key of before.
     keys_before: std::sync::Arc<std::sync::Mutex<HashMap<String, Vec<String>>>>,
+    /// `keys_before` by table OID, as read (names may change with each early version).
+    keys_by_oid: Vec<(u32, Vec<String>)>,
     /// The batch's tables as named on the target.
     tables: Vec<String>,
     /// Tables an initial load copied, with its snapshot: events (and a schema event's checks
@@ -1715,30 +1718,65 @@ impl DdlState<'_> {
                     }
                     self.apply_next(tx).await?;
                     self.early.push(version);
+                    self.name_remembered_keys(tx).await?;
                 }
                 Err(e) => return Err(e),
             }
         }
     }
 
-    /// Reads the target's key of every table of the batch (before a version is applied
-    /// early: the key the rows up to its schema event were captured with).
+    /// Reads the target's key of every table in the schemas of the batch's tables (before a
+    /// version is applied early: the key the rows up to its schema event were captured
+    /// with), by table OID: a version may rename a table, and the batch names it as it is
+    /// called after the change.
     async fn remember_keys(&mut self, tx: &Transaction<'_>) -> Result<(), ApplyError> {
         let rows = tx
             .query(
                 &format!(
-                    "select t, {} from pg_catalog.unnest($1::text[]) t",
-                    ddlwatcher::key_columns_sql("pg_catalog.to_regclass(t)")
+                    "select c.oid, {} from pg_catalog.pg_class c
+                      where c.relkind in ('r', 'p')
+                        and c.relnamespace in (select n.oid from pg_catalog.pg_namespace n
+                                                where n.nspname = any(select (pg_catalog.parse_ident(t))[1]
+                                                                        from pg_catalog.unnest($1::text[]) t))",
+                    ddlwatcher::key_columns_sql("c.oid")
                 ),
                 &[&self.tables],
             )
             .await
             .map_err(pg("reading the keys of the batch's tables"))?;
+        self.keys_by_oid = rows
+            .iter()
+            .map(|r| (r.get::<_, u32>(0), r.get::<_, Vec<String>>(1)))
+            .filter(|(_, k)| !k.is_empty())
+            .collect();
+        Ok(())
+    }
+
+    /// Names the keys [`Self::remember_keys`] read by the tables' names now (after an
+    /// early version renamed some).
+    async fn name_remembered_keys(&mut self, tx: &Transaction<'_>) -> Result<(), ApplyError> {
+        if self.keys_by_oid.is_empty() {
+            return Ok(());
+        }
+        let oids: Vec<u32> = self.keys_by_oid.iter().map(|(o, _)| *o).collect();
+        let rows = tx
+            .query(
+                "select c.oid, n.nspname::text, c.relname::text
+                   from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+                  where c.oid = any($1::oid[])",
+                &[&oids],
+            )
+            .await
+            .map_err(pg("naming the keys of the batch's tables"))?;
+        let names: HashMap<u32, String> = rows
+            .iter()
+            .map(|r| (r.get(0), qualified(r.get(1), r.get(2))))
+            .collect();
         if let Ok(mut keys) = self.keys_before.lock() {
-            *keys = rows
+            *keys = self
+                .keys_by_oid
                 .iter()
-                .map(|r| (r.get::<_, String>(0), r.get::<_, Vec<String>>(1)))
-                .filter(|(_, k)| !k.is_empty())
+                .filter_map(|(o, k)| Some((names.get(o)?.clone(), k.clone())))
                 .collect();
         }
         Ok(())
@@ -2166,8 +2204,17 @@ async fn apply_run(
                 .key
                 .as_deref()
                 .map(|k| k.get())
-                .ok_or_else(|| ApplyError::BadRequest {
-                    message: format!("event {} on keyless table {table} lacks the old row", e.id),
+                .ok_or_else(|| ApplyError::Failed {
+                    // Written by a row trigger made while the table had a key (its image
+                    // holds the key, not the old row): found by that key on the target, when
+                    // the target's table has it — a version still pending (a rename, the key
+                    // dropped) is applied first.
+                    message: format!(
+                        "event {} on {table}: the row was written while the table had a key (its image holds \
+                         no old row), and the target's table has no key the image holds; if no schema change \
+                         on its way gives it one, compare the table and re-run the initial load for it",
+                        e.id
+                    ),
                 })?;
             // One row whose text equals the old row's (so NULLs and types without `=`
             // compare too); any one of identical duplicates is the same.

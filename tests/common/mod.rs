@@ -489,3 +489,47 @@ insert into zoo.owner values (0), (1), (2);
 insert into zoo.pet values (1, 1), (2, 2), (3, 1);
 delete from zoo.owner where id = 1;
 "#;
+
+/// Columns (name and type) of every table in `schema`, as the catalog says.
+/// A catalog function reading an object another session drops meanwhile returns NULL: that
+/// read is an error here, and the caller reads again.
+pub async fn shape(c: &Client, schemas: &[&str]) -> anyhow::Result<Vec<String>> {
+    c.query(
+        "select c.relname || '.' || a.attname || ':' || format_type(a.atttypid, a.atttypmod) || case when a.attnotnull then ' not null' else '' end
+           from pg_class c join pg_namespace n on n.oid = c.relnamespace
+           join pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
+          where n.nspname = any($1) and c.relkind in ('r', 'v')
+         union all
+         select 'index ' || indexname || ':' || replace(indexdef, ' ' || schemaname || '.', ' ')
+           from pg_indexes where schemaname = any($1)
+         union all
+         select 'constraint ' || c.conrelid::regclass::text || '.' || conname || ':' || pg_get_constraintdef(c.oid)
+           from pg_constraint c join pg_namespace n on n.oid = c.connamespace
+          where n.nspname = any($1) and c.contype in ('f', 'u', 'c')
+         union all
+         select 'function ' || p.proname || '(' || pg_get_function_identity_arguments(p.oid) || '):' || p.prosrc
+           from pg_proc p join pg_namespace n on n.oid = p.pronamespace where n.nspname = any($1)
+         union all
+         select 'default ' || c.relname || '.' || a.attname || ':' || pg_get_expr(d.adbin, d.adrelid)
+           from pg_attrdef d join pg_class c on c.oid = d.adrelid join pg_namespace n on n.oid = c.relnamespace
+           join pg_attribute a on a.attrelid = d.adrelid and a.attnum = d.adnum
+          where n.nspname = any($1)
+         union all
+         select 'enum ' || t.typname || ':' || string_agg(e.enumlabel, ',' order by e.enumsortorder)
+           from pg_type t join pg_namespace n on n.oid = t.typnamespace join pg_enum e on e.enumtypid = t.oid
+          where n.nspname = any($1) group by t.typname
+          order by 1",
+        &[&schemas],
+    )
+    .await?
+    .iter()
+    .map(|r| {
+        let line = r
+            .get::<_, Option<String>>(0)
+            .ok_or_else(|| anyhow::anyhow!("an object vanished while reading the catalog"))?;
+        Ok(schemas
+            .iter()
+            .fold(line, |acc, s| acc.replace(&format!("{s}."), "")))
+    })
+    .collect()
+}
