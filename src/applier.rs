@@ -131,6 +131,8 @@ struct TargetColumns {
     identity_always: Vec<String>,
     /// Columns of a composite type → its attributes: [`composite_attributes_known`].
     composite: HashMap<String, Vec<String>>,
+    /// Columns of type json or jsonb (or a domain over one) → `json` or `jsonb`.
+    json: HashMap<String, String>,
 }
 
 /// The table the target writes `meta`'s rows into: (schema, name), the schema the batch's
@@ -155,14 +157,19 @@ async fn read_target_columns(
 ) -> Result<Option<TargetColumns>, ApplyError> {
     let rows = tx
         .query(
-            "select a.attname::text, format('%I.%I', n.nspname, t.typname), a.attidentity = 'a',
-                    case when t.typtype = 'c' then
-                         array(select ca.attname::text from pg_catalog.pg_attribute ca
-                                where ca.attrelid = t.typrelid and ca.attnum > 0 and not ca.attisdropped) end
-               from pg_catalog.pg_attribute a
-               join pg_catalog.pg_type t on t.oid = a.atttypid
-               join pg_catalog.pg_namespace n on n.oid = t.typnamespace
-              where a.attrelid = to_regclass($1) and a.attnum > 0 and not a.attisdropped",
+            &format!(
+                "select a.attname::text, format('%I.%I', n.nspname, t.typname), a.attidentity = 'a',
+                        case when t.typtype = 'c' then
+                             array(select ca.attname::text from pg_catalog.pg_attribute ca
+                                    where ca.attrelid = t.typrelid and ca.attnum > 0 and not ca.attisdropped) end,
+                        (select b.typname::text from pg_catalog.pg_type b
+                          where b.oid = {} and b.oid in ('pg_catalog.json'::regtype, 'pg_catalog.jsonb'::regtype))
+                   from pg_catalog.pg_attribute a
+                   join pg_catalog.pg_type t on t.oid = a.atttypid
+                   join pg_catalog.pg_namespace n on n.oid = t.typnamespace
+                  where a.attrelid = to_regclass($1) and a.attnum > 0 and not a.attisdropped",
+                ddlwatcher::base_type_sql("a.atttypid")
+            ),
             &[&table],
         )
         .await
@@ -181,7 +188,34 @@ async fn read_target_columns(
             .iter()
             .filter_map(|r| Some((r.get(0), r.get::<_, Option<Vec<String>>>(3)?)))
             .collect(),
+        json: rows
+            .iter()
+            .filter_map(|r| Some((r.get(0), r.get::<_, Option<String>>(4)?)))
+            .collect(),
     }))
+}
+
+/// `meta` with the json/jsonb columns of `target` among `cols` that it does not name (the
+/// row images name a column as it was called when written; the batch, as the column is
+/// called when sent): the trigger shipped such values in text form, which the populated
+/// record would store as a JSON string. `None` when it names them all.
+fn with_target_json(
+    meta: &TableMeta,
+    target: &TargetColumns,
+    cols: &[String],
+) -> Option<TableMeta> {
+    let missing: Vec<(String, String)> = target
+        .json
+        .iter()
+        .filter(|(c, _)| cols.contains(c) && !meta.json_columns.iter().any(|(n, _)| n == *c))
+        .map(|(c, t)| (c.clone(), t.clone()))
+        .collect();
+    if missing.is_empty() {
+        return None;
+    }
+    let mut m = meta.clone();
+    m.json_columns.extend(missing);
+    Some(m)
 }
 
 /// The composite-type columns of `target` among `cols`, with their type's attributes.
@@ -1182,6 +1216,17 @@ impl Applier {
                 }
                 _ => meta,
             };
+            let with_json;
+            let meta = match target_columns
+                .as_ref()
+                .and_then(|t| with_target_json(meta, t, cols))
+            {
+                Some(m) => {
+                    with_json = m;
+                    &with_json
+                }
+                None => meta,
+            };
             if pipelined {
                 if let Some(t) = &target_columns {
                     composite_attributes_known(t, cols, &table, run)?;
@@ -1242,14 +1287,17 @@ impl Applier {
                             None => (kind, meta),
                         };
                         // Read again at each try: a version applied meanwhile may change it.
+                        let mut with_json = None;
                         if matches!(
                             kind,
                             Kind::Insert | Kind::Update | Kind::UpdateKey | Kind::RowIdentity
                         ) {
                             if let Some(t) = read_target_columns(tx, &table).await? {
                                 composite_attributes_known(&t, cols, &table, run)?;
+                                with_json = with_target_json(meta, &t, cols);
                             }
                         }
+                        let meta = with_json.as_ref().unwrap_or(meta);
                         apply_run(tx, kind, meta, cols, &table, run, tolerate).await
                     })
                     .await?;
