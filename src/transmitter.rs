@@ -329,12 +329,14 @@ impl Transmitter {
         let rows = client
             .query_raw(
                 &format!(
-                    "select e.ev_id, e.ev_op, e.ev_schema::text, e.ev_table::text, e.ev_key::text, e.ev_data::text,
+                    "select e.ev_id, e.ev_op, e.ev_schema::text, e.ev_table::text, e.ev_key::text,
+                            case when e.ev_op = 'S' then {checked} else e.ev_data::text end,
                             e.ev_time, e.ev_txid,
                             coalesce(e.ev_relid, 0::oid)
                        from {events} e
                       order by e.ev_id",
-                    events = batch_events_sql(s, tables.filtered.then_some(bounds.filter.as_str()))
+                    events = batch_events_sql(s, tables.filtered.then_some(bounds.filter.as_str())),
+                    checked = SCHEMA_EVENT_CHECKS_KEPT,
                 ),
                 bounds.params(),
             )
@@ -1141,3 +1143,15 @@ fn error_message(body: &[u8]) -> String {
         Err(_) => String::from_utf8_lossy(&body[..body.len().min(500)]).into_owned(),
     }
 }
+
+/// A schema event's data (`e.ev_data`) without the checks of rows ([`ddlwatcher::ddl::RowsCheck`])
+/// of tables dropped on the source since: their events are skipped (see `batch_tables`),
+/// so the target's rows cannot match the source's at the event — the check would hold the
+/// stream for good over a table about to be dropped.
+const SCHEMA_EVENT_CHECKS_KEPT: &str = "case when pg_catalog.jsonb_typeof(e.ev_data::pg_catalog.jsonb -> 'checks') = 'array' then
+        (select pg_catalog.jsonb_set(e.ev_data::pg_catalog.jsonb, '{checks}',
+                    coalesce(pg_catalog.jsonb_agg(c.v order by c.n), '[]'::pg_catalog.jsonb))::text
+           from pg_catalog.jsonb_array_elements(e.ev_data::pg_catalog.jsonb -> 'checks') with ordinality as c(v, n)
+          where not (c.v ? 'oid')
+             or exists (select 1 from pg_catalog.pg_class r where r.oid = (c.v ->> 'oid')::pg_catalog.oid))
+   else e.ev_data::text end";

@@ -397,6 +397,10 @@ pub struct RowsCheck {
     pub schema: String,
     pub table: String,
     pub sql: String,
+    /// The table's OID on the source: a table dropped there before the check was sent
+    /// had its events skipped, and the check is left out with them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oid: Option<u32>,
 }
 
 /// A [`RowsCheck`] that fails unless the target's `column` of `table` (as the target names
@@ -487,6 +491,7 @@ pub fn values_check(
         schema: schema.to_string(),
         table: name.to_string(),
         sql: do_block(&body),
+        oid: Some(table.oid),
     }
 }
 
