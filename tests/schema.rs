@@ -1084,7 +1084,8 @@ async fn a_generated_column_made_plain_takes_the_values_written_to_it() -> anyho
 /// a `numeric` does not). The target changes the type too (it once kept the old one, and
 /// computed every later row in it). Rows written between the change and the diffing
 /// watcher's look were computed in the new type on the source and in the old one on the
-/// target: the check of the column's values reports it at the schema event (event-trigger
+/// target: the check of the column's values reports it at the schema event, unless a row
+/// that the old type cannot read made the applier apply the version before it (event-trigger
 /// mode places the change exactly, and passes).
 #[tokio::test]
 async fn a_generated_columns_type_change_computes_it_in_the_new_type() -> anyhow::Result<()> {
@@ -1124,14 +1125,20 @@ async fn a_generated_columns_type_change_computes_it_in_the_new_type() -> anyhow
                 .await?;
             wait_equal(&src, &dst, &["app.g"], Duration::from_secs(20)).await?;
         } else {
+            // The row's image holds r computed in the new type (7.5), which the old type
+            // cannot read: when the batch already carries the version, the applier applies
+            // it before the row (and the tables end equal); otherwise the check at the
+            // event reports the difference. Never a silent one.
             wait_for(
-                "the difference reported",
+                "the difference reported, or the tables equal",
                 Duration::from_secs(20),
                 || async {
                     let e = last_error(&src).await?;
                     Ok(e.contains(
                         "after the type change of generated column \"r\" of \"app\".\"g\"",
-                    ) && e.contains("use_event_triggers"))
+                    ) && e.contains("use_event_triggers")
+                        || e.is_empty()
+                            && rows(&src, "app.g").await? == rows(&dst, "app.g").await?)
                 },
             )
             .await?;
@@ -1902,6 +1909,65 @@ async fn a_retyped_table_dropped_before_its_batches_were_sent_does_not_hold_the_
         )
         .await
         .with_context(|| format!("event triggers: {event_triggers}"))?;
+        assert_eq!(
+            last_error(&src).await?,
+            "",
+            "event triggers: {event_triggers}"
+        );
+        source.shutdown().await?;
+        target.shutdown().await?;
+    }
+    Ok(())
+}
+
+/// Types of the replicated schema stay on the target when no column uses them any more
+/// (they were dropped there, while the source kept them: labels added later never
+/// arrived, and a function taking the type could not be created), and types no column
+/// ever used arrive like the schema's functions.
+#[tokio::test]
+async fn types_of_the_schema_that_no_column_uses_follow_the_source() -> anyhow::Result<()> {
+    for event_triggers in [false, true] {
+        let p = Pair::new(
+            "create schema app;
+             create type app.mood as enum ('a', 'b');
+             create table app.t (id int primary key, m app.mood);
+             insert into app.t values (1, 'a');",
+        )
+        .await?;
+        let extra = p.ddl_mode(event_triggers).await?;
+        let target = p.start_target(0).await?;
+        let port = target.local_addr.unwrap().port();
+        let source = p.start_source(port, "app.*", extra).await?;
+        let (src, dst) = (p.src().await?, p.dst().await?);
+        wait_equal(&src, &dst, &["app.t"], Duration::from_secs(20)).await?;
+        src.batch_execute("alter table app.t drop column m; insert into app.t values (2);")
+            .await?;
+        wait_equal(&src, &dst, &["app.t"], Duration::from_secs(20)).await?;
+        src.batch_execute(
+            "alter type app.mood add value 'c';
+             create type app.pair as (x int, y app.mood);
+             create domain app.small as int check (value < 10);
+             create function app.f(m app.mood, p app.pair) returns text language sql as 'select m::text || p::text';",
+        )
+        .await?;
+        let check = "select format('%s %s %s %s', enum_range(null::app.mood), to_regtype('app.pair'), to_regtype('app.small'),
+                            to_regprocedure('app.f(app.mood, app.pair)'))";
+        let want = texts(&src, check).await?;
+        wait_texts(
+            &dst,
+            "the types and the function",
+            Duration::from_secs(20),
+            check,
+            &want,
+        )
+        .await
+        .with_context(|| format!("event triggers: {event_triggers}"))?;
+        src.batch_execute(
+            "alter table app.t add column m2 app.mood default 'c', add column s app.small;
+             insert into app.t values (3, 'b', 3);",
+        )
+        .await?;
+        wait_equal(&src, &dst, &["app.t"], Duration::from_secs(20)).await?;
         assert_eq!(
             last_error(&src).await?,
             "",

@@ -251,10 +251,23 @@ fn build_sql() -> String {
                join pg_catalog.pg_class sc on sc.oid = d.ref and sc.relkind = 'S'
               where d.dependent = 'pg_catalog.pg_attrdef'::pg_catalog.regclass
                 and d.refclass = 'pg_catalog.pg_class'::pg_catalog.regclass),
+         -- The types the tables' columns use, and every enum, domain and free-standing
+         -- composite type of the tables' schemas (as their functions and views are: a
+         -- type no column uses any more stays on the target, and a function may take it),
+         -- with what those types are made of.
          used(oid) as (
              select {col_type}
                from pg_catalog.pg_attribute a
               where a.attrelid in (select oid from rel) and a.attnum > 0 and not a.attisdropped
+           union
+             select t.oid
+               from pg_catalog.pg_type t
+               join pg_catalog.pg_namespace n on n.oid = t.typnamespace
+              where n.nspname::text in (select schema from schemas)
+                and (t.typtype in ('e', 'd')
+                     or t.typtype = 'c' and exists (select 1 from pg_catalog.pg_class c
+                                                     where c.oid = t.typrelid and c.relkind = 'c'))
+                and {type_ext} is null
            union
              select dep.oid
                from used u
@@ -477,11 +490,29 @@ impl Catalog {
             .cloned()
             .collect();
         let by_oid: BTreeMap<u32, &TypeDef> = self.types.iter().map(|t| (t.oid, t)).collect();
+        let schemas: BTreeSet<&str> = tables.iter().map(|t| t.schema.as_str()).collect();
         let mut reached = BTreeSet::new();
+        // The types the columns use, and the enums, composite types and domains of the
+        // tables' schemas (kept when no column uses them any more, like the schemas'
+        // functions: one of those may take them).
         let mut pending: Vec<u32> = tables
             .iter()
             .flat_map(|t| t.columns.iter())
             .filter_map(|c| user_oid(&c.type_ref))
+            .chain(
+                self.types
+                    .iter()
+                    .filter(|t| {
+                        schemas.contains(t.schema.as_str())
+                            && matches!(
+                                t.kind,
+                                TypeKind::Enum(_)
+                                    | TypeKind::Composite(_)
+                                    | TypeKind::Domain { .. }
+                            )
+                    })
+                    .map(|t| t.oid),
+            )
             .collect();
         while let Some(oid) = pending.pop() {
             if reached.insert(oid) {
@@ -490,7 +521,6 @@ impl Catalog {
                 }
             }
         }
-        let schemas: BTreeSet<&str> = tables.iter().map(|t| t.schema.as_str()).collect();
         let oids: BTreeSet<u32> = tables.iter().map(|t| t.oid).collect();
         // An object of the tables' schemas, or one of another schema that a table uses.
         let kept = |schema: &str, used_by: &[u32]| {
