@@ -1283,6 +1283,7 @@ impl Applier {
                             // A table whose key was dropped: rows written before, with the
                             // key their trigger had, go by that key while the target has it.
                             Some(m) if kind == Kind::RowIdentity => (kind_of(run[0], false), m),
+                            Some(m) if m.key.is_empty() => (Kind::RowIdentity, m),
                             Some(m) => (kind, m),
                             None => (kind, meta),
                         };
@@ -1974,6 +1975,16 @@ impl Applier {
             .await
             .map_err(pg(&context))?
             .get(0);
+        if key.is_empty() && keyed && whole_old_rows(run, &meta.key) {
+            // The target's table has no key here (dropped, and duplicates may share the
+            // batch's key now) while the batch, described when sent, has one again: rows
+            // written meanwhile carry their whole old row — matched by it, one row each.
+            tracing::debug!(table, batch_key = ?meta.key, "rows written while their table had no key: matched by their whole old row");
+            return Ok(Some(TableMeta {
+                key: Vec::new(),
+                ..meta.clone()
+            }));
+        }
         if key.is_empty() || key == meta.key || !holds(&key) {
             return Ok(None);
         }
@@ -2238,17 +2249,19 @@ async fn apply_run(
         }
         Kind::DeleteWhere => unreachable!("applied by delete_where()"),
         Kind::RowIdentity => {
-            let e = events[0];
-            if meta.soft_delete_column.is_some() || meta.synced_at_column.is_some() {
-                return Err(ApplyError::Failed {
+            // One event at a time (a keyless table's runs have one; rows of a table whose
+            // key the target lacks here may come as a run).
+            for e in events {
+                if meta.soft_delete_column.is_some() || meta.synced_at_column.is_some() {
+                    return Err(ApplyError::Failed {
                     message: format!(
                         "{context}: soft_delete_col_name / synced_at_col_name need a key, and table {table} has none \
                          (a keyless table is replicated by full-row identity); give the source table a primary key, \
                          or replicate it with a mirror without those columns"
                     ),
                 });
-            }
-            let old = e
+                }
+                let old = e
                 .key
                 .as_deref()
                 .map(|k| k.get())
@@ -2264,31 +2277,31 @@ async fn apply_run(
                         e.id
                     ),
                 })?;
-            // One row whose text equals the old row's (so NULLs and types without `=`
-            // compare too); any one of identical duplicates is the same.
-            let one = format!(
+                // One row whose text equals the old row's (so NULLs and types without `=`
+                // compare too); any one of identical duplicates is the same.
+                let one = format!(
                 "(select t2.ctid from {table} t2 where t2::text = (select k::text from json_populate_record(null::{table}, $1::text::json) k) limit 1)"
             );
-            let n = if e.op == Op::Delete {
-                tx.execute(
-                    &format!("delete from {table} t where t.ctid = {one}"),
-                    &[&old],
-                )
-                .await
-                .map_err(pg(&context))?
-            } else {
-                let d = e.data.as_deref().map(|d| d.get()).unwrap_or("{}");
-                let set: Vec<String> = cols
-                    .iter()
-                    .map(|c| {
-                        format!(
-                            "{} = {}",
-                            quote_ident(c),
-                            value(meta, c, "r", "$2::text::json")
-                        )
-                    })
-                    .collect();
-                tx.execute(
+                let n = if e.op == Op::Delete {
+                    tx.execute(
+                        &format!("delete from {table} t where t.ctid = {one}"),
+                        &[&old],
+                    )
+                    .await
+                    .map_err(pg(&context))?
+                } else {
+                    let d = e.data.as_deref().map(|d| d.get()).unwrap_or("{}");
+                    let set: Vec<String> = cols
+                        .iter()
+                        .map(|c| {
+                            format!(
+                                "{} = {}",
+                                quote_ident(c),
+                                value(meta, c, "r", "$2::text::json")
+                            )
+                        })
+                        .collect();
+                    tx.execute(
                     &format!(
                         "update {table} t set {} from json_populate_record(null::{table}, $2::text::json) r where t.ctid = {one}",
                         set.join(", ")
@@ -2297,11 +2310,22 @@ async fn apply_run(
                 )
                 .await
                 .map_err(pg(&context))?
-            };
-            check_matched(&context, 1, n as i64)?;
+                };
+                check_matched(&context, 1, n as i64)?;
+            }
         }
     }
     Ok(())
+}
+
+/// Whether each event of `run` carries its whole old row as its key image (members beyond
+/// `key`): written by a trigger made while the table had no key.
+fn whole_old_rows(run: &[&Event], key: &[String]) -> bool {
+    run.iter().all(|e| {
+        e.key.as_deref().is_some_and(|k| {
+            crate::wire::object_keys(k).is_ok_and(|names| names.iter().any(|n| !key.contains(n)))
+        })
+    })
 }
 
 fn check_matched(context: &str, wanted: i64, matched: i64) -> Result<(), ApplyError> {
