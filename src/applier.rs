@@ -1964,18 +1964,20 @@ impl Applier {
             }));
         }
         let context = format!("reading the key of {table}");
-        let key: Vec<String> = tx
+        let row = tx
             .query_one(
                 &format!(
-                    "select {}",
+                    "select {}, array(select a.attname::text from pg_catalog.pg_attribute a
+                                       where a.attrelid = pg_catalog.to_regclass($1) and a.attnum > 0
+                                         and not a.attisdropped)",
                     ddlwatcher::key_columns_sql("pg_catalog.to_regclass($1)")
                 ),
                 &[&table],
             )
             .await
-            .map_err(pg(&context))?
-            .get(0);
-        if key.is_empty() && keyed && whole_old_rows(run, &meta.key) {
+            .map_err(pg(&context))?;
+        let (key, columns): (Vec<String>, Vec<String>) = (row.get(0), row.get(1));
+        if key.is_empty() && keyed && !columns.is_empty() && whole_old_rows(run, &columns) {
             // The target's table has no key here (dropped, and duplicates may share the
             // batch's key now) while the batch, described when sent, has one again: rows
             // written meanwhile carry their whole old row — matched by it, one row each.
@@ -2318,12 +2320,14 @@ async fn apply_run(
     Ok(())
 }
 
-/// Whether each event of `run` carries its whole old row as its key image (members beyond
-/// `key`): written by a trigger made while the table had no key.
-fn whole_old_rows(run: &[&Event], key: &[String]) -> bool {
+/// Whether each event of `run` carries its whole old row as its key image (a value of
+/// every one of the target table's `columns`): written by a trigger made while the table
+/// had no key.
+fn whole_old_rows(run: &[&Event], columns: &[String]) -> bool {
     run.iter().all(|e| {
         e.key.as_deref().is_some_and(|k| {
-            crate::wire::object_keys(k).is_ok_and(|names| names.iter().any(|n| !key.contains(n)))
+            crate::wire::object_keys(k)
+                .is_ok_and(|names| columns.iter().all(|c| names.iter().any(|n| n == c)))
         })
     })
 }

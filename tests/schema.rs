@@ -1994,7 +1994,9 @@ async fn rows_written_while_the_key_was_dropped_are_matched_whole_when_it_is_bac
         let p = Pair::new(
             "create schema app;
              create table app.t (id int primary key, v text);
-             insert into app.t select g, 'v' || g from generate_series(1, 3) g;",
+             insert into app.t select g, 'v' || g from generate_series(1, 3) g;
+             create table app.k (id int primary key);
+             insert into app.k select g from generate_series(1, 3) g;",
         )
         .await?;
         let extra = format!(
@@ -2018,23 +2020,29 @@ async fn rows_written_while_the_key_was_dropped_are_matched_whole_when_it_is_bac
             }
         };
         let before = scalar_i64(&src, versions).await?;
-        src.batch_execute("alter table app.t drop constraint t_pkey")
-            .await?;
+        src.batch_execute(
+            "alter table app.t drop constraint t_pkey; alter table app.k drop constraint k_pkey;",
+        )
+        .await?;
         version(before + 1).await?;
         src.batch_execute(
             "insert into app.t values (1, 'dup'), (2, 'dup');
              update app.t set v = 'dup changed' where id = 1 and v = 'dup';
              delete from app.t where id = 2 and v = 'v2';
-             delete from app.t a using app.t b where a.ctid < b.ctid and a.id = b.id;",
+             delete from app.t a using app.t b where a.ctid < b.ctid and a.id = b.id;
+             insert into app.k values (1), (2), (2);
+             delete from app.k a using app.k b where a.ctid < b.ctid and a.id = b.id;",
         )
         .await?;
-        src.batch_execute("alter table app.t add primary key (id)")
-            .await?;
+        src.batch_execute(
+            "alter table app.t add primary key (id); alter table app.k add primary key (id);",
+        )
+        .await?;
         version(before + 2).await?;
         src.batch_execute("update app.t set v = 'after' where id = 3")
             .await?;
         let target = p.start_target(port).await?;
-        wait_equal(&src, &dst, &["app.t"], Duration::from_secs(30))
+        wait_equal(&src, &dst, &["app.t", "app.k"], Duration::from_secs(30))
             .await
             .with_context(|| format!("event triggers: {event_triggers}"))?;
         source.shutdown().await?;

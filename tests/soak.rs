@@ -1,0 +1,506 @@
+//! A random soak of schema changes under concurrent writers, in both DDL modes: a seeded
+//! generator alters, renames, retypes, keys and drops tables and columns (and enums,
+//! indexes, constraints) of schema `app` while writers insert, update and delete in
+//! whatever tables and columns exist at the moment; at the end the target must hold the
+//! same tables, columns, keys, indexes, constraints and rows as the source, with no batch
+//! held.
+//!
+//! CI runs a short fixed-seed round (`a_short_random_schema_soak_ends_equal`); the long one
+//! is `bash bench/schema_soak.sh` (`SOAK_SEED=N`, `SOAK_STEPS=N`, `SOAK_ROUNDS=N`,
+//! `SOAK_MODES="diffing events"`). A failure prints the seed and every step taken.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use common::*;
+use fastrand::Rng;
+use tokio_postgres::Client;
+
+/// A column as the source catalog has it now.
+#[derive(Clone, Debug)]
+struct Col {
+    name: String,
+    ty: String,
+    key: bool,
+}
+
+/// A table of schema `app` as the source catalog has it now.
+#[derive(Clone, Debug)]
+struct Table {
+    name: String,
+    cols: Vec<Col>,
+    has_key: bool,
+}
+
+impl Table {
+    /// The column the writers address rows by: the first one (made `id int`; it may be
+    /// renamed or widened, never dropped).
+    fn id(&self) -> &Col {
+        &self.cols[0]
+    }
+
+    fn others(&self) -> Vec<&Col> {
+        self.cols[1..].iter().collect()
+    }
+}
+
+/// The types columns are made with, and what each may be changed to (every value the
+/// writers write casts).
+const TYPES: &[(&str, &[&str])] = &[
+    ("integer", &["bigint", "numeric", "text"]),
+    ("bigint", &["numeric", "text"]),
+    ("numeric", &["text", "double precision"]),
+    ("double precision", &["numeric", "text"]),
+    ("text", &["character varying(60)"]),
+    ("character varying(60)", &["text"]),
+    ("timestamp with time zone", &["timestamp without time zone"]),
+    ("timestamp without time zone", &["timestamp with time zone"]),
+    ("jsonb", &["text", "json"]),
+    ("json", &["jsonb"]),
+    ("boolean", &["text"]),
+    ("integer[]", &["bigint[]", "text"]),
+    ("bigint[]", &["text"]),
+    ("uuid", &["text"]),
+    ("app.mood", &["text"]),
+];
+
+/// Reads the tables of `app` (ordinary ones; partitions have none here).
+async fn tables(c: &Client) -> Result<Vec<Table>> {
+    let rows = c
+        .query(
+            "select c.relname::text, a.attname::text, format_type(a.atttypid, a.atttypmod),
+                    coalesce(a.attnum = any(i.indkey::int2[]), false), i.indrelid is not null
+               from pg_class c join pg_namespace n on n.oid = c.relnamespace
+               join pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
+               left join pg_index i on i.indrelid = c.oid and i.indisprimary
+              where n.nspname = 'app' and c.relkind = 'r'
+              order by c.relname, a.attnum",
+            &[],
+        )
+        .await?;
+    let mut out: Vec<Table> = Vec::new();
+    for r in rows {
+        let name: String = r.get(0);
+        let col = Col {
+            name: r.get(1),
+            ty: r.get(2),
+            key: r.get(3),
+        };
+        match out.last_mut() {
+            Some(t) if t.name == name => t.cols.push(col),
+            _ => out.push(Table {
+                name,
+                cols: vec![col],
+                has_key: r.get(4),
+            }),
+        }
+    }
+    Ok(out)
+}
+
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A literal (or expression) of type `ty`, null now and then.
+fn value(rng: &mut Rng, ty: &str, nullable: bool) -> String {
+    if nullable && rng.u8(..10) == 0 {
+        return "null".into();
+    }
+    let n = rng.i32(-1000..100_000);
+    match ty {
+        "integer" | "bigint" | "smallint" => n.to_string(),
+        "numeric" => format!("{n}.{}", rng.u16(..1000)),
+        "double precision" => format!("{n}.5"),
+        "text" | "character varying(60)" => {
+            // Now and then a character PostgreSQL's text forms escape.
+            let odd = ["", "'' quote", " \\ back", " \"dq\"", " é ü", " {x,y}"][rng.usize(..6)];
+            format!("'s{n}{odd}'")
+        }
+        "timestamp with time zone" => {
+            format!("timestamptz '2026-01-01 00:00:00+00' + interval '{n} seconds'")
+        }
+        "timestamp without time zone" => {
+            format!("timestamp '2026-01-01' + interval '{n} seconds'")
+        }
+        "jsonb" | "json" => format!("'{{\"k\": {n}, \"s\": \"v{n}\"}}'"),
+        "boolean" => (n % 2 == 0).to_string(),
+        "integer[]" | "bigint[]" => format!("'{{{n},{}}}'", n / 3),
+        "uuid" => "gen_random_uuid()".into(),
+        "app.mood" => {
+            "(select l from unnest(enum_range(null::app.mood)) l order by random() limit 1)".into()
+        }
+        _ => "null".into(),
+    }
+}
+
+fn pick<'a, T>(rng: &mut Rng, xs: &'a [T]) -> Option<&'a T> {
+    if xs.is_empty() {
+        None
+    } else {
+        Some(&xs[rng.usize(..xs.len())])
+    }
+}
+
+/// A write to `t`: an insert (an id from a small range, so updates and deletes find rows),
+/// an update of one column, or a delete.
+fn write(rng: &mut Rng, t: &Table) -> String {
+    let table = format!("app.{}", quote(&t.name));
+    let id = rng.i32(1..150);
+    let idc = quote(&t.id().name);
+    match rng.u8(..10) {
+        0..=4 => {
+            let cols: Vec<&Col> = t.others().into_iter().filter(|_| rng.bool()).collect();
+            let names: Vec<String> = std::iter::once(idc.clone())
+                .chain(cols.iter().map(|c| quote(&c.name)))
+                .collect();
+            let values: Vec<String> = std::iter::once(id.to_string())
+                .chain(cols.iter().map(|c| value(rng, &c.ty, !c.key)))
+                .collect();
+            format!(
+                "insert into {table} ({}) values ({}) on conflict do nothing",
+                names.join(", "),
+                values.join(", ")
+            )
+        }
+        5..=7 => match pick(rng, &t.others()) {
+            Some(c) => format!(
+                "update {table} set {} = {} where {idc} = {id}",
+                quote(&c.name),
+                value(rng, &c.ty, !c.key)
+            ),
+            None => format!("update {table} set {idc} = {idc} where {idc} = {id}"),
+        },
+        _ => format!("delete from {table} where {idc} = {id}"),
+    }
+}
+
+/// One schema change on the current tables, or `None` when the one drawn does not apply.
+fn change(rng: &mut Rng, ts: &[Table], n: u64, event_triggers: bool) -> Option<String> {
+    let t = pick(rng, ts);
+    let kind = if ts.len() < 2 { 0 } else { rng.u8(..22) };
+    if kind == 0 {
+        let key = if rng.u8(..5) == 0 { "" } else { " primary key" };
+        let (ty, _) = pick(rng, TYPES)?;
+        return Some(format!(
+            "create table app.t{n} (id int{key}, a text, b {ty});
+             insert into app.t{n} (id, a) select g, 'first ' || g from generate_series(1, 30) g"
+        ));
+    }
+    let t = t?;
+    let table = format!("app.{}", quote(&t.name));
+    let col = pick(rng, &t.others()).copied();
+    Some(match kind {
+        1 if ts.len() > 3 => format!("drop table {table}"),
+        2 => format!("alter table {table} rename to r{n}"),
+        3..=5 => {
+            let (ty, _) = pick(rng, TYPES)?;
+            let constant = match *ty {
+                "uuid" => "'00000000-0000-0000-0000-000000000001'".to_string(),
+                "app.mood" => "'ok'".to_string(),
+                _ => value(rng, ty, false),
+            };
+            let default = match rng.u8(..6) {
+                0 if *ty == "uuid" => " default gen_random_uuid()".to_string(),
+                0 if ty.starts_with("timestamp") => " default clock_timestamp()".to_string(),
+                1 => format!(" default {constant}"),
+                2 => format!(" not null default {constant}"),
+                _ => String::new(),
+            };
+            format!("alter table {table} add column c{n} {ty}{default}")
+        }
+        6 => format!("alter table {table} drop column {}", quote(&col?.name)),
+        7 | 8 => {
+            // Any column, the key's included; now and then into a name just freed.
+            let c = pick(rng, &t.cols)?;
+            format!("alter table {table} rename column {} to k{n}", quote(&c.name))
+        }
+        9 | 10 => {
+            let c = col?;
+            let (_, to) = TYPES.iter().find(|(ty, _)| *ty == c.ty)?;
+            let to = pick(rng, to)?;
+            format!(
+                "alter table {table} alter column {} type {to}",
+                quote(&c.name)
+            )
+        }
+        11 => {
+            let to = match t.id().ty.as_str() {
+                "integer" => "bigint",
+                "bigint" => "numeric",
+                _ => return None,
+            };
+            format!(
+                "alter table {table} alter column {} type {to}",
+                quote(&t.id().name)
+            )
+        }
+        12 => {
+            let c = col?;
+            if rng.bool() {
+                format!(
+                    "update {table} set {c} = {v} where {c} is null; alter table {table} alter column {c} set not null",
+                    c = quote(&c.name),
+                    v = value(rng, &c.ty, false)
+                )
+            } else {
+                format!("alter table {table} alter column {} drop not null", quote(&c.name))
+            }
+        }
+        13 => {
+            let c = col?;
+            let v = value(rng, &c.ty, false);
+            if v.contains("select") || v.contains("gen_random") {
+                format!("alter table {table} alter column {} drop default", quote(&c.name))
+            } else {
+                format!("alter table {table} alter column {} set default {v}", quote(&c.name))
+            }
+        }
+        14 => {
+            let c = col?;
+            if c.ty.ends_with("[]") || c.ty.starts_with("json") {
+                return None;
+            }
+            let unique = if rng.u8(..3) == 0 { "unique " } else { "" };
+            format!("create {unique}index i{n} on {table} ({})", quote(&c.name))
+        }
+        15 => "drop index if exists app.i".to_string() + &rng.u64(..n.max(1)).to_string(),
+        16 => {
+            let c = col?;
+            format!(
+                "alter table {table} add constraint ck{n} check ({} is not null or {} is null)",
+                quote(&c.name),
+                quote(&t.id().name)
+            )
+        }
+        17 => format!(
+            "do $$ declare c text; begin
+               select conname into c from pg_constraint where conrelid = '{table}'::regclass and contype in ('c', 'u') order by random() limit 1;
+               if c is not null then execute format('alter table {table} drop constraint %I', c); end if; end $$"
+        ),
+        18 => format!("alter type app.mood add value 'm{n}'"),
+        19 if event_triggers => {
+            // Diffing mode cannot place a renamed label among rows written with both names
+            // within one look (README).
+            format!(
+                "do $$ declare l text; begin
+                   select enumlabel into l from pg_enum where enumtypid = 'app.mood'::regtype order by random() limit 1;
+                   execute format('alter type app.mood rename value %L to %L', l, 'v{n}'); end $$"
+            )
+        }
+        // Diffing mode: rows written under a dropped key before the watcher's look, with
+        // duplicates of it, cannot be told apart on the target (README).
+        20 if t.has_key && event_triggers => format!(
+            "do $$ declare c text; begin
+               select conname into c from pg_constraint where conrelid = '{table}'::regclass and contype = 'p';
+               execute format('alter table {table} drop constraint %I', c); end $$"
+        ),
+        20 | 21 if !t.has_key => format!(
+            "delete from {table} a using {table} b where a.ctid < b.ctid and a.{id} = b.{id};
+             delete from {table} where {id} is null;
+             alter table {table} add primary key ({id})",
+            id = quote(&t.id().name)
+        ),
+        _ => return None,
+    })
+}
+
+struct Soak {
+    seed: u64,
+    steps: usize,
+    event_triggers: bool,
+}
+
+async fn run(s: &Soak) -> Result<()> {
+    let p = Pair::new(
+        "create schema app;
+         create type app.mood as enum ('sad', 'ok', 'happy');
+         create table app.t1 (id int primary key, a text, b int);
+         create table app.t2 (id int primary key, a text, m app.mood, j jsonb);
+         create table app.t3 (id int, a text, b numeric);
+         insert into app.t1 select g, 'a' || g, g from generate_series(1, 50) g;",
+    )
+    .await?;
+    let extra = p.ddl_mode(s.event_triggers).await?;
+    let target = p.start_target(0).await?;
+    let port = target.local_addr.expect("target listens").port();
+    let extra = format!("{extra}keyless_tables: true\n");
+    let source = p.start_source(port, "app.*", &extra).await?;
+    let (src, dst) = (p.src().await?, p.dst().await?);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes = Arc::new(AtomicU64::new(0));
+    let mut writers = Vec::new();
+    for w in 0..3u64 {
+        let (stop, writes) = (stop.clone(), writes.clone());
+        let c = p.src().await?;
+        let mut rng = Rng::with_seed(s.seed ^ ((w + 1) * 0x9e37_79b9));
+        writers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let ts = match tables(&c).await {
+                    Ok(ts) => ts,
+                    Err(_) => continue,
+                };
+                let Some(t) = pick(&mut rng, &ts) else {
+                    continue;
+                };
+                let stmts: Vec<String> = (0..rng.usize(1..4)).map(|_| write(&mut rng, t)).collect();
+                // One transaction; a statement the DDL of the moment refuses rolls it back.
+                if c.batch_execute(&stmts.join("; ")).await.is_ok() {
+                    writes.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+
+    let mut rng = Rng::with_seed(s.seed);
+    let mut log = Vec::new();
+    for step in 0..s.steps as u64 {
+        let ts = tables(&src).await?;
+        let Some(sql) = change(&mut rng, &ts, step, s.event_triggers) else {
+            continue;
+        };
+        // Now and then the change shares its transaction with writes to its table.
+        let sql = match (rng.u8(..3), pick(&mut rng, &ts)) {
+            (0, Some(t)) => {
+                let before = write(&mut rng, t);
+                format!("{before}; {sql}")
+            }
+            _ => sql,
+        };
+        let outcome = src.batch_execute(&sql).await;
+        log.push(format!(
+            "{step}: {} {}",
+            if outcome.is_ok() { "ok    " } else { "failed" },
+            sql.split_whitespace().collect::<Vec<_>>().join(" ")
+        ));
+        if outcome.is_ok() && !s.event_triggers {
+            // Diffing mode sees the net effect of one look: let it see each change (its
+            // limit, README), or go on after a while (a change it has no eye for).
+            let done: f64 = src
+                .query_one("select extract(epoch from clock_timestamp())::float8", &[])
+                .await?
+                .get(0);
+            let _ = wait_for("the watcher's look", Duration::from_secs(2), || async {
+                let at: f64 = src
+                    .query_one(
+                        "select coalesce(extract(epoch from max(taken_at)), 0)::float8 from teleport.schema_snapshot",
+                        &[],
+                    )
+                    .await?
+                    .get(0);
+                Ok(at > done)
+            })
+            .await;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.u64(20..200))).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await?;
+    }
+    let outcome = settle(&src, &dst).await;
+    let result = match outcome {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let error = last_error(&src).await.unwrap_or_default();
+            Err(e.context(format!(
+                "seed {} ({} mode, databases {} and {}), {} write transactions; last transmit error: {error}\nsteps:\n{}",
+                s.seed,
+                if s.event_triggers { "event-trigger" } else { "diffing" },
+                p.src_db,
+                p.dst_db,
+                writes.load(Ordering::Relaxed),
+                log.join("\n")
+            )))
+        }
+    };
+    source.shutdown().await?;
+    target.shutdown().await?;
+    result
+}
+
+/// Waits until the target has the source's schema and rows of `app`, and nothing held.
+async fn settle(src: &Client, dst: &Client) -> Result<()> {
+    let within = Duration::from_secs(60);
+    if let Err(e) = wait_for(
+        "the target's schema to equal the source's",
+        within,
+        || async {
+            let (a, b) = (shape(src, &["app"]).await, shape(dst, &["app"]).await);
+            Ok(matches!((a, b), (Ok(a), Ok(b)) if a == b))
+        },
+    )
+    .await
+    {
+        bail!("{e}\n{}", diff_report(src, dst).await);
+    }
+    let names: Vec<String> = tables(src)
+        .await?
+        .into_iter()
+        .map(|t| format!("app.{}", quote(&t.name)))
+        .collect();
+    let names: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+    wait_equal(src, dst, &names, within).await?;
+    let error = last_error(src).await?;
+    if !error.is_empty() {
+        bail!("equal, but the last transmit error is still set: {error}");
+    }
+    Ok(())
+}
+
+async fn diff_report(src: &Client, dst: &Client) -> String {
+    let (a, b) = (
+        shape(src, &["app"]).await.unwrap_or_default(),
+        shape(dst, &["app"]).await.unwrap_or_default(),
+    );
+    let only_src: Vec<&String> = a.iter().filter(|x| !b.contains(x)).collect();
+    let only_dst: Vec<&String> = b.iter().filter(|x| !a.contains(x)).collect();
+    format!("only on the source: {only_src:#?}\nonly on the target: {only_dst:#?}")
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+async fn soak(default_seed: u64, default_steps: usize, default_rounds: usize) -> Result<()> {
+    let first_seed = env_or("SOAK_SEED", default_seed);
+    let steps = env_or("SOAK_STEPS", default_steps);
+    let rounds = env_or("SOAK_ROUNDS", default_rounds);
+    let modes = std::env::var("SOAK_MODES").unwrap_or_else(|_| "diffing events".into());
+    for round in 0..rounds as u64 {
+        for mode in modes.split_whitespace() {
+            let s = Soak {
+                seed: first_seed + round,
+                steps,
+                event_triggers: mode == "events",
+            };
+            println!("soak: seed {} {mode}, {steps} steps", s.seed);
+            run(&s).await?;
+        }
+    }
+    Ok(())
+}
+
+/// A short round in CI, seed fixed.
+#[tokio::test]
+async fn a_short_random_schema_soak_ends_equal() -> Result<()> {
+    soak(1, 30, 1).await
+}
+
+/// The long soak: `bash bench/schema_soak.sh`.
+#[tokio::test]
+#[ignore = "long: bash bench/schema_soak.sh"]
+async fn schema_soak() -> Result<()> {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    soak(seed, 80, 5).await
+}
