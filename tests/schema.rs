@@ -2051,6 +2051,53 @@ async fn rows_written_while_the_key_was_dropped_are_matched_whole_when_it_is_bac
     Ok(())
 }
 
+/// An enum label renamed, then one added after it, both on their way in one batch (the
+/// target down meanwhile): the addition runs before the batch's transaction, where the
+/// rename is not applied yet — `add value … after` the new name failed there ("not an
+/// existing enum label") for good. It finds its neighbour by place.
+#[tokio::test]
+async fn a_label_added_after_one_renamed_in_the_same_batch_takes_its_place() -> anyhow::Result<()> {
+    for event_triggers in [false, true] {
+        let p = Pair::new(
+            "create schema app;
+             create type app.mood as enum ('sad', 'ok', 'happy');
+             create table app.t (id int primary key, m app.mood);
+             insert into app.t values (1, 'sad'), (2, 'happy');",
+        )
+        .await?;
+        let extra = p.ddl_mode(event_triggers).await?;
+        let target = p.start_target(0).await?;
+        let port = target.local_addr.unwrap().port();
+        let source = p.start_source(port, "app.*", extra).await?;
+        let (src, dst) = (p.src().await?, p.dst().await?);
+        wait_equal(&src, &dst, &["app.t"], Duration::from_secs(20)).await?;
+        target.shutdown().await?;
+        let versions = "select count(*) from teleport.ddl";
+        let before = scalar_i64(&src, versions).await?;
+        src.batch_execute("alter type app.mood rename value 'happy' to 'glad'")
+            .await?;
+        wait_for("the rename's version", Duration::from_secs(20), || async {
+            Ok(scalar_i64(&src, versions).await? > before)
+        })
+        .await?;
+        src.batch_execute("alter type app.mood add value 'elated' after 'glad'")
+            .await?;
+        src.batch_execute("alter type app.mood add value 'blue' before 'sad'")
+            .await?;
+        src.batch_execute("insert into app.t values (3, 'elated'), (4, 'glad'), (5, 'blue')")
+            .await?;
+        let target = p.start_target(port).await?;
+        wait_equal(&src, &dst, &["app.t"], Duration::from_secs(30))
+            .await
+            .with_context(|| format!("event triggers: {event_triggers}"))?;
+        let labels = "select enum_range(null::app.mood)::text";
+        assert_eq!(texts(&dst, labels).await?, texts(&src, labels).await?);
+        source.shutdown().await?;
+        target.shutdown().await?;
+    }
+    Ok(())
+}
+
 /// A table moved out of the replicated schema and another moved in, with writes to both
 /// around the moves: the one moved out leaves the target, the one moved in arrives with its
 /// rows and follows, in either mode.

@@ -356,6 +356,37 @@ pub fn drop_domain_check(name: &str, definition: &str) -> String {
     ))
 }
 
+/// Where an enum label is added: after (or, for the first label, before) a neighbour,
+/// named as the source has it and found by its place (`offset`, from 0 in sort order)
+/// when the target does not have that name.
+pub struct LabelPlace<'a> {
+    pub after: bool,
+    pub neighbour: &'a str,
+    pub offset: usize,
+}
+
+/// Adds `label` to enum `name` (quoted and qualified) unless it is there. The target runs
+/// it before the batch's transaction (a new label cannot be used in the transaction that
+/// adds it), while the versions before it in the batch are not applied yet: a neighbour
+/// renamed by one of those still has its old name there, in the same place (renames keep
+/// places; earlier additions run before this one, in order) — found by that place.
+pub fn add_enum_label(name: &str, label: &str, place: Option<LabelPlace<'_>>) -> String {
+    let typ = quote_literal(name);
+    let Some(p) = place else {
+        return format!(
+            "alter type {name} add value if not exists {}",
+            quote_literal(label)
+        );
+    };
+    do_block(&format!(
+        "declare n pg_catalog.text; begin          select coalesce((select e.enumlabel::pg_catalog.text from pg_catalog.pg_enum e                            where e.enumtypid = {typ}::pg_catalog.regtype and e.enumlabel = {neighbour}),                          (select e.enumlabel::pg_catalog.text from pg_catalog.pg_enum e                            where e.enumtypid = {typ}::pg_catalog.regtype order by e.enumsortorder offset {offset} limit 1))            into n;          if n is null then            execute pg_catalog.format('alter type %s add value if not exists %L', {typ}, {label});          else            execute pg_catalog.format('alter type %s add value if not exists %L {side} %L', {typ}, {label}, n);          end if; end",
+        neighbour = quote_literal(p.neighbour),
+        offset = p.offset,
+        label = quote_literal(label),
+        side = if p.after { "after" } else { "before" },
+    ))
+}
+
 /// Settings under which a value's text is the same on every server: values checksummed on
 /// the source and on the target are printed under them.
 pub const CANONICAL_SETTINGS: [(&str, &str); 5] = [

@@ -280,20 +280,25 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
                             if before.contains(label) || renamed.iter().any(|(_, to)| to == label) {
                                 continue;
                             }
-                            // Place it where the source has it: after its predecessor.
-                            let position = match i.checked_sub(1).map(|p| &after[p]) {
-                                Some(prev) => format!(" after {}", quote_literal(prev)),
-                                None if !after.is_empty() && after.len() > 1 => {
-                                    format!(" before {}", quote_literal(&after[1]))
-                                }
-                                None => String::new(),
+                            // Place it where the source has it: after its predecessor
+                            // (every label before it in `after` is on the target when
+                            // this runs, the predecessor at place i - 1), or before the
+                            // next one.
+                            let place = match i.checked_sub(1) {
+                                Some(p) => Some(ddl::LabelPlace {
+                                    after: true,
+                                    neighbour: &after[p],
+                                    offset: p,
+                                }),
+                                None if after.len() > 1 => Some(ddl::LabelPlace {
+                                    after: false,
+                                    neighbour: &after[1],
+                                    offset: 0,
+                                }),
+                                None => None,
                             };
                             out.push(Statement {
-                                sql: format!(
-                                    "alter type {} add value if not exists {}{position}",
-                                    map.table(&t.schema, &t.name),
-                                    quote_literal(label)
-                                ),
+                                sql: ddl::add_enum_label(&name, label, place),
                                 transactional: false,
                                 after_rows: false,
                             });
@@ -1436,9 +1441,14 @@ mod tests {
             tables: Default::default(),
         };
         let d = diff(&old, &new, &map);
-        assert_eq!(
-            d[0].sql,
-            "alter type \"copy\".\"mood\" add value if not exists 'ok' after 'sad'"
+        // After 'sad', found by name or else by its place (the first label).
+        assert!(
+            d[0].sql
+                .contains("add value if not exists %L after %L', '\"copy\".\"mood\"', 'ok', n)")
+                && d[0].sql.contains("e.enumlabel = 'sad'")
+                && d[0].sql.contains("offset 0 limit 1"),
+            "{}",
+            d[0].sql
         );
         assert!(!d[0].transactional);
         let rest: Vec<&str> = d[1..].iter().map(|s| s.sql.as_str()).collect();
