@@ -1765,7 +1765,16 @@ impl DdlState<'_> {
                     if self.early.is_empty() {
                         self.remember_keys(tx).await?;
                     }
-                    self.apply_next(tx).await?;
+                    // A version that fails here may fail only because it came early: the
+                    // step's own failure is named too (the cause to look at first).
+                    self.apply_next(tx).await.map_err(|e| match e {
+                        ApplyError::Failed { message: failed } => ApplyError::Failed {
+                            message: format!(
+                                "{failed} (applied ahead of its schema event because this failed without it: {message})"
+                            ),
+                        },
+                        other => other,
+                    })?;
                     self.early.push(version);
                     self.name_remembered_keys(tx).await?;
                 }
@@ -2253,6 +2262,16 @@ async fn apply_run(
         Kind::RowIdentity => {
             // One event at a time (a keyless table's runs have one; rows of a table whose
             // key the target lacks here may come as a run).
+            let target_columns: Vec<String> = tx
+                .query_one(
+                    "select array(select a.attname::text from pg_catalog.pg_attribute a
+                                   where a.attrelid = pg_catalog.to_regclass($1) and a.attnum > 0
+                                     and not a.attisdropped)",
+                    &[&table],
+                )
+                .await
+                .map_err(pg(&context))?
+                .get(0);
             for e in events {
                 if meta.soft_delete_column.is_some() || meta.synced_at_column.is_some() {
                     return Err(ApplyError::Failed {
@@ -2263,10 +2282,9 @@ async fn apply_run(
                     ),
                 });
                 }
-                let old = e
+                let old_row = e
                 .key
                 .as_deref()
-                .map(|k| k.get())
                 .ok_or_else(|| ApplyError::Failed {
                     // Written by a row trigger made while the table had a key (its image
                     // holds the key, not the old row): found by that key on the target, when
@@ -2279,11 +2297,34 @@ async fn apply_run(
                         e.id
                     ),
                 })?;
-                // One row whose text equals the old row's (so NULLs and types without `=`
-                // compare too); any one of identical duplicates is the same.
+                let old = old_row.get();
+                // One row whose columns hold the old row's values, compared as text (so
+                // NULLs and types without `=` compare too); any one of identical duplicates
+                // is the same. Only the columns both the image and the target's table have:
+                // the target's may have more here (a column added by a version applied
+                // ahead of its event, or a mirror's own), which the image cannot match.
+                let names =
+                    crate::wire::object_keys(old_row).map_err(|err| ApplyError::BadRequest {
+                        message: format!("event {}: old row is not a JSON object: {err}", e.id),
+                    })?;
+                let same: Vec<String> = names
+                    .iter()
+                    .filter(|n| target_columns.contains(n))
+                    .map(|n| {
+                        format!(
+                            "t2.{c}::text is not distinct from k.{c}::text",
+                            c = quote_ident(n)
+                        )
+                    })
+                    .collect();
+                let same = if same.is_empty() {
+                    "true".to_string()
+                } else {
+                    same.join(" and ")
+                };
                 let one = format!(
-                "(select t2.ctid from {table} t2 where t2::text = (select k::text from json_populate_record(null::{table}, $1::text::json) k) limit 1)"
-            );
+                    "(select t2.ctid from {table} t2, json_populate_record(null::{table}, $1::text::json) k where {same} limit 1)"
+                );
                 let n = if e.op == Op::Delete {
                     tx.execute(
                         &format!("delete from {table} t where t.ctid = {one}"),
