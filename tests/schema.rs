@@ -1815,6 +1815,47 @@ async fn a_row_written_before_its_renamed_table_lost_its_key_is_found_by_that_ke
     Ok(())
 }
 
+/// A pair with both instances running — `schema` on both sides, the source replicating
+/// `app.*` in the DDL mode's way (its config lines, and `more`) — and `app.t` equal.
+struct Started {
+    p: Pair,
+    source: pgteleport::instance::Running,
+    target: pgteleport::instance::Running,
+    port: u16,
+    src: Client,
+    dst: Client,
+    /// The source's config lines (to start it again).
+    extra: String,
+}
+
+async fn started(schema: &str, event_triggers: bool, more: &str) -> anyhow::Result<Started> {
+    let p = Pair::new(schema).await?;
+    let extra = format!("{}{more}", p.ddl_mode(event_triggers).await?);
+    let target = p.start_target(0).await?;
+    let port = target.local_addr.expect("target listens").port();
+    let source = p.start_source(port, "app.*", &extra).await?;
+    let (src, dst) = (p.src().await?, p.dst().await?);
+    wait_equal(&src, &dst, &["app.t"], Duration::from_secs(20)).await?;
+    Ok(Started {
+        p,
+        source,
+        target,
+        port,
+        src,
+        dst,
+        extra,
+    })
+}
+
+/// Waits until the source's last transmit error is clear (it is cleared once the source has
+/// the target's answer; a batch held meanwhile sets it).
+async fn no_transmit_error(src: &Client) -> anyhow::Result<()> {
+    wait_for("no transmit error", Duration::from_secs(10), || async {
+        Ok(last_error(src).await?.is_empty())
+    })
+    .await
+}
+
 /// json and jsonb values written under a column's old name and sent after it was renamed
 /// (here the source instance is down meanwhile): the trigger shipped them in text form, and
 /// the batch, describing the table as it is when sent, names the json columns by their new
@@ -1824,18 +1865,14 @@ async fn a_row_written_before_its_renamed_table_lost_its_key_is_found_by_that_ke
 async fn json_values_written_before_their_column_was_renamed_arrive_as_written(
 ) -> anyhow::Result<()> {
     for event_triggers in [false, true] {
-        let p = Pair::new(
+        let Started { p, source, target, port, src, dst, extra } = started(
             "create schema app;
              create table app.t (id int primary key, j jsonb, js json, n int);
              insert into app.t values (1, '{\"a\": 1}', '{\"b\" :  [1, 2]}', 1), (2, null, null, 2);",
+            event_triggers,
+            "",
         )
         .await?;
-        let extra = p.ddl_mode(event_triggers).await?;
-        let target = p.start_target(0).await?;
-        let port = target.local_addr.unwrap().port();
-        let source = p.start_source(port, "app.*", extra).await?;
-        let (src, dst) = (p.src().await?, p.dst().await?);
-        wait_equal(&src, &dst, &["app.t"], Duration::from_secs(20)).await?;
         source.shutdown().await?;
         src.batch_execute(
             "insert into app.t values (3, '{\"c\": \"x\"}', '{ \"d\" : null }', 3);
@@ -1847,7 +1884,7 @@ async fn json_values_written_before_their_column_was_renamed_arrive_as_written(
              insert into app.t values (5, '{\"f\": 6}', '[\"s\"]', 5);",
         )
         .await?;
-        let source = p.start_source(port, "app.*", extra).await?;
+        let source = p.start_source(port, "app.*", &extra).await?;
         wait_equal(&src, &dst, &["app.t"], Duration::from_secs(30))
             .await
             .with_context(|| format!("event triggers: {event_triggers}"))?;
@@ -1865,19 +1902,23 @@ async fn json_values_written_before_their_column_was_renamed_arrive_as_written(
 async fn a_retyped_table_dropped_before_its_batches_were_sent_does_not_hold_the_stream(
 ) -> anyhow::Result<()> {
     for event_triggers in [false, true] {
-        let p = Pair::new(
+        let Started {
+            p,
+            source,
+            target,
+            port,
+            src,
+            dst,
+            ..
+        } = started(
             "create schema app;
              create table app.t (id int primary key, a int);
              create table app.u (id int primary key);
              insert into app.t select g, g from generate_series(1, 5) g;",
+            event_triggers,
+            "",
         )
         .await?;
-        let extra = p.ddl_mode(event_triggers).await?;
-        let target = p.start_target(0).await?;
-        let port = target.local_addr.unwrap().port();
-        let source = p.start_source(port, "app.*", extra).await?;
-        let (src, dst) = (p.src().await?, p.dst().await?);
-        wait_equal(&src, &dst, &["app.t"], Duration::from_secs(20)).await?;
         target.shutdown().await?;
         src.batch_execute(
             "insert into app.t select g, g from generate_series(6, 10) g;
@@ -1909,12 +1950,9 @@ async fn a_retyped_table_dropped_before_its_batches_were_sent_does_not_hold_the_
         )
         .await
         .with_context(|| format!("event triggers: {event_triggers}"))?;
-        // Cleared once the source has the target's answer (a batch held meanwhile sets it).
-        wait_for("no transmit error", Duration::from_secs(10), || async {
-            Ok(last_error(&src).await?.is_empty())
-        })
-        .await
-        .with_context(|| format!("event triggers: {event_triggers}"))?;
+        no_transmit_error(&src)
+            .await
+            .with_context(|| format!("event triggers: {event_triggers}"))?;
         source.shutdown().await?;
         target.shutdown().await?;
     }
@@ -1928,19 +1966,21 @@ async fn a_retyped_table_dropped_before_its_batches_were_sent_does_not_hold_the_
 #[tokio::test]
 async fn types_of_the_schema_that_no_column_uses_follow_the_source() -> anyhow::Result<()> {
     for event_triggers in [false, true] {
-        let p = Pair::new(
+        let Started {
+            source,
+            target,
+            src,
+            dst,
+            ..
+        } = started(
             "create schema app;
              create type app.mood as enum ('a', 'b');
              create table app.t (id int primary key, m app.mood);
              insert into app.t values (1, 'a');",
+            event_triggers,
+            "",
         )
         .await?;
-        let extra = p.ddl_mode(event_triggers).await?;
-        let target = p.start_target(0).await?;
-        let port = target.local_addr.unwrap().port();
-        let source = p.start_source(port, "app.*", extra).await?;
-        let (src, dst) = (p.src().await?, p.dst().await?);
-        wait_equal(&src, &dst, &["app.t"], Duration::from_secs(20)).await?;
         src.batch_execute("alter table app.t drop column m; insert into app.t values (2);")
             .await?;
         wait_equal(&src, &dst, &["app.t"], Duration::from_secs(20)).await?;
@@ -1969,12 +2009,9 @@ async fn types_of_the_schema_that_no_column_uses_follow_the_source() -> anyhow::
         )
         .await?;
         wait_equal(&src, &dst, &["app.t"], Duration::from_secs(20)).await?;
-        // Cleared once the source has the target's answer (a batch held meanwhile sets it).
-        wait_for("no transmit error", Duration::from_secs(10), || async {
-            Ok(last_error(&src).await?.is_empty())
-        })
-        .await
-        .with_context(|| format!("event triggers: {event_triggers}"))?;
+        no_transmit_error(&src)
+            .await
+            .with_context(|| format!("event triggers: {event_triggers}"))?;
         source.shutdown().await?;
         target.shutdown().await?;
     }
@@ -1991,23 +2028,24 @@ async fn types_of_the_schema_that_no_column_uses_follow_the_source() -> anyhow::
 async fn rows_written_while_the_key_was_dropped_are_matched_whole_when_it_is_back(
 ) -> anyhow::Result<()> {
     for event_triggers in [false, true] {
-        let p = Pair::new(
+        let Started {
+            p,
+            source,
+            target,
+            port,
+            src,
+            dst,
+            ..
+        } = started(
             "create schema app;
              create table app.t (id int primary key, v text);
              insert into app.t select g, 'v' || g from generate_series(1, 3) g;
              create table app.k (id int primary key);
              insert into app.k select g from generate_series(1, 3) g;",
+            event_triggers,
+            "keyless_tables: true\n",
         )
         .await?;
-        let extra = format!(
-            "{}keyless_tables: true\n",
-            p.ddl_mode(event_triggers).await?
-        );
-        let target = p.start_target(0).await?;
-        let port = target.local_addr.unwrap().port();
-        let source = p.start_source(port, "app.*", &extra).await?;
-        let (src, dst) = (p.src().await?, p.dst().await?);
-        wait_equal(&src, &dst, &["app.t"], Duration::from_secs(20)).await?;
         target.shutdown().await?;
         let versions = "select count(*) from teleport.ddl";
         let version = |n: i64| {
@@ -2058,19 +2096,23 @@ async fn rows_written_while_the_key_was_dropped_are_matched_whole_when_it_is_bac
 #[tokio::test]
 async fn a_label_added_after_one_renamed_in_the_same_batch_takes_its_place() -> anyhow::Result<()> {
     for event_triggers in [false, true] {
-        let p = Pair::new(
+        let Started {
+            p,
+            source,
+            target,
+            port,
+            src,
+            dst,
+            ..
+        } = started(
             "create schema app;
              create type app.mood as enum ('sad', 'ok', 'happy');
              create table app.t (id int primary key, m app.mood);
              insert into app.t values (1, 'sad'), (2, 'happy');",
+            event_triggers,
+            "",
         )
         .await?;
-        let extra = p.ddl_mode(event_triggers).await?;
-        let target = p.start_target(0).await?;
-        let port = target.local_addr.unwrap().port();
-        let source = p.start_source(port, "app.*", extra).await?;
-        let (src, dst) = (p.src().await?, p.dst().await?);
-        wait_equal(&src, &dst, &["app.t"], Duration::from_secs(20)).await?;
         target.shutdown().await?;
         let versions = "select count(*) from teleport.ddl";
         let before = scalar_i64(&src, versions).await?;
