@@ -1976,10 +1976,9 @@ impl Applier {
         let row = tx
             .query_one(
                 &format!(
-                    "select {}, array(select a.attname::text from pg_catalog.pg_attribute a
-                                       where a.attrelid = pg_catalog.to_regclass($1) and a.attnum > 0
-                                         and not a.attisdropped)",
-                    ddlwatcher::key_columns_sql("pg_catalog.to_regclass($1)")
+                    "select {}, {}",
+                    ddlwatcher::key_columns_sql("pg_catalog.to_regclass($1)"),
+                    column_names_sql("pg_catalog.to_regclass($1)")
                 ),
                 &[&table],
             )
@@ -2264,9 +2263,7 @@ async fn apply_run(
             // key the target lacks here may come as a run).
             let target_columns: Vec<String> = tx
                 .query_one(
-                    "select array(select a.attname::text from pg_catalog.pg_attribute a
-                                   where a.attrelid = pg_catalog.to_regclass($1) and a.attnum > 0
-                                     and not a.attisdropped)",
+                    &format!("select {}", column_names_sql("pg_catalog.to_regclass($1)")),
                     &[&table],
                 )
                 .await
@@ -2359,6 +2356,14 @@ async fn apply_run(
         }
     }
     Ok(())
+}
+
+/// SQL for the names of the columns of relation `rel` (an SQL expression), as a `text[]`.
+fn column_names_sql(rel: &str) -> String {
+    format!(
+        "array(select a.attname::text from pg_catalog.pg_attribute a
+                where a.attrelid = {rel} and a.attnum > 0 and not a.attisdropped)"
+    )
 }
 
 /// Whether each event of `run` carries its whole old row as its key image (a value of

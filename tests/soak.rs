@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use common::*;
+use ddlwatcher::quote_ident;
 use fastrand::Rng;
 use tokio_postgres::Client;
 
@@ -104,10 +105,6 @@ async fn tables(c: &Client) -> Result<Vec<Table>> {
     Ok(out)
 }
 
-fn quote(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
 /// A literal (or expression) of type `ty`, null now and then.
 fn value(rng: &mut Rng, ty: &str, nullable: bool) -> String {
     if nullable && rng.u8(..10) == 0 {
@@ -140,25 +137,17 @@ fn value(rng: &mut Rng, ty: &str, nullable: bool) -> String {
     }
 }
 
-fn pick<'a, T>(rng: &mut Rng, xs: &'a [T]) -> Option<&'a T> {
-    if xs.is_empty() {
-        None
-    } else {
-        Some(&xs[rng.usize(..xs.len())])
-    }
-}
-
 /// A write to `t`: an insert (an id from a small range, so updates and deletes find rows),
 /// an update of one column, or a delete.
 fn write(rng: &mut Rng, t: &Table) -> String {
-    let table = format!("app.{}", quote(&t.name));
+    let table = format!("app.{}", quote_ident(&t.name));
     let id = rng.i32(1..150);
-    let idc = quote(&t.id().name);
+    let idc = quote_ident(&t.id().name);
     match rng.u8(..10) {
         0..=4 => {
             let cols: Vec<&Col> = t.others().into_iter().filter(|_| rng.bool()).collect();
             let names: Vec<String> = std::iter::once(idc.clone())
-                .chain(cols.iter().map(|c| quote(&c.name)))
+                .chain(cols.iter().map(|c| quote_ident(&c.name)))
                 .collect();
             let values: Vec<String> = std::iter::once(id.to_string())
                 .chain(cols.iter().map(|c| value(rng, &c.ty, !c.key)))
@@ -169,10 +158,10 @@ fn write(rng: &mut Rng, t: &Table) -> String {
                 values.join(", ")
             )
         }
-        5..=7 => match pick(rng, &t.others()) {
+        5..=7 => match rng.choice(&t.others()) {
             Some(c) => format!(
                 "update {table} set {} = {} where {idc} = {id}",
-                quote(&c.name),
+                quote_ident(&c.name),
                 value(rng, &c.ty, !c.key)
             ),
             None => format!("update {table} set {idc} = {idc} where {idc} = {id}"),
@@ -183,24 +172,24 @@ fn write(rng: &mut Rng, t: &Table) -> String {
 
 /// One schema change on the current tables, or `None` when the one drawn does not apply.
 fn change(rng: &mut Rng, ts: &[Table], n: u64, event_triggers: bool) -> Option<String> {
-    let t = pick(rng, ts);
+    let t = rng.choice(ts);
     let kind = if ts.len() < 2 { 0 } else { rng.u8(..22) };
     if kind == 0 {
         let key = if rng.u8(..5) == 0 { "" } else { " primary key" };
-        let (ty, _) = pick(rng, TYPES)?;
+        let (ty, _) = rng.choice(TYPES)?;
         return Some(format!(
             "create table app.t{n} (id int{key}, a text, b {ty});
              insert into app.t{n} (id, a) select g, 'first ' || g from generate_series(1, 30) g"
         ));
     }
     let t = t?;
-    let table = format!("app.{}", quote(&t.name));
-    let col = pick(rng, &t.others()).copied();
+    let table = format!("app.{}", quote_ident(&t.name));
+    let col = rng.choice(&t.others()).copied();
     Some(match kind {
         1 if ts.len() > 3 => format!("drop table {table}"),
         2 => format!("alter table {table} rename to r{n}"),
         3..=5 => {
-            let (ty, _) = pick(rng, TYPES)?;
+            let (ty, _) = rng.choice(TYPES)?;
             let constant = match *ty {
                 "uuid" => "'00000000-0000-0000-0000-000000000001'".to_string(),
                 "app.mood" => "'ok'".to_string(),
@@ -215,19 +204,19 @@ fn change(rng: &mut Rng, ts: &[Table], n: u64, event_triggers: bool) -> Option<S
             };
             format!("alter table {table} add column c{n} {ty}{default}")
         }
-        6 => format!("alter table {table} drop column {}", quote(&col?.name)),
+        6 => format!("alter table {table} drop column {}", quote_ident(&col?.name)),
         7 | 8 => {
             // Any column, the key's included; now and then into a name just freed.
-            let c = pick(rng, &t.cols)?;
-            format!("alter table {table} rename column {} to k{n}", quote(&c.name))
+            let c = rng.choice(&t.cols)?;
+            format!("alter table {table} rename column {} to k{n}", quote_ident(&c.name))
         }
         9 | 10 => {
             let c = col?;
             let (_, to) = TYPES.iter().find(|(ty, _)| *ty == c.ty)?;
-            let to = pick(rng, to)?;
+            let to = rng.choice(to.iter())?;
             format!(
                 "alter table {table} alter column {} type {to}",
-                quote(&c.name)
+                quote_ident(&c.name)
             )
         }
         11 => {
@@ -238,7 +227,7 @@ fn change(rng: &mut Rng, ts: &[Table], n: u64, event_triggers: bool) -> Option<S
             };
             format!(
                 "alter table {table} alter column {} type {to}",
-                quote(&t.id().name)
+                quote_ident(&t.id().name)
             )
         }
         12 => {
@@ -246,20 +235,20 @@ fn change(rng: &mut Rng, ts: &[Table], n: u64, event_triggers: bool) -> Option<S
             if rng.bool() {
                 format!(
                     "update {table} set {c} = {v} where {c} is null; alter table {table} alter column {c} set not null",
-                    c = quote(&c.name),
+                    c = quote_ident(&c.name),
                     v = value(rng, &c.ty, false)
                 )
             } else {
-                format!("alter table {table} alter column {} drop not null", quote(&c.name))
+                format!("alter table {table} alter column {} drop not null", quote_ident(&c.name))
             }
         }
         13 => {
             let c = col?;
             let v = value(rng, &c.ty, false);
             if v.contains("select") || v.contains("gen_random") {
-                format!("alter table {table} alter column {} drop default", quote(&c.name))
+                format!("alter table {table} alter column {} drop default", quote_ident(&c.name))
             } else {
-                format!("alter table {table} alter column {} set default {v}", quote(&c.name))
+                format!("alter table {table} alter column {} set default {v}", quote_ident(&c.name))
             }
         }
         14 => {
@@ -268,15 +257,15 @@ fn change(rng: &mut Rng, ts: &[Table], n: u64, event_triggers: bool) -> Option<S
                 return None;
             }
             let unique = if rng.u8(..3) == 0 { "unique " } else { "" };
-            format!("create {unique}index i{n} on {table} ({})", quote(&c.name))
+            format!("create {unique}index i{n} on {table} ({})", quote_ident(&c.name))
         }
         15 => "drop index if exists app.i".to_string() + &rng.u64(..n.max(1)).to_string(),
         16 => {
             let c = col?;
             format!(
                 "alter table {table} add constraint ck{n} check ({} is not null or {} is null)",
-                quote(&c.name),
-                quote(&t.id().name)
+                quote_ident(&c.name),
+                quote_ident(&t.id().name)
             )
         }
         17 => format!(
@@ -305,7 +294,7 @@ fn change(rng: &mut Rng, ts: &[Table], n: u64, event_triggers: bool) -> Option<S
             "delete from {table} a using {table} b where a.ctid < b.ctid and a.{id} = b.{id};
              delete from {table} where {id} is null;
              alter table {table} add primary key ({id})",
-            id = quote(&t.id().name)
+            id = quote_ident(&t.id().name)
         ),
         _ => return None,
     })
@@ -352,7 +341,7 @@ async fn run(s: &Soak) -> Result<()> {
                     Ok(ts) => ts,
                     Err(_) => continue,
                 };
-                let Some(t) = pick(&mut rng, &ts) else {
+                let Some(t) = rng.choice(&ts) else {
                     continue;
                 };
                 let stmts: Vec<String> = (0..rng.usize(1..4)).map(|_| write(&mut rng, t)).collect();
@@ -372,7 +361,7 @@ async fn run(s: &Soak) -> Result<()> {
             continue;
         };
         // Now and then the change shares its transaction with writes to its table.
-        let sql = match (rng.u8(..3), pick(&mut rng, &ts)) {
+        let sql = match (rng.u8(..3), rng.choice(&ts)) {
             (0, Some(t)) => {
                 let before = write(&mut rng, t);
                 format!("{before}; {sql}")
@@ -449,7 +438,7 @@ async fn settle(src: &Client, dst: &Client) -> Result<()> {
     let names: Vec<String> = tables(src)
         .await?
         .into_iter()
-        .map(|t| format!("app.{}", quote(&t.name)))
+        .map(|t| format!("app.{}", quote_ident(&t.name)))
         .collect();
     let names: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
     wait_equal(src, dst, &names, within).await?;

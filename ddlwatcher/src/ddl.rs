@@ -379,7 +379,17 @@ pub fn add_enum_label(name: &str, label: &str, place: Option<LabelPlace<'_>>) ->
         );
     };
     do_block(&format!(
-        "declare n pg_catalog.text; begin          select coalesce((select e.enumlabel::pg_catalog.text from pg_catalog.pg_enum e                            where e.enumtypid = {typ}::pg_catalog.regtype and e.enumlabel = {neighbour}),                          (select e.enumlabel::pg_catalog.text from pg_catalog.pg_enum e                            where e.enumtypid = {typ}::pg_catalog.regtype order by e.enumsortorder offset {offset} limit 1))            into n;          if n is null then            execute pg_catalog.format('alter type %s add value if not exists %L', {typ}, {label});          else            execute pg_catalog.format('alter type %s add value if not exists %L {side} %L', {typ}, {label}, n);          end if; end",
+        "declare n pg_catalog.text; begin \
+         select coalesce((select e.enumlabel::pg_catalog.text from pg_catalog.pg_enum e \
+                           where e.enumtypid = {typ}::pg_catalog.regtype and e.enumlabel = {neighbour}), \
+                         (select e.enumlabel::pg_catalog.text from pg_catalog.pg_enum e \
+                           where e.enumtypid = {typ}::pg_catalog.regtype \
+                           order by e.enumsortorder offset {offset} limit 1)) into n; \
+         if n is null then \
+           execute pg_catalog.format('alter type %s add value if not exists %L', {typ}, {label}); \
+         else \
+           execute pg_catalog.format('alter type %s add value if not exists %L {side} %L', {typ}, {label}, n); \
+         end if; end",
         neighbour = quote_literal(p.neighbour),
         offset = p.offset,
         label = quote_literal(label),
