@@ -1697,11 +1697,7 @@ async fn keyless_rows_are_found_when_the_target_table_has_more_columns() -> anyh
         "create schema app; create table app.k (a int, b text, note text default 'target''s own');",
     )
     .await?;
-    let target = p.start_target(0).await?;
-    let port = target.local_addr.unwrap().port();
-    let source = p
-        .start_source(port, "app.*", "keyless_tables: true\n")
-        .await?;
+    let (source, target) = p.start_both_with("app.*", "keyless_tables: true\n").await?;
     let (src, dst) = (p.src().await?, p.dst().await?);
     src.batch_execute(
         "insert into app.k values (1, 'one'), (2, 'two'), (2, 'two'), (3, null);
