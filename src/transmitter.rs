@@ -493,7 +493,8 @@ impl Transmitter {
             .query(&st, &[&self.target])
             .await
             .map_err(StepError::db(context))?;
-        rows.iter()
+        let mut versions = rows
+            .iter()
             .map(|r| {
                 let text: String = r.get(1);
                 Ok(DdlVersion {
@@ -503,7 +504,34 @@ impl Transmitter {
                     })?,
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>, StepError>>()?;
+        // Statements that change a table dropped since: its events are skipped (see
+        // `batch_tables`), so the target may leave them out when its stale rows refuse them.
+        let mut oids: Vec<u32> = versions
+            .iter()
+            .flat_map(|v| v.statements.iter().flat_map(|st| st.tables.iter().copied()))
+            .collect();
+        if oids.is_empty() {
+            return Ok(versions);
+        }
+        oids.sort_unstable();
+        oids.dedup();
+        let context = "reading which tables of pending schema changes were dropped";
+        let gone: Vec<u32> = client
+            .query(
+                "select o from pg_catalog.unnest($1::pg_catalog.oid[]) o
+                  where not exists (select 1 from pg_catalog.pg_class c where c.oid = o)",
+                &[&oids],
+            )
+            .await
+            .map_err(StepError::db(context))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        for st in versions.iter_mut().flat_map(|v| v.statements.iter_mut()) {
+            st.table_dropped_since = st.tables.iter().any(|o| gone.contains(o));
+        }
+        Ok(versions)
     }
 
     /// Key and writable columns of the batch's tables, from the source catalog by oid;

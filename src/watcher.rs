@@ -663,6 +663,8 @@ fn change_between(
                 ),
                 transactional: true,
                 after_rows: false,
+                tables: vec![t.oid],
+                table_dropped_since: false,
             };
             statements.push(alter("by default"));
             after_backfill.push(alter("always"));

@@ -68,6 +68,16 @@ pub struct Statement {
     /// their way.
     #[serde(default)]
     pub after_rows: bool,
+    /// The source OIDs of the tables the statement changes (none for other objects).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tables: Vec<u32>,
+    /// Set by the source instance as it sends the statement: one of `tables` no longer
+    /// exists on the source. Its rows are not sent any more (they cannot be described), so
+    /// the target's rows of it are stale and may not take the change (a key over rows
+    /// whose duplicates the source deleted, NOT NULL over rows it updated): the target
+    /// leaves the statement out if it fails — a later version drops the table.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub table_dropped_since: bool,
 }
 
 impl Statement {
@@ -76,7 +86,24 @@ impl Statement {
             sql,
             transactional: true,
             after_rows: false,
+            tables: Vec::new(),
+            table_dropped_since: false,
         }
+    }
+
+    /// A statement that changes table `oid` (of the source).
+    fn on(oid: u32, sql: String) -> Self {
+        Self {
+            tables: vec![oid],
+            ..Self::tx(sql)
+        }
+    }
+}
+
+/// Marks the statements of `out` as changing table `oid` (of the source).
+fn changing(out: &mut [Statement], oid: u32) {
+    for s in out {
+        s.tables.push(oid);
     }
 }
 
@@ -298,9 +325,8 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
                                 None => None,
                             };
                             out.push(Statement {
-                                sql: ddl::add_enum_label(&name, label, place),
                                 transactional: false,
-                                after_rows: false,
+                                ..Statement::tx(ddl::add_enum_label(&name, label, place))
                             });
                         }
                     }
@@ -359,6 +385,7 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
     // about to change. Changed and new ones are added after every new table exists.
     let mut add_constraints = Vec::new();
     for t in &new.tables {
+        let (start, start_added) = (out.len(), add_constraints.len());
         let surviving = old_tables.get(&t.oid);
         let before: BTreeMap<&str, &crate::catalog::Constraint> = surviving
             .map(|o| o.constraints.iter().map(|c| (c.name.as_str(), c)).collect())
@@ -399,6 +426,8 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
                 add_constraints.push(Statement::tx(ddl::add_constraint(t, c, map)));
             }
         }
+        changing(&mut out[start..], t.oid);
+        changing(&mut add_constraints[start_added..], t.oid);
     }
 
     // Dropped tables next, in one statement (one may reference another): a new or renamed
@@ -451,11 +480,14 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
             );
             let from = moving.get(&o.oid).map_or(before.1, |s| s.as_str());
             if from != after.1 {
-                out.push(Statement::tx(format!(
-                    "alter table {} rename to {}",
-                    qualified(before.0, from),
-                    quote_ident(after.1)
-                )));
+                out.push(Statement::on(
+                    t.oid,
+                    format!(
+                        "alter table {} rename to {}",
+                        qualified(before.0, from),
+                        quote_ident(after.1)
+                    ),
+                ));
             }
         }
     }
@@ -466,6 +498,7 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
         if old_tables.contains_key(&t.oid) {
             continue;
         }
+        let start = out.len();
         for seq in ddl::create_sequences(t, map) {
             out.push(Statement::tx(seq));
         }
@@ -478,6 +511,7 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
                 out.push(Statement::tx(sql));
             }
         }
+        changing(&mut out[start..], t.oid);
     }
 
     // Column changes of surviving tables.
@@ -486,6 +520,7 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
         let Some(o) = old_tables.get(&t.oid) else {
             continue;
         };
+        let start = out.len();
         let name = map.table(&t.schema, &t.name);
         let before: BTreeMap<i16, &Column> = o.columns.iter().map(|c| (c.attnum, c)).collect();
         let after: BTreeMap<i16, &Column> = t.columns.iter().map(|c| (c.attnum, c)).collect();
@@ -572,9 +607,12 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
         }
         for n in before.keys() {
             if !after.contains_key(n) {
-                dropped_columns.push(format!(
-                    "alter table {name} drop column if exists {}",
-                    quote_ident(&current[n])
+                dropped_columns.push(Statement::on(
+                    t.oid,
+                    format!(
+                        "alter table {name} drop column if exists {}",
+                        quote_ident(&current[n])
+                    ),
                 ));
             }
         }
@@ -656,8 +694,9 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
                 }
             }
         }
+        changing(&mut out[start..], t.oid);
     }
-    out.extend(dropped_columns.into_iter().map(Statement::tx));
+    out.extend(dropped_columns);
     out.extend(add_constraints.into_iter().map(|mut s: Statement| {
         s.after_rows = true;
         s
@@ -1357,6 +1396,18 @@ mod tests {
                 "alter table \"copy\".\"t2\" drop column if exists \"gone\"",
             ]
         );
+        // Each names the table it changes (by its source OID), a new table's too; a
+        // dropped table's drop none (the table is gone on the source by then anyway).
+        let mut new = new;
+        new.tables
+            .push(table(7, "n", vec![col(1, "id", "integer")]));
+        let st = diff(&old, &new, &same_schema());
+        assert!(st
+            .iter()
+            .all(|s| s.tables == [if s.sql.contains("\"n\"") { 7 } else { 1 }]));
+        new.tables.clear();
+        let st = diff(&old, &new, &same_schema());
+        assert!(st.iter().all(|s| s.tables.is_empty()), "{st:?}");
     }
 
     #[test]
