@@ -195,27 +195,36 @@ async fn read_target_columns(
     }))
 }
 
-/// `meta` with the json/jsonb columns of `target` among `cols` that it does not name (the
-/// row images name a column as it was called when written; the batch, as the column is
-/// called when sent): the trigger shipped such values in text form, which the populated
-/// record would store as a JSON string. `None` when it names them all.
+/// `meta` with the json/jsonb columns of `cols` as the target's table has them: the
+/// trigger ships json values in text form (a JSON string of the JSON text), read by the
+/// type of the column they go to. The batch names its json columns as the source has them
+/// when it is sent, which may differ from the target's until a schema version arrives: a
+/// column renamed since (the row images name it as it was called when written), or
+/// retyped (a jsonb column made text: a value written after the change, no JSON, into a
+/// target column still jsonb makes that version apply early — and is then text, not
+/// parsed). Columns the target lacks keep the batch's type. `None` when nothing changes.
 fn with_target_json(
     meta: &TableMeta,
     target: &TargetColumns,
     cols: &[String],
 ) -> Option<TableMeta> {
-    let missing: Vec<(String, String)> = target
-        .json
+    let json: Vec<(String, String)> = meta
+        .json_columns
         .iter()
-        .filter(|(c, _)| cols.contains(c) && !meta.json_columns.iter().any(|(n, _)| n == *c))
+        .filter(|(c, _)| !target.types.contains_key(c) || !cols.contains(c))
+        .map(|(c, t)| (c, t))
+        .chain(target.json.iter().filter(|(c, _)| cols.contains(c)))
         .map(|(c, t)| (c.clone(), t.clone()))
         .collect();
-    if missing.is_empty() {
+    let same =
+        json.len() == meta.json_columns.len() && json.iter().all(|j| meta.json_columns.contains(j));
+    if same {
         return None;
     }
-    let mut m = meta.clone();
-    m.json_columns.extend(missing);
-    Some(m)
+    Some(TableMeta {
+        json_columns: json,
+        ..meta.clone()
+    })
 }
 
 /// The composite-type columns of `target` among `cols`, with their type's attributes.
@@ -1216,6 +1225,9 @@ impl Applier {
                 }
                 _ => meta,
             };
+            // Before the json columns of the target's table are taken: a step of its own
+            // reads them again at each try (a version applied early may retype them).
+            let plain = meta;
             let with_json;
             let meta = match target_columns
                 .as_ref()
@@ -1277,7 +1289,7 @@ impl Applier {
                         // Asked again at each try: a version applied meanwhile may change it.
                         let before = keys_before.lock().ok().and_then(|k| k.get(&table).cloned());
                         let keyed = self
-                            .key_as_on_target(tx, kind, meta, run, &table, before)
+                            .key_as_on_target(tx, kind, plain, run, &table, before)
                             .await?;
                         let (kind, meta) = match &keyed {
                             // A table whose key was dropped: rows written before, with the
@@ -1285,7 +1297,7 @@ impl Applier {
                             Some(m) if kind == Kind::RowIdentity => (kind_of(run[0], false), m),
                             Some(m) if m.key.is_empty() => (Kind::RowIdentity, m),
                             Some(m) => (kind, m),
-                            None => (kind, meta),
+                            None => (kind, plain),
                         };
                         // Read again at each try: a version applied meanwhile may change it.
                         let mut with_json = None;

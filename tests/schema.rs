@@ -1959,6 +1959,61 @@ async fn a_retyped_table_dropped_before_its_batches_were_sent_does_not_hold_the_
     Ok(())
 }
 
+/// A jsonb column made text, and written with text that is no JSON before the target has
+/// the change (diffing mode: in the change's transaction, before the watcher's look): the
+/// row makes the change apply early, and must then be written as text. The applier kept
+/// reading the column as jsonb after the change (the target's json columns were read once,
+/// before it), and held the stream for good ("invalid input syntax for type json").
+#[tokio::test]
+async fn text_written_into_a_json_column_made_text_arrives_once_the_change_applied_early(
+) -> anyhow::Result<()> {
+    for event_triggers in [false, true] {
+        let Started {
+            source,
+            target,
+            src,
+            dst,
+            ..
+        } = started(
+            "create schema app;
+             create table app.t (id int primary key, j jsonb, n int);
+             insert into app.t values (1, '{\"a\": 1}', 1), (2, '[1, 2]', 2);",
+            event_triggers,
+            "",
+        )
+        .await?;
+        src.batch_execute(
+            "begin;
+             alter table app.t alter column j type text;
+             update app.t set j = 'not json, {x}' where id = 1;
+             insert into app.t values (3, 'plain \\ text', 3), (4, '\"a string\"', 4);
+             commit;",
+        )
+        .await?;
+        wait_equal(&src, &dst, &["app.t"], Duration::from_secs(30))
+            .await
+            .with_context(|| format!("event triggers: {event_triggers}"))?;
+        let ty = dst
+            .query_one(
+                "select format_type(atttypid, atttypmod) from pg_attribute
+                  where attrelid = 'app.t'::regclass and attname = 'j'",
+                &[],
+            )
+            .await?;
+        assert_eq!(
+            ty.get::<_, String>(0),
+            "text",
+            "event triggers: {event_triggers}"
+        );
+        no_transmit_error(&src)
+            .await
+            .with_context(|| format!("event triggers: {event_triggers}"))?;
+        source.shutdown().await?;
+        target.shutdown().await?;
+    }
+    Ok(())
+}
+
 /// Changes of a table that the source drops before their batches are sent (the target
 /// down or lagging): the table's rows are skipped then (they cannot be described any
 /// more), so the target's stale rows may refuse a change the source's took — a key over
