@@ -423,17 +423,31 @@ async fn run(s: &Soak) -> Result<()> {
 /// Waits until the target has the source's schema and rows of `app`, and nothing held.
 async fn settle(src: &Client, dst: &Client) -> Result<()> {
     let within = Duration::from_secs(60);
-    if let Err(e) = wait_for(
-        "the target's schema to equal the source's",
-        within,
-        || async {
-            let (a, b) = (shape(src, &["app"]).await, shape(dst, &["app"]).await);
-            Ok(matches!((a, b), (Ok(a), Ok(b)) if a == b))
-        },
-    )
-    .await
-    {
-        bail!("{e}\n{}", diff_report(src, dst).await);
+    // A target far behind (keyless rows are matched one at a time) may take longer than
+    // `within` to catch up: waited for while its applied position moves.
+    let mut applied = -1;
+    let mut since = std::time::Instant::now();
+    loop {
+        let (a, b) = (shape(src, &["app"]).await, shape(dst, &["app"]).await);
+        if matches!((a, b), (Ok(a), Ok(b)) if a == b) {
+            break;
+        }
+        let now: i64 = dst
+            .query_one(
+                "select coalesce(max(seq), 0)::int8 from teleport.applied",
+                &[],
+            )
+            .await
+            .map_or(applied, |r| r.get(0));
+        if now != applied {
+            (applied, since) = (now, std::time::Instant::now());
+        } else if since.elapsed() > within {
+            bail!(
+                "the target's schema to equal the source's: not reached, and no batch applied for {within:?} (at batch {applied})\n{}",
+                diff_report(src, dst).await
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let names: Vec<String> = tables(src)
         .await?
