@@ -1754,9 +1754,31 @@ impl DdlState<'_> {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<(), ApplyError>>,
     {
+        // The step's failure before any version was applied here: the cause to look at
+        // first when applying versions does not cure it (each one applied ahead of its
+        // event may make the step fail otherwise: a column it renamed, a table it dropped).
+        let mut first: Option<String> = None;
+        let mut tried: Vec<i64> = Vec::new();
+        let uncured = |message: String, first: &Option<String>, tried: &[i64]| {
+            match first {
+            Some(f) if *f != message => format!(
+                "{message} (schema version(s) {} applied ahead of their events to cure the first failure, which they did not: {f})",
+                tried.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", ")
+            ),
+            _ => message,
+        }
+        };
         loop {
             if self.pending.is_empty() {
-                return step().await;
+                return step().await.map_err(|e| match e {
+                    ApplyError::Failed { message } => ApplyError::Failed {
+                        message: uncured(message, &first, &tried),
+                    },
+                    ApplyError::SchemaBehind { message } => ApplyError::SchemaBehind {
+                        message: uncured(message, &first, &tried),
+                    },
+                    other => other,
+                });
             }
             tx.batch_execute("savepoint pgteleport_run")
                 .await
@@ -1779,6 +1801,8 @@ impl DdlState<'_> {
                     }
                     // A version that fails here may fail only because it came early: the
                     // step's own failure is named too (the cause to look at first).
+                    let message = uncured(message, &first, &tried);
+                    first.get_or_insert_with(|| message.clone());
                     self.apply_next(tx).await.map_err(|e| match e {
                         ApplyError::Failed { message: failed } => ApplyError::Failed {
                             message: format!(
@@ -1787,6 +1811,7 @@ impl DdlState<'_> {
                         },
                         other => other,
                     })?;
+                    tried.push(version);
                     self.early.push(version);
                     self.name_remembered_keys(tx).await?;
                 }

@@ -419,3 +419,44 @@ async fn a_source_token_admits_its_own_source_only() -> anyhow::Result<()> {
     target.shutdown().await?;
     Ok(())
 }
+
+/// A row that no schema version cures (here it names a row the target lacks) while a
+/// version is pending: the applier applies the pending versions ahead of their events, one
+/// by one, and tries again; each may make the row fail otherwise (here the table renamed).
+/// The answer names the first failure — the cause — not only the last one.
+#[tokio::test]
+async fn a_failure_no_version_cures_is_answered_with_its_first_cause() -> anyhow::Result<()> {
+    let p = Pair::new(SCHEMA).await?;
+    let target = p.start_target(0).await?;
+    let port = target.local_addr.unwrap().port();
+    let mut b = batch(1, 1);
+    b.ddl = vec![wire::DdlVersion {
+        version: 1,
+        statements: vec![ddlwatcher::Statement {
+            sql: "alter table app.t rename to t2".into(),
+            transactional: true,
+            after_rows: false,
+            tables: vec![],
+            table_dropped_since: false,
+        }],
+    }];
+    b.events[0].op = Op::Update;
+    let (s, j) = post(port, Some(TOKEN), None, wire::encode(&b, false)?).await?;
+    let error = j["error"].as_str().unwrap_or_default();
+    assert_eq!(s, 422, "{j}");
+    assert!(
+        error.contains("\"app.t\" does not exist")
+            && error.contains("schema version(s) 1 applied ahead")
+            && error.contains("1 row(s) named by the source but 0 found"),
+        "{error}"
+    );
+    assert_eq!(state(&p).await?, (vec![], 0), "nothing applied");
+    let dst = p.dst().await?;
+    assert_eq!(
+        scalar_i64(&dst, "select count(*) from pg_class where relname = 't2'").await?,
+        0,
+        "the version applied ahead was rolled back with the batch"
+    );
+    target.shutdown().await?;
+    Ok(())
+}
