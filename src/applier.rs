@@ -133,6 +133,8 @@ struct TargetColumns {
     composite: HashMap<String, Vec<String>>,
     /// Columns of type json or jsonb (or a domain over one) → `json` or `jsonb`.
     json: HashMap<String, String>,
+    /// Columns of an enum type → its OID: [`DdlState::relabeled`].
+    enums: HashMap<String, u32>,
 }
 
 /// The table the target writes `meta`'s rows into: (schema, name), the schema the batch's
@@ -163,7 +165,8 @@ async fn read_target_columns(
                              array(select ca.attname::text from pg_catalog.pg_attribute ca
                                     where ca.attrelid = t.typrelid and ca.attnum > 0 and not ca.attisdropped) end,
                         (select b.typname::text from pg_catalog.pg_type b
-                          where b.oid = {} and b.oid in ('pg_catalog.json'::regtype, 'pg_catalog.jsonb'::regtype))
+                          where b.oid = {} and b.oid in ('pg_catalog.json'::regtype, 'pg_catalog.jsonb'::regtype)),
+                        case when t.typtype = 'e' then t.oid end
                    from pg_catalog.pg_attribute a
                    join pg_catalog.pg_type t on t.oid = a.atttypid
                    join pg_catalog.pg_namespace n on n.oid = t.typnamespace
@@ -191,6 +194,10 @@ async fn read_target_columns(
         json: rows
             .iter()
             .filter_map(|r| Some((r.get(0), r.get::<_, Option<String>>(4)?)))
+            .collect(),
+        enums: rows
+            .iter()
+            .filter_map(|r| Some((r.get(0), r.get::<_, Option<u32>>(5)?)))
             .collect(),
     }))
 }
@@ -691,6 +698,8 @@ impl Applier {
             early: early.versions,
             keys_before: std::sync::Arc::new(std::sync::Mutex::new(early.keys)),
             keys_by_oid: Vec::new(),
+            renamed_labels: early.renamed_labels,
+            labels_known: HashMap::new(),
             loaded,
             tables: batch.tables.iter().map(|t| target_name(batch, t)).collect(),
         };
@@ -1239,6 +1248,19 @@ impl Applier {
                 }
                 None => meta,
             };
+            // Labels of a rename that writers racing it still wrote.
+            let relabeled = match &target_columns {
+                Some(t) => ddl.relabeled(tx, t, run).await?,
+                None => None,
+            };
+            let relabeled_run: Vec<&Event>;
+            let run: &[&Event] = match &relabeled {
+                Some(events) => {
+                    relabeled_run = events.iter().collect();
+                    &relabeled_run
+                }
+                None => run,
+            };
             if pipelined {
                 if let Some(t) = &target_columns {
                     composite_attributes_known(t, cols, &table, run)?;
@@ -1711,12 +1733,19 @@ impl<'a> InFlight<'a> {
     }
 }
 
+/// How many enum label renames the applier keeps for writers that raced them
+/// ([`DdlState::renamed_labels`]).
+const RENAMED_LABELS_KEPT: usize = 64;
+
 /// Versions applied before their schema event, and the target's keys before the first of
 /// them (`ddl_applied.early`, kept from batch to batch until the events arrive).
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 struct EarlyVersions {
     versions: Vec<i64>,
     keys: HashMap<String, Vec<String>>,
+    /// Enum labels renamed by the last versions applied: [`DdlState::renamed_labels`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    renamed_labels: Vec<(u32, String, String)>,
 }
 
 /// Schema versions of a batch not applied yet, and the version applied.
@@ -1736,6 +1765,16 @@ struct DdlState<'a> {
     keys_before: std::sync::Arc<std::sync::Mutex<HashMap<String, Vec<String>>>>,
     /// `keys_before` by table OID, as read (names may change with each early version).
     keys_by_oid: Vec<(u32, Vec<String>)>,
+    /// Enum labels renamed by the last versions applied (the enum's OID on the target, the
+    /// old label, the new one; the latest [`RENAMED_LABELS_KEPT`]), kept across batches.
+    /// `ALTER TYPE … RENAME VALUE` locks no table that uses the enum: a writer may still
+    /// write the old label while it runs, and reach the stream after its schema event (its
+    /// row's events get ids after the event's, its transaction commits after it). The
+    /// value is the same (an enum value is its OID; the label is its text), so such a label
+    /// the enum lacks now is written as its new name: [`DdlState::relabeled`].
+    renamed_labels: Vec<(u32, String, String)>,
+    /// Whether the target's enum (OID) has the label, as asked in this batch.
+    labels_known: HashMap<(u32, String), bool>,
     /// The batch's tables as named on the target.
     tables: Vec<String>,
     /// Tables an initial load copied, with its snapshot: events (and a schema event's checks
@@ -1879,7 +1918,7 @@ impl DdlState<'_> {
 
     /// What is kept of the versions applied early for the next batch (`None`: nothing).
     fn early_state(&self) -> Option<String> {
-        if self.early.is_empty() {
+        if self.early.is_empty() && self.renamed_labels.is_empty() {
             return None;
         }
         let keys = self
@@ -1890,8 +1929,124 @@ impl DdlState<'_> {
         serde_json::to_string(&EarlyVersions {
             versions: self.early.clone(),
             keys,
+            renamed_labels: self.renamed_labels.clone(),
         })
         .ok()
+    }
+
+    /// `run` with the enum labels of its row images that a version renamed, and that the
+    /// target's enum lacks now, written by their new names (see `renamed_labels`); `None`
+    /// when no image holds one.
+    async fn relabeled(
+        &mut self,
+        tx: &Transaction<'_>,
+        target: &TargetColumns,
+        run: &[&Event],
+    ) -> Result<Option<Vec<Event>>, ApplyError> {
+        if self.renamed_labels.is_empty() {
+            return Ok(None);
+        }
+        let columns: Vec<(&String, u32)> = target
+            .enums
+            .iter()
+            .filter(|(_, t)| self.renamed_labels.iter().any(|(o, _, _)| o == *t))
+            .map(|(c, t)| (c, *t))
+            .collect();
+        if columns.is_empty() {
+            return Ok(None);
+        }
+        // The renamed labels each image holds (column's enum, old label).
+        let mut found: Vec<(u32, String)> = Vec::new();
+        for e in run {
+            for image in [&e.data, &e.key].into_iter().flatten() {
+                let labels = crate::wire::object_texts_of(image, &columns).map_err(|err| {
+                    ApplyError::BadRequest {
+                        message: format!("event {}: a row image is not a JSON object: {err}", e.id),
+                    }
+                })?;
+                for (column, label) in labels {
+                    if self
+                        .renamed_labels
+                        .iter()
+                        .any(|(o, old, _)| *o == column && *old == label)
+                        && !found.contains(&(column, label.clone()))
+                    {
+                        found.push((column, label));
+                    }
+                }
+            }
+        }
+        let mut gone: Vec<(u32, String)> = Vec::new();
+        for (enum_oid, label) in found {
+            let known = match self.labels_known.get(&(enum_oid, label.clone())) {
+                Some(k) => *k,
+                None => {
+                    let k: bool = tx
+                        .query_one(
+                            "select exists (select 1 from pg_catalog.pg_enum e where e.enumtypid = $1 and e.enumlabel = $2)",
+                            &[&enum_oid, &label],
+                        )
+                        .await
+                        .map_err(pg("reading an enum's labels"))?
+                        .get(0);
+                    self.labels_known.insert((enum_oid, label.clone()), k);
+                    k
+                }
+            };
+            if !known {
+                gone.push((enum_oid, label));
+            }
+        }
+        if gone.is_empty() {
+            return Ok(None);
+        }
+        let renamed = |column: &str, v: &serde_json::value::RawValue| -> crate::wire::Edit {
+            let Some((_, enum_oid)) = columns.iter().find(|(c, _)| *c == column) else {
+                return crate::wire::Edit::Keep;
+            };
+            let Ok(label) = serde_json::from_str::<String>(v.get()) else {
+                return crate::wire::Edit::Keep;
+            };
+            if !gone.contains(&(*enum_oid, label.clone())) {
+                return crate::wire::Edit::Keep;
+            }
+            // The latest rename of that label (a label renamed twice: the last name).
+            let mut to = label;
+            while let Some((_, _, new)) = self
+                .renamed_labels
+                .iter()
+                .rev()
+                .find(|(o, old, _)| o == enum_oid && *old == to)
+            {
+                to = new.clone();
+            }
+            serde_json::to_string(&to).map_or(crate::wire::Edit::Keep, crate::wire::Edit::Replace)
+        };
+        let edit = |image: &Option<Box<serde_json::value::RawValue>>| -> Result<Option<Box<serde_json::value::RawValue>>, ApplyError> {
+            image
+                .as_deref()
+                .map(|raw| {
+                    crate::wire::object_edited(raw.get(), &renamed)
+                        .and_then(serde_json::value::RawValue::from_string)
+                        .map_err(|e| ApplyError::BadRequest {
+                            message: format!("a row image is not a JSON object: {e}"),
+                        })
+                })
+                .transpose()
+        };
+        run.iter()
+            .map(|e| {
+                Ok(Event {
+                    id: e.id,
+                    op: e.op,
+                    table: e.table,
+                    txid: e.txid,
+                    key: edit(&e.key)?,
+                    data: edit(&e.data)?,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
     }
 
     /// The schema event of `version` reached: the versions up to it applied early are in
@@ -1909,6 +2064,22 @@ impl DdlState<'_> {
         let v = self.pending.remove(0);
         for st in v.statements.iter().filter(|s| s.transactional) {
             run_statement(tx, v.version, st).await?;
+            if let Some((name, old, new)) = ddlwatcher::retarget::enum_label_rename(&st.sql) {
+                let oid: Option<u32> = tx
+                    .query_one("select pg_catalog.to_regtype($1)::oid", &[&name])
+                    .await
+                    .map_err(pg("reading a renamed enum"))?
+                    .get(0);
+                if let Some(oid) = oid {
+                    self.renamed_labels.push((oid, old, new));
+                    let over = self
+                        .renamed_labels
+                        .len()
+                        .saturating_sub(RENAMED_LABELS_KEPT);
+                    self.renamed_labels.drain(..over);
+                    self.labels_known.clear();
+                }
+            }
         }
         tracing::info!(
             version = v.version,

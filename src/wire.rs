@@ -177,20 +177,66 @@ pub fn object_texts(raw: &RawValue, names: &[String]) -> Option<Vec<Option<Strin
     found.into_iter().collect()
 }
 
+/// The string values of the members of object `raw` named in `columns`, each with the
+/// number `columns` gives its name (other values — null, numbers, arrays — left out).
+pub fn object_texts_of(
+    raw: &RawValue,
+    columns: &[(&String, u32)],
+) -> Result<Vec<(u32, String)>, serde_json::Error> {
+    let mut out = Vec::new();
+    for_each_member(raw.get(), |k, v| {
+        if let Some((_, n)) = columns.iter().find(|(c, _)| **c == k) {
+            if v.get().starts_with('"') {
+                out.push((
+                    *n,
+                    serde_json::from_str(v.get()).map_err(|e| e.to_string())?,
+                ));
+            }
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
 /// The object `raw` without the members named in `excluded`, the others kept in their
 /// order with their raw values (numbers and strings exactly as written).
 pub fn object_without(raw: &str, excluded: &[String]) -> Result<String, serde_json::Error> {
+    object_edited(raw, |k, _| {
+        if excluded.iter().any(|x| x == k) {
+            Edit::Drop
+        } else {
+            Edit::Keep
+        }
+    })
+}
+
+/// What [`object_edited`] does with a member.
+pub enum Edit {
+    Keep,
+    Drop,
+    /// Its value replaced by this raw JSON.
+    Replace(String),
+}
+
+/// The object `raw` with each member kept, left out or given another value as `edit` says,
+/// in their order (raw values kept exactly as written).
+pub fn object_edited(
+    raw: &str,
+    mut edit: impl FnMut(&str, &RawValue) -> Edit,
+) -> Result<String, serde_json::Error> {
     let mut out = String::from("{");
     for_each_member(raw, |k, v| {
-        if excluded.iter().any(|x| *x == k) {
-            return Ok(());
-        }
+        let value = match edit(&k, v) {
+            Edit::Drop => return Ok(()),
+            Edit::Keep => Cow::Borrowed(v.get()),
+            Edit::Replace(r) => Cow::Owned(r),
+        };
         if out.len() > 1 {
             out.push(',');
         }
         out.push_str(&serde_json::to_string(&k).map_err(|e| e.to_string())?);
         out.push(':');
-        out.push_str(v.get());
+        out.push_str(&value);
         Ok(())
     })?;
     out.push('}');
@@ -668,6 +714,28 @@ mod tests {
             Some(vec![Some("1".into())])
         );
         assert_eq!(object_texts(&object, &["id".into(), "c".into()]), None);
+    }
+
+    #[test]
+    fn objects_are_edited_member_by_member_keeping_raw_values() {
+        let raw = r#"{"id":12.50,"m":"a\u00e9","gone":1,"n":null}"#;
+        let edited = object_edited(raw, |k, v| match k {
+            "gone" => Edit::Drop,
+            "m" => Edit::Replace(format!("[{}]", v.get())),
+            _ => Edit::Keep,
+        })
+        .unwrap();
+        assert_eq!(edited, r#"{"id":12.50,"m":["a\u00e9"],"n":null}"#);
+        assert_eq!(
+            object_without(raw, &["m".into(), "id".into()]).unwrap(),
+            r#"{"gone":1,"n":null}"#
+        );
+        let image = RawValue::from_string(raw.into()).unwrap();
+        let (m, n, id) = ("m".to_string(), "n".to_string(), "id".to_string());
+        assert_eq!(
+            object_texts_of(&image, &[(&m, 7), (&n, 8), (&id, 9)]).unwrap(),
+            [(7, "a\u{e9}".to_string())]
+        );
     }
 
     fn sample() -> Batch {

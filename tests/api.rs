@@ -460,3 +460,93 @@ async fn a_failure_no_version_cures_is_answered_with_its_first_cause() -> anyhow
     target.shutdown().await?;
     Ok(())
 }
+
+/// `ALTER TYPE … RENAME VALUE` locks no table using the enum: a writer racing it may write
+/// the old label and reach the stream after the rename's schema event (event-trigger mode:
+/// its row got an event id after the event's, its transaction committed after it) — in
+/// the same batch or the next. The value is the same enum value (the label is its name),
+/// and was held for good ("invalid input value for enum"). Such a label, one the target's
+/// enum lacks now, is written by its new name. Built by hand: the order is a race in the
+/// real pipeline (found by the schema soak, seed 102 in event-trigger mode).
+#[tokio::test]
+async fn an_enum_label_written_by_a_writer_racing_its_rename_arrives_renamed() -> anyhow::Result<()>
+{
+    let p = Pair::new(
+        "create schema app;
+         create type app.mood as enum ('a', 'b');
+         create table app.t (id int primary key, m app.mood);
+         create table app.k (id int, m app.mood);",
+    )
+    .await?;
+    let target = p.start_target(0).await?;
+    let port = target.local_addr.unwrap().port();
+    let meta = |name: &str, key: &[&str]| TableMeta {
+        name: name.into(),
+        key: key.iter().map(|k| k.to_string()).collect(),
+        columns: vec!["id".into(), "m".into()],
+        ..batch(1, 1).tables.remove(0)
+    };
+    let raw = |s: &str| Some(RawValue::from_string(s.to_string()).unwrap());
+    let event = |id: i64, op: Op, table: u32, key: Option<&str>, data: Option<&str>| Event {
+        id,
+        op,
+        table,
+        txid: None,
+        key: key.and_then(raw),
+        data: data.and_then(raw),
+    };
+    let first = Batch {
+        tables: vec![meta("t", &["id"]), meta("k", &[])],
+        ddl: vec![wire::DdlVersion {
+            version: 1,
+            statements: vec![ddlwatcher::Statement {
+                sql: r#"alter type "app"."mood" rename value 'a' to 'z'"#.into(),
+                transactional: true,
+                after_rows: false,
+                tables: vec![],
+                table_dropped_since: false,
+            }],
+        }],
+        events: vec![
+            event(1, Op::Insert, 0, None, Some(r#"{"id": 1, "m": "a"}"#)),
+            event(2, Op::Insert, 1, None, Some(r#"{"id": 1, "m": "a"}"#)),
+            event(3, Op::Schema, 0, None, Some(r#"{"version": 1}"#)),
+            // Writers that raced the rename: the old label after its event.
+            event(4, Op::Insert, 0, None, Some(r#"{"id": 2, "m": "a"}"#)),
+            event(
+                5,
+                Op::Update,
+                1,
+                Some(r#"{"id": 1, "m": "a"}"#),
+                Some(r#"{"id": 1, "m": "b"}"#),
+            ),
+        ],
+        ..batch(1, 1)
+    };
+    let (s, j) = post(port, Some(TOKEN), None, wire::encode(&first, false)?).await?;
+    assert_eq!((s, j["status"].as_str()), (200, Some("applied")), "{j}");
+    // And in the next batch.
+    let next = Batch {
+        seq: 2,
+        ddl: vec![],
+        events: vec![event(
+            6,
+            Op::Insert,
+            0,
+            None,
+            Some(r#"{"id": 3, "m": "a"}"#),
+        )],
+        ..first
+    };
+    let (s, j) = post(port, Some(TOKEN), None, wire::encode(&next, false)?).await?;
+    assert_eq!((s, j["status"].as_str()), (200, Some("applied")), "{j}");
+    let dst = p.dst().await?;
+    assert_eq!(rows(&dst, "app.t").await?, ["(1,z)", "(2,z)", "(3,z)"]);
+    assert_eq!(rows(&dst, "app.k").await?, ["(1,b)"]);
+    assert_eq!(
+        texts(&dst, "select string_agg(enumlabel, ',' order by enumsortorder) from pg_enum where enumtypid = 'app.mood'::regtype").await?,
+        ["z,b"]
+    );
+    target.shutdown().await?;
+    Ok(())
+}

@@ -264,6 +264,30 @@ fn search_path_setting(options: &mut [protobuf::Node], map: &SchemaMap) {
     }
 }
 
+/// The type (its name as written, each part quoted), old and new label of an
+/// `ALTER TYPE … RENAME VALUE` statement; `None` for any other statement.
+pub fn enum_label_rename(sql: &str) -> Option<(String, String, String)> {
+    let parsed = pg_query::parse(sql).ok()?;
+    let [raw] = parsed.protobuf.stmts.as_slice() else {
+        return None;
+    };
+    let Some(NodeEnum::AlterEnumStmt(a)) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) else {
+        return None;
+    };
+    if a.old_val.is_empty() {
+        return None;
+    }
+    let name: Vec<String> = a
+        .type_name
+        .iter()
+        .filter_map(|n| match n.node.as_ref()? {
+            NodeEnum::String(s) => Some(crate::quote_ident(&s.sval)),
+            _ => None,
+        })
+        .collect();
+    Some((name.join("."), a.old_val.clone(), a.new_val.clone()))
+}
+
 /// A PL/pgSQL body has no deparser: PostgreSQL's own SQL scanner finds each identifier
 /// token naming a replicated schema that qualifies a name (`app.t`, `"app".f(…)`,
 /// `app.t%rowtype`) and only those tokens are rewritten; string literals (dynamic SQL
@@ -838,5 +862,16 @@ end"
             constraint("FOREIGN KEY (o) REFERENCES app.other(id)", &m).unwrap(),
             "FOREIGN KEY (o) REFERENCES app.other (id)"
         );
+    }
+
+    #[test]
+    fn enum_label_renames_are_read() {
+        assert_eq!(
+            enum_label_rename(r#"alter type "app"."Mood" rename value 'it''s' to 'v 2'"#),
+            Some((r#""app"."Mood""#.into(), "it's".into(), "v 2".into()))
+        );
+        assert_eq!(enum_label_rename("alter type app.mood add value 'x'"), None);
+        assert_eq!(enum_label_rename("alter table app.t rename to u"), None);
+        assert_eq!(enum_label_rename("not sql"), None);
     }
 }
