@@ -1952,7 +1952,20 @@ impl DdlState<'_> {
             .filter(|(_, t)| self.renamed_labels.iter().any(|(o, _, _)| o == *t))
             .map(|(c, t)| (c, *t))
             .collect();
-        if columns.is_empty() {
+        // A quick look first: no image that holds an old label as a JSON string.
+        let olds: Vec<String> = self
+            .renamed_labels
+            .iter()
+            .filter(|(o, _, _)| columns.iter().any(|(_, t)| t == o))
+            .filter_map(|(_, old, _)| serde_json::to_string(old).ok())
+            .collect();
+        let may_hold = |e: &&Event| {
+            [&e.data, &e.key]
+                .into_iter()
+                .flatten()
+                .any(|image| olds.iter().any(|o| image.get().contains(o.as_str())))
+        };
+        if columns.is_empty() || !run.iter().any(may_hold) {
             return Ok(None);
         }
         // The renamed labels each image holds (column's enum, old label).
@@ -2010,17 +2023,22 @@ impl DdlState<'_> {
             if !gone.contains(&(*enum_oid, label.clone())) {
                 return crate::wire::Edit::Keep;
             }
-            // The latest rename of that label (a label renamed twice: the last name).
-            let mut to = label;
-            while let Some((_, _, new)) = self
-                .renamed_labels
+            // From the latest rename of that label (the one it has been gone since), its
+            // name through the renames after it (a label renamed twice: the last name).
+            let renames = &self.renamed_labels;
+            let Some(from) = renames
                 .iter()
-                .rev()
-                .find(|(o, old, _)| o == enum_oid && *old == to)
-            {
-                to = new.clone();
+                .rposition(|(o, old, _)| o == enum_oid && *old == label)
+            else {
+                return crate::wire::Edit::Keep;
+            };
+            let mut to = &renames[from].2;
+            for (o, old, new) in &renames[from + 1..] {
+                if o == enum_oid && old == to {
+                    to = new;
+                }
             }
-            serde_json::to_string(&to).map_or(crate::wire::Edit::Keep, crate::wire::Edit::Replace)
+            serde_json::to_string(to).map_or(crate::wire::Edit::Keep, crate::wire::Edit::Replace)
         };
         let edit = |image: &Option<Box<serde_json::value::RawValue>>| -> Result<Option<Box<serde_json::value::RawValue>>, ApplyError> {
             image

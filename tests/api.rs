@@ -525,27 +525,36 @@ async fn an_enum_label_written_by_a_writer_racing_its_rename_arrives_renamed() -
     };
     let (s, j) = post(port, Some(TOKEN), None, wire::encode(&first, false)?).await?;
     assert_eq!((s, j["status"].as_str()), (200, Some("applied")), "{j}");
-    // And in the next batch.
+    let dst = p.dst().await?;
+    assert_eq!(rows(&dst, "app.t").await?, ["(1,z)", "(2,z)"]);
+    assert_eq!(rows(&dst, "app.k").await?, ["(1,b)"]);
+    // In the next batch too, through a second rename (z, then y; the label a again).
     let next = Batch {
         seq: 2,
-        ddl: vec![],
-        events: vec![event(
-            6,
-            Op::Insert,
-            0,
-            None,
-            Some(r#"{"id": 3, "m": "a"}"#),
-        )],
+        ddl: vec![wire::DdlVersion {
+            version: 2,
+            statements: vec![ddlwatcher::Statement {
+                sql: r#"alter type "app"."mood" rename value 'z' to 'y'"#.into(),
+                ..first.ddl[0].statements[0].clone()
+            }],
+        }],
+        events: vec![
+            event(6, Op::Insert, 0, None, Some(r#"{"id": 3, "m": "a"}"#)),
+            event(7, Op::Schema, 0, None, Some(r#"{"version": 2}"#)),
+            event(8, Op::Insert, 0, None, Some(r#"{"id": 4, "m": "z"}"#)),
+            event(9, Op::Insert, 0, None, Some(r#"{"id": 5, "m": "a"}"#)),
+        ],
         ..first
     };
     let (s, j) = post(port, Some(TOKEN), None, wire::encode(&next, false)?).await?;
     assert_eq!((s, j["status"].as_str()), (200, Some("applied")), "{j}");
-    let dst = p.dst().await?;
-    assert_eq!(rows(&dst, "app.t").await?, ["(1,z)", "(2,z)", "(3,z)"]);
-    assert_eq!(rows(&dst, "app.k").await?, ["(1,b)"]);
+    assert_eq!(
+        rows(&dst, "app.t").await?,
+        ["(1,y)", "(2,y)", "(3,y)", "(4,y)", "(5,y)"]
+    );
     assert_eq!(
         texts(&dst, "select string_agg(enumlabel, ',' order by enumsortorder) from pg_enum where enumtypid = 'app.mood'::regtype").await?,
-        ["z,b"]
+        ["y,b"]
     );
     target.shutdown().await?;
     Ok(())
