@@ -111,6 +111,13 @@ pub enum InstallError {
 #[derive(Debug, Clone, Default)]
 pub struct Installed {
     pub catalogs: BTreeMap<String, Catalog>,
+    /// In event-trigger mode, the event trigger's catalog snapshot (`ddl_snapshot.id`)
+    /// these catalogs are: triggers are installed from them only while no later snapshot
+    /// exists. The event trigger makes a table's trigger again at once when its key
+    /// changes; a watcher that read an earlier snapshot made it again after that from the
+    /// older catalog — writers then captured rows with a key the table no longer had,
+    /// after the change's schema event, until the watcher's next pass.
+    pub snapshot: Option<i64>,
 }
 
 /// Installs (or upgrades) the internal schema, then a capture trigger on every table matching
@@ -460,6 +467,29 @@ async fn install_triggers(
     // After the first install (a catalog snapshot exists), a table that gets its trigger
     // now is new to replication: the rows it holds are queued as inserts in this same
     // transaction, while the trigger's lock keeps writers out, so none is lost or doubled.
+    if let Some(id) = installed.snapshot {
+        // Locked: a schema change's event trigger waits for this transaction (it counts
+        // on the same row), and makes its tables' triggers again from its own snapshot.
+        let n: i64 = tx
+            .query_one(
+                &format!("select n from {}.ddl_clock for update", quote_ident(schema)),
+                &[],
+            )
+            .await
+            .map_err(|source| InstallError::Schema {
+                schema: schema.clone(),
+                source,
+            })?
+            .get(0);
+        if n > id {
+            tracing::debug!(
+                snapshot = id,
+                latest = n,
+                "a later schema change exists: triggers are installed from its snapshot"
+            );
+            return Ok(());
+        }
+    }
     let copy_existing: bool = tx
         .query_one(
             &format!(

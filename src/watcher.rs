@@ -555,7 +555,7 @@ impl Watcher {
     async fn process_snapshots(
         &mut self,
         client: &mut Client,
-    ) -> Result<Option<BTreeMap<String, Catalog>>, StepError> {
+    ) -> Result<Option<(BTreeMap<String, Catalog>, i64)>, StepError> {
         let s = self.schema.clone();
         let rows = client
             .query(
@@ -571,8 +571,10 @@ impl Watcher {
             return Ok(None);
         }
         let mut latest = BTreeMap::new();
+        let mut last = 0;
         for r in rows {
             let id: i64 = r.get(0);
+            last = id;
             let full = Catalog::from_snapshot(&r.get::<_, String>(1)).map_err(|e| {
                 StepError::Fatal(format!("stored catalog snapshot {id} is unreadable: {e}"))
             })?;
@@ -616,7 +618,7 @@ impl Watcher {
             .map_err(StepError::db("removing processed snapshots"))?;
             tx.commit().await.map_err(StepError::db("commit"))?;
         }
-        Ok(Some(latest))
+        Ok(Some((latest, last)))
     }
 }
 
@@ -975,8 +977,11 @@ impl Step for Watcher {
         self.check_capture_triggers(client).await?;
         // Snapshots stored by the event trigger (also those left from an earlier run in
         // event-trigger mode): the transmitter sends no batch before they are versions.
-        if let Some(catalogs) = self.process_snapshots(client).await? {
-            let installed = capture::Installed { catalogs };
+        if let Some((catalogs, snapshot)) = self.process_snapshots(client).await? {
+            let installed = capture::Installed {
+                catalogs,
+                snapshot: Some(snapshot),
+            };
             capture::install_tables(client, &self.config, &installed)
                 .await
                 .map_err(|e| {

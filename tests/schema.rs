@@ -1959,6 +1959,49 @@ async fn a_retyped_table_dropped_before_its_batches_were_sent_does_not_hold_the_
     Ok(())
 }
 
+/// Event-trigger mode: a table's key dropped makes its row trigger again at once (it ships
+/// whole old rows from the change on). The watcher, installing triggers from a catalog
+/// snapshot it had read before that change (it processes snapshots after the fact), made
+/// the trigger again from that older catalog — with the key — so writers captured rows
+/// with a key the table no longer had, after the change's schema event: the target, its
+/// key dropped at the event, held them for good ("the row was written while the table had
+/// a key"). Installing from a snapshot that a later one has overtaken now leaves the
+/// triggers as they are. Found by the schema soak (seed 104, event-trigger mode); driven
+/// step by step here.
+#[tokio::test]
+async fn triggers_are_not_made_again_from_a_catalog_a_later_change_overtook() -> anyhow::Result<()>
+{
+    let p = Pair::new("create schema app; create table app.t (id int primary key, v int);").await?;
+    let extra = format!("{}keyless_tables: true\n", p.ddl_mode(true).await?);
+    let cfg = p.source_config(9, "app.*", &extra)?;
+    let mut c = p.src().await?;
+    let installed = pgteleport::capture::install(&mut c, &cfg).await?;
+    let trigger = "select pg_get_triggerdef(oid) from pg_trigger
+                    where tgrelid = 'app.t'::regclass and tgname = 'pgteleport_capture'";
+    let keyed = texts(&c, trigger).await?;
+    assert!(keyed[0].ends_with("capture_row('id')"), "{keyed:?}");
+    let before = scalar_i64(&c, "select n from teleport.ddl_clock").await?;
+    c.batch_execute("alter table app.t drop constraint t_pkey")
+        .await?;
+    let keyless = texts(&c, trigger).await?;
+    assert!(
+        keyless[0].ends_with("capture_row()"),
+        "made again at once: {keyless:?}"
+    );
+    // The watcher with the catalog of before the change, as the snapshot it processed.
+    let stale = pgteleport::capture::Installed {
+        catalogs: installed.catalogs,
+        snapshot: Some(before),
+    };
+    pgteleport::capture::install_tables(&mut c, &cfg, &stale).await?;
+    assert_eq!(
+        texts(&c, trigger).await?,
+        keyless,
+        "left as the change made it"
+    );
+    Ok(())
+}
+
 /// A jsonb column made text, and written with text that is no JSON before the target has
 /// the change (diffing mode: in the change's transaction, before the watcher's look): the
 /// row makes the change apply early, and must then be written as text. The applier kept
