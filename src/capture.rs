@@ -455,18 +455,13 @@ async fn install_triggers(
     installed: &Installed,
 ) -> Result<(), InstallError> {
     let schema = &config.internal_schema;
+    let schema_error = |source| InstallError::Schema {
+        schema: schema.clone(),
+        source,
+    };
     // Triggers and cursors in one transaction: the cursor's snapshot is taken while the new
     // triggers' locks keep writers out, so no change can fall between capture and cursor.
-    let tx = client
-        .transaction()
-        .await
-        .map_err(|source| InstallError::Schema {
-            schema: schema.clone(),
-            source,
-        })?;
-    // After the first install (a catalog snapshot exists), a table that gets its trigger
-    // now is new to replication: the rows it holds are queued as inserts in this same
-    // transaction, while the trigger's lock keeps writers out, so none is lost or doubled.
+    let tx = client.transaction().await.map_err(schema_error)?;
     if let Some(id) = installed.snapshot {
         // Locked: a schema change's event trigger waits for this transaction (it counts
         // on the same row), and makes its tables' triggers again from its own snapshot.
@@ -476,10 +471,7 @@ async fn install_triggers(
                 &[],
             )
             .await
-            .map_err(|source| InstallError::Schema {
-                schema: schema.clone(),
-                source,
-            })?
+            .map_err(schema_error)?
             .get(0);
         if n > id {
             tracing::debug!(
@@ -490,6 +482,9 @@ async fn install_triggers(
             return Ok(());
         }
     }
+    // After the first install (a catalog snapshot exists), a table that gets its trigger
+    // now is new to replication: the rows it holds are queued as inserts in this same
+    // transaction, while the trigger's lock keeps writers out, so none is lost or doubled.
     let copy_existing: bool = tx
         .query_one(
             &format!(
@@ -499,10 +494,7 @@ async fn install_triggers(
             &[],
         )
         .await
-        .map_err(|source| InstallError::Schema {
-            schema: schema.clone(),
-            source,
-        })?
+        .map_err(schema_error)?
         .get(0);
     for t in all.values() {
         if let Some(n) = install_trigger(&tx, t, schema, copy_existing).await? {
