@@ -1798,14 +1798,16 @@ impl DdlState<'_> {
         // event may make the step fail otherwise: a column it renamed, a table it dropped).
         let mut first: Option<String> = None;
         let mut tried: Vec<i64> = Vec::new();
-        let uncured = |message: String, first: &Option<String>, tried: &[i64]| {
-            match first {
-            Some(f) if *f != message => format!(
-                "{message} (schema version(s) {} applied ahead of their events to cure the first failure, which they did not: {f})",
-                tried.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", ")
-            ),
+        let uncured = |message: String, first: &Option<String>, tried: &[i64]| match first {
+            Some(f) if *f != message => {
+                let tried: Vec<String> = tried.iter().map(|v| v.to_string()).collect();
+                format!(
+                    "{message} (schema version(s) {} applied ahead of their events to cure \
+                     the first failure, which they did not: {f})",
+                    tried.join(", ")
+                )
+            }
             _ => message,
-        }
         };
         loop {
             if self.pending.is_empty() {
