@@ -215,14 +215,17 @@ fn with_target_json(
     target: &TargetColumns,
     cols: &[String],
 ) -> Option<TableMeta> {
-    let json: Vec<(String, String)> = meta
+    let kept = meta
         .json_columns
         .iter()
         .filter(|(c, _)| !target.types.contains_key(c) || !cols.contains(c))
-        .map(|(c, t)| (c, t))
-        .chain(target.json.iter().filter(|(c, _)| cols.contains(c)))
-        .map(|(c, t)| (c.clone(), t.clone()))
-        .collect();
+        .cloned();
+    let on_target = target
+        .json
+        .iter()
+        .filter(|(c, _)| cols.contains(c))
+        .map(|(c, t)| (c.clone(), t.clone()));
+    let json: Vec<(String, String)> = kept.chain(on_target).collect();
     let same =
         json.len() == meta.json_columns.len() && json.iter().all(|j| meta.json_columns.contains(j));
     if same {
@@ -1954,6 +1957,9 @@ impl DdlState<'_> {
             .filter(|(_, t)| self.renamed_labels.iter().any(|(o, _, _)| o == *t))
             .map(|(c, t)| (c, *t))
             .collect();
+        if columns.is_empty() {
+            return Ok(None);
+        }
         // A quick look first: no image that holds an old label as a JSON string.
         let olds: Vec<String> = self
             .renamed_labels
@@ -1967,7 +1973,7 @@ impl DdlState<'_> {
                 .flatten()
                 .any(|image| olds.iter().any(|o| image.get().contains(o.as_str())))
         };
-        if columns.is_empty() || !run.iter().any(may_hold) {
+        if !run.iter().any(may_hold) {
             return Ok(None);
         }
         // The renamed labels each image holds (column's enum, old label).
