@@ -2221,6 +2221,16 @@ impl Applier {
         if !(keyed && !meta.key.is_empty() || kind == Kind::RowIdentity && meta.key.is_empty()) {
             return Ok(None);
         }
+        // The values a volatile default gave a keyless table's rows name their rows by
+        // all their other columns, whatever key the target's table has.
+        let filled = |e: &&Event| {
+            e.key
+                .as_deref()
+                .is_some_and(|k| filled_rows(e, k).is_ok_and(|n| n.is_some()))
+        };
+        if kind == Kind::RowIdentity && run.iter().any(filled) {
+            return Ok(None);
+        }
         if let Some(key) = before.filter(|k| *k != meta.key && holds(k)) {
             tracing::debug!(table, key = ?key, batch_key = ?meta.key, "rows written before their table's key changed, after that change was applied: matched on the key of before");
             return Ok(Some(TableMeta {
@@ -2520,15 +2530,17 @@ async fn apply_run(
             let row = tx
                 .query_one(
                     &format!(
-                        "select {}, {}",
+                        "select {}, {}, {}",
                         column_names_sql("pg_catalog.to_regclass($1)"),
-                        indexed_columns_sql("pg_catalog.to_regclass($1)")
+                        indexed_columns_sql("pg_catalog.to_regclass($1)"),
+                        self_filled_columns_sql("pg_catalog.to_regclass($1)")
                     ),
                     &[&table],
                 )
                 .await
                 .map_err(pg(&context))?;
-            let (target_columns, indexed): (Vec<String>, Vec<String>) = (row.get(0), row.get(1));
+            let (target_columns, indexed, self_filled): (Vec<String>, Vec<String>, Vec<String>) =
+                (row.get(0), row.get(1), row.get(2));
             for e in events {
                 if meta.soft_delete_column.is_some() || meta.synced_at_column.is_some() {
                     return Err(ApplyError::Failed {
@@ -2572,61 +2584,145 @@ async fn apply_run(
                         && crate::wire::object_texts(old_row, std::slice::from_ref(n))
                             .is_some_and(|v| v.first().is_some_and(Option::is_some))
                 };
-                let same: Vec<String> = names
-                    .iter()
-                    .filter(|n| target_columns.contains(n))
-                    .map(|n| {
-                        let c = quote_ident(n);
-                        let text = format!("t2.{c}::text is not distinct from k.{c}::text");
-                        if through_index(n) {
-                            format!("t2.{c} = k.{c} and {text}")
-                        } else {
-                            text
-                        }
-                    })
-                    .collect();
-                let same = if same.is_empty() {
-                    "true".to_string()
-                } else {
-                    same.join(" and ")
-                };
-                let one = format!(
-                    "(select t2.ctid from {table} t2, json_populate_record(null::{table}, $1::text::json) k where {same} limit 1)"
-                );
-                let n = if e.op == Op::Delete {
-                    tx.execute(
-                        &format!("delete from {table} t where t.ctid = {one}"),
-                        &[&old],
-                    )
-                    .await
-                    .map_err(pg(&context))?
-                } else {
-                    let d = e.data.as_deref().map(|d| d.get()).unwrap_or("{}");
-                    let set: Vec<String> = cols
+                let same = |leave_out: &[String]| {
+                    let same: Vec<String> = names
                         .iter()
-                        .map(|c| {
-                            format!(
-                                "{} = {}",
-                                quote_ident(c),
-                                value(meta, c, "r", "$2::text::json")
-                            )
+                        .filter(|n| target_columns.contains(n) && !leave_out.contains(n))
+                        .map(|n| {
+                            let c = quote_ident(n);
+                            let text = format!("t2.{c}::text is not distinct from k.{c}::text");
+                            if through_index(n) {
+                                format!("t2.{c} = k.{c} and {text}")
+                            } else {
+                                text
+                            }
                         })
                         .collect();
-                    tx.execute(
-                    &format!(
-                        "update {table} t set {} from json_populate_record(null::{table}, $2::text::json) r where t.ctid = {one}",
-                        set.join(", ")
-                    ),
-                    &[&old, &d],
-                )
-                .await
-                .map_err(pg(&context))?
+                    if same.is_empty() {
+                        "true".to_string()
+                    } else {
+                        same.join(" and ")
+                    }
                 };
+                let d = e.data.as_deref().map(|d| d.get()).unwrap_or("{}");
+                if let Some(rows) = filled_rows(e, old_row)? {
+                    // The values a volatile default gave the rows equal in every other
+                    // column on the source ([`crate::watcher`]'s backfill of a keyless
+                    // table): one each, in any order — the rows are alike but for them.
+                    let each = "(select json_object_agg(j.key, j.value -> m.i) from json_each($2::text::json) j)";
+                    let set: Vec<String> = cols
+                        .iter()
+                        .map(|c| format!("{} = {}", quote_ident(c), value(meta, c, "r", each)))
+                        .collect();
+                    let n = tx
+                        .execute(
+                            &format!(
+                                "update {table} t set {}
+                                   from (select t2.ctid as tid, (row_number() over () - 1)::int as i
+                                           from {table} t2, json_populate_record(null::{table}, $1::text::json) k
+                                          where {} limit {rows}) m,
+                                        json_populate_record(null::{table}, {each}) r
+                                  where t.ctid = m.tid",
+                                set.join(", "),
+                                same(&[])
+                            ),
+                            &[&old, &d],
+                        )
+                        .await
+                        .map_err(pg(&context))?;
+                    check_matched(&context, rows, n as i64)?;
+                    continue;
+                }
+                let apply = |leave_out: Vec<String>| {
+                    let one = format!(
+                        "(select t2.ctid from {table} t2, json_populate_record(null::{table}, $1::text::json) k where {} limit 1)",
+                        same(&leave_out)
+                    );
+                    async move {
+                        if e.op == Op::Delete {
+                            tx.execute(
+                                &format!("delete from {table} t where t.ctid = {one}"),
+                                &[&old],
+                            )
+                            .await
+                        } else {
+                            let set: Vec<String> = cols
+                                .iter()
+                                .map(|c| {
+                                    format!(
+                                        "{} = {}",
+                                        quote_ident(c),
+                                        value(meta, c, "r", "$2::text::json")
+                                    )
+                                })
+                                .collect();
+                            tx.execute(
+                                &format!(
+                                    "update {table} t set {} from json_populate_record(null::{table}, $2::text::json) r where t.ctid = {one}",
+                                    set.join(", ")
+                                ),
+                                &[&old, &d],
+                            )
+                            .await
+                        }
+                    }
+                };
+                let mut n = apply(Vec::new()).await.map_err(pg(&context))?;
+                // A column the target filled itself (a volatile default or an identity
+                // column added) holds its own values until the source's arrive, queued
+                // after the schema change: rows written meanwhile hold the source's, and
+                // are found without those columns. (Once those values arrived the row
+                // is found with them: this is only asked when it is not.)
+                let leave_out: Vec<String> = self_filled
+                    .iter()
+                    .filter(|c| names.contains(c))
+                    .cloned()
+                    .collect();
+                if n == 0 && !leave_out.is_empty() {
+                    tracing::debug!(event = e.id, table, columns = ?leave_out, "row not found with the columns the target filled itself: found without them");
+                    n = apply(leave_out).await.map_err(pg(&context))?;
+                }
                 check_matched(&context, 1, n as i64)?;
             }
         }
     }
     Ok(())
+}
+
+/// For an update queued with the values a volatile default gave a keyless table's
+/// existing rows (its old row has member `""`, the number of rows equal in every other
+/// column), that number.
+fn filled_rows(
+    e: &Event,
+    old_row: &serde_json::value::RawValue,
+) -> Result<Option<i64>, ApplyError> {
+    if e.op != Op::Update {
+        return Ok(None);
+    }
+    let Some(n) = crate::wire::object_texts(old_row, &[String::new()]) else {
+        return Ok(None);
+    };
+    match n.first() {
+        Some(Some(n)) => n.parse::<i64>().map(Some).map_err(|_| ApplyError::BadRequest {
+            message: format!(
+                "event {}: member \"\" of the old row (the number of rows the update fills) is not a number: {n}",
+                e.id
+            ),
+        }),
+        _ => Ok(None),
+    }
+}
+
+/// SQL for the names of the columns of relation `rel` (an SQL expression) whose values the
+/// table computed for each row when they were added: a default without a stored "missing"
+/// value (a volatile one, or given at the table's creation), or an identity column, as a
+/// `text[]`.
+fn self_filled_columns_sql(rel: &str) -> String {
+    format!(
+        "array(select a.attname::text from pg_catalog.pg_attribute a
+                where a.attrelid = {rel} and a.attnum > 0 and not a.attisdropped
+                  and not a.atthasmissing and (a.atthasdef or a.attidentity <> '') and a.attgenerated = '')"
+    )
 }
 
 /// SQL for the names of the columns of relation `rel` (an SQL expression) that lead one of

@@ -477,17 +477,15 @@ impl Watcher {
     /// (`gen_random_uuid()`, `clock_timestamp()`, …): PostgreSQL computed one per row when
     /// the column was added (the table was rewritten: no stored "missing" value), and the
     /// target, adding the column, would compute others. Non-volatile defaults are the same
-    /// on both sides. Keyless tables are left as they are (no key to name the rows by).
+    /// on both sides. A keyless table's rows are named by their other columns, the rows
+    /// equal in them together (the applier sets one value on each).
     async fn backfill(
         &mut self,
         tx: &tokio_postgres::Transaction<'_>,
         added: AddedColumns,
     ) -> Result<(), StepError> {
         let s = &self.schema;
-        for (table, added) in added {
-            let Some(key) = table.primary_key.clone().or(table.unique_key.clone()) else {
-                continue;
-            };
+        for (mut table, added) in added {
             let mut volatile = Vec::new();
             for c in added {
                 if self.backfilled.contains(&(table.oid, c.attnum)) {
@@ -511,37 +509,128 @@ impl Watcher {
             if volatile.is_empty() {
                 continue;
             }
-            let value = |name: &str, text_form: bool| {
-                let col = format!("t.{}", quote_ident(name));
-                let v = if text_form {
-                    format!("to_json({col}::text)")
-                } else {
-                    col
-                };
-                format!("{}, {v}", ddlwatcher::quote_literal(name))
-            };
-            let pairs: Vec<String> = key
-                .iter()
-                .map(|k| {
-                    let text_form = table.columns.iter().any(|c| &c.name == k && c.text_form);
-                    value(k, text_form)
-                })
-                .chain(volatile.iter().map(|c| value(&c.name, c.text_form)))
-                .collect();
-            let n = tx
-                .execute(
-                    &format!(
-                        "select {s}.enqueue('U', $1, $2, $3::oid, null, json_build_object({})) from {} t",
-                        pairs.join(", "),
-                        ddlwatcher::ddl::own_rows(&table, &table.qualified())
-                    ),
-                    &[&table.schema, &table.name, &table.oid],
+            // The names the table and its columns have now, which the target has at the
+            // values' place in the stream: the catalog may be older (event-trigger mode
+            // processes snapshots after the fact; a rename may have followed).
+            let now = tx
+                .query_opt(
+                    "select n.nspname::text, c.relname::text,
+                            array(select a.attnum from pg_catalog.pg_attribute a
+                                   where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped order by a.attnum),
+                            array(select a.attname::text from pg_catalog.pg_attribute a
+                                   where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped order by a.attnum)
+                       from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+                      where c.oid = $1",
+                    &[&table.oid],
                 )
                 .await
+                .map_err(StepError::db("reading the names of a table with new columns"))?;
+            let Some(now) = now else { continue };
+            let numbers: Vec<i16> = now.get(2);
+            let names: Vec<String> = now.get(3);
+            let name_now = |attnum: i16, name: &str| {
+                numbers
+                    .iter()
+                    .position(|&n| n == attnum)
+                    .map_or_else(|| name.to_string(), |i| names[i].clone())
+            };
+            let renamed = |name: &String| {
+                table
+                    .columns
+                    .iter()
+                    .find(|c| &c.name == name)
+                    .map_or_else(|| name.clone(), |c| name_now(c.attnum, name))
+            };
+            let key: Option<Vec<String>> = table
+                .primary_key
+                .as_ref()
+                .or(table.unique_key.as_ref())
+                .map(|k| k.iter().map(renamed).collect());
+            for c in volatile.iter_mut().chain(table.columns.iter_mut()) {
+                c.name = name_now(c.attnum, &c.name);
+            }
+            (table.schema, table.name) = (now.get(0), now.get(1));
+            let qualified = table.qualified();
+            // No writer between the rows read here and their events: a row changed after
+            // the read but committed first would be applied before them on the target.
+            tx.batch_execute(&format!("lock table {qualified} in share mode"))
+                .await
                 .map_err(StepError::db(format!(
-                    "queueing the values of {}'s new columns",
-                    table.qualified()
+                    "locking {qualified} to queue its new columns' values"
                 )))?;
+            let rows = ddlwatcher::ddl::own_rows(&table, &qualified);
+            let n = match &key {
+                Some(key) => {
+                    let value = |name: &str, text_form: bool| {
+                        let col = format!("t.{}", quote_ident(name));
+                        let v = if text_form {
+                            format!("to_json({col}::text)")
+                        } else {
+                            col
+                        };
+                        format!("{}, {v}", ddlwatcher::quote_literal(name))
+                    };
+                    let pairs: Vec<String> = key
+                        .iter()
+                        .map(|k| {
+                            let text_form =
+                                table.columns.iter().any(|c| &c.name == k && c.text_form);
+                            value(k, text_form)
+                        })
+                        .chain(volatile.iter().map(|c| value(&c.name, c.text_form)))
+                        .collect();
+                    tx.execute(
+                        &format!(
+                            "select {s}.enqueue('U', $1, $2, $3::oid, null, json_build_object({})) from {rows} t",
+                            pairs.join(", "),
+                        ),
+                        &[&table.schema, &table.name, &table.oid],
+                    )
+                    .await
+                }
+                None => {
+                    // A keyless table: one update per set of rows equal but for the new
+                    // columns. Its old row is such a row less those columns (as the row
+                    // trigger writes a keyless table's old row, whole) with member `""`,
+                    // the number of rows; its data, each new column's values, one per row.
+                    let names: Vec<String> = volatile.iter().map(|c| c.name.clone()).collect();
+                    let aggregates: Vec<String> = volatile
+                        .iter()
+                        .map(|c| {
+                            let col = format!("(x.r).{}", quote_ident(&c.name));
+                            let v = if c.text_form {
+                                format!("({col})::text")
+                            } else {
+                                col
+                            };
+                            format!("{}, json_agg({v})", ddlwatcher::quote_literal(&c.name))
+                        })
+                        .collect();
+                    tx.execute(
+                        &format!(
+                            "select {s}.enqueue('U', $1, $2, $3::oid,
+                                     (select json_object_agg(m.key, m.value)
+                                        from (select '' as key, to_json(g.n) as value
+                                              union all
+                                              select j.key, j.value from json_each(g.o) j
+                                               where j.key <> all($4::text[])) m),
+                                     g.d)
+                               from (select (array_agg(x.o))[1] as o, count(*) as n, json_build_object({}) as d
+                                       from (select t as r, to_json(t) as o,
+                                                    (select json_object_agg(j.key, j.value) from json_each(to_json(t)) j
+                                                      where j.key <> all($4::text[]))::text as rest
+                                               from {rows} t) x
+                                      group by x.rest) g",
+                            aggregates.join(", "),
+                        ),
+                        &[&table.schema, &table.name, &table.oid, &names],
+                    )
+                    .await
+                }
+            }
+            .map_err(StepError::db(format!(
+                "queueing the values of {qualified}'s new columns"
+            )))?;
             tracing::info!(table = %table.qualified(), rows = n, columns = volatile.len(), "queued the values a volatile default gave existing rows");
         }
         Ok(())
