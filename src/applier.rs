@@ -2368,6 +2368,14 @@ fn kind_of(e: &Event, keyless: bool) -> Kind {
     match e.op {
         Op::Insert => Kind::Insert,
         Op::Update | Op::Delete if keyless => Kind::RowIdentity,
+        // Values a volatile default gave a keyless table's rows, sent once it has a key.
+        Op::Update
+            if e.key
+                .as_deref()
+                .is_some_and(|k| matches!(filled_rows(e, k), Ok(Some(_)))) =>
+        {
+            Kind::RowIdentity
+        }
         Op::Update if e.key.is_some() => Kind::UpdateKey,
         Op::Update => Kind::Update,
         Op::Truncate if e.data.is_some() => Kind::DeleteWhere,
@@ -2691,12 +2699,23 @@ async fn apply_run(
 
 /// For an update queued with the values a volatile default gave a keyless table's
 /// existing rows (its old row has member `""`, the number of rows equal in every other
-/// column), that number.
+/// column, and none of the columns its data sets), that number. (A key change of a table
+/// with a `DEFERRABLE` key numbers its statement in member `""` too, but its data gives
+/// the key its old row names.)
 fn filled_rows(
     e: &Event,
     old_row: &serde_json::value::RawValue,
 ) -> Result<Option<i64>, ApplyError> {
     if e.op != Op::Update {
+        return Ok(None);
+    }
+    let (Ok(names), Some(Ok(set))) = (
+        crate::wire::object_keys(old_row),
+        e.data.as_deref().map(crate::wire::object_keys),
+    ) else {
+        return Ok(None);
+    };
+    if set.is_empty() || set.iter().any(|c| names.contains(c)) {
         return Ok(None);
     }
     let Some(n) = crate::wire::object_texts(old_row, &[String::new()]) else {

@@ -2588,6 +2588,8 @@ async fn a_keyless_tables_column_added_with_a_volatile_default_arrives_with_the_
 /// default gave are read when the column and its table may have been renamed since (here
 /// in the same transaction). They were read under the names of the snapshot — "column does
 /// not exist", and the watcher failed its step over and over, holding every later change.
+/// A keyless table's values (named by the rest of each row) may also be sent once the
+/// table has a key.
 #[tokio::test]
 async fn values_of_a_volatile_default_arrive_under_the_names_given_after_it() -> anyhow::Result<()>
 {
@@ -2603,7 +2605,9 @@ async fn values_of_a_volatile_default_arrive_under_the_names_given_after_it() ->
              create table app.t (id int primary key, v text);
              create table app.k (id int, v text);
              insert into app.t select g, 'v' || g from generate_series(1, 5) g;
-             insert into app.k select g, 'v' || g from generate_series(1, 5) g;",
+             insert into app.k select g, 'v' || g from generate_series(1, 5) g;
+             create table app.p (id int not null, v text);
+             insert into app.p select g, 'v' || g from generate_series(1, 5) g;",
             event_triggers,
             "keyless_tables: true\n",
         )
@@ -2617,11 +2621,14 @@ async fn values_of_a_volatile_default_arrive_under_the_names_given_after_it() ->
              alter table app.k add column u uuid default gen_random_uuid();
              alter table app.k rename column u to u2;
              alter table app.k rename to k2;
+             alter table app.p add column u uuid default gen_random_uuid();
+             alter table app.p add primary key (id);
              commit;
-             update app.k2 set v = 'w' where id = 1;",
+             update app.k2 set v = 'w' where id = 1;
+             update app.p set v = 'w' where id = 2;",
         )
         .await?;
-        wait_equal(&src, &dst, &["app.t2", "app.k2"], Duration::from_secs(30))
+        wait_equal(&src, &dst, &["app.t2", "app.k2", "app.p"], Duration::from_secs(30))
             .await
             .with_context(|| format!("event triggers: {event_triggers}"))?;
         no_transmit_error(&src)
