@@ -2617,6 +2617,19 @@ async fn apply_run(
                     // The values a volatile default gave the rows equal in every other
                     // column on the source ([`crate::watcher`]'s backfill of a keyless
                     // table): one each, in any order — the rows are alike but for them.
+                    let lists: HashMap<String, Vec<&serde_json::value::RawValue>> =
+                        serde_json::from_str(d).map_err(|err| ApplyError::BadRequest {
+                            message: format!("event {}: the values of the {rows} row(s) it fills are not one JSON array per column: {err}", e.id),
+                        })?;
+                    if let Some((c, l)) = lists.iter().find(|(_, l)| l.len() as i64 != rows) {
+                        return Err(ApplyError::BadRequest {
+                            message: format!(
+                                "event {}: column {c} has {} value(s) for the {rows} row(s) the update fills",
+                                e.id,
+                                l.len()
+                            ),
+                        });
+                    }
                     let each = "(select json_object_agg(j.key, j.value -> m.i) from json_each($2::text::json) j)";
                     let set: Vec<String> = cols
                         .iter()

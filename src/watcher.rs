@@ -145,11 +145,34 @@ impl Watcher {
             self.remake_triggers(&tx, &change.before, &new).await?;
             let (later, now): (Vec<_>, Vec<_>) =
                 change.statements.into_iter().partition(|st| st.after_rows);
-            let checks = self
+            let (checks, rewritten) = self
                 .type_checks(&tx, target, &change.retyped, &change.map)
                 .await?;
             if !now.is_empty() {
-                record_checked_version(&tx, &self.schema, target, None, &now, &checks).await?;
+                let written = self.written_since_retyped(&tx, rewritten).await?;
+                if written.is_empty() {
+                    record_checked_version(&tx, &self.schema, target, None, &now, &checks).await?;
+                } else {
+                    // Rows written between a type change and this look reached the target
+                    // before its schema event, under the type of before — which may have
+                    // kept less of them (a numeric's scale, a timestamp's precision). Their
+                    // values follow the event as the source has them, and the checks come
+                    // after them, in a version of their own.
+                    record_version(&tx, &self.schema, target, None, &now).await?;
+                    for (t, columns) in &written {
+                        let n = queue_values(
+                            &tx,
+                            &self.schema,
+                            t,
+                            t.replica_key(),
+                            columns,
+                            Some(WRITTEN_SINCE_REWRITE),
+                        )
+                        .await?;
+                        tracing::info!(table = %t.qualified(), rows = n, "queued again the retyped values of rows written between the type change and the look");
+                    }
+                    record_checked_version(&tx, &self.schema, target, None, &[], &checks).await?;
+                }
                 recorded = true;
             }
             self.resync_partitions(&tx, &change.gone).await?;
@@ -229,9 +252,10 @@ impl Watcher {
         target: &str,
         retyped: &ColumnsOf,
         map: &SchemaMap,
-    ) -> Result<Vec<ddlwatcher::ddl::RowsCheck>, StepError> {
+    ) -> Result<(Vec<ddlwatcher::ddl::RowsCheck>, ColumnsOf), StepError> {
+        let mut rewritten = Vec::new();
         if retyped.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), rewritten));
         }
         let soft_delete = self.soft_delete(target);
         let canonical: Vec<String> = ddlwatcher::ddl::CANONICAL_SETTINGS
@@ -277,6 +301,36 @@ impl Watcher {
             tx.batch_execute("rollback to savepoint pgteleport_checksum")
                 .await
                 .map_err(StepError::db(what))?;
+            rewritten.push((t.clone(), columns.clone()));
+        }
+        Ok((out, rewritten))
+    }
+
+    /// Of the tables `rewritten` by a type change, those with rows written since the rewrite
+    /// ([`WRITTEN_SINCE_REWRITE`]), with their retyped columns.
+    async fn written_since_retyped(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        rewritten: ColumnsOf,
+    ) -> Result<ColumnsOf, StepError> {
+        let mut out = Vec::new();
+        for (t, columns) in rewritten {
+            let row = tx
+                .query_one(
+                    &format!(
+                        "select exists (select from {} t join pg_catalog.pg_class c on c.oid = t.tableoid where {WRITTEN_SINCE_REWRITE})",
+                        ddlwatcher::ddl::own_rows(&t, &t.qualified())
+                    ),
+                    &[],
+                )
+                .await
+                .map_err(StepError::db(format!(
+                    "reading whether rows of {} were written since its type change",
+                    t.qualified()
+                )))?;
+            if row.get::<_, bool>(0) {
+                out.push((t, columns));
+            }
         }
         Ok(out)
     }
@@ -550,87 +604,7 @@ impl Watcher {
                 c.name = name_now(c.attnum, &c.name);
             }
             (table.schema, table.name) = (now.get(0), now.get(1));
-            let qualified = table.qualified();
-            // No writer between the rows read here and their events: a row changed after
-            // the read but committed first would be applied before them on the target.
-            tx.batch_execute(&format!("lock table {qualified} in share mode"))
-                .await
-                .map_err(StepError::db(format!(
-                    "locking {qualified} to queue its new columns' values"
-                )))?;
-            let rows = ddlwatcher::ddl::own_rows(&table, &qualified);
-            let n = match &key {
-                Some(key) => {
-                    let value = |name: &str, text_form: bool| {
-                        let col = format!("t.{}", quote_ident(name));
-                        let v = if text_form {
-                            format!("to_json({col}::text)")
-                        } else {
-                            col
-                        };
-                        format!("{}, {v}", ddlwatcher::quote_literal(name))
-                    };
-                    let pairs: Vec<String> = key
-                        .iter()
-                        .map(|k| {
-                            let text_form =
-                                table.columns.iter().any(|c| &c.name == k && c.text_form);
-                            value(k, text_form)
-                        })
-                        .chain(volatile.iter().map(|c| value(&c.name, c.text_form)))
-                        .collect();
-                    tx.execute(
-                        &format!(
-                            "select {s}.enqueue('U', $1, $2, $3::oid, null, json_build_object({})) from {rows} t",
-                            pairs.join(", "),
-                        ),
-                        &[&table.schema, &table.name, &table.oid],
-                    )
-                    .await
-                }
-                None => {
-                    // A keyless table: one update per set of rows equal but for the new
-                    // columns. Its old row is such a row less those columns (as the row
-                    // trigger writes a keyless table's old row, whole) with member `""`,
-                    // the number of rows; its data, each new column's values, one per row.
-                    let names: Vec<String> = volatile.iter().map(|c| c.name.clone()).collect();
-                    let aggregates: Vec<String> = volatile
-                        .iter()
-                        .map(|c| {
-                            let col = format!("(x.r).{}", quote_ident(&c.name));
-                            let v = if c.text_form {
-                                format!("({col})::text")
-                            } else {
-                                col
-                            };
-                            format!("{}, json_agg({v})", ddlwatcher::quote_literal(&c.name))
-                        })
-                        .collect();
-                    tx.execute(
-                        &format!(
-                            "select {s}.enqueue('U', $1, $2, $3::oid,
-                                     (select json_object_agg(m.key, m.value)
-                                        from (select '' as key, to_json(g.n) as value
-                                              union all
-                                              select j.key, j.value from json_each(g.o) j
-                                               where j.key <> all($4::text[])) m),
-                                     g.d)
-                               from (select (array_agg(x.o))[1] as o, count(*) as n, json_build_object({}) as d
-                                       from (select t as r, to_json(t) as o,
-                                                    (select json_object_agg(j.key, j.value) from json_each(to_json(t)) j
-                                                      where j.key <> all($4::text[]))::text as rest
-                                               from {rows} t) x
-                                      group by x.rest) g",
-                            aggregates.join(", "),
-                        ),
-                        &[&table.schema, &table.name, &table.oid, &names],
-                    )
-                    .await
-                }
-            }
-            .map_err(StepError::db(format!(
-                "queueing the values of {qualified}'s new columns"
-            )))?;
+            let n = queue_values(tx, s, &table, key.as_deref(), &volatile, None).await?;
             tracing::info!(table = %table.qualified(), rows = n, columns = volatile.len(), "queued the values a volatile default gave existing rows");
         }
         Ok(())
@@ -1135,4 +1109,115 @@ impl Step for Watcher {
             Progress::Busy
         })
     }
+}
+
+/// SQL over a row `t` and its table's catalog row `c` (a partition's own): whether the row
+/// was written after its table was last rewritten. A rewrite (`ALTER COLUMN … TYPE`) writes
+/// every row anew in its transaction, and the catalog row with it, a command later (its
+/// file node): a row of another transaction, or of a later command of that one, was
+/// written since. A later change to the catalog row (another `ALTER TABLE`, a `GRANT`)
+/// makes every row look written since: more rows, never fewer.
+const WRITTEN_SINCE_REWRITE: &str =
+    "(t.xmin::text <> c.xmin::text or t.cmin::text::int8 > c.cmin::text::int8)";
+
+/// Queues an update of rows of `table` (its names as they are now) with their values of
+/// `columns`: by its `key`, or for a keyless table one update per set of rows equal but for
+/// those columns (their old row: those other columns and member `""`, the number of rows;
+/// their data: one array of values per column, a value per row — the applier sets one on
+/// each). Rows only where `written` holds (SQL over `t`, the row), when given; for a
+/// keyless table, the whole of each set with such a row. The table is locked against
+/// writes first: a row changed after the read but committed before this transaction would
+/// be applied before them on the target. Returns the number of events queued.
+async fn queue_values(
+    tx: &tokio_postgres::Transaction<'_>,
+    s: &str,
+    table: &ddlwatcher::Table,
+    key: Option<&[String]>,
+    columns: &[ddlwatcher::catalog::Column],
+    written: Option<&str>,
+) -> Result<u64, StepError> {
+    let qualified = table.qualified();
+    tx.batch_execute(&format!("lock table {qualified} in share mode"))
+        .await
+        .map_err(StepError::db(format!(
+            "locking {qualified} to queue values of its rows"
+        )))?;
+    let rows = ddlwatcher::ddl::own_rows(table, &qualified);
+    // The rows with their table's catalog row (a partition's own), which `written` reads.
+    let from = format!("{rows} t join pg_catalog.pg_class c on c.oid = t.tableoid");
+    let n = match key {
+        Some(key) => {
+            let value = |name: &str, text_form: bool| {
+                let col = format!("t.{}", quote_ident(name));
+                let v = if text_form {
+                    format!("to_json({col}::text)")
+                } else {
+                    col
+                };
+                format!("{}, {v}", ddlwatcher::quote_literal(name))
+            };
+            let pairs: Vec<String> = key
+                .iter()
+                .map(|k| {
+                    let text_form =
+                        table.columns.iter().any(|c| &c.name == k && c.text_form);
+                    value(k, text_form)
+                })
+                .chain(columns.iter().map(|c| value(&c.name, c.text_form)))
+                .collect();
+            tx.execute(
+                &format!(
+                    "select {s}.enqueue('U', $1, $2, $3::oid, null, json_build_object({})) from {from} where {}",
+                    pairs.join(", "),
+                    written.unwrap_or("true"),
+                ),
+                &[&table.schema, &table.name, &table.oid],
+            )
+            .await
+        }
+        None => {
+            // The old row is as the row trigger writes a keyless table's (whole), less
+            // `columns`.
+            let names: Vec<String> = columns.iter().map(|c| c.name.clone()).collect();
+            let aggregates: Vec<String> = columns
+                .iter()
+                .map(|c| {
+                    let col = format!("(x.r).{}", quote_ident(&c.name));
+                    let v = if c.text_form {
+                        format!("({col})::text")
+                    } else {
+                        col
+                    };
+                    format!("{}, json_agg({v})", ddlwatcher::quote_literal(&c.name))
+                })
+                .collect();
+            tx.execute(
+                &format!(
+                    "select {s}.enqueue('U', $1, $2, $3::oid,
+                             (select json_object_agg(m.key, m.value)
+                                from (select '' as key, to_json(g.n) as value
+                                      union all
+                                      select j.key, j.value from json_each(g.o) j
+                                       where j.key <> all($4::text[])) m),
+                             g.d)
+                       from (select (array_agg(x.o))[1] as o, count(*) as n, json_build_object({}) as d
+                               from (select t as r, to_json(t) as o,
+                                            (select json_object_agg(j.key, j.value) from json_each(to_json(t)) j
+                                              where j.key <> all($4::text[]))::text as rest,
+                                            {} as w
+                                       from {from}) x
+                              group by x.rest
+                             having bool_or(x.w)) g",
+                    aggregates.join(", "),
+                    written.unwrap_or("true"),
+                ),
+                &[&table.schema, &table.name, &table.oid, &names],
+            )
+            .await
+        }
+    }
+    .map_err(StepError::db(format!(
+        "queueing values of {qualified}'s rows"
+    )))?;
+    Ok(n)
 }

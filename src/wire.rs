@@ -365,7 +365,10 @@ pub struct Event {
     /// Source transaction id (for the initial load's snapshot rule).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub txid: Option<u64>,
-    /// Old primary key: DELETE, and an UPDATE that changed the key.
+    /// Old primary key: DELETE, and an UPDATE that changed the key; a keyless table's
+    /// whole old row. An UPDATE filling the values a volatile default gave a keyless
+    /// table's rows has the rows' other columns here and member `""`, the number of rows
+    /// alike in them; its `data` then holds one array per new column, a value per row.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<Box<RawValue>>,
     /// New row image: INSERT and UPDATE.

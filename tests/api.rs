@@ -559,3 +559,63 @@ async fn an_enum_label_written_by_a_writer_racing_its_rename_arrives_renamed() -
     target.shutdown().await?;
     Ok(())
 }
+
+/// The values a volatile default gave a keyless table's rows come as one update per set of
+/// rows equal in every other column (old row: those columns and member `""`, the number of
+/// rows; data: one array of values per new column). Each row of the set gets one value; a
+/// set whose arrays do not hold one value per row is refused as malformed (400), one that
+/// names more rows than the target has fails as diverged (500), and neither applies
+/// anything.
+#[tokio::test]
+async fn a_keyless_tables_filled_values_go_one_to_each_row_alike() -> anyhow::Result<()> {
+    let p = Pair::new("create schema app; create table app.k (id int, v text, u int);").await?;
+    let dst = p.dst().await?;
+    dst.batch_execute("insert into app.k values (1, 'a', null), (1, 'a', null), (2, 'b', null)")
+        .await?;
+    let target = p.start_target(0).await?;
+    let port = target.local_addr.unwrap().port();
+    let fill = |seq: i64, key: &str, data: &str| Batch {
+        seq,
+        tables: vec![TableMeta {
+            name: "k".into(),
+            key: vec![],
+            columns: vec!["id".into(), "v".into(), "u".into()],
+            ..batch(seq, 1).tables.remove(0)
+        }],
+        events: vec![Event {
+            id: 10 + seq,
+            op: Op::Update,
+            table: 0,
+            txid: None,
+            key: Some(RawValue::from_string(key.to_string()).unwrap()),
+            data: Some(RawValue::from_string(data.to_string()).unwrap()),
+        }],
+        ..batch(seq, 1)
+    };
+    let before = rows(&dst, "app.k").await?;
+    let short = fill(1, r#"{"": 2, "id": 1, "v": "a"}"#, r#"{"u": [7]}"#);
+    let (s, j) = post(port, Some(TOKEN), None, wire::encode(&short, false)?).await?;
+    assert_eq!(s, 400, "{j}");
+    assert!(
+        j["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("column u has 1 value(s) for the 2 row(s)")),
+        "{j}"
+    );
+    let more = fill(1, r#"{"": 3, "id": 1, "v": "a"}"#, r#"{"u": [7, 8, 9]}"#);
+    let (s, j) = post(port, Some(TOKEN), None, wire::encode(&more, false)?).await?;
+    assert_eq!(s, 500, "{j}");
+    assert!(
+        j["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("3 row(s) named by the source but 2 found")),
+        "{j}"
+    );
+    assert_eq!(rows(&dst, "app.k").await?, before, "nothing applied");
+    let good = fill(1, r#"{"": 2, "id": 1, "v": "a"}"#, r#"{"u": [7, 8]}"#);
+    let (s, j) = post(port, Some(TOKEN), None, wire::encode(&good, false)?).await?;
+    assert_eq!((s, j["status"].as_str()), (200, Some("applied")), "{j}");
+    assert_eq!(rows(&dst, "app.k").await?, ["(1,a,7)", "(1,a,8)", "(2,b,)"]);
+    target.shutdown().await?;
+    Ok(())
+}
