@@ -1464,7 +1464,10 @@ fn plan_runs(
                     && (row_event || e.op == Op::Truncate)
                     && first.op != Op::Schema
                     && first.op != Op::Sequences
-                    && !matches!(kind, Kind::RowIdentity | Kind::DeleteWhere)
+                    && kind != Kind::DeleteWhere
+                    // A keyless table's deletes together (`delete_alike`); its updates
+                    // one at a time.
+                    && (kind != Kind::RowIdentity || e.op == Op::Delete && first.op == Op::Delete)
                     // Key changes one by one, except those of one statement on a
                     // table with a DEFERRABLE key: they may pass through each other.
                     && (kind != Kind::UpdateKey
@@ -2533,8 +2536,9 @@ async fn apply_run(
         }
         Kind::DeleteWhere => unreachable!("applied by delete_where()"),
         Kind::RowIdentity => {
-            // One event at a time (a keyless table's runs have one; rows of a table whose
-            // key the target lacks here may come as a run).
+            // A run of deletes in one statement when it can (`delete_alike`), else one
+            // event at a time (a keyless table's other runs have one; rows of a table
+            // whose key the target lacks here may come as a run).
             let row = tx
                 .query_one(
                     &format!(
@@ -2549,6 +2553,12 @@ async fn apply_run(
                 .map_err(pg(&context))?;
             let (target_columns, indexed, self_filled): (Vec<String>, Vec<String>, Vec<String>) =
                 (row.get(0), row.get(1), row.get(2));
+            if meta.soft_delete_column.is_none()
+                && meta.synced_at_column.is_none()
+                && delete_alike(tx, table, &target_columns, &indexed, events, &context).await?
+            {
+                return Ok(());
+            }
             for e in events {
                 if meta.soft_delete_column.is_some() || meta.synced_at_column.is_some() {
                     return Err(ApplyError::Failed {
@@ -2708,6 +2718,89 @@ async fn apply_run(
         }
     }
     Ok(())
+}
+
+/// Deletes a run of a keyless table's rows in one statement, reading the table once: each
+/// old row's columns that the target's table has, as one text (every column's text, so
+/// NULLs and types without `=` compare too, as one row at a time does), matched by hash
+/// with the table's rows, as many rows of each as the run names. Only when the run holds
+/// more than one delete, their old rows name the same columns and none of them leads an
+/// index of the target's table (then one row at a time goes through the index). `false`
+/// when it did not apply: not such a run, or the rows found were not the rows named (then
+/// rolled back, for one row at a time to name the one missing).
+async fn delete_alike(
+    tx: &deadpool_postgres::Transaction<'_>,
+    table: &str,
+    target_columns: &[String],
+    indexed: &[String],
+    events: &[&Event],
+    context: &str,
+) -> Result<bool, ApplyError> {
+    if events.len() < 2 || events.iter().any(|e| e.op != Op::Delete) {
+        return Ok(false);
+    }
+    let mut names: Option<Vec<String>> = None;
+    let mut images = String::from("[");
+    for e in events {
+        let Some(k) = e.key.as_deref() else {
+            return Ok(false);
+        };
+        let Ok(these) = crate::wire::object_keys(k) else {
+            return Ok(false);
+        };
+        match &names {
+            Some(n) if *n != these => return Ok(false),
+            Some(_) => {}
+            None => names = Some(these),
+        }
+        if images.len() > 1 {
+            images.push(',');
+        }
+        images.push_str(k.get());
+    }
+    images.push(']');
+    let common: Vec<&String> = names
+        .iter()
+        .flatten()
+        .filter(|n| target_columns.contains(n))
+        .collect();
+    if common.is_empty() || common.iter().any(|n| indexed.contains(n)) {
+        return Ok(false);
+    }
+    let text = |alias: &str| {
+        let cols: Vec<String> = common
+            .iter()
+            .map(|c| format!("{alias}.{}::text", quote_ident(c)))
+            .collect();
+        format!("row({})::text", cols.join(", "))
+    };
+    tx.batch_execute("savepoint pgteleport_alike")
+        .await
+        .map_err(pg(context))?;
+    let n = tx
+        .execute(
+            &format!(
+                "with x as (select {} as key, count(*) as n
+                              from json_populate_recordset(null::{table}, $1::text::json) k group by 1),
+                      m as (select t2.ctid as tid, row_number() over (partition by x.key) as rn, x.n
+                              from {table} t2 join x on {} = x.key)
+                 delete from {table} t using m where t.ctid = m.tid and m.rn <= m.n",
+                text("k"),
+                text("t2")
+            ),
+            &[&images],
+        )
+        .await
+        .map_err(pg(context))?;
+    let done = n as usize == events.len();
+    tx.batch_execute(if done {
+        "release savepoint pgteleport_alike"
+    } else {
+        "rollback to savepoint pgteleport_alike; release savepoint pgteleport_alike"
+    })
+    .await
+    .map_err(pg(context))?;
+    Ok(done)
 }
 
 /// For an update queued with the values a volatile default gave a keyless table's

@@ -1772,6 +1772,52 @@ async fn keyless_rows_are_found_through_an_index_of_the_target() -> anyhow::Resu
     Ok(())
 }
 
+/// A keyless table whose target has no index: the deletes of one statement are applied as
+/// one statement reading the table once (by hash on each row's whole text), not one read
+/// of the whole table per row deleted — and still exactly: as many of identical rows as
+/// were deleted, NULL apart from `''`, `1.0` apart from `1.00`.
+#[tokio::test]
+async fn keyless_deletes_read_the_target_table_once_per_run() -> anyhow::Result<()> {
+    let setup = "create schema app;
+         create table app.k (a int, b numeric, c text, j jsonb);
+         insert into app.k select g, g, 'row ' || g, jsonb_build_object('g', g) from generate_series(1, 3000) g;
+         insert into app.k values (7, 7, 'three', null), (7, 7, 'three', null), (7, 7, 'three', null),
+                                  (null, 1.0, '', '[]'), (null, 1.0, null, '[]'), (8, 1.00, 'x', null), (8, 1.0, 'x', null);";
+    let p = Pair::new2(setup, setup).await?;
+    let (source, target) = p.start_both_with("app.*", "keyless_tables: true\n").await?;
+    let (src, dst) = (p.src().await?, p.dst().await?);
+    let scans = "select seq_scan from pg_stat_user_tables where relid = 'app.k'::regclass";
+    let before = scalar_i64(&dst, scans).await?;
+    src.batch_execute(
+        "delete from app.k where a between 100 and 599 and c like 'row %';
+         delete from app.k where ctid in (select ctid from app.k where c = 'three' limit 2);
+         delete from app.k where a is null and c = '';
+         delete from app.k where b::text = '1.00';",
+    )
+    .await?;
+    wait_equal(&src, &dst, &["app.k"], Duration::from_secs(60)).await?;
+    assert_eq!(
+        texts(
+            &dst,
+            "select format('%s %s %s', a, b, quote_nullable(c)) from app.k where c is null or c in ('three', 'x', '') order by 1"
+        )
+        .await?,
+        [" 1.0 NULL", "7 7 'three'", "8 1.0 'x'"]
+    );
+    assert_eq!(last_error(&src).await?, "");
+    source.shutdown().await?;
+    // The target's backends report their counters when their connections close.
+    target.shutdown().await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = scalar_i64(&dst, scans).await?;
+    assert!(
+        after - before < 40,
+        "{} sequential scans of the target table for 505 deletes in 4 statements",
+        after - before
+    );
+    Ok(())
+}
+
 /// A `DEFERRABLE` primary key lets one statement move keys through each other: a shift
 /// (`SET id = id + 1`, rows in any order) and a swap. The target gets the key DEFERRABLE too
 /// (from the snapshot, and for a table created later), and applies the key changes of one
