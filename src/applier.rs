@@ -1465,9 +1465,8 @@ fn plan_runs(
                     && first.op != Op::Schema
                     && first.op != Op::Sequences
                     && kind != Kind::DeleteWhere
-                    // A keyless table's deletes together (`delete_alike`); its updates
-                    // one at a time.
-                    && (kind != Kind::RowIdentity || e.op == Op::Delete && first.op == Op::Delete)
+                    // A keyless table's deletes together, and its updates (`apply_alike`).
+                    && (kind != Kind::RowIdentity || e.op == first.op)
                     // Key changes one by one, except those of one statement on a
                     // table with a DEFERRABLE key: they may pass through each other.
                     && (kind != Kind::UpdateKey
@@ -2536,9 +2535,8 @@ async fn apply_run(
         }
         Kind::DeleteWhere => unreachable!("applied by delete_where()"),
         Kind::RowIdentity => {
-            // A run of deletes in one statement when it can (`delete_alike`), else one
-            // event at a time (a keyless table's other runs have one; rows of a table
-            // whose key the target lacks here may come as a run).
+            // A run in one statement when it can (`apply_alike`), else one event at a
+            // time.
             let row = tx
                 .query_one(
                     &format!(
@@ -2553,9 +2551,17 @@ async fn apply_run(
                 .map_err(pg(&context))?;
             let (target_columns, indexed, self_filled): (Vec<String>, Vec<String>, Vec<String>) =
                 (row.get(0), row.get(1), row.get(2));
-            if meta.soft_delete_column.is_none()
-                && meta.synced_at_column.is_none()
-                && delete_alike(tx, table, &target_columns, &indexed, events, &context).await?
+            if apply_alike(
+                tx,
+                meta,
+                cols,
+                table,
+                &target_columns,
+                &indexed,
+                events,
+                &context,
+            )
+            .await?
             {
                 return Ok(());
             }
@@ -2720,27 +2726,39 @@ async fn apply_run(
     Ok(())
 }
 
-/// Deletes a run of a keyless table's rows in one statement, reading the table once: each
-/// old row's columns that the target's table has, as one text (every column's text, so
-/// NULLs and types without `=` compare too, as one row at a time does), matched by hash
-/// with the table's rows, as many rows of each as the run names. Only when the run holds
-/// more than one delete, their old rows name the same columns and none of them leads an
-/// index of the target's table (then one row at a time goes through the index). `false`
-/// when it did not apply: not such a run, or the rows found were not the rows named (then
-/// rolled back, for one row at a time to name the one missing).
-async fn delete_alike(
+/// Applies a run of a keyless table's deletes, or of its updates, in one statement reading
+/// the table once: each old row's columns that the target's table has, as one text (every
+/// column's text, so NULLs and types without `=` compare too, as one row at a time does),
+/// matched by hash with the table's rows, as many rows of each as the run names. A keyless
+/// table is a multiset: when every old row of the run is found among the rows before it,
+/// one at a time would have found each too, and ends with the same rows (each takes one
+/// row equal to its old row, and gives one equal to its new row). Only for a run of more
+/// than one event whose old rows name the same columns, none of which leads an index of
+/// the target's table (then one row at a time goes through the index). `false` when it
+/// did not apply: not such a run, or the rows found were not the rows named (then rolled
+/// back, for one row at a time to name the one missing or find it otherwise).
+#[allow(clippy::too_many_arguments)]
+async fn apply_alike(
     tx: &deadpool_postgres::Transaction<'_>,
+    meta: &TableMeta,
+    cols: &[String],
     table: &str,
     target_columns: &[String],
     indexed: &[String],
     events: &[&Event],
     context: &str,
 ) -> Result<bool, ApplyError> {
-    if events.len() < 2 || events.iter().any(|e| e.op != Op::Delete) {
+    let op = events[0].op;
+    if events.len() < 2
+        || !matches!(op, Op::Delete | Op::Update)
+        || events.iter().any(|e| e.op != op)
+        || meta.soft_delete_column.is_some()
+        || meta.synced_at_column.is_some()
+    {
         return Ok(false);
     }
     let mut names: Option<Vec<String>> = None;
-    let mut images = String::from("[");
+    let (mut olds, mut news) = (String::from("["), String::from("["));
     for e in events {
         let Some(k) = e.key.as_deref() else {
             return Ok(false);
@@ -2753,12 +2771,21 @@ async fn delete_alike(
             Some(_) => {}
             None => names = Some(these),
         }
-        if images.len() > 1 {
-            images.push(',');
+        if olds.len() > 1 {
+            olds.push(',');
+            news.push(',');
         }
-        images.push_str(k.get());
+        olds.push_str(k.get());
+        if op == Op::Update {
+            // The values a volatile default gave go one row at a time (`filled_rows`).
+            match e.data.as_deref() {
+                Some(d) if !matches!(filled_rows(e, k), Ok(Some(_))) => news.push_str(d.get()),
+                _ => return Ok(false),
+            }
+        }
     }
-    images.push(']');
+    olds.push(']');
+    news.push(']');
     let common: Vec<&String> = names
         .iter()
         .flatten()
@@ -2774,24 +2801,47 @@ async fn delete_alike(
             .collect();
         format!("row({})::text", cols.join(", "))
     };
+    let sql = if op == Op::Delete {
+        format!(
+            "with x as (select {} as key, count(*) as n
+                          from json_populate_recordset(null::{table}, $1::text::json) k group by 1),
+                  m as (select t2.ctid as tid, row_number() over (partition by x.key) as rn, x.n
+                          from {table} t2 join x on {} = x.key)
+             delete from {table} t using m where t.ctid = m.tid and m.rn <= m.n",
+            text("k"),
+            text("t2")
+        )
+    } else {
+        let set: Vec<String> = cols
+            .iter()
+            .map(|c| format!("{} = {}", quote_ident(c), value(meta, c, "r", "x.data")))
+            .collect();
+        format!(
+            "with x as (select o.i, d.value as data, {key} as key,
+                               row_number() over (partition by {key} order by o.i) as rn
+                          from json_array_elements($1::text::json) with ordinality o(value, i)
+                          join json_array_elements($2::text::json) with ordinality d(value, i) on d.i = o.i,
+                               json_populate_record(null::{table}, o.value) k),
+                  m as (select t2.ctid as tid, y.key, row_number() over (partition by y.key) as rn
+                          from {table} t2 join (select distinct x.key from x) y on {} = y.key)
+             update {table} t set {}
+               from m join x on x.key = m.key and x.rn = m.rn,
+                    json_populate_record(null::{table}, x.data) r
+              where t.ctid = m.tid",
+            text("t2"),
+            set.join(", "),
+            key = text("k"),
+        )
+    };
     tx.batch_execute("savepoint pgteleport_alike")
         .await
         .map_err(pg(context))?;
-    let n = tx
-        .execute(
-            &format!(
-                "with x as (select {} as key, count(*) as n
-                              from json_populate_recordset(null::{table}, $1::text::json) k group by 1),
-                      m as (select t2.ctid as tid, row_number() over (partition by x.key) as rn, x.n
-                              from {table} t2 join x on {} = x.key)
-                 delete from {table} t using m where t.ctid = m.tid and m.rn <= m.n",
-                text("k"),
-                text("t2")
-            ),
-            &[&images],
-        )
-        .await
-        .map_err(pg(context))?;
+    let n = if op == Op::Delete {
+        tx.execute(&sql, &[&olds]).await
+    } else {
+        tx.execute(&sql, &[&olds, &news]).await
+    }
+    .map_err(pg(context))?;
     let done = n as usize == events.len();
     tx.batch_execute(if done {
         "release savepoint pgteleport_alike"
