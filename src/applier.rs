@@ -2566,6 +2566,11 @@ async fn apply_run(
                 return Ok(());
             }
             for e in events {
+                // An update whose columns were all left out on the way (`exclude_columns`:
+                // the values a volatile default gave an excluded column) writes nothing.
+                if e.op == Op::Update && cols.is_empty() {
+                    continue;
+                }
                 if meta.soft_delete_column.is_some() || meta.synced_at_column.is_some() {
                     return Err(ApplyError::Failed {
                     message: format!(
@@ -2751,6 +2756,7 @@ async fn apply_alike(
     let op = events[0].op;
     if events.len() < 2
         || !matches!(op, Op::Delete | Op::Update)
+        || op == Op::Update && cols.is_empty()
         || events.iter().any(|e| e.op != op)
         || meta.soft_delete_column.is_some()
         || meta.synced_at_column.is_some()
