@@ -1831,6 +1831,43 @@ async fn keyless_updates_and_deletes_read_the_target_table_once_per_run() -> any
     Ok(())
 }
 
+/// A keyless table referencing another with `ON DELETE CASCADE`, on both sides: without
+/// replica mode the target's own cascade removes the child rows when the parent's delete is
+/// applied, and the source's cascaded deletes of them (whole old rows) then find nothing —
+/// the end state is the same, as for a keyed child. They held the stream ("1 row(s) named
+/// by the source but 0 found").
+#[tokio::test]
+async fn a_keyless_childs_rows_removed_by_the_targets_own_cascade_are_passed_over(
+) -> anyhow::Result<()> {
+    let setup = "create schema app;
+         create table app.parent (id int primary key);
+         create table app.child (pid int references app.parent on delete cascade, v text);
+         insert into app.parent select generate_series(1, 5);
+         insert into app.child select g % 5 + 1, 'v' || g from generate_series(1, 20) g;
+         insert into app.child values (1, 'v1'), (1, 'v1');";
+    let p = Pair::new2(setup, setup).await?;
+    let (source, target) = p.start_both_with("app.*", "keyless_tables: true\n").await?;
+    let (src, dst) = (p.src().await?, p.dst().await?);
+    src.batch_execute(
+        "delete from app.parent where id = 1;
+         delete from app.parent where id in (2, 3);
+         delete from app.child where pid = 4 and v = 'v3';",
+    )
+    .await?;
+    wait_equal(
+        &src,
+        &dst,
+        &["app.parent", "app.child"],
+        Duration::from_secs(30),
+    )
+    .await?;
+    assert_eq!(scalar_i64(&dst, "select count(*) from app.child").await?, 7);
+    assert_eq!(last_error(&src).await?, "");
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}
+
 /// A `DEFERRABLE` primary key lets one statement move keys through each other: a shift
 /// (`SET id = id + 1`, rows in any order) and a swap. The target gets the key DEFERRABLE too
 /// (from the snapshot, and for a table created later), and applies the key changes of one
