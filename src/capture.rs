@@ -70,7 +70,7 @@ pub enum InstallError {
         #[source]
         source: ddlwatcher::ReadError,
     },
-    #[error("table {table} (target `{target}`) has neither a primary key nor a unique index on NOT NULL columns; add one (ALTER TABLE … ADD PRIMARY KEY …, or a unique index and ALTER TABLE … REPLICA IDENTITY USING INDEX …) or exclude the table from target_expression, or set `keyless_tables: true` to replicate it by full-row identity (each update and delete then scans the target table)")]
+    #[error("table {table} (target `{target}`) has neither a primary key nor a unique index on NOT NULL columns; add one (ALTER TABLE … ADD PRIMARY KEY …, or a unique index and ALTER TABLE … REPLICA IDENTITY USING INDEX …) or exclude the table from target_expression, or set `keyless_tables: true` to replicate it by full-row identity (updates and deletes then find their rows through an index of the target table that leads with one of its columns, else by reading the table, once per run of them)")]
     NoPrimaryKey { table: String, target: String },
     #[error("cannot install the capture trigger on {table}: {}{hint}", db::describe(.source))]
     Trigger {
