@@ -2225,12 +2225,7 @@ impl Applier {
         }
         // The values a volatile default gave a keyless table's rows name their rows by
         // all their other columns, whatever key the target's table has.
-        let filled = |e: &&Event| {
-            e.key
-                .as_deref()
-                .is_some_and(|k| filled_rows(e, k).is_ok_and(|n| n.is_some()))
-        };
-        if kind == Kind::RowIdentity && run.iter().any(filled) {
+        if kind == Kind::RowIdentity && run.iter().any(|e| fills(e)) {
             return Ok(None);
         }
         if let Some(key) = before.filter(|k| *k != meta.key && holds(k)) {
@@ -2373,13 +2368,7 @@ fn kind_of(e: &Event, keyless: bool) -> Kind {
         Op::Insert => Kind::Insert,
         Op::Update | Op::Delete if keyless => Kind::RowIdentity,
         // Values a volatile default gave a keyless table's rows, sent once it has a key.
-        Op::Update
-            if e.key
-                .as_deref()
-                .is_some_and(|k| matches!(filled_rows(e, k), Ok(Some(_)))) =>
-        {
-            Kind::RowIdentity
-        }
+        Op::Update if fills(e) => Kind::RowIdentity,
         Op::Update if e.key.is_some() => Kind::UpdateKey,
         Op::Update => Kind::Update,
         Op::Truncate if e.data.is_some() => Kind::DeleteWhere,
@@ -2567,6 +2556,13 @@ async fn apply_run(
             {
                 return Ok(());
             }
+            // The SET list of an update found one row at a time.
+            let set = cols
+                .iter()
+                .map(|c| assignment(meta, c, "r", "$2::text::json"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let set = set.as_str();
             for e in events {
                 // An update whose columns were all left out on the way (`exclude_columns`:
                 // the values a volatile default gave an excluded column) writes nothing.
@@ -2656,7 +2652,7 @@ async fn apply_run(
                     let each = "(select json_object_agg(j.key, j.value -> m.i) from json_each($2::text::json) j)";
                     let set: Vec<String> = cols
                         .iter()
-                        .map(|c| format!("{} = {}", quote_ident(c), value(meta, c, "r", each)))
+                        .map(|c| assignment(meta, c, "r", each))
                         .collect();
                     let n = tx
                         .execute(
@@ -2690,20 +2686,9 @@ async fn apply_run(
                             )
                             .await
                         } else {
-                            let set: Vec<String> = cols
-                                .iter()
-                                .map(|c| {
-                                    format!(
-                                        "{} = {}",
-                                        quote_ident(c),
-                                        value(meta, c, "r", "$2::text::json")
-                                    )
-                                })
-                                .collect();
                             tx.execute(
                                 &format!(
-                                    "update {table} t set {} from json_populate_record(null::{table}, $2::text::json) r where t.ctid = {one}",
-                                    set.join(", ")
+                                    "update {table} t set {set} from json_populate_record(null::{table}, $2::text::json) r where t.ctid = {one}"
                                 ),
                                 &[&old, &d],
                             )
@@ -2791,7 +2776,7 @@ async fn apply_alike(
         if op == Op::Update {
             // The values a volatile default gave go one row at a time (`filled_rows`).
             match e.data.as_deref() {
-                Some(d) if !matches!(filled_rows(e, k), Ok(Some(_))) => news.push_str(d.get()),
+                Some(d) if !fills(e) => news.push_str(d.get()),
                 _ => return Ok(false),
             }
         }
@@ -2826,7 +2811,7 @@ async fn apply_alike(
     } else {
         let set: Vec<String> = cols
             .iter()
-            .map(|c| format!("{} = {}", quote_ident(c), value(meta, c, "r", "x.data")))
+            .map(|c| assignment(meta, c, "r", "x.data"))
             .collect();
         format!(
             "with x as (select o.i, d.value as data, {key} as key,
@@ -2863,6 +2848,14 @@ async fn apply_alike(
     .await
     .map_err(pg(context))?;
     Ok(done)
+}
+
+/// Whether `e` is an update queued with the values a volatile default gave a keyless
+/// table's existing rows ([`filled_rows`]).
+fn fills(e: &Event) -> bool {
+    e.key
+        .as_deref()
+        .is_some_and(|k| matches!(filled_rows(e, k), Ok(Some(_))))
 }
 
 /// For an update queued with the values a volatile default gave a keyless table's
@@ -2975,6 +2968,11 @@ fn key_match(key: &[String], left: &str, right: &str) -> String {
 
 /// The value of column `c`: from the populated record `rec`, or for a json/jsonb column
 /// cast from its text in the image `image` (the record would turn a JSON `null` into NULL).
+/// `"c" = <its value>` for an UPDATE's SET list: [`value`] of `c`.
+fn assignment(meta: &TableMeta, c: &str, rec: &str, image: &str) -> String {
+    format!("{} = {}", quote_ident(c), value(meta, c, rec, image))
+}
+
 fn value(meta: &TableMeta, c: &str, rec: &str, image: &str) -> String {
     match meta.json_columns.iter().find(|(n, _)| n == c) {
         Some((_, ty)) if ty == "json" || ty == "jsonb" => {
@@ -3037,13 +3035,7 @@ fn update_sql(meta: &TableMeta, columns: &[String], table: &str) -> String {
     let set: Vec<String> = columns
         .iter()
         .filter(|c| !meta.key.contains(c) && !meta.identity_always.contains(c))
-        .map(|c| {
-            format!(
-                "{} = {}",
-                quote_ident(c),
-                value(meta, c, "r", "r.pgteleport_image")
-            )
-        })
+        .map(|c| assignment(meta, c, "r", "r.pgteleport_image"))
         .collect();
     let rkey = column_list(&meta.key, "r.");
     let r = format!(
@@ -3207,13 +3199,7 @@ fn update_key_sql(meta: &TableMeta, columns: &[String], table: &str) -> String {
     let set: Vec<String> = columns
         .iter()
         .filter(|c| !meta.identity_always.contains(c) || meta.key.contains(c))
-        .map(|c| {
-            format!(
-                "{} = {}",
-                quote_ident(c),
-                value(meta, c, "r", "$1::text::json")
-            )
-        })
+        .map(|c| assignment(meta, c, "r", "$1::text::json"))
         .collect();
     format!(
         "update {table} as t set {set}{synced}

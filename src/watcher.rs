@@ -1197,11 +1197,10 @@ async fn queue_values(
                              (select json_object_agg(m.key, m.value)
                                 from (select '' as key, to_json(g.n) as value
                                       union all
-                                      select j.key, j.value from json_each(g.o) j
-                                       where j.key <> all($4::text[])) m),
+                                      select j.key, j.value from json_each(g.rest::json) j) m),
                              g.d)
-                       from (select (array_agg(x.o))[1] as o, count(*) as n, json_build_object({}) as d
-                               from (select t as r, to_json(t) as o,
+                       from (select x.rest, count(*) as n, json_build_object({}) as d
+                               from (select t as r,
                                             (select json_object_agg(j.key, j.value) from json_each(to_json(t)) j
                                               where j.key <> all($4::text[]))::text as rest,
                                             {} as w
