@@ -38,6 +38,7 @@ pub const SOURCE_SQL: &[(i32, &str)] = &[
         16,
         include_str!("../sql/source_016_inheritance_children.sql"),
     ),
+    (17, include_str!("../sql/source_017_capture_forms.sql")),
 ];
 
 /// Registers a target (mirror) in `target_state`, state SETUP, its batches starting after
@@ -502,6 +503,11 @@ async fn install_triggers(
                 tracing::info!(table = %t.qualified(), rows = n, "new table captured with the rows it already held");
             }
         }
+        if !config.use_event_triggers {
+            record_form(&tx, &quote_ident(schema), t)
+                .await
+                .map_err(schema_error)?;
+        }
     }
     for name in config.targets.keys() {
         tx.execute(&register_target_sql(&quote_ident(schema)), &[name])
@@ -584,6 +590,65 @@ async fn install_trigger(
         .map_err(|source| trigger_error(table, source))?
         .get(0);
     Ok((n >= 0).then_some(n))
+}
+
+/// Records that events of `table` from the next one on are written by a row trigger that
+/// knows its columns as `table` has them (`capture_form`, version 17), unless the latest
+/// record says so already. Diffing mode only, where the trigger is made again at the
+/// ddlwatcher's look, not at the schema change: between the two, a json/jsonb column the
+/// trigger does not know yet travels in its JSON form, which the transmitter turns into
+/// its text form ([`crate::transmitter`]). Called where the trigger is made, after it (its
+/// lock keeps writers out: every event before the number is the earlier trigger's), and
+/// at each look that changes the table. `schema` is quoted.
+pub async fn record_form(
+    tx: &tokio_postgres::Transaction<'_>,
+    schema: &str,
+    table: &Table,
+) -> Result<(), tokio_postgres::Error> {
+    let names: Vec<&str> = table.columns.iter().map(|c| c.name.as_str()).collect();
+    let attnums: Vec<i16> = table.columns.iter().map(|c| c.attnum).collect();
+    let text_form: Vec<bool> = table.columns.iter().map(|c| c.text_form).collect();
+    let s = schema;
+    let row = tx
+        .query_opt(
+            &format!(
+                "with c as (
+                     select coalesce(array_agg(c.name order by c.ord), '{{}}') as columns,
+                            coalesce(array_agg(c.name order by c.ord) filter (where c.json), '{{}}') as json
+                       from (select c.name, c.ord,
+                                    c.text_form and coalesce({base} in ('pg_catalog.json'::pg_catalog.regtype,
+                                                                        'pg_catalog.jsonb'::pg_catalog.regtype), false) as json
+                               from rows from (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::int2[]), pg_catalog.unnest($4::bool[]))
+                                    with ordinality as c(name, attnum, text_form, ord)
+                               left join pg_catalog.pg_attribute a
+                                      on a.attrelid = $1 and a.attnum = c.attnum and not a.attisdropped) c)
+                 select pg_catalog.nextval({seq}::pg_catalog.regclass), c.columns, c.json from c
+                  where not exists (select from (select f.columns, f.json from {s}.capture_form f
+                                                  where f.relid = $1 order by f.from_ev desc limit 1) l
+                                     where l.columns = c.columns and l.json = c.json)",
+                base = ddlwatcher::base_type_sql("a.atttypid"),
+                seq = ddlwatcher::quote_literal(&format!("{s}.event_id_seq")),
+            ),
+            &[&table.oid, &names, &attnums, &text_form],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Ok(());
+    };
+    // The rotation read after the number: a writer whose event number is below it read the
+    // rotation before, so its event is in this rotation's queue table or an earlier one.
+    let (from, columns, json): (i64, Vec<String>, Vec<String>) =
+        (row.get(0), row.get(1), row.get(2));
+    tx.execute(
+        &format!(
+            "insert into {s}.capture_form (relid, from_ev, rotation, columns, json)
+             values ($1, $2, coalesce(pg_catalog.pg_sequence_last_value({rot}::pg_catalog.regclass), 0), $3, $4)",
+            rot = ddlwatcher::quote_literal(&format!("{s}.queue_rotation")),
+        ),
+        &[&table.oid, &from, &columns, &json],
+    )
+    .await?;
+    Ok(())
 }
 
 fn trigger_error(table: &Table, source: tokio_postgres::Error) -> InstallError {

@@ -63,6 +63,9 @@ pub struct Transmitter {
     prepared: crate::db::Prepared,
     /// Whether `target_state` may hold an error to clear (unknown at start: yes).
     error_recorded: AtomicBool,
+    /// Diffing mode: row images written before the ddlwatcher's look may hold a json column
+    /// the row trigger did not know yet, in its JSON form ([`Tables::json_form`]).
+    diffing: bool,
 }
 
 /// A target's answer that is not success.
@@ -107,6 +110,7 @@ impl Transmitter {
             wake: Default::default(),
             prepared: Default::default(),
             error_recorded: AtomicBool::new(true),
+            diffing: !config.use_event_triggers,
         })
     }
 
@@ -300,6 +304,7 @@ impl Transmitter {
                     if let Some((schema, name)) = self.renames.get(&(n.0.clone(), n.1.clone())) {
                         (m.schema, m.name) = (schema.clone(), name.clone());
                     }
+                    tables.relids.push(n.2);
                     tables.index.insert(n, Some(tables.metas.len() as u32));
                     tables.metas.push(m);
                     tables.excluded.push(excluded);
@@ -310,7 +315,55 @@ impl Transmitter {
                 }
             }
         }
+        if self.diffing {
+            tables.json_form = self.json_forms(client, &tables).await?;
+        }
         Ok(tables)
+    }
+
+    /// For each table of `tables` whose row images may hold a json/jsonb column in its JSON
+    /// form (diffing mode): from which event on, which columns ([`Tables::json_form`]).
+    async fn json_forms(
+        &self,
+        client: &Client,
+        tables: &Tables,
+    ) -> Result<HashMap<u32, Vec<(i64, Vec<String>)>>, StepError> {
+        let s = &self.schema;
+        let context = "reading the columns the row triggers knew";
+        let st = self
+            .prepared
+            .get(
+                client,
+                &format!(
+                    "select f.relid, f.from_ev, f.columns, f.json from {s}.capture_form f
+                      where f.relid = any($1) order by f.relid, f.from_ev"
+                ),
+                context,
+            )
+            .await?;
+        let rows = client
+            .query(&st, &[&tables.relids])
+            .await
+            .map_err(StepError::db(context))?;
+        let mut forms: HashMap<u32, Vec<Form>> = HashMap::new();
+        for r in rows {
+            forms
+                .entry(r.get(0))
+                .or_default()
+                .push((r.get(1), r.get(2), r.get(3)));
+        }
+        let mut out = HashMap::new();
+        for (i, (meta, relid)) in tables.metas.iter().zip(&tables.relids).enumerate() {
+            let Some(forms) = forms.get(relid) else {
+                continue;
+            };
+            let now: Vec<String> = meta.json_columns.iter().map(|(c, _)| c.clone()).collect();
+            let windows = json_form_windows(forms, &now);
+            if windows.iter().any(|(_, c)| !c.is_empty()) {
+                out.insert(i as u32, windows);
+            }
+        }
+        Ok(out)
     }
 
     /// Reads batch `seq` from the queue and writes it as segments into `out` as it reads:
@@ -430,13 +483,35 @@ impl Transmitter {
             } else {
                 &tables.excluded[table as usize]
             };
-            let raw = |v: Option<String>| -> Result<Option<Box<RawValue>>, StepError> {
+            let id: i64 = r.get(0);
+            // Columns whose JSON strings are in their JSON form, not their text form (a
+            // new image only: old ones are always in JSON form).
+            let json_form: &[String] = match op {
+                Op::Insert | Op::Update => tables.json_form(table, id),
+                _ => &[],
+            };
+            let raw = |v: Option<String>,
+                       json_form: &[String]|
+             -> Result<Option<Box<RawValue>>, StepError> {
                 v.map(|s| {
-                    let s = if excluded.is_empty() {
+                    let s = if excluded.is_empty() && json_form.is_empty() {
                         s
                     } else {
-                        wire::object_without(&s, excluded)
-                            .map_err(|e| StepError::Other(format!("event json: {e}")))?
+                        wire::object_edited(&s, |k, v| {
+                            if excluded.iter().any(|x| x == k) {
+                                wire::Edit::Drop
+                            } else if json_form.iter().any(|x| x == k) && v.get() != "null" {
+                                // The text form: the JSON text (of a json column, as written:
+                                // `to_json` puts it in the image as it is), as a string. A
+                                // JSON `null` cannot be told from SQL NULL here.
+                                wire::Edit::Replace(
+                                    serde_json::to_string(v.get()).expect("a string serialises"),
+                                )
+                            } else {
+                                wire::Edit::Keep
+                            }
+                        })
+                        .map_err(|e| StepError::Other(format!("event json: {e}")))?
                     };
                     RawValue::from_string(s)
                         .map_err(|e| StepError::Other(format!("event json: {e}")))
@@ -451,12 +526,12 @@ impl Transmitter {
             }
             let Xid8(txid) = r.get(7);
             let event = Event {
-                id: r.get(0),
+                id,
                 op,
                 table,
                 txid: Some(txid),
-                key: raw(r.get(4))?,
-                data: raw(r.get(5))?,
+                key: raw(r.get(4), &[])?,
+                data: raw(r.get(5), json_form)?,
             };
             payload += event.key.as_ref().map_or(0, |k| k.get().len())
                 + event.data.as_ref().map_or(0, |d| d.get().len());
@@ -805,13 +880,60 @@ struct Frames {
 #[derive(Default)]
 struct Tables {
     metas: Vec<TableMeta>,
+    /// The captured table's oid of each of `metas`.
+    relids: Vec<u32>,
     index: HashMap<(String, String, u32), Option<u32>>,
+    /// Diffing mode, per table (index in `metas`) whose row images may hold json/jsonb
+    /// columns the row trigger did not know (in their JSON form): from each event number
+    /// on, those columns ([`json_form_windows`]); ascending.
+    json_form: HashMap<u32, Vec<(i64, Vec<String>)>>,
     rows: RowCounts,
     /// Per table (as `metas`), the columns stripped from its row images.
     excluded: Vec<Vec<String>>,
     /// Some table of the batch's transactions is not the target's: its events are read
     /// with the filter (else without, and every table is the target's).
     filtered: bool,
+}
+
+impl Tables {
+    /// The json/jsonb columns that event `id` of table `table` (index in `metas`) holds in
+    /// their JSON form.
+    fn json_form(&self, table: u32, id: i64) -> &[String] {
+        let Some(windows) = self.json_form.get(&table) else {
+            return &[];
+        };
+        match windows.partition_point(|(from, _)| *from <= id) {
+            0 => &[],
+            i => &windows[i - 1].1,
+        }
+    }
+}
+
+/// A record of `capture_form`: from which event on, the columns, the json/jsonb ones.
+type Form = (i64, Vec<String>, Vec<String>);
+
+/// From the records of which columns a table's row trigger knew (`capture_form`: from
+/// which event on, the columns, the json/jsonb ones among them; ascending), for each, the
+/// json/jsonb columns whose values the events from it on (to the next) hold in their JSON
+/// form: the json/jsonb columns the next record names (`now`, the table's json/jsonb
+/// columns, for the last) that the record does not name. Those columns were added or
+/// renamed since the record, while the trigger's arguments named the columns in text form
+/// it knew; a column the record names was no json column when the trigger was made
+/// (else it would name it in text form) or is named in text form, and keeps its value.
+fn json_form_windows(forms: &[Form], now: &[String]) -> Vec<(i64, Vec<String>)> {
+    forms
+        .iter()
+        .enumerate()
+        .map(|(i, (from, known, _))| {
+            let json = forms.get(i + 1).map_or(now, |next| &next.2[..]);
+            let unknown = json
+                .iter()
+                .filter(|c| !known.contains(c))
+                .cloned()
+                .collect();
+            (*from, unknown)
+        })
+        .collect()
 }
 
 /// Row events per table of one batch: inserts, updates, deletes, truncates (columns).

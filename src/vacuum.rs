@@ -168,6 +168,35 @@ impl Vacuum {
         Ok(true)
     }
 
+    /// Forgets the records of which columns a row trigger knew (`capture_form`) that no
+    /// event in the queue needs: a record followed by a later one of its table once every
+    /// event before that later one is gone — they are in queue tables of its rotation or
+    /// earlier, emptied when the rotation moved on three times, or moved on and no table
+    /// but the current one holds events — and the records of tables dropped since (their
+    /// events are skipped).
+    async fn forget_forms(&self, client: &Client) -> Result<(), StepError> {
+        let s = &self.schema;
+        let gone = "(r.cur >= g.rotation + 3 or (r.cur > g.rotation and r.emptied))";
+        client
+            .execute(
+                &format!(
+                    "with r as (select coalesce(pg_catalog.pg_sequence_last_value({rot}::pg_catalog.regclass), 0) as cur,
+                                       not exists (select from {s}.queue_table q
+                                                    where not q.done
+                                                      and q.idx <> coalesce(pg_catalog.pg_sequence_last_value({rot}::pg_catalog.regclass), 0) % 3) as emptied)
+                     delete from {s}.capture_form f using r
+                      where exists (select from {s}.capture_form g
+                                     where g.relid = f.relid and g.from_ev > f.from_ev and {gone})
+                         or not exists (select from pg_catalog.pg_class c where c.oid = f.relid)",
+                    rot = ddlwatcher::quote_literal(&format!("{s}.queue_rotation")),
+                ),
+                &[],
+            )
+            .await
+            .map_err(StepError::db("forgetting the columns row triggers knew"))?;
+        Ok(())
+    }
+
     /// Forgets acknowledged batches beyond the most recent ones.
     async fn forget_batches(&self, client: &Client) -> Result<(), StepError> {
         let s = &self.schema;
@@ -243,7 +272,9 @@ impl Step for Vacuum {
     }
 
     async fn step(&mut self, client: &mut Client) -> Result<Progress, StepError> {
-        self.truncate_done(client).await?;
+        if self.truncate_done(client).await? > 0 {
+            self.forget_forms(client).await?;
+        }
         self.rotate(client).await?;
         self.forget_batches(client).await?;
         Ok(Progress::Idle)

@@ -236,6 +236,18 @@ impl Watcher {
                 "row triggers made again with the schema version"
             );
         }
+        // Events of these tables from here on are written knowing their columns as the look
+        // found them; those before, the columns of the look before (a text column renamed
+        // or added since, made json later, must not be read as a json column the trigger
+        // did not know).
+        for t in &changed {
+            capture::record_form(tx, s, t)
+                .await
+                .map_err(StepError::db(format!(
+                    "recording the columns of {} the row trigger knows",
+                    t.qualified()
+                )))?;
+        }
         Ok(())
     }
 

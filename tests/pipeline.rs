@@ -401,6 +401,82 @@ async fn a_queue_table_is_not_emptied_under_the_newest_writer() -> anyhow::Resul
     Ok(())
 }
 
+/// Diffing mode records which columns each table's row trigger knew from which event on
+/// (what the transmitter needs to read the images written before the ddlwatcher's look).
+/// A record is forgotten once no event in the queue needs it: all but a table's latest
+/// after the queue tables holding events before that latest one were emptied, and a
+/// dropped table's. Driven step by step.
+#[tokio::test]
+async fn records_of_the_columns_a_trigger_knew_go_with_their_events() -> anyhow::Result<()> {
+    use pgteleport::stage::Step;
+    let p = Pair::new(
+        "create schema app;
+         create table app.t (id int primary key);
+         create table app.d (id int primary key);",
+    )
+    .await?;
+    let yaml = p
+        .source_yaml(9, "app.*", "")
+        .replace("rotation: 300", "rotation: 1");
+    let cfg =
+        pgteleport::config::Config::from_yaml(&yaml, std::path::Path::new("s.yml"), |_| None)?;
+    let mut c = p.src().await?;
+    pgteleport::capture::install(&mut c, &cfg).await?;
+    let records = "select string_agg(c.relname || ':' || array_to_string(f.columns, ',') || ':' || array_to_string(f.json, ','), ' ' order by c.relname, f.from_ev)
+                     from teleport.capture_form f left join pg_class c on c.oid = f.relid";
+    assert_eq!(texts(&c, records).await?, ["d:id: t:id:"]);
+    // Installed again unchanged: nothing new. Then a column added (the trigger made again),
+    // written before and after, and a table dropped.
+    pgteleport::capture::install(&mut c, &cfg).await?;
+    assert_eq!(texts(&c, records).await?, ["d:id: t:id:"]);
+    c.batch_execute(
+        "insert into app.t values (1);
+         alter table app.t add column j jsonb;
+         insert into app.t values (2, '\"x\"');
+         drop table app.d;",
+    )
+    .await?;
+    pgteleport::capture::install(&mut c, &cfg).await?;
+    c.execute("insert into app.t values (3, '1')", &[]).await?;
+    let before = scalar_i64(&c, "select count(*) from teleport.capture_form").await?;
+    assert_eq!(before, 3, "{:?}", texts(&c, records).await?);
+    let mut batcher = pgteleport::batcher::Batcher::new(&cfg);
+    let mut vacuum = pgteleport::vacuum::Vacuum::new(&cfg);
+    // Batches acknowledged, the queue rotated and emptied: the records go.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut n = 4;
+    loop {
+        c.execute("insert into app.t values ($1, null)", &[&n])
+            .await?;
+        n += 1;
+        batcher.step(&mut c).await?;
+        c.execute("update teleport.batch set acked_at = now()", &[])
+            .await?;
+        vacuum.step(&mut c).await?;
+        if texts(&c, records).await? == ["t:id,j:j"] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "records left: {:?}",
+            texts(&c, records).await?
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Events before the latest record were all gone by then.
+    let first = scalar_i64(&c, "select min(from_ev) from teleport.capture_form").await?;
+    let left = scalar_i64(
+        &c,
+        &format!(
+            "select count(*) from (select ev_id from teleport.event_0 union all select ev_id from teleport.event_1
+                                   union all select ev_id from teleport.event_2) e where e.ev_id < {first}"
+        ),
+    )
+    .await?;
+    assert_eq!(left, 0);
+    Ok(())
+}
+
 /// Subtransactions and two-phase commit: changes of a savepoint rolled back, and of a
 /// PL/pgSQL block left by an exception, never arrive; those of a savepoint released do. A
 /// prepared transaction's changes arrive only once it is committed (COMMIT PREPARED), after
