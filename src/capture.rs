@@ -39,6 +39,10 @@ pub const SOURCE_SQL: &[(i32, &str)] = &[
         include_str!("../sql/source_016_inheritance_children.sql"),
     ),
     (17, include_str!("../sql/source_017_capture_forms.sql")),
+    (
+        18,
+        include_str!("../sql/source_018_reattached_partitions.sql"),
+    ),
 ];
 
 /// Registers a target (mirror) in `target_state`, state SETUP, its batches starting after
@@ -972,7 +976,10 @@ mod tests {
                         found.push(format!("type {} in `{text}`", n[1]));
                     }
                 }
-                if m.contains_key("relname") && m["schemaname"].as_str() != Some(schema) {
+                if m.contains_key("relname")
+                    && m["schemaname"].as_str() != Some(schema)
+                    && m["schemaname"].as_str() != Some("pg_catalog")
+                {
                     found.push(format!(
                         "relation {} in `{text}`",
                         m["relname"].as_str().unwrap_or("?")

@@ -538,6 +538,101 @@ impl Watcher {
         Ok(())
     }
 
+    /// Takes in again each known partition whose row trigger is another clone than the one
+    /// recorded at the last look: it was detached and attached again since — PostgreSQL
+    /// drops the clone at DETACH and makes a new one at ATTACH — so rows changed in between
+    /// had no trigger, while the catalog looks as before. In one transaction per partition,
+    /// under its lock (writers wait): a truncate of its range for the partitioned table
+    /// (the target deletes what it holds there), its rows queued as inserts, the clone
+    /// recorded. Then records the clone of the partitions that have none recorded (known
+    /// before source version 18, which records it when it takes a partition in).
+    /// `catalogs`: this look's, which describe the partitioned tables.
+    async fn retake_reattached(
+        &self,
+        client: &mut Client,
+        catalogs: &BTreeMap<String, Catalog>,
+    ) -> Result<(), StepError> {
+        let s = &self.schema;
+        let other_clone = format!(
+            "select k.relid, k.root, g.oid, pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname)
+               from {s}.known_partition k
+               join pg_catalog.pg_trigger g on g.tgrelid = k.relid and g.tgname = $1
+               join pg_catalog.pg_class c on c.oid = k.relid
+               join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+              where k.clone <> g.oid and ($2::pg_catalog.oid is null or k.relid = $2)"
+        );
+        let context = "reading which partitions were attached again";
+        let rows = client
+            .query(&other_clone, &[&capture::TRIGGER_NAME, &None::<u32>])
+            .await
+            .map_err(StepError::db(context))?;
+        for r in rows {
+            let (relid, root, partition): (u32, u32, String) = (r.get(0), r.get(1), r.get(3));
+            let Some(table) = catalogs
+                .values()
+                .flat_map(|c| c.tables.iter())
+                .find(|t| t.oid == root)
+            else {
+                continue;
+            };
+            let what = format!("taking in again partition {partition}, attached again");
+            let tx = client.transaction().await.map_err(StepError::db("begin"))?;
+            tx.batch_execute(&format!("lock table {partition} in share mode"))
+                .await
+                .map_err(StepError::db(what.clone()))?;
+            // Again under the lock.
+            let Some(now) = tx
+                .query_opt(&other_clone, &[&capture::TRIGGER_NAME, &Some(relid)])
+                .await
+                .map_err(StepError::db(what.clone()))?
+            else {
+                continue;
+            };
+            let clone: u32 = now.get(2);
+            let json = serde_json::to_string(table).map_err(|e| StepError::Fatal(e.to_string()))?;
+            tx.execute(
+                &format!(
+                    "select {s}.enqueue('T', $1, $2, $3, null::json,
+                                        json_build_object('where', pg_catalog.pg_get_partition_constraintdef($4)))"
+                ),
+                &[&table.schema, &table.name, &root, &relid],
+            )
+            .await
+            .map_err(StepError::db(what.clone()))?;
+            let n: i64 = tx
+                .query_one(
+                    &format!("select {s}.queue_rows($1, $2, $3, $4, {s}.capture_args($5::text::jsonb), null)"),
+                    &[&relid, &table.schema, &table.name, &root, &json],
+                )
+                .await
+                .map_err(StepError::db(what.clone()))?
+                .get(0);
+            tx.execute(
+                &format!("update {s}.known_partition set clone = $2 where relid = $1"),
+                &[&relid, &clone],
+            )
+            .await
+            .map_err(StepError::db(what.clone()))?;
+            tx.commit().await.map_err(StepError::db(what))?;
+            tracing::info!(table = %table.qualified(), %partition, rows = n,
+                "partition detached and attached again since the last look: its range emptied on the target and its rows queued again");
+        }
+        client
+            .execute(
+                &format!(
+                    "update {s}.known_partition k set clone = g.oid
+                       from pg_catalog.pg_trigger g
+                      where g.tgrelid = k.relid and g.tgname = $1 and k.clone is null"
+                ),
+                &[&capture::TRIGGER_NAME],
+            )
+            .await
+            .map_err(StepError::db(
+                "recording the row trigger of each known partition",
+            ))?;
+        Ok(())
+    }
+
     /// Queues, after the schema event just recorded, an update of every existing row with
     /// its values of each column the diff found added with a *volatile* default
     /// (`gen_random_uuid()`, `clock_timestamp()`, …): PostgreSQL computed one per row when
@@ -1104,6 +1199,7 @@ impl Step for Watcher {
         capture::install_tables(client, &self.config, &installed)
             .await
             .map_err(|e| StepError::Other(format!("installing capture on changed tables: {e}")))?;
+        self.retake_reattached(client, &installed.catalogs).await?;
         // Constraint additions after the new tables' rows, in a version of their own.
         for (target, statements) in deferred {
             let tx = client.transaction().await.map_err(StepError::db("begin"))?;
