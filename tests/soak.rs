@@ -126,7 +126,13 @@ fn value(rng: &mut Rng, ty: &str, nullable: bool) -> String {
         "timestamp without time zone" => {
             format!("timestamp '2026-01-01' + interval '{n} seconds'")
         }
-        "jsonb" | "json" => format!("'{{\"k\": {n}, \"s\": \"v{n}\"}}'"),
+        // Top-level strings too: one that spells JSON, and one that does not (the text
+        // form of a json value must not be mistaken for its JSON form).
+        "jsonb" | "json" => match n % 4 {
+            0 => format!("'\"{n}\"'"),
+            1 => format!("'\"v{n}\"'"),
+            _ => format!("'{{\"k\": {n}, \"s\": \"v{n}\"}}'"),
+        },
         "boolean" => (n % 2 == 0).to_string(),
         "integer[]" | "bigint[]" => format!("'{{{n},{}}}'", n / 3),
         "uuid" => "gen_random_uuid()".into(),
