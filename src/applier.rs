@@ -135,6 +135,8 @@ struct TargetColumns {
     json: HashMap<String, String>,
     /// Columns of an enum type → its OID: [`DdlState::relabeled`].
     enums: HashMap<String, u32>,
+    /// The table's OID.
+    oid: u32,
 }
 
 /// The table the target writes `meta`'s rows into: (schema, name), the schema the batch's
@@ -166,7 +168,8 @@ async fn read_target_columns(
                                     where ca.attrelid = t.typrelid and ca.attnum > 0 and not ca.attisdropped) end,
                         (select b.typname::text from pg_catalog.pg_type b
                           where b.oid = {} and b.oid in ('pg_catalog.json'::regtype, 'pg_catalog.jsonb'::regtype)),
-                        case when t.typtype = 'e' then t.oid end
+                        case when t.typtype = 'e' then t.oid end,
+                        a.attrelid
                    from pg_catalog.pg_attribute a
                    join pg_catalog.pg_type t on t.oid = a.atttypid
                    join pg_catalog.pg_namespace n on n.oid = t.typnamespace
@@ -181,6 +184,7 @@ async fn read_target_columns(
         return Ok(None);
     }
     Ok(Some(TargetColumns {
+        oid: rows[0].get(6),
         types: rows.iter().map(|r| (r.get(0), r.get(1))).collect(),
         identity_always: rows
             .iter()
@@ -235,6 +239,101 @@ fn with_target_json(
         json_columns: json,
         ..meta.clone()
     })
+}
+
+/// A run's events and columns as [`as_changed_since`] gives them.
+type Renamed = (Vec<Event>, Vec<String>);
+
+/// `run` (its columns `cols`) with the image members that name a column of the target's
+/// table `t` as it was called before versions applied early renamed or dropped it
+/// (`changes`): under the column's name now (through every rename after), or left out
+/// when it was dropped — only names the table lacks now, so a column of that name added
+/// since keeps its values. The rows were written before those versions, in diffing mode's
+/// interval between two looks, and are applied after them because they needed one (they
+/// name a column it added). `None` when no image names such a column, or when one would
+/// name a column twice.
+fn as_changed_since(
+    changes: &[ColumnChange],
+    t: &TargetColumns,
+    cols: &[String],
+    run: &[&Event],
+) -> Result<Option<Renamed>, ApplyError> {
+    let ours: Vec<&ColumnChange> = changes.iter().filter(|c| c.1 == t.oid).collect();
+    if ours.is_empty() {
+        return Ok(None);
+    }
+    // Some(new name) or Some(None) (dropped) for a name the table lacks that a change named.
+    let now = |name: &str| -> Option<Option<&String>> {
+        if t.types.contains_key(name) {
+            return None;
+        }
+        let from = ours.iter().rposition(|c| c.2 == name)?;
+        let mut to = ours[from].3.as_ref();
+        for c in &ours[from + 1..] {
+            if to.is_some_and(|n| *n == c.2) {
+                to = c.3.as_ref();
+            }
+        }
+        Some(to)
+    };
+    let mut changed = false;
+    let mut new_cols: Vec<String> = Vec::with_capacity(cols.len());
+    for c in cols {
+        match now(c) {
+            None => new_cols.push(c.clone()),
+            Some(Some(n)) => {
+                changed = true;
+                new_cols.push(n.clone());
+            }
+            Some(None) => changed = true,
+        }
+    }
+    let mut keys_change = false;
+    for e in run {
+        if let Some(k) = &e.key {
+            let names = crate::wire::object_keys(k).map_err(|err| ApplyError::BadRequest {
+                message: format!("event {}: a row image is not a JSON object: {err}", e.id),
+            })?;
+            keys_change |= names.iter().any(|n| now(n).is_some());
+        }
+    }
+    if !changed && !keys_change {
+        return Ok(None);
+    }
+    let mut seen = std::collections::HashSet::new();
+    if !new_cols.iter().all(|c| seen.insert(c)) {
+        return Ok(None);
+    }
+    let edit = |e: &Event, image: &Option<Box<serde_json::value::RawValue>>| {
+        image
+            .as_deref()
+            .map(|raw| {
+                crate::wire::object_edited(raw.get(), |k, _| match now(k) {
+                    None => crate::wire::Edit::Keep,
+                    Some(Some(n)) => crate::wire::Edit::Rename(n.clone()),
+                    Some(None) => crate::wire::Edit::Drop,
+                })
+                .and_then(serde_json::value::RawValue::from_string)
+                .map_err(|err| ApplyError::BadRequest {
+                    message: format!("event {}: a row image is not a JSON object: {err}", e.id),
+                })
+            })
+            .transpose()
+    };
+    let events = run
+        .iter()
+        .map(|e| {
+            Ok(Event {
+                id: e.id,
+                op: e.op,
+                table: e.table,
+                txid: e.txid,
+                key: edit(e, &e.key)?,
+                data: edit(e, &e.data)?,
+            })
+        })
+        .collect::<Result<Vec<_>, ApplyError>>()?;
+    Ok(Some((events, new_cols)))
 }
 
 /// The composite-type columns of `target` among `cols`, with their type's attributes.
@@ -702,6 +801,7 @@ impl Applier {
             keys_before: std::sync::Arc::new(std::sync::Mutex::new(early.keys)),
             keys_by_oid: Vec::new(),
             renamed_labels: early.renamed_labels,
+            columns_changed: std::sync::Arc::new(std::sync::Mutex::new(early.columns_changed)),
             labels_known: HashMap::new(),
             loaded,
             tables: batch.tables.iter().map(|t| target_name(batch, t)).collect(),
@@ -1304,12 +1404,34 @@ impl Applier {
                     Some(t) => composite_shapes(t, cols, run)?,
                     None => vec![run],
                 };
+                let columns_changed = ddl.columns_changed.clone();
                 for run in shapes {
                     ddl.run(tx, || async {
                         if kind == Kind::DeleteWhere {
                             let apply_schema = batch.apply_schema.as_deref();
                             return delete_where(tx, meta, &table, run, apply_schema).await;
                         }
+                        // Read at each try: a version applied early meanwhile may have
+                        // renamed or dropped columns the images name.
+                        let changed = columns_changed
+                            .lock()
+                            .map(|c| c.clone())
+                            .unwrap_or_default();
+                        let renamed = match changed.is_empty() {
+                            true => None,
+                            false => match read_target_columns(tx, &table).await? {
+                                Some(t) => as_changed_since(&changed, &t, cols, run)?,
+                                None => None,
+                            },
+                        };
+                        let renamed_run: Vec<&Event>;
+                        let (run, cols) = match &renamed {
+                            Some((events, cols)) => {
+                                renamed_run = events.iter().collect();
+                                (&renamed_run[..], &cols[..])
+                            }
+                            None => (run, cols),
+                        };
                         // Asked again at each try: a version applied meanwhile may change it.
                         let before = keys_before.lock().ok().and_then(|k| k.get(&table).cloned());
                         let keyed = self
@@ -1751,7 +1873,14 @@ struct EarlyVersions {
     /// Enum labels renamed by the last versions applied: [`DdlState::renamed_labels`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     renamed_labels: Vec<(u32, String, String)>,
+    /// Columns renamed or dropped by the versions applied early: [`DdlState::columns_changed`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    columns_changed: Vec<ColumnChange>,
 }
+
+/// A column renamed or dropped by a schema version: (the version, the target table's OID,
+/// the column's name, its new name — `None` when dropped).
+type ColumnChange = (i64, u32, String, Option<String>);
 
 /// Schema versions of a batch not applied yet, and the version applied.
 struct DdlState<'a> {
@@ -1760,6 +1889,11 @@ struct DdlState<'a> {
     /// Target tables seen with their mirror's extra columns in this batch: remembered once
     /// it commits (an ALTER that added them may still roll back).
     extra_columns_seen: Vec<String>,
+    /// Columns renamed or dropped by versions applied before their schema event, until it:
+    /// rows written before a version, applied after it (they needed it: a column it added),
+    /// name those columns as they were called — see [`as_changed_since`]. (Shared with the
+    /// runs' steps, which read it at each try.)
+    columns_changed: std::sync::Arc<std::sync::Mutex<Vec<ColumnChange>>>,
     /// Versions applied before their schema event (a run needed them) whose event is still
     /// ahead in the batch.
     early: Vec<i64>,
@@ -1925,7 +2059,12 @@ impl DdlState<'_> {
 
     /// What is kept of the versions applied early for the next batch (`None`: nothing).
     fn early_state(&self) -> Option<String> {
-        if self.early.is_empty() && self.renamed_labels.is_empty() {
+        let columns_changed = self
+            .columns_changed
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default();
+        if self.early.is_empty() && self.renamed_labels.is_empty() && columns_changed.is_empty() {
             return None;
         }
         let keys = self
@@ -1937,6 +2076,7 @@ impl DdlState<'_> {
             versions: self.early.clone(),
             keys,
             renamed_labels: self.renamed_labels.clone(),
+            columns_changed,
         })
         .ok()
     }
@@ -2081,6 +2221,9 @@ impl DdlState<'_> {
     /// their place now, and the rows after it were captured with the key they name.
     fn reached(&mut self, version: i64) {
         self.early.retain(|&v| v > version);
+        if let Ok(mut c) = self.columns_changed.lock() {
+            c.retain(|(v, ..)| *v > version);
+        }
         if self.early.is_empty() {
             if let Ok(mut keys) = self.keys_before.lock() {
                 keys.clear();
@@ -2092,6 +2235,16 @@ impl DdlState<'_> {
         let v = self.pending.remove(0);
         for st in v.statements.iter().filter(|s| s.transactional) {
             run_statement(tx, v.version, st).await?;
+            for (table, old, new) in ddlwatcher::retarget::column_renames_and_drops(&st.sql) {
+                let oid: Option<u32> = tx
+                    .query_one("select pg_catalog.to_regclass($1)::oid", &[&table])
+                    .await
+                    .map_err(pg("reading a table whose column was renamed or dropped"))?
+                    .get(0);
+                if let (Some(oid), Ok(mut c)) = (oid, self.columns_changed.lock()) {
+                    c.push((v.version, oid, old, new));
+                }
+            }
             if let Some((name, old, new)) = ddlwatcher::retarget::enum_label_rename(&st.sql) {
                 let oid: Option<u32> = tx
                     .query_one("select pg_catalog.to_regtype($1)::oid", &[&name])

@@ -216,6 +216,8 @@ pub enum Edit {
     Drop,
     /// Its value replaced by this raw JSON.
     Replace(String),
+    /// Kept under this name.
+    Rename(String),
 }
 
 /// The object `raw` with each member kept, left out or given another value as `edit` says,
@@ -226,15 +228,16 @@ pub fn object_edited(
 ) -> Result<String, serde_json::Error> {
     let mut out = String::from("{");
     for_each_member(raw, |k, v| {
-        let value = match edit(&k, v) {
+        let (name, value) = match edit(&k, v) {
             Edit::Drop => return Ok(()),
-            Edit::Keep => Cow::Borrowed(v.get()),
-            Edit::Replace(r) => Cow::Owned(r),
+            Edit::Keep => (Cow::Borrowed(k.as_ref()), Cow::Borrowed(v.get())),
+            Edit::Replace(r) => (Cow::Borrowed(k.as_ref()), Cow::Owned(r)),
+            Edit::Rename(n) => (Cow::Owned(n), Cow::Borrowed(v.get())),
         };
         if out.len() > 1 {
             out.push(',');
         }
-        out.push_str(&serde_json::to_string(&k).map_err(|e| e.to_string())?);
+        out.push_str(&serde_json::to_string(&name).map_err(|e| e.to_string())?);
         out.push(':');
         out.push_str(&value);
         Ok(())

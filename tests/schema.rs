@@ -2773,6 +2773,58 @@ async fn json_values_written_before_the_look_arrive_as_written() -> anyhow::Resu
     Ok(())
 }
 
+/// Diffing mode: a migration between two looks of the ddlwatcher — a column added, rows
+/// written with it, then another column renamed and one dropped, rows written after — is
+/// one schema version at the look. The rows written before the rename name the added
+/// column, so they wait for the version, and name the renamed and the dropped column as
+/// they were: applied after it, under the new name, without the dropped one (they held
+/// the stream for good: "column does not exist"). Here the source instance is down
+/// meanwhile.
+/// Both modes.
+#[tokio::test]
+async fn rows_written_between_a_migrations_changes_arrive_under_its_names() -> anyhow::Result<()> {
+    for event_triggers in [false, true] {
+        let Started {
+            p,
+            source,
+            target,
+            port,
+            src,
+            dst,
+            extra,
+        } = started(
+            "create schema app;
+             create table app.t (id int primary key, a text, d text, e text, x int);
+             insert into app.t select g, 'a' || g, 'd' || g, 'e' || g, g from generate_series(1, 5) g;",
+            event_triggers,
+            "",
+        )
+        .await?;
+        source.shutdown().await?;
+        src.batch_execute(
+            "alter table app.t add column b int;
+             insert into app.t values (10, 'ten', 'dropped', 'e10', 10, 100);
+             update app.t set b = 2, a = 'two' where id = 2;
+             delete from app.t where id = 3;
+             alter table app.t rename column a to a2;
+             alter table app.t drop column d, drop column e;
+             update app.t set a2 = 'after' where id = 4;
+             insert into app.t values (11, 'eleven', 11, 110);",
+        )
+        .await?;
+        let source = p.start_source(port, "app.*", &extra).await?;
+        wait_equal(&src, &dst, &["app.t"], Duration::from_secs(30))
+            .await
+            .with_context(|| format!("event triggers: {event_triggers}"))?;
+        no_transmit_error(&src)
+            .await
+            .with_context(|| format!("event triggers: {event_triggers}"))?;
+        source.shutdown().await?;
+        target.shutdown().await?;
+    }
+    Ok(())
+}
+
 /// `exclude_columns` names a column; it stays excluded when it and its table are renamed,
 /// its type changes, and a generated column is computed from it: no schema change names
 /// it on the target (the mirror never holds), and its values never travel. The target

@@ -288,6 +288,54 @@ pub fn enum_label_rename(sql: &str) -> Option<(String, String, String)> {
     Some((name.join("."), a.old_val.clone(), a.new_val.clone()))
 }
 
+/// The columns statement `sql` renames or drops, each as (the table, quoted and qualified
+/// as written, the column's name, its new name — `None` when dropped): `ALTER TABLE … RENAME
+/// COLUMN a TO b`, `ALTER TABLE … DROP COLUMN c[, DROP COLUMN d]`. Nothing for other
+/// statements.
+pub fn column_renames_and_drops(sql: &str) -> Vec<(String, String, Option<String>)> {
+    let Ok(parsed) = pg_query::parse(sql) else {
+        return Vec::new();
+    };
+    let [raw] = parsed.protobuf.stmts.as_slice() else {
+        return Vec::new();
+    };
+    let table = |r: &Option<RangeVar>| {
+        r.as_ref().map(|r| {
+            if r.schemaname.is_empty() {
+                quote_ident(&r.relname)
+            } else {
+                format!("{}.{}", quote_ident(&r.schemaname), quote_ident(&r.relname))
+            }
+        })
+    };
+    match raw.stmt.as_ref().and_then(|n| n.node.as_ref()) {
+        Some(NodeEnum::RenameStmt(r))
+            if r.rename_type == protobuf::ObjectType::ObjectColumn as i32 =>
+        {
+            table(&r.relation)
+                .map(|t| vec![(t, r.subname.clone(), Some(r.newname.clone()))])
+                .unwrap_or_default()
+        }
+        Some(NodeEnum::AlterTableStmt(a)) => {
+            let Some(t) = table(&a.relation) else {
+                return Vec::new();
+            };
+            a.cmds
+                .iter()
+                .filter_map(|c| match c.node.as_ref()? {
+                    NodeEnum::AlterTableCmd(c)
+                        if c.subtype == protobuf::AlterTableType::AtDropColumn as i32 =>
+                    {
+                        Some((t.clone(), c.name.clone(), None))
+                    }
+                    _ => None,
+                })
+                .collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
 /// A PL/pgSQL body has no deparser: PostgreSQL's own SQL scanner finds each identifier
 /// token naming a replicated schema that qualifies a name (`app.t`, `"app".f(…)`,
 /// `app.t%rowtype`) and only those tokens are rewritten; string literals (dynamic SQL
@@ -713,6 +761,29 @@ mod tests {
             statement("SELECT 1 FROM app.t FOR UPDATE", &map()),
             Err(RetargetError::Unsupported { .. })
         ));
+    }
+
+    #[test]
+    fn column_renames_and_drops_are_read() {
+        assert_eq!(
+            column_renames_and_drops(r#"ALTER TABLE app."T" RENAME COLUMN "a b" TO c"#),
+            [(
+                format!("{}.{}", quote_ident("app"), quote_ident("T")),
+                "a b".to_string(),
+                Some("c".to_string())
+            )]
+        );
+        assert_eq!(
+            column_renames_and_drops("alter table only app.t drop column x, drop column if exists y cascade, add column z int"),
+            [
+                (format!("{}.{}", quote_ident("app"), quote_ident("t")), "x".to_string(), None),
+                (format!("{}.{}", quote_ident("app"), quote_ident("t")), "y".to_string(), None)
+            ]
+        );
+        assert!(column_renames_and_drops("alter table app.t rename to u").is_empty());
+        assert!(column_renames_and_drops("alter table app.t rename constraint k to l").is_empty());
+        assert!(column_renames_and_drops("alter table app.t add column z int").is_empty());
+        assert!(column_renames_and_drops("not sql at all").is_empty());
     }
 
     #[test]
