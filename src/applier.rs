@@ -304,36 +304,44 @@ fn as_changed_since(
     if !new_cols.iter().all(|c| seen.insert(c)) {
         return Ok(None);
     }
-    let edit = |e: &Event, image: &Option<Box<serde_json::value::RawValue>>| {
+    let events = events_edited(run, |k, _| match now(k) {
+        None => crate::wire::Edit::Keep,
+        Some(Some(n)) => crate::wire::Edit::Rename(n.clone()),
+        Some(None) => crate::wire::Edit::Drop,
+    })?;
+    Ok(Some((events, new_cols)))
+}
+
+/// `run`'s events with each member of their row images (old and new) kept, left out,
+/// given another value or another name as `edit` says ([`crate::wire::object_edited`]).
+fn events_edited(
+    run: &[&Event],
+    edit: impl Fn(&str, &serde_json::value::RawValue) -> crate::wire::Edit,
+) -> Result<Vec<Event>, ApplyError> {
+    let image = |e: &Event, image: &Option<Box<serde_json::value::RawValue>>| {
         image
             .as_deref()
             .map(|raw| {
-                crate::wire::object_edited(raw.get(), |k, _| match now(k) {
-                    None => crate::wire::Edit::Keep,
-                    Some(Some(n)) => crate::wire::Edit::Rename(n.clone()),
-                    Some(None) => crate::wire::Edit::Drop,
-                })
-                .and_then(serde_json::value::RawValue::from_string)
-                .map_err(|err| ApplyError::BadRequest {
-                    message: format!("event {}: a row image is not a JSON object: {err}", e.id),
-                })
+                crate::wire::object_edited(raw.get(), &edit)
+                    .and_then(serde_json::value::RawValue::from_string)
+                    .map_err(|err| ApplyError::BadRequest {
+                        message: format!("event {}: a row image is not a JSON object: {err}", e.id),
+                    })
             })
             .transpose()
     };
-    let events = run
-        .iter()
+    run.iter()
         .map(|e| {
             Ok(Event {
                 id: e.id,
                 op: e.op,
                 table: e.table,
                 txid: e.txid,
-                key: edit(e, &e.key)?,
-                data: edit(e, &e.data)?,
+                key: image(e, &e.key)?,
+                data: image(e, &e.data)?,
             })
         })
-        .collect::<Result<Vec<_>, ApplyError>>()?;
-    Ok(Some((events, new_cols)))
+        .collect()
 }
 
 /// The composite-type columns of `target` among `cols`, with their type's attributes.
@@ -2190,31 +2198,7 @@ impl DdlState<'_> {
             }
             serde_json::to_string(to).map_or(crate::wire::Edit::Keep, crate::wire::Edit::Replace)
         };
-        let edit = |image: &Option<Box<serde_json::value::RawValue>>| -> Result<Option<Box<serde_json::value::RawValue>>, ApplyError> {
-            image
-                .as_deref()
-                .map(|raw| {
-                    crate::wire::object_edited(raw.get(), &renamed)
-                        .and_then(serde_json::value::RawValue::from_string)
-                        .map_err(|e| ApplyError::BadRequest {
-                            message: format!("a row image is not a JSON object: {e}"),
-                        })
-                })
-                .transpose()
-        };
-        run.iter()
-            .map(|e| {
-                Ok(Event {
-                    id: e.id,
-                    op: e.op,
-                    table: e.table,
-                    txid: e.txid,
-                    key: edit(&e.key)?,
-                    data: edit(&e.data)?,
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(Some)
+        events_edited(run, renamed).map(Some)
     }
 
     /// The schema event of `version` reached: the versions up to it applied early are in
