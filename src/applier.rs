@@ -3471,6 +3471,68 @@ mod tests {
         }
     }
 
+    /// A version renamed `a` to `b` (then `b` to `c`) and dropped `d` of table 7: a row
+    /// written before names them as they were; the target's table lacks those names now
+    /// but has `a` again (added since) for table 8.
+    #[test]
+    fn rows_written_before_a_rename_or_drop_name_the_columns_as_they_are_now() {
+        let target = |oid: u32, cols: &[&str]| TargetColumns {
+            types: cols
+                .iter()
+                .map(|c| (c.to_string(), "int".to_string()))
+                .collect(),
+            identity_always: Vec::new(),
+            composite: HashMap::new(),
+            json: HashMap::new(),
+            enums: HashMap::new(),
+            oid,
+        };
+        let changes: Vec<ColumnChange> = vec![
+            (3, 7, "a".into(), Some("b".into())),
+            (3, 7, "d".into(), None),
+            (4, 7, "b".into(), Some("c".into())),
+            (4, 8, "a".into(), Some("z".into())),
+        ];
+        let cols: Vec<String> = ["id", "a", "d", "x"].map(String::from).to_vec();
+        let e = ev(
+            1,
+            Op::Update,
+            0,
+            Some(r#"{"id":1,"a":2}"#),
+            Some(r#"{"id":1,"a":5,"d":"gone","x":1}"#),
+        );
+        let (events, cols2) =
+            as_changed_since(&changes, &target(7, &["id", "c", "x"]), &cols, &[&e])
+                .unwrap()
+                .expect("renamed");
+        assert_eq!(cols2, ["id", "c", "x"]);
+        assert_eq!(
+            events[0].data.as_ref().unwrap().get(),
+            r#"{"id":1,"c":5,"x":1}"#
+        );
+        assert_eq!(events[0].key.as_ref().unwrap().get(), r#"{"id":1,"c":2}"#);
+        // A name the table has (a column added under it since): kept as written.
+        assert!(
+            as_changed_since(&changes, &target(8, &["id", "a", "d", "x"]), &cols, &[&e])
+                .unwrap()
+                .is_none()
+        );
+        // Another table's changes: nothing.
+        assert!(
+            as_changed_since(&changes, &target(9, &["id"]), &cols, &[&e])
+                .unwrap()
+                .is_none()
+        );
+        // A new name the image has already: left as written (the statement says which).
+        let both = ev(2, Op::Insert, 0, None, Some(r#"{"id":2,"a":1,"c":2}"#));
+        let cols: Vec<String> = ["id", "a", "c"].map(String::from).to_vec();
+        assert!(
+            as_changed_since(&changes, &target(7, &["id", "c"]), &cols, &[&both])
+                .unwrap()
+                .is_none()
+        );
+    }
+
     fn simple(name: &str) -> TableMeta {
         TableMeta {
             soft_delete_column: None,
