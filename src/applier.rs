@@ -2218,6 +2218,24 @@ impl DdlState<'_> {
     async fn apply_next(&mut self, tx: &Transaction<'_>) -> Result<(), ApplyError> {
         let v = self.pending.remove(0);
         for st in v.statements.iter().filter(|s| s.transactional) {
+            if let Some(table) = &st.deletes_rows_of {
+                // Rows the version took out of a table whose copy came after it: the copy
+                // holds the table as the source had it then.
+                let copied = self
+                    .loaded
+                    .get(table)
+                    .zip(v.txid)
+                    .is_some_and(|(snap, txid)| snap.visible(txid));
+                if copied {
+                    tracing::info!(
+                        version = v.version,
+                        table = %qualified(&table.0, &table.1),
+                        statement = %st.sql,
+                        "statement left out: the table's initial load copied it after this version"
+                    );
+                    continue;
+                }
+            }
             run_statement(tx, v.version, st).await?;
             for (table, old, new) in ddlwatcher::retarget::column_renames_and_drops(&st.sql) {
                 let oid: Option<u32> = tx

@@ -43,6 +43,10 @@ pub const SOURCE_SQL: &[(i32, &str)] = &[
         18,
         include_str!("../sql/source_018_reattached_partitions.sql"),
     ),
+    (
+        19,
+        include_str!("../sql/source_019_version_transactions.sql"),
+    ),
 ];
 
 /// Registers a target (mirror) in `target_state`, state SETUP, its batches starting after

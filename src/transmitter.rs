@@ -557,7 +557,7 @@ impl Transmitter {
             .get(
                 client,
                 &format!(
-                    "select d.version, d.statements::text from {s}.ddl d
+                    "select d.version, d.statements::text, d.txid from {s}.ddl d
                       where d.target = $1 and d.version > (select acked_ddl from {s}.target_state where target = $1)
                       order by d.version"
                 ),
@@ -574,6 +574,7 @@ impl Transmitter {
                 let text: String = r.get(1);
                 Ok(DdlVersion {
                     version: r.get(0),
+                    txid: r.get::<_, Option<Xid8>>(2).map(|Xid8(t)| t),
                     statements: serde_json::from_str(&text).map_err(|e| {
                         StepError::Fatal(format!("stored DDL version is unreadable: {e}"))
                     })?,

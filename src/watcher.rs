@@ -837,6 +837,7 @@ fn change_between(
                 after_rows: false,
                 tables: vec![t.oid],
                 table_dropped_since: false,
+                deletes_rows_of: None,
             };
             statements.push(alter("by default"));
             after_backfill.push(alter("always"));
@@ -1107,11 +1108,15 @@ async fn record_checked_version(
             .get(0),
     };
     let json = serde_json::to_string(statements).map_err(|e| StepError::Fatal(e.to_string()))?;
+    // The version's source transaction: the DDL's when its event trigger queued the
+    // schema event, else this one (the column's default).
     tx.execute(
         &format!(
-            "insert into {s}.ddl (target, version, statements) values ($1, $2, $3::text::jsonb)"
+            "insert into {s}.ddl (target, version, statements, txid)
+             values ($1, $2, $3::text::jsonb,
+                     coalesce((select d.txid from {s}.ddl_snapshot d where $4 and d.id = $2), pg_catalog.pg_current_xact_id()))"
         ),
-        &[&target, &version, &json],
+        &[&target, &version, &json, &queued],
     )
     .await
     .map_err(StepError::db("recording a schema version"))?;

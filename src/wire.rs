@@ -68,6 +68,11 @@ fn yes() -> bool {
 pub struct DdlVersion {
     pub version: i64,
     pub statements: Vec<ddlwatcher::Statement>,
+    /// The source transaction that made the version, when known: a statement that
+    /// deletes rows of a table an initial load copied under a snapshot that saw it is left
+    /// out ([`ddlwatcher::Statement::deletes_rows_of`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub txid: Option<u64>,
 }
 
 /// A member name of a JSON object: borrowed from the text unless written with escapes.

@@ -432,12 +432,14 @@ async fn a_failure_no_version_cures_is_answered_with_its_first_cause() -> anyhow
     let mut b = batch(1, 1);
     b.ddl = vec![wire::DdlVersion {
         version: 1,
+        txid: None,
         statements: vec![ddlwatcher::Statement {
             sql: "alter table app.t rename to t2".into(),
             transactional: true,
             after_rows: false,
             tables: vec![],
             table_dropped_since: false,
+            deletes_rows_of: None,
         }],
     }];
     b.events[0].op = Op::Update;
@@ -499,12 +501,14 @@ async fn an_enum_label_written_by_a_writer_racing_its_rename_arrives_renamed() -
         tables: vec![meta("t", &["id"]), meta("k", &[])],
         ddl: vec![wire::DdlVersion {
             version: 1,
+            txid: None,
             statements: vec![ddlwatcher::Statement {
                 sql: r#"alter type "app"."mood" rename value 'a' to 'z'"#.into(),
                 transactional: true,
                 after_rows: false,
                 tables: vec![],
                 table_dropped_since: false,
+                deletes_rows_of: None,
             }],
         }],
         events: vec![
@@ -533,6 +537,7 @@ async fn an_enum_label_written_by_a_writer_racing_its_rename_arrives_renamed() -
         seq: 2,
         ddl: vec![wire::DdlVersion {
             version: 2,
+            txid: None,
             statements: vec![ddlwatcher::Statement {
                 sql: r#"alter type "app"."mood" rename value 'z' to 'y'"#.into(),
                 ..first.ddl[0].statements[0].clone()

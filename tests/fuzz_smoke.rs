@@ -70,6 +70,7 @@ fn segment(part: u32, last: bool) -> Batch {
             vec![DdlVersion {
                 version: 3,
                 statements: vec![],
+                txid: Some(42),
             }]
         } else {
             vec![]

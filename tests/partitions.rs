@@ -355,14 +355,14 @@ async fn partition_maintenance(event_triggers: bool) -> anyhow::Result<()> {
 /// catalog looks as before. Rows changed meanwhile must arrive all the same: the watcher
 /// sees the new clone and takes the partition in again (its range emptied on the target,
 /// its rows queued, in one transaction under its lock). Rows written after the ATTACH and
-/// after the look too. Diffing mode only: event-trigger mode sees the DETACH and the ATTACH
-/// (this scenario there, all in one transaction, failed once in a full CI run — the target
-/// lost the partition's range after the rows were equal — and passed in every run alone;
-/// an open lead, see the session 27 note).
+/// after the look too. (Event-trigger mode sees the DETACH and the ATTACH. Its failures
+/// here, about one run in five under load, came when the initial snapshot was cut short by
+/// the shutdown and redone after the ATTACH: the DETACH's version deleted the range the
+/// copy held — see `a_partition_detached_before_a_load_keeps_its_rows`.)
 #[tokio::test]
 async fn a_partition_detached_and_attached_again_between_looks_arrives_as_it_is(
 ) -> anyhow::Result<()> {
-    for event_triggers in [false] {
+    for event_triggers in [false, true] {
         let p = Pair::new2(SCHEMA, "").await?;
         if event_triggers {
             p.make_src_superuser().await?;
@@ -407,6 +407,71 @@ async fn a_partition_detached_and_attached_again_between_looks_arrives_as_it_is(
         wait_equal(&src, &dst, &["app.m"], within)
             .await
             .with_context(|| format!("after the look; event triggers: {event_triggers}"))?;
+        source.shutdown().await?;
+        target.shutdown().await?;
+    }
+    Ok(())
+}
+
+/// A partition detached and attached again (written to meanwhile) before an initial load:
+/// the copy holds its rows as they are after the ATTACH, so the DETACH's schema version,
+/// applied after the copy, must not delete its range again (the load's snapshot saw the
+/// DETACH's transaction, like its row events, which are skipped). The target once lost
+/// the partition's rows whenever a load, or an initial snapshot redone after a restart,
+/// came after such a version.
+#[tokio::test]
+async fn a_partition_detached_before_a_load_keeps_its_rows() -> anyhow::Result<()> {
+    for event_triggers in [true, false] {
+        let p = Pair::new2(SCHEMA, "").await?;
+        if event_triggers {
+            p.make_src_superuser().await?;
+        }
+        let src = p.src().await?;
+        src.batch_execute(
+            "insert into app.m select g, date '2024-01-01' + g * 2, 'v' || g from generate_series(1, 300) g",
+        )
+        .await?;
+        let target = p.start_target(0).await?;
+        let port = target.local_addr.unwrap().port();
+        let extra = if event_triggers {
+            "use_event_triggers: true\n"
+        } else {
+            ""
+        };
+        // Capture installed, nothing sent yet.
+        p.start_source(port, "app.*", extra)
+            .await?
+            .shutdown()
+            .await?;
+        src.batch_execute(
+            "alter table app.m detach partition app.m_2025;
+             update app.m_2025 set v = 'changed while detached' where id % 3 = 0;
+             drop trigger if exists pgteleport_capture on app.m_2025;
+             alter table app.m attach partition app.m_2025 for values from ('2025-01-01') to ('2026-01-01');
+             update app.m set v = 'after the attach' where id % 7 = 0;",
+        )
+        .await?;
+        let opts = pgteleport::load::LoadOptions {
+            target: "t1".into(),
+            truncate: false,
+            workers: 2,
+            range_bytes: 16 << 20,
+            split: Default::default(),
+            progress: Some(false),
+        };
+        let summary = pgteleport::load::run(&p.source_config(port, "app.*", extra)?, opts).await?;
+        assert_eq!(summary.tables, 1, "{summary}");
+        let source = p.start_source(port, "app.*", extra).await?;
+        let dst = p.dst().await?;
+        let within = Duration::from_secs(30);
+        wait_equal(&src, &dst, &["app.m"], within)
+            .await
+            .with_context(|| format!("event triggers: {event_triggers}"))?;
+        src.batch_execute("update app.m set v = 'after the load' where id in (250, 251)")
+            .await?;
+        wait_equal(&src, &dst, &["app.m"], within)
+            .await
+            .with_context(|| format!("after the load; event triggers: {event_triggers}"))?;
         source.shutdown().await?;
         target.shutdown().await?;
     }

@@ -78,6 +78,13 @@ pub struct Statement {
     /// leaves the statement out if it fails — a later version drops the table.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub table_dropped_since: bool,
+    /// The target table (schema, name) whose rows the statement deletes — a partition's
+    /// range, when the partition was detached or dropped. An initial load whose snapshot
+    /// saw the version's transaction copied the table without those rows and with any
+    /// that came back since (the partition attached again, another one for its range):
+    /// the target leaves such a statement out for that table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletes_rows_of: Option<(String, String)>,
 }
 
 impl Statement {
@@ -88,6 +95,7 @@ impl Statement {
             after_rows: false,
             tables: Vec::new(),
             table_dropped_since: false,
+            deletes_rows_of: None,
         }
     }
 
@@ -155,11 +163,15 @@ fn partition_deletes(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<State
     partitions_gone(old, new)
         .into_iter()
         .map(|(t, p)| {
-            Statement::tx(format!(
-                "delete from {} where {}",
-                map.table(&t.schema, &t.name),
-                p.constraint
-            ))
+            let (schema, name) = map.table_parts(&t.schema, &t.name);
+            Statement {
+                deletes_rows_of: Some((schema.to_string(), name.to_string())),
+                ..Statement::tx(format!(
+                    "delete from {} where {}",
+                    map.table(&t.schema, &t.name),
+                    p.constraint
+                ))
+            }
         })
         .collect()
 }
