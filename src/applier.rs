@@ -26,6 +26,7 @@ pub const TARGET_SQL: &[(i32, &str)] = &[
     (4, include_str!("../sql/target_004_runs.sql")),
     (5, include_str!("../sql/target_005_acknowledged.sql")),
     (6, include_str!("../sql/target_006_early_versions.sql")),
+    (7, include_str!("../sql/target_007_load_positions.sql")),
 ];
 
 /// Largest JSON text handed to one statement; longer runs are split.
@@ -757,7 +758,7 @@ impl Applier {
         // Initial loads: wait while one runs; then skip what the copies already hold.
         let loads = tx
             .query(
-                &format!("select schema_name, table_name, state, snapshot from {s}.load_table where source = $1 and target = $2"),
+                &format!("select schema_name, table_name, state, snapshot, source_oid, at_version from {s}.load_table where source = $1 and target = $2"),
                 &[&batch.source, &batch.target],
             )
             .await
@@ -777,13 +778,14 @@ impl Applier {
         .map_err(pg("registering the schema version"))?;
         let row = tx
             .query_one(
-                &format!("select version, early::text from {s}.ddl_applied where source = $1 and target = $2 for update"),
+                &format!("select version, early::text, loaded_version from {s}.ddl_applied where source = $1 and target = $2 for update"),
                 &[&batch.source, &batch.target],
             )
             .await
             .map_err(pg("locking the schema version"))?;
         let applied_ddl: i64 = row.get(0);
         let early_before: Option<String> = row.get(1);
+        let loaded_version: Option<i64> = row.get(2);
         let early: EarlyVersions = match early_before.as_deref() {
             Some(text) => serde_json::from_str(text).map_err(|e| ApplyError::Failed {
                 message: format!("{s}.ddl_applied.early is unreadable: {e}"),
@@ -791,7 +793,12 @@ impl Applier {
             None => EarlyVersions::default(),
         };
         let mut loaded: HashMap<(String, String), Snapshot> = HashMap::new();
+        let mut created_at: HashMap<u32, i64> = HashMap::new();
         for r in &loads {
+            if let (Some(oid), Some(at)) = (r.get::<_, Option<u32>>(4), r.get::<_, Option<i64>>(5))
+            {
+                created_at.insert(oid, at);
+            }
             let snap: Option<String> = r.get(3);
             if let Some(snap) = snap.as_deref().and_then(Snapshot::parse) {
                 loaded.insert((r.get(0), r.get(1)), snap);
@@ -812,6 +819,8 @@ impl Applier {
             columns_changed: std::sync::Arc::new(std::sync::Mutex::new(early.columns_changed)),
             labels_known: HashMap::new(),
             loaded,
+            created_at,
+            loaded_version,
             tables: batch.tables.iter().map(|t| target_name(batch, t)).collect(),
         };
         // Planned before the lock over all of the part's events: of use when no copy holds
@@ -1927,6 +1936,14 @@ struct DdlState<'a> {
     /// Tables an initial load copied, with its snapshot: events (and a schema event's checks
     /// of rows) of transactions the copy saw are in the copy already.
     loaded: HashMap<(String, String), Snapshot>,
+    /// Tables an initial load created (their source OIDs), with the last schema version
+    /// the catalog it created them from holds: statements of those versions about them
+    /// only are left out.
+    created_at: HashMap<u32, i64>,
+    /// The last schema version held by a catalog an initial load created types or tables
+    /// from: statements of no table of versions up to it that find their work done there
+    /// are left out.
+    loaded_version: Option<i64>,
 }
 
 impl DdlState<'_> {
@@ -2218,6 +2235,20 @@ impl DdlState<'_> {
     async fn apply_next(&mut self, tx: &Transaction<'_>) -> Result<(), ApplyError> {
         let v = self.pending.remove(0);
         for st in v.statements.iter().filter(|s| s.transactional) {
+            // Tables an initial load created from a catalog that holds this version.
+            if !st.tables.is_empty()
+                && st
+                    .tables
+                    .iter()
+                    .all(|oid| self.created_at.get(oid).is_some_and(|&at| v.version <= at))
+            {
+                tracing::info!(
+                    version = v.version,
+                    statement = %st.sql,
+                    "statement left out: an initial load created the table from a catalog that holds this version"
+                );
+                continue;
+            }
             if let Some(table) = &st.deletes_rows_of {
                 // Rows the version took out of a table whose copy came after it: the copy
                 // holds the table as the source had it then.
@@ -2236,7 +2267,8 @@ impl DdlState<'_> {
                     continue;
                 }
             }
-            run_statement(tx, v.version, st).await?;
+            let loaded = st.tables.is_empty() && self.loaded_version >= Some(v.version);
+            run_statement(tx, v.version, st, loaded).await?;
             for (table, old, new) in ddlwatcher::retarget::column_renames_and_drops(&st.sql) {
                 let oid: Option<u32> = tx
                     .query_one("select pg_catalog.to_regclass($1)::oid", &[&table])
@@ -2292,36 +2324,37 @@ fn schema_checks(event: &Event) -> Result<Vec<ddlwatcher::ddl::RowsCheck>, Apply
         })
 }
 
-/// Runs one statement of schema version `version`.
+/// SQLSTATEs of a schema statement that finds its work done: an object it creates exists,
+/// one it renames or drops is gone, an enum label it renames has its new name.
+fn finds_its_work_done(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    [
+        SqlState::DUPLICATE_OBJECT,
+        SqlState::DUPLICATE_TABLE,
+        SqlState::DUPLICATE_COLUMN,
+        SqlState::DUPLICATE_FUNCTION,
+        SqlState::DUPLICATE_SCHEMA,
+        SqlState::UNDEFINED_OBJECT,
+        SqlState::UNDEFINED_TABLE,
+        SqlState::UNDEFINED_COLUMN,
+        SqlState::UNDEFINED_FUNCTION,
+        SqlState::INVALID_PARAMETER_VALUE,
+    ]
+    .iter()
+    .any(|c| e.code() == Some(c))
+}
+
+/// Runs one statement of schema version `version`. `loaded`: an initial load created
+/// objects from a catalog that holds this version already — a statement of no table that
+/// finds its work done there (a type it creates exists) is left out.
 async fn run_statement(
     tx: &Transaction<'_>,
     version: i64,
     st: &ddlwatcher::Statement,
+    loaded: bool,
 ) -> Result<(), ApplyError> {
-    if st.table_dropped_since {
-        // The table's rows were not sent since the source dropped it (the target's are
-        // stale): a change they refuse is left out; a later version drops the table.
-        tx.batch_execute("savepoint pgteleport_statement")
-            .await
-            .map_err(pg("savepoint"))?;
-        let result = tx.batch_execute(&st.sql).await;
-        let end = match &result {
-            Ok(()) => "release savepoint pgteleport_statement",
-            Err(_) => "rollback to savepoint pgteleport_statement",
-        };
-        tx.batch_execute(end).await.map_err(pg("savepoint"))?;
-        if let Err(e) = result {
-            tracing::warn!(
-                version,
-                statement = %st.sql,
-                error = %db::describe(&e),
-                "a schema change of a table the source has dropped since failed on the target's stale rows of it; left out (a later version drops the table)"
-            );
-        }
-        return Ok(());
-    }
-    tx.batch_execute(&st.sql).await.map_err(|e| {
-        let m = db::describe(&e);
+    let failed = |e: &tokio_postgres::Error| {
+        let m = db::describe(e);
         let hint = if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
             " — the target role must own the objects it changes and have USAGE and CREATE on their schema \
              (GRANT USAGE, CREATE ON SCHEMA … TO …, or ALTER SCHEMA … OWNER TO …)"
@@ -2331,7 +2364,43 @@ async fn run_statement(
         ApplyError::Failed {
             message: format!("schema version {version}: `{}` failed: {m}{hint}", st.sql),
         }
-    })
+    };
+    if !st.table_dropped_since && !loaded {
+        return tx.batch_execute(&st.sql).await.map_err(|e| failed(&e));
+    }
+    tx.batch_execute("savepoint pgteleport_statement")
+        .await
+        .map_err(pg("savepoint"))?;
+    let result = tx.batch_execute(&st.sql).await;
+    let end = match &result {
+        Ok(()) => "release savepoint pgteleport_statement",
+        Err(_) => "rollback to savepoint pgteleport_statement",
+    };
+    tx.batch_execute(end).await.map_err(pg("savepoint"))?;
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) if st.table_dropped_since => {
+            // The table's rows were not sent since the source dropped it (the target's are
+            // stale): a change they refuse is left out; a later version drops the table.
+            tracing::warn!(
+                version,
+                statement = %st.sql,
+                error = %db::describe(&e),
+                "a schema change of a table the source has dropped since failed on the target's stale rows of it; left out (a later version drops the table)"
+            );
+            Ok(())
+        }
+        Err(e) if finds_its_work_done(&e) => {
+            tracing::info!(
+                version,
+                statement = %st.sql,
+                error = %db::describe(&e),
+                "statement left out: an initial load created its objects from a catalog that holds this version"
+            );
+            Ok(())
+        }
+        Err(e) => Err(failed(&e)),
+    }
 }
 
 impl Applier {

@@ -280,6 +280,10 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
 /// (the second is the hash of its name).
 pub const INSTALL_LOCK: i32 = 7419;
 
+/// The first key of the advisory lock that serialises the ddlwatcher's looks (diffing
+/// mode) into one internal schema, and an initial load's reading of its schema position.
+pub const LOOK_LOCK: i32 = 7420;
+
 /// `sql` with the internal schema put in: `@schema@` becomes its quoted identifier and
 /// `@schema_in_literal@` the same inside a string literal (its quotes doubled). Functions
 /// that run under their caller's search_path name their relations with it.

@@ -14,6 +14,7 @@ use tokio_postgres::Client;
 
 use crate::capture;
 use crate::config::Config;
+use crate::db;
 use crate::exclusion::Exclusions;
 use crate::stage::{Progress, Step, StepError};
 
@@ -1183,6 +1184,104 @@ impl Step for Watcher {
             self.sync_sequences(client).await?;
             return Ok(Progress::Idle);
         }
+        // One look at a time per internal schema (an initial load takes its position under
+        // the same lock: `schema_position`).
+        lock_looks(client, &self.config.internal_schema, true).await?;
+        let looked = self.look(client, fp).await;
+        lock_looks(client, &self.config.internal_schema, false).await?;
+        looked
+    }
+}
+
+/// Takes (`lock`) or releases the session advisory lock that serialises the looks of
+/// diffing mode into one internal schema (re-entrant within a session).
+async fn lock_looks(client: &Client, internal: &str, lock: bool) -> Result<(), StepError> {
+    let f = if lock {
+        "pg_advisory_lock"
+    } else {
+        "pg_advisory_unlock"
+    };
+    client
+        .execute(
+            &format!("select pg_catalog.{f}($1, pg_catalog.hashtext($2))"),
+            &[&db::LOOK_LOCK, &internal],
+        )
+        .await
+        .map_err(StepError::db("locking the ddlwatcher's look"))?;
+    Ok(())
+}
+
+/// Where an initial load of `target` stands in the schema stream: the catalog it creates
+/// tables from and the last schema version that catalog includes — the target leaves the
+/// versions up to it out for the tables (and types, functions…) the load creates, which
+/// hold them already. In event-trigger mode the DDL's own transaction numbers its version,
+/// so the catalog and the counter read under one snapshot agree. In diffing mode a look is
+/// made first (changes since the last one become a version), and the catalog is the one
+/// it stored, read under the lock that keeps other looks out.
+pub async fn schema_position(
+    client: &mut Client,
+    config: &Config,
+    target: &str,
+) -> Result<(Catalog, i64), StepError> {
+    let s = quote_ident(&config.internal_schema);
+    let expr = config
+        .targets
+        .get(target)
+        .map(|t| TargetExpression::parse(&t.target_expression))
+        .transpose()
+        .map_err(|e| StepError::Fatal(format!("target {target}: {e}")))?
+        .ok_or_else(|| StepError::Fatal(format!("unknown target {target}")))?;
+    if config.use_event_triggers {
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(StepError::db("begin"))?;
+        let n: i64 = tx
+            .query_one(&format!("select n from {s}.ddl_clock"), &[])
+            .await
+            .map_err(StepError::db("reading the schema version counter"))?
+            .get(0);
+        let catalog = Catalog::read(&tx, &expr, &config.internal_schema)
+            .await
+            .map_err(read_error)?;
+        tx.commit().await.map_err(StepError::db("commit"))?;
+        return Ok((catalog, n));
+    }
+    lock_looks(client, &config.internal_schema, true).await?;
+    let position = async {
+        Watcher::new(config).step(client).await?;
+        let row = client
+            .query_one(
+                &format!(
+                    "select (select catalog::text from {s}.schema_snapshot where target = $1),
+                            (select n from {s}.ddl_clock)"
+                ),
+                &[&target],
+            )
+            .await
+            .map_err(StepError::db("reading the last catalog snapshot"))?;
+        let catalog = match row.get::<_, Option<String>>(0) {
+            Some(text) => serde_json::from_str(&text).map_err(|e| {
+                StepError::Fatal(format!("stored catalog snapshot is unreadable: {e}"))
+            })?,
+            None => Catalog::read(&*client, &expr, &config.internal_schema)
+                .await
+                .map_err(read_error)?,
+        };
+        Ok::<_, StepError>((catalog, row.get::<_, i64>(1)))
+    }
+    .await;
+    lock_looks(client, &config.internal_schema, false).await?;
+    position
+}
+
+impl Watcher {
+    /// One look of diffing mode (under [`lock_looks`]): each target's catalog diffed against
+    /// its last snapshot, versions recorded, triggers and rows brought along.
+    async fn look(&mut self, client: &mut Client, fp: String) -> Result<Progress, StepError> {
         // Before the catalogs: a rewrite after this read shows at the next look.
         let filenodes = self.read_filenodes(client).await?;
         let mut seen = BTreeSet::new();

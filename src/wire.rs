@@ -904,6 +904,11 @@ pub struct LoadPrepare {
     /// Empty target tables that already hold rows (otherwise they are refused).
     #[serde(default)]
     pub truncate: bool,
+    /// The last schema version the catalog above includes: the target leaves the statements
+    /// of versions up to it out for the tables it creates from this catalog (and tolerates
+    /// those of other objects that it finds done).
+    #[serde(default)]
+    pub schema_version: Option<i64>,
 }
 
 /// A table's load state on the target.

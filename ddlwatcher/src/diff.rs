@@ -166,11 +166,14 @@ fn partition_deletes(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<State
             let (schema, name) = map.table_parts(&t.schema, &t.name);
             Statement {
                 deletes_rows_of: Some((schema.to_string(), name.to_string())),
-                ..Statement::tx(format!(
-                    "delete from {} where {}",
-                    map.table(&t.schema, &t.name),
-                    p.constraint
-                ))
+                ..Statement::on(
+                    t.oid,
+                    format!(
+                        "delete from {} where {}",
+                        map.table(&t.schema, &t.name),
+                        p.constraint
+                    ),
+                )
             }
         })
         .collect()

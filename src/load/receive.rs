@@ -167,6 +167,8 @@ impl Applier {
                  needs CREATE on the database, or create the schema first)"
             )))?;
         }
+        // Whether this load creates types or tables (from a catalog at `schema_version`).
+        let mut created_any = false;
         for t in &msg.types {
             let name = qualified(map.map(&t.schema), &t.name);
             let exists: bool = tx
@@ -177,6 +179,7 @@ impl Applier {
             if exists {
                 continue;
             }
+            created_any = true;
             match ddl::create_type(t, &map) {
                 Some(sql) => tx.batch_execute(&sql).await.map_err(pg(&format!("creating type {name}")))?,
                 None => {
@@ -242,6 +245,7 @@ impl Applier {
                     .await
                     .map_err(pg(&format!("creating table {name}")))?;
                 created = true;
+                created_any = true;
             }
             let row = tx
                 .query_opt(
@@ -277,11 +281,35 @@ impl Applier {
                     "pending".to_string()
                 }
             };
+            if created {
+                // The schema versions up to the catalog's are in the table as created.
+                tx.execute(
+                    &format!(
+                        "update {s}.load_table set source_oid = $5, at_version = $6
+                          where source = $1 and target = $2 and schema_name = $3 and table_name = $4"
+                    ),
+                    &[&msg.source, &msg.target, &target_schema, &t.name, &t.oid, &msg.schema_version],
+                )
+                .await
+                .map_err(pg("recording the schema version a table was created at"))?;
+            }
             states.push(LoadTableState {
                 schema: t.schema.clone(),
                 name: t.name.clone(),
                 state,
             });
+        }
+        if let (true, Some(version)) = (created_any, msg.schema_version) {
+            tx.execute(
+                &format!(
+                    "insert into {s}.ddl_applied (source, target, version, loaded_version) values ($1, $2, 0, $3)
+                     on conflict (source, target) do update
+                        set loaded_version = greatest({s}.ddl_applied.loaded_version, excluded.loaded_version)"
+                ),
+                &[&msg.source, &msg.target, &version],
+            )
+            .await
+            .map_err(pg("recording the schema version the load's objects were created at"))?;
         }
         if !refused.is_empty() {
             return Err(ApplyError::Conflict {

@@ -122,6 +122,9 @@ pub enum LoadError {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// Reading where the schema stream stands (a look of the ddlwatcher in diffing mode).
+    #[error("source database: finding the schema version the load's catalog is at: {0}")]
+    Position(String),
     #[error("target `{target}` at {url}: {message}")]
     Target {
         target: String,
@@ -278,12 +281,14 @@ pub async fn run(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErro
     let remote = Arc::new(Remote::new(&opts.target, target)?);
     let mut client = db::connect(&config.database, "initial load").await?;
     // Triggers first: every change not in the snapshot below is captured.
-    let installed = capture::install(&mut client, config).await?;
-    let catalog = installed
-        .catalogs
-        .get(&opts.target)
-        .cloned()
-        .unwrap_or_default();
+    capture::install(&mut client, config).await?;
+    // The catalog the tables are created from, at a schema version boundary: the versions
+    // up to it are in that catalog, and the target leaves them out for what the load
+    // creates (they would add a column twice, rename one that has its new name).
+    let (catalog, schema_version) =
+        crate::watcher::schema_position(&mut client, config, &opts.target)
+            .await
+            .map_err(|e| LoadError::Position(e.to_string()))?;
     // Excluded columns (recorded by number at install) are left out of the tables the
     // load creates and copies, with the indexes, constraints and generated columns on them.
     let excluded = crate::exclusion::Exclusions::read(
@@ -324,6 +329,7 @@ pub async fn run(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErro
                 sequences,
                 collations,
                 truncate: opts.truncate,
+                schema_version: Some(schema_version),
             },
         )
         .await?;
