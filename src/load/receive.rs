@@ -229,11 +229,38 @@ impl Applier {
         for t in &msg.tables {
             let target_schema = map.map(&t.schema).to_string();
             let name = qualified(&target_schema, &t.name);
-            let exists: bool = tx
+            let mut exists: bool = tx
                 .query_one("select to_regclass($1) is not null", &[&name])
                 .await
                 .map_err(pg("looking up a table"))?
                 .get(0);
+            // A table an earlier run of the load created and did not finish is made again
+            // from this catalog: its copy restarts from scratch anyway, and the source's
+            // schema may have changed since (the new copy would not fit the old shape).
+            // Its views go with it and are made again below; nothing else refers to it yet
+            // (the load's foreign keys come after every table is done).
+            let remake: bool = exists
+                && tx
+                    .query_one(
+                        &format!(
+                            "select exists (select 1 from {s}.load_table
+                                             where source = $1 and target = $2 and schema_name = $3 and table_name = $4
+                                               and created_by_load and state <> 'done')"
+                        ),
+                        &[&msg.source, &msg.target, &target_schema, &t.name],
+                    )
+                    .await
+                    .map_err(pg("reading load state"))?
+                    .get(0);
+            if remake {
+                tx.batch_execute(&format!("drop table {name} cascade"))
+                    .await
+                    .map_err(pg(&format!(
+                        "dropping {name}, created by an unfinished load, to make it again"
+                    )))?;
+                tracing::info!(table = %name, "table created by an unfinished load made again from the source's catalog as it is now");
+                exists = false;
+            }
             let mut created = false;
             if !exists {
                 for seq in ddl::create_sequences(t, &map) {
