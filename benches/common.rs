@@ -13,6 +13,7 @@ pub fn meta() -> TableMeta {
     .map(|c| c.to_string())
     .collect();
     TableMeta {
+        oid: None,
         soft_delete_column: None,
         synced_at_column: None,
         schema: "public".into(),

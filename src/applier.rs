@@ -794,13 +794,17 @@ impl Applier {
         };
         let mut loaded: HashMap<(String, String), Snapshot> = HashMap::new();
         let mut created_at: HashMap<u32, i64> = HashMap::new();
+        let mut loaded_by_oid: HashMap<u32, Snapshot> = HashMap::new();
         for r in &loads {
-            if let (Some(oid), Some(at)) = (r.get::<_, Option<u32>>(4), r.get::<_, Option<i64>>(5))
-            {
+            let oid: Option<u32> = r.get(4);
+            if let (Some(oid), Some(at)) = (oid, r.get::<_, Option<i64>>(5)) {
                 created_at.insert(oid, at);
             }
             let snap: Option<String> = r.get(3);
             if let Some(snap) = snap.as_deref().and_then(Snapshot::parse) {
+                if let Some(oid) = oid {
+                    loaded_by_oid.insert(oid, snap.clone());
+                }
                 loaded.insert((r.get(0), r.get(1)), snap);
             }
         }
@@ -819,6 +823,7 @@ impl Applier {
             columns_changed: std::sync::Arc::new(std::sync::Mutex::new(early.columns_changed)),
             labels_known: HashMap::new(),
             loaded,
+            loaded_by_oid,
             created_at,
             loaded_version,
             tables: batch.tables.iter().map(|t| target_name(batch, t)).collect(),
@@ -969,7 +974,11 @@ impl Applier {
             if !e.op.is_stream_wide() {
                 let meta = &batch.tables[e.table as usize];
                 let (schema, name) = target_parts(batch, meta);
-                if let Some(snap) = ddl.loaded.get(&(schema.to_string(), name.to_string())) {
+                let snap = meta
+                    .oid
+                    .and_then(|o| ddl.loaded_by_oid.get(&o))
+                    .or_else(|| ddl.loaded.get(&(schema.to_string(), name.to_string())));
+                if let Some(snap) = snap {
                     let txid = e.txid.ok_or_else(|| ApplyError::BadRequest {
                         message: format!(
                             "event {} lacks txid, needed for the initial load rule",
@@ -1936,6 +1945,9 @@ struct DdlState<'a> {
     /// Tables an initial load copied, with its snapshot: events (and a schema event's checks
     /// of rows) of transactions the copy saw are in the copy already.
     loaded: HashMap<(String, String), Snapshot>,
+    /// The same by source OID: the events of a table renamed since name it as it was
+    /// called then.
+    loaded_by_oid: HashMap<u32, Snapshot>,
     /// Tables an initial load created (their source OIDs), with the last schema version
     /// the catalog it created them from holds: statements of those versions about them
     /// only are left out.
@@ -3533,6 +3545,7 @@ mod tests {
 
     fn meta() -> TableMeta {
         TableMeta {
+            oid: None,
             soft_delete_column: None,
             synced_at_column: None,
             schema: "public".into(),
@@ -3622,6 +3635,7 @@ mod tests {
 
     fn simple(name: &str) -> TableMeta {
         TableMeta {
+            oid: None,
             soft_delete_column: None,
             synced_at_column: None,
             schema: "app".into(),

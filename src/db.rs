@@ -284,6 +284,10 @@ pub const INSTALL_LOCK: i32 = 7419;
 /// mode) into one internal schema, and an initial load's reading of its schema position.
 pub const LOOK_LOCK: i32 = 7420;
 
+/// The first key of the advisory lock an initial load holds for its whole run (the second
+/// is the hash of `internal_schema/target`): one load per target at a time.
+pub const LOAD_LOCK: i32 = 7421;
+
 /// `sql` with the internal schema put in: `@schema@` becomes its quoted identifier and
 /// `@schema_in_literal@` the same inside a string literal (its quotes doubled). Functions
 /// that run under their caller's search_path name their relations with it.

@@ -304,6 +304,7 @@ impl Transmitter {
                     if let Some((schema, name)) = self.renames.get(&(n.0.clone(), n.1.clone())) {
                         (m.schema, m.name) = (schema.clone(), name.clone());
                     }
+                    m.oid = (n.2 != 0).then_some(n.2);
                     tables.relids.push(n.2);
                     tables.index.insert(n, Some(tables.metas.len() as u32));
                     tables.metas.push(m);
@@ -691,6 +692,7 @@ impl Transmitter {
                 };
                 Ok(Some((
                     TableMeta {
+                        oid: None,
                         soft_delete_column: self.soft_delete_column.clone(),
                         synced_at_column: self.synced_at_column.clone(),
                         schema: schema.clone(),

@@ -265,6 +265,11 @@ pub fn object_values(raw: &RawValue, names: &[String]) -> Option<String> {
 pub struct TableMeta {
     pub schema: String,
     pub name: String,
+    /// The source table's OID: names a table across renames (an initial load's snapshot
+    /// rule finds the table it copied by it when the events name it as it was called
+    /// before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oid: Option<u32>,
     /// Primary key columns.
     pub key: Vec<String>,
     /// Columns the applier writes (generated columns excluded).
@@ -758,6 +763,7 @@ mod tests {
             apply_schema: None,
             captured_at_us: Some(1),
             tables: vec![TableMeta {
+                oid: None,
                 soft_delete_column: None,
                 synced_at_column: None,
                 schema: "public".into(),

@@ -50,6 +50,7 @@ fn batch(seq: i64, id: i32) -> Batch {
         apply_schema: None,
         captured_at_us: None,
         tables: vec![TableMeta {
+            oid: None,
             soft_delete_column: None,
             synced_at_column: None,
             schema: "app".into(),

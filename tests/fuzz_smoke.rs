@@ -35,6 +35,7 @@ fn segment(part: u32, last: bool) -> Batch {
         apply_schema: Some("mirror".into()),
         captured_at_us: Some(1_700_000_000_000_000),
         tables: vec![TableMeta {
+            oid: None,
             soft_delete_column: None,
             synced_at_column: None,
             schema: "app".into(),

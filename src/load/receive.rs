@@ -308,23 +308,68 @@ impl Applier {
                     "pending".to_string()
                 }
             };
-            if created {
-                // The schema versions up to the catalog's are in the table as created.
-                tx.execute(
-                    &format!(
-                        "update {s}.load_table set source_oid = $5, at_version = $6
-                          where source = $1 and target = $2 and schema_name = $3 and table_name = $4"
-                    ),
-                    &[&msg.source, &msg.target, &target_schema, &t.name, &t.oid, &msg.schema_version],
-                )
-                .await
-                .map_err(pg("recording the schema version a table was created at"))?;
-            }
+            // The source table (its events may name it as it was called before), and for
+            // a table created now the schema version its catalog holds.
+            tx.execute(
+                &format!(
+                    "update {s}.load_table set source_oid = $5, at_version = case when $7 then $6 else at_version end
+                      where source = $1 and target = $2 and schema_name = $3 and table_name = $4"
+                ),
+                &[&msg.source, &msg.target, &target_schema, &t.name, &t.oid, &msg.schema_version, &created],
+            )
+            .await
+            .map_err(pg("recording the source table and schema version of a table to load"))?;
             states.push(LoadTableState {
                 schema: t.schema.clone(),
                 name: t.name.clone(),
                 state,
             });
+        }
+        // Tables an earlier run did not finish that this one does not load (renamed or
+        // dropped on the source since, or no longer matched): their unfinished mark would
+        // hold every batch. One the load created goes with it; one that existed before
+        // stays as the unfinished copy left it, with a warning.
+        let listed: Vec<(String, String)> = msg
+            .tables
+            .iter()
+            .map(|t| (map.map(&t.schema).to_string(), t.name.clone()))
+            .collect();
+        let unfinished = tx
+            .query(
+                &format!(
+                    "select schema_name, table_name, created_by_load from {s}.load_table
+                      where source = $1 and target = $2 and state <> 'done'"
+                ),
+                &[&msg.source, &msg.target],
+            )
+            .await
+            .map_err(pg("reading unfinished loads"))?;
+        for r in unfinished {
+            let (schema, table, created): (String, String, bool) = (r.get(0), r.get(1), r.get(2));
+            if listed.contains(&(schema.clone(), table.clone())) {
+                continue;
+            }
+            let name = qualified(&schema, &table);
+            if created {
+                tx.batch_execute(&format!("drop table if exists {name} cascade"))
+                    .await
+                    .map_err(pg(&format!(
+                        "dropping {name}, created by an unfinished load and not loaded any more"
+                    )))?;
+                tracing::info!(table = %name, "table created by an unfinished load that this one does not load (renamed or dropped on the source) dropped");
+            } else {
+                tracing::warn!(table = %name, "table an unfinished load was copying is not loaded any more (renamed or dropped on the source): left as that copy left it");
+            }
+            for t in ["load_range", "load_table"] {
+                tx.execute(
+                    &format!(
+                        "delete from {s}.{t} where source = $1 and target = $2 and schema_name = $3 and table_name = $4"
+                    ),
+                    &[&msg.source, &msg.target, &schema, &table],
+                )
+                .await
+                .map_err(pg("forgetting an unfinished load"))?;
+            }
         }
         if let (true, Some(version)) = (created_any, msg.schema_version) {
             tx.execute(

@@ -122,6 +122,8 @@ pub enum LoadError {
         #[source]
         source: tokio_postgres::Error,
     },
+    #[error("another initial load of target `{0}` is running against this source (its instance's initial snapshot, or a load command): wait for it to end")]
+    Busy(String),
     /// Reading where the schema stream stands (a look of the ddlwatcher in diffing mode).
     #[error("source database: finding the schema version the load's catalog is at: {0}")]
     Position(String),
@@ -280,6 +282,26 @@ pub async fn run(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErro
         .ok_or_else(|| LoadError::UnknownTarget(opts.target.clone()))?;
     let remote = Arc::new(Remote::new(&opts.target, target)?);
     let mut client = db::connect(&config.database, "initial load").await?;
+    // One load per target at a time: a second would remake the tables the first is
+    // filling. Held by this connection until the load ends (a run just stopped may hold
+    // it a moment longer: waited for a few seconds).
+    let key = format!("{}/{}", config.internal_schema, opts.target);
+    let mut tries = 0;
+    while !client
+        .query_one(
+            "select pg_catalog.pg_try_advisory_lock($1, pg_catalog.hashtext($2))",
+            &[&db::LOAD_LOCK, &key],
+        )
+        .await
+        .map_err(src_err("taking the initial load's lock"))?
+        .get::<_, bool>(0)
+    {
+        tries += 1;
+        if tries > 25 {
+            return Err(LoadError::Busy(opts.target.clone()));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // Triggers first: every change not in the snapshot below is captured.
     capture::install(&mut client, config).await?;
     // The catalog the tables are created from, at a schema version boundary: the versions
