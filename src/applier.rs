@@ -2359,7 +2359,7 @@ fn finds_its_work_done(e: &tokio_postgres::Error) -> bool {
 /// Runs one statement of schema version `version`. `loaded`: an initial load created
 /// objects from a catalog that holds this version already — a statement of no table that
 /// finds its work done there (a type it creates exists) is left out.
-async fn run_statement(
+pub(crate) async fn run_statement(
     tx: &Transaction<'_>,
     version: i64,
     st: &ddlwatcher::Statement,

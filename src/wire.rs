@@ -915,6 +915,10 @@ pub struct LoadPrepare {
     /// those of other objects that it finds done).
     #[serde(default)]
     pub schema_version: Option<i64>,
+    /// The versions up to `schema_version` the target may not have applied: a table it
+    /// has already and loads takes their changes of it before the copy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ddl: Vec<DdlVersion>,
 }
 
 /// A table's load state on the target.

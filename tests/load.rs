@@ -926,3 +926,68 @@ async fn a_second_load_of_a_target_waits_for_the_first_then_says_so() -> anyhow:
     target.shutdown().await?;
     Ok(())
 }
+
+/// The way out of a held stream: the target diverged (a row deleted by hand), the batch that
+/// names it is held, schema changes pile up behind it, and `--truncate` reloads the table.
+/// The table exists, so the load does not create it: it takes the held versions' changes of
+/// it first (a column added, another renamed), so the copy fits, and the stream leaves
+/// them out afterwards — before, the copy failed ("column v2 does not exist") and the way
+/// out was closed.
+#[tokio::test]
+async fn a_truncating_load_behind_held_schema_changes_takes_them_first() -> anyhow::Result<()> {
+    for event_triggers in [true, false] {
+        let schema = "create schema app; create table app.t (id int primary key, v text);";
+        let p = Pair::new2(schema, schema).await?;
+        if event_triggers {
+            p.make_src_superuser().await?;
+        }
+        let src = p.src().await?;
+        let target = p.start_target(0).await?;
+        let port = target.local_addr.unwrap().port();
+        let extra = if event_triggers {
+            "use_event_triggers: true\n"
+        } else {
+            ""
+        };
+        let source = p.start_source(port, "app.*", extra).await?;
+        src.batch_execute("insert into app.t select g, 'v' || g from generate_series(1, 100) g")
+            .await?;
+        let dst = p.dst().await?;
+        let within = Duration::from_secs(30);
+        wait_equal(&src, &dst, &["app.t"], within).await?;
+        // Diverged: the next update of row 5 is held.
+        dst.batch_execute("delete from app.t where id = 5").await?;
+        src.batch_execute("update app.t set v = 'held' where id = 5")
+            .await?;
+        wait_for("the stream held", within, || async {
+            Ok(last_error(&src).await?.contains("0 found"))
+        })
+        .await?;
+        src.batch_execute(
+            "create type app.mood as enum ('sad', 'ok');
+             alter table app.t add column x int default 3, add column m app.mood;
+             alter table app.t rename column v to v2;
+             update app.t set x = id, m = 'ok' where id < 10;",
+        )
+        .await?;
+        wait_for("the schema change recorded", within, || async {
+            Ok(scalar_i64(&src, "select count(*) from teleport.ddl").await? > 0)
+        })
+        .await?;
+        let summary = load::run(&p.source_config(port, "app.*", extra)?, opts(true)).await?;
+        assert_eq!(summary.tables, 1, "{summary}");
+        src.batch_execute(
+            "alter table app.t add column y text; update app.t set y = 'after' where id in (5, 50)",
+        )
+        .await?;
+        let context = || format!("event triggers: {event_triggers}");
+        wait_equal(&src, &dst, &["app.t"], within)
+            .await
+            .with_context(context)?;
+        let (a, b) = (shape(&src, &["app"]).await?, shape(&dst, &["app"]).await?);
+        assert_eq!(a, b, "{}", context());
+        source.shutdown().await?;
+        target.shutdown().await?;
+    }
+    Ok(())
+}

@@ -84,6 +84,99 @@ fn target_of(apply_schema: &Option<String>, schema: &str) -> String {
 }
 
 impl Applier {
+    /// The tables of `msg` the target has already and loads now (not finished by an earlier
+    /// run, not refused for their rows, not made again below) take the changes of them that
+    /// the schema versions up to the load's catalog make and the target has not applied
+    /// (the stream held behind them, or the tables are there without it): the copy has the
+    /// catalog's shape. They are emptied first (the load empties them anyway; a retyping
+    /// needs no old values). Statements of no table are taken too, those that find their
+    /// work done left out; statements of other tables are left to the stream. Returns the
+    /// source OIDs of those tables: the stream leaves those versions out for them.
+    async fn take_versions_before_load(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        msg: &LoadPrepare,
+        map: &SchemaMap,
+    ) -> Result<Vec<u32>, ApplyError> {
+        let s = &self.schema;
+        let Some(upto) = msg.schema_version else {
+            return Ok(Vec::new());
+        };
+        let applied: i64 = tx
+            .query_opt(
+                &format!("select version from {s}.ddl_applied where source = $1 and target = $2"),
+                &[&msg.source, &msg.target],
+            )
+            .await
+            .map_err(pg("reading the schema version applied"))?
+            .map(|r| r.get(0))
+            .unwrap_or(0);
+        let versions: Vec<_> = msg
+            .ddl
+            .iter()
+            .filter(|v| v.version > applied && v.version <= upto)
+            .collect();
+        if versions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut behind = Vec::new();
+        let mut names = Vec::new();
+        for t in &msg.tables {
+            let schema = map.map(&t.schema).to_string();
+            let name = qualified(&schema, &t.name);
+            let row = tx
+                .query_one(
+                    &format!(
+                        "select pg_catalog.to_regclass($1) is not null,
+                                (select state <> 'done' and not created_by_load from {s}.load_table
+                                  where source = $2 and target = $3 and schema_name = $4 and table_name = $5)"
+                    ),
+                    &[&name, &msg.source, &msg.target, &schema, &t.name],
+                )
+                .await
+                .map_err(pg("looking up a table"))?;
+            let (exists, unfinished): (bool, Option<bool>) = (row.get(0), row.get(1));
+            // Loaded now: registered and unfinished (not one the load created: made again),
+            // or not registered yet and empty or to be emptied.
+            let loads = exists
+                && match unfinished {
+                    Some(u) => u,
+                    None => {
+                        msg.truncate
+                            || !tx
+                                .query_one(&format!("select exists (select 1 from {name})"), &[])
+                                .await
+                                .map_err(pg(&format!("reading {name}")))?
+                                .get::<_, bool>(0)
+                    }
+                };
+            if loads {
+                behind.push(t.oid);
+                names.push(name);
+            }
+        }
+        if behind.is_empty() {
+            return Ok(Vec::new());
+        }
+        tx.batch_execute(&format!("truncate only {}", names.join(", ")))
+            .await
+            .map_err(pg(&format!(
+                "emptying {} before its schema catches up",
+                names.join(", ")
+            )))?;
+        for v in versions {
+            for st in v.statements.iter().filter(|st| st.transactional) {
+                let ours = st.tables.iter().all(|oid| behind.contains(oid));
+                if !ours || st.deletes_rows_of.is_some() {
+                    continue;
+                }
+                crate::applier::run_statement(tx, v.version, st, true).await?;
+            }
+            tracing::info!(version = v.version, tables = %names.join(", "), "schema version taken by tables before their load");
+        }
+        Ok(behind)
+    }
+
     /// Creates missing schemas, types and tables; registers the tables to load; refuses
     /// tables that hold rows unless `truncate` (nothing is changed then). Also returns
     /// whether the target runs with `wal_level = minimal`: then a table created or emptied
@@ -224,6 +317,7 @@ impl Applier {
                     "function not created on the target; create it by hand");
             }
         }
+        let behind = self.take_versions_before_load(&tx, msg, &map).await?;
         let mut states = Vec::new();
         let mut refused = Vec::new();
         for t in &msg.tables {
@@ -315,7 +409,8 @@ impl Applier {
                     "update {s}.load_table set source_oid = $5, at_version = case when $7 then $6 else at_version end
                       where source = $1 and target = $2 and schema_name = $3 and table_name = $4"
                 ),
-                &[&msg.source, &msg.target, &target_schema, &t.name, &t.oid, &msg.schema_version, &created],
+                &[&msg.source, &msg.target, &target_schema, &t.name, &t.oid, &msg.schema_version,
+                  &(created || behind.contains(&t.oid))],
             )
             .await
             .map_err(pg("recording the source table and schema version of a table to load"))?;
@@ -371,7 +466,7 @@ impl Applier {
                 .map_err(pg("forgetting an unfinished load"))?;
             }
         }
-        if let (true, Some(version)) = (created_any, msg.schema_version) {
+        if let (true, Some(version)) = (created_any || !behind.is_empty(), msg.schema_version) {
             tx.execute(
                 &format!(
                     "insert into {s}.ddl_applied (source, target, version, loaded_version) values ($1, $2, 0, $3)

@@ -273,6 +273,43 @@ struct Job {
     only: bool,
 }
 
+/// The schema versions of `target` up to `upto` that it has not acknowledged, in order.
+async fn pending_versions(
+    client: &tokio_postgres::Client,
+    config: &Config,
+    target: &str,
+    upto: i64,
+) -> Result<Vec<crate::wire::DdlVersion>, LoadError> {
+    let s = quote_ident(&config.internal_schema);
+    let rows = client
+        .query(
+            &format!(
+                "select d.version, d.statements::text from {s}.ddl d
+                  where d.target = $1 and d.version <= $2
+                    and d.version > coalesce((select acked_ddl from {s}.target_state where target = $1), 0)
+                  order by d.version"
+            ),
+            &[&target, &upto],
+        )
+        .await
+        .map_err(src_err("reading the schema versions the target has not applied"))?;
+    rows.iter()
+        .map(|r| {
+            let text: String = r.get(1);
+            Ok(crate::wire::DdlVersion {
+                version: r.get(0),
+                statements: serde_json::from_str(&text).map_err(|e| {
+                    LoadError::Position(format!(
+                        "stored schema version {} is unreadable: {e}",
+                        r.get::<_, i64>(0)
+                    ))
+                })?,
+                txid: None,
+            })
+        })
+        .collect()
+}
+
 /// Runs the initial load of `opts.target`; resumable by running it again.
 pub async fn run(config: &Config, opts: LoadOptions) -> Result<Summary, LoadError> {
     let started = Instant::now();
@@ -311,6 +348,9 @@ pub async fn run(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErro
         crate::watcher::schema_position(&mut client, config, &opts.target)
             .await
             .map_err(|e| LoadError::Position(e.to_string()))?;
+    // The versions up to it the target has not acknowledged: a table it has already (not
+    // created by the load) takes their changes before its copy.
+    let ddl = pending_versions(&client, config, &opts.target, schema_version).await?;
     // Excluded columns (recorded by number at install) are left out of the tables the
     // load creates and copies, with the indexes, constraints and generated columns on them.
     let excluded = crate::exclusion::Exclusions::read(
@@ -352,6 +392,7 @@ pub async fn run(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErro
                 collations,
                 truncate: opts.truncate,
                 schema_version: Some(schema_version),
+                ddl,
             },
         )
         .await?;
