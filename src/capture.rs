@@ -512,7 +512,7 @@ async fn install_triggers(
             }
         }
         if !config.use_event_triggers {
-            record_form(&tx, &quote_ident(schema), t)
+            record_form(&tx, &quote_ident(schema), t, false)
                 .await
                 .map_err(schema_error)?;
         }
@@ -612,6 +612,7 @@ pub async fn record_form(
     tx: &tokio_postgres::Transaction<'_>,
     schema: &str,
     table: &Table,
+    always: bool,
 ) -> Result<(), tokio_postgres::Error> {
     let names: Vec<&str> = table.columns.iter().map(|c| c.name.as_str()).collect();
     let attnums: Vec<i16> = table.columns.iter().map(|c| c.attnum).collect();
@@ -631,13 +632,13 @@ pub async fn record_form(
                                left join pg_catalog.pg_attribute a
                                       on a.attrelid = $1 and a.attnum = c.attnum and not a.attisdropped) c)
                  select pg_catalog.nextval({seq}::pg_catalog.regclass), c.columns, c.json from c
-                  where not exists (select from (select f.columns, f.json from {s}.capture_form f
-                                                  where f.relid = $1 order by f.from_ev desc limit 1) l
-                                     where l.columns = c.columns and l.json = c.json)",
+                  where $5 or not exists (select from (select f.columns, f.json from {s}.capture_form f
+                                                        where f.relid = $1 order by f.from_ev desc limit 1) l
+                                           where l.columns = c.columns and l.json = c.json)",
                 base = ddlwatcher::base_type_sql("a.atttypid"),
                 seq = ddlwatcher::quote_literal(&format!("{s}.event_id_seq")),
             ),
-            &[&table.oid, &names, &attnums, &text_form],
+            &[&table.oid, &names, &attnums, &text_form, &always],
         )
         .await?;
     let Some(row) = row else {

@@ -317,18 +317,19 @@ impl Transmitter {
             }
         }
         if self.diffing {
-            tables.json_form = self.json_forms(client, &tables).await?;
+            (tables.json_form, tables.gone) = self.json_forms(client, &tables).await?;
         }
         Ok(tables)
     }
 
     /// For each table of `tables` whose row images may hold a json/jsonb column in its JSON
     /// form (diffing mode): from which event on, which columns ([`Tables::json_form`]).
+    /// Also the columns each window of records knew ([`Tables::gone`]).
     async fn json_forms(
         &self,
         client: &Client,
         tables: &Tables,
-    ) -> Result<HashMap<u32, Vec<(i64, Vec<String>)>>, StepError> {
+    ) -> Result<(Windows, HashMap<u32, Vec<(i64, i64, Vec<String>)>>), StepError> {
         let s = &self.schema;
         let context = "reading the columns the row triggers knew";
         let st = self
@@ -354,6 +355,7 @@ impl Transmitter {
                 .push((r.get(1), r.get(2), r.get(3)));
         }
         let mut out = HashMap::new();
+        let mut gone = HashMap::new();
         for (i, (meta, relid)) in tables.metas.iter().zip(&tables.relids).enumerate() {
             let Some(forms) = forms.get(relid) else {
                 continue;
@@ -363,8 +365,9 @@ impl Transmitter {
             if windows.iter().any(|(_, c)| !c.is_empty()) {
                 out.insert(i as u32, windows);
             }
+            gone.insert(i as u32, known_windows(forms));
         }
-        Ok(out)
+        Ok((out, gone))
     }
 
     /// Reads batch `seq` from the queue and writes it as segments into `out` as it reads:
@@ -491,15 +494,23 @@ impl Transmitter {
                 Op::Insert | Op::Update => tables.json_form(table, id),
                 _ => &[],
             };
+            // Columns the row image may name (a new image in a closed window of records).
+            let known: Option<&[String]> = match op {
+                Op::Insert | Op::Update => tables.known(table, id),
+                _ => None,
+            };
             let raw = |v: Option<String>,
-                       json_form: &[String]|
+                       json_form: &[String],
+                       known: Option<&[String]>|
              -> Result<Option<Box<RawValue>>, StepError> {
                 v.map(|s| {
-                    let s = if excluded.is_empty() && json_form.is_empty() {
+                    let s = if excluded.is_empty() && json_form.is_empty() && known.is_none() {
                         s
                     } else {
                         wire::object_edited(&s, |k, v| {
-                            if excluded.iter().any(|x| x == k) {
+                            if excluded.iter().any(|x| x == k)
+                                || known.is_some_and(|known| !known.iter().any(|c| c == k))
+                            {
                                 wire::Edit::Drop
                             } else if json_form.iter().any(|x| x == k) && v.get() != "null" {
                                 // The text form: the JSON text (of a json column, as written:
@@ -531,8 +542,8 @@ impl Transmitter {
                 op,
                 table,
                 txid: Some(txid),
-                key: raw(r.get(4), &[])?,
-                data: raw(r.get(5), json_form)?,
+                key: raw(r.get(4), &[], None)?,
+                data: raw(r.get(5), json_form, known)?,
             };
             payload += event.key.as_ref().map_or(0, |k| k.get().len())
                 + event.data.as_ref().map_or(0, |d| d.get().len());
@@ -889,7 +900,15 @@ struct Tables {
     /// Diffing mode, per table (index in `metas`) whose row images may hold json/jsonb
     /// columns the row trigger did not know (in their JSON form): from each event number
     /// on, those columns ([`json_form_windows`]); ascending.
-    json_form: HashMap<u32, Vec<(i64, Vec<String>)>>,
+    json_form: Windows,
+    /// Diffing mode, per table with records: the windows between two records (from, to,
+    /// the columns either record names). A member of a row image in such a window that
+    /// neither names was a column added and renamed or dropped again before the look that
+    /// closed the window — the target never has it; the look queued that row's values
+    /// again after its schema event (`Watcher::resend_written_to_gone`), so the member
+    /// is left out ([`Tables::gone`]). The open window after the last record is not
+    /// listed: its look has not come yet.
+    gone: HashMap<u32, Vec<(i64, i64, Vec<String>)>>,
     rows: RowCounts,
     /// Per table (as `metas`), the columns stripped from its row images.
     excluded: Vec<Vec<String>>,
@@ -899,6 +918,15 @@ struct Tables {
 }
 
 impl Tables {
+    /// The columns event `id` of table `table` may name, when it lies in a closed window
+    /// of records ([`Tables::gone`]): a member it names beyond them is left out.
+    fn known(&self, table: u32, id: i64) -> Option<&[String]> {
+        let windows = self.gone.get(&table)?;
+        let i = windows.partition_point(|(from, _, _)| *from <= id);
+        let (_, to, known) = windows.get(i.checked_sub(1)?)?;
+        (id < *to).then_some(&known[..])
+    }
+
     /// The json/jsonb columns that event `id` of table `table` (index in `metas`) holds in
     /// their JSON form.
     fn json_form(&self, table: u32, id: i64) -> &[String] {
@@ -914,6 +942,22 @@ impl Tables {
 
 /// A record of `capture_form`: from which event on, the columns, the json/jsonb ones.
 type Form = (i64, Vec<String>, Vec<String>);
+
+/// Per table (index in `metas`): from each event number on, columns ([`json_form_windows`]).
+type Windows = HashMap<u32, Vec<(i64, Vec<String>)>>;
+
+/// The closed windows between consecutive records (ascending): from, to (the next
+/// record's event), and the columns either record names.
+fn known_windows(forms: &[Form]) -> Vec<(i64, i64, Vec<String>)> {
+    forms
+        .windows(2)
+        .map(|w| {
+            let mut known = w[0].1.clone();
+            known.extend(w[1].1.iter().filter(|c| !w[0].1.contains(c)).cloned());
+            (w[0].0, w[1].0, known)
+        })
+        .collect()
+}
 
 /// From the records of which columns a table's row trigger knew (`capture_form`: from
 /// which event on, the columns, the json/jsonb ones among them; ascending), for each, the
@@ -1337,5 +1381,27 @@ mod tests {
         assert!(tables.json_form(0, 21).is_empty());
         assert_eq!(tables.json_form(0, 31), ["d"]);
         assert!(tables.json_form(1, 31).is_empty(), "another table");
+    }
+
+    /// Records at 10 (`id`, `x`) and 20 (`id`, `x`, `kept` — `x` retyped by copy through
+    /// `new_x` meanwhile): an event between them may name `id`, `x`, `kept`, not `new_x`;
+    /// events before the first record and after the last (whose look has not come) are
+    /// left as they are.
+    #[test]
+    fn columns_gone_within_a_window_of_records_are_known_per_event() {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let forms: Vec<Form> = vec![
+            (10, v(&["id", "x"]), v(&[])),
+            (20, v(&["id", "kept", "x"]), v(&[])),
+        ];
+        let tables = Tables {
+            gone: [(0u32, known_windows(&forms))].into_iter().collect(),
+            ..Default::default()
+        };
+        assert_eq!(tables.known(0, 5), None, "before any record");
+        assert_eq!(tables.known(0, 15), Some(&v(&["id", "x", "kept"])[..]));
+        assert_eq!(tables.known(0, 25), None, "the open window");
+        assert_eq!(tables.known(1, 15), None, "another table");
+        assert!(known_windows(&forms[..1]).is_empty());
     }
 }

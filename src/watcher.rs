@@ -177,6 +177,8 @@ impl Watcher {
                 recorded = true;
             }
             self.resync_partitions(&tx, &change.gone).await?;
+            self.resend_written_to_gone(&tx, &change.before, &new)
+                .await?;
             self.backfill(&tx, change.added).await?;
             if !change.after_backfill.is_empty() {
                 record_version(&tx, &self.schema, target, None, &change.after_backfill).await?;
@@ -241,13 +243,116 @@ impl Watcher {
         // found them; those before, the columns of the look before (a text column renamed
         // or added since, made json later, must not be read as a json column the trigger
         // did not know).
+        // A record at every change (also one that keeps the names: a column added, written
+        // and renamed to the name of one dropped meanwhile), which closes the window of
+        // events written before it (`resend_written_to_gone`).
         for t in &changed {
-            capture::record_form(tx, s, t)
+            capture::record_form(tx, s, t, true)
                 .await
                 .map_err(StepError::db(format!(
                     "recording the columns of {} the row trigger knows",
                     t.qualified()
                 )))?;
+        }
+        Ok(())
+    }
+
+    /// Diffing mode: rows written between the last look and this one under a column that
+    /// neither catalog has — added and renamed or dropped again meanwhile (`ADD new_x`,
+    /// fill it, `DROP x`, `RENAME new_x TO x`) — are queued again, all their columns as
+    /// they are now, after the schema event (in the look's transaction, under a SHARE lock).
+    /// The target never has such a column; the transmitter leaves it out of those events
+    /// (`Tables::gone`, the window between this look's record of the table's columns and
+    /// the one before), and their values arrive with these. Tables with a key only (rows
+    /// are found by it; a key renamed within the window finds none).
+    async fn resend_written_to_gone(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        before: &[ddlwatcher::Table],
+        after: &Catalog,
+    ) -> Result<(), StepError> {
+        let s = &self.schema;
+        for t in &after.tables {
+            let Some(old) = before.iter().find(|b| b.oid == t.oid && *b != t) else {
+                continue;
+            };
+            let Some(key) = t.replica_key() else {
+                continue;
+            };
+            let known: Vec<&str> = old
+                .columns
+                .iter()
+                .chain(&t.columns)
+                .map(|c| c.name.as_str())
+                .collect();
+            let what = format!(
+                "finding rows of {} written under columns gone since",
+                t.qualified()
+            );
+            // From the record of the columns the last look found (the latest that names
+            // them; a start in between — the instance down meanwhile — made one more), else
+            // the one before this look's, to this look's record.
+            let old_names: Vec<&str> = old.columns.iter().map(|c| c.name.as_str()).collect();
+            let window = tx
+                .query_one(
+                    &format!(
+                        "with l as (select max(f.from_ev) as to_ev from {s}.capture_form f where f.relid = $1)
+                         select coalesce((select max(f.from_ev) from {s}.capture_form f, l
+                                           where f.relid = $1 and f.from_ev < l.to_ev and f.columns = $2::text[]),
+                                         (select f.from_ev from {s}.capture_form f where f.relid = $1
+                                           order by f.from_ev desc offset 1 limit 1)),
+                                l.to_ev
+                           from l"
+                    ),
+                    &[&t.oid, &old_names],
+                )
+                .await
+                .map_err(StepError::db(what.clone()))?;
+            let (Some(from), Some(to)): (Option<i64>, Option<i64>) = (window.get(0), window.get(1))
+            else {
+                continue;
+            };
+            // Whether any: the SHARE lock below would wait for writers open across the look.
+            let gone_members = format!(
+                "from {s}.event e
+                where e.ev_relid = $1 and e.ev_op in ('I', 'U') and e.ev_id > $2 and e.ev_id < $3
+                  and exists (select from pg_catalog.jsonb_object_keys(e.ev_data::pg_catalog.jsonb) k
+                               where k <> all($4::text[]))"
+            );
+            let any: bool = tx
+                .query_one(
+                    &format!("select exists (select 1 {gone_members})"),
+                    &[&t.oid, &from, &to, &known],
+                )
+                .await
+                .map_err(StepError::db(what.clone()))?
+                .get(0);
+            if !any {
+                continue;
+            }
+            let written = format!(
+                "(({t_key}) in (select {r_key} from {s}.event e
+                                 cross join lateral pg_catalog.jsonb_populate_record(null::{q}, e.ev_data::pg_catalog.jsonb) r
+                                where e.ev_relid = {oid} and e.ev_op in ('I', 'U') and e.ev_id > {from} and e.ev_id < {to}
+                                  and exists (select from pg_catalog.jsonb_object_keys(e.ev_data::pg_catalog.jsonb) k
+                                               where k <> all(array[{known}]::text[]))))",
+                t_key = key.iter().map(|k| format!("t.{}", quote_ident(k))).collect::<Vec<_>>().join(", "),
+                r_key = key.iter().map(|k| format!("r.{}", quote_ident(k))).collect::<Vec<_>>().join(", "),
+                q = t.qualified(),
+                oid = t.oid,
+                known = known
+                    .iter()
+                    .map(|k| ddlwatcher::quote_literal(k))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            );
+            let columns: Vec<ddlwatcher::catalog::Column> =
+                t.columns.iter().filter(|c| !c.generated).cloned().collect();
+            let n = queue_values(tx, s, t, Some(key), &columns, Some(&written)).await?;
+            if n > 0 {
+                tracing::info!(table = %t.qualified(), rows = n,
+                    "queued again rows written under a column added and renamed or dropped again before this look");
+            }
         }
         Ok(())
     }
