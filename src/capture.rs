@@ -47,6 +47,7 @@ pub const SOURCE_SQL: &[(i32, &str)] = &[
         19,
         include_str!("../sql/source_019_version_transactions.sql"),
     ),
+    (20, include_str!("../sql/source_020_form_attributes.sql")),
 ];
 
 /// Registers a target (mirror) in `target_state`, state SETUP, its batches starting after
@@ -650,8 +651,9 @@ pub async fn record_form(
         (row.get(0), row.get(1), row.get(2));
     tx.execute(
         &format!(
-            "insert into {s}.capture_form (relid, from_ev, rotation, columns, json)
-             values ($1, $2, coalesce(pg_catalog.pg_sequence_last_value({rot}::pg_catalog.regclass), 0), $3, $4)",
+            "insert into {s}.capture_form (relid, from_ev, rotation, columns, json, natts)
+             values ($1, $2, coalesce(pg_catalog.pg_sequence_last_value({rot}::pg_catalog.regclass), 0), $3, $4,
+                     (select c.relnatts from pg_catalog.pg_class c where c.oid = $1))",
             rot = ddlwatcher::quote_literal(&format!("{s}.queue_rotation")),
         ),
         &[&table.oid, &from, &columns, &json],

@@ -257,6 +257,58 @@ impl Watcher {
         Ok(())
     }
 
+    /// Diffing mode: records again the columns of each table that has more attributes
+    /// than when they were last recorded while its catalog is as it was — a column added,
+    /// written and dropped again since — so the transmitter leaves that column out of the
+    /// events written before ([`capture::record_form`], `Tables::gone`). Its values need no
+    /// sending: the column is gone.
+    async fn record_grown(
+        &self,
+        client: &mut Client,
+        catalogs: &BTreeMap<String, Catalog>,
+    ) -> Result<(), StepError> {
+        let s = &self.schema;
+        let mut tables: BTreeMap<u32, &ddlwatcher::Table> = BTreeMap::new();
+        for t in catalogs.values().flat_map(|c| c.tables.iter()) {
+            tables.insert(t.oid, t);
+        }
+        if tables.is_empty() {
+            return Ok(());
+        }
+        let oids: Vec<u32> = tables.keys().copied().collect();
+        let grown: Vec<u32> = client
+            .query(
+                &format!(
+                    "select t.oid from pg_catalog.unnest($1::pg_catalog.oid[]) as t(oid)
+                       join pg_catalog.pg_class c on c.oid = t.oid
+                      where c.relnatts > (select f.natts from {s}.capture_form f
+                                           where f.relid = t.oid order by f.from_ev desc limit 1)"
+                ),
+                &[&oids],
+            )
+            .await
+            .map_err(StepError::db("reading which tables grew attributes"))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if grown.is_empty() {
+            return Ok(());
+        }
+        let tx = client.transaction().await.map_err(StepError::db("begin"))?;
+        for oid in grown {
+            let t = tables[&oid];
+            capture::record_form(&tx, s, t, true)
+                .await
+                .map_err(StepError::db(format!(
+                    "recording the columns of {} again",
+                    t.qualified()
+                )))?;
+            tracing::debug!(table = %t.qualified(), "a column was added since the columns were recorded: recorded again");
+        }
+        tx.commit().await.map_err(StepError::db("commit"))?;
+        Ok(())
+    }
+
     /// Diffing mode: rows written between the last look and this one under a column that
     /// neither catalog has — added and renamed or dropped again meanwhile (`ADD new_x`,
     /// fill it, `DROP x`, `RENAME new_x TO x`) — are queued again, all their columns as
@@ -1403,6 +1455,7 @@ impl Watcher {
                 deferred.push((target, later));
             }
         }
+        self.record_grown(client, &installed.catalogs).await?;
         // Triggers for new tables (their rows come along); a table without a primary key
         // is reported and retried, the other changes are recorded all the same.
         capture::install_tables(client, &self.config, &installed)
