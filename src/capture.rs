@@ -48,6 +48,7 @@ pub const SOURCE_SQL: &[(i32, &str)] = &[
         include_str!("../sql/source_019_version_transactions.sql"),
     ),
     (20, include_str!("../sql/source_020_form_attributes.sql")),
+    (21, include_str!("../sql/source_021_json_null_updates.sql")),
 ];
 
 /// Registers a target (mirror) in `target_state`, state SETUP, its batches starting after

@@ -315,8 +315,10 @@ impl Watcher {
     /// they are now, after the schema event (in the look's transaction, under a SHARE lock).
     /// The target never has such a column; the transmitter leaves it out of those events
     /// (`Tables::gone`, the window between this look's record of the table's columns and
-    /// the one before), and their values arrive with these. Tables with a key only (rows
-    /// are found by it; a key renamed within the window finds none).
+    /// the one before), and their values arrive with these. So are rows whose events hold
+    /// a JSON `null` in a json/jsonb column the row trigger did not know (added or renamed
+    /// since: its values are in their JSON form, where `null` is SQL NULL as well). Tables
+    /// with a key only (rows are found by it; a key renamed within the window finds none).
     async fn resend_written_to_gone(
         &self,
         tx: &tokio_postgres::Transaction<'_>,
@@ -364,17 +366,53 @@ impl Watcher {
             else {
                 continue;
             };
+            // The json/jsonb columns the window's events hold in their JSON form (the
+            // transmitter's `json_form_windows`): a JSON `null` there cannot be told from
+            // SQL NULL, so those rows are sent again too (their value in its text form now).
+            let unknown_json: Vec<String> = tx
+                .query_one(
+                    &format!(
+                        "select coalesce(array(select j from pg_catalog.unnest(
+                                    (select f.json from {s}.capture_form f where f.relid = $1 and f.from_ev = $3)) j
+                                  where j <> all(coalesce((select f.json from {s}.capture_form f where f.relid = $1 and f.from_ev = $2), '{{}}'))),
+                                '{{}}')"
+                    ),
+                    &[&t.oid, &from, &to],
+                )
+                .await
+                .map_err(StepError::db(what.clone()))?
+                .get(0);
+            // Rows whose events name a column neither catalog has.
+            let gone = |known: &str| {
+                format!(
+                    "e.ev_relid = {oid} and e.ev_op in ('I', 'U') and e.ev_id > {from} and e.ev_id < {to}
+                     and exists (select from pg_catalog.jsonb_object_keys(e.ev_data::pg_catalog.jsonb) k
+                                  where k <> all({known}::text[]))",
+                    oid = t.oid,
+                )
+            };
+            // Rows holding a JSON null now in such a json column: an update from SQL NULL to
+            // it wrote no event at all (the trigger saw the same image).
+            let json_null = unknown_json
+                .iter()
+                .map(|j| format!("t.{}::text = 'null'", quote_ident(j)))
+                .collect::<Vec<_>>()
+                .join(" or ");
+            let json_null = if json_null.is_empty() {
+                "false".to_string()
+            } else {
+                json_null
+            };
             // Whether any: the SHARE lock below would wait for writers open across the look.
-            let gone_members = format!(
-                "from {s}.event e
-                where e.ev_relid = $1 and e.ev_op in ('I', 'U') and e.ev_id > $2 and e.ev_id < $3
-                  and exists (select from pg_catalog.jsonb_object_keys(e.ev_data::pg_catalog.jsonb) k
-                               where k <> all($4::text[]))"
-            );
             let any: bool = tx
                 .query_one(
-                    &format!("select exists (select 1 {gone_members})"),
-                    &[&t.oid, &from, &to, &known],
+                    &format!(
+                        "select exists (select 1 from {s}.event e where {})
+                             or exists (select 1 from {} t where {json_null})",
+                        gone("$1"),
+                        t.qualified()
+                    ),
+                    &[&known],
                 )
                 .await
                 .map_err(StepError::db(what.clone()))?
@@ -382,28 +420,30 @@ impl Watcher {
             if !any {
                 continue;
             }
-            let written = format!(
-                "(({t_key}) in (select {r_key} from {s}.event e
-                                 cross join lateral pg_catalog.jsonb_populate_record(null::{q}, e.ev_data::pg_catalog.jsonb) r
-                                where e.ev_relid = {oid} and e.ev_op in ('I', 'U') and e.ev_id > {from} and e.ev_id < {to}
-                                  and exists (select from pg_catalog.jsonb_object_keys(e.ev_data::pg_catalog.jsonb) k
-                                               where k <> all(array[{known}]::text[]))))",
-                t_key = key.iter().map(|k| format!("t.{}", quote_ident(k))).collect::<Vec<_>>().join(", "),
-                r_key = key.iter().map(|k| format!("r.{}", quote_ident(k))).collect::<Vec<_>>().join(", "),
-                q = t.qualified(),
-                oid = t.oid,
-                known = known
+            let known_array = format!(
+                "array[{}]",
+                known
                     .iter()
                     .map(|k| ddlwatcher::quote_literal(k))
                     .collect::<Vec<_>>()
-                    .join(", "),
+                    .join(", ")
+            );
+            let written = format!(
+                "(({t_key}) in (select {r_key} from {s}.event e
+                                 cross join lateral pg_catalog.jsonb_populate_record(null::{q}, e.ev_data::pg_catalog.jsonb) r
+                                where {cond})
+                  or {json_null})",
+                cond = gone(&known_array),
+                t_key = key.iter().map(|k| format!("t.{}", quote_ident(k))).collect::<Vec<_>>().join(", "),
+                r_key = key.iter().map(|k| format!("r.{}", quote_ident(k))).collect::<Vec<_>>().join(", "),
+                q = t.qualified(),
             );
             let columns: Vec<ddlwatcher::catalog::Column> =
                 t.columns.iter().filter(|c| !c.generated).cloned().collect();
             let n = queue_values(tx, s, t, Some(key), &columns, Some(&written)).await?;
             if n > 0 {
                 tracing::info!(table = %t.qualified(), rows = n,
-                    "queued again rows written under a column added and renamed or dropped again before this look");
+                    "queued again rows written under a column added and renamed or dropped again before this look, or with a JSON null in a json column the row trigger did not know");
             }
         }
         Ok(())

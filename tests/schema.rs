@@ -2773,6 +2773,57 @@ async fn json_values_written_before_the_look_arrive_as_written() -> anyhow::Resu
     Ok(())
 }
 
+/// Diffing mode: a JSON `null` written into a json/jsonb column the row trigger did not
+/// know yet (added, or renamed, before the look) is in the row image in its JSON form,
+/// where it is SQL NULL too: it arrived as SQL NULL. The look queues such rows again, in
+/// their text form now. SQL NULLs and other values stay as they are.
+#[tokio::test]
+async fn json_nulls_written_before_the_look_arrive_as_json_null() -> anyhow::Result<()> {
+    for event_triggers in [false, true] {
+        let Started {
+            p,
+            source,
+            target,
+            port,
+            src,
+            dst,
+            extra,
+        } = started(
+            r#"create schema app;
+             create table app.t (id int primary key, a jsonb, x text);
+             insert into app.t select g, '{"g": 1}', 'x' from generate_series(1, 4) g;"#,
+            event_triggers,
+            "",
+        )
+        .await?;
+        source.shutdown().await?;
+        src.batch_execute(
+            r#"alter table app.t add column j jsonb, add column k json;
+             update app.t set j = 'null', k = 'null' where id = 1;
+             update app.t set j = null, k = '{"o": null}' where id = 2;
+             insert into app.t values (9, 'null', 'nine', 'null', null);
+             alter table app.t rename column a to a2;
+             update app.t set a2 = 'null' where id = 3;"#,
+        )
+        .await?;
+        let source = p.start_source(port, "app.*", &extra).await?;
+        let context = || format!("event triggers: {event_triggers}");
+        wait_equal(&src, &dst, &["app.t"], Duration::from_secs(30))
+            .await
+            .with_context(context)?;
+        let nulls = "select format('%s %s %s %s', id, a2 is null, j is null, k is null) from app.t order by id";
+        assert_eq!(
+            texts(&dst, nulls).await?,
+            texts(&src, nulls).await?,
+            "{}",
+            context()
+        );
+        source.shutdown().await?;
+        target.shutdown().await?;
+    }
+    Ok(())
+}
+
 /// Diffing mode: a migration between two looks of the ddlwatcher — a column added, rows
 /// written with it, then another column renamed and one dropped, rows written after — is
 /// one schema version at the look. The rows written before the rename name the added
