@@ -744,17 +744,10 @@ async fn schema_changes_made_before_a_load_are_not_applied_twice() -> anyhow::Re
             "",
         )
         .await?;
-        if event_triggers {
-            p.make_src_superuser().await?;
-        }
+        let extra = p.ddl_mode(event_triggers).await?;
         let src = p.src().await?;
         let target = p.start_target(0).await?;
         let port = target.local_addr.unwrap().port();
-        let extra = if event_triggers {
-            "use_event_triggers: true\n"
-        } else {
-            ""
-        };
         // The source instance ran once (its catalog baseline is taken), then stopped.
         p.start_source(port, "app.*", extra)
             .await?
@@ -815,17 +808,10 @@ async fn a_load_cut_short_and_run_again_after_a_schema_change_fits_the_new_shape
             "",
         )
         .await?;
-        if event_triggers {
-            p.make_src_superuser().await?;
-        }
+        let extra = p.ddl_mode(event_triggers).await?;
         let src = p.src().await?;
         let target = p.start_target(0).await?;
         let port = target.local_addr.unwrap().port();
-        let extra = if event_triggers {
-            "use_event_triggers: true\n"
-        } else {
-            ""
-        };
         let cfg = p.source_config(port, "app.*", extra)?;
         let mut small = opts(false);
         small.range_bytes = 1 << 20;
@@ -938,17 +924,10 @@ async fn a_truncating_load_behind_held_schema_changes_takes_them_first() -> anyh
     for event_triggers in [true, false] {
         let schema = "create schema app; create table app.t (id int primary key, v text);";
         let p = Pair::new2(schema, schema).await?;
-        if event_triggers {
-            p.make_src_superuser().await?;
-        }
+        let extra = p.ddl_mode(event_triggers).await?;
         let src = p.src().await?;
         let target = p.start_target(0).await?;
         let port = target.local_addr.unwrap().port();
-        let extra = if event_triggers {
-            "use_event_triggers: true\n"
-        } else {
-            ""
-        };
         let source = p.start_source(port, "app.*", extra).await?;
         src.batch_execute("insert into app.t select g, 'v' || g from generate_series(1, 100) g")
             .await?;

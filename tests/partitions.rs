@@ -423,9 +423,7 @@ async fn a_partition_detached_and_attached_again_between_looks_arrives_as_it_is(
 async fn a_partition_detached_before_a_load_keeps_its_rows() -> anyhow::Result<()> {
     for event_triggers in [true, false] {
         let p = Pair::new2(SCHEMA, "").await?;
-        if event_triggers {
-            p.make_src_superuser().await?;
-        }
+        let extra = p.ddl_mode(event_triggers).await?;
         let src = p.src().await?;
         src.batch_execute(
             "insert into app.m select g, date '2024-01-01' + g * 2, 'v' || g from generate_series(1, 300) g",
@@ -433,11 +431,6 @@ async fn a_partition_detached_before_a_load_keeps_its_rows() -> anyhow::Result<(
         .await?;
         let target = p.start_target(0).await?;
         let port = target.local_addr.unwrap().port();
-        let extra = if event_triggers {
-            "use_event_triggers: true\n"
-        } else {
-            ""
-        };
         // Capture installed, nothing sent yet.
         p.start_source(port, "app.*", extra)
             .await?
