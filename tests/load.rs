@@ -970,3 +970,67 @@ async fn a_truncating_load_behind_held_schema_changes_takes_them_first() -> anyh
     }
     Ok(())
 }
+
+/// A schema change between the catalog the load makes the tables from and the snapshot it
+/// copies under (here: while the target's prepare waits for a lock) would give a copy that
+/// does not fit the tables ("column z does not exist"). The load compares the catalog under
+/// its snapshot, and starts again; the table it made is made again.
+#[tokio::test]
+async fn a_schema_change_while_the_load_starts_starts_it_again() -> anyhow::Result<()> {
+    for event_triggers in [true, false] {
+        let p = Pair::new2(
+            "create schema app;
+             create table app.t (id int primary key, v text);
+             insert into app.t select g, 'v' || g from generate_series(1, 50) g;",
+            "",
+        )
+        .await?;
+        let extra = p.ddl_mode(event_triggers).await?;
+        let target = p.start_target(0).await?;
+        let port = target.local_addr.unwrap().port();
+        let cfg = p.source_config(port, "app.*", extra)?;
+        // The applied position's row, which the target's prepare locks first.
+        let blocker = p.dst().await?;
+        blocker
+            .batch_execute(&format!(
+                "begin; insert into teleport.applied (source, target, seq) values ('{}', 't1', 0)",
+                cfg.database.name
+            ))
+            .await?;
+        let load = tokio::spawn({
+            let cfg = cfg.clone();
+            async move { load::run(&cfg, opts(false)).await }
+        });
+        let dst = p.dst().await?;
+        wait_for("the prepare waits", Duration::from_secs(30), || async {
+            Ok(scalar_i64(
+                &dst,
+                "select count(*) from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'",
+            )
+            .await?
+                > 0)
+        })
+        .await?;
+        let src = p.src().await?;
+        src.batch_execute(
+            "alter table app.t add column z int default 5;
+             update app.t set z = 6 where id < 3;",
+        )
+        .await?;
+        blocker.batch_execute("rollback").await?;
+        let context = || format!("event triggers: {event_triggers}");
+        let summary = load.await?.with_context(context)?;
+        assert_eq!(summary.tables, 1, "{summary}");
+        let source = p.start_source(port, "app.*", extra).await?;
+        src.batch_execute("update app.t set z = 7 where id = 50")
+            .await?;
+        wait_equal(&src, &dst, &["app.t"], Duration::from_secs(30))
+            .await
+            .with_context(context)?;
+        let (a, b) = (shape(&src, &["app"]).await?, shape(&dst, &["app"]).await?);
+        assert_eq!(a, b, "{}", context());
+        source.shutdown().await?;
+        target.shutdown().await?;
+    }
+    Ok(())
+}

@@ -124,6 +124,8 @@ pub enum LoadError {
     },
     #[error("another initial load of target `{0}` is running against this source (its instance's initial snapshot, or a load command): wait for it to end")]
     Busy(String),
+    #[error("the source's schema changed while the initial load of target `{0}` started (between its catalog read and its snapshot), three times in a row: run it again")]
+    SchemaMoved(String),
     /// Reading where the schema stream stands (a look of the ddlwatcher in diffing mode).
     #[error("source database: finding the schema version the load's catalog is at: {0}")]
     Position(String),
@@ -312,6 +314,21 @@ async fn pending_versions(
 
 /// Runs the initial load of `opts.target`; resumable by running it again.
 pub async fn run(config: &Config, opts: LoadOptions) -> Result<Summary, LoadError> {
+    let mut attempt = 1;
+    loop {
+        match run_once(config, opts.clone()).await {
+            Err(LoadError::SchemaMoved(target)) if attempt < 3 => {
+                tracing::info!(%target, attempt, "the source's schema changed while the load started: starting again (the tables it created are made again)");
+                attempt += 1;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+/// One run of the load; [`LoadError::SchemaMoved`] when a schema change came between the
+/// catalog the tables were made from and the snapshot (the copy would not fit them).
+async fn run_once(config: &Config, opts: LoadOptions) -> Result<Summary, LoadError> {
     let started = Instant::now();
     let target = config
         .targets
@@ -348,6 +365,7 @@ pub async fn run(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErro
         crate::watcher::schema_position(&mut client, config, &opts.target)
             .await
             .map_err(|e| LoadError::Position(e.to_string()))?;
+    let position = catalog.clone();
     // The versions up to it the target has not acknowledged: a table it has already (not
     // created by the load) takes their changes before its copy.
     let ddl = pending_versions(&client, config, &opts.target, schema_version).await?;
@@ -448,6 +466,16 @@ pub async fn run(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErro
         .map_err(src_err("exporting a snapshot"))?;
     let (snapshot_id, snapshot, block_size): (String, String, i64) =
         (row.get(0), row.get(1), row.get(2));
+    // The catalog under the snapshot is the one the tables were made from, or the copy
+    // would not fit them: a schema change in between starts the load again.
+    let expr = ddlwatcher::TargetExpression::parse(&target.target_expression)
+        .map_err(|e| LoadError::Position(e.to_string()))?;
+    let now = ddlwatcher::Catalog::read(&tx, &expr, &config.internal_schema)
+        .await
+        .map_err(|e| LoadError::Position(format!("reading the catalog under the snapshot: {e}")))?;
+    if now != position {
+        return Err(LoadError::SchemaMoved(opts.target.clone()));
+    }
     remote
         .post_json(
             "/v1/load/start",
