@@ -974,11 +974,7 @@ impl Applier {
             if !e.op.is_stream_wide() {
                 let meta = &batch.tables[e.table as usize];
                 let (schema, name) = target_parts(batch, meta);
-                let snap = meta
-                    .oid
-                    .and_then(|o| ddl.loaded_by_oid.get(&o))
-                    .or_else(|| ddl.loaded.get(&(schema.to_string(), name.to_string())));
-                if let Some(snap) = snap {
+                if let Some(snap) = ddl.copy_of(meta.oid, schema, name) {
                     let txid = e.txid.ok_or_else(|| ApplyError::BadRequest {
                         message: format!(
                             "event {} lacks txid, needed for the initial load rule",
@@ -1295,8 +1291,7 @@ impl Applier {
                 // applied — unless an initial load copied the table since.
                 for check in schema_checks(first)? {
                     let copied = ddl
-                        .loaded
-                        .get(&(check.schema.clone(), check.table.clone()))
+                        .copy_of(None, &check.schema, &check.table)
                         .zip(first.txid)
                         .is_some_and(|(snap, txid)| snap.visible(txid));
                     if copied {
@@ -1959,6 +1954,14 @@ struct DdlState<'a> {
 }
 
 impl DdlState<'_> {
+    /// The snapshot an initial load copied a table under: found by its source OID when
+    /// known (events name a table renamed since as it was called then), else by its name
+    /// on the target. What a transaction the snapshot saw did is in the copy already.
+    fn copy_of(&self, oid: Option<u32>, schema: &str, name: &str) -> Option<&Snapshot> {
+        oid.and_then(|o| self.loaded_by_oid.get(&o))
+            .or_else(|| self.loaded.get(&(schema.to_string(), name.to_string())))
+    }
+
     /// Runs `step`. While schema versions are pending, a version may be due before its own
     /// event: `step` then runs in a savepoint, and on a failure a pending version may explain
     /// (schema behind, or any failure but a lost connection: a value out of range for the
@@ -2265,8 +2268,7 @@ impl DdlState<'_> {
                 // Rows the version took out of a table whose copy came after it: the copy
                 // holds the table as the source had it then.
                 let copied = self
-                    .loaded
-                    .get(table)
+                    .copy_of(st.tables.first().copied(), &table.0, &table.1)
                     .zip(v.txid)
                     .is_some_and(|(snap, txid)| snap.visible(txid));
                 if copied {
@@ -2279,8 +2281,8 @@ impl DdlState<'_> {
                     continue;
                 }
             }
-            let loaded = st.tables.is_empty() && self.loaded_version >= Some(v.version);
-            run_statement(tx, v.version, st, loaded).await?;
+            let done_by_load = st.tables.is_empty() && self.loaded_version >= Some(v.version);
+            run_statement(tx, v.version, st, done_by_load).await?;
             for (table, old, new) in ddlwatcher::retarget::column_renames_and_drops(&st.sql) {
                 let oid: Option<u32> = tx
                     .query_one("select pg_catalog.to_regclass($1)::oid", &[&table])
@@ -2356,14 +2358,14 @@ fn finds_its_work_done(e: &tokio_postgres::Error) -> bool {
     .any(|c| e.code() == Some(c))
 }
 
-/// Runs one statement of schema version `version`. `loaded`: an initial load created
-/// objects from a catalog that holds this version already — a statement of no table that
-/// finds its work done there (a type it creates exists) is left out.
+/// Runs one statement of schema version `version`. `done_by_load`: an initial load created
+/// objects from a catalog that holds this version already — a statement that finds its
+/// work done there (a type it creates exists) is left out.
 pub(crate) async fn run_statement(
     tx: &Transaction<'_>,
     version: i64,
     st: &ddlwatcher::Statement,
-    loaded: bool,
+    done_by_load: bool,
 ) -> Result<(), ApplyError> {
     let failed = |e: &tokio_postgres::Error| {
         let m = db::describe(e);
@@ -2377,7 +2379,7 @@ pub(crate) async fn run_statement(
             message: format!("schema version {version}: `{}` failed: {m}{hint}", st.sql),
         }
     };
-    if !st.table_dropped_since && !loaded {
+    if !st.table_dropped_since && !done_by_load {
         return tx.batch_execute(&st.sql).await.map_err(|e| failed(&e));
     }
     tx.batch_execute("savepoint pgteleport_statement")
