@@ -328,24 +328,27 @@ impl Applier {
                 .await
                 .map_err(pg("looking up a table"))?
                 .get(0);
+            // Its load state (state, created by the load), if registered.
+            let registered: Option<(String, bool)> = tx
+                .query_opt(
+                    &format!(
+                        "select state, created_by_load from {s}.load_table
+                          where source = $1 and target = $2 and schema_name = $3 and table_name = $4"
+                    ),
+                    &[&msg.source, &msg.target, &target_schema, &t.name],
+                )
+                .await
+                .map_err(pg("reading load state"))?
+                .map(|r| (r.get(0), r.get(1)));
             // A table an earlier run of the load created and did not finish is made again
             // from this catalog: its copy restarts from scratch anyway, and the source's
             // schema may have changed since (the new copy would not fit the old shape).
             // Its views go with it and are made again below; nothing else refers to it yet
             // (the load's foreign keys come after every table is done).
-            let remake: bool = exists
-                && tx
-                    .query_one(
-                        &format!(
-                            "select exists (select 1 from {s}.load_table
-                                             where source = $1 and target = $2 and schema_name = $3 and table_name = $4
-                                               and created_by_load and state <> 'done')"
-                        ),
-                        &[&msg.source, &msg.target, &target_schema, &t.name],
-                    )
-                    .await
-                    .map_err(pg("reading load state"))?
-                    .get(0);
+            let remake = exists
+                && registered
+                    .as_ref()
+                    .is_some_and(|(state, by_load)| *by_load && state != "done");
             if remake {
                 tx.batch_execute(&format!("drop table {name} cascade"))
                     .await
@@ -368,17 +371,8 @@ impl Applier {
                 created = true;
                 created_any = true;
             }
-            let row = tx
-                .query_opt(
-                    &format!(
-                        "select state from {s}.load_table where source = $1 and target = $2 and schema_name = $3 and table_name = $4"
-                    ),
-                    &[&msg.source, &msg.target, &target_schema, &t.name],
-                )
-                .await
-                .map_err(pg("reading load state"))?;
-            let state = match row {
-                Some(r) => r.get::<_, String>(0),
+            let state = match registered {
+                Some((state, _)) => state,
                 None => {
                     let has_rows: bool = tx
                         .query_one(&format!("select exists (select 1 from {name})"), &[])
