@@ -260,7 +260,7 @@ impl Watcher {
     /// Diffing mode: records again the columns of each table that has more attributes
     /// than when they were last recorded while its catalog is as it was — a column added,
     /// written and dropped again since — so the transmitter leaves that column out of the
-    /// events written before ([`capture::record_form`], `Tables::gone`). Its values need no
+    /// events written before ([`capture::record_form`], `Tables::known`). Its values need no
     /// sending: the column is gone.
     async fn record_grown(
         &self,
@@ -314,7 +314,7 @@ impl Watcher {
     /// fill it, `DROP x`, `RENAME new_x TO x`) — are queued again, all their columns as
     /// they are now, after the schema event (in the look's transaction, under a SHARE lock).
     /// The target never has such a column; the transmitter leaves it out of those events
-    /// (`Tables::gone`, the window between this look's record of the table's columns and
+    /// (`Tables::known`, the window between this look's record of the table's columns and
     /// the one before), and their values arrive with these. So are rows whose events hold
     /// a JSON `null` in a json/jsonb column the row trigger did not know (added or renamed
     /// since: its values are in their JSON form, where `null` is SQL NULL as well). Tables
@@ -382,15 +382,18 @@ impl Watcher {
                 .await
                 .map_err(StepError::db(what.clone()))?
                 .get(0);
-            // Rows whose events name a column neither catalog has.
-            let gone = |known: &str| {
-                format!(
-                    "e.ev_relid = {oid} and e.ev_op in ('I', 'U') and e.ev_id > {from} and e.ev_id < {to}
-                     and exists (select from pg_catalog.jsonb_object_keys(e.ev_data::pg_catalog.jsonb) k
-                                  where k <> all({known}::text[]))",
-                    oid = t.oid,
-                )
-            };
+            // Events of the window that name a column neither catalog has.
+            let gone = format!(
+                "e.ev_relid = {oid} and e.ev_op in ('I', 'U') and e.ev_id > {from} and e.ev_id < {to}
+                 and exists (select from pg_catalog.jsonb_object_keys(e.ev_data::pg_catalog.jsonb) k
+                              where k <> all(array[{known}]::text[]))",
+                oid = t.oid,
+                known = known
+                    .iter()
+                    .map(|k| ddlwatcher::quote_literal(k))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            );
             // Rows holding a JSON null now in such a json column: an update from SQL NULL to
             // it wrote no event at all (the trigger saw the same image).
             let json_null = unknown_json
@@ -407,12 +410,11 @@ impl Watcher {
             let any: bool = tx
                 .query_one(
                     &format!(
-                        "select exists (select 1 from {s}.event e where {})
+                        "select exists (select 1 from {s}.event e where {gone})
                              or exists (select 1 from {} t where {json_null})",
-                        gone("$1"),
                         t.qualified()
                     ),
-                    &[&known],
+                    &[],
                 )
                 .await
                 .map_err(StepError::db(what.clone()))?
@@ -420,20 +422,11 @@ impl Watcher {
             if !any {
                 continue;
             }
-            let known_array = format!(
-                "array[{}]",
-                known
-                    .iter()
-                    .map(|k| ddlwatcher::quote_literal(k))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
             let written = format!(
                 "(({t_key}) in (select {r_key} from {s}.event e
                                  cross join lateral pg_catalog.jsonb_populate_record(null::{q}, e.ev_data::pg_catalog.jsonb) r
-                                where {cond})
+                                where {gone})
                   or {json_null})",
-                cond = gone(&known_array),
                 t_key = key.iter().map(|k| format!("t.{}", quote_ident(k))).collect::<Vec<_>>().join(", "),
                 r_key = key.iter().map(|k| format!("r.{}", quote_ident(k))).collect::<Vec<_>>().join(", "),
                 q = t.qualified(),
