@@ -317,14 +317,14 @@ impl Transmitter {
             }
         }
         if self.diffing {
-            (tables.json_form, tables.gone) = self.json_forms(client, &tables).await?;
+            (tables.json_form, tables.known) = self.json_forms(client, &tables).await?;
         }
         Ok(tables)
     }
 
     /// For each table of `tables` whose row images may hold a json/jsonb column in its JSON
     /// form (diffing mode): from which event on, which columns ([`Tables::json_form`]).
-    /// Also the columns each window of records knew ([`Tables::gone`]).
+    /// Also the columns each window of records knew ([`Tables::known`]).
     async fn json_forms(
         &self,
         client: &Client,
@@ -355,7 +355,7 @@ impl Transmitter {
                 .push((r.get(1), r.get(2), r.get(3)));
         }
         let mut out = HashMap::new();
-        let mut gone = HashMap::new();
+        let mut known = HashMap::new();
         for (i, (meta, relid)) in tables.metas.iter().zip(&tables.relids).enumerate() {
             let Some(forms) = forms.get(relid) else {
                 continue;
@@ -365,9 +365,9 @@ impl Transmitter {
             if windows.iter().any(|(_, c)| !c.is_empty()) {
                 out.insert(i as u32, windows);
             }
-            gone.insert(i as u32, known_windows(forms));
+            known.insert(i as u32, known_windows(forms));
         }
-        Ok((out, gone))
+        Ok((out, known))
     }
 
     /// Reads batch `seq` from the queue and writes it as segments into `out` as it reads:
@@ -569,7 +569,7 @@ impl Transmitter {
             .get(
                 client,
                 &format!(
-                    "select d.version, d.statements::text, d.txid from {s}.ddl d
+                    "select {VERSION_COLUMNS} from {s}.ddl d
                       where d.target = $1 and d.version > (select acked_ddl from {s}.target_state where target = $1)
                       order by d.version"
                 ),
@@ -582,17 +582,9 @@ impl Transmitter {
             .map_err(StepError::db(context))?;
         let mut versions = rows
             .iter()
-            .map(|r| {
-                let text: String = r.get(1);
-                Ok(DdlVersion {
-                    version: r.get(0),
-                    txid: r.get::<_, Option<Xid8>>(2).map(|Xid8(t)| t),
-                    statements: serde_json::from_str(&text).map_err(|e| {
-                        StepError::Fatal(format!("stored DDL version is unreadable: {e}"))
-                    })?,
-                })
-            })
-            .collect::<Result<Vec<_>, StepError>>()?;
+            .map(version_of)
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(StepError::Fatal)?;
         // Statements that change a table dropped since: its events are skipped (see
         // `batch_tables`), so the target may leave them out when its stale rows refuse them.
         let mut oids: Vec<u32> = versions
@@ -906,9 +898,9 @@ struct Tables {
     /// neither names was a column added and renamed or dropped again before the look that
     /// closed the window — the target never has it; the look queued that row's values
     /// again after its schema event (`Watcher::resend_written_to_gone`), so the member
-    /// is left out ([`Tables::gone`]). The open window after the last record is not
+    /// is left out ([`Tables::known`]). The open window after the last record is not
     /// listed: its look has not come yet.
-    gone: HashMap<u32, Vec<(i64, i64, Vec<String>)>>,
+    known: HashMap<u32, Vec<(i64, i64, Vec<String>)>>,
     rows: RowCounts,
     /// Per table (as `metas`), the columns stripped from its row images.
     excluded: Vec<Vec<String>>,
@@ -919,9 +911,9 @@ struct Tables {
 
 impl Tables {
     /// The columns event `id` of table `table` may name, when it lies in a closed window
-    /// of records ([`Tables::gone`]): a member it names beyond them is left out.
+    /// of records ([`Tables::known`]): a member it names beyond them is left out.
     fn known(&self, table: u32, id: i64) -> Option<&[String]> {
-        let windows = self.gone.get(&table)?;
+        let windows = self.known.get(&table)?;
         let i = windows.partition_point(|(from, _, _)| *from <= id);
         let (_, to, known) = windows.get(i.checked_sub(1)?)?;
         (id < *to).then_some(&known[..])
@@ -938,6 +930,20 @@ impl Tables {
             i => &windows[i - 1].1,
         }
     }
+}
+
+/// The columns of a stored schema version (`ddl d`) that [`version_of`] reads.
+pub(crate) const VERSION_COLUMNS: &str = "d.version, d.statements::text, d.txid";
+
+/// A stored schema version, read by [`VERSION_COLUMNS`].
+pub(crate) fn version_of(r: &tokio_postgres::Row) -> Result<DdlVersion, String> {
+    let version: i64 = r.get(0);
+    Ok(DdlVersion {
+        version,
+        txid: r.get::<_, Option<Xid8>>(2).map(|Xid8(t)| t),
+        statements: serde_json::from_str(r.get::<_, &str>(1))
+            .map_err(|e| format!("stored schema version {version} is unreadable: {e}"))?,
+    })
 }
 
 /// A record of `capture_form`: from which event on, the columns, the json/jsonb ones.
@@ -1395,7 +1401,7 @@ mod tests {
             (20, v(&["id", "kept", "x"]), v(&[])),
         ];
         let tables = Tables {
-            gone: [(0u32, known_windows(&forms))].into_iter().collect(),
+            known: [(0u32, known_windows(&forms))].into_iter().collect(),
             ..Default::default()
         };
         assert_eq!(tables.known(0, 5), None, "before any record");

@@ -286,30 +286,20 @@ async fn pending_versions(
     let rows = client
         .query(
             &format!(
-                "select d.version, d.statements::text from {s}.ddl d
+                "select {columns} from {s}.ddl d
                   where d.target = $1 and d.version <= $2
                     and d.version > coalesce((select acked_ddl from {s}.target_state where target = $1), 0)
-                  order by d.version"
+                  order by d.version",
+                columns = crate::transmitter::VERSION_COLUMNS,
             ),
             &[&target, &upto],
         )
         .await
         .map_err(src_err("reading the schema versions the target has not applied"))?;
     rows.iter()
-        .map(|r| {
-            let text: String = r.get(1);
-            Ok(crate::wire::DdlVersion {
-                version: r.get(0),
-                statements: serde_json::from_str(&text).map_err(|e| {
-                    LoadError::Position(format!(
-                        "stored schema version {} is unreadable: {e}",
-                        r.get::<_, i64>(0)
-                    ))
-                })?,
-                txid: None,
-            })
-        })
-        .collect()
+        .map(crate::transmitter::version_of)
+        .collect::<Result<_, _>>()
+        .map_err(LoadError::Position)
 }
 
 /// Runs the initial load of `opts.target`; resumable by running it again.
