@@ -3,7 +3,8 @@
 # SOAK_ROUNDS seeds (from SOAK_SEED, default: the clock), SOAK_STEPS schema changes each.
 # A failure prints the seed, the mode, the databases (kept in the cluster under
 # PGTELEPORT_TEST_CLUSTER, default /tmp/pgteleport-soak-cluster, for a look afterwards)
-# and every step. Usage: bash bench/schema_soak.sh   (SOAK_MODES="diffing events")
+# and every step. Usage: bash bench/schema_soak.sh   (SOAK_MODES="diffing events",
+# SOAK_LOAD=1: the target starts empty and an initial load runs at a random step)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh

@@ -1288,10 +1288,11 @@ impl Applier {
                 ddl.reached(version);
                 // Checks of rows the event carries (values of a retyped column): here the
                 // target's rows stand where the source's did, whenever the version was
-                // applied — unless an initial load copied the table since.
+                // applied — unless an initial load copied the table since (found by its
+                // source OID: the check names the table as it was called then).
                 for check in schema_checks(first)? {
                     let copied = ddl
-                        .copy_of(None, &check.schema, &check.table)
+                        .copy_of(check.oid, &check.schema, &check.table)
                         .zip(first.txid)
                         .is_some_and(|(snap, txid)| snap.visible(txid));
                     if copied {

@@ -740,7 +740,9 @@ async fn schema_changes_made_before_a_load_are_not_applied_twice() -> anyhow::Re
         let p = Pair::new2(
             "create schema app;
              create table app.t (id int primary key, v text);
-             insert into app.t select g, 'v' || g from generate_series(1, 200) g;",
+             insert into app.t select g, 'v' || g from generate_series(1, 200) g;
+             create table app.r (id int primary key, n int);
+             insert into app.r select g, g from generate_series(1, 50) g;",
             "",
         )
         .await?;
@@ -761,11 +763,13 @@ async fn schema_changes_made_before_a_load_are_not_applied_twice() -> anyhow::Re
              create index t_x on app.t (x);
              create table app.child (id int primary key, t_id int references app.t);
              insert into app.child select g, g from generate_series(1, 5) g;
-             alter type app.mood rename value 'sad' to 'blue';",
+             alter type app.mood rename value 'sad' to 'blue';
+             alter table app.r alter column n type bigint;
+             alter table app.r rename to r2;",
         )
         .await?;
         let summary = load::run(&p.source_config(port, "app.*", extra)?, opts(false)).await?;
-        assert_eq!(summary.tables, 2, "{summary}");
+        assert_eq!(summary.tables, 3, "{summary}");
         let source = p.start_source(port, "app.*", extra).await?;
         let dst = p.dst().await?;
         let within = Duration::from_secs(30);
@@ -777,7 +781,7 @@ async fn schema_changes_made_before_a_load_are_not_applied_twice() -> anyhow::Re
              insert into app.child values (6, 150);",
         )
         .await?;
-        wait_equal(&src, &dst, &["app.t", "app.child"], within)
+        wait_equal(&src, &dst, &["app.t", "app.child", "app.r2"], within)
             .await
             .with_context(context)?;
         let (a, b) = (shape(&src, &["app"]).await?, shape(&dst, &["app"]).await?);

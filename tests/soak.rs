@@ -9,7 +9,9 @@
 //! short fixed-seed round is `a_short_random_schema_soak_ends_equal`, the long one
 //! `bash bench/schema_soak.sh` (`SOAK_SEED=N`, `SOAK_STEPS=N`, `SOAK_ROUNDS=N`,
 //! `SOAK_MODES="diffing events"`, `SOAK_KEEP_QUEUE=1` to keep every event in the source's
-//! queue for a look afterwards). A failure prints the seed and every step taken.
+//! queue for a look afterwards, `SOAK_LOAD=1` to start the target without the tables and
+//! run an initial load at a random step, beside the changes and the writers). A failure
+//! prints the seed and every step taken.
 
 mod common;
 
@@ -310,18 +312,64 @@ struct Soak {
     seed: u64,
     steps: usize,
     event_triggers: bool,
+    /// The target starts without the tables; an initial load runs at a random step, beside
+    /// the schema changes and the writers, and is run again until it succeeds.
+    load: bool,
+}
+
+/// Runs the initial load until it succeeds (a re-run resumes; a schema change while it
+/// starts makes it give up after its own tries), at most `tries` times; every failure's
+/// message is kept in `log`.
+async fn load_until_done(
+    config: pgteleport::config::Config,
+    tries: usize,
+    log: Arc<std::sync::Mutex<Vec<String>>>,
+) -> Result<()> {
+    let options = pgteleport::load::LoadOptions {
+        target: "t1".into(),
+        truncate: false,
+        workers: 2,
+        range_bytes: 1 << 20,
+        split: Default::default(),
+        progress: Some(false),
+    };
+    for n in 1..=tries {
+        match pgteleport::load::run(&config, options.clone()).await {
+            Ok(summary) => {
+                log.lock()
+                    .unwrap()
+                    .push(format!("load {n}: done, {summary}"));
+                return Ok(());
+            }
+            Err(e) => {
+                log.lock().unwrap().push(format!("load {n}: failed: {e:#}"));
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    }
+    bail!("the initial load failed {tries} times")
 }
 
 async fn run(s: &Soak) -> Result<()> {
-    let p = Pair::new(
-        "create schema app;
+    let schema = "create schema app;
          create type app.mood as enum ('sad', 'ok', 'happy');
          create table app.t1 (id int primary key, a text, b int);
          create table app.t2 (id int primary key, a text, m app.mood, j jsonb);
          create table app.t3 (id int, a text, b numeric);
-         insert into app.t1 select g, 'a' || g, g from generate_series(1, 50) g;",
-    )
-    .await?;
+         insert into app.t1 select g, 'a' || g, g from generate_series(1, 50) g;";
+    let p = if s.load {
+        Pair::new2(
+            &format!(
+                "{schema}
+                 insert into app.t2 select g, 'b' || g, 'ok', '{{\"a\": 1}}' from generate_series(1, 3000) g;
+                 insert into app.t3 select g % 100, 'c' || g, g from generate_series(1, 3000) g;"
+            ),
+            "",
+        )
+        .await?
+    } else {
+        Pair::new(schema).await?
+    };
     let extra = p.ddl_mode(s.event_triggers).await?;
     let target = p.start_target(0).await?;
     let port = target.local_addr.expect("target listens").port();
@@ -361,7 +409,16 @@ async fn run(s: &Soak) -> Result<()> {
 
     let mut rng = Rng::with_seed(s.seed);
     let mut log = Vec::new();
+    // Its own generator: the steps stay those of the seed without a load.
+    let load_step = Rng::with_seed(s.seed ^ 0x10ad).u64(s.steps as u64 / 4..=s.steps as u64 / 2);
+    let load_log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut load = None;
     for step in 0..s.steps as u64 {
+        if s.load && step == load_step {
+            log.push(format!("{step}: initial load starts"));
+            let config = p.source_config(port, "app.*", &extra)?;
+            load = Some(tokio::spawn(load_until_done(config, 10, load_log.clone())));
+        }
         let ts = tables(&src).await?;
         let Some(sql) = change(&mut rng, &ts, step, s.event_triggers) else {
             continue;
@@ -405,15 +462,27 @@ async fn run(s: &Soak) -> Result<()> {
     for w in writers {
         w.await?;
     }
-    let outcome = settle(&src, &dst).await;
+    let loaded = match load {
+        Some(load) => load.await?,
+        None => Ok(()),
+    };
+    for line in load_log.lock().unwrap().drain(..) {
+        println!("soak: {line}");
+        log.push(line);
+    }
+    let outcome = match loaded {
+        Ok(()) => settle(&src, &dst).await,
+        Err(e) => Err(e),
+    };
     let result = match outcome {
         Ok(()) => Ok(()),
         Err(e) => {
             let error = last_error(&src).await.unwrap_or_default();
             Err(e.context(format!(
-                "seed {} ({} mode, databases {} and {}), {} write transactions; last transmit error: {error}\nsteps:\n{}",
+                "seed {} ({} mode{}, databases {} and {}), {} write transactions; last transmit error: {error}\nsteps:\n{}",
                 s.seed,
                 if s.event_triggers { "event-trigger" } else { "diffing" },
+                if s.load { ", initial load" } else { "" },
                 p.src_db,
                 p.dst_db,
                 writes.load(Ordering::Relaxed),
@@ -491,14 +560,20 @@ async fn soak(default_seed: u64, default_steps: usize, default_rounds: usize) ->
     let steps = env_or("SOAK_STEPS", default_steps);
     let rounds = env_or("SOAK_ROUNDS", default_rounds);
     let modes = std::env::var("SOAK_MODES").unwrap_or_else(|_| "diffing events".into());
+    let load = std::env::var_os("SOAK_LOAD").is_some_and(|v| v == "1");
     for round in 0..rounds as u64 {
         for mode in modes.split_whitespace() {
             let s = Soak {
                 seed: first_seed + round,
                 steps,
                 event_triggers: mode == "events",
+                load,
             };
-            println!("soak: seed {} {mode}, {steps} steps", s.seed);
+            println!(
+                "soak: seed {} {mode}{}, {steps} steps",
+                s.seed,
+                if load { " with an initial load" } else { "" }
+            );
             run(&s).await?;
         }
     }
