@@ -1343,7 +1343,11 @@ impl Step for Watcher {
         self.check_capture_triggers(client).await?;
         // Snapshots stored by the event trigger (also those left from an earlier run in
         // event-trigger mode): the transmitter sends no batch before they are versions.
-        if let Some((catalogs, snapshot)) = self.process_snapshots(client).await? {
+        // Under the looks' lock: an initial load makes them too (`schema_position`).
+        lock_looks(client, &self.config.internal_schema, true).await?;
+        let processed = self.process_snapshots(client).await;
+        lock_looks(client, &self.config.internal_schema, false).await?;
+        if let Some((catalogs, snapshot)) = processed? {
             let installed = capture::Installed {
                 catalogs,
                 snapshot: Some(snapshot),
@@ -1422,23 +1426,37 @@ pub async fn schema_position(
         .map_err(|e| StepError::Fatal(format!("target {target}: {e}")))?
         .ok_or_else(|| StepError::Fatal(format!("unknown target {target}")))?;
     if config.use_event_triggers {
-        let tx = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(StepError::db("begin"))?;
-        let n: i64 = tx
-            .query_one(&format!("select n from {s}.ddl_clock"), &[])
-            .await
-            .map_err(StepError::db("reading the schema version counter"))?
-            .get(0);
-        let catalog = Catalog::read(&tx, &expr, &config.internal_schema)
-            .await
-            .map_err(read_error)?;
-        tx.commit().await.map_err(StepError::db("commit"))?;
-        return Ok((catalog, n));
+        loop {
+            let tx = client
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await
+                .map_err(StepError::db("begin"))?;
+            let row = tx
+                .query_one(&format!("select n, processed from {s}.ddl_clock"), &[])
+                .await
+                .map_err(StepError::db("reading the schema version counter"))?;
+            let (n, processed): (i64, i64) = (row.get(0), row.get(1));
+            let catalog = Catalog::read(&tx, &expr, &config.internal_schema)
+                .await
+                .map_err(read_error)?;
+            tx.commit().await.map_err(StepError::db("commit"))?;
+            if processed >= n {
+                return Ok((catalog, n));
+            }
+            // Catalog snapshots the event trigger stored and no instance has made versions
+            // of yet (it is not running, or not there yet): made now, so that the load can
+            // send a table the target has already the changes it needs (`pending_versions`).
+            lock_looks(client, &config.internal_schema, true).await?;
+            let made = Watcher::new(config).step(client).await;
+            lock_looks(client, &config.internal_schema, false).await?;
+            if matches!(made?, Progress::Idle) {
+                // None to make (the counter also counts diffing mode's versions).
+                return Ok((catalog, n));
+            }
+        }
     }
     lock_looks(client, &config.internal_schema, true).await?;
     let position = async {

@@ -1038,3 +1038,76 @@ async fn a_schema_change_while_the_load_starts_starts_it_again() -> anyhow::Resu
     }
     Ok(())
 }
+
+/// A table rewritten on the source (`ALTER … TYPE`) after the load's snapshot and before its
+/// copy: PostgreSQL's rewrite is not MVCC-safe, so a copy under the older snapshot saw the
+/// table empty — the target got none of its rows (found by the schema soak with a load).
+/// The load now locks its tables (ACCESS SHARE) before it takes the snapshot, so the
+/// rewrite waits for it. Here the target's start of the copy waits for a lock while the
+/// rewrite is tried: it queues before the copy streams lock the tables, which would wait
+/// behind it for good, so the load gives way and starts again after it — and, in
+/// event-trigger mode, makes the rewrite's version itself (no instance runs) to bring the
+/// target's table, which it did not create, to the new type before the copy.
+#[tokio::test]
+async fn a_table_rewritten_while_the_load_runs_keeps_its_rows() -> anyhow::Result<()> {
+    for event_triggers in [true, false] {
+        let schema = "create schema app;
+             create table app.t (id int primary key, n int);";
+        let p = Pair::new2(
+            &format!("{schema} insert into app.t select g, g from generate_series(1, 50) g;"),
+            schema,
+        )
+        .await?;
+        let extra = p.ddl_mode(event_triggers).await?;
+        let target = p.start_target(0).await?;
+        let port = target.local_addr.unwrap().port();
+        let cfg = p.source_config(port, "app.*", extra)?;
+        // The target's table, which the load's start empties (ACCESS EXCLUSIVE), held.
+        let blocker = p.dst().await?;
+        blocker
+            .batch_execute("begin; lock table app.t in access share mode")
+            .await?;
+        let load = tokio::spawn({
+            let cfg = cfg.clone();
+            async move { load::run(&cfg, opts(false)).await }
+        });
+        let waiting = "select count(*) from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'";
+        let dst = p.dst().await?;
+        wait_for(
+            "the load's start waits",
+            Duration::from_secs(30),
+            || async { Ok(scalar_i64(&dst, waiting).await? > 0) },
+        )
+        .await?;
+        let rewrite = tokio::spawn({
+            let p = p.src().await?;
+            async move {
+                p.batch_execute("alter table app.t alter column n type bigint")
+                    .await
+            }
+        });
+        let src = p.src().await?;
+        wait_for(
+            "the rewrite done or waiting",
+            Duration::from_secs(30),
+            || async { Ok(rewrite.is_finished() || scalar_i64(&src, waiting).await? > 0) },
+        )
+        .await?;
+        blocker.batch_execute("rollback").await?;
+        let context = || format!("event triggers: {event_triggers}");
+        let summary = load.await?.with_context(context)?;
+        assert_eq!(summary.rows, 50, "{summary}");
+        rewrite.await??;
+        let source = p.start_source(port, "app.*", extra).await?;
+        src.batch_execute("update app.t set n = 5000000000 where id = 50")
+            .await?;
+        wait_equal(&src, &dst, &["app.t"], Duration::from_secs(30))
+            .await
+            .with_context(context)?;
+        let (a, b) = (shape(&src, &["app"]).await?, shape(&dst, &["app"]).await?);
+        assert_eq!(a, b, "{}", context());
+        source.shutdown().await?;
+        target.shutdown().await?;
+    }
+    Ok(())
+}

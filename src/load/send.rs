@@ -126,6 +126,17 @@ pub enum LoadError {
     Busy(String),
     #[error("the source's schema changed while the initial load of target `{0}` started (between its catalog read and its snapshot), three times in a row: run it again")]
     SchemaMoved(String),
+    /// A schema change of a table to copy came between the load's snapshot and its copy
+    /// streams' locks: it waits for the load, and a copy stream would wait behind it.
+    #[error("initial load of target `{target}`: a schema change on the source waited for the load since before its copy streams locked the tables ({detail}), three times in a row (the load gave way each time): run it again once the change is done")]
+    GaveWay { target: String, detail: String },
+    /// A table to copy stayed locked by another transaction (a schema change) too long.
+    #[error("initial load of target `{target}`: source table {table} is locked by another transaction (a schema change not committed yet?) and was not free within {seconds} s; end that transaction, then run the load again")]
+    Locked {
+        target: String,
+        table: String,
+        seconds: u64,
+    },
     /// Reading where the schema stream stands (a look of the ddlwatcher in diffing mode).
     #[error("source database: finding the schema version the load's catalog is at: {0}")]
     Position(String),
@@ -302,6 +313,9 @@ async fn pending_versions(
         .map_err(LoadError::Position)
 }
 
+/// How long the load waits for each table's lock before it takes its snapshot.
+const LOCK_WAIT_SECONDS: u64 = 60;
+
 /// Runs the initial load of `opts.target`; resumable by running it again.
 pub async fn run(config: &Config, opts: LoadOptions) -> Result<Summary, LoadError> {
     let mut attempt = 1;
@@ -309,6 +323,10 @@ pub async fn run(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErro
         match run_once(config, opts.clone()).await {
             Err(LoadError::SchemaMoved(target)) if attempt < 3 => {
                 tracing::info!(%target, attempt, "the source's schema changed while the load started: starting again (the tables it created are made again)");
+                attempt += 1;
+            }
+            Err(LoadError::GaveWay { target, detail }) if attempt < 3 => {
+                tracing::info!(%target, %detail, attempt, "a schema change of a table waits for the load before its copies began: the load gives way and starts again (the tables it finished stay)");
                 attempt += 1;
             }
             outcome => return outcome,
@@ -444,7 +462,38 @@ async fn run_once(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErr
 
     // One snapshot for every table, held open by this transaction until the copies end.
     let tx = client.transaction().await.map_err(src_err("begin"))?;
-    tx.batch_execute("set transaction isolation level repeatable read, read only")
+    tx.batch_execute(&format!(
+        "set transaction isolation level repeatable read, read only; set local lock_timeout = '{LOCK_WAIT_SECONDS}s'"
+    ))
+    .await
+    .map_err(src_err("starting the snapshot transaction"))?;
+    // Each table to copy locked before the snapshot is taken (a LOCK takes none) and until
+    // the load ends: a table rewritten after the snapshot (ALTER … TYPE, not MVCC-safe)
+    // would look empty to the copy. Schema changes of these tables wait for the load, as
+    // they do for pg_dump; one already made since the catalog read is seen below.
+    for t in todo.iter() {
+        if let Err(e) = tx
+            .batch_execute(&format!(
+                "lock table {} in access share mode",
+                t.qualified()
+            ))
+            .await
+        {
+            use tokio_postgres::error::SqlState;
+            return Err(match e.code() {
+                Some(c) if *c == SqlState::UNDEFINED_TABLE => {
+                    LoadError::SchemaMoved(opts.target.clone())
+                }
+                Some(c) if *c == SqlState::LOCK_NOT_AVAILABLE => LoadError::Locked {
+                    target: opts.target.clone(),
+                    table: t.qualified(),
+                    seconds: LOCK_WAIT_SECONDS,
+                },
+                _ => src_err(format!("locking {}", t.qualified()))(e),
+            });
+        }
+    }
+    tx.batch_execute("set local lock_timeout = default")
         .await
         .map_err(src_err("starting the snapshot transaction"))?;
     let row = tx
@@ -691,6 +740,31 @@ impl WorkerCtx {
         ))
         .await
         .map_err(src_err("importing the load snapshot"))?;
+        // Every table locked now, as the snapshot's transaction has them: a schema change
+        // that waits for that one would queue this stream's COPY behind it, for good. Such
+        // a change asked for its lock since the snapshot: the load gives way (it ends, the
+        // change goes through, the load starts again) rather than wait.
+        let list = self
+            .tables
+            .iter()
+            .map(|t| t.qualified())
+            .collect::<Vec<_>>()
+            .join(", ");
+        if !list.is_empty() {
+            if let Err(e) = tx
+                .batch_execute(&format!("lock table {list} in access share mode nowait"))
+                .await
+            {
+                if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
+                    self.shared.jobs.lock().expect("not poisoned").clear();
+                    return Err(LoadError::GaveWay {
+                        target: self.target.clone(),
+                        detail: db::describe(&e),
+                    });
+                }
+                return Err(src_err("locking the tables to copy")(e));
+            }
+        }
         loop {
             let Some(job) = self.shared.jobs.lock().expect("not poisoned").pop_front() else {
                 break;
