@@ -798,17 +798,20 @@ async fn schema_changes_made_before_a_load_are_not_applied_twice() -> anyhow::Re
 /// out for them like those made before a load. (Before, the re-run's copy met the table
 /// made from the old catalog: "column … does not exist", the load failed at every try.)
 /// A table it had not finished that the re-run does not load (renamed since) is dropped
-/// and forgotten: its unfinished mark held every batch for good.
+/// and forgotten: its unfinished mark held every batch for good. An enum the first run
+/// created takes the label changes made since before the re-run's copy (before, the copy
+/// failed: "invalid input value for enum app.mood: blue").
 #[tokio::test]
 async fn a_load_cut_short_and_run_again_after_a_schema_change_fits_the_new_shape(
 ) -> anyhow::Result<()> {
     for event_triggers in [true, false] {
         let p = Pair::new2(
             "create schema app;
+             create type app.mood as enum ('sad', 'ok');
              create table app.big (id bigint primary key, a int not null, b text);
-             create table app.small (id int primary key, v text);
+             create table app.small (id int primary key, v text, m app.mood);
              insert into app.big select g, g % 1000, md5(g::text) from generate_series(1, 300000) g;
-             insert into app.small select g, 'v' || g from generate_series(1, 100) g;",
+             insert into app.small select g, 'v' || g, 'sad' from generate_series(1, 100) g;",
             "",
         )
         .await?;
@@ -847,7 +850,16 @@ async fn a_load_cut_short_and_run_again_after_a_schema_change_fits_the_new_shape
              update app.big set z = 2 where id < 100;
              alter table app.small add column w text;
              update app.small set w = 'w' where id < 5;
-             alter table app.small rename to small2;",
+             alter table app.small rename to small2;
+             alter type app.mood rename value 'sad' to 'blue';
+             alter type app.mood add value 'new';",
+        )
+        .await?;
+        // Labels the type the first run created lacks (a new transaction: a label added
+        // in one cannot be used in it).
+        src.batch_execute(
+            "update app.small2 set m = 'new' where id in (7, 8);
+             update app.small2 set m = 'ok' where id = 9;",
         )
         .await?;
         let summary = load::run(&cfg, small).await?;

@@ -89,8 +89,10 @@ impl Applier {
     /// the schema versions up to the load's catalog make and the target has not applied
     /// (the stream held behind them, or the tables are there without it): the copy has the
     /// catalog's shape. They are emptied first (the load empties them anyway; a retyping
-    /// needs no old values). Statements of no table are taken too, those that find their
-    /// work done left out; statements of other tables are left to the stream. Returns the
+    /// needs no old values). Statements of no table are taken too — also when no such
+    /// table is loaded: the types an earlier, unfinished run created take the changes made
+    /// since — those that find their work done or fail left out (to the stream);
+    /// statements of other tables are left to the stream. Returns the
     /// source OIDs of those tables: the stream leaves those versions out for them.
     async fn take_versions_before_load(
         &self,
@@ -155,24 +157,35 @@ impl Applier {
                 names.push(name);
             }
         }
-        if behind.is_empty() {
-            return Ok(Vec::new());
+        if !behind.is_empty() {
+            tx.batch_execute(&format!("truncate only {}", names.join(", ")))
+                .await
+                .map_err(pg(&format!(
+                    "emptying {} before its schema catches up",
+                    names.join(", ")
+                )))?;
         }
-        tx.batch_execute(&format!("truncate only {}", names.join(", ")))
-            .await
-            .map_err(pg(&format!(
-                "emptying {} before its schema catches up",
-                names.join(", ")
-            )))?;
         for v in versions {
-            for st in v.statements.iter().filter(|st| st.transactional) {
+            for st in &v.statements {
+                if st.tables.is_empty() {
+                    // Types, schemas, functions: also those an earlier, unfinished run of
+                    // the load created from an older catalog (an enum whose labels were
+                    // renamed or added since: the copy holds the new ones). A label added
+                    // here (ALTER TYPE … ADD VALUE, run by batches on its own) is usable once
+                    // this transaction commits, before the copy. One that fails here is left
+                    // to the stream, where it would have run anyway.
+                    if let Err(e) = crate::applier::run_statement(tx, v.version, st, true).await {
+                        tracing::info!(version = v.version, error = %e, "schema statement of no table not taken before the load; left to the stream");
+                    }
+                    continue;
+                }
                 let ours = st.tables.iter().all(|oid| behind.contains(oid));
-                if !ours || st.deletes_rows_of.is_some() {
+                if !st.transactional || !ours || st.deletes_rows_of.is_some() {
                     continue;
                 }
                 crate::applier::run_statement(tx, v.version, st, true).await?;
             }
-            tracing::info!(version = v.version, tables = %names.join(", "), "schema version taken by tables before their load");
+            tracing::info!(version = v.version, tables = %names.join(", "), "schema version taken before the load");
         }
         Ok(behind)
     }
