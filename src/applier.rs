@@ -27,6 +27,7 @@ pub const TARGET_SQL: &[(i32, &str)] = &[
     (5, include_str!("../sql/target_005_acknowledged.sql")),
     (6, include_str!("../sql/target_006_early_versions.sql")),
     (7, include_str!("../sql/target_007_load_positions.sql")),
+    (8, include_str!("../sql/target_008_objects_through.sql")),
 ];
 
 /// Largest JSON text handed to one statement; longer runs are split.
@@ -677,19 +678,23 @@ impl Applier {
         let mut client = self.client().await?;
         // Statements that cannot share the batch's transaction (ALTER TYPE … ADD VALUE) are
         // additive and repeatable: run them first, each on its own.
-        let done_ddl: i64 = client
+        let (done_ddl, objects_through): (i64, i64) = client
             .query_opt(
                 &format!(
-                    "select version from {}.ddl_applied where source = $1 and target = $2",
+                    "select version, coalesce(objects_through, 0) from {}.ddl_applied where source = $1 and target = $2",
                     self.schema
                 ),
                 &[&batch.source, &batch.target],
             )
             .await
             .map_err(pg("reading the applied schema version"))?
-            .map_or(0, |r| r.get(0));
+            .map_or((0, 0), |r| (r.get(0), r.get(1)));
         for v in batch.ddl.iter().filter(|v| v.version > done_ddl) {
             for st in v.statements.iter().filter(|s| !s.transactional) {
+                if st.tables.is_empty() && v.version <= objects_through {
+                    // An initial load's prepare took it (`objects_through`).
+                    continue;
+                }
                 client
                     .batch_execute(&st.sql)
                     .await
@@ -778,7 +783,7 @@ impl Applier {
         .map_err(pg("registering the schema version"))?;
         let row = tx
             .query_one(
-                &format!("select version, early::text, loaded_version from {s}.ddl_applied where source = $1 and target = $2 for update"),
+                &format!("select version, early::text, loaded_version, objects_through from {s}.ddl_applied where source = $1 and target = $2 for update"),
                 &[&batch.source, &batch.target],
             )
             .await
@@ -786,6 +791,7 @@ impl Applier {
         let applied_ddl: i64 = row.get(0);
         let early_before: Option<String> = row.get(1);
         let loaded_version: Option<i64> = row.get(2);
+        let objects_through: Option<i64> = row.get(3);
         let early: EarlyVersions = match early_before.as_deref() {
             Some(text) => serde_json::from_str(text).map_err(|e| ApplyError::Failed {
                 message: format!("{s}.ddl_applied.early is unreadable: {e}"),
@@ -826,6 +832,7 @@ impl Applier {
             loaded_by_oid,
             created_at,
             loaded_version,
+            objects_through,
             tables: batch.tables.iter().map(|t| target_name(batch, t)).collect(),
         };
         // Planned before the lock over all of the part's events: of use when no copy holds
@@ -1952,6 +1959,9 @@ struct DdlState<'a> {
     /// from: statements of no table of versions up to it that find their work done there
     /// are left out.
     loaded_version: Option<i64>,
+    /// Statements of no table of the versions up to it were taken by an initial load's
+    /// prepare, or are held by what it created from its catalog: left out.
+    objects_through: Option<i64>,
 }
 
 impl DdlState<'_> {
@@ -2282,8 +2292,18 @@ impl DdlState<'_> {
                     continue;
                 }
             }
-            let done_by_load = st.tables.is_empty() && self.loaded_version >= Some(v.version);
-            run_statement(tx, v.version, st, done_by_load).await?;
+            if st.tables.is_empty() && self.objects_through >= Some(v.version) {
+                // What it did is recorded below all the same (a label renamed: the events
+                // before it carry the old name).
+                tracing::info!(
+                    version = v.version,
+                    statement = %st.sql,
+                    "statement left out: an initial load's prepare took it, or created its objects from a catalog that holds it"
+                );
+            } else {
+                let done_by_load = st.tables.is_empty() && self.loaded_version >= Some(v.version);
+                run_statement(tx, v.version, st, done_by_load).await?;
+            }
             for (table, old, new) in ddlwatcher::retarget::column_renames_and_drops(&st.sql) {
                 let oid: Option<u32> = tx
                     .query_one("select pg_catalog.to_regclass($1)::oid", &[&table])

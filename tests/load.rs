@@ -768,6 +768,12 @@ async fn schema_changes_made_before_a_load_are_not_applied_twice() -> anyhow::Re
              alter table app.r rename to r2;",
         )
         .await?;
+        // A label added, then renamed: the addition, run again on the type the load made,
+        // would add it back.
+        src.batch_execute("alter type app.mood add value 'meh' after 'blue'")
+            .await?;
+        src.batch_execute("alter type app.mood rename value 'meh' to 'fine'")
+            .await?;
         let summary = load::run(&p.source_config(port, "app.*", extra)?, opts(false)).await?;
         assert_eq!(summary.tables, 3, "{summary}");
         let source = p.start_source(port, "app.*", extra).await?;

@@ -84,15 +84,63 @@ fn target_of(apply_schema: &Option<String>, schema: &str) -> String {
 }
 
 impl Applier {
+    /// The statements of no table (types and their labels, schemas, functions…) of the
+    /// versions up to the load's catalog that the target has neither applied nor taken in
+    /// an earlier load, run before the load creates what it lacks from that catalog: the
+    /// objects it has already — also those an earlier, unfinished run of the load created
+    /// from an older catalog (an enum whose labels were renamed or added since: the copy
+    /// holds the new ones) — take them; one it creates after holds them already. A label
+    /// added here (`ADD VALUE`, which batches run on its own) is usable once the prepare
+    /// commits, before the copy. A statement that finds its work done is left out; one that
+    /// fails otherwise (a type still in use by a table the stream has not changed yet) is
+    /// left to the stream. Returns the version through which every such statement is taken
+    /// (`ddl_applied.objects_through`: the stream leaves them out up to it — run again, an
+    /// old label's addition would add back a label renamed since), and whether any ran.
+    async fn take_object_versions(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        msg: &LoadPrepare,
+    ) -> Result<Option<(i64, bool)>, ApplyError> {
+        let s = &self.schema;
+        let Some(upto) = msg.schema_version else {
+            return Ok(None);
+        };
+        let row = tx
+            .query_opt(
+                &format!("select version, objects_through from {s}.ddl_applied where source = $1 and target = $2"),
+                &[&msg.source, &msg.target],
+            )
+            .await
+            .map_err(pg("reading the schema version applied"))?;
+        let done = row.map_or(0, |r| {
+            r.get::<_, i64>(0)
+                .max(r.get::<_, Option<i64>>(1).unwrap_or(0))
+        });
+        let mut through = upto;
+        let mut ran = false;
+        for v in msg
+            .ddl
+            .iter()
+            .filter(|v| v.version > done && v.version <= upto)
+        {
+            for st in v.statements.iter().filter(|st| st.tables.is_empty()) {
+                ran = true;
+                if let Err(e) = crate::applier::run_statement(tx, v.version, st, true).await {
+                    tracing::info!(version = v.version, error = %e, "schema statement of no table not taken before the load; left to the stream");
+                    through = through.min(v.version - 1);
+                }
+            }
+        }
+        Ok(Some((through.max(done), ran)))
+    }
+
     /// The tables of `msg` the target has already and loads now (not finished by an earlier
     /// run, not refused for their rows, not made again below) take the changes of them that
     /// the schema versions up to the load's catalog make and the target has not applied
     /// (the stream held behind them, or the tables are there without it): the copy has the
     /// catalog's shape. They are emptied first (the load empties them anyway; a retyping
-    /// needs no old values). Statements of no table are taken too — also when no such
-    /// table is loaded: the types an earlier, unfinished run created take the changes made
-    /// since — those that find their work done or fail left out (to the stream);
-    /// statements of other tables are left to the stream. Returns the
+    /// needs no old values). Statements of other tables are left to the stream, those of
+    /// no table were taken before ([`Self::take_object_versions`]). Returns the
     /// source OIDs of those tables: the stream leaves those versions out for them.
     async fn take_versions_before_load(
         &self,
@@ -157,35 +205,26 @@ impl Applier {
                 names.push(name);
             }
         }
-        if !behind.is_empty() {
-            tx.batch_execute(&format!("truncate only {}", names.join(", ")))
-                .await
-                .map_err(pg(&format!(
-                    "emptying {} before its schema catches up",
-                    names.join(", ")
-                )))?;
+        if behind.is_empty() {
+            return Ok(Vec::new());
         }
+        tx.batch_execute(&format!("truncate only {}", names.join(", ")))
+            .await
+            .map_err(pg(&format!(
+                "emptying {} before its schema catches up",
+                names.join(", ")
+            )))?;
         for v in versions {
-            for st in &v.statements {
-                if st.tables.is_empty() {
-                    // Types, schemas, functions: also those an earlier, unfinished run of
-                    // the load created from an older catalog (an enum whose labels were
-                    // renamed or added since: the copy holds the new ones). A label added
-                    // here (ALTER TYPE … ADD VALUE, run by batches on its own) is usable once
-                    // this transaction commits, before the copy. One that fails here is left
-                    // to the stream, where it would have run anyway.
-                    if let Err(e) = crate::applier::run_statement(tx, v.version, st, true).await {
-                        tracing::info!(version = v.version, error = %e, "schema statement of no table not taken before the load; left to the stream");
-                    }
-                    continue;
-                }
-                let ours = st.tables.iter().all(|oid| behind.contains(oid));
-                if !st.transactional || !ours || st.deletes_rows_of.is_some() {
+            for st in v.statements.iter().filter(|st| st.transactional) {
+                // Statements of no table were taken before (`take_object_versions`).
+                let ours =
+                    !st.tables.is_empty() && st.tables.iter().all(|oid| behind.contains(oid));
+                if !ours || st.deletes_rows_of.is_some() {
                     continue;
                 }
                 crate::applier::run_statement(tx, v.version, st, true).await?;
             }
-            tracing::info!(version = v.version, tables = %names.join(", "), "schema version taken before the load");
+            tracing::info!(version = v.version, tables = %names.join(", "), "schema version taken by tables before their load");
         }
         Ok(behind)
     }
@@ -273,8 +312,11 @@ impl Applier {
                  needs CREATE on the database, or create the schema first)"
             )))?;
         }
+        // Versions of types and other objects of no table first: what is created from the
+        // catalog below holds them already.
+        let objects = self.take_object_versions(&tx, msg).await?;
         // Whether this load creates types or tables (from a catalog at `schema_version`).
-        let mut created_any = false;
+        let mut created_any = objects.is_some_and(|(_, ran)| ran);
         for t in &msg.types {
             let name = qualified(map.map(&t.schema), &t.name);
             let exists: bool = tx
@@ -473,14 +515,19 @@ impl Applier {
                 .map_err(pg("forgetting an unfinished load"))?;
             }
         }
-        if let (true, Some(version)) = (created_any || !behind.is_empty(), msg.schema_version) {
+        if let (true, Some(version), Some((through, _))) = (
+            created_any || !behind.is_empty(),
+            msg.schema_version,
+            objects,
+        ) {
             tx.execute(
                 &format!(
-                    "insert into {s}.ddl_applied (source, target, version, loaded_version) values ($1, $2, 0, $3)
+                    "insert into {s}.ddl_applied (source, target, version, loaded_version, objects_through) values ($1, $2, 0, $3, $4)
                      on conflict (source, target) do update
-                        set loaded_version = greatest({s}.ddl_applied.loaded_version, excluded.loaded_version)"
+                        set loaded_version = greatest({s}.ddl_applied.loaded_version, excluded.loaded_version),
+                            objects_through = greatest({s}.ddl_applied.objects_through, excluded.objects_through)"
                 ),
-                &[&msg.source, &msg.target, &version],
+                &[&msg.source, &msg.target, &version, &through],
             )
             .await
             .map_err(pg("recording the schema version the load's objects were created at"))?;
