@@ -691,7 +691,7 @@ impl Applier {
             .map_or((0, 0), |r| (r.get(0), r.get(1)));
         for v in batch.ddl.iter().filter(|v| v.version > done_ddl) {
             for st in v.statements.iter().filter(|s| !s.transactional) {
-                if st.tables.is_empty() && v.version <= objects_through {
+                if of_no_table(st) && v.version <= objects_through {
                     // An initial load's prepare took it (`objects_through`).
                     continue;
                 }
@@ -2292,7 +2292,7 @@ impl DdlState<'_> {
                     continue;
                 }
             }
-            if st.tables.is_empty() && self.objects_through >= Some(v.version) {
+            if of_no_table(st) && self.objects_through >= Some(v.version) {
                 // What it did is recorded below all the same (a label renamed: the events
                 // before it carry the old name).
                 tracing::info!(
@@ -2357,6 +2357,14 @@ fn schema_checks(event: &Event) -> Result<Vec<ddlwatcher::ddl::RowsCheck>, Apply
         .map_err(|e| ApplyError::BadRequest {
             message: format!("schema event {}: unreadable checks: {e}", event.id),
         })
+}
+
+/// A statement about types, enum labels, schemas, functions — objects of no table — that an
+/// initial load's prepare takes ahead of the stream (`take_object_versions`). A table's
+/// drop is not one of them, though versions stored before it named its tables carry none:
+/// the stream runs it in its place, after the statements of that table before it.
+pub(crate) fn of_no_table(st: &ddlwatcher::Statement) -> bool {
+    st.tables.is_empty() && !st.sql.starts_with("drop table ")
 }
 
 /// SQLSTATEs of a schema statement that finds its work done: an object it creates exists,

@@ -343,8 +343,12 @@ async fn install_ddl_capture(
     .await?;
     tx.execute(
         &format!(
+            // Only when it changes: the row is locked by every DDL transaction until it
+            // ends (it numbers them), and an initial load installs too.
             "update {s}.ddl_clock set filter = $1, keyless = $2,
-                    n = greatest(n, (select coalesce(max(version), 0) from {s}.ddl))"
+                    n = greatest(n, (select coalesce(max(version), 0) from {s}.ddl))
+              where filter is distinct from $1 or keyless is distinct from $2
+                 or n < (select coalesce(max(version), 0) from {s}.ddl)"
         ),
         &[&filter, &config.keyless_tables],
     )

@@ -44,6 +44,10 @@ pub struct LoadArgs {
     /// Plain log lines instead of a progress bar, even on a terminal.
     #[arg(long)]
     pub no_progress: bool,
+    /// Seconds to wait for a lock before the snapshot (a table to copy locked by a schema
+    /// change not committed yet, the ddlwatcher's look) before stopping with a message.
+    #[arg(long, default_value_t = 60)]
+    pub lock_wait: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -210,6 +214,7 @@ pub fn normalize_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
         "target-config",
         "within",
         "chunk-rows",
+        "lock-wait",
     ];
     args.into_iter()
         .enumerate()

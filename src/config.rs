@@ -393,6 +393,7 @@ impl Target {
             range_bytes: self.snapshot_range_kb.unwrap_or(65536).max(8) << 10,
             split: Default::default(),
             progress: Some(false),
+            lock_wait: crate::load::DEFAULT_LOCK_WAIT,
         }
     }
 }

@@ -115,6 +115,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 range_bytes: load.range_mb.max(1) << 20,
                 split: load.split,
                 progress: load.no_progress.then_some(false),
+                lock_wait: std::time::Duration::from_secs(load.lock_wait),
             };
             let summary = pgteleport::load::run(&config, opts).await?;
             println!("{summary}");

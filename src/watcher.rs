@@ -1405,6 +1405,39 @@ async fn lock_looks(client: &Client, internal: &str, lock: bool) -> Result<(), S
     Ok(())
 }
 
+/// Takes the looks' lock as [`lock_looks`], waiting at most `within`: a look holds it while
+/// it waits for a table's lock itself (behind a transaction left open), and an initial
+/// load waiting for it says so rather than hang.
+async fn lock_looks_within(
+    client: &Client,
+    internal: &str,
+    within: std::time::Duration,
+) -> Result<(), StepError> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let taken: bool = client
+            .query_one(
+                "select pg_catalog.pg_try_advisory_lock($1, pg_catalog.hashtext($2))",
+                &[&db::LOOK_LOCK, &internal],
+            )
+            .await
+            .map_err(StepError::db("locking the ddlwatcher's look"))?
+            .get(0);
+        if taken {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(StepError::Other(format!(
+                "a look of the ddlwatcher (of the running instance) has held its lock for over {} s — \
+                 likely waiting for a table's lock behind a transaction left open (see pg_stat_activity \
+                 and pg_locks): end that transaction, then run the load again",
+                within.as_secs()
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// Where an initial load of `target` stands in the schema stream: the catalog it creates
 /// tables from and the last schema version that catalog includes — the target leaves the
 /// versions up to it out for the tables (and types, functions…) the load creates, which
@@ -1416,6 +1449,7 @@ pub async fn schema_position(
     client: &mut Client,
     config: &Config,
     target: &str,
+    lock_wait: std::time::Duration,
 ) -> Result<(Catalog, i64), StepError> {
     let s = quote_ident(&config.internal_schema);
     let expr = config
@@ -1449,7 +1483,7 @@ pub async fn schema_position(
             // Catalog snapshots the event trigger stored and no instance has made versions
             // of yet (it is not running, or not there yet): made now, so that the load can
             // send a table the target has already the changes it needs (`pending_versions`).
-            lock_looks(client, &config.internal_schema, true).await?;
+            lock_looks_within(client, &config.internal_schema, lock_wait).await?;
             let made = Watcher::new(config).step(client).await;
             lock_looks(client, &config.internal_schema, false).await?;
             if matches!(made?, Progress::Idle) {
@@ -1458,7 +1492,7 @@ pub async fn schema_position(
             }
         }
     }
-    lock_looks(client, &config.internal_schema, true).await?;
+    lock_looks_within(client, &config.internal_schema, lock_wait).await?;
     let position = async {
         Watcher::new(config).step(client).await?;
         let row = client

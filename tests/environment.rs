@@ -143,6 +143,7 @@ async fn a_target_schema_owned_by_someone_else_names_the_schema_and_the_fix() ->
         range_bytes: 64 << 20,
         split: Default::default(),
         progress: Some(false),
+        lock_wait: pgteleport::load::DEFAULT_LOCK_WAIT,
     };
     let e = match pgteleport::load::run(&source(&p, &yaml)?, load).await {
         Ok(_) => "loaded".to_string(),

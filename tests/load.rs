@@ -32,6 +32,7 @@ fn opts(truncate: bool) -> LoadOptions {
         range_bytes: 16 << 20,
         split: Default::default(),
         progress: Some(false),
+        lock_wait: pgteleport::load::DEFAULT_LOCK_WAIT,
     }
 }
 
@@ -774,6 +775,11 @@ async fn schema_changes_made_before_a_load_are_not_applied_twice() -> anyhow::Re
             .await?;
         src.batch_execute("alter type app.mood rename value 'meh' to 'fine'")
             .await?;
+        // A table made and dropped before the load: the stream makes it (the load does not
+        // have it) and must drop it again.
+        src.batch_execute("create table app.gone (id int primary key, v text); insert into app.gone values (1, 'x')")
+            .await?;
+        src.batch_execute("drop table app.gone").await?;
         let summary = load::run(&p.source_config(port, "app.*", extra)?, opts(false)).await?;
         assert_eq!(summary.tables, 3, "{summary}");
         let source = p.start_source(port, "app.*", extra).await?;
@@ -1125,6 +1131,79 @@ async fn a_table_rewritten_while_the_load_runs_keeps_its_rows() -> anyhow::Resul
         let (a, b) = (shape(&src, &["app"]).await?, shape(&dst, &["app"]).await?);
         assert_eq!(a, b, "{}", context());
         source.shutdown().await?;
+        target.shutdown().await?;
+    }
+    Ok(())
+}
+
+/// A load that cannot take its locks before the snapshot stops after `lock_wait` with a
+/// message saying what holds it, rather than hang: a table to copy held by a schema change
+/// not committed yet (named), and — diffing mode — the ddlwatcher's look lock (a look
+/// waiting behind a transaction left open holds it). Once freed, the load runs.
+#[tokio::test]
+async fn a_load_that_cannot_take_its_locks_stops_and_says_why() -> anyhow::Result<()> {
+    for event_triggers in [true, false] {
+        let p = Pair::new2(
+            "create schema app;
+             create table app.t (id int primary key, v text);
+             insert into app.t select g, 'v' || g from generate_series(1, 20) g;",
+            "",
+        )
+        .await?;
+        let extra = p.ddl_mode(event_triggers).await?;
+        let target = p.start_target(0).await?;
+        let port = target.local_addr.unwrap().port();
+        let cfg = p.source_config(port, "app.*", extra)?;
+        // The capture triggers installed (a load installs them first).
+        p.start_source(port, "app.*", extra)
+            .await?
+            .shutdown()
+            .await?;
+        let mut quick = opts(false);
+        quick.lock_wait = Duration::from_secs(1);
+        let context = || format!("event triggers: {event_triggers}");
+        let holder = p.src().await?;
+        holder
+            .batch_execute("begin; alter table app.t add column z int")
+            .await?;
+        let err = load::run(&cfg, quick.clone())
+            .await
+            .expect_err("the table is locked")
+            .to_string();
+        assert!(
+            err.contains("source table \"app\".\"t\" is locked") && err.contains("within 1 s"),
+            "{err} ({})",
+            context()
+        );
+        holder.batch_execute("rollback").await?;
+        if !event_triggers {
+            holder
+                .query_one(
+                    "select pg_advisory_lock($1, hashtext('teleport'))",
+                    &[&pgteleport::db::LOOK_LOCK],
+                )
+                .await?;
+            let err = load::run(&cfg, quick.clone())
+                .await
+                .expect_err("the look lock is held")
+                .to_string();
+            assert!(
+                err.contains("a look of the ddlwatcher") && err.contains("over 1 s"),
+                "{err}"
+            );
+            holder
+                .query_one(
+                    "select pg_advisory_unlock($1, hashtext('teleport'))",
+                    &[&pgteleport::db::LOOK_LOCK],
+                )
+                .await?;
+        }
+        let summary = load::run(&cfg, quick).await.with_context(context)?;
+        assert_eq!(summary.rows, 20, "{summary}");
+        let (src, dst) = (p.src().await?, p.dst().await?);
+        wait_equal(&src, &dst, &["app.t"], Duration::from_secs(10))
+            .await
+            .with_context(context)?;
         target.shutdown().await?;
     }
     Ok(())

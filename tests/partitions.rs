@@ -451,6 +451,7 @@ async fn a_partition_detached_before_a_load_keeps_its_rows() -> anyhow::Result<(
             range_bytes: 16 << 20,
             split: Default::default(),
             progress: Some(false),
+            lock_wait: pgteleport::load::DEFAULT_LOCK_WAIT,
         };
         let summary = pgteleport::load::run(&p.source_config(port, "app.*", extra)?, opts).await?;
         assert_eq!(summary.tables, 1, "{summary}");

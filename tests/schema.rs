@@ -176,6 +176,7 @@ async fn script(event_triggers: bool) -> anyhow::Result<()> {
         range_bytes: 64 << 20,
         split: Default::default(),
         progress: Some(false),
+        lock_wait: pgteleport::load::DEFAULT_LOCK_WAIT,
     };
     pgteleport::load::run(&cfg, load).await?;
     let source = pgteleport::instance::start(cfg).await?;
@@ -1515,6 +1516,7 @@ async fn load_again_truncating(
             range_bytes: 16 << 20,
             split: Default::default(),
             progress: Some(false),
+            lock_wait: pgteleport::load::DEFAULT_LOCK_WAIT,
         },
     )
     .await?)

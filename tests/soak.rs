@@ -332,6 +332,7 @@ async fn load_until_done(
         range_bytes: 1 << 20,
         split: Default::default(),
         progress: Some(false),
+        lock_wait: pgteleport::load::DEFAULT_LOCK_WAIT,
     };
     for n in 1..=tries {
         match pgteleport::load::run(&config, options.clone()).await {

@@ -191,6 +191,7 @@ async fn every_type_reaches_the_target_equal_through_the_initial_load() -> anyho
             range_bytes: 16 << 20,
             split: Default::default(),
             progress: Some(false),
+            lock_wait: pgteleport::load::DEFAULT_LOCK_WAIT,
         },
     )
     .await?;

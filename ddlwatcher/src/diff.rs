@@ -448,17 +448,19 @@ pub fn diff(old: &Catalog, new: &Catalog, map: &SchemaMap) -> Vec<Statement> {
     // Dropped tables next, in one statement (one may reference another): a new or renamed
     // table may take a dropped one's name, and a new index its index's name. Foreign keys
     // of surviving tables that pointed at them went above (CASCADE is not used).
-    let dropped: Vec<String> = old
+    // The statement names the tables it drops (their source OIDs): a statement of no
+    // table is one about types and other objects, which an initial load may take ahead.
+    let (oids, dropped): (Vec<u32>, Vec<String>) = old
         .tables
         .iter()
         .filter(|o| !new_tables.contains_key(&o.oid))
-        .map(|o| map.table(&o.schema, &o.name))
-        .collect();
+        .map(|o| (o.oid, map.table(&o.schema, &o.name)))
+        .unzip();
     if !dropped.is_empty() {
-        out.push(Statement::tx(format!(
-            "drop table if exists {}",
-            dropped.join(", ")
-        )));
+        out.push(Statement {
+            tables: oids,
+            ..Statement::tx(format!("drop table if exists {}", dropped.join(", ")))
+        });
     }
 
     // Table renames, so later statements can name the table by its new name. A table
@@ -1411,8 +1413,9 @@ mod tests {
                 "alter table \"copy\".\"t2\" drop column if exists \"gone\"",
             ]
         );
-        // Each names the table it changes (by its source OID), a new table's too; a
-        // dropped table's drop none (the table is gone on the source by then anyway).
+        // Each names the table it changes (by its source OID), a new table's too, and a
+        // dropped table's drop the table it drops (not a statement of no table, which an
+        // initial load may take ahead of the stream).
         let mut new = new;
         new.tables
             .push(table(7, "n", vec![col(1, "id", "integer")]));
@@ -1422,7 +1425,10 @@ mod tests {
             .all(|s| s.tables == [if s.sql.contains("\"n\"") { 7 } else { 1 }]));
         new.tables.clear();
         let st = diff(&old, &new, &same_schema());
-        assert!(st.iter().all(|s| s.tables.is_empty()), "{st:?}");
+        assert!(
+            st.len() == 1 && st[0].sql.starts_with("drop table") && st[0].tables == [1],
+            "{st:?}"
+        );
     }
 
     #[test]

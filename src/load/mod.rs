@@ -10,4 +10,4 @@
 pub mod receive;
 pub mod send;
 
-pub use send::{default_workers, run, LoadError, LoadOptions, Split, Summary};
+pub use send::{default_workers, run, LoadError, LoadOptions, Split, Summary, DEFAULT_LOCK_WAIT};

@@ -123,7 +123,11 @@ impl Applier {
             .iter()
             .filter(|v| v.version > done && v.version <= upto)
         {
-            for st in v.statements.iter().filter(|st| st.tables.is_empty()) {
+            for st in v
+                .statements
+                .iter()
+                .filter(|st| crate::applier::of_no_table(st))
+            {
                 ran = true;
                 if let Err(e) = crate::applier::run_statement(tx, v.version, st, true).await {
                     tracing::info!(version = v.version, error = %e, "schema statement of no table not taken before the load; left to the stream");

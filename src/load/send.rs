@@ -40,7 +40,13 @@ pub struct LoadOptions {
     pub split: Split,
     /// Progress bars (default: when stderr is a terminal).
     pub progress: Option<bool>,
+    /// How long to wait for a lock before the snapshot: each table to copy (a schema
+    /// change not committed yet holds it), and the ddlwatcher's look.
+    pub lock_wait: Duration,
 }
+
+/// [`LoadOptions::lock_wait`] of the command line and of an instance's initial snapshot.
+pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(60);
 
 /// Default number of parallel COPY streams: half the CPUs, at least one. A stream keeps a
 /// source backend, this process and a target backend busy (about 1.7 cores when all share
@@ -313,9 +319,6 @@ async fn pending_versions(
         .map_err(LoadError::Position)
 }
 
-/// How long the load waits for each table's lock before it takes its snapshot.
-const LOCK_WAIT_SECONDS: u64 = 60;
-
 /// Runs the initial load of `opts.target`; resumable by running it again.
 pub async fn run(config: &Config, opts: LoadOptions) -> Result<Summary, LoadError> {
     let mut attempt = 1;
@@ -370,7 +373,7 @@ async fn run_once(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErr
     // up to it are in that catalog, and the target leaves them out for what the load
     // creates (they would add a column twice, rename one that has its new name).
     let (catalog, schema_version) =
-        crate::watcher::schema_position(&mut client, config, &opts.target)
+        crate::watcher::schema_position(&mut client, config, &opts.target, opts.lock_wait)
             .await
             .map_err(|e| LoadError::Position(e.to_string()))?;
     let position = catalog.clone();
@@ -463,7 +466,8 @@ async fn run_once(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErr
     // One snapshot for every table, held open by this transaction until the copies end.
     let tx = client.transaction().await.map_err(src_err("begin"))?;
     tx.batch_execute(&format!(
-        "set transaction isolation level repeatable read, read only; set local lock_timeout = '{LOCK_WAIT_SECONDS}s'"
+        "set transaction isolation level repeatable read, read only; set local lock_timeout = {}",
+        opts.lock_wait.as_millis().max(1)
     ))
     .await
     .map_err(src_err("starting the snapshot transaction"))?;
@@ -487,7 +491,7 @@ async fn run_once(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErr
                 Some(c) if *c == SqlState::LOCK_NOT_AVAILABLE => LoadError::Locked {
                     target: opts.target.clone(),
                     table: t.qualified(),
-                    seconds: LOCK_WAIT_SECONDS,
+                    seconds: opts.lock_wait.as_secs(),
                 },
                 _ => src_err(format!("locking {}", t.qualified()))(e),
             });
