@@ -137,27 +137,32 @@ pub async fn install(client: &mut Client, config: &Config) -> Result<Installed, 
     // Installs by several processes at once (an instance and the initial snapshots of its
     // mirrors) run one after the other: a `create or replace` of a function or trigger
     // another transaction replaces at the same moment fails ("tuple concurrently updated").
-    let schema = &config.internal_schema;
-    let locking = |source| InstallError::Schema {
-        schema: schema.clone(),
-        source,
+    lock_installs(client, &config.internal_schema, true).await?;
+    let installed = install_locked(client, config).await;
+    lock_installs(client, &config.internal_schema, false).await?;
+    installed
+}
+
+/// Takes (`lock`) or releases the session advisory lock that serialises installs into one
+/// internal schema: two that put triggers on a new table at once (an initial load's and
+/// the ddlwatcher's after a look) both found none and one failed ("trigger already exists").
+async fn lock_installs(client: &Client, schema: &str, lock: bool) -> Result<(), InstallError> {
+    let f = if lock {
+        "pg_advisory_lock"
+    } else {
+        "pg_advisory_unlock"
     };
     client
         .execute(
-            "select pg_catalog.pg_advisory_lock($1, pg_catalog.hashtext($2))",
-            &[&db::INSTALL_LOCK, schema],
+            &format!("select pg_catalog.{f}($1, pg_catalog.hashtext($2))"),
+            &[&db::INSTALL_LOCK, &schema],
         )
         .await
-        .map_err(locking)?;
-    let installed = install_locked(client, config).await;
-    client
-        .execute(
-            "select pg_catalog.pg_advisory_unlock($1, pg_catalog.hashtext($2))",
-            &[&db::INSTALL_LOCK, schema],
-        )
-        .await
-        .map_err(locking)?;
-    installed
+        .map_err(|source| InstallError::Schema {
+            schema: schema.to_string(),
+            source,
+        })?;
+    Ok(())
 }
 
 /// The functions the replicated tables use (`used_by`: their defaults, checks, generated
@@ -394,6 +399,17 @@ fn refused_without_key(config: &Config, table: &Table) -> bool {
 /// rows a table new to replication already holds) and registers each target. The caller
 /// read the tables (the ddlwatcher passes those it just diffed).
 pub async fn install_tables(
+    client: &mut Client,
+    config: &Config,
+    installed: &Installed,
+) -> Result<(), InstallError> {
+    lock_installs(client, &config.internal_schema, true).await?;
+    let done = install_tables_locked(client, config, installed).await;
+    lock_installs(client, &config.internal_schema, false).await?;
+    done
+}
+
+async fn install_tables_locked(
     client: &mut Client,
     config: &Config,
     installed: &Installed,
