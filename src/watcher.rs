@@ -1194,7 +1194,10 @@ impl SequenceScope {
 fn read_error(e: ddlwatcher::ReadError) -> StepError {
     match e {
         ddlwatcher::ReadError::Db(e) => StepError::db("reading the catalog")(e),
-        other => StepError::Fatal(other.to_string()),
+        // Retried, not fatal: a schema change committed while the catalog was read makes
+        // its printing functions (which read the latest catalog) give NULL for an object
+        // dropped meanwhile. One that stays is reported at every try.
+        other => StepError::Other(other.to_string()),
     }
 }
 
@@ -1460,6 +1463,7 @@ pub async fn schema_position(
         .map_err(|e| StepError::Fatal(format!("target {target}: {e}")))?
         .ok_or_else(|| StepError::Fatal(format!("unknown target {target}")))?;
     if config.use_event_triggers {
+        let mut unreadable = 0;
         loop {
             let tx = client
                 .build_transaction()
@@ -1473,9 +1477,21 @@ pub async fn schema_position(
                 .await
                 .map_err(StepError::db("reading the schema version counter"))?;
             let (n, processed): (i64, i64) = (row.get(0), row.get(1));
-            let catalog = Catalog::read(&tx, &expr, &config.internal_schema)
-                .await
-                .map_err(read_error)?;
+            let catalog = match Catalog::read(&tx, &expr, &config.internal_schema).await {
+                Ok(c) => c,
+                // Under a snapshot older than a schema change committed since, the
+                // catalog's printing functions (`format_type`, `pg_get_indexdef`…), which
+                // read the latest catalog, give NULL for an object dropped meanwhile: read
+                // again a few times before saying so.
+                Err(ddlwatcher::ReadError::Model(e)) if unreadable < 5 => {
+                    unreadable += 1;
+                    tracing::debug!(error = %e, "catalog unreadable under a schema change; reading it again");
+                    drop(tx);
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+                Err(e) => return Err(read_error(e)),
+            };
             tx.commit().await.map_err(StepError::db("commit"))?;
             if processed >= n {
                 return Ok((catalog, n));

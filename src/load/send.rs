@@ -513,9 +513,19 @@ async fn run_once(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErr
     // would not fit them: a schema change in between starts the load again.
     let expr = ddlwatcher::TargetExpression::parse(&target.target_expression)
         .map_err(|e| LoadError::Position(e.to_string()))?;
-    let now = ddlwatcher::Catalog::read(&tx, &expr, &config.internal_schema)
-        .await
-        .map_err(|e| LoadError::Position(format!("reading the catalog under the snapshot: {e}")))?;
+    let now = match ddlwatcher::Catalog::read(&tx, &expr, &config.internal_schema).await {
+        Ok(now) => now,
+        // An object dropped since the snapshot prints as NULL (the printing functions read
+        // the latest catalog): the schema moved.
+        Err(ddlwatcher::ReadError::Model(_)) => {
+            return Err(LoadError::SchemaMoved(opts.target.clone()))
+        }
+        Err(e) => {
+            return Err(LoadError::Position(format!(
+                "reading the catalog under the snapshot: {e}"
+            )))
+        }
+    };
     if now != position {
         return Err(LoadError::SchemaMoved(opts.target.clone()));
     }
