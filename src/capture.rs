@@ -147,22 +147,12 @@ pub async fn install(client: &mut Client, config: &Config) -> Result<Installed, 
 /// internal schema: two that put triggers on a new table at once (an initial load's and
 /// the ddlwatcher's after a look) both found none and one failed ("trigger already exists").
 async fn lock_installs(client: &Client, schema: &str, lock: bool) -> Result<(), InstallError> {
-    let f = if lock {
-        "pg_advisory_lock"
-    } else {
-        "pg_advisory_unlock"
-    };
-    client
-        .execute(
-            &format!("select pg_catalog.{f}($1, pg_catalog.hashtext($2))"),
-            &[&db::INSTALL_LOCK, &schema],
-        )
+    db::session_lock(client, db::INSTALL_LOCK, schema, lock)
         .await
         .map_err(|source| InstallError::Schema {
             schema: schema.to_string(),
             source,
-        })?;
-    Ok(())
+        })
 }
 
 /// The functions the replicated tables use (`used_by`: their defaults, checks, generated

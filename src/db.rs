@@ -276,6 +276,28 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// Takes (`lock`, waiting for it) or releases a session advisory lock: `key` and the hash of
+/// `name` (re-entrant within a session: each take needs its release).
+pub async fn session_lock(
+    client: &Client,
+    key: i32,
+    name: &str,
+    lock: bool,
+) -> Result<(), tokio_postgres::Error> {
+    let f = if lock {
+        "pg_advisory_lock"
+    } else {
+        "pg_advisory_unlock"
+    };
+    client
+        .execute(
+            &format!("select pg_catalog.{f}($1, pg_catalog.hashtext($2))"),
+            &[&key, &name],
+        )
+        .await?;
+    Ok(())
+}
+
 /// The first key of the advisory lock that serialises installs into one internal schema
 /// (the second is the hash of its name).
 pub const INSTALL_LOCK: i32 = 7419;

@@ -1393,19 +1393,9 @@ impl Step for Watcher {
 /// Takes (`lock`) or releases the session advisory lock that serialises the looks of
 /// diffing mode into one internal schema (re-entrant within a session).
 async fn lock_looks(client: &Client, internal: &str, lock: bool) -> Result<(), StepError> {
-    let f = if lock {
-        "pg_advisory_lock"
-    } else {
-        "pg_advisory_unlock"
-    };
-    client
-        .execute(
-            &format!("select pg_catalog.{f}($1, pg_catalog.hashtext($2))"),
-            &[&db::LOOK_LOCK, &internal],
-        )
+    db::session_lock(client, db::LOOK_LOCK, internal, lock)
         .await
-        .map_err(StepError::db("locking the ddlwatcher's look"))?;
-    Ok(())
+        .map_err(StepError::db("locking the ddlwatcher's look"))
 }
 
 /// Takes the looks' lock as [`lock_looks`], waiting at most `within`: a look holds it while
