@@ -298,6 +298,33 @@ pub async fn session_lock(
     Ok(())
 }
 
+/// Tries to take the session advisory lock of [`session_lock`] until `within` has passed;
+/// whether it was taken.
+pub async fn session_lock_within(
+    client: &Client,
+    key: i32,
+    name: &str,
+    within: Duration,
+) -> Result<bool, tokio_postgres::Error> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let taken: bool = client
+            .query_one(
+                "select pg_catalog.pg_try_advisory_lock($1, pg_catalog.hashtext($2))",
+                &[&key, &name],
+            )
+            .await?
+            .get(0);
+        if taken {
+            return Ok(true);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The first key of the advisory lock that serialises installs into one internal schema
 /// (the second is the hash of its name).
 pub const INSTALL_LOCK: i32 = 7419;

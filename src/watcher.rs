@@ -1406,29 +1406,18 @@ async fn lock_looks_within(
     internal: &str,
     within: std::time::Duration,
 ) -> Result<(), StepError> {
-    let deadline = std::time::Instant::now() + within;
-    loop {
-        let taken: bool = client
-            .query_one(
-                "select pg_catalog.pg_try_advisory_lock($1, pg_catalog.hashtext($2))",
-                &[&db::LOOK_LOCK, &internal],
-            )
-            .await
-            .map_err(StepError::db("locking the ddlwatcher's look"))?
-            .get(0);
-        if taken {
-            return Ok(());
-        }
-        if std::time::Instant::now() >= deadline {
-            return Err(StepError::Other(format!(
-                "a look of the ddlwatcher (of the running instance) has held its lock for over {} s — \
-                 likely waiting for a table's lock behind a transaction left open (see pg_stat_activity \
-                 and pg_locks): end that transaction, then run the load again",
-                within.as_secs()
-            )));
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    if db::session_lock_within(client, db::LOOK_LOCK, internal, within)
+        .await
+        .map_err(StepError::db("locking the ddlwatcher's look"))?
+    {
+        return Ok(());
     }
+    Err(StepError::Other(format!(
+        "a look of the ddlwatcher (of the running instance) has held its lock for over {} s — \
+         likely waiting for a table's lock behind a transaction left open (see pg_stat_activity \
+         and pg_locks): end that transaction, then run the load again",
+        within.as_secs()
+    )))
 }
 
 /// Where an initial load of `target` stands in the schema stream: the catalog it creates

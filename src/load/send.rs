@@ -351,21 +351,11 @@ async fn run_once(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErr
     // filling. Held by this connection until the load ends (a run just stopped may hold
     // it a moment longer: waited for a few seconds).
     let key = format!("{}/{}", config.internal_schema, opts.target);
-    let mut tries = 0;
-    while !client
-        .query_one(
-            "select pg_catalog.pg_try_advisory_lock($1, pg_catalog.hashtext($2))",
-            &[&db::LOAD_LOCK, &key],
-        )
+    if !db::session_lock_within(&client, db::LOAD_LOCK, &key, Duration::from_secs(5))
         .await
         .map_err(src_err("taking the initial load's lock"))?
-        .get::<_, bool>(0)
     {
-        tries += 1;
-        if tries > 25 {
-            return Err(LoadError::Busy(opts.target.clone()));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        return Err(LoadError::Busy(opts.target.clone()));
     }
     // Triggers first: every change not in the snapshot below is captured.
     capture::install(&mut client, config).await?;
