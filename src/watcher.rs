@@ -261,26 +261,31 @@ impl Watcher {
     /// than when they were last recorded while its catalog is as it was — a column added,
     /// written and dropped again since — so the transmitter leaves that column out of the
     /// events written before ([`capture::record_form`], `Tables::known`). Its values need no
-    /// sending: the column is gone.
+    /// sending: the column is gone. A table whose columns are not those of `catalogs` now
+    /// (changed after the look's catalog read: a column added then would be taken for a
+    /// gone one, and its values written meanwhile left out) is left to the next look, as is
+    /// one locked by a schema change for long; `false` then, and the next step looks again.
     async fn record_grown(
         &self,
         client: &mut Client,
         catalogs: &BTreeMap<String, Catalog>,
-    ) -> Result<(), StepError> {
+    ) -> Result<bool, StepError> {
         let s = &self.schema;
         let mut tables: BTreeMap<u32, &ddlwatcher::Table> = BTreeMap::new();
         for t in catalogs.values().flat_map(|c| c.tables.iter()) {
             tables.insert(t.oid, t);
         }
         if tables.is_empty() {
-            return Ok(());
+            return Ok(true);
         }
         let oids: Vec<u32> = tables.keys().copied().collect();
-        let grown: Vec<u32> = client
+        let grown: Vec<(u32, String)> = client
             .query(
                 &format!(
-                    "select t.oid from pg_catalog.unnest($1::pg_catalog.oid[]) as t(oid)
+                    "select t.oid, pg_catalog.format('%I.%I', n.nspname, c.relname)
+                       from pg_catalog.unnest($1::pg_catalog.oid[]) as t(oid)
                        join pg_catalog.pg_class c on c.oid = t.oid
+                       join pg_catalog.pg_namespace n on n.oid = c.relnamespace
                       where c.relnatts > (select f.natts from {s}.capture_form f
                                            where f.relid = t.oid order by f.from_ev desc limit 1)"
                 ),
@@ -289,24 +294,55 @@ impl Watcher {
             .await
             .map_err(StepError::db("reading which tables grew attributes"))?
             .iter()
-            .map(|r| r.get(0))
+            .map(|r| (r.get(0), r.get(1)))
             .collect();
-        if grown.is_empty() {
-            return Ok(());
-        }
-        let tx = client.transaction().await.map_err(StepError::db("begin"))?;
-        for oid in grown {
+        let mut complete = true;
+        for (oid, name) in grown {
             let t = tables[&oid];
+            let what = format!("recording the columns of {} again", t.qualified());
+            let tx = client.transaction().await.map_err(StepError::db("begin"))?;
+            // Under the lock no schema change of the table commits until the record is made:
+            // the columns it names are the table's for every event before its number.
+            let locked = tx
+                .batch_execute(&format!(
+                    "set local lock_timeout = '2s'; lock table {name} in access share mode"
+                ))
+                .await;
+            if let Err(e) = locked {
+                if crate::db::classify(&e) == crate::db::ErrorClass::Permanent {
+                    return Err(StepError::db(what)(e));
+                }
+                tracing::debug!(table = %t.qualified(), error = %crate::db::describe(&e), "not recorded again now: left to the next look");
+                complete = false;
+                continue;
+            }
+            let mut by_attnum: Vec<&ddlwatcher::catalog::Column> = t.columns.iter().collect();
+            by_attnum.sort_by_key(|c| c.attnum);
+            let names: Vec<&str> = by_attnum.iter().map(|c| c.name.as_str()).collect();
+            let same: bool = tx
+                .query_one(
+                    "select pg_catalog.to_regclass($2) = $1::pg_catalog.oid
+                        and array(select a.attname::text from pg_catalog.pg_attribute a
+                                   where a.attrelid = $1 and a.attnum > 0 and not a.attisdropped
+                                   order by a.attnum) = $3::text[]",
+                    &[&oid, &name, &names],
+                )
+                .await
+                .map_err(StepError::db(what.clone()))?
+                .get::<_, Option<bool>>(0)
+                .unwrap_or(false);
+            if !same {
+                tracing::debug!(table = %t.qualified(), "changed since the look's catalog read: its columns are left to the next look");
+                complete = false;
+                continue;
+            }
             capture::record_form(&tx, s, t, true)
                 .await
-                .map_err(StepError::db(format!(
-                    "recording the columns of {} again",
-                    t.qualified()
-                )))?;
+                .map_err(StepError::db(what))?;
+            tx.commit().await.map_err(StepError::db("commit"))?;
             tracing::debug!(table = %t.qualified(), "a column was added since the columns were recorded: recorded again");
         }
-        tx.commit().await.map_err(StepError::db("commit"))?;
-        Ok(())
+        Ok(complete)
     }
 
     /// Diffing mode: rows written between the last look and this one under a column that
@@ -1535,7 +1571,7 @@ impl Watcher {
                 deferred.push((target, later));
             }
         }
-        self.record_grown(client, &installed.catalogs).await?;
+        let grown_recorded = self.record_grown(client, &installed.catalogs).await?;
         // Triggers for new tables (their rows come along); a table without a primary key
         // is reported and retried, the other changes are recorded all the same.
         capture::install_tables(client, &self.config, &installed)
@@ -1549,7 +1585,8 @@ impl Watcher {
             tx.commit().await.map_err(StepError::db("commit"))?;
             seen.insert(target);
         }
-        self.fingerprint = Some(fp);
+        // A table left to the next look: it comes at the next step, catalog changed or not.
+        self.fingerprint = grown_recorded.then_some(fp);
         self.filenodes = Some(filenodes);
         // After the schema versions, so a new sequence exists before its position arrives.
         self.sync_sequences(client).await?;

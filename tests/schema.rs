@@ -3651,6 +3651,84 @@ async fn the_snapshot_creates_the_functions_a_table_calls() -> anyhow::Result<()
     Ok(())
 }
 
+/// Diffing mode: a column added while a look runs, after its catalog read and before its
+/// check for tables that grew attributes (a column added, written and dropped again between
+/// two looks). The look took the table for such a one and recorded its columns as its
+/// catalog read had them, which told the transmitter that the new column was gone: the rows
+/// written meanwhile arrived without its values, and an update or delete of a keyless
+/// table's row found none (found by the schema soak, seed 3000). Here the look is held on
+/// its catalog snapshot's row lock while the column is added and written.
+#[tokio::test]
+async fn a_column_added_while_a_look_runs_keeps_the_values_written_meanwhile() -> anyhow::Result<()>
+{
+    let Started {
+        p,
+        source,
+        target,
+        src,
+        dst,
+        ..
+    } = started(
+        "create schema app;
+         create table app.t (id int primary key, v text);
+         create table app.k (id int, v text);
+         create table app.u (id int primary key, v text);
+         insert into app.t select g, 'v' || g from generate_series(1, 3) g;
+         insert into app.k select g, 'v' || g from generate_series(1, 3) g;",
+        false,
+        "keyless_tables: true\n",
+    )
+    .await?;
+    wait_equal(&src, &dst, &["app.k"], Duration::from_secs(20)).await?;
+    let mut holder = p.src().await?;
+    let hold = holder.transaction().await?;
+    hold.batch_execute("select from teleport.schema_snapshot for update")
+        .await?;
+    // Another table's change makes the watcher look.
+    src.batch_execute("create index u_v on app.u (v)").await?;
+    wait_for(
+        "the look held after its catalog read",
+        Duration::from_secs(20),
+        || async {
+            Ok(scalar_i64(
+                &src,
+                "select count(*) from pg_stat_activity
+                  where datname = current_database() and wait_event_type = 'Lock'
+                    and query like '%schema_snapshot%for update%'",
+            )
+            .await?
+                == 1)
+        },
+    )
+    .await?;
+    src.batch_execute(
+        "alter table app.t add column j jsonb, add column n int;
+         insert into app.t values (10, 'ten', '{\"a\": 1}', 10), (11, 'eleven', '\"s\"', 11);
+         update app.t set j = '[1]', n = 1 where id = 1;
+         alter table app.k add column j jsonb;
+         update app.k set j = '{\"b\": 2}' where id = 1;
+         insert into app.k values (12, 'twelve', '\"x\"');",
+    )
+    .await?;
+    hold.commit().await?;
+    // Rows of the keyless table found by the values written meanwhile.
+    src.batch_execute("update app.k set v = 'later' where id in (1, 12)")
+        .await?;
+    wait_equal(
+        &src,
+        &dst,
+        &["app.t", "app.k", "app.u"],
+        Duration::from_secs(30),
+    )
+    .await?;
+    let (a, b) = (shape(&src, &["app"]).await?, shape(&dst, &["app"]).await?);
+    assert_eq!(a, b);
+    no_transmit_error(&src).await?;
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}
+
 /// The classic retype by copy within one interval of the ddlwatcher (diffing mode): `ADD
 /// new_x`, fill it, `DROP x`, `RENAME new_x TO x` — here the source instance is down
 /// meanwhile. Rows written meanwhile name `new_x`, which no schema version has: the
