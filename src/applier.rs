@@ -1274,7 +1274,7 @@ impl Applier {
             }
             if first.op == Op::Sequences {
                 // Like a run: a sequence created by a pending version is made first.
-                ddl.run(tx, || {
+                ddl.run(tx, |_| {
                     apply_sequences(tx, batch.apply_schema.as_deref(), first)
                 })
                 .await?;
@@ -1435,10 +1435,12 @@ impl Applier {
                 };
                 let columns_changed = ddl.columns_changed.clone();
                 for run in shapes {
-                    ddl.run(tx, || async {
+                    let (table, columns_changed, keys_before) =
+                        (&table, &columns_changed, &keys_before);
+                    ddl.run(tx, |versions_pending| async move {
                         if kind == Kind::DeleteWhere {
                             let apply_schema = batch.apply_schema.as_deref();
-                            return delete_where(tx, meta, &table, run, apply_schema).await;
+                            return delete_where(tx, meta, table, run, apply_schema).await;
                         }
                         // Read at each try: a version applied early meanwhile may have
                         // renamed or dropped columns the images name.
@@ -1448,7 +1450,7 @@ impl Applier {
                             .unwrap_or_default();
                         let renamed = match changed.is_empty() {
                             true => None,
-                            false => match read_target_columns(tx, &table).await? {
+                            false => match read_target_columns(tx, table).await? {
                                 Some(t) => as_changed_since(&changed, &t, cols, run)?,
                                 None => None,
                             },
@@ -1462,9 +1464,9 @@ impl Applier {
                             None => (run, cols),
                         };
                         // Asked again at each try: a version applied meanwhile may change it.
-                        let before = keys_before.lock().ok().and_then(|k| k.get(&table).cloned());
+                        let before = keys_before.lock().ok().and_then(|k| k.get(table).cloned());
                         let keyed = self
-                            .key_as_on_target(tx, kind, plain, run, &table, before)
+                            .key_as_on_target(tx, kind, plain, run, table, before)
                             .await?;
                         let (kind, meta) = match &keyed {
                             // A table whose key was dropped: rows written before, with the
@@ -1474,20 +1476,21 @@ impl Applier {
                             Some(m) => (kind, m),
                             None => (kind, plain),
                         };
-                        let tolerate = self.tolerates_missing(tx, kind, &table).await?;
+                        let tolerate = self.tolerates_missing(tx, kind, table).await?;
                         // Read again at each try: a version applied meanwhile may change it.
                         let mut with_json = None;
                         if matches!(
                             kind,
                             Kind::Insert | Kind::Update | Kind::UpdateKey | Kind::RowIdentity
                         ) {
-                            if let Some(t) = read_target_columns(tx, &table).await? {
-                                composite_attributes_known(&t, cols, &table, run)?;
+                            if let Some(t) = read_target_columns(tx, table).await? {
+                                composite_attributes_known(&t, cols, table, run)?;
                                 with_json = with_target_json(meta, &t, cols);
                             }
                         }
                         let meta = with_json.as_ref().unwrap_or(meta);
-                        apply_run(tx, kind, meta, cols, &table, run, tolerate).await
+                        apply_run(tx, kind, meta, cols, table, run, tolerate, versions_pending)
+                            .await
                     })
                     .await?;
                 }
@@ -1980,7 +1983,7 @@ impl DdlState<'_> {
     /// `step` tried again.
     async fn run<F, Fut>(&mut self, tx: &Transaction<'_>, mut step: F) -> Result<(), ApplyError>
     where
-        F: FnMut() -> Fut,
+        F: FnMut(bool) -> Fut,
         Fut: std::future::Future<Output = Result<(), ApplyError>>,
     {
         // The step's failure before any version was applied here: the cause to look at
@@ -2001,7 +2004,7 @@ impl DdlState<'_> {
         };
         loop {
             if self.pending.is_empty() {
-                return step().await.map_err(|e| match e {
+                return step(false).await.map_err(|e| match e {
                     ApplyError::Failed { message } => ApplyError::Failed {
                         message: uncured(message, &first, &tried),
                     },
@@ -2014,7 +2017,7 @@ impl DdlState<'_> {
             tx.batch_execute("savepoint pgteleport_run")
                 .await
                 .map_err(pg("savepoint"))?;
-            match step().await {
+            match step(true).await {
                 Ok(()) => {
                     return tx
                         .batch_execute("release savepoint pgteleport_run")
@@ -2730,6 +2733,7 @@ async fn prepared(
     tx.prepare_cached(sql).await.map_err(pg(context))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn apply_run(
     tx: &deadpool_postgres::Transaction<'_>,
     kind: Kind,
@@ -2738,6 +2742,7 @@ async fn apply_run(
     table: &str,
     events: &[&Event],
     tolerate_missing: bool,
+    versions_pending: bool,
 ) -> Result<(), ApplyError> {
     let context = format!("applying {} {:?} event(s) to {table}", events.len(), kind);
     match kind {
@@ -2809,6 +2814,32 @@ async fn apply_run(
                 .map_err(pg(&context))?;
             let (target_columns, indexed, self_filled): (Vec<String>, Vec<String>, Vec<String>) =
                 (row.get(0), row.get(1), row.get(2));
+            // An old row naming a column the target's table lacks while schema versions
+            // are on their way: one of them adds it, or renames one to it (diffing mode:
+            // rows written between a rename and the look that saw it name the new name
+            // before the schema event). Matched without it, the row could be any that is
+            // alike in the other columns — a key column renamed made a delete take another
+            // row. The version is applied first (`DdlState::run`); with none pending the
+            // column is gone for good (added and dropped again) and is left out.
+            if versions_pending {
+                for e in events {
+                    let Some(old_row) = e.key.as_deref() else {
+                        continue;
+                    };
+                    let names = crate::wire::object_keys(old_row).unwrap_or_default();
+                    if let Some(c) = names
+                        .iter()
+                        .find(|n| !n.is_empty() && !target_columns.contains(n))
+                    {
+                        return Err(ApplyError::SchemaBehind {
+                            message: format!(
+                                "{context}: event {} names its row by column {c}, which {table} lacks",
+                                e.id
+                            ),
+                        });
+                    }
+                }
+            }
             if apply_alike(
                 tx,
                 meta,
