@@ -518,9 +518,34 @@ async fn install_triggers(
         .map_err(schema_error)?
         .get(0);
     for t in all.values() {
-        if let Some(n) = install_trigger(&tx, t, schema, copy_existing).await? {
-            if copy_existing {
+        // A table dropped since the catalog was read is left out (its drop is the next
+        // look's, or its event trigger's, to replicate): in a savepoint, so its failure
+        // does not undo the others.
+        tx.batch_execute("savepoint pgteleport_install")
+            .await
+            .map_err(schema_error)?;
+        match install_trigger(&tx, t, schema, copy_existing).await {
+            Ok(Some(n)) if copy_existing => {
                 tracing::info!(table = %t.qualified(), rows = n, "new table captured with the rows it already held");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tx.batch_execute("rollback to savepoint pgteleport_install")
+                    .await
+                    .map_err(schema_error)?;
+                let exists: bool = tx
+                    .query_one(
+                        "select exists (select from pg_catalog.pg_class where oid = $1)",
+                        &[&t.oid],
+                    )
+                    .await
+                    .map_err(schema_error)?
+                    .get(0);
+                if exists {
+                    return Err(e);
+                }
+                tracing::info!(table = %t.qualified(), "table dropped since the catalog was read: no capture trigger for it");
+                continue;
             }
         }
         if !config.use_event_triggers {
