@@ -499,6 +499,16 @@ impl Transmitter {
                 Op::Insert | Op::Update => tables.known(table, id),
                 _ => None,
             };
+            // So for a keyless table's old row (whole): a column gone since, which the
+            // target never has, would make the applier wait for a schema version to add it
+            // ([`crate::applier`] applies pending ones first for an old row naming a
+            // column the target's table lacks).
+            let known_old: Option<&[String]> = match op {
+                Op::Update | Op::Delete if tables.metas[table as usize].key.is_empty() => {
+                    tables.known(table, id)
+                }
+                _ => None,
+            };
             let raw = |v: Option<String>,
                        json_form: &[String],
                        known: Option<&[String]>|
@@ -509,7 +519,10 @@ impl Transmitter {
                     } else {
                         wire::object_edited(&s, |k, v| {
                             if excluded.iter().any(|x| x == k)
-                                || known.is_some_and(|known| !known.iter().any(|c| c == k))
+                                // Member "" of an old row is a count, not a column.
+                                || known.is_some_and(|known| {
+                                    !k.is_empty() && !known.iter().any(|c| c == k)
+                                })
                             {
                                 wire::Edit::Drop
                             } else if json_form.iter().any(|x| x == k) && v.get() != "null" {
@@ -542,7 +555,7 @@ impl Transmitter {
                 op,
                 table,
                 txid: Some(txid),
-                key: raw(r.get(4), &[], None)?,
+                key: raw(r.get(4), &[], known_old)?,
                 data: raw(r.get(5), json_form, known)?,
             };
             payload += event.key.as_ref().map_or(0, |k| k.get().len())
