@@ -1281,3 +1281,73 @@ async fn a_load_that_cannot_take_its_locks_stops_and_says_why() -> anyhow::Resul
     }
     Ok(())
 }
+
+/// A table the target has that a schema version on its way renames (the source instance
+/// stopped meanwhile): the load made a second table under the new name beside the old one,
+/// and failed when it built its key ("relation r_pkey already exists"), at every run. The
+/// table the target has takes the versions, the rename with them, and is loaded under its
+/// new name; holding rows, it is refused like any table with rows, named by both names,
+/// unless the load empties it (`--truncate`).
+#[tokio::test]
+async fn a_table_the_target_has_under_its_name_before_a_rename_is_loaded_under_the_new_one(
+) -> anyhow::Result<()> {
+    for event_triggers in [false, true] {
+        let p = Pair::new(
+            "create schema app;
+             create table app.t (id int primary key, v text);
+             insert into app.t select g, 'v' || g from generate_series(1, 20) g;
+             create table app.r (id int primary key, n int);
+             insert into app.r select g, g from generate_series(1, 50) g;",
+        )
+        .await?;
+        let extra = p.ddl_mode(event_triggers).await?;
+        let src = p.src().await?;
+        let dst = p.dst().await?;
+        let target = p.start_target(0).await?;
+        let port = target.local_addr.unwrap().port();
+        let context = || format!("event triggers: {event_triggers}");
+        let source = p.start_source(port, "app.*", extra).await?;
+        wait_equal(&src, &dst, &["app.t", "app.r"], Duration::from_secs(20))
+            .await
+            .with_context(context)?;
+        source.shutdown().await?;
+        src.batch_execute(
+            "alter table app.r rename to r2;
+             insert into app.r2 values (51, 51);
+             alter table app.t rename column v to w;",
+        )
+        .await?;
+        let cfg = p.source_config(port, "app.*", extra)?;
+        let err = load::run(&cfg, opts(false))
+            .await
+            .expect_err("the target's tables hold rows")
+            .to_string();
+        assert!(
+            err.contains("\"app\".\"r\"")
+                && err.contains("\"app\".\"r2\"")
+                && err.contains("--truncate"),
+            "{err} ({})",
+            context()
+        );
+        let summary = load::run(&cfg, opts(true)).await.with_context(context)?;
+        assert_eq!(summary.rows, 71, "{summary} ({})", context());
+        let source = p.start_source(port, "app.*", extra).await?;
+        src.batch_execute(
+            "insert into app.r2 values (52, 52); update app.t set w = 'after' where id = 1",
+        )
+        .await?;
+        wait_equal(&src, &dst, &["app.t", "app.r2"], Duration::from_secs(20))
+            .await
+            .with_context(context)?;
+        wait_for(
+            "the source's schema on the target",
+            Duration::from_secs(20),
+            || async { Ok(shape(&src, &["app"]).await? == shape(&dst, &["app"]).await?) },
+        )
+        .await
+        .with_context(context)?;
+        source.shutdown().await?;
+        target.shutdown().await?;
+    }
+    Ok(())
+}

@@ -264,6 +264,23 @@ fn search_path_setting(options: &mut [protobuf::Node], map: &SchemaMap) {
     }
 }
 
+/// The name and the new name of the table an `ALTER TABLE … RENAME TO …` statement
+/// renames (its schema stays); `None` for any other statement.
+pub fn table_rename(sql: &str) -> Option<(String, String)> {
+    let parsed = pg_query::parse(sql).ok()?;
+    let [raw] = parsed.protobuf.stmts.as_slice() else {
+        return None;
+    };
+    match raw.stmt.as_ref().and_then(|n| n.node.as_ref()) {
+        Some(NodeEnum::RenameStmt(r))
+            if r.rename_type == protobuf::ObjectType::ObjectTable as i32 =>
+        {
+            Some((r.relation.as_ref()?.relname.clone(), r.newname.clone()))
+        }
+        _ => None,
+    }
+}
+
 /// The type (its name as written, each part quoted), old and new label of an
 /// `ALTER TYPE … RENAME VALUE` statement; `None` for any other statement.
 pub fn enum_label_rename(sql: &str) -> Option<(String, String, String)> {
@@ -944,5 +961,16 @@ end"
         assert_eq!(enum_label_rename("alter type app.mood add value 'x'"), None);
         assert_eq!(enum_label_rename("alter table app.t rename to u"), None);
         assert_eq!(enum_label_rename("not sql"), None);
+    }
+
+    #[test]
+    fn table_renames_are_read() {
+        assert_eq!(
+            table_rename(r#"alter table "app"."R x" rename to "r2""#),
+            Some(("R x".into(), "r2".into()))
+        );
+        assert_eq!(table_rename("alter table app.t rename column a to b"), None);
+        assert_eq!(table_rename("alter index app.i rename to j"), None);
+        assert_eq!(table_rename("not sql"), None);
     }
 }

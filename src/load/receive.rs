@@ -177,7 +177,41 @@ impl Applier {
         let mut names = Vec::new();
         for t in &msg.tables {
             let schema = map.map(&t.schema).to_string();
-            let name = qualified(&schema, &t.name);
+            // The name it has on the target: a pending version may rename it (a table
+            // the target has under its old name takes the versions, the rename with them,
+            // rather than be left stale beside a new one the load would create).
+            let mut current = t.name.clone();
+            let exists_now: bool = tx
+                .query_one(
+                    "select pg_catalog.to_regclass($1) is not null",
+                    &[&qualified(&schema, &t.name)],
+                )
+                .await
+                .map_err(pg("looking up a table"))?
+                .get(0);
+            if !exists_now {
+                let former = former_name(&versions, t.oid, &t.name);
+                if former != t.name {
+                    // Not one a load registered (an earlier run's, whose state decides).
+                    let there: bool = tx
+                        .query_one(
+                            &format!(
+                                "select pg_catalog.to_regclass($1) is not null
+                                        and not exists (select from {s}.load_table
+                                                         where source = $2 and target = $3
+                                                           and schema_name = $4 and table_name = $5)"
+                            ),
+                            &[&qualified(&schema, &former), &msg.source, &msg.target, &schema, &former],
+                        )
+                        .await
+                        .map_err(pg("looking up a table"))?
+                        .get(0);
+                    if there {
+                        current = former;
+                    }
+                }
+            }
+            let name = qualified(&schema, &current);
             let row = tx
                 .query_one(
                     &format!(
@@ -185,7 +219,7 @@ impl Applier {
                                 (select state <> 'done' and not created_by_load from {s}.load_table
                                   where source = $2 and target = $3 and schema_name = $4 and table_name = $5)"
                     ),
-                    &[&name, &msg.source, &msg.target, &schema, &t.name],
+                    &[&name, &msg.source, &msg.target, &schema, &current],
                 )
                 .await
                 .map_err(pg("looking up a table"))?;
@@ -207,6 +241,15 @@ impl Applier {
             if loads {
                 behind.push(t.oid);
                 names.push(name);
+            } else if exists && current != t.name {
+                // Holding rows under its old name: the load would make a second table.
+                return Err(ApplyError::Conflict {
+                    message: format!(
+                        "target table {name} (called {} on the source now) already holds rows; the initial load \
+                         never doubles rows: re-run with --truncate to replace them, or empty it yourself",
+                        qualified(&schema, &t.name)
+                    ),
+                });
             }
         }
         if behind.is_empty() {
@@ -979,6 +1022,26 @@ async fn attempt_past_deadlocks(
             outcome => return Ok(outcome),
         }
     }
+}
+
+/// The name table `oid` (called `name` on the source now) had before the table renames
+/// of `versions` (`ALTER TABLE … RENAME TO`, statements of that table only), read back from
+/// the last; `name` when none renames it.
+fn former_name(versions: &[&crate::wire::DdlVersion], oid: u32, name: &str) -> String {
+    let mut current = name.to_string();
+    for st in versions
+        .iter()
+        .rev()
+        .flat_map(|v| v.statements.iter().rev())
+        .filter(|st| st.tables == [oid])
+    {
+        if let Some((from, to)) = ddlwatcher::retarget::table_rename(&st.sql) {
+            if to == current {
+                current = from;
+            }
+        }
+    }
+    current
 }
 
 /// Why the target refused a statement [`attempt`] ran.
