@@ -217,12 +217,23 @@ async fn install_locked(client: &mut Client, config: &Config) -> Result<Installe
                 message: e.to_string(),
             }
         })?;
-        let catalog = Catalog::read(&*client, &expr, schema)
-            .await
-            .map_err(|source| InstallError::Catalog {
-                target: name.clone(),
-                source,
-            })?;
+        // Read again a few times when a schema change committing meanwhile spoils the read.
+        let mut tries = 0;
+        let catalog = loop {
+            match Catalog::read(&*client, &expr, schema).await {
+                Err(e) if e.is_concurrent_change() && tries < 5 => {
+                    tries += 1;
+                    tracing::debug!(error = %e, "catalog unreadable under a schema change; reading it again");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                read => {
+                    break read.map_err(|source| InstallError::Catalog {
+                        target: name.clone(),
+                        source,
+                    })?
+                }
+            }
+        };
         if catalog.tables.is_empty() {
             tracing::warn!(target = %name, expression = %expr.as_str(), "target_expression matches no table yet");
         }

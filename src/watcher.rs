@@ -1496,9 +1496,9 @@ pub async fn schema_position(
                 Ok(c) => c,
                 // Under a snapshot older than a schema change committed since, the
                 // catalog's printing functions (`format_type`, `pg_get_indexdef`…), which
-                // read the latest catalog, give NULL for an object dropped meanwhile: read
-                // again a few times before saying so.
-                Err(ddlwatcher::ReadError::Model(e)) if unreadable < 5 => {
+                // read the latest catalog, give NULL for an object dropped meanwhile, or
+                // fail: read again a few times before saying so.
+                Err(e) if e.is_concurrent_change() && unreadable < 5 => {
                     unreadable += 1;
                     tracing::debug!(error = %e, "catalog unreadable under a schema change; reading it again");
                     drop(tx);

@@ -447,6 +447,23 @@ pub enum ReadError {
     Model(#[from] serde_json::Error),
 }
 
+impl ReadError {
+    /// Whether a schema change committed while the catalog was read may explain the
+    /// failure (worth reading again): PostgreSQL's printing functions (`format_type`,
+    /// `pg_get_indexdef`, `pg_get_expr`…) read the latest catalog, not the query's snapshot,
+    /// and give NULL for an object dropped meanwhile (the model refuses it) or fail
+    /// ("cache lookup failed for attribute …", an internal error).
+    pub fn is_concurrent_change(&self) -> bool {
+        match self {
+            ReadError::Model(_) => true,
+            ReadError::Db(e) => e.as_db_error().is_some_and(|d| {
+                *d.code() == tokio_postgres::error::SqlState::INTERNAL_ERROR
+                    && d.message().starts_with("cache lookup failed")
+            }),
+        }
+    }
+}
+
 impl Catalog {
     /// Reads the catalog of the tables `expr` selects (and the types, functions, views and
     /// sequences around them), `internal` (the replicator's schema) excluded. Use a

@@ -505,9 +505,9 @@ async fn run_once(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErr
         .map_err(|e| LoadError::Position(e.to_string()))?;
     let now = match ddlwatcher::Catalog::read(&tx, &expr, &config.internal_schema).await {
         Ok(now) => now,
-        // An object dropped since the snapshot prints as NULL (the printing functions read
-        // the latest catalog): the schema moved.
-        Err(ddlwatcher::ReadError::Model(_)) => {
+        // An object dropped since the snapshot prints as NULL, or fails to print (the
+        // printing functions read the latest catalog): the schema moved.
+        Err(e) if e.is_concurrent_change() => {
             return Err(LoadError::SchemaMoved(opts.target.clone()))
         }
         Err(e) => {
