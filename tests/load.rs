@@ -1030,15 +1030,7 @@ async fn a_schema_change_while_the_load_starts_starts_it_again() -> anyhow::Resu
             async move { load::run(&cfg, opts(false)).await }
         });
         let dst = p.dst().await?;
-        wait_for("the prepare waits", Duration::from_secs(30), || async {
-            Ok(scalar_i64(
-                &dst,
-                "select count(*) from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'",
-            )
-            .await?
-                > 0)
-        })
-        .await?;
+        wait_lock_waiter(&dst, "the prepare waits", "").await?;
         let src = p.src().await?;
         src.batch_execute(
             "alter table app.t add column z int default 5;
@@ -1097,12 +1089,7 @@ async fn a_table_rewritten_while_the_load_runs_keeps_its_rows() -> anyhow::Resul
         });
         let waiting = "select count(*) from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'";
         let dst = p.dst().await?;
-        wait_for(
-            "the load's start waits",
-            Duration::from_secs(30),
-            || async { Ok(scalar_i64(&dst, waiting).await? > 0) },
-        )
-        .await?;
+        wait_lock_waiter(&dst, "the load's start waits", "").await?;
         let rewrite = tokio::spawn({
             let p = p.src().await?;
             async move {
@@ -1174,19 +1161,10 @@ async fn a_table_dropped_while_the_load_installs_its_triggers_is_left_out() -> a
             let cfg = cfg.clone();
             async move { load::run(&cfg, opts(false)).await }
         });
-        wait_for(
+        wait_lock_waiter(
+            &src,
             "the install held after its catalog read",
-            Duration::from_secs(20),
-            || async {
-                Ok(scalar_i64(
-                    &src,
-                    "select count(*) from pg_stat_activity
-                      where datname = current_database() and wait_event_type = 'Lock'
-                        and query like '%excluded_column%'",
-                )
-                .await?
-                    == 1)
-            },
+            "excluded_column",
         )
         .await
         .with_context(context)?;

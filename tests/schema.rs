@@ -3686,19 +3686,10 @@ async fn a_column_added_while_a_look_runs_keeps_the_values_written_meanwhile() -
         .await?;
     // Another table's change makes the watcher look.
     src.batch_execute("create index u_v on app.u (v)").await?;
-    wait_for(
+    wait_lock_waiter(
+        &src,
         "the look held after its catalog read",
-        Duration::from_secs(20),
-        || async {
-            Ok(scalar_i64(
-                &src,
-                "select count(*) from pg_stat_activity
-                  where datname = current_database() and wait_event_type = 'Lock'
-                    and query like '%schema_snapshot%for update%'",
-            )
-            .await?
-                == 1)
-        },
+        "schema_snapshot",
     )
     .await?;
     src.batch_execute(

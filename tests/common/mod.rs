@@ -311,6 +311,24 @@ where
     }
 }
 
+/// Waits (30 s at most) until a session of `c`'s database waits on a lock while running a
+/// query that contains `query` (any query: `""`).
+pub async fn wait_lock_waiter(c: &Client, what: &str, query: &str) -> Result<()> {
+    wait_for(what, Duration::from_secs(30), || async {
+        let n: i64 = c
+            .query_one(
+                "select count(*) from pg_stat_activity
+                  where datname = current_database() and wait_event_type = 'Lock'
+                    and strpos(query, $1) > 0",
+                &[&query],
+            )
+            .await?
+            .get(0);
+        Ok(n > 0)
+    })
+    .await
+}
+
 /// Waits until `sql` on `c` returns exactly `want` (its first column, in order); an error
 /// (a table not there yet) counts as not yet.
 pub async fn wait_texts<S: AsRef<str>>(
