@@ -1329,3 +1329,55 @@ async fn a_table_the_target_has_under_its_name_before_a_rename_is_loaded_under_t
     }
     Ok(())
 }
+
+/// An enum label renamed after the load's snapshot, before its copy starts: PostgreSQL
+/// prints an enum value by the latest catalog, not the snapshot's, so the copy carried the
+/// new label, which the target's type (made from the catalog read before) lacks — the load
+/// failed ("invalid input value for enum", seen in the schema soak). A copy that fails
+/// while the types it copies changed since the catalog read now makes the load start
+/// again (it takes the change first). Here the copy's start on the target is held on the
+/// table's lock while the label is renamed.
+#[tokio::test]
+async fn an_enum_label_renamed_while_the_load_starts_its_copy_arrives() -> anyhow::Result<()> {
+    for event_triggers in [false, true] {
+        let schema = "create schema app;
+             create type app.mood as enum ('sad', 'ok');
+             create table app.t (id int primary key, m app.mood);";
+        let p = Pair::new2(
+            &format!("{schema} insert into app.t select g, 'sad' from generate_series(1, 100) g;"),
+            schema,
+        )
+        .await?;
+        let extra = p.ddl_mode(event_triggers).await?;
+        let target = p.start_target(0).await?;
+        let port = target.local_addr.unwrap().port();
+        let cfg = p.source_config(port, "app.*", extra)?;
+        p.start_source(port, "app.*", extra)
+            .await?
+            .shutdown()
+            .await?;
+        let context = || format!("event triggers: {event_triggers}");
+        let (src, dst) = (p.src().await?, p.dst().await?);
+        let mut holder = p.dst().await?;
+        let hold = holder.transaction().await?;
+        hold.batch_execute("lock table app.t in access share mode")
+            .await?;
+        let load = tokio::spawn({
+            let cfg = cfg.clone();
+            async move { load::run(&cfg, opts(false)).await }
+        });
+        wait_lock_waiter(&dst, "the load's start held on the target", "truncate")
+            .await
+            .with_context(context)?;
+        src.batch_execute("alter type app.mood rename value 'sad' to 'blue'")
+            .await?;
+        hold.commit().await?;
+        let summary = load.await?.with_context(context)?;
+        assert_eq!(summary.rows, 100, "{summary} ({})", context());
+        wait_equal(&src, &dst, &["app.t"], Duration::from_secs(10))
+            .await
+            .with_context(context)?;
+        target.shutdown().await?;
+    }
+    Ok(())
+}

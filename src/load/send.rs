@@ -130,7 +130,7 @@ pub enum LoadError {
     },
     #[error("another initial load of target `{0}` is running against this source (its instance's initial snapshot, or a load command): wait for it to end")]
     Busy(String),
-    #[error("the source's schema changed while the initial load of target `{0}` started (between its catalog read and its snapshot), three times in a row: run it again")]
+    #[error("the source's schema changed while the initial load of target `{0}` started (between its catalog read and its snapshot, or a type it copies before its copy), three times in a row: run it again")]
     SchemaMoved(String),
     /// A schema change of a table to copy came between the load's snapshot and its copy
     /// streams' locks: it waits for the load, and a copy stream would wait behind it.
@@ -643,6 +643,16 @@ async fn run_once(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErr
         .map_err(src_err("ending the snapshot transaction"))?;
     progress.finish();
     if let Some(e) = first_error {
+        // PostgreSQL prints an enum value by the latest catalog, not the snapshot's: a label
+        // renamed after the snapshot reaches the copy under its new name, which the type the
+        // target made from the catalog read lacks. A copy that failed on the target while
+        // the types changed since that read starts the load again (it takes the change).
+        if matches!(e, LoadError::Target { .. })
+            && types_moved(&client, config, &target.target_expression, &position).await
+        {
+            tracing::info!(target = %opts.target, error = %e, "a copy failed while types it copies changed since the catalog read");
+            return Err(LoadError::SchemaMoved(opts.target.clone()));
+        }
         return Err(e);
     }
     (summary.foreign_keys, summary.foreign_keys_left) =
@@ -651,6 +661,24 @@ async fn run_once(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErr
     summary.bytes = shared.bytes.load(Ordering::Relaxed);
     summary.elapsed = started.elapsed();
     Ok(summary)
+}
+
+/// Whether the types of the catalog `expr` selects (enums, composites, domains) differ now
+/// from those of `position`, the catalog the load made the target's from (false when the
+/// catalog cannot be read).
+async fn types_moved(
+    client: &tokio_postgres::Client,
+    config: &Config,
+    expr: &str,
+    position: &ddlwatcher::Catalog,
+) -> bool {
+    let Ok(expr) = ddlwatcher::TargetExpression::parse(expr) else {
+        return false;
+    };
+    match ddlwatcher::Catalog::read(client, &expr, &config.internal_schema).await {
+        Ok(now) => now.types != position.types,
+        Err(e) => e.is_concurrent_change(),
+    }
 }
 
 /// The load's last step, once every table is loaded: the target adds the foreign keys of
