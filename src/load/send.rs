@@ -83,6 +83,9 @@ pub struct Summary {
     /// source), and those it left `NOT VALID` or could not add (logged with the reason).
     pub foreign_keys: usize,
     pub foreign_keys_left: usize,
+    /// Times the load started again within this run (a schema change while it started, or
+    /// one it gave way to).
+    pub restarts: usize,
 }
 
 impl std::fmt::Display for Summary {
@@ -108,6 +111,13 @@ impl std::fmt::Display for Summary {
                     self.foreign_keys_left
                 )?;
             }
+        }
+        if self.restarts > 0 {
+            write!(
+                f,
+                "; started again {} time(s) (schema changes while it started)",
+                self.restarts
+            )?;
         }
         Ok(())
     }
@@ -324,6 +334,10 @@ pub async fn run(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErro
     let mut attempt = 1;
     loop {
         match run_once(config, opts.clone()).await {
+            Ok(mut summary) => {
+                summary.restarts = attempt - 1;
+                return Ok(summary);
+            }
             Err(LoadError::SchemaMoved(target)) if attempt < 3 => {
                 tracing::info!(%target, attempt, "the source's schema changed while the load started: starting again (the tables it created are made again)");
                 attempt += 1;
@@ -516,7 +530,7 @@ async fn run_once(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErr
             )))
         }
     };
-    if now != position {
+    if !copy_fits(&position, &now, &todo) {
         return Err(LoadError::SchemaMoved(opts.target.clone()));
     }
     remote
@@ -661,6 +675,36 @@ async fn run_once(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErr
     summary.bytes = shared.bytes.load(Ordering::Relaxed);
     summary.elapsed = started.elapsed();
     Ok(summary)
+}
+
+/// Whether the catalog under the load's snapshot (`now`) still fits what the load made from
+/// `position` for the tables it copies (`todo`): each is there under its name with the same
+/// columns, key and partitions, and with every index and constraint it had (one dropped
+/// since would be built again over rows that may break it); the types and collations are
+/// the same. Any other change — other tables, functions, views, sequences, an index or a
+/// constraint added — has its schema version after the load's, which the stream applies
+/// to the loaded tables after the copy.
+fn copy_fits(position: &ddlwatcher::Catalog, now: &ddlwatcher::Catalog, todo: &[Table]) -> bool {
+    if position.types != now.types || position.collations != now.collations {
+        return false;
+    }
+    todo.iter().all(|t| {
+        let (Some(a), Some(b)) = (
+            position.tables.iter().find(|x| x.oid == t.oid),
+            now.tables.iter().find(|x| x.oid == t.oid),
+        ) else {
+            return false;
+        };
+        a.schema == b.schema
+            && a.name == b.name
+            && a.columns == b.columns
+            && a.primary_key == b.primary_key
+            && a.primary_key_deferrable == b.primary_key_deferrable
+            && a.unique_key == b.unique_key
+            && a.partitions == b.partitions
+            && a.indexes.iter().all(|i| b.indexes.contains(i))
+            && a.constraints.iter().all(|c| b.constraints.contains(c))
+    })
 }
 
 /// Whether the types of the catalog `expr` selects (enums, composites, domains) differ now
