@@ -827,6 +827,7 @@ impl Applier {
             keys_by_oid: Vec::new(),
             renamed_labels: early.renamed_labels,
             columns_changed: std::sync::Arc::new(std::sync::Mutex::new(early.columns_changed)),
+            columns_added: std::sync::Arc::new(std::sync::Mutex::new(early.columns_added)),
             labels_known: HashMap::new(),
             loaded,
             loaded_by_oid,
@@ -1434,9 +1435,10 @@ impl Applier {
                     None => vec![run],
                 };
                 let columns_changed = ddl.columns_changed.clone();
+                let columns_added = ddl.columns_added.clone();
                 for run in shapes {
-                    let (table, columns_changed, keys_before) =
-                        (&table, &columns_changed, &keys_before);
+                    let (table, columns_changed, columns_added, keys_before) =
+                        (&table, &columns_changed, &columns_added, &keys_before);
                     ddl.run(tx, |versions_pending| async move {
                         if kind == Kind::DeleteWhere {
                             let apply_schema = batch.apply_schema.as_deref();
@@ -1489,8 +1491,14 @@ impl Applier {
                             }
                         }
                         let meta = with_json.as_ref().unwrap_or(meta);
-                        apply_run(tx, kind, meta, cols, table, run, tolerate, versions_pending)
-                            .await
+                        let ahead = SchemaAhead {
+                            versions_pending,
+                            columns_added: columns_added
+                                .lock()
+                                .map(|c| c.iter().map(|(_, o, n)| (*o, n.clone())).collect())
+                                .unwrap_or_default(),
+                        };
+                        apply_run(tx, kind, meta, cols, table, run, tolerate, &ahead).await
                     })
                     .await?;
                 }
@@ -1908,7 +1916,13 @@ struct EarlyVersions {
     /// Columns renamed or dropped by the versions applied early: [`DdlState::columns_changed`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     columns_changed: Vec<ColumnChange>,
+    /// Columns added by the versions applied early: [`DdlState::columns_added`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    columns_added: Vec<ColumnAdded>,
 }
+
+/// A column added by a schema version: (the version, the target table's OID, its name).
+type ColumnAdded = (i64, u32, String);
 
 /// A column renamed or dropped by a schema version: (the version, the target table's OID,
 /// the column's name, its new name — `None` when dropped).
@@ -1926,6 +1940,13 @@ struct DdlState<'a> {
     /// name those columns as they were called — see [`as_changed_since`]. (Shared with the
     /// runs' steps, which read it at each try.)
     columns_changed: std::sync::Arc<std::sync::Mutex<Vec<ColumnChange>>>,
+    /// Columns added by versions applied before their schema event, until it: their values
+    /// on the target are the table's own (NULL, a default) until the source's arrive, and
+    /// a keyless table's rows written before the event that name them are found without
+    /// them (a column dropped and added again under its name: the retype by copy of
+    /// diffing mode, whose values the look queues again after the event). (Shared with the
+    /// runs' steps.)
+    columns_added: std::sync::Arc<std::sync::Mutex<Vec<ColumnAdded>>>,
     /// Versions applied before their schema event (a run needed them) whose event is still
     /// ahead in the batch.
     early: Vec<i64>,
@@ -2118,7 +2139,16 @@ impl DdlState<'_> {
             .lock()
             .map(|c| c.clone())
             .unwrap_or_default();
-        if self.early.is_empty() && self.renamed_labels.is_empty() && columns_changed.is_empty() {
+        let columns_added = self
+            .columns_added
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default();
+        if self.early.is_empty()
+            && self.renamed_labels.is_empty()
+            && columns_changed.is_empty()
+            && columns_added.is_empty()
+        {
             return None;
         }
         let keys = self
@@ -2131,6 +2161,7 @@ impl DdlState<'_> {
             keys,
             renamed_labels: self.renamed_labels.clone(),
             columns_changed,
+            columns_added,
         })
         .ok()
     }
@@ -2254,6 +2285,9 @@ impl DdlState<'_> {
         if let Ok(mut c) = self.columns_changed.lock() {
             c.retain(|(v, ..)| *v > version);
         }
+        if let Ok(mut c) = self.columns_added.lock() {
+            c.retain(|(v, ..)| *v > version);
+        }
         if self.early.is_empty() {
             if let Ok(mut keys) = self.keys_before.lock() {
                 keys.clear();
@@ -2315,6 +2349,16 @@ impl DdlState<'_> {
                     .get(0);
                 if let (Some(oid), Ok(mut c)) = (oid, self.columns_changed.lock()) {
                     c.push((v.version, oid, old, new));
+                }
+            }
+            for (table, column) in ddlwatcher::retarget::columns_added(&st.sql) {
+                let oid: Option<u32> = tx
+                    .query_one("select pg_catalog.to_regclass($1)::oid", &[&table])
+                    .await
+                    .map_err(pg("reading a table whose column was added"))?
+                    .get(0);
+                if let (Some(oid), Ok(mut c)) = (oid, self.columns_added.lock()) {
+                    c.push((v.version, oid, column));
                 }
             }
             if let Some((name, old, new)) = ddlwatcher::retarget::enum_label_rename(&st.sql) {
@@ -2733,6 +2777,15 @@ async fn prepared(
     tx.prepare_cached(sql).await.map_err(pg(context))
 }
 
+/// What the schema versions of a batch leave a run to reckon with.
+struct SchemaAhead {
+    /// Versions are pending: one may be applied first ([`DdlState::run`]).
+    versions_pending: bool,
+    /// Columns (target table OID, name) that versions applied before their schema event
+    /// added ([`DdlState::columns_added`]).
+    columns_added: Vec<(u32, String)>,
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn apply_run(
     tx: &deadpool_postgres::Transaction<'_>,
@@ -2742,7 +2795,7 @@ async fn apply_run(
     table: &str,
     events: &[&Event],
     tolerate_missing: bool,
-    versions_pending: bool,
+    ahead: &SchemaAhead,
 ) -> Result<(), ApplyError> {
     let context = format!("applying {} {:?} event(s) to {table}", events.len(), kind);
     match kind {
@@ -2803,7 +2856,7 @@ async fn apply_run(
             let row = tx
                 .query_one(
                     &format!(
-                        "select {}, {}, {}",
+                        "select {}, {}, {}, pg_catalog.to_regclass($1)::oid",
                         column_names_sql("pg_catalog.to_regclass($1)"),
                         indexed_columns_sql("pg_catalog.to_regclass($1)"),
                         self_filled_columns_sql("pg_catalog.to_regclass($1)")
@@ -2812,8 +2865,18 @@ async fn apply_run(
                 )
                 .await
                 .map_err(pg(&context))?;
-            let (target_columns, indexed, self_filled): (Vec<String>, Vec<String>, Vec<String>) =
-                (row.get(0), row.get(1), row.get(2));
+            let (target_columns, indexed, mut self_filled): (
+                Vec<String>,
+                Vec<String>,
+                Vec<String>,
+            ) = (row.get(0), row.get(1), row.get(2));
+            // Columns a version applied early added hold the table's own values too.
+            let oid: Option<u32> = row.get(3);
+            for (o, n) in &ahead.columns_added {
+                if Some(*o) == oid && !self_filled.contains(n) {
+                    self_filled.push(n.clone());
+                }
+            }
             // An old row naming a column the target's table lacks while schema versions
             // are on their way: one of them adds it, or renames one to it (diffing mode:
             // rows written between a rename and the look that saw it name the new name
@@ -2821,7 +2884,7 @@ async fn apply_run(
             // alike in the other columns — a key column renamed made a delete take another
             // row. The version is applied first (`DdlState::run`); with none pending the
             // column is gone for good (added and dropped again) and is left out.
-            if versions_pending {
+            if ahead.versions_pending {
                 for e in events {
                     let Some(old_row) = e.key.as_deref() else {
                         continue;

@@ -366,9 +366,6 @@ impl Watcher {
             let Some(old) = before.iter().find(|b| b.oid == t.oid && *b != t) else {
                 continue;
             };
-            let Some(key) = t.replica_key() else {
-                continue;
-            };
             let known: Vec<&str> = old
                 .columns
                 .iter()
@@ -458,6 +455,26 @@ impl Watcher {
             if !any {
                 continue;
             }
+            let Some(key) = t.replica_key() else {
+                // A keyless table: its rows are told apart by their values only. A column
+                // added since the last look (added, filled from one dropped, renamed to its
+                // name: the retype by copy) holds the table's own values on the target once
+                // its version is applied: its values are queued again for every row, per
+                // set of rows alike in the other columns (rows written meanwhile that name
+                // it are found without it: `DdlState::columns_added`).
+                let added: Vec<ddlwatcher::catalog::Column> = t
+                    .columns
+                    .iter()
+                    .filter(|c| !c.generated && !old.columns.iter().any(|o| o.attnum == c.attnum))
+                    .cloned()
+                    .collect();
+                if !added.is_empty() {
+                    let n = queue_values(tx, s, t, None, &added, None).await?;
+                    tracing::info!(table = %t.qualified(), events = n,
+                        "queued again the values of a keyless table's columns added since the last look, written under a column gone since");
+                }
+                continue;
+            };
             let written = format!(
                 "(({t_key}) in (select {r_key} from {s}.event e
                                  cross join lateral pg_catalog.jsonb_populate_record(null::{q}, e.ev_data::pg_catalog.jsonb) r

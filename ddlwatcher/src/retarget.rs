@@ -316,15 +316,7 @@ pub fn column_renames_and_drops(sql: &str) -> Vec<(String, String, Option<String
     let [raw] = parsed.protobuf.stmts.as_slice() else {
         return Vec::new();
     };
-    let table = |r: &Option<RangeVar>| {
-        r.as_ref().map(|r| {
-            if r.schemaname.is_empty() {
-                quote_ident(&r.relname)
-            } else {
-                format!("{}.{}", quote_ident(&r.schemaname), quote_ident(&r.relname))
-            }
-        })
-    };
+    let table = relation_name;
     match raw.stmt.as_ref().and_then(|n| n.node.as_ref()) {
         Some(NodeEnum::RenameStmt(r))
             if r.rename_type == protobuf::ObjectType::ObjectColumn as i32 =>
@@ -351,6 +343,49 @@ pub fn column_renames_and_drops(sql: &str) -> Vec<(String, String, Option<String
         }
         _ => Vec::new(),
     }
+}
+
+/// The columns statement `sql` adds, each as (the table, quoted and qualified as written,
+/// the column's name): `ALTER TABLE … ADD COLUMN c …[, ADD COLUMN d …]`. Nothing for other
+/// statements.
+pub fn columns_added(sql: &str) -> Vec<(String, String)> {
+    let Ok(parsed) = pg_query::parse(sql) else {
+        return Vec::new();
+    };
+    let [raw] = parsed.protobuf.stmts.as_slice() else {
+        return Vec::new();
+    };
+    let Some(NodeEnum::AlterTableStmt(a)) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) else {
+        return Vec::new();
+    };
+    let Some(t) = relation_name(&a.relation) else {
+        return Vec::new();
+    };
+    a.cmds
+        .iter()
+        .filter_map(|c| match c.node.as_ref()? {
+            NodeEnum::AlterTableCmd(c)
+                if c.subtype == protobuf::AlterTableType::AtAddColumn as i32 =>
+            {
+                match c.def.as_ref()?.node.as_ref()? {
+                    NodeEnum::ColumnDef(d) => Some((t.clone(), d.colname.clone())),
+                    _ => None,
+                }
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// A relation's name as written, each part quoted.
+fn relation_name(r: &Option<RangeVar>) -> Option<String> {
+    r.as_ref().map(|r| {
+        if r.schemaname.is_empty() {
+            quote_ident(&r.relname)
+        } else {
+            format!("{}.{}", quote_ident(&r.schemaname), quote_ident(&r.relname))
+        }
+    })
 }
 
 /// A PL/pgSQL body has no deparser: PostgreSQL's own SQL scanner finds each identifier
@@ -801,6 +836,20 @@ mod tests {
         assert!(column_renames_and_drops("alter table app.t rename constraint k to l").is_empty());
         assert!(column_renames_and_drops("alter table app.t add column z int").is_empty());
         assert!(column_renames_and_drops("not sql at all").is_empty());
+    }
+
+    #[test]
+    fn columns_added_are_read() {
+        let t = format!("{}.{}", quote_ident("app"), quote_ident("T"));
+        assert_eq!(
+            columns_added(
+                r#"alter table app."T" drop column x, add column "x" text, add column if not exists y int default 1"#
+            ),
+            [(t.clone(), "x".to_string()), (t, "y".to_string())]
+        );
+        assert!(columns_added("alter table app.t drop column x").is_empty());
+        assert!(columns_added("create table app.t (x int)").is_empty());
+        assert!(columns_added("not sql").is_empty());
     }
 
     #[test]
