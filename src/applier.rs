@@ -2342,21 +2342,13 @@ impl DdlState<'_> {
                 run_statement(tx, v.version, st, done_by_load).await?;
             }
             for (table, old, new) in ddlwatcher::retarget::column_renames_and_drops(&st.sql) {
-                let oid: Option<u32> = tx
-                    .query_one("select pg_catalog.to_regclass($1)::oid", &[&table])
-                    .await
-                    .map_err(pg("reading a table whose column was renamed or dropped"))?
-                    .get(0);
+                let oid = table_oid(tx, &table).await?;
                 if let (Some(oid), Ok(mut c)) = (oid, self.columns_changed.lock()) {
                     c.push((v.version, oid, old, new));
                 }
             }
             for (table, column) in ddlwatcher::retarget::columns_added(&st.sql) {
-                let oid: Option<u32> = tx
-                    .query_one("select pg_catalog.to_regclass($1)::oid", &[&table])
-                    .await
-                    .map_err(pg("reading a table whose column was added"))?
-                    .get(0);
+                let oid = table_oid(tx, &table).await?;
                 if let (Some(oid), Ok(mut c)) = (oid, self.columns_added.lock()) {
                     c.push((v.version, oid, column));
                 }
@@ -2775,6 +2767,15 @@ async fn prepared(
         tx.statement_cache.clear();
     }
     tx.prepare_cached(sql).await.map_err(pg(context))
+}
+
+/// The OID of table `name` (quoted and qualified as a statement names it), if it exists.
+async fn table_oid(tx: &Transaction<'_>, name: &str) -> Result<Option<u32>, ApplyError> {
+    Ok(tx
+        .query_one("select pg_catalog.to_regclass($1)::oid", &[&name])
+        .await
+        .map_err(pg(&format!("looking up table {name}")))?
+        .get(0))
 }
 
 /// What the schema versions of a batch leave a run to reckon with.

@@ -999,6 +999,31 @@ async fn a_truncating_load_behind_held_schema_changes_takes_them_first() -> anyh
     Ok(())
 }
 
+/// Runs the initial load of target `t1` while `change` is made on the source between its
+/// catalog read and its snapshot: the target's prepare is held on the applied position's
+/// row (which it locks first) meanwhile.
+async fn load_with_a_change_as_it_starts(
+    p: &Pair,
+    cfg: &pgteleport::config::Config,
+    change: &str,
+) -> anyhow::Result<load::Summary> {
+    let blocker = p.dst().await?;
+    blocker
+        .batch_execute(&format!(
+            "begin; insert into teleport.applied (source, target, seq) values ('{}', 't1', 0)",
+            cfg.database.name
+        ))
+        .await?;
+    let load = tokio::spawn({
+        let cfg = cfg.clone();
+        async move { load::run(&cfg, opts(false)).await }
+    });
+    wait_lock_waiter(&p.dst().await?, "the prepare waits", "").await?;
+    p.src().await?.batch_execute(change).await?;
+    blocker.batch_execute("rollback").await?;
+    Ok(load.await??)
+}
+
 /// A schema change between the catalog the load makes the tables from and the snapshot it
 /// copies under (here: while the target's prepare waits for a lock) would give a copy that
 /// does not fit the tables ("column z does not exist"). The load compares the catalog under
@@ -1017,29 +1042,16 @@ async fn a_schema_change_while_the_load_starts_starts_it_again() -> anyhow::Resu
         let target = p.start_target(0).await?;
         let port = target.local_addr.unwrap().port();
         let cfg = p.source_config(port, "app.*", extra)?;
-        // The applied position's row, which the target's prepare locks first.
-        let blocker = p.dst().await?;
-        blocker
-            .batch_execute(&format!(
-                "begin; insert into teleport.applied (source, target, seq) values ('{}', 't1', 0)",
-                cfg.database.name
-            ))
-            .await?;
-        let load = tokio::spawn({
-            let cfg = cfg.clone();
-            async move { load::run(&cfg, opts(false)).await }
-        });
-        let dst = p.dst().await?;
-        wait_lock_waiter(&dst, "the prepare waits", "").await?;
-        let src = p.src().await?;
-        src.batch_execute(
+        let context = || format!("event triggers: {event_triggers}");
+        let summary = load_with_a_change_as_it_starts(
+            &p,
+            &cfg,
             "alter table app.t add column z int default 5;
              update app.t set z = 6 where id < 3;",
         )
-        .await?;
-        blocker.batch_execute("rollback").await?;
-        let context = || format!("event triggers: {event_triggers}");
-        let summary = load.await?.with_context(context)?;
+        .await
+        .with_context(context)?;
+        let (src, dst) = (p.src().await?, p.dst().await?);
         assert_eq!(summary.tables, 1, "{summary}");
         assert!(summary.restarts >= 1, "{summary} ({})", context());
         let source = p.start_source(port, "app.*", extra).await?;
@@ -1074,30 +1086,18 @@ async fn a_schema_change_the_copy_does_not_depend_on_lets_the_load_go_on() -> an
         let target = p.start_target(0).await?;
         let port = target.local_addr.unwrap().port();
         let cfg = p.source_config(port, "app.*", extra)?;
-        let blocker = p.dst().await?;
-        blocker
-            .batch_execute(&format!(
-                "begin; insert into teleport.applied (source, target, seq) values ('{}', 't1', 0)",
-                cfg.database.name
-            ))
-            .await?;
-        let load = tokio::spawn({
-            let cfg = cfg.clone();
-            async move { load::run(&cfg, opts(false)).await }
-        });
-        let dst = p.dst().await?;
-        wait_lock_waiter(&dst, "the prepare waits", "").await?;
-        let src = p.src().await?;
-        src.batch_execute(
+        let context = || format!("event triggers: {event_triggers}");
+        let summary = load_with_a_change_as_it_starts(
+            &p,
+            &cfg,
             "create index t_v on app.t (v);
              alter table app.t add constraint v_set check (v is not null);
              create table app.other (id int primary key, v text);
              insert into app.other values (1, 'one');",
         )
-        .await?;
-        blocker.batch_execute("rollback").await?;
-        let context = || format!("event triggers: {event_triggers}");
-        let summary = load.await?.with_context(context)?;
+        .await
+        .with_context(context)?;
+        let (src, dst) = (p.src().await?, p.dst().await?);
         assert_eq!(
             (summary.tables, summary.restarts),
             (1, 0),
