@@ -3728,38 +3728,15 @@ async fn a_column_added_while_a_look_runs_keeps_the_values_written_meanwhile() -
 /// version first.
 #[tokio::test]
 async fn a_keyless_row_named_by_a_column_renamed_since_is_the_one_changed() -> anyhow::Result<()> {
-    let Started {
-        p,
-        source,
-        target,
-        port,
-        src,
-        dst,
-        extra,
-    } = started(
-        "create schema app;
-         create table app.t (id int primary key);
-         create table app.k (id int, v text);
+    keyless_changes_made_while_the_source_is_down_arrive(
+        "create table app.k (id int, v text);
          insert into app.k values (1, 'x'), (2, 'x'), (3, 'y'), (4, 'y');",
-        false,
-        "keyless_tables: true\n",
-    )
-    .await?;
-    wait_equal(&src, &dst, &["app.k"], Duration::from_secs(20)).await?;
-    source.shutdown().await?;
-    src.batch_execute(
         "alter table app.k rename column id to id2;
          delete from app.k where id2 = 2;
          update app.k set v = 'z' where id2 = 4;",
+        "",
     )
-    .await?;
-    let source = p.start_source(port, "app.*", &extra).await?;
-    wait_equal(&src, &dst, &["app.k"], Duration::from_secs(30)).await?;
-    let (a, b) = (shape(&src, &["app"]).await?, shape(&dst, &["app"]).await?);
-    assert_eq!(a, b);
-    source.shutdown().await?;
-    target.shutdown().await?;
-    Ok(())
+    .await
 }
 
 /// Diffing mode, keyless table: a row deleted while a column existed that no look saw (added
@@ -3903,6 +3880,30 @@ async fn a_column_retyped_by_copy_between_two_looks_arrives() -> anyhow::Result<
 /// row, per set of rows alike in the others (two rows here are alike).
 #[tokio::test]
 async fn a_keyless_column_retyped_by_copy_between_two_looks_arrives() -> anyhow::Result<()> {
+    keyless_changes_made_while_the_source_is_down_arrive(
+        "create table app.k (id int, x int, v text);
+         insert into app.k select g, g, 'v' || g from generate_series(1, 5) g;
+         insert into app.k values (2, 2, 'v2');",
+        "alter table app.k add column new_x text;
+         update app.k set new_x = 'x' || x;
+         insert into app.k values (10, 10, 'ten', 'x10');
+         alter table app.k drop column x;
+         alter table app.k rename column new_x to x;
+         update app.k set v = 'after' where id = 4;
+         delete from app.k where id = 5;",
+        "update app.k set x = 'later' where id = 1",
+    )
+    .await
+}
+
+/// Diffing mode, keyless table `app.k` (made by `schema`, beside a keyed `app.t`): `changes`
+/// made while the source instance is down (one look sees them all), then `after` with it
+/// running; the target ends with the source's rows and schema, and no batch held.
+async fn keyless_changes_made_while_the_source_is_down_arrive(
+    schema: &str,
+    changes: &str,
+    after: &str,
+) -> anyhow::Result<()> {
     let Started {
         p,
         source,
@@ -3912,31 +3913,17 @@ async fn a_keyless_column_retyped_by_copy_between_two_looks_arrives() -> anyhow:
         dst,
         extra,
     } = started(
-        "create schema app;
-         create table app.t (id int primary key);
-         create table app.k (id int, x int, v text);
-         insert into app.k select g, g, 'v' || g from generate_series(1, 5) g;
-         insert into app.k values (2, 2, 'v2');",
+        &format!("create schema app; create table app.t (id int primary key); {schema}"),
         false,
         "keyless_tables: true\n",
     )
     .await?;
     wait_equal(&src, &dst, &["app.k"], Duration::from_secs(20)).await?;
     source.shutdown().await?;
-    src.batch_execute(
-        "alter table app.k add column new_x text;
-         update app.k set new_x = 'x' || x;
-         insert into app.k values (10, 10, 'ten', 'x10');
-         alter table app.k drop column x;
-         alter table app.k rename column new_x to x;
-         update app.k set v = 'after' where id = 4;
-         delete from app.k where id = 5;",
-    )
-    .await?;
+    src.batch_execute(changes).await?;
     let source = p.start_source(port, "app.*", &extra).await?;
     wait_equal(&src, &dst, &["app.k"], Duration::from_secs(30)).await?;
-    src.batch_execute("update app.k set x = 'later' where id = 1")
-        .await?;
+    src.batch_execute(after).await?;
     wait_equal(&src, &dst, &["app.k"], Duration::from_secs(30)).await?;
     wait_for(
         "the source's schema on the target",
