@@ -1128,12 +1128,13 @@ async fn a_schema_change_the_copy_does_not_depend_on_lets_the_load_go_on() -> an
 /// A table rewritten on the source (`ALTER … TYPE`) after the load's snapshot and before its
 /// copy: PostgreSQL's rewrite is not MVCC-safe, so a copy under the older snapshot saw the
 /// table empty — the target got none of its rows (found by the schema soak with a load).
-/// The load now locks its tables (ACCESS SHARE) before it takes the snapshot, so the
-/// rewrite waits for it. Here the target's start of the copy waits for a lock while the
-/// rewrite is tried: it queues before the copy streams lock the tables, which would wait
-/// behind it for good, so the load gives way and starts again after it — and, in
-/// event-trigger mode, makes the rewrite's version itself (no instance runs) to bring the
-/// target's table, which it did not create, to the new type before the copy.
+/// The load now locks its tables (ACCESS SHARE) before it takes the snapshot, and its copy
+/// streams right after it, so the rewrite waits for the load. Here the target's start of
+/// the copy waits for a lock while the rewrite is tried (it waits for the load's end; when
+/// the streams locked the tables only as they began, it queued before them and the load
+/// gave way and started again after it — and, in event-trigger mode, made the rewrite's
+/// version itself, no instance running, to bring the target's table, which it did not
+/// create, to the new type before the copy).
 #[tokio::test]
 async fn a_table_rewritten_while_the_load_runs_keeps_its_rows() -> anyhow::Result<()> {
     for event_triggers in [true, false] {

@@ -467,6 +467,12 @@ async fn run_once(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErr
         return Ok(summary);
     }
 
+    // The copy streams' connections, opened before the snapshot: each imports it and locks
+    // the tables right after its export (see below).
+    let mut streams = Vec::new();
+    for w in 0..opts.workers.max(1) {
+        streams.push(db::connect(&config.database, &format!("initial load worker {w}")).await?);
+    }
     // One snapshot for every table, held open by this transaction until the copies end.
     let tx = client.transaction().await.map_err(src_err("begin"))?;
     tx.batch_execute(&format!(
@@ -513,6 +519,33 @@ async fn run_once(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErr
         .map_err(src_err("exporting a snapshot"))?;
     let (snapshot_id, snapshot, block_size): (String, String, i64) =
         (row.get(0), row.get(1), row.get(2));
+    // Each stream takes the snapshot and locks every table to copy at once: a schema change
+    // asking for its lock after the export queues behind the snapshot's transaction, and
+    // a stream's lock behind that change, for good (the load gives way then). The sooner
+    // the streams hold their locks, the rarer that is.
+    let list = todo
+        .iter()
+        .map(|t| t.qualified())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let import = format!(
+        "begin isolation level repeatable read, read only; set transaction snapshot {}; lock table {list} in access share mode nowait",
+        ddlwatcher::quote_literal(&snapshot_id)
+    );
+    let imports = streams.iter().map(|c| c.batch_execute(&import));
+    for r in futures_util::future::join_all(imports).await {
+        if let Err(e) = r {
+            if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
+                return Err(LoadError::GaveWay {
+                    target: opts.target.clone(),
+                    detail: db::describe(&e),
+                });
+            }
+            return Err(src_err(
+                "importing the load snapshot and locking the tables to copy",
+            )(e));
+        }
+    }
     // The catalog under the snapshot is the one the tables were made from, or the copy
     // would not fit them: a schema change in between starts the load again.
     let expr = ddlwatcher::TargetExpression::parse(&target.target_expression)
@@ -617,12 +650,11 @@ async fn run_once(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErr
     let todo = Arc::new(todo);
     let dest = Arc::new(dest);
     let mut workers = tokio::task::JoinSet::new();
-    for w in 0..opts.workers.max(1) {
+    for stream in streams {
         let ctx = WorkerCtx {
             config: config.clone(),
             target: opts.target.clone(),
             apply_schema: target.apply_schema.clone(),
-            snapshot_id: snapshot_id.clone(),
             snapshot: snapshot.clone(),
             tables: todo.clone(),
             dest: dest.clone(),
@@ -632,7 +664,7 @@ async fn run_once(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErr
             finishes: finishes.clone(),
             progress: progress.clone(),
         };
-        workers.spawn(async move { ctx.run(w).await });
+        workers.spawn(async move { ctx.run(stream).await });
     }
     let mut first_error = None;
     while let Some(r) = workers.join_next().await {
@@ -788,7 +820,6 @@ struct WorkerCtx {
     config: Config,
     target: String,
     apply_schema: Option<String>,
-    snapshot_id: String,
     snapshot: String,
     /// The tables as the source names them, and as the target does (`rename_tables`).
     tables: Arc<Vec<Table>>,
@@ -803,44 +834,10 @@ struct WorkerCtx {
 }
 
 impl WorkerCtx {
-    async fn run(self, worker: usize) -> Result<(), LoadError> {
-        let mut client = db::connect(
-            &self.config.database,
-            &format!("initial load worker {worker}"),
-        )
-        .await?;
-        let tx = client.transaction().await.map_err(src_err("begin"))?;
-        tx.batch_execute(&format!(
-            "set transaction isolation level repeatable read, read only; set transaction snapshot {}",
-            ddlwatcher::quote_literal(&self.snapshot_id)
-        ))
-        .await
-        .map_err(src_err("importing the load snapshot"))?;
-        // Every table locked now, as the snapshot's transaction has them: a schema change
-        // that waits for that one would queue this stream's COPY behind it, for good. Such
-        // a change asked for its lock since the snapshot: the load gives way (it ends, the
-        // change goes through, the load starts again) rather than wait.
-        let list = self
-            .tables
-            .iter()
-            .map(|t| t.qualified())
-            .collect::<Vec<_>>()
-            .join(", ");
-        if !list.is_empty() {
-            if let Err(e) = tx
-                .batch_execute(&format!("lock table {list} in access share mode nowait"))
-                .await
-            {
-                if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
-                    self.shared.jobs.lock().expect("not poisoned").clear();
-                    return Err(LoadError::GaveWay {
-                        target: self.target.clone(),
-                        detail: db::describe(&e),
-                    });
-                }
-                return Err(src_err("locking the tables to copy")(e));
-            }
-        }
+    /// Copies jobs until none is left, on `stream`: a connection in a transaction under the
+    /// load's snapshot, holding its tables' locks (taken in [`run_once`]).
+    async fn run(self, stream: tokio_postgres::Client) -> Result<(), LoadError> {
+        let tx = &stream;
         loop {
             let Some(job) = self.shared.jobs.lock().expect("not poisoned").pop_front() else {
                 break;
@@ -849,7 +846,7 @@ impl WorkerCtx {
             let mut attempt = 0;
             let rows = loop {
                 attempt += 1;
-                match self.copy(&tx, table, &job).await {
+                match self.copy(tx, table, &job).await {
                     Ok(r) => break r,
                     // The snapshot is still held: a failed range is simply sent again.
                     Err(e @ LoadError::Target { .. }) if attempt < 4 => {
@@ -911,14 +908,16 @@ impl WorkerCtx {
                     });
             }
         }
-        tx.commit().await.map_err(src_err("commit"))?;
+        tx.batch_execute("commit")
+            .await
+            .map_err(src_err("commit"))?;
         Ok(())
     }
 
     /// Streams one range; returns the rows the target took.
     async fn copy(
         &self,
-        tx: &tokio_postgres::Transaction<'_>,
+        tx: &tokio_postgres::Client,
         table: &Table,
         job: &Job,
     ) -> Result<u64, LoadError> {
