@@ -181,34 +181,33 @@ impl Applier {
             // the target has under its old name takes the versions, the rename with them,
             // rather than be left stale beside a new one the load would create).
             let mut current = t.name.clone();
-            let exists_now: bool = tx
-                .query_one(
-                    "select pg_catalog.to_regclass($1) is not null",
-                    &[&qualified(&schema, &t.name)],
-                )
-                .await
-                .map_err(pg("looking up a table"))?
-                .get(0);
-            if !exists_now {
-                let former = former_name(&versions, t.oid, &t.name);
-                if former != t.name {
-                    // Not one a load registered (an earlier run's, whose state decides).
-                    let there: bool = tx
-                        .query_one(
-                            &format!(
-                                "select pg_catalog.to_regclass($1) is not null
-                                        and not exists (select from {s}.load_table
-                                                         where source = $2 and target = $3
-                                                           and schema_name = $4 and table_name = $5)"
-                            ),
-                            &[&qualified(&schema, &former), &msg.source, &msg.target, &schema, &former],
-                        )
-                        .await
-                        .map_err(pg("looking up a table"))?
-                        .get(0);
-                    if there {
-                        current = former;
-                    }
+            let former = former_name(&versions, t.oid, &t.name);
+            if former != t.name {
+                // There under its old name only, and not one a load registered (an earlier
+                // run's, whose state decides).
+                let there: bool = tx
+                    .query_one(
+                        &format!(
+                            "select pg_catalog.to_regclass($6) is null
+                                    and pg_catalog.to_regclass($1) is not null
+                                    and not exists (select from {s}.load_table
+                                                     where source = $2 and target = $3
+                                                       and schema_name = $4 and table_name = $5)"
+                        ),
+                        &[
+                            &qualified(&schema, &former),
+                            &msg.source,
+                            &msg.target,
+                            &schema,
+                            &former,
+                            &qualified(&schema, &t.name),
+                        ],
+                    )
+                    .await
+                    .map_err(pg("looking up a table"))?
+                    .get(0);
+                if there {
+                    current = former;
                 }
             }
             let name = qualified(&schema, &current);

@@ -694,7 +694,7 @@ async fn run_once(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErr
         // target made from the catalog read lacks. A copy that failed on the target while
         // the types changed since that read starts the load again (it takes the change).
         if matches!(e, LoadError::Target { .. })
-            && types_moved(&client, config, &target.target_expression, &position).await
+            && types_moved(&client, config, &expr, &position).await
         {
             tracing::info!(target = %opts.target, error = %e, "a copy failed while types it copies changed since the catalog read");
             return Err(LoadError::SchemaMoved(opts.target.clone()));
@@ -745,13 +745,10 @@ fn copy_fits(position: &ddlwatcher::Catalog, now: &ddlwatcher::Catalog, todo: &[
 async fn types_moved(
     client: &tokio_postgres::Client,
     config: &Config,
-    expr: &str,
+    expr: &ddlwatcher::TargetExpression,
     position: &ddlwatcher::Catalog,
 ) -> bool {
-    let Ok(expr) = ddlwatcher::TargetExpression::parse(expr) else {
-        return false;
-    };
-    match ddlwatcher::Catalog::read(client, &expr, &config.internal_schema).await {
+    match ddlwatcher::Catalog::read(client, expr, &config.internal_schema).await {
         Ok(now) => now.types != position.types,
         Err(e) => e.is_concurrent_change(),
     }
