@@ -140,11 +140,12 @@ pub enum LoadError {
     },
     #[error("another initial load of target `{0}` is running against this source (its instance's initial snapshot, or a load command): wait for it to end")]
     Busy(String),
-    #[error("the source's schema changed while the initial load of target `{0}` started (between its catalog read and its snapshot, or a type it copies before its copy), three times in a row: run it again")]
+    #[error("the source's schema changed while the initial load of target `{0}` started (a table it copies or a type it uses, between its catalog read and its snapshot or before its copy), three times in a row: run it again")]
     SchemaMoved(String),
-    /// A schema change of a table to copy came between the load's snapshot and its copy
-    /// streams' locks: it waits for the load, and a copy stream would wait behind it.
-    #[error("initial load of target `{target}`: a schema change on the source waited for the load since before its copy streams locked the tables ({detail}), three times in a row (the load gave way each time): run it again once the change is done")]
+    /// Schema changes of the tables to copy kept asking for their locks between the
+    /// snapshot transaction's locks and the copy streams': each waits for the load, and a
+    /// stream would wait behind it, so the load let each go first ([`LOCK_TRIES`] times).
+    #[error("initial load of target `{target}`: schema changes on the source kept asking for locks on the tables to copy while the load was taking its own ({detail}); the load let them go first 20 times in a row: run it again once they are done")]
     GaveWay { target: String, detail: String },
     /// A table to copy stayed locked by another transaction (a schema change) too long.
     #[error("initial load of target `{target}`: source table {table} is locked by another transaction (a schema change not committed yet?) and was not free within {seconds} s; end that transaction, then run the load again")]
@@ -342,10 +343,6 @@ pub async fn run(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErro
                 tracing::info!(%target, attempt, "the source's schema changed while the load started: starting again (the tables it created are made again)");
                 attempt += 1;
             }
-            Err(LoadError::GaveWay { target, detail }) if attempt < 3 => {
-                tracing::info!(%target, %detail, attempt, "a schema change of a table waits for the load before its copies began: the load gives way and starts again (the tables it finished stay)");
-                attempt += 1;
-            }
             outcome => return outcome,
         }
     }
@@ -373,6 +370,13 @@ async fn run_once(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErr
     }
     // Triggers first: every change not in the snapshot below is captured.
     capture::install(&mut client, config).await?;
+    // Then the tables to copy are locked, before the catalog they are made from is read,
+    // by the snapshot's transaction and the copy streams' (see `Holders`): their schema
+    // cannot change until the copy ends, as under pg_dump.
+    let expr = ddlwatcher::TargetExpression::parse(&target.target_expression)
+        .map_err(|e| LoadError::Position(e.to_string()))?;
+    let mut holders = Holders::connect(config, opts.workers.max(1)).await?;
+    holders.lock_matching(&client, &expr, config, &opts).await?;
     // The catalog the tables are created from, at a schema version boundary: the versions
     // up to it are in that catalog, and the target leaves them out for what the load
     // creates (they would add a column twice, rename one that has its new name).
@@ -467,89 +471,21 @@ async fn run_once(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErr
         return Ok(summary);
     }
 
-    // The copy streams' connections, opened before the snapshot: each imports it and locks
-    // the tables right after its export (see below).
-    let mut streams = Vec::new();
-    for w in 0..opts.workers.max(1) {
-        streams.push(db::connect(&config.database, &format!("initial load worker {w}")).await?);
+    // The tables to copy, if they are not those locked (an earlier run finished some, a
+    // table came since the listing): locked again, those only.
+    let wanted: Vec<String> = todo.iter().map(|t| t.qualified()).collect();
+    if !same_set(&wanted, &holders.locked) {
+        holders
+            .lock(&wanted, &opts)
+            .await?
+            .map_err(|_| LoadError::SchemaMoved(opts.target.clone()))?;
     }
-    // One snapshot for every table, held open by this transaction until the copies end.
-    let tx = client.transaction().await.map_err(src_err("begin"))?;
-    tx.batch_execute(&format!(
-        "set transaction isolation level repeatable read, read only; set local lock_timeout = {}",
-        opts.lock_wait.as_millis().max(1)
-    ))
-    .await
-    .map_err(src_err("starting the snapshot transaction"))?;
-    // Each table to copy locked before the snapshot is taken (a LOCK takes none) and until
-    // the load ends: a table rewritten after the snapshot (ALTER … TYPE, not MVCC-safe)
-    // would look empty to the copy. Schema changes of these tables wait for the load, as
-    // they do for pg_dump; one already made since the catalog read is seen below.
-    for t in todo.iter() {
-        if let Err(e) = tx
-            .batch_execute(&format!(
-                "lock table {} in access share mode",
-                t.qualified()
-            ))
-            .await
-        {
-            use tokio_postgres::error::SqlState;
-            return Err(match e.code() {
-                Some(c) if *c == SqlState::UNDEFINED_TABLE => {
-                    LoadError::SchemaMoved(opts.target.clone())
-                }
-                Some(c) if *c == SqlState::LOCK_NOT_AVAILABLE => LoadError::Locked {
-                    target: opts.target.clone(),
-                    table: t.qualified(),
-                    seconds: opts.lock_wait.as_secs(),
-                },
-                _ => src_err(format!("locking {}", t.qualified()))(e),
-            });
-        }
-    }
-    tx.batch_execute("set local lock_timeout = default")
-        .await
-        .map_err(src_err("starting the snapshot transaction"))?;
-    let row = tx
-        .query_one(
-            "select pg_export_snapshot(), pg_current_snapshot()::text, current_setting('block_size')::int8",
-            &[],
-        )
-        .await
-        .map_err(src_err("exporting a snapshot"))?;
-    let (snapshot_id, snapshot, block_size): (String, String, i64) =
-        (row.get(0), row.get(1), row.get(2));
-    // Each stream takes the snapshot and locks every table to copy at once: a schema change
-    // asking for its lock after the export queues behind the snapshot's transaction, and
-    // a stream's lock behind that change, for good (the load gives way then). The sooner
-    // the streams hold their locks, the rarer that is.
-    let list = todo
-        .iter()
-        .map(|t| t.qualified())
-        .collect::<Vec<_>>()
-        .join(", ");
-    let import = format!(
-        "begin isolation level repeatable read, read only; set transaction snapshot {}; lock table {list} in access share mode nowait",
-        ddlwatcher::quote_literal(&snapshot_id)
-    );
-    let imports = streams.iter().map(|c| c.batch_execute(&import));
-    for r in futures_util::future::join_all(imports).await {
-        if let Err(e) = r {
-            if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
-                return Err(LoadError::GaveWay {
-                    target: opts.target.clone(),
-                    detail: db::describe(&e),
-                });
-            }
-            return Err(src_err(
-                "importing the load snapshot and locking the tables to copy",
-            )(e));
-        }
-    }
+    let (snapshot, block_size) = holders.export().await?;
+    let Holders {
+        snap: tx, streams, ..
+    } = holders;
     // The catalog under the snapshot is the one the tables were made from, or the copy
     // would not fit them: a schema change in between starts the load again.
-    let expr = ddlwatcher::TargetExpression::parse(&target.target_expression)
-        .map_err(|e| LoadError::Position(e.to_string()))?;
     let now = match ddlwatcher::Catalog::read(&tx, &expr, &config.internal_schema).await {
         Ok(now) => now,
         // An object dropped since the snapshot prints as NULL, or fails to print (the
@@ -684,7 +620,7 @@ async fn run_once(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErr
             first_error.get_or_insert(e);
         }
     }
-    tx.commit()
+    tx.batch_execute("commit")
         .await
         .map_err(src_err("ending the snapshot transaction"))?;
     progress.finish();
@@ -707,6 +643,198 @@ async fn run_once(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErr
     summary.bytes = shared.bytes.load(Ordering::Relaxed);
     summary.elapsed = started.elapsed();
     Ok(summary)
+}
+
+/// Whether `a` and `b` hold the same names.
+fn same_set(a: &[String], b: &[String]) -> bool {
+    let set = |v: &[String]| v.iter().cloned().collect::<std::collections::BTreeSet<_>>();
+    set(a) == set(b)
+}
+
+/// How many times the load takes its locks again when a schema change came between the
+/// snapshot transaction's lock and a copy stream's (the change goes first).
+const LOCK_TRIES: u32 = 20;
+
+/// The source connections that hold the load's table locks: `snap`, whose transaction
+/// exports the snapshot, and the copy streams, which import it. Each is in a REPEATABLE
+/// READ transaction that has locked `locked` in ACCESS SHARE mode and taken no snapshot yet
+/// (a LOCK takes none): the catalog read, the target's preparation and the snapshot come
+/// after, and no schema change of these tables can come between them, nor rewrite one
+/// under the copy (`ALTER … TYPE` is not MVCC-safe). The streams lock too, or their COPY
+/// would queue behind a schema change that waits for `snap`.
+struct Holders {
+    snap: tokio_postgres::Client,
+    streams: Vec<tokio_postgres::Client>,
+    locked: Vec<String>,
+    /// Whether the holders are in their transactions.
+    open: bool,
+}
+
+impl Holders {
+    async fn connect(config: &Config, workers: usize) -> Result<Self, LoadError> {
+        let snap = db::connect(&config.database, "initial load snapshot").await?;
+        let mut streams = Vec::new();
+        for w in 0..workers {
+            streams.push(db::connect(&config.database, &format!("initial load worker {w}")).await?);
+        }
+        Ok(Holders {
+            snap,
+            streams,
+            locked: Vec::new(),
+            open: false,
+        })
+    }
+
+    /// Locks the tables `expr` selects now; listed again when one is dropped before its lock.
+    async fn lock_matching(
+        &mut self,
+        client: &tokio_postgres::Client,
+        expr: &ddlwatcher::TargetExpression,
+        config: &Config,
+        opts: &LoadOptions,
+    ) -> Result<(), LoadError> {
+        for _ in 0..LOCK_TRIES {
+            let rows = client
+                .query(
+                    &format!("select schema, name from ({}) t", ddlwatcher::TABLES_SQL),
+                    &[&expr.to_regex(), &config.internal_schema],
+                )
+                .await
+                .map_err(src_err("listing the tables to copy"))?;
+            let tables: Vec<String> = rows
+                .iter()
+                .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+                .filter(|(schema, name)| expr.matches(schema, name))
+                .map(|(schema, name)| ddlwatcher::qualified(&schema, &name))
+                .collect();
+            if self.lock(&tables, opts).await?.is_ok() {
+                return Ok(());
+            }
+        }
+        Err(LoadError::SchemaMoved(opts.target.clone()))
+    }
+
+    /// Locks `tables` in every holder, after ending what they held. `snap` waits for a
+    /// transaction holding one of them up to `lock_wait` ([`LoadError::Locked`]); the
+    /// streams do not wait: a schema change that asked for its lock after `snap`'s queues
+    /// behind it, and a stream's lock would queue behind the change for good — then all
+    /// let go, the change goes first, and the locks are taken again ([`LOCK_TRIES`] times,
+    /// then [`LoadError::GaveWay`]). `Ok(Err(name))` when a table is gone.
+    async fn lock(
+        &mut self,
+        tables: &[String],
+        opts: &LoadOptions,
+    ) -> Result<Result<(), String>, LoadError> {
+        use tokio_postgres::error::SqlState;
+        let begin = "begin isolation level repeatable read, read only";
+        let mut detail = String::new();
+        for attempt in 1..=LOCK_TRIES {
+            self.end().await?;
+            self.open = true;
+            self.snap
+                .batch_execute(&format!(
+                    "{begin}; set local lock_timeout = {}",
+                    opts.lock_wait.as_millis().max(1)
+                ))
+                .await
+                .map_err(src_err("starting the snapshot transaction"))?;
+            for t in tables {
+                if let Err(e) = self
+                    .snap
+                    .batch_execute(&format!("lock table {t} in access share mode"))
+                    .await
+                {
+                    return match e.code() {
+                        Some(c) if *c == SqlState::UNDEFINED_TABLE => Ok(Err(t.clone())),
+                        Some(c) if *c == SqlState::LOCK_NOT_AVAILABLE => Err(LoadError::Locked {
+                            target: opts.target.clone(),
+                            table: t.clone(),
+                            seconds: opts.lock_wait.as_secs(),
+                        }),
+                        _ => Err(src_err(format!("locking {t}"))(e)),
+                    };
+                }
+            }
+            self.snap
+                .batch_execute("set local lock_timeout = default")
+                .await
+                .map_err(src_err("starting the snapshot transaction"))?;
+            let lock = if tables.is_empty() {
+                begin.to_string()
+            } else {
+                format!(
+                    "{begin}; lock table {} in access share mode nowait",
+                    tables.join(", ")
+                )
+            };
+            let locks = self.streams.iter().map(|c| c.batch_execute(&lock));
+            let mut gave_way = None;
+            for r in futures_util::future::join_all(locks).await {
+                match r {
+                    Ok(()) => {}
+                    Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+                        gave_way = Some(db::describe(&e));
+                    }
+                    Err(e) => {
+                        return Err(src_err("locking the tables to copy")(e));
+                    }
+                }
+            }
+            match gave_way {
+                None => {
+                    self.locked = tables.to_vec();
+                    return Ok(Ok(()));
+                }
+                Some(d) => {
+                    tracing::debug!(target = %opts.target, attempt, detail = %d, "a schema change asked for its lock between the load's: letting it go first");
+                    detail = d;
+                    self.end().await?;
+                    tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
+                }
+            }
+        }
+        Err(LoadError::GaveWay {
+            target: opts.target.clone(),
+            detail,
+        })
+    }
+
+    /// Ends the holders' transactions (their locks go).
+    async fn end(&mut self) -> Result<(), LoadError> {
+        if std::mem::take(&mut self.open) {
+            for c in std::iter::once(&self.snap).chain(&self.streams) {
+                c.batch_execute("rollback")
+                    .await
+                    .map_err(src_err("letting the tables to copy go"))?;
+            }
+        }
+        self.locked.clear();
+        Ok(())
+    }
+
+    /// Takes the snapshot in `snap`'s transaction (its first query) and has every stream
+    /// import it: `pg_current_snapshot()` and the block size.
+    async fn export(&self) -> Result<(String, i64), LoadError> {
+        let row = self
+            .snap
+            .query_one(
+                "select pg_export_snapshot(), pg_current_snapshot()::text, current_setting('block_size')::int8",
+                &[],
+            )
+            .await
+            .map_err(src_err("exporting a snapshot"))?;
+        let (id, snapshot, block_size): (String, String, i64) =
+            (row.get(0), row.get(1), row.get(2));
+        let import = format!(
+            "set transaction snapshot {}",
+            ddlwatcher::quote_literal(&id)
+        );
+        let imports = self.streams.iter().map(|c| c.batch_execute(&import));
+        for r in futures_util::future::join_all(imports).await {
+            r.map_err(src_err("importing the load snapshot"))?;
+        }
+        Ok((snapshot, block_size))
+    }
 }
 
 /// Whether the catalog under the load's snapshot (`now`) still fits what the load made from
