@@ -1192,13 +1192,9 @@ async fn a_schema_change_the_copy_does_not_depend_on_lets_the_load_go_on() -> an
         wait_equal(&src, &dst, &["app.t", "app.other"], Duration::from_secs(30))
             .await
             .with_context(context)?;
-        wait_for(
-            "the source's schema on the target",
-            Duration::from_secs(20),
-            || async { Ok(shape(&src, &["app"]).await? == shape(&dst, &["app"]).await?) },
-        )
-        .await
-        .with_context(context)?;
+        wait_same_shape(&src, &dst, &["app"], Duration::from_secs(20))
+            .await
+            .with_context(context)?;
         source.shutdown().await?;
         target.shutdown().await?;
     }
@@ -1411,6 +1407,96 @@ async fn a_load_that_cannot_take_its_locks_stops_and_says_why() -> anyhow::Resul
     Ok(())
 }
 
+/// Diffing mode: a schema change of a table to copy made while the load waits for the
+/// ddlwatcher's look lock (a look of the running instance holds it). A first version of the
+/// locks taken before the catalog read took them before that wait: the change queued behind
+/// them, and the load's catalog read, which locks the tables a view reads, queued behind the
+/// change — for good (found by the schema soak). The load locks its tables once it has its
+/// catalog position: the change goes through, and the load copies the table as it is now.
+#[tokio::test]
+async fn a_schema_change_while_the_load_waits_for_a_look_does_not_hold_it() -> anyhow::Result<()> {
+    let p = Pair::new2(
+        "create schema app;
+         create table app.t (id int primary key, v text);
+         create view app.v as select id, v from app.t;
+         insert into app.t select g, 'v' || g from generate_series(1, 20) g;",
+        "",
+    )
+    .await?;
+    let extra = p.ddl_mode(false).await?;
+    let target = p.start_target(0).await?;
+    let port = target.local_addr.unwrap().port();
+    let cfg = p.source_config(port, "app.*", extra)?;
+    let holder = p.src().await?;
+    holder
+        .query_one(
+            "select pg_advisory_lock($1, hashtext('teleport'))",
+            &[&pgteleport::db::LOOK_LOCK],
+        )
+        .await?;
+    let load = tokio::spawn({
+        let cfg = cfg.clone();
+        async move { load::run(&cfg, opts(false)).await }
+    });
+    // The load has installed its triggers and opened the connections that hold its locks;
+    // it waits for the look lock now.
+    wait_for("the load's connections", Duration::from_secs(30), || async {
+        let n: i64 = holder
+            .query_one(
+                "select count(*) from pg_stat_activity where application_name like 'pgteleport initial load%'",
+                &[],
+            )
+            .await?
+            .get(0);
+        Ok(n > 1)
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let change = tokio::spawn({
+        let src = p.src().await?;
+        async move {
+            src.batch_execute("alter table app.t add column z int default 7")
+                .await
+        }
+    });
+    wait_for(
+        "the change done or waiting",
+        Duration::from_secs(30),
+        || async {
+            let waiting: i64 = holder
+                .query_one(
+                    "select count(*) from pg_stat_activity
+                  where datname = current_database() and wait_event_type = 'Lock'",
+                    &[],
+                )
+                .await?
+                .get(0);
+            Ok(change.is_finished() || waiting > 0)
+        },
+    )
+    .await?;
+    holder
+        .query_one(
+            "select pg_advisory_unlock($1, hashtext('teleport'))",
+            &[&pgteleport::db::LOOK_LOCK],
+        )
+        .await?;
+    let summary = tokio::time::timeout(Duration::from_secs(30), load)
+        .await
+        .context("the load still runs after 30 s")???;
+    change.await??;
+    assert_eq!((summary.tables, summary.rows), (1, 20), "{summary}");
+    let (src, dst) = (p.src().await?, p.dst().await?);
+    let source = p.start_source(port, "app.*", extra).await?;
+    src.batch_execute("update app.t set z = 8 where id = 20")
+        .await?;
+    wait_equal(&src, &dst, &["app.t"], Duration::from_secs(30)).await?;
+    wait_same_shape(&src, &dst, &["app"], Duration::from_secs(20)).await?;
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}
+
 /// A table the target has that a schema version on its way renames (the source instance
 /// stopped meanwhile): the load made a second table under the new name beside the old one,
 /// and failed when it built its key ("relation r_pkey already exists"), at every run. The
@@ -1468,13 +1554,9 @@ async fn a_table_the_target_has_under_its_name_before_a_rename_is_loaded_under_t
         wait_equal(&src, &dst, &["app.t", "app.r2"], Duration::from_secs(20))
             .await
             .with_context(context)?;
-        wait_for(
-            "the source's schema on the target",
-            Duration::from_secs(20),
-            || async { Ok(shape(&src, &["app"]).await? == shape(&dst, &["app"]).await?) },
-        )
-        .await
-        .with_context(context)?;
+        wait_same_shape(&src, &dst, &["app"], Duration::from_secs(20))
+            .await
+            .with_context(context)?;
         source.shutdown().await?;
         target.shutdown().await?;
     }

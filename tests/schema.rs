@@ -3792,12 +3792,7 @@ async fn a_keyless_row_named_by_a_column_gone_since_needs_no_schema_version() ->
     .await?;
     hold.commit().await?;
     wait_equal(&src, &dst, &["app.k"], Duration::from_secs(30)).await?;
-    wait_for(
-        "the check on the target",
-        Duration::from_secs(30),
-        || async { Ok(shape(&src, &["app"]).await? == shape(&dst, &["app"]).await?) },
-    )
-    .await?;
+    wait_same_shape(&src, &dst, &["app"], Duration::from_secs(30)).await?;
     no_transmit_error(&src).await?;
     source.shutdown().await?;
     target.shutdown().await?;
@@ -3925,12 +3920,7 @@ async fn keyless_changes_made_while_the_source_is_down_arrive(
     wait_equal(&src, &dst, &["app.k"], Duration::from_secs(30)).await?;
     src.batch_execute(after).await?;
     wait_equal(&src, &dst, &["app.k"], Duration::from_secs(30)).await?;
-    wait_for(
-        "the source's schema on the target",
-        Duration::from_secs(20),
-        || async { Ok(shape(&src, &["app"]).await? == shape(&dst, &["app"]).await?) },
-    )
-    .await?;
+    wait_same_shape(&src, &dst, &["app"], Duration::from_secs(20)).await?;
     no_transmit_error(&src).await?;
     source.shutdown().await?;
     target.shutdown().await?;

@@ -21,4 +21,4 @@ pub use catalog::{
 pub use ddl::SchemaMap;
 pub use diff::{diff, Catalog, Statement};
 pub use expression::{ExpressionError, TargetExpression};
-pub use snapshot::{catalog_sql, ReadError, TABLES_SQL};
+pub use snapshot::{catalog_sql, ReadError};

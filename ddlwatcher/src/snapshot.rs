@@ -178,7 +178,15 @@ fn build_sql() -> String {
     );
     format!(
         "with recursive
-         rel as ({TABLES_SQL}),
+         rel as (
+             select c.oid, n.nspname::text as schema, c.relname::text as name
+               from pg_catalog.pg_class c
+               join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+              where c.relkind in ('r', 'p') and not c.relispartition
+                and n.nspname not in ('pg_catalog', 'information_schema', 'pg_toast')
+                and n.nspname not like 'pg_temp_%' and n.nspname not like 'pg_toast_temp_%'
+                and n.nspname <> $2
+                and (n.nspname::text || '.' || c.relname::text) ~ $1),
          schemas as (select distinct schema from rel),
          -- What the tables' defaults, checks and indexes depend on (their pg_depend rows),
          -- and which of the three depends.
@@ -429,20 +437,6 @@ pub fn catalog_sql() -> &'static str {
     static SQL: LazyLock<String> = LazyLock::new(build_sql);
     &SQL
 }
-
-/// The tables the catalog query reads (`$1`, `$2` as there): `oid`, `schema`, `name` of
-/// the ordinary and partitioned tables (not the partitions) whose `schema.table` matches
-/// `$1` — a superset of a target expression's ([`TargetExpression::matches`] decides).
-///
-/// [`TargetExpression::matches`]: crate::TargetExpression::matches
-pub const TABLES_SQL: &str = "select c.oid, n.nspname::text as schema, c.relname::text as name
-               from pg_catalog.pg_class c
-               join pg_catalog.pg_namespace n on n.oid = c.relnamespace
-              where c.relkind in ('r', 'p') and not c.relispartition
-                and n.nspname not in ('pg_catalog', 'information_schema', 'pg_toast')
-                and n.nspname not like 'pg_temp_%' and n.nspname not like 'pg_toast_temp_%'
-                and n.nspname <> $2
-                and (n.nspname::text || '.' || c.relname::text) ~ $1";
 
 /// Why a catalog read failed.
 #[derive(Debug, thiserror::Error)]

@@ -336,7 +336,7 @@ pub async fn run(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErro
     loop {
         match run_once(config, opts.clone()).await {
             Ok(mut summary) => {
-                summary.restarts = attempt - 1;
+                summary.restarts += attempt - 1;
                 return Ok(summary);
             }
             Err(LoadError::SchemaMoved(target)) if attempt < 3 => {
@@ -370,20 +370,46 @@ async fn run_once(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErr
     }
     // Triggers first: every change not in the snapshot below is captured.
     capture::install(&mut client, config).await?;
-    // Then the tables to copy are locked, before the catalog they are made from is read,
-    // by the snapshot's transaction and the copy streams' (see `Holders`): their schema
-    // cannot change until the copy ends, as under pg_dump.
     let expr = ddlwatcher::TargetExpression::parse(&target.target_expression)
         .map_err(|e| LoadError::Position(e.to_string()))?;
     let mut holders = Holders::connect(config, opts.workers.max(1)).await?;
-    holders.lock_matching(&client, &expr, config, &opts).await?;
-    // The catalog the tables are created from, at a schema version boundary: the versions
-    // up to it are in that catalog, and the target leaves them out for what the load
-    // creates (they would add a column twice, rename one that has its new name).
-    let (catalog, schema_version) =
-        crate::watcher::schema_position(&mut client, config, &opts.target, opts.lock_wait)
-            .await
-            .map_err(|e| LoadError::Position(e.to_string()))?;
+    let mut restarts = 0;
+    let (catalog, schema_version) = loop {
+        // The catalog the tables are created from, at a schema version boundary: the
+        // versions up to it are in that catalog, and the target leaves them out for what
+        // the load creates (they would add a column twice, rename one that has its new
+        // name).
+        let (catalog, schema_version) =
+            crate::watcher::schema_position(&mut client, config, &opts.target, opts.lock_wait)
+                .await
+                .map_err(|e| LoadError::Position(e.to_string()))?;
+        // Then its tables are locked by the snapshot's transaction and the copy streams'
+        // (see `Holders`) until the copy ends, as under pg_dump, and the catalog is read
+        // again under the locks, which takes the snapshot: a schema change of a table to
+        // copy since the position starts over here (nothing is made yet); afterwards it
+        // waits for the load.
+        let tables: Vec<String> = catalog.tables.iter().map(|t| t.qualified()).collect();
+        if holders.lock(&tables, &opts).await?.is_ok() {
+            match ddlwatcher::Catalog::read(&holders.snap, &expr, &config.internal_schema).await {
+                Ok(now) if copy_fits(&catalog, &now, &catalog.tables) => {
+                    break (catalog, schema_version)
+                }
+                Ok(_) => {}
+                Err(e) if e.is_concurrent_change() || is_deadlock(&e) => {}
+                Err(e) => {
+                    return Err(LoadError::Position(format!(
+                        "reading the catalog under the load's locks: {e}"
+                    )))
+                }
+            }
+        }
+        restarts += 1;
+        if restarts == POSITION_TRIES {
+            return Err(LoadError::SchemaMoved(opts.target.clone()));
+        }
+        tracing::info!(target = %opts.target, restarts, "the source's schema changed between the load's catalog read and its locks: reading it again");
+        holders.end().await?;
+    };
     let position = catalog.clone();
     // The versions up to it the target has not acknowledged: a table it has already (not
     // created by the load) takes their changes before its copy.
@@ -461,6 +487,7 @@ async fn run_once(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErr
     }
     let mut summary = Summary {
         skipped: done.len(),
+        restarts,
         ..Default::default()
     };
     if todo.is_empty() {
@@ -471,37 +498,12 @@ async fn run_once(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErr
         return Ok(summary);
     }
 
-    // The tables to copy, if they are not those locked (an earlier run finished some, a
-    // table came since the listing): locked again, those only.
-    let wanted: Vec<String> = todo.iter().map(|t| t.qualified()).collect();
-    if !same_set(&wanted, &holders.locked) {
-        holders
-            .lock(&wanted, &opts)
-            .await?
-            .map_err(|_| LoadError::SchemaMoved(opts.target.clone()))?;
-    }
+    // Every table of the catalog is locked, those an earlier run finished too (they are
+    // not copied; a schema change of one waits for the load all the same).
     let (snapshot, block_size) = holders.export().await?;
     let Holders {
         snap: tx, streams, ..
     } = holders;
-    // The catalog under the snapshot is the one the tables were made from, or the copy
-    // would not fit them: a schema change in between starts the load again.
-    let now = match ddlwatcher::Catalog::read(&tx, &expr, &config.internal_schema).await {
-        Ok(now) => now,
-        // An object dropped since the snapshot prints as NULL, or fails to print (the
-        // printing functions read the latest catalog): the schema moved.
-        Err(e) if e.is_concurrent_change() => {
-            return Err(LoadError::SchemaMoved(opts.target.clone()))
-        }
-        Err(e) => {
-            return Err(LoadError::Position(format!(
-                "reading the catalog under the snapshot: {e}"
-            )))
-        }
-    };
-    if !copy_fits(&position, &now, &todo) {
-        return Err(LoadError::SchemaMoved(opts.target.clone()));
-    }
     remote
         .post_json(
             "/v1/load/start",
@@ -645,10 +647,14 @@ async fn run_once(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErr
     Ok(summary)
 }
 
-/// Whether `a` and `b` hold the same names.
-fn same_set(a: &[String], b: &[String]) -> bool {
-    let set = |v: &[String]| v.iter().cloned().collect::<std::collections::BTreeSet<_>>();
-    set(a) == set(b)
+/// How many times the load reads its catalog again when a table to copy changed before
+/// its locks.
+const POSITION_TRIES: usize = 10;
+
+/// Whether PostgreSQL chose this session to break a deadlock (a schema change holding a
+/// lock the load asks for waits for the load's own): worth trying again.
+fn is_deadlock(e: &ddlwatcher::ReadError) -> bool {
+    matches!(e, ddlwatcher::ReadError::Db(d) if d.code() == Some(&tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED))
 }
 
 /// How many times the load takes its locks again when a schema change came between the
@@ -656,16 +662,17 @@ fn same_set(a: &[String], b: &[String]) -> bool {
 const LOCK_TRIES: u32 = 20;
 
 /// The source connections that hold the load's table locks: `snap`, whose transaction
-/// exports the snapshot, and the copy streams, which import it. Each is in a REPEATABLE
-/// READ transaction that has locked `locked` in ACCESS SHARE mode and taken no snapshot yet
-/// (a LOCK takes none): the catalog read, the target's preparation and the snapshot come
-/// after, and no schema change of these tables can come between them, nor rewrite one
-/// under the copy (`ALTER … TYPE` is not MVCC-safe). The streams lock too, or their COPY
-/// would queue behind a schema change that waits for `snap`.
+/// takes the snapshot and exports it, and the copy streams, which import it. Each is in a
+/// REPEATABLE READ transaction that locked the tables to copy in ACCESS SHARE mode and took
+/// no snapshot then (a LOCK takes none): `snap`'s catalog read takes it, and no schema
+/// change of these tables can come between that read and the copy, nor rewrite one under
+/// the copy (`ALTER … TYPE` is not MVCC-safe). The streams lock too, or their COPY would
+/// queue behind a schema change that waits for `snap`. Nothing else of the load may ask
+/// for a lock on these tables meanwhile: behind a schema change waiting for the holders,
+/// it would wait for good.
 struct Holders {
     snap: tokio_postgres::Client,
     streams: Vec<tokio_postgres::Client>,
-    locked: Vec<String>,
     /// Whether the holders are in their transactions.
     open: bool,
 }
@@ -680,38 +687,8 @@ impl Holders {
         Ok(Holders {
             snap,
             streams,
-            locked: Vec::new(),
             open: false,
         })
-    }
-
-    /// Locks the tables `expr` selects now; listed again when one is dropped before its lock.
-    async fn lock_matching(
-        &mut self,
-        client: &tokio_postgres::Client,
-        expr: &ddlwatcher::TargetExpression,
-        config: &Config,
-        opts: &LoadOptions,
-    ) -> Result<(), LoadError> {
-        for _ in 0..LOCK_TRIES {
-            let rows = client
-                .query(
-                    &format!("select schema, name from ({}) t", ddlwatcher::TABLES_SQL),
-                    &[&expr.to_regex(), &config.internal_schema],
-                )
-                .await
-                .map_err(src_err("listing the tables to copy"))?;
-            let tables: Vec<String> = rows
-                .iter()
-                .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
-                .filter(|(schema, name)| expr.matches(schema, name))
-                .map(|(schema, name)| ddlwatcher::qualified(&schema, &name))
-                .collect();
-            if self.lock(&tables, opts).await?.is_ok() {
-                return Ok(());
-            }
-        }
-        Err(LoadError::SchemaMoved(opts.target.clone()))
     }
 
     /// Locks `tables` in every holder, after ending what they held. `snap` waits for a
@@ -738,51 +715,60 @@ impl Holders {
                 ))
                 .await
                 .map_err(src_err("starting the snapshot transaction"))?;
+            // A schema change holding a lock on one table and waiting for another that
+            // `snap` holds: PostgreSQL breaks the deadlock, maybe on `snap`'s side.
+            let mut gave_way = None;
             for t in tables {
                 if let Err(e) = self
                     .snap
                     .batch_execute(&format!("lock table {t} in access share mode"))
                     .await
                 {
-                    return match e.code() {
-                        Some(c) if *c == SqlState::UNDEFINED_TABLE => Ok(Err(t.clone())),
-                        Some(c) if *c == SqlState::LOCK_NOT_AVAILABLE => Err(LoadError::Locked {
-                            target: opts.target.clone(),
-                            table: t.clone(),
-                            seconds: opts.lock_wait.as_secs(),
-                        }),
-                        _ => Err(src_err(format!("locking {t}"))(e)),
-                    };
+                    match e.code() {
+                        Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED => {
+                            gave_way = Some(db::describe(&e));
+                            break;
+                        }
+                        Some(c) if *c == SqlState::UNDEFINED_TABLE => return Ok(Err(t.clone())),
+                        Some(c) if *c == SqlState::LOCK_NOT_AVAILABLE => {
+                            return Err(LoadError::Locked {
+                                target: opts.target.clone(),
+                                table: t.clone(),
+                                seconds: opts.lock_wait.as_secs(),
+                            })
+                        }
+                        _ => return Err(src_err(format!("locking {t}"))(e)),
+                    }
                 }
             }
-            self.snap
-                .batch_execute("set local lock_timeout = default")
-                .await
-                .map_err(src_err("starting the snapshot transaction"))?;
-            let lock = if tables.is_empty() {
-                begin.to_string()
-            } else {
-                format!(
-                    "{begin}; lock table {} in access share mode nowait",
-                    tables.join(", ")
-                )
-            };
-            let locks = self.streams.iter().map(|c| c.batch_execute(&lock));
-            let mut gave_way = None;
-            for r in futures_util::future::join_all(locks).await {
-                match r {
-                    Ok(()) => {}
-                    Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
-                        gave_way = Some(db::describe(&e));
-                    }
-                    Err(e) => {
-                        return Err(src_err("locking the tables to copy")(e));
+            if gave_way.is_none() {
+                self.snap
+                    .batch_execute("set local lock_timeout = default")
+                    .await
+                    .map_err(src_err("starting the snapshot transaction"))?;
+                let lock = if tables.is_empty() {
+                    begin.to_string()
+                } else {
+                    format!(
+                        "{begin}; lock table {} in access share mode nowait",
+                        tables.join(", ")
+                    )
+                };
+                let locks = self.streams.iter().map(|c| c.batch_execute(&lock));
+                for r in futures_util::future::join_all(locks).await {
+                    match r {
+                        Ok(()) => {}
+                        Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+                            gave_way = Some(db::describe(&e));
+                        }
+                        Err(e) => {
+                            return Err(src_err("locking the tables to copy")(e));
+                        }
                     }
                 }
             }
             match gave_way {
                 None => {
-                    self.locked = tables.to_vec();
                     return Ok(Ok(()));
                 }
                 Some(d) => {
@@ -808,12 +794,11 @@ impl Holders {
                     .map_err(src_err("letting the tables to copy go"))?;
             }
         }
-        self.locked.clear();
         Ok(())
     }
 
-    /// Takes the snapshot in `snap`'s transaction (its first query) and has every stream
-    /// import it: `pg_current_snapshot()` and the block size.
+    /// Exports `snap`'s snapshot (taken by its first query) and has every stream import
+    /// it: `pg_current_snapshot()` and the block size.
     async fn export(&self) -> Result<(String, i64), LoadError> {
         let row = self
             .snap

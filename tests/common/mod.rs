@@ -551,3 +551,34 @@ pub async fn shape(c: &Client, schemas: &[&str]) -> anyhow::Result<Vec<String>> 
     })
     .collect()
 }
+
+/// Waits until the target's [`shape`] of `schemas` is the source's (the schema versions
+/// may arrive after the rows); says what differs when it is not within `within`.
+pub async fn wait_same_shape(
+    src: &Client,
+    dst: &Client,
+    schemas: &[&str],
+    within: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        let (a, b) = (shape(src, schemas).await?, shape(dst, schemas).await?);
+        if a == b {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let only = |x: &[String], y: &[String]| {
+                x.iter()
+                    .filter(|l| !y.contains(l))
+                    .cloned()
+                    .collect::<Vec<_>>()
+            };
+            bail!(
+                "the source's schema on the target within {within:?}: not reached; only on the source: {:?}; only on the target: {:?}",
+                only(&a, &b),
+                only(&b, &a)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
