@@ -221,11 +221,7 @@ async fn install_locked(client: &mut Client, config: &Config) -> Result<Installe
         let mut tries = 0;
         let catalog = loop {
             match Catalog::read(&*client, &expr, schema).await {
-                Err(e) if e.is_concurrent_change() && tries < 5 => {
-                    tries += 1;
-                    tracing::debug!(error = %e, "catalog unreadable under a schema change; reading it again");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
+                Err(e) if crate::watcher::read_again(&e, &mut tries).await => {}
                 read => {
                     break read.map_err(|source| InstallError::Catalog {
                         target: name.clone(),
@@ -460,6 +456,11 @@ async fn install_tables_locked(
     loop {
         attempt += 1;
         match install_triggers(client, config, &all, installed).await {
+            Ok(Some(gone)) => {
+                let t = all.remove(&gone).expect("installed from this map");
+                tracing::info!(table = %t.qualified(), "table dropped since the catalog was read: no capture trigger for it");
+                attempt -= 1;
+            }
             Err(
                 InstallError::Trigger { source, .. } | InstallError::TargetState { source, .. },
             ) if attempt < 5 && db::classify(&source) == db::ErrorClass::Retryable => {
@@ -480,12 +481,14 @@ async fn install_tables_locked(
     refused.map_or(Ok(()), Err)
 }
 
+/// Installs the capture triggers of `all` in one transaction; `Some(oid)` (nothing done)
+/// when the table `oid` was dropped since the catalog was read.
 async fn install_triggers(
     client: &mut Client,
     config: &Config,
     all: &BTreeMap<u32, Table>,
     installed: &Installed,
-) -> Result<(), InstallError> {
+) -> Result<Option<u32>, InstallError> {
     let schema = &config.internal_schema;
     let schema_error = |source| InstallError::Schema {
         schema: schema.clone(),
@@ -511,7 +514,7 @@ async fn install_triggers(
                 latest = n,
                 "a later schema change exists: triggers are installed from its snapshot"
             );
-            return Ok(());
+            return Ok(None);
         }
     }
     // After the first install (a catalog snapshot exists), a table that gets its trigger
@@ -529,22 +532,17 @@ async fn install_triggers(
         .map_err(schema_error)?
         .get(0);
     for t in all.values() {
-        // A table dropped since the catalog was read is left out (its drop is the next
-        // look's, or its event trigger's, to replicate): in a savepoint, so its failure
-        // does not undo the others.
-        tx.batch_execute("savepoint pgteleport_install")
-            .await
-            .map_err(schema_error)?;
         match install_trigger(&tx, t, schema, copy_existing).await {
             Ok(Some(n)) if copy_existing => {
                 tracing::info!(table = %t.qualified(), rows = n, "new table captured with the rows it already held");
             }
             Ok(_) => {}
             Err(e) => {
-                tx.batch_execute("rollback to savepoint pgteleport_install")
-                    .await
-                    .map_err(schema_error)?;
-                let exists: bool = tx
+                // A table dropped since the catalog was read: the install is made again
+                // without it (its drop is the next look's, or its event trigger's, to
+                // replicate).
+                tx.rollback().await.map_err(schema_error)?;
+                let exists: bool = client
                     .query_one(
                         "select exists (select from pg_catalog.pg_class where oid = $1)",
                         &[&t.oid],
@@ -552,11 +550,7 @@ async fn install_triggers(
                     .await
                     .map_err(schema_error)?
                     .get(0);
-                if exists {
-                    return Err(e);
-                }
-                tracing::info!(table = %t.qualified(), "table dropped since the catalog was read: no capture trigger for it");
-                continue;
+                return if exists { Err(e) } else { Ok(Some(t.oid)) };
             }
         }
         if !config.use_event_triggers {
@@ -623,7 +617,7 @@ async fn install_triggers(
         schema: schema.clone(),
         source,
     })?;
-    Ok(())
+    Ok(None)
 }
 
 /// Puts the capture triggers on `table` through the source's `capture_table` (one

@@ -1480,6 +1480,20 @@ async fn lock_looks_within(
 /// so the catalog and the counter read under one snapshot agree. In diffing mode a look is
 /// made first (changes since the last one become a version), and the catalog is the one
 /// it stored, read under the lock that keeps other looks out.
+/// Whether a catalog read that failed with `e` is worth making again: a schema change
+/// committed meanwhile spoiled it (an object it printed was dropped, see
+/// [`ReadError::is_concurrent_change`](ddlwatcher::ReadError::is_concurrent_change)). Five
+/// tries, counted in `tries`, 100 ms apart (waited here).
+pub(crate) async fn read_again(e: &ddlwatcher::ReadError, tries: &mut u32) -> bool {
+    if !e.is_concurrent_change() || *tries >= 5 {
+        return false;
+    }
+    *tries += 1;
+    tracing::debug!(error = %e, "catalog unreadable under a schema change; reading it again");
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    true
+}
+
 pub async fn schema_position(
     client: &mut Client,
     config: &Config,
@@ -1515,13 +1529,7 @@ pub async fn schema_position(
                 // catalog's printing functions (`format_type`, `pg_get_indexdef`…), which
                 // read the latest catalog, give NULL for an object dropped meanwhile, or
                 // fail: read again a few times before saying so.
-                Err(e) if e.is_concurrent_change() && unreadable < 5 => {
-                    unreadable += 1;
-                    tracing::debug!(error = %e, "catalog unreadable under a schema change; reading it again");
-                    drop(tx);
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
+                Err(e) if read_again(&e, &mut unreadable).await => continue,
                 Err(e) => return Err(read_error(e)),
             };
             tx.commit().await.map_err(StepError::db("commit"))?;
