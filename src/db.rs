@@ -395,3 +395,26 @@ pub async fn migrate(
     }
     tx.commit().await
 }
+
+/// Whether `e`, or an error it comes from, is PostgreSQL's error `code` (through wrappers
+/// such as a catalog read's error, which passes its source's on).
+pub fn has_code(
+    e: &(dyn std::error::Error + 'static),
+    code: &tokio_postgres::error::SqlState,
+) -> bool {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        let found = e
+            .downcast_ref::<tokio_postgres::Error>()
+            .and_then(|p| p.code())
+            .or_else(|| {
+                e.downcast_ref::<tokio_postgres::error::DbError>()
+                    .map(|d| d.code())
+            });
+        if found == Some(code) {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}

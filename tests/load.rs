@@ -1336,8 +1336,9 @@ async fn a_table_dropped_while_the_load_installs_its_triggers_is_left_out() -> a
 
 /// A load that cannot take its locks before the snapshot stops after `lock_wait` with a
 /// message saying what holds it, rather than hang: a table to copy held by a schema change
-/// not committed yet (named), and — diffing mode — the ddlwatcher's look lock (a look
-/// waiting behind a transaction left open holds it). Once freed, the load runs.
+/// not committed yet (named), the same table under a view (the catalog read waits for it),
+/// and — diffing mode — the ddlwatcher's look lock (a look waiting behind a transaction
+/// left open holds it). Once freed, the load runs.
 #[tokio::test]
 async fn a_load_that_cannot_take_its_locks_stops_and_says_why() -> anyhow::Result<()> {
     for event_triggers in [true, false] {
@@ -1370,6 +1371,24 @@ async fn a_load_that_cannot_take_its_locks_stops_and_says_why() -> anyhow::Resul
             .to_string();
         assert!(
             err.contains("source table \"app\".\"t\" is locked") && err.contains("within 1 s"),
+            "{err} ({})",
+            context()
+        );
+        holder.batch_execute("rollback").await?;
+        // A view over it: the catalog read prints the view, which locks the table, before
+        // the load takes its own locks (before, it waited without a word).
+        holder
+            .batch_execute("create view app.v as select id, v from app.t")
+            .await?;
+        holder
+            .batch_execute("begin; alter table app.t add column z int")
+            .await?;
+        let err = load::run(&cfg, quick.clone())
+            .await
+            .expect_err("the view's table is locked")
+            .to_string();
+        assert!(
+            err.contains("waited 1 s for a lock") && err.contains("one a view reads"),
             "{err} ({})",
             context()
         );

@@ -154,6 +154,15 @@ pub enum LoadError {
         table: String,
         seconds: u64,
     },
+    /// The capture install or the catalog read waited `lock_wait` for a lock: printing a
+    /// view locks the tables it reads, and creating a trigger waits for the writes open on
+    /// its table.
+    #[error("initial load of target `{target}`: {detail} — it waited {seconds} s for a lock another transaction holds: a schema change not committed yet, on a table to copy or one a view reads, or a write left open on a table that needs its capture trigger; end that transaction (see pg_locks), then run the load again")]
+    Waited {
+        target: String,
+        detail: String,
+        seconds: u64,
+    },
     /// Reading where the schema stream stands (a look of the ddlwatcher in diffing mode).
     #[error("source database: finding the schema version the load's catalog is at: {0}")]
     Position(String),
@@ -368,8 +377,21 @@ async fn run_once(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErr
     {
         return Err(LoadError::Busy(opts.target.clone()));
     }
+    // A transaction left open after a schema change makes the catalog reads below wait for
+    // it when it holds a table a view reads, and the install when it holds a table that
+    // needs its trigger: at most `lock_wait` each, then the load says so.
+    client
+        .batch_execute(&format!(
+            "set lock_timeout = {}",
+            opts.lock_wait.as_millis().max(1)
+        ))
+        .await
+        .map_err(src_err("setting lock_timeout"))?;
     // Triggers first: every change not in the snapshot below is captured.
-    capture::install(&mut client, config).await?;
+    capture::install(&mut client, config).await.map_err(|e| {
+        let timed_out = db::has_code(&e, &tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE);
+        waited(timed_out, LoadError::from(e), &opts)
+    })?;
     let expr = ddlwatcher::TargetExpression::parse(&target.target_expression)
         .map_err(|e| LoadError::Position(e.to_string()))?;
     let mut holders = Holders::connect(config, opts.workers.max(1)).await?;
@@ -382,7 +404,11 @@ async fn run_once(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErr
         let (catalog, schema_version) =
             crate::watcher::schema_position(&mut client, config, &opts.target, opts.lock_wait)
                 .await
-                .map_err(|e| LoadError::Position(e.to_string()))?;
+                .map_err(|e| {
+                    let timed_out =
+                        db::has_code(&e, &tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE);
+                    waited(timed_out, LoadError::Position(e.to_string()), &opts)
+                })?;
         // Then its tables are locked by the snapshot's transaction and the copy streams'
         // (see `Holders`) until the copy ends, as under pg_dump, and the catalog is read
         // again under the locks, which takes the snapshot: a schema change of a table to
@@ -410,6 +436,10 @@ async fn run_once(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErr
         tracing::info!(target = %opts.target, restarts, "the source's schema changed between the load's catalog read and its locks: reading it again");
         holders.end().await?;
     };
+    client
+        .batch_execute("reset lock_timeout")
+        .await
+        .map_err(src_err("resetting lock_timeout"))?;
     let position = catalog.clone();
     // The versions up to it the target has not acknowledged: a table it has already (not
     // created by the load) takes their changes before its copy.
@@ -645,6 +675,18 @@ async fn run_once(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErr
     summary.bytes = shared.bytes.load(Ordering::Relaxed);
     summary.elapsed = started.elapsed();
     Ok(summary)
+}
+
+/// `e` as [`LoadError::Waited`] when it came from PostgreSQL's lock timeout.
+fn waited(timed_out: bool, e: LoadError, opts: &LoadOptions) -> LoadError {
+    if timed_out {
+        return LoadError::Waited {
+            target: opts.target.clone(),
+            detail: e.to_string(),
+            seconds: opts.lock_wait.as_secs(),
+        };
+    }
+    e
 }
 
 /// How many times the load reads its catalog again when a table to copy changed before
