@@ -738,7 +738,7 @@ impl Holders {
     /// streams do not wait: a schema change that asked for its lock after `snap`'s queues
     /// behind it, and a stream's lock would queue behind the change for good — then all
     /// let go, the change goes first, and the locks are taken again ([`LOCK_TRIES`] times,
-    /// then [`LoadError::GaveWay`]). `Ok(Err(name))` when a table is gone.
+    /// then [`LoadError::GaveWay`]). `Ok(Err(message))` when a table is gone.
     async fn lock(
         &mut self,
         tables: &[String],
@@ -760,26 +760,25 @@ impl Holders {
             // A schema change holding a lock on one table and waiting for another that
             // `snap` holds: PostgreSQL breaks the deadlock, maybe on `snap`'s side.
             let mut gave_way = None;
-            for t in tables {
-                if let Err(e) = self
-                    .snap
-                    .batch_execute(&format!("lock table {t} in access share mode"))
-                    .await
-                {
+            if !tables.is_empty() {
+                let lock = format!("lock table {} in access share mode", tables.join(", "));
+                if let Err(e) = self.snap.batch_execute(&lock).await {
                     match e.code() {
                         Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED => {
                             gave_way = Some(db::describe(&e));
-                            break;
                         }
-                        Some(c) if *c == SqlState::UNDEFINED_TABLE => return Ok(Err(t.clone())),
+                        Some(c) if *c == SqlState::UNDEFINED_TABLE => {
+                            return Ok(Err(db::describe(&e)))
+                        }
                         Some(c) if *c == SqlState::LOCK_NOT_AVAILABLE => {
+                            self.end().await?;
                             return Err(LoadError::Locked {
                                 target: opts.target.clone(),
-                                table: t.clone(),
+                                table: self.locked_one(tables).await?,
                                 seconds: opts.lock_wait.as_secs(),
-                            })
+                            });
                         }
-                        _ => return Err(src_err(format!("locking {t}"))(e)),
+                        _ => return Err(src_err("locking the tables to copy")(e)),
                     }
                 }
             }
@@ -825,6 +824,27 @@ impl Holders {
             target: opts.target.clone(),
             detail,
         })
+    }
+
+    /// Which of `tables` another transaction holds in ACCESS EXCLUSIVE mode (a schema
+    /// change), to name it; all of them when none is found (the lock went meanwhile).
+    async fn locked_one(&self, tables: &[String]) -> Result<String, LoadError> {
+        let row = self
+            .snap
+            .query_one(
+                "select (select x from pg_catalog.unnest($1::text[]) x
+                          where pg_catalog.to_regclass(x)::oid in (
+                                select l.relation from pg_catalog.pg_locks l
+                                 where l.granted and l.mode = 'AccessExclusiveLock'
+                                   and l.pid <> pg_catalog.pg_backend_pid())
+                          limit 1)",
+                &[&tables],
+            )
+            .await
+            .map_err(src_err("finding the table another transaction locks"))?;
+        Ok(row
+            .get::<_, Option<String>>(0)
+            .unwrap_or_else(|| format!("(one of) {}", tables.join(", "))))
     }
 
     /// Ends the holders' transactions (their locks go).
