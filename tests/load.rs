@@ -796,8 +796,9 @@ async fn schema_changes_made_before_a_load_are_not_applied_twice() -> anyhow::Re
         wait_equal(&src, &dst, &["app.t", "app.child", "app.r2"], within)
             .await
             .with_context(context)?;
-        let (a, b) = (shape(&src, &["app"]).await?, shape(&dst, &["app"]).await?);
-        assert_eq!(a, b, "{}", context());
+        wait_same_shape(&src, &dst, &["app"], Duration::from_secs(20))
+            .await
+            .with_context(context)?;
         source.shutdown().await?;
         target.shutdown().await?;
     }
@@ -888,8 +889,9 @@ async fn a_load_cut_short_and_run_again_after_a_schema_change_fits_the_new_shape
         )
         .await
         .with_context(context)?;
-        let (a, b) = (shape(&src, &["app"]).await?, shape(&dst, &["app"]).await?);
-        assert_eq!(a, b, "{}", context());
+        wait_same_shape(&src, &dst, &["app"], Duration::from_secs(20))
+            .await
+            .with_context(context)?;
         source.shutdown().await?;
         target.shutdown().await?;
     }
@@ -991,8 +993,9 @@ async fn a_truncating_load_behind_held_schema_changes_takes_them_first() -> anyh
         wait_equal(&src, &dst, &["app.t"], within)
             .await
             .with_context(context)?;
-        let (a, b) = (shape(&src, &["app"]).await?, shape(&dst, &["app"]).await?);
-        assert_eq!(a, b, "{}", context());
+        wait_same_shape(&src, &dst, &["app"], Duration::from_secs(20))
+            .await
+            .with_context(context)?;
         source.shutdown().await?;
         target.shutdown().await?;
     }
@@ -1020,28 +1023,8 @@ async fn load_with_a_change_as_it_starts(
     });
     wait_lock_waiter(&p.dst().await?, "the prepare waits", "").await?;
     // The change goes through, or waits for the locks the load took on the tables it copies.
-    let change = tokio::spawn({
-        let (src, change) = (p.src().await?, change.to_string());
-        async move { src.batch_execute(&change).await }
-    });
-    let watch = p.src().await?;
-    wait_for(
-        "the change done or waiting",
-        Duration::from_secs(30),
-        || async {
-            let waiting: i64 = watch
-                .query_one(
-                    "select count(*) from pg_stat_activity
-                  where datname = current_database() and wait_event_type = 'Lock'",
-                    &[],
-                )
-                .await?
-                .get(0);
-            Ok(change.is_finished() || waiting > 0)
-        },
-    )
-    .await?;
-    let waited = !change.is_finished();
+    let (change, waited) =
+        run_until_done_or_waiting(p.src().await?, change, &p.src().await?).await?;
     blocker.batch_execute("rollback").await?;
     let summary = load.await??;
     change.await??;
@@ -1091,8 +1074,9 @@ async fn a_schema_change_of_a_table_to_copy_as_the_load_starts_waits_for_it() ->
         wait_equal(&src, &dst, &["app.t"], Duration::from_secs(30))
             .await
             .with_context(context)?;
-        let (a, b) = (shape(&src, &["app"]).await?, shape(&dst, &["app"]).await?);
-        assert_eq!(a, b, "{}", context());
+        wait_same_shape(&src, &dst, &["app"], Duration::from_secs(20))
+            .await
+            .with_context(context)?;
         source.shutdown().await?;
         target.shutdown().await?;
     }
@@ -1140,8 +1124,9 @@ async fn a_type_changed_as_the_load_starts_starts_it_again() -> anyhow::Result<(
         wait_equal(&src, &dst, &["app.t"], Duration::from_secs(30))
             .await
             .with_context(context)?;
-        let (a, b) = (shape(&src, &["app"]).await?, shape(&dst, &["app"]).await?);
-        assert_eq!(a, b, "{}", context());
+        wait_same_shape(&src, &dst, &["app"], Duration::from_secs(20))
+            .await
+            .with_context(context)?;
         source.shutdown().await?;
         target.shutdown().await?;
     }
@@ -1262,8 +1247,9 @@ async fn a_table_rewritten_while_the_load_runs_keeps_its_rows() -> anyhow::Resul
         wait_equal(&src, &dst, &["app.t"], Duration::from_secs(30))
             .await
             .with_context(context)?;
-        let (a, b) = (shape(&src, &["app"]).await?, shape(&dst, &["app"]).await?);
-        assert_eq!(a, b, "{}", context());
+        wait_same_shape(&src, &dst, &["app"], Duration::from_secs(20))
+            .await
+            .with_context(context)?;
         source.shutdown().await?;
         target.shutdown().await?;
     }
@@ -1471,27 +1457,10 @@ async fn a_schema_change_while_the_load_waits_for_a_look_does_not_hold_it() -> a
     })
     .await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let change = tokio::spawn({
-        let src = p.src().await?;
-        async move {
-            src.batch_execute("alter table app.t add column z int default 7")
-                .await
-        }
-    });
-    wait_for(
-        "the change done or waiting",
-        Duration::from_secs(30),
-        || async {
-            let waiting: i64 = holder
-                .query_one(
-                    "select count(*) from pg_stat_activity
-                  where datname = current_database() and wait_event_type = 'Lock'",
-                    &[],
-                )
-                .await?
-                .get(0);
-            Ok(change.is_finished() || waiting > 0)
-        },
+    let (change, _) = run_until_done_or_waiting(
+        p.src().await?,
+        "alter table app.t add column z int default 7",
+        &holder,
     )
     .await?;
     holder

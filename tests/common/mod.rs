@@ -582,3 +582,36 @@ pub async fn wait_same_shape(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Runs `sql` on `c` in a task and waits (30 s at most) until it is done or a session of
+/// `watch`'s database waits on a lock (it, most likely): the task, and whether it was
+/// still running then (waiting).
+pub async fn run_until_done_or_waiting(
+    c: Client,
+    sql: &str,
+    watch: &Client,
+) -> Result<(
+    tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+    bool,
+)> {
+    let sql = sql.to_string();
+    let task = tokio::spawn(async move { c.batch_execute(&sql).await });
+    wait_for(
+        "the statement done or waiting",
+        Duration::from_secs(30),
+        || async {
+            let waiting: i64 = watch
+                .query_one(
+                    "select count(*) from pg_stat_activity
+                  where datname = current_database() and wait_event_type = 'Lock'",
+                    &[],
+                )
+                .await?
+                .get(0);
+            Ok(task.is_finished() || waiting > 0)
+        },
+    )
+    .await?;
+    let waiting = !task.is_finished();
+    Ok((task, waiting))
+}
