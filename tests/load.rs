@@ -1485,6 +1485,76 @@ async fn a_schema_change_while_the_load_waits_for_a_look_does_not_hold_it() -> a
     Ok(())
 }
 
+/// A schema change that asks for its lock after the snapshot transaction's and before the
+/// copy streams' (here both wait behind a transaction that holds the table, the load's
+/// first) would hold the streams behind it for good. The load lets it go first, takes its
+/// locks again, reads its catalog again (the table changed), and copies the table as the
+/// change left it.
+#[tokio::test]
+async fn a_schema_change_queued_between_the_loads_locks_goes_first() -> anyhow::Result<()> {
+    for event_triggers in [true, false] {
+        let p = Pair::new2(
+            "create schema app;
+             create table app.t (id int primary key, v text);
+             insert into app.t select g, 'v' || g from generate_series(1, 20) g;",
+            "",
+        )
+        .await?;
+        let extra = p.ddl_mode(event_triggers).await?;
+        let target = p.start_target(0).await?;
+        let port = target.local_addr.unwrap().port();
+        let cfg = p.source_config(port, "app.*", extra)?;
+        let context = || format!("event triggers: {event_triggers}");
+        // The capture triggers installed (the load's install then changes nothing).
+        p.start_source(port, "app.*", extra)
+            .await?
+            .shutdown()
+            .await?;
+        let (holder, watch) = (p.src().await?, p.src().await?);
+        holder
+            .batch_execute("begin; lock table app.t in access exclusive mode")
+            .await?;
+        let load = tokio::spawn({
+            let cfg = cfg.clone();
+            async move { load::run(&cfg, opts(false)).await }
+        });
+        wait_lock_waiter(&watch, "the load's lock waits", "lock table").await?;
+        let (change, _) = run_until_done_or_waiting(
+            p.src().await?,
+            "alter table app.t add column z int default 7",
+            &watch,
+        )
+        .await?;
+        wait_lock_waiter(&watch, "the change waits", "add column z").await?;
+        holder.batch_execute("commit").await?;
+        let summary = tokio::time::timeout(Duration::from_secs(30), load)
+            .await
+            .context("the load still runs after 30 s")
+            .with_context(context)???;
+        change.await??;
+        assert_eq!(
+            (summary.tables, summary.rows),
+            (1, 20),
+            "{summary} ({})",
+            context()
+        );
+        assert!(summary.restarts >= 1, "{summary} ({})", context());
+        let (src, dst) = (p.src().await?, p.dst().await?);
+        let source = p.start_source(port, "app.*", extra).await?;
+        src.batch_execute("update app.t set z = 8 where id = 20")
+            .await?;
+        wait_equal(&src, &dst, &["app.t"], Duration::from_secs(30))
+            .await
+            .with_context(context)?;
+        wait_same_shape(&src, &dst, &["app"], Duration::from_secs(20))
+            .await
+            .with_context(context)?;
+        source.shutdown().await?;
+        target.shutdown().await?;
+    }
+    Ok(())
+}
+
 /// A table the target has that a schema version on its way renames (the source instance
 /// stopped meanwhile): the load made a second table under the new name beside the old one,
 /// and failed when it built its key ("relation r_pkey already exists"), at every run. The

@@ -145,7 +145,7 @@ pub enum LoadError {
     /// Schema changes of the tables to copy kept asking for their locks between the
     /// snapshot transaction's locks and the copy streams': each waits for the load, and a
     /// stream would wait behind it, so the load let each go first ([`LOCK_TRIES`] times).
-    #[error("initial load of target `{target}`: schema changes on the source kept asking for locks on the tables to copy while the load was taking its own ({detail}); the load let them go first 20 times in a row: run it again once they are done")]
+    #[error("initial load of target `{target}`: schema changes on the source kept asking for locks on the tables to copy while the load was taking its own ({detail}); the load let them go first {tries} times in a row: run it again once they are done", tries = LOCK_TRIES)]
     GaveWay { target: String, detail: String },
     /// A table to copy stayed locked by another transaction (a schema change) too long.
     #[error("initial load of target `{target}`: source table {table} is locked by another transaction (a schema change not committed yet?) and was not free within {seconds} s; end that transaction, then run the load again")]
