@@ -418,14 +418,25 @@ async fn run_once(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErr
         if holders.lock(&tables, &opts).await?.is_ok() {
             match ddlwatcher::Catalog::read(&holders.snap, &expr, &config.internal_schema).await {
                 Ok(now) if copy_fits(&catalog, &now, &catalog.tables) => {
-                    break (catalog, schema_version)
+                    holders
+                        .snap
+                        .batch_execute("set local lock_timeout = default")
+                        .await
+                        .map_err(src_err("starting the snapshot transaction"))?;
+                    break (catalog, schema_version);
                 }
                 Ok(_) => {}
                 Err(e) if e.is_concurrent_change() || is_deadlock(&e) => {}
                 Err(e) => {
-                    return Err(LoadError::Position(format!(
-                        "reading the catalog under the load's locks: {e}"
-                    )))
+                    let timed_out =
+                        db::has_code(&e, &tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE);
+                    return Err(waited(
+                        timed_out,
+                        LoadError::Position(format!(
+                            "reading the catalog under the load's locks: {e}"
+                        )),
+                        &opts,
+                    ));
                 }
             }
         }
@@ -734,7 +745,8 @@ impl Holders {
     }
 
     /// Locks `tables` in every holder, after ending what they held. `snap` waits for a
-    /// transaction holding one of them up to `lock_wait` ([`LoadError::Locked`]); the
+    /// transaction holding one of them up to `lock_wait` ([`LoadError::Locked`]; its
+    /// `lock_timeout` stays set for the catalog read that follows); the
     /// streams do not wait: a schema change that asked for its lock after `snap`'s queues
     /// behind it, and a stream's lock would queue behind the change for good — then all
     /// let go, the change goes first, and the locks are taken again ([`LOCK_TRIES`] times,
@@ -783,10 +795,6 @@ impl Holders {
                 }
             }
             if gave_way.is_none() {
-                self.snap
-                    .batch_execute("set local lock_timeout = default")
-                    .await
-                    .map_err(src_err("starting the snapshot transaction"))?;
                 let lock = if tables.is_empty() {
                     begin.to_string()
                 } else {
