@@ -44,8 +44,9 @@ pub struct LoadArgs {
     /// Plain log lines instead of a progress bar, even on a terminal.
     #[arg(long)]
     pub no_progress: bool,
-    /// Seconds to wait for a lock before the snapshot (a table to copy locked by a schema
-    /// change not committed yet, the ddlwatcher's look) before stopping with a message.
+    /// Seconds to wait for a lock before the snapshot (a table to copy, or one a view reads,
+    /// locked by a schema change not committed yet; a table that needs its capture trigger
+    /// behind a write left open; the ddlwatcher's look) before stopping with a message.
     #[arg(long, default_value_t = 60)]
     pub lock_wait: u64,
 }
