@@ -36,6 +36,31 @@ fn opts(truncate: bool) -> LoadOptions {
     }
 }
 
+/// A pair whose source holds `schema` (the target nothing), in the DDL mode asked, its
+/// target instance running, and the source's config that replicates `app.*` to it.
+struct LoadCase {
+    p: Pair,
+    extra: &'static str,
+    target: pgteleport::instance::Running,
+    port: u16,
+    cfg: pgteleport::config::Config,
+}
+
+async fn load_case(schema: &str, event_triggers: bool) -> anyhow::Result<LoadCase> {
+    let p = Pair::new2(schema, "").await?;
+    let extra = p.ddl_mode(event_triggers).await?;
+    let target = p.start_target(0).await?;
+    let port = target.local_addr.unwrap().port();
+    let cfg = p.source_config(port, "app.*", extra)?;
+    Ok(LoadCase {
+        p,
+        extra,
+        target,
+        port,
+        cfg,
+    })
+}
+
 async fn populate(p: &Pair, big_rows: i64) -> anyhow::Result<()> {
     let src = p.src().await?;
     src.batch_execute(&format!(
@@ -1041,17 +1066,19 @@ async fn load_with_a_change_as_it_starts(
 async fn a_schema_change_of_a_table_to_copy_as_the_load_starts_waits_for_it() -> anyhow::Result<()>
 {
     for event_triggers in [true, false] {
-        let p = Pair::new2(
+        let LoadCase {
+            p,
+            extra,
+            target,
+            port,
+            cfg,
+        } = load_case(
             "create schema app;
              create table app.t (id int primary key, v text);
              insert into app.t select g, 'v' || g from generate_series(1, 50) g;",
-            "",
+            event_triggers,
         )
         .await?;
-        let extra = p.ddl_mode(event_triggers).await?;
-        let target = p.start_target(0).await?;
-        let port = target.local_addr.unwrap().port();
-        let cfg = p.source_config(port, "app.*", extra)?;
         let context = || format!("event triggers: {event_triggers}");
         let (summary, waited) = load_with_a_change_as_it_starts(
             &p,
@@ -1090,18 +1117,20 @@ async fn a_schema_change_of_a_table_to_copy_as_the_load_starts_waits_for_it() ->
 #[tokio::test]
 async fn a_type_changed_as_the_load_starts_starts_it_again() -> anyhow::Result<()> {
     for event_triggers in [true, false] {
-        let p = Pair::new2(
+        let LoadCase {
+            p,
+            extra,
+            target,
+            port,
+            cfg,
+        } = load_case(
             "create schema app;
              create type app.mood as enum ('sad', 'ok');
              create table app.t (id int primary key, m app.mood);
              insert into app.t select g, 'ok' from generate_series(1, 50) g;",
-            "",
+            event_triggers,
         )
         .await?;
-        let extra = p.ddl_mode(event_triggers).await?;
-        let target = p.start_target(0).await?;
-        let port = target.local_addr.unwrap().port();
-        let cfg = p.source_config(port, "app.*", extra)?;
         let context = || format!("event triggers: {event_triggers}");
         let (summary, waited) = load_with_a_change_as_it_starts(
             &p,
@@ -1140,17 +1169,19 @@ async fn a_type_changed_as_the_load_starts_starts_it_again() -> anyhow::Result<(
 #[tokio::test]
 async fn a_schema_change_the_copy_does_not_depend_on_lets_the_load_go_on() -> anyhow::Result<()> {
     for event_triggers in [true, false] {
-        let p = Pair::new2(
+        let LoadCase {
+            p,
+            extra,
+            target,
+            port,
+            cfg,
+        } = load_case(
             "create schema app;
              create table app.t (id int primary key, v text);
              insert into app.t select g, 'v' || g from generate_series(1, 50) g;",
-            "",
+            event_triggers,
         )
         .await?;
-        let extra = p.ddl_mode(event_triggers).await?;
-        let target = p.start_target(0).await?;
-        let port = target.local_addr.unwrap().port();
-        let cfg = p.source_config(port, "app.*", extra)?;
         let context = || format!("event triggers: {event_triggers}");
         let (summary, _) = load_with_a_change_as_it_starts(
             &p,
@@ -1264,17 +1295,19 @@ async fn a_table_rewritten_while_the_load_runs_keeps_its_rows() -> anyhow::Resul
 #[tokio::test]
 async fn a_table_dropped_while_the_load_installs_its_triggers_is_left_out() -> anyhow::Result<()> {
     for event_triggers in [false, true] {
-        let p = Pair::new2(
+        let LoadCase {
+            p,
+            extra,
+            target,
+            port,
+            cfg,
+        } = load_case(
             "create schema app;
              create table app.t (id int primary key, v text);
              insert into app.t select g, 'v' || g from generate_series(1, 20) g;",
-            "",
+            event_triggers,
         )
         .await?;
-        let extra = p.ddl_mode(event_triggers).await?;
-        let target = p.start_target(0).await?;
-        let port = target.local_addr.unwrap().port();
-        let cfg = p.source_config(port, "app.*", extra)?;
         p.start_source(port, "app.*", extra)
             .await?
             .shutdown()
@@ -1328,17 +1361,19 @@ async fn a_table_dropped_while_the_load_installs_its_triggers_is_left_out() -> a
 #[tokio::test]
 async fn a_load_that_cannot_take_its_locks_stops_and_says_why() -> anyhow::Result<()> {
     for event_triggers in [true, false] {
-        let p = Pair::new2(
+        let LoadCase {
+            p,
+            extra,
+            target,
+            port,
+            cfg,
+        } = load_case(
             "create schema app;
              create table app.t (id int primary key, v text);
              insert into app.t select g, 'v' || g from generate_series(1, 20) g;",
-            "",
+            event_triggers,
         )
         .await?;
-        let extra = p.ddl_mode(event_triggers).await?;
-        let target = p.start_target(0).await?;
-        let port = target.local_addr.unwrap().port();
-        let cfg = p.source_config(port, "app.*", extra)?;
         // The capture triggers installed (a load installs them first).
         p.start_source(port, "app.*", extra)
             .await?
@@ -1420,18 +1455,20 @@ async fn a_load_that_cannot_take_its_locks_stops_and_says_why() -> anyhow::Resul
 /// catalog position: the change goes through, and the load copies the table as it is now.
 #[tokio::test]
 async fn a_schema_change_while_the_load_waits_for_a_look_does_not_hold_it() -> anyhow::Result<()> {
-    let p = Pair::new2(
+    let LoadCase {
+        p,
+        extra,
+        target,
+        port,
+        cfg,
+    } = load_case(
         "create schema app;
          create table app.t (id int primary key, v text);
          create view app.v as select id, v from app.t;
          insert into app.t select g, 'v' || g from generate_series(1, 20) g;",
-        "",
+        false,
     )
     .await?;
-    let extra = p.ddl_mode(false).await?;
-    let target = p.start_target(0).await?;
-    let port = target.local_addr.unwrap().port();
-    let cfg = p.source_config(port, "app.*", extra)?;
     let holder = p.src().await?;
     holder
         .query_one(
@@ -1493,17 +1530,19 @@ async fn a_schema_change_while_the_load_waits_for_a_look_does_not_hold_it() -> a
 #[tokio::test]
 async fn a_schema_change_queued_between_the_loads_locks_goes_first() -> anyhow::Result<()> {
     for event_triggers in [true, false] {
-        let p = Pair::new2(
+        let LoadCase {
+            p,
+            extra,
+            target,
+            port,
+            cfg,
+        } = load_case(
             "create schema app;
              create table app.t (id int primary key, v text);
              insert into app.t select g, 'v' || g from generate_series(1, 20) g;",
-            "",
+            event_triggers,
         )
         .await?;
-        let extra = p.ddl_mode(event_triggers).await?;
-        let target = p.start_target(0).await?;
-        let port = target.local_addr.unwrap().port();
-        let cfg = p.source_config(port, "app.*", extra)?;
         let context = || format!("event triggers: {event_triggers}");
         // The capture triggers installed (the load's install then changes nothing).
         p.start_source(port, "app.*", extra)
