@@ -388,10 +388,9 @@ async fn run_once(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErr
         .await
         .map_err(src_err("setting lock_timeout"))?;
     // Triggers first: every change not in the snapshot below is captured.
-    capture::install(&mut client, config).await.map_err(|e| {
-        let timed_out = db::has_code(&e, &tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE);
-        waited(timed_out, LoadError::from(e), &opts)
-    })?;
+    capture::install(&mut client, config)
+        .await
+        .map_err(|e| waited(e, LoadError::from, &opts))?;
     let expr = ddlwatcher::TargetExpression::parse(&target.target_expression)
         .map_err(|e| LoadError::Position(e.to_string()))?;
     let mut holders = Holders::connect(config, opts.workers.max(1)).await?;
@@ -404,11 +403,7 @@ async fn run_once(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErr
         let (catalog, schema_version) =
             crate::watcher::schema_position(&mut client, config, &opts.target, opts.lock_wait)
                 .await
-                .map_err(|e| {
-                    let timed_out =
-                        db::has_code(&e, &tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE);
-                    waited(timed_out, LoadError::Position(e.to_string()), &opts)
-                })?;
+                .map_err(|e| waited(e, |e| LoadError::Position(e.to_string()), &opts))?;
         // Then its tables are locked by the snapshot's transaction and the copy streams'
         // (see `Holders`) until the copy ends, as under pg_dump, and the catalog is read
         // again under the locks, which takes the snapshot: a schema change of a table to
@@ -426,17 +421,24 @@ async fn run_once(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErr
                     break (catalog, schema_version);
                 }
                 Ok(_) => {}
-                Err(e) if e.is_concurrent_change() || is_deadlock(&e) => {}
+                // PostgreSQL chose this session to break a deadlock (a schema change holding a
+                // lock the catalog read asks for waits for the load's own): tried again.
+                Err(e)
+                    if e.is_concurrent_change()
+                        || db::has_code(
+                            &e,
+                            &tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED,
+                        ) => {}
                 Err(e) => {
-                    let timed_out =
-                        db::has_code(&e, &tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE);
                     return Err(waited(
-                        timed_out,
-                        LoadError::Position(format!(
-                            "reading the catalog under the load's locks: {e}"
-                        )),
+                        e,
+                        |e| {
+                            LoadError::Position(format!(
+                                "reading the catalog under the load's locks: {e}"
+                            ))
+                        },
                         &opts,
-                    ));
+                    ))
                 }
             }
         }
@@ -688,8 +690,15 @@ async fn run_once(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErr
     Ok(summary)
 }
 
-/// `e` as [`LoadError::Waited`] when it came from PostgreSQL's lock timeout.
-fn waited(timed_out: bool, e: LoadError, opts: &LoadOptions) -> LoadError {
+/// `e` made a [`LoadError`] by `into`, as [`LoadError::Waited`] when it came from
+/// PostgreSQL's lock timeout.
+fn waited<E: std::error::Error + 'static>(
+    e: E,
+    into: impl FnOnce(E) -> LoadError,
+    opts: &LoadOptions,
+) -> LoadError {
+    let timed_out = db::has_code(&e, &tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE);
+    let e = into(e);
     if timed_out {
         return LoadError::Waited {
             target: opts.target.clone(),
@@ -703,12 +712,6 @@ fn waited(timed_out: bool, e: LoadError, opts: &LoadOptions) -> LoadError {
 /// How many times the load reads its catalog again when a table to copy changed before
 /// its locks.
 const POSITION_TRIES: usize = 10;
-
-/// Whether PostgreSQL chose this session to break a deadlock (a schema change holding a
-/// lock the load asks for waits for the load's own): worth trying again.
-fn is_deadlock(e: &ddlwatcher::ReadError) -> bool {
-    matches!(e, ddlwatcher::ReadError::Db(d) if d.code() == Some(&tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED))
-}
 
 /// How many times the load takes its locks again when a schema change came between the
 /// snapshot transaction's lock and a copy stream's (the change goes first).
