@@ -315,18 +315,22 @@ where
 /// query that contains `query` (any query: `""`).
 pub async fn wait_lock_waiter(c: &Client, what: &str, query: &str) -> Result<()> {
     wait_for(what, Duration::from_secs(30), || async {
-        let n: i64 = c
-            .query_one(
-                "select count(*) from pg_stat_activity
-                  where datname = current_database() and wait_event_type = 'Lock'
-                    and strpos(query, $1) > 0",
-                &[&query],
-            )
-            .await?
-            .get(0);
-        Ok(n > 0)
+        Ok(lock_waiters(c, query).await? > 0)
     })
     .await
+}
+
+/// How many sessions of `c`'s database wait on a lock while running a query that contains
+/// `query` (any query: `""`).
+async fn lock_waiters(c: &Client, query: &str) -> Result<i64> {
+    Ok(c.query_one(
+        "select count(*) from pg_stat_activity
+          where datname = current_database() and wait_event_type = 'Lock'
+            and strpos(query, $1) > 0",
+        &[&query],
+    )
+    .await?
+    .get(0))
 }
 
 /// Waits until `sql` on `c` returns exactly `want` (its first column, in order); an error
@@ -599,17 +603,7 @@ pub async fn run_until_done_or_waiting(
     wait_for(
         "the statement done or waiting",
         Duration::from_secs(30),
-        || async {
-            let waiting: i64 = watch
-                .query_one(
-                    "select count(*) from pg_stat_activity
-                  where datname = current_database() and wait_event_type = 'Lock'",
-                    &[],
-                )
-                .await?
-                .get(0);
-            Ok(task.is_finished() || waiting > 0)
-        },
+        || async { Ok(task.is_finished() || lock_waiters(watch, "").await? > 0) },
     )
     .await?;
     let waiting = !task.is_finished();
