@@ -19,4 +19,17 @@ cleanup() {
     rm -rf "$PGTELEPORT_TEST_CLUSTER" "$PGTELEPORT_TEST_CLUSTER.lock"
 }
 trap cleanup EXIT
-cargo nextest run --workspace --no-fail-fast "$@"
+status=0
+cargo nextest run --workspace --no-fail-fast "$@" || status=$?
+if [ "$status" -ne 0 ]; then
+    # A server crash or a full disk fails many tests at once with "not yet accepting
+    # connections": say so here, as the cluster (and its log) is removed on exit.
+    log="$PGTELEPORT_TEST_CLUSTER/server.log"
+    echo "tests failed (exit $status); the shared test cluster's log, crashes and errors:" >&2
+    if [ -f "$log" ]; then
+        grep -E "PANIC|terminated by signal|No space left|out of memory|database system was interrupted" "$log" |
+            tail -n 20 >&2 || echo "  (nothing of that kind)" >&2
+    fi
+    df -h "${TMPDIR:-/tmp}" >&2 || true
+    exit "$status"
+fi

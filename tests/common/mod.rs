@@ -68,6 +68,11 @@ impl Pair {
             dst_role: format!("dst_{id}"),
             id,
         };
+        drop_when_gone(
+            &cluster,
+            &[&p.src_db, &p.dst_db],
+            &[&p.src_role, &p.dst_role],
+        );
         for (db, role) in [(&p.src_db, &p.src_role), (&p.dst_db, &p.dst_role)] {
             cluster.create_role(role, PASSWORD).await?;
             cluster.create_database(db, role).await?;
@@ -225,6 +230,63 @@ impl Pair {
         let port = target.local_addr.expect("target listens").port();
         self.start_source(port, expression, "").await
     }
+}
+
+/// Drops `dbs` and `roles` once this test process has ended: every test process of a run
+/// shares one cluster, and hundreds of tests' databases left behind (6.6 GB a run) can fill
+/// a small CI disk. `PGTELEPORT_KEEP_TEST_DATABASES=1` keeps them for a look after a run.
+///
+/// A process of its own waits for this one to end, whatever way it ends (a panic, a
+/// timeout's kill): `Drop` of [`Pair`] would run too early (a `let Started { .. } = …`
+/// drops the fields it leaves at once) or block (`DROP DATABASE … WITH (FORCE)` waits for
+/// the backends it ends to exit, and one blocked writing to a connection of this process
+/// would wait for this process, which waits for the drop).
+fn drop_when_gone(cluster: &Cluster, dbs: &[&str], roles: &[&str]) {
+    if std::env::var_os("PGTELEPORT_KEEP_TEST_DATABASES").is_some() {
+        return;
+    }
+    let Ok(bindir) = pgteleport::cluster::bindir() else {
+        return;
+    };
+    let mut sh = std::process::Command::new("sh");
+    sh.args([
+        "-c",
+        "pid=$1; shift; tail --pid=\"$pid\" -f /dev/null; exec \"$@\"",
+        "sh",
+    ])
+    .arg(std::process::id().to_string())
+    .arg(bindir.join("psql"))
+    .args([
+        "-X",
+        "-q",
+        "-h",
+        "127.0.0.1",
+        "-U",
+        "postgres",
+        "-d",
+        "postgres",
+    ])
+    .arg("-p")
+    .arg(cluster.port.to_string());
+    // One `-c` each: DROP DATABASE cannot run in the transaction several statements of one
+    // `-c` make.
+    for db in dbs {
+        let db = ddlwatcher::quote_ident(db);
+        sh.arg("-c")
+            .arg(format!("drop database if exists {db} with (force)"));
+    }
+    for role in roles {
+        let role = ddlwatcher::quote_ident(role);
+        sh.arg("-c").arg(format!("drop role if exists {role}"));
+    }
+    // Errors are nobody's business (a server a test crashed, a role with grants left): the
+    // test's outcome is decided by then, and the cluster is removed after the run.
+    let _ = sh
+        .env("PGPASSWORD", pgteleport::cluster::ADMIN_PASSWORD)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
 }
 
 /// Rows of `table` as text, ordered, for comparing source and target exactly.
