@@ -123,6 +123,9 @@ pub struct Applier {
     /// The tables of the last batch part planned, and which of them could be reordered:
     /// what the next batch's first part is planned with before the position lock.
     last_reorderable: std::sync::Mutex<Option<(Vec<TableMeta>, Vec<bool>)>>,
+    /// For the stall reports of batches applied longer than `stall_report`.
+    database: crate::config::Database,
+    stall_report: std::time::Duration,
 }
 
 /// What the applier needs of a target table's columns, read once per schema version.
@@ -578,6 +581,8 @@ impl Applier {
             extra_columns: Default::default(),
             column_types: Default::default(),
             last_reorderable: Default::default(),
+            database: config.database.clone(),
+            stall_report: config.processing_intervals.stall_report(),
         })
     }
 
@@ -638,8 +643,19 @@ impl Applier {
     /// Applies `batch` atomically with its position.
     /// Applies a batch read segment by segment: the whole batch in one transaction, each
     /// segment as it arrives. Returns after the body ended (or at the first error).
+    /// A batch applied longer than `processing_intervals.stall_report` is reported as a
+    /// stage's step is ([`crate::stage::watched`]): a target session holding a lock on a
+    /// replicated row or table is named.
     pub async fn apply(&self, segments: &mut impl Segments) -> Result<Outcome, ApplyError> {
-        let result = self.apply_batch(segments).await;
+        let pid = std::sync::atomic::AtomicI32::new(0);
+        let result = crate::stage::watched(
+            "applier",
+            &self.database,
+            &pid,
+            self.stall_report,
+            self.apply_batch(segments, &pid),
+        )
+        .await;
         if result.is_err() {
             // The target's tables may have changed outside replication: read their types
             // and foreign keys anew.
@@ -660,7 +676,11 @@ impl Applier {
         }
     }
 
-    async fn apply_batch(&self, segments: &mut impl Segments) -> Result<Outcome, ApplyError> {
+    async fn apply_batch(
+        &self,
+        segments: &mut impl Segments,
+        pid: &std::sync::atomic::AtomicI32,
+    ) -> Result<Outcome, ApplyError> {
         let first = segments
             .next_segment()
             .await?
@@ -678,17 +698,20 @@ impl Applier {
         let mut client = self.client().await?;
         // Statements that cannot share the batch's transaction (ALTER TYPE … ADD VALUE) are
         // additive and repeatable: run them first, each on its own.
-        let (done_ddl, objects_through): (i64, i64) = client
-            .query_opt(
+        // With the connection's backend, for the stall reports (no round trip of its own).
+        let row = client
+            .query_one(
                 &format!(
-                    "select version, coalesce(objects_through, 0) from {}.ddl_applied where source = $1 and target = $2",
+                    "select coalesce(max(version), 0), coalesce(max(objects_through), 0), pg_backend_pid()
+                       from {}.ddl_applied where source = $1 and target = $2",
                     self.schema
                 ),
                 &[&batch.source, &batch.target],
             )
             .await
-            .map_err(pg("reading the applied schema version"))?
-            .map_or((0, 0), |r| (r.get(0), r.get(1)));
+            .map_err(pg("reading the applied schema version"))?;
+        let (done_ddl, objects_through): (i64, i64) = (row.get(0), row.get(1));
+        pid.store(row.get(2), std::sync::atomic::Ordering::Relaxed);
         for v in batch.ddl.iter().filter(|v| v.version > done_ddl) {
             for st in v.statements.iter().filter(|s| !s.transactional) {
                 if of_no_table(st) && v.version <= objects_through {

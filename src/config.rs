@@ -134,6 +134,14 @@ pub struct Intervals {
     /// How often alert conditions are evaluated (alert configs of the REST API).
     #[serde(default = "default_alerts")]
     pub alerts: u64,
+    /// How long one step of a stage may run before the instance says what it waits for
+    /// (a lock another session holds, most often), and again each time as long after.
+    #[serde(default = "default_stall_report")]
+    pub stall_report: u64,
+}
+
+fn default_stall_report() -> u64 {
+    30_000
 }
 
 fn default_alerts() -> u64 {
@@ -150,6 +158,7 @@ impl Default for Intervals {
             ddlwatcher: 5000,
             rotation: default_rotation(),
             alerts: default_alerts(),
+            stall_report: default_stall_report(),
         }
     }
 }
@@ -166,6 +175,9 @@ impl Intervals {
     }
     pub fn rotation(&self) -> Duration {
         Duration::from_millis(self.rotation)
+    }
+    pub fn stall_report(&self) -> Duration {
+        Duration::from_millis(self.stall_report)
     }
 }
 
@@ -579,6 +591,7 @@ impl Config {
             ("ddlwatcher", iv.ddlwatcher),
             ("rotation", iv.rotation),
             ("alerts", iv.alerts),
+            ("stall_report", iv.stall_report),
         ] {
             if v == 0 || v > 86_400_000 {
                 return Err(invalid(

@@ -286,30 +286,32 @@ async fn start_pipeline(
         batcher.wake_on_batch(name, t.waker());
         transmitters.push(t);
     }
-    spawn_stage(tasks, batcher, db.clone(), iv.batcher(), shutdown);
+    // Each stage's interval, and how long one of its steps may run before it is reported.
+    let every = |interval: Duration| (interval, iv.stall_report());
+    spawn_stage(tasks, batcher, db.clone(), every(iv.batcher()), shutdown);
     spawn_stage(
         tasks,
         Vacuum::new(&config),
         db.clone(),
-        iv.vacuum(),
+        every(iv.vacuum()),
         shutdown,
     );
     spawn_stage(
         tasks,
         crate::watcher::Watcher::new(&config),
         db.clone(),
-        Duration::from_millis(iv.ddlwatcher),
+        every(Duration::from_millis(iv.ddlwatcher)),
         shutdown,
     );
     for t in transmitters {
-        spawn_stage(tasks, t, db.clone(), iv.transmitter(), shutdown);
+        spawn_stage(tasks, t, db.clone(), every(iv.transmitter()), shutdown);
     }
     for (name, _) in config.targets.iter().filter(|(_, t)| t.do_initial_snapshot) {
         spawn_stage(
             tasks,
             crate::snapshot::Snapshotter::new(&config, name),
             db.clone(),
-            Duration::from_millis(500),
+            every(Duration::from_millis(500)),
             shutdown,
         );
     }
@@ -317,7 +319,7 @@ async fn start_pipeline(
         tasks,
         crate::alerts::Alerter::new(&config),
         db.clone(),
-        Duration::from_millis(iv.alerts),
+        every(Duration::from_millis(iv.alerts)),
         shutdown,
     );
     Ok(())
@@ -327,13 +329,13 @@ fn spawn_stage<S: stage::Step + Send + 'static>(
     tasks: &mut Tasks,
     s: S,
     db: crate::config::Database,
-    interval: Duration,
+    (interval, stall_report): (Duration, Duration),
     shutdown: &CancellationToken,
 ) {
     let name = s.name();
     let token = shutdown.clone();
     tasks.spawn(async move {
-        let r = stage::run(s, db, interval, token)
+        let r = stage::run(s, db, interval, stall_report, token)
             .await
             .map_err(|e| InstanceError::Stage {
                 stage: name.clone(),

@@ -1,6 +1,7 @@
 //! The loop every pipeline stage runs: one step per interval, shutdown first, reconnect on a
 //! lost connection, back off on errors, never skip work.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio_postgres::Client;
@@ -77,15 +78,19 @@ pub trait Step {
 }
 
 /// Runs `stage` until `shutdown`, stepping every `interval`. Returns an error only for
-/// [`StepError::Fatal`]; everything else is logged and retried with capped backoff.
+/// [`StepError::Fatal`]; everything else is logged and retried with capped backoff. A step
+/// that runs longer than `stall_report` is reported ([`watched`]).
 pub async fn run<S: Step + Send>(
     mut stage: S,
     database: Database,
     interval: Duration,
+    stall_report: Duration,
     shutdown: CancellationToken,
 ) -> Result<(), StepError> {
     let name = stage.name();
     let mut client: Option<Client> = None;
+    // The backend of `client`, for the stall reports (0: unknown).
+    let pid = std::sync::atomic::AtomicI32::new(0);
     let mut failures: u32 = 0;
     loop {
         if client.as_ref().is_none_or(|c| c.is_closed()) {
@@ -97,6 +102,8 @@ pub async fn run<S: Step + Send>(
             match connected {
                 Ok(c) => {
                     stage.connected();
+                    let backend = c.query_one("select pg_backend_pid()", &[]).await;
+                    pid.store(backend.map_or(0, |r| r.get(0)), Ordering::Relaxed);
                     client = Some(c);
                 }
                 Err(e) => {
@@ -114,7 +121,7 @@ pub async fn run<S: Step + Send>(
         let outcome = tokio::select! {
             biased;
             _ = shutdown.cancelled() => return Ok(()),
-            r = stage.step(c) => r,
+            r = watched(&name, &database, &pid, stall_report, stage.step(c)) => r,
         };
         let wait = match outcome {
             Ok(Progress::Busy) => {
@@ -153,6 +160,202 @@ pub async fn run<S: Step + Send>(
         if sleep_or_shutdown(wait, &shutdown).await {
             return Ok(());
         }
+    }
+}
+
+/// A step that has run past its stage's `stall_report`.
+#[derive(Debug, Clone)]
+pub struct Stall {
+    pub stage: String,
+    /// How long the step had run at the last report.
+    pub seconds: f64,
+    /// Whether its connection waits for a lock another session holds.
+    pub blocked: bool,
+    /// What it waits for, as logged.
+    pub detail: String,
+}
+
+/// The steps running past their `stall_report` now, by a number of each watched step (two
+/// batches of two sources may be applied at once).
+static STALLS: std::sync::Mutex<std::collections::BTreeMap<u64, Stall>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+static WATCHED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The steps running past their `stall_report` now (`/metrics`).
+pub fn stalls() -> Vec<Stall> {
+    STALLS
+        .lock()
+        .map(|s| s.values().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// Runs `work`, a step of stage `name` on the connection of backend `pid` (0 while
+/// unknown: `work` may set it once it has its connection). Once it has run
+/// `after`, and each `after` again, says what that backend waits for: a lock, and then the
+/// sessions that hold it (pid, user, application, state, how long their transaction has
+/// been open — never their query, which may hold secrets), or nothing in the database.
+/// A step can wait for good behind a transaction left open (a diffing look printing a
+/// view over a table an uncommitted `ALTER` holds, say): this names the session to end.
+pub async fn watched<T>(
+    name: &str,
+    database: &Database,
+    pid: &std::sync::atomic::AtomicI32,
+    after: Duration,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::pin!(work);
+    let id = WATCHED.fetch_add(1, Ordering::Relaxed);
+    let started = tokio::time::Instant::now();
+    let mut next = started + after;
+    let mut reported = false;
+    let out = loop {
+        tokio::select! {
+            r = &mut work => break r,
+            _ = tokio::time::sleep_until(next) => {}
+        }
+        let backend = Some(pid.load(Ordering::Relaxed)).filter(|p| *p != 0);
+        let describe =
+            tokio::time::timeout(Duration::from_secs(10), describe_wait(database, backend));
+        tokio::pin!(describe);
+        let (blocked, detail) = tokio::select! {
+            r = &mut work => break r,
+            d = &mut describe => d.unwrap_or_else(|_| {
+                (false, "its connection's state could not be read within 10 s".into())
+            }),
+        };
+        let seconds = started.elapsed().as_secs_f64();
+        if blocked {
+            tracing::warn!(stage = %name, seconds = %format_args!("{seconds:.1}"), "a step waits: {detail}");
+        } else {
+            tracing::info!(stage = %name, seconds = %format_args!("{seconds:.1}"), "a step runs long: {detail}");
+        }
+        if let Ok(mut s) = STALLS.lock() {
+            s.insert(
+                id,
+                Stall {
+                    stage: name.to_string(),
+                    seconds,
+                    blocked,
+                    detail,
+                },
+            );
+        }
+        reported = true;
+        next += after;
+    };
+    if reported {
+        if let Ok(mut s) = STALLS.lock() {
+            s.remove(&id);
+        }
+        tracing::info!(
+            stage = %name,
+            seconds = %format_args!("{:.1}", started.elapsed().as_secs_f64()),
+            "the long step is done"
+        );
+    }
+    out
+}
+
+/// What backend `pid` waits for, read on a connection of its own: (whether it waits for a
+/// lock, a sentence saying what and who holds it).
+async fn describe_wait(database: &Database, pid: Option<i32>) -> (bool, String) {
+    let Some(pid) = pid else {
+        return (false, "its connection's backend is unknown".into());
+    };
+    let client = match db::connect(database, "stall report").await {
+        Ok(c) => c,
+        Err(e) => return (false, format!("cannot look at its connection: {e}")),
+    };
+    // Columns of other roles' sessions but pid, user and application read NULL without
+    // pg_read_all_stats: said as "not visible".
+    let rows = match client
+        .query(
+            "select a.wait_event_type, a.wait_event, b.pid, b.usename::text, b.application_name,
+                    b.state, extract(epoch from clock_timestamp() - b.xact_start)::float8
+               from pg_stat_activity a
+               left join lateral unnest(pg_blocking_pids(a.pid)) h(pid) on true
+               left join pg_stat_activity b on b.pid = h.pid
+              where a.pid = $1
+              order by b.pid",
+            &[&pid],
+        )
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            return (
+                false,
+                format!("cannot read pg_stat_activity: {}", db::describe(&e)),
+            )
+        }
+    };
+    let Some(first) = rows.first() else {
+        return (
+            false,
+            format!("its backend (pid {pid}) is gone from pg_stat_activity"),
+        );
+    };
+    let (kind, event): (Option<String>, Option<String>) = (first.get(0), first.get(1));
+    let holders: Vec<String> = rows
+        .iter()
+        .filter_map(|r| {
+            let holder: i32 = r.get::<_, Option<i32>>(2)?;
+            let user: Option<String> = r.get(3);
+            let app: Option<String> = r.get(4);
+            let state: Option<String> = r.get(5);
+            let open: Option<f64> = r.get(6);
+            let mut s = format!("pid {holder}");
+            s.push_str(&format!(
+                " (user {}",
+                user.as_deref().unwrap_or("not visible")
+            ));
+            if let Some(app) = app.filter(|a| !a.is_empty()) {
+                s.push_str(&format!(", application {app}"));
+            }
+            match (state, open) {
+                (Some(state), Some(open)) => {
+                    s.push_str(&format!(", {state}, transaction open {open:.0} s)"))
+                }
+                (Some(state), None) => s.push_str(&format!(", {state})")),
+                _ => s.push_str(", state not visible to this role)"),
+            }
+            Some(s)
+        })
+        .collect();
+    match kind.as_deref() {
+        Some("Lock") => {
+            let what = event.unwrap_or_default();
+            if holders.is_empty() {
+                (
+                    true,
+                    format!("its connection (pid {pid}) waits for a {what} lock"),
+                )
+            } else {
+                (
+                    true,
+                    format!(
+                        "its connection (pid {pid}) waits for a {what} lock held by {} — end \
+                         that transaction (or wait for it) and the step goes on",
+                        holders.join(", ")
+                    ),
+                )
+            }
+        }
+        Some("Client") => (
+            false,
+            format!(
+                "its connection (pid {pid}) is idle: the step waits outside the database \
+                 (for the target's answer, say)"
+            ),
+        ),
+        Some(k) => (
+            false,
+            format!(
+                "its connection (pid {pid}) is working (wait event {k}/{})",
+                event.unwrap_or_default()
+            ),
+        ),
+        None => (false, format!("its connection (pid {pid}) is working")),
     }
 }
 

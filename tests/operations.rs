@@ -5,6 +5,7 @@ mod common;
 
 use std::time::Duration;
 
+use anyhow::Context as _;
 use base64::Engine as _;
 use bytes::Bytes;
 use common::*;
@@ -1251,6 +1252,93 @@ async fn a_source_without_config_targets_runs_mirrors_created_through_the_api() 
         "five transactions in {} batch(es)",
         after - before
     );
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}
+
+/// A target session holding a lock on a replicated row holds the batch that changes it: the
+/// target instance says so once the batch has been applied past `stall_report` — in its log,
+/// in `/metrics`, naming the session — and the batch goes through once that session ends.
+#[tokio::test]
+async fn a_batch_held_by_a_target_lock_names_the_session_holding_it() -> anyhow::Result<()> {
+    let p = Pair::new(
+        "create schema app;
+         create table app.t (id int primary key, v text);
+         insert into app.t values (1, 'a'), (2, 'b');",
+    )
+    .await?;
+    let yaml = format!(
+        "{}processing_intervals: {{stall_report: 300}}\n",
+        p.target_yaml(0)
+    );
+    let target = pgteleport::instance::start(pgteleport::config::Config::from_yaml(
+        &yaml,
+        std::path::Path::new("<test target>"),
+        |_| None,
+    )?)
+    .await?;
+    let tport = target.local_addr.expect("the target listens").port();
+    let source = p.start_source(tport, "app.*", "").await?;
+    let (src, dst) = (p.src().await?, p.dst().await?);
+    wait_equal(&src, &dst, &["app.t"], Duration::from_secs(20)).await?;
+
+    let holder = p.dst().await?;
+    let holder_pid: i32 = holder
+        .query_one("select pg_backend_pid()", &[])
+        .await?
+        .get(0);
+    holder
+        .batch_execute("begin; update app.t set v = 'held' where id = 1")
+        .await?;
+    src.batch_execute(
+        "update app.t set v = 'changed' where id = 1; insert into app.t values (3, 'c')",
+    )
+    .await?;
+    let mut seen = None;
+    wait_for(
+        "a stall report of the applier",
+        Duration::from_secs(20),
+        || {
+            let stall = pgteleport::stage::stalls()
+                .into_iter()
+                .find(|s| s.stage == "applier" && s.blocked);
+            seen = stall.clone();
+            async move { Ok(stall.is_some()) }
+        },
+    )
+    .await
+    .with_context(|| format!("{:?}", pgteleport::stage::stalls()))?;
+    let stall = seen.expect("seen above");
+    assert!(
+        stall.detail.contains(&format!("held by pid {holder_pid} ")),
+        "the report names the session holding the lock: {}",
+        stall.detail
+    );
+    let (_, m) = call(tport, "GET", "/metrics", Auth::None, None).await?;
+    let m = m.as_str().unwrap_or_default().to_string();
+    let held = metric(
+        &m,
+        "pgteleport_stage_stalled_seconds{stage=\"applier\",blocked=\"true\"}",
+    );
+    assert!(held.is_some_and(|s| s >= 0.3), "{m}");
+    // The batch waits; nothing of it is visible yet.
+    assert_eq!(
+        texts(&dst, "select v from app.t order by id").await?,
+        ["a", "b"]
+    );
+    holder.batch_execute("rollback").await?;
+    wait_equal(&src, &dst, &["app.t"], Duration::from_secs(20)).await?;
+    wait_for(
+        "the stall report cleared",
+        Duration::from_secs(10),
+        || async {
+            Ok(!pgteleport::stage::stalls()
+                .iter()
+                .any(|s| s.stage == "applier"))
+        },
+    )
+    .await?;
     source.shutdown().await?;
     target.shutdown().await?;
     Ok(())
