@@ -10,6 +10,7 @@
 //! | `held_minutes` | minutes the mirror's transmits have been failing (or its batch held) | each mirror |
 //! | `queue_mb` | size of the queue tables | the instance |
 //! | `open_connections` | connections to this database | the instance |
+//! | `blocked_seconds` | seconds a step has waited for a lock another session holds, as reported past `processing_intervals.stall_report` (the message names the sessions) | each stage |
 //!
 //! A Slack configuration gets `{"text": …}`; a webhook gets the fields as JSON. Messages
 //! carry names and numbers only, never row values; the URL is never logged.
@@ -38,6 +39,8 @@ struct Reading {
     alert: &'static str,
     subject: String,
     value: f64,
+    /// More for the message (what a blocked stage waits for).
+    detail: Option<String>,
 }
 
 impl Alerter {
@@ -59,11 +62,13 @@ impl Alerter {
                 alert: "lag_seconds",
                 subject: f.name.clone(),
                 value: f.lag_seconds(),
+                detail: None,
             });
             out.push(Reading {
                 alert: "held_minutes",
                 subject: f.name,
                 value: f.failing_minutes,
+                detail: None,
             });
         }
         let bytes = crate::vacuum::queue_bytes(client, s)
@@ -80,12 +85,33 @@ impl Alerter {
             alert: "queue_mb",
             subject: String::new(),
             value: bytes as f64 / 1_048_576.0,
+            detail: None,
         });
         out.push(Reading {
             alert: "open_connections",
             subject: String::new(),
             value: row.get(0),
+            detail: None,
         });
+        // The stages of this process that wait for a lock now (the longest wait of each).
+        for stall in crate::stage::stalls().into_iter().filter(|s| s.blocked) {
+            match out
+                .iter_mut()
+                .find(|r| r.alert == "blocked_seconds" && r.subject == stall.stage)
+            {
+                Some(r) if r.value >= stall.seconds => {}
+                Some(r) => {
+                    r.value = stall.seconds;
+                    r.detail = Some(stall.detail);
+                }
+                None => out.push(Reading {
+                    alert: "blocked_seconds",
+                    subject: stall.stage,
+                    value: stall.seconds,
+                    detail: Some(stall.detail),
+                }),
+            }
+        }
         Ok(out)
     }
 }
@@ -112,6 +138,16 @@ fn message(
             "the queue holds {:.1} MB (threshold {threshold} MB)",
             reading.value
         ),
+        "blocked_seconds" if firing => format!(
+            "stage `{}` has waited {:.0} s for a lock (threshold {threshold} s): {}",
+            reading.subject,
+            reading.value,
+            reading.detail.as_deref().unwrap_or("")
+        ),
+        "blocked_seconds" => format!(
+            "stage `{}` no longer waits for a lock (threshold {threshold} s)",
+            reading.subject
+        ),
         _ => format!(
             "{:.0} connections are open (threshold {threshold})",
             reading.value
@@ -129,7 +165,9 @@ fn message(
         json!({
             "status": status.to_lowercase(),
             "alert": reading.alert,
-            "mirror": (!reading.subject.is_empty()).then_some(&reading.subject),
+            "mirror": (!reading.subject.is_empty() && reading.alert != "blocked_seconds")
+                .then_some(&reading.subject),
+            "stage": (reading.alert == "blocked_seconds").then_some(&reading.subject),
             "source": source,
             "value": reading.value,
             "threshold": threshold,
@@ -244,7 +282,7 @@ impl Step for Alerter {
         if configs.is_empty() {
             return Ok(Progress::Idle);
         }
-        let readings = self.readings(client).await?;
+        let mut readings = self.readings(client).await?;
         let firing_rows = client
             .query(
                 &format!("select config_id, alert, subject from {s}.alert_state"),
@@ -256,6 +294,21 @@ impl Step for Alerter {
             .iter()
             .map(|r| (r.get(0), r.get(1), r.get(2)))
             .collect();
+        // A stage that waited and no longer does has no reading: 0, to resolve its alert.
+        for (_, alert, subject) in &firing {
+            if alert == "blocked_seconds"
+                && !readings
+                    .iter()
+                    .any(|r| r.alert == "blocked_seconds" && &r.subject == subject)
+            {
+                readings.push(Reading {
+                    alert: "blocked_seconds",
+                    subject: subject.clone(),
+                    value: 0.0,
+                    detail: None,
+                });
+            }
+        }
         let mut failures = Vec::new();
         for c in &configs {
             let (id, service, config): (i64, String, Value) = (c.get(0), c.get(1), c.get(2));
@@ -268,6 +321,7 @@ impl Step for Alerter {
                 "queue_mb",
                 "held_minutes",
                 "open_connections",
+                "blocked_seconds",
             ]
             .into_iter()
             .filter_map(|k| config.get(k).and_then(Value::as_f64).map(|v| (k, v)))
@@ -348,6 +402,7 @@ mod tests {
             alert: "lag_seconds",
             subject: "m1".into(),
             value: 42.0,
+            detail: None,
         };
         let slack = message("src", "slack", Some("#ops"), true, &r, 30.0);
         assert_eq!(

@@ -746,6 +746,7 @@ impl Api {
             ("queue_mb", c.queue_mb, 1 << 30),
             ("held_minutes", c.held_minutes, 525_600),
             ("open_connections", c.open_connections, 1_000_000),
+            ("blocked_seconds", c.blocked_seconds, 31_536_000),
         ] {
             if value.is_some_and(|v| v > max) {
                 return Err(Failure(
@@ -1085,6 +1086,10 @@ struct AlertServiceConfig {
     /// Alert when the instance's database has more open connections than this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     open_connections: Option<u64>,
+    /// Alert when a stage's step has waited this many seconds for a lock another session
+    /// holds (see `processing_intervals.stall_report`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    blocked_seconds: Option<u64>,
 }
 
 /// A peer name: 1–63 letters, digits, `_` or `-`, starting with a letter or `_`.

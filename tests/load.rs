@@ -809,23 +809,19 @@ async fn schema_changes_made_before_a_load_are_not_applied_twice() -> anyhow::Re
         assert_eq!(summary.tables, 3, "{summary}");
         let source = p.start_source(port, "app.*", extra).await?;
         let dst = p.dst().await?;
-        let within = Duration::from_secs(30);
         let context = || format!("event triggers: {event_triggers}");
         // Changes after the load: their versions apply to what it created.
-        src.batch_execute(
+        ends_equal(
+            &src,
+            &dst,
             "alter table app.t add column y text;
              update app.t set y = 'after', m = 'blue' where id in (3, 150);
              insert into app.child values (6, 150);",
+            &["app.t", "app.child", "app.r2"],
+            (source, target),
+            &context(),
         )
         .await?;
-        wait_equal(&src, &dst, &["app.t", "app.child", "app.r2"], within)
-            .await
-            .with_context(context)?;
-        wait_same_shape(&src, &dst, &["app"], Duration::from_secs(20))
-            .await
-            .with_context(context)?;
-        source.shutdown().await?;
-        target.shutdown().await?;
     }
     Ok(())
 }
@@ -1096,16 +1092,15 @@ async fn a_schema_change_of_a_table_to_copy_as_the_load_starts_waits_for_it() ->
             context()
         );
         let source = p.start_source(port, "app.*", extra).await?;
-        src.batch_execute("update app.t set z = 7 where id = 50")
-            .await?;
-        wait_equal(&src, &dst, &["app.t"], Duration::from_secs(30))
-            .await
-            .with_context(context)?;
-        wait_same_shape(&src, &dst, &["app"], Duration::from_secs(20))
-            .await
-            .with_context(context)?;
-        source.shutdown().await?;
-        target.shutdown().await?;
+        ends_equal(
+            &src,
+            &dst,
+            "update app.t set z = 7 where id = 50",
+            &["app.t"],
+            (source, target),
+            &context(),
+        )
+        .await?;
     }
     Ok(())
 }
@@ -1148,16 +1143,15 @@ async fn a_type_changed_as_the_load_starts_starts_it_again() -> anyhow::Result<(
         );
         assert!(summary.restarts >= 1, "{summary} ({})", context());
         let source = p.start_source(port, "app.*", extra).await?;
-        src.batch_execute("update app.t set m = 'sad' where id = 50")
-            .await?;
-        wait_equal(&src, &dst, &["app.t"], Duration::from_secs(30))
-            .await
-            .with_context(context)?;
-        wait_same_shape(&src, &dst, &["app"], Duration::from_secs(20))
-            .await
-            .with_context(context)?;
-        source.shutdown().await?;
-        target.shutdown().await?;
+        ends_equal(
+            &src,
+            &dst,
+            "update app.t set m = 'sad' where id = 50",
+            &["app.t"],
+            (source, target),
+            &context(),
+        )
+        .await?;
     }
     Ok(())
 }
@@ -1201,18 +1195,15 @@ async fn a_schema_change_the_copy_does_not_depend_on_lets_the_load_go_on() -> an
             context()
         );
         let source = p.start_source(port, "app.*", extra).await?;
-        src.batch_execute(
+        ends_equal(
+            &src,
+            &dst,
             "update app.t set v = 'after' where id = 50; insert into app.other values (2, 'two')",
+            &["app.t", "app.other"],
+            (source, target),
+            &context(),
         )
         .await?;
-        wait_equal(&src, &dst, &["app.t", "app.other"], Duration::from_secs(30))
-            .await
-            .with_context(context)?;
-        wait_same_shape(&src, &dst, &["app"], Duration::from_secs(20))
-            .await
-            .with_context(context)?;
-        source.shutdown().await?;
-        target.shutdown().await?;
     }
     Ok(())
 }
@@ -1273,16 +1264,15 @@ async fn a_table_rewritten_while_the_load_runs_keeps_its_rows() -> anyhow::Resul
         assert_eq!(summary.rows, 50, "{summary}");
         rewrite.await??;
         let source = p.start_source(port, "app.*", extra).await?;
-        src.batch_execute("update app.t set n = 5000000000 where id = 50")
-            .await?;
-        wait_equal(&src, &dst, &["app.t"], Duration::from_secs(30))
-            .await
-            .with_context(context)?;
-        wait_same_shape(&src, &dst, &["app"], Duration::from_secs(20))
-            .await
-            .with_context(context)?;
-        source.shutdown().await?;
-        target.shutdown().await?;
+        ends_equal(
+            &src,
+            &dst,
+            "update app.t set n = 5000000000 where id = 50",
+            &["app.t"],
+            (source, target),
+            &context(),
+        )
+        .await?;
     }
     Ok(())
 }
@@ -1580,16 +1570,15 @@ async fn a_schema_change_queued_between_the_loads_locks_goes_first() -> anyhow::
         assert!(summary.restarts >= 1, "{summary} ({})", context());
         let (src, dst) = (p.src().await?, p.dst().await?);
         let source = p.start_source(port, "app.*", extra).await?;
-        src.batch_execute("update app.t set z = 8 where id = 20")
-            .await?;
-        wait_equal(&src, &dst, &["app.t"], Duration::from_secs(30))
-            .await
-            .with_context(context)?;
-        wait_same_shape(&src, &dst, &["app"], Duration::from_secs(20))
-            .await
-            .with_context(context)?;
-        source.shutdown().await?;
-        target.shutdown().await?;
+        ends_equal(
+            &src,
+            &dst,
+            "update app.t set z = 8 where id = 20",
+            &["app.t"],
+            (source, target),
+            &context(),
+        )
+        .await?;
     }
     Ok(())
 }
@@ -1644,18 +1633,15 @@ async fn a_table_the_target_has_under_its_name_before_a_rename_is_loaded_under_t
         let summary = load::run(&cfg, opts(true)).await.with_context(context)?;
         assert_eq!(summary.rows, 71, "{summary} ({})", context());
         let source = p.start_source(port, "app.*", extra).await?;
-        src.batch_execute(
+        ends_equal(
+            &src,
+            &dst,
             "insert into app.r2 values (52, 52); update app.t set w = 'after' where id = 1",
+            &["app.t", "app.r2"],
+            (source, target),
+            &context(),
         )
         .await?;
-        wait_equal(&src, &dst, &["app.t", "app.r2"], Duration::from_secs(20))
-            .await
-            .with_context(context)?;
-        wait_same_shape(&src, &dst, &["app"], Duration::from_secs(20))
-            .await
-            .with_context(context)?;
-        source.shutdown().await?;
-        target.shutdown().await?;
     }
     Ok(())
 }

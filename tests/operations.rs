@@ -1343,3 +1343,102 @@ async fn a_batch_held_by_a_target_lock_names_the_session_holding_it() -> anyhow:
     target.shutdown().await?;
     Ok(())
 }
+
+/// A diffing look prints the views of the catalog, and printing a view locks the tables it
+/// reads: a schema change of such a table left uncommitted holds the look (and every later
+/// one) until it ends. Past `stall_report` the source instance says so — in `/metrics`, and
+/// through an alert config with `blocked_seconds`, naming the session to end — and once that
+/// session ends, the alert resolves and every change arrives.
+#[tokio::test]
+async fn a_look_held_by_a_transaction_left_open_is_reported_and_alerted() -> anyhow::Result<()> {
+    let p = Pair::new(
+        "create schema app;
+         create table app.t (id int primary key, v text);
+         create view app.tv as select id, v from app.t;
+         insert into app.t values (1, 'a');",
+    )
+    .await?;
+    let (hook_port, got) = receiver().await?;
+    let target = p.start_target(0).await?;
+    let tport = target.local_addr.expect("the target listens").port();
+    let yaml = p
+        .source_yaml(tport, "app.*", &server_yaml(None))
+        .replace("ddlwatcher: 200}", "ddlwatcher: 200, stall_report: 300}");
+    assert!(yaml.contains("stall_report: 300"), "{yaml}");
+    let source = pgteleport::instance::start(pgteleport::config::Config::from_yaml(
+        &yaml,
+        std::path::Path::new("<test source>"),
+        |_| None,
+    )?)
+    .await?;
+    let port = source.local_addr.expect("the source serves the API").port();
+    let cfg = json!({"config": {"serviceType": "webhook", "serviceConfig": {
+        "url": format!("http://127.0.0.1:{hook_port}/alerts"), "blocked_seconds": 1}}});
+    let (c, v) = call(
+        port,
+        "POST",
+        "/api/v1/alerts/config",
+        Auth::None,
+        Some(&cfg.to_string()),
+    )
+    .await?;
+    assert_eq!(c, 201, "{v}");
+    let (src, dst) = (p.src().await?, p.dst().await?);
+    wait_equal(&src, &dst, &["app.t"], Duration::from_secs(20)).await?;
+
+    let holder = p.src().await?;
+    let holder_pid: i32 = holder
+        .query_one("select pg_backend_pid()", &[])
+        .await?
+        .get(0);
+    holder
+        .batch_execute("begin; alter table app.t add column w int default 5")
+        .await?;
+    // A change the next look sees (a new table): the look prints the view and waits.
+    src.batch_execute("create table app.u (id int primary key); insert into app.u values (1)")
+        .await?;
+    let fired = |status: &str| {
+        got.lock()
+            .unwrap()
+            .iter()
+            .filter(|v| v["status"] == status && v["alert"] == "blocked_seconds")
+            .cloned()
+            .collect::<Vec<Value>>()
+    };
+    wait_for("the alert fires", Duration::from_secs(20), || async {
+        Ok(!fired("firing").is_empty())
+    })
+    .await?;
+    let alert = fired("firing").remove(0);
+    assert_eq!(alert["stage"], "ddlwatcher", "{alert}");
+    let text = alert["message"].as_str().unwrap_or_default();
+    assert!(
+        text.contains(&format!("held by pid {holder_pid} "))
+            && text.contains("idle in transaction"),
+        "the alert names the session holding the lock and what it does: {text}"
+    );
+    let (_, m) = call(port, "GET", "/metrics", Auth::None, None).await?;
+    let m = m.as_str().unwrap_or_default().to_string();
+    let held = metric(
+        &m,
+        "pgteleport_stage_stalled_seconds{stage=\"ddlwatcher\",blocked=\"true\"}",
+    );
+    assert!(held.is_some_and(|s| s >= 1.0), "{m}");
+
+    holder.batch_execute("commit").await?;
+    src.batch_execute("insert into app.t (id, v) values (2, 'b')")
+        .await?;
+    wait_for("the alert resolves", Duration::from_secs(20), || async {
+        Ok(!fired("resolved").is_empty())
+    })
+    .await?;
+    wait_equal(&src, &dst, &["app.t", "app.u"], Duration::from_secs(20)).await?;
+    wait_same_shape(&src, &dst, &["app"], Duration::from_secs(20)).await?;
+    let (_, m) = call(port, "GET", "/metrics", Auth::None, None).await?;
+    let m = m.as_str().unwrap_or_default().to_string();
+    assert!(!m.contains("stage=\"ddlwatcher\",blocked"), "{m}");
+    assert_eq!((fired("firing").len(), fired("resolved").len()), (1, 1));
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}

@@ -618,6 +618,32 @@ pub async fn shape(c: &Client, schemas: &[&str]) -> anyhow::Result<Vec<String>> 
     .collect()
 }
 
+/// The end of many tests: writes `sql` on the source, waits until `tables` hold the same
+/// rows (30 s) and schema `app` has the same shape (20 s) on both sides, and shuts both
+/// instances down; an error says `context`.
+pub async fn ends_equal(
+    src: &Client,
+    dst: &Client,
+    sql: &str,
+    tables: &[&str],
+    (source, target): (Running, Running),
+    context: &str,
+) -> Result<()> {
+    let context = |e: anyhow::Error| e.context(context.to_string());
+    src.batch_execute(sql)
+        .await
+        .map_err(|e| context(e.into()))?;
+    wait_equal(src, dst, tables, Duration::from_secs(30))
+        .await
+        .map_err(context)?;
+    wait_same_shape(src, dst, &["app"], Duration::from_secs(20))
+        .await
+        .map_err(context)?;
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}
+
 /// Waits until the target's [`shape`] of `schemas` is the source's (the schema versions
 /// may arrive after the rows); says what differs when it is not within `within`.
 pub async fn wait_same_shape(
