@@ -167,7 +167,7 @@ pub async fn run<S: Step + Send>(
 #[derive(Debug, Clone)]
 pub struct Stall {
     pub stage: String,
-    /// How long the step had run at the last report.
+    /// How long the step has run.
     pub seconds: f64,
     /// Whether its connection waits for a lock another session holds.
     pub blocked: bool,
@@ -177,16 +177,40 @@ pub struct Stall {
 
 /// The steps running past their `stall_report` now, by a number of each watched step (two
 /// batches of two sources may be applied at once).
-static STALLS: std::sync::Mutex<std::collections::BTreeMap<u64, Stall>> =
+static STALLS: std::sync::Mutex<std::collections::BTreeMap<u64, (tokio::time::Instant, Stall)>> =
     std::sync::Mutex::new(std::collections::BTreeMap::new());
 static WATCHED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// The steps running past their `stall_report` now (`/metrics`).
+/// The steps running past their `stall_report` now (`/metrics`, alerts).
 pub fn stalls() -> Vec<Stall> {
     STALLS
         .lock()
-        .map(|s| s.values().cloned().collect())
+        .map(|s| {
+            s.values()
+                .map(|(started, stall)| Stall {
+                    seconds: started.elapsed().as_secs_f64(),
+                    ..stall.clone()
+                })
+                .collect()
+        })
         .unwrap_or_default()
+}
+
+/// A watched step's entry in [`STALLS`], removed when the step ends or is dropped (a
+/// shutdown, a batch whose sender went away).
+struct Watch {
+    id: u64,
+    reported: bool,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if self.reported {
+            if let Ok(mut s) = STALLS.lock() {
+                s.remove(&self.id);
+            }
+        }
+    }
 }
 
 /// Runs `work`, a step of stage `name` on the connection of backend `pid` (0 while
@@ -204,10 +228,12 @@ pub async fn watched<T>(
     work: impl std::future::Future<Output = T>,
 ) -> T {
     tokio::pin!(work);
-    let id = WATCHED.fetch_add(1, Ordering::Relaxed);
+    let mut watch = Watch {
+        id: WATCHED.fetch_add(1, Ordering::Relaxed),
+        reported: false,
+    };
     let started = tokio::time::Instant::now();
     let mut next = started + after;
-    let mut reported = false;
     let out = loop {
         tokio::select! {
             r = &mut work => break r,
@@ -230,23 +256,18 @@ pub async fn watched<T>(
             tracing::info!(stage = %name, seconds = %format_args!("{seconds:.1}"), "a step runs long: {detail}");
         }
         if let Ok(mut s) = STALLS.lock() {
-            s.insert(
-                id,
-                Stall {
-                    stage: name.to_string(),
-                    seconds,
-                    blocked,
-                    detail,
-                },
-            );
+            let stall = Stall {
+                stage: name.to_string(),
+                seconds,
+                blocked,
+                detail,
+            };
+            s.insert(watch.id, (started, stall));
         }
-        reported = true;
+        watch.reported = true;
         next += after;
     };
-    if reported {
-        if let Ok(mut s) = STALLS.lock() {
-            s.remove(&id);
-        }
+    if watch.reported {
         tracing::info!(
             stage = %name,
             seconds = %format_args!("{:.1}", started.elapsed().as_secs_f64()),
@@ -392,5 +413,52 @@ pub async fn sleep_or_shutdown(d: Duration, shutdown: &CancellationToken) -> boo
         biased;
         _ = shutdown.cancelled() => true,
         _ = tokio::time::sleep(d) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A step reported as stalled and then dropped before it ended (a shutdown, a batch
+    /// whose sender went away) leaves no stall behind in `/metrics` or the alerts.
+    #[tokio::test]
+    async fn a_dropped_step_leaves_no_stall() {
+        let database: Database = serde_json::from_value(serde_json::json!(
+            {"name": "x", "database": "d", "username": "u"}
+        ))
+        .expect("a database config");
+        // Backend unknown (0): the report needs no connection.
+        let pid = std::sync::atomic::AtomicI32::new(0);
+        let step = watched(
+            "stall-test",
+            &database,
+            &pid,
+            Duration::from_millis(10),
+            std::future::pending::<()>(),
+        );
+        let ran = tokio::time::timeout(Duration::from_millis(200), step).await;
+        assert!(ran.is_err(), "the step never ends");
+        assert!(
+            !stalls().iter().any(|s| s.stage == "stall-test"),
+            "{:?}",
+            stalls()
+        );
+        // And while it runs, it is there.
+        let step = watched(
+            "stall-test",
+            &database,
+            &pid,
+            Duration::from_millis(10),
+            tokio::time::sleep(Duration::from_millis(200)),
+        );
+        let seen = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            stalls().into_iter().find(|s| s.stage == "stall-test")
+        };
+        let ((), seen) = tokio::join!(step, seen);
+        let seen = seen.expect("reported while it runs");
+        assert!(!seen.blocked && seen.seconds >= 0.09, "{seen:?}");
+        assert!(!stalls().iter().any(|s| s.stage == "stall-test"));
     }
 }

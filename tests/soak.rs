@@ -478,6 +478,7 @@ async fn run(s: &Soak) -> Result<()> {
     let result = match outcome {
         Ok(()) => Ok(()),
         Err(e) => {
+            p.keep();
             let error = last_error(&src).await.unwrap_or_default();
             Err(e.context(format!(
                 "seed {} ({} mode{}, databases {} and {}), {} write transactions; last transmit error: {error}\nsteps:\n{}",

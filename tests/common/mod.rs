@@ -70,6 +70,7 @@ impl Pair {
         };
         drop_when_gone(
             &cluster,
+            &p.keep_marker(),
             &[&p.src_db, &p.dst_db],
             &[&p.src_role, &p.dst_role],
         );
@@ -83,6 +84,15 @@ impl Pair {
                 .await?;
         }
         Ok(p)
+    }
+
+    /// Keeps both databases and roles after this process ends (for a look at a failure).
+    pub fn keep(&self) {
+        let _ = std::fs::write(self.keep_marker(), b"");
+    }
+
+    fn keep_marker(&self) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("pgteleport-keep-{}", self.id))
     }
 
     /// Makes the source role a superuser (on PostgreSQL 15 only one may create event
@@ -232,7 +242,8 @@ impl Pair {
     }
 }
 
-/// Drops `dbs` and `roles` once this test process has ended: every test process of a run
+/// Drops `dbs` and `roles` once this test process has ended, unless the file `keep` exists
+/// then ([`Pair::keep`]): every test process of a run
 /// shares one cluster, and hundreds of tests' databases left behind (6.6 GB a run) can fill
 /// a small CI disk. `PGTELEPORT_KEEP_TEST_DATABASES=1` keeps them for a look after a run.
 ///
@@ -241,7 +252,7 @@ impl Pair {
 /// drops the fields it leaves at once) or block (`DROP DATABASE … WITH (FORCE)` waits for
 /// the backends it ends to exit, and one blocked writing to a connection of this process
 /// would wait for this process, which waits for the drop).
-fn drop_when_gone(cluster: &Cluster, dbs: &[&str], roles: &[&str]) {
+fn drop_when_gone(cluster: &Cluster, keep: &Path, dbs: &[&str], roles: &[&str]) {
     if std::env::var_os("PGTELEPORT_KEEP_TEST_DATABASES").is_some() {
         return;
     }
@@ -251,10 +262,12 @@ fn drop_when_gone(cluster: &Cluster, dbs: &[&str], roles: &[&str]) {
     let mut sh = std::process::Command::new("sh");
     sh.args([
         "-c",
-        "pid=$1; shift; tail --pid=\"$pid\" -f /dev/null; exec \"$@\"",
+        "pid=$1; keep=$2; shift 2; tail --pid=\"$pid\" -f /dev/null;
+         if [ -e \"$keep\" ]; then rm -f \"$keep\"; else exec \"$@\"; fi",
         "sh",
     ])
     .arg(std::process::id().to_string())
+    .arg(keep)
     .arg(bindir.join("psql"))
     .args([
         "-X",
