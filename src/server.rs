@@ -389,6 +389,10 @@ impl Server {
                     .map(|(t, w)| json!({"tables": t, "wal_level_minimal": w})),
                 Err(r) => return *r,
             },
+            "/v1/load/done" => match parse::<wire::LoadDone>(&body) {
+                Ok(m) => applier.load_done(&m).await.map(|d| json!({"done": d})),
+                Err(r) => return *r,
+            },
             "/v1/load/start" => match parse::<wire::LoadStart>(&body) {
                 Ok(m) => applier
                     .load_start(&m)

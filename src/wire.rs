@@ -932,6 +932,19 @@ pub struct LoadTableState {
     pub state: String,
 }
 
+/// Initial load, before it locks its tables: which of `tables` (schema and name as the
+/// target calls them, before `apply_schema`) an earlier run of it finished. Those are
+/// neither locked nor copied again. Answer: `{"done": [[schema, name], …]}`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadDone {
+    pub source: String,
+    pub target: String,
+    #[serde(default)]
+    pub apply_schema: Option<String>,
+    pub tables: Vec<(String, String)>,
+}
+
 /// Initial load, step 2: these tables are copied under `snapshot` (a `pg_snapshot`).
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

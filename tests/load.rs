@@ -1697,3 +1697,71 @@ async fn an_enum_label_renamed_while_the_load_starts_its_copy_arrives() -> anyho
     }
     Ok(())
 }
+
+/// A resumed load locks only the tables it copies: a schema change of a table an earlier
+/// run finished goes through at once while the load runs (before, it waited for the
+/// load's end), and reaches the target through the stream.
+#[tokio::test]
+async fn a_resumed_load_leaves_finished_tables_free() -> anyhow::Result<()> {
+    let LoadCase {
+        p,
+        extra,
+        target,
+        port,
+        cfg,
+    } = load_case(
+        "create schema app;
+         create table app.a (id int primary key, v text);
+         create table app.b (id int primary key, v text);
+         insert into app.a select g, 'a' || g from generate_series(1, 50) g;
+         insert into app.b select g, 'b' || g from generate_series(1, 50) g;",
+        false,
+    )
+    .await?;
+    // A first run finishes app.a (its target expression names only it).
+    let first = load::run(&p.source_config(port, "app.a", extra)?, opts(false)).await?;
+    assert_eq!(first.tables, 1, "{first}");
+    // The second run's prepare waits on the target (behind a reader of its positions),
+    // holding its source locks meanwhile: they are taken before the target is asked.
+    let dst = p.dst().await?;
+    let reader = p.dst().await?;
+    reader
+        .batch_execute("begin; lock table teleport.applied in access exclusive mode")
+        .await?;
+    let load = tokio::spawn({
+        let cfg = cfg.clone();
+        async move { load::run(&cfg, opts(false)).await }
+    });
+    wait_lock_waiter(&reader, "the load's prepare waiting on the target", "").await?;
+    let src = p.src().await?;
+    let (change, waiting) = run_until_done_or_waiting(
+        p.src().await?,
+        "alter table app.a add column z int default 7",
+        &src,
+    )
+    .await?;
+    assert!(
+        !waiting,
+        "a schema change of the finished table app.a waits for the load"
+    );
+    change.await??;
+    reader.batch_execute("rollback").await?;
+    let summary = tokio::time::timeout(Duration::from_secs(30), load)
+        .await
+        .context("the load still runs after 30 s")???;
+    assert_eq!(
+        (summary.tables, summary.skipped, summary.rows),
+        (1, 1, 50),
+        "{summary}"
+    );
+    let source = p.start_source(port, "app.*", extra).await?;
+    ends_equal(
+        &src,
+        &dst,
+        "update app.a set z = 8 where id = 1; insert into app.b values (100, 'x')",
+        &["app.a", "app.b"],
+        (source, target),
+        "",
+    )
+    .await
+}

@@ -84,6 +84,37 @@ fn target_of(apply_schema: &Option<String>, schema: &str) -> String {
 }
 
 impl Applier {
+    /// Which of the tables of `msg` an earlier run of this load finished (see
+    /// [`LoadDone`](crate::wire::LoadDone)).
+    pub async fn load_done(
+        &self,
+        msg: &crate::wire::LoadDone,
+    ) -> Result<Vec<(String, String)>, ApplyError> {
+        let s = &self.schema;
+        let client = self.client().await?;
+        let done: std::collections::HashSet<(String, String)> = client
+            .query(
+                &format!(
+                    "select schema_name, table_name from {s}.load_table
+                      where source = $1 and target = $2 and state = 'done'"
+                ),
+                &[&msg.source, &msg.target],
+            )
+            .await
+            .map_err(pg("reading load state"))?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        Ok(msg
+            .tables
+            .iter()
+            .filter(|(schema, name)| {
+                done.contains(&(target_of(&msg.apply_schema, schema), name.clone()))
+            })
+            .cloned()
+            .collect())
+    }
+
     /// The statements of no table (types and their labels, schemas, functions…) of the
     /// versions up to the load's catalog that the target has neither applied nor taken in
     /// an earlier load, run before the load creates what it lacks from that catalog: the

@@ -312,6 +312,40 @@ struct Job {
     only: bool,
 }
 
+/// The tables of `catalog` an earlier run of this load finished, as the target names them
+/// (`names` applied): the target's answer to `/v1/load/done`; none from a target that
+/// predates it (then every table is locked, as before).
+async fn finished_tables(
+    remote: &Remote,
+    config: &Config,
+    target_name: &str,
+    target: &Target,
+    catalog: &ddlwatcher::Catalog,
+    names: &ddlwatcher::SchemaMap,
+) -> Result<Vec<(String, String)>, LoadError> {
+    let msg = crate::wire::LoadDone {
+        source: config.database.name.clone(),
+        target: target_name.to_string(),
+        apply_schema: target.apply_schema.clone(),
+        tables: catalog
+            .tables
+            .iter()
+            .map(|t| {
+                let d = names.renamed(t);
+                (d.schema, d.name)
+            })
+            .collect(),
+    };
+    match remote.post_json("/v1/load/done", &msg).await {
+        Ok(v) => serde_json::from_value(v.get("done").cloned().unwrap_or_default())
+            .map_err(|e| remote.err(format!("its answer to /v1/load/done: {e}"))),
+        Err(LoadError::Target {
+            status: Some(404), ..
+        }) => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
 /// The schema versions of `target` up to `upto` that it has not acknowledged, in order.
 async fn pending_versions(
     client: &tokio_postgres::Client,
@@ -394,8 +428,11 @@ async fn run_once(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErr
     let expr = ddlwatcher::TargetExpression::parse(&target.target_expression)
         .map_err(|e| LoadError::Position(e.to_string()))?;
     let mut holders = Holders::connect(config, opts.workers.max(1)).await?;
+    // Renamed tables travel under their destination name (the source keeps its own for
+    // the COPY); the target applies apply_schema itself.
+    let names = ddlwatcher::SchemaMap::default().with_renames(target.renames());
     let mut restarts = 0;
-    let (catalog, schema_version) = loop {
+    let (catalog, schema_version, locked) = loop {
         // The catalog the tables are created from, at a schema version boundary: the
         // versions up to it are in that catalog, and the target leaves them out for what
         // the load creates (they would add a column twice, rename one that has its new
@@ -408,17 +445,29 @@ async fn run_once(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErr
         // (see `Holders`) until the copy ends, as under pg_dump, and the catalog is read
         // again under the locks, which takes the snapshot: a schema change of a table to
         // copy since the position starts over here (nothing is made yet); afterwards it
-        // waits for the load.
-        let tables: Vec<String> = catalog.tables.iter().map(|t| t.qualified()).collect();
-        if holders.lock(&tables, &opts).await?.is_ok() {
+        // waits for the load. Not the tables an earlier run finished: their rows are
+        // fixed by that run's snapshot, and their schema changes reach them by the stream.
+        let finished =
+            finished_tables(&remote, config, &opts.target, target, &catalog, &names).await?;
+        let to_copy: Vec<Table> = catalog
+            .tables
+            .iter()
+            .filter(|t| {
+                let d = names.renamed(t);
+                !finished.contains(&(d.schema, d.name))
+            })
+            .cloned()
+            .collect();
+        let locked: Vec<String> = to_copy.iter().map(|t| t.qualified()).collect();
+        if holders.lock(&locked, &opts).await?.is_ok() {
             match ddlwatcher::Catalog::read(&holders.snap, &expr, &config.internal_schema).await {
-                Ok(now) if copy_fits(&catalog, &now, &catalog.tables) => {
+                Ok(now) if copy_fits(&catalog, &now, &to_copy) => {
                     holders
                         .snap
                         .batch_execute("set local lock_timeout = default")
                         .await
                         .map_err(src_err("starting the snapshot transaction"))?;
-                    break (catalog, schema_version);
+                    break (catalog, schema_version, locked);
                 }
                 Ok(_) => {}
                 // PostgreSQL chose this session to break a deadlock (a schema change holding a
@@ -479,9 +528,6 @@ async fn run_once(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErr
         catalog.sequences,
         catalog.collations,
     );
-    // Renamed tables travel under their destination name (the source keeps its own for
-    // the COPY); the target applies apply_schema itself.
-    let names = ddlwatcher::SchemaMap::default().with_renames(target.renames());
     let renamed: Vec<Table> = tables.iter().map(|t| names.renamed(t)).collect();
     let prepared = remote
         .post_json(
@@ -515,6 +561,14 @@ async fn run_once(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErr
         .zip(renamed.iter().cloned())
         .filter(|(_, d)| !done.contains(&(d.schema.clone(), d.name.clone())))
         .unzip();
+    // Only this load changes what is done (one at a time per target): what the prepare
+    // says is left to copy was left when the locks were taken.
+    if let Some(t) = todo.iter().find(|t| !locked.contains(&t.qualified())) {
+        return Err(LoadError::Position(format!(
+            "table {} is left to copy, but the target said it was finished when the load took its locks; run the load again",
+            t.qualified()
+        )));
+    }
     // Under wal_level = minimal on the target, a table filled in the transaction that
     // empties it writes no WAL: then whole tables (in parallel) beat ranges of one table.
     let whole_tables = match opts.split {
@@ -541,8 +595,7 @@ async fn run_once(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErr
         return Ok(summary);
     }
 
-    // Every table of the catalog is locked, those an earlier run finished too (they are
-    // not copied; a schema change of one waits for the load all the same).
+    // Every table to copy is locked; those an earlier run finished are not.
     let (snapshot, block_size) = holders.export().await?;
     let Holders {
         snap: tx, streams, ..
