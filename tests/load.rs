@@ -1765,3 +1765,59 @@ async fn a_resumed_load_leaves_finished_tables_free() -> anyhow::Result<()> {
     )
     .await
 }
+
+/// A table made on the source after the instance was installed, whose creation the target
+/// has not received yet, and made on the target by hand before the load (empty, in the
+/// source's shape, as the load accepts): the load fills it. Before, the prepare ran the
+/// pending versions that create it on the hand-made table and failed on its second primary
+/// key.
+#[tokio::test]
+async fn a_table_made_by_hand_on_the_target_before_its_creation_arrived_is_loaded(
+) -> anyhow::Result<()> {
+    for event_triggers in [false, true] {
+        let LoadCase {
+            p,
+            extra,
+            target,
+            port,
+            cfg,
+        } = load_case(
+            "create schema app;
+             create table app.a (id int primary key, v text);
+             insert into app.a select g, 'a' || g from generate_series(1, 20) g;",
+            event_triggers,
+        )
+        .await?;
+        let context = || format!("event triggers: {event_triggers}");
+        // Installed, then stopped: what comes next stays pending for the target.
+        p.start_source(port, "app.*", extra)
+            .await?
+            .shutdown()
+            .await?;
+        let src = p.src().await?;
+        src.batch_execute(
+            "create table app.c (id int primary key, v text not null default 'x');
+             insert into app.c select g, 'c' || g from generate_series(1, 30) g;",
+        )
+        .await?;
+        let dst = p.dst().await?;
+        dst.batch_execute(
+            "create schema app;
+             create table app.c (id int primary key, v text not null default 'x');",
+        )
+        .await?;
+        let summary = load::run(&cfg, opts(false)).await.with_context(context)?;
+        assert_eq!((summary.tables, summary.rows), (2, 50), "{summary}");
+        let source = p.start_source(port, "app.*", extra).await?;
+        ends_equal(
+            &src,
+            &dst,
+            "insert into app.c values (31, 'c31'); alter table app.c add column w int",
+            &["app.a", "app.c"],
+            (source, target),
+            &context(),
+        )
+        .await?;
+    }
+    Ok(())
+}

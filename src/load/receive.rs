@@ -205,6 +205,8 @@ impl Applier {
             return Ok(Vec::new());
         }
         let mut behind = Vec::new();
+        // Those of `behind` that take their versions' statements.
+        let mut take = Vec::new();
         let mut names = Vec::new();
         for t in &msg.tables {
             let schema = map.map(&t.schema).to_string();
@@ -270,6 +272,21 @@ impl Applier {
                 };
             if loads {
                 behind.push(t.oid);
+                // A table whose creation is among these versions did not come from the
+                // stream: it was made by hand (or by another tool), in its own shape —
+                // the source's as it is now, if the copy is to fit. Running the versions
+                // that create it and shape it since would make it twice (a second
+                // primary key). It takes none; the stream leaves them out for it too.
+                let made_by_them = versions.iter().any(|v| {
+                    v.statements
+                        .iter()
+                        .any(|st| st.tables.contains(&t.oid) && st.sql.starts_with("create table "))
+                });
+                if made_by_them {
+                    tracing::info!(table = %name, "target table made outside replication before the versions that create it arrived: it takes none of them; the copy fills it as it is");
+                } else {
+                    take.push(t.oid);
+                }
                 names.push(name);
             } else if exists && current != t.name {
                 // Holding rows under its old name: the load would make a second table.
@@ -294,8 +311,7 @@ impl Applier {
         for v in versions {
             for st in v.statements.iter().filter(|st| st.transactional) {
                 // Statements of no table were taken before (`take_object_versions`).
-                let ours =
-                    !st.tables.is_empty() && st.tables.iter().all(|oid| behind.contains(oid));
+                let ours = !st.tables.is_empty() && st.tables.iter().all(|oid| take.contains(oid));
                 if !ours || st.deletes_rows_of.is_some() {
                     continue;
                 }
