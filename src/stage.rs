@@ -277,6 +277,87 @@ pub async fn watched<T>(
     out
 }
 
+/// What a backend waits for, from `pg_stat_activity`.
+pub(crate) struct Wait {
+    /// `wait_event_type` and `wait_event`: `Lock`/`relation`, `Client`/`ClientRead`…
+    pub kind: Option<String>,
+    pub event: Option<String>,
+    /// The sessions holding the lock it waits for, each as "pid N (user …, application …,
+    /// state, transaction open N s)" — never their query, which may hold secrets. Columns
+    /// of other roles' sessions but pid, user and application read NULL without
+    /// `pg_read_all_stats`: said as "not visible".
+    pub holders: Vec<String>,
+}
+
+impl Wait {
+    /// Backend `pid`'s wait, read on `client`; `None` when it is gone.
+    pub(crate) async fn of(
+        client: &Client,
+        pid: i32,
+    ) -> Result<Option<Wait>, tokio_postgres::Error> {
+        let rows = client
+            .query(
+                "select a.wait_event_type, a.wait_event, b.pid, b.usename::text, b.application_name,
+                        b.state, extract(epoch from clock_timestamp() - b.xact_start)::float8
+                   from pg_stat_activity a
+                   left join lateral unnest(pg_blocking_pids(a.pid)) h(pid) on true
+                   left join pg_stat_activity b on b.pid = h.pid
+                  where a.pid = $1
+                  order by b.pid",
+                &[&pid],
+            )
+            .await?;
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let holders = rows
+            .iter()
+            .filter_map(|r| {
+                let holder: i32 = r.get::<_, Option<i32>>(2)?;
+                let user: Option<String> = r.get(3);
+                let app: Option<String> = r.get(4);
+                let state: Option<String> = r.get(5);
+                let open: Option<f64> = r.get(6);
+                let mut s = format!(
+                    "pid {holder} (user {}",
+                    user.as_deref().unwrap_or("not visible")
+                );
+                if let Some(app) = app.filter(|a| !a.is_empty()) {
+                    s.push_str(&format!(", application {app}"));
+                }
+                match (state, open) {
+                    (Some(state), Some(open)) => {
+                        s.push_str(&format!(", {state}, transaction open {open:.0} s)"))
+                    }
+                    (Some(state), None) => s.push_str(&format!(", {state})")),
+                    _ => s.push_str(", state not visible to this role)"),
+                }
+                Some(s)
+            })
+            .collect();
+        Ok(Some(Wait {
+            kind: first.get(0),
+            event: first.get(1),
+            holders,
+        }))
+    }
+
+    /// Whether it waits for a lock.
+    pub(crate) fn blocked(&self) -> bool {
+        self.kind.as_deref() == Some("Lock")
+    }
+
+    /// "a relation lock held by pid N (…)", for a backend that waits for a lock.
+    pub(crate) fn lock(&self) -> String {
+        let what = self.event.as_deref().unwrap_or_default();
+        if self.holders.is_empty() {
+            format!("a {what} lock")
+        } else {
+            format!("a {what} lock held by {}", self.holders.join(", "))
+        }
+    }
+}
+
 /// What backend `pid` waits for, read on a connection of its own: (whether it waits for a
 /// lock, a sentence saying what and who holds it).
 async fn describe_wait(database: &Database, pid: Option<i32>) -> (bool, String) {
@@ -287,22 +368,14 @@ async fn describe_wait(database: &Database, pid: Option<i32>) -> (bool, String) 
         Ok(c) => c,
         Err(e) => return (false, format!("cannot look at its connection: {e}")),
     };
-    // Columns of other roles' sessions but pid, user and application read NULL without
-    // pg_read_all_stats: said as "not visible".
-    let rows = match client
-        .query(
-            "select a.wait_event_type, a.wait_event, b.pid, b.usename::text, b.application_name,
-                    b.state, extract(epoch from clock_timestamp() - b.xact_start)::float8
-               from pg_stat_activity a
-               left join lateral unnest(pg_blocking_pids(a.pid)) h(pid) on true
-               left join pg_stat_activity b on b.pid = h.pid
-              where a.pid = $1
-              order by b.pid",
-            &[&pid],
-        )
-        .await
-    {
-        Ok(r) => r,
+    let wait = match Wait::of(&client, pid).await {
+        Ok(Some(w)) => w,
+        Ok(None) => {
+            return (
+                false,
+                format!("its backend (pid {pid}) is gone from pg_stat_activity"),
+            )
+        }
         Err(e) => {
             return (
                 false,
@@ -310,58 +383,18 @@ async fn describe_wait(database: &Database, pid: Option<i32>) -> (bool, String) 
             )
         }
     };
-    let Some(first) = rows.first() else {
+    if wait.blocked() {
+        let end = if wait.holders.is_empty() {
+            ""
+        } else {
+            " — end that transaction (or wait for it) and the step goes on"
+        };
         return (
-            false,
-            format!("its backend (pid {pid}) is gone from pg_stat_activity"),
+            true,
+            format!("its connection (pid {pid}) waits for {}{end}", wait.lock()),
         );
-    };
-    let (kind, event): (Option<String>, Option<String>) = (first.get(0), first.get(1));
-    let holders: Vec<String> = rows
-        .iter()
-        .filter_map(|r| {
-            let holder: i32 = r.get::<_, Option<i32>>(2)?;
-            let user: Option<String> = r.get(3);
-            let app: Option<String> = r.get(4);
-            let state: Option<String> = r.get(5);
-            let open: Option<f64> = r.get(6);
-            let mut s = format!("pid {holder}");
-            s.push_str(&format!(
-                " (user {}",
-                user.as_deref().unwrap_or("not visible")
-            ));
-            if let Some(app) = app.filter(|a| !a.is_empty()) {
-                s.push_str(&format!(", application {app}"));
-            }
-            match (state, open) {
-                (Some(state), Some(open)) => {
-                    s.push_str(&format!(", {state}, transaction open {open:.0} s)"))
-                }
-                (Some(state), None) => s.push_str(&format!(", {state})")),
-                _ => s.push_str(", state not visible to this role)"),
-            }
-            Some(s)
-        })
-        .collect();
-    match kind.as_deref() {
-        Some("Lock") => {
-            let what = event.unwrap_or_default();
-            if holders.is_empty() {
-                (
-                    true,
-                    format!("its connection (pid {pid}) waits for a {what} lock"),
-                )
-            } else {
-                (
-                    true,
-                    format!(
-                        "its connection (pid {pid}) waits for a {what} lock held by {} — end \
-                         that transaction (or wait for it) and the step goes on",
-                        holders.join(", ")
-                    ),
-                )
-            }
-        }
+    }
+    match wait.kind.as_deref() {
         Some("Client") => (
             false,
             format!(
@@ -373,7 +406,7 @@ async fn describe_wait(database: &Database, pid: Option<i32>) -> (bool, String) 
             false,
             format!(
                 "its connection (pid {pid}) is working (wait event {k}/{})",
-                event.unwrap_or_default()
+                wait.event.unwrap_or_default()
             ),
         ),
         None => (false, format!("its connection (pid {pid}) is working")),

@@ -105,6 +105,7 @@ pub async fn status(config: &Config) -> anyhow::Result<String> {
             }
         }
     }
+    waiting(&client, config, &mut out).await;
     if roles.target {
         let applied = client
             .query(
@@ -129,4 +130,56 @@ pub async fn status(config: &Config) -> anyhow::Result<String> {
         }
     }
     Ok(out)
+}
+
+/// The instance's connections that wait for a lock another session holds, and who holds
+/// it (the stall reports' view, read from `pg_stat_activity` by any process: its own
+/// connections by their `application_name`).
+async fn waiting(client: &tokio_postgres::Client, config: &Config, out: &mut String) {
+    let prefix = match config.database.options.get("application_name") {
+        Some(custom) => format!("{custom} ("),
+        None => "pgteleport ".to_string(),
+    };
+    let rows = client
+        .query(
+            "select pid, application_name,
+                    extract(epoch from clock_timestamp() - query_start)::float8
+               from pg_stat_activity
+              where datname = current_database() and usename = current_user
+                and pid <> pg_backend_pid() and wait_event_type = 'Lock'
+                and starts_with(application_name, $1)
+              order by query_start",
+            &[&prefix],
+        )
+        .await;
+    let rows = match rows {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = writeln!(out, "waiting     unknown ({})", db::describe(&e));
+            return;
+        }
+    };
+    let mut any = false;
+    for r in rows {
+        let (pid, app, seconds): (i32, String, Option<f64>) = (r.get(0), r.get(1), r.get(2));
+        let Ok(Some(wait)) = crate::stage::Wait::of(client, pid).await else {
+            continue; // done meanwhile
+        };
+        if !wait.blocked() {
+            continue;
+        }
+        any = true;
+        let _ = writeln!(
+            out,
+            "waiting     {app} (pid {pid}) for {:.0} s: {}",
+            seconds.unwrap_or_default(),
+            wait.lock()
+        );
+    }
+    if !any {
+        let _ = writeln!(
+            out,
+            "waiting     no connection of this instance waits for a lock"
+        );
+    }
 }

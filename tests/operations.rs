@@ -1365,12 +1365,12 @@ async fn a_look_held_by_a_transaction_left_open_is_reported_and_alerted() -> any
         .source_yaml(tport, "app.*", &server_yaml(None))
         .replace("ddlwatcher: 200}", "ddlwatcher: 200, stall_report: 300}");
     assert!(yaml.contains("stall_report: 300"), "{yaml}");
-    let source = pgteleport::instance::start(pgteleport::config::Config::from_yaml(
+    let config = pgteleport::config::Config::from_yaml(
         &yaml,
         std::path::Path::new("<test source>"),
         |_| None,
-    )?)
-    .await?;
+    )?;
+    let source = pgteleport::instance::start(config.clone()).await?;
     let port = source.local_addr.expect("the source serves the API").port();
     let cfg = json!({"config": {"serviceType": "webhook", "serviceConfig": {
         "url": format!("http://127.0.0.1:{hook_port}/alerts"), "blocked_seconds": 1}}});
@@ -1424,6 +1424,15 @@ async fn a_look_held_by_a_transaction_left_open_is_reported_and_alerted() -> any
         "pgteleport_stage_stalled_seconds{stage=\"ddlwatcher\",blocked=\"true\"}",
     );
     assert!(held.is_some_and(|s| s >= 1.0), "{m}");
+    // `pgteleport status`, another process, says it too.
+    let status = pgteleport::status::status(&config).await?;
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("waiting     pgteleport ddlwatcher")
+                && l.contains(&format!("held by pid {holder_pid} "))),
+        "{status}"
+    );
 
     holder.batch_execute("commit").await?;
     src.batch_execute("insert into app.t (id, v) values (2, 'b')")
@@ -1438,6 +1447,11 @@ async fn a_look_held_by_a_transaction_left_open_is_reported_and_alerted() -> any
     let m = m.as_str().unwrap_or_default().to_string();
     assert!(!m.contains("stage=\"ddlwatcher\",blocked"), "{m}");
     assert_eq!((fired("firing").len(), fired("resolved").len()), (1, 1));
+    let status = pgteleport::status::status(&config).await?;
+    assert!(
+        status.contains("waiting     no connection of this instance waits for a lock"),
+        "{status}"
+    );
     source.shutdown().await?;
     target.shutdown().await?;
     Ok(())
