@@ -587,9 +587,23 @@ impl Applier {
     }
 
     pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, ApplyError> {
-        self.pool.get().await.map_err(|e| ApplyError::Unavailable {
+        let client = self.pool.get().await.map_err(|e| ApplyError::Unavailable {
             message: format!("no connection to the target database: {e}"),
-        })
+        })?;
+        // Watched work (an initial load's request) notes its backend for the stall report.
+        if let Ok(backend) = crate::stage::BACKEND.try_with(|b| b.clone()) {
+            if let Ok(row) = client.query_one("select pg_backend_pid()", &[]).await {
+                backend.store(row.get(0), std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        Ok(client)
+    }
+
+    /// Runs an initial load's request on the target, reported as the `initial load` stage
+    /// when it runs past `stall_report` (a target session holding a table the load empties,
+    /// say).
+    pub(crate) async fn watch<T>(&self, work: impl std::future::Future<Output = T>) -> T {
+        crate::stage::watched_here("initial load", &self.database, self.stall_report, work).await
     }
 
     /// The last batch applied from `source` for `target` (0 when none), durable.

@@ -337,7 +337,10 @@ impl Server {
                 return *r;
             }
             let started = std::time::Instant::now();
-            return match applier.load_copy(&header, req.into_body()).await {
+            return match applier
+                .watch(applier.load_copy(&header, req.into_body()))
+                .await
+            {
                 Ok(Some(rows)) => {
                     tracing::info!(table = %format!("{}.{}", header.schema, header.table), range = header.range, rows, ms = started.elapsed().as_millis() as u64, "range copied");
                     reply(StatusCode::OK, json!({"status": "copied", "rows": rows}))
@@ -384,7 +387,7 @@ impl Server {
         let result = match path.as_str() {
             "/v1/load/prepare" => match parse::<wire::LoadPrepare>(&body) {
                 Ok(m) => applier
-                    .load_prepare(&m)
+                    .watch(applier.load_prepare(&m))
                     .await
                     .map(|(t, w)| json!({"tables": t, "wal_level_minimal": w})),
                 Err(r) => return *r,
@@ -395,21 +398,21 @@ impl Server {
             },
             "/v1/load/start" => match parse::<wire::LoadStart>(&body) {
                 Ok(m) => applier
-                    .load_start(&m)
+                    .watch(applier.load_start(&m))
                     .await
                     .map(|()| json!({"status": "started"})),
                 Err(r) => return *r,
             },
             "/v1/load/finish" => match parse::<wire::LoadFinish>(&body) {
                 Ok(m) => applier
-                    .load_finish(&m)
+                    .watch(applier.load_finish(&m))
                     .await
                     .map(|rows| json!({"status": "done", "rows": rows})),
                 Err(r) => return *r,
             },
             "/v1/load/foreign-keys" => match parse::<wire::LoadForeignKeys>(&body) {
                 Ok(m) => applier
-                    .load_foreign_keys(&m)
+                    .watch(applier.load_foreign_keys(&m))
                     .await
                     .map(|added| json!(added)),
                 Err(r) => return *r,

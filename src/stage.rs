@@ -277,6 +277,26 @@ pub async fn watched<T>(
     out
 }
 
+tokio::task_local! {
+    /// The backend of the connection the watched work ([`watched_here`]) runs on, set by
+    /// whatever takes that connection (`Applier::client`).
+    pub(crate) static BACKEND: std::sync::Arc<std::sync::atomic::AtomicI32>;
+}
+
+/// [`watched`] for work that takes its connection itself: the backend is noted when it
+/// does (see [`BACKEND`]).
+pub(crate) async fn watched_here<T>(
+    name: &str,
+    database: &Database,
+    after: Duration,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    let pid = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(0));
+    BACKEND
+        .scope(pid.clone(), watched(name, database, &pid, after, work))
+        .await
+}
+
 /// What a backend waits for, from `pg_stat_activity`.
 pub(crate) struct Wait {
     /// `wait_event_type` and `wait_event`: `Lock`/`relation`, `Client`/`ClientRead`…

@@ -1821,3 +1821,72 @@ async fn a_table_made_by_hand_on_the_target_before_its_creation_arrived_is_loade
     }
     Ok(())
 }
+
+/// A target session holding a table the load must empty holds the load's request on the
+/// target: past `stall_report` the target instance reports it as the `initial load` stage,
+/// naming that session, and the load goes on once the session ends.
+#[tokio::test]
+async fn a_load_held_on_the_target_names_the_session_holding_it() -> anyhow::Result<()> {
+    let p = Pair::new2(
+        "create schema app;
+         create table app.t (id int primary key, v text);
+         insert into app.t select g, 'v' || g from generate_series(1, 20) g;",
+        "create schema app; create table app.t (id int primary key, v text);",
+    )
+    .await?;
+    let yaml = format!(
+        "{}processing_intervals: {{stall_report: 300}}\n",
+        p.target_yaml(0)
+    );
+    let target = pgteleport::instance::start(pgteleport::config::Config::from_yaml(
+        &yaml,
+        std::path::Path::new("<test target>"),
+        |_| None,
+    )?)
+    .await?;
+    let port = target.local_addr.expect("the target listens").port();
+    let reader = p.dst().await?;
+    let reader_pid: i32 = reader
+        .query_one("select pg_backend_pid()", &[])
+        .await?
+        .get(0);
+    reader
+        .batch_execute("begin; lock table app.t in access share mode")
+        .await?;
+    let load = tokio::spawn({
+        let cfg = p.source_config(port, "app.*", "")?;
+        async move { load::run(&cfg, opts(false)).await }
+    });
+    let mut seen = None;
+    wait_for(
+        "a stall report of the load on the target",
+        Duration::from_secs(30),
+        || {
+            let stall = pgteleport::stage::stalls()
+                .into_iter()
+                .find(|s| s.stage == "initial load" && s.blocked);
+            seen = stall.clone();
+            async move { Ok(stall.is_some()) }
+        },
+    )
+    .await
+    .with_context(|| format!("{:?}", pgteleport::stage::stalls()))?;
+    let stall = seen.expect("seen above");
+    assert!(
+        stall.detail.contains(&format!("held by pid {reader_pid} ")),
+        "the report names the session holding the table: {}",
+        stall.detail
+    );
+    reader.batch_execute("rollback").await?;
+    let summary = tokio::time::timeout(Duration::from_secs(30), load)
+        .await
+        .context("the load still runs after 30 s")???;
+    assert_eq!((summary.tables, summary.rows), (1, 20), "{summary}");
+    let (src, dst) = (p.src().await?, p.dst().await?);
+    assert_eq!(rows(&src, "app.t").await?, rows(&dst, "app.t").await?);
+    assert!(!pgteleport::stage::stalls()
+        .iter()
+        .any(|s| s.stage == "initial load"));
+    target.shutdown().await?;
+    Ok(())
+}
