@@ -1465,12 +1465,41 @@ async fn lock_looks_within(
     {
         return Ok(());
     }
+    let why = match look_holder(client, internal).await {
+        Some(why) => why,
+        None => "likely waiting for a table's lock behind a transaction left open (see \
+                 pg_stat_activity and pg_locks)"
+            .to_string(),
+    };
     Err(StepError::Other(format!(
         "a look of the ddlwatcher (of the running instance) has held its lock for over {} s — \
-         likely waiting for a table's lock behind a transaction left open (see pg_stat_activity \
-         and pg_locks): end that transaction, then run the load again",
+         {why}: end that transaction, then run the load again",
         within.as_secs()
     )))
+}
+
+/// The session holding the looks' lock of `internal` and what it waits for ("its session,
+/// pid N, waits for a relation lock held by pid M (…)"); `None` when that cannot be read.
+async fn look_holder(client: &Client, internal: &str) -> Option<String> {
+    // A two-key advisory lock: the keys as `classid` and `objid`, `objsubid` 2.
+    let pid: i32 = client
+        .query_opt(
+            "select pid from pg_catalog.pg_locks
+              where locktype = 'advisory' and granted and objsubid = 2
+                and database = (select oid from pg_catalog.pg_database where datname = current_database())
+                and classid = $1::int4::oid and objid = pg_catalog.hashtext($2)::oid
+              limit 1",
+            &[&db::LOOK_LOCK, &internal],
+        )
+        .await
+        .ok()??
+        .get(0);
+    let wait = crate::stage::Wait::of(client, pid).await.ok()??;
+    Some(if wait.blocked() {
+        format!("its session, pid {pid}, waits for {}", wait.lock())
+    } else {
+        format!("its session is pid {pid}, which waits for no lock now")
+    })
 }
 
 /// Where an initial load of `target` stands in the schema stream: the catalog it creates

@@ -1405,26 +1405,51 @@ async fn a_load_that_cannot_take_its_locks_stops_and_says_why() -> anyhow::Resul
         );
         holder.batch_execute("rollback").await?;
         if !event_triggers {
+            // The look lock's holder waits for a table (one of no table the load reads: a
+            // look diffs every target's tables) that a schema change left open holds: the
+            // message names both.
             holder
+                .batch_execute("create schema side; create table side.x (id int)")
+                .await?;
+            let looker = p.src().await?;
+            let looker_pid: i32 = looker
+                .query_one("select pg_backend_pid()", &[])
+                .await?
+                .get(0);
+            looker
                 .query_one(
                     "select pg_advisory_lock($1, hashtext('teleport'))",
                     &[&pgteleport::db::LOOK_LOCK],
                 )
                 .await?;
+            let blocker = p.src().await?;
+            let blocker_pid: i32 = blocker
+                .query_one("select pg_backend_pid()", &[])
+                .await?
+                .get(0);
+            blocker
+                .batch_execute("begin; alter table side.x add column y int")
+                .await?;
+            let (looking, waiting) = run_until_done_or_waiting(
+                looker,
+                "begin; lock table side.x in access share mode",
+                &holder,
+            )
+            .await?;
+            assert!(waiting, "the look lock's holder waits for side.x");
             let err = load::run(&cfg, quick.clone())
                 .await
                 .expect_err("the look lock is held")
                 .to_string();
             assert!(
-                err.contains("a look of the ddlwatcher") && err.contains("over 1 s"),
+                err.contains("a look of the ddlwatcher")
+                    && err.contains("over 1 s")
+                    && err.contains(&format!("its session, pid {looker_pid}, waits for a relation lock held by pid {blocker_pid} ")),
                 "{err}"
             );
-            holder
-                .query_one(
-                    "select pg_advisory_unlock($1, hashtext('teleport'))",
-                    &[&pgteleport::db::LOOK_LOCK],
-                )
-                .await?;
+            blocker.batch_execute("rollback").await?;
+            looking.await??;
+            // The looker's connection ends with its task: the advisory lock with it.
         }
         let summary = load::run(&cfg, quick).await.with_context(context)?;
         assert_eq!(summary.rows, 20, "{summary}");
