@@ -1859,16 +1859,7 @@ async fn a_load_held_on_the_target_names_the_session_holding_it() -> anyhow::Res
         "create schema app; create table app.t (id int primary key, v text);",
     )
     .await?;
-    let yaml = format!(
-        "{}processing_intervals: {{stall_report: 300}}\n",
-        p.target_yaml(0)
-    );
-    let target = pgteleport::instance::start(pgteleport::config::Config::from_yaml(
-        &yaml,
-        std::path::Path::new("<test target>"),
-        |_| None,
-    )?)
-    .await?;
+    let target = p.start_target_reporting_stalls().await?;
     let port = target.local_addr.expect("the target listens").port();
     let reader = p.dst().await?;
     let reader_pid: i32 = reader
@@ -1882,26 +1873,7 @@ async fn a_load_held_on_the_target_names_the_session_holding_it() -> anyhow::Res
         let cfg = p.source_config(port, "app.*", "")?;
         async move { load::run(&cfg, opts(false)).await }
     });
-    let mut seen = None;
-    wait_for(
-        "a stall report of the load on the target",
-        Duration::from_secs(30),
-        || {
-            let stall = pgteleport::stage::stalls()
-                .into_iter()
-                .find(|s| s.stage == "initial load" && s.blocked);
-            seen = stall.clone();
-            async move { Ok(stall.is_some()) }
-        },
-    )
-    .await
-    .with_context(|| format!("{:?}", pgteleport::stage::stalls()))?;
-    let stall = seen.expect("seen above");
-    assert!(
-        stall.detail.contains(&format!("held by pid {reader_pid} ")),
-        "the report names the session holding the table: {}",
-        stall.detail
-    );
+    wait_blocked_by("initial load", reader_pid).await?;
     reader.batch_execute("rollback").await?;
     let summary = tokio::time::timeout(Duration::from_secs(30), load)
         .await

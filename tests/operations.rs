@@ -5,7 +5,6 @@ mod common;
 
 use std::time::Duration;
 
-use anyhow::Context as _;
 use base64::Engine as _;
 use bytes::Bytes;
 use common::*;
@@ -1268,16 +1267,7 @@ async fn a_batch_held_by_a_target_lock_names_the_session_holding_it() -> anyhow:
          insert into app.t values (1, 'a'), (2, 'b');",
     )
     .await?;
-    let yaml = format!(
-        "{}processing_intervals: {{stall_report: 300}}\n",
-        p.target_yaml(0)
-    );
-    let target = pgteleport::instance::start(pgteleport::config::Config::from_yaml(
-        &yaml,
-        std::path::Path::new("<test target>"),
-        |_| None,
-    )?)
-    .await?;
+    let target = p.start_target_reporting_stalls().await?;
     let tport = target.local_addr.expect("the target listens").port();
     let source = p.start_source(tport, "app.*", "").await?;
     let (src, dst) = (p.src().await?, p.dst().await?);
@@ -1295,26 +1285,7 @@ async fn a_batch_held_by_a_target_lock_names_the_session_holding_it() -> anyhow:
         "update app.t set v = 'changed' where id = 1; insert into app.t values (3, 'c')",
     )
     .await?;
-    let mut seen = None;
-    wait_for(
-        "a stall report of the applier",
-        Duration::from_secs(20),
-        || {
-            let stall = pgteleport::stage::stalls()
-                .into_iter()
-                .find(|s| s.stage == "applier" && s.blocked);
-            seen = stall.clone();
-            async move { Ok(stall.is_some()) }
-        },
-    )
-    .await
-    .with_context(|| format!("{:?}", pgteleport::stage::stalls()))?;
-    let stall = seen.expect("seen above");
-    assert!(
-        stall.detail.contains(&format!("held by pid {holder_pid} ")),
-        "the report names the session holding the lock: {}",
-        stall.detail
-    );
+    wait_blocked_by("applier", holder_pid).await?;
     let (_, m) = call(tport, "GET", "/metrics", Auth::None, None).await?;
     let m = m.as_str().unwrap_or_default().to_string();
     let held = metric(

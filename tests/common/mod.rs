@@ -106,6 +106,17 @@ impl Pair {
         Ok(())
     }
 
+    /// A target on a free port whose stall reports come after 300 ms
+    /// (`processing_intervals.stall_report`).
+    pub async fn start_target_reporting_stalls(&self) -> Result<Running> {
+        let yaml = format!(
+            "{}processing_intervals: {{stall_report: 300}}\n",
+            self.target_yaml(0)
+        );
+        let cfg = Config::from_yaml(&yaml, Path::new("<test target>"), |_| None)?;
+        Ok(instance::start(cfg).await?)
+    }
+
     /// The source config lines for schema changes by event triggers (`event_triggers`) or by
     /// diffing; for event triggers the source role is made a superuser first.
     pub async fn ddl_mode(&self, event_triggers: bool) -> Result<&'static str> {
@@ -300,6 +311,28 @@ fn drop_when_gone(cluster: &Cluster, keep: &Path, dbs: &[&str], roles: &[&str]) 
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn();
+}
+
+/// Waits (30 s at most) until stage `stage` of this process reports a step that waits for a
+/// lock held by backend `holder`; its report.
+pub async fn wait_blocked_by(stage: &str, holder: i32) -> Result<pgteleport::stage::Stall> {
+    let mut seen = None;
+    let what = format!("a stall report of {stage} naming pid {holder}");
+    let found = wait_for(&what, Duration::from_secs(30), || {
+        let stall = pgteleport::stage::stalls()
+            .into_iter()
+            .find(|s| s.stage == stage && s.blocked);
+        let named = stall
+            .as_ref()
+            .is_some_and(|s| s.detail.contains(&format!("held by pid {holder} ")));
+        seen = stall;
+        async move { Ok(named) }
+    })
+    .await;
+    match (found, seen) {
+        (Ok(()), Some(stall)) => Ok(stall),
+        (r, seen) => bail!("{:?}; last seen: {seen:?}", r.err()),
+    }
 }
 
 /// Rows of `table` as text, ordered, for comparing source and target exactly.
