@@ -794,7 +794,9 @@ impl Transmitter {
                     match tokio::time::timeout(patience, &mut request).await {
                         Ok(r) => (r, Some(counts)),
                         Err(_) => return Err(Refusal::Retry(UNREACHABLE, format!(
-                            "target `{}` sent no answer within {} s after batch {seq}",
+                            "target `{}` sent no answer within {} s after batch {seq} (endpoint.timeout_seconds); \
+                             if its apply waits for a lock there, the target's log and /metrics name the session \
+                             holding it (stage `applier`)",
                             self.target,
                             patience.as_secs()
                         ))),

@@ -1269,7 +1269,18 @@ async fn a_batch_held_by_a_target_lock_names_the_session_holding_it() -> anyhow:
     .await?;
     let target = p.start_target_reporting_stalls().await?;
     let tport = target.local_addr.expect("the target listens").port();
-    let source = p.start_source(tport, "app.*", "").await?;
+    // The source gives up on an answer after 1 s (and sends the batch again later).
+    let yaml = p.source_yaml(tport, "app.*", "").replace(
+        &format!("port: {tport}}}"),
+        &format!("port: {tport}, timeout_seconds: 1}}"),
+    );
+    assert!(yaml.contains("timeout_seconds: 1"), "{yaml}");
+    let source = pgteleport::instance::start(pgteleport::config::Config::from_yaml(
+        &yaml,
+        std::path::Path::new("<test source>"),
+        |_| None,
+    )?)
+    .await?;
     let (src, dst) = (p.src().await?, p.dst().await?);
     wait_equal(&src, &dst, &["app.t"], Duration::from_secs(20)).await?;
 
@@ -1293,6 +1304,16 @@ async fn a_batch_held_by_a_target_lock_names_the_session_holding_it() -> anyhow:
         "pgteleport_stage_stalled_seconds{stage=\"applier\",blocked=\"true\"}",
     );
     assert!(held.is_some_and(|s| s >= 0.3), "{m}");
+    // The source says where to look.
+    wait_for(
+        "the source's transmit error",
+        Duration::from_secs(20),
+        || async {
+            let e = last_error(&src).await?;
+            Ok(e.contains("no answer within") && e.contains("stage `applier`"))
+        },
+    )
+    .await?;
     // The batch waits; nothing of it is visible yet.
     assert_eq!(
         texts(&dst, "select v from app.t order by id").await?,
