@@ -94,23 +94,16 @@ impl Alerter {
             detail: None,
         });
         // The stages of this process that wait for a lock now (the longest wait of each).
-        for stall in crate::stage::stalls().into_iter().filter(|s| s.blocked) {
-            match out
-                .iter_mut()
-                .find(|r| r.alert == "blocked_seconds" && r.subject == stall.stage)
-            {
-                Some(r) if r.value >= stall.seconds => {}
-                Some(r) => {
-                    r.value = stall.seconds;
-                    r.detail = Some(stall.detail);
-                }
-                None => out.push(Reading {
-                    alert: "blocked_seconds",
-                    subject: stall.stage,
-                    value: stall.seconds,
-                    detail: Some(stall.detail),
-                }),
-            }
+        for stall in crate::stage::longest_stalls()
+            .into_iter()
+            .filter(|s| s.blocked)
+        {
+            out.push(Reading {
+                alert: "blocked_seconds",
+                subject: stall.stage,
+                value: stall.seconds,
+                detail: Some(stall.detail),
+            });
         }
         Ok(out)
     }

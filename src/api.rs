@@ -870,23 +870,17 @@ impl Api {
                 n,
             );
         }
-        // One series per stage and kind: the longest (two batches may be applied at once).
-        let mut stalls = std::collections::BTreeMap::new();
-        for stall in crate::stage::stalls() {
-            let longest = stalls.entry((stall.stage, stall.blocked)).or_insert(0.0f64);
-            *longest = longest.max(stall.seconds);
-        }
-        for ((stage, blocked), seconds) in stalls {
+        for stall in crate::stage::longest_stalls() {
             metrics.add(
                 "pgteleport_stage_stalled_seconds",
                 "gauge",
                 "how long a stage's step has run, while past processing_intervals.stall_report; blocked=\"true\" when it waits for a lock another session holds",
                 &format!(
                     "{{stage=\"{}\",blocked=\"{}\"}}",
-                    escape_label(&stage),
-                    blocked
+                    escape_label(&stall.stage),
+                    stall.blocked
                 ),
-                seconds,
+                stall.seconds,
             );
         }
         if roles.target {

@@ -136,6 +136,15 @@ where
 }
 
 /// The driver configuration for `db`, with `purpose` in the application name.
+/// The `application_name` of this instance's connections is `prefix`, their purpose, then
+/// `suffix`: `pgteleport batcher`, or with `options.application_name` set `orders (batcher)`.
+pub(crate) fn application_affixes(db: &Database) -> (String, &'static str) {
+    match db.options.get("application_name") {
+        Some(custom) => (format!("{custom} ("), ")"),
+        None => ("pgteleport ".to_string(), ""),
+    }
+}
+
 pub fn pg_config(db: &Database, purpose: &str) -> tokio_postgres::Config {
     let mut cfg = tokio_postgres::Config::new();
     cfg.host(&db.hostname)
@@ -146,7 +155,8 @@ pub fn pg_config(db: &Database, purpose: &str) -> tokio_postgres::Config {
     if !db.password.is_empty() {
         cfg.password(db.password.expose());
     }
-    let mut app = format!("pgteleport {purpose}");
+    let (prefix, suffix) = application_affixes(db);
+    let app = format!("{prefix}{purpose}{suffix}");
     // Exactly once needs durable commits whatever the server's default: a target that
     // answered "applied" and a source that numbered a batch must not forget it in a crash
     // (with `synchronous_commit = off` the last commits vanish). Last, so it wins. (The
@@ -160,7 +170,6 @@ pub fn pg_config(db: &Database, purpose: &str) -> tokio_postgres::Config {
                     cfg.connect_timeout(Duration::from_secs(s));
                 }
             }
-            "application_name" => app = format!("{v} ({purpose})"),
             "options" => options = v.clone(),
             "keepalives" => {
                 cfg.keepalives(v != "0");
@@ -323,6 +332,27 @@ pub async fn session_lock_within(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The backend holding the session advisory lock of [`session_lock`] (`key`, `name`) in
+/// this database, if one does.
+pub async fn session_lock_holder(
+    client: &Client,
+    key: i32,
+    name: &str,
+) -> Result<Option<i32>, tokio_postgres::Error> {
+    // A two-key advisory lock shows its keys as `classid` and `objid`, `objsubid` 2.
+    Ok(client
+        .query_opt(
+            "select pid from pg_catalog.pg_locks
+              where locktype = 'advisory' and granted and objsubid = 2
+                and database = (select oid from pg_catalog.pg_database where datname = current_database())
+                and classid = $1::int4::oid and objid = pg_catalog.hashtext($2)::oid
+              limit 1",
+            &[&key, &name],
+        )
+        .await?
+        .map(|r| r.get(0)))
 }
 
 /// The first key of the advisory lock that serialises installs into one internal schema

@@ -196,6 +196,22 @@ pub fn stalls() -> Vec<Stall> {
         .unwrap_or_default()
 }
 
+/// [`stalls`], one per stage and kind (blocked or not): the longest — two batches may be
+/// applied at once.
+pub fn longest_stalls() -> Vec<Stall> {
+    let mut longest: std::collections::BTreeMap<(String, bool), Stall> = Default::default();
+    for stall in stalls() {
+        let key = (stall.stage.clone(), stall.blocked);
+        match longest.get(&key) {
+            Some(l) if l.seconds >= stall.seconds => {}
+            _ => {
+                longest.insert(key, stall);
+            }
+        }
+    }
+    longest.into_values().collect()
+}
+
 /// A watched step's entry in [`STALLS`], removed when the step ends or is dropped (a
 /// shutdown, a batch whose sender went away).
 struct Watch {

@@ -136,10 +136,7 @@ pub async fn status(config: &Config) -> anyhow::Result<String> {
 /// it (the stall reports' view, read from `pg_stat_activity` by any process: its own
 /// connections by their `application_name`).
 async fn waiting(client: &tokio_postgres::Client, config: &Config, out: &mut String) {
-    let prefix = match config.database.options.get("application_name") {
-        Some(custom) => format!("{custom} ("),
-        None => "pgteleport ".to_string(),
-    };
+    let (prefix, _) = db::application_affixes(&config.database);
     let rows = client
         .query(
             "select pid, application_name,

@@ -1481,19 +1481,9 @@ async fn lock_looks_within(
 /// The session holding the looks' lock of `internal` and what it waits for ("its session,
 /// pid N, waits for a relation lock held by pid M (…)"); `None` when that cannot be read.
 async fn look_holder(client: &Client, internal: &str) -> Option<String> {
-    // A two-key advisory lock: the keys as `classid` and `objid`, `objsubid` 2.
-    let pid: i32 = client
-        .query_opt(
-            "select pid from pg_catalog.pg_locks
-              where locktype = 'advisory' and granted and objsubid = 2
-                and database = (select oid from pg_catalog.pg_database where datname = current_database())
-                and classid = $1::int4::oid and objid = pg_catalog.hashtext($2)::oid
-              limit 1",
-            &[&db::LOOK_LOCK, &internal],
-        )
+    let pid = db::session_lock_holder(client, db::LOOK_LOCK, internal)
         .await
-        .ok()??
-        .get(0);
+        .ok()??;
     let wait = crate::stage::Wait::of(client, pid).await.ok()??;
     Some(if wait.blocked() {
         format!("its session, pid {pid}, waits for {}", wait.lock())
