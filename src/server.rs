@@ -5,6 +5,7 @@
 //! | `GET /healthz` | 200 `{"status":"ok"}` |
 //! | `POST /v1/batches` | 200 applied or duplicate (`applied_seq`); 400 malformed or truncated; 401 token; 403 a source token for another source; 408 the body stalled; 409 out of sequence (`applied_seq`); 413 a segment too large; 422 target schema behind; 503 database unavailable; 500 other apply failure |
 //! | `GET /v1/position/{source}/{target}` | 200 `{"applied_seq": n}` |
+//! | `GET /v1/stalls` | 200 `{"stalls": [{"stage", "seconds", "blocked", "detail"}]}`: the steps running past `stall_report` now (an initial load's sender shows them while its request waits) |
 //! | `GET /readyz` | 200 `{"status":"ready"}` when the database answers, else 503 |
 //! | `GET /metrics` | Prometheus text (see [`crate::api`]) |
 //! | `/api/v1/…` | the management API of a source instance (see [`crate::api`], `openapi.json`) |
@@ -157,6 +158,11 @@ impl Server {
             (&Method::GET, "/healthz") => reply(StatusCode::OK, json!({"status": "ok"})),
             (&Method::POST, "/v1/batches") => self.batches(req, peer).await,
             (&Method::GET, p) if p.starts_with("/v1/position/") => self.position(&req, p).await,
+            (&Method::GET, "/v1/stalls") => match self.authorize(&req) {
+                // What an initial load's sender shows while its request waits here.
+                Ok(_) => reply(StatusCode::OK, json!({"stalls": crate::stage::stalls()})),
+                Err(r) => *r,
+            },
             (&Method::POST, p) if p.starts_with("/v1/load/") => self.load(req, peer).await,
             (_, "/v1/batches") => error(StatusCode::METHOD_NOT_ALLOWED, "use POST /v1/batches"),
             _ => error(

@@ -164,7 +164,7 @@ pub async fn run<S: Step + Send>(
 }
 
 /// A step that has run past its stage's `stall_report`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Stall {
     pub stage: String,
     /// How long the step has run.
@@ -243,6 +243,28 @@ pub async fn watched<T>(
     after: Duration,
     work: impl std::future::Future<Output = T>,
 ) -> T {
+    let describe = || {
+        describe_wait(
+            database,
+            Some(pid.load(Ordering::Relaxed)).filter(|p| *p != 0),
+        )
+    };
+    watched_with(name, after, describe, work).await
+}
+
+/// [`watched`] with the account of what the step waits for given by `describe`: (whether
+/// it waits for a lock another session holds, a sentence saying what and who). The initial
+/// load's sender asks the target's report, the step's database work being done there.
+pub async fn watched_with<T, D, F>(
+    name: &str,
+    after: Duration,
+    mut describe: D,
+    work: impl std::future::Future<Output = T>,
+) -> T
+where
+    D: FnMut() -> F,
+    F: std::future::Future<Output = (bool, String)>,
+{
     tokio::pin!(work);
     let mut watch = Watch {
         id: WATCHED.fetch_add(1, Ordering::Relaxed),
@@ -255,14 +277,12 @@ pub async fn watched<T>(
             r = &mut work => break r,
             _ = tokio::time::sleep_until(next) => {}
         }
-        let backend = Some(pid.load(Ordering::Relaxed)).filter(|p| *p != 0);
-        let describe =
-            tokio::time::timeout(Duration::from_secs(10), describe_wait(database, backend));
+        let describe = tokio::time::timeout(Duration::from_secs(10), describe());
         tokio::pin!(describe);
         let (blocked, detail) = tokio::select! {
             r = &mut work => break r,
             d = &mut describe => d.unwrap_or_else(|_| {
-                (false, "its connection's state could not be read within 10 s".into())
+                (false, "what it waits for could not be read within 10 s".into())
             }),
         };
         let seconds = started.elapsed().as_secs_f64();

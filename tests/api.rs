@@ -408,6 +408,24 @@ async fn a_source_token_admits_its_own_source_only() -> anyhow::Result<()> {
             "position of {source}"
         );
     }
+    // The target's stall reports: any token it admits, none else.
+    for (token, want) in [
+        (None, 401),
+        (Some("wrong"), 401),
+        (Some("token-for-api-test"), 200),
+    ] {
+        let mut req = hyper::Request::get(format!("http://127.0.0.1:{port}/v1/stalls"));
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let resp = http.request(req.body(Full::new(Bytes::new()))?).await?;
+        let status = resp.status().as_u16();
+        let body: serde_json::Value =
+            serde_json::from_slice(&resp.into_body().collect().await?.to_bytes())?;
+        assert_eq!(status, want, "stalls with {token:?}: {body}");
+        let listed = body["stalls"].is_array();
+        assert_eq!(listed, want == 200, "stalls with {token:?}: {body}");
+    }
     // The shared token still admits any source.
     let (s, j) = post(
         port,

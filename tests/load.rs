@@ -2,12 +2,14 @@
 
 mod common;
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use common::*;
+use pgteleport::config::Config;
 use pgteleport::load::{self, LoadOptions};
 
 const SOURCE: &str = "
@@ -1849,7 +1851,8 @@ async fn a_table_made_by_hand_on_the_target_before_its_creation_arrived_is_loade
 
 /// A target session holding a table the load must empty holds the load's request on the
 /// target: past `stall_report` the target instance reports it as the `initial load` stage,
-/// naming that session, and the load goes on once the session ends.
+/// naming that session, the load's sender reports its unanswered request with the target's
+/// account (stage `initial load to t1`), and the load goes on once the session ends.
 #[tokio::test]
 async fn a_load_held_on_the_target_names_the_session_holding_it() -> anyhow::Result<()> {
     let p = Pair::new2(
@@ -1870,10 +1873,21 @@ async fn a_load_held_on_the_target_names_the_session_holding_it() -> anyhow::Res
         .batch_execute("begin; lock table app.t in access share mode")
         .await?;
     let load = tokio::spawn({
-        let cfg = p.source_config(port, "app.*", "")?;
+        let yaml = p
+            .source_yaml(port, "app.*", "")
+            .replace("ddlwatcher: 200}", "ddlwatcher: 200, stall_report: 300}");
+        assert!(yaml.contains("stall_report: 300"), "{yaml}");
+        let cfg = Config::from_yaml(&yaml, Path::new("<test source>"), |_| None)?;
         async move { load::run(&cfg, opts(false)).await }
     });
     wait_blocked_by("initial load", reader_pid).await?;
+    let sender = wait_blocked_by("initial load to t1", reader_pid).await?;
+    assert!(
+        sender
+            .detail
+            .starts_with("the target `t1` has not answered POST /v1/load/"),
+        "{sender:?}"
+    );
     reader.batch_execute("rollback").await?;
     let summary = tokio::time::timeout(Duration::from_secs(30), load)
         .await
@@ -1883,7 +1897,7 @@ async fn a_load_held_on_the_target_names_the_session_holding_it() -> anyhow::Res
     assert_eq!(rows(&src, "app.t").await?, rows(&dst, "app.t").await?);
     assert!(!pgteleport::stage::stalls()
         .iter()
-        .any(|s| s.stage == "initial load"));
+        .any(|s| s.stage.starts_with("initial load")));
     target.shutdown().await?;
     Ok(())
 }

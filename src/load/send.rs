@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ddlwatcher::{quote_ident, Table, TypeRef};
 use futures_util::TryStreamExt;
-use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full, StreamBody};
 use hyper::body::Frame;
-use hyper::{Request, StatusCode};
+use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::TokioExecutor;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -19,6 +19,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::capture;
 use crate::config::{Config, Target};
 use crate::db;
+use crate::stage;
 use crate::wire::{
     CopyHeader, ForeignKeysAdded, LoadFinish, LoadForeignKeys, LoadPrepare, LoadStart,
     LoadTableState,
@@ -213,10 +214,13 @@ struct Remote {
     base: String,
     token: Option<String>,
     http: HttpClient<crate::tls::HttpsConnector, Body>,
+    /// `processing_intervals.stall_report`: a request the target has not answered in that
+    /// long is reported with what the target says it waits for ([`Remote::waits`]).
+    stall_report: Duration,
 }
 
 impl Remote {
-    fn new(name: &str, t: &Target) -> Result<Self, LoadError> {
+    fn new(name: &str, t: &Target, stall_report: Duration) -> Result<Self, LoadError> {
         let (base, connector) =
             crate::tls::https_connector(&t.endpoint).map_err(|e| LoadError::Target {
                 status: None,
@@ -229,7 +233,19 @@ impl Remote {
             base,
             token: t.auth_token.as_ref().map(|s| s.expose().to_string()),
             http: HttpClient::builder(TokioExecutor::new()).build(connector),
+            stall_report,
         })
+    }
+
+    fn request(&self, method: Method, path: &str) -> hyper::http::request::Builder {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header("content-type", "application/json");
+        if let Some(t) = &self.token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        req
     }
 
     fn err(&self, message: String) -> LoadError {
@@ -247,27 +263,30 @@ impl Remote {
         body: Body,
         copy: Option<String>,
     ) -> Result<serde_json::Value, LoadError> {
-        let mut req = Request::post(format!("{}{path}", self.base))
-            .header("content-type", "application/json");
-        if let Some(t) = &self.token {
-            req = req.header("authorization", format!("Bearer {t}"));
-        }
+        let mut req = self.request(Method::POST, path);
         if let Some(h) = copy {
             req = req.header("x-pgteleport-copy", h);
         }
         let req = req.body(body).map_err(|e| self.err(e.to_string()))?;
-        let resp = self
-            .http
-            .request(req)
-            .await
-            .map_err(|e| self.err(db::error_chain(&e)))?;
-        let status = resp.status();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| self.err(e.to_string()))?
-            .to_bytes();
+        // The whole exchange is watched: the target's work is done before its answer.
+        let exchange = async {
+            let resp = self
+                .http
+                .request(req)
+                .await
+                .map_err(|e| self.err(db::error_chain(&e)))?;
+            let status = resp.status();
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| self.err(e.to_string()))?
+                .to_bytes();
+            Ok::<_, LoadError>((status, bytes))
+        };
+        let stage = format!("initial load to {}", self.name);
+        let (status, bytes) =
+            stage::watched_with(&stage, self.stall_report, || self.waits(path), exchange).await?;
         let v: serde_json::Value =
             serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
         if status == StatusCode::OK {
@@ -284,6 +303,76 @@ impl Remote {
                 message: format!("{status}: {msg}"),
                 status: Some(status.as_u16()),
             })
+        }
+    }
+
+    /// What the target says about request `path` it has not answered yet: its own stall
+    /// report of stage `initial load` (`GET /v1/stalls`) — the lock its connection waits for
+    /// and who holds it, or that it works. (Whether a session holds it up, that account.)
+    async fn waits(&self, path: &str) -> (bool, String) {
+        let asked = format!(
+            "the target `{}` has not answered POST {path} yet",
+            self.name
+        );
+        let stalls = async {
+            let req = self
+                .request(Method::GET, "/v1/stalls")
+                .body(Empty::new().map_err(|never| match never {}).boxed_unsync())
+                .map_err(|e| e.to_string())?;
+            let resp = self
+                .http
+                .request(req)
+                .await
+                .map_err(|e| db::error_chain(&e))?;
+            let status = resp.status();
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            if status != StatusCode::OK {
+                return Err(format!(
+                    "{status}{}",
+                    if status == StatusCode::NOT_FOUND {
+                        " (a target older than this instance)"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+            #[derive(serde::Deserialize)]
+            struct Stalls {
+                stalls: Vec<stage::Stall>,
+            }
+            serde_json::from_slice::<Stalls>(&bytes)
+                .map(|s| s.stalls)
+                .map_err(|e| format!("unreadable answer: {e}"))
+        };
+        match stalls.await {
+            Err(e) => (
+                false,
+                format!("{asked}; its stall report could not be read ({e}): see its log, stage `initial load`"),
+            ),
+            Ok(stalls) => {
+                let mut load: Vec<stage::Stall> =
+                    stalls.into_iter().filter(|s| s.stage == "initial load").collect();
+                // The blocked ones first, the longest first among them.
+                load.sort_by(|a, b| b.blocked.cmp(&a.blocked).then(b.seconds.total_cmp(&a.seconds)));
+                match load.first() {
+                    None => (
+                        false,
+                        format!(
+                            "{asked}, and reports no step of the load running long there: \
+                             its answer is on the way (or the network holds it)"
+                        ),
+                    ),
+                    Some(s) => (
+                        s.blocked,
+                        format!("{asked}; there, for {:.0} s, {}", s.seconds, s.detail),
+                    ),
+                }
+            }
         }
     }
 
@@ -399,7 +488,11 @@ async fn run_once(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErr
         .targets
         .get(&opts.target)
         .ok_or_else(|| LoadError::UnknownTarget(opts.target.clone()))?;
-    let remote = Arc::new(Remote::new(&opts.target, target)?);
+    let remote = Arc::new(Remote::new(
+        &opts.target,
+        target,
+        config.processing_intervals.stall_report(),
+    )?);
     let mut client = db::connect(&config.database, "initial load").await?;
     // One load per target at a time: a second would remake the tables the first is
     // filling. Held by this connection until the load ends (a run just stopped may hold
