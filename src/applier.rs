@@ -662,12 +662,21 @@ impl Applier {
     /// replicated row or table is named.
     pub async fn apply(&self, segments: &mut impl Segments) -> Result<Outcome, ApplyError> {
         let pid = std::sync::atomic::AtomicI32::new(0);
-        let result = crate::stage::watched(
+        // Which batch, once its first segment is read: the source's transmitter finds its
+        // own there (`stage::batches_of`).
+        let label = std::sync::OnceLock::new();
+        let describe = || async {
+            let (blocked, detail) = crate::stage::describe_backend(&self.database, &pid).await;
+            match label.get() {
+                Some(l) => (blocked, format!("{l}: {detail}")),
+                None => (blocked, detail),
+            }
+        };
+        let result = crate::stage::watched_with(
             "applier",
-            &self.database,
-            &pid,
             self.stall_report,
-            self.apply_batch(segments, &pid),
+            describe,
+            self.apply_batch(segments, &pid, &label),
         )
         .await;
         if result.is_err() {
@@ -694,6 +703,7 @@ impl Applier {
         &self,
         segments: &mut impl Segments,
         pid: &std::sync::atomic::AtomicI32,
+        label: &std::sync::OnceLock<String>,
     ) -> Result<Outcome, ApplyError> {
         let first = segments
             .next_segment()
@@ -707,6 +717,11 @@ impl Applier {
             });
         }
         let batch = &first;
+        let _ = label.set(format!(
+            "{}{}",
+            crate::stage::batches_of(&batch.source, &batch.target),
+            batch.seq
+        ));
         let first_columns = event_columns(batch)?;
         let started = std::time::Instant::now();
         let mut client = self.client().await?;

@@ -75,7 +75,18 @@ pub trait Step {
     fn wake(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
         None
     }
+    /// What the step waits for when its connection is idle (the step waits outside the
+    /// database): the transmitter asks the target about its batches' apply.
+    fn elsewhere(&self) -> Option<Elsewhere> {
+        None
+    }
 }
+
+/// An account of what a step waits for outside its database, for its stall report: whether
+/// a session holds it up (a lock), and a sentence; `None` when there is nothing to add.
+pub type Elsewhere = std::sync::Arc<
+    dyn Fn() -> futures_util::future::BoxFuture<'static, Option<(bool, String)>> + Send + Sync,
+>;
 
 /// Runs `stage` until `shutdown`, stepping every `interval`. Returns an error only for
 /// [`StepError::Fatal`]; everything else is logged and retried with capped backoff. A step
@@ -88,6 +99,7 @@ pub async fn run<S: Step + Send>(
     shutdown: CancellationToken,
 ) -> Result<(), StepError> {
     let name = stage.name();
+    let elsewhere = stage.elsewhere();
     let mut client: Option<Client> = None;
     // The backend of `client`, for the stall reports (0: unknown).
     let pid = std::sync::atomic::AtomicI32::new(0);
@@ -121,7 +133,12 @@ pub async fn run<S: Step + Send>(
         let outcome = tokio::select! {
             biased;
             _ = shutdown.cancelled() => return Ok(()),
-            r = watched(&name, &database, &pid, stall_report, stage.step(c)) => r,
+            r = watched_with(
+                &name,
+                stall_report,
+                || describe_step(&database, &pid, elsewhere.as_ref()),
+                stage.step(c),
+            ) => r,
         };
         let wait = match outcome {
             Ok(Progress::Busy) => {
@@ -243,13 +260,7 @@ pub async fn watched<T>(
     after: Duration,
     work: impl std::future::Future<Output = T>,
 ) -> T {
-    let describe = || {
-        describe_wait(
-            database,
-            Some(pid.load(Ordering::Relaxed)).filter(|p| *p != 0),
-        )
-    };
-    watched_with(name, after, describe, work).await
+    watched_with(name, after, || describe_backend(database, pid), work).await
 }
 
 /// [`watched`] with the account of what the step waits for given by `describe`: (whether
@@ -414,26 +425,73 @@ impl Wait {
     }
 }
 
-/// What backend `pid` waits for, read on a connection of its own: (whether it waits for a
-/// lock, a sentence saying what and who holds it).
-async fn describe_wait(database: &Database, pid: Option<i32>) -> (bool, String) {
-    let Some(pid) = pid else {
-        return (false, "its connection's backend is unknown".into());
+/// What the backend of `pid` (0: not known yet) waits for: (whether it waits for a lock,
+/// a sentence saying what and who holds it).
+pub(crate) async fn describe_backend(
+    database: &Database,
+    pid: &std::sync::atomic::AtomicI32,
+) -> (bool, String) {
+    let seen = describe_wait(database, pid).await;
+    (seen.blocked, seen.detail)
+}
+
+/// [`describe_backend`], and when the connection is idle (the step waits outside the
+/// database) what `elsewhere` says.
+async fn describe_step(
+    database: &Database,
+    pid: &std::sync::atomic::AtomicI32,
+    elsewhere: Option<&Elsewhere>,
+) -> (bool, String) {
+    let seen = describe_wait(database, pid).await;
+    if let (true, Some(elsewhere)) = (seen.idle, elsewhere) {
+        if let Some((blocked, there)) = elsewhere().await {
+            return (
+                blocked,
+                format!("its connection (pid {}) is idle: {there}", seen.pid),
+            );
+        }
+    }
+    (seen.blocked, seen.detail)
+}
+
+/// What a backend was seen waiting for.
+struct Seen {
+    pid: i32,
+    /// It waits for a lock.
+    blocked: bool,
+    /// It waits for its client: the step waits outside the database.
+    idle: bool,
+    detail: String,
+}
+
+/// What backend `pid` waits for, read on a connection of its own.
+async fn describe_wait(database: &Database, pid: &std::sync::atomic::AtomicI32) -> Seen {
+    let pid = pid.load(Ordering::Relaxed);
+    let seen = |blocked: bool, idle: bool, detail: String| Seen {
+        pid,
+        blocked,
+        idle,
+        detail,
     };
+    if pid == 0 {
+        return seen(false, false, "its connection's backend is unknown".into());
+    }
     let client = match db::connect(database, "stall report").await {
         Ok(c) => c,
-        Err(e) => return (false, format!("cannot look at its connection: {e}")),
+        Err(e) => return seen(false, false, format!("cannot look at its connection: {e}")),
     };
     let wait = match Wait::of(&client, pid).await {
         Ok(Some(w)) => w,
         Ok(None) => {
-            return (
+            return seen(
+                false,
                 false,
                 format!("its backend (pid {pid}) is gone from pg_stat_activity"),
             )
         }
         Err(e) => {
-            return (
+            return seen(
+                false,
                 false,
                 format!("cannot read pg_stat_activity: {}", db::describe(&e)),
             )
@@ -445,27 +503,121 @@ async fn describe_wait(database: &Database, pid: Option<i32>) -> (bool, String) 
         } else {
             " — end that transaction (or wait for it) and the step goes on"
         };
-        return (
+        return seen(
             true,
+            false,
             format!("its connection (pid {pid}) waits for {}{end}", wait.lock()),
         );
     }
     match wait.kind.as_deref() {
-        Some("Client") => (
+        Some("Client") => seen(
             false,
+            true,
             format!(
                 "its connection (pid {pid}) is idle: the step waits outside the database \
                  (for the target's answer, say)"
             ),
         ),
-        Some(k) => (
+        Some(k) => seen(
+            false,
             false,
             format!(
                 "its connection (pid {pid}) is working (wait event {k}/{})",
                 wait.event.unwrap_or_default()
             ),
         ),
-        None => (false, format!("its connection (pid {pid}) is working")),
+        None => seen(
+            false,
+            false,
+            format!("its connection (pid {pid}) is working"),
+        ),
+    }
+}
+
+/// How a target's stall reports name the batches of `source` for `target` it applies:
+/// the start of each one's detail, followed by its number.
+pub(crate) fn batches_of(source: &str, target: &str) -> String {
+    format!("source `{source}`, target `{target}`, batch ")
+}
+
+/// What target `name` says about a request of ours it has not answered yet (`asked`: "the
+/// target … has not answered …"): its stall reports (`GET /v1/stalls`) that `ours` picks,
+/// the blocked first, the longest first among them. `what` names the work looked for there
+/// ("step of the load", "apply of this source's batches").
+pub(crate) async fn target_account(
+    http: &hyper_util::client::legacy::Client<
+        crate::tls::HttpsConnector,
+        http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, std::io::Error>,
+    >,
+    base: &str,
+    token: Option<&str>,
+    asked: &str,
+    what: &str,
+    ours: impl Fn(&Stall) -> bool,
+) -> (bool, String) {
+    use http_body_util::BodyExt;
+    let stalls = async {
+        let mut req = hyper::Request::get(format!("{base}/v1/stalls"));
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = req
+            .body(
+                http_body_util::Empty::new()
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+            )
+            .map_err(|e| e.to_string())?;
+        let resp = http.request(req).await.map_err(|e| db::error_chain(&e))?;
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        if status != hyper::StatusCode::OK {
+            let older = if status == hyper::StatusCode::NOT_FOUND {
+                " (a target older than this instance)"
+            } else {
+                ""
+            };
+            return Err(format!("{status}{older}"));
+        }
+        #[derive(serde::Deserialize)]
+        struct Stalls {
+            stalls: Vec<Stall>,
+        }
+        serde_json::from_slice::<Stalls>(&bytes)
+            .map(|s| s.stalls)
+            .map_err(|e| format!("unreadable answer: {e}"))
+    };
+    match stalls.await {
+        Err(e) => (
+            false,
+            format!("{asked}; its stall report could not be read ({e}): see its log"),
+        ),
+        Ok(stalls) => {
+            let mut ours: Vec<Stall> = stalls.into_iter().filter(|s| ours(s)).collect();
+            ours.sort_by(|a, b| {
+                b.blocked
+                    .cmp(&a.blocked)
+                    .then(b.seconds.total_cmp(&a.seconds))
+            });
+            match ours.first() {
+                None => (
+                    false,
+                    format!(
+                        "{asked}, and reports no {what} running long there: its answer is on \
+                         the way (or the network holds it)"
+                    ),
+                ),
+                Some(s) => (
+                    s.blocked,
+                    format!("{asked}; there, for {:.0} s, {}", s.seconds, s.detail),
+                ),
+            }
+        }
     }
 }
 

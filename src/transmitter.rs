@@ -160,6 +160,17 @@ impl Transmitter {
         }
     }
 
+    /// What the target says of its apply of this source's batches (see [`TargetAccount`]).
+    fn account(&self) -> TargetAccount {
+        TargetAccount {
+            http: self.http.clone(),
+            base: self.base_url.clone(),
+            token: self.token.as_ref().map(|t| t.expose().to_string()),
+            target: self.target.clone(),
+            ours: crate::stage::batches_of(&self.source, &self.target),
+        }
+    }
+
     /// Asks the target how far it applied.
     async fn position(&self) -> Result<i64, String> {
         let path = format!("/v1/position/{}/{}", self.source, self.target);
@@ -793,13 +804,18 @@ impl Transmitter {
                     let _ = sent.send(());
                     match tokio::time::timeout(patience, &mut request).await {
                         Ok(r) => (r, Some(counts)),
-                        Err(_) => return Err(Refusal::Retry(UNREACHABLE, format!(
-                            "target `{}` sent no answer within {} s after batch {seq} (endpoint.timeout_seconds); \
-                             if its apply waits for a lock there, the target's log and /metrics name the session \
-                             holding it (stage `applier`)",
-                            self.target,
-                            patience.as_secs()
-                        ))),
+                        Err(_) => {
+                            let asked = format!(
+                                "target `{}` sent no answer within {} s after batch {seq} (endpoint.timeout_seconds)",
+                                self.target,
+                                patience.as_secs()
+                            );
+                            let message = match tokio::time::timeout(Duration::from_secs(5), self.account().ask(&asked)).await {
+                                Ok((_, m)) => m,
+                                Err(_) => format!("{asked}; its stall report did not come within 5 s: see its log and /metrics (stage `applier`)"),
+                            };
+                            return Err(Refusal::Retry(UNREACHABLE, message))
+                        }
                     }
                 }
                 Err(e) => {
@@ -1028,6 +1044,17 @@ impl Step for Transmitter {
         self.prepared.clear();
     }
 
+    fn elsewhere(&self) -> Option<crate::stage::Elsewhere> {
+        let account = self.account();
+        Some(std::sync::Arc::new(move || {
+            let account = account.clone();
+            Box::pin(async move {
+                let asked = format!("the target `{}` has not answered yet", account.target);
+                Some(account.ask(&asked).await)
+            })
+        }))
+    }
+
     async fn step(&mut self, client: &mut Client) -> Result<Progress, StepError> {
         use crate::mirror::{self, State};
         let s = self.schema.clone();
@@ -1070,6 +1097,33 @@ impl Step for Transmitter {
             mirror::fail(client, &s, &self.target, m).await;
         }
         result
+    }
+}
+
+/// The means to ask a target what holds up its apply of this source's batches: its stall
+/// reports of stage `applier` that name them.
+#[derive(Clone)]
+struct TargetAccount {
+    http: HttpClient<crate::tls::HttpsConnector, ReqBody>,
+    base: String,
+    token: Option<String>,
+    target: String,
+    /// The start of the detail of a report about one of this source's batches.
+    ours: String,
+}
+
+impl TargetAccount {
+    /// `asked`: what the target has not answered ("the target … has not answered yet").
+    async fn ask(&self, asked: &str) -> (bool, String) {
+        crate::stage::target_account(
+            &self.http,
+            &self.base,
+            self.token.as_deref(),
+            asked,
+            "apply of this source's batches",
+            |s| s.stage == "applier" && s.detail.starts_with(&self.ours),
+        )
+        .await
     }
 }
 

@@ -1258,7 +1258,9 @@ async fn a_source_without_config_targets_runs_mirrors_created_through_the_api() 
 
 /// A target session holding a lock on a replicated row holds the batch that changes it: the
 /// target instance says so once the batch has been applied past `stall_report` — in its log,
-/// in `/metrics`, naming the session — and the batch goes through once that session ends.
+/// in `/metrics`, naming the session —, so does the source's transmitter with the target's
+/// account (its stall report, and the error of a batch without an answer), and the batch
+/// goes through once that session ends.
 #[tokio::test]
 async fn a_batch_held_by_a_target_lock_names_the_session_holding_it() -> anyhow::Result<()> {
     let p = Pair::new(
@@ -1269,12 +1271,17 @@ async fn a_batch_held_by_a_target_lock_names_the_session_holding_it() -> anyhow:
     .await?;
     let target = p.start_target_reporting_stalls().await?;
     let tport = target.local_addr.expect("the target listens").port();
-    // The source gives up on an answer after 1 s (and sends the batch again later).
-    let yaml = p.source_yaml(tport, "app.*", "").replace(
-        &format!("port: {tport}}}"),
-        &format!("port: {tport}, timeout_seconds: 1}}"),
-    );
-    assert!(yaml.contains("timeout_seconds: 1"), "{yaml}");
+    // The source gives up on an answer after 2 s (and sends the batch again later), and
+    // reports a step running for 300 ms.
+    let yaml = p
+        .source_yaml(tport, "app.*", "")
+        .replace(
+            &format!("port: {tport}}}"),
+            &format!("port: {tport}, timeout_seconds: 2}}"),
+        )
+        .replace("ddlwatcher: 200}", "ddlwatcher: 200, stall_report: 300}");
+    assert!(yaml.contains("timeout_seconds: 2"), "{yaml}");
+    assert!(yaml.contains("stall_report: 300"), "{yaml}");
     let source = pgteleport::instance::start(pgteleport::config::Config::from_yaml(
         &yaml,
         std::path::Path::new("<test source>"),
@@ -1304,13 +1311,22 @@ async fn a_batch_held_by_a_target_lock_names_the_session_holding_it() -> anyhow:
         "pgteleport_stage_stalled_seconds{stage=\"applier\",blocked=\"true\"}",
     );
     assert!(held.is_some_and(|s| s >= 0.3), "{m}");
-    // The source says where to look.
+    // The source says so too, with the target's account: in its stall report, and in the
+    // error of the batch left without an answer.
+    let named = format!("held by pid {holder_pid} ");
+    let stall = wait_blocked_by("transmitter t1", holder_pid).await?;
+    assert!(
+        stall
+            .detail
+            .contains("the target `t1` has not answered yet; there, for "),
+        "{stall:?}"
+    );
     wait_for(
         "the source's transmit error",
         Duration::from_secs(20),
         || async {
             let e = last_error(&src).await?;
-            Ok(e.contains("no answer within") && e.contains("stage `applier`"))
+            Ok(e.contains("no answer within") && e.contains(&named))
         },
     )
     .await?;
@@ -1327,7 +1343,7 @@ async fn a_batch_held_by_a_target_lock_names_the_session_holding_it() -> anyhow:
         || async {
             Ok(!pgteleport::stage::stalls()
                 .iter()
-                .any(|s| s.stage == "applier"))
+                .any(|s| s.stage == "applier" || s.stage == "transmitter t1"))
         },
     )
     .await?;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ddlwatcher::{quote_ident, Table, TypeRef};
 use futures_util::TryStreamExt;
-use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full, StreamBody};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::Client as HttpClient;
@@ -307,73 +307,22 @@ impl Remote {
     }
 
     /// What the target says about request `path` it has not answered yet: its own stall
-    /// report of stage `initial load` (`GET /v1/stalls`) — the lock its connection waits for
-    /// and who holds it, or that it works. (Whether a session holds it up, that account.)
+    /// report of stage `initial load` — the lock its connection waits for and who holds
+    /// it, or that it works.
     async fn waits(&self, path: &str) -> (bool, String) {
         let asked = format!(
             "the target `{}` has not answered POST {path} yet",
             self.name
         );
-        let stalls = async {
-            let req = self
-                .request(Method::GET, "/v1/stalls")
-                .body(Empty::new().map_err(|never| match never {}).boxed_unsync())
-                .map_err(|e| e.to_string())?;
-            let resp = self
-                .http
-                .request(req)
-                .await
-                .map_err(|e| db::error_chain(&e))?;
-            let status = resp.status();
-            let bytes = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?
-                .to_bytes();
-            if status != StatusCode::OK {
-                return Err(format!(
-                    "{status}{}",
-                    if status == StatusCode::NOT_FOUND {
-                        " (a target older than this instance)"
-                    } else {
-                        ""
-                    }
-                ));
-            }
-            #[derive(serde::Deserialize)]
-            struct Stalls {
-                stalls: Vec<stage::Stall>,
-            }
-            serde_json::from_slice::<Stalls>(&bytes)
-                .map(|s| s.stalls)
-                .map_err(|e| format!("unreadable answer: {e}"))
-        };
-        match stalls.await {
-            Err(e) => (
-                false,
-                format!("{asked}; its stall report could not be read ({e}): see its log, stage `initial load`"),
-            ),
-            Ok(stalls) => {
-                let mut load: Vec<stage::Stall> =
-                    stalls.into_iter().filter(|s| s.stage == "initial load").collect();
-                // The blocked ones first, the longest first among them.
-                load.sort_by(|a, b| b.blocked.cmp(&a.blocked).then(b.seconds.total_cmp(&a.seconds)));
-                match load.first() {
-                    None => (
-                        false,
-                        format!(
-                            "{asked}, and reports no step of the load running long there: \
-                             its answer is on the way (or the network holds it)"
-                        ),
-                    ),
-                    Some(s) => (
-                        s.blocked,
-                        format!("{asked}; there, for {:.0} s, {}", s.seconds, s.detail),
-                    ),
-                }
-            }
-        }
+        stage::target_account(
+            &self.http,
+            &self.base,
+            self.token.as_deref(),
+            &asked,
+            "step of the load",
+            |s| s.stage == "initial load",
+        )
+        .await
     }
 
     async fn post_json<T: serde::Serialize>(
