@@ -887,6 +887,11 @@ impl Applier {
             loaded_version,
             objects_through,
             tables: batch.tables.iter().map(|t| target_name(batch, t)).collect(),
+            covered: Covered {
+                schema: s.to_string(),
+                source: batch.source.clone(),
+                target: batch.target.clone(),
+            },
         };
         // Planned before the lock over all of the part's events: of use when no copy holds
         // some of them (apply_events uses it if it assumed the reorderability found now).
@@ -2038,6 +2043,85 @@ struct DdlState<'a> {
     /// Statements of no table of the versions up to it were taken by an initial load's
     /// prepare, or are held by what it created from its catalog: left out.
     objects_through: Option<i64>,
+    /// Where a table this stream creates is recorded as complete (see [`Covered`]).
+    covered: Covered,
+}
+
+/// A table the stream creates holds every row of it from its creation on: it is recorded
+/// in `load_table` as done (with no snapshot: no event of it is in a copy), so an initial
+/// load run later leaves it as it is — it would refuse it, holding rows it did not copy.
+struct Covered {
+    /// The internal schema, quoted.
+    schema: String,
+    source: String,
+    target: String,
+}
+
+impl Covered {
+    /// Forgets the tables statement `st` drops, if it is a `DROP TABLE`: before it runs. A
+    /// table made again under that name is not the one recorded (nor the one a load copied).
+    async fn dropping(
+        &self,
+        tx: &Transaction<'_>,
+        version: i64,
+        st: &ddlwatcher::Statement,
+    ) -> Result<(), ApplyError> {
+        let dropped = ddlwatcher::retarget::tables_dropped(&st.sql);
+        if dropped.is_empty() {
+            return Ok(());
+        }
+        let s = &self.schema;
+        tx.execute(
+            &format!(
+                "delete from {s}.load_table l
+                  using pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+                  where l.source = $1 and l.target = $2
+                    and c.oid = any(select pg_catalog.to_regclass(t) from pg_catalog.unnest($3::text[]) t)
+                    and (l.schema_name, l.table_name) = (n.nspname::text, c.relname::text)"
+            ),
+            &[&self.source, &self.target, &dropped],
+        )
+        .await
+        .map_err(pg(&format!(
+            "schema version {version}: forgetting the load state of the tables it drops"
+        )))?;
+        Ok(())
+    }
+
+    /// Records the table statement `st` of `version` created, if it is a `CREATE TABLE`.
+    async fn created(
+        &self,
+        tx: &Transaction<'_>,
+        version: i64,
+        st: &ddlwatcher::Statement,
+    ) -> Result<(), ApplyError> {
+        let ([oid], Some((schema, name))) = (
+            st.tables.as_slice(),
+            ddlwatcher::retarget::table_created(&st.sql),
+        ) else {
+            return Ok(());
+        };
+        let written = match schema {
+            Some(schema) => qualified(&schema, &name),
+            None => quote_ident(&name),
+        };
+        let s = &self.schema;
+        tx.execute(
+            &format!(
+                "insert into {s}.load_table (source, target, schema_name, table_name, state, source_oid, finished_at)
+                 select $1, $2, n.nspname, c.relname, 'done', $4, clock_timestamp()
+                   from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+                  where c.oid = pg_catalog.to_regclass($3)
+                 on conflict (source, target, schema_name, table_name) do nothing"
+            ),
+            &[&self.source, &self.target, &written, oid],
+        )
+        .await
+        .map_err(pg(&format!(
+            "schema version {version}: recording {written}, created by the stream, as complete"
+        )))?;
+        Ok(())
+    }
 }
 
 impl DdlState<'_> {
@@ -2391,7 +2475,9 @@ impl DdlState<'_> {
                 );
             } else {
                 let done_by_load = st.tables.is_empty() && self.loaded_version >= Some(v.version);
+                self.covered.dropping(tx, v.version, st).await?;
                 run_statement(tx, v.version, st, done_by_load).await?;
+                self.covered.created(tx, v.version, st).await?;
             }
             for (table, old, new) in ddlwatcher::retarget::column_renames_and_drops(&st.sql) {
                 let oid = table_oid(tx, &table).await?;
@@ -2462,17 +2548,27 @@ pub(crate) fn of_no_table(st: &ddlwatcher::Statement) -> bool {
 /// one it renames or drops is gone, an enum label it renames has its new name.
 fn finds_its_work_done(e: &tokio_postgres::Error) -> bool {
     use tokio_postgres::error::SqlState;
+    made_already(e)
+        || [
+            SqlState::UNDEFINED_OBJECT,
+            SqlState::UNDEFINED_TABLE,
+            SqlState::UNDEFINED_COLUMN,
+            SqlState::UNDEFINED_FUNCTION,
+            SqlState::INVALID_PARAMETER_VALUE,
+        ]
+        .iter()
+        .any(|c| e.code() == Some(c))
+}
+
+/// SQLSTATEs of a schema statement that finds the object it makes there already.
+fn made_already(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
     [
         SqlState::DUPLICATE_OBJECT,
         SqlState::DUPLICATE_TABLE,
         SqlState::DUPLICATE_COLUMN,
         SqlState::DUPLICATE_FUNCTION,
         SqlState::DUPLICATE_SCHEMA,
-        SqlState::UNDEFINED_OBJECT,
-        SqlState::UNDEFINED_TABLE,
-        SqlState::UNDEFINED_COLUMN,
-        SqlState::UNDEFINED_FUNCTION,
-        SqlState::INVALID_PARAMETER_VALUE,
     ]
     .iter()
     .any(|c| e.code() == Some(c))
@@ -2492,6 +2588,15 @@ pub(crate) async fn run_statement(
         let hint = if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
             " — the target role must own the objects it changes and have USAGE and CREATE on their schema \
              (GRANT USAGE, CREATE ON SCHEMA … TO …, or ALTER SCHEMA … OWNER TO …)"
+        } else if made_already(e) {
+            // Not left out: what is there may differ from what the source made.
+            " — the target has it already, made outside replication (the stream makes the target's \
+             schema from the source's): undo that change on the target and the batch goes on; \
+             a table made by hand, empty, can instead be filled as it is by the initial load \
+             (-mode initial-load -load-target NAME)"
+        } else if finds_its_work_done(e) {
+            " — the target lacks what it changes: dropped or renamed outside replication? Put it \
+             back as the source has it and the batch goes on"
         } else {
             ""
         };

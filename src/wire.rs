@@ -933,8 +933,10 @@ pub struct LoadTableState {
 }
 
 /// Initial load, before it locks its tables: which of `tables` (schema and name as the
-/// target calls them, before `apply_schema`) an earlier run of it finished. Those are
-/// neither locked nor copied again. Answer: `{"done": [[schema, name], …]}`.
+/// target calls them, before `apply_schema`) are complete on the target — an earlier run
+/// of it finished them, or the stream made them. Those are neither locked nor copied
+/// again; with `truncate`, none once every earlier run finished (the load copies every
+/// table again). Answer: `{"done": [[schema, name], …]}`.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoadDone {
@@ -943,6 +945,13 @@ pub struct LoadDone {
     #[serde(default)]
     pub apply_schema: Option<String>,
     pub tables: Vec<(String, String)>,
+    /// The source OIDs of `tables`, in their order: a table the stream renamed since the
+    /// run that finished it (or since the stream created it) is found by its OID.
+    #[serde(default)]
+    pub oids: Vec<u32>,
+    /// The load's `--truncate`.
+    #[serde(default)]
+    pub truncate: bool,
 }
 
 /// Initial load, step 2: these tables are copied under `snapshot` (a `pg_snapshot`).

@@ -1901,3 +1901,176 @@ async fn a_load_held_on_the_target_names_the_session_holding_it() -> anyhow::Res
     target.shutdown().await?;
     Ok(())
 }
+
+/// A table made by hand on the target before the stream's version that creates it arrives
+/// (the same migration run on both sides, say): the batch is held with an error that names
+/// the statement, the cause and both ways out — and each works: dropping the hand-made
+/// table lets the stream make it; the initial load fills one kept as it is.
+#[tokio::test]
+async fn a_table_made_by_hand_before_the_stream_creates_it_holds_the_batch_until_dropped_or_loaded(
+) -> anyhow::Result<()> {
+    for event_triggers in [false, true] {
+        let LoadCase {
+            p,
+            extra,
+            target,
+            port,
+            cfg,
+        } = load_case(
+            "create schema app;
+             create table app.a (id int primary key, v text);
+             insert into app.a select g, 'a' || g from generate_series(1, 20) g;",
+            event_triggers,
+        )
+        .await?;
+        let context = || format!("event triggers: {event_triggers}");
+        load::run(&cfg, opts(false)).await.with_context(context)?;
+        let source = p.start_source(port, "app.*", extra).await?;
+        let (src, dst) = (p.src().await?, p.dst().await?);
+        wait_equal(&src, &dst, &["app.a"], Duration::from_secs(20)).await?;
+        for (table, fix) in [("app.b", "drop"), ("app.c", "load")] {
+            let ddl =
+                format!("create table {table} (id int primary key, v text not null default 'x')");
+            dst.batch_execute(&ddl).await?;
+            src.batch_execute(&format!(
+                "{ddl}; insert into {table} select g, 'v' || g from generate_series(1, 30) g;
+                 update app.a set v = 'after {table}' where id = 1;"
+            ))
+            .await?;
+            let held = |e: &str| {
+                e.contains(&format!("create table {}", quoted(table)))
+                    && e.contains("already exists")
+                    && e.contains("made outside replication")
+                    && e.contains("-mode initial-load")
+            };
+            wait_for(
+                "the batch held with its cause",
+                Duration::from_secs(30),
+                || async { Ok(held(&last_error(&src).await?)) },
+            )
+            .await
+            .with_context(|| format!("{}: {table}", context()))?;
+            // Held: the hand-made table stays as it was made.
+            assert_eq!(
+                scalar_i64(&dst, &format!("select count(*) from {table}")).await?,
+                0,
+                "{}",
+                context()
+            );
+            match fix {
+                "drop" => dst.batch_execute(&format!("drop table {table}")).await?,
+                _ => {
+                    // app.a (loaded) and app.b (made by the stream) are complete: left alone.
+                    let summary = load::run(&cfg, opts(false)).await.with_context(context)?;
+                    assert_eq!(
+                        (summary.tables, summary.rows, summary.skipped),
+                        (1, 30, 2),
+                        "{summary} ({})",
+                        context()
+                    );
+                }
+            }
+            wait_equal(&src, &dst, &["app.a", table], Duration::from_secs(30))
+                .await
+                .with_context(|| format!("{}: {table} after {fix}", context()))?;
+        }
+        ends_equal(
+            &src,
+            &dst,
+            "insert into app.c values (31, 'c31'); alter table app.b add column w int;
+             insert into app.b values (31, 'b31', 1)",
+            &["app.a", "app.b", "app.c"],
+            (source, target),
+            &context(),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// `app.t` as the schema statements write it: `"app"."t"`.
+fn quoted(table: &str) -> String {
+    table
+        .split('.')
+        .map(|p| format!("\"{p}\""))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// The load run again after the stream made a table, and renamed it and a loaded one: every
+/// table is complete, so it copies nothing and empties nothing — where it refused the table
+/// the stream made ("already holds rows"). With `--truncate` it copies both again (the way
+/// out of values that differ), and the stream goes on.
+#[tokio::test]
+async fn a_load_run_again_leaves_the_tables_the_stream_made_or_renamed() -> anyhow::Result<()> {
+    let LoadCase {
+        p,
+        extra,
+        target,
+        port,
+        cfg,
+    } = load_case(
+        "create schema app;
+         create table app.a (id int primary key, v text);
+         insert into app.a select g, 'a' || g from generate_series(1, 20) g;",
+        false,
+    )
+    .await?;
+    load::run(&cfg, opts(false)).await?;
+    let source = p.start_source(port, "app.*", extra).await?;
+    let (src, dst) = (p.src().await?, p.dst().await?);
+    src.batch_execute(
+        "create table app.b (id int primary key, v text);
+         insert into app.b select g, 'b' || g from generate_series(1, 30) g;",
+    )
+    .await?;
+    wait_equal(&src, &dst, &["app.a", "app.b"], Duration::from_secs(30)).await?;
+    src.batch_execute("alter table app.b rename to b2; alter table app.a rename to a2")
+        .await?;
+    wait_same_shape(&src, &dst, &["app"], Duration::from_secs(30)).await?;
+    for truncate in [false, true] {
+        let summary = load::run(&cfg, opts(truncate))
+            .await
+            .with_context(|| format!("truncate: {truncate}"))?;
+        let again = if truncate { (2, 50, 0) } else { (0, 0, 2) };
+        assert_eq!(
+            (summary.tables, summary.rows, summary.skipped),
+            again,
+            "{summary} (truncate: {truncate})"
+        );
+        assert_eq!(scalar_i64(&dst, "select count(*) from app.a2").await?, 20);
+        assert_eq!(scalar_i64(&dst, "select count(*) from app.b2").await?, 30);
+    }
+    // Dropped by the stream, the table's record goes with it: one made by hand under its
+    // name (held, as above) is loaded, not taken for the complete one.
+    src.batch_execute("drop table app.b2").await?;
+    wait_same_shape(&src, &dst, &["app"], Duration::from_secs(30)).await?;
+    let ddl = "create table app.b2 (id int primary key, v text)";
+    dst.batch_execute(ddl).await?;
+    src.batch_execute(&format!(
+        "{ddl}; insert into app.b2 select g, 'new' || g from generate_series(1, 5) g"
+    ))
+    .await?;
+    wait_for("the batch held", Duration::from_secs(30), || async {
+        Ok(last_error(&src).await?.contains("already exists"))
+    })
+    .await?;
+    src.batch_execute("update app.a2 set v = 'after the re-copy' where id = 2")
+        .await?;
+    let summary = load::run(&cfg, opts(false)).await?;
+    assert_eq!(
+        (summary.tables, summary.rows, summary.skipped),
+        (1, 5, 1),
+        "{summary}"
+    );
+    ends_equal(
+        &src,
+        &dst,
+        "insert into app.b2 values (31, 'b31'); update app.a2 set v = 'x' where id = 1",
+        &["app.a2", "app.b2"],
+        (source, target),
+        "after the loads",
+    )
+    .await?;
+    Ok(())
+}

@@ -281,6 +281,58 @@ pub fn table_rename(sql: &str) -> Option<(String, String)> {
     }
 }
 
+/// The schema (when written) and name of the table a `CREATE TABLE` statement creates;
+/// `None` for any other statement.
+pub fn table_created(sql: &str) -> Option<(Option<String>, String)> {
+    let parsed = pg_query::parse(sql).ok()?;
+    let [raw] = parsed.protobuf.stmts.as_slice() else {
+        return None;
+    };
+    match raw.stmt.as_ref().and_then(|n| n.node.as_ref()) {
+        Some(NodeEnum::CreateStmt(c)) => {
+            let r = c.relation.as_ref()?;
+            let schema = Some(r.schemaname.clone()).filter(|s| !s.is_empty());
+            Some((schema, r.relname.clone()))
+        }
+        _ => None,
+    }
+}
+
+/// The tables a `DROP TABLE` statement drops, as written (each part quoted); empty for any
+/// other statement.
+pub fn tables_dropped(sql: &str) -> Vec<String> {
+    let Ok(parsed) = pg_query::parse(sql) else {
+        return Vec::new();
+    };
+    let [raw] = parsed.protobuf.stmts.as_slice() else {
+        return Vec::new();
+    };
+    match raw.stmt.as_ref().and_then(|n| n.node.as_ref()) {
+        Some(NodeEnum::DropStmt(d))
+            if d.remove_type == protobuf::ObjectType::ObjectTable as i32 =>
+        {
+            d.objects
+                .iter()
+                .filter_map(|o| match o.node.as_ref()? {
+                    NodeEnum::List(l) => {
+                        let parts: Vec<String> = l
+                            .items
+                            .iter()
+                            .filter_map(|i| match i.node.as_ref()? {
+                                NodeEnum::String(s) => Some(quote_ident(&s.sval)),
+                                _ => None,
+                            })
+                            .collect();
+                        (!parts.is_empty()).then(|| parts.join("."))
+                    }
+                    _ => None,
+                })
+                .collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
 /// The type (its name as written, each part quoted), old and new label of an
 /// `ALTER TYPE … RENAME VALUE` statement; `None` for any other statement.
 pub fn enum_label_rename(sql: &str) -> Option<(String, String, String)> {
@@ -813,6 +865,41 @@ mod tests {
             statement("SELECT 1 FROM app.t FOR UPDATE", &map()),
             Err(RetargetError::Unsupported { .. })
         ));
+    }
+
+    #[test]
+    fn tables_dropped_are_read() {
+        assert_eq!(
+            tables_dropped(r#"drop table if exists "app"."T x", app.u cascade"#),
+            [
+                format!("{}.{}", quote_ident("app"), quote_ident("T x")),
+                format!("{}.{}", quote_ident("app"), quote_ident("u"))
+            ]
+        );
+        assert_eq!(tables_dropped("drop table t"), [quote_ident("t")]);
+        assert!(tables_dropped("drop view app.t").is_empty());
+        assert!(tables_dropped("drop index app.i").is_empty());
+        assert!(tables_dropped("not sql at all").is_empty());
+    }
+
+    #[test]
+    fn tables_created_are_read() {
+        assert_eq!(
+            table_created(r#"create table "app"."T x" ("id" int not null)"#),
+            Some((Some("app".to_string()), "T x".to_string()))
+        );
+        assert_eq!(
+            table_created("create unlogged table t (id int) partition by range (id)"),
+            Some((None, "t".to_string()))
+        );
+        assert_eq!(
+            table_created("create table app.p partition of app.t for values from (1) to (2)")
+                .map(|t| t.1),
+            Some("p".to_string())
+        );
+        assert_eq!(table_created("create index i on app.t (id)"), None);
+        assert_eq!(table_created("create table app.t as select 1"), None);
+        assert_eq!(table_created("not sql at all"), None);
     }
 
     #[test]

@@ -92,26 +92,35 @@ impl Applier {
     ) -> Result<Vec<(String, String)>, ApplyError> {
         let s = &self.schema;
         let client = self.client().await?;
-        let done: std::collections::HashSet<(String, String)> = client
+        if msg.truncate && !unfinished_load(&client, s, &msg.source, &msg.target).await? {
+            return Ok(Vec::new());
+        }
+        let rows = client
             .query(
                 &format!(
-                    "select schema_name, table_name from {s}.load_table
+                    "select schema_name, table_name, source_oid from {s}.load_table
                       where source = $1 and target = $2 and state = 'done'"
                 ),
                 &[&msg.source, &msg.target],
             )
             .await
-            .map_err(pg("reading load state"))?
+            .map_err(pg("reading load state"))?;
+        let done: std::collections::HashSet<(String, String)> =
+            rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let done_oids: std::collections::HashSet<u32> = rows
             .iter()
-            .map(|r| (r.get(0), r.get(1)))
+            .filter_map(|r| r.get::<_, Option<u32>>(2))
             .collect();
+        let oid = |i: usize| msg.oids.get(i).copied();
         Ok(msg
             .tables
             .iter()
-            .filter(|(schema, name)| {
+            .enumerate()
+            .filter(|(i, (schema, name))| {
                 done.contains(&(target_of(&msg.apply_schema, schema), name.clone()))
+                    || oid(*i).is_some_and(|o| done_oids.contains(&o))
             })
-            .cloned()
+            .map(|(_, t)| t.clone())
             .collect())
     }
 
@@ -463,6 +472,50 @@ impl Applier {
             if let Err(error) = attempt(&tx, &sql).await? {
                 tracing::warn!(function = %qualified(map.map(&f.schema), &f.name), %error,
                     "function not created on the target; create it by hand");
+            }
+        }
+        // Before anything reads the tables' load state (a table taken as behind is emptied).
+        for t in &msg.tables {
+            let target_schema = map.map(&t.schema).to_string();
+            // Registered under another name, done: the stream renamed it since (or moved
+            // it to another schema) — its record follows it, found by its source OID.
+            tx.execute(
+                &format!(
+                    "update {s}.load_table l set schema_name = $3, table_name = $4
+                      where l.source = $1 and l.target = $2 and l.source_oid = $5 and l.state = 'done'
+                        and (l.schema_name, l.table_name) <> ($3, $4)
+                        and pg_catalog.to_regclass(pg_catalog.format('%I.%I', l.schema_name, l.table_name)) is null
+                        and not exists (select from {s}.load_table o
+                                         where o.source = $1 and o.target = $2
+                                           and o.schema_name = $3 and o.table_name = $4)"
+                ),
+                &[&msg.source, &msg.target, &target_schema, &t.name, &t.oid],
+            )
+            .await
+            .map_err(pg("following a renamed table's load state"))?;
+        }
+        // With --truncate once every earlier run finished, every table is copied again
+        // (the way to copy one whose values differ): their records go, and each table
+        // is taken as one that holds rows. A run that resumes an unfinished one leaves the
+        // tables it finished.
+        if msg.truncate && !unfinished_load(&tx, s, &msg.source, &msg.target).await? {
+            let (schemas, names): (Vec<String>, Vec<String>) = msg
+                .tables
+                .iter()
+                .map(|t| (map.map(&t.schema).to_string(), t.name.clone()))
+                .unzip();
+            for table in ["load_range", "load_table"] {
+                tx.execute(
+                    &format!(
+                        "delete from {s}.{table}
+                          where source = $1 and target = $2
+                            and (schema_name, table_name) in
+                                (select * from rows from (pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::text[])))"
+                    ),
+                    &[&msg.source, &msg.target, &schemas, &names],
+                )
+                .await
+                .map_err(pg("clearing the records of tables to copy again"))?;
             }
         }
         let behind = self.take_versions_before_load(&tx, msg, &map).await?;
@@ -1125,4 +1178,24 @@ async fn attempt(
     };
     tx.batch_execute(end).await.map_err(pg("savepoint"))?;
     Ok(outcome)
+}
+
+/// Whether a load of `source` for `target` is unfinished: a table of it not done.
+async fn unfinished_load(
+    client: &impl deadpool_postgres::GenericClient,
+    schema: &str,
+    source: &str,
+    target: &str,
+) -> Result<bool, ApplyError> {
+    Ok(client
+        .query_one(
+            &format!(
+                "select exists (select from {schema}.load_table
+                                 where source = $1 and target = $2 and state <> 'done')"
+            ),
+            &[&source, &target],
+        )
+        .await
+        .map_err(pg("reading load state"))?
+        .get(0))
 }

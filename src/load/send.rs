@@ -360,6 +360,7 @@ async fn finished_tables(
     target: &Target,
     catalog: &ddlwatcher::Catalog,
     names: &ddlwatcher::SchemaMap,
+    truncate: bool,
 ) -> Result<Vec<(String, String)>, LoadError> {
     let msg = crate::wire::LoadDone {
         source: config.database.name.clone(),
@@ -373,6 +374,8 @@ async fn finished_tables(
                 (d.schema, d.name)
             })
             .collect(),
+        oids: catalog.tables.iter().map(|t| t.oid).collect(),
+        truncate,
     };
     match remote.post_json("/v1/load/done", &msg).await {
         Ok(v) => serde_json::from_value(v.get("done").cloned().unwrap_or_default())
@@ -489,8 +492,16 @@ async fn run_once(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErr
         // copy since the position starts over here (nothing is made yet); afterwards it
         // waits for the load. Not the tables an earlier run finished: their rows are
         // fixed by that run's snapshot, and their schema changes reach them by the stream.
-        let finished =
-            finished_tables(&remote, config, &opts.target, target, &catalog, &names).await?;
+        let finished = finished_tables(
+            &remote,
+            config,
+            &opts.target,
+            target,
+            &catalog,
+            &names,
+            opts.truncate,
+        )
+        .await?;
         let to_copy: Vec<Table> = catalog
             .tables
             .iter()
