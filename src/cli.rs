@@ -30,6 +30,11 @@ pub struct LoadArgs {
     /// Replace the rows of target tables that are not empty (otherwise they are refused).
     #[arg(long)]
     pub truncate: bool,
+    /// Copy these tables again though they are complete on the target (a load finished
+    /// them, or the stream made them), replacing their rows: `schema.table` patterns of
+    /// source names, as in target_expression (`app.orders,app.item_*`).
+    #[arg(long, value_name = "PATTERNS")]
+    pub copy_again: Option<String>,
     /// Parallel COPY streams (default: half the CPUs, at least 1; a table's keys are built
     /// while the next table is copied).
     #[arg(long, default_value_t = crate::load::default_workers())]
@@ -207,6 +212,7 @@ pub fn normalize_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
         "duration",
         "rate",
         "truncate",
+        "copy-again",
         "workers",
         "range-mb",
         "split",

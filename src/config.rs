@@ -399,6 +399,7 @@ impl Target {
         crate::load::LoadOptions {
             target: name.to_string(),
             truncate: self.snapshot_truncate,
+            copy_again: None,
             workers: self
                 .snapshot_workers
                 .unwrap_or_else(crate::load::default_workers),

@@ -111,6 +111,12 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let opts = pgteleport::load::LoadOptions {
                 target,
                 truncate: load.truncate,
+                copy_again: load
+                    .copy_again
+                    .as_deref()
+                    .map(ddlwatcher::TargetExpression::parse)
+                    .transpose()
+                    .map_err(|e| anyhow::anyhow!("--copy-again: {e}"))?,
                 workers: load.workers,
                 range_bytes: load.range_mb.max(1) << 20,
                 split: load.split,

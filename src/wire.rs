@@ -910,6 +910,10 @@ pub struct LoadPrepare {
     /// Empty target tables that already hold rows (otherwise they are refused).
     #[serde(default)]
     pub truncate: bool,
+    /// Tables (schema and name as `tables` give them) to copy again though complete on the
+    /// target (`--copy-again`): their records go, and their rows are replaced.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub again: Vec<(String, String)>,
     /// The last schema version the catalog above includes: the target leaves the statements
     /// of versions up to it out for the tables it creates from this catalog (and tolerates
     /// those of other objects that it finds done).
@@ -919,6 +923,18 @@ pub struct LoadPrepare {
     /// has already and loads takes their changes of it before the copy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ddl: Vec<DdlVersion>,
+}
+
+impl LoadPrepare {
+    /// Whether the rows target table `t` (one of `tables`) holds are replaced: `truncate`,
+    /// or it is to be copied again.
+    pub fn replaces(&self, t: &ddlwatcher::Table) -> bool {
+        self.truncate
+            || self
+                .again
+                .iter()
+                .any(|(schema, name)| *schema == t.schema && *name == t.name)
+    }
 }
 
 /// A table's load state on the target.
@@ -935,8 +951,8 @@ pub struct LoadTableState {
 /// Initial load, before it locks its tables: which of `tables` (schema and name as the
 /// target calls them, before `apply_schema`) are complete on the target — an earlier run
 /// of it finished them, or the stream made them. Those are neither locked nor copied
-/// again; with `truncate`, none once every earlier run finished (the load copies every
-/// table again). Answer: `{"done": [[schema, name], …]}`.
+/// again (but those the load copies again, `--copy-again`). Answer: `{"done": [[schema,
+/// name], …]}`.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoadDone {
@@ -949,9 +965,6 @@ pub struct LoadDone {
     /// run that finished it (or since the stream created it) is found by its OID.
     #[serde(default)]
     pub oids: Vec<u32>,
-    /// The load's `--truncate`.
-    #[serde(default)]
-    pub truncate: bool,
 }
 
 /// Initial load, step 2: these tables are copied under `snapshot` (a `pg_snapshot`).

@@ -139,6 +139,7 @@ async fn a_target_schema_owned_by_someone_else_names_the_schema_and_the_fix() ->
     let load = pgteleport::load::LoadOptions {
         target: "t1".into(),
         truncate: false,
+        copy_again: None,
         workers: 1,
         range_bytes: 64 << 20,
         split: Default::default(),

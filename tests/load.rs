@@ -30,6 +30,7 @@ fn opts(truncate: bool) -> LoadOptions {
     LoadOptions {
         target: "t1".into(),
         truncate,
+        copy_again: None,
         workers: 3,
         range_bytes: 16 << 20,
         split: Default::default(),
@@ -1998,9 +1999,9 @@ fn quoted(table: &str) -> String {
 }
 
 /// The load run again after the stream made a table, and renamed it and a loaded one: every
-/// table is complete, so it copies nothing and empties nothing — where it refused the table
-/// the stream made ("already holds rows"). With `--truncate` it copies both again (the way
-/// out of values that differ), and the stream goes on.
+/// table is complete, so it copies nothing and empties nothing, also with `--truncate` —
+/// where it refused the table the stream made ("already holds rows"). With `--copy-again`
+/// it copies those named again (the way out of values that differ), and the stream goes on.
 #[tokio::test]
 async fn a_load_run_again_leaves_the_tables_the_stream_made_or_renamed() -> anyhow::Result<()> {
     let LoadCase {
@@ -2028,15 +2029,29 @@ async fn a_load_run_again_leaves_the_tables_the_stream_made_or_renamed() -> anyh
     src.batch_execute("alter table app.b rename to b2; alter table app.a rename to a2")
         .await?;
     wait_same_shape(&src, &dst, &["app"], Duration::from_secs(30)).await?;
-    for truncate in [false, true] {
-        let summary = load::run(&cfg, opts(truncate))
-            .await
-            .with_context(|| format!("truncate: {truncate}"))?;
-        let again = if truncate { (2, 50, 0) } else { (0, 0, 2) };
+    let again = |patterns: &str| LoadOptions {
+        copy_again: Some(ddlwatcher::TargetExpression::parse(patterns).expect("patterns")),
+        ..opts(false)
+    };
+    let nothing = load::run(&cfg, again("app.nope, other.*")).await;
+    assert!(
+        nothing.as_ref().is_err_and(|e| e
+            .to_string()
+            .contains("--copy-again `app.nope, other.*` names no table")),
+        "{nothing:?}"
+    );
+    for (options, copied) in [
+        (opts(false), (0, 0, 2)),
+        (opts(true), (0, 0, 2)),
+        (again("app.b*"), (1, 30, 1)),
+        (again("app.*"), (2, 50, 0)),
+    ] {
+        let context = format!("{options:?}");
+        let summary = load::run(&cfg, options).await.context(context.clone())?;
         assert_eq!(
             (summary.tables, summary.rows, summary.skipped),
-            again,
-            "{summary} (truncate: {truncate})"
+            copied,
+            "{summary} ({context})"
         );
         assert_eq!(scalar_i64(&dst, "select count(*) from app.a2").await?, 20);
         assert_eq!(scalar_i64(&dst, "select count(*) from app.b2").await?, 30);

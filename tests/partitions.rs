@@ -447,6 +447,7 @@ async fn a_partition_detached_before_a_load_keeps_its_rows() -> anyhow::Result<(
         let opts = pgteleport::load::LoadOptions {
             target: "t1".into(),
             truncate: false,
+            copy_again: None,
             workers: 2,
             range_bytes: 16 << 20,
             split: Default::default(),

@@ -172,6 +172,7 @@ async fn script(event_triggers: bool) -> anyhow::Result<()> {
     let load = pgteleport::load::LoadOptions {
         target: "t1".into(),
         truncate: false,
+        copy_again: None,
         workers: 2,
         range_bytes: 64 << 20,
         split: Default::default(),
@@ -1419,7 +1420,7 @@ async fn a_table_swapped_for_a_new_one_replicates_the_new_one() -> anyhow::Resul
 /// schema event's place) and the target checks its own right there, wherever the version
 /// was applied (here before the event: a row written after the change needs the new type).
 /// The stream stops at the event with a message saying what differs and what to do; the
-/// initial load run again (`--truncate`) copies the table past it, and the tables end
+/// initial load run again (`--copy-again`) copies the table past it, and the tables end
 /// equal. A cast the source made itself (`int` to `bigint`) passes the check.
 #[tokio::test]
 async fn a_type_change_using_an_expression_is_held_not_silently_cast() -> anyhow::Result<()> {
@@ -1490,7 +1491,7 @@ async fn type_change_using_an_expression(event_triggers: bool) -> anyhow::Result
     .await?;
     src.batch_execute("update app.u set n = n + 1 where id = 2")
         .await?;
-    let summary = load_again_truncating(&p, port, extra).await?;
+    let summary = load_copying_again(&p, port, extra).await?;
     assert_eq!(summary.tables, 1, "{summary:?}");
     src.batch_execute("update app.u set n = n + 1 where id = 3")
         .await?;
@@ -1501,8 +1502,8 @@ async fn type_change_using_an_expression(event_triggers: bool) -> anyhow::Result
 }
 
 /// The initial load of target `t1` (tables `app.*`, source config lines `extra`) run again
-/// with `--truncate`: the way out of a type change whose values differ.
-async fn load_again_truncating(
+/// with `--copy-again app.*`: the way out of a type change whose values differ.
+async fn load_copying_again(
     p: &Pair,
     port: u16,
     extra: &str,
@@ -1511,7 +1512,8 @@ async fn load_again_truncating(
         &p.source_config(port, "app.*", extra)?,
         pgteleport::load::LoadOptions {
             target: "t1".into(),
-            truncate: true,
+            truncate: false,
+            copy_again: Some(ddlwatcher::TargetExpression::parse("app.*")?),
             workers: 1,
             range_bytes: 16 << 20,
             split: Default::default(),
@@ -1556,7 +1558,7 @@ async fn a_type_change_using_an_expression_on_a_partitioned_table_is_held() -> a
         )
         .await
         .with_context(|| format!("event triggers: {event_triggers}"))?;
-        load_again_truncating(&p, port, extra).await?;
+        load_copying_again(&p, port, extra).await?;
         src.batch_execute("update app.p set n = n + 1 where id in (3, 130)")
             .await?;
         wait_equal(&src, &dst, &["app.p"], Duration::from_secs(30)).await?;

@@ -328,6 +328,7 @@ async fn load_until_done(
     let options = pgteleport::load::LoadOptions {
         target: "t1".into(),
         truncate: false,
+        copy_again: None,
         workers: 2,
         range_bytes: 1 << 20,
         split: Default::default(),

@@ -187,6 +187,7 @@ async fn every_type_reaches_the_target_equal_through_the_initial_load() -> anyho
         pgteleport::load::LoadOptions {
             target: "t1".into(),
             truncate: false,
+            copy_again: None,
             workers: 2,
             range_bytes: 16 << 20,
             split: Default::default(),

@@ -501,9 +501,9 @@ pub fn values_check(
             "next time, run such a change on the target first",
         )
     };
-    let copy = "copy the table again: run the initial load of this target again with --truncate \
-                (`-mode initial-load -load-target NAME --truncate`; the stream goes on past this point \
-                for a table copied since)";
+    let copy = "copy the table again: run the initial load of this target again naming it \
+                (`-mode initial-load -load-target NAME --copy-again SCHEMA.TABLE`, its source name; \
+                the stream goes on past this point for a table copied since)";
     let hint = if generated {
         format!("{copy}; {next_time}")
     } else {

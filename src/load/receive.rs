@@ -92,9 +92,6 @@ impl Applier {
     ) -> Result<Vec<(String, String)>, ApplyError> {
         let s = &self.schema;
         let client = self.client().await?;
-        if msg.truncate && !unfinished_load(&client, s, &msg.source, &msg.target).await? {
-            return Ok(Vec::new());
-        }
         let rows = client
             .query(
                 &format!(
@@ -271,7 +268,7 @@ impl Applier {
                 && match unfinished {
                     Some(u) => u,
                     None => {
-                        msg.truncate
+                        msg.replaces(t)
                             || !tx
                                 .query_one(&format!("select exists (select 1 from {name})"), &[])
                                 .await
@@ -494,15 +491,13 @@ impl Applier {
             .await
             .map_err(pg("following a renamed table's load state"))?;
         }
-        // With --truncate once every earlier run finished, every table is copied again
-        // (the way to copy one whose values differ): their records go, and each table
-        // is taken as one that holds rows. A run that resumes an unfinished one leaves the
-        // tables it finished.
-        if msg.truncate && !unfinished_load(&tx, s, &msg.source, &msg.target).await? {
+        // Tables to copy again (`--copy-again`: the way to copy one whose values differ):
+        // their records go, and each is taken as a table that holds rows to replace.
+        if !msg.again.is_empty() {
             let (schemas, names): (Vec<String>, Vec<String>) = msg
-                .tables
+                .again
                 .iter()
-                .map(|t| (map.map(&t.schema).to_string(), t.name.clone()))
+                .map(|(schema, name)| (map.map(schema).to_string(), name.clone()))
                 .unzip();
             for table in ["load_range", "load_table"] {
                 tx.execute(
@@ -580,7 +575,7 @@ impl Applier {
                         .await
                         .map_err(pg(&format!("reading {name}")))?
                         .get(0);
-                    if has_rows && !msg.truncate {
+                    if has_rows && !msg.replaces(t) {
                         refused.push(name.clone());
                     } else if !created {
                         retype_lagging_columns(&tx, t, &map, &name).await?;
@@ -1178,24 +1173,4 @@ async fn attempt(
     };
     tx.batch_execute(end).await.map_err(pg("savepoint"))?;
     Ok(outcome)
-}
-
-/// Whether a load of `source` for `target` is unfinished: a table of it not done.
-async fn unfinished_load(
-    client: &impl deadpool_postgres::GenericClient,
-    schema: &str,
-    source: &str,
-    target: &str,
-) -> Result<bool, ApplyError> {
-    Ok(client
-        .query_one(
-            &format!(
-                "select exists (select from {schema}.load_table
-                                 where source = $1 and target = $2 and state <> 'done')"
-            ),
-            &[&source, &target],
-        )
-        .await
-        .map_err(pg("reading load state"))?
-        .get(0))
 }

@@ -33,6 +33,10 @@ pub struct LoadOptions {
     pub target: String,
     /// Replace rows of non-empty target tables (otherwise they are refused).
     pub truncate: bool,
+    /// Tables (source names, `target_expression` patterns) to copy again though complete on
+    /// the target — a load finished them, or the stream made them —, replacing their rows:
+    /// the way to copy a table whose values differ. `None`: complete tables are left.
+    pub copy_again: Option<ddlwatcher::TargetExpression>,
     /// Parallel COPY streams.
     pub workers: usize,
     /// Heap bytes per ctid range of a large table.
@@ -129,6 +133,12 @@ impl std::fmt::Display for Summary {
 pub enum LoadError {
     #[error("target `{0}` is not in the config's targets")]
     UnknownTarget(String),
+    #[error("--copy-again `{patterns}` names no table that target `{target}` replicates (its target_expression `{expression}`); name tables as `schema.table` by their source names")]
+    CopyAgainNothing {
+        patterns: String,
+        target: String,
+        expression: String,
+    },
     #[error(transparent)]
     Connect(Box<db::ConnectError>),
     #[error(transparent)]
@@ -183,7 +193,9 @@ impl LoadError {
     /// database restart or a busy target are worth retrying.
     pub fn needs_action(&self) -> bool {
         match self {
-            LoadError::UnknownTarget(_) | LoadError::Install(_) => true,
+            LoadError::UnknownTarget(_)
+            | LoadError::Install(_)
+            | LoadError::CopyAgainNothing { .. } => true,
             LoadError::Target {
                 status: Some(s), ..
             } => (400..500).contains(s) && *s != 408 && *s != 423 && *s != 429,
@@ -360,7 +372,6 @@ async fn finished_tables(
     target: &Target,
     catalog: &ddlwatcher::Catalog,
     names: &ddlwatcher::SchemaMap,
-    truncate: bool,
 ) -> Result<Vec<(String, String)>, LoadError> {
     let msg = crate::wire::LoadDone {
         source: config.database.name.clone(),
@@ -375,7 +386,6 @@ async fn finished_tables(
             })
             .collect(),
         oids: catalog.tables.iter().map(|t| t.oid).collect(),
-        truncate,
     };
     match remote.post_json("/v1/load/done", &msg).await {
         Ok(v) => serde_json::from_value(v.get("done").cloned().unwrap_or_default())
@@ -385,6 +395,27 @@ async fn finished_tables(
         }) => Ok(Vec::new()),
         Err(e) => Err(e),
     }
+}
+
+/// The tables of `catalog` that `patterns` (`--copy-again`, source names) names, as the
+/// target calls them (`names` applied).
+fn copy_again(
+    catalog: &ddlwatcher::Catalog,
+    names: &ddlwatcher::SchemaMap,
+    patterns: Option<&ddlwatcher::TargetExpression>,
+) -> Vec<(String, String)> {
+    let Some(patterns) = patterns else {
+        return Vec::new();
+    };
+    catalog
+        .tables
+        .iter()
+        .filter(|t| patterns.matches(&t.schema, &t.name))
+        .map(|t| {
+            let d = names.renamed(t);
+            (d.schema, d.name)
+        })
+        .collect()
 }
 
 /// The schema versions of `target` up to `upto` that it has not acknowledged, in order.
@@ -492,16 +523,14 @@ async fn run_once(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErr
         // copy since the position starts over here (nothing is made yet); afterwards it
         // waits for the load. Not the tables an earlier run finished: their rows are
         // fixed by that run's snapshot, and their schema changes reach them by the stream.
-        let finished = finished_tables(
-            &remote,
-            config,
-            &opts.target,
-            target,
-            &catalog,
-            &names,
-            opts.truncate,
-        )
-        .await?;
+        let finished =
+            finished_tables(&remote, config, &opts.target, target, &catalog, &names).await?;
+        // Those to copy again are not finished for this run.
+        let again = copy_again(&catalog, &names, opts.copy_again.as_ref());
+        let finished: Vec<(String, String)> = finished
+            .into_iter()
+            .filter(|t| !again.contains(t))
+            .collect();
         let to_copy: Vec<Table> = catalog
             .tables
             .iter()
@@ -555,6 +584,14 @@ async fn run_once(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErr
         .batch_execute("reset lock_timeout")
         .await
         .map_err(src_err("resetting lock_timeout"))?;
+    let again = copy_again(&catalog, &names, opts.copy_again.as_ref());
+    if let (Some(patterns), true) = (&opts.copy_again, again.is_empty()) {
+        return Err(LoadError::CopyAgainNothing {
+            patterns: patterns.as_str().to_string(),
+            target: opts.target.clone(),
+            expression: target.target_expression.clone(),
+        });
+    }
     let position = catalog.clone();
     // The versions up to it the target has not acknowledged: a table it has already (not
     // created by the load) takes their changes before its copy.
@@ -596,6 +633,7 @@ async fn run_once(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErr
                 sequences,
                 collations,
                 truncate: opts.truncate,
+                again,
                 schema_version: Some(schema_version),
                 ddl,
             },
