@@ -545,37 +545,20 @@ pub(crate) fn batches_of(source: &str, target: &str) -> String {
 /// the blocked first, the longest first among them. `what` names the work looked for there
 /// ("step of the load", "apply of this source's batches").
 pub(crate) async fn target_account(
-    http: &hyper_util::client::legacy::Client<
-        crate::tls::HttpsConnector,
-        http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, std::io::Error>,
-    >,
+    http: &crate::tls::HttpClient,
     base: &str,
     token: Option<&str>,
     asked: &str,
     what: &str,
     ours: impl Fn(&Stall) -> bool,
 ) -> (bool, String) {
-    use http_body_util::BodyExt;
     let stalls = async {
         let mut req = hyper::Request::get(format!("{base}/v1/stalls"));
         if let Some(t) = token {
             req = req.header("authorization", format!("Bearer {t}"));
         }
-        let req = req
-            .body(
-                http_body_util::Empty::new()
-                    .map_err(|never| match never {})
-                    .boxed_unsync(),
-            )
-            .map_err(|e| e.to_string())?;
-        let resp = http.request(req).await.map_err(|e| db::error_chain(&e))?;
-        let status = resp.status();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
+        let req = req.body(crate::tls::empty()).map_err(|e| e.to_string())?;
+        let (status, bytes) = crate::tls::exchange(http, req).await?;
         if status != hyper::StatusCode::OK {
             let older = if status == hyper::StatusCode::NOT_FOUND {
                 " (a target older than this instance)"

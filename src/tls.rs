@@ -207,6 +207,41 @@ impl ServerCertVerifier for ChainOnly {
 pub type HttpsConnector =
     hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
 
+/// A request body of a target's clients: streamed (batches, COPY data) or whole.
+pub type Body = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, std::io::Error>;
+
+/// A client of a target (transmitter, initial load, check).
+pub type HttpClient = hyper_util::client::legacy::Client<HttpsConnector, Body>;
+
+/// An empty request body.
+pub fn empty() -> Body {
+    use http_body_util::BodyExt;
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// Sends `req` and reads the whole answer: its status and body; the error chain of a
+/// request or answer that failed.
+pub async fn exchange(
+    http: &HttpClient,
+    req: hyper::Request<Body>,
+) -> Result<(hyper::StatusCode, bytes::Bytes), String> {
+    use http_body_util::BodyExt;
+    let resp = http
+        .request(req)
+        .await
+        .map_err(|e| crate::db::error_chain(&e))?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, body))
+}
+
 /// The base URL of `endpoint` and a connector for it: HTTPS (certificate chain and host name
 /// verified against `ca_cert`, or the Mozilla roots) when `endpoint.tls`, plain HTTP otherwise.
 pub fn https_connector(

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use ddlwatcher::quote_ident;
 use futures_util::stream::FuturesOrdered;
 use futures_util::{StreamExt, TryStreamExt};
-use http_body_util::{BodyExt, Full, StreamBody};
+use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::Client as HttpClient;
@@ -25,7 +25,7 @@ use crate::stage::{Progress, Step, StepError};
 use crate::wire::{self, Batch, DdlVersion, Event, Op, TableMeta};
 
 /// Request bodies: small ones whole, batches streamed.
-type ReqBody = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
+type ReqBody = crate::tls::Body;
 
 /// Error kinds (`pgteleport_errors_total`): the target could not be reached or gave no
 /// answer in time; it answered with an error (a held batch, a refusal).
@@ -48,7 +48,7 @@ pub struct Transmitter {
     base_url: String,
     token: Option<Secret>,
     timeout: Duration,
-    http: HttpClient<crate::tls::HttpsConnector, ReqBody>,
+    http: crate::tls::HttpClient,
     /// Events per segment of a streamed batch.
     segment_events: usize,
     /// Whether the target's position was read since (re)start (or since a failed request).
@@ -135,26 +135,8 @@ impl Transmitter {
     }
 
     async fn send(&self, method: Method, path: &str) -> Result<(StatusCode, Bytes), String> {
-        let empty = Full::new(Bytes::new())
-            .map_err(|never| match never {})
-            .boxed_unsync();
-        let req = self.request(method, path, false, empty)?;
-        let fut = async {
-            let resp = self
-                .http
-                .request(req)
-                .await
-                .map_err(|e| crate::db::error_chain(&e))?;
-            let status = resp.status();
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?
-                .to_bytes();
-            Ok((status, body))
-        };
-        match tokio::time::timeout(self.timeout, fut).await {
+        let req = self.request(method, path, false, crate::tls::empty())?;
+        match tokio::time::timeout(self.timeout, crate::tls::exchange(&self.http, req)).await {
             Ok(r) => r,
             Err(_) => Err(format!("no answer within {} s", self.timeout.as_secs())),
         }
@@ -1104,7 +1086,7 @@ impl Step for Transmitter {
 /// reports of stage `applier` that name them.
 #[derive(Clone)]
 struct TargetAccount {
-    http: HttpClient<crate::tls::HttpsConnector, ReqBody>,
+    http: crate::tls::HttpClient,
     base: String,
     token: Option<String>,
     target: String,

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use common::*;
 use ddlwatcher::quote_ident;
 use fastrand::Rng;
@@ -325,16 +325,7 @@ async fn load_until_done(
     tries: usize,
     log: Arc<std::sync::Mutex<Vec<String>>>,
 ) -> Result<()> {
-    let options = pgteleport::load::LoadOptions {
-        target: "t1".into(),
-        truncate: false,
-        copy_again: None,
-        workers: 2,
-        range_bytes: 1 << 20,
-        split: Default::default(),
-        progress: Some(false),
-        lock_wait: pgteleport::load::DEFAULT_LOCK_WAIT,
-    };
+    let options = load_options();
     for n in 1..=tries {
         match pgteleport::load::run(&config, options.clone()).await {
             Ok(summary) => {
@@ -350,6 +341,40 @@ async fn load_until_done(
         }
     }
     bail!("the initial load failed {tries} times")
+}
+
+/// The soak's initial load: two streams, 1 MB ranges.
+fn load_options() -> pgteleport::load::LoadOptions {
+    pgteleport::load::LoadOptions {
+        target: "t1".into(),
+        truncate: false,
+        copy_again: None,
+        workers: 2,
+        range_bytes: 1 << 20,
+        split: Default::default(),
+        progress: Some(false),
+        lock_wait: pgteleport::load::DEFAULT_LOCK_WAIT,
+    }
+}
+
+/// The load run again once source and target are equal: every table is complete on the
+/// target (the first load's, or made by the stream since, renamed or not), so it copies
+/// nothing, and the tables stay equal.
+async fn load_again_copies_nothing(
+    config: pgteleport::config::Config,
+    src: &Client,
+    dst: &Client,
+    log: &mut Vec<String>,
+) -> Result<()> {
+    let summary = pgteleport::load::run(&config, load_options())
+        .await
+        .context("the load run again once the tables were equal")?;
+    println!("soak: load again: {summary}");
+    log.push(format!("load again: {summary}"));
+    if summary.tables != 0 || summary.rows != 0 {
+        bail!("the load run again once the tables were equal copied {summary}: every table was complete on the target");
+    }
+    settle(src, dst).await
 }
 
 async fn run(s: &Soak) -> Result<()> {
@@ -473,7 +498,13 @@ async fn run(s: &Soak) -> Result<()> {
         log.push(line);
     }
     let outcome = match loaded {
-        Ok(()) => settle(&src, &dst).await,
+        Ok(()) => match settle(&src, &dst).await {
+            Ok(()) if s.load => {
+                let config = p.source_config(port, "app.*", &extra)?;
+                load_again_copies_nothing(config, &src, &dst, &mut log).await
+            }
+            other => other,
+        },
         Err(e) => Err(e),
     };
     let result = match outcome {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ddlwatcher::{quote_ident, Table, TypeRef};
 use futures_util::TryStreamExt;
-use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::Client as HttpClient;
@@ -25,7 +25,7 @@ use crate::wire::{
     LoadTableState,
 };
 
-type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+type Body = crate::tls::Body;
 
 /// What to load and how.
 #[derive(Debug, Clone)]
@@ -225,7 +225,7 @@ struct Remote {
     name: String,
     base: String,
     token: Option<String>,
-    http: HttpClient<crate::tls::HttpsConnector, Body>,
+    http: crate::tls::HttpClient,
     /// `processing_intervals.stall_report`: a request the target has not answered in that
     /// long is reported with what the target says it waits for ([`Remote::waits`]).
     stall_report: Duration,
@@ -281,24 +281,12 @@ impl Remote {
         }
         let req = req.body(body).map_err(|e| self.err(e.to_string()))?;
         // The whole exchange is watched: the target's work is done before its answer.
-        let exchange = async {
-            let resp = self
-                .http
-                .request(req)
-                .await
-                .map_err(|e| self.err(db::error_chain(&e)))?;
-            let status = resp.status();
-            let bytes = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| self.err(e.to_string()))?
-                .to_bytes();
-            Ok::<_, LoadError>((status, bytes))
-        };
+        let exchange = crate::tls::exchange(&self.http, req);
         let stage = format!("initial load to {}", self.name);
         let (status, bytes) =
-            stage::watched_with(&stage, self.stall_report, || self.waits(path), exchange).await?;
+            stage::watched_with(&stage, self.stall_report, || self.waits(path), exchange)
+                .await
+                .map_err(|e| self.err(e))?;
         let v: serde_json::Value =
             serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
         if status == StatusCode::OK {
