@@ -128,8 +128,53 @@ pub async fn status(config: &Config) -> anyhow::Result<String> {
                 let _ = writeln!(out, "applied     unknown ({})", db::describe(&e));
             }
         }
+        loads(&client, &s, &mut out).await;
     }
     Ok(out)
+}
+
+/// A target's tables by how they came: copied by an initial load, made by the stream
+/// (complete: a load run again leaves them; `--copy-again` copies them again), or in a load
+/// not finished yet (batches wait for it).
+async fn loads(client: &tokio_postgres::Client, s: &str, out: &mut String) {
+    let rows = client
+        .query(
+            &format!(
+                "select source, target,
+                        count(*) filter (where state = 'done' and snapshot is not null),
+                        coalesce(sum(rows) filter (where state = 'done' and snapshot is not null), 0)::int8,
+                        count(*) filter (where state = 'done' and snapshot is null),
+                        coalesce(array_agg(pg_catalog.format('%I.%I (%s)', schema_name, table_name, state)
+                                           order by schema_name, table_name)
+                                   filter (where state <> 'done'), '{{}}')
+                   from {s}.load_table group by 1, 2 order by 1, 2"
+            ),
+            &[],
+        )
+        .await;
+    match rows {
+        Ok(rows) => {
+            for r in rows {
+                let (src, tgt, copied, rows, made): (String, String, i64, i64, i64) =
+                    (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+                let unfinished: Vec<String> = r.get(5);
+                let mut line = format!(
+                    "tables      from `{src}` as `{tgt}`: {copied} copied by an initial load ({rows} row(s)), {made} made by the stream"
+                );
+                if !unfinished.is_empty() {
+                    let _ = write!(
+                        line,
+                        "; a load not finished: {} — its batches wait for it (run it again to resume it)",
+                        unfinished.join(", ")
+                    );
+                }
+                let _ = writeln!(out, "{line}");
+            }
+        }
+        Err(e) => {
+            let _ = writeln!(out, "tables      unknown ({})", db::describe(&e));
+        }
+    }
 }
 
 /// The instance's connections that wait for a lock another session holds, and who holds

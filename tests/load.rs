@@ -293,6 +293,13 @@ async fn killed_load_resumes_without_duplicates() -> anyhow::Result<()> {
     .await?;
     first.abort();
     let _ = first.await;
+    // The target's status names the load left unfinished.
+    let target_config = Config::from_yaml(&p.target_yaml(0), Path::new("<test target>"), |_| None)?;
+    let status = pgteleport::status::status(&target_config).await?;
+    assert!(
+        status.contains("(copying)") && status.contains("a load not finished: "),
+        "{status}"
+    );
     // Re-run: completes; finished tables are not copied again.
     let summary = load::run(&cfg, small).await?;
     assert!(summary.tables >= 1, "{summary}");
@@ -2026,6 +2033,12 @@ async fn a_load_run_again_leaves_the_tables_the_stream_made_or_renamed() -> anyh
     )
     .await?;
     wait_equal(&src, &dst, &["app.a", "app.b"], Duration::from_secs(30)).await?;
+    let target_config = Config::from_yaml(&p.target_yaml(0), Path::new("<test target>"), |_| None)?;
+    let status = pgteleport::status::status(&target_config).await?;
+    assert!(
+        status.contains("1 copied by an initial load (20 row(s)), 1 made by the stream\n"),
+        "{status}"
+    );
     src.batch_execute("alter table app.b rename to b2; alter table app.a rename to a2")
         .await?;
     wait_same_shape(&src, &dst, &["app"], Duration::from_secs(30)).await?;
