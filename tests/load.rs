@@ -2102,3 +2102,59 @@ async fn a_load_run_again_leaves_the_tables_the_stream_made_or_renamed() -> anyh
     .await?;
     Ok(())
 }
+
+/// [`a_load_run_again_leaves_the_tables_the_stream_made_or_renamed`] under `apply_schema`:
+/// the target records and finds the tables by the names they have there.
+#[tokio::test]
+async fn a_load_run_again_under_apply_schema_leaves_the_tables_the_stream_made_or_renamed(
+) -> anyhow::Result<()> {
+    let p = Pair::new2(
+        "create schema app;
+         create table app.a (id int primary key, v text);
+         insert into app.a select g, 'a' || g from generate_series(1, 20) g;",
+        "",
+    )
+    .await?;
+    let target = p.start_target(0).await?;
+    let port = target.local_addr.expect("the target listens").port();
+    let yaml = p.source_yaml_into(port, "app.*", "", "copy");
+    let cfg = Config::from_yaml(&yaml, Path::new("<test source>"), |_| None)?;
+    load::run(&cfg, opts(false)).await?;
+    let source = pgteleport::instance::start(cfg.clone()).await?;
+    let (src, dst) = (p.src().await?, p.dst().await?);
+    src.batch_execute(
+        "create table app.b (id int primary key, v text);
+         insert into app.b select g, 'b' || g from generate_series(1, 30) g;
+         alter table app.a rename to a2;",
+    )
+    .await?;
+    let pairs = [("app.a2", "copy.a2"), ("app.b", "copy.b")];
+    wait_equal_as(&src, &dst, &pairs, Duration::from_secs(30)).await?;
+    src.batch_execute("alter table app.b rename to b2").await?;
+    let pairs = [("app.a2", "copy.a2"), ("app.b2", "copy.b2")];
+    wait_equal_as(&src, &dst, &pairs, Duration::from_secs(30)).await?;
+    let summary = load::run(&cfg, opts(true)).await?;
+    assert_eq!(
+        (summary.tables, summary.rows, summary.skipped),
+        (0, 0, 2),
+        "{summary}"
+    );
+    let again = LoadOptions {
+        copy_again: Some(ddlwatcher::TargetExpression::parse("app.b2")?),
+        ..opts(false)
+    };
+    let summary = load::run(&cfg, again).await?;
+    assert_eq!(
+        (summary.tables, summary.rows, summary.skipped),
+        (1, 30, 1),
+        "{summary}"
+    );
+    src.batch_execute(
+        "insert into app.b2 values (31, 'b31'); update app.a2 set v = 'x' where id = 1",
+    )
+    .await?;
+    wait_equal_as(&src, &dst, &pairs, Duration::from_secs(30)).await?;
+    source.shutdown().await?;
+    target.shutdown().await?;
+    Ok(())
+}
