@@ -3927,3 +3927,59 @@ async fn keyless_changes_made_while_the_source_is_down_arrive(
     target.shutdown().await?;
     Ok(())
 }
+
+/// A column added on the target first, as the source then adds it (the change run on both
+/// sides, the target first): the stream's `ADD COLUMN` finds it there, compares it with the
+/// one it makes (on a temporary probe of the table, rolled back) and leaves the statement
+/// out; the rows arrive. One that differs holds the batch, both definitions named, until
+/// the target's is made as the source's. Before, any such column held the batch.
+#[tokio::test]
+async fn a_column_added_on_the_target_first_is_taken_when_it_is_the_sources() -> anyhow::Result<()>
+{
+    for event_triggers in [false, true] {
+        let context = || format!("event triggers: {event_triggers}");
+        let p = Pair::new(
+            "create schema app;
+             create table app.t (id int primary key, v text);
+             insert into app.t values (1, 'a');",
+        )
+        .await?;
+        let extra = p.ddl_mode(event_triggers).await?;
+        let (source, target) = p.start_both_with("app.*", extra).await?;
+        let (src, dst) = (p.src().await?, p.dst().await?);
+        wait_equal(&src, &dst, &["app.t"], Duration::from_secs(20)).await?;
+        let add = "alter table app.t add column c int not null default 7";
+        dst.batch_execute(add).await?;
+        src.batch_execute(&format!("{add}; insert into app.t values (2, 'b', 8)"))
+            .await?;
+        wait_equal(&src, &dst, &["app.t"], Duration::from_secs(30))
+            .await
+            .with_context(context)?;
+        dst.batch_execute("alter table app.t add column d text")
+            .await?;
+        src.batch_execute(
+            "alter table app.t add column d int; insert into app.t values (3, 'c', 9, 10)",
+        )
+        .await?;
+        wait_for("the batch held", Duration::from_secs(30), || async {
+            let e = last_error(&src).await?;
+            Ok(e.contains(
+                "The target's column \"d\" of \"app\".\"t\" is `text`, the source's `integer`",
+            ))
+        })
+        .await
+        .with_context(context)?;
+        dst.batch_execute("alter table app.t alter column d type int using d::int")
+            .await?;
+        ends_equal(
+            &src,
+            &dst,
+            "insert into app.t values (4, 'd', 11, 12)",
+            &["app.t"],
+            (source, target),
+            &context(),
+        )
+        .await?;
+    }
+    Ok(())
+}

@@ -429,6 +429,38 @@ pub fn columns_added(sql: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A statement that adds one column — `ALTER TABLE t ADD COLUMN c …`, nothing else — made
+/// to add it to `onto` instead (a relation name, each part quoted, as `pg_temp.probe`):
+/// (the table as written, each part quoted; the column; the statement on `onto`). `None`
+/// for any other statement.
+pub fn column_added_onto(sql: &str, onto: (&str, &str)) -> Option<(String, String, String)> {
+    let mut parsed = pg_query::parse(sql).ok()?;
+    let [raw] = parsed.protobuf.stmts.as_mut_slice() else {
+        return None;
+    };
+    let Some(NodeEnum::AlterTableStmt(a)) = raw.stmt.as_mut().and_then(|n| n.node.as_mut()) else {
+        return None;
+    };
+    let [cmd] = a.cmds.as_slice() else {
+        return None;
+    };
+    let column = match cmd.node.as_ref()? {
+        NodeEnum::AlterTableCmd(c) if c.subtype == protobuf::AlterTableType::AtAddColumn as i32 => {
+            match c.def.as_ref()?.node.as_ref()? {
+                NodeEnum::ColumnDef(d) => d.colname.clone(),
+                _ => return None,
+            }
+        }
+        _ => return None,
+    };
+    let table = relation_name(&a.relation)?;
+    let relation = a.relation.as_mut()?;
+    relation.schemaname = onto.0.to_string();
+    relation.relname = onto.1.to_string();
+    let probe = pg_query::deparse(&parsed.protobuf).ok()?;
+    Some((table, column, probe))
+}
+
 /// A relation's name as written, each part quoted.
 fn relation_name(r: &Option<RangeVar>) -> Option<String> {
     r.as_ref().map(|r| {
@@ -865,6 +897,38 @@ mod tests {
             statement("SELECT 1 FROM app.t FOR UPDATE", &map()),
             Err(RetargetError::Unsupported { .. })
         ));
+    }
+
+    #[test]
+    fn a_column_added_is_made_onto_another_table() {
+        let (table, column, probe) = column_added_onto(
+            r#"alter table "app"."T x" add column "c d" integer default 7 not null"#,
+            ("pg_temp", "probe"),
+        )
+        .expect("one column added");
+        assert_eq!(
+            table,
+            format!("{}.{}", quote_ident("app"), quote_ident("T x"))
+        );
+        assert_eq!(column, "c d");
+        assert!(probe.contains("pg_temp.probe"), "{probe}");
+        assert!(
+            probe.contains(r#"ADD COLUMN "c d" int DEFAULT 7 NOT NULL"#),
+            "{probe}"
+        );
+        assert!(!probe.contains("T x"), "{probe}");
+        for other in [
+            "alter table app.t add column a int, add column b int",
+            "alter table app.t drop column a",
+            "alter table app.t alter column a type bigint",
+            "create table app.t (a int)",
+            "not sql at all",
+        ] {
+            assert!(
+                column_added_onto(other, ("pg_temp", "probe")).is_none(),
+                "{other}"
+            );
+        }
     }
 
     #[test]

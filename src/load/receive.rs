@@ -747,9 +747,10 @@ impl Applier {
             tx.batch_execute(&format!("truncate {list}"))
                 .await
                 .map_err(pg(&format!(
-                    "emptying {list} (the target role needs TRUNCATE on them, or to own them; a table outside \
-                     the load that references one of them by a foreign key must be emptied or its key dropped \
-                     first). Re-run the load when fixed: live batches wait for it"
+                    "emptying {list} (the target role needs TRUNCATE on them, or to own them; a table this \
+                     run does not copy — outside the load, complete, or not named by --copy-again — that \
+                     references one of them by a foreign key must be emptied or its key dropped first, or \
+                     named by --copy-again too). Re-run the load when fixed: live batches wait for it"
                 )))?;
         }
         tx.commit().await.map_err(pg("commit"))?;
