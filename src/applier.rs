@@ -2710,6 +2710,9 @@ pub(crate) async fn run_statement(
         }
         return match column_there_already(tx, st).await? {
             Some(Ok(column)) => {
+                tx.batch_execute("release savepoint pgteleport_statement")
+                    .await
+                    .map_err(pg("savepoint"))?;
                 tracing::info!(
                     version,
                     statement = %st.sql,
