@@ -540,7 +540,7 @@ pub(crate) fn batches_of(source: &str, target: &str) -> String {
     format!("source `{source}`, target `{target}`, batch ")
 }
 
-/// What target `name` says about a request of ours it has not answered yet (`asked`: "the
+/// What a target says about a request of ours it has not answered yet (`asked`: "the
 /// target … has not answered …"): its stall reports (`GET /v1/stalls`) that `ours` picks,
 /// the blocked first, the longest first among them. `what` names the work looked for there
 /// ("step of the load", "apply of this source's batches").
