@@ -2095,15 +2095,11 @@ impl Covered {
         version: i64,
         st: &ddlwatcher::Statement,
     ) -> Result<(), ApplyError> {
-        let ([oid], Some((schema, name))) = (
+        let ([oid], Some(written)) = (
             st.tables.as_slice(),
             ddlwatcher::retarget::table_created(&st.sql),
         ) else {
             return Ok(());
-        };
-        let written = match schema {
-            Some(schema) => qualified(&schema, &name),
-            None => quote_ident(&name),
         };
         let s = &self.schema;
         tx.execute(
@@ -2690,52 +2686,16 @@ pub(crate) async fn run_statement(
             message: format!("schema version {version}: `{}` failed: {m}{hint}", st.sql),
         }
     };
-    if !st.table_dropped_since && !done_by_load {
-        // In a savepoint: a column the target has already, as the source made it (the
-        // change run on the target first), is left out.
-        tx.batch_execute("savepoint pgteleport_statement")
-            .await
-            .map_err(pg("savepoint"))?;
-        let Err(e) = tx.batch_execute(&st.sql).await else {
-            return tx
-                .batch_execute("release savepoint pgteleport_statement")
-                .await
-                .map_err(pg("savepoint"));
-        };
-        tx.batch_execute("rollback to savepoint pgteleport_statement")
-            .await
-            .map_err(pg("savepoint"))?;
-        if e.code() != Some(&tokio_postgres::error::SqlState::DUPLICATE_COLUMN) {
-            return Err(failed(&e));
-        }
-        return match column_there_already(tx, st).await? {
-            Some(Ok(column)) => {
-                tx.batch_execute("release savepoint pgteleport_statement")
-                    .await
-                    .map_err(pg("savepoint"))?;
-                tracing::info!(
-                    version,
-                    statement = %st.sql,
-                    "statement left out: the target has the column it adds already, as it makes it ({column})"
-                );
-                Ok(())
-            }
-            Some(Err(differs)) => Err(match failed(&e) {
-                ApplyError::Failed { message } => ApplyError::Failed {
-                    message: format!("{message}. {differs}"),
-                },
-                other => other,
-            }),
-            None => Err(failed(&e)),
-        };
-    }
+    // In a savepoint, whatever comes of it: a statement that fails may be left out.
     tx.batch_execute("savepoint pgteleport_statement")
         .await
         .map_err(pg("savepoint"))?;
     let result = tx.batch_execute(&st.sql).await;
     let end = match &result {
         Ok(()) => "release savepoint pgteleport_statement",
-        Err(_) => "rollback to savepoint pgteleport_statement",
+        Err(_) => {
+            "rollback to savepoint pgteleport_statement; release savepoint pgteleport_statement"
+        }
     };
     tx.batch_execute(end).await.map_err(pg("savepoint"))?;
     match result {
@@ -2751,7 +2711,7 @@ pub(crate) async fn run_statement(
             );
             Ok(())
         }
-        Err(e) if finds_its_work_done(&e) => {
+        Err(e) if done_by_load && finds_its_work_done(&e) => {
             tracing::info!(
                 version,
                 statement = %st.sql,
@@ -2759,6 +2719,27 @@ pub(crate) async fn run_statement(
                 "statement left out: an initial load created its objects from a catalog that holds this version"
             );
             Ok(())
+        }
+        // A column the target has already, as the source makes it (the change run on the
+        // target first), is left out.
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_COLUMN) => {
+            match column_there_already(tx, st).await? {
+                Some(Ok(column)) => {
+                    tracing::info!(
+                        version,
+                        statement = %st.sql,
+                        "statement left out: the target has the column it adds already, as it makes it ({column})"
+                    );
+                    Ok(())
+                }
+                Some(Err(differs)) => Err(match failed(&e) {
+                    ApplyError::Failed { message } => ApplyError::Failed {
+                        message: format!("{message}. {differs}"),
+                    },
+                    other => other,
+                }),
+                None => Err(failed(&e)),
+            }
         }
         Err(e) => Err(failed(&e)),
     }

@@ -553,11 +553,9 @@ pub(crate) async fn target_account(
     ours: impl Fn(&Stall) -> bool,
 ) -> (bool, String) {
     let stalls = async {
-        let mut req = hyper::Request::get(format!("{base}/v1/stalls"));
-        if let Some(t) = token {
-            req = req.header("authorization", format!("Bearer {t}"));
-        }
-        let req = req.body(crate::tls::empty()).map_err(|e| e.to_string())?;
+        let req = crate::tls::request(base, token, hyper::Method::GET, "/v1/stalls")
+            .body(crate::tls::empty())
+            .map_err(|e| e.to_string())?;
         let (status, bytes) = crate::tls::exchange(http, req).await?;
         if status != hyper::StatusCode::OK {
             let older = if status == hyper::StatusCode::NOT_FOUND {

@@ -213,6 +213,24 @@ pub type Body = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, std::io
 /// A client of a target (transmitter, initial load, check).
 pub type HttpClient = hyper_util::client::legacy::Client<HttpsConnector, Body>;
 
+/// A request to a target: `path` under its base URL, JSON, with the bearer token when
+/// there is one.
+pub fn request(
+    base: &str,
+    token: Option<&str>,
+    method: hyper::Method,
+    path: &str,
+) -> hyper::http::request::Builder {
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(format!("{base}{path}"))
+        .header("content-type", "application/json");
+    match token {
+        Some(t) => req.header("authorization", format!("Bearer {t}")),
+        None => req,
+    }
+}
+
 /// An empty request body.
 pub fn empty() -> Body {
     use http_body_util::BodyExt;

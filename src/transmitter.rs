@@ -121,15 +121,10 @@ impl Transmitter {
         zstd: bool,
         body: ReqBody,
     ) -> Result<Request<ReqBody>, String> {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base_url))
-            .header("content-type", "application/json");
+        let token = self.token.as_ref().map(|t| t.expose());
+        let mut req = crate::tls::request(&self.base_url, token, method, path);
         if zstd {
             req = req.header("content-encoding", "zstd");
-        }
-        if let Some(t) = &self.token {
-            req = req.header("authorization", format!("Bearer {}", t.expose()));
         }
         req.body(body).map_err(|e| e.to_string())
     }

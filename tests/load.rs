@@ -1946,8 +1946,11 @@ async fn a_table_made_by_hand_before_the_stream_creates_it_holds_the_batch_until
             ))
             .await?;
             let held = |e: &str| {
-                e.contains(&format!("create table {}", quoted(table)))
-                    && e.contains("already exists")
+                let (schema, name) = table.split_once('.').expect("schema.table");
+                e.contains(&format!(
+                    "create table {}",
+                    ddlwatcher::qualified(schema, name)
+                )) && e.contains("already exists")
                     && e.contains("made outside replication")
                     && e.contains("-mode initial-load")
             };
@@ -1994,15 +1997,6 @@ async fn a_table_made_by_hand_before_the_stream_creates_it_holds_the_batch_until
         .await?;
     }
     Ok(())
-}
-
-/// `app.t` as the schema statements write it: `"app"."t"`.
-fn quoted(table: &str) -> String {
-    table
-        .split('.')
-        .map(|p| format!("\"{p}\""))
-        .collect::<Vec<_>>()
-        .join(".")
 }
 
 /// The load run again after the stream made a table, and renamed it and a loaded one: every

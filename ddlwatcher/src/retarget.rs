@@ -281,19 +281,15 @@ pub fn table_rename(sql: &str) -> Option<(String, String)> {
     }
 }
 
-/// The schema (when written) and name of the table a `CREATE TABLE` statement creates;
-/// `None` for any other statement.
-pub fn table_created(sql: &str) -> Option<(Option<String>, String)> {
+/// The table a `CREATE TABLE` statement creates, as written (each part quoted); `None` for
+/// any other statement.
+pub fn table_created(sql: &str) -> Option<String> {
     let parsed = pg_query::parse(sql).ok()?;
     let [raw] = parsed.protobuf.stmts.as_slice() else {
         return None;
     };
     match raw.stmt.as_ref().and_then(|n| n.node.as_ref()) {
-        Some(NodeEnum::CreateStmt(c)) => {
-            let r = c.relation.as_ref()?;
-            let schema = Some(r.schemaname.clone()).filter(|s| !s.is_empty());
-            Some((schema, r.relname.clone()))
-        }
+        Some(NodeEnum::CreateStmt(c)) => relation_name(&c.relation),
         _ => None,
     }
 }
@@ -950,16 +946,15 @@ mod tests {
     fn tables_created_are_read() {
         assert_eq!(
             table_created(r#"create table "app"."T x" ("id" int not null)"#),
-            Some((Some("app".to_string()), "T x".to_string()))
+            Some(format!("{}.{}", quote_ident("app"), quote_ident("T x")))
         );
         assert_eq!(
             table_created("create unlogged table t (id int) partition by range (id)"),
-            Some((None, "t".to_string()))
+            Some(quote_ident("t"))
         );
         assert_eq!(
-            table_created("create table app.p partition of app.t for values from (1) to (2)")
-                .map(|t| t.1),
-            Some("p".to_string())
+            table_created("create table app.p partition of app.t for values from (1) to (2)"),
+            Some(format!("{}.{}", quote_ident("app"), quote_ident("p")))
         );
         assert_eq!(table_created("create index i on app.t (id)"), None);
         assert_eq!(table_created("create table app.t as select 1"), None);

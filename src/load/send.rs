@@ -11,7 +11,7 @@ use ddlwatcher::{quote_ident, Table, TypeRef};
 use futures_util::TryStreamExt;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
-use hyper::{Method, Request, StatusCode};
+use hyper::{Method, StatusCode};
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::TokioExecutor;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -249,17 +249,6 @@ impl Remote {
         })
     }
 
-    fn request(&self, method: Method, path: &str) -> hyper::http::request::Builder {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base))
-            .header("content-type", "application/json");
-        if let Some(t) = &self.token {
-            req = req.header("authorization", format!("Bearer {t}"));
-        }
-        req
-    }
-
     fn err(&self, message: String) -> LoadError {
         LoadError::Target {
             target: self.name.clone(),
@@ -275,7 +264,7 @@ impl Remote {
         body: Body,
         copy: Option<String>,
     ) -> Result<serde_json::Value, LoadError> {
-        let mut req = self.request(Method::POST, path);
+        let mut req = crate::tls::request(&self.base, self.token.as_deref(), Method::POST, path);
         if let Some(h) = copy {
             req = req.header("x-pgteleport-copy", h);
         }
@@ -496,7 +485,7 @@ async fn run_once(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErr
     // the COPY); the target applies apply_schema itself.
     let names = ddlwatcher::SchemaMap::default().with_renames(target.renames());
     let mut restarts = 0;
-    let (catalog, schema_version, locked) = loop {
+    let (catalog, schema_version, locked, again) = loop {
         // The catalog the tables are created from, at a schema version boundary: the
         // versions up to it are in that catalog, and the target leaves them out for what
         // the load creates (they would add a column twice, rename one that has its new
@@ -537,7 +526,7 @@ async fn run_once(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErr
                         .batch_execute("set local lock_timeout = default")
                         .await
                         .map_err(src_err("starting the snapshot transaction"))?;
-                    break (catalog, schema_version, locked);
+                    break (catalog, schema_version, locked, again);
                 }
                 Ok(_) => {}
                 // PostgreSQL chose this session to break a deadlock (a schema change holding a
@@ -572,7 +561,6 @@ async fn run_once(config: &Config, opts: LoadOptions) -> Result<Summary, LoadErr
         .batch_execute("reset lock_timeout")
         .await
         .map_err(src_err("resetting lock_timeout"))?;
-    let again = copy_again(&catalog, &names, opts.copy_again.as_ref());
     if let (Some(patterns), true) = (&opts.copy_again, again.is_empty()) {
         return Err(LoadError::CopyAgainNothing {
             patterns: patterns.as_str().to_string(),
