@@ -700,7 +700,19 @@ pub async fn wait_same_shape(
 ) -> Result<()> {
     let deadline = Instant::now() + within;
     loop {
-        let (a, b) = (shape(src, schemas).await?, shape(dst, schemas).await?);
+        // A read that meets a table the stream drops at that moment ("could not open
+        // relation with OID …", PostgreSQL's catalog functions racing a DROP) is read again.
+        let (a, b) = match (shape(src, schemas).await, shape(dst, schemas).await) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(e), _) | (_, Err(e))
+                if Instant::now() < deadline
+                    && format!("{e:#}").contains("could not open relation with OID") =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            (a, b) => (a?, b?),
+        };
         if a == b {
             return Ok(());
         }
