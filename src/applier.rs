@@ -2556,6 +2556,56 @@ fn finds_its_work_done(e: &tokio_postgres::Error) -> bool {
         .any(|c| e.code() == Some(c))
 }
 
+/// Runs `make` (statements that make a probe and the statement's object on it) in a
+/// savepoint rolled back afterwards, reading what the target has with `there` and what the
+/// probe got with `made`, each a query of one row at most and its parameters. The inner
+/// error: no probe could be made.
+async fn probed(
+    tx: &Transaction<'_>,
+    make: &str,
+    there: (&str, &[&(dyn tokio_postgres::types::ToSql + Sync)]),
+    made: (&str, &[&(dyn tokio_postgres::types::ToSql + Sync)]),
+) -> Result<
+    Result<(Option<tokio_postgres::Row>, Option<tokio_postgres::Row>), tokio_postgres::Error>,
+    ApplyError,
+> {
+    tx.batch_execute("savepoint pgteleport_probe")
+        .await
+        .map_err(pg("savepoint"))?;
+    let seen = async {
+        tx.batch_execute(make).await?;
+        let t = tx.query_opt(there.0, there.1).await?;
+        let m = tx.query_opt(made.0, made.1).await?;
+        Ok((t, m))
+    }
+    .await;
+    tx.batch_execute("rollback to savepoint pgteleport_probe; release savepoint pgteleport_probe")
+        .await
+        .map_err(pg("savepoint"))?;
+    Ok(seen)
+}
+
+/// What a probe found: `Ok(the target's definition)` when it is the one the statement
+/// makes, `Err(both named)` when not, `None` when either is missing or no probe was made.
+fn compared(
+    st: &ddlwatcher::Statement,
+    what: &str,
+    seen: Result<(Option<String>, Option<String>), tokio_postgres::Error>,
+) -> Option<Result<String, String>> {
+    match seen {
+        Ok((Some(there), Some(made))) if there == made => Some(Ok(there)),
+        Ok((Some(there), Some(made))) => Some(Err(format!(
+            "The target's {what} is `{there}`, the source's `{made}`: make it as the source's \
+             (or drop it: the batch then makes it)"
+        ))),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::debug!(error = %db::describe(&e), statement = %st.sql, "no probe of the {what}");
+            None
+        }
+    }
+}
+
 /// Whether the column statement `st` (`ALTER TABLE … ADD COLUMN`, which failed: the column
 /// is there) adds is the one the target's table has: the statement is run on an empty copy
 /// of the table without that column (a temporary probe, rolled back) and the two columns'
@@ -2601,45 +2651,104 @@ async fn column_there_already(
         }
         d
     };
-    tx.batch_execute("savepoint pgteleport_probe")
-        .await
-        .map_err(pg("savepoint"))?;
-    let seen = async {
-        tx.batch_execute(&format!(
-            "create temp table {probe} (like {table} including defaults including generated including identity);
-             alter table {probe} drop column {}; {on_probe}",
-            quote_ident(&column)
-        ))
-        .await?;
-        let read = "select pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull, co.collname::text,
-                           a.attidentity::text, a.attgenerated::text, pg_catalog.pg_get_expr(d.adbin, d.adrelid)
-                      from pg_catalog.pg_attribute a
-                      left join pg_catalog.pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
-                      left join pg_catalog.pg_collation co on co.oid = a.attcollation
-                     where a.attrelid = pg_catalog.to_regclass($1) and a.attname = $2 and not a.attisdropped";
-        let there = tx.query_opt(read, &[&table, &column]).await?;
-        let made = tx.query_opt(read, &[&probe, &column]).await?;
-        Ok::<_, tokio_postgres::Error>((there.map(describe), made.map(describe)))
+    let make = format!(
+        "create temp table {probe} (like {table} including defaults including generated including identity);
+         alter table {probe} drop column {}; {on_probe}",
+        quote_ident(&column)
+    );
+    let read = "select pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull, co.collname::text,
+                       a.attidentity::text, a.attgenerated::text, pg_catalog.pg_get_expr(d.adbin, d.adrelid)
+                  from pg_catalog.pg_attribute a
+                  left join pg_catalog.pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
+                  left join pg_catalog.pg_collation co on co.oid = a.attcollation
+                 where a.attrelid = pg_catalog.to_regclass($1) and a.attname = $2 and not a.attisdropped";
+    let seen = probed(
+        tx,
+        &make,
+        (read, &[&table, &column]),
+        (read, &[&probe, &column]),
+    )
+    .await?
+    .map(|(t, m)| (t.map(describe), m.map(describe)));
+    let what = format!("column {} of {table}", quote_ident(&column));
+    Ok(compared(st, &what, seen).map(|r| r.map(|d| format!("{} {d}", quote_ident(&column)))))
+}
+
+/// Whether the index or constraint that statement `st` makes (`CREATE INDEX name …`,
+/// `ALTER TABLE … ADD CONSTRAINT name …`, which failed: one of its name is there) is the one
+/// the target's table has under that name: the statement is run, under another name, on an
+/// empty copy of the table's columns made beside it (a probe rolled back: a foreign key may
+/// not refer from a temporary table), and the two definitions compared (`pg_get_indexdef`
+/// without the names, `pg_get_constraintdef`). As [`column_there_already`].
+async fn object_there_already(
+    tx: &Transaction<'_>,
+    st: &ddlwatcher::Statement,
+) -> Result<Option<Result<String, String>>, ApplyError> {
+    use ddlwatcher::retarget::Made;
+    if std::env::var("NO_ADOPT").is_ok() {
+        return Ok(None);
     }
-    .await;
-    tx.batch_execute("rollback to savepoint pgteleport_probe")
-        .await
-        .map_err(pg("savepoint"))?;
-    Ok(match seen {
-        Ok((Some(there), Some(made))) if there == made => {
-            Some(Ok(format!("{} {there}", quote_ident(&column))))
+    const PROBE: &str = "pgteleport_probe";
+    const OBJECT: &str = "pgteleport_probe_object";
+    let Some(m) = ddlwatcher::retarget::object_made_onto(
+        &st.sql,
+        |schema| (schema.to_string(), PROBE.to_string()),
+        OBJECT,
+    ) else {
+        return Ok(None);
+    };
+    let probe = if m.schema.is_empty() {
+        quote_ident(PROBE)
+    } else {
+        qualified(&m.schema, PROBE)
+    };
+    let make = format!("create table {probe} (like {}); {}", m.table, m.probe);
+    let name: &str = &m.name;
+    let (what, seen) = match m.made {
+        Made::Index => {
+            let read = "select pg_catalog.pg_get_indexdef(i.indexrelid), pg_catalog.quote_ident(ic.relname::text),
+                               pg_catalog.format('%I.%I', n.nspname, c.relname)
+                          from pg_catalog.pg_index i
+                          join pg_catalog.pg_class ic on ic.oid = i.indexrelid
+                          join pg_catalog.pg_class c on c.oid = i.indrelid
+                          join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+                         where i.indrelid = pg_catalog.to_regclass($1) and ic.relname = $2
+                           and ic.relnamespace = c.relnamespace";
+            // The definition as if made under the statement's names.
+            let as_made = |r: tokio_postgres::Row| {
+                let (def, index, table): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+                let to = format!(" INDEX {} ON {} USING ", quote_ident(name), m.table);
+                def.replacen(&format!(" INDEX {index} ON ONLY {table} USING "), &to, 1)
+                    .replacen(&format!(" INDEX {index} ON {table} USING "), &to, 1)
+            };
+            let seen = probed(
+                tx,
+                &make,
+                (read, &[&m.table, &name]),
+                (read, &[&probe, &OBJECT]),
+            )
+            .await?
+            .map(|(t, p)| (t.map(as_made), p.map(as_made)));
+            (format!("index {} of {}", quote_ident(name), m.table), seen)
         }
-        Ok((Some(there), Some(made))) => Some(Err(format!(
-            "The target's column {} of {table} is `{there}`, the source's `{made}`: make it as the source's \
-             (or drop it: the batch then adds it)",
-            quote_ident(&column)
-        ))),
-        Ok(_) => None,
-        Err(e) => {
-            tracing::debug!(error = %db::describe(&e), statement = %st.sql, "no probe of the column");
-            None
+        Made::Constraint => {
+            let read = "select pg_catalog.pg_get_constraintdef(oid) from pg_catalog.pg_constraint
+                         where conrelid = pg_catalog.to_regclass($1) and conname = $2";
+            let seen = probed(
+                tx,
+                &make,
+                (read, &[&m.table, &name]),
+                (read, &[&probe, &OBJECT]),
+            )
+            .await?
+            .map(|(t, p)| (t.map(|r| r.get(0)), p.map(|r| r.get(0))));
+            (
+                format!("constraint {} of {}", quote_ident(name), m.table),
+                seen,
+            )
         }
-    })
+    };
+    Ok(compared(st, &what, seen))
 }
 
 /// SQLSTATEs of a schema statement that finds the object it makes there already.
@@ -2673,7 +2782,8 @@ pub(crate) async fn run_statement(
         } else if made_already(e) {
             // Not left out: what is there may differ from what the source made.
             " — the target has it already, made outside replication (the stream makes the target's \
-             schema from the source's): undo that change on the target and the batch goes on; \
+             schema from the source's; a column, index or constraint made there as the source \
+             makes it is taken as it is): undo that change on the target and the batch goes on; \
              a table made by hand, empty, can instead be filled as it is by the initial load \
              (-mode initial-load -load-target NAME)"
         } else if finds_its_work_done(e) {
@@ -2720,15 +2830,23 @@ pub(crate) async fn run_statement(
             );
             Ok(())
         }
-        // A column the target has already, as the source makes it (the change run on the
-        // target first), is left out.
-        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_COLUMN) => {
-            match column_there_already(tx, st).await? {
-                Some(Ok(column)) => {
+        // A column, index or constraint the target has already, as the source makes it (the
+        // change run on the target first), is left out.
+        Err(e)
+            if made_already(&e)
+                || e.code() == Some(&tokio_postgres::error::SqlState::INVALID_TABLE_DEFINITION) =>
+        {
+            let there = if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_COLUMN) {
+                column_there_already(tx, st).await?
+            } else {
+                object_there_already(tx, st).await?
+            };
+            match there {
+                Some(Ok(definition)) => {
                     tracing::info!(
                         version,
                         statement = %st.sql,
-                        "statement left out: the target has the column it adds already, as it makes it ({column})"
+                        "statement left out: the target has what it makes already, as it makes it ({definition})"
                     );
                     Ok(())
                 }

@@ -3983,3 +3983,106 @@ async fn a_column_added_on_the_target_first_is_taken_when_it_is_the_sources() ->
     }
     Ok(())
 }
+
+/// Indexes and constraints (check, unique, foreign key) made on the target first, as the
+/// source then makes them (the same migration run on both sides, the target first): the
+/// stream's statements find them there, compare them with what they make (on a probe of the
+/// table's columns, rolled back) and are left out; the target keeps its own objects (the
+/// same OIDs: not made again) and the rows arrive. An index that differs holds the batch,
+/// both definitions named, until the target's is dropped; a constraint too, until made as
+/// the source's. Before, each of them held the batch.
+#[tokio::test]
+async fn indexes_and_constraints_made_on_the_target_first_are_taken_when_they_are_the_sources(
+) -> anyhow::Result<()> {
+    for event_triggers in [false, true] {
+        let context = || format!("event triggers: {event_triggers}");
+        let p = Pair::new(
+            "create schema app;
+             create table app.t (id int primary key, v int, u int, w int);
+             create table app.c (id int primary key, t_id int);
+             insert into app.t values (1, 1, 1, 1); insert into app.c values (1, 1);",
+        )
+        .await?;
+        let extra = p.ddl_mode(event_triggers).await?;
+        let (source, target) = p.start_both_with("app.*", extra).await?;
+        let (src, dst) = (p.src().await?, p.dst().await?);
+        let tables = ["app.t", "app.c"];
+        wait_equal(&src, &dst, &tables, Duration::from_secs(20)).await?;
+        let migration = "create index t_v on app.t (v);
+             alter table app.t add constraint t_pos check (v > 0);
+             alter table app.t add constraint t_u unique (u);
+             alter table app.c add constraint c_fk foreign key (t_id) references app.t (id);";
+        dst.batch_execute(migration).await?;
+        let oids = "select pg_catalog.string_agg(x::text, ',' order by x::text) from (
+                      select c.oid::text || ':' || c.relname from pg_catalog.pg_class c
+                       where c.relnamespace = 'app'::regnamespace and c.relkind = 'i'
+                      union all
+                      select k.oid::text || ':' || k.conname from pg_catalog.pg_constraint k
+                       where k.connamespace = 'app'::regnamespace) s (x)";
+        let before: String = dst.query_one(oids, &[]).await?.get(0);
+        src.batch_execute(&format!(
+            // A row that needs the migration's schema version (a column added after it).
+            "{migration} alter table app.t add column m int;
+             insert into app.t values (2, 2, 2, 2, 2); insert into app.c values (2, 2);"
+        ))
+        .await?;
+        wait_equal(&src, &dst, &tables, Duration::from_secs(30))
+            .await
+            .with_context(context)?;
+        let after: String = dst.query_one(oids, &[]).await?.get(0);
+        assert_eq!(
+            after,
+            before,
+            "{}: the target's objects made again",
+            context()
+        );
+        // Made otherwise on the target: held with both, until the target's is dropped.
+        dst.batch_execute("create index t_w on app.t (w)").await?;
+        src.batch_execute(
+            "create index t_w on app.t (w, v); insert into app.t values (3, 3, 3, 3, 3)",
+        )
+        .await?;
+        wait_for("the batch held", Duration::from_secs(30), || async {
+            let e = last_error(&src).await?;
+            Ok(e.contains(
+                "The target's index \"t_w\" of \"app\".\"t\" is `CREATE INDEX \"t_w\" ON \"app\".\"t\" USING btree (w)`, \
+                 the source's `CREATE INDEX \"t_w\" ON \"app\".\"t\" USING btree (w, v)`",
+            ))
+        })
+        .await
+        .with_context(context)?;
+        dst.batch_execute("drop index app.t_w").await?;
+        wait_equal(&src, &dst, &tables, Duration::from_secs(30))
+            .await
+            .with_context(context)?;
+        dst.batch_execute("alter table app.t add constraint t_small check (w < 100)")
+            .await?;
+        src.batch_execute(
+            "alter table app.t add constraint t_small check (w < 10); insert into app.t values (4, 4, 4, 4, 4)",
+        )
+        .await?;
+        wait_for("the batch held", Duration::from_secs(30), || async {
+            let e = last_error(&src).await?;
+            Ok(e.contains(
+                "The target's constraint \"t_small\" of \"app\".\"t\" is `CHECK ((w < 100))`, \
+                 the source's `CHECK ((w < 10))`",
+            ))
+        })
+        .await
+        .with_context(context)?;
+        dst.batch_execute(
+            "alter table app.t drop constraint t_small, add constraint t_small check (w < 10)",
+        )
+        .await?;
+        ends_equal(
+            &src,
+            &dst,
+            "insert into app.t values (5, 5, 5, 5, 5)",
+            &tables,
+            (source, target),
+            &context(),
+        )
+        .await?;
+    }
+    Ok(())
+}

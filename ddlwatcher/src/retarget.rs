@@ -457,6 +457,85 @@ pub fn column_added_onto(sql: &str, onto: (&str, &str)) -> Option<(String, Strin
     Some((table, column, probe))
 }
 
+/// What a statement makes on a table that a probe can make too: see [`object_made_onto`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Made {
+    /// `CREATE [UNIQUE] INDEX name ON table …`.
+    Index,
+    /// `ALTER TABLE table ADD CONSTRAINT name …` (check, unique, primary key, exclusion,
+    /// foreign key).
+    Constraint,
+}
+
+/// One index or constraint a statement makes, and the statement made to make it elsewhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MadeOnto {
+    pub made: Made,
+    /// The table as written, each part quoted.
+    pub table: String,
+    /// The table's schema as written (empty: not written).
+    pub schema: String,
+    /// The index's or constraint's name.
+    pub name: String,
+    /// The statement on the other table, the object under the other name.
+    pub probe: String,
+}
+
+/// A statement that makes one named index (`CREATE [UNIQUE] INDEX name ON table …`) or one
+/// named constraint (`ALTER TABLE table ADD CONSTRAINT name …`), nothing else, made to make
+/// it on table `onto` (given the table's schema as written; a relation name, each part
+/// quoted, as `app.probe`) under the name `as_name`. `None` for any other statement.
+pub fn object_made_onto(
+    sql: &str,
+    onto: impl FnOnce(&str) -> (String, String),
+    as_name: &str,
+) -> Option<MadeOnto> {
+    let mut parsed = pg_query::parse(sql).ok()?;
+    let [raw] = parsed.protobuf.stmts.as_mut_slice() else {
+        return None;
+    };
+    let (made, relation, name) = match raw.stmt.as_mut().and_then(|n| n.node.as_mut())? {
+        NodeEnum::IndexStmt(i) if !i.idxname.is_empty() => {
+            let name = std::mem::replace(&mut i.idxname, as_name.to_string());
+            (Made::Index, &mut i.relation, name)
+        }
+        NodeEnum::AlterTableStmt(a) => {
+            let [cmd] = a.cmds.as_mut_slice() else {
+                return None;
+            };
+            let name = match cmd.node.as_mut()? {
+                NodeEnum::AlterTableCmd(c)
+                    if c.subtype == protobuf::AlterTableType::AtAddConstraint as i32 =>
+                {
+                    match c.def.as_mut()?.node.as_mut()? {
+                        NodeEnum::Constraint(k) if !k.conname.is_empty() => {
+                            std::mem::replace(&mut k.conname, as_name.to_string())
+                        }
+                        _ => return None,
+                    }
+                }
+                _ => return None,
+            };
+            (Made::Constraint, &mut a.relation, name)
+        }
+        _ => return None,
+    };
+    let table = relation_name(relation)?;
+    let relation = relation.as_mut()?;
+    let schema = relation.schemaname.clone();
+    let (to_schema, to_name) = onto(&schema);
+    relation.schemaname = to_schema;
+    relation.relname = to_name;
+    let probe = pg_query::deparse(&parsed.protobuf).ok()?;
+    Some(MadeOnto {
+        made,
+        table,
+        schema,
+        name,
+        probe,
+    })
+}
+
 /// A relation's name as written, each part quoted.
 fn relation_name(r: &Option<RangeVar>) -> Option<String> {
     r.as_ref().map(|r| {
@@ -924,6 +1003,71 @@ mod tests {
                 column_added_onto(other, ("pg_temp", "probe")).is_none(),
                 "{other}"
             );
+        }
+    }
+
+    #[test]
+    fn an_index_or_constraint_made_is_made_onto_another_table() {
+        let onto = |s: &str| (s.to_string(), "probe".to_string());
+        let i = object_made_onto(
+            r#"CREATE UNIQUE INDEX "i x" ON ONLY "app"."T x" USING btree (lower(v)) WHERE (v > 'a')"#,
+            onto,
+            "probe_object",
+        )
+        .expect("one index made");
+        assert_eq!(
+            (i.made, i.table.as_str(), i.schema.as_str(), i.name.as_str()),
+            (Made::Index, r#""app"."T x""#, "app", "i x")
+        );
+        assert!(
+            i.probe.contains("probe_object ON ONLY app.probe"),
+            "{}",
+            i.probe
+        );
+        assert!(
+            i.probe.contains("lower(v)") && i.probe.contains("WHERE"),
+            "{}",
+            i.probe
+        );
+        let c = object_made_onto(
+            r#"alter table "app"."c" add constraint "c fk" foreign key (t_id) references app.t(id)"#,
+            onto,
+            "probe_object",
+        )
+        .expect("one constraint made");
+        assert_eq!(
+            (c.made, c.table.as_str(), c.name.as_str()),
+            (Made::Constraint, r#""app"."c""#, "c fk")
+        );
+        assert!(
+            c.probe
+                .contains("app.probe ADD CONSTRAINT probe_object FOREIGN KEY")
+                && c.probe.contains("REFERENCES app.t"),
+            "{}",
+            c.probe
+        );
+        let unqualified = object_made_onto(
+            "alter table t add constraint k check (v > 0)",
+            |s| {
+                assert_eq!(s, "");
+                ("pg_temp".to_string(), "probe".to_string())
+            },
+            "p",
+        )
+        .expect("one constraint made");
+        assert_eq!(unqualified.table, r#""t""#);
+        assert!(unqualified
+            .probe
+            .contains("pg_temp.probe ADD CONSTRAINT p CHECK"));
+        for other in [
+            "create index on app.t (v)",
+            "alter table app.t add check (v > 0)",
+            "alter table app.t add constraint a check (v > 0), add constraint b check (v < 9)",
+            "alter table app.t add column a int",
+            "alter table app.t drop constraint a",
+            "not sql at all",
+        ] {
+            assert!(object_made_onto(other, onto, "p").is_none(), "{other}");
         }
     }
 
