@@ -2751,6 +2751,59 @@ async fn object_there_already(
     Ok(compared(st, &what, seen))
 }
 
+/// Whether the type or view that statement `st` makes (`CREATE TYPE`, `CREATE DOMAIN`,
+/// `CREATE VIEW`, which failed: one of its name is there) is the one the target has: the
+/// statement is run under another name in the same schema (rolled back) and the two
+/// compared — an enum's labels in order, a composite type's attributes, a domain's base
+/// type, collation, default, NOT NULL and checks, a view's query and options. As
+/// [`column_there_already`].
+async fn type_or_view_there_already(
+    tx: &Transaction<'_>,
+    st: &ddlwatcher::Statement,
+) -> Result<Option<Result<String, String>>, ApplyError> {
+    let Some(m) = ddlwatcher::retarget::object_made_as(&st.sql, "pgteleport_probe") else {
+        return Ok(None);
+    };
+    let (what, read) = if m.is_type {
+        (
+            "type",
+            "select case t.typtype
+                      when 'e' then 'enum (' || coalesce((
+                          select pg_catalog.string_agg(pg_catalog.quote_literal(e.enumlabel::text), ', ' order by e.enumsortorder)
+                            from pg_catalog.pg_enum e where e.enumtypid = t.oid), '') || ')'
+                      when 'c' then '(' || coalesce((
+                          select pg_catalog.string_agg(pg_catalog.quote_ident(a.attname::text) || ' '
+                                   || pg_catalog.format_type(a.atttypid, a.atttypmod)
+                                   || case when a.attcollation <> at.typcollation
+                                           then ' collate ' || a.attcollation::pg_catalog.regcollation::text else '' end,
+                                   ', ' order by a.attnum)
+                            from pg_catalog.pg_attribute a join pg_catalog.pg_type at on at.oid = a.atttypid
+                           where a.attrelid = t.typrelid and a.attnum > 0 and not a.attisdropped), '') || ')'
+                      when 'd' then 'domain over ' || pg_catalog.format_type(t.typbasetype, t.typtypmod)
+                          || case when t.typcollation <> b.typcollation
+                                  then ' collate ' || t.typcollation::pg_catalog.regcollation::text else '' end
+                          || coalesce(' default ' || t.typdefault, '')
+                          || case when t.typnotnull then ' not null' else '' end
+                          || coalesce((select ' ' || pg_catalog.string_agg(d, ' ' order by d)
+                                         from (select pg_catalog.pg_get_constraintdef(k.oid) as d
+                                                 from pg_catalog.pg_constraint k where k.contypid = t.oid) s), '')
+                      else 'of kind ' || t.typtype::text end
+               from pg_catalog.pg_type t left join pg_catalog.pg_type b on b.oid = t.typbasetype
+              where t.oid = pg_catalog.to_regtype($1)",
+        )
+    } else {
+        (
+            "view",
+            "select pg_catalog.pg_get_viewdef(c.oid) || coalesce(' with ' || c.reloptions::text, '')
+               from pg_catalog.pg_class c where c.oid = pg_catalog.to_regclass($1) and c.relkind = 'v'",
+        )
+    };
+    let seen = probed(tx, &m.probe, (read, &[&m.name]), (read, &[&m.probe_name]))
+        .await?
+        .map(|(t, p)| (t.map(|r| r.get(0)), p.map(|r| r.get(0))));
+    Ok(compared(st, &format!("{what} {}", m.name), seen))
+}
+
 /// SQLSTATEs of a schema statement that finds the object it makes there already.
 fn made_already(e: &tokio_postgres::Error) -> bool {
     use tokio_postgres::error::SqlState;
@@ -2782,8 +2835,8 @@ pub(crate) async fn run_statement(
         } else if made_already(e) {
             // Not left out: what is there may differ from what the source made.
             " — the target has it already, made outside replication (the stream makes the target's \
-             schema from the source's; a column, index or constraint made there as the source \
-             makes it is taken as it is): undo that change on the target and the batch goes on; \
+             schema from the source's; a column, index, constraint, type or view made there as \
+             the source makes it is taken as it is): undo that change on the target and the batch goes on; \
              a table made by hand, empty, can instead be filled as it is by the initial load \
              (-mode initial-load -load-target NAME)"
         } else if finds_its_work_done(e) {
@@ -2838,8 +2891,10 @@ pub(crate) async fn run_statement(
         {
             let there = if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_COLUMN) {
                 column_there_already(tx, st).await?
+            } else if let Some(there) = object_there_already(tx, st).await? {
+                Some(there)
             } else {
-                object_there_already(tx, st).await?
+                type_or_view_there_already(tx, st).await?
             };
             match there {
                 Some(Ok(definition)) => {

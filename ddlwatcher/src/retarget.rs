@@ -536,6 +536,68 @@ pub fn object_made_onto(
     })
 }
 
+/// A type or a view a statement makes, and the statement made to make it elsewhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MadeAs {
+    /// `CREATE TYPE … AS ENUM`, `CREATE TYPE … AS (…)` or `CREATE DOMAIN`: a type; `CREATE
+    /// VIEW`: not.
+    pub is_type: bool,
+    /// The object's name as written, each part quoted.
+    pub name: String,
+    /// The statement making it under the other name, in the same schema.
+    pub probe: String,
+    /// The other name as the probe's statement writes it, each part quoted.
+    pub probe_name: String,
+}
+
+/// A statement that makes one type (enum, composite, domain) or one view (not `OR
+/// REPLACE`), nothing else, made to make it under the name `as_name` in the same schema.
+/// `None` for any other statement.
+pub fn object_made_as(sql: &str, as_name: &str) -> Option<MadeAs> {
+    // A name list (`schema`, `name`): the name replaced; (as written, as made).
+    fn renamed(list: &mut [protobuf::Node], as_name: &str) -> Option<(String, String)> {
+        let mut parts = list
+            .iter()
+            .map(|n| match n.node.as_ref()? {
+                NodeEnum::String(s) => Some(quote_ident(&s.sval)),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()?;
+        let written = parts.join(".");
+        match list.last_mut()?.node.as_mut()? {
+            NodeEnum::String(s) => s.sval = as_name.to_string(),
+            _ => return None,
+        }
+        *parts.last_mut()? = quote_ident(as_name);
+        Some((written, parts.join(".")))
+    }
+    fn renamed_relation(r: &mut Option<RangeVar>, as_name: &str) -> Option<(String, String)> {
+        let written = relation_name(r)?;
+        let r = r.as_mut()?;
+        r.relname = as_name.to_string();
+        let made = relation_name(&Some(r.clone()))?;
+        Some((written, made))
+    }
+    let mut parsed = pg_query::parse(sql).ok()?;
+    let [raw] = parsed.protobuf.stmts.as_mut_slice() else {
+        return None;
+    };
+    let (is_type, (name, probe_name)) = match raw.stmt.as_mut().and_then(|n| n.node.as_mut())? {
+        NodeEnum::CreateEnumStmt(e) => (true, renamed(&mut e.type_name, as_name)?),
+        NodeEnum::CreateDomainStmt(d) => (true, renamed(&mut d.domainname, as_name)?),
+        NodeEnum::CompositeTypeStmt(c) => (true, renamed_relation(&mut c.typevar, as_name)?),
+        NodeEnum::ViewStmt(v) if !v.replace => (false, renamed_relation(&mut v.view, as_name)?),
+        _ => return None,
+    };
+    let probe = pg_query::deparse(&parsed.protobuf).ok()?;
+    Some(MadeAs {
+        is_type,
+        name,
+        probe,
+        probe_name,
+    })
+}
+
 /// A relation's name as written, each part quoted.
 fn relation_name(r: &Option<RangeVar>) -> Option<String> {
     r.as_ref().map(|r| {
@@ -1068,6 +1130,51 @@ mod tests {
             "not sql at all",
         ] {
             assert!(object_made_onto(other, onto, "p").is_none(), "{other}");
+        }
+    }
+
+    #[test]
+    fn a_type_or_view_made_is_made_under_another_name() {
+        let cases = [
+            (
+                r#"create type "app"."mo.od" as enum ('a', 'b')"#,
+                true,
+                r#""app"."mo.od""#,
+                "AS ENUM ('a', 'b')",
+            ),
+            (
+                r#"create type "app"."pair" as ("x" integer, "y" text)"#,
+                true,
+                r#""app"."pair""#,
+                "AS (x int, y text)",
+            ),
+            (
+                r#"create domain "app"."pos" as integer not null CHECK (VALUE > 0)"#,
+                true,
+                r#""app"."pos""#,
+                "CHECK (value > 0)",
+            ),
+            (
+                "create view app.v as select id from app.t",
+                false,
+                r#""app"."v""#,
+                "AS SELECT id FROM app.t",
+            ),
+        ];
+        for (sql, is_type, name, body) in cases {
+            let m = object_made_as(sql, "probe").unwrap_or_else(|| panic!("{sql}"));
+            assert_eq!((m.is_type, m.name.as_str()), (is_type, name), "{sql}");
+            assert_eq!(m.probe_name, r#""app"."probe""#, "{sql}");
+            assert!(m.probe.contains("app.probe"), "{}", m.probe);
+            assert!(m.probe.contains(body), "{}", m.probe);
+        }
+        for other in [
+            "create or replace view app.v as select 1",
+            "create table app.t (a int)",
+            "create type app.r as range (subtype = int4)",
+            "not sql at all",
+        ] {
+            assert!(object_made_as(other, "probe").is_none(), "{other}");
         }
     }
 
