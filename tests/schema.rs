@@ -4109,8 +4109,9 @@ async fn types_and_views_made_on_the_target_first_are_taken_when_they_are_the_so
         let (src, dst) = (p.src().await?, p.dst().await?);
         wait_equal(&src, &dst, &["app.t"], Duration::from_secs(20)).await?;
         let migration = "create type app.mood as enum ('sad', 'it''s ok');
-             create type app.pair as (x int, y text);
+             create type app.pair as (x int, y text collate \"C\");
              create domain app.pos as int default 1 check (value > 0) check (value < 1000);
+             create domain app.word as text collate \"POSIX\" not null;
              create view app.v as select id, v from app.t where v > 0;";
         dst.batch_execute(migration).await?;
         src.batch_execute(&format!(
@@ -4158,6 +4159,23 @@ async fn types_and_views_made_on_the_target_first_are_taken_when_they_are_the_so
         .await
         .with_context(context)?;
         dst.batch_execute("drop view app.w").await?;
+        // An attribute's collation changed alone (no column uses the type) arrives too.
+        src.batch_execute("create type app.lone as (a text)")
+            .await?;
+        wait_for(
+            "app.lone on the target",
+            Duration::from_secs(30),
+            || async {
+                Ok(
+                    scalar_i64(&dst, "select count(*) from pg_type where typname = 'lone'").await?
+                        == 1,
+                )
+            },
+        )
+        .await
+        .with_context(context)?;
+        src.batch_execute("alter type app.lone alter attribute a type text collate \"POSIX\"")
+            .await?;
         ends_equal(
             &src,
             &dst,

@@ -266,7 +266,8 @@ pub struct TypeDef {
 }
 
 /// An attribute of a composite type: stored as `[name, type]` or, since attribute numbers
-/// are recorded, `[name, type, attnum]`.
+/// are recorded, `[name, type, attnum]`, and `[name, type, attnum, collation]` for one with
+/// a collation of its own.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "AttributeRepr", into = "AttributeRepr")]
 pub struct Attribute {
@@ -275,37 +276,43 @@ pub struct Attribute {
     /// Stable across renames, so a rename diffs as a rename (`None` in snapshots taken
     /// before it was recorded).
     pub attnum: Option<i16>,
+    /// A collation other than its type's, as [`Column::collation`] (`None` in snapshots
+    /// taken before it was recorded).
+    pub collation: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
 #[serde(untagged)]
 enum AttributeRepr {
+    Collated(String, TypeRef, i16, String),
     Numbered(String, TypeRef, i16),
     Plain(String, TypeRef),
 }
 
 impl From<AttributeRepr> for Attribute {
     fn from(r: AttributeRepr) -> Self {
-        match r {
-            AttributeRepr::Numbered(name, type_ref, attnum) => Self {
-                name,
-                type_ref,
-                attnum: Some(attnum),
-            },
-            AttributeRepr::Plain(name, type_ref) => Self {
-                name,
-                type_ref,
-                attnum: None,
-            },
+        let (name, type_ref, attnum, collation) = match r {
+            AttributeRepr::Collated(name, type_ref, attnum, c) => {
+                (name, type_ref, Some(attnum), Some(c))
+            }
+            AttributeRepr::Numbered(name, type_ref, attnum) => (name, type_ref, Some(attnum), None),
+            AttributeRepr::Plain(name, type_ref) => (name, type_ref, None, None),
+        };
+        Self {
+            name,
+            type_ref,
+            attnum,
+            collation,
         }
     }
 }
 
 impl From<Attribute> for AttributeRepr {
     fn from(a: Attribute) -> Self {
-        match a.attnum {
-            Some(n) => Self::Numbered(a.name, a.type_ref, n),
-            None => Self::Plain(a.name, a.type_ref),
+        match (a.attnum, a.collation) {
+            (Some(n), Some(c)) => Self::Collated(a.name, a.type_ref, n, c),
+            (Some(n), None) => Self::Numbered(a.name, a.type_ref, n),
+            (None, _) => Self::Plain(a.name, a.type_ref),
         }
     }
 }
@@ -318,6 +325,9 @@ pub enum TypeKind {
     Composite(Vec<Attribute>),
     Domain {
         base: TypeRef,
+        /// A collation other than the base type's, as [`Column::collation`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        collation: Option<String>,
         not_null: bool,
         default: Option<String>,
         /// `CHECK (…)` constraint texts.

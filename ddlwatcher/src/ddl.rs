@@ -138,17 +138,29 @@ pub fn create_type(def: &TypeDef, map: &SchemaMap) -> Option<String> {
             "create type {name} as ({})",
             attrs
                 .iter()
-                .map(|a| format!("{} {}", quote_ident(&a.name), type_sql(&a.type_ref, map)))
+                .map(|a| {
+                    format!(
+                        "{} {}{}",
+                        quote_ident(&a.name),
+                        type_sql(&a.type_ref, map),
+                        collate(&a.collation)
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join(", ")
         )),
         TypeKind::Domain {
             base,
+            collation,
             not_null,
             default,
             checks,
         } => {
-            let mut s = format!("create domain {name} as {}", type_sql(base, map));
+            let mut s = format!(
+                "create domain {name} as {}{}",
+                type_sql(base, map),
+                collate(collation)
+            );
             if let Some(d) = default {
                 s.push_str(&format!(" default {d}"));
             }
@@ -217,7 +229,13 @@ pub fn create_view(v: &View, map: &SchemaMap, or_replace: bool) -> String {
 
 /// ` collate …` for a column with a collation of its own, else nothing.
 pub fn collate_clause(c: &Column) -> String {
-    c.collation
+    collate(&c.collation)
+}
+
+/// ` collate …` for a collation other than the type's (an attribute's, a domain's), else
+/// nothing.
+pub fn collate(collation: &Option<String>) -> String {
+    collation
         .as_ref()
         .map(|x| format!(" collate {x}"))
         .unwrap_or_default()
@@ -537,7 +555,7 @@ pub fn values_check(
 }
 
 /// `DO $tag$ body $tag$` with a tag the body does not contain (object names are any text).
-fn do_block(body: &str) -> String {
+pub(crate) fn do_block(body: &str) -> String {
     let mut tag = String::from("$pgteleport$");
     while body.contains(&tag) {
         tag.insert(tag.len() - 1, '_');
@@ -699,13 +717,14 @@ mod tests {
             name: "pair".into(),
             kind: TypeKind::Composite(vec![crate::catalog::Attribute {
                 name: "a".into(),
-                type_ref: TypeRef::Builtin("integer".into()),
+                type_ref: TypeRef::Builtin("text".into()),
                 attnum: Some(1),
+                collation: Some("pg_catalog.\"C\"".into()),
             }]),
         };
         assert_eq!(
             create_type(&c, &map).unwrap(),
-            "create type \"other\".\"pair\" as (\"a\" integer)"
+            "create type \"other\".\"pair\" as (\"a\" text collate pg_catalog.\"C\")"
         );
         let d = TypeDef {
             oid: 3,
@@ -713,6 +732,7 @@ mod tests {
             name: "pos".into(),
             kind: TypeKind::Domain {
                 base: TypeRef::Builtin("integer".into()),
+                collation: None,
                 not_null: true,
                 default: None,
                 checks: vec!["CHECK (VALUE > 0)".into()],

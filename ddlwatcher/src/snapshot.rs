@@ -95,13 +95,8 @@ fn build_sql() -> String {
             'text_form', coalesce((select bt.typcategory = 'A' or bt.oid in ('pg_catalog.json'::pg_catalog.regtype,
                                           'pg_catalog.jsonb'::pg_catalog.regtype, 'pg_catalog.xml'::pg_catalog.regtype)
                                      from pg_catalog.pg_type bt where bt.oid = {base}), false),
-            'collation', (select pg_catalog.quote_ident(cn.nspname) || '.' || pg_catalog.quote_ident(co.collname)
-                            from pg_catalog.pg_collation co
-                            join pg_catalog.pg_namespace cn on cn.oid = co.collnamespace
-                           where co.oid = a.attcollation
-                             and (cn.nspname = 'pg_catalog' or co.oid >= {FIRST_USER_OID} and {coll_ext} is null)
-                             and co.oid <> (select ct.typcollation from pg_catalog.pg_type ct where ct.oid = a.atttypid)))",
-        coll_ext = extension_sql("pg_catalog.pg_collation", "co.oid"),
+            'collation', {collation})",
+        collation = collation_sql("a.attcollation", "a.atttypid"),
         type_ref = type_ref_json("a.atttypid", "a.atttypmod"),
         base = base_type_sql("a.atttypid"),
     );
@@ -163,11 +158,14 @@ fn build_sql() -> String {
                       (select json_agg(l.enumlabel::text order by l.enumsortorder)
                          from pg_catalog.pg_enum l where l.enumtypid = t.oid), '[]'))
                  when t.typtype = 'c' then json_build_object('Composite', coalesce(
-                      (select json_agg(json_build_array(a.attname::text, {attr_ref}, a.attnum) order by a.attnum)
+                      (select json_agg(case when c.c is null then json_build_array(a.attname::text, {attr_ref}, a.attnum)
+                                            else json_build_array(a.attname::text, {attr_ref}, a.attnum, c.c) end
+                                       order by a.attnum)
                          from pg_catalog.pg_attribute a
+                         cross join lateral (select {attr_collation} as c) c
                         where a.attrelid = t.typrelid and a.attnum > 0 and not a.attisdropped), '[]'))
                  when t.typtype = 'd' then json_build_object('Domain', json_build_object(
-                      'base', {base_ref}, 'not_null', t.typnotnull, 'default', t.typdefault,
+                      'base', {base_ref}, 'collation', {domain_collation}, 'not_null', t.typnotnull, 'default', t.typdefault,
                       'checks', coalesce((select json_agg(pg_catalog.pg_get_constraintdef(k.oid) order by k.conname::text)
                                             from pg_catalog.pg_constraint k
                                            where k.contypid = t.oid and k.contype = 'c'), '[]')))
@@ -175,6 +173,8 @@ fn build_sql() -> String {
         ext = extension_sql("pg_catalog.pg_type", "t.oid"),
         attr_ref = type_ref_json("a.atttypid", "a.atttypmod"),
         base_ref = type_ref_json("t.typbasetype", "t.typtypmod"),
+        attr_collation = collation_sql("a.attcollation", "a.atttypid"),
+        domain_collation = collation_sql("t.typcollation", "t.typbasetype"),
     );
     format!(
         "with recursive
@@ -332,9 +332,16 @@ fn build_sql() -> String {
                                   join pg_catalog.pg_namespace cn on cn.oid = co.collnamespace
                                   cross join lateral (select pg_catalog.to_jsonb(co.*) as j) j
                                  where co.oid >= {FIRST_USER_OID} and {coll_ext} is null
-                                   and co.oid in (select a.attcollation from pg_catalog.pg_attribute a
-                                                   where a.attrelid in (select oid from rel) and a.attnum > 0
-                                                     and not a.attisdropped)), '[]'))",
+                                   and (co.oid in (select a.attcollation from pg_catalog.pg_attribute a
+                                                    where a.attrelid in (select oid from rel) and a.attnum > 0
+                                                      and not a.attisdropped)
+                                        -- and those of the types' attributes and domains
+                                        or co.oid in (select coalesce(a.attcollation, t.typcollation)
+                                                        from pg_catalog.pg_type t
+                                                        left join pg_catalog.pg_attribute a
+                                                          on t.typtype = 'c' and a.attrelid = t.typrelid
+                                                         and a.attnum > 0 and not a.attisdropped
+                                                       where t.oid in (select oid from used)))), '[]'))",
         col_type = user_type_sql("a.atttypid"),
         attr_type = user_type_sql("a.atttypid"),
         base_type = user_type_sql("t.typbasetype"),
@@ -572,10 +579,15 @@ impl Catalog {
                 .collations
                 .iter()
                 .filter(|c| {
+                    let used = Some(c.qualified.as_str());
                     tables
                         .iter()
                         .flat_map(|t| t.columns.iter())
-                        .any(|col| col.collation.as_deref() == Some(c.qualified.as_str()))
+                        .any(|col| col.collation.as_deref() == used)
+                        || reached
+                            .iter()
+                            .filter_map(|oid| by_oid.get(oid))
+                            .any(|t| type_collations(t).any(|x| x == used))
                 })
                 .cloned()
                 .collect(),
@@ -589,6 +601,35 @@ fn user_oid(t: &TypeRef) -> Option<u32> {
         TypeRef::User { oid, .. } => Some(*oid),
         TypeRef::Builtin(_) => None,
     }
+}
+
+/// A collation (`coll`, an expression of its OID) other than the type's (`of_type`, an
+/// expression of the type's OID), as `schema.name` quoted, or NULL: PostgreSQL's own and
+/// those of user schemas (not of an extension).
+fn collation_sql(coll: &str, of_type: &str) -> String {
+    format!(
+        "(select pg_catalog.quote_ident(cn.nspname) || '.' || pg_catalog.quote_ident(co.collname)
+            from pg_catalog.pg_collation co
+            join pg_catalog.pg_namespace cn on cn.oid = co.collnamespace
+           where co.oid = {coll}
+             and (cn.nspname = 'pg_catalog' or co.oid >= {FIRST_USER_OID} and {coll_ext} is null)
+             and co.oid <> (select ct.typcollation from pg_catalog.pg_type ct where ct.oid = {of_type}))",
+        coll_ext = extension_sql("pg_catalog.pg_collation", "co.oid"),
+    )
+}
+
+/// The collations a type definition names (its attributes', a domain's).
+fn type_collations(t: &TypeDef) -> impl Iterator<Item = Option<&str>> {
+    let (attrs, domain) = match &t.kind {
+        TypeKind::Composite(attrs) => (attrs.as_slice(), None),
+        TypeKind::Domain { collation, .. } => (&[][..], collation.as_deref()),
+        _ => (&[][..], None),
+    };
+    attrs
+        .iter()
+        .map(|a| a.collation.as_deref())
+        .chain(std::iter::once(domain))
+        .filter(Option::is_some)
 }
 
 /// The user types a type definition uses.

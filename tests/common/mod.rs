@@ -626,9 +626,19 @@ delete from zoo.owner where id = 1;
 pub async fn shape(c: &Client, schemas: &[&str]) -> anyhow::Result<Vec<String>> {
     c.query(
         "select c.relname || '.' || a.attname || ':' || format_type(a.atttypid, a.atttypmod) || case when a.attnotnull then ' not null' else '' end
+                || case when a.attcollation <> t.typcollation then ' collate ' || a.attcollation::regcollation::text else '' end
            from pg_class c join pg_namespace n on n.oid = c.relnamespace
            join pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
-          where n.nspname = any($1) and c.relkind in ('r', 'v')
+           join pg_type t on t.oid = a.atttypid
+          where n.nspname = any($1) and c.relkind in ('r', 'v', 'c')
+         union all
+         select 'domain ' || t.typname || ':' || format_type(t.typbasetype, t.typtypmod)
+                || case when t.typcollation <> b.typcollation then ' collate ' || t.typcollation::regcollation::text else '' end
+                || case when t.typnotnull then ' not null' else '' end || coalesce(' default ' || t.typdefault, '')
+                || coalesce((select ' ' || string_agg(pg_get_constraintdef(k.oid), ' ' order by pg_get_constraintdef(k.oid))
+                               from pg_constraint k where k.contypid = t.oid), '')
+           from pg_type t join pg_namespace n on n.oid = t.typnamespace join pg_type b on b.oid = t.typbasetype
+          where n.nspname = any($1) and t.typtype = 'd'
          union all
          select 'index ' || indexname || ':' || replace(indexdef, ' ' || schemaname || '.', ' ')
            from pg_indexes where schemaname = any($1)
