@@ -2429,7 +2429,12 @@ impl DdlState<'_> {
 
     async fn apply_next(&mut self, tx: &Transaction<'_>) -> Result<(), ApplyError> {
         let v = self.pending.remove(0);
-        for st in v.statements.iter().filter(|s| s.transactional) {
+        for (i, st) in v
+            .statements
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.transactional)
+        {
             // Tables an initial load created from a catalog that holds this version.
             if !st.tables.is_empty()
                 && st
@@ -2472,7 +2477,12 @@ impl DdlState<'_> {
             } else {
                 let done_by_load = st.tables.is_empty() && self.loaded_version >= Some(v.version);
                 self.covered.dropping(tx, v.version, st).await?;
-                run_statement(tx, v.version, st, done_by_load).await?;
+                // What comes after it: the rest of this version, and the pending ones.
+                let later: Vec<&ddlwatcher::Statement> = v.statements[i + 1..]
+                    .iter()
+                    .chain(self.pending.iter().flat_map(|p| &p.statements))
+                    .collect();
+                run_statement(tx, v.version, st, &later, done_by_load).await?;
                 self.covered.created(tx, v.version, st).await?;
             }
             for (table, old, new) in ddlwatcher::retarget::column_renames_and_drops(&st.sql) {
@@ -2556,10 +2566,27 @@ fn finds_its_work_done(e: &tokio_postgres::Error) -> bool {
         .any(|c| e.code() == Some(c))
 }
 
-/// Runs `make` (statements that make a probe and the statement's object on it) in a
-/// savepoint rolled back afterwards, reading what the target has with `there` and what the
-/// probe got with `made`, each a query of one row at most and its parameters. The inner
-/// error: no probe could be made.
+/// Runs `work` in a savepoint rolled back afterwards, whatever it did (a probe made, a
+/// check that failed): the batch's transaction is left as it was. The inner error is
+/// `work`'s.
+async fn undone<T>(
+    tx: &Transaction<'_>,
+    work: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<Result<T, tokio_postgres::Error>, ApplyError> {
+    tx.batch_execute("savepoint pgteleport_probe")
+        .await
+        .map_err(pg("savepoint"))?;
+    let done = work.await;
+    tx.batch_execute("rollback to savepoint pgteleport_probe; release savepoint pgteleport_probe")
+        .await
+        .map_err(pg("savepoint"))?;
+    Ok(done)
+}
+
+/// Runs `make` (statements that make a probe and the statement's object on it), then reads
+/// what the target has with `there` and what the probe got with `made`, each a query of
+/// one row at most and its parameters; all of it undone afterwards. The inner error: no
+/// probe could be made.
 async fn probed(
     tx: &Transaction<'_>,
     make: &str,
@@ -2569,20 +2596,13 @@ async fn probed(
     Result<(Option<tokio_postgres::Row>, Option<tokio_postgres::Row>), tokio_postgres::Error>,
     ApplyError,
 > {
-    tx.batch_execute("savepoint pgteleport_probe")
-        .await
-        .map_err(pg("savepoint"))?;
-    let seen = async {
+    undone(tx, async {
         tx.batch_execute(make).await?;
         let t = tx.query_opt(there.0, there.1).await?;
         let m = tx.query_opt(made.0, made.1).await?;
         Ok((t, m))
-    }
-    .await;
-    tx.batch_execute("rollback to savepoint pgteleport_probe; release savepoint pgteleport_probe")
-        .await
-        .map_err(pg("savepoint"))?;
-    Ok(seen)
+    })
+    .await
 }
 
 /// What a probe found: `Ok(the target's definition)` when it is the one the statement
@@ -2685,9 +2705,6 @@ async fn object_there_already(
     st: &ddlwatcher::Statement,
 ) -> Result<Option<Result<String, String>>, ApplyError> {
     use ddlwatcher::retarget::Made;
-    if std::env::var("NO_ADOPT").is_ok() {
-        return Ok(None);
-    }
     const PROBE: &str = "pgteleport_probe";
     const OBJECT: &str = "pgteleport_probe_object";
     let Some(m) = ddlwatcher::retarget::object_made_onto(
@@ -2804,6 +2821,152 @@ async fn type_or_view_there_already(
     Ok(compared(st, &format!("{what} {}", m.name), seen))
 }
 
+/// Statement `st` (which failed: a relation it names is missing) on the later names of the
+/// relations it names, when `later` statements rename them and the target has them under
+/// that later name already, not the old one (renamed on the target first: the source
+/// changed its table, then renamed it). `None` when no such rename helps.
+async fn on_later_names(
+    tx: &Transaction<'_>,
+    st: &ddlwatcher::Statement,
+    later: &[&ddlwatcher::Statement],
+) -> Result<Option<ddlwatcher::Statement>, ApplyError> {
+    let mut renames: std::collections::BTreeMap<(String, String), (String, String)> =
+        Default::default();
+    for (from, to) in later
+        .iter()
+        .filter_map(|l| ddlwatcher::retarget::relation_renamed(&l.sql))
+    {
+        // A relation renamed twice: its first name goes to the last.
+        let first = renames
+            .iter()
+            .find(|(_, v)| **v == from)
+            .map(|(k, _)| k.clone());
+        renames.insert(first.unwrap_or(from), to);
+    }
+    let mut moved = std::collections::BTreeMap::new();
+    for (from, to) in renames {
+        let query =
+            "select pg_catalog.to_regclass($1) is null and pg_catalog.to_regclass($2) is not null";
+        let (f, t) = (qualified(&from.0, &from.1), qualified(&to.0, &to.1));
+        if checked(tx, query, &[&f, &t]).await? == Some(true) {
+            moved.insert(from, to);
+        }
+    }
+    if moved.is_empty() {
+        return Ok(None);
+    }
+    let map = ddlwatcher::SchemaMap::default().with_renames(moved);
+    Ok(ddlwatcher::retarget::statement(&st.sql, &map)
+        .ok()
+        .filter(|sql| *sql != st.sql)
+        .map(|sql| ddlwatcher::Statement { sql, ..st.clone() }))
+}
+
+/// The boolean query `query` answers, run undone (a failure: `None`, and a debug line).
+async fn checked(
+    tx: &Transaction<'_>,
+    query: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Option<bool>, ApplyError> {
+    Ok(match undone(tx, tx.query_one(query, params)).await? {
+        Ok(r) => r.get(0),
+        Err(e) => {
+            tracing::debug!(error = %db::describe(&e), query, "check failed");
+            None
+        }
+    })
+}
+
+/// Whether the rename statement `st` (which failed: what it renames is missing) finds its
+/// work done — the old name gone and the new one there (the change run on the target
+/// first). A column, constraint, attribute or label is looked for in its table or type
+/// under its name and under the names `later` statements give it (the source renamed a
+/// column, then its table: the column's statement names the table's old name, which the
+/// target has renamed too). `Some(what)` when so.
+async fn renamed_already(
+    tx: &Transaction<'_>,
+    st: &ddlwatcher::Statement,
+    later: &[&ddlwatcher::Statement],
+) -> Result<Option<String>, ApplyError> {
+    use ddlwatcher::retarget::Renamed;
+    let Some(r) = ddlwatcher::retarget::renamed(&st.sql) else {
+        return Ok(None);
+    };
+    // The owner's names: as the statement writes it, then as the later renames make it.
+    let owners = |of: &str| {
+        let mut names = vec![of.to_string()];
+        for next in later
+            .iter()
+            .filter_map(|l| ddlwatcher::retarget::renamed(&l.sql))
+        {
+            if let Renamed::Relation { from, to } | Renamed::Type { from, to } = next {
+                if names.last() == Some(&from) {
+                    names.push(to);
+                }
+            }
+        }
+        names
+    };
+    // (the query: true when the old name is gone and the new one there; owner, from, to)
+    let (query, owner, from, to, what) = match &r {
+        Renamed::Relation { from, to } => (
+            "select pg_catalog.to_regclass($2) is null and pg_catalog.to_regclass($3) is not null and $1 = ''",
+            "",
+            from,
+            to,
+            "relation",
+        ),
+        Renamed::Type { from, to } => (
+            "select pg_catalog.to_regtype($2) is null and pg_catalog.to_regtype($3) is not null and $1 = ''",
+            "",
+            from,
+            to,
+            "type",
+        ),
+        Renamed::Column { of, from, to } => (
+            "select pg_catalog.count(*) filter (where attname = $2) = 0 and pg_catalog.count(*) filter (where attname = $3) = 1
+               from pg_catalog.pg_attribute
+              where attrelid = pg_catalog.to_regclass($1) and attnum > 0 and not attisdropped",
+            of.as_str(),
+            from,
+            to,
+            "column",
+        ),
+        Renamed::Constraint { of, from, to } => (
+            "select pg_catalog.count(*) filter (where conname = $2) = 0 and pg_catalog.count(*) filter (where conname = $3) = 1
+               from pg_catalog.pg_constraint where conrelid = pg_catalog.to_regclass($1)",
+            of.as_str(),
+            from,
+            to,
+            "constraint",
+        ),
+        Renamed::Attribute { of, from, to } => (
+            "select pg_catalog.count(*) filter (where attname = $2) = 0 and pg_catalog.count(*) filter (where attname = $3) = 1
+               from pg_catalog.pg_attribute
+              where attrelid = (select typrelid from pg_catalog.pg_type where oid = pg_catalog.to_regtype($1))
+                and attnum > 0 and not attisdropped",
+            of.as_str(),
+            from,
+            to,
+            "attribute",
+        ),
+        Renamed::Label { of, from, to } => (
+            "select pg_catalog.count(*) filter (where enumlabel = $2) = 0 and pg_catalog.count(*) filter (where enumlabel = $3) = 1
+               from pg_catalog.pg_enum where enumtypid = pg_catalog.to_regtype($1)",
+            of.as_str(),
+            from,
+            to,
+            "enum label",
+        ),
+    };
+    for owner in owners(owner) {
+        if checked(tx, query, &[&owner, from, to]).await? == Some(true) {
+            return Ok(Some(format!("{what} {from} is {to} there already")));
+        }
+    }
+    Ok(None)
+}
+
 /// SQLSTATEs of a schema statement that finds the object it makes there already.
 fn made_already(e: &tokio_postgres::Error) -> bool {
     use tokio_postgres::error::SqlState;
@@ -2818,13 +2981,15 @@ fn made_already(e: &tokio_postgres::Error) -> bool {
     .any(|c| e.code() == Some(c))
 }
 
-/// Runs one statement of schema version `version`. `done_by_load`: an initial load created
-/// objects from a catalog that holds this version already — a statement that finds its
-/// work done there (a type it creates exists) is left out.
+/// Runs one statement of schema version `version`; `later`, the statements after it (of
+/// this version and the pending ones). `done_by_load`: an initial load created objects from a catalog that holds this
+/// version already — a statement that finds its work done there (a type it creates exists)
+/// is left out.
 pub(crate) async fn run_statement(
     tx: &Transaction<'_>,
     version: i64,
     st: &ddlwatcher::Statement,
+    later: &[&ddlwatcher::Statement],
     done_by_load: bool,
 ) -> Result<(), ApplyError> {
     let failed = |e: &tokio_postgres::Error| {
@@ -2873,6 +3038,25 @@ pub(crate) async fn run_statement(
                 "a schema change of a table the source has dropped since failed on the target's stale rows of it; left out (a later version drops the table)"
             );
             Ok(())
+        }
+        // A rename run on the target first.
+        Err(e) if finds_its_work_done(&e) && !made_already(&e) && !done_by_load => {
+            if let Some(done) = renamed_already(tx, st, later).await? {
+                tracing::info!(version, statement = %st.sql, "statement left out: the {done}");
+                return Ok(());
+            }
+            if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) {
+                if let Some(moved) = on_later_names(tx, st, later).await? {
+                    tracing::info!(
+                        version,
+                        statement = %st.sql,
+                        on = %moved.sql,
+                        "statement run on the later name of its relation: renamed on the target first"
+                    );
+                    return Box::pin(run_statement(tx, version, &moved, later, done_by_load)).await;
+                }
+            }
+            Err(failed(&e))
         }
         Err(e) if done_by_load && finds_its_work_done(&e) => {
             tracing::info!(

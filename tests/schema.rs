@@ -4188,3 +4188,57 @@ async fn types_and_views_made_on_the_target_first_are_taken_when_they_are_the_so
     }
     Ok(())
 }
+
+/// Renames run on the target first, then on the source (the same migration on both sides):
+/// of a column, a constraint, an index, an enum label, a composite type's attribute, a
+/// type and the table. The stream's renames find the old names gone and the new ones
+/// there, and are left out; the rows written with the new names arrive. Before, each held
+/// the batch ("the target lacks what it changes").
+#[tokio::test]
+async fn renames_made_on_the_target_first_are_taken() -> anyhow::Result<()> {
+    for event_triggers in [false, true] {
+        let context = || format!("event triggers: {event_triggers}");
+        let p = Pair::new(
+            "create schema app;
+             create type app.mood as enum ('sad', 'ok');
+             create type app.pair as (x int, y int);
+             create table app.t (id int primary key, v int, m app.mood, p app.pair,
+                                 constraint t_v_pos check (v > 0));
+             create index t_v on app.t (v);
+             insert into app.t values (1, 1, 'sad', '(1,1)');",
+        )
+        .await?;
+        let extra = p.ddl_mode(event_triggers).await?;
+        let (source, target) = p.start_both_with("app.*", extra).await?;
+        let (src, dst) = (p.src().await?, p.dst().await?);
+        wait_equal(&src, &dst, &["app.t"], Duration::from_secs(20)).await?;
+        let migration = "alter table app.t rename column v to w;
+             alter table app.t rename constraint t_v_pos to t_w_pos;
+             alter index app.t_v rename to t_w;
+             alter type app.mood rename value 'sad' to 'blue';
+             alter type app.pair rename attribute y to z;
+             alter type app.mood rename to feeling;
+             alter table app.t rename to u;";
+        dst.batch_execute(migration).await?;
+        src.batch_execute(&format!(
+            // A row that needs the migration's schema versions (a column added after it).
+            "{migration} alter table app.u add column n int;
+             insert into app.u values (2, 2, 'blue', '(2,2)', 2);
+             update app.u set w = 3, m = 'ok', p = '(3,3)' where id = 1;"
+        ))
+        .await?;
+        wait_equal(&src, &dst, &["app.u"], Duration::from_secs(30))
+            .await
+            .with_context(context)?;
+        ends_equal(
+            &src,
+            &dst,
+            "insert into app.u values (3, 4, 'blue', '(4,4)', 4)",
+            &["app.u"],
+            (source, target),
+            &context(),
+        )
+        .await?;
+    }
+    Ok(())
+}

@@ -281,6 +281,143 @@ pub fn table_rename(sql: &str) -> Option<(String, String)> {
     }
 }
 
+/// The schema-qualified relation (table, index, sequence, view) an `ALTER … RENAME TO`
+/// statement renames: ((schema, name), (schema, new name)), unquoted; `None` for any other
+/// statement or an unqualified name.
+pub fn relation_renamed(sql: &str) -> Option<((String, String), (String, String))> {
+    use protobuf::ObjectType as O;
+    let parsed = pg_query::parse(sql).ok()?;
+    let [raw] = parsed.protobuf.stmts.as_slice() else {
+        return None;
+    };
+    match raw.stmt.as_ref()?.node.as_ref()? {
+        NodeEnum::RenameStmt(r)
+            if [
+                O::ObjectTable,
+                O::ObjectIndex,
+                O::ObjectSequence,
+                O::ObjectView,
+            ]
+            .iter()
+            .any(|k| r.rename_type == *k as i32) =>
+        {
+            let rel = r.relation.as_ref()?;
+            (!rel.schemaname.is_empty()).then(|| {
+                (
+                    (rel.schemaname.clone(), rel.relname.clone()),
+                    (rel.schemaname.clone(), r.newname.clone()),
+                )
+            })
+        }
+        _ => None,
+    }
+}
+
+/// What a rename statement renames: see [`renamed`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Renamed {
+    /// A table, index, sequence or view: its name and its new one (in its schema), each
+    /// as written, each part quoted.
+    Relation { from: String, to: String },
+    /// A type or domain, as a relation.
+    Type { from: String, to: String },
+    /// A column (`RENAME COLUMN`) of `of`, a table as written.
+    Column {
+        of: String,
+        from: String,
+        to: String,
+    },
+    /// A constraint (`RENAME CONSTRAINT`) of table `of`.
+    Constraint {
+        of: String,
+        from: String,
+        to: String,
+    },
+    /// An attribute (`RENAME ATTRIBUTE`) of composite type `of`.
+    Attribute {
+        of: String,
+        from: String,
+        to: String,
+    },
+    /// An enum label (`RENAME VALUE`) of type `of`.
+    Label {
+        of: String,
+        from: String,
+        to: String,
+    },
+}
+
+/// What statement `sql` renames, when it is one rename of a table, index, sequence, view,
+/// type, column, constraint, attribute or enum label; `None` for any other statement.
+pub fn renamed(sql: &str) -> Option<Renamed> {
+    use protobuf::ObjectType as O;
+    // A name list: as written, and with its last part replaced by `to`.
+    fn names(list: &[protobuf::Node], to: &str) -> Option<(String, String)> {
+        let mut parts = list
+            .iter()
+            .map(|n| match n.node.as_ref()? {
+                NodeEnum::String(s) => Some(quote_ident(&s.sval)),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()?;
+        let from = parts.join(".");
+        *parts.last_mut()? = quote_ident(to);
+        Some((from, parts.join(".")))
+    }
+    let parsed = pg_query::parse(sql).ok()?;
+    let [raw] = parsed.protobuf.stmts.as_slice() else {
+        return None;
+    };
+    match raw.stmt.as_ref()?.node.as_ref()? {
+        NodeEnum::RenameStmt(r) => {
+            let kind = O::try_from(r.rename_type).ok()?;
+            let (from, to) = (r.subname.clone(), r.newname.clone());
+            match kind {
+                O::ObjectTable | O::ObjectIndex | O::ObjectSequence | O::ObjectView => {
+                    let rel = r.relation.as_ref()?;
+                    let mut to_rel = rel.clone();
+                    to_rel.relname = r.newname.clone();
+                    Some(Renamed::Relation {
+                        from: relation_name(&r.relation)?,
+                        to: relation_name(&Some(to_rel))?,
+                    })
+                }
+                O::ObjectType | O::ObjectDomain => {
+                    let list = match r.object.as_ref()?.node.as_ref()? {
+                        NodeEnum::List(l) => l.items.as_slice(),
+                        NodeEnum::TypeName(t) => t.names.as_slice(),
+                        _ => return None,
+                    };
+                    let (from, to) = names(list, &r.newname)?;
+                    Some(Renamed::Type { from, to })
+                }
+                O::ObjectColumn => Some(Renamed::Column {
+                    of: relation_name(&r.relation)?,
+                    from,
+                    to,
+                }),
+                O::ObjectTabconstraint => Some(Renamed::Constraint {
+                    of: relation_name(&r.relation)?,
+                    from,
+                    to,
+                }),
+                O::ObjectAttribute => Some(Renamed::Attribute {
+                    of: relation_name(&r.relation)?,
+                    from,
+                    to,
+                }),
+                _ => None,
+            }
+        }
+        NodeEnum::AlterEnumStmt(a) if !a.old_val.is_empty() => Some(Renamed::Label {
+            of: names(&a.type_name, "")?.0,
+            from: a.old_val.clone(),
+            to: a.new_val.clone(),
+        }),
+        _ => None,
+    }
+}
+
 /// The table a `CREATE TABLE` statement creates, as written (each part quoted); `None` for
 /// any other statement.
 pub fn table_created(sql: &str) -> Option<String> {
@@ -1175,6 +1312,97 @@ mod tests {
             "not sql at all",
         ] {
             assert!(object_made_as(other, "probe").is_none(), "{other}");
+        }
+    }
+
+    #[test]
+    fn relation_renames_are_read_unquoted() {
+        assert_eq!(
+            relation_renamed(r#"alter table "app"."T x" rename to "u""#),
+            Some((("app".into(), "T x".into()), ("app".into(), "u".into())))
+        );
+        assert_eq!(relation_renamed("alter table t rename to u"), None);
+        assert_eq!(
+            relation_renamed("alter table app.t rename column a to b"),
+            None
+        );
+    }
+
+    #[test]
+    fn renames_are_read() {
+        let q = |s: &str| s.to_string();
+        let cases = [
+            (
+                r#"alter table "app"."t" rename to "t 2""#,
+                Renamed::Relation {
+                    from: q(r#""app"."t""#),
+                    to: q(r#""app"."t 2""#),
+                },
+            ),
+            (
+                r#"alter index "app"."t_v" rename to "t_w""#,
+                Renamed::Relation {
+                    from: q(r#""app"."t_v""#),
+                    to: q(r#""app"."t_w""#),
+                },
+            ),
+            (
+                r#"alter type "app"."mood" rename to "feeling""#,
+                Renamed::Type {
+                    from: q(r#""app"."mood""#),
+                    to: q(r#""app"."feeling""#),
+                },
+            ),
+            (
+                r#"alter domain "app"."pos" rename to "positive""#,
+                Renamed::Type {
+                    from: q(r#""app"."pos""#),
+                    to: q(r#""app"."positive""#),
+                },
+            ),
+            (
+                r#"alter table "app"."t" rename column "v" to "w""#,
+                Renamed::Column {
+                    of: q(r#""app"."t""#),
+                    from: q("v"),
+                    to: q("w"),
+                },
+            ),
+            (
+                r#"alter table "app"."t" rename constraint "c" to "d""#,
+                Renamed::Constraint {
+                    of: q(r#""app"."t""#),
+                    from: q("c"),
+                    to: q("d"),
+                },
+            ),
+            (
+                r#"alter type "app"."pair" rename attribute "x" to "y""#,
+                Renamed::Attribute {
+                    of: q(r#""app"."pair""#),
+                    from: q("x"),
+                    to: q("y"),
+                },
+            ),
+            (
+                r#"alter type "app"."mood" rename value 'sad' to 'blue'"#,
+                Renamed::Label {
+                    of: q(r#""app"."mood""#),
+                    from: q("sad"),
+                    to: q("blue"),
+                },
+            ),
+        ];
+        for (sql, want) in cases {
+            assert_eq!(renamed(sql), Some(want), "{sql}");
+        }
+        for other in [
+            "alter table app.t add column a int",
+            "alter schema app rename to b",
+            "alter type app.mood add value 'x'",
+            "not sql",
+        ] {
+            assert_eq!(renamed(other), None, "{other}");
         }
     }
 

@@ -166,7 +166,7 @@ impl Applier {
                 .filter(|st| crate::applier::of_no_table(st))
             {
                 ran = true;
-                if let Err(e) = crate::applier::run_statement(tx, v.version, st, true).await {
+                if let Err(e) = crate::applier::run_statement(tx, v.version, st, &[], true).await {
                     tracing::info!(version = v.version, error = %e, "schema statement of no table not taken before the load; left to the stream");
                     through = through.min(v.version - 1);
                 }
@@ -321,7 +321,7 @@ impl Applier {
                 if !ours || st.deletes_rows_of.is_some() {
                     continue;
                 }
-                crate::applier::run_statement(tx, v.version, st, true).await?;
+                crate::applier::run_statement(tx, v.version, st, &[], true).await?;
             }
             tracing::info!(version = v.version, tables = %names.join(", "), "schema version taken by tables before their load");
         }
