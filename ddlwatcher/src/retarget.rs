@@ -673,12 +673,21 @@ pub fn object_made_onto(
     })
 }
 
-/// A type or a view a statement makes, and the statement made to make it elsewhere.
+/// What kind of object [`object_made_as`] found made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MadeKind {
+    /// `CREATE TYPE … AS ENUM`, `CREATE TYPE … AS (…)` or `CREATE DOMAIN`.
+    Type,
+    /// `CREATE VIEW`.
+    View,
+    /// `CREATE TABLE`.
+    Table,
+}
+
+/// A table, type or view a statement makes, and the statement made to make it elsewhere.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MadeAs {
-    /// `CREATE TYPE … AS ENUM`, `CREATE TYPE … AS (…)` or `CREATE DOMAIN`: a type; `CREATE
-    /// VIEW`: not.
-    pub is_type: bool,
+    pub kind: MadeKind,
     /// The object's name as written, each part quoted.
     pub name: String,
     /// The statement making it under the other name, in the same schema.
@@ -687,7 +696,7 @@ pub struct MadeAs {
     pub probe_name: String,
 }
 
-/// A statement that makes one type (enum, composite, domain) or one view (not `OR
+/// A statement that makes one table, type (enum, composite, domain) or view (not `OR
 /// REPLACE`), nothing else, made to make it under the name `as_name` in the same schema.
 /// `None` for any other statement.
 pub fn object_made_as(sql: &str, as_name: &str) -> Option<MadeAs> {
@@ -719,16 +728,21 @@ pub fn object_made_as(sql: &str, as_name: &str) -> Option<MadeAs> {
     let [raw] = parsed.protobuf.stmts.as_mut_slice() else {
         return None;
     };
-    let (is_type, (name, probe_name)) = match raw.stmt.as_mut().and_then(|n| n.node.as_mut())? {
-        NodeEnum::CreateEnumStmt(e) => (true, renamed(&mut e.type_name, as_name)?),
-        NodeEnum::CreateDomainStmt(d) => (true, renamed(&mut d.domainname, as_name)?),
-        NodeEnum::CompositeTypeStmt(c) => (true, renamed_relation(&mut c.typevar, as_name)?),
-        NodeEnum::ViewStmt(v) if !v.replace => (false, renamed_relation(&mut v.view, as_name)?),
+    let (kind, (name, probe_name)) = match raw.stmt.as_mut().and_then(|n| n.node.as_mut())? {
+        NodeEnum::CreateEnumStmt(e) => (MadeKind::Type, renamed(&mut e.type_name, as_name)?),
+        NodeEnum::CreateDomainStmt(d) => (MadeKind::Type, renamed(&mut d.domainname, as_name)?),
+        NodeEnum::CompositeTypeStmt(c) => {
+            (MadeKind::Type, renamed_relation(&mut c.typevar, as_name)?)
+        }
+        NodeEnum::ViewStmt(v) if !v.replace => {
+            (MadeKind::View, renamed_relation(&mut v.view, as_name)?)
+        }
+        NodeEnum::CreateStmt(c) => (MadeKind::Table, renamed_relation(&mut c.relation, as_name)?),
         _ => return None,
     };
     let probe = pg_query::deparse(&parsed.protobuf).ok()?;
     Some(MadeAs {
-        is_type,
+        kind,
         name,
         probe,
         probe_name,
@@ -1275,39 +1289,45 @@ mod tests {
         let cases = [
             (
                 r#"create type "app"."mo.od" as enum ('a', 'b')"#,
-                true,
+                MadeKind::Type,
                 r#""app"."mo.od""#,
                 "AS ENUM ('a', 'b')",
             ),
             (
                 r#"create type "app"."pair" as ("x" integer, "y" text)"#,
-                true,
+                MadeKind::Type,
                 r#""app"."pair""#,
                 "AS (x int, y text)",
             ),
             (
                 r#"create domain "app"."pos" as integer not null CHECK (VALUE > 0)"#,
-                true,
+                MadeKind::Type,
                 r#""app"."pos""#,
                 "CHECK (value > 0)",
             ),
             (
                 "create view app.v as select id from app.t",
-                false,
+                MadeKind::View,
                 r#""app"."v""#,
                 "AS SELECT id FROM app.t",
             ),
+            (
+                r#"create table "app"."t" ("id" integer not null, "v" text collate "C")"#,
+                MadeKind::Table,
+                r#""app"."t""#,
+                r#"(id int NOT NULL, v text COLLATE "C")"#,
+            ),
         ];
-        for (sql, is_type, name, body) in cases {
+        for (sql, kind, name, body) in cases {
             let m = object_made_as(sql, "probe").unwrap_or_else(|| panic!("{sql}"));
-            assert_eq!((m.is_type, m.name.as_str()), (is_type, name), "{sql}");
+            assert_eq!((m.kind, m.name.as_str()), (kind, name), "{sql}");
             assert_eq!(m.probe_name, r#""app"."probe""#, "{sql}");
             assert!(m.probe.contains("app.probe"), "{}", m.probe);
             assert!(m.probe.contains(body), "{}", m.probe);
         }
         for other in [
             "create or replace view app.v as select 1",
-            "create table app.t (a int)",
+            "create table app.t as select 1",
             "create type app.r as range (subtype = int4)",
             "not sql at all",
         ] {
