@@ -2940,52 +2940,52 @@ async fn renamed_already(
         }
         names
     };
-    // (the query: true when the old name is gone and the new one there; owner, from, to)
+    // The query (true when the old name is gone and the new one there), the owner, the old
+    // and the new name. A member of an owner: in `catalog`, named by column `name`, of the
+    // owner `$1` when `of` holds.
+    let member = |catalog: &str, name: &str, of: &str| {
+        format!(
+            "select pg_catalog.count(*) filter (where {name} = $2) = 0
+                    and pg_catalog.count(*) filter (where {name} = $3) = 1
+               from pg_catalog.{catalog} where {of}"
+        )
+    };
+    let whole = |to_reg: &str| {
+        format!("select pg_catalog.{to_reg}($2) is null and pg_catalog.{to_reg}($3) is not null and $1 = ''")
+    };
+    let columns = "attnum > 0 and not attisdropped and attrelid =";
     let (query, owner, from, to, what) = match &r {
-        Renamed::Relation { from, to } => (
-            "select pg_catalog.to_regclass($2) is null and pg_catalog.to_regclass($3) is not null and $1 = ''",
-            "",
-            from,
-            to,
-            "relation",
-        ),
-        Renamed::Type { from, to } => (
-            "select pg_catalog.to_regtype($2) is null and pg_catalog.to_regtype($3) is not null and $1 = ''",
-            "",
-            from,
-            to,
-            "type",
-        ),
+        Renamed::Relation { from, to } => (whole("to_regclass"), "", from, to, "relation"),
+        Renamed::Type { from, to } => (whole("to_regtype"), "", from, to, "type"),
         Renamed::Column { of, from, to } => (
-            "select pg_catalog.count(*) filter (where attname = $2) = 0 and pg_catalog.count(*) filter (where attname = $3) = 1
-               from pg_catalog.pg_attribute
-              where attrelid = pg_catalog.to_regclass($1) and attnum > 0 and not attisdropped",
+            member("pg_attribute", "attname", &format!("{columns} pg_catalog.to_regclass($1)")),
             of.as_str(),
             from,
             to,
             "column",
         ),
         Renamed::Constraint { of, from, to } => (
-            "select pg_catalog.count(*) filter (where conname = $2) = 0 and pg_catalog.count(*) filter (where conname = $3) = 1
-               from pg_catalog.pg_constraint where conrelid = pg_catalog.to_regclass($1)",
+            member("pg_constraint", "conname", "conrelid = pg_catalog.to_regclass($1)"),
             of.as_str(),
             from,
             to,
             "constraint",
         ),
         Renamed::Attribute { of, from, to } => (
-            "select pg_catalog.count(*) filter (where attname = $2) = 0 and pg_catalog.count(*) filter (where attname = $3) = 1
-               from pg_catalog.pg_attribute
-              where attrelid = (select typrelid from pg_catalog.pg_type where oid = pg_catalog.to_regtype($1))
-                and attnum > 0 and not attisdropped",
+            member(
+                "pg_attribute",
+                "attname",
+                &format!(
+                    "{columns} (select typrelid from pg_catalog.pg_type where oid = pg_catalog.to_regtype($1))"
+                ),
+            ),
             of.as_str(),
             from,
             to,
             "attribute",
         ),
         Renamed::Label { of, from, to } => (
-            "select pg_catalog.count(*) filter (where enumlabel = $2) = 0 and pg_catalog.count(*) filter (where enumlabel = $3) = 1
-               from pg_catalog.pg_enum where enumtypid = pg_catalog.to_regtype($1)",
+            member("pg_enum", "enumlabel", "enumtypid = pg_catalog.to_regtype($1)"),
             of.as_str(),
             from,
             to,
@@ -2993,7 +2993,7 @@ async fn renamed_already(
         ),
     };
     for owner in owners(owner) {
-        if checked(tx, query, &[&owner, from, to]).await? == Some(true) {
+        if checked(tx, &query, &[&owner, from, to]).await? == Some(true) {
             return Ok(Some(format!("{what} {from} is {to} there already")));
         }
     }

@@ -351,19 +351,7 @@ pub enum Renamed {
 /// type, column, constraint, attribute or enum label; `None` for any other statement.
 pub fn renamed(sql: &str) -> Option<Renamed> {
     use protobuf::ObjectType as O;
-    // A name list: as written, and with its last part replaced by `to`.
-    fn names(list: &[protobuf::Node], to: &str) -> Option<(String, String)> {
-        let mut parts = list
-            .iter()
-            .map(|n| match n.node.as_ref()? {
-                NodeEnum::String(s) => Some(quote_ident(&s.sval)),
-                _ => None,
-            })
-            .collect::<Option<Vec<_>>>()?;
-        let from = parts.join(".");
-        *parts.last_mut()? = quote_ident(to);
-        Some((from, parts.join(".")))
-    }
+    let names = name_list;
     let parsed = pg_query::parse(sql).ok()?;
     let [raw] = parsed.protobuf.stmts.as_slice() else {
         return None;
@@ -702,20 +690,12 @@ pub struct MadeAs {
 pub fn object_made_as(sql: &str, as_name: &str) -> Option<MadeAs> {
     // A name list (`schema`, `name`): the name replaced; (as written, as made).
     fn renamed(list: &mut [protobuf::Node], as_name: &str) -> Option<(String, String)> {
-        let mut parts = list
-            .iter()
-            .map(|n| match n.node.as_ref()? {
-                NodeEnum::String(s) => Some(quote_ident(&s.sval)),
-                _ => None,
-            })
-            .collect::<Option<Vec<_>>>()?;
-        let written = parts.join(".");
+        let names = name_list(list, as_name)?;
         match list.last_mut()?.node.as_mut()? {
             NodeEnum::String(s) => s.sval = as_name.to_string(),
             _ => return None,
         }
-        *parts.last_mut()? = quote_ident(as_name);
-        Some((written, parts.join(".")))
+        Some(names)
     }
     fn renamed_relation(r: &mut Option<RangeVar>, as_name: &str) -> Option<(String, String)> {
         let written = relation_name(r)?;
@@ -747,6 +727,21 @@ pub fn object_made_as(sql: &str, as_name: &str) -> Option<MadeAs> {
         probe,
         probe_name,
     })
+}
+
+/// A name list (`schema`, `name`) as written, and with its last part `last` instead, each
+/// part quoted.
+fn name_list(list: &[protobuf::Node], last: &str) -> Option<(String, String)> {
+    let mut parts = list
+        .iter()
+        .map(|n| match n.node.as_ref()? {
+            NodeEnum::String(s) => Some(quote_ident(&s.sval)),
+            _ => None,
+        })
+        .collect::<Option<Vec<_>>>()?;
+    let written = parts.join(".");
+    *parts.last_mut()? = quote_ident(last);
+    Some((written, parts.join(".")))
 }
 
 /// A relation's name as written, each part quoted.
