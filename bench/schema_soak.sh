@@ -4,7 +4,9 @@
 # A failure prints the seed, the mode, the databases (kept in the cluster under
 # PGTELEPORT_TEST_CLUSTER, default /tmp/pgteleport-soak-cluster, for a look afterwards)
 # and every step. Usage: bash bench/schema_soak.sh   (SOAK_MODES="diffing events",
-# SOAK_LOAD=1: the target starts empty and an initial load runs at a random step)
+# SOAK_LOAD=1: the target starts empty and an initial load runs at a random step,
+# SOAK_TARGET_FIRST=N: one step in N that makes, renames or retypes runs it on the target
+# first, as a migration run on both sides)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh

@@ -2779,6 +2779,7 @@ async fn object_there_already(
 async fn made_as_there_already(
     tx: &Transaction<'_>,
     st: &ddlwatcher::Statement,
+    later: &[&ddlwatcher::Statement],
 ) -> Result<Option<Result<String, String>>, ApplyError> {
     use ddlwatcher::retarget::MadeKind;
     let Some(m) = ddlwatcher::retarget::object_made_as(&st.sql, "pgteleport_probe") else {
@@ -2836,9 +2837,14 @@ async fn made_as_there_already(
               group by c.oid",
         ),
     };
-    let seen = probed(tx, &m.probe, (read, &[&m.name]), (read, &[&m.probe_name]))
-        .await?
-        .map(|(t, p)| (t.map(|r| r.get(0)), p.map(|r| r.get(0))));
+    let seen = match (m.kind, &m.table) {
+        (MadeKind::Table, Some((schema, name))) => {
+            table_as_made_or_later(tx, &m, read, (schema, name), later).await?
+        }
+        _ => probed(tx, &m.probe, (read, &[&m.name]), (read, &[&m.probe_name]))
+            .await?
+            .map(|(t, p)| (t.map(|r| r.get(0)), p.map(|r| r.get(0)))),
+    };
     let what = format!("{what} {}", m.name);
     let same = compared(st, &what, seen);
     if m.kind == MadeKind::Table && matches!(same, Some(Ok(_))) {
@@ -2852,6 +2858,59 @@ async fn made_as_there_already(
         }
     }
     Ok(same)
+}
+
+/// The target's table `m` (described by `read`) and the probe's — as the statement makes
+/// it or, when that differs, as the `later` statements of that table (`ALTER TABLE` of it,
+/// in the stream's order) change it, the first state that is the target's: a migration run
+/// on the target first may be further on there than the stream (the table made, then
+/// retyped). Undone afterwards; a later statement the probe refuses is passed over.
+async fn table_as_made_or_later(
+    tx: &Transaction<'_>,
+    m: &ddlwatcher::retarget::MadeAs,
+    read: &str,
+    (schema, name): (&str, &str),
+    later: &[&ddlwatcher::Statement],
+) -> Result<Result<(Option<String>, Option<String>), tokio_postgres::Error>, ApplyError> {
+    let own = format!("alter table {} ", m.name);
+    let map = ddlwatcher::SchemaMap::default().with_renames(
+        [(
+            (schema.to_string(), name.to_string()),
+            (schema.to_string(), "pgteleport_probe".to_string()),
+        )]
+        .into(),
+    );
+    let steps: Vec<String> = later
+        .iter()
+        .filter(|l| l.sql.starts_with(&own))
+        .filter_map(|l| ddlwatcher::retarget::statement(&l.sql, &map).ok())
+        .collect();
+    undone(tx, async {
+        tx.batch_execute(&m.probe).await?;
+        let describe = |r: tokio_postgres::Row| r.get::<_, String>(0);
+        let there = tx.query_opt(read, &[&m.name]).await?.map(describe);
+        let made = tx.query_opt(read, &[&m.probe_name]).await?.map(describe);
+        let mut now = made.clone();
+        for step in &steps {
+            if there.is_none() || now == there {
+                break;
+            }
+            tx.batch_execute("savepoint pgteleport_step").await?;
+            if tx.batch_execute(step).await.is_err() {
+                // (an index or key of a name the target's table has: the columns are
+                // what is compared)
+                tx.batch_execute("rollback to savepoint pgteleport_step")
+                    .await?;
+                continue;
+            }
+            tx.batch_execute("release savepoint pgteleport_step")
+                .await?;
+            now = tx.query_opt(read, &[&m.probe_name]).await?.map(describe);
+        }
+        // What differs is said of the table as the statement makes it.
+        Ok((there.clone(), if now == there { now } else { made }))
+    })
+    .await
 }
 
 /// Statement `st` (which failed: a relation it names is missing) on the later names of the
@@ -3110,7 +3169,7 @@ pub(crate) async fn run_statement(
             } else if let Some(there) = object_there_already(tx, st).await? {
                 Some(there)
             } else {
-                made_as_there_already(tx, st).await?
+                made_as_there_already(tx, st, later).await?
             };
             match there {
                 Some(Ok(definition)) => {

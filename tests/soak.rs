@@ -308,10 +308,35 @@ fn change(rng: &mut Rng, ts: &[Table], n: u64, event_triggers: bool) -> Option<S
     })
 }
 
+/// The schema part of change `sql` that a migration run on both sides would run on the
+/// target first (tables, columns, indexes and checks made; columns and tables renamed;
+/// columns retyped); `None` for the others (drops, keys, labels).
+fn target_first(sql: &str) -> Option<&str> {
+    if sql.starts_with("create table ") {
+        return sql.split(';').next();
+    }
+    let additive = sql.starts_with("create index ")
+        || sql.starts_with("create unique index ")
+        || sql.starts_with("alter table ")
+            && [
+                " add column ",
+                " rename column ",
+                " rename to ",
+                " add constraint ",
+                " type ",
+            ]
+            .iter()
+            .any(|k| sql.contains(k));
+    (additive && !sql.contains(';')).then_some(sql)
+}
+
 struct Soak {
     seed: u64,
     steps: usize,
     event_triggers: bool,
+    /// One step in `target_first` (none when 0) runs its change on the target first, as a
+    /// migration run on both sides, the target first.
+    target_first: u8,
     /// The target starts without the tables; an initial load runs at a random step, beside
     /// the schema changes and the writers, and is run again until it succeeds.
     load: bool,
@@ -450,6 +475,18 @@ async fn run(s: &Soak) -> Result<()> {
         let Some(sql) = change(&mut rng, &ts, step, s.event_triggers) else {
             continue;
         };
+        // Its own generator: the steps stay those of the seed.
+        let mut first = Rng::with_seed(s.seed ^ step ^ 0xf125);
+        if let Some(ddl) =
+            target_first(&sql).filter(|_| s.target_first > 0 && first.u8(..s.target_first) == 0)
+        {
+            let outcome = dst.batch_execute(ddl).await;
+            log.push(format!(
+                "{step}: {} on the target first: {}",
+                if outcome.is_ok() { "ok    " } else { "failed" },
+                ddl.split_whitespace().collect::<Vec<_>>().join(" ")
+            ));
+        }
         // Now and then the change shares its transaction with writes to its table.
         let sql = match (rng.u8(..3), rng.choice(&ts)) {
             (0, Some(t)) => {
@@ -611,6 +648,7 @@ async fn soak(default_seed: u64, default_steps: usize, default_rounds: usize) ->
     let rounds = env_or("SOAK_ROUNDS", default_rounds);
     let modes = std::env::var("SOAK_MODES").unwrap_or_else(|_| "diffing events".into());
     let load = std::env::var_os("SOAK_LOAD").is_some_and(|v| v == "1");
+    let target_first = env_or("SOAK_TARGET_FIRST", 0u8);
     for round in 0..rounds as u64 {
         for mode in modes.split_whitespace() {
             let s = Soak {
@@ -618,6 +656,7 @@ async fn soak(default_seed: u64, default_steps: usize, default_rounds: usize) ->
                 steps,
                 event_triggers: mode == "events",
                 load,
+                target_first,
             };
             println!(
                 "soak: seed {} {mode}{}, {steps} steps",

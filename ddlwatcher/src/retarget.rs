@@ -682,6 +682,8 @@ pub struct MadeAs {
     pub probe: String,
     /// The other name as the probe's statement writes it, each part quoted.
     pub probe_name: String,
+    /// A table's (schema, name) as written, unquoted, when qualified.
+    pub table: Option<(String, String)>,
 }
 
 /// A statement that makes one table, type (enum, composite, domain) or view (not `OR
@@ -708,6 +710,7 @@ pub fn object_made_as(sql: &str, as_name: &str) -> Option<MadeAs> {
     let [raw] = parsed.protobuf.stmts.as_mut_slice() else {
         return None;
     };
+    let mut table = None;
     let (kind, (name, probe_name)) = match raw.stmt.as_mut().and_then(|n| n.node.as_mut())? {
         NodeEnum::CreateEnumStmt(e) => (MadeKind::Type, renamed(&mut e.type_name, as_name)?),
         NodeEnum::CreateDomainStmt(d) => (MadeKind::Type, renamed(&mut d.domainname, as_name)?),
@@ -717,7 +720,14 @@ pub fn object_made_as(sql: &str, as_name: &str) -> Option<MadeAs> {
         NodeEnum::ViewStmt(v) if !v.replace => {
             (MadeKind::View, renamed_relation(&mut v.view, as_name)?)
         }
-        NodeEnum::CreateStmt(c) => (MadeKind::Table, renamed_relation(&mut c.relation, as_name)?),
+        NodeEnum::CreateStmt(c) => {
+            table = c
+                .relation
+                .as_ref()
+                .filter(|r| !r.schemaname.is_empty())
+                .map(|r| (r.schemaname.clone(), r.relname.clone()));
+            (MadeKind::Table, renamed_relation(&mut c.relation, as_name)?)
+        }
         _ => return None,
     };
     let probe = pg_query::deparse(&parsed.protobuf).ok()?;
@@ -726,6 +736,7 @@ pub fn object_made_as(sql: &str, as_name: &str) -> Option<MadeAs> {
         name,
         probe,
         probe_name,
+        table,
     })
 }
 
