@@ -880,6 +880,7 @@ impl Applier {
             renamed_labels: early.renamed_labels,
             columns_changed: std::sync::Arc::new(std::sync::Mutex::new(early.columns_changed)),
             columns_added: std::sync::Arc::new(std::sync::Mutex::new(early.columns_added)),
+            tables_renamed: std::sync::Arc::new(std::sync::Mutex::new(early.tables_renamed)),
             labels_known: HashMap::new(),
             loaded,
             loaded_by_oid,
@@ -1380,18 +1381,20 @@ impl Applier {
             let meta = &batch.tables[first.table as usize];
             let run: Vec<&Event> = indexes.iter().map(|&i| events[i]).collect();
             let run = run.as_slice();
+            // Under the names versions applied early gave the tables since.
+            let renamed = &ddl.tables_renamed;
             let table = if kind == Kind::Truncate {
                 let mut names: Vec<String> = Vec::new();
                 for e in run {
                     let m = &batch.tables[e.table as usize];
-                    let n = target_name(batch, m);
+                    let n = renamed_if_gone(tx, renamed, target_name(batch, m), m.oid).await?;
                     if !names.contains(&n) {
                         names.push(n);
                     }
                 }
                 names.join(", ")
             } else {
-                target_name(batch, meta)
+                renamed_if_gone(tx, renamed, target_name(batch, meta), meta.oid).await?
             };
             let union;
             let cols: &[String] = if indexes.iter().all(|&i| columns[i] == columns[indexes[0]]) {
@@ -1493,10 +1496,21 @@ impl Applier {
                 };
                 let columns_changed = ddl.columns_changed.clone();
                 let columns_added = ddl.columns_added.clone();
+                let tables_renamed = ddl.tables_renamed.clone();
                 for run in shapes {
-                    let (table, columns_changed, columns_added, keys_before) =
-                        (&table, &columns_changed, &columns_added, &keys_before);
+                    let (table, columns_changed, columns_added, keys_before, tables_renamed) = (
+                        &table,
+                        &columns_changed,
+                        &columns_added,
+                        &keys_before,
+                        &tables_renamed,
+                    );
                     ddl.run(tx, |versions_pending| async move {
+                        // Read at each try: a version applied early meanwhile may have
+                        // renamed the table.
+                        let now =
+                            renamed_if_gone(tx, tables_renamed, table.clone(), meta.oid).await?;
+                        let table = &now;
                         if kind == Kind::DeleteWhere {
                             let apply_schema = batch.apply_schema.as_deref();
                             return delete_where(tx, meta, table, run, apply_schema).await;
@@ -1976,6 +1990,55 @@ struct EarlyVersions {
     /// Columns added by the versions applied early: [`DdlState::columns_added`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     columns_added: Vec<ColumnAdded>,
+    /// Tables renamed by the versions applied early: [`DdlState::tables_renamed`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    tables_renamed: Vec<TableRenamed>,
+}
+
+/// A table renamed by a schema version: (the version, the source table's OID — 0 when the
+/// statement does not say —, its target name before, after; each quoted and qualified).
+type TableRenamed = (i64, u32, String, String);
+
+/// `table` (quoted and qualified; source OID `oid` when known) under the name the renames
+/// in `renamed` gave it since (through each one after), when the target has no table of
+/// its name: rows written between a rename and its schema event carry the new name already
+/// (diffing mode), and a name may be another table's by then (tables swapped). By OID where
+/// both say it.
+async fn renamed_if_gone(
+    tx: &Transaction<'_>,
+    renamed: &std::sync::Mutex<Vec<TableRenamed>>,
+    table: String,
+    oid: Option<u32>,
+) -> Result<String, ApplyError> {
+    let renamed = match renamed.lock() {
+        Ok(r) if !r.is_empty() => r.clone(),
+        _ => return Ok(table),
+    };
+    let there: bool = tx
+        .query_one("select pg_catalog.to_regclass($1) is not null", &[&table])
+        .await
+        .map_err(pg("reading whether a table is there"))?
+        .get(0);
+    Ok(if there {
+        table
+    } else {
+        renamed_since(&renamed, &table, oid)
+    })
+}
+
+/// [`renamed_if_gone`]'s renames, whether or not the table is there.
+fn renamed_since(renamed: &[TableRenamed], table: &str, oid: Option<u32>) -> String {
+    let mut name = table.to_string();
+    for (_, of, from, to) in renamed {
+        let same = match (oid, *of) {
+            (Some(a), b) if b != 0 => a == b,
+            _ => true,
+        };
+        if *from == name && same {
+            name = to.clone();
+        }
+    }
+    name
 }
 
 /// A column added by a schema version: (the version, the target table's OID, its name).
@@ -2004,6 +2067,11 @@ struct DdlState<'a> {
     /// diffing mode, whose values the look queues again after the event). (Shared with the
     /// runs' steps.)
     columns_added: std::sync::Arc<std::sync::Mutex<Vec<ColumnAdded>>>,
+    /// Tables renamed by versions applied before their schema event, until it: rows written
+    /// before the rename name the table as it was called (the batch names tables as the
+    /// target has them at that point of the stream), and are applied to it under its new
+    /// name. (Shared with the runs' steps, which read it at each try.)
+    tables_renamed: std::sync::Arc<std::sync::Mutex<Vec<TableRenamed>>>,
     /// Versions applied before their schema event (a run needed them) whose event is still
     /// ahead in the batch.
     early: Vec<i64>,
@@ -2276,10 +2344,16 @@ impl DdlState<'_> {
             .lock()
             .map(|c| c.clone())
             .unwrap_or_default();
+        let tables_renamed = self
+            .tables_renamed
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default();
         if self.early.is_empty()
             && self.renamed_labels.is_empty()
             && columns_changed.is_empty()
             && columns_added.is_empty()
+            && tables_renamed.is_empty()
         {
             return None;
         }
@@ -2294,6 +2368,7 @@ impl DdlState<'_> {
             renamed_labels: self.renamed_labels.clone(),
             columns_changed,
             columns_added,
+            tables_renamed,
         })
         .ok()
     }
@@ -2420,6 +2495,9 @@ impl DdlState<'_> {
         if let Ok(mut c) = self.columns_added.lock() {
             c.retain(|(v, ..)| *v > version);
         }
+        if let Ok(mut c) = self.tables_renamed.lock() {
+            c.retain(|(v, ..)| *v > version);
+        }
         if self.early.is_empty() {
             if let Ok(mut keys) = self.keys_before.lock() {
                 keys.clear();
@@ -2484,6 +2562,17 @@ impl DdlState<'_> {
                     .collect();
                 run_statement(tx, v.version, st, &later, done_by_load).await?;
                 self.covered.created(tx, v.version, st).await?;
+            }
+            if let Some((from, to)) = ddlwatcher::retarget::relation_renamed(&st.sql) {
+                if let Ok(mut r) = self.tables_renamed.lock() {
+                    let oid = st.tables.first().copied().unwrap_or(0);
+                    r.push((
+                        v.version,
+                        oid,
+                        qualified(&from.0, &from.1),
+                        qualified(&to.0, &to.1),
+                    ));
+                }
             }
             for (table, old, new) in ddlwatcher::retarget::column_renames_and_drops(&st.sql) {
                 let oid = table_oid(tx, &table).await?;

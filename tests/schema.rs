@@ -4281,3 +4281,48 @@ async fn a_table_made_and_changed_on_the_target_first_is_taken() -> anyhow::Resu
     }
     Ok(())
 }
+
+/// Rows of a table that a version applied ahead of its place renamed: a column renamed on
+/// the target first makes the rows written under its old name fail, and the applier applies
+/// the pending versions in order until they go through — the rename of another table among
+/// them, whose rows written before that rename follow in the stream under the old name.
+/// They are applied to the table under its new name (by the rename the applier records,
+/// kept from batch to batch until the version's schema event). Before, they were held for
+/// good as "schema behind" (found by the schema soak with `SOAK_TARGET_FIRST`).
+#[tokio::test]
+async fn rows_of_a_table_renamed_by_a_version_applied_early_reach_it() -> anyhow::Result<()> {
+    for event_triggers in [false, true] {
+        let context = || format!("event triggers: {event_triggers}");
+        let p = Pair::new(
+            "create schema app;
+             create table app.a (id int primary key, v text);
+             create table app.b (id int primary key, w int);
+             insert into app.a values (1, 'a'); insert into app.b values (1, 1);",
+        )
+        .await?;
+        let extra = p.ddl_mode(event_triggers).await?;
+        let (source, target) = p.start_both_with("app.*", extra).await?;
+        let (src, dst) = (p.src().await?, p.dst().await?);
+        wait_equal(&src, &dst, &["app.a", "app.b"], Duration::from_secs(20)).await?;
+        dst.batch_execute("alter table app.a rename column v to v2")
+            .await?;
+        for step in [
+            "insert into app.a values (2, 'b')",
+            "insert into app.b values (2, 2); update app.b set w = 10 where id = 1",
+            "alter table app.b rename to b2",
+            "alter table app.a rename column v to v2",
+        ] {
+            src.batch_execute(step).await?;
+        }
+        ends_equal(
+            &src,
+            &dst,
+            "insert into app.a values (3, 'c'); insert into app.b2 values (3, 3)",
+            &["app.a", "app.b2"],
+            (source, target),
+            &context(),
+        )
+        .await?;
+    }
+    Ok(())
+}
