@@ -5,8 +5,9 @@
 # PGTELEPORT_TEST_CLUSTER, default /tmp/pgteleport-soak-cluster, for a look afterwards)
 # and every step. Usage: bash bench/schema_soak.sh   (SOAK_MODES="diffing events",
 # SOAK_LOAD=1: the target starts empty and an initial load runs at a random step,
-# SOAK_TARGET_FIRST=N: one step in N that makes, renames or retypes runs it on the target
-# first, as a migration run on both sides)
+# SOAK_TARGET_FIRST=N: one step in N that makes or retypes runs it on the target first, as
+# a migration run on both sides; SOAK_TARGET_FIRST_RENAMES=1: renames too — see the README's
+# limit of renames run there while the stream lags)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh

@@ -309,24 +309,26 @@ fn change(rng: &mut Rng, ts: &[Table], n: u64, event_triggers: bool) -> Option<S
 }
 
 /// The schema part of change `sql` that a migration run on both sides would run on the
-/// target first (tables, columns, indexes and checks made; columns and tables renamed;
-/// columns retyped); `None` for the others (drops, keys, labels).
-fn target_first(sql: &str) -> Option<&str> {
+/// target first (tables, columns, indexes and checks made; columns retyped; with `renames`,
+/// columns and tables renamed); `None` for the others (drops, keys, labels).
+fn target_first(sql: &str, renames: bool) -> Option<&str> {
     if sql.starts_with("create table ") {
         return sql.split(';').next();
     }
+    let kinds: &[&str] = if renames {
+        &[
+            " add column ",
+            " add constraint ",
+            " type ",
+            " rename column ",
+            " rename to ",
+        ]
+    } else {
+        &[" add column ", " add constraint ", " type "]
+    };
     let additive = sql.starts_with("create index ")
         || sql.starts_with("create unique index ")
-        || sql.starts_with("alter table ")
-            && [
-                " add column ",
-                " rename column ",
-                " rename to ",
-                " add constraint ",
-                " type ",
-            ]
-            .iter()
-            .any(|k| sql.contains(k));
+        || sql.starts_with("alter table ") && kinds.iter().any(|k| sql.contains(k));
     (additive && !sql.contains(';')).then_some(sql)
 }
 
@@ -335,8 +337,9 @@ struct Soak {
     steps: usize,
     event_triggers: bool,
     /// One step in `target_first` (none when 0) runs its change on the target first, as a
-    /// migration run on both sides, the target first.
+    /// migration run on both sides, the target first; renames too with `renames_first`.
     target_first: u8,
+    renames_first: bool,
     /// The target starts without the tables; an initial load runs at a random step, beside
     /// the schema changes and the writers, and is run again until it succeeds.
     load: bool,
@@ -477,8 +480,8 @@ async fn run(s: &Soak) -> Result<()> {
         };
         // Its own generator: the steps stay those of the seed.
         let mut first = Rng::with_seed(s.seed ^ step ^ 0xf125);
-        if let Some(ddl) =
-            target_first(&sql).filter(|_| s.target_first > 0 && first.u8(..s.target_first) == 0)
+        if let Some(ddl) = target_first(&sql, s.renames_first)
+            .filter(|_| s.target_first > 0 && first.u8(..s.target_first) == 0)
         {
             let outcome = dst.batch_execute(ddl).await;
             log.push(format!(
@@ -649,6 +652,7 @@ async fn soak(default_seed: u64, default_steps: usize, default_rounds: usize) ->
     let modes = std::env::var("SOAK_MODES").unwrap_or_else(|_| "diffing events".into());
     let load = std::env::var_os("SOAK_LOAD").is_some_and(|v| v == "1");
     let target_first = env_or("SOAK_TARGET_FIRST", 0u8);
+    let renames_first = std::env::var_os("SOAK_TARGET_FIRST_RENAMES").is_some_and(|v| v == "1");
     for round in 0..rounds as u64 {
         for mode in modes.split_whitespace() {
             let s = Soak {
@@ -657,6 +661,7 @@ async fn soak(default_seed: u64, default_steps: usize, default_rounds: usize) ->
                 event_triggers: mode == "events",
                 load,
                 target_first,
+                renames_first,
             };
             println!(
                 "soak: seed {} {mode}{}, {steps} steps",
