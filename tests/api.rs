@@ -441,8 +441,9 @@ async fn a_source_token_admits_its_own_source_only() -> anyhow::Result<()> {
 
 /// A row that no schema version cures (here it names a row the target lacks) while a
 /// version is pending: the applier applies the pending versions ahead of their events, one
-/// by one, and tries again; each may make the row fail otherwise (here the table renamed).
-/// The answer names the first failure — the cause — not only the last one.
+/// by one, and tries again; each may make the row fail otherwise (here the schema renamed:
+/// a table renamed is followed to its new name). The answer names the first failure — the
+/// cause — not only the last one.
 #[tokio::test]
 async fn a_failure_no_version_cures_is_answered_with_its_first_cause() -> anyhow::Result<()> {
     let p = Pair::new(SCHEMA).await?;
@@ -453,7 +454,7 @@ async fn a_failure_no_version_cures_is_answered_with_its_first_cause() -> anyhow
         version: 1,
         txid: None,
         statements: vec![ddlwatcher::Statement {
-            sql: "alter table app.t rename to t2".into(),
+            sql: "alter schema app rename to app2".into(),
             transactional: true,
             after_rows: false,
             tables: vec![],
@@ -466,7 +467,7 @@ async fn a_failure_no_version_cures_is_answered_with_its_first_cause() -> anyhow
     let error = j["error"].as_str().unwrap_or_default();
     assert_eq!(s, 422, "{j}");
     assert!(
-        error.contains("\"app.t\" does not exist")
+        error.contains("schema \"app\" does not exist")
             && error.contains("schema version(s) 1 applied ahead")
             && error.contains("1 row(s) named by the source but 0 found"),
         "{error}"
@@ -474,7 +475,11 @@ async fn a_failure_no_version_cures_is_answered_with_its_first_cause() -> anyhow
     assert_eq!(state(&p).await?, (vec![], 0), "nothing applied");
     let dst = p.dst().await?;
     assert_eq!(
-        scalar_i64(&dst, "select count(*) from pg_class where relname = 't2'").await?,
+        scalar_i64(
+            &dst,
+            "select count(*) from pg_namespace where nspname = 'app2'"
+        )
+        .await?,
         0,
         "the version applied ahead was rolled back with the batch"
     );
