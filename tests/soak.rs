@@ -402,7 +402,7 @@ async fn load_again_copies_nothing(
     if summary.tables != 0 || summary.rows != 0 {
         bail!("the load run again once the tables were equal copied {summary}: every table was complete on the target");
     }
-    settle(src, dst).await
+    settle(src, dst, false).await
 }
 
 async fn run(s: &Soak) -> Result<()> {
@@ -538,7 +538,7 @@ async fn run(s: &Soak) -> Result<()> {
         log.push(line);
     }
     let outcome = match loaded {
-        Ok(()) => match settle(&src, &dst).await {
+        Ok(()) => match settle(&src, &dst, s.target_first > 0).await {
             Ok(()) if s.load => {
                 let config = p.source_config(port, "app.*", &extra)?;
                 load_again_copies_nothing(config, &src, &dst, &mut log).await
@@ -570,7 +570,49 @@ async fn run(s: &Soak) -> Result<()> {
 }
 
 /// Waits until the target has the source's schema and rows of `app`, and nothing held.
-async fn settle(src: &Client, dst: &Client) -> Result<()> {
+/// Waits until every table of `app` holds the same rows on both sides, each column compared
+/// by name (a column added on the target first may stand elsewhere in its column order).
+async fn wait_equal_by_name(src: &Client, dst: &Client, within: Duration) -> Result<()> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let mut diff = None;
+        for t in tables(src).await? {
+            let cols: Vec<String> = t.cols.iter().map(|c| quote_ident(&c.name)).collect();
+            let sql = format!(
+                "select row({})::text from app.{} order by 1",
+                cols.join(", "),
+                quote_ident(&t.name)
+            );
+            let a = texts(src, &sql).await?;
+            match texts(dst, &sql).await {
+                Ok(b) if a == b => {}
+                Ok(b) => {
+                    diff = Some(format!(
+                        "app.{}: source {} rows, target {} rows",
+                        t.name,
+                        a.len(),
+                        b.len()
+                    ));
+                    break;
+                }
+                Err(e) => {
+                    diff = Some(format!("app.{} on the target: {e}", t.name));
+                    break;
+                }
+            }
+        }
+        match diff {
+            None => return Ok(()),
+            Some(d) if std::time::Instant::now() > deadline => {
+                bail!("tables equal (by column name) within {within:?}: still differ ({d})")
+            }
+            Some(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// `by_name`: the tables' rows compared column by column name ([`wait_equal_by_name`]).
+async fn settle(src: &Client, dst: &Client, by_name: bool) -> Result<()> {
     let within = Duration::from_secs(60);
     // A target far behind (keyless rows are matched one at a time) may take longer than
     // `within` to catch up: waited for while its applied position moves.
@@ -604,7 +646,14 @@ async fn settle(src: &Client, dst: &Client) -> Result<()> {
         .map(|t| format!("app.{}", quote_ident(&t.name)))
         .collect();
     let names: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
-    wait_equal(src, dst, &names, within).await?;
+    let equal = || async {
+        if by_name {
+            wait_equal_by_name(src, dst, within).await
+        } else {
+            wait_equal(src, dst, &names, within).await
+        }
+    };
+    equal().await?;
     // Equal tables may come from a load at the end, with the stream still to resume
     // after it (its last error set until the next batch is applied).
     let mut error = last_error(src).await?;
@@ -617,7 +666,7 @@ async fn settle(src: &Client, dst: &Client) -> Result<()> {
         bail!("equal, but the last transmit error is still set after {within:?}: {error}");
     }
     // And still equal once the stream has run.
-    wait_equal(src, dst, &names, within).await?;
+    equal().await?;
     let (a, b) = (shape(src, &["app"]).await?, shape(dst, &["app"]).await?);
     if a != b {
         bail!(
