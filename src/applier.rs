@@ -2794,67 +2794,66 @@ async fn object_there_already(
     st: &ddlwatcher::Statement,
 ) -> Result<Option<Result<String, String>>, ApplyError> {
     use ddlwatcher::retarget::Made;
-    const PROBE: &str = "pgteleport_probe";
     const OBJECT: &str = "pgteleport_probe_object";
-    let Some(m) = ddlwatcher::retarget::object_made_onto(
-        &st.sql,
-        |schema| (schema.to_string(), PROBE.to_string()),
-        OBJECT,
-    ) else {
+    let Some(m) = ddlwatcher::retarget::object_made_onto(&st.sql, "pgteleport_probe", OBJECT)
+    else {
         return Ok(None);
     };
-    let probe = if m.schema.is_empty() {
-        quote_ident(PROBE)
-    } else {
-        qualified(&m.schema, PROBE)
-    };
-    let make = format!("create table {probe} (like {}); {}", m.table, m.probe);
+    let make = format!(
+        "create table {} (like {}); {}",
+        m.probe_table, m.table, m.probe
+    );
     let name: &str = &m.name;
-    let (what, seen) = match m.made {
-        Made::Index => {
-            let read = "select pg_catalog.pg_get_indexdef(i.indexrelid), pg_catalog.quote_ident(ic.relname::text),
-                               pg_catalog.format('%I.%I', n.nspname, c.relname)
-                          from pg_catalog.pg_index i
-                          join pg_catalog.pg_class ic on ic.oid = i.indexrelid
-                          join pg_catalog.pg_class c on c.oid = i.indrelid
-                          join pg_catalog.pg_namespace n on n.oid = c.relnamespace
-                         where i.indrelid = pg_catalog.to_regclass($1) and ic.relname = $2
-                           and ic.relnamespace = c.relnamespace";
-            // The definition as if made under the statement's names.
-            let as_made = |r: tokio_postgres::Row| {
-                let (def, index, table): (String, String, String) = (r.get(0), r.get(1), r.get(2));
-                let to = format!(" INDEX {} ON {} USING ", quote_ident(name), m.table);
-                def.replacen(&format!(" INDEX {index} ON ONLY {table} USING "), &to, 1)
-                    .replacen(&format!(" INDEX {index} ON {table} USING "), &to, 1)
-            };
-            let seen = probed(
-                tx,
-                &make,
-                (read, &[&m.table, &name]),
-                (read, &[&probe, &OBJECT]),
-            )
-            .await?
-            .map(|(t, p)| (t.map(as_made), p.map(as_made)));
-            (format!("index {} of {}", quote_ident(name), m.table), seen)
-        }
-        Made::Constraint => {
-            let read = "select pg_catalog.pg_get_constraintdef(oid) from pg_catalog.pg_constraint
-                         where conrelid = pg_catalog.to_regclass($1) and conname = $2";
-            let seen = probed(
-                tx,
-                &make,
-                (read, &[&m.table, &name]),
-                (read, &[&probe, &OBJECT]),
-            )
-            .await?
-            .map(|(t, p)| (t.map(|r| r.get(0)), p.map(|r| r.get(0))));
-            (
-                format!("constraint {} of {}", quote_ident(name), m.table),
-                seen,
-            )
-        }
+    let (what, read) = match m.made {
+        Made::Index => (
+            "index",
+            "select pg_catalog.pg_get_indexdef(i.indexrelid), pg_catalog.quote_ident(ic.relname::text),
+                    pg_catalog.format('%I.%I', n.nspname, c.relname)
+               from pg_catalog.pg_index i
+               join pg_catalog.pg_class ic on ic.oid = i.indexrelid
+               join pg_catalog.pg_class c on c.oid = i.indrelid
+               join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+              where i.indrelid = pg_catalog.to_regclass($1) and ic.relname = $2
+                and ic.relnamespace = c.relnamespace",
+        ),
+        Made::Constraint => (
+            "constraint",
+            "select pg_catalog.pg_get_constraintdef(oid) from pg_catalog.pg_constraint
+              where conrelid = pg_catalog.to_regclass($1) and conname = $2",
+        ),
     };
+    // An index's definition as if made under the statement's names.
+    let as_made = |r: tokio_postgres::Row| -> String {
+        let def: String = r.get(0);
+        if m.made == Made::Constraint {
+            return def;
+        }
+        let (index, table): (String, String) = (r.get(1), r.get(2));
+        let to = format!(" INDEX {} ON {} USING ", quote_ident(name), m.table);
+        def.replacen(&format!(" INDEX {index} ON ONLY {table} USING "), &to, 1)
+            .replacen(&format!(" INDEX {index} ON {table} USING "), &to, 1)
+    };
+    let seen = probed(
+        tx,
+        &make,
+        (read, &[&m.table, &name]),
+        (read, &[&m.probe_table, &OBJECT]),
+    )
+    .await?
+    .map(|(t, p)| (t.map(as_made), p.map(as_made)));
+    let what = format!("{what} {} of {}", quote_ident(name), m.table);
     Ok(compared(st, &what, seen))
+}
+
+/// An attribute `a` (`pg_attribute`; its type `ty`, a `pg_type`) as `name type [collate
+/// c]`, its collation said when not its type's: a table's column, a composite type's
+/// attribute.
+fn attribute_sql(ty: &str) -> String {
+    format!(
+        "pg_catalog.quote_ident(a.attname::text) || ' ' || pg_catalog.format_type(a.atttypid, a.atttypmod)
+         || case when a.attcollation <> {ty}.typcollation
+                 then ' collate ' || a.attcollation::pg_catalog.regcollation::text else '' end"
+    )
 }
 
 /// Whether the table, type or view that statement `st` makes (`CREATE TABLE`, `CREATE
@@ -2876,16 +2875,14 @@ async fn made_as_there_already(
     };
     let (what, read) = match m.kind {
         MadeKind::Type => (
-            "type",            "select case t.typtype
+            "type",
+            format!(
+                "select case t.typtype
                       when 'e' then 'enum (' || coalesce((
                           select pg_catalog.string_agg(pg_catalog.quote_literal(e.enumlabel::text), ', ' order by e.enumsortorder)
                             from pg_catalog.pg_enum e where e.enumtypid = t.oid), '') || ')'
                       when 'c' then '(' || coalesce((
-                          select pg_catalog.string_agg(pg_catalog.quote_ident(a.attname::text) || ' '
-                                   || pg_catalog.format_type(a.atttypid, a.atttypmod)
-                                   || case when a.attcollation <> at.typcollation
-                                           then ' collate ' || a.attcollation::pg_catalog.regcollation::text else '' end,
-                                   ', ' order by a.attnum)
+                          select pg_catalog.string_agg({attribute}, ', ' order by a.attnum)
                             from pg_catalog.pg_attribute a join pg_catalog.pg_type at on at.oid = a.atttypid
                            where a.attrelid = t.typrelid and a.attnum > 0 and not a.attisdropped), '') || ')'
                       when 'd' then 'domain over ' || pg_catalog.format_type(t.typbasetype, t.typtypmod)
@@ -2899,18 +2896,19 @@ async fn made_as_there_already(
                       else 'of kind ' || t.typtype::text end
                from pg_catalog.pg_type t left join pg_catalog.pg_type b on b.oid = t.typbasetype
               where t.oid = pg_catalog.to_regtype($1)",
+                attribute = attribute_sql("at")
+            ),
         ),
         MadeKind::View => (
             "view",
             "select pg_catalog.pg_get_viewdef(c.oid) || coalesce(' with ' || c.reloptions::text, '')
-               from pg_catalog.pg_class c where c.oid = pg_catalog.to_regclass($1) and c.relkind = 'v'",
+               from pg_catalog.pg_class c where c.oid = pg_catalog.to_regclass($1) and c.relkind = 'v'"
+                .to_string(),
         ),
         MadeKind::Table => (
             "table",
-            "select '(' || coalesce(pg_catalog.string_agg(pg_catalog.quote_ident(a.attname::text) || ' '
-                        || pg_catalog.format_type(a.atttypid, a.atttypmod)
-                        || case when a.attcollation <> t.typcollation
-                                then ' collate ' || a.attcollation::pg_catalog.regcollation::text else '' end
+            format!(
+                "select '(' || coalesce(pg_catalog.string_agg({attribute}
                         || case when a.attgenerated = 's'
                                 then ' generated always as (' || pg_catalog.pg_get_expr(d.adbin, d.adrelid) || ') stored'
                                 else coalesce(' default ' || pg_catalog.pg_get_expr(d.adbin, d.adrelid), '') end
@@ -2924,8 +2922,11 @@ async fn made_as_there_already(
                left join pg_catalog.pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
               where c.oid = pg_catalog.to_regclass($1) and c.relkind in ('r', 'p')
               group by c.oid",
+                attribute = attribute_sql("t")
+            ),
         ),
     };
+    let read = read.as_str();
     let seen = match (m.kind, &m.table) {
         (MadeKind::Table, Some((schema, name))) => {
             table_as_made_or_later(tx, &m, read, (schema, name), later).await?

@@ -598,23 +598,20 @@ pub struct MadeOnto {
     pub made: Made,
     /// The table as written, each part quoted.
     pub table: String,
-    /// The table's schema as written (empty: not written).
-    pub schema: String,
     /// The index's or constraint's name.
     pub name: String,
     /// The statement on the other table, the object under the other name.
     pub probe: String,
+    /// The other table as the probe's statement writes it (in the table's schema), each
+    /// part quoted.
+    pub probe_table: String,
 }
 
 /// A statement that makes one named index (`CREATE [UNIQUE] INDEX name ON table …`) or one
 /// named constraint (`ALTER TABLE table ADD CONSTRAINT name …`), nothing else, made to make
-/// it on table `onto` (given the table's schema as written; a relation name, each part
-/// quoted, as `app.probe`) under the name `as_name`. `None` for any other statement.
-pub fn object_made_onto(
-    sql: &str,
-    onto: impl FnOnce(&str) -> (String, String),
-    as_name: &str,
-) -> Option<MadeOnto> {
+/// it on table `onto` of the table's schema under the name `as_name`. `None` for any other
+/// statement.
+pub fn object_made_onto(sql: &str, onto: &str, as_name: &str) -> Option<MadeOnto> {
     let mut parsed = pg_query::parse(sql).ok()?;
     let [raw] = parsed.protobuf.stmts.as_mut_slice() else {
         return None;
@@ -645,19 +642,14 @@ pub fn object_made_onto(
         }
         _ => return None,
     };
-    let table = relation_name(relation)?;
-    let relation = relation.as_mut()?;
-    let schema = relation.schemaname.clone();
-    let (to_schema, to_name) = onto(&schema);
-    relation.schemaname = to_schema;
-    relation.relname = to_name;
+    let (table, probe_table) = renamed_relation(relation, onto)?;
     let probe = pg_query::deparse(&parsed.protobuf).ok()?;
     Some(MadeOnto {
         made,
         table,
-        schema,
         name,
         probe,
+        probe_table,
     })
 }
 
@@ -698,13 +690,6 @@ pub fn object_made_as(sql: &str, as_name: &str) -> Option<MadeAs> {
             _ => return None,
         }
         Some(names)
-    }
-    fn renamed_relation(r: &mut Option<RangeVar>, as_name: &str) -> Option<(String, String)> {
-        let written = relation_name(r)?;
-        let r = r.as_mut()?;
-        r.relname = as_name.to_string();
-        let made = relation_name(&Some(r.clone()))?;
-        Some((written, made))
     }
     let mut parsed = pg_query::parse(sql).ok()?;
     let [raw] = parsed.protobuf.stmts.as_mut_slice() else {
@@ -753,6 +738,16 @@ fn name_list(list: &[protobuf::Node], last: &str) -> Option<(String, String)> {
     let written = parts.join(".");
     *parts.last_mut()? = quote_ident(last);
     Some((written, parts.join(".")))
+}
+
+/// A relation renamed `as_name` in its schema: (its name as written, as made), each part
+/// quoted.
+fn renamed_relation(r: &mut Option<RangeVar>, as_name: &str) -> Option<(String, String)> {
+    let written = relation_name(r)?;
+    let r = r.as_mut()?;
+    r.relname = as_name.to_string();
+    let made = relation_name(&Some(r.clone()))?;
+    Some((written, made))
 }
 
 /// A relation's name as written, each part quoted.
@@ -1227,7 +1222,7 @@ mod tests {
 
     #[test]
     fn an_index_or_constraint_made_is_made_onto_another_table() {
-        let onto = |s: &str| (s.to_string(), "probe".to_string());
+        let onto = "probe";
         let i = object_made_onto(
             r#"CREATE UNIQUE INDEX "i x" ON ONLY "app"."T x" USING btree (lower(v)) WHERE (v > 'a')"#,
             onto,
@@ -1235,8 +1230,13 @@ mod tests {
         )
         .expect("one index made");
         assert_eq!(
-            (i.made, i.table.as_str(), i.schema.as_str(), i.name.as_str()),
-            (Made::Index, r#""app"."T x""#, "app", "i x")
+            (
+                i.made,
+                i.table.as_str(),
+                i.probe_table.as_str(),
+                i.name.as_str()
+            ),
+            (Made::Index, r#""app"."T x""#, r#""app"."probe""#, "i x")
         );
         assert!(
             i.probe.contains("probe_object ON ONLY app.probe"),
@@ -1265,19 +1265,16 @@ mod tests {
             "{}",
             c.probe
         );
-        let unqualified = object_made_onto(
-            "alter table t add constraint k check (v > 0)",
-            |s| {
-                assert_eq!(s, "");
-                ("pg_temp".to_string(), "probe".to_string())
-            },
-            "p",
-        )
-        .expect("one constraint made");
-        assert_eq!(unqualified.table, r#""t""#);
+        let unqualified =
+            object_made_onto("alter table t add constraint k check (v > 0)", onto, "p")
+                .expect("one constraint made");
+        assert_eq!(
+            (unqualified.table.as_str(), unqualified.probe_table.as_str()),
+            (r#""t""#, r#""probe""#)
+        );
         assert!(unqualified
             .probe
-            .contains("pg_temp.probe ADD CONSTRAINT p CHECK"));
+            .contains("ALTER TABLE probe ADD CONSTRAINT p CHECK"));
         for other in [
             "create index on app.t (v)",
             "alter table app.t add check (v > 0)",
