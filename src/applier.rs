@@ -2674,24 +2674,57 @@ async fn undone<T>(
 
 /// Runs `make` (statements that make a probe and the statement's object on it), then reads
 /// what the target has with `there` and what the probe got with `made`, each a query of
-/// one row at most and its parameters; all of it undone afterwards. The inner error: no
-/// probe could be made.
+/// one row at most and its parameters, described by `describe`. When the two differ, the
+/// `later` statements (the stream's later changes of the table, made onto the probe) are run
+/// on the probe one by one and it is read after each: a migration run on the target first
+/// may be further on there than the stream (a column added, then retyped), and the first
+/// state that is the target's counts. A later statement the probe refuses is passed over (an
+/// index or key of a name the target's table has: what is compared is read by `made`). All
+/// of it undone afterwards. `(there, made)`, what differs said of the object as the
+/// statement makes it; the inner error: no probe could be made.
 async fn probed(
     tx: &Transaction<'_>,
     make: &str,
     there: (&str, &[&(dyn tokio_postgres::types::ToSql + Sync)]),
     made: (&str, &[&(dyn tokio_postgres::types::ToSql + Sync)]),
-) -> Result<
-    Result<(Option<tokio_postgres::Row>, Option<tokio_postgres::Row>), tokio_postgres::Error>,
-    ApplyError,
-> {
+    describe: impl Fn(tokio_postgres::Row) -> String,
+    later: &[String],
+) -> Result<Result<(Option<String>, Option<String>), tokio_postgres::Error>, ApplyError> {
     undone(tx, async {
         tx.batch_execute(make).await?;
-        let t = tx.query_opt(there.0, there.1).await?;
-        let m = tx.query_opt(made.0, made.1).await?;
-        Ok((t, m))
+        let t = tx.query_opt(there.0, there.1).await?.map(&describe);
+        let m = tx.query_opt(made.0, made.1).await?.map(&describe);
+        let mut now = m.clone();
+        for step in later {
+            if t.is_none() || now == t {
+                break;
+            }
+            tx.batch_execute("savepoint pgteleport_step").await?;
+            if tx.batch_execute(step).await.is_err() {
+                tx.batch_execute("rollback to savepoint pgteleport_step")
+                    .await?;
+                continue;
+            }
+            tx.batch_execute("release savepoint pgteleport_step")
+                .await?;
+            now = tx.query_opt(made.0, made.1).await?.map(&describe);
+        }
+        Ok((t.clone(), if now == t { now } else { m }))
     })
     .await
+}
+
+/// The name of the probes that a statement finding its work done is compared on (made and
+/// rolled back in a savepoint).
+const PROBE_NAME: &str = "pgteleport_probe";
+
+/// The `later` statements that change table `table` (as written, each part quoted), made to
+/// change the probe `onto` (schema, name) instead: see [`probed`].
+fn later_steps(table: &str, onto: (&str, &str), later: &[&ddlwatcher::Statement]) -> Vec<String> {
+    later
+        .iter()
+        .filter_map(|l| ddlwatcher::retarget::altered_onto(&l.sql, table, onto))
+        .collect()
 }
 
 /// What a probe found: `Ok(the target's definition)` when it is the one the statement
@@ -2718,14 +2751,17 @@ fn compared(
 /// Whether the column statement `st` (`ALTER TABLE … ADD COLUMN`, which failed: the column
 /// is there) adds is the one the target's table has: the statement is run on an empty copy
 /// of the table without that column (a temporary probe, rolled back) and the two columns'
-/// type, collation, default or generation, identity and NOT NULL compared. `Ok(that
-/// column)` when the same, `Err(what differs)`; `None` when not such a statement, or no
-/// probe could be made (no TEMP privilege, a generated column computed from it…).
+/// type, collation, default or generation, identity and NOT NULL compared — as made, or as
+/// the `later` statements of the table change it (see [`probed`]: the column added, then
+/// retyped, on the target first). `Ok(that column)` when the same, `Err(what differs)`;
+/// `None` when not such a statement, or no probe could be made (no TEMP privilege, a
+/// generated column computed from it…).
 async fn column_there_already(
     tx: &Transaction<'_>,
     st: &ddlwatcher::Statement,
+    later: &[&ddlwatcher::Statement],
 ) -> Result<Option<Result<String, String>>, ApplyError> {
-    const PROBE: (&str, &str) = ("pg_temp", "pgteleport_probe");
+    const PROBE: (&str, &str) = ("pg_temp", PROBE_NAME);
     let Some((table, column, on_probe)) = ddlwatcher::retarget::column_added_onto(&st.sql, PROBE)
     else {
         return Ok(None);
@@ -2776,9 +2812,10 @@ async fn column_there_already(
         &make,
         (read, &[&table, &column]),
         (read, &[&probe, &column]),
+        describe,
+        &later_steps(&table, PROBE, later),
     )
-    .await?
-    .map(|(t, m)| (t.map(describe), m.map(describe)));
+    .await?;
     let what = format!("column {} of {table}", quote_ident(&column));
     Ok(compared(st, &what, seen).map(|r| r.map(|d| format!("{} {d}", quote_ident(&column)))))
 }
@@ -2795,8 +2832,7 @@ async fn object_there_already(
 ) -> Result<Option<Result<String, String>>, ApplyError> {
     use ddlwatcher::retarget::Made;
     const OBJECT: &str = "pgteleport_probe_object";
-    let Some(m) = ddlwatcher::retarget::object_made_onto(&st.sql, "pgteleport_probe", OBJECT)
-    else {
+    let Some(m) = ddlwatcher::retarget::object_made_onto(&st.sql, PROBE_NAME, OBJECT) else {
         return Ok(None);
     };
     let make = format!(
@@ -2838,9 +2874,10 @@ async fn object_there_already(
         &make,
         (read, &[&m.table, &name]),
         (read, &[&m.probe_table, &OBJECT]),
+        as_made,
+        &[],
     )
-    .await?
-    .map(|(t, p)| (t.map(as_made), p.map(as_made)));
+    .await?;
     let what = format!("{what} {} of {}", quote_ident(name), m.table);
     Ok(compared(st, &what, seen))
 }
@@ -2870,7 +2907,7 @@ async fn made_as_there_already(
     later: &[&ddlwatcher::Statement],
 ) -> Result<Option<Result<String, String>>, ApplyError> {
     use ddlwatcher::retarget::MadeKind;
-    let Some(m) = ddlwatcher::retarget::object_made_as(&st.sql, "pgteleport_probe") else {
+    let Some(m) = ddlwatcher::retarget::object_made_as(&st.sql, PROBE_NAME) else {
         return Ok(None);
     };
     let (what, read) = match m.kind {
@@ -2927,14 +2964,20 @@ async fn made_as_there_already(
         ),
     };
     let read = read.as_str();
-    let seen = match (m.kind, &m.table) {
-        (MadeKind::Table, Some((schema, name))) => {
-            table_as_made_or_later(tx, &m, read, (schema, name), later).await?
-        }
-        _ => probed(tx, &m.probe, (read, &[&m.name]), (read, &[&m.probe_name]))
-            .await?
-            .map(|(t, p)| (t.map(|r| r.get(0)), p.map(|r| r.get(0)))),
+    // A table is compared as later statements change it too: see [`probed`].
+    let later = match (m.kind, &m.table) {
+        (MadeKind::Table, Some((schema, _))) => later_steps(&m.name, (schema, PROBE_NAME), later),
+        _ => Vec::new(),
     };
+    let seen = probed(
+        tx,
+        &m.probe,
+        (read, &[&m.name]),
+        (read, &[&m.probe_name]),
+        |r| r.get(0),
+        &later,
+    )
+    .await?;
     let what = format!("{what} {}", m.name);
     let same = compared(st, &what, seen);
     if m.kind == MadeKind::Table && matches!(same, Some(Ok(_))) {
@@ -2948,59 +2991,6 @@ async fn made_as_there_already(
         }
     }
     Ok(same)
-}
-
-/// The target's table `m` (described by `read`) and the probe's — as the statement makes
-/// it or, when that differs, as the `later` statements of that table (`ALTER TABLE` of it,
-/// in the stream's order) change it, the first state that is the target's: a migration run
-/// on the target first may be further on there than the stream (the table made, then
-/// retyped). Undone afterwards; a later statement the probe refuses is passed over.
-async fn table_as_made_or_later(
-    tx: &Transaction<'_>,
-    m: &ddlwatcher::retarget::MadeAs,
-    read: &str,
-    (schema, name): (&str, &str),
-    later: &[&ddlwatcher::Statement],
-) -> Result<Result<(Option<String>, Option<String>), tokio_postgres::Error>, ApplyError> {
-    let own = format!("alter table {} ", m.name);
-    let map = ddlwatcher::SchemaMap::default().with_renames(
-        [(
-            (schema.to_string(), name.to_string()),
-            (schema.to_string(), "pgteleport_probe".to_string()),
-        )]
-        .into(),
-    );
-    let steps: Vec<String> = later
-        .iter()
-        .filter(|l| l.sql.starts_with(&own))
-        .filter_map(|l| ddlwatcher::retarget::statement(&l.sql, &map).ok())
-        .collect();
-    undone(tx, async {
-        tx.batch_execute(&m.probe).await?;
-        let describe = |r: tokio_postgres::Row| r.get::<_, String>(0);
-        let there = tx.query_opt(read, &[&m.name]).await?.map(describe);
-        let made = tx.query_opt(read, &[&m.probe_name]).await?.map(describe);
-        let mut now = made.clone();
-        for step in &steps {
-            if there.is_none() || now == there {
-                break;
-            }
-            tx.batch_execute("savepoint pgteleport_step").await?;
-            if tx.batch_execute(step).await.is_err() {
-                // (an index or key of a name the target's table has: the columns are
-                // what is compared)
-                tx.batch_execute("rollback to savepoint pgteleport_step")
-                    .await?;
-                continue;
-            }
-            tx.batch_execute("release savepoint pgteleport_step")
-                .await?;
-            now = tx.query_opt(read, &[&m.probe_name]).await?.map(describe);
-        }
-        // What differs is said of the table as the statement makes it.
-        Ok((there.clone(), if now == there { now } else { made }))
-    })
-    .await
 }
 
 /// Statement `st` (which failed: a relation it names is missing) on the later names of the
@@ -3255,7 +3245,7 @@ pub(crate) async fn run_statement(
                 || e.code() == Some(&tokio_postgres::error::SqlState::INVALID_TABLE_DEFINITION) =>
         {
             let there = if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_COLUMN) {
-                column_there_already(tx, st).await?
+                column_there_already(tx, st, later).await?
             } else if let Some(there) = object_there_already(tx, st).await? {
                 Some(there)
             } else {

@@ -582,6 +582,36 @@ pub fn column_added_onto(sql: &str, onto: (&str, &str)) -> Option<(String, Strin
     Some((table, column, probe))
 }
 
+/// A statement that changes table `table` (as written, each part quoted) — `ALTER TABLE` of
+/// it, or a rename of one of its columns or constraints — made to change `onto` (schema,
+/// name) instead: a later step of a migration replayed on a probe. `None` for any other
+/// statement, or one of another table.
+pub fn altered_onto(sql: &str, table: &str, onto: (&str, &str)) -> Option<String> {
+    use protobuf::ObjectType as O;
+    let mut parsed = pg_query::parse(sql).ok()?;
+    let [raw] = parsed.protobuf.stmts.as_mut_slice() else {
+        return None;
+    };
+    let relation = match raw.stmt.as_mut().and_then(|n| n.node.as_mut())? {
+        NodeEnum::AlterTableStmt(a) if a.objtype == O::ObjectTable as i32 => &mut a.relation,
+        // (a constraint's rename says no relation type)
+        NodeEnum::RenameStmt(r)
+            if r.rename_type == O::ObjectColumn as i32
+                && r.relation_type == O::ObjectTable as i32
+                || r.rename_type == O::ObjectTabconstraint as i32 =>
+        {
+            &mut r.relation
+        }
+        _ => return None,
+    };
+    if relation_name(relation)? != table {
+        return None;
+    }
+    let r = relation.as_mut()?;
+    (r.schemaname, r.relname) = (onto.0.to_string(), onto.1.to_string());
+    pg_query::deparse(&parsed.protobuf).ok()
+}
+
 /// What a statement makes on a table that a probe can make too: see [`object_made_onto`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Made {
@@ -1217,6 +1247,40 @@ mod tests {
                 column_added_onto(other, ("pg_temp", "probe")).is_none(),
                 "{other}"
             );
+        }
+    }
+
+    #[test]
+    fn a_later_change_of_a_table_is_made_onto_another_table() {
+        let table = format!("{}.{}", quote_ident("app"), quote_ident("T x"));
+        let onto = ("pg_temp", "probe");
+        for (sql, kept) in [
+            (
+                r#"alter table "app"."T x" alter column "c d" type varchar(60)"#,
+                "ALTER COLUMN \"c d\" TYPE varchar(60)",
+            ),
+            (
+                r#"alter table "app"."T x" rename column "c d" to e"#,
+                "RENAME COLUMN \"c d\" TO e",
+            ),
+            (
+                r#"alter table "app"."T x" rename constraint k to k2"#,
+                "RENAME CONSTRAINT k TO k2",
+            ),
+        ] {
+            let moved = altered_onto(sql, &table, onto).expect(sql);
+            assert!(moved.contains("pg_temp.probe"), "{moved}");
+            assert!(moved.contains(kept), "{moved}");
+            assert!(!moved.contains("T x"), "{moved}");
+        }
+        for other in [
+            r#"alter table "app"."other" alter column a type bigint"#,
+            r#"alter table "app"."T x" rename to y"#,
+            r#"alter index "app"."T x" rename to y"#,
+            r#"create index on "app"."T x" (a)"#,
+            "not sql at all",
+        ] {
+            assert!(altered_onto(other, &table, onto).is_none(), "{other}");
         }
     }
 
