@@ -332,6 +332,27 @@ fn target_first(sql: &str, renames: bool) -> Option<&str> {
     (additive && !sql.contains(';')).then_some(sql)
 }
 
+/// Whether a retype run on the target first keeps the values that rows written before the
+/// source's retype carry: those reach the target's column as their captured text (the row
+/// image's JSON), not through the source's cast — a `jsonb` string loses its quotes, an
+/// array becomes `[1, 2]` (a limit the README states: "A change made on the target too").
+/// True for any other statement.
+fn casts_as_captured(ddl: &str, ts: &[Table]) -> bool {
+    let Some((head, to)) = ddl.split_once(" type ") else {
+        return true;
+    };
+    let from = ts.iter().find_map(|t| {
+        let prefix = format!("alter table app.{} alter column ", quote_ident(&t.name));
+        let column = head.strip_prefix(&prefix)?;
+        t.cols
+            .iter()
+            .find(|c| quote_ident(&c.name) == column)
+            .map(|c| c.ty.as_str())
+    });
+    let textual = ["text", "character varying(60)"].contains(&to);
+    !(textual && matches!(from, Some("jsonb" | "json" | "integer[]" | "bigint[]")))
+}
+
 struct Soak {
     seed: u64,
     steps: usize,
@@ -483,10 +504,17 @@ async fn run(s: &Soak) -> Result<()> {
         if let Some(ddl) = target_first(&sql, s.renames_first)
             .filter(|_| s.target_first > 0 && first.u8(..s.target_first) == 0)
         {
-            let outcome = dst.batch_execute(ddl).await;
+            // (the column's type on either side: the target's may lag behind or run ahead)
+            let takes = casts_as_captured(ddl, &ts) && casts_as_captured(ddl, &tables(&dst).await?);
+            let outcome = if !takes {
+                "source" // left to the source: rows written before it would not take it
+            } else if dst.batch_execute(ddl).await.is_ok() {
+                "ok    "
+            } else {
+                "failed"
+            };
             log.push(format!(
-                "{step}: {} on the target first: {}",
-                if outcome.is_ok() { "ok    " } else { "failed" },
+                "{step}: {outcome} on the target first: {}",
                 ddl.split_whitespace().collect::<Vec<_>>().join(" ")
             ));
         }
