@@ -2249,6 +2249,10 @@ impl DdlState<'_> {
                     tx.batch_execute("rollback to savepoint pgteleport_run")
                         .await
                         .map_err(pg("savepoint"))?;
+                    if self.renames_made_first(tx).await? {
+                        // Tried again under the names the target has already.
+                        continue;
+                    }
                     let version = self.pending[0].version;
                     tracing::debug!(%message, version, "applying a schema version early");
                     if self.early.is_empty() {
@@ -2273,6 +2277,55 @@ impl DdlState<'_> {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Column renames of the pending versions that the target has made already (run there
+    /// first: the old name gone, the new one there), recorded as if their versions were
+    /// applied early (`columns_changed`: rows written before them name the old name, and
+    /// go under the new one) — without applying them, nor the versions before them, which
+    /// may need rows still to come (a key added once duplicates are deleted). Whether one
+    /// was recorded that was not before.
+    async fn renames_made_first(&mut self, tx: &Transaction<'_>) -> Result<bool, ApplyError> {
+        let mut found = Vec::new();
+        for v in &self.pending {
+            for st in v.statements.iter().filter(|s| s.transactional) {
+                for (table, old, new) in ddlwatcher::retarget::column_renames_and_drops(&st.sql) {
+                    let Some(new) = new else { continue };
+                    let row = tx
+                        .query_opt(
+                            "select c.oid,
+                                    exists (select from pg_catalog.pg_attribute a
+                                             where a.attrelid = c.oid and a.attname = $2 and not a.attisdropped),
+                                    exists (select from pg_catalog.pg_attribute a
+                                             where a.attrelid = c.oid and a.attname = $3 and not a.attisdropped)
+                               from pg_catalog.pg_class c where c.oid = pg_catalog.to_regclass($1)",
+                            &[&table, &old, &new],
+                        )
+                        .await
+                        .map_err(pg(&format!("reading the columns of {table}")))?;
+                    if let Some(r) = row.filter(|r| !r.get::<_, bool>(1) && r.get::<_, bool>(2)) {
+                        found.push((v.version, r.get::<_, u32>(0), old, Some(new)));
+                    }
+                }
+            }
+        }
+        let Ok(mut changed) = self.columns_changed.lock() else {
+            return Ok(false);
+        };
+        let mut recorded = false;
+        for f in found {
+            if !changed.contains(&f) {
+                tracing::info!(
+                    version = f.0,
+                    column = %f.2,
+                    to = %f.3.as_deref().unwrap_or_default(),
+                    "rows name a column by its old name, which the target has renamed already (the version's rename run there first): applied under its new name"
+                );
+                changed.push(f);
+                recorded = true;
+            }
+        }
+        Ok(recorded)
     }
 
     /// Reads the target's key of every table in the schemas of the batch's tables (before a

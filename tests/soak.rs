@@ -332,11 +332,11 @@ fn target_first(sql: &str, renames: bool) -> Option<&str> {
     (additive && !sql.contains(';')).then_some(sql)
 }
 
-/// Whether a retype run on the target first keeps the values that rows written before the
-/// source's retype carry: those reach the target's column as their captured text (the row
-/// image's JSON), not through the source's cast — a `jsonb` string loses its quotes, an
-/// array becomes `[1, 2]` (a limit the README states: "A change made on the target too").
-/// True for any other statement.
+/// Whether a retype run on the target first lets rows written before the source's retype
+/// be found: a keyless table's old row images hold json, jsonb and array values in their
+/// JSON form (`"x"` is the string `x`, `{1,2}` is `[1, 2]`), which a target column already
+/// text does not hold (a limit the README states: "A change made on the target too"). True
+/// for any other statement.
 fn casts_as_captured(ddl: &str, ts: &[Table]) -> bool {
     let Some((head, to)) = ddl.split_once(" type ") else {
         return true;
