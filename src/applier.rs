@@ -3395,7 +3395,11 @@ impl Applier {
             .await
             .map_err(pg(&context))?;
         let (key, columns): (Vec<String>, Vec<String>) = (row.get(0), row.get(1));
-        if key.is_empty() && keyed && !columns.is_empty() && whole_old_rows(run, &columns) {
+        if key.is_empty()
+            && keyed
+            && !columns.is_empty()
+            && whole_old_rows(run, &columns, &meta.key)
+        {
             // The target's table has no key here (dropped, and duplicates may share the
             // batch's key now) while the batch, described when sent, has one again: rows
             // written meanwhile carry their whole old row — matched by it, one row each.
@@ -4129,14 +4133,19 @@ fn column_names_sql(rel: &str) -> String {
     )
 }
 
-/// Whether each event of `run` carries its whole old row as its key image (a value of
-/// every one of the target table's `columns`): written by a trigger made while the table
-/// had no key.
-fn whole_old_rows(run: &[&Event], columns: &[String]) -> bool {
+/// Whether each event of `run` carries its whole old row as its key image, written by a
+/// trigger made while the table had no key: a value of every one of the target table's
+/// `columns` — or of target columns only, one of them not in the batch's `key` (a key image
+/// names its key's columns only): the target's table may have a column the image cannot
+/// know (added there first, or by a version applied ahead of its event).
+fn whole_old_rows(run: &[&Event], columns: &[String], key: &[String]) -> bool {
     run.iter().all(|e| {
         e.key.as_deref().is_some_and(|k| {
-            crate::wire::object_keys(k)
-                .is_ok_and(|names| columns.iter().all(|c| names.iter().any(|n| n == c)))
+            crate::wire::object_keys(k).is_ok_and(|names| {
+                columns.iter().all(|c| names.iter().any(|n| n == c))
+                    || names.iter().all(|n| columns.contains(n))
+                        && names.iter().any(|n| !key.contains(n))
+            })
         })
     })
 }
