@@ -501,6 +501,9 @@ async fn run(s: &Soak) -> Result<()> {
         };
         // Its own generator: the steps stay those of the seed.
         let mut first = Rng::with_seed(s.seed ^ step ^ 0xf125);
+        // A migration run on the target first commits there once it has run on the
+        // source, and is rolled back when it fails there (a check the source's rows break).
+        let mut first_open = false;
         if let Some(ddl) = target_first(&sql, s.renames_first)
             .filter(|_| s.target_first > 0 && first.u8(..s.target_first) == 0)
         {
@@ -508,9 +511,11 @@ async fn run(s: &Soak) -> Result<()> {
             let takes = casts_as_captured(ddl, &ts) && casts_as_captured(ddl, &tables(&dst).await?);
             let outcome = if !takes {
                 "source" // left to the source: rows written before it would not take it
-            } else if dst.batch_execute(ddl).await.is_ok() {
+            } else if dst.batch_execute(&format!("begin; {ddl}")).await.is_ok() {
+                first_open = true;
                 "ok    "
             } else {
+                dst.batch_execute("rollback").await?;
                 "failed"
             };
             log.push(format!(
@@ -532,6 +537,19 @@ async fn run(s: &Soak) -> Result<()> {
             if outcome.is_ok() { "ok    " } else { "failed" },
             sql.split_whitespace().collect::<Vec<_>>().join(" ")
         ));
+        if first_open {
+            dst.batch_execute(if outcome.is_ok() {
+                "commit"
+            } else {
+                "rollback"
+            })
+            .await?;
+            if outcome.is_err() {
+                log.push(format!(
+                    "{step}: undone on the target (failed on the source)"
+                ));
+            }
+        }
         if outcome.is_ok() && !s.event_triggers {
             // Diffing mode sees the net effect of one look: let it see each change (its
             // limit, README), or go on after a while (a change it has no eye for).
