@@ -1021,8 +1021,12 @@ impl Holders {
 /// since would be built again over rows that may break it); the types and collations are
 /// the same. Any other change — other tables, functions, views, sequences, an index or a
 /// constraint added — has its schema version after the load's, which the stream applies
-/// to the loaded tables after the copy.
+/// to the loaded tables after the copy. With nothing to copy (a resumed load whose tables
+/// are all done), nothing to fit: a type changed meanwhile reaches the target by the stream.
 fn copy_fits(position: &ddlwatcher::Catalog, now: &ddlwatcher::Catalog, todo: &[Table]) -> bool {
+    if todo.is_empty() {
+        return true;
+    }
     if position.types != now.types || position.collations != now.collations {
         return false;
     }
@@ -1384,5 +1388,37 @@ impl Progress {
         if let Some(b) = &self.bar {
             b.finish_and_clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_type_or_collation_changed_since_the_position_matters_only_with_tables_to_copy() {
+        let table: Table = serde_json::from_value(serde_json::json!({
+            "oid": 1, "schema": "app", "name": "t", "columns": [], "primary_key": []
+        }))
+        .expect("a table");
+        let position = ddlwatcher::Catalog {
+            tables: vec![table.clone()],
+            ..Default::default()
+        };
+        let mut now = position.clone();
+        assert!(copy_fits(&position, &now, std::slice::from_ref(&table)));
+        now.collations.push(ddlwatcher::catalog::Collation {
+            oid: 9,
+            schema: "app".into(),
+            name: "c".into(),
+            qualified: "app.c".into(),
+            provider: 'c',
+            deterministic: true,
+            locale: None,
+            lc_collate: Some("C".into()),
+            lc_ctype: Some("C".into()),
+        });
+        assert!(!copy_fits(&position, &now, std::slice::from_ref(&table)));
+        assert!(copy_fits(&position, &now, &[]));
     }
 }
