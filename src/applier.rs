@@ -2279,16 +2279,25 @@ impl DdlState<'_> {
         }
     }
 
-    /// Column renames of the pending versions that the target has made already (run there
-    /// first: the old name gone, the new one there), recorded as if their versions were
-    /// applied early (`columns_changed`: rows written before them name the old name, and
-    /// go under the new one) — without applying them, nor the versions before them, which
-    /// may need rows still to come (a key added once duplicates are deleted). Whether one
-    /// was recorded that was not before.
+    /// Column and table renames of the pending versions that the target has made already
+    /// (run there first: the old name gone, the new one there), recorded as if their
+    /// versions were applied early (`columns_changed`, `tables_renamed`: rows written
+    /// before them name the old name, and go under the new one) — without applying them,
+    /// nor the versions before them, which may need rows still to come (a key added once
+    /// duplicates are deleted). Whether one was recorded that was not before.
     async fn renames_made_first(&mut self, tx: &Transaction<'_>) -> Result<bool, ApplyError> {
         let mut found = Vec::new();
+        let mut tables = Vec::new();
         for v in &self.pending {
             for st in v.statements.iter().filter(|s| s.transactional) {
+                if let Some((from, to)) = ddlwatcher::retarget::relation_renamed(&st.sql) {
+                    let (from, to) = (qualified(&from.0, &from.1), qualified(&to.0, &to.1));
+                    let query = "select pg_catalog.to_regclass($1) is null and pg_catalog.to_regclass($2) is not null";
+                    if checked(tx, query, &[&from, &to]).await? == Some(true) {
+                        let oid = st.tables.first().copied().unwrap_or(0);
+                        tables.push((v.version, oid, from, to));
+                    }
+                }
                 for (table, old, new) in ddlwatcher::retarget::column_renames_and_drops(&st.sql) {
                     let Some(new) = new else { continue };
                     let row = tx
@@ -2309,10 +2318,26 @@ impl DdlState<'_> {
                 }
             }
         }
-        let Ok(mut changed) = self.columns_changed.lock() else {
-            return Ok(false);
-        };
         let mut recorded = false;
+        if let Ok(mut renamed) = self.tables_renamed.lock() {
+            for t in tables {
+                if !renamed.contains(&t) {
+                    tracing::info!(
+                        version = t.0,
+                        table = %t.2,
+                        to = %t.3,
+                        "rows name a table by its old name, which the target has renamed already (the version's rename run there first): applied under its new name"
+                    );
+                    renamed.push(t);
+                    recorded = true;
+                }
+            }
+            // In the stream's order: a table renamed twice goes through each.
+            renamed.sort_by_key(|t| t.0);
+        }
+        let Ok(mut changed) = self.columns_changed.lock() else {
+            return Ok(recorded);
+        };
         for f in found {
             if !changed.contains(&f) {
                 tracing::info!(

@@ -4262,42 +4262,44 @@ async fn renames_made_on_the_target_first_are_taken() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A column renamed on the target first while rows written under its old name are still on
-/// their way, with a schema version between them and the rename that needs those rows (a
-/// unique key added once a duplicate is changed): the rows go under the new name, and the
-/// versions in their place. Before, the applier applied every version up to the rename
-/// ahead of its place, and the key failed on the duplicate not changed yet (found by the
-/// schema soak with `SOAK_TARGET_FIRST_RENAMES`).
+/// A column and a table renamed on the target first while rows written under their old
+/// names are still on their way, with a schema version between them and the renames that
+/// needs those rows (a unique key added once a duplicate is changed): the rows go under the
+/// new names, and the versions in their place. Before, the applier applied every version
+/// up to the rename ahead of its place, and the key failed on the duplicate not changed yet
+/// (found by the schema soak with `SOAK_TARGET_FIRST_RENAMES`).
 #[tokio::test]
-async fn rows_under_a_column_name_the_target_renamed_first_go_under_the_new_one(
-) -> anyhow::Result<()> {
+async fn rows_under_a_name_the_target_renamed_first_go_under_the_new_one() -> anyhow::Result<()> {
     for event_triggers in [false, true] {
         let context = || format!("event triggers: {event_triggers}");
         let p = Pair::new(
             "create schema app;
              create table app.t (k int primary key, id int, v text);
+             create table app.u (id int primary key, n int);
              insert into app.t values (1, 1, 'a'), (2, 1, 'b');",
         )
         .await?;
         let extra = p.ddl_mode(event_triggers).await?;
         let (source, target) = p.start_both_with("app.*", extra).await?;
         let (src, dst) = (p.src().await?, p.dst().await?);
-        wait_equal(&src, &dst, &["app.t"], Duration::from_secs(20)).await?;
-        dst.batch_execute("alter table app.t rename column v to w")
+        wait_equal(&src, &dst, &["app.t", "app.u"], Duration::from_secs(20)).await?;
+        dst.batch_execute("alter table app.t rename column v to w; alter table app.u rename to u2")
             .await?;
         for step in [
+            "insert into app.u values (1, 1)",
             "update app.t set id = 2, v = 'b2' where k = 2",
             "alter table app.t add constraint t_u unique (id)",
-            "insert into app.t values (3, 3, 'c')",
+            "insert into app.t values (3, 3, 'c'); insert into app.u values (2, 2)",
             "alter table app.t rename column v to w",
+            "alter table app.u rename to u2",
         ] {
             src.batch_execute(step).await?;
         }
         ends_equal(
             &src,
             &dst,
-            "insert into app.t values (4, 4, 'd')",
-            &["app.t"],
+            "insert into app.t values (4, 4, 'd'); insert into app.u2 values (3, 3)",
+            &["app.t", "app.u2"],
             (source, target),
             &context(),
         )
