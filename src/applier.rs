@@ -1364,7 +1364,17 @@ impl Applier {
                     if copied {
                         continue;
                     }
-                    tx.batch_execute(&check.sql)
+                    // The check names the table as it was called then; the target may
+                    // have renamed it since (a rename run there first).
+                    let named = qualified(&check.schema, &check.table);
+                    let now = ddl.name_on_target(tx, &named, check.oid).await?;
+                    let sql = match now == named {
+                        true => check.sql.clone(),
+                        false => check
+                            .sql
+                            .replace(&format!("only {named} as t"), &format!("only {now} as t")),
+                    };
+                    tx.batch_execute(&sql)
                         .await
                         .map_err(|e| ApplyError::Failed {
                             message: format!("schema version {version}: {}", db::describe(&e)),
@@ -2277,6 +2287,35 @@ impl DdlState<'_> {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Table `table` (quoted and qualified; source OID `oid` when known) under the name the
+    /// target has it now: as it is, or as the renames of versions applied early and then
+    /// those of the pending versions name it (renamed on the target first).
+    async fn name_on_target(
+        &self,
+        tx: &Transaction<'_>,
+        table: &str,
+        oid: Option<u32>,
+    ) -> Result<String, ApplyError> {
+        let there = "select pg_catalog.to_regclass($1) is not null";
+        if checked(tx, there, &[&table]).await? != Some(false) {
+            return Ok(table.to_string());
+        }
+        let renamed = self
+            .tables_renamed
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default();
+        let mut name = renamed_since(&renamed, table, oid);
+        for st in self.pending.iter().flat_map(|v| &v.statements) {
+            if let Some((from, to)) = ddlwatcher::retarget::relation_renamed(&st.sql) {
+                if qualified(&from.0, &from.1) == name {
+                    name = qualified(&to.0, &to.1);
+                }
+            }
+        }
+        Ok(name)
     }
 
     /// Column and table renames of the pending versions that the target has made already

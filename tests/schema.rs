@@ -4267,7 +4267,8 @@ async fn renames_made_on_the_target_first_are_taken() -> anyhow::Result<()> {
 /// needs those rows (a unique key added once a duplicate is changed): the rows go under the
 /// new names, and the versions in their place. Before, the applier applied every version
 /// up to the rename ahead of its place, and the key failed on the duplicate not changed yet
-/// (found by the schema soak with `SOAK_TARGET_FIRST_RENAMES`).
+/// (found by the schema soak with `SOAK_TARGET_FIRST_RENAMES`). A retype's check of the
+/// rows, which names the table as it was called then, runs on it under its new name.
 #[tokio::test]
 async fn rows_under_a_name_the_target_renamed_first_go_under_the_new_one() -> anyhow::Result<()> {
     for event_triggers in [false, true] {
@@ -4285,8 +4286,28 @@ async fn rows_under_a_name_the_target_renamed_first_go_under_the_new_one() -> an
         wait_equal(&src, &dst, &["app.t", "app.u"], Duration::from_secs(20)).await?;
         dst.batch_execute("alter table app.t rename column v to w; alter table app.u rename to u2")
             .await?;
+        src.batch_execute("insert into app.u values (1, 1)").await?;
+        // A retype's check of the rows names the table as it is called when the source
+        // instance records the version: once it has, the table is renamed.
+        let before: f64 = src
+            .query_one("select extract(epoch from clock_timestamp())::float8", &[])
+            .await?
+            .get(0);
+        src.batch_execute("alter table app.u alter column n type text")
+            .await?;
+        wait_for("the retype recorded", Duration::from_secs(20), || async {
+            let at: f64 = src
+                .query_one(
+                    "select coalesce(extract(epoch from max(taken_at)), 0)::float8 from teleport.schema_snapshot",
+                    &[],
+                )
+                .await?
+                .get(0);
+            Ok(at > before)
+        })
+        .await
+        .with_context(context)?;
         for step in [
-            "insert into app.u values (1, 1)",
             "update app.t set id = 2, v = 'b2' where k = 2",
             "alter table app.t add constraint t_u unique (id)",
             "insert into app.t values (3, 3, 'c'); insert into app.u values (2, 2)",
