@@ -2877,12 +2877,15 @@ async fn column_there_already(
     tx: &Transaction<'_>,
     st: &ddlwatcher::Statement,
     later: &[&ddlwatcher::Statement],
+    there_as: Option<&str>,
 ) -> Result<Option<Result<String, String>>, ApplyError> {
     const PROBE: (&str, &str) = ("pg_temp", PROBE_NAME);
     let Some((table, column, on_probe)) = ddlwatcher::retarget::column_added_onto(&st.sql, PROBE)
     else {
         return Ok(None);
     };
+    // The target's column: of the statement's name, or of the name a later rename gives it.
+    let there = there_as.unwrap_or(&column).to_string();
     let probe = format!("{}.{}", PROBE.0, PROBE.1);
     let describe = |r: tokio_postgres::Row| {
         let (ty, not_null, collation, identity, generated, expr): (
@@ -2915,7 +2918,7 @@ async fn column_there_already(
     };
     let make = format!(
         "create temp table {probe} (like {table} including defaults including generated including identity);
-         alter table {probe} drop column {}; {on_probe}",
+         alter table {probe} drop column if exists {}; {on_probe}",
         quote_ident(&column)
     );
     let read = "select pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull, co.collname::text,
@@ -2927,14 +2930,82 @@ async fn column_there_already(
     let seen = probed(
         tx,
         &make,
-        (read, &[&table, &column]),
+        (read, &[&table, &there]),
         (read, &[&probe, &column]),
         describe,
         &later_steps(&table, PROBE, later),
     )
     .await?;
-    let what = format!("column {} of {table}", quote_ident(&column));
-    Ok(compared(st, &what, seen).map(|r| r.map(|d| format!("{} {d}", quote_ident(&column)))))
+    let what = format!("column {} of {table}", quote_ident(&there));
+    Ok(compared(st, &what, seen).map(|r| r.map(|d| format!("{} {d}", quote_ident(&there)))))
+}
+
+/// Whether the column statement `st` adds (`ALTER TABLE … ADD COLUMN c`) is on the target
+/// already under the name a `later` rename gives it (the column added, then renamed, on the
+/// target first): the target's table lacks `c` and has that name. Then compared as by
+/// [`column_there_already`]: `Some(Ok)` leaves the statement out (run, it would add a second
+/// column, and the rename would fail), `Some(Err)` holds the batch naming both.
+async fn column_there_under_a_later_name(
+    tx: &Transaction<'_>,
+    st: &ddlwatcher::Statement,
+    later: &[&ddlwatcher::Statement],
+) -> Result<Option<Result<String, String>>, ApplyError> {
+    if !later
+        .iter()
+        .any(|l| l.sql.to_ascii_lowercase().contains(" rename "))
+    {
+        return Ok(None);
+    }
+    let Some((table, column)) = ddlwatcher::retarget::columns_added(&st.sql)
+        .into_iter()
+        .next()
+    else {
+        return Ok(None);
+    };
+    // The table's names in the stream: its column's renames may name it as it was called
+    // before a rename (this statement run on the later name of a table renamed on the
+    // target first) or after.
+    let mut names = vec![table.clone()];
+    for (from, to) in later
+        .iter()
+        .filter_map(|l| ddlwatcher::retarget::relation_renamed(&l.sql))
+    {
+        let (from, to) = (qualified(&from.0, &from.1), qualified(&to.0, &to.1));
+        if names.contains(&from) || names.contains(&to) {
+            names.extend([from, to]);
+        }
+    }
+    let mut name = column.clone();
+    // Names whose column a later statement drops or renames away: a column of that name
+    // the target has now is another one (a retype by copy: `x` dropped, `new_x` renamed
+    // to `x`).
+    let mut freed = Vec::new();
+    for l in later {
+        for (t, old, new) in ddlwatcher::retarget::column_renames_and_drops(&l.sql) {
+            if !names.contains(&t) {
+                continue;
+            }
+            if old == name {
+                match new {
+                    Some(n) => name = n,
+                    None => return Ok(None),
+                }
+            } else {
+                freed.push(old);
+            }
+        }
+    }
+    if name == column || freed.contains(&name) {
+        return Ok(None);
+    }
+    let query = "select not exists (select from pg_catalog.pg_attribute a
+                                     where a.attrelid = pg_catalog.to_regclass($1) and a.attname = $2 and not a.attisdropped)
+                    and exists (select from pg_catalog.pg_attribute a
+                                 where a.attrelid = pg_catalog.to_regclass($1) and a.attname = $3 and not a.attisdropped)";
+    if checked(tx, query, &[&table, &column, &name]).await? != Some(true) {
+        return Ok(None);
+    }
+    column_there_already(tx, st, later, Some(&name)).await
 }
 
 /// Whether the index or constraint that statement `st` makes (`CREATE INDEX name …`,
@@ -3302,6 +3373,30 @@ pub(crate) async fn run_statement(
             message: format!("schema version {version}: `{}` failed: {m}{hint}", st.sql),
         }
     };
+    // A column the target has under the name a later rename gives it: not added again.
+    if !done_by_load {
+        match column_there_under_a_later_name(tx, st, later).await? {
+            Some(Ok(definition)) => {
+                tracing::info!(
+                    version,
+                    statement = %st.sql,
+                    "statement left out: the target has the column it adds under the name a later rename gives it, as it makes it ({definition})"
+                );
+                return Ok(());
+            }
+            Some(Err(differs)) => {
+                return Err(ApplyError::Failed {
+                    message: format!(
+                        "schema version {version}: `{}` not run: the target has the column it adds under \
+                         the name a later rename gives it (the change run on the target first), \
+                         but not as the source makes it. {differs}",
+                        st.sql
+                    ),
+                })
+            }
+            None => {}
+        }
+    }
     // In a savepoint, whatever comes of it: a statement that fails may be left out.
     tx.batch_execute("savepoint pgteleport_statement")
         .await
@@ -3362,7 +3457,7 @@ pub(crate) async fn run_statement(
                 || e.code() == Some(&tokio_postgres::error::SqlState::INVALID_TABLE_DEFINITION) =>
         {
             let there = if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_COLUMN) {
-                column_there_already(tx, st, later).await?
+                column_there_already(tx, st, later, None).await?
             } else if let Some(there) = object_there_already(tx, st).await? {
                 Some(there)
             } else {

@@ -4232,6 +4232,8 @@ async fn renames_made_on_the_target_first_are_taken() -> anyhow::Result<()> {
         let (src, dst) = (p.src().await?, p.dst().await?);
         wait_equal(&src, &dst, &["app.t"], Duration::from_secs(20)).await?;
         let migration = "alter table app.t rename column v to w;
+             alter table app.t add column x int default 5;
+             alter table app.t rename column x to x2;
              alter table app.t rename constraint t_v_pos to t_w_pos;
              alter index app.t_v rename to t_w;
              alter type app.mood rename value 'sad' to 'blue';
@@ -4242,8 +4244,8 @@ async fn renames_made_on_the_target_first_are_taken() -> anyhow::Result<()> {
         src.batch_execute(&format!(
             // A row that needs the migration's schema versions (a column added after it).
             "{migration} alter table app.u add column n int;
-             insert into app.u values (2, 2, 'blue', '(2,2)', 2);
-             update app.u set w = 3, m = 'ok', p = '(3,3)' where id = 1;"
+             insert into app.u values (2, 2, 'blue', '(2,2)', 6, 2);
+             update app.u set w = 3, m = 'ok', p = '(3,3)', x2 = 7 where id = 1;"
         ))
         .await?;
         wait_equal(&src, &dst, &["app.u"], Duration::from_secs(30))
@@ -4252,7 +4254,7 @@ async fn renames_made_on_the_target_first_are_taken() -> anyhow::Result<()> {
         ends_equal(
             &src,
             &dst,
-            "insert into app.u values (3, 4, 'blue', '(4,4)', 4)",
+            "insert into app.u values (3, 4, 'blue', '(4,4)', 8, 4)",
             &["app.u"],
             (source, target),
             &context(),
