@@ -1368,12 +1368,22 @@ impl Applier {
                     // have renamed it since (a rename run there first).
                     let named = qualified(&check.schema, &check.table);
                     let now = ddl.name_on_target(tx, &named, check.oid).await?;
-                    let sql = match now == named {
+                    let mut sql = match now == named {
                         true => check.sql.clone(),
                         false => check
                             .sql
                             .replace(&format!("only {named} as t"), &format!("only {now} as t")),
                     };
+                    // And its column under the name the target has now (renamed there
+                    // first: a later version renames it).
+                    let later: Vec<&ddlwatcher::Statement> =
+                        ddl.pending.iter().flat_map(|v| &v.statements).collect();
+                    for (first, last) in later_column_names(tx, &now, &later).await? {
+                        sql = sql.replace(
+                            &format!("t.{}", quote_ident(&first)),
+                            &format!("t.{}", quote_ident(&last)),
+                        );
+                    }
                     tx.batch_execute(&sql)
                         .await
                         .map_err(|e| ApplyError::Failed {
@@ -2940,6 +2950,85 @@ async fn column_there_already(
     Ok(compared(st, &what, seen).map(|r| r.map(|d| format!("{} {d}", quote_ident(&there)))))
 }
 
+/// The names table `table` (quoted and qualified) has in the stream: its columns' later
+/// renames may name it as it was called before a later rename (a statement run on the
+/// later name of a table renamed on the target first) or after.
+fn table_names(table: &str, later: &[&ddlwatcher::Statement]) -> Vec<String> {
+    let mut names = vec![table.to_string()];
+    for (from, to) in later
+        .iter()
+        .filter_map(|l| ddlwatcher::retarget::relation_renamed(&l.sql))
+    {
+        let (from, to) = (qualified(&from.0, &from.1), qualified(&to.0, &to.1));
+        if names.contains(&from) || names.contains(&to) {
+            names.extend([from, to]);
+        }
+    }
+    names
+}
+
+/// Statement `st` (`ALTER TABLE`, which failed: a column it names is missing) on the later
+/// names of its columns, when `later` statements rename them and the target's table has
+/// them under that later name already, not the old one (renamed on the target first: the
+/// source retyped a column, then renamed it). `None` when no such rename helps.
+async fn on_later_column_names(
+    tx: &Transaction<'_>,
+    st: &ddlwatcher::Statement,
+    later: &[&ddlwatcher::Statement],
+) -> Result<Option<ddlwatcher::Statement>, ApplyError> {
+    let Some(table) = ddlwatcher::retarget::altered_table(&st.sql) else {
+        return Ok(None);
+    };
+    let moved = later_column_names(tx, &table, later).await?;
+    if moved.is_empty() {
+        return Ok(None);
+    }
+    Ok(ddlwatcher::retarget::columns_renamed(&st.sql, &moved)
+        .map(|sql| ddlwatcher::Statement { sql, ..st.clone() }))
+}
+
+/// The columns of table `table` (quoted and qualified) that `later` statements rename and
+/// that the target's table has under their later name already, not the old one (renamed on
+/// the target first): (first name, last name) each.
+async fn later_column_names(
+    tx: &Transaction<'_>,
+    table: &str,
+    later: &[&ddlwatcher::Statement],
+) -> Result<Vec<(String, String)>, ApplyError> {
+    let names = table_names(table, later);
+    // Each column's first name to its last.
+    let mut renames: Vec<(String, String)> = Vec::new();
+    for l in later {
+        for (t, old, new) in ddlwatcher::retarget::column_renames_and_drops(&l.sql) {
+            if !names.contains(&t) {
+                continue;
+            }
+            match renames.iter_mut().find(|(_, last)| *last == old) {
+                Some(r) => match new {
+                    Some(n) => r.1 = n,
+                    None => r.1 = String::new(),
+                },
+                None => {
+                    if let Some(n) = new {
+                        renames.push((old, n));
+                    }
+                }
+            }
+        }
+    }
+    let mut moved = Vec::new();
+    let query = "select not exists (select from pg_catalog.pg_attribute a
+                                     where a.attrelid = pg_catalog.to_regclass($1) and a.attname = $2 and not a.attisdropped)
+                    and exists (select from pg_catalog.pg_attribute a
+                                 where a.attrelid = pg_catalog.to_regclass($1) and a.attname = $3 and not a.attisdropped)";
+    for (first, last) in renames.into_iter().filter(|(_, last)| !last.is_empty()) {
+        if checked(tx, query, &[&table, &first, &last]).await? == Some(true) {
+            moved.push((first, last));
+        }
+    }
+    Ok(moved)
+}
+
 /// Whether the column statement `st` adds (`ALTER TABLE … ADD COLUMN c`) is on the target
 /// already under the name a `later` rename gives it (the column added, then renamed, on the
 /// target first): the target's table lacks `c` and has that name. Then compared as by
@@ -2962,19 +3051,7 @@ async fn column_there_under_a_later_name(
     else {
         return Ok(None);
     };
-    // The table's names in the stream: its column's renames may name it as it was called
-    // before a rename (this statement run on the later name of a table renamed on the
-    // target first) or after.
-    let mut names = vec![table.clone()];
-    for (from, to) in later
-        .iter()
-        .filter_map(|l| ddlwatcher::retarget::relation_renamed(&l.sql))
-    {
-        let (from, to) = (qualified(&from.0, &from.1), qualified(&to.0, &to.1));
-        if names.contains(&from) || names.contains(&to) {
-            names.extend([from, to]);
-        }
-    }
+    let names = table_names(&table, later);
     let mut name = column.clone();
     // Names whose column a later statement drops or renames away: a column of that name
     // the target has now is another one (a retype by copy: `x` dropped, `new_x` renamed
@@ -3427,6 +3504,17 @@ pub(crate) async fn run_statement(
             if let Some(done) = renamed_already(tx, st, later).await? {
                 tracing::info!(version, statement = %st.sql, "statement left out: the {done}");
                 return Ok(());
+            }
+            if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_COLUMN) {
+                if let Some(moved) = on_later_column_names(tx, st, later).await? {
+                    tracing::info!(
+                        version,
+                        statement = %st.sql,
+                        on = %moved.sql,
+                        "statement run on the later names of its columns: renamed on the target first"
+                    );
+                    return Box::pin(run_statement(tx, version, &moved, later, done_by_load)).await;
+                }
             }
             if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) {
                 if let Some(moved) = on_later_names(tx, st, later).await? {

@@ -4270,7 +4270,8 @@ async fn renames_made_on_the_target_first_are_taken() -> anyhow::Result<()> {
 /// new names, and the versions in their place. Before, the applier applied every version
 /// up to the rename ahead of its place, and the key failed on the duplicate not changed yet
 /// (found by the schema soak with `SOAK_TARGET_FIRST_RENAMES`). A retype's check of the
-/// rows, which names the table as it was called then, runs on it under its new name.
+/// rows, which names the table as it was called then, runs on it under its new name; a
+/// retype of the renamed column before its rename runs on the column's new name.
 #[tokio::test]
 async fn rows_under_a_name_the_target_renamed_first_go_under_the_new_one() -> anyhow::Result<()> {
     for event_triggers in [false, true] {
@@ -4313,6 +4314,8 @@ async fn rows_under_a_name_the_target_renamed_first_go_under_the_new_one() -> an
             "update app.t set id = 2, v = 'b2' where k = 2",
             "alter table app.t add constraint t_u unique (id)",
             "insert into app.t values (3, 3, 'c'); insert into app.u values (2, 2)",
+            // (run on the column's later name, which the target has already)
+            "alter table app.t alter column v type varchar(40)",
             "alter table app.t rename column v to w",
             "alter table app.u rename to u2",
         ] {

@@ -612,6 +612,64 @@ pub fn altered_onto(sql: &str, table: &str, onto: (&str, &str)) -> Option<String
     pg_query::deparse(&parsed.protobuf).ok()
 }
 
+/// The table an `ALTER TABLE` statement changes, as written, each part quoted. `None` for
+/// any other statement.
+pub fn altered_table(sql: &str) -> Option<String> {
+    let parsed = pg_query::parse(sql).ok()?;
+    let [raw] = parsed.protobuf.stmts.as_slice() else {
+        return None;
+    };
+    match raw.stmt.as_ref()?.node.as_ref()? {
+        NodeEnum::AlterTableStmt(a) if a.objtype == protobuf::ObjectType::ObjectTable as i32 => {
+            relation_name(&a.relation)
+        }
+        _ => None,
+    }
+}
+
+/// An `ALTER TABLE` statement with the columns of `renames` (old name, new name) called by
+/// their new names: each unqualified identifier of an old name (the commands' columns and
+/// those of their expressions: `ALTER COLUMN c TYPE t USING c::t`, a check) — a statement
+/// of the stream run on a table whose columns the target renamed first. `None` for any
+/// other statement, or when no name changes.
+pub fn columns_renamed(sql: &str, renames: &[(String, String)]) -> Option<String> {
+    altered_table(sql)?;
+    let scanned = pg_query::scan(sql).ok()?;
+    let tokens = scanned.tokens;
+    let text = |t: &protobuf::ScanToken| sql.get(t.start as usize..t.end as usize).unwrap_or("");
+    let dot = |i: Option<usize>| {
+        i.and_then(|i| tokens.get(i))
+            .is_some_and(|t| text(t) == ".")
+    };
+    let mut edits = Vec::new();
+    for (i, t) in tokens.iter().enumerate() {
+        let raw = text(t);
+        let name = match raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
+            Some(q) => q.replace("\"\"", "\""),
+            None if t.keyword_kind == 0
+                && (raw.starts_with(|c: char| c.is_alphabetic()) || raw.starts_with('_')) =>
+            {
+                raw.to_lowercase()
+            }
+            None => continue,
+        };
+        if dot(i.checked_sub(1)) || dot(Some(i + 1)) {
+            continue;
+        }
+        if let Some((_, new)) = renames.iter().find(|(old, _)| *old == name) {
+            edits.push((t.start as usize, t.end as usize, quote_ident(new)));
+        }
+    }
+    if edits.is_empty() {
+        return None;
+    }
+    let mut out = sql.to_string();
+    for (start, end, with) in edits.into_iter().rev() {
+        out.replace_range(start..end, &with);
+    }
+    Some(out)
+}
+
 /// What a statement makes on a table that a probe can make too: see [`object_made_onto`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Made {
@@ -1282,6 +1340,39 @@ mod tests {
         ] {
             assert!(altered_onto(other, &table, onto).is_none(), "{other}");
         }
+    }
+
+    #[test]
+    fn columns_renamed_since_are_called_by_their_new_names() {
+        let renames = [("id".to_string(), "k 55".to_string())];
+        assert_eq!(
+            columns_renamed(
+                r#"alter table "app"."id" alter column "id" type bigint using "id"::bigint"#,
+                &renames
+            )
+            .as_deref(),
+            Some(r#"alter table "app"."id" alter column "k 55" type bigint using "k 55"::bigint"#)
+        );
+        assert_eq!(
+            columns_renamed(
+                "ALTER TABLE app.t ADD CONSTRAINT c CHECK (id > 0 AND other > 0)",
+                &renames
+            )
+            .as_deref(),
+            Some(r#"ALTER TABLE app.t ADD CONSTRAINT c CHECK ("k 55" > 0 AND other > 0)"#)
+        );
+        assert_eq!(
+            columns_renamed("alter table app.t alter column x type text", &renames),
+            None
+        );
+        assert_eq!(
+            columns_renamed("create index on app.t (id)", &renames),
+            None
+        );
+        assert_eq!(
+            altered_table("ALTER TABLE app.t ADD COLUMN c int").as_deref(),
+            Some(r#""app"."t""#)
+        );
     }
 
     #[test]
