@@ -2341,28 +2341,15 @@ impl DdlState<'_> {
             for st in v.statements.iter().filter(|s| s.transactional) {
                 if let Some((from, to)) = ddlwatcher::retarget::relation_renamed(&st.sql) {
                     let (from, to) = (qualified(&from.0, &from.1), qualified(&to.0, &to.1));
-                    let query = "select pg_catalog.to_regclass($1) is null and pg_catalog.to_regclass($2) is not null";
-                    if checked(tx, query, &[&from, &to]).await? == Some(true) {
+                    if relation_renamed_there(tx, &from, &to).await? {
                         let oid = st.tables.first().copied().unwrap_or(0);
                         tables.push((v.version, oid, from, to));
                     }
                 }
                 for (table, old, new) in ddlwatcher::retarget::column_renames_and_drops(&st.sql) {
                     let Some(new) = new else { continue };
-                    let row = tx
-                        .query_opt(
-                            "select c.oid,
-                                    exists (select from pg_catalog.pg_attribute a
-                                             where a.attrelid = c.oid and a.attname = $2 and not a.attisdropped),
-                                    exists (select from pg_catalog.pg_attribute a
-                                             where a.attrelid = c.oid and a.attname = $3 and not a.attisdropped)
-                               from pg_catalog.pg_class c where c.oid = pg_catalog.to_regclass($1)",
-                            &[&table, &old, &new],
-                        )
-                        .await
-                        .map_err(pg(&format!("reading the columns of {table}")))?;
-                    if let Some(r) = row.filter(|r| !r.get::<_, bool>(1) && r.get::<_, bool>(2)) {
-                        found.push((v.version, r.get::<_, u32>(0), old, Some(new)));
+                    if let Some(oid) = column_renamed_there(tx, &table, &old, &new).await? {
+                        found.push((v.version, oid, old, Some(new)));
                     }
                 }
             }
@@ -2950,6 +2937,45 @@ async fn column_there_already(
     Ok(compared(st, &what, seen).map(|r| r.map(|d| format!("{} {d}", quote_ident(&there)))))
 }
 
+/// The OID of the target's table `table` (quoted and qualified) when it lacks column `old`
+/// and has column `new`: the rename of `old` to `new` done there already. `None` otherwise,
+/// or when the table is missing.
+async fn column_renamed_there(
+    tx: &Transaction<'_>,
+    table: &str,
+    old: &str,
+    new: &str,
+) -> Result<Option<u32>, ApplyError> {
+    let query = "select c.oid from pg_catalog.pg_class c
+                  where c.oid = pg_catalog.to_regclass($1)
+                    and not exists (select from pg_catalog.pg_attribute a
+                                     where a.attrelid = c.oid and a.attname = $2 and not a.attisdropped)
+                    and exists (select from pg_catalog.pg_attribute a
+                                 where a.attrelid = c.oid and a.attname = $3 and not a.attisdropped)";
+    // Undone, as [`checked`]: a failure is no rename.
+    Ok(
+        match undone(tx, tx.query_opt(query, &[&table, &old, &new])).await? {
+            Ok(row) => row.map(|r| r.get(0)),
+            Err(e) => {
+                tracing::debug!(error = %db::describe(&e), table, "check failed");
+                None
+            }
+        },
+    )
+}
+
+/// Whether the target has relation `from` (quoted and qualified) as `to` already: `from`
+/// gone and `to` there.
+async fn relation_renamed_there(
+    tx: &Transaction<'_>,
+    from: &str,
+    to: &str,
+) -> Result<bool, ApplyError> {
+    let query =
+        "select pg_catalog.to_regclass($1) is null and pg_catalog.to_regclass($2) is not null";
+    Ok(checked(tx, query, &[&from, &to]).await? == Some(true))
+}
+
 /// The names table `table` (quoted and qualified) has in the stream: its columns' later
 /// renames may name it as it was called before a later rename (a statement run on the
 /// later name of a table renamed on the target first) or after.
@@ -3017,12 +3043,11 @@ async fn later_column_names(
         }
     }
     let mut moved = Vec::new();
-    let query = "select not exists (select from pg_catalog.pg_attribute a
-                                     where a.attrelid = pg_catalog.to_regclass($1) and a.attname = $2 and not a.attisdropped)
-                    and exists (select from pg_catalog.pg_attribute a
-                                 where a.attrelid = pg_catalog.to_regclass($1) and a.attname = $3 and not a.attisdropped)";
     for (first, last) in renames.into_iter().filter(|(_, last)| !last.is_empty()) {
-        if checked(tx, query, &[&table, &first, &last]).await? == Some(true) {
+        if column_renamed_there(tx, table, &first, &last)
+            .await?
+            .is_some()
+        {
             moved.push((first, last));
         }
     }
@@ -3075,11 +3100,10 @@ async fn column_there_under_a_later_name(
     if name == column || freed.contains(&name) {
         return Ok(None);
     }
-    let query = "select not exists (select from pg_catalog.pg_attribute a
-                                     where a.attrelid = pg_catalog.to_regclass($1) and a.attname = $2 and not a.attisdropped)
-                    and exists (select from pg_catalog.pg_attribute a
-                                 where a.attrelid = pg_catalog.to_regclass($1) and a.attname = $3 and not a.attisdropped)";
-    if checked(tx, query, &[&table, &column, &name]).await? != Some(true) {
+    if column_renamed_there(tx, &table, &column, &name)
+        .await?
+        .is_none()
+    {
         return Ok(None);
     }
     column_there_already(tx, st, later, Some(&name)).await
@@ -3282,10 +3306,8 @@ async fn on_later_names(
     }
     let mut moved = std::collections::BTreeMap::new();
     for (from, to) in renames {
-        let query =
-            "select pg_catalog.to_regclass($1) is null and pg_catalog.to_regclass($2) is not null";
         let (f, t) = (qualified(&from.0, &from.1), qualified(&to.0, &to.1));
-        if checked(tx, query, &[&f, &t]).await? == Some(true) {
+        if relation_renamed_there(tx, &f, &t).await? {
             moved.insert(from, to);
         }
     }
@@ -3505,27 +3527,22 @@ pub(crate) async fn run_statement(
                 tracing::info!(version, statement = %st.sql, "statement left out: the {done}");
                 return Ok(());
             }
-            if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_COLUMN) {
-                if let Some(moved) = on_later_column_names(tx, st, later).await? {
-                    tracing::info!(
-                        version,
-                        statement = %st.sql,
-                        on = %moved.sql,
-                        "statement run on the later names of its columns: renamed on the target first"
-                    );
-                    return Box::pin(run_statement(tx, version, &moved, later, done_by_load)).await;
+            use tokio_postgres::error::SqlState;
+            let moved = match e.code() {
+                Some(c) if *c == SqlState::UNDEFINED_COLUMN => {
+                    on_later_column_names(tx, st, later).await?
                 }
-            }
-            if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) {
-                if let Some(moved) = on_later_names(tx, st, later).await? {
-                    tracing::info!(
-                        version,
-                        statement = %st.sql,
-                        on = %moved.sql,
-                        "statement run on the later name of its relation: renamed on the target first"
-                    );
-                    return Box::pin(run_statement(tx, version, &moved, later, done_by_load)).await;
-                }
+                Some(c) if *c == SqlState::UNDEFINED_TABLE => on_later_names(tx, st, later).await?,
+                _ => None,
+            };
+            if let Some(moved) = moved {
+                tracing::info!(
+                    version,
+                    statement = %st.sql,
+                    on = %moved.sql,
+                    "statement run on the later names of the relation or columns it names: renamed on the target first"
+                );
+                return Box::pin(run_statement(tx, version, &moved, later, done_by_load)).await;
             }
             Err(failed(&e))
         }
